@@ -1,0 +1,154 @@
+"""The `mmugather` command line."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from mmugather.errors import InputError
+from mmugather.machine.costs import load_costs
+from mmugather.policies import POLICIES, get_policy
+from mmugather.sim.engine import PREEMPT_MODELS
+from mmugather.sim.machine import Simulation
+from mmugather.workloads.builtin import builtin_workloads, resolve_workload
+from mmugather.workloads.scenario import MAX_CPUS, load_scenario
+
+
+def _policies(value: str) -> list:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise InputError("--policies: expected a comma-separated list of policies")
+    return [get_policy(n) for n in names]
+
+
+def _check_cpus(scenario, cpus: int | None) -> None:
+    if cpus is None:
+        return
+    if not 1 <= cpus <= MAX_CPUS:
+        raise InputError(f"--cpus: expected 1..{MAX_CPUS}, got {cpus}")
+    for p in scenario.process:
+        for k, t in enumerate(p.thread):
+            if t.cpu >= cpus:
+                raise InputError(f"--cpus {cpus}: process '{p.name}' thread[{k}] runs on CPU {t.cpu}")
+
+
+def _check_prob(p: float | None) -> None:
+    if p is not None and not 0.0 <= p <= 1.0:
+        raise InputError(f"--fail-nowait: expected a probability in [0, 1], got {p}")
+
+
+def run_one(scenario, policy_cls, **kw) -> dict:
+    return Simulation(scenario, policy_cls, **kw).run()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mmugather")
+def main() -> None:
+    """mmugather: the Linux kernel's mmu_gather, executable on a simulated SMP machine."""
+
+
+@main.command()
+@click.option("--workload", "workload", default=None, help="Built-in workload name or scenario TOML file.")
+@click.option("--policies", default="2.6.39,3.0", show_default=True, help="Comma-separated policies.")
+@click.option("--cpus", type=int, default=None, help="Number of CPUs (default: the workload's).")
+@click.option("--preempt", type=click.Choice(PREEMPT_MODELS), default=None, help="Preemption model.")
+@click.option("--fail-nowait", type=float, default=None, help="Probability that a GFP_NOWAIT allocation fails.")
+@click.option("--seed", type=int, default=None, help="Random seed (default: the workload's).")
+@click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, as_json) -> None:
+    """Run the same workload under each policy and compare them side by side."""
+    scenario = resolve_workload(workload)
+    classes = _policies(policies)
+    _check_cpus(scenario, cpus)
+    _check_prob(fail_nowait)
+    costs = load_costs(costs_file)
+    kw = dict(cpus=cpus, preempt=preempt, fail_nowait=fail_nowait, seed=seed, costs=costs)
+    runs = [{"policy": cls.name, "metrics": run_one(scenario, cls, **kw)} for cls in classes]
+    m = scenario.machine
+    result = {
+        "workload": scenario.name,
+        "machine": {"cpus": cpus or m.cpus, "arch": "x86", "preempt": preempt or m.preempt,
+                    "fail_nowait": fail_nowait if fail_nowait is not None else m.fail_nowait},
+        "seed": seed if seed is not None else scenario.seed,
+        "runs": runs,
+    }
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=False))
+    else:
+        from mmugather.report.table import print_compare
+        print_compare(result)
+
+
+@main.command()
+@click.argument("scenario_file")
+@click.option("--policy", default=None, help="Policy (default: the scenario's machine.policy).")
+@click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
+@click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def run(scenario_file, policy, seed, costs_file, as_json) -> None:
+    """Run a scenario file under one policy."""
+    scenario = load_scenario(scenario_file)
+    cls = get_policy(policy or scenario.machine.policy)
+    metrics = run_one(scenario, cls, seed=seed, costs=load_costs(costs_file))
+    result = {"workload": scenario.name, "policy": cls.name,
+              "seed": seed if seed is not None else scenario.seed, "metrics": metrics}
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    m = scenario.machine
+    from mmugather.report.table import print_compare
+    print_compare({"workload": scenario.name, "seed": result["seed"],
+                   "machine": {"cpus": m.cpus, "arch": "x86", "preempt": m.preempt, "fail_nowait": m.fail_nowait},
+                   "runs": [{"policy": cls.name, "metrics": metrics}]})
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def workloads(as_json) -> None:
+    """List the built-in workloads."""
+    items = builtin_workloads()
+    if as_json:
+        click.echo(json.dumps([{"name": n, "cpus": s.machine.cpus, "description": s.description}
+                               for n, s in items.items()]))
+        return
+    for name, s in items.items():
+        click.echo(f"{name:12s} {s.machine.cpus:3d} CPUs  {s.description}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def policies(as_json) -> None:
+    """List the built-in policies and the kernel source each follows."""
+    rows = [{"name": c.name, "version": c.version, "arches": list(c.arches), "source": c.source}
+            for c in POLICIES.values()]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:8s} {r['version']:8s} {','.join(r['arches']):8s} {r['source']}")
+
+
+def entry() -> None:
+    """Console entry point: bad input is one line on stderr and exit code 2, never a traceback."""
+    try:
+        main.main(standalone_mode=False)
+    except InputError as e:
+        click.echo(f"mmugather: error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+        sys.exit(2)
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "mmugather"
+        click.echo(f"{cmd}: error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("mmugather: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"mmugather: error: {e.format_message()}", err=True)
+        sys.exit(2)

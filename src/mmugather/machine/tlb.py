@@ -1,0 +1,97 @@
+"""The simulated TLB and paging-structure cache of one CPU, and the hardware page walk that fills them.
+
+x86 without PCID: a CPU caches translations of the mm its CR3 points to (`Cpu.loaded_mm`) only; loading
+CR3 drops them all. Every fill and drop is reported to the invariant checker, which keeps per-frame
+reference counts so that freeing a frame checks in O(1) whether some CPU still maps it.
+"""
+from __future__ import annotations
+
+from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, _PAGE_RW
+
+TLB_ENTRIES = 1536      # second-level TLB of a Skylake core
+PWC_ENTRIES = 32        # paging-structure cache entries for PDEs (pointers to PTE tables)
+
+
+class Tlb:
+    """Fills and invalidations for all CPUs, keeping `inv.tlb_refs` / `inv.pwc_refs` exact."""
+
+    def __init__(self, invariants) -> None:
+        self.inv = invariants
+
+    def fill(self, c, vpn: int, pte: int) -> None:
+        """A walk found a present PTE: cache pfn*2 + writable for vpn, evicting the oldest entry if full."""
+        tlb = c.tlb
+        refs = self.inv.tlb_refs
+        old = tlb.pop(vpn, None)
+        if old is not None:
+            self._unref(c, refs, old >> 1)
+        elif len(tlb) >= TLB_ENTRIES:
+            victim = next(iter(tlb))
+            self._unref(c, refs, tlb.pop(victim) >> 1)
+        pfn = pte >> PAGE_SHIFT
+        tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
+        refs[pfn] = refs.get(pfn, 0) + 1
+
+    def fill_pwc(self, c, key: int, table) -> None:
+        pwc = c.pwc
+        refs = self.inv.pwc_refs
+        old = pwc.pop(key, None)
+        if old is not None:
+            self._unref(c, refs, old.pfn)
+        elif len(pwc) >= PWC_ENTRIES:
+            victim = next(iter(pwc))
+            self._unref(c, refs, pwc.pop(victim).pfn)
+        pwc[key] = table
+        refs[table.pfn] = refs.get(table.pfn, 0) + 1
+
+    def _unref(self, c, refs: dict, pfn: int) -> None:
+        n = refs[pfn] - 1
+        if n:
+            refs[pfn] = n
+        else:
+            del refs[pfn]
+        if c.dangling:
+            c.dangling.discard(pfn)
+
+    def flush_all(self, c) -> int:
+        """local_flush_tlb() / load_cr3(): drop every translation and cached PDE. Returns the entries dropped."""
+        refs = self.inv.tlb_refs
+        n = len(c.tlb)
+        for v in c.tlb.values():
+            pfn = v >> 1
+            r = refs[pfn] - 1
+            if r:
+                refs[pfn] = r
+            else:
+                del refs[pfn]
+        c.tlb.clear()
+        prefs = self.inv.pwc_refs
+        for t in c.pwc.values():
+            r = prefs[t.pfn] - 1
+            if r:
+                prefs[t.pfn] = r
+            else:
+                del prefs[t.pfn]
+        c.pwc.clear()
+        c.dangling.clear()
+        return n
+
+    def flush_one(self, c, addr: int) -> None:
+        """__flush_tlb_one() / INVLPG: drop one translation and, as on x86, every cached PDE."""
+        v = c.tlb.pop(addr >> PAGE_SHIFT, None)
+        if v is not None:
+            self._unref(c, self.inv.tlb_refs, v >> 1)
+        for key in list(c.pwc):
+            self._unref(c, self.inv.pwc_refs, c.pwc.pop(key).pfn)
+
+    def walk(self, c, mm, addr: int):
+        """The hardware page walk for a user access: the PTE table (through the PWC when it has the PDE,
+        even if that table was unhooked since), or None when no PTE table maps addr."""
+        key = addr >> PMD_SHIFT
+        table = c.pwc.get(key)
+        if table is None:
+            table = mm.pte_tables.get(key)
+            if table is None:
+                return None
+            self.fill_pwc(c, key, table)
+        return table

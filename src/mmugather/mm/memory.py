@@ -1,0 +1,500 @@
+"""mm/memory.c: page faults, page-table allocation and freeing, and the zap (unmap) walk.
+
+`Memory` holds what Linux 2.6.39 and 3.0 share (the fault path, free_pgtables and its helpers,
+zap_page_range); `Memory2639` and `Memory30` hold the zap walk of each version, which is where the seed
+(d16dfc550f53) and 97a894136f29 changed it. Kernel paths are generators taking the CPU they run on.
+"""
+from __future__ import annotations
+
+from mmugather.kernel.locking import COND_RESCHED, MIGHT_SLEEP, DownRead, SpinLock, SpinUnlock, UpRead
+from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_READ, VM_SHARED, VM_WRITE
+from mmugather.mm.page_alloc import ANON, FILE, GFP_KERNEL, PGTABLE
+from mmugather.mm.pgtable import (
+    PAGE_SHIFT, PAGE_SIZE, PGDIR_MASK, PGDIR_SHIFT, PGDIR_SIZE, PMD_MASK, PMD_SHIFT, PMD_SIZE, PUD_MASK,
+    PUD_SHIFT, PUD_SIZE, ULONG_MASK, _PAGE_RW, DirTable, PteTable, addr_end, mk_pte, pgd_index, pmd_index,
+    pte_index, pud_index,
+)
+
+
+class TlbRef:
+    """`struct mmu_gather **tlbp`: 2.6.39's unmap_vmas may finish the gather and start a new one (or leave
+    none); 3.0 passes `&tlb` of its on-stack gather. One box serves both callers' code."""
+
+    __slots__ = ("tlb",)
+
+    def __init__(self, tlb) -> None:
+        self.tlb = tlb
+
+
+class Memory:
+    """The parts of mm/memory.c that Linux 2.6.39 and 3.0 share."""
+
+    # ------------------------------------------------------------ page tables
+    def install_pte_table(self, mm, addr: int) -> PteTable:
+        """Allocate and hook every missing level down to the PTE table for addr (set-up and faults)."""
+        alloc = self.alloc
+        pud = mm.pgd.entries.get(pgd_index(addr))
+        if pud is None:
+            pud = mm.pgd.entries[pgd_index(addr)] = DirTable(alloc.alloc_page(PGTABLE))
+        pmd = pud.entries.get(pud_index(addr))
+        if pmd is None:
+            pmd = pud.entries[pud_index(addr)] = DirTable(alloc.alloc_page(PGTABLE))
+        pt = pmd.entries.get(pmd_index(addr))
+        if pt is None:
+            pt = pmd.entries[pmd_index(addr)] = PteTable(alloc.alloc_page(PGTABLE), addr & PMD_MASK)
+            mm.pte_tables[addr >> PMD_SHIFT] = pt
+            mm.nr_ptes += 1
+        return pt
+
+    def pte_alloc(self, c, mm, addr: int):
+        """__pud_alloc/__pmd_alloc/__pte_alloc(): allocate missing levels (GFP_KERNEL, may sleep), hook them
+        under mm->page_table_lock. Returns the PTE table."""
+        pt = mm.pte_tables.get(addr >> PMD_SHIFT)
+        if pt is not None:
+            return pt
+        yield MIGHT_SLEEP
+        yield self.costs.page_alloc
+        yield SpinLock(mm.page_table_lock)
+        pt = self.install_pte_table(mm, addr)
+        yield SpinUnlock(mm.page_table_lock)
+        return pt
+
+    # ------------------------------------------------------------ faults
+    def do_page_fault(self, c, task, addr: int, write: bool):
+        """do_page_fault() (arch/x86/mm/fault.c) -> handle_mm_fault() -> handle_pte_fault() ->
+        do_anonymous_page()/__do_fault()/do_wp_page() (mm/memory.c, v2.6.39 and v3.0).
+        Returns False for a bad access (SIGSEGV), True once the PTE maps addr."""
+        mm = task.mm
+        self.metrics.faults += 1
+        yield self.costs.fault_entry
+        yield MIGHT_SLEEP
+        yield DownRead(mm.mmap_sem)
+        vma = mm.find_vma(addr)
+        if vma is None or vma.start > addr or not vma.flags & (VM_WRITE if write else VM_READ):
+            yield UpRead(mm.mmap_sem)
+            self.metrics.segv += 1
+            return False
+        pt = yield from self.pte_alloc(c, mm, addr)
+        idx = pte_index(addr)
+        ptent = pt.ptes[idx]
+        if ptent == 0:
+            pfn, kind, writable = yield from self._fault_page(c, vma, addr, write)
+            yield SpinLock(pt.ptl)
+            yield self.costs.pte_set
+            if pt.ptes[idx] == 0:
+                pt.ptes[idx] = mk_pte(pfn, writable)
+                self.alloc.mapcount[pfn] += 1
+                mm.rss[MM_ANONPAGES if kind == ANON else MM_FILEPAGES] += 1
+            else:
+                self.alloc.put_page(c, pfn)
+            yield SpinUnlock(pt.ptl)
+        elif write and not ptent & _PAGE_RW:
+            yield from self.do_wp_page(c, vma, pt, addr)
+        yield UpRead(mm.mmap_sem)
+        return True
+
+    def _fault_page(self, c, vma, addr: int, write: bool):
+        """The page a not-present fault maps, obtained before the PTE lock is taken: a zeroed anonymous
+        page, a page-cache page (with a reference for the mapping), or its private copy on a write fault.
+        Returns (pfn, kind, writable)."""
+        yield MIGHT_SLEEP
+        costs = self.costs
+        if vma.file is None:
+            yield costs.page_alloc + costs.page_zero
+            return self.alloc.alloc_page(ANON, GFP_KERNEL), ANON, bool(vma.flags & VM_WRITE)
+        cache = vma.file.page_cache
+        index = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
+        pfn = cache.get(index)
+        if pfn is None:
+            pfn = cache[index] = self.alloc.alloc_page(FILE, GFP_KERNEL)
+            yield costs.page_alloc + costs.page_zero
+        if write and not vma.flags & VM_SHARED:
+            yield costs.page_alloc + costs.page_zero
+            return self.alloc.alloc_page(ANON, GFP_KERNEL), ANON, True
+        self.alloc.refcount[pfn] += 1
+        return pfn, FILE, bool(vma.flags & VM_SHARED and vma.flags & VM_WRITE)
+
+    def do_wp_page(self, c, vma, pt, addr: int):
+        """do_wp_page(), mm/memory.c: break copy-on-write of a private file page: a new anonymous copy;
+        ptep_clear_flush() under the PTE lock (a TLB flush, IPIs included), then drop the old page."""
+        mm = vma.mm
+        yield MIGHT_SLEEP
+        yield self.costs.page_alloc + self.costs.page_zero
+        new = self.alloc.alloc_page(ANON, GFP_KERNEL)
+        idx = pte_index(addr)
+        yield SpinLock(pt.ptl)
+        old = pt.ptes[idx]
+        if old and not old & _PAGE_RW:
+            pt.ptes[idx] = 0
+            yield from self.arch.flush_tlb_page(c, mm, addr)
+            pt.ptes[idx] = mk_pte(new, True)
+            old_pfn = old >> PAGE_SHIFT
+            self.alloc.mapcount[new] += 1
+            self.alloc.mapcount[old_pfn] -= 1
+            mm.rss[MM_FILEPAGES] -= 1
+            mm.rss[MM_ANONPAGES] += 1
+            self.alloc.put_page(c, old_pfn)
+        else:
+            self.alloc.put_page(c, new)
+        yield SpinUnlock(pt.ptl)
+
+    def put_page_now(self, c, pfn: int) -> None:
+        """free_page_and_swap_cache() of a gather in fast mode: the reference goes at once."""
+        self.alloc.put_page(c, pfn)
+        c.clock += self.costs.page_free
+
+    # ------------------------------------------------------------ freeing page tables
+    def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int):
+        """free_pgtables(), mm/memory.c v2.6.39/v3.0: for each run of VMAs no more than a PMD apart, free
+        the page tables under [first start, last end) that lie wholly within [floor, ceiling)."""
+        i = 0
+        while i < len(vmas):
+            addr = vmas[i].start
+            while i + 1 < len(vmas) and vmas[i + 1].start <= vmas[i].end + PMD_SIZE:
+                i += 1
+            nxt = vmas[i + 1].start if i + 1 < len(vmas) else ceiling
+            yield from self.free_pgd_range(c, tlb, addr, vmas[i].end, floor, nxt)
+            i += 1
+
+    def free_pgd_range(self, c, tlb, addr: int, end: int, floor: int, ceiling: int):
+        """free_pgd_range(), mm/memory.c v2.6.39/v3.0 (unsigned arithmetic as in C: ceiling 0 is the top)."""
+        addr &= PMD_MASK
+        if addr < floor:
+            addr += PMD_SIZE
+            if not addr & ULONG_MASK:
+                return
+        if ceiling:
+            ceiling &= PMD_MASK
+            if not ceiling:
+                return
+        if (end - 1) & ULONG_MASK > (ceiling - 1) & ULONG_MASK:
+            end -= PMD_SIZE
+        if addr > (end - 1) & ULONG_MASK:
+            return
+        pgd = tlb.mm.pgd
+        while True:
+            nxt = addr_end(addr, end, PGDIR_SIZE)
+            pud = pgd.entries.get(pgd_index(addr))
+            if pud is None:
+                yield self.costs.pmd_none
+            else:
+                yield from self.free_pud_range(c, tlb, pgd, pud, addr, nxt, floor, ceiling)
+            addr = nxt
+            if addr == end:
+                return
+
+    def free_pud_range(self, c, tlb, pgd, pud, addr: int, end: int, floor: int, ceiling: int):
+        """free_pud_range(), mm/memory.c: free the PMD tables below, then this PUD table if [floor, ceiling)
+        covers its whole PGDIR_SIZE span."""
+        start = addr
+        while True:
+            nxt = addr_end(addr, end, PUD_SIZE)
+            pmd = pud.entries.get(pud_index(addr))
+            if pmd is not None:
+                yield from self.free_pmd_range(c, tlb, pud, pmd, addr, nxt, floor, ceiling)
+            addr = nxt
+            if addr == end:
+                break
+        if not self._covers(start, end, floor, ceiling, PGDIR_MASK):
+            return
+        del pgd.entries[pgd_index(start)]
+        yield from self.tlb_remove_page(c, tlb, pud.pfn)          # pud_free_tlb()
+
+    def free_pmd_range(self, c, tlb, pud, pmd, addr: int, end: int, floor: int, ceiling: int):
+        """free_pmd_range(), mm/memory.c: free the PTE tables below, then this PMD table if covered."""
+        start = addr
+        while True:
+            nxt = addr_end(addr, end, PMD_SIZE)
+            if pmd_index(addr) in pmd.entries:
+                yield from self.free_pte_range(c, tlb, pmd, addr)
+            addr = nxt
+            if addr == end:
+                break
+        if not self._covers(start, end, floor, ceiling, PUD_MASK):
+            return
+        del pud.entries[pud_index(start)]
+        yield from self.tlb_remove_page(c, tlb, pmd.pfn)          # pmd_free_tlb()
+
+    def free_pte_range(self, c, tlb, pmd, addr: int):
+        """free_pte_range(), mm/memory.c: pmd_clear(), then pte_free_tlb() (x86 ___pte_free_tlb():
+        tlb_remove_page() of the table page) and nr_ptes--."""
+        mm = tlb.mm
+        pt = pmd.entries.pop(pmd_index(addr))
+        del mm.pte_tables[addr >> PMD_SHIFT]
+        mm.nr_ptes -= 1
+        tlb.need_flush = True
+        yield self.costs.pgtable_free
+        yield from self.tlb_remove_page(c, tlb, pt.pfn)
+
+    @staticmethod
+    def _covers(start: int, end: int, floor: int, ceiling: int, mask: int) -> bool:
+        """The tail test of free_pmd_range()/free_pud_range(): may the upper table itself go?"""
+        start &= mask
+        if start < floor:
+            return False
+        if ceiling:
+            ceiling &= mask
+            if not ceiling:
+                return False
+        return not (end - 1) & ULONG_MASK > (ceiling - 1) & ULONG_MASK
+
+    # ------------------------------------------------------------ zap_page_range
+    def zap_page_range(self, c, vma, address: int, size: int, details=None):
+        """zap_page_range(), mm/memory.c v2.6.39/v3.0: gather, update_hiwater_rss, unmap_vmas, finish
+        (2.6.39: only if unmap_vmas left a gather)."""
+        mm = vma.mm
+        end = address + size
+        ref = TlbRef((yield from self.tlb_gather_mmu(c, mm, False)))
+        end = yield from self.unmap_vmas(c, ref, mm.vmas[mm.vma_index(vma):], address, end, details)
+        if ref.tlb is not None:
+            yield from self.tlb_finish_mmu(c, ref.tlb, address, end)
+        return end
+
+    def zap_pte_entry(self, mm, ptes, i: int, rss: list) -> int:
+        """The body of zap_pte_range() for one present PTE (same in 2.6.39 and 3.0):
+        ptep_get_and_clear_full(), rss accounting, page_remove_rmap(). Returns the pfn."""
+        ptent = ptes[i]
+        ptes[i] = 0
+        pfn = ptent >> PAGE_SHIFT
+        alloc = self.alloc
+        rss[MM_ANONPAGES if alloc.kind[pfn] == ANON else MM_FILEPAGES] -= 1
+        mc = alloc.mapcount[pfn] - 1
+        if mc < 0:
+            raise AssertionError(f"zap_pte_range: bad PTE, pfn {pfn} mapcount < 0 (print_bad_pte)")
+        alloc.mapcount[pfn] = mc
+        return pfn
+
+
+def _vma_range(vma, start_addr: int, end_addr: int):
+    """The clipping at the top of unmap_vmas()'s loop: [start, end) of vma inside the request, or None."""
+    start = max(vma.start, start_addr)
+    if start >= vma.end:
+        return None
+    end = min(vma.end, end_addr)
+    if end <= vma.start:
+        return None
+    return start, end
+
+
+class Memory2639(Memory):
+    """The zap walk of Linux 2.6.39 (mm/memory.c v2.6.39): a zap_work budget of ZAP_BLOCK_SIZE bytes
+    (PAGE_SIZE per present PTE, 1 per empty entry) bounds each gather; tlb_remove_page() may flush and free
+    from inside zap_pte_range(), under the PTE lock."""
+
+    def zap_block_size(self) -> int:
+        """ZAP_BLOCK_SIZE: 8 pages with CONFIG_PREEMPT, 1024 otherwise."""
+        return (8 if self.engine.full else 1024) * PAGE_SIZE
+
+    def zap_pte_range(self, c, tlb, vma, pt, addr: int, end: int, zap_work: list, details):
+        """zap_pte_range(), mm/memory.c v2.6.39."""
+        mm = tlb.mm
+        rss = [0, 0]
+        ptes = pt.ptes
+        costs = self.costs
+        c_zap, c_none = costs.pte_zap, costs.pte_none
+        entry = self.zap_pte_entry
+        remove = self._tlb_remove_page
+        yield SpinLock(pt.ptl)
+        i = pte_index(addr)
+        none = 0
+        while True:
+            if ptes[i]:
+                zap_work[0] -= PAGE_SIZE
+                pfn = entry(mm, ptes, i, rss)
+                self.metrics.pages_unmapped += 1
+                yield c_zap + none
+                none = 0
+                if not remove(c, tlb, pfn):
+                    yield from self.tlb_flush_mmu(c, tlb)       # tlb_remove_page(): nr >= FREE_PTE_NR
+            else:
+                zap_work[0] -= 1
+                none += c_none
+            i += 1
+            addr += PAGE_SIZE
+            if addr == end or zap_work[0] <= 0:
+                break
+        if none:
+            yield none
+        mm.rss[0] += rss[0]
+        mm.rss[1] += rss[1]
+        yield SpinUnlock(pt.ptl)
+        return addr
+
+    def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, zap_work: list, details):
+        """zap_pmd_range(), mm/memory.c v2.6.39."""
+        while True:
+            nxt = addr_end(addr, end, PMD_SIZE)
+            pt = pmd.entries.get(pmd_index(addr))
+            if pt is None:
+                zap_work[0] -= 1
+                yield self.costs.pmd_none
+            else:
+                nxt = yield from self.zap_pte_range(c, tlb, vma, pt, addr, nxt, zap_work, details)
+            addr = nxt
+            if addr == end or zap_work[0] <= 0:
+                return addr
+
+    def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, zap_work: list, details):
+        """zap_pud_range(), mm/memory.c v2.6.39."""
+        while True:
+            nxt = addr_end(addr, end, PUD_SIZE)
+            pmd = pud.entries.get(pud_index(addr))
+            if pmd is None:
+                zap_work[0] -= 1
+                yield self.costs.pmd_none
+            else:
+                nxt = yield from self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, zap_work, details)
+            addr = nxt
+            if addr == end or zap_work[0] <= 0:
+                return addr
+
+    def unmap_page_range(self, c, tlb, vma, addr: int, end: int, zap_work: list, details):
+        """unmap_page_range(), mm/memory.c v2.6.39 (tlb_start_vma/tlb_end_vma are no-ops on x86)."""
+        pgd = vma.mm.pgd
+        while True:
+            nxt = addr_end(addr, end, PGDIR_SIZE)
+            pud = pgd.entries.get(pgd_index(addr))
+            if pud is None:
+                zap_work[0] -= 1
+                yield self.costs.pmd_none
+            else:
+                nxt = yield from self.zap_pud_range(c, tlb, vma, pud, addr, nxt, zap_work, details)
+            addr = nxt
+            if addr == end or zap_work[0] <= 0:
+                return addr
+
+    def unmap_vmas(self, c, tlbp: TlbRef, vmas: list, start_addr: int, end_addr: int, details):
+        """unmap_vmas(), mm/memory.c v2.6.39: zap ZAP_BLOCK_SIZE at a time; after each block
+        tlb_finish_mmu(), then (if need_resched() or i_mmap_lock contended) cond_resched() or, holding
+        i_mmap_lock, return the restart address with no gather left; then tlb_gather_mmu() again."""
+        zap_work = [self.zap_block_size()]
+        fullmm = tlbp.tlb.fullmm
+        mm = tlbp.tlb.mm
+        start = start_addr
+        i_mmap_lock = details.i_mmap_lock if details is not None else None
+        for vma in vmas:
+            if vma.start >= end_addr:
+                break
+            r = _vma_range(vma, start_addr, end_addr)
+            if r is None:
+                continue
+            start, end = r
+            while start != end:
+                start = yield from self.unmap_page_range(c, tlbp.tlb, vma, start, end, zap_work, details)
+                if zap_work[0] > 0:
+                    if start != end:
+                        raise AssertionError("unmap_vmas: zap_work left but range not done")
+                    break
+                yield from self.tlb_finish_mmu(c, tlbp.tlb, start, start)
+                tlbp.tlb = None
+                if c.need_resched or (i_mmap_lock is not None and i_mmap_lock.waiters):
+                    if i_mmap_lock is not None:
+                        return start
+                    yield COND_RESCHED
+                tlbp.tlb = yield from self.tlb_gather_mmu(c, mm, fullmm)
+                zap_work[0] = self.zap_block_size()
+        return start
+
+
+class Memory30(Memory):
+    """The zap walk of Linux 3.0 (mm/memory.c v3.0): one gather across the whole unmap_vmas(); when
+    __tlb_remove_page() reports no room, zap_pte_range() drops the PTE lock, flushes, and starts again;
+    cond_resched() after every PTE table (97a894136f29)."""
+
+    def zap_pte_range(self, c, tlb, vma, pt, addr: int, end: int, details):
+        """zap_pte_range(), mm/memory.c v3.0 (force_flush, goto again)."""
+        mm = tlb.mm
+        ptes = pt.ptes
+        costs = self.costs
+        c_zap, c_none = costs.pte_zap, costs.pte_none
+        entry = self.zap_pte_entry
+        remove = self._tlb_remove_page
+        metrics = self.metrics
+        while True:                                     # again:
+            rss = [0, 0]
+            force_flush = False
+            yield SpinLock(pt.ptl)
+            i = pte_index(addr)
+            none = 0
+            while True:
+                if ptes[i]:
+                    pfn = entry(mm, ptes, i, rss)
+                    metrics.pages_unmapped += 1
+                    yield c_zap + none
+                    none = 0
+                    if not remove(c, tlb, pfn):
+                        force_flush = True      # break before pte++/addr += PAGE_SIZE, as v3.0 does:
+                        break                   # `goto again` rescans this (now empty) PTE
+                else:
+                    none += c_none
+                i += 1
+                addr += PAGE_SIZE
+                if addr == end:
+                    break
+            if none:
+                yield none
+            mm.rss[0] += rss[0]
+            mm.rss[1] += rss[1]
+            yield SpinUnlock(pt.ptl)
+            # mmu_gather ran out of room to batch pages: break out of the PTE lock to avoid doing the
+            # potentially expensive TLB invalidate and page-free while holding it.
+            if force_flush:
+                yield from self.tlb_flush_mmu(c, tlb)
+                if addr != end:
+                    continue
+            return addr
+
+    def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details):
+        """zap_pmd_range(), mm/memory.c v3.0: cond_resched() after each PTE table (none entries skip it)."""
+        while True:
+            nxt = addr_end(addr, end, PMD_SIZE)
+            pt = pmd.entries.get(pmd_index(addr))
+            if pt is None:
+                yield self.costs.pmd_none
+            else:
+                nxt = yield from self.zap_pte_range(c, tlb, vma, pt, addr, nxt, details)
+                yield COND_RESCHED
+            addr = nxt
+            if addr == end:
+                return addr
+
+    def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, details):
+        """zap_pud_range(), mm/memory.c v3.0."""
+        while True:
+            nxt = addr_end(addr, end, PUD_SIZE)
+            pmd = pud.entries.get(pud_index(addr))
+            if pmd is None:
+                yield self.costs.pmd_none
+            else:
+                nxt = yield from self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, details)
+            addr = nxt
+            if addr == end:
+                return addr
+
+    def unmap_page_range(self, c, tlb, vma, addr: int, end: int, details):
+        """unmap_page_range(), mm/memory.c v3.0."""
+        pgd = vma.mm.pgd
+        while True:
+            nxt = addr_end(addr, end, PGDIR_SIZE)
+            pud = pgd.entries.get(pgd_index(addr))
+            if pud is None:
+                yield self.costs.pmd_none
+            else:
+                nxt = yield from self.zap_pud_range(c, tlb, vma, pud, addr, nxt, details)
+            addr = nxt
+            if addr == end:
+                return addr
+
+    def unmap_vmas(self, c, tlbp: TlbRef, vmas: list, start_addr: int, end_addr: int, details):
+        """unmap_vmas(), mm/memory.c v3.0: unmap_page_range() over every VMA in range with one gather."""
+        start = start_addr
+        for vma in vmas:
+            if vma.start >= end_addr:
+                break
+            r = _vma_range(vma, start_addr, end_addr)
+            if r is None:
+                continue
+            start, end = r
+            while start != end:
+                start = yield from self.unmap_page_range(c, tlbp.tlb, vma, start, end, details)
+        return start

@@ -1,0 +1,90 @@
+"""struct mm_struct, struct vm_area_struct and struct address_space (include/linux/mm_types.h, fs.h)."""
+from __future__ import annotations
+
+from bisect import bisect_right
+
+from mmugather.kernel.locking import Mutex, RwSemaphore, Spinlock
+from mmugather.mm.pgtable import DirTable
+
+VM_READ = 0x1
+VM_WRITE = 0x2
+VM_SHARED = 0x8
+VM_GROWSDOWN = 0x100
+VM_ACCOUNT = 0x100000
+
+MM_FILEPAGES, MM_ANONPAGES = 0, 1
+
+
+class AddressSpace:
+    """struct address_space of a file: its page cache (index -> pfn) and the VMAs mapping it (i_mmap)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.page_cache: dict[int, int] = {}
+        self.i_mmap: list[Vma] = []
+        self.i_mmap_mutex = Mutex(f"i_mmap_mutex:{name}")
+
+
+class Vma:
+    """struct vm_area_struct: [start, end) with flags, and the file and page offset when file-backed."""
+
+    __slots__ = ("start", "end", "flags", "file", "pgoff", "name", "mm")
+
+    def __init__(self, mm, start: int, end: int, flags: int, file: AddressSpace | None = None,
+                 pgoff: int = 0, name: str = "") -> None:
+        self.mm = mm
+        self.start = start
+        self.end = end
+        self.flags = flags
+        self.file = file
+        self.pgoff = pgoff
+        self.name = name
+
+    @property
+    def anonymous(self) -> bool:
+        return self.file is None
+
+    def __repr__(self) -> str:
+        return f"Vma({self.start:#x}-{self.end:#x} {self.name or ('anon' if self.file is None else self.file.name)})"
+
+
+class MmStruct:
+    """struct mm_struct: VMAs sorted by address, the page-table root, locks, RSS counters, mm_cpumask."""
+
+    def __init__(self, mm_id: int, pgd_pfn: int) -> None:
+        self.id = mm_id
+        self.pgd = DirTable(pgd_pfn)
+        self.pte_tables: dict[int, object] = {}   # addr >> PMD_SHIFT -> PteTable, mirrors the tree
+        self.vmas: list[Vma] = []
+        self.mmap_sem = RwSemaphore(f"mmap_sem:{mm_id}")
+        self.page_table_lock = Spinlock(f"page_table_lock:{mm_id}")
+        self.rss = [0, 0]
+        self.cpumask: set[int] = set()            # mm_cpumask()
+        self.users = 0                            # mm_users: threads using it
+        self.nr_ptes = 0
+        self.exited = False
+
+    def find_vma(self, addr: int) -> Vma | None:
+        """find_vma(): the first VMA with end > addr (it may start above addr)."""
+        i = bisect_right([v.end for v in self.vmas], addr)
+        return self.vmas[i] if i < len(self.vmas) else None
+
+    def vma_index(self, vma: Vma) -> int:
+        return self.vmas.index(vma)
+
+    def insert_vma(self, vma: Vma) -> None:
+        """insert_vm_struct(): link a VMA that overlaps none."""
+        i = bisect_right([v.start for v in self.vmas], vma.start)
+        if (i > 0 and self.vmas[i - 1].end > vma.start) or (i < len(self.vmas) and self.vmas[i].start < vma.end):
+            raise ValueError(f"VMA {vma.start:#x}-{vma.end:#x} overlaps an existing mapping")
+        self.vmas.insert(i, vma)
+        if vma.file is not None:
+            vma.file.i_mmap.append(vma)
+
+    def next_vma(self, vma: Vma) -> Vma | None:
+        i = self.vmas.index(vma) + 1
+        return self.vmas[i] if i < len(self.vmas) else None
+
+    def prev_vma(self, vma: Vma) -> Vma | None:
+        i = self.vmas.index(vma)
+        return self.vmas[i - 1] if i > 0 else None

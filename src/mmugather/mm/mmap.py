@@ -1,0 +1,110 @@
+"""mm/mmap.c: mmap placement, munmap, unmap_region and exit_mmap (Linux v2.6.39 and v3.0)."""
+from __future__ import annotations
+
+from mmugather.kernel.locking import MIGHT_SLEEP, DownWrite, UpWrite
+from mmugather.mm.memory import TlbRef
+from mmugather.mm.mm_types import VM_ACCOUNT, Vma
+from mmugather.mm.pgtable import PAGE_SIZE, PMD_SIZE, ULONG_MASK
+
+FIRST_USER_ADDRESS = 0
+MMAP_BASE = 0x7F00_0000_0000          # mm->mmap_base below the stack gap (no randomisation)
+
+
+class Mmap:
+    """Kernel methods of mm/mmap.c."""
+
+    def get_unmapped_area(self, mm, length: int, align: int = PAGE_SIZE) -> int:
+        """arch_get_unmapped_area_topdown(): the highest hole below mmap_base that fits length."""
+        if length <= 0 or length % PAGE_SIZE:
+            raise ValueError(f"get_unmapped_area: bad length {length:#x}")
+        top = MMAP_BASE
+        for vma in reversed(mm.vmas):
+            if vma.start >= top:
+                continue
+            if top - vma.end >= length:
+                break
+            top = min(top, vma.start)
+        addr = (top - length) & ~(align - 1)
+        if addr < PMD_SIZE:
+            raise ValueError("get_unmapped_area: address space exhausted")
+        return addr
+
+    def sys_mmap(self, c, task, addr: int | None, length: int, flags: int, file=None, pgoff: int = 0, name=""):
+        """mmap_region() under mmap_sem for writing; returns the address (MAP_FIXED when addr is given)."""
+        mm = task.mm
+        yield self.costs.syscall
+        yield MIGHT_SLEEP
+        yield DownWrite(mm.mmap_sem)
+        if addr is None:
+            addr = self.get_unmapped_area(mm, length)
+        else:
+            yield from self.do_munmap(c, mm, addr, length)
+        mm.insert_vma(Vma(mm, addr, addr + length, flags | VM_ACCOUNT, file, pgoff, name))
+        yield UpWrite(mm.mmap_sem)
+        return addr
+
+    def sys_munmap(self, c, task, start: int, length: int):
+        """sys_munmap(): do_munmap() under mmap_sem held for writing."""
+        mm = task.mm
+        yield self.costs.syscall
+        yield MIGHT_SLEEP
+        yield DownWrite(mm.mmap_sem)
+        yield from self.do_munmap(c, mm, start, length)
+        yield UpWrite(mm.mmap_sem)
+
+    def split_vma(self, mm, vma: Vma, addr: int) -> None:
+        """split_vma(): cut vma at addr into two VMAs (page tables are untouched)."""
+        tail = Vma(mm, addr, vma.end, vma.flags, vma.file,
+                   vma.pgoff + ((addr - vma.start) // PAGE_SIZE), vma.name)
+        vma.end = addr
+        mm.insert_vma(tail)
+
+    def do_munmap(self, c, mm, start: int, length: int):
+        """do_munmap(), mm/mmap.c: split the VMAs at the edges, detach those inside, unmap_region(),
+        remove_vma_list()."""
+        end = start + length
+        vma = mm.find_vma(start)
+        if vma is None or vma.start >= end:
+            return
+        if start > vma.start:
+            self.split_vma(mm, vma, start)
+        last = mm.find_vma(end)
+        if last is not None and end > last.start:
+            self.split_vma(mm, last, end)
+        i = next(k for k, v in enumerate(mm.vmas) if v.start >= start)
+        j = i
+        while j < len(mm.vmas) and mm.vmas[j].start < end:
+            j += 1
+        detached = mm.vmas[i:j]                      # detach_vmas_to_be_unmapped()
+        del mm.vmas[i:j]
+        prev = mm.vmas[i - 1] if i > 0 else None
+        nxt = mm.vmas[i] if i < len(mm.vmas) else None
+        yield from self.unmap_region(c, mm, detached, prev, nxt, start, end)
+        for vma in detached:                         # remove_vma_list()
+            if vma.file is not None:
+                vma.file.i_mmap.remove(vma)
+
+    def unmap_region(self, c, mm, vmas: list, prev, nxt, start: int, end: int):
+        """unmap_region(), mm/mmap.c v2.6.39/v3.0: gather, unmap_vmas, free_pgtables between the
+        neighbours, finish."""
+        ref = TlbRef((yield from self.tlb_gather_mmu(c, mm, False)))
+        yield from self.unmap_vmas(c, ref, vmas, start, end, None)
+        floor = prev.end if prev is not None else FIRST_USER_ADDRESS
+        ceiling = nxt.start if nxt is not None else 0
+        yield from self.free_pgtables(c, ref.tlb, vmas, floor, ceiling)
+        yield from self.tlb_finish_mmu(c, ref.tlb, start, end)
+
+    def exit_mmap(self, c, mm):
+        """exit_mmap(), mm/mmap.c v2.6.39/v3.0: a fullmm gather over every VMA, free_pgtables() of the
+        whole space, finish; then remove every VMA. Runs when the last user drops the mm."""
+        vmas = list(mm.vmas)
+        if vmas:
+            ref = TlbRef((yield from self.tlb_gather_mmu(c, mm, True)))
+            end = yield from self.unmap_vmas(c, ref, vmas, 0, ULONG_MASK, None)
+            yield from self.free_pgtables(c, ref.tlb, vmas, FIRST_USER_ADDRESS, 0)
+            yield from self.tlb_finish_mmu(c, ref.tlb, 0, end)
+        for vma in vmas:
+            if vma.file is not None:
+                vma.file.i_mmap.remove(vma)
+        mm.vmas.clear()
+        mm.exited = True

@@ -1,0 +1,14 @@
+"""The built-in policies (one per modelled kernel version), by name."""
+from mmugather.errors import InputError
+from mmugather.policies.linux_2_6_39 import Linux2639
+from mmugather.policies.linux_3_0 import Linux30
+
+POLICIES = {cls.name: cls for cls in (Linux2639, Linux30)}
+
+
+def get_policy(name: str):
+    """The policy class called `name`, or an InputError naming the known ones."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise InputError(f"unknown policy '{name}' (expected one of: {', '.join(POLICIES)})") from None

@@ -1,0 +1,92 @@
+"""The modelled kernel as one object: the mm/ mixins of a version plus its gather, bound to a machine.
+
+A policy is a subclass of `Kernel` that picks a gather (mm/mmu_gather.py) and a zap walk (mm/memory.py).
+Every kernel function is a method named after the kernel function it models, so a plugin overrides one
+step by subclassing a built-in policy and redefining that method.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mmugather.kernel.exit import Exit
+from mmugather.mm.exec import Exec
+from mmugather.mm.madvise import Madvise
+from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_SHARED, VM_WRITE
+from mmugather.mm.mmap import Mmap
+from mmugather.mm.page_alloc import ANON, FILE
+from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, \
+    _PAGE_USER, addr_end, pte_index
+
+
+class Kernel(Exit, Exec, Madvise, Mmap):
+    """What every modelled kernel version shares; subclasses add a gather and a zap walk."""
+
+    name = "base"
+    version = ""
+    source = ""
+    arches = ("x86",)
+
+    def __init__(self, machine) -> None:
+        self.machine = machine
+        self.engine = machine.engine
+        self.alloc = machine.alloc
+        self.costs = machine.costs
+        self.metrics = machine.metrics
+        self.invariants = machine.invariants
+        self.arch = machine.arch
+        self.num_online_cpus = len(machine.engine.cpus)
+
+    def tlb_flush(self, c, tlb):
+        """tlb_flush(): the arch's invalidation for a gather (x86 v2.6.39/v3.0: flush_tlb_mm)."""
+        yield from self.arch.tlb_flush(c, tlb)
+
+    def populate(self, mm, vma, start: int, end: int) -> int:
+        """Set-up only (not a kernel path): map every page of [start, end) in vma as if faulted in by
+        writes (reads for read-only mappings), table by table with numpy. Returns pages newly mapped."""
+        alloc = self.alloc
+        writable_flags = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
+        if vma.flags & VM_WRITE:
+            writable_flags |= _PAGE_RW | _PAGE_DIRTY
+        shared_file = vma.file is not None and vma.flags & VM_SHARED
+        ro_file = vma.file is not None and not vma.flags & VM_WRITE
+        mapped = 0
+        addr = start
+        while addr < end:
+            nxt = addr_end(addr, end, PMD_SIZE)
+            pt = self.install_pte_table(mm, addr)
+            i0, i1 = pte_index(addr), pte_index(addr) + ((nxt - addr) >> PAGE_SHIFT)
+            view = np.frombuffer(pt.ptes, dtype=np.int64)
+            empty = np.flatnonzero(view[i0:i1] == 0) + i0
+            n = len(empty)
+            if n:
+                if vma.file is None or not (shared_file or ro_file):
+                    pfns = np.asarray(alloc.alloc_bulk(ANON, n), dtype=np.int64)
+                    mm.rss[MM_ANONPAGES] += n
+                else:
+                    pfns = self._page_cache_pfns(vma, addr, empty - pte_index(addr))
+                    mm.rss[MM_FILEPAGES] += n
+                view[empty] = (pfns << PAGE_SHIFT) | writable_flags
+                del view
+                mc = np.frombuffer(alloc.mapcount, dtype=np.int32)
+                np.add.at(mc, pfns, 1)
+                del mc
+                mapped += n
+            else:
+                del view
+            addr = nxt
+        return mapped
+
+    def _page_cache_pfns(self, vma, base: int, offsets) -> np.ndarray:
+        """Page-cache frames for the given page offsets from base, allocating missing ones; each gets a
+        reference for the mapping."""
+        cache = vma.file.page_cache
+        first = vma.pgoff + ((base - vma.start) >> PAGE_SHIFT)
+        out = np.empty(len(offsets), dtype=np.int64)
+        for k, off in enumerate(offsets.tolist()):
+            idx = first + off
+            pfn = cache.get(idx)
+            if pfn is None:
+                pfn = cache[idx] = self.alloc.alloc_page(FILE)
+            self.alloc.refcount[pfn] += 1
+            out[k] = pfn
+        return out

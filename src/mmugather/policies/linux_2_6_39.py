@@ -1,0 +1,12 @@
+"""Linux 2.6.39: per-CPU mmu_gathers, flushing under the PTE lock, ZAP_BLOCK_SIZE restarts."""
+from mmugather.mm.memory import Memory2639
+from mmugather.mm.mmu_gather import Gather2639
+from mmugather.policies.base import Kernel
+
+
+class Linux2639(Gather2639, Memory2639, Kernel):
+    """The scheme the 2011 rework replaced (include/asm-generic/tlb.h and mm/memory.c of v2.6.39)."""
+
+    name = "2.6.39"
+    version = "v2.6.39"
+    source = "include/asm-generic/tlb.h, mm/memory.c, mm/mmap.c, arch/x86/mm/tlb.c (v2.6.39)"

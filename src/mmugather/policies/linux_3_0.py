@@ -1,0 +1,14 @@
+"""Linux 3.0: the preemptible mmu_gather of d16dfc550f53, with e303297e6c3a and 97a894136f29."""
+from mmugather.mm.memory import Memory30
+from mmugather.mm.mmu_gather import Gather30
+from mmugather.policies.base import Kernel
+
+
+class Linux30(Gather30, Memory30, Kernel):
+    """Linux v3.0 as released: on-stack gather, page-sized batches chained without limit, flush outside
+    the PTE lock, cond_resched() per PTE table (mm/memory.c, include/asm-generic/tlb.h of v3.0)."""
+
+    name = "3.0"
+    version = "v3.0"
+    source = ("mm/memory.c, include/asm-generic/tlb.h, mm/mmap.c, arch/x86/mm/tlb.c (v3.0); "
+              "commits d16dfc550f53, e303297e6c3a, 97a894136f29")

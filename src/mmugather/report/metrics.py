@@ -1,0 +1,72 @@
+"""What a run measured: counters, per-CPU IPI counts and interval distributions, and their summary."""
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+
+
+class Metrics:
+    """Accumulates during a run; `summary()` gives the JSON-ready `metrics` object of the CLI."""
+
+    def __init__(self, ncpus: int) -> None:
+        self.tlb_flushes = 0
+        self.ipis_sent = 0
+        self.ipis_by_cpu = [0] * ncpus
+        self.pages_unmapped = 0
+        self.pages_freed = 0
+        self.page_tables_freed = 0
+        self.flushes_under_pte_lock = 0
+        self.frees_under_pte_lock = 0
+        self.pte_lock_hold = array("q")
+        self.preempt_off = array("q")
+        self.sched_latency = array("q")
+        self.pages_per_flush = array("q")
+        self.gather_memory_bytes = 0
+        self.gather_memory_now = 0
+        self.segv = 0
+        self.faults = 0
+
+    def gather_memory(self, delta: int) -> None:
+        """Account memory held by gathers (batch pages, per-CPU or on-stack structures); track the peak."""
+        self.gather_memory_now += delta
+        if self.gather_memory_now > self.gather_memory_bytes:
+            self.gather_memory_bytes = self.gather_memory_now
+
+    def summary(self, *, sim_time_ns: int, nowait_attempts: int, nowait_failures: int, violations: list) -> dict:
+        return {
+            "tlb_flushes": self.tlb_flushes,
+            "ipis_sent": self.ipis_sent,
+            "ipis_by_cpu": list(self.ipis_by_cpu),
+            "pages_unmapped": self.pages_unmapped,
+            "pages_freed": self.pages_freed,
+            "page_tables_freed": self.page_tables_freed,
+            "flushes_under_pte_lock": self.flushes_under_pte_lock,
+            "frees_under_pte_lock": self.frees_under_pte_lock,
+            "pte_lock_hold_ns": _dist(self.pte_lock_hold, ("max", "p50", "p99")),
+            "preempt_off_ns": _dist(self.preempt_off, ("max", "p99")),
+            "sched_latency_ns": _dist(self.sched_latency, ("max", "p99")),
+            "pages_per_flush": _dist(self.pages_per_flush, ("max", "p50")),
+            "batch_alloc_attempts": nowait_attempts,
+            "batch_alloc_failures": nowait_failures,
+            "gather_memory_bytes": self.gather_memory_bytes,
+            "page_faults": self.faults,
+            "segv": self.segv,
+            "sim_time_ns": sim_time_ns,
+            "violations": violations,
+        }
+
+
+def _dist(values: array, keys: tuple[str, ...]) -> dict:
+    """max and percentiles (nearest-rank, so every value is one that was observed) of an interval list."""
+    if not values:
+        return {k: 0 for k in keys}
+    a = np.sort(np.frombuffer(values, dtype=np.int64))
+    out = {}
+    for k in keys:
+        if k == "max":
+            out[k] = int(a[-1])
+        else:
+            q = int(k[1:]) / 100
+            out[k] = int(a[max(0, int(np.ceil(q * len(a))) - 1)])
+    return out

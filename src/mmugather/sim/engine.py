@@ -1,0 +1,596 @@
+"""The simulated SMP machine's engine: CPUs, tasks, the event queue, preemption, IPIs and locks.
+
+Every task is a generator. It yields an `int` to spend that many simulated nanoseconds, or a request
+(kernel/locking.py, kernel/smp.py) when it touches scheduler state: a lock, an IPI, a preemption point, a
+sleep. Each yield is a point where another CPU may interleave.
+
+Time is per CPU. The engine always runs the CPU whose clock is earliest, until its clock passes the next
+pending event (another CPU's clock or a timer); ties go to the entry queued first (a counter that only
+grows, as in SimPy), so a run is a total, repeatable order. Randomness lives in the workload and the
+allocator, drawn from one seeded `random.Random`.
+
+Preemption models (kernel/Kconfig.preempt):
+- `none`: CONFIG_PREEMPT_NONE. A task in the kernel switches only when it sleeps or calls cond_resched()
+  (which PREEMPT_NONE kernels honour too).
+- `voluntary`: CONFIG_PREEMPT_VOLUNTARY: also at might_sleep() points (might_resched()).
+- `full`: CONFIG_PREEMPT: anywhere preempt_count == 0 and interrupts are on.
+User mode is always preemptible.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+from mmugather.kernel.locking import (
+    COND_RESCHED, MIGHT_SLEEP, PREEMPT_DISABLE, PREEMPT_ENABLE, DownRead, DownWrite, MutexLock, MutexUnlock,
+    SpinLock, SpinUnlock, UpRead, UpWrite, _Marker,
+)
+from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
+
+PREEMPT_MODELS = ("none", "voluntary", "full")
+
+# CPU states
+RUNNING, SPINNING, IPI_WAIT, COMPUTE, IDLE = range(5)
+# kinds of preemption point
+P_PLAIN, P_COND_RESCHED, P_MIGHT_SLEEP, P_ENABLE = range(4)
+
+TLBSTATE_OK, TLBSTATE_LAZY = 1, 2
+INF = float("inf")
+
+
+class DeadlockError(RuntimeError):
+    """Every remaining user task is blocked and nothing can wake it."""
+
+
+class Task:
+    """struct task_struct, as much as the engine needs: a generator pinned to one CPU."""
+
+    __slots__ = ("tid", "name", "cpu", "gen", "send", "mm", "process", "in_kernel", "kind", "alive",
+                 "compute_left", "woken_at", "blocked_on", "sleep_token")
+
+    def __init__(self, tid: int, name: str, cpu: int, kind: str, mm=None, process=None) -> None:
+        self.tid = tid
+        self.name = name
+        self.cpu = cpu
+        self.kind = kind          # "user" or "latency" (a kernel thread: no mm of its own)
+        self.mm = mm              # current->mm: None for kernel threads and after exit_mm()
+        self.process = process
+        self.in_kernel = False
+        self.alive = True
+        self.compute_left = 0
+        self.woken_at = -1
+        self.blocked_on = None
+        self.sleep_token = 0
+        self.gen = None
+        self.send = None
+
+    def start(self, gen) -> None:
+        self.gen = gen
+        self.send = gen.send
+
+    def __repr__(self) -> str:
+        return f"{self.name}[{self.tid}]"
+
+
+class Cpu:
+    """One simulated CPU: its clock, current task, preempt_count, pending IPIs and TLB.
+
+    The TLB holds translations of `loaded_mm` only (x86 without PCID: loading CR3 flushes it):
+    `tlb` maps a virtual page number to pfn*2 + writable, `pwc` (the paging-structure cache) maps
+    addr >> PMD_SHIFT to the PTE table a walk last went through.
+    """
+
+    __slots__ = ("id", "clock", "curr", "runqueue", "latency_task", "state", "token", "preempt_count",
+                 "irqs_off", "need_resched", "pending", "attention", "point", "tlb", "pwc", "loaded_mm",
+                 "active_mm", "tlbstate", "dangling", "preempt_off_since", "ptl_held", "compute_end",
+                 "ipi_wait_until", "ipi_acks_left", "per_cpu", "slice_armed")
+
+    def __init__(self, cpu_id: int) -> None:
+        self.id = cpu_id
+        self.clock = 0
+        self.curr: Task | None = None
+        self.runqueue: deque[Task] = deque()
+        self.latency_task: Task | None = None
+        self.state = IDLE
+        self.token = 0
+        self.preempt_count = 0
+        self.irqs_off = 0
+        self.need_resched = False
+        self.pending: list = []           # heap of (arrival, seq, func, sender) IPIs
+        self.attention = False
+        self.point = P_PLAIN
+        self.tlb: dict[int, int] = {}
+        self.pwc: dict[int, object] = {}
+        self.loaded_mm = None             # the mm CR3 points to; None is init_mm (swapper_pg_dir)
+        self.active_mm = None             # cpu_tlbstate.active_mm
+        self.tlbstate = TLBSTATE_OK
+        self.dangling: set[int] = set()   # pfns freed while this CPU's TLB or PWC still maps them
+        self.preempt_off_since = 0
+        self.ptl_held = 0
+        self.compute_end = 0
+        self.ipi_wait_until = 0
+        self.ipi_acks_left = 0
+        self.per_cpu: dict = {}           # DEFINE_PER_CPU storage used by the modelled kernel
+        self.slice_armed = False
+
+
+class Engine:
+    """Runs tasks on CPUs in simulated time. `arch` provides switch_mm/enter_lazy_tlb for context switches,
+    `invariants` is told of every context switch into user mode and of sleeping while atomic."""
+
+    TIMESLICE = 3_000_000
+
+    def __init__(self, ncpus: int, costs, preempt: str, metrics, invariants) -> None:
+        if preempt not in PREEMPT_MODELS:
+            raise ValueError(f"unknown preemption model {preempt!r}")
+        self.cpus = [Cpu(i) for i in range(ncpus)]
+        self.costs = costs
+        self.preempt = preempt
+        self.full = preempt == "full"
+        self.voluntary = preempt in ("voluntary", "full")
+        self.metrics = metrics
+        self.invariants = invariants
+        self.arch = None
+        self.heap: list = []
+        self.seq = 0
+        self.user_alive = 0
+        self.next_tid = 1
+        self.now = 0
+        self.handlers = {
+            SpinLock: self._spin_lock, SpinUnlock: self._spin_unlock,
+            DownRead: self._down_read, DownWrite: self._down_write, UpRead: self._up_read, UpWrite: self._up_write,
+            MutexLock: self._mutex_lock, MutexUnlock: self._mutex_unlock,
+            SmpCallFunctionMany: self._smp_call, Compute: self._compute, Sleep: self._sleep,
+            _Marker: self._marker,
+        }
+
+    # ----------------------------------------------------------------- tasks
+    def spawn(self, name: str, cpu: int, kind: str, gen_factory, mm=None, process=None) -> Task:
+        """Create a task pinned to `cpu`; `gen_factory(cpu_obj, task)` returns its generator."""
+        task = Task(self.next_tid, name, cpu, kind, mm, process)
+        self.next_tid += 1
+        c = self.cpus[cpu]
+        task.start(gen_factory(c, task))
+        if kind == "user":
+            self.user_alive += 1
+            if mm is not None:
+                mm.users += 1
+        if kind == "latency":
+            c.latency_task = task
+            task.alive = False        # asleep until its first period
+            return task
+        c.runqueue.append(task)
+        if c.state == IDLE:
+            self._schedule(c)
+            self._push_cpu(c)
+        return task
+
+    # ----------------------------------------------------------------- event queue
+    def _push(self, t, cpu, token, callback) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, cpu, token, callback))
+
+    def _push_cpu(self, c: Cpu) -> None:
+        c.token += 1
+        self._push(c.clock, c, c.token, None)
+
+    def timer(self, t: int, callback) -> None:
+        self._push(t, None, 0, callback)
+
+    def run(self, until_ns: int | None = None) -> int:
+        """Run until every user task has exited. Returns the simulated time at the end."""
+        heap = self.heap
+        while heap and self.user_alive > 0:
+            t, _, c, token, callback = heapq.heappop(heap)
+            if t > self.now:
+                self.now = t
+            if until_ns is not None and t > until_ns:
+                raise DeadlockError(f"simulation passed {until_ns} ns without finishing")
+            if c is None:
+                callback(t)
+            elif token == c.token:
+                if callback is not None:
+                    callback(t)
+                else:
+                    self._run_cpu(c, heap[0][0] if heap else INF)
+        if self.user_alive > 0:
+            blocked = [t for c in self.cpus for t in ([c.curr] if c.curr else []) + list(c.runqueue)]
+            raise DeadlockError(f"{self.user_alive} user task(s) can never run again: {blocked}")
+        return max(self.now, max(c.clock for c in self.cpus))
+
+    # ----------------------------------------------------------------- the hot loop
+    def _run_cpu(self, c: Cpu, horizon) -> None:
+        task = c.curr
+        if task is None:
+            return
+        if task.compute_left:
+            self._enter_compute(c, task, task.compute_left)
+            return
+        send = task.send
+        handlers = self.handlers
+        while True:
+            if c.attention and self._attend(c):
+                self._push_cpu(c)
+                return
+            try:
+                v = send(None)
+            except StopIteration:
+                self._exit_task(c, task)
+                return
+            if v.__class__ is int:
+                c.clock += v
+                c.point = P_PLAIN
+                if c.clock >= horizon:
+                    self._push_cpu(c)
+                    return
+                continue
+            if not handlers[v.__class__](c, task, v):
+                return                     # the handler blocked or switched the CPU and queued what follows
+            if c.clock >= horizon:
+                self._push_cpu(c)
+                return
+
+    def _attend(self, c: Cpu) -> bool:
+        """Take arrived IPIs, then preempt if the last yield was a preemption point. True if switched."""
+        if c.pending and not c.irqs_off:
+            self._take_irqs(c)
+        if c.need_resched:
+            task = c.curr
+            p = c.point
+            if (not task.in_kernel
+                    or p == P_COND_RESCHED
+                    or (p == P_MIGHT_SLEEP and self.voluntary)
+                    or (self.full and c.preempt_count == 0 and not c.irqs_off)):
+                self._preempt(c)
+                return True
+        c.attention = bool(c.pending) or c.need_resched
+        return False
+
+    # ----------------------------------------------------------------- scheduling
+    def _pick(self, c: Cpu) -> Task | None:
+        lt = c.latency_task
+        if lt is not None and lt.alive and lt.woken_at >= 0:
+            return lt
+        return c.runqueue.popleft() if c.runqueue else None
+
+    def _schedule(self, c: Cpu) -> None:
+        """schedule(): put the next task on the CPU (or go idle), switching mm as context_switch() does."""
+        prev = c.curr
+        nxt = self._pick(c)
+        c.need_resched = False
+        c.attention = bool(c.pending)
+        if nxt is None:
+            c.curr = None
+            c.state = IDLE
+            if prev is not None:
+                self.arch.enter_lazy_tlb(c)
+            return
+        if nxt is prev:
+            c.state = RUNNING
+            return
+        c.clock += self.costs.context_switch
+        c.curr = nxt
+        c.state = RUNNING
+        c.point = P_PLAIN
+        if nxt.mm is None:
+            self.arch.enter_lazy_tlb(c)
+        else:
+            self.arch.switch_mm(c, nxt.mm)
+        if nxt.woken_at >= 0:
+            if nxt.kind == "latency":
+                self.metrics.sched_latency.append(c.clock - nxt.woken_at)
+            nxt.woken_at = -1
+        if nxt.kind == "user" and not nxt.in_kernel:
+            self.invariants.resume_user(c, nxt)
+        if c.runqueue and nxt.kind == "user" and not c.slice_armed:
+            self._arm_slice(c)
+
+    def _arm_slice(self, c: Cpu) -> None:
+        c.slice_armed = True
+
+        def tick(t, c=c):
+            c.slice_armed = False
+            if c.runqueue and c.curr is not None and c.curr.kind == "user":
+                self._resched_cpu(c, t)
+        self.timer(c.clock + self.TIMESLICE, tick)
+
+    def _preempt(self, c: Cpu) -> None:
+        """preempt_schedule(): the current task goes back on the runqueue, the next one runs."""
+        task = c.curr
+        if task.kind == "user":
+            if c.latency_task is not None and c.latency_task.woken_at >= 0:
+                c.runqueue.appendleft(task)      # preempted by the RT task: resume first
+            else:
+                c.runqueue.append(task)          # time slice over: round robin
+        self._schedule(c)
+
+    def _resched_cpu(self, c: Cpu, t: int) -> None:
+        """resched_curr(): a wake-up wants the CPU. Act at once if the CPU is idle or in user mode."""
+        if c.state == IDLE:
+            c.clock = max(c.clock, t)
+            self._schedule(c)
+            self._push_cpu(c)
+        elif c.state == COMPUTE:
+            task = c.curr
+            task.compute_left = max(0, c.compute_end - t)
+            c.clock = max(c.clock, t)
+            c.runqueue.appendleft(task) if c.latency_task and c.latency_task.woken_at >= 0 else c.runqueue.append(task)
+            self._schedule(c)
+            self._push_cpu(c)
+        else:
+            c.need_resched = True
+            c.attention = True
+
+    def wake(self, task: Task, t: int) -> None:
+        """try_to_wake_up(): make a sleeping task runnable on its CPU at time t."""
+        c = self.cpus[task.cpu]
+        task.blocked_on = None
+        if task.kind == "latency":
+            task.alive = True
+            task.woken_at = t
+            self._resched_cpu(c, t)
+            return
+        c.runqueue.append(task)
+        if c.state == IDLE:
+            c.clock = max(c.clock, t)
+            self._schedule(c)
+            self._push_cpu(c)
+        elif c.curr is not None and c.curr.kind == "user" and not c.slice_armed:
+            self._arm_slice(c)
+
+    def _block(self, c: Cpu, task: Task) -> None:
+        """The current task sleeps: schedule another one or idle."""
+        if task.kind == "latency":
+            task.alive = False
+        self._schedule(c)
+        if c.state != IDLE:
+            self._push_cpu(c)
+
+    def _exit_task(self, c: Cpu, task: Task) -> None:
+        task.alive = False
+        if task.kind == "user":
+            self.user_alive -= 1
+        self._schedule(c)
+        if c.state != IDLE:
+            self._push_cpu(c)
+
+    # ----------------------------------------------------------------- preemption points and markers
+    def _marker(self, c: Cpu, task: Task, v) -> bool:
+        if v is PREEMPT_DISABLE:
+            self._preempt_inc(c)
+        elif v is PREEMPT_ENABLE:
+            self._preempt_dec(c)
+        elif v is COND_RESCHED:
+            c.clock += self.costs.cond_resched
+            if c.preempt_count or c.irqs_off:
+                self.invariants.sleep_in_atomic(c, "cond_resched()")
+            else:
+                c.point = P_COND_RESCHED
+        elif v is MIGHT_SLEEP:
+            if c.preempt_count or c.irqs_off:
+                self.invariants.sleep_in_atomic(c, "might_sleep()")
+            else:
+                c.point = P_MIGHT_SLEEP
+        return True
+
+    def _preempt_inc(self, c: Cpu) -> None:
+        if c.preempt_count == 0:
+            c.preempt_off_since = c.clock
+        c.preempt_count += 1
+
+    def _preempt_dec(self, c: Cpu) -> None:
+        c.preempt_count -= 1
+        if c.preempt_count < 0:
+            raise AssertionError(f"preempt_count underflow on CPU {c.id}")
+        if c.preempt_count == 0:
+            self.metrics.preempt_off.append(c.clock - c.preempt_off_since)
+            c.point = P_ENABLE
+
+    # ----------------------------------------------------------------- spinlocks
+    def _spin_lock(self, c: Cpu, task: Task, v: SpinLock) -> bool:
+        lock = v.lock
+        self._preempt_inc(c)
+        c.clock += self.costs.lock
+        if lock.owner is None:
+            self._granted(c, lock)
+            return True
+        if lock.owner is c:
+            raise AssertionError(f"spin_lock: recursive {lock.name} on CPU {c.id}")
+        lock.waiters.append(c)
+        c.state = SPINNING
+        return False
+
+    def _granted(self, c: Cpu, lock) -> None:
+        lock.owner = c
+        lock.acquired_at = c.clock
+        if lock.stat == "pte":
+            c.ptl_held += 1
+
+    def _spin_unlock(self, c: Cpu, task: Task, v: SpinUnlock) -> bool:
+        lock = v.lock
+        if lock.owner is not c:
+            raise AssertionError(f"spin_unlock: {lock.name} not held by CPU {c.id}")
+        if lock.stat == "pte":
+            c.ptl_held -= 1
+            self.metrics.pte_lock_hold.append(c.clock - lock.acquired_at)
+        c.clock += self.costs.unlock
+        lock.owner = None
+        if lock.waiters:
+            w = lock.waiters.popleft()
+            w.clock = max(w.clock, c.clock)
+            w.state = RUNNING
+            self._granted(w, lock)
+            self._push_cpu(w)
+        self._preempt_dec(c)
+        return True
+
+    # ----------------------------------------------------------------- sleeping locks
+    def _sleep_check(self, c: Cpu, what: str) -> None:
+        if c.preempt_count or c.irqs_off:
+            self.invariants.sleep_in_atomic(c, what)
+
+    def _down_read(self, c: Cpu, task: Task, v) -> bool:
+        sem = v.sem
+        self._sleep_check(c, f"down_read({sem.name})")
+        c.clock += self.costs.lock
+        if sem.writer is None and not sem.waiters:
+            sem.readers += 1
+            return True
+        sem.waiters.append((task, False))
+        task.blocked_on = sem
+        self._block(c, task)
+        return False
+
+    def _down_write(self, c: Cpu, task: Task, v) -> bool:
+        sem = v.sem
+        self._sleep_check(c, f"down_write({sem.name})")
+        c.clock += self.costs.lock
+        if sem.writer is None and sem.readers == 0 and not sem.waiters:
+            sem.writer = task
+            return True
+        sem.waiters.append((task, True))
+        task.blocked_on = sem
+        self._block(c, task)
+        return False
+
+    def _up_read(self, c: Cpu, task: Task, v) -> bool:
+        sem = v.sem
+        sem.readers -= 1
+        c.clock += self.costs.unlock
+        self._rwsem_wake(sem, c.clock)
+        return True
+
+    def _up_write(self, c: Cpu, task: Task, v) -> bool:
+        sem = v.sem
+        if sem.writer is not task:
+            raise AssertionError(f"up_write: {sem.name} not held by {task}")
+        sem.writer = None
+        c.clock += self.costs.unlock
+        self._rwsem_wake(sem, c.clock)
+        return True
+
+    def _rwsem_wake(self, sem, t: int) -> None:
+        """rwsem_wake(): grant the writer at the head, or every reader up to the next writer."""
+        if sem.writer is not None or not sem.waiters:
+            return
+        if sem.waiters[0][1]:
+            if sem.readers == 0:
+                task, _ = sem.waiters.popleft()
+                sem.writer = task
+                self.wake(task, t)
+            return
+        while sem.waiters and not sem.waiters[0][1]:
+            task, _ = sem.waiters.popleft()
+            sem.readers += 1
+            self.wake(task, t)
+
+    def _mutex_lock(self, c: Cpu, task: Task, v) -> bool:
+        m = v.mutex
+        self._sleep_check(c, f"mutex_lock({m.name})")
+        c.clock += self.costs.lock
+        if m.owner is None:
+            m.owner = task
+            return True
+        m.waiters.append(task)
+        task.blocked_on = m
+        self._block(c, task)
+        return False
+
+    def _mutex_unlock(self, c: Cpu, task: Task, v) -> bool:
+        m = v.mutex
+        if m.owner is not task:
+            raise AssertionError(f"mutex_unlock: {m.name} not held by {task}")
+        c.clock += self.costs.unlock
+        m.owner = None
+        if m.waiters:
+            m.owner = m.waiters.popleft()
+            self.wake(m.owner, c.clock)
+        return True
+
+    # ----------------------------------------------------------------- user compute and sleep
+    def _compute(self, c: Cpu, task: Task, v: Compute) -> bool:
+        self._enter_compute(c, task, v.ns)
+        return False
+
+    def _enter_compute(self, c: Cpu, task: Task, ns: int) -> None:
+        task.compute_left = 0
+        c.state = COMPUTE
+        c.compute_end = c.clock + ns
+        c.token += 1
+        self._push(c.compute_end, c, c.token, self._compute_done_cb(c))
+
+    def _sleep(self, c: Cpu, task: Task, v: Sleep) -> bool:
+        self._sleep_check(c, "schedule_timeout()")
+        task.sleep_token += 1
+        task.blocked_on = "sleep"
+        tok = task.sleep_token
+        wake_at = c.clock + v.ns
+
+        def wakeup(t, task=task, tok=tok):
+            if task.sleep_token == tok:
+                self.wake(task, t)
+        self.timer(wake_at, wakeup)
+        self._block(c, task)
+        return False
+
+    # ----------------------------------------------------------------- IPIs
+    def _smp_call(self, c: Cpu, task: Task, v: SmpCallFunctionMany) -> bool:
+        costs = self.costs
+        c.clock += costs.ipi_send
+        arrival = c.clock + costs.ipi_delivery
+        self.metrics.ipis_sent += len(v.targets)
+        c.ipi_acks_left = len(v.targets)
+        c.ipi_wait_until = c.clock
+        c.state = IPI_WAIT
+        for tid in v.targets:
+            t = self.cpus[tid]
+            self.seq += 1
+            heapq.heappush(t.pending, (arrival, self.seq, v.func, c))
+            t.attention = True
+            self.timer(arrival, self._make_arrival(t))
+        return False
+
+    def _make_arrival(self, t: Cpu):
+        def arrival(now, t=t):
+            self._irq_arrived(t, now)
+        return arrival
+
+    def _irq_arrived(self, t: Cpu, now: int) -> None:
+        """An IPI reaches CPU t. A CPU that is not executing steps (idle, spinning, waiting for acks, or
+        in user compute) takes it now if its interrupts are on; a stepping CPU takes it at its next step."""
+        if t.irqs_off or not t.pending:
+            return
+        if t.state == RUNNING:
+            return
+        t.clock = max(t.clock, now)
+        before = t.clock
+        self._take_irqs(t)
+        if t.state == COMPUTE:
+            t.compute_end += t.clock - before
+            t.token += 1
+            self._push(t.compute_end, t, t.token, self._compute_done_cb(t))
+
+    def _take_irqs(self, c: Cpu) -> None:
+        """Run the handlers of every IPI that has arrived by c.clock, and acknowledge each."""
+        costs = self.costs
+        pending = c.pending
+        while pending and pending[0][0] <= c.clock:
+            _, _, func, sender = heapq.heappop(pending)
+            c.clock += costs.ipi_handler + func(c)
+            self.metrics.ipis_by_cpu[c.id] += 1
+            ack = c.clock + costs.ipi_ack
+            if ack > sender.ipi_wait_until:
+                sender.ipi_wait_until = ack
+            sender.ipi_acks_left -= 1
+            if sender.ipi_acks_left == 0:
+                sender.clock = max(sender.clock, sender.ipi_wait_until)
+                sender.state = RUNNING
+                self._push_cpu(sender)
+        c.attention = bool(pending) or c.need_resched
+
+    def _compute_done_cb(self, c: Cpu):
+        def done(t, c=c):
+            c.clock = max(c.clock, c.compute_end)
+            c.state = RUNNING
+            self._run_cpu(c, self.heap[0][0] if self.heap else INF)
+        return done

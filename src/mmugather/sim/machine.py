@@ -1,0 +1,106 @@
+"""One simulation: a machine (CPUs, memory, TLBs, IPIs), a kernel policy, and a scenario run on them."""
+from __future__ import annotations
+
+import random
+
+from mmugather.arch.x86 import X86Legacy
+from mmugather.kernel.smp import Sleep
+from mmugather.machine.costs import Costs
+from mmugather.machine.tlb import Tlb
+from mmugather.mm.mm_types import AddressSpace, MmStruct, Vma
+from mmugather.mm.page_alloc import PGTABLE, PageAlloc
+from mmugather.report.metrics import Metrics
+from mmugather.sim.engine import Engine
+from mmugather.sim.invariants import Invariants
+from mmugather.workloads import scenario as S
+from mmugather.workloads.program import Process, thread_program, vma_flags
+
+
+class Simulation:
+    """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics."""
+
+    def __init__(self, scenario: S.Scenario, policy_cls, *, cpus: int | None = None, preempt: str | None = None,
+                 fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None) -> None:
+        m = scenario.machine
+        self.scenario = scenario
+        self.ncpus = cpus if cpus is not None else m.cpus
+        self.preempt = preempt if preempt is not None else m.preempt
+        self.fail_nowait = fail_nowait if fail_nowait is not None else m.fail_nowait
+        self.seed = seed if seed is not None else scenario.seed
+        self.costs = costs or Costs()
+        self.rng = random.Random(self.seed)
+        self.metrics = Metrics(self.ncpus)
+        self.invariants = Invariants(self.metrics)
+        self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants)
+        self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free)
+        self.invariants.cpus = self.engine.cpus
+        self.invariants.alloc = self.alloc
+        self.tlb = Tlb(self.invariants)
+        self.arch = X86Legacy(self.tlb, self.costs, self.metrics)
+        self.engine.arch = self.arch
+        self.kernel = policy_cls(self)
+        self.metrics.gather_memory(self.kernel.gather_static_bytes(self.ncpus))
+        self.mms: list[MmStruct] = []
+        self.files = {f.name: AddressSpace(f.name) for f in scenario.files}
+        self.processes: list[Process] = []
+        self._setup()
+
+    def new_mm(self) -> MmStruct:
+        """mm_alloc() + pgd_alloc()."""
+        mm = MmStruct(len(self.mms) + 1, self.alloc.alloc_page(PGTABLE))
+        self.mms.append(mm)
+        return mm
+
+    def _setup(self) -> None:
+        kernel = self.kernel
+        for pspec in self.scenario.process:
+            mm = self.new_mm()
+            proc = Process(pspec.name, mm)
+            for v in pspec.vma:
+                start = v.start if v.start is not None else kernel.get_unmapped_area(mm, v.size)
+                vma = Vma(mm, start, start + v.size, vma_flags(v), self.files.get(v.file) if v.file else None,
+                          v.offset >> 12, v.name)
+                try:
+                    mm.insert_vma(vma)
+                except ValueError as e:
+                    from mmugather.errors import InputError
+                    raise InputError(f"{self.scenario.name}: process '{pspec.name}': VMA '{v.name}': {e}") from None
+                proc.ranges[v.name] = (vma.start, vma.end)
+                if v.populate is True:
+                    kernel.populate(mm, vma, vma.start, vma.end)
+                elif v.populate:
+                    for off, length in v.populate:
+                        kernel.populate(mm, vma, vma.start + off, vma.start + off + length)
+            self.processes.append(proc)
+            for k, t in enumerate(pspec.thread):
+                task = self.engine.spawn(f"{pspec.name}/{k}", t.cpu, "user", thread_program(self, proc, t.program),
+                                         mm=mm, process=proc)
+                proc.threads.append(task)
+        if self.scenario.machine.latency_task:
+            for c in self.engine.cpus:
+                self._start_latency_task(c.id)
+
+    def _start_latency_task(self, cpu: int) -> None:
+        """A latency-sensitive kernel thread per CPU, woken every latency_period ns (random phase)."""
+        period = self.costs.latency_period
+        run_ns = self.costs.latency_run
+
+        def body(c, task):
+            while True:
+                yield run_ns
+                yield Sleep(period - run_ns if period > run_ns else 1)
+        task = self.engine.spawn(f"latency/{cpu}", cpu, "latency", body)
+        first = self.rng.randrange(period)
+        self.engine.timer(first, lambda t, task=task: self.engine.wake(task, t))
+
+    def run(self) -> dict:
+        """Run to completion; check for leaks; return the `metrics` object."""
+        end = self.engine.run()
+        for mm in self.mms:                       # mmdrop() of exited mms by their last lazy user
+            if mm.exited and mm.pgd.pfn >= 0:
+                self.alloc.free_page(None, mm.pgd.pfn)
+                mm.pgd.pfn = -1
+        self.invariants.check_leaks(self.mms, list(self.files.values()), self.alloc)
+        return self.metrics.summary(sim_time_ns=end, nowait_attempts=self.alloc.nowait_attempts,
+                                    nowait_failures=self.alloc.nowait_failures,
+                                    violations=self.invariants.violations)

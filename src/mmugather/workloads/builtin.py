@@ -1,0 +1,106 @@
+"""Built-in workloads: scenarios written as data, listed by `mmugather workloads`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmugather.errors import InputError
+from mmugather.workloads.scenario import Scenario, load_scenario, parse_scenario
+
+DEFAULT = "default"
+
+
+def _default() -> dict:
+    """Eight threads on eight CPUs. Thread 0 munmaps 512 MiB and MADV_DONTNEEDs another 512 MiB, all
+    touched, while the others keep touching their own memory (and, before that, a little of the regions
+    being torn down, so their TLBs hold translations that must be shot down); then the process exits with
+    1 GiB and the working sets still resident."""
+    vmas = [
+        {"name": "unmap", "size": "512MiB", "populate": True},
+        {"name": "dontneed", "size": "512MiB", "populate": True},
+        {"name": "keep", "size": "1GiB", "populate": True},
+    ] + [{"name": f"ws{i}", "size": "4MiB", "populate": True} for i in range(1, 8)]
+    warm = [{"op": "touch", "vma": "unmap", "size": "128KiB", "write": False},
+            {"op": "touch", "vma": "dontneed", "size": "128KiB", "write": False}]
+    threads = [{"cpu": 0, "program": warm + [
+        {"op": "munmap", "vma": "unmap"},
+        {"op": "madvise", "vma": "dontneed", "advice": "dontneed"},
+        {"op": "exit"},
+    ]}]
+    for i in range(1, 8):
+        target = f"ws{i}" if i <= 4 else "keep"
+        threads.append({"cpu": i, "program": warm + [
+            {"op": "churn", "vma": target, "write": i <= 4, "gap_ns": 2000}]})
+    return {"name": DEFAULT, "description": "8 threads: munmap 512 MiB + MADV_DONTNEED 512 MiB while 7 "
+                                            "threads touch memory, then exit with 1 GiB resident",
+            "seed": 1, "machine": {"cpus": 8, "preempt": "voluntary"},
+            "process": [{"name": "app", "vma": vmas, "thread": threads}]}
+
+
+def _small() -> dict:
+    """A few MiB on four CPUs: fast enough to run hundreds of seeds, with threads racing the teardown."""
+    return {"name": "small", "description": "4 threads: munmap 8 MiB and MADV_DONTNEED 8 MiB while 3 "
+                                           "threads touch memory (some of it the range torn down), then exit",
+            "seed": 1, "machine": {"cpus": 4, "preempt": "voluntary"},
+            "process": [{"name": "app",
+                         "vma": [{"name": "a", "size": "8MiB", "populate": True},
+                                 {"name": "b", "size": "8MiB", "populate": True},
+                                 {"name": "w", "size": "2MiB", "populate": True}],
+                         "thread": [
+                             {"cpu": 0, "program": [{"op": "touch", "vma": "a", "size": "64KiB"},
+                                                    {"op": "munmap", "vma": "a"},
+                                                    {"op": "madvise", "vma": "b"},
+                                                    {"op": "exit"}]},
+                             {"cpu": 1, "program": [{"op": "touch", "vma": "a", "size": "256KiB", "gap_ns": 500},
+                                                    {"op": "churn", "vma": "w", "write": True, "gap_ns": 700}]},
+                             {"cpu": 2, "program": [{"op": "churn", "vma": "b", "write": True, "gap_ns": 900}]},
+                             {"cpu": 3, "program": [{"op": "churn", "vma": "w", "gap_ns": 1100}]},
+                         ]}]}
+
+
+def _exit(gib: int) -> dict:
+    return {"name": f"exit-{gib}g", "description": f"exit_mmap of {gib} GiB resident, one thread, 2 CPUs",
+            "seed": 1, "machine": {"cpus": 2, "preempt": "voluntary", "latency_task": False},
+            "process": [{"name": "app", "vma": [{"name": "a", "size": f"{gib}GiB", "populate": True}],
+                         "thread": [{"cpu": 0, "program": [{"op": "exit"}]}]}]}
+
+
+def _munmap(gib: int) -> dict:
+    return {"name": f"munmap-{gib}g", "description": f"munmap of {gib} GiB resident, one thread, 2 CPUs",
+            "seed": 1, "machine": {"cpus": 2, "preempt": "voluntary", "latency_task": False},
+            "process": [{"name": "app", "vma": [{"name": "a", "size": f"{gib}GiB", "populate": True}],
+                         "thread": [{"cpu": 0, "program": [{"op": "munmap", "vma": "a"}, {"op": "exit"}]}]}]}
+
+
+def _execve() -> dict:
+    return {"name": "execve", "description": "a 2-thread process with 64 MiB resident calls execve(): the old "
+                                            "mm is torn down (fullmm) and the new stack moved (shift_arg_pages)",
+            "seed": 1, "machine": {"cpus": 2, "preempt": "voluntary"},
+            "process": [{"name": "app", "vma": [{"name": "heap", "size": "64MiB", "populate": True}],
+                         "thread": [{"cpu": 0, "program": [{"op": "compute", "ns": 50000},
+                                                           {"op": "exec", "stack_pages": 32, "shift": "1MiB"},
+                                                           {"op": "exit"}]},
+                                    {"cpu": 1, "program": [{"op": "churn", "vma": "heap", "gap_ns": 1000}]}]}]}
+
+
+BUILTIN = {
+    DEFAULT: _default,
+    "small": _small,
+    "exit-1g": lambda: _exit(1),
+    "exit-8g": lambda: _exit(8),
+    "munmap-1g": lambda: _munmap(1),
+    "execve": _execve,
+}
+
+
+def builtin_workloads() -> dict[str, Scenario]:
+    return {name: parse_scenario(make(), f"built-in workload '{name}'") for name, make in BUILTIN.items()}
+
+
+def resolve_workload(spec: str | None) -> Scenario:
+    """A built-in workload by name, or a scenario TOML file by path."""
+    name = spec or DEFAULT
+    if name in BUILTIN:
+        return parse_scenario(BUILTIN[name](), f"built-in workload '{name}'")
+    if Path(name).exists() or name.endswith(".toml"):
+        return load_scenario(name)
+    raise InputError(f"--workload: '{name}' is neither a built-in workload ({', '.join(BUILTIN)}) nor a file")

@@ -1,0 +1,155 @@
+"""User threads: the program of each simulated thread, run as a task on its CPU.
+
+User-mode steps are the hardware's: a load or store hits the TLB, or the MMU walks the page tables and
+fills the TLB, or the access faults into the kernel (mm/memory.c). Everything a thread does in the
+kernel is a kernel method of the policy under test.
+"""
+from __future__ import annotations
+
+from mmugather.kernel.smp import Compute, Sleep
+from mmugather.mm.mm_types import VM_READ, VM_SHARED, VM_WRITE
+from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, _PAGE_RW
+from mmugather.workloads import scenario as S
+
+
+class Process:
+    """A simulated process: its mm, its threads, and the named ranges its program refers to."""
+
+    def __init__(self, name: str, mm) -> None:
+        self.name = name
+        self.mm = mm
+        self.ranges: dict[str, tuple[int, int]] = {}
+        self.threads: list = []
+        self.exiting = False
+        self.busy = 0            # threads still running ops other than churn
+
+
+def vma_flags(spec: S.VmaSpec) -> int:
+    return VM_READ | (VM_WRITE if spec.writable else 0) | (VM_SHARED if spec.shared else 0)
+
+
+def access(sim, c, task, addr: int, write: bool):
+    """One user load/store: TLB hit, hardware walk and fill, or a page fault (then retried once).
+    Returns False if the access faulted fatally (SIGSEGV)."""
+    vpn = addr >> PAGE_SHIFT
+    v = c.tlb.get(vpn)
+    if v is not None and (not write or v & 1):
+        yield sim.costs.user_access
+        return True
+    for attempt in (0, 1):
+        pt = sim.tlb.walk(c, task.mm, addr)
+        if pt is not None:
+            pte = pt.ptes[vpn & 511]
+            if pte and (not write or pte & _PAGE_RW):
+                sim.tlb.fill(c, vpn, pte)
+                yield sim.costs.tlb_miss_walk
+                return True
+        if attempt:
+            return False
+        task.in_kernel = True
+        ok = yield from sim.kernel.do_page_fault(c, task, addr, write)
+        task.in_kernel = False
+        sim.invariants.resume_user(c, task)
+        if not ok:
+            return False
+    return False
+
+
+def syscall(sim, c, task, gen):
+    """Run a kernel path as a system call: in kernel mode, then back to user with the return check."""
+    task.in_kernel = True
+    result = yield from gen
+    task.in_kernel = False
+    sim.invariants.resume_user(c, task)
+    return result
+
+
+def thread_program(sim, proc: Process, ops: list):
+    """The generator factory of one thread running `ops`, then exiting (exit_mm)."""
+
+    def run(c, task):
+        rng = sim.rng
+        kernel = sim.kernel
+        proc.busy += 1
+        busy = True
+        for op in ops:
+            if proc.exiting:
+                break
+            if isinstance(op, S.ChurnOp):
+                if busy:
+                    proc.busy -= 1
+                    busy = False
+                lo, hi = _range(proc, op)
+                pages = (hi - lo) >> PAGE_SHIFT
+                while not proc.exiting and proc.busy > 0:
+                    addr = lo + (rng.randrange(pages) << PAGE_SHIFT)
+                    yield from access(sim, c, task, addr, op.write)
+                    yield Compute(op.gap_ns)
+                continue
+            if isinstance(op, S.TouchOp):
+                lo, hi = _range(proc, op)
+                for addr in range(lo, hi, PAGE_SIZE):
+                    if proc.exiting:
+                        break
+                    yield from access(sim, c, task, addr, op.write)
+                    if op.gap_ns:
+                        yield Compute(op.gap_ns)
+            elif isinstance(op, S.MunmapOp):
+                lo, hi = _range(proc, op)
+                yield from syscall(sim, c, task, kernel.sys_munmap(c, task, lo, hi - lo))
+            elif isinstance(op, S.MadviseOp):
+                lo, hi = _range(proc, op)
+                yield from syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo))
+            elif isinstance(op, S.MmapOp):
+                spec = op.vma
+                f = sim.files.get(spec.file) if spec.file else None
+                addr = yield from syscall(sim, c, task, kernel.sys_mmap(
+                    c, task, spec.start, spec.size, vma_flags(spec), f, spec.offset >> PAGE_SHIFT, spec.name))
+                proc.ranges[spec.name] = (addr, addr + spec.size)
+            elif isinstance(op, S.SleepOp):
+                yield Sleep(op.ns)
+            elif isinstance(op, S.ComputeOp):
+                yield Compute(op.ns)
+            elif isinstance(op, S.ExitOp):
+                break
+            elif isinstance(op, S.ExecOp):
+                yield from syscall(sim, c, task, do_execve(sim, c, task, proc, op))
+        if busy:
+            proc.busy -= 1
+        if not proc.exiting:
+            proc.exiting = True          # exit_group(): every thread of the process exits
+            for t in proc.threads:
+                if t is not task and t.blocked_on == "sleep":
+                    t.sleep_token += 1
+                    sim.engine.wake(t, c.clock)
+        task.in_kernel = True
+        yield sim.costs.syscall
+        yield from kernel.exit_mm(c, task)
+
+    return run
+
+
+def do_execve(sim, c, task, proc: Process, op: S.ExecOp):
+    """do_execve(), fs/exec.c, reduced to the mm work: de_thread() (the other threads exit), exec_mmap()
+    (the old mm goes to its last user's exit_mmap), setup_arg_pages() -> shift_arg_pages()."""
+    kernel = sim.kernel
+    others = [t for t in proc.threads if t is not task and t.alive]
+    if others:
+        proc.exiting = True
+        while any(t.alive for t in others):
+            yield Sleep(10_000)
+        proc.exiting = False
+    new_mm = sim.new_mm()
+    vma = kernel.setup_stack(new_mm, op.stack_pages)
+    yield from kernel.exec_mmap(c, task, new_mm)
+    proc.mm = new_mm
+    yield from kernel.shift_arg_pages(c, vma, op.shift)
+    proc.ranges["[stack]"] = (vma.start, vma.end)
+
+
+def _range(proc: Process, op) -> tuple[int, int]:
+    start, end = proc.ranges[op.vma]
+    lo = start + op.offset
+    hi = end if op.size is None else lo + op.size
+    assert lo < end and hi <= end, "checked when the scenario was loaded"
+    return lo, hi

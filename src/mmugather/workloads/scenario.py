@@ -1,0 +1,252 @@
+"""Scenario files: a machine, processes with VMAs and populated ranges, threads with programs.
+
+The format is documented in docs/scenarios.md. Loading validates everything up front (pydantic, unknown
+keys rejected) and turns any problem into one InputError line naming the file, the key and what was
+expected.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from mmugather.errors import InputError
+
+PAGE = 4096
+MAX_CPUS = 256
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kib|m|mib|g|gib|t|tib|p|pages?)\s*$", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
+          "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40, "p": PAGE, "page": PAGE, "pages": PAGE}
+
+
+def _size(v):
+    """A byte count: an integer, or a string like "64MiB", "2 GiB", "16 pages"."""
+    if isinstance(v, bool):
+        raise ValueError("expected a size, not a boolean")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        m = _SIZE.match(v)
+        if m:
+            return int(m.group(1)) * _UNITS[m.group(2).lower()]
+    raise ValueError(f"expected a size such as 4096, \"64MiB\" or \"16 pages\", got {v!r}")
+
+
+Size = Annotated[int, BeforeValidator(_size)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Machine(Strict):
+    cpus: int = Field(4, ge=1, le=MAX_CPUS)
+    preempt: Literal["none", "voluntary", "full"] = "voluntary"
+    policy: str = "3.0"
+    fail_nowait: float = Field(0.0, ge=0.0, le=1.0)
+    latency_task: bool = True
+
+
+class FileSpec(Strict):
+    name: str = Field(min_length=1)
+
+
+class VmaSpec(Strict):
+    name: str = Field(min_length=1)
+    size: Size = Field(gt=0)
+    start: int | None = None
+    kind: Literal["anon", "file"] = "anon"
+    file: str | None = None
+    offset: Size = 0
+    shared: bool = False
+    writable: bool = True
+    populate: Union[bool, list[tuple[Size, Size]]] = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.size % PAGE:
+            raise ValueError(f"size {self.size} is not a multiple of the 4096-byte page")
+        if self.start is not None and (self.start % PAGE or self.start <= 0 or self.start + self.size > 1 << 47):
+            raise ValueError(f"start {self.start:#x} must be page-aligned and inside the 47-bit user space")
+        if self.kind == "file" and not self.file:
+            raise ValueError("a file VMA needs 'file' naming one of [[files]]")
+        if self.kind == "anon" and self.file:
+            raise ValueError("an anon VMA takes no 'file'")
+        if self.offset % PAGE:
+            raise ValueError("offset must be page-aligned")
+        if isinstance(self.populate, list):
+            for off, length in self.populate:
+                if off % PAGE or length % PAGE or length <= 0 or off + length > self.size:
+                    raise ValueError(f"populate range ({off}, {length}) must be page-aligned, non-empty and "
+                                     f"inside the VMA")
+        return self
+
+
+class _Range(Strict):
+    vma: str
+    offset: Size = 0
+    size: Size | None = None
+
+    @model_validator(mode="after")
+    def _aligned(self):
+        if self.offset % PAGE or (self.size is not None and (self.size % PAGE or self.size <= 0)):
+            raise ValueError("offset and size must be page-aligned and size positive")
+        return self
+
+
+class TouchOp(_Range):
+    op: Literal["touch"]
+    write: bool = True
+    gap_ns: int = Field(0, ge=0)
+
+
+class ChurnOp(_Range):
+    """Touch random pages of a range, gap_ns of user work between touches, until the process exits."""
+    op: Literal["churn"]
+    write: bool = False
+    gap_ns: int = Field(2000, ge=1)
+
+
+class MunmapOp(_Range):
+    op: Literal["munmap"]
+
+
+class MadviseOp(_Range):
+    op: Literal["madvise"]
+    advice: Literal["dontneed"] = "dontneed"
+
+
+class MmapOp(Strict):
+    op: Literal["mmap"]
+    vma: VmaSpec
+
+
+class SleepOp(Strict):
+    op: Literal["sleep"]
+    ns: int = Field(gt=0)
+
+
+class ComputeOp(Strict):
+    op: Literal["compute"]
+    ns: int = Field(gt=0)
+
+
+class ExitOp(Strict):
+    op: Literal["exit"]
+
+
+class ExecOp(Strict):
+    """execve(): the process gets a new mm (the old one is torn down by its last user) and the new
+    stack of `stack_pages` argument pages is moved down by `shift` (shift_arg_pages)."""
+    op: Literal["exec"]
+    stack_pages: int = Field(8, ge=1, le=4096)
+    shift: Size = Field(1 << 20, gt=0)
+
+
+Op = Annotated[Union[TouchOp, ChurnOp, MunmapOp, MadviseOp, MmapOp, SleepOp, ComputeOp, ExitOp, ExecOp],
+               Field(discriminator="op")]
+
+
+class ThreadSpec(Strict):
+    cpu: int = Field(ge=0, le=MAX_CPUS - 1)
+    program: list[Op] = Field(default_factory=list)
+
+
+class ProcessSpec(Strict):
+    name: str = Field(min_length=1)
+    vma: list[VmaSpec] = Field(default_factory=list)
+    thread: list[ThreadSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names(self):
+        names = [v.name for v in self.vma]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"VMA names must be unique, repeated: {', '.join(sorted(dup))}")
+        return self
+
+
+class Scenario(Strict):
+    name: str = "scenario"
+    description: str = ""
+    seed: int = 0
+    machine: Machine = Machine()
+    files: list[FileSpec] = Field(default_factory=list)
+    process: list[ProcessSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _refs(self):
+        files = {f.name for f in self.files}
+        for p in self.process:
+            names = {v.name: v.size for v in p.vma}
+            for v in p.vma:
+                if v.file and v.file not in files:
+                    raise ValueError(f"process '{p.name}': VMA '{v.name}' names unknown file '{v.file}'")
+            for t in p.thread:
+                if t.cpu >= self.machine.cpus:
+                    raise ValueError(f"process '{p.name}': thread on CPU {t.cpu} but the machine has "
+                                     f"{self.machine.cpus} CPUs")
+                for op in t.program:
+                    if isinstance(op, MmapOp):
+                        names[op.vma.name] = op.vma.size
+                        if op.vma.file and op.vma.file not in files:
+                            raise ValueError(f"process '{p.name}': mmap names unknown file '{op.vma.file}'")
+                    ref = getattr(op, "vma", None)
+                    if isinstance(ref, str):
+                        if ref not in names:
+                            raise ValueError(f"process '{p.name}': {op.op} names unknown VMA '{ref}'")
+                        size = names[ref]
+                        if (op.offset >= size or op.offset + (op.size or 0) > size):
+                            raise ValueError(f"process '{p.name}': {op.op} of VMA '{ref}' at offset "
+                                             f"{op.offset} size {op.size} lies outside its {size} bytes")
+        return self
+
+
+_OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exec"}
+
+
+def _where(loc: tuple) -> str:
+    """A pydantic error location as a key path: process[0].thread[1].program[2].size."""
+    out = ""
+    for k, x in enumerate(loc):
+        if isinstance(x, int):
+            out += f"[{x}]"
+        elif x in _OP_TAGS and k and isinstance(loc[k - 1], int):
+            continue
+        else:
+            out += ("." if out else "") + x
+    return out or "(top level)"
+
+
+def parse_scenario(data: dict, origin: str) -> Scenario:
+    """Validate a scenario given as a dict (from TOML or built in); errors become one InputError line."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
+        raise InputError(f"{origin}: {_where(err['loc'])}: {msg}{more}") from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario TOML file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise InputError(f"{p}: cannot read scenario: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a text file") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{p}: malformed TOML: {e}") from None
+    return parse_scenario(data, str(p))
