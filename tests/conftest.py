@@ -20,7 +20,8 @@ def run(sc, policy, **kw):
 def munmap_while_others_run(size="4MiB", cpus=4, preempt="voluntary", fail_nowait=0.0):
     """Thread 0 munmaps a populated region while the other threads keep touching their own memory."""
     threads = [{"cpu": 0, "program": [{"op": "munmap", "vma": "a"}, {"op": "exit"}]}]
-    threads += [{"cpu": i, "program": [{"op": "churn", "vma": "w", "gap_ns": 1500}]} for i in range(1, cpus)]
+    warm = {"op": "touch", "vma": "a", "size": "64KiB", "write": False}
+    threads += [{"cpu": i, "program": [warm, {"op": "churn", "vma": "w", "gap_ns": 1500}]} for i in range(1, cpus)]
     return scenario([{"name": "a", "size": size, "populate": True},
                      {"name": "w", "size": "1MiB", "populate": True}], threads, cpus=cpus, preempt=preempt,
                     fail_nowait=fail_nowait)

@@ -163,6 +163,8 @@ class Engine:
         if c.state == IDLE:
             self._schedule(c)
             self._push_cpu(c)
+        elif not c.slice_armed:
+            self._arm_slice(c)
         return task
 
     # ----------------------------------------------------------------- event queue

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmugather.errors import InputError
 
@@ -48,6 +48,14 @@ class Machine(Strict):
     policy: str = "3.0"
     fail_nowait: float = Field(0.0, ge=0.0, le=1.0)
     latency_task: bool = True
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        from mmugather.policies import POLICIES
+        if v not in POLICIES:
+            raise ValueError(f"unknown policy '{v}' (expected one of: {', '.join(POLICIES)})")
+        return v
 
 
 class FileSpec(Strict):

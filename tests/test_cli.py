@@ -1,0 +1,94 @@
+"""The command line: examples run, output is deterministic, bad input is one line and exit code 2."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+
+
+def cli(*args, check=False):
+    return subprocess.run([sys.executable, "-m", "mmugather", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("policy", ["2.6.39", "3.0"])
+def test_every_example_runs_clean(path, policy):
+    r = cli("run", str(path), "--policy", policy, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["policy"] == policy
+    assert out["metrics"]["pages_unmapped"] > 0
+    assert out["metrics"]["violations"] == []
+
+
+def test_same_seed_gives_byte_identical_json():
+    a = cli("compare", "--workload", "small", "--seed", "5", "--json")
+    b = cli("compare", "--workload", "small", "--seed", "5", "--json")
+    c = cli("compare", "--workload", "small", "--seed", "6", "--json")
+    assert a.returncode == 0 and a.stdout == b.stdout
+    assert c.stdout != a.stdout
+    doc = json.loads(a.stdout)
+    assert set(doc) == {"workload", "machine", "seed", "runs"}
+    assert [r["policy"] for r in doc["runs"]] == ["2.6.39", "3.0"]
+    m = doc["runs"][0]["metrics"]
+    for key in ("tlb_flushes", "ipis_sent", "ipis_by_cpu", "pages_unmapped", "pages_freed", "page_tables_freed",
+                "flushes_under_pte_lock", "frees_under_pte_lock", "pte_lock_hold_ns", "preempt_off_ns",
+                "sched_latency_ns", "batch_alloc_attempts", "batch_alloc_failures", "gather_memory_bytes",
+                "sim_time_ns", "violations"):
+        assert key in m
+    assert len(m["ipis_by_cpu"]) == doc["machine"]["cpus"]
+
+
+def test_workloads_and_policies_list():
+    r = cli("workloads")
+    assert r.returncode == 0 and "default" in r.stdout and "small" in r.stdout
+    r = cli("policies", "--json")
+    assert {p["name"] for p in json.loads(r.stdout)} >= {"2.6.39", "3.0"}
+
+
+BAD = [
+    (["run", "does-not-exist.toml"], "does-not-exist.toml"),
+    (["compare", "--policies", "2.6.39,4.2", "--workload", "small"], "unknown policy '4.2'"),
+    (["compare", "--workload", "nope"], "neither a built-in"),
+    (["compare", "--workload", "small", "--cpus", "2"], "--cpus 2"),
+    (["compare", "--workload", "small", "--cpus", "999"], "--cpus"),
+    (["compare", "--workload", "small", "--fail-nowait", "2"], "--fail-nowait"),
+    (["compare", "--workload", "small", "--preempt", "sometimes"], "--preempt"),
+    (["compare", "--bogus"], "--bogus"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+def test_bad_flags_are_one_line(args, needle):
+    r = cli(*args)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+BAD_FILES = [
+    ("[machine\ncpus = 4", "malformed TOML"),
+    ("[[process]]\nname='p'\n[[process.thread]]\ncpu=0\ncolour='red'\n", "process[0].thread[0].colour: unknown key"),
+    ("[machine]\ncpus=1\n[[process]]\nname='p'\n[[process.thread]]\ncpu=3\n", "machine has 1 CPUs"),
+    ("[[process]]\nname='p'\n[[process.vma]]\nname='a'\nsize=4097\n[[process.thread]]\ncpu=0\n", "multiple of"),
+    ("[[process]]\nname='p'\n[[process.vma]]\nname='a'\nsize=0\n[[process.thread]]\ncpu=0\n", "process[0].vma[0].size"),
+    ("[[process]]\nname='p'\n[[process.vma]]\nname='a'\nsize='4KiB'\nstart=4097\n[[process.thread]]\ncpu=0\n",
+     "page-aligned"),
+    ("[[process]]\nname='p'\n[[process.thread]]\ncpu=0\nprogram=[{op='munmap', vma='x'}]\n", "unknown VMA 'x'"),
+    ("[[process]]\nname='p'\n[[process.thread]]\ncpu=0\nprogram=[{op='teleport'}]\n", "program[0]"),
+    ("[machine]\ncpus=300\n[[process]]\nname='p'\n[[process.thread]]\ncpu=0\n", "machine.cpus"),
+    ("[machine]\npolicy='9.9'\n[[process]]\nname='p'\n[[process.thread]]\ncpu=0\n", "unknown policy"),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD_FILES)
+def test_bad_scenarios_are_one_line(tmp_path, text, needle):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    r = cli("run", str(f))
+    assert r.returncode == 2, r.stdout
+    assert r.stderr.count("\n") == 1 and needle in r.stderr and str(f) in r.stderr, r.stderr
