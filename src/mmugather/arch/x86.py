@@ -67,15 +67,15 @@ class X86Legacy:
     # ------------------------------------------------------------ flushes
     def tlb_flush(self, c, tlb):
         """tlb_flush(), arch/x86/include/asm/tlb.h v2.6.39/v3.0: flush_tlb_mm(tlb->mm)."""
-        yield from self.flush_tlb_mm(c, tlb.mm)
+        yield self.flush_tlb_mm(c, tlb.mm)
 
     def flush_tlb_mm(self, c, mm):
         """flush_tlb_mm(), arch/x86/mm/tlb.c v2.6.39/v3.0."""
-        yield from self._flush(c, mm, None)
+        yield self._flush(c, mm, None)
 
     def flush_tlb_page(self, c, mm, va: int):
         """flush_tlb_page(), arch/x86/mm/tlb.c v2.6.39/v3.0: INVLPG here, the same va on the others."""
-        yield from self._flush(c, mm, va)
+        yield self._flush(c, mm, va)
 
     def _flush(self, c, mm, va: int | None):
         """The body flush_tlb_mm() and flush_tlb_page() share: local flush (or leave_mm() when current

@@ -12,10 +12,10 @@ class Exit:
             return
         task.mm = None
         self.arch.enter_lazy_tlb(c)
-        yield from self.mmput(c, mm)
+        yield self.mmput(c, mm)
 
     def mmput(self, c, mm):
         """mmput(), kernel/fork.c: drop mm_users; the last one runs exit_mmap()."""
         mm.users -= 1
         if mm.users == 0:
-            yield from self.exit_mmap(c, mm)
+            yield self.exit_mmap(c, mm)

@@ -18,7 +18,7 @@ class Exec:
         new_mm.users += 1
         self.arch.switch_mm(c, new_mm)
         if old is not None:
-            yield from self.mmput(c, old)
+            yield self.mmput(c, old)
 
     def setup_stack(self, mm, pages: int) -> Vma:
         """The temporary stack of a new bprm mm (bprm_mm_init): `pages` argument pages at STACK_TOP."""
@@ -37,7 +37,7 @@ class Exec:
             if old_pt is None:
                 moved += PAGE_SIZE
                 continue
-            new_pt = yield from self.pte_alloc(c, mm, new_addr + moved)
+            new_pt = yield self.pte_alloc(c, mm, new_addr + moved)
             yield SpinLock(old_pt.ptl)
             if new_pt is not old_pt:
                 yield SpinLock(new_pt.ptl)
@@ -53,7 +53,7 @@ class Exec:
             if new_pt is not old_pt:
                 yield SpinUnlock(new_pt.ptl)
             yield SpinUnlock(old_pt.ptl)
-        yield from self.arch.flush_tlb_mm(c, mm)
+        yield self.arch.flush_tlb_mm(c, mm)
         return moved
 
     def shift_arg_pages(self, c, vma, shift: int):
@@ -66,16 +66,16 @@ class Exec:
         length = old_end - old_start
         new_start, new_end = old_start - shift, old_end - shift
         vma.start = new_start                                      # vma_adjust(): grow down
-        moved = yield from self.move_page_tables(c, vma, old_start, new_start, length)
+        moved = yield self.move_page_tables(c, vma, old_start, new_start, length)
         if moved != length:
             raise AssertionError("shift_arg_pages: move_page_tables moved less than asked")
         nxt = mm.next_vma(vma)
         ceiling = nxt.start if nxt is not None else 0
-        tlb = yield from self.tlb_gather_mmu(c, mm, False)
+        tlb = yield self.tlb_gather_mmu(c, mm, False)
         if new_end > old_start:
-            yield from self.free_pgd_range(c, tlb, new_end, old_end, new_end, ceiling)
+            yield self.free_pgd_range(c, tlb, new_end, old_end, new_end, ceiling)
         else:
-            yield from self.free_pgd_range(c, tlb, old_start, old_end, new_end, ceiling)
-        yield from self.tlb_finish_mmu(c, tlb, new_end, old_end)
+            yield self.free_pgd_range(c, tlb, old_start, old_end, new_end, ceiling)
+        yield self.tlb_finish_mmu(c, tlb, new_end, old_end)
         vma.end = new_end                                          # vma_adjust(): shrink
         return new_start >> PAGE_SHIFT

@@ -18,5 +18,5 @@ class Madvise:
         yield DownRead(mm.mmap_sem)
         for vma in [v for v in mm.vmas if v.end > start and v.start < end]:
             lo, hi = max(start, vma.start), min(end, vma.end)
-            yield from self.zap_page_range(c, vma, lo, hi - lo, None)
+            yield self.zap_page_range(c, vma, lo, hi - lo, None)
         yield UpRead(mm.mmap_sem)

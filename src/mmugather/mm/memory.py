@@ -74,11 +74,11 @@ class Memory:
             yield UpRead(mm.mmap_sem)
             self.metrics.segv += 1
             return False
-        pt = yield from self.pte_alloc(c, mm, addr)
+        pt = yield self.pte_alloc(c, mm, addr)
         idx = pte_index(addr)
         ptent = pt.ptes[idx]
         if ptent == 0:
-            pfn, kind, writable = yield from self._fault_page(c, vma, addr, write)
+            pfn, kind, writable = yield self._fault_page(c, vma, addr, write)
             yield SpinLock(pt.ptl)
             yield self.costs.pte_set
             if pt.ptes[idx] == 0:
@@ -89,7 +89,7 @@ class Memory:
                 self.alloc.put_page(c, pfn)
             yield SpinUnlock(pt.ptl)
         elif write and not ptent & _PAGE_RW:
-            yield from self.do_wp_page(c, vma, pt, addr)
+            yield self.do_wp_page(c, vma, pt, addr)
         yield UpRead(mm.mmap_sem)
         return True
 
@@ -126,7 +126,7 @@ class Memory:
         old = pt.ptes[idx]
         if old and not old & _PAGE_RW:
             pt.ptes[idx] = 0
-            yield from self.arch.flush_tlb_page(c, mm, addr)
+            yield self.arch.flush_tlb_page(c, mm, addr)
             pt.ptes[idx] = mk_pte(new, True)
             old_pfn = old >> PAGE_SHIFT
             self.alloc.mapcount[new] += 1
@@ -143,6 +143,12 @@ class Memory:
         self.alloc.put_page(c, pfn)
         c.clock += self.costs.page_free
 
+    def _add_mm_rss(self, mm, anon: int, file: int) -> None:
+        """add_mm_rss_vec() at the end of zap_pte_range(): the pages zapped come off the RSS counters."""
+        mm.rss[MM_ANONPAGES] -= anon
+        mm.rss[MM_FILEPAGES] -= file
+        self.metrics.pages_unmapped += anon + file
+
     # ------------------------------------------------------------ freeing page tables
     def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int):
         """free_pgtables(), mm/memory.c v2.6.39/v3.0: for each run of VMAs no more than a PMD apart, free
@@ -153,7 +159,7 @@ class Memory:
             while i + 1 < len(vmas) and vmas[i + 1].start <= vmas[i].end + PMD_SIZE:
                 i += 1
             nxt = vmas[i + 1].start if i + 1 < len(vmas) else ceiling
-            yield from self.free_pgd_range(c, tlb, addr, vmas[i].end, floor, nxt)
+            yield self.free_pgd_range(c, tlb, addr, vmas[i].end, floor, nxt)
             i += 1
 
     def free_pgd_range(self, c, tlb, addr: int, end: int, floor: int, ceiling: int):
@@ -178,7 +184,7 @@ class Memory:
             if pud is None:
                 yield self.costs.pmd_none
             else:
-                yield from self.free_pud_range(c, tlb, pgd, pud, addr, nxt, floor, ceiling)
+                yield self.free_pud_range(c, tlb, pgd, pud, addr, nxt, floor, ceiling)
             addr = nxt
             if addr == end:
                 return
@@ -191,14 +197,14 @@ class Memory:
             nxt = addr_end(addr, end, PUD_SIZE)
             pmd = pud.entries.get(pud_index(addr))
             if pmd is not None:
-                yield from self.free_pmd_range(c, tlb, pud, pmd, addr, nxt, floor, ceiling)
+                yield self.free_pmd_range(c, tlb, pud, pmd, addr, nxt, floor, ceiling)
             addr = nxt
             if addr == end:
                 break
         if not self._covers(start, end, floor, ceiling, PGDIR_MASK):
             return
         del pgd.entries[pgd_index(start)]
-        yield from self.tlb_remove_page(c, tlb, pud.pfn)          # pud_free_tlb()
+        yield self.tlb_remove_page(c, tlb, pud.pfn)          # pud_free_tlb()
 
     def free_pmd_range(self, c, tlb, pud, pmd, addr: int, end: int, floor: int, ceiling: int):
         """free_pmd_range(), mm/memory.c: free the PTE tables below, then this PMD table if covered."""
@@ -206,14 +212,14 @@ class Memory:
         while True:
             nxt = addr_end(addr, end, PMD_SIZE)
             if pmd_index(addr) in pmd.entries:
-                yield from self.free_pte_range(c, tlb, pmd, addr)
+                yield self.free_pte_range(c, tlb, pmd, addr)
             addr = nxt
             if addr == end:
                 break
         if not self._covers(start, end, floor, ceiling, PUD_MASK):
             return
         del pud.entries[pud_index(start)]
-        yield from self.tlb_remove_page(c, tlb, pmd.pfn)          # pmd_free_tlb()
+        yield self.tlb_remove_page(c, tlb, pmd.pfn)          # pmd_free_tlb()
 
     def free_pte_range(self, c, tlb, pmd, addr: int):
         """free_pte_range(), mm/memory.c: pmd_clear(), then pte_free_tlb() (x86 ___pte_free_tlb():
@@ -224,7 +230,7 @@ class Memory:
         mm.nr_ptes -= 1
         tlb.need_flush = True
         yield self.costs.pgtable_free
-        yield from self.tlb_remove_page(c, tlb, pt.pfn)
+        yield self.tlb_remove_page(c, tlb, pt.pfn)
 
     @staticmethod
     def _covers(start: int, end: int, floor: int, ceiling: int, mask: int) -> bool:
@@ -244,25 +250,11 @@ class Memory:
         (2.6.39: only if unmap_vmas left a gather)."""
         mm = vma.mm
         end = address + size
-        ref = TlbRef((yield from self.tlb_gather_mmu(c, mm, False)))
-        end = yield from self.unmap_vmas(c, ref, mm.vmas[mm.vma_index(vma):], address, end, details)
+        ref = TlbRef((yield self.tlb_gather_mmu(c, mm, False)))
+        end = yield self.unmap_vmas(c, ref, mm.vmas[mm.vma_index(vma):], address, end, details)
         if ref.tlb is not None:
-            yield from self.tlb_finish_mmu(c, ref.tlb, address, end)
+            yield self.tlb_finish_mmu(c, ref.tlb, address, end)
         return end
-
-    def zap_pte_entry(self, mm, ptes, i: int, rss: list) -> int:
-        """The body of zap_pte_range() for one present PTE (same in 2.6.39 and 3.0):
-        ptep_get_and_clear_full(), rss accounting, page_remove_rmap(). Returns the pfn."""
-        ptent = ptes[i]
-        ptes[i] = 0
-        pfn = ptent >> PAGE_SHIFT
-        alloc = self.alloc
-        rss[MM_ANONPAGES if alloc.kind[pfn] == ANON else MM_FILEPAGES] -= 1
-        mc = alloc.mapcount[pfn] - 1
-        if mc < 0:
-            raise AssertionError(f"zap_pte_range: bad PTE, pfn {pfn} mapcount < 0 (print_bad_pte)")
-        alloc.mapcount[pfn] = mc
-        return pfn
 
 
 def _vma_range(vma, start_addr: int, end_addr: int):
@@ -288,35 +280,44 @@ class Memory2639(Memory):
     def zap_pte_range(self, c, tlb, vma, pt, addr: int, end: int, zap_work: list, details):
         """zap_pte_range(), mm/memory.c v2.6.39."""
         mm = tlb.mm
-        rss = [0, 0]
         ptes = pt.ptes
         costs = self.costs
         c_zap, c_none = costs.pte_zap, costs.pte_none
-        entry = self.zap_pte_entry
+        kind, mapcount = self.alloc.kind, self.alloc.mapcount
         remove = self._tlb_remove_page
+        anon = file = 0
         yield SpinLock(pt.ptl)
         i = pte_index(addr)
         none = 0
+        work = zap_work[0]
         while True:
-            if ptes[i]:
-                zap_work[0] -= PAGE_SIZE
-                pfn = entry(mm, ptes, i, rss)
-                self.metrics.pages_unmapped += 1
+            ptent = ptes[i]
+            if ptent:
+                work -= PAGE_SIZE
+                ptes[i] = 0                                     # ptep_get_and_clear_full()
+                pfn = ptent >> PAGE_SHIFT
+                if kind[pfn] == ANON:
+                    anon += 1
+                else:
+                    file += 1
+                mapcount[pfn] -= 1                              # page_remove_rmap()
+                if mapcount[pfn] < 0:
+                    raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
                 yield c_zap + none
                 none = 0
                 if not remove(c, tlb, pfn):
-                    yield from self.tlb_flush_mmu(c, tlb)       # tlb_remove_page(): nr >= FREE_PTE_NR
+                    yield self.tlb_flush_mmu(c, tlb)       # tlb_remove_page(): nr >= FREE_PTE_NR
             else:
-                zap_work[0] -= 1
+                work -= 1
                 none += c_none
             i += 1
             addr += PAGE_SIZE
-            if addr == end or zap_work[0] <= 0:
+            if addr == end or work <= 0:
                 break
+        zap_work[0] = work
         if none:
             yield none
-        mm.rss[0] += rss[0]
-        mm.rss[1] += rss[1]
+        self._add_mm_rss(mm, anon, file)
         yield SpinUnlock(pt.ptl)
         return addr
 
@@ -329,7 +330,7 @@ class Memory2639(Memory):
                 zap_work[0] -= 1
                 yield self.costs.pmd_none
             else:
-                nxt = yield from self.zap_pte_range(c, tlb, vma, pt, addr, nxt, zap_work, details)
+                nxt = yield self.zap_pte_range(c, tlb, vma, pt, addr, nxt, zap_work, details)
             addr = nxt
             if addr == end or zap_work[0] <= 0:
                 return addr
@@ -343,7 +344,7 @@ class Memory2639(Memory):
                 zap_work[0] -= 1
                 yield self.costs.pmd_none
             else:
-                nxt = yield from self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, zap_work, details)
+                nxt = yield self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, zap_work, details)
             addr = nxt
             if addr == end or zap_work[0] <= 0:
                 return addr
@@ -358,7 +359,7 @@ class Memory2639(Memory):
                 zap_work[0] -= 1
                 yield self.costs.pmd_none
             else:
-                nxt = yield from self.zap_pud_range(c, tlb, vma, pud, addr, nxt, zap_work, details)
+                nxt = yield self.zap_pud_range(c, tlb, vma, pud, addr, nxt, zap_work, details)
             addr = nxt
             if addr == end or zap_work[0] <= 0:
                 return addr
@@ -380,18 +381,18 @@ class Memory2639(Memory):
                 continue
             start, end = r
             while start != end:
-                start = yield from self.unmap_page_range(c, tlbp.tlb, vma, start, end, zap_work, details)
+                start = yield self.unmap_page_range(c, tlbp.tlb, vma, start, end, zap_work, details)
                 if zap_work[0] > 0:
                     if start != end:
                         raise AssertionError("unmap_vmas: zap_work left but range not done")
                     break
-                yield from self.tlb_finish_mmu(c, tlbp.tlb, start, start)
+                yield self.tlb_finish_mmu(c, tlbp.tlb, start, start)
                 tlbp.tlb = None
                 if c.need_resched or (i_mmap_lock is not None and i_mmap_lock.waiters):
                     if i_mmap_lock is not None:
                         return start
                     yield COND_RESCHED
-                tlbp.tlb = yield from self.tlb_gather_mmu(c, mm, fullmm)
+                tlbp.tlb = yield self.tlb_gather_mmu(c, mm, fullmm)
                 zap_work[0] = self.zap_block_size()
         return start
 
@@ -407,19 +408,26 @@ class Memory30(Memory):
         ptes = pt.ptes
         costs = self.costs
         c_zap, c_none = costs.pte_zap, costs.pte_none
-        entry = self.zap_pte_entry
+        kind, mapcount = self.alloc.kind, self.alloc.mapcount
         remove = self._tlb_remove_page
-        metrics = self.metrics
         while True:                                     # again:
-            rss = [0, 0]
+            anon = file = 0
             force_flush = False
             yield SpinLock(pt.ptl)
             i = pte_index(addr)
             none = 0
             while True:
-                if ptes[i]:
-                    pfn = entry(mm, ptes, i, rss)
-                    metrics.pages_unmapped += 1
+                ptent = ptes[i]
+                if ptent:
+                    ptes[i] = 0                                 # ptep_get_and_clear_full()
+                    pfn = ptent >> PAGE_SHIFT
+                    if kind[pfn] == ANON:
+                        anon += 1
+                    else:
+                        file += 1
+                    mapcount[pfn] -= 1                          # page_remove_rmap()
+                    if mapcount[pfn] < 0:
+                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
                     yield c_zap + none
                     none = 0
                     if not remove(c, tlb, pfn):
@@ -433,13 +441,12 @@ class Memory30(Memory):
                     break
             if none:
                 yield none
-            mm.rss[0] += rss[0]
-            mm.rss[1] += rss[1]
+            self._add_mm_rss(mm, anon, file)
             yield SpinUnlock(pt.ptl)
             # mmu_gather ran out of room to batch pages: break out of the PTE lock to avoid doing the
             # potentially expensive TLB invalidate and page-free while holding it.
             if force_flush:
-                yield from self.tlb_flush_mmu(c, tlb)
+                yield self.tlb_flush_mmu(c, tlb)
                 if addr != end:
                     continue
             return addr
@@ -452,7 +459,7 @@ class Memory30(Memory):
             if pt is None:
                 yield self.costs.pmd_none
             else:
-                nxt = yield from self.zap_pte_range(c, tlb, vma, pt, addr, nxt, details)
+                nxt = yield self.zap_pte_range(c, tlb, vma, pt, addr, nxt, details)
                 yield COND_RESCHED
             addr = nxt
             if addr == end:
@@ -466,7 +473,7 @@ class Memory30(Memory):
             if pmd is None:
                 yield self.costs.pmd_none
             else:
-                nxt = yield from self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, details)
+                nxt = yield self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, details)
             addr = nxt
             if addr == end:
                 return addr
@@ -480,7 +487,7 @@ class Memory30(Memory):
             if pud is None:
                 yield self.costs.pmd_none
             else:
-                nxt = yield from self.zap_pud_range(c, tlb, vma, pud, addr, nxt, details)
+                nxt = yield self.zap_pud_range(c, tlb, vma, pud, addr, nxt, details)
             addr = nxt
             if addr == end:
                 return addr
@@ -496,5 +503,5 @@ class Memory30(Memory):
                 continue
             start, end = r
             while start != end:
-                start = yield from self.unmap_page_range(c, tlbp.tlb, vma, start, end, details)
+                start = yield self.unmap_page_range(c, tlbp.tlb, vma, start, end, details)
         return start

@@ -38,7 +38,7 @@ class Mmap:
         if addr is None:
             addr = self.get_unmapped_area(mm, length)
         else:
-            yield from self.do_munmap(c, mm, addr, length)
+            yield self.do_munmap(c, mm, addr, length)
         mm.insert_vma(Vma(mm, addr, addr + length, flags | VM_ACCOUNT, file, pgoff, name))
         yield UpWrite(mm.mmap_sem)
         return addr
@@ -49,7 +49,7 @@ class Mmap:
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownWrite(mm.mmap_sem)
-        yield from self.do_munmap(c, mm, start, length)
+        yield self.do_munmap(c, mm, start, length)
         yield UpWrite(mm.mmap_sem)
 
     def split_vma(self, mm, vma: Vma, addr: int) -> None:
@@ -79,7 +79,7 @@ class Mmap:
         del mm.vmas[i:j]
         prev = mm.vmas[i - 1] if i > 0 else None
         nxt = mm.vmas[i] if i < len(mm.vmas) else None
-        yield from self.unmap_region(c, mm, detached, prev, nxt, start, end)
+        yield self.unmap_region(c, mm, detached, prev, nxt, start, end)
         for vma in detached:                         # remove_vma_list()
             if vma.file is not None:
                 vma.file.i_mmap.remove(vma)
@@ -87,22 +87,22 @@ class Mmap:
     def unmap_region(self, c, mm, vmas: list, prev, nxt, start: int, end: int):
         """unmap_region(), mm/mmap.c v2.6.39/v3.0: gather, unmap_vmas, free_pgtables between the
         neighbours, finish."""
-        ref = TlbRef((yield from self.tlb_gather_mmu(c, mm, False)))
-        yield from self.unmap_vmas(c, ref, vmas, start, end, None)
+        ref = TlbRef((yield self.tlb_gather_mmu(c, mm, False)))
+        yield self.unmap_vmas(c, ref, vmas, start, end, None)
         floor = prev.end if prev is not None else FIRST_USER_ADDRESS
         ceiling = nxt.start if nxt is not None else 0
-        yield from self.free_pgtables(c, ref.tlb, vmas, floor, ceiling)
-        yield from self.tlb_finish_mmu(c, ref.tlb, start, end)
+        yield self.free_pgtables(c, ref.tlb, vmas, floor, ceiling)
+        yield self.tlb_finish_mmu(c, ref.tlb, start, end)
 
     def exit_mmap(self, c, mm):
         """exit_mmap(), mm/mmap.c v2.6.39/v3.0: a fullmm gather over every VMA, free_pgtables() of the
         whole space, finish; then remove every VMA. Runs when the last user drops the mm."""
         vmas = list(mm.vmas)
         if vmas:
-            ref = TlbRef((yield from self.tlb_gather_mmu(c, mm, True)))
-            end = yield from self.unmap_vmas(c, ref, vmas, 0, ULONG_MASK, None)
-            yield from self.free_pgtables(c, ref.tlb, vmas, FIRST_USER_ADDRESS, 0)
-            yield from self.tlb_finish_mmu(c, ref.tlb, 0, end)
+            ref = TlbRef((yield self.tlb_gather_mmu(c, mm, True)))
+            end = yield self.unmap_vmas(c, ref, vmas, 0, ULONG_MASK, None)
+            yield self.free_pgtables(c, ref.tlb, vmas, FIRST_USER_ADDRESS, 0)
+            yield self.tlb_finish_mmu(c, ref.tlb, 0, end)
         for vma in vmas:
             if vma.file is not None:
                 vma.file.i_mmap.remove(vma)

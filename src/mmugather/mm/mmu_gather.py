@@ -76,15 +76,15 @@ class Gather2639:
         if not tlb.need_flush:
             return
         tlb.need_flush = False
-        yield from self.tlb_flush(c, tlb)
+        yield self.tlb_flush(c, tlb)
         if not tlb.fast_mode:
             pages, tlb.pages = tlb.pages, []
             self.metrics.pages_per_flush.append(len(pages))
-            yield from free_pages_and_swap_cache(self, c, pages)
+            yield free_pages_and_swap_cache(self, c, pages)
 
     def tlb_finish_mmu(self, c, tlb, start: int, end: int):
         """tlb_finish_mmu(), asm-generic/tlb.h v2.6.39: flush, check_pgt_cache(), put_cpu_var()."""
-        yield from self.tlb_flush_mmu(c, tlb)
+        yield self.tlb_flush_mmu(c, tlb)
         yield PREEMPT_ENABLE
 
     def _tlb_remove_page(self, c, tlb, pfn: int) -> int:
@@ -95,13 +95,15 @@ class Gather2639:
         if tlb.fast_mode:
             self.put_page_now(c, pfn)
             return 1
-        tlb.pages.append(pfn)
-        return max(0, self.FREE_PTE_NR - len(tlb.pages))
+        pages = tlb.pages
+        pages.append(pfn)
+        left = self.FREE_PTE_NR - len(pages)
+        return left if left > 0 else 0
 
     def tlb_remove_page(self, c, tlb, pfn: int):
         """tlb_remove_page(), asm-generic/tlb.h v2.6.39: batch the page; flush when nr >= FREE_PTE_NR."""
         if not self._tlb_remove_page(c, tlb, pfn):
-            yield from self.tlb_flush_mmu(c, tlb)
+            yield self.tlb_flush_mmu(c, tlb)
 
     def gather_static_bytes(self, ncpus: int) -> int:
         """DEFINE_PER_CPU storage of 2.6.39: one struct mmu_gather per possible CPU."""
@@ -173,7 +175,7 @@ class Gather30:
         if not tlb.need_flush:
             return
         tlb.need_flush = False
-        yield from self.tlb_flush(c, tlb)
+        yield self.tlb_flush(c, tlb)
         if tlb.fast_mode:
             return
         batch = tlb.local
@@ -181,14 +183,14 @@ class Gather30:
         while batch is not None:
             pages, batch.pages = batch.pages, []
             freed += len(pages)
-            yield from free_pages_and_swap_cache(self, c, pages)
+            yield free_pages_and_swap_cache(self, c, pages)
             batch = batch.next
         self.metrics.pages_per_flush.append(freed)
         tlb.active = tlb.local
 
     def tlb_finish_mmu(self, c, tlb, start: int, end: int):
         """tlb_finish_mmu(), mm/memory.c v3.0: flush, check_pgt_cache(), free the batch pages."""
-        yield from self.tlb_flush_mmu(c, tlb)
+        yield self.tlb_flush_mmu(c, tlb)
         batch = tlb.local.next
         while batch is not None:
             self.alloc.free_page(c, batch.pfn)
@@ -206,17 +208,19 @@ class Gather30:
             self.put_page_now(c, pfn)
             return 1
         batch = tlb.active
-        batch.pages.append(pfn)
-        if len(batch.pages) == batch.max:
-            if not self.tlb_next_batch(c, tlb):
-                return 0
-            batch = tlb.active
-        return batch.max - len(batch.pages)
+        pages = batch.pages
+        pages.append(pfn)
+        left = batch.max - len(pages)
+        if left:
+            return left
+        if not self.tlb_next_batch(c, tlb):
+            return 0
+        return tlb.active.max - len(tlb.active.pages)
 
     def tlb_remove_page(self, c, tlb, pfn: int):
         """tlb_remove_page(), asm-generic/tlb.h v3.0: __tlb_remove_page(), tlb_flush_mmu() if it returned 0."""
         if not self._tlb_remove_page(c, tlb, pfn):
-            yield from self.tlb_flush_mmu(c, tlb)
+            yield self.tlb_flush_mmu(c, tlb)
 
     def gather_static_bytes(self, ncpus: int) -> int:
         """No per-CPU storage in 3.0 (1c3951769621 removed mmu_gathers)."""

@@ -19,7 +19,7 @@ GFP_NOWAIT = "GFP_NOWAIT"   # atomic; fails with probability fail_nowait
 class PageAlloc:
     """The buddy allocator's observable contract: hand out free frames, take them back, count them."""
 
-    def __init__(self, rng, fail_nowait: float, on_free) -> None:
+    def __init__(self, rng, fail_nowait: float, on_free, on_free_many) -> None:
         if not 0.0 <= fail_nowait <= 1.0:
             raise ValueError("fail_nowait must be a probability in [0, 1]")
         self.refcount = array("i")
@@ -30,6 +30,7 @@ class PageAlloc:
         self.rng = rng
         self.fail_nowait = fail_nowait
         self.on_free = on_free
+        self.on_free_many = on_free_many
         self.nowait_attempts = 0
         self.nowait_failures = 0
 
@@ -83,6 +84,30 @@ class PageAlloc:
             return False
         self.free_page(cpu, pfn)
         return True
+
+    def release_pages(self, cpu, pfns: list[int]) -> None:
+        """release_pages(), mm/swap.c: put_page() on each; frames whose last reference goes are freed."""
+        refcount = self.refcount
+        kind = self.kind
+        nr_used = self.nr_used
+        free_list = self.free_list
+        freed = []
+        for pfn in pfns:
+            rc = refcount[pfn] - 1
+            refcount[pfn] = rc
+            if rc:
+                if rc < 0:
+                    raise AssertionError(f"put_page: pfn {pfn} has refcount 0 ({KIND_NAMES[kind[pfn]]})")
+                continue
+            k = kind[pfn]
+            if k == FREE:
+                raise AssertionError(f"free_page: pfn {pfn} freed twice")
+            kind[pfn] = FREE
+            nr_used[k] -= 1
+            free_list.append(pfn)
+            freed.append((pfn, k))
+        if freed:
+            self.on_free_many(cpu, freed)
 
     def free_page(self, cpu, pfn: int) -> None:
         """__free_page(): poison the frame and return it to the free list (LIFO, like the pcp lists)."""

@@ -38,7 +38,7 @@ class Kernel(Exit, Exec, Madvise, Mmap):
 
     def tlb_flush(self, c, tlb):
         """tlb_flush(): the arch's invalidation for a gather (x86 v2.6.39/v3.0: flush_tlb_mm)."""
-        yield from self.arch.tlb_flush(c, tlb)
+        yield self.arch.tlb_flush(c, tlb)
 
     def populate(self, mm, vma, start: int, end: int) -> int:
         """Set-up only (not a kernel path): map every page of [start, end) in vma as if faulted in by

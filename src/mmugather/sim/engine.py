@@ -2,7 +2,10 @@
 
 Every task is a generator. It yields an `int` to spend that many simulated nanoseconds, or a request
 (kernel/locking.py, kernel/smp.py) when it touches scheduler state: a lock, an IPI, a preemption point, a
-sleep. Each yield is a point where another CPU may interleave.
+sleep. Each yield is a point where another CPU may interleave. A path calls another path by yielding the
+callee's generator: the engine runs it as a nested call on the task's stack (a trampoline) and sends its
+return value back, so a step costs the same however deep the call chain (`yield from` also works, but
+resumes every frame of the chain at every step).
 
 Time is per CPU. The engine always runs the CPU whose clock is earliest, until its clock passes the next
 pending event (another CPU's clock or a timer); ties go to the entry queued first (a counter that only
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from types import GeneratorType
 
 from mmugather.kernel.locking import (
     COND_RESCHED, MIGHT_SLEEP, PREEMPT_DISABLE, PREEMPT_ENABLE, DownRead, DownWrite, MutexLock, MutexUnlock,
@@ -45,8 +49,8 @@ class DeadlockError(RuntimeError):
 class Task:
     """struct task_struct, as much as the engine needs: a generator pinned to one CPU."""
 
-    __slots__ = ("tid", "name", "cpu", "gen", "send", "mm", "process", "in_kernel", "kind", "alive",
-                 "compute_left", "woken_at", "blocked_on", "sleep_token")
+    __slots__ = ("tid", "name", "cpu", "stack", "send", "mm", "process", "in_kernel", "kind", "alive",
+                 "compute_left", "woken_at", "blocked_on", "sleep_token", "retval")
 
     def __init__(self, tid: int, name: str, cpu: int, kind: str, mm=None, process=None) -> None:
         self.tid = tid
@@ -61,11 +65,12 @@ class Task:
         self.woken_at = -1
         self.blocked_on = None
         self.sleep_token = 0
-        self.gen = None
+        self.stack: list = []
         self.send = None
+        self.retval = None
 
     def start(self, gen) -> None:
-        self.gen = gen
+        self.stack = [gen]
         self.send = gen.send
 
     def __repr__(self) -> str:
@@ -210,21 +215,35 @@ class Engine:
             return
         send = task.send
         handlers = self.handlers
+        val = task.retval
+        task.retval = None
         while True:
             if c.attention and self._attend(c):
+                task.retval = val
                 self._push_cpu(c)
                 return
             try:
-                v = send(None)
-            except StopIteration:
-                self._exit_task(c, task)
-                return
+                v = send(val)
+            except StopIteration as e:
+                stack = task.stack
+                stack.pop()
+                if not stack:
+                    self._exit_task(c, task)
+                    return
+                send = task.send = stack[-1].send
+                val = e.value
+                continue
+            val = None
             if v.__class__ is int:
                 c.clock += v
                 c.point = P_PLAIN
                 if c.clock >= horizon:
                     self._push_cpu(c)
                     return
+                continue
+            if v.__class__ is GeneratorType:
+                task.stack.append(v)
+                send = task.send = v.send
                 continue
             if not handlers[v.__class__](c, task, v):
                 return                     # the handler blocked or switched the CPU and queued what follows

@@ -58,6 +58,23 @@ class Invariants:
         if c is not None and c.ptl_held and kind != BATCH:
             m.frees_under_pte_lock += 1
 
+    def on_free_many(self, c, freed: list[tuple[int, int]]) -> None:
+        """on_free() for a batch of (pfn, kind) freed together by release_pages()."""
+        m = self.metrics
+        tlb_refs, pwc_refs = self.tlb_refs, self.pwc_refs
+        tables = 0
+        for pfn, kind in freed:
+            if kind == PGTABLE:
+                tables += 1
+                if pfn in pwc_refs:
+                    self._freed_while_cached(c, pfn)
+            elif pfn in tlb_refs:
+                self._freed_while_mapped(c, pfn)
+        m.page_tables_freed += tables
+        m.pages_freed += len(freed) - tables
+        if c is not None and c.ptl_held:
+            m.frees_under_pte_lock += len(freed) - tables
+
     def _freed_while_mapped(self, c, pfn: int) -> None:
         for x in self.cpus:
             vpns = [vpn for vpn, v in x.tlb.items() if v >> 1 == pfn]

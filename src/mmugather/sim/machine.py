@@ -32,7 +32,7 @@ class Simulation:
         self.metrics = Metrics(self.ncpus)
         self.invariants = Invariants(self.metrics)
         self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants)
-        self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free)
+        self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many)
         self.invariants.cpus = self.engine.cpus
         self.invariants.alloc = self.alloc
         self.tlb = Tlb(self.invariants)

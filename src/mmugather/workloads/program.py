@@ -47,7 +47,7 @@ def access(sim, c, task, addr: int, write: bool):
         if attempt:
             return False
         task.in_kernel = True
-        ok = yield from sim.kernel.do_page_fault(c, task, addr, write)
+        ok = yield sim.kernel.do_page_fault(c, task, addr, write)
         task.in_kernel = False
         sim.invariants.resume_user(c, task)
         if not ok:
@@ -58,7 +58,7 @@ def access(sim, c, task, addr: int, write: bool):
 def syscall(sim, c, task, gen):
     """Run a kernel path as a system call: in kernel mode, then back to user with the return check."""
     task.in_kernel = True
-    result = yield from gen
+    result = yield gen
     task.in_kernel = False
     sim.invariants.resume_user(c, task)
     return result
@@ -83,7 +83,7 @@ def thread_program(sim, proc: Process, ops: list):
                 pages = (hi - lo) >> PAGE_SHIFT
                 while not proc.exiting and proc.busy > 0:
                     addr = lo + (rng.randrange(pages) << PAGE_SHIFT)
-                    yield from access(sim, c, task, addr, op.write)
+                    yield access(sim, c, task, addr, op.write)
                     yield Compute(op.gap_ns)
                 continue
             if isinstance(op, S.TouchOp):
@@ -91,19 +91,19 @@ def thread_program(sim, proc: Process, ops: list):
                 for addr in range(lo, hi, PAGE_SIZE):
                     if proc.exiting:
                         break
-                    yield from access(sim, c, task, addr, op.write)
+                    yield access(sim, c, task, addr, op.write)
                     if op.gap_ns:
                         yield Compute(op.gap_ns)
             elif isinstance(op, S.MunmapOp):
                 lo, hi = _range(proc, op)
-                yield from syscall(sim, c, task, kernel.sys_munmap(c, task, lo, hi - lo))
+                yield syscall(sim, c, task, kernel.sys_munmap(c, task, lo, hi - lo))
             elif isinstance(op, S.MadviseOp):
                 lo, hi = _range(proc, op)
-                yield from syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo))
+                yield syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo))
             elif isinstance(op, S.MmapOp):
                 spec = op.vma
                 f = sim.files.get(spec.file) if spec.file else None
-                addr = yield from syscall(sim, c, task, kernel.sys_mmap(
+                addr = yield syscall(sim, c, task, kernel.sys_mmap(
                     c, task, spec.start, spec.size, vma_flags(spec), f, spec.offset >> PAGE_SHIFT, spec.name))
                 proc.ranges[spec.name] = (addr, addr + spec.size)
             elif isinstance(op, S.SleepOp):
@@ -113,7 +113,7 @@ def thread_program(sim, proc: Process, ops: list):
             elif isinstance(op, S.ExitOp):
                 break
             elif isinstance(op, S.ExecOp):
-                yield from syscall(sim, c, task, do_execve(sim, c, task, proc, op))
+                yield syscall(sim, c, task, do_execve(sim, c, task, proc, op))
         if busy:
             proc.busy -= 1
         if not proc.exiting:
@@ -124,7 +124,7 @@ def thread_program(sim, proc: Process, ops: list):
                     sim.engine.wake(t, c.clock)
         task.in_kernel = True
         yield sim.costs.syscall
-        yield from kernel.exit_mm(c, task)
+        yield kernel.exit_mm(c, task)
 
     return run
 
@@ -141,9 +141,9 @@ def do_execve(sim, c, task, proc: Process, op: S.ExecOp):
         proc.exiting = False
     new_mm = sim.new_mm()
     vma = kernel.setup_stack(new_mm, op.stack_pages)
-    yield from kernel.exec_mmap(c, task, new_mm)
+    yield kernel.exec_mmap(c, task, new_mm)
     proc.mm = new_mm
-    yield from kernel.shift_arg_pages(c, vma, op.shift)
+    yield kernel.shift_arg_pages(c, vma, op.shift)
     proc.ranges["[stack]"] = (vma.start, vma.end)
 
 
