@@ -110,3 +110,5 @@ PREEMPT_DISABLE = _Marker("preempt_disable")
 PREEMPT_ENABLE = _Marker("preempt_enable")      # a preemption point under CONFIG_PREEMPT
 COND_RESCHED = _Marker("cond_resched")          # a preemption point under every model
 MIGHT_SLEEP = _Marker("might_sleep")            # checked: sleeping here while atomic is a bug
+LOCAL_IRQ_DISABLE = _Marker("local_irq_disable")
+LOCAL_IRQ_ENABLE = _Marker("local_irq_enable")    # pending IPIs are taken here

@@ -1,6 +1,6 @@
 """Linux 2.6.39: per-CPU mmu_gathers, flushing under the PTE lock, ZAP_BLOCK_SIZE restarts."""
-from mmugather.mm.memory import Memory2639
-from mmugather.mm.mmu_gather import Gather2639
+from mmugather.mm.memory.v2_6_39 import Memory2639
+from mmugather.mm.mmu_gather.v2_6_39 import Gather2639
 from mmugather.policies.base import Kernel
 
 

@@ -1,6 +1,6 @@
 """Linux 3.0: the preemptible mmu_gather of d16dfc550f53, with e303297e6c3a and 97a894136f29."""
-from mmugather.mm.memory import Memory30
-from mmugather.mm.mmu_gather import Gather30
+from mmugather.mm.memory.v3_0 import Memory30
+from mmugather.mm.mmu_gather.v3_0 import Gather30
 from mmugather.policies.base import Kernel
 
 

@@ -25,6 +25,7 @@ class Metrics:
         self.gather_memory_bytes = 0
         self.gather_memory_now = 0
         self.segv = 0
+        self.rcu_callbacks = 0
         self.faults = 0
 
     def gather_memory(self, delta: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 
 from mmugather.arch.x86 import X86Legacy
+from mmugather.kernel.rcu import Rcu
 from mmugather.kernel.smp import Sleep
 from mmugather.machine.costs import Costs
 from mmugather.machine.tlb import Tlb
@@ -32,6 +33,7 @@ class Simulation:
         self.metrics = Metrics(self.ncpus)
         self.invariants = Invariants(self.metrics)
         self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants)
+        self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
         self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many)
         self.invariants.cpus = self.engine.cpus
         self.invariants.alloc = self.alloc

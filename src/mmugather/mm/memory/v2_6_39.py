@@ -1,0 +1,138 @@
+"""mm/memory.c v2.6.39: the zap walk with its zap_work budget."""
+from __future__ import annotations
+
+from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
+from mmugather.mm.memory import Memory, TlbRef, _vma_range
+from mmugather.mm.page_alloc import ANON
+from mmugather.mm.pgtable import (
+    PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, addr_end, pgd_index, pmd_index, pte_index, pud_index,
+)
+
+
+class Memory2639(Memory):
+    """The zap walk of Linux 2.6.39 (mm/memory.c v2.6.39): a zap_work budget of ZAP_BLOCK_SIZE bytes
+    (PAGE_SIZE per present PTE, 1 per empty entry) bounds each gather; tlb_remove_page() may flush and free
+    from inside zap_pte_range(), under the PTE lock."""
+
+    def zap_block_size(self) -> int:
+        """ZAP_BLOCK_SIZE: 8 pages with CONFIG_PREEMPT, 1024 otherwise."""
+        return (8 if self.engine.full else 1024) * PAGE_SIZE
+
+    def zap_pte_range(self, c, tlb, vma, pt, addr: int, end: int, zap_work: list, details):
+        """zap_pte_range(), mm/memory.c v2.6.39."""
+        mm = tlb.mm
+        ptes = pt.ptes
+        costs = self.costs
+        c_zap, c_none = costs.pte_zap, costs.pte_none
+        kind, mapcount = self.alloc.kind, self.alloc.mapcount
+        remove = self._tlb_remove_page
+        anon = file = 0
+        yield SpinLock(pt.ptl)
+        i = pte_index(addr)
+        none = 0
+        work = zap_work[0]
+        while True:
+            ptent = ptes[i]
+            if ptent:
+                work -= PAGE_SIZE
+                ptes[i] = 0                                     # ptep_get_and_clear_full()
+                pfn = ptent >> PAGE_SHIFT
+                if kind[pfn] == ANON:
+                    anon += 1
+                else:
+                    file += 1
+                mapcount[pfn] -= 1                              # page_remove_rmap()
+                if mapcount[pfn] < 0:
+                    raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+                yield c_zap + none
+                none = 0
+                if not remove(c, tlb, pfn):
+                    yield self.tlb_flush_mmu(c, tlb)       # tlb_remove_page(): nr >= FREE_PTE_NR
+            else:
+                work -= 1
+                none += c_none
+            i += 1
+            addr += PAGE_SIZE
+            if addr == end or work <= 0:
+                break
+        zap_work[0] = work
+        if none:
+            yield none
+        self._add_mm_rss(mm, anon, file)
+        yield SpinUnlock(pt.ptl)
+        return addr
+
+    def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, zap_work: list, details):
+        """zap_pmd_range(), mm/memory.c v2.6.39."""
+        while True:
+            nxt = addr_end(addr, end, PMD_SIZE)
+            pt = pmd.entries.get(pmd_index(addr))
+            if pt is None:
+                zap_work[0] -= 1
+                yield self.costs.pmd_none
+            else:
+                nxt = yield self.zap_pte_range(c, tlb, vma, pt, addr, nxt, zap_work, details)
+            addr = nxt
+            if addr == end or zap_work[0] <= 0:
+                return addr
+
+    def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, zap_work: list, details):
+        """zap_pud_range(), mm/memory.c v2.6.39."""
+        while True:
+            nxt = addr_end(addr, end, PUD_SIZE)
+            pmd = pud.entries.get(pud_index(addr))
+            if pmd is None:
+                zap_work[0] -= 1
+                yield self.costs.pmd_none
+            else:
+                nxt = yield self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, zap_work, details)
+            addr = nxt
+            if addr == end or zap_work[0] <= 0:
+                return addr
+
+    def unmap_page_range(self, c, tlb, vma, addr: int, end: int, zap_work: list, details):
+        """unmap_page_range(), mm/memory.c v2.6.39 (tlb_start_vma/tlb_end_vma are no-ops on x86)."""
+        pgd = vma.mm.pgd
+        while True:
+            nxt = addr_end(addr, end, PGDIR_SIZE)
+            pud = pgd.entries.get(pgd_index(addr))
+            if pud is None:
+                zap_work[0] -= 1
+                yield self.costs.pmd_none
+            else:
+                nxt = yield self.zap_pud_range(c, tlb, vma, pud, addr, nxt, zap_work, details)
+            addr = nxt
+            if addr == end or zap_work[0] <= 0:
+                return addr
+
+    def unmap_vmas(self, c, tlbp: TlbRef, vmas: list, start_addr: int, end_addr: int, details):
+        """unmap_vmas(), mm/memory.c v2.6.39: zap ZAP_BLOCK_SIZE at a time; after each block
+        tlb_finish_mmu(), then (if need_resched() or i_mmap_lock contended) cond_resched() or, holding
+        i_mmap_lock, return the restart address with no gather left; then tlb_gather_mmu() again."""
+        zap_work = [self.zap_block_size()]
+        fullmm = tlbp.tlb.fullmm
+        mm = tlbp.tlb.mm
+        start = start_addr
+        i_mmap_lock = details.i_mmap_lock if details is not None else None
+        for vma in vmas:
+            if vma.start >= end_addr:
+                break
+            r = _vma_range(vma, start_addr, end_addr)
+            if r is None:
+                continue
+            start, end = r
+            while start != end:
+                start = yield self.unmap_page_range(c, tlbp.tlb, vma, start, end, zap_work, details)
+                if zap_work[0] > 0:
+                    if start != end:
+                        raise AssertionError("unmap_vmas: zap_work left but range not done")
+                    break
+                yield self.tlb_finish_mmu(c, tlbp.tlb, start, start)
+                tlbp.tlb = None
+                if c.need_resched or (i_mmap_lock is not None and i_mmap_lock.waiters):
+                    if i_mmap_lock is not None:
+                        return start
+                    yield COND_RESCHED
+                tlbp.tlb = yield self.tlb_gather_mmu(c, mm, fullmm)
+                zap_work[0] = self.zap_block_size()
+        return start

@@ -1,0 +1,123 @@
+"""The Linux 3.0 gather: mm/memory.c and include/asm-generic/tlb.h v3.0 (d16dfc550f53, e303297e6c3a)."""
+from __future__ import annotations
+
+from mmugather.mm.mmu_gather import PAGE_SIZE
+from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
+from mmugather.mm.swap_state import free_pages_and_swap_cache
+
+
+class Batch:
+    """struct mmu_gather_batch, Linux v3.0: next, nr, max, pages[]; `pfn` is the page holding it
+    (None for the on-stack `local` bundle)."""
+
+    __slots__ = ("pfn", "pages", "max", "next")
+
+    def __init__(self, pfn: int | None, max_: int) -> None:
+        self.pfn = pfn
+        self.pages: list[int] = []
+        self.max = max_
+        self.next: Batch | None = None
+
+
+class MmuGather30:
+    """struct mmu_gather, include/asm-generic/tlb.h v3.0: mm, need_flush, fast_mode, fullmm, active,
+    local, __pages[MMU_GATHER_BUNDLE]."""
+
+    __slots__ = ("mm", "need_flush", "fast_mode", "fullmm", "local", "active")
+
+    SIZEOF = 8 + 4 + 8 + 16 + 8 * 8   # on the stack of the task tearing down
+
+
+class Gather30:
+    """The 3.0 gather, as kernel methods (mm/memory.c and include/asm-generic/tlb.h, Linux v3.0)."""
+
+    MMU_GATHER_BUNDLE = 8
+    MAX_GATHER_BATCH = (PAGE_SIZE - 16) // 8   # 510
+
+    def tlb_gather_mmu(self, c, mm, fullmm: bool):
+        """tlb_gather_mmu(), mm/memory.c v3.0: initialise an on-stack gather; fast mode when
+        num_possible_cpus() == 1; the first batch is the 8-entry local bundle."""
+        yield 0
+        tlb = MmuGather30()
+        tlb.mm = mm
+        tlb.fullmm = fullmm
+        tlb.need_flush = False
+        tlb.fast_mode = self.num_online_cpus == 1
+        tlb.local = Batch(None, self.MMU_GATHER_BUNDLE)
+        tlb.active = tlb.local
+        self.metrics.gather_memory(MmuGather30.SIZEOF)
+        return tlb
+
+    def tlb_next_batch(self, c, tlb) -> bool:
+        """tlb_next_batch(), mm/memory.c v3.0: move to the next batch page, allocating it with GFP_NOWAIT;
+        False when the allocation fails (the caller must flush)."""
+        batch = tlb.active
+        if batch.next is not None:
+            tlb.active = batch.next
+            return True
+        pfn = self.alloc.alloc_page(BATCH, GFP_NOWAIT)
+        c.clock += self.costs.page_alloc
+        if pfn < 0:
+            return False
+        self.metrics.gather_memory(PAGE_SIZE)
+        new = Batch(pfn, self.MAX_GATHER_BATCH)
+        tlb.active.next = new
+        tlb.active = new
+        return True
+
+    def tlb_flush_mmu(self, c, tlb):
+        """tlb_flush_mmu(), mm/memory.c v3.0: tlb_flush(), then free every batch's pages and rewind to the
+        local bundle (the batch pages themselves are kept until tlb_finish_mmu)."""
+        if not tlb.need_flush:
+            return
+        tlb.need_flush = False
+        yield self.tlb_flush(c, tlb)
+        if tlb.fast_mode:
+            return
+        batch = tlb.local
+        freed = 0
+        while batch is not None:
+            pages, batch.pages = batch.pages, []
+            freed += len(pages)
+            yield free_pages_and_swap_cache(self, c, pages)
+            batch = batch.next
+        self.metrics.pages_per_flush.append(freed)
+        tlb.active = tlb.local
+
+    def tlb_finish_mmu(self, c, tlb, start: int, end: int):
+        """tlb_finish_mmu(), mm/memory.c v3.0: flush, check_pgt_cache(), free the batch pages."""
+        yield self.tlb_flush_mmu(c, tlb)
+        batch = tlb.local.next
+        while batch is not None:
+            self.alloc.free_page(c, batch.pfn)
+            self.metrics.gather_memory(-PAGE_SIZE)
+            batch = batch.next
+        tlb.local.next = None
+        self.metrics.gather_memory(-MmuGather30.SIZEOF)
+
+    def _tlb_remove_page(self, c, tlb, pfn: int) -> int:
+        """__tlb_remove_page(), mm/memory.c v3.0: batch the page; returns the free slots left, 0 when the
+        active batch is full and no next batch could be had (the caller must flush). Fast mode frees the
+        page at once and returns 1."""
+        tlb.need_flush = True
+        if tlb.fast_mode:
+            self.put_page_now(c, pfn)
+            return 1
+        batch = tlb.active
+        pages = batch.pages
+        pages.append(pfn)
+        left = batch.max - len(pages)
+        if left:
+            return left
+        if not self.tlb_next_batch(c, tlb):
+            return 0
+        return tlb.active.max - len(tlb.active.pages)
+
+    def tlb_remove_page(self, c, tlb, pfn: int):
+        """tlb_remove_page(), asm-generic/tlb.h v3.0: __tlb_remove_page(), tlb_flush_mmu() if it returned 0."""
+        if not self._tlb_remove_page(c, tlb, pfn):
+            yield self.tlb_flush_mmu(c, tlb)
+
+    def gather_static_bytes(self, ncpus: int) -> int:
+        """No per-CPU storage in 3.0 (1c3951769621 removed mmu_gathers)."""
+        return 0
