@@ -96,11 +96,22 @@ def builtin_workloads() -> dict[str, Scenario]:
     return {name: parse_scenario(make(), f"built-in workload '{name}'") for name, make in BUILTIN.items()}
 
 
+# Parametric workload families, "PREFIX:..." -> a function of the full name returning a scenario dict
+PARAMETRIC: dict = {}
+
+
+def is_builtin(name: str) -> bool:
+    """A built-in workload name, fixed or parametric (OP:N[:B], wis:TEST:MODE:N, ...)."""
+    return name in BUILTIN or name.split(":", 1)[0] in PARAMETRIC
+
+
 def resolve_workload(spec: str | None) -> Scenario:
-    """A built-in workload by name, or a scenario TOML file by path."""
+    """A built-in workload by name (fixed or parametric), or a scenario TOML file by path."""
     name = spec or DEFAULT
     if name in BUILTIN:
         return parse_scenario(BUILTIN[name](), f"built-in workload '{name}'")
+    if name.split(":", 1)[0] in PARAMETRIC:
+        return parse_scenario(PARAMETRIC[name.split(":", 1)[0]](name), f"built-in workload '{name}'")
     if Path(name).exists() or name.endswith(".toml"):
         return load_scenario(name)
     raise InputError(f"--workload: '{name}' is neither a built-in workload ({', '.join(BUILTIN)}) nor a file")

@@ -12,7 +12,7 @@ from mmugather.policies import POLICIES, get_policy
 from mmugather.sim.engine import PREEMPT_MODELS
 from mmugather.sim.machine import Simulation
 from mmugather.workloads.builtin import builtin_workloads, resolve_workload
-from mmugather.workloads.scenario import MAX_CPUS, load_scenario
+from mmugather.workloads.scenario import MAX_CPUS, parse_scenario
 
 
 def _policies(value: str) -> list:
@@ -42,6 +42,20 @@ def run_one(scenario, policy_cls, **kw) -> dict:
     return Simulation(scenario, policy_cls, **kw).run()
 
 
+def workload_or_snapshot(workload: str | None, snapshot: str | None, variant: str, cpus: int | None):
+    """The scenario named by --workload, or built from --snapshot (a directory or a shipped name)."""
+    if snapshot is None:
+        return resolve_workload(workload)
+    if workload is not None:
+        raise InputError("--workload and --snapshot: give one or the other")
+    from mmugather.workloads.snapshot import resolve_snapshot, snapshot_to_scenario
+    snap = resolve_snapshot(snapshot)
+    return parse_scenario(snapshot_to_scenario(snap, variant, cpus), f"snapshot {snapshot}")
+
+
+SNAPSHOT_VARIANTS = ("exit", "munmap-largest")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mmugather")
 def main() -> None:
@@ -56,16 +70,27 @@ def main() -> None:
 @click.option("--fail-nowait", type=float, default=None, help="Probability that a GFP_NOWAIT allocation fails.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the workload's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
+@click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of --workload.")
+@click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
+              help="With --snapshot: exit_mmap of it all, or munmap of the largest VMA first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, as_json) -> None:
+@click.option("--html", "html_file", default=None, help="Also write a self-contained HTML report here.")
+def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, snapshot, variant, as_json,
+            html_file) -> None:
     """Run the same workload under each policy and compare them side by side."""
-    scenario = resolve_workload(workload)
+    scenario = workload_or_snapshot(workload, snapshot, variant, cpus)
     classes = _policies(policies)
     _check_cpus(scenario, cpus)
     _check_prob(fail_nowait)
     costs = load_costs(costs_file)
     kw = dict(cpus=cpus, preempt=preempt, fail_nowait=fail_nowait, seed=seed, costs=costs)
-    runs = [{"policy": cls.name, "metrics": run_one(scenario, cls, **kw)} for cls in classes]
+    runs, distributions = [], {}
+    for cls in classes:
+        sim = Simulation(scenario, cls, **kw)
+        runs.append({"policy": cls.name, "metrics": sim.run()})
+        if html_file:
+            from mmugather.report.html import raw_distributions
+            distributions[cls.name] = raw_distributions(sim.metrics)
     m = scenario.machine
     result = {
         "workload": scenario.name,
@@ -74,6 +99,9 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, as
         "seed": seed if seed is not None else scenario.seed,
         "runs": runs,
     }
+    if html_file:
+        from mmugather.report.html import write_html
+        write_html(result, html_file, distributions)
     if as_json:
         click.echo(json.dumps(result, sort_keys=False))
     else:
@@ -82,14 +110,19 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, as
 
 
 @main.command()
-@click.argument("scenario_file")
+@click.argument("scenario_file", required=False)
 @click.option("--policy", default=None, help="Policy (default: the scenario's machine.policy).")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
+@click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of a file.")
+@click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
+              help="With --snapshot: exit_mmap of it all, or munmap of the largest VMA first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def run(scenario_file, policy, seed, costs_file, as_json) -> None:
-    """Run a scenario file under one policy."""
-    scenario = load_scenario(scenario_file)
+def run(scenario_file, policy, seed, costs_file, snapshot, variant, as_json) -> None:
+    """Run a scenario (a file or built-in workload name, or --snapshot) under one policy."""
+    if scenario_file is None and snapshot is None:
+        raise InputError("run: give a scenario file, a built-in workload name or --snapshot")
+    scenario = workload_or_snapshot(scenario_file, snapshot, variant, None)
     cls = get_policy(policy or scenario.machine.policy)
     metrics = run_one(scenario, cls, seed=seed, costs=load_costs(costs_file))
     result = {"workload": scenario.name, "policy": cls.name,
@@ -128,6 +161,9 @@ def policies(as_json) -> None:
         return
     for r in rows:
         click.echo(f"{r['name']:8s} {r['version']:8s} {','.join(r['arches']):8s} {r['source']}")
+
+
+from mmugather.cli import host as _host, sweep as _sweep  # noqa: E402,F401  (register their commands)
 
 
 def entry() -> None:

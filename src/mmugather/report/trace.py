@@ -1,0 +1,145 @@
+"""Timelines of a run as Chrome Trace Event JSON, loadable in Perfetto (ui.perfetto.dev) and chrome://tracing.
+
+One track per simulated CPU (pid 1, tid = CPU number, named by thread_name metadata); counters are
+process-wide tracks. Timestamps are simulated nanoseconds written as microseconds ("ts", a float).
+Events are written in the order the hooks were called; viewers sort by time, and `validate_trace` checks
+what they rely on: each track's slices nest and its timestamps never go back.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+PID = 1
+_REQUIRED = {
+    "B": ("name", "ts", "pid", "tid"),
+    "E": ("ts", "pid", "tid"),
+    "X": ("name", "ts", "dur", "pid", "tid"),
+    "i": ("name", "ts", "pid", "tid"),
+    "C": ("name", "ts", "pid", "args"),
+    "s": ("name", "id", "ts", "pid", "tid"),
+    "f": ("name", "id", "ts", "pid", "tid"),
+    "M": ("name", "pid", "args"),
+}
+
+
+def _us(t_ns: int) -> float:
+    return t_ns / 1000
+
+
+class ChromeTrace:
+    """Collects events from the engine's hooks; `write` saves them as {"traceEvents": [...]}."""
+
+    def __init__(self, machine_name: str = "simulated machine") -> None:
+        self.events: list[dict] = [{"ph": "M", "name": "process_name", "pid": PID, "args": {"name": machine_name}}]
+        self._cpus: set[int] = set()
+        self._flows = 0
+
+    def _track(self, cpu: int) -> None:
+        if cpu not in self._cpus:
+            self._cpus.add(cpu)
+            self.events.append({"ph": "M", "name": "thread_name", "pid": PID, "tid": cpu,
+                                "args": {"name": f"CPU {cpu}"}})
+
+    def _on_cpu(self, ph: str, cpu: int, name: str, t_ns: int, args: dict | None, **extra) -> None:
+        self._track(cpu)
+        event = {"ph": ph, "name": name, "pid": PID, "tid": cpu, "ts": _us(t_ns), **extra}
+        if args:
+            event["args"] = args
+        self.events.append(event)
+
+    def begin(self, cpu: int, name: str, t_ns: int, args: dict | None = None) -> None:
+        """A slice `name` opens on `cpu` (closed by the matching `end`; slices nest)."""
+        self._on_cpu("B", cpu, name, t_ns, args)
+
+    def end(self, cpu: int, name: str, t_ns: int) -> None:
+        """The innermost open slice on `cpu`, which must be `name`, closes."""
+        self._on_cpu("E", cpu, name, t_ns, None)
+
+    def instant(self, cpu: int, name: str, t_ns: int, args: dict | None = None) -> None:
+        """A point event on `cpu` (drawn as a thread-scoped tick)."""
+        self._on_cpu("i", cpu, name, t_ns, args, s="t")
+
+    def flow(self, src_cpu: int, t_src_ns: int, dst_cpu: int, t_dst_ns: int, name: str) -> None:
+        """An arrow from `src_cpu` at t_src to the slice enclosing t_dst on `dst_cpu` (e.g. an IPI)."""
+        self._flows += 1
+        self._on_cpu("s", src_cpu, name, t_src_ns, None, cat="flow", id=self._flows)
+        self._on_cpu("f", dst_cpu, name, t_dst_ns, None, cat="flow", id=self._flows, bp="e")
+
+    def counter(self, name: str, t_ns: int, value: float) -> None:
+        """A sample of the machine-wide counter track `name` (e.g. gather memory in bytes)."""
+        self.events.append({"ph": "C", "name": name, "pid": PID, "ts": _us(t_ns), "args": {"value": value}})
+
+    def to_dict(self) -> dict:
+        return {"traceEvents": self.events, "displayTimeUnit": "ns"}
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), separators=(",", ":")))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_trace(obj) -> list[str]:
+    """Problems in a Chrome trace (the object form or a bare event list): missing fields for the event's
+    phase, B/E that do not pair in stack order on their track, a track whose timestamps go back, flow
+    starts and finishes that do not pair one to one. An empty list means none were found."""
+    events = obj.get("traceEvents") if isinstance(obj, dict) else obj
+    if not isinstance(events, list):
+        return ["expected a list of events or an object with a 'traceEvents' list"]
+    problems: list[str] = []
+    stacks: dict[tuple, list[str]] = {}
+    last_ts: dict[tuple, float] = {}
+    flows: dict[object, dict[str, list[float]]] = {}
+    for k, e in enumerate(events):
+        where = f"event {k}"
+        if not isinstance(e, dict) or e.get("ph") not in _REQUIRED:
+            problems.append(f"{where}: unknown or missing phase {e.get('ph') if isinstance(e, dict) else e!r}")
+            continue
+        ph = e["ph"]
+        missing = [f for f in _REQUIRED[ph] if f not in e]
+        if missing:
+            problems.append(f"{where} ({ph}): missing {', '.join(missing)}")
+            continue
+        if ph == "M":
+            continue
+        if not _is_number(e["ts"]) or e["ts"] < 0:
+            problems.append(f"{where} ({ph}): ts must be a non-negative number, got {e['ts']!r}")
+            continue
+        if ph in "sf":
+            flows.setdefault((e.get("cat"), e["id"]), {"s": [], "f": []})[ph].append(e["ts"])
+            continue
+        track = ("counter", e["pid"], e["name"]) if ph == "C" else ("thread", e["pid"], e["tid"])
+        on = "its counter track" if ph == "C" else f"tid {e['tid']}"
+        where += f" ({ph} '{e.get('name', '')}' on pid {e['pid']} {on})"
+        if e["ts"] < last_ts.get(track, -math.inf):
+            problems.append(f"{where}: ts {e['ts']} goes back from {last_ts[track]} on its track")
+        last_ts[track] = max(e["ts"], last_ts.get(track, -math.inf))
+        if ph == "C" and not (isinstance(e["args"], dict) and e["args"]
+                              and all(_is_number(v) for v in e["args"].values())):
+            problems.append(f"{where}: counter args must be a non-empty object of numbers")
+        elif ph == "X" and not (_is_number(e["dur"]) and e["dur"] >= 0):
+            problems.append(f"{where}: dur must be a non-negative number")
+        elif ph == "B":
+            stacks.setdefault(track, []).append(e["name"])
+        elif ph == "E":
+            stack = stacks.get(track)
+            if not stack:
+                problems.append(f"{where}: E with no open B on its track")
+                continue
+            opened = stack.pop()
+            if "name" in e and e["name"] != opened:
+                problems.append(f"{where}: E closes '{e['name']}' but the innermost open B is '{opened}'")
+    for (_, pid, tid), stack in stacks.items():
+        for name in stack:
+            problems.append(f"B '{name}' on pid {pid} tid {tid} is never closed by an E")
+    for (cat, fid), ends in flows.items():
+        if len(ends["s"]) != 1 or len(ends["f"]) != 1:
+            problems.append(f"flow id {fid} (cat {cat}): {len(ends['s'])} start(s) and {len(ends['f'])} "
+                            f"finish(es), expected one of each")
+        elif ends["f"][0] < ends["s"][0]:
+            problems.append(f"flow id {fid} (cat {cat}): finishes at {ends['f'][0]} before it starts at "
+                            f"{ends['s'][0]}")
+    return problems

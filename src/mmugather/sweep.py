@@ -1,0 +1,337 @@
+"""Sweeps: one simulation per point of a parameter grid, run in parallel, streamed to a resumable file.
+
+The sweep file format, the executors and the resume rules are documented in docs/sweeps.md. A point's id
+is a hash of its parameters, so a rerun with `resume=True` skips exactly the points already in
+DIR/results.jsonl, whichever order they finished in.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import tomllib
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from mmugather.errors import InputError
+from mmugather.policies import POLICIES
+from mmugather.sim.machine import Simulation
+from mmugather.workloads.builtin import BUILTIN, is_builtin, resolve_workload
+from mmugather.workloads.scenario import MAX_CPUS, Scenario
+
+RESULTS = "results.jsonl"
+GRID = "sweep.json"
+MAX_CHUNK = 64
+DASK_CONNECT_TIMEOUT = "5s"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _unique(values: list) -> list:
+    repeated = sorted(str(v) for v, n in Counter(values).items() if n > 1)
+    if repeated:
+        raise ValueError(f"repeated value(s): {', '.join(repeated)}")
+    return values
+
+
+class Grid(_Strict):
+    """Each key lists the values a parameter takes; the points are every combination."""
+    policies: list[str] = Field(min_length=1)
+    workloads: list[str] = Field(min_length=1)
+    cpus: list[int] = Field(min_length=1)
+    preempt: list[Literal["none", "voluntary", "full"]] = Field(min_length=1)
+    fail_nowait: list[float] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    arch: list[Literal["x86"]] = Field(["x86"], min_length=1)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_range(cls, v):
+        """{from = A, to = B} is the seeds A..B, both included."""
+        if not isinstance(v, dict):
+            return v
+        if set(v) != {"from", "to"} or not all(type(x) is int for x in v.values()):
+            raise ValueError("expected a list of seeds or a table {from = FIRST, to = LAST} of integers")
+        if v["to"] < v["from"]:
+            raise ValueError(f"'to' ({v['to']}) is below 'from' ({v['from']})")
+        return list(range(v["from"], v["to"] + 1))
+
+    @field_validator("policies", "workloads", "cpus", "preempt", "fail_nowait", "seeds", "arch")
+    @classmethod
+    def _no_repeats(cls, v: list) -> list:
+        return _unique(v)
+
+    @field_validator("policies")
+    @classmethod
+    def _known_policies(cls, v: list[str]) -> list[str]:
+        unknown = [p for p in v if p not in POLICIES]
+        if unknown:
+            raise ValueError(f"unknown policy '{unknown[0]}' (expected one of: {', '.join(POLICIES)})")
+        return v
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpu_range(cls, v: list[int]) -> list[int]:
+        bad = [c for c in v if not 1 <= c <= MAX_CPUS]
+        if bad:
+            raise ValueError(f"expected CPU counts in 1..{MAX_CPUS}, got {bad[0]}")
+        return v
+
+    @field_validator("fail_nowait")
+    @classmethod
+    def _probabilities(cls, v: list[float]) -> list[float]:
+        bad = [p for p in v if not 0.0 <= p <= 1.0]
+        if bad:
+            raise ValueError(f"expected probabilities in [0, 1], got {bad[0]}")
+        return v
+
+
+class SweepFile(_Strict):
+    grid: Grid
+
+
+@dataclass(frozen=True)
+class Point:
+    """One simulation of a sweep; `index` is its place in the grid's fixed order."""
+    index: int
+    arch: str
+    workload: str
+    policy: str
+    preempt: str
+    cpus: int
+    fail_nowait: float
+    seed: int
+
+    def params(self) -> dict:
+        p = asdict(self)
+        del p["index"]
+        return p
+
+    @property
+    def id(self) -> str:
+        """A stable id: the same parameters give the same id in every run and on every machine."""
+        return hashlib.sha256(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def grid_points(grid: Grid) -> list[Point]:
+    """The cartesian product, in the order arch, workloads, policies, preempt, cpus, fail_nowait, seeds
+    (seeds vary fastest)."""
+    product = itertools.product(grid.arch, grid.workloads, grid.policies, grid.preempt, grid.cpus,
+                                grid.fail_nowait, grid.seeds)
+    return [Point(k, *values) for k, values in enumerate(product)]
+
+
+_MESSAGES = {"extra_forbidden": "unknown key", "missing": "required key is missing",
+             "too_short": "expected at least one value", "model_type": "expected a table"}
+
+
+def _where(loc: tuple) -> str:
+    return "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".") or "(top level)"
+
+
+def load_sweep(path: str | Path) -> tuple[Grid, dict[str, Scenario]]:
+    """Read and validate a sweep file; also load each workload (a built-in name, or a scenario file path
+    relative to the sweep file) and check every CPU count can run it. Problems are one InputError line."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise InputError(f"{p}: cannot read sweep file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a text file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{p}: malformed TOML: {e}") from None
+    try:
+        grid = SweepFile.model_validate(data).grid
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = _MESSAGES.get(err["type"], err["msg"].removeprefix("Value error, "))
+        more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
+        raise InputError(f"{p}: {_where(err['loc'])}: {msg}{more}") from None
+    scenarios = {}
+    for name in grid.workloads:
+        file = p.parent / name
+        if not is_builtin(name) and not file.exists():
+            raise InputError(f"{p}: grid.workloads: '{name}' is neither a built-in workload "
+                             f"({', '.join(BUILTIN)}) nor a file")
+        scenario = resolve_workload(name if is_builtin(name) else str(file))
+        needed = 1 + max(t.cpu for proc in scenario.process for t in proc.thread)
+        if min(grid.cpus) < needed:
+            raise InputError(f"{p}: grid.cpus: {min(grid.cpus)} is too few for workload '{name}' "
+                             f"(it runs a thread on CPU {needed - 1})")
+        scenarios[name] = scenario
+    return grid, scenarios
+
+
+def flatten_metrics(metrics: dict) -> dict:
+    """The numeric metrics of a run, flat: {"max", "p99"} summaries become pte_lock_hold_ns.max and so on,
+    violations becomes their count, and ipis_by_cpu is dropped (ipis_sent is the total)."""
+    flat = {}
+    for key, value in metrics.items():
+        if key == "ipis_by_cpu":
+            continue
+        if key == "violations":
+            flat[key] = len(value)
+        elif isinstance(value, dict):
+            flat.update({f"{key}.{stat}": v for stat, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def run_point(point: Point, scenario: Scenario | None = None) -> dict:
+    """Simulate one point (its workload resolved by name unless given); the row written for it."""
+    scenario = scenario or resolve_workload(point.workload)
+    sim = Simulation(scenario, POLICIES[point.policy], cpus=point.cpus, preempt=point.preempt,
+                     fail_nowait=point.fail_nowait, seed=point.seed)
+    return {"id": point.id, **point.params(), "metrics": flatten_metrics(sim.run())}
+
+
+def run_chunk(points: list[Point], scenarios: dict[str, Scenario]) -> list[dict]:
+    """One task: several points, so the per-task cost of the executor is paid once for all of them."""
+    return [run_point(p, scenarios[p.workload]) for p in points]
+
+
+def _chunks(points: list[Point], slots: int, size: int | None) -> list[list[Point]]:
+    """About four chunks per worker (so a slow chunk does not leave the others idle), at most MAX_CHUNK."""
+    size = size or max(1, min(MAX_CHUNK, math.ceil(len(points) / (4 * slots))))
+    return [points[k:k + size] for k in range(0, len(points), size)]
+
+
+@contextmanager
+def _local_executor(workers: int | None):
+    """Worker processes on this machine, forked from a server that has imported mmugather once."""
+    n = workers or os.cpu_count() or 1
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["mmugather.sweep"])
+    pool = ProcessPoolExecutor(n, mp_context=context)
+
+    def run(tasks):
+        for future in as_completed([pool.submit(run_chunk, *task) for task in tasks]):
+            yield future.result()
+    try:
+        yield n, run
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+@contextmanager
+def _dask_executor(address: str | None, workers: int | None):
+    """A Dask cluster: a local one started for the sweep, or the scheduler at `address`."""
+    from distributed import Client, LocalCluster
+    from distributed import as_completed as dask_completed
+    cluster = None
+    if address is None:
+        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(address, timeout=DASK_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise InputError(f"--executor dask={address}: cannot reach the Dask scheduler "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+    def run(tasks):
+        for future in dask_completed([client.submit(run_chunk, *task, pure=False) for task in tasks]):
+            yield future.result()
+    try:
+        yield max(1, sum(client.nthreads().values())), run
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _executor(spec: str, workers: int | None):
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers: expected a positive number, got {workers}")
+    if spec == "local":
+        return _local_executor(workers)
+    if spec == "dask":
+        return _dask_executor(None, workers)
+    if spec.startswith("dask=") and spec[5:]:
+        return _dask_executor(spec[5:], workers)
+    raise InputError(f"--executor: expected local, dask or dask=ADDRESS, got '{spec}'")
+
+
+def _read_rows(results: Path) -> tuple[list[dict], int]:
+    """The complete rows of a results file and their length in bytes. A last line without its newline is
+    what a run killed mid-write leaves (or one still being written): it is not a row."""
+    if not results.exists():
+        return [], 0
+    data = results.read_bytes()
+    complete = data[:data.rfind(b"\n") + 1]
+    rows = []
+    for n, line in enumerate(complete.splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise InputError(f"{results}: line {n} is not a JSON row; the file is damaged") from None
+    return rows, len(complete)
+
+
+def load_results(out_dir: str | Path) -> list[dict]:
+    """The rows of the last sweep run in `out_dir`, in the grid's point order (rows of points no longer in
+    its grid are left out)."""
+    d = Path(out_dir)
+    try:
+        grid = Grid.model_validate(json.loads((d / GRID).read_text()))
+    except OSError:
+        raise InputError(f"{d}: no sweep here ({GRID} is missing)") from None
+    by_id = {row["id"]: row for row in _read_rows(d / RESULTS)[0]}
+    return [by_id[p.id] for p in grid_points(grid) if p.id in by_id]
+
+
+class _Rate(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} points/s" if task.speed else "- points/s")
+
+
+def run_sweep(sweep_file: str | Path, out_dir: str | Path, *, executor: str = "local", workers: int | None = None,
+              resume: bool = False, chunk: int | None = None, progress: bool = True) -> dict:
+    """Run every point of `sweep_file` not yet in OUT_DIR/results.jsonl, appending each chunk's rows (one
+    JSON object a line, sorted keys) and syncing them to disk as the chunk finishes. Without `resume`,
+    an existing results file is an error. Returns {"points", "skipped", "ran"}."""
+    if chunk is not None and chunk < 1:
+        raise InputError(f"--chunk: expected a positive number, got {chunk}")
+    pool = _executor(executor, workers)
+    grid, scenarios = load_sweep(sweep_file)
+    out = Path(out_dir)
+    results = out / RESULTS
+    if results.exists() and not resume:
+        raise InputError(f"{results} exists: pass --resume to continue it, or choose another directory")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("points"), _Rate(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with pool as (slots, run):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / GRID).write_text(grid.model_dump_json())
+        finished, size = _read_rows(results)
+        if results.exists():
+            os.truncate(results, size)                    # drop a torn last line: appends start a fresh line
+        done = {row["id"] for row in finished}
+        points = grid_points(grid)
+        todo = [p for p in points if p.id not in done]
+        tasks = [(c, {p.workload: scenarios[p.workload] for p in c}) for c in _chunks(todo, slots, chunk)]
+        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar, results.open("a") as f:
+            task = bar.add_task("sweep", total=len(points), completed=len(points) - len(todo))
+            for rows in run(tasks):
+                f.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+                f.flush()
+                os.fsync(f.fileno())
+                bar.advance(task, len(rows))
+    return {"points": len(points), "skipped": len(points) - len(todo), "ran": len(todo)}
