@@ -22,10 +22,10 @@ class X86Legacy:
 
     name = "x86"
 
-    def __init__(self, tlb, costs, metrics) -> None:
-        self.tlb = tlb
-        self.costs = costs
-        self.metrics = metrics
+    def __init__(self, machine) -> None:
+        self.tlb = machine.tlb
+        self.costs = machine.costs
+        self.metrics = machine.metrics
 
     # ------------------------------------------------------------ context switches
     def load_cr3(self, c, mm) -> None:

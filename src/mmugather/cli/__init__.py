@@ -70,12 +70,13 @@ def main() -> None:
 @click.option("--fail-nowait", type=float, default=None, help="Probability that a GFP_NOWAIT allocation fails.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the workload's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
+@click.option("--arch", default=None, help="x86 or arm64 (default: the first arch each policy supports).")
 @click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of --workload.")
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
               help="With --snapshot: exit_mmap of it all, or munmap of the largest VMA first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--html", "html_file", default=None, help="Also write a self-contained HTML report here.")
-def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, snapshot, variant, as_json,
+def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, arch, snapshot, variant, as_json,
             html_file) -> None:
     """Run the same workload under each policy and compare them side by side."""
     scenario = workload_or_snapshot(workload, snapshot, variant, cpus)
@@ -83,7 +84,7 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, sn
     _check_cpus(scenario, cpus)
     _check_prob(fail_nowait)
     costs = load_costs(costs_file)
-    kw = dict(cpus=cpus, preempt=preempt, fail_nowait=fail_nowait, seed=seed, costs=costs)
+    kw = dict(cpus=cpus, preempt=preempt, fail_nowait=fail_nowait, seed=seed, costs=costs, arch=arch)
     runs, distributions = [], {}
     for cls in classes:
         sim = Simulation(scenario, cls, **kw)
@@ -94,7 +95,7 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, sn
     m = scenario.machine
     result = {
         "workload": scenario.name,
-        "machine": {"cpus": cpus or m.cpus, "arch": "x86", "preempt": preempt or m.preempt,
+        "machine": {"cpus": cpus or m.cpus, "arch": arch or "x86", "preempt": preempt or m.preempt,
                     "fail_nowait": fail_nowait if fail_nowait is not None else m.fail_nowait},
         "seed": seed if seed is not None else scenario.seed,
         "runs": runs,
@@ -114,17 +115,19 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, sn
 @click.option("--policy", default=None, help="Policy (default: the scenario's machine.policy).")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
+@click.option("--arch", default=None, help="x86 or arm64 (default: the first arch the policy supports).")
+@click.option("--without-fix", "without_fixes", multiple=True, help="Switch off a named fix (see `policies`).")
 @click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of a file.")
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
               help="With --snapshot: exit_mmap of it all, or munmap of the largest VMA first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def run(scenario_file, policy, seed, costs_file, snapshot, variant, as_json) -> None:
+def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, variant, as_json) -> None:
     """Run a scenario (a file or built-in workload name, or --snapshot) under one policy."""
     if scenario_file is None and snapshot is None:
         raise InputError("run: give a scenario file, a built-in workload name or --snapshot")
     scenario = workload_or_snapshot(scenario_file, snapshot, variant, None)
     cls = get_policy(policy or scenario.machine.policy)
-    metrics = run_one(scenario, cls, seed=seed, costs=load_costs(costs_file))
+    metrics = run_one(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch, without_fixes=without_fixes)
     result = {"workload": scenario.name, "policy": cls.name,
               "seed": seed if seed is not None else scenario.seed, "metrics": metrics}
     if as_json:
@@ -133,7 +136,8 @@ def run(scenario_file, policy, seed, costs_file, snapshot, variant, as_json) -> 
     m = scenario.machine
     from mmugather.report.table import print_compare
     print_compare({"workload": scenario.name, "seed": result["seed"],
-                   "machine": {"cpus": m.cpus, "arch": "x86", "preempt": m.preempt, "fail_nowait": m.fail_nowait},
+                   "machine": {"cpus": m.cpus, "arch": arch or next(iter(cls.arches)), "preempt": m.preempt,
+                               "fail_nowait": m.fail_nowait},
                    "runs": [{"policy": cls.name, "metrics": metrics}]})
 
 
@@ -154,13 +158,16 @@ def workloads(as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def policies(as_json) -> None:
     """List the built-in policies and the kernel source each follows."""
-    rows = [{"name": c.name, "version": c.version, "arches": list(c.arches), "source": c.source}
+    rows = [{"name": c.name, "version": c.version, "arches": list(c.arches), "source": c.source,
+             "fixes": {n: {"commits": f[0], "what": f[1]} for n, f in c.fixes.items()}}
             for c in POLICIES.values()]
     if as_json:
         click.echo(json.dumps(rows))
         return
     for r in rows:
-        click.echo(f"{r['name']:8s} {r['version']:8s} {','.join(r['arches']):8s} {r['source']}")
+        click.echo(f"{r['name']:8s} {r['version']:8s} arches: {','.join(r['arches']):14s} {r['source']}")
+        for n, f in r["fixes"].items():
+            click.echo(f"{'':17s} fix {n}: {f['commits']}: {f['what']}")
 
 
 from mmugather.cli import host as _host, sweep as _sweep  # noqa: E402,F401  (register their commands)

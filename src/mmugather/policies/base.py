@@ -24,9 +24,18 @@ class Kernel(Exit, Exec, Madvise, Mmap):
     name = "base"
     version = ""
     source = ""
-    arches = ("x86",)
+    # arch name -> the arch class (arch/) this kernel version had for it
+    arches: dict = {}
+    # fix switches: name -> (commits, what the fix does). `--without-fix NAME` models the kernel before it.
+    fixes: dict[str, tuple[str, str]] = {}
 
     def __init__(self, machine) -> None:
+        unknown = sorted(set(machine.without_fixes) - set(self.fixes))
+        if unknown:
+            from mmugather.errors import InputError
+            raise InputError(f"--without-fix: policy {self.name} has no fix {', '.join(unknown)} "
+                             f"(it has: {', '.join(self.fixes) or 'none'})")
+        self.without = frozenset(machine.without_fixes)
         self.machine = machine
         self.engine = machine.engine
         self.alloc = machine.alloc

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import random
 
-from mmugather.arch.x86 import X86Legacy
 from mmugather.kernel.rcu import Rcu
 from mmugather.kernel.smp import Sleep
 from mmugather.machine.costs import Costs
@@ -21,8 +20,15 @@ class Simulation:
     """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics."""
 
     def __init__(self, scenario: S.Scenario, policy_cls, *, cpus: int | None = None, preempt: str | None = None,
-                 fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None) -> None:
+                 fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None,
+                 arch: str | None = None, without_fixes=()) -> None:
         m = scenario.machine
+        self.arch_name = arch or next(iter(policy_cls.arches))
+        if self.arch_name not in policy_cls.arches:
+            from mmugather.errors import InputError
+            raise InputError(f"--arch: policy {policy_cls.name} does not run on {self.arch_name} "
+                             f"(it runs on: {', '.join(policy_cls.arches)})")
+        self.without_fixes = tuple(without_fixes)
         self.scenario = scenario
         self.ncpus = cpus if cpus is not None else m.cpus
         self.preempt = preempt if preempt is not None else m.preempt
@@ -38,7 +44,7 @@ class Simulation:
         self.invariants.cpus = self.engine.cpus
         self.invariants.alloc = self.alloc
         self.tlb = Tlb(self.invariants)
-        self.arch = X86Legacy(self.tlb, self.costs, self.metrics)
+        self.arch = policy_cls.arches[self.arch_name](self)
         self.engine.arch = self.arch
         self.kernel = policy_cls(self)
         self.metrics.gather_memory(self.kernel.gather_static_bytes(self.ncpus))
