@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
@@ -56,7 +56,7 @@ class Grid(_Strict):
     preempt: list[Literal["none", "voluntary", "full"]] = Field(min_length=1)
     fail_nowait: list[float] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
-    arch: list[Literal["x86"]] = Field(["x86"], min_length=1)
+    arch: list[str] = Field(["x86"], min_length=1)
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -82,6 +82,22 @@ class Grid(_Strict):
         if unknown:
             raise ValueError(f"unknown policy '{unknown[0]}' (expected one of: {', '.join(POLICIES)})")
         return v
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arches(cls, v: list[str]) -> list[str]:
+        known = list(dict.fromkeys(a for p in POLICIES.values() for a in p.arches))
+        unknown = [a for a in v if a not in known]
+        if unknown:
+            raise ValueError(f"unknown arch '{unknown[0]}' (expected one of: {', '.join(known)})")
+        return v
+
+    @model_validator(mode="after")
+    def _arch_policies(self):
+        for arch in self.arch:
+            if not any(arch in POLICIES[p].arches for p in self.policies):
+                raise ValueError(f"no policy of the grid runs on {arch} (see `mmugather policies`)")
+        return self
 
     @field_validator("cpus")
     @classmethod
@@ -129,10 +145,10 @@ class Point:
 
 def grid_points(grid: Grid) -> list[Point]:
     """The cartesian product, in the order arch, workloads, policies, preempt, cpus, fail_nowait, seeds
-    (seeds vary fastest)."""
+    (seeds vary fastest), without the (arch, policy) pairs that kernel version did not support."""
     product = itertools.product(grid.arch, grid.workloads, grid.policies, grid.preempt, grid.cpus,
                                 grid.fail_nowait, grid.seeds)
-    return [Point(k, *values) for k, values in enumerate(product)]
+    return [Point(k, *values) for k, values in enumerate(v for v in product if v[0] in POLICIES[v[2]].arches)]
 
 
 _MESSAGES = {"extra_forbidden": "unknown key", "missing": "required key is missing",
@@ -197,7 +213,7 @@ def run_point(point: Point, scenario: Scenario | None = None) -> dict:
     """Simulate one point (its workload resolved by name unless given); the row written for it."""
     scenario = scenario or resolve_workload(point.workload)
     sim = Simulation(scenario, POLICIES[point.policy], cpus=point.cpus, preempt=point.preempt,
-                     fail_nowait=point.fail_nowait, seed=point.seed)
+                     fail_nowait=point.fail_nowait, seed=point.seed, arch=point.arch)
     return {"id": point.id, **point.params(), "metrics": flatten_metrics(sim.run())}
 
 

@@ -12,7 +12,7 @@ smp_call_function_many() calls only in 3.6. No PCID: loading CR3 drops every use
 """
 from __future__ import annotations
 
-from mmugather.kernel.locking import PREEMPT_DISABLE, PREEMPT_ENABLE
+from mmugather.kernel.locking import LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE, PREEMPT_DISABLE, PREEMPT_ENABLE
 from mmugather.kernel.smp import SmpCallFunctionMany
 from mmugather.sim.engine import TLBSTATE_LAZY, TLBSTATE_OK
 
@@ -26,6 +26,14 @@ class X86Legacy:
         self.tlb = machine.tlb
         self.costs = machine.costs
         self.metrics = machine.metrics
+
+    @staticmethod
+    def tlb_entry_live(x) -> bool:
+        """Every cached translation on another CPU may be used at once (a lazy CPU still runs on the
+        mm's page tables until leave_mm())."""
+        return True
+
+    pwc_entry_live = tlb_entry_live
 
     # ------------------------------------------------------------ context switches
     def load_cr3(self, c, mm) -> None:
@@ -116,3 +124,226 @@ class X86Legacy:
             self.leave_mm(t)
             return self.costs.flush_full
         return smp_invalidate_interrupt
+
+
+TLB_FLUSH_ALL = -1
+
+
+class FlushTlbInfo:
+    """struct flush_tlb_info, arch/x86/include/asm/tlbflush.h v6.18."""
+
+    __slots__ = ("mm", "start", "end", "stride_shift", "freed_tables", "new_tlb_gen", "initiating_cpu")
+
+    def __init__(self, mm, start, end, stride_shift, freed_tables, new_tlb_gen, cpu) -> None:
+        self.mm = mm
+        self.start = start
+        self.end = end
+        self.stride_shift = stride_shift
+        self.freed_tables = freed_tables
+        self.new_tlb_gen = new_tlb_gen
+        self.initiating_cpu = cpu
+
+
+class X86:
+    """x86-64 TLB management of Linux v6.18 (arch/x86/mm/tlb.c, arch/x86/include/asm/tlb.h), native.
+
+    - Per-mm `tlb_gen` (mm->context.tlb_gen) counts flush requests; each CPU remembers the generation its
+      TLB is up to date with (cpu_tlbstate.ctxs[asid].tlb_gen; one context: the model has no PCID, so a
+      switch to another mm drops the TLB, as a PCID switch to an unused ASID would).
+    - Lazy TLB: a CPU that goes idle or runs a kernel thread keeps the mm loaded with is_lazy set, and
+      stays in mm_cpumask. native_flush_tlb_multi() skips lazy CPUs (should_flush_tlb()) unless page
+      tables were freed; a lazy CPU that gets the IPI switches to init_mm (flush_tlb_func()).
+    - mm_cpumask is not cleared when a CPU switches away; a flush that reaches a CPU no longer running
+      the mm clears its bit (TLB_REMOTE_WRONG_CPU). The periodic trim (should_trim_cpumask(), once a
+      second) is not modelled: runs are shorter.
+    - tlb_single_page_flush_ceiling = 33: longer ranges are flushed whole.
+    """
+
+    name = "x86"
+    tlb_single_page_flush_ceiling = 33
+    mmu_gather_merge_vmas = True          # arch/x86/Kconfig: select MMU_GATHER_MERGE_VMAS
+    mmu_gather_page_size = False
+    tlb_needs_table_invalidate = True     # asm-generic default
+
+    def __init__(self, machine) -> None:
+        self.tlb = machine.tlb
+        self.costs = machine.costs
+        self.metrics = machine.metrics
+        self.cpus = machine.engine.cpus
+
+    @staticmethod
+    def tlb_entry_live(x) -> bool:
+        """A lazy CPU's translations are not used before switch_mm_irqs_off() has compared tlb_gen and
+        flushed what went stale."""
+        return x.tlbstate != TLBSTATE_LAZY
+
+    @staticmethod
+    def pwc_entry_live(x) -> bool:
+        """Paging-structure caches stay live on lazy CPUs: speculative walks may use them, which is why
+        flushes that free page tables IPI lazy CPUs too."""
+        return True
+
+    # ------------------------------------------------------------ context switches
+    def load_cr3(self, c, mm) -> None:
+        self.tlb.flush_all(c)
+        c.loaded_mm = mm
+        c.active_mm = mm
+        c.per_cpu["tlb_gen"] = mm.tlb_gen if mm is not None else 0
+
+    def switch_mm(self, c, next_mm) -> None:
+        """switch_mm_irqs_off(), arch/x86/mm/tlb.c v6.18."""
+        was_lazy = c.tlbstate == TLBSTATE_LAZY
+        c.tlbstate = TLBSTATE_OK
+        if c.loaded_mm is next_mm:
+            if not was_lazy:
+                return
+            if c.per_cpu.get("tlb_gen", 0) == next_mm.tlb_gen:
+                return
+            # TLB contents went out of date while we were in lazy mode
+            self.load_cr3(c, next_mm)
+            return
+        if next_mm is not None:
+            next_mm.cpumask.add(c.id)
+        self.load_cr3(c, next_mm)
+
+    def enter_lazy_tlb(self, c) -> None:
+        """enter_lazy_tlb(), arch/x86/mm/tlb.c v6.18: nothing to do on init_mm, else is_lazy = true."""
+        if c.loaded_mm is not None:
+            c.tlbstate = TLBSTATE_LAZY
+
+    # ------------------------------------------------------------ flushes
+    def tlb_flush(self, c, tlb):
+        """tlb_flush(), arch/x86/include/asm/tlb.h v6.18: the gathered range (everything for fullmm),
+        at the stride of the lowest level cleared, telling whether page tables were freed."""
+        start, end = 0, TLB_FLUSH_ALL
+        if not tlb.fullmm and not tlb.need_flush_all:
+            start, end = tlb.start, tlb.end
+        yield self.flush_tlb_mm_range(c, tlb.mm, start, end, tlb.get_unmap_shift(), tlb.freed_tables)
+
+    def flush_tlb_mm(self, c, mm):
+        """flush_tlb_mm(): flush_tlb_mm_range(mm, 0, TLB_FLUSH_ALL, 0UL, true)."""
+        yield self.flush_tlb_mm_range(c, mm, 0, TLB_FLUSH_ALL, 12, True)
+
+    def flush_tlb_page(self, c, mm, va: int):
+        """flush_tlb_page(): flush_tlb_mm_range(mm, a, a + PAGE_SIZE, PAGE_SHIFT, false)."""
+        yield self.flush_tlb_mm_range(c, mm, va, va + 4096, 12, False)
+
+    def flush_tlb_range(self, c, mm, start: int, end: int):
+        """flush_tlb_range(): 4 KiB stride, no page tables freed."""
+        yield self.flush_tlb_mm_range(c, mm, start, end, 12, False)
+
+    def flush_tlb_mm_range(self, c, mm, start: int, end: int, stride_shift: int, freed_tables: bool):
+        """flush_tlb_mm_range(), arch/x86/mm/tlb.c v6.18: bump mm's tlb_gen; flush_tlb_multi() when some
+        other CPU is in mm_cpumask, else flush_tlb_func() locally if mm is loaded here."""
+        self.metrics.tlb_flushes += 1
+        if c.ptl_held:
+            self.metrics.flushes_under_pte_lock += 1
+        yield PREEMPT_DISABLE                                        # get_cpu()
+        mm.tlb_gen += 1
+        if end != TLB_FLUSH_ALL and (end - start) >> stride_shift > self.tlb_single_page_flush_ceiling:
+            start, end = 0, TLB_FLUSH_ALL                            # get_flush_tlb_info()
+        info = FlushTlbInfo(mm, start, end, stride_shift, freed_tables, mm.tlb_gen, c.id)
+        cost = self.costs.flush_call
+        if mm.cpumask - {c.id}:
+            yield self.flush_tlb_multi(c, mm, info)
+        elif c.loaded_mm is mm:
+            yield LOCAL_IRQ_DISABLE
+            cost += self.flush_tlb_func(c, info)
+            yield LOCAL_IRQ_ENABLE
+        yield cost
+        yield PREEMPT_ENABLE                                         # put_cpu()
+
+    def flush_tlb_multi(self, c, mm, info):
+        """native_flush_tlb_multi(), arch/x86/mm/tlb.c v6.18: every CPU in mm_cpumask when page tables
+        were freed, else only those should_flush_tlb() picks (not lazy); the initiator runs
+        flush_tlb_func() itself, the others by IPI, and it waits for them."""
+        targets = []
+        for cpu in sorted(mm.cpumask):
+            if cpu != c.id and (info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info)):
+                targets.append(cpu)
+        if c.id in mm.cpumask:
+            yield LOCAL_IRQ_DISABLE
+            yield self.flush_tlb_func(c, info)
+            yield LOCAL_IRQ_ENABLE
+        targets = self.pv_filter(targets, info)
+        if targets:
+            yield SmpCallFunctionMany(targets, self._flush_tlb_func_ipi(info))
+
+    def pv_filter(self, targets: list[int], info) -> list[int]:
+        """The CPUs that get an IPI (native: all of them)."""
+        return targets
+
+    @staticmethod
+    def should_flush_tlb(t, info) -> bool:
+        """should_flush_tlb(), arch/x86/mm/tlb.c v6.18: not lazy, and running info->mm (trim_cpumask,
+        the once-a-second cleanup of stale bits, is not modelled)."""
+        if t.tlbstate == TLBSTATE_LAZY:
+            return False
+        return t.loaded_mm is info.mm
+
+    def _flush_tlb_func_ipi(self, info):
+        def flush_tlb_func(t) -> int:
+            return self.flush_tlb_func(t, info)
+        return flush_tlb_func
+
+    def flush_tlb_func(self, t, info) -> int:
+        """flush_tlb_func(), arch/x86/mm/tlb.c v6.18, on CPU t; returns its cost. A CPU that no longer
+        runs info->mm leaves mm_cpumask; a lazy one switches to init_mm; otherwise flush what the
+        generations say is missing: the range one page at a time when this is the only flush missed,
+        else everything."""
+        mm = info.mm
+        if mm is not t.loaded_mm:
+            mm.cpumask.discard(t.id)                                # TLB_REMOTE_WRONG_CPU
+            return 0
+        if t.tlbstate == TLBSTATE_LAZY:
+            self.load_cr3(t, None)                                  # switch_mm_irqs_off(NULL, &init_mm)
+            t.tlbstate = TLBSTATE_OK
+            return self.costs.flush_full
+        local_gen = t.per_cpu.get("tlb_gen", 0)
+        mm_gen = mm.tlb_gen
+        if local_gen == mm_gen:
+            return 0
+        if info.end != TLB_FLUSH_ALL and info.new_tlb_gen == local_gen + 1 == mm_gen:
+            cost = 0
+            for addr in range(info.start, info.end, 1 << info.stride_shift):
+                self.tlb.flush_one(t, addr)
+                cost += self.costs.flush_one
+        else:
+            self.tlb.flush_all(t)
+            cost = self.costs.flush_full
+        t.per_cpu["tlb_gen"] = mm_gen
+        return cost
+
+
+class X86Kvm(X86):
+    """x86-64 v6.18 as a KVM guest with paravirtual TLB flush (arch/x86/kernel/kvm.c
+    kvm_flush_tlb_multi()): a target vCPU that is not running on the host (here: an idle CPU, whose vCPU
+    halted and was descheduled) gets KVM_VCPU_FLUSH_TLB set in its steal-time area instead of an IPI,
+    and the host flushes its TLB before it next enters the guest."""
+
+    name = "x86-kvm"
+
+    @staticmethod
+    def tlb_entry_live(x) -> bool:
+        return x.tlbstate != TLBSTATE_LAZY and not x.per_cpu.get("kvm_flush_tlb")
+
+    @staticmethod
+    def pwc_entry_live(x) -> bool:
+        return not x.per_cpu.get("kvm_flush_tlb")
+
+    def switch_mm(self, c, next_mm) -> None:
+        """record_steal_time()/kvm_vcpu_flush_tlb_guest() on the host before the vCPU runs again: a
+        deferred flush empties the TLB, then switch_mm_irqs_off() as native."""
+        if c.per_cpu.pop("kvm_flush_tlb", False):
+            self.tlb.flush_all(c)
+        super().switch_mm(c, next_mm)
+
+    def pv_filter(self, targets: list[int], info) -> list[int]:
+        sent = []
+        for cpu in targets:
+            t = self.cpus[cpu]
+            if t.curr is None:                       # vCPU preempted: deferred flush, no IPI
+                t.per_cpu["kvm_flush_tlb"] = True
+            else:
+                sent.append(cpu)
+        return sent

@@ -76,8 +76,11 @@ def main() -> None:
               help="With --snapshot: exit_mmap of it all, or munmap of the largest VMA first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--html", "html_file", default=None, help="Also write a self-contained HTML report here.")
+@click.option("--trace", "trace_file", default=None,
+              help="Also write a Chrome/Perfetto JSON timeline here (open in ui.perfetto.dev): one file, one "
+                   "process per policy on the same time axis, each with a track per CPU.")
 def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, arch, snapshot, variant, as_json,
-            html_file) -> None:
+            html_file, trace_file) -> None:
     """Run the same workload under each policy and compare them side by side."""
     scenario = workload_or_snapshot(workload, snapshot, variant, cpus)
     classes = _policies(policies)
@@ -85,9 +88,15 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
     _check_prob(fail_nowait)
     costs = load_costs(costs_file)
     kw = dict(cpus=cpus, preempt=preempt, fail_nowait=fail_nowait, seed=seed, costs=costs, arch=arch)
-    runs, distributions = [], {}
+    if trace_file:
+        from mmugather.sim.tracing import attach_trace, check_trace_path, save_traces
+        check_trace_path(trace_file)
+    runs, distributions, traces = [], {}, []
     for cls in classes:
         sim = Simulation(scenario, cls, **kw)
+        if trace_file:
+            traces.append(attach_trace(sim, pid=len(traces) + 1,
+                                       first_flow_id=traces[-1].next_flow_id if traces else 1))
         runs.append({"policy": cls.name, "metrics": sim.run()})
         if html_file:
             from mmugather.report.html import raw_distributions
@@ -103,6 +112,8 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
     if html_file:
         from mmugather.report.html import write_html
         write_html(result, html_file, distributions)
+    if trace_file:
+        save_traces(traces, trace_file)
     if as_json:
         click.echo(json.dumps(result, sort_keys=False))
     else:
@@ -121,13 +132,24 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
               help="With --snapshot: exit_mmap of it all, or munmap of the largest VMA first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, variant, as_json) -> None:
+@click.option("--trace", "trace_file", default=None,
+              help="Also write a Chrome/Perfetto JSON timeline here (open in ui.perfetto.dev), a track per CPU.")
+def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, variant, as_json, trace_file) -> None:
     """Run a scenario (a file or built-in workload name, or --snapshot) under one policy."""
     if scenario_file is None and snapshot is None:
         raise InputError("run: give a scenario file, a built-in workload name or --snapshot")
     scenario = workload_or_snapshot(scenario_file, snapshot, variant, None)
     cls = get_policy(policy or scenario.machine.policy)
-    metrics = run_one(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch, without_fixes=without_fixes)
+    if trace_file:
+        from mmugather.sim.tracing import attach_trace, check_trace_path, save_traces
+        check_trace_path(trace_file)
+        sim = Simulation(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch, without_fixes=without_fixes)
+        trace = attach_trace(sim)
+        metrics = sim.run()
+        save_traces([trace], trace_file)
+    else:
+        metrics = run_one(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch,
+                          without_fixes=without_fixes)
     result = {"workload": scenario.name, "policy": cls.name,
               "seed": seed if seed is not None else scenario.seed, "metrics": metrics}
     if as_json:

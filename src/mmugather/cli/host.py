@@ -1,4 +1,5 @@
-"""Commands that look at the host: `snapshot` captures a live process's address space."""
+"""Commands that look at the host: `snapshot` captures a live process's address space, `kernel-check`
+holds the model against the host kernel, `calibrate` measures the host's costs."""
 from __future__ import annotations
 
 import click
@@ -15,3 +16,83 @@ def snapshot(pid, out_dir) -> None:
     snap = capture(pid, out_dir)
     click.echo(f"{out_dir}: {len(snap.vmas)} VMAs, {snap.rss_pages} resident pages, {snap.threads} threads"
                + ("" if snap.has_present else " (no pagemap: resident pages will be placed from each VMA start)"))
+
+
+@main.command("kernel-check")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--repeat", "repeats", type=click.IntRange(1, 101), default=5, show_default=True,
+              help="Host repeats per script (the median is compared).")
+@click.option("--quick", is_flag=True, help="Only the quick subset of the catalogue (what CI runs).")
+@click.option("--only", "names", multiple=True, help="Run only this check (OP:N:B); repeatable.")
+@click.option("--costs", "costs_file", default=None, help="Cost file for the model's syscall times (see calibrate).")
+@click.option("--list", "list_only", is_flag=True, help="List the catalogue and exit.")
+def kernel_check(as_json, repeats, quick, names, costs_file, list_only) -> None:
+    """Run the catalogue of syscall scripts on the host kernel and in the model; exit 1 on a mismatch."""
+    import json
+    import sys
+
+    from mmugather.errors import InputError
+    from mmugather.host import kernel_check as kc
+    from mmugather.machine.costs import load_costs
+    try:
+        checks = kc.select(quick, list(names))
+    except ValueError as e:
+        raise InputError(f"--only: {e}") from None
+    if list_only:
+        for c in checks:
+            click.echo(f"{c.name}{'  (quick)' if c.quick else ''}")
+        return
+    costs = load_costs(costs_file)
+    if not as_json:
+        h = kc.host_info()
+        click.echo(f"host: Linux {h['kernel']} {h['machine']}, CPUs {h['cpus']}, THP {h['thp']}; model: policy "
+                   f"{kc.MODEL_POLICY}, arch {kc.MODEL_ARCH}; {repeats} repeats, per-CPU medians")
+        click.echo(kc.HEADER)
+    result = kc.run_check(checks, repeats, costs, None if as_json else lambda r: click.echo(kc.format_row(r)))
+    rows = result["scripts"]
+    if as_json:
+        click.echo(json.dumps(result))
+    elif result["skipped"]:
+        click.echo(f"skipped: {result['reason']} ({len(rows)} scripts)")
+    else:
+        bad = sum(1 for r in rows if r["match"] is False)
+        click.echo(f"{len(rows) - bad}/{len(rows)} match" + (f"; model: {result['model']['unavailable']}"
+                                                             if result["model"]["unavailable"] else ""))
+    if any(r["match"] is False for r in rows):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("-o", "--out", "out_file", required=True, help="Cost file to write (.json for JSON, else TOML).")
+@click.option("--runs", type=click.IntRange(1, 51), default=5, show_default=True, help="Host repeats (medians).")
+@click.option("--no-fit", is_flag=True, help="Set the costs from the measurements alone, without fitting the model.")
+def calibrate(out_file, runs, no_fit) -> None:
+    """Measure this host's munmap cost per page and shootdown round trip; write a --costs file."""
+    from pathlib import Path
+
+    from mmugather.errors import InputError
+    from mmugather.host import calibrate as cal
+    from mmugather.host.kernel_check import host_info, model_predict_ns, model_unavailable
+    from mmugather.host.probe import host_supported
+    from mmugather.host.worker import WorkerError
+    why = host_supported()
+    if why:
+        raise InputError(f"calibrate: this host cannot run the probes: {why}")
+    try:
+        measured = cal.calibrate(runs=runs)
+    except WorkerError as e:
+        raise InputError(f"calibrate: {e}") from None
+    why_no_model = "--no-fit" if no_fit else model_unavailable()
+    costs = cal.fit_costs(measured, None if why_no_model else model_predict_ns)
+    h = host_info()
+    how = (f"not fitted to the model ({why_no_model})" if why_no_model
+           else "fitted so the 6.18 model's munmap workloads take the host's times")
+    note = (f"mmugather calibrate on Linux {h['kernel']} {h['machine']}, {len(h['cpus'])} CPUs, {runs} runs; {how}.\n"
+            f"Use with: mmugather compare --costs {Path(out_file).name} ...")
+    try:
+        Path(out_file).write_text(cal.cost_file_text(measured, costs, "json" if out_file.endswith(".json") else "toml",
+                                                     note))
+    except OSError as e:
+        raise InputError(f"{out_file}: cannot write: {e.strerror}") from None
+    click.echo(f"{out_file}: " + ", ".join(f"{k} {v:,.0f} ns" for k, v in measured.items()))
+    click.echo("costs: " + ", ".join(f"{k}={v}" for k, v in costs.items()) + f" ({how})")

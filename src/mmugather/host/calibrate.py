@@ -80,3 +80,61 @@ def host_kernel_pages_per_s(runs: int = 3, timeout: float = 120.0) -> float:
     """4 KiB pages per second that this host's kernel munmaps (touched, THP off, 1 GiB, median of `runs`)."""
     out = run_worker({"kind": "munmap_ns", "bytes": _RATE_BYTES, "runs": runs}, timeout)
     return (_RATE_BYTES // sc.PAGE) * 1e9 / statistics.median(out["ns"])
+
+
+# The cost fields each measurement sets, split in the proportions of the defaults (machine/costs.py).
+PER_PAGE_FIELDS = ("pte_zap", "page_free")
+ROUND_TRIP_FIELDS = ("ipi_send", "ipi_delivery", "ipi_handler", "ipi_ack")
+
+
+def _split(total: float, fields: tuple[str, ...], base) -> dict:
+    """`total` ns shared among `fields` in the proportions they have in `base` (integers summing to it)."""
+    weights = [getattr(base, f) for f in fields]
+    out, given = {}, 0
+    for f, w in zip(fields, weights):
+        out[f] = max(0, round(total * w / sum(weights)))
+        given += out[f]
+    out[fields[-1]] = max(0, out[fields[-1]] + round(total) - given)
+    return out
+
+
+def fit_costs(measured: dict, model_ns=None, base=None) -> dict:
+    """Cost overrides from `measured` (see `calibrate`). Without a model, zap + free of a page is set to the
+    per-page munmap time and the four IPI stages to the shootdown round trip. With `model_ns(workload,
+    costs) -> simulated syscall ns`, the same quantities are matched on the model's own munmap workloads
+    instead (munmap:65536:alone and munmap:1:alone for the per-page slope, munmap:1:running minus
+    munmap:1:alone for the round trip), and `syscall` absorbs the host's fixed cost of a 1-page munmap."""
+    from dataclasses import replace
+
+    from mmugather.machine.costs import Costs
+    base = base or Costs()
+    per_page, trip = measured["munmap_ns_per_page"], measured["shootdown_round_trip_ns"]
+    out = {**_split(per_page, PER_PAGE_FIELDS, base), **_split(max(trip, 0), ROUND_TRIP_FIELDS, base)}
+    if model_ns is None:
+        return out
+    n = _MUNMAP_BYTES // sc.PAGE
+    for _ in range(2):                        # per-page slope, then the round trip, then the fixed cost
+        costs = replace(base, **out)
+        one = model_ns("munmap:1:alone", costs)
+        slope = (model_ns(f"munmap:{n}:alone", costs) - one) / (n - 1)
+        scale = per_page / slope if slope > 0 else 1.0
+        out.update(_split(sum(out[f] for f in PER_PAGE_FIELDS) * scale, PER_PAGE_FIELDS, base))
+        costs = replace(base, **out)
+        model_trip = model_ns("munmap:1:running", costs) - model_ns("munmap:1:alone", costs)
+        if model_trip > 0 and trip > 0:
+            out.update(_split(sum(out[f] for f in ROUND_TRIP_FIELDS) * trip / model_trip, ROUND_TRIP_FIELDS, base))
+    costs = replace(base, **out)
+    fixed = measured["munmap_1page_alone_ns"] - model_ns("munmap:1:alone", costs)
+    out["syscall"] = max(0, round(costs.syscall + fixed))
+    return out
+
+
+def cost_file_text(measured: dict, costs: dict, fmt: str, note: str) -> str:
+    """The cost file: `costs` (what --costs reads) and `measured` (the raw host figures), TOML or JSON."""
+    import json
+    if fmt == "json":
+        return json.dumps({"costs": costs, "measured": measured, "note": note}, indent=2) + "\n"
+    lines = [f"# {line}" for line in note.splitlines()] + ["", "[costs]"]
+    lines += [f"{k} = {v}" for k, v in costs.items()]
+    lines += ["", "[measured]"] + [f"{k} = {float(v):.1f}" for k, v in measured.items()]
+    return "\n".join(lines) + "\n"

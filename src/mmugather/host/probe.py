@@ -1,21 +1,31 @@
 """Count the TLB-shootdown IPIs the host kernel sends for one memory-management syscall.
 
 A script names the syscall, the region size in 4 KiB pages and what a second thread of the same process
-does meanwhile. Procedure (2-CPU host; see `measure_ipis`): thread A, pinned to CPU 0, maps an anonymous
-private region, applies MADV_NOHUGEPAGE (so the counts are about 4 KiB pages), touches it (every page;
-one page per 2 MiB for "munmap-sparse", so there is one page table per touched page; nothing for
-"munmap-untouched"); thread B, pinned to CPU 1, is "running" (inside one long C call for the whole
-measurement: a Python thread waiting for the GIL would leave CPU 1 idle, lazy, and skipped by the kernel),
-"blocked" (in read(2) on a pipe) or absent ("alone"). A reads the "TLB:" row of /proc/interrupts, issues
-the syscall, reads it again: the per-CPU difference is the IPIs each CPU received. Each script runs in a
-fresh child process pinned to CPU 0 from exec (so CPU 1 is in the mm's cpumask only if B ran there), with
-a timeout; the result is the per-CPU median over the repeats and the spread (max - min).
+does meanwhile. Procedure (2-CPU host; see `measure_ipis`): thread A, pinned to CPU 0, maps the mappings
+of a layout at fixed addresses below REGION_END (512 GiB-aligned, terabytes from any other mapping), so
+that the page tables a call frees are the same as in a model scenario placed top-down below its
+mmap_base: kernel-check passes the model scenario's own layout; without one the region stands alone
+(`default_layout`). Every mapping gets MADV_NOHUGEPAGE (the counts are about 4 KiB pages) and is touched
+as the layout says (every page; one page per 2 MiB for "munmap-sparse"; none for "munmap-untouched").
+Thread B, pinned to CPU 1, is "running" (inside one long C call for the whole measurement: a Python
+thread waiting for the GIL would leave CPU 1 idle, lazy, and skipped by the kernel), "blocked" (in
+read(2) on a pipe; a new thread for every repeat, so CPU 1 is lazy in this mm each time rather than
+already switched away by an earlier repeat's shootdown) or absent ("alone"). A reads the "TLB:" row of
+/proc/interrupts, issues the syscall (timed: `ns`), reads it again: the per-CPU difference is the IPIs
+each CPU received. Each script runs in a fresh child process pinned to CPU 0 from exec (so CPU 1 is in the
+mm's cpumask only if B ran there), with a timeout; the result is the per-CPU median over the repeats and
+the spread (max - min).
+
+Found with this probe on Linux 6.18 (x86-64, 4-level paging): munmap of a region that is the only
+mapping in its 512 GiB PGD slot flushes even when nothing was ever mapped in it (free_p4d_range() "frees"
+the folded P4D level: freed_tables is set, no page is freed), one IPI to a running or lazy CPU.
 """
 from __future__ import annotations
 
 import gc
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,17 +36,10 @@ from mmugather.host.worker import SecondThread, WorkerError, run_worker
 OPS = ("munmap", "dontneed", "mprotect", "mremap", "munmap-untouched", "munmap-sparse")
 SECONDS = ("running", "blocked", "alone")
 _SPARSE_STRIDE = 2 << 20
+REGION_END = 0x2000_0000_0000
+_BUSY_MIN = 16 << 30
 _READ_BUF = 1 << 20
 _MAX_RETRIES = 5
-
-# (script, the IPIs CPU 1 received) measured on the reference machine: Linux 6.18, 2 CPUs, KVM guest.
-EXPECTED = {
-    ("munmap", 1, "running"): 1, ("munmap", 9000, "running"): 1, ("munmap", 20000, "running"): 3,
-    ("dontneed", 1, "running"): 1, ("mprotect", 1, "running"): 1, ("mprotect", 20000, "running"): 1,
-    ("munmap-untouched", 1, "running"): 0, ("munmap", 1, "alone"): 0, ("dontneed", 1, "alone"): 0,
-    ("dontneed", 1, "blocked"): 0, ("mprotect", 1, "blocked"): 0,
-}
-
 
 @dataclass(frozen=True)
 class Script:
@@ -60,7 +63,9 @@ class ProbeResult:
     """IPIs received per CPU: `samples[k][i]` for repeat k and CPU `cpus[i]`, per-CPU `median` and
     `spread` (max - min).
     `status` is "ok", "skipped" (one CPU or no TLB row; `reason` says which) or "failed" (`reason`).
-    `discarded` counts repeats redone because B left its C call before the measurement ended."""
+    `discarded` counts repeats redone because a running B left its C call before the measurement ended or
+    was preempted during it (its CPU then ran another task and was rightly not sent this mm's flushes).
+    `ns[k]` is repeat k's syscall time (perf_counter_ns around the call) and `median_ns` their median."""
     script: Script
     status: Literal["ok", "skipped", "failed"]
     reason: str = ""
@@ -69,6 +74,8 @@ class ProbeResult:
     median: list[float] = field(default_factory=list)
     spread: list[int] = field(default_factory=list)
     discarded: int = 0
+    ns: list[int] = field(default_factory=list)
+    median_ns: float = 0.0
 
 
 def host_supported() -> str:
@@ -80,14 +87,17 @@ def host_supported() -> str:
     return ""
 
 
-def run_script(script: Script, repeats: int = 5, timeout: float = 60.0) -> ProbeResult:
-    """Measure `script` `repeats` times in a child process killed after `timeout` seconds."""
+def run_script(script: Script, repeats: int = 5, timeout: float = 60.0,
+               layout: list[dict] | None = None) -> ProbeResult:
+    """Measure `script` `repeats` times in a child process killed after `timeout` seconds, with the
+    mappings of `layout` (see default_layout; its region must be `script.pages` long)."""
     if repeats < 1:
         raise ValueError(f"repeats: expected >= 1, got {repeats}")
     why = host_supported()
     if why:
         return ProbeResult(script, "skipped", why)
-    job = {"kind": "ipis", "op": script.op, "pages": script.pages, "second": script.second, "repeats": repeats}
+    job = {"kind": "ipis", "op": script.op, "pages": script.pages, "second": script.second, "repeats": repeats,
+           "layout": layout}
     try:
         out = run_worker(job, timeout)
     except WorkerError as e:
@@ -95,17 +105,8 @@ def run_script(script: Script, repeats: int = 5, timeout: float = 60.0) -> Probe
     samples = out["samples"]
     cols = list(zip(*samples))
     return ProbeResult(script, "ok", cpus=out["cpus"], samples=samples, median=[statistics.median(c) for c in cols],
-                       spread=[max(c) - min(c) for c in cols], discarded=out["discarded"])
-
-
-def default_scripts() -> list[Script]:
-    """The scripts of EXPECTED plus the other ops and second-thread states at 1 and 20000 pages."""
-    keys = dict.fromkeys(EXPECTED)
-    for op in OPS:
-        for pages in (1, 20000):
-            for second in SECONDS:
-                keys.setdefault((op, pages, second))
-    return [Script(f"{op}-{pages}-{second}", op, pages, second) for op, pages, second in keys]
+                       spread=[max(c) - min(c) for c in cols], discarded=out["discarded"], ns=out["ns"],
+                       median_ns=statistics.median(out["ns"]))
 
 
 def _tlb_now(fd: int, buf: bytearray) -> int:
@@ -118,15 +119,49 @@ def _tlb_now(fd: int, buf: bytearray) -> int:
     return n
 
 
-def _prepare(op: str, size: int) -> tuple[int, int]:
-    """Map and touch the region for `op`; (region, mremap destination or 0)."""
-    addr = sc.mmap(size)
+def default_layout(op: str, pages: int) -> list[dict]:
+    """The layout used without one from the model: a lone region of `pages` ending at REGION_END (touched
+    as `op` says: all, one page per 2 MiB for munmap-sparse, none for munmap-untouched), and for mremap a
+    read-only destination of the same size just below it.
+    A layout lists mappings as {"below_top": bytes from the start to REGION_END, "size", "populate": True,
+    False or [[offset, length], ...], "writable", "role": "region", "dest" or "other"}."""
+    size = pages * sc.PAGE
+    populate = (False if op == "munmap-untouched" else
+                [[off, sc.PAGE] for off in range(0, size, _SPARSE_STRIDE)] if op == "munmap-sparse" else True)
+    out = [{"below_top": size, "size": size, "populate": populate, "writable": True, "role": "region"}]
+    if op == "mremap":
+        out.append({"below_top": 2 * size, "size": size, "populate": False, "writable": False, "role": "dest"})
+    return out
+
+
+def _map_vma(v: dict) -> int:
+    """Map one layout entry at REGION_END - below_top exactly (MAP_FIXED_NOREPLACE: never over an existing
+    mapping), THP off, touched as its `populate` says; its address."""
+    want, size = REGION_END - v["below_top"], v["size"]
+    addr = sc.mmap(size, sc.PROT_READ | sc.PROT_WRITE, sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED_NOREPLACE,
+                   addr=want)
+    if addr != want:
+        sc.munmap(addr, size)
+        raise WorkerError(f"the kernel placed a mapping at {addr:#x}, not {want:#x} (no MAP_FIXED_NOREPLACE?)")
     sc.madvise(addr, size, sc.MADV_NOHUGEPAGE)
-    if op == "munmap-sparse":
-        sc.touch(addr, size, _SPARSE_STRIDE)
-    elif op != "munmap-untouched":
+    if v["populate"] is True:
         sc.touch(addr, size)
-    dest = sc.mmap(size, sc.PROT_NONE) if op == "mremap" else 0
+    elif v["populate"]:
+        for off, length in v["populate"]:
+            sc.touch(addr + off, length)
+    if not v["writable"]:
+        sc.mprotect(addr, size, sc.PROT_READ)
+    return addr
+
+
+def _prepare(layout: list[dict]) -> tuple[int, int]:
+    """Map the region (and the mremap destination) of `layout`; (region, destination or 0)."""
+    addr = dest = 0
+    for v in layout:
+        if v["role"] == "region":
+            addr = _map_vma(v)
+        elif v["role"] == "dest":
+            dest = _map_vma(v)
     return addr, dest
 
 
@@ -149,27 +184,42 @@ def _cleanup(op: str, addr: int, dest: int, size: int) -> None:
 
 
 def measure_ipis(job: dict) -> dict:
-    """Worker job (runs in the CPU-0-pinned child): {"samples": per-repeat per-CPU IPIs, "discarded"}."""
+    """Worker job (runs in the CPU-0-pinned child): {"cpus", "samples": per-repeat per-CPU IPIs, "ns":
+    per-repeat syscall time, "discarded"}. A running B's C call spans at least 16 region sizes of memory, so
+    it outlasts the syscall."""
     op, size, second, repeats = job["op"], job["pages"] * sc.PAGE, job["second"], job["repeats"]
+    layout = job.get("layout") or default_layout(op, job["pages"])
     sc.pin(0)
-    b = SecondThread(second) if second != "alone" else None
+    for v in layout:
+        if v["role"] == "other":
+            _map_vma(v)
+    b = SecondThread("running", busy_bytes=max(_BUSY_MIN, 16 * size)) if second == "running" else None
     fd = os.open("/proc/interrupts", os.O_RDONLY)
     buf_a, buf_b = bytearray(_READ_BUF), bytearray(_READ_BUF)
-    samples, discarded, cpus = [], 0, []
+    samples, times, discarded, cpus = [], [], 0, []
+    clock = time.perf_counter_ns
     try:
         while len(samples) < repeats:
-            addr, dest = _prepare(op, size)
+            addr, dest = _prepare(layout)
             call = _syscall(op, addr, dest, size)
             if second == "running":
                 b.enter()
+                preempted = b.preemptions()
+            elif second == "blocked":
+                b = SecondThread("blocked")
             gc.disable()
             na = _tlb_now(fd, buf_a)
+            t0 = clock()
             call()
+            t1 = clock()
             nb = _tlb_now(fd, buf_b)
-            valid = second != "running" or b.inside()
+            valid = second != "running" or (b.inside() and b.preemptions() == preempted)
             gc.enable()
             if second == "running":
                 b.leave()
+            elif second == "blocked":
+                b.stop()
+                b = None
             _cleanup(op, addr, dest, size)
             before, after = parse_tlb(buf_a[:na].decode()), parse_tlb(buf_b[:nb].decode())
             if before is None or after is None or before.keys() != after.keys():
@@ -177,30 +227,14 @@ def measure_ipis(job: dict) -> dict:
             cpus = sorted(before)
             if valid:
                 samples.append([after[c] - before[c] for c in cpus])
+                times.append(t1 - t0)
             else:
                 discarded += 1
                 if discarded > _MAX_RETRIES * repeats:
-                    raise WorkerError("the second thread kept leaving its C call during the measurement")
+                    raise WorkerError("the running second thread kept leaving its C call or being preempted "
+                                      "during the measurement")
     finally:
         os.close(fd)
         if b is not None:
             b.stop()
-    return {"cpus": cpus, "samples": samples, "discarded": discarded}
-
-
-def main() -> None:
-    """Print the table of `default_scripts()` measured on this host."""
-    print(f"TLB row CPUs: {sorted(read_tlb() or {})}; median and spread list one value per CPU")
-    print(f"{'script':30s} {'median per CPU':>16s} {'spread':>10s} {'expected CPU1':>14s}")
-    for s in default_scripts():
-        r = run_script(s)
-        exp = EXPECTED.get((s.op, s.pages, s.second), "")
-        if r.status != "ok":
-            print(f"{s.name:30s} {r.status}: {r.reason}")
-            continue
-        print(f"{s.name:30s} {str(r.median):>16s} {str(r.spread):>10s} {str(exp):>14s}"
-              + (f"  ({r.discarded} redone)" if r.discarded else ""))
-
-
-if __name__ == "__main__":
-    main()
+    return {"cpus": cpus, "samples": samples, "ns": times, "discarded": discarded}

@@ -51,13 +51,14 @@ def _state(tid: int) -> str:
 class SecondThread:
     """Thread B of the probes, pinned to `cpu`.
 
-    mode "running": each `enter()` makes B spend one long C call (memchr over 16 GiB of read-only
-    anonymous memory backed by the zero page, so it costs page tables only and never faults), holding
+    mode "running": each `enter()` makes B spend one long C call (memchr over `busy_bytes`, 16 GiB by
+    default, of read-only anonymous memory backed by the zero page, so it costs page tables only and never
+    faults; about 0.2 s per 16 GiB here), holding
     no GIL, so B's CPU runs this mm and is never lazy. `inside()` tells whether that call is still going.
     mode "blocked": B sits in read(2) on a pipe until `stop()`; its CPU goes idle (lazy TLB).
     """
 
-    def __init__(self, mode: str, cpu: int = 1):
+    def __init__(self, mode: str, cpu: int = 1, busy_bytes: int = _BUSY_BYTES):
         if mode not in ("running", "blocked"):
             raise ValueError(f"mode: expected running or blocked, got {mode!r}")
         self.mode = mode
@@ -70,9 +71,12 @@ class SecondThread:
         self._stop = False
         self._rfd, self._wfd = os.pipe()
         self._busy = 0
+        self._busy_bytes = busy_bytes
+        self._status_fd = -1
+        self._status_buf = bytearray(1 << 16)
         if mode == "running":
-            self._busy = sc.mmap(_BUSY_BYTES, sc.PROT_READ)
-            sc.madvise(self._busy, _BUSY_BYTES, sc.MADV_HUGEPAGE)
+            self._busy = sc.mmap(busy_bytes, sc.PROT_READ)
+            sc.madvise(self._busy, busy_bytes, sc.MADV_HUGEPAGE)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -84,7 +88,7 @@ class SecondThread:
         sc.pin(self.cpu)
         self.tid = threading.get_native_id()
         if self.mode == "running":
-            _memchr(self._busy, 1, _BUSY_BYTES)  # fault in the zero page before any measurement
+            _memchr(self._busy, 1, self._busy_bytes)  # fault in the zero page before any measurement
         self._ready.set()
         if self.mode == "blocked":
             os.read(self._rfd, 1)
@@ -96,7 +100,7 @@ class SecondThread:
                 return
             self._done.clear()
             self._entered.set()
-            _memchr(self._busy, 1, _BUSY_BYTES)
+            _memchr(self._busy, 1, self._busy_bytes)
             self._done.set()
 
     def _wait_state(self, want: str, limit_s: float = 2.0) -> None:
@@ -117,6 +121,16 @@ class SecondThread:
         """Whether B's current long call has not returned yet."""
         return not self._done.is_set()
 
+    def preemptions(self) -> int:
+        """How often B has been preempted so far (nonvoluntary_ctxt_switches); read into a preallocated
+        buffer, so calling it allocates nothing the measurement could see."""
+        if self._status_fd < 0:
+            self._status_fd = os.open(f"/proc/self/task/{self.tid}/status", os.O_RDONLY)
+        os.lseek(self._status_fd, 0, os.SEEK_SET)
+        n = os.readv(self._status_fd, [self._status_buf])
+        at = self._status_buf.find(b"nonvoluntary_ctxt_switches:", 0, n)
+        return int(self._status_buf[at:n].split(b":", 1)[1].split(b"\n", 1)[0])
+
     def leave(self) -> None:
         """Wait for B's current long call to return."""
         self._done.wait()
@@ -130,10 +144,12 @@ class SecondThread:
         else:
             os.write(self._wfd, b"x")
         self._thread.join()
+        if self._status_fd >= 0:
+            os.close(self._status_fd)
         os.close(self._rfd)
         os.close(self._wfd)
         if self._busy:
-            sc.munmap(self._busy, _BUSY_BYTES)
+            sc.munmap(self._busy, self._busy_bytes)
 
 
 def _main(argv: list[str]) -> int:

@@ -17,7 +17,7 @@ class Spinlock:
     def __init__(self, name: str, stat: str | None = None) -> None:
         self.name = name
         self.owner = None            # the CPU holding it
-        self.waiters: deque = deque()
+        self.waiters: deque | tuple = ()   # a deque while contended (one lock per PTE table: keep it small)
         self.acquired_at = 0
         self.stat = stat             # metrics bucket for hold times ("pte" for split PTE locks)
 
@@ -82,6 +82,11 @@ class UpRead(DownRead):
 
 
 class UpWrite(DownRead):
+    __slots__ = ()
+
+
+class DowngradeWrite(DownRead):
+    """downgrade_write(): the writer becomes a reader and lets waiting readers in."""
     __slots__ = ()
 
 

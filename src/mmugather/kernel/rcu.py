@@ -37,7 +37,9 @@ class Rcu:
             self._advance(c)
 
     def _advance(self, c) -> None:
-        """rcu_core(): invoke every callback whose grace period has ended, in the order queued."""
+        """rcu_core(): invoke every callback whose grace period has ended, in the order queued. They run
+        on CPU c, whose quiescent state ended the grace period, at its clock: the kernel runs them in the
+        queuing CPU's softirq shortly after; the model keeps the time exact rather than the CPU."""
         done = []
         for entry in self.pending:
             need = entry[0]
@@ -46,5 +48,5 @@ class Rcu:
         if not done:
             return
         self.pending = [e for e in self.pending if e not in done]
-        for _, func, owner in done:
-            func(owner)
+        for _, func, _owner in done:
+            func(c)

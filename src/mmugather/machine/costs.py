@@ -41,6 +41,10 @@ class Costs:
     flush_one: int = 100        # INVLPG: ~260 cycles
     flush_full: int = 40        # CR3 reload: ~96 cycles (the refill cost lands on later misses)
     flush_call: int = 300       # flush_tlb_mm/flush_tlb_mm_range bookkeeping around the flush itself
+    # arm64 broadcast invalidation (no IPIs): one TLBI ...IS instruction issued, and the DSB ISH that
+    # waits until every CPU has applied it (order of magnitude; calibrate per platform)
+    tlbi: int = 20
+    dsb_ish: int = 500
     tlb_miss_walk: int = 30     # hardware page walk filling one TLB entry
     user_access: int = 2        # a user load or store that hits the TLB
     # IPIs (x86 shootdown, one target)

@@ -84,6 +84,18 @@ class Tlb:
         for key in list(c.pwc):
             self._unref(c, self.inv.pwc_refs, c.pwc.pop(key).pfn)
 
+    def flush_leaf(self, c, addr: int) -> None:
+        """arm64 TLBI VALE1IS: drop the last-level entry for addr only; cached walks stay."""
+        v = c.tlb.pop(addr >> PAGE_SHIFT, None)
+        if v is not None:
+            self._unref(c, self.inv.tlb_refs, v >> 1)
+
+    def flush_walks(self, c, start: int, end: int) -> None:
+        """Drop the cached walks (PWC entries) covering [start, end): arm64 TLBI VAE1IS of that range."""
+        lo, hi = start >> PMD_SHIFT, (end - 1) >> PMD_SHIFT
+        for key in [k for k in c.pwc if lo <= k <= hi]:
+            self._unref(c, self.inv.pwc_refs, c.pwc.pop(key).pfn)
+
     def walk(self, c, mm, addr: int):
         """The hardware page walk for a user access: the PTE table (through the PWC when it has the PDE,
         even if that table was unhooked since), or None when no PTE table maps addr."""

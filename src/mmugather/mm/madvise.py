@@ -20,3 +20,27 @@ class Madvise:
             lo, hi = max(start, vma.start), min(end, vma.end)
             yield self.zap_page_range(c, vma, lo, hi - lo, None)
         yield UpRead(mm.mmap_sem)
+
+
+class Madvise618(Madvise):
+    """mm/madvise.c of Linux v6.18."""
+
+    def sys_madvise_dontneed(self, c, task, start: int, length: int):
+        """sys_madvise(MADV_DONTNEED), mm/madvise.c v6.18: madvise_lock() (the model takes mmap_lock for
+        reading; 6.18 takes the per-VMA lock when the range is inside one VMA, which excludes the same
+        writers), one gather for the whole call (madvise_init_tlb()/madvise_finish_tlb()), and
+        madvise_dontneed_single_vma() -> zap_page_range_single_batched() with reclaim_pt (PT_RECLAIM)
+        for each VMA in range."""
+        from mmugather.mm.memory.v6_18 import ZapDetails
+        mm = task.mm
+        end = start + length
+        yield self.costs.syscall
+        yield MIGHT_SLEEP
+        yield DownRead(mm.mmap_sem)
+        tlb = yield self.tlb_gather_mmu(c, mm, False)
+        details = ZapDetails(reclaim_pt=True)
+        for vma in [v for v in mm.vmas if v.end > start and v.start < end]:
+            lo, hi = max(start, vma.start), min(end, vma.end)
+            yield self.zap_page_range_single_batched(c, tlb, vma, lo, hi - lo, details)
+        yield self.tlb_finish_mmu(c, tlb, start, end)
+        yield UpRead(mm.mmap_sem)

@@ -10,6 +10,8 @@ VM_READ = 0x1
 VM_WRITE = 0x2
 VM_SHARED = 0x8
 VM_GROWSDOWN = 0x100
+VM_PFNMAP = 0x400
+VM_MIXEDMAP = 0x10000000
 VM_ACCOUNT = 0x100000
 
 MM_FILEPAGES, MM_ANONPAGES = 0, 1
@@ -22,7 +24,10 @@ class AddressSpace:
         self.name = name
         self.page_cache: dict[int, int] = {}
         self.i_mmap: list[Vma] = []
-        self.i_mmap_mutex = Mutex(f"i_mmap_mutex:{name}")
+        self.i_mmap_lock = Spinlock(f"i_mmap_lock:{name}")        # v2.6.39
+        self.i_mmap_mutex = Mutex(f"i_mmap_mutex:{name}")         # v3.0 (3d48ae45e72390ddf8cc)
+        self.i_mmap_rwsem = RwSemaphore(f"i_mmap_rwsem:{name}")   # v3.19+ (c8c06efa8b55)
+        self.truncate_count = 0                                    # v2.6.39 unmap_mapping_range() restarts
 
 
 class Vma:
@@ -44,6 +49,10 @@ class Vma:
     def anonymous(self) -> bool:
         return self.file is None
 
+    @property
+    def pfnmap(self) -> bool:
+        return bool(self.flags & (VM_PFNMAP | VM_MIXEDMAP))
+
     def __repr__(self) -> str:
         return f"Vma({self.start:#x}-{self.end:#x} {self.name or ('anon' if self.file is None else self.file.name)})"
 
@@ -63,6 +72,9 @@ class MmStruct:
         self.users = 0                            # mm_users: threads using it
         self.nr_ptes = 0
         self.exited = False
+        self.tlb_gen = 0                          # mm->context.tlb_gen (x86, v4.14+)
+        self.tlb_flush_pending = 0                # mm->tlb_flush_pending (v4.13+)
+        self.notifiers: list = []                 # mm->notifier_subscriptions
 
     def find_vma(self, addr: int) -> Vma | None:
         """find_vma(): the first VMA with end > addr (it may start above addr)."""

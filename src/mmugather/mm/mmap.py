@@ -1,7 +1,7 @@
 """mm/mmap.c: mmap placement, munmap, unmap_region and exit_mmap (Linux v2.6.39 and v3.0)."""
 from __future__ import annotations
 
-from mmugather.kernel.locking import MIGHT_SLEEP, DownWrite, UpWrite
+from mmugather.kernel.locking import COND_RESCHED, MIGHT_SLEEP, DownRead, DownWrite, UpRead, UpWrite
 from mmugather.mm.memory import TlbRef
 from mmugather.mm.mm_types import VM_ACCOUNT, Vma
 from mmugather.mm.pgtable import PAGE_SIZE, PMD_SIZE, ULONG_MASK
@@ -13,15 +13,20 @@ MMAP_BASE = 0x7F00_0000_0000          # mm->mmap_base below the stack gap (no ra
 class Mmap:
     """Kernel methods of mm/mmap.c."""
 
-    def get_unmapped_area(self, mm, length: int, align: int = PAGE_SIZE) -> int:
-        """arch_get_unmapped_area_topdown(): the highest hole below mmap_base that fits length."""
+    thp_align_anon = False     # v6.7+ aligns PMD-multiple anonymous mappings (thp_get_unmapped_area)
+
+    def get_unmapped_area(self, mm, length: int, anon: bool = False) -> int:
+        """get_unmapped_area() -> arch_get_unmapped_area_topdown(): the highest hole below mmap_base that
+        fits length; anonymous mappings whose length is a multiple of PMD_SIZE are PMD-aligned where the
+        kernel does so (CONFIG_TRANSPARENT_HUGEPAGE, v6.7+: __thp_get_unmapped_area())."""
         if length <= 0 or length % PAGE_SIZE:
             raise ValueError(f"get_unmapped_area: bad length {length:#x}")
+        align = PMD_SIZE if self.thp_align_anon and anon and length % PMD_SIZE == 0 else PAGE_SIZE
         top = MMAP_BASE
         for vma in reversed(mm.vmas):
             if vma.start >= top:
                 continue
-            if top - vma.end >= length:
+            if top - vma.end >= length and ((top - length) & ~(align - 1)) >= vma.end:
                 break
             top = min(top, vma.start)
         addr = (top - length) & ~(align - 1)
@@ -36,7 +41,7 @@ class Mmap:
         yield MIGHT_SLEEP
         yield DownWrite(mm.mmap_sem)
         if addr is None:
-            addr = self.get_unmapped_area(mm, length)
+            addr = self.get_unmapped_area(mm, length, anon=file is None)
         else:
             yield self.do_munmap(c, mm, addr, length)
         mm.insert_vma(Vma(mm, addr, addr + length, flags | VM_ACCOUNT, file, pgoff, name))
@@ -59,13 +64,12 @@ class Mmap:
         vma.end = addr
         mm.insert_vma(tail)
 
-    def do_munmap(self, c, mm, start: int, length: int):
-        """do_munmap(), mm/mmap.c: split the VMAs at the edges, detach those inside, unmap_region(),
-        remove_vma_list()."""
-        end = start + length
+    def detach_vmas(self, mm, start: int, end: int) -> tuple[list, object, object]:
+        """split_vma() at the edges of [start, end), then detach_vmas_to_be_unmapped(): (the detached
+        VMAs, the VMA before them, the VMA after them)."""
         vma = mm.find_vma(start)
         if vma is None or vma.start >= end:
-            return
+            return [], None, None
         if start > vma.start:
             self.split_vma(mm, vma, start)
         last = mm.find_vma(end)
@@ -75,14 +79,28 @@ class Mmap:
         j = i
         while j < len(mm.vmas) and mm.vmas[j].start < end:
             j += 1
-        detached = mm.vmas[i:j]                      # detach_vmas_to_be_unmapped()
+        detached = mm.vmas[i:j]
         del mm.vmas[i:j]
         prev = mm.vmas[i - 1] if i > 0 else None
         nxt = mm.vmas[i] if i < len(mm.vmas) else None
-        yield self.unmap_region(c, mm, detached, prev, nxt, start, end)
-        for vma in detached:                         # remove_vma_list()
+        return detached, prev, nxt
+
+    @staticmethod
+    def remove_vmas(vmas: list) -> None:
+        """remove_vma_list() / remove_vma(): unlink each file VMA from its i_mmap."""
+        for vma in vmas:
             if vma.file is not None:
                 vma.file.i_mmap.remove(vma)
+
+    def do_munmap(self, c, mm, start: int, length: int):
+        """do_munmap(), mm/mmap.c v2.6.39/v3.0: split the VMAs at the edges, detach those inside,
+        unmap_region(), remove_vma_list()."""
+        end = start + length
+        detached, prev, nxt = self.detach_vmas(mm, start, end)
+        if not detached:
+            return
+        yield self.unmap_region(c, mm, detached, prev, nxt, start, end)
+        self.remove_vmas(detached)
 
     def unmap_region(self, c, mm, vmas: list, prev, nxt, start: int, end: int):
         """unmap_region(), mm/mmap.c v2.6.39/v3.0: gather, unmap_vmas, free_pgtables between the
@@ -106,5 +124,48 @@ class Mmap:
         for vma in vmas:
             if vma.file is not None:
                 vma.file.i_mmap.remove(vma)
+        mm.vmas.clear()
+        mm.exited = True
+
+
+class Mmap618(Mmap):
+    """mm/mmap.c of Linux v6.18: munmap drops to a read lock before clearing page tables; exit_mmap
+    unmaps under the read lock and frees page tables under the write lock."""
+
+    thp_align_anon = True
+
+    def sys_munmap(self, c, task, start: int, length: int):
+        """sys_munmap() -> __vm_munmap(start, len, unlock=true), mm/vma.c v6.18."""
+        mm = task.mm
+        yield self.costs.syscall
+        yield MIGHT_SLEEP
+        yield DownWrite(mm.mmap_sem)
+        released = yield self.do_vmi_align_munmap(c, mm, start, start + length, True)
+        if not released:
+            yield UpWrite(mm.mmap_sem)
+
+    def do_munmap(self, c, mm, start: int, length: int):
+        """do_munmap() (mmap_lock held for writing, kept): do_vmi_munmap(..., unlock=false)."""
+        yield self.do_vmi_align_munmap(c, mm, start, start + length, False)
+
+    def exit_mmap(self, c, mm):
+        """exit_mmap(), mm/mmap.c v6.18: under mmap_read_lock a fullmm gather unmaps every VMA; then
+        under mmap_write_lock free_pgtables() of the whole space and tlb_finish_mmu(); then each VMA is
+        removed with a cond_resched() after it."""
+        vmas = list(mm.vmas)
+        yield DownRead(mm.mmap_sem)
+        if not vmas:
+            yield UpRead(mm.mmap_sem)
+        else:
+            tlb = yield self.tlb_gather_mmu(c, mm, True)
+            yield self.unmap_vmas(c, tlb, vmas, 0, ULONG_MASK, None)
+            yield UpRead(mm.mmap_sem)
+            yield DownWrite(mm.mmap_sem)
+            yield self.free_pgtables(c, tlb, vmas, FIRST_USER_ADDRESS, 0)
+            yield self.tlb_finish_mmu(c, tlb, 0, ULONG_MASK)
+            yield UpWrite(mm.mmap_sem)
+        for vma in vmas:
+            self.remove_vmas([vma])
+            yield COND_RESCHED
         mm.vmas.clear()
         mm.exited = True

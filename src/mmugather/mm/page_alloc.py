@@ -1,12 +1,18 @@
 """Physical frames (struct page) and the page allocator, after mm/page_alloc.c.
 
 Frames live in flat arrays indexed by pfn (refcount, mapcount, kind), not as an object per page, so that a
-large resident address space costs a few bytes of host memory per simulated page. A freed frame is
-poisoned (kind FREE): any later use of it through a stale translation is a use after free.
+large resident address space costs a few bytes of host memory per simulated page: 2 + 2 + 1 (a frame can
+be mapped and referenced at most MAX_COUNT times; incrementing past it raises OverflowError). The free list
+is a `PfnRuns` (frames freed in address order cost nothing each). A freed frame is poisoned (kind FREE): any
+later use of it through a stale translation is a use after free.
 """
 from __future__ import annotations
 
 from array import array
+
+import numpy as np
+
+from mmugather.mm.pfn_runs import PfnRuns
 
 # Frame kinds. FREE doubles as the poison marker.
 FREE, ANON, FILE, PGTABLE, BATCH = range(5)
@@ -14,23 +20,25 @@ KIND_NAMES = ("free", "anon", "file", "page-table", "gather-batch")
 
 GFP_KERNEL = "GFP_KERNEL"   # may sleep, never fails in this model
 GFP_NOWAIT = "GFP_NOWAIT"   # atomic; fails with probability fail_nowait
+MAX_COUNT = 32767           # refcount and mapcount are int16
 
 
 class PageAlloc:
     """The buddy allocator's observable contract: hand out free frames, take them back, count them."""
 
-    def __init__(self, rng, fail_nowait: float, on_free, on_free_many) -> None:
+    def __init__(self, rng, fail_nowait: float, on_free, on_free_many, on_free_array=None) -> None:
         if not 0.0 <= fail_nowait <= 1.0:
             raise ValueError("fail_nowait must be a probability in [0, 1]")
-        self.refcount = array("i")
-        self.mapcount = array("i")
+        self.refcount = array("h")
+        self.mapcount = array("h")
         self.kind = array("b")
-        self.free_list = array("i")
+        self.free_list = PfnRuns()
         self.nr_used = [0] * len(KIND_NAMES)
         self.rng = rng
         self.fail_nowait = fail_nowait
         self.on_free = on_free
         self.on_free_many = on_free_many
+        self.on_free_array = on_free_array
         self.nowait_attempts = 0
         self.nowait_failures = 0
 
@@ -68,8 +76,8 @@ class PageAlloc:
             pfns.append(pfn)
         rest = n - take
         first = len(self.refcount)
-        self.refcount.extend(array("i", [1]) * rest)
-        self.mapcount.extend(array("i", bytes(4 * rest)))
+        self.refcount.extend(array("h", [1]) * rest)
+        self.mapcount.extend(array("h", bytes(2 * rest)))
         self.kind.extend(array("b", [kind]) * rest)
         self.nr_used[kind] += n
         return pfns + list(range(first, first + rest)) if pfns else range(first, first + rest)
@@ -108,6 +116,63 @@ class PageAlloc:
             freed.append((pfn, k))
         if freed:
             self.on_free_many(cpu, freed)
+
+    def views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """numpy views of (refcount, mapcount, kind). Drop them before the next allocation: an array that
+        exports its buffer cannot grow."""
+        return (np.frombuffer(self.refcount, dtype=np.int16), np.frombuffer(self.mapcount, dtype=np.int16),
+                np.frombuffer(self.kind, dtype=np.int8))
+
+    def release_array(self, cpu, pfns: np.ndarray) -> None:
+        """release_pages() of a numpy array of pfns, in one pass: the same frames freed in the same order,
+        reported to `on_free_array` at once."""
+        n = len(pfns)
+        if n == 0:
+            return
+        if n > 1:
+            d = np.diff(pfns)
+            increasing = bool((d > 0).all())
+            if not increasing and len(np.unique(pfns)) != n:
+                self.release_pages(cpu, pfns.tolist())   # a frame twice: its last reference goes at its
+                return                                   # second occurrence, so go one by one
+        else:
+            increasing = True
+        refcount, _, kind = self.views()
+        lo = int(pfns[0])
+        if increasing and int(pfns[-1]) - lo == n - 1:   # the frames lo..lo+n-1: slices, not gathers
+            rc = refcount[lo:lo + n] - 1
+            bad = rc < 0
+            if bad.any():
+                self._bad_release(pfns, bad)
+            refcount[lo:lo + n] = rc
+            z = rc == 0
+            freed = pfns if z.all() else pfns[z]
+            k = kind[lo:lo + n] if len(freed) == n else kind[freed]
+        else:
+            rc = refcount[pfns] - 1
+            bad = rc < 0
+            if bad.any():
+                self._bad_release(pfns, bad)
+            refcount[pfns] = rc
+            freed = pfns[rc == 0]
+            k = kind[freed]
+        if len(freed):
+            k = k.copy()
+            if (k == FREE).any():
+                raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
+            if len(freed) == n and increasing and int(pfns[-1]) - lo == n - 1:
+                kind[lo:lo + n] = FREE
+            else:
+                kind[freed] = FREE
+            del refcount, kind
+            for kd, cnt in enumerate(np.bincount(k, minlength=len(KIND_NAMES)).tolist()):
+                self.nr_used[kd] -= cnt
+            self.free_list.extend(freed)
+            self.on_free_array(cpu, freed, k)
+
+    def _bad_release(self, pfns: np.ndarray, bad: np.ndarray) -> None:
+        pfn = int(pfns[np.argmax(bad)])
+        raise AssertionError(f"put_page: pfn {pfn} has refcount 0 ({KIND_NAMES[self.kind[pfn]]})")
 
     def free_page(self, cpu, pfn: int) -> None:
         """__free_page(): poison the frame and return it to the free list (LIFO, like the pcp lists)."""

@@ -33,7 +33,7 @@ _PAGE_ACCESSED = 0x020
 _PAGE_DIRTY = 0x040
 PTE_PFN_SHIFT = 12
 
-_EMPTY_TABLE = bytes(8 * PTRS_PER_TABLE)
+_EMPTY_TABLE = array("q", bytes(8 * PTRS_PER_TABLE))
 
 
 def mk_pte(pfn: int, writable: bool) -> int:
@@ -56,7 +56,7 @@ class PteTable:
     def __init__(self, pfn: int, base: int) -> None:
         self.pfn = pfn
         self.base = base                      # virtual address mapped by entry 0
-        self.ptes = array("q", _EMPTY_TABLE)
+        self.ptes = _EMPTY_TABLE[:]           # a copy of exactly 512 entries (no spare capacity)
         self.ptl = Spinlock(f"ptl@{base:#x}", stat="pte")
 
 

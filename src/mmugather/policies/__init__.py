@@ -2,8 +2,9 @@
 from mmugather.errors import InputError
 from mmugather.policies.linux_2_6_39 import Linux2639
 from mmugather.policies.linux_3_0 import Linux30
+from mmugather.policies.linux_6_18 import Linux618
 
-POLICIES = {cls.name: cls for cls in (Linux2639, Linux30)}
+POLICIES = {cls.name: cls for cls in (Linux2639, Linux30, Linux618)}
 
 
 def get_policy(name: str):

@@ -10,15 +10,19 @@ import numpy as np
 
 from mmugather.kernel.exit import Exit
 from mmugather.mm.exec import Exec
+from mmugather.mm.gup import Gup
 from mmugather.mm.madvise import Madvise
 from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_SHARED, VM_WRITE
 from mmugather.mm.mmap import Mmap
+from mmugather.mm.mmu_notifier import MmuNotifier
+from mmugather.mm.mprotect import Mprotect
+from mmugather.mm.mremap import Mremap
 from mmugather.mm.page_alloc import ANON, FILE
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, \
     _PAGE_USER, addr_end, pte_index
 
 
-class Kernel(Exit, Exec, Madvise, Mmap):
+class Kernel(Exit, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier):
     """What every modelled kernel version shares; subclasses add a gather and a zap walk."""
 
     name = "base"
@@ -44,6 +48,7 @@ class Kernel(Exit, Exec, Madvise, Mmap):
         self.invariants = machine.invariants
         self.arch = machine.arch
         self.num_online_cpus = len(machine.engine.cpus)
+        self.fast = getattr(machine, "fast", False)    # may kernel paths take bulk steps (mm/memory/bulk.py)
 
     def tlb_flush(self, c, tlb):
         """tlb_flush(): the arch's invalidation for a gather (x86 v2.6.39/v3.0: flush_tlb_mm)."""
@@ -76,7 +81,7 @@ class Kernel(Exit, Exec, Madvise, Mmap):
                     mm.rss[MM_FILEPAGES] += n
                 view[empty] = (pfns << PAGE_SHIFT) | writable_flags
                 del view
-                mc = np.frombuffer(alloc.mapcount, dtype=np.int32)
+                mc = np.frombuffer(alloc.mapcount, dtype=np.int16)
                 np.add.at(mc, pfns, 1)
                 del mc
                 mapped += n

@@ -16,6 +16,7 @@ class Metrics:
         self.pages_unmapped = 0
         self.pages_freed = 0
         self.page_tables_freed = 0
+        self.page_tables_reclaimed = 0
         self.flushes_under_pte_lock = 0
         self.frees_under_pte_lock = 0
         self.pte_lock_hold = array("q")
@@ -27,6 +28,8 @@ class Metrics:
         self.segv = 0
         self.rcu_callbacks = 0
         self.faults = 0
+        self.syscall_ns = array("q")    # entry to return of each system call a user thread made
+        self.loop_iterations = 0        # iterations of `loop` ops marked `count`, all tasks together
 
     def gather_memory(self, delta: int) -> None:
         """Account memory held by gathers (batch pages, per-CPU or on-stack structures); track the peak."""
@@ -42,6 +45,7 @@ class Metrics:
             "pages_unmapped": self.pages_unmapped,
             "pages_freed": self.pages_freed,
             "page_tables_freed": self.page_tables_freed,
+            "page_tables_reclaimed": self.page_tables_reclaimed,
             "flushes_under_pte_lock": self.flushes_under_pte_lock,
             "frees_under_pte_lock": self.frees_under_pte_lock,
             "pte_lock_hold_ns": _dist(self.pte_lock_hold, ("max", "p50", "p99")),
@@ -52,6 +56,8 @@ class Metrics:
             "batch_alloc_failures": nowait_failures,
             "gather_memory_bytes": self.gather_memory_bytes,
             "page_faults": self.faults,
+            "syscall_ns": _dist(self.syscall_ns, ("max", "p50")),
+            "loop_iterations": self.loop_iterations,
             "segv": self.segv,
             "sim_time_ns": sim_time_ns,
             "violations": violations,

@@ -3,7 +3,9 @@
 One track per simulated CPU (pid 1, tid = CPU number, named by thread_name metadata); counters are
 process-wide tracks. Timestamps are simulated nanoseconds written as microseconds ("ts", a float).
 Events are written in the order the hooks were called; viewers sort by time, and `validate_trace` checks
-what they rely on: each track's slices nest and its timestamps never go back.
+what they rely on: each track's slices nest and its timestamps never go back. Several runs go in one file
+as one process (pid) each, with flow ids unique across the file (`first_flow_id`, `write_traces`).
+sim/tracing.py's `attach_trace` feeds a ChromeTrace from a simulation.
 """
 from __future__ import annotations
 
@@ -31,27 +33,43 @@ def _us(t_ns: int) -> float:
 class ChromeTrace:
     """Collects events from the engine's hooks; `write` saves them as {"traceEvents": [...]}."""
 
-    def __init__(self, machine_name: str = "simulated machine") -> None:
-        self.events: list[dict] = [{"ph": "M", "name": "process_name", "pid": PID, "args": {"name": machine_name}}]
+    def __init__(self, machine_name: str = "simulated machine", *, pid: int = PID, first_flow_id: int = 1) -> None:
+        self.pid = pid
+        self.events: list[dict] = [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": machine_name}}]
         self._cpus: set[int] = set()
-        self._flows = 0
+        self._flows = first_flow_id - 1
+
+    @property
+    def next_flow_id(self) -> int:
+        """The first flow id not used yet: `first_flow_id` of the next trace written to the same file."""
+        return self._flows + 1
+
+    def name_track(self, tid: int, name: str) -> None:
+        """Name track `tid` (by default track n is "CPU n"); call before its first event."""
+        self._cpus.add(tid)
+        self.events.append({"ph": "M", "name": "thread_name", "pid": self.pid, "tid": tid, "args": {"name": name}})
 
     def _track(self, cpu: int) -> None:
         if cpu not in self._cpus:
-            self._cpus.add(cpu)
-            self.events.append({"ph": "M", "name": "thread_name", "pid": PID, "tid": cpu,
-                                "args": {"name": f"CPU {cpu}"}})
+            self.name_track(cpu, f"CPU {cpu}")
 
     def _on_cpu(self, ph: str, cpu: int, name: str, t_ns: int, args: dict | None, **extra) -> None:
         self._track(cpu)
-        event = {"ph": ph, "name": name, "pid": PID, "tid": cpu, "ts": _us(t_ns), **extra}
+        event = {"ph": ph, "name": name, "pid": self.pid, "tid": cpu, "ts": _us(t_ns), **extra}
         if args:
             event["args"] = args
         self.events.append(event)
 
-    def begin(self, cpu: int, name: str, t_ns: int, args: dict | None = None) -> None:
-        """A slice `name` opens on `cpu` (closed by the matching `end`; slices nest)."""
-        self._on_cpu("B", cpu, name, t_ns, args)
+    def begin(self, cpu: int, name: str, t_ns: int, args: dict | None = None, cat: str | None = None) -> None:
+        """A slice `name` (of category `cat`) opens on `cpu` (closed by the matching `end`; slices nest)."""
+        if cat is None:
+            self._on_cpu("B", cpu, name, t_ns, args)
+        else:
+            self._on_cpu("B", cpu, name, t_ns, args, cat=cat)
+
+    def complete(self, cpu: int, name: str, t_ns: int, dur_ns: int, args: dict | None = None) -> None:
+        """A whole slice of `dur_ns` from t_ns on `cpu` (it must nest with the B/E slices open there)."""
+        self._on_cpu("X", cpu, name, t_ns, args, dur=_us(dur_ns))
 
     def end(self, cpu: int, name: str, t_ns: int) -> None:
         """The innermost open slice on `cpu`, which must be `name`, closes."""
@@ -67,15 +85,22 @@ class ChromeTrace:
         self._on_cpu("s", src_cpu, name, t_src_ns, None, cat="flow", id=self._flows)
         self._on_cpu("f", dst_cpu, name, t_dst_ns, None, cat="flow", id=self._flows, bp="e")
 
-    def counter(self, name: str, t_ns: int, value: float) -> None:
-        """A sample of the machine-wide counter track `name` (e.g. gather memory in bytes)."""
-        self.events.append({"ph": "C", "name": name, "pid": PID, "ts": _us(t_ns), "args": {"value": value}})
+    def counter(self, name: str, t_ns: int, value: float, key: str = "value") -> None:
+        """A sample of the process-wide counter track `name` (e.g. gather memory in bytes); Perfetto shows
+        it as the track "`name` `key`"."""
+        self.events.append({"ph": "C", "name": name, "pid": self.pid, "ts": _us(t_ns), "args": {key: value}})
 
     def to_dict(self) -> dict:
         return {"traceEvents": self.events, "displayTimeUnit": "ns"}
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), separators=(",", ":")))
+        write_traces([self], path)
+
+
+def write_traces(traces: list[ChromeTrace], path: str | Path) -> None:
+    """Write several traces (distinct pids and flow ids) as one JSON file, in the order given."""
+    events = [e for t in traces for e in t.events]
+    Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}, separators=(",", ":")))
 
 
 def _is_number(v) -> bool:

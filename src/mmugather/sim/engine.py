@@ -26,8 +26,8 @@ from collections import deque
 from types import GeneratorType
 
 from mmugather.kernel.locking import (
-    COND_RESCHED, LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE, MIGHT_SLEEP, PREEMPT_DISABLE, PREEMPT_ENABLE, DownRead,
-    DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead, UpWrite, _Marker,
+    COND_RESCHED, LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE, MIGHT_SLEEP, PREEMPT_DISABLE, PREEMPT_ENABLE, DowngradeWrite,
+    DownRead, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead, UpWrite, _Marker,
 )
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 
@@ -40,6 +40,17 @@ P_PLAIN, P_COND_RESCHED, P_MIGHT_SLEEP, P_ENABLE = range(4)
 
 TLBSTATE_OK, TLBSTATE_LAZY = 1, 2
 INF = float("inf")
+
+
+class Elapse:
+    """Many steps at once (the fast path, mm/memory/bulk.py): spend `ns`, then leave the preemption point
+    where the last of those steps left it. Only valid for steps nothing else could interleave with."""
+
+    __slots__ = ("ns", "point")
+
+    def __init__(self, ns: int, point: int) -> None:
+        self.ns = ns
+        self.point = point
 
 
 class DeadlockError(RuntimeError):
@@ -88,7 +99,7 @@ class Cpu:
     __slots__ = ("id", "clock", "curr", "runqueue", "latency_task", "state", "token", "preempt_count",
                  "irqs_off", "need_resched", "pending", "attention", "point", "tlb", "pwc", "loaded_mm",
                  "active_mm", "tlbstate", "dangling", "preempt_off_since", "ptl_held", "compute_end",
-                 "ipi_wait_until", "ipi_acks_left", "per_cpu", "slice_armed")
+                 "ipi_wait_until", "ipi_acks_left", "per_cpu", "slice_armed", "horizon")
 
     def __init__(self, cpu_id: int) -> None:
         self.id = cpu_id
@@ -117,6 +128,7 @@ class Cpu:
         self.ipi_acks_left = 0
         self.per_cpu: dict = {}           # DEFINE_PER_CPU storage used by the modelled kernel
         self.slice_armed = False
+        self.horizon = -1                 # set by Engine._run_cpu: the time of the next event on the queue
 
 
 class Engine:
@@ -140,14 +152,16 @@ class Engine:
         self.heap: list = []
         self.seq = 0
         self.user_alive = 0
+        self.halted = False       # a workload's `halt`: the measurement is over, stop the machine
         self.next_tid = 1
         self.now = 0
         self.handlers = {
             SpinLock: self._spin_lock, SpinUnlock: self._spin_unlock,
             DownRead: self._down_read, DownWrite: self._down_write, UpRead: self._up_read, UpWrite: self._up_write,
+            DowngradeWrite: self._downgrade_write,
             MutexLock: self._mutex_lock, MutexUnlock: self._mutex_unlock,
             SmpCallFunctionMany: self._smp_call, Compute: self._compute, Sleep: self._sleep,
-            _Marker: self._marker,
+            _Marker: self._marker, Elapse: self._elapse,
         }
 
     # ----------------------------------------------------------------- tasks
@@ -188,7 +202,7 @@ class Engine:
     def run(self, until_ns: int | None = None) -> int:
         """Run until every user task has exited. Returns the simulated time at the end."""
         heap = self.heap
-        while heap and self.user_alive > 0:
+        while heap and self.user_alive > 0 and not self.halted:
             t, _, c, token, callback = heapq.heappop(heap)
             if t > self.now:
                 self.now = t
@@ -201,13 +215,14 @@ class Engine:
                     callback(t)
                 else:
                     self._run_cpu(c, heap[0][0] if heap else INF)
-        if self.user_alive > 0:
+        if self.user_alive > 0 and not self.halted:
             blocked = [t for c in self.cpus for t in ([c.curr] if c.curr else []) + list(c.runqueue)]
             raise DeadlockError(f"{self.user_alive} user task(s) can never run again: {blocked}")
         return max(self.now, max(c.clock for c in self.cpus))
 
     # ----------------------------------------------------------------- the hot loop
     def _run_cpu(self, c: Cpu, horizon) -> None:
+        c.horizon = horizon
         task = c.curr
         if task is None:
             return
@@ -379,6 +394,11 @@ class Engine:
             self._push_cpu(c)
 
     # ----------------------------------------------------------------- preemption points and markers
+    def _elapse(self, c: Cpu, task: Task, v: Elapse) -> bool:
+        c.clock += v.ns
+        c.point = v.point
+        return True
+
     def _marker(self, c: Cpu, task: Task, v) -> bool:
         if v is PREEMPT_DISABLE:
             self._preempt_inc(c)
@@ -428,6 +448,8 @@ class Engine:
             return True
         if lock.owner is c:
             raise AssertionError(f"spin_lock: recursive {lock.name} on CPU {c.id}")
+        if not lock.waiters:
+            lock.waiters = deque()
         lock.waiters.append(c)
         c.state = SPINNING
         return False
@@ -449,6 +471,8 @@ class Engine:
         lock.owner = None
         if lock.waiters:
             w = lock.waiters.popleft()
+            if not lock.waiters:
+                lock.waiters = ()
             w.clock = max(w.clock, c.clock)
             w.state = RUNNING
             self._granted(w, lock)
@@ -499,6 +523,18 @@ class Engine:
         sem.writer = None
         c.clock += self.costs.unlock
         self._rwsem_wake(sem, c.clock)
+        return True
+
+    def _downgrade_write(self, c: Cpu, task: Task, v) -> bool:
+        sem = v.sem
+        if sem.writer is not task:
+            raise AssertionError(f"downgrade_write: {sem.name} not held for writing by {task}")
+        sem.writer = None
+        sem.readers += 1
+        while sem.waiters and not sem.waiters[0][1]:       # rwsem_downgrade_wake(): the readers queued first
+            waiter, _ = sem.waiters.popleft()
+            sem.readers += 1
+            self.wake(waiter, c.clock)
         return True
 
     def _rwsem_wake(self, sem, t: int) -> None:

@@ -5,15 +5,22 @@ may hold a translation to it, and only then free it. Kinds reported:
 - `stale-tlb-use-after-free`: a frame was freed while a TLB entry that some CPU can still use maps it.
 - `page-table-use-after-free`: a page-table page was freed while a walker or a paging-structure cache can
   still reach it.
+- `stale-tlb-after-return`: munmap, madvise or mprotect returned to user space while some CPU still held
+  a usable TLB entry in its range that the page tables no longer grant.
 - `sleep-in-atomic`: a sleeping operation (or a preemption point) while preempt_count > 0 or IRQs are off.
 - `leak`: frames, page tables or gather batch pages not returned, or RSS counters unbalanced, after teardown.
 
 Liveness: an entry on another CPU is live at once (that CPU may be running user code of the mm right
-now, or may switch back to it without a flush). An entry on the freeing CPU itself cannot be used by the
-kernel code that is running there; it becomes a violation only if that CPU returns to user code of the mm
-(or resumes a thread of it) before a flush drops it: the freed frame is then reachable by user code.
+now, or may switch back to it without a flush), unless the arch says it is not (`tlb_entry_live`,
+`pwc_entry_live`: e.g. x86 v6.18 lazy CPUs re-check tlb_gen before running the mm again, but their
+paging-structure caches stay live for speculative walks). An entry on the freeing CPU itself cannot be
+used by the kernel code that is running there. A non-live entry becomes a violation only if its CPU
+returns to user code of the mm (or resumes a thread of it) before a flush drops it: the freed frame is
+then reachable by user code.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from mmugather.mm.page_alloc import ANON, BATCH, FILE, KIND_NAMES, PGTABLE
 
@@ -27,8 +34,10 @@ class Invariants:
         self.metrics = metrics
         self.cpus: list = []
         self.alloc = None
+        self.arch = None
         self.tlb_refs: dict[int, int] = {}
         self.pwc_refs: dict[int, int] = {}
+        self.walking: dict[int, int] = {}      # PTE-table pfn -> lockless walkers (gup_fast) inside it
         self.violations: list[dict] = []
         self.total = 0
         self._seen: set = set()
@@ -50,6 +59,8 @@ class Invariants:
             m.page_tables_freed += 1
             if pfn in self.pwc_refs:
                 self._freed_while_cached(c, pfn)
+            if pfn in self.walking:
+                self._freed_while_walked(c, pfn)
         else:
             if kind != BATCH:
                 m.pages_freed += 1
@@ -68,6 +79,8 @@ class Invariants:
                 tables += 1
                 if pfn in pwc_refs:
                     self._freed_while_cached(c, pfn)
+                if pfn in self.walking:
+                    self._freed_while_walked(c, pfn)
             elif pfn in tlb_refs:
                 self._freed_while_mapped(c, pfn)
         m.page_tables_freed += tables
@@ -75,12 +88,30 @@ class Invariants:
         if c is not None and c.ptl_held:
             m.frees_under_pte_lock += len(freed) - tables
 
+    def on_free_array(self, c, pfns, kinds) -> None:
+        """on_free_many() for numpy arrays of frames freed together (PageAlloc.release_array): the per-frame
+        checks for the frames some TLB, paging-structure cache or walker still reaches, counters at once."""
+        refs = [r for r in (self.tlb_refs, self.pwc_refs, self.walking) if r]
+        if refs:
+            keys = np.fromiter(set().union(*refs), dtype=np.int64)
+            hit = np.isin(pfns, keys)
+            if hit.any():
+                self.on_free_many(c, list(zip(pfns[hit].tolist(), kinds[hit].tolist())))
+                pfns, kinds = pfns[~hit], kinds[~hit]
+        m = self.metrics
+        n = len(pfns)
+        tables = int(np.count_nonzero(kinds == PGTABLE))
+        m.page_tables_freed += tables
+        m.pages_freed += n - tables
+        if c is not None and c.ptl_held:
+            m.frees_under_pte_lock += n - tables
+
     def _freed_while_mapped(self, c, pfn: int) -> None:
         for x in self.cpus:
             vpns = [vpn for vpn, v in x.tlb.items() if v >> 1 == pfn]
             if not vpns:
                 continue
-            if x is c:
+            if x is c or not self.arch.tlb_entry_live(x):
                 x.dangling.add(pfn)
                 continue
             who = f"CPU {c.id}" if c is not None else "set-up"
@@ -93,13 +124,58 @@ class Invariants:
             keys = [k for k, t in x.pwc.items() if t.pfn == pfn]
             if not keys:
                 continue
-            if x is c:
+            if x is c or not self.arch.pwc_entry_live(x):
                 x.dangling.add(pfn)
                 continue
             self.report("page-table-use-after-free", x.id,
                         f"page table pfn {pfn} (PTEs of {keys[0] << 21:#x}) freed by CPU {c.id if c else '-'} at "
                         f"{c.clock if c else 0} ns while CPU {x.id}'s paging-structure cache still points to it",
                         key=pfn)
+
+    # ---------------------------------------------------------------- lockless walkers
+    def walker_enter(self, c, pfn: int) -> None:
+        """A lockless walker (gup_fast) on CPU c starts reading PTE table pfn."""
+        self.walking[pfn] = self.walking.get(pfn, 0) + 1
+
+    def walker_exit(self, c, pfn: int) -> None:
+        n = self.walking[pfn] - 1
+        if n:
+            self.walking[pfn] = n
+        else:
+            del self.walking[pfn]
+
+    def walker_read(self, c, pfn: int, still_table: bool) -> None:
+        """The walker on CPU c reads an entry of table pfn, which must still be a page table."""
+        if not still_table:
+            self.report("page-table-use-after-free", c.id,
+                        f"gup_fast on CPU {c.id} read PTE table pfn {pfn} at {c.clock} ns after it was freed",
+                        key=("read", pfn))
+
+    def _freed_while_walked(self, c, pfn: int) -> None:
+        self.report("page-table-use-after-free", c.id if c is not None else -1,
+                    f"PTE table pfn {pfn} freed by CPU {c.id if c else '-'} at {c.clock if c else 0} ns while a "
+                    f"lockless walker (gup_fast) is reading it", key=("walk", pfn))
+
+    def syscall_return(self, c, mm, lo: int, hi: int) -> None:
+        """An unmap or protection change of [lo, hi) returns to user space: no CPU may still hold a usable
+        TLB entry in that range that the page tables no longer grant (a stale writable entry would let
+        writes land in a page the program was told is gone: the MADV_DONTNEED race of 99baac21e458)."""
+        for x in self.cpus:
+            if x.loaded_mm is not mm or not x.tlb or not self.arch.tlb_entry_live(x):
+                continue
+            for vpn, v in x.tlb.items():
+                addr = vpn << 12
+                if not lo <= addr < hi:
+                    continue
+                pt = mm.pte_tables.get(addr >> 21)
+                pte = pt.ptes[vpn & 511] if pt is not None else 0
+                if not pte & 1 or pte >> 12 != v >> 1 or (v & 1 and not pte & 2):
+                    self.report("stale-tlb-after-return", x.id,
+                                f"CPU {c.id}'s call on [{lo:#x}, {hi:#x}) returned at {c.clock} ns while CPU "
+                                f"{x.id}'s TLB still maps {addr:#x} to pfn {v >> 1}"
+                                f"{' writable' if v & 1 else ''}, which the page tables no longer allow",
+                                key=("return", vpn))
+                    return
 
     # ---------------------------------------------------------------- scheduling hooks
     def resume_user(self, c, task) -> None:

@@ -21,8 +21,9 @@ class Simulation:
 
     def __init__(self, scenario: S.Scenario, policy_cls, *, cpus: int | None = None, preempt: str | None = None,
                  fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None,
-                 arch: str | None = None, without_fixes=()) -> None:
+                 arch: str | None = None, without_fixes=(), fast: bool = True) -> None:
         m = scenario.machine
+        self.fast = fast       # bulk teardown where exact (mm/memory/bulk.py); False: every step (explore/)
         self.arch_name = arch or next(iter(policy_cls.arches))
         if self.arch_name not in policy_cls.arches:
             from mmugather.errors import InputError
@@ -40,12 +41,13 @@ class Simulation:
         self.invariants = Invariants(self.metrics)
         self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants)
         self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
-        self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many)
+        self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many,
+                               self.invariants.on_free_array)
         self.invariants.cpus = self.engine.cpus
         self.invariants.alloc = self.alloc
         self.tlb = Tlb(self.invariants)
         self.arch = policy_cls.arches[self.arch_name](self)
-        self.engine.arch = self.arch
+        self.engine.arch = self.invariants.arch = self.arch
         self.kernel = policy_cls(self)
         self.metrics.gather_memory(self.kernel.gather_static_bytes(self.ncpus))
         self.mms: list[MmStruct] = []
@@ -65,7 +67,7 @@ class Simulation:
             mm = self.new_mm()
             proc = Process(pspec.name, mm)
             for v in pspec.vma:
-                start = v.start if v.start is not None else kernel.get_unmapped_area(mm, v.size)
+                start = v.start if v.start is not None else kernel.get_unmapped_area(mm, v.size, anon=v.kind == "anon")
                 vma = Vma(mm, start, start + v.size, vma_flags(v), self.files.get(v.file) if v.file else None,
                           v.offset >> 12, v.name)
                 try:
@@ -103,12 +105,19 @@ class Simulation:
 
     def run(self) -> dict:
         """Run to completion; check for leaks; return the `metrics` object."""
+        self.kernel.fast = self.fast and type(self.engine) is Engine   # a traced engine records every step
         end = self.engine.run()
+        self.finish()
+        return self.metrics.summary(sim_time_ns=end, nowait_attempts=self.alloc.nowait_attempts,
+                                    nowait_failures=self.alloc.nowait_failures,
+                                    violations=self.invariants.violations)
+
+    def finish(self) -> None:
+        """After the engine stopped: mmdrop() exited mms and check for leaks (explore/ calls this after a
+        controlled run)."""
         for mm in self.mms:                       # mmdrop() of exited mms by their last lazy user
             if mm.exited and mm.pgd.pfn >= 0:
                 self.alloc.free_page(None, mm.pgd.pfn)
                 mm.pgd.pfn = -1
-        self.invariants.check_leaks(self.mms, list(self.files.values()), self.alloc)
-        return self.metrics.summary(sim_time_ns=end, nowait_attempts=self.alloc.nowait_attempts,
-                                    nowait_failures=self.alloc.nowait_failures,
-                                    violations=self.invariants.violations)
+        if not self.engine.halted:                # a halted run stopped mid-flight: nothing to account
+            self.invariants.check_leaks(self.mms, list(self.files.values()), self.alloc)

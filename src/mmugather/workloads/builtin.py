@@ -115,3 +115,58 @@ def resolve_workload(spec: str | None) -> Scenario:
     if Path(name).exists() or name.endswith(".toml"):
         return load_scenario(name)
     raise InputError(f"--workload: '{name}' is neither a built-in workload ({', '.join(BUILTIN)}) nor a file")
+
+
+PROBE_OPS = ("munmap", "dontneed", "mprotect", "mremap", "munmap-untouched", "munmap-sparse")
+SECONDS = ("running", "blocked", "alone")
+MAX_PROBE_PAGES = 4_000_000
+
+
+def probe_workload(name: str) -> dict:
+    """`OP:N[:B]`: the host probe's pattern (mmugather.host.probe) as a scenario. Thread A on CPU 0 maps
+    an anonymous region of N pages below the process's existing mappings (a library and thread B's
+    stack, placed top-down by get_unmapped_area()), all touched (one page per 2 MiB for munmap-sparse,
+    so N page tables; none for munmap-untouched), then issues OP on it; the machine halts when the call
+    returns, as the probe stops counting. Thread B (same process, CPU 1) has touched its stack and is
+    `running` user code, `blocked` (CPU 1 idle, lazy TLB) or absent (`alone`)."""
+    parts = name.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in PROBE_OPS:
+        raise InputError(f"workload '{name}': expected OP:N[:B] with OP one of {', '.join(PROBE_OPS)}")
+    op, n = parts[0], parts[1]
+    second = parts[2] if len(parts) == 3 else "running"
+    if not n.isdigit() or not 1 <= int(n) <= MAX_PROBE_PAGES:
+        raise InputError(f"workload '{name}': N must be a page count from 1 to {MAX_PROBE_PAGES}")
+    if second not in SECONDS:
+        raise InputError(f"workload '{name}': B must be one of {', '.join(SECONDS)}")
+    pages = int(n)
+    stride = 512 if op == "munmap-sparse" else 1
+    size = pages * stride * 4096
+    region = {"name": "region", "size": size}
+    if op == "munmap-sparse":
+        region["populate"] = [[k * (2 << 20), 4096] for k in range(pages)]
+    elif op != "munmap-untouched":
+        region["populate"] = True
+    vmas = [{"name": "lib", "size": "2MiB", "populate": [[0, 4096]]},
+            {"name": "stack-b", "size": 8 * 1024 * 1024 + 4096}, region]
+    call = {"munmap": {"op": "munmap", "vma": "region"}, "dontneed": {"op": "madvise", "vma": "region"},
+            "mprotect": {"op": "mprotect", "vma": "region", "prot": "r"},
+            "mremap": {"op": "mremap", "vma": "region", "to": "dest"}}[op if op in ("dontneed", "mprotect", "mremap")
+                                                                    else "munmap"]
+    if op == "mremap":
+        vmas.append({"name": "dest", "size": size, "writable": False})
+    threads = [{"cpu": 0, "program": [{"op": "compute", "ns": 100_000}, call, {"op": "halt"}]}]
+    if second != "alone":
+        park = {"op": "compute", "ns": 10**10} if second == "running" else {"op": "sleep", "ns": 10**10}
+        threads.append({"cpu": 1, "program": [{"op": "touch", "vma": "stack-b", "offset": 8 << 20, "size": 4096},
+                                              park]})
+    return {"name": name, "description": f"{op} of {pages} touched pages while thread B is {second} "
+                                          f"(the host probe's pattern; halts when the call returns)",
+            "seed": 1, "machine": {"cpus": 2, "preempt": "voluntary", "latency_task": False},
+            "process": [{"name": "probe", "vma": vmas, "thread": threads}]}
+
+
+PARAMETRIC.update({op: probe_workload for op in PROBE_OPS})
+
+from mmugather.workloads.wis import wis_workload  # noqa: E402  (will-it-scale's tlb_flush tests)
+
+PARAMETRIC["wis"] = wis_workload

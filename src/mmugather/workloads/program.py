@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mmugather.kernel.smp import Compute, Sleep
 from mmugather.mm.mm_types import VM_READ, VM_SHARED, VM_WRITE
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, _PAGE_RW
+from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, _PAGE_PRESENT, _PAGE_RW
 from mmugather.workloads import scenario as S
 
 
@@ -40,7 +40,7 @@ def access(sim, c, task, addr: int, write: bool):
         pt = sim.tlb.walk(c, task.mm, addr)
         if pt is not None:
             pte = pt.ptes[vpn & 511]
-            if pte and (not write or pte & _PAGE_RW):
+            if pte & _PAGE_PRESENT and (not write or pte & _PAGE_RW):
                 sim.tlb.fill(c, vpn, pte)
                 yield sim.costs.tlb_miss_walk
                 return True
@@ -55,12 +55,18 @@ def access(sim, c, task, addr: int, write: bool):
     return False
 
 
-def syscall(sim, c, task, gen):
-    """Run a kernel path as a system call: in kernel mode, then back to user with the return check."""
+def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
+    """Run a kernel path as a system call: in kernel mode, then back to user with the return checks
+    (`unmapped`: the range an unmap or protection change covered, checked for stale TLB entries); its
+    duration on the thread's CPU clock goes to metrics.syscall_ns."""
     task.in_kernel = True
+    t0 = c.clock
     result = yield gen
+    sim.metrics.syscall_ns.append(c.clock - t0)
     task.in_kernel = False
     sim.invariants.resume_user(c, task)
+    if unmapped is not None and task.mm is not None:
+        sim.invariants.syscall_return(c, task.mm, *unmapped)
     return result
 
 
@@ -72,14 +78,14 @@ def thread_program(sim, proc: Process, ops: list):
         kernel = sim.kernel
         proc.busy += 1
         busy = True
-        for op in ops:
+        for op, shift in _steps(sim, c, ops):
             if proc.exiting:
                 break
             if isinstance(op, S.ChurnOp):
                 if busy:
                     proc.busy -= 1
                     busy = False
-                lo, hi = _range(proc, op)
+                lo, hi = _range(proc, op, shift)
                 pages = (hi - lo) >> PAGE_SHIFT
                 while not proc.exiting and proc.busy > 0:
                     addr = lo + (rng.randrange(pages) << PAGE_SHIFT)
@@ -87,7 +93,7 @@ def thread_program(sim, proc: Process, ops: list):
                     yield Compute(op.gap_ns)
                 continue
             if isinstance(op, S.TouchOp):
-                lo, hi = _range(proc, op)
+                lo, hi = _range(proc, op, shift)
                 for addr in range(lo, hi, PAGE_SIZE):
                     if proc.exiting:
                         break
@@ -95,11 +101,21 @@ def thread_program(sim, proc: Process, ops: list):
                     if op.gap_ns:
                         yield Compute(op.gap_ns)
             elif isinstance(op, S.MunmapOp):
-                lo, hi = _range(proc, op)
-                yield syscall(sim, c, task, kernel.sys_munmap(c, task, lo, hi - lo))
+                lo, hi = _range(proc, op, shift)
+                yield syscall(sim, c, task, kernel.sys_munmap(c, task, lo, hi - lo), (lo, hi))
             elif isinstance(op, S.MadviseOp):
-                lo, hi = _range(proc, op)
-                yield syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo))
+                lo, hi = _range(proc, op, shift)
+                yield syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo), (lo, hi))
+            elif isinstance(op, S.GupFastOp):
+                lo, hi = _range(proc, op, shift)
+                task.in_kernel = True
+                pinned = yield kernel.get_user_pages_fast(c, task.mm, lo, (hi - lo) >> PAGE_SHIFT, op.write,
+                                                          op.hold_ns)
+                task.in_kernel = False
+                if op.keep_ns:
+                    yield Compute(op.keep_ns)
+                for pfn in pinned:                       # unpin_user_pages()
+                    sim.alloc.put_page(c, pfn)
             elif isinstance(op, S.MmapOp):
                 spec = op.vma
                 f = sim.files.get(spec.file) if spec.file else None
@@ -112,6 +128,17 @@ def thread_program(sim, proc: Process, ops: list):
                 yield Compute(op.ns)
             elif isinstance(op, S.ExitOp):
                 break
+            elif isinstance(op, S.MprotectOp):
+                lo, hi = _range(proc, op, shift)
+                yield syscall(sim, c, task, kernel.sys_mprotect(c, task, lo, hi - lo, op.prot), (lo, hi))
+            elif isinstance(op, S.MremapOp):
+                lo, hi = _range(proc, op, shift)
+                dest = proc.ranges[op.to][0]
+                yield syscall(sim, c, task, kernel.sys_mremap_fixed(c, task, lo, hi - lo, dest))
+                proc.ranges[op.to] = (dest, dest + hi - lo)
+            elif isinstance(op, S.HaltOp):
+                sim.engine.halted = True
+                yield Sleep(1)
             elif isinstance(op, S.ExecOp):
                 yield syscall(sim, c, task, do_execve(sim, c, task, proc, op))
         if busy:
@@ -147,9 +174,27 @@ def do_execve(sim, c, task, proc: Process, op: S.ExecOp):
     proc.ranges["[stack]"] = (vma.start, vma.end)
 
 
-def _range(proc: Process, op) -> tuple[int, int]:
+def _steps(sim, c, ops: list, shift: int = 0, deadline: int | None = None):
+    """The ops of a program in order with the byte shift of their ranges, loops unrolled as they run:
+    whether another iteration starts is decided when it is reached, against the CPU's clock then."""
+    for op in ops:
+        if not isinstance(op, S.LoopOp):
+            yield op, shift
+            continue
+        end = deadline
+        if op.duration_ns is not None:
+            end = c.clock + op.duration_ns if end is None else min(end, c.clock + op.duration_ns)
+        i = 0
+        while (op.times is None or i < op.times) and (end is None or c.clock < end):
+            yield from _steps(sim, c, op.body, shift + i * op.stride, end)
+            if op.count and (end is None or c.clock <= end):
+                sim.metrics.loop_iterations += 1
+            i += 1
+
+
+def _range(proc: Process, op, shift: int = 0) -> tuple[int, int]:
     start, end = proc.ranges[op.vma]
-    lo = start + op.offset
+    lo = start + op.offset + shift
     hi = end if op.size is None else lo + op.size
     assert lo < end and hi <= end, "checked when the scenario was loaded"
     return lo, hi

@@ -154,8 +154,71 @@ class ExecOp(Strict):
     shift: Size = Field(1 << 20, gt=0)
 
 
-Op = Annotated[Union[TouchOp, ChurnOp, MunmapOp, MadviseOp, MmapOp, SleepOp, ComputeOp, ExitOp, ExecOp],
+class MprotectOp(_Range):
+    """mprotect() of the range to `prot` ("r": read-only, "none"), or back to read-write ("rw")."""
+    op: Literal["mprotect"]
+    prot: Literal["r", "rw", "none"] = "r"
+
+
+class MremapOp(_Range):
+    """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) of the range onto the start of VMA `to` (same size)."""
+    op: Literal["mremap"]
+    to: str
+
+
+class GupFastOp(_Range):
+    """get_user_pages_fast() of the range (as O_DIRECT or a driver pinning a buffer): a lockless walk with
+    IRQs off lasting at least `hold_ns` per PTE table; the pages are unpinned after `keep_ns`."""
+    op: Literal["gup_fast"]
+    write: bool = False
+    hold_ns: int = Field(0, ge=0)
+    keep_ns: int = Field(0, ge=0)
+
+
+class HaltOp(Strict):
+    """Stop the machine here: the end of a measurement (as a probe stops counting when its syscall
+    returns). The run ends without tearing anything down."""
+    op: Literal["halt"]
+
+
+class LoopOp(Strict):
+    """Run `body` `times` times, or until `duration_ns` of the thread's CPU time has passed since the loop
+    began (checked before each iteration; a loop inside one stops at the outer deadline too), whichever
+    comes first. Iteration i shifts every range of the body by i * `stride` bytes. With `count`, each
+    iteration completed by the deadline adds one to metrics.loop_iterations (all threads together)."""
+    op: Literal["loop"]
+    body: list["Op"] = Field(min_length=1)
+    times: int | None = Field(None, ge=1)
+    duration_ns: int | None = Field(None, gt=0)
+    stride: Size = Field(0, ge=0)
+    count: bool = False
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        if self.times is None and self.duration_ns is None:
+            raise ValueError("a loop needs times, duration_ns or both")
+        if self.stride % PAGE:
+            raise ValueError(f"stride {self.stride} is not a multiple of the 4096-byte page")
+        return self
+
+
+Op = Annotated[Union[TouchOp, ChurnOp, MunmapOp, MadviseOp, MmapOp, SleepOp, ComputeOp, ExitOp, ExecOp,
+                     MprotectOp, MremapOp, GupFastOp, HaltOp, LoopOp],
                Field(discriminator="op")]
+LoopOp.model_rebuild()
+
+
+def walk_ops(ops: list, shift: int = 0):
+    """(op, largest shift of its ranges) for every op, loop bodies included (in program order)."""
+    for op in ops:
+        if isinstance(op, LoopOp):
+            yield op, shift
+            last = (op.times - 1) * op.stride if op.times is not None else 0
+            if op.times is None and op.stride:
+                last = 1 << 62                     # unbounded shift: any range falls outside its VMA
+            yield from walk_ops(op.body, shift + last)
+        else:
+            yield op, shift
 
 
 class ThreadSpec(Strict):
@@ -197,23 +260,27 @@ class Scenario(Strict):
                 if t.cpu >= self.machine.cpus:
                     raise ValueError(f"process '{p.name}': thread on CPU {t.cpu} but the machine has "
                                      f"{self.machine.cpus} CPUs")
-                for op in t.program:
+                for op, shift in walk_ops(t.program):
                     if isinstance(op, MmapOp):
                         names[op.vma.name] = op.vma.size
                         if op.vma.file and op.vma.file not in files:
                             raise ValueError(f"process '{p.name}': mmap names unknown file '{op.vma.file}'")
+                    to = getattr(op, "to", None)
+                    if to is not None and to not in names:
+                        raise ValueError(f"process '{p.name}': mremap to unknown VMA '{to}'")
                     ref = getattr(op, "vma", None)
                     if isinstance(ref, str):
                         if ref not in names:
                             raise ValueError(f"process '{p.name}': {op.op} names unknown VMA '{ref}'")
                         size = names[ref]
-                        if (op.offset >= size or op.offset + (op.size or 0) > size):
+                        if (op.offset + shift >= size or op.offset + shift + (op.size or 0) > size):
                             raise ValueError(f"process '{p.name}': {op.op} of VMA '{ref}' at offset "
-                                             f"{op.offset} size {op.size} lies outside its {size} bytes")
+                                             f"{op.offset + shift} size {op.size} lies outside its {size} bytes")
         return self
 
 
-_OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exec"}
+_OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exec", "mprotect", "mremap",
+            "gup_fast", "halt", "loop"}
 
 
 def _where(loc: tuple) -> str:

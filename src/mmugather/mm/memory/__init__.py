@@ -84,6 +84,13 @@ class Memory:
             pfn, kind, writable = yield self._fault_page(c, vma, addr, write)
             yield SpinLock(pt.ptl)
             yield self.costs.pte_set
+            if mm.pte_tables.get(addr >> PMD_SHIFT) is not pt:
+                # pte_offset_map_lock() revalidates the PMD under the PTE lock (v6.x: the table may have
+                # been reclaimed meanwhile, PT_RECLAIM): drop the page and let the access fault again
+                yield SpinUnlock(pt.ptl)
+                self.alloc.put_page(c, pfn)
+                yield UpRead(mm.mmap_sem)
+                return True
             if pt.ptes[idx] == 0:
                 pt.ptes[idx] = mk_pte(pfn, writable)
                 self.alloc.mapcount[pfn] += 1
@@ -207,7 +214,7 @@ class Memory:
         if not self._covers(start, end, floor, ceiling, PGDIR_MASK):
             return
         del pgd.entries[pgd_index(start)]
-        yield self.tlb_remove_page(c, tlb, pud.pfn)          # pud_free_tlb()
+        yield self.pud_free_tlb(c, tlb, pud, start)
 
     def free_pmd_range(self, c, tlb, pud, pmd, addr: int, end: int, floor: int, ceiling: int):
         """free_pmd_range(), mm/memory.c: free the PTE tables below, then this PMD table if covered."""
@@ -222,18 +229,32 @@ class Memory:
         if not self._covers(start, end, floor, ceiling, PUD_MASK):
             return
         del pud.entries[pud_index(start)]
-        yield self.tlb_remove_page(c, tlb, pmd.pfn)          # pmd_free_tlb()
+        yield self.pmd_free_tlb(c, tlb, pmd, start)
 
     def free_pte_range(self, c, tlb, pmd, addr: int):
-        """free_pte_range(), mm/memory.c: pmd_clear(), then pte_free_tlb() (x86 ___pte_free_tlb():
-        tlb_remove_page() of the table page) and nr_ptes--."""
+        """free_pte_range(), mm/memory.c: pmd_clear(), then pte_free_tlb() and nr_ptes--."""
         mm = tlb.mm
         pt = pmd.entries.pop(pmd_index(addr))
         del mm.pte_tables[addr >> PMD_SHIFT]
         mm.nr_ptes -= 1
-        tlb.need_flush = True
         yield self.costs.pgtable_free
+        yield self.pte_free_tlb(c, tlb, pt, addr)
+
+    def pte_free_tlb(self, c, tlb, pt, addr: int):
+        """pte_free_tlb(), asm-generic/tlb.h v2.6.39/v3.0: need_flush, then x86 ___pte_free_tlb():
+        tlb_remove_page() of the table page (freed with the pages, after the flush)."""
+        tlb.need_flush = True
         yield self.tlb_remove_page(c, tlb, pt.pfn)
+
+    def pmd_free_tlb(self, c, tlb, pmd, addr: int):
+        """pmd_free_tlb(), v2.6.39/v3.0: need_flush, x86 ___pmd_free_tlb(): tlb_remove_page()."""
+        tlb.need_flush = True
+        yield self.tlb_remove_page(c, tlb, pmd.pfn)
+
+    def pud_free_tlb(self, c, tlb, pud, addr: int):
+        """pud_free_tlb(), v2.6.39/v3.0: need_flush, x86 ___pud_free_tlb(): tlb_remove_page()."""
+        tlb.need_flush = True
+        yield self.tlb_remove_page(c, tlb, pud.pfn)
 
     @staticmethod
     def _covers(start: int, end: int, floor: int, ceiling: int, mask: int) -> bool:

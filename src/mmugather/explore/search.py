@@ -1,0 +1,460 @@
+"""Search strategies over the schedules of a controlled machine, and the schedule format they share.
+
+A *target* builds a fresh machine for every execution (`target.build()`: an object with `engine`, a
+ControlledEngine; `invariants`; `finish()`, the end-of-run checks; `fingerprint()`, a state hash).
+Every search re-executes from the initial state (stateless search, as CHESS does).
+
+Preemptions are counted as in CHESS: choosing another task while the task that took the last step could
+go on. A task whose last step was user work (`Compute`) or a sleep has yielded: switching away from it is
+free and continuing it is the preemption. Taking an interrupt is never a preemption.
+
+The *default* choice at a point is the non-preemptive one: pending interrupts first, then the last task if
+it can go on and did not yield, else the next task after it by tid. A schedule is written as the
+deviations from the default: `[[step, actor], ...]`; replaying runs the default everywhere else.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from mmugather.sim.engine import DeadlockError
+
+
+def default_choice(enabled: list[int], last: int | None, yielded: bool) -> int:
+    """The non-preemptive choice (enabled is ordered: interrupts, then tasks by tid)."""
+    first = enabled[0]
+    if first < 0:
+        return first
+    if last is None:
+        return first
+    if not yielded and last in enabled:
+        return last
+    for a in enabled:
+        if a > last:
+            return a
+    return first
+
+
+def preemption_cost(x: int, enabled: list[int], last: int | None, yielded: bool) -> int:
+    """1 if choosing actor x here is a preemption, else 0."""
+    if x < 0 or last is None:
+        return 0
+    if x == last:
+        return 1 if yielded and any(a >= 0 and a != last for a in enabled) else 0
+    return 0 if yielded or last not in enabled else 1
+
+
+def independent(f, g) -> bool:
+    """Two step footprints (read mask, write mask) that commute: neither writes what the other touches."""
+    return not (f[1] & (g[0] | g[1]) or g[1] & f[0])
+
+
+@dataclass
+class Outcome:
+    """How one execution ended."""
+    violation: dict | None
+    trace: list[int]                  # every actor chosen, in order
+    finished: bool                    # every task exited (not stopped by the search)
+
+
+@dataclass
+class Result:
+    """What a search found and how much it covered."""
+    strategy: str
+    violation: dict | None = None
+    schedule: list[list[int]] | None = None      # deviations from the default, [[step, actor], ...]
+    trace: list[int] | None = None               # every actor of the failing execution
+    executions: int = 0
+    transitions: int = 0
+    states: int = 0
+    cut: int = 0                                  # executions stopped at the depth bound
+    pruned: int = 0                               # executions stopped at a state seen before
+    seconds: float = 0.0
+    covered: bool = False                         # the whole bound was searched
+    bound: dict = field(default_factory=dict)
+    max_depth_seen: int = 0
+
+
+class Budget(Exception):
+    """The execution budget ran out."""
+
+
+def run_machine(m, chooser, *, track: bool = False, log: list | None = None):
+    """Run a freshly built machine under `chooser`, then the end-of-run checks if every task exited.
+    Returns (the first violation as a dict, or None; whether every task exited)."""
+    eng = m.engine
+    eng.chooser = chooser
+    eng.track = track
+    eng.obs.log = log
+    inv = m.invariants
+    try:
+        eng.run()
+    except DeadlockError as e:
+        return {"kind": "deadlock", "cpu": -1, "detail": str(e)}, False
+    except AssertionError as e:
+        return {"kind": "assertion", "cpu": _cpu_of_last(eng), "detail": str(e)}, False
+    except Exception as e:                   # a plugin's own code raising under this interleaving
+        return {"kind": "exception", "cpu": _cpu_of_last(eng), "detail": f"{type(e).__name__}: {e}"}, False
+    finished = eng.user_alive == 0 or eng.halted
+    if finished and not inv.violations:
+        m.finish()
+    return (dict(inv.violations[0]) if inv.violations else None), finished
+
+
+def _cpu_of_last(eng) -> int:
+    t = eng.tasks.get(eng.last_task) if eng.last_task is not None else None
+    return t.cpu if t is not None else -1
+
+
+class Progress:
+    """Called by the searches now and then; the CLI draws it on stderr."""
+
+    def update(self, result: Result, depth: int) -> None:
+        pass
+
+
+class _Clock:
+    def __init__(self, progress: Progress | None, result: Result) -> None:
+        self.progress = progress
+        self.result = result
+        self.t0 = time.perf_counter()
+        self.next = self.t0 + 0.1
+
+    def tick(self, depth: int) -> None:
+        r = self.result
+        if self.progress is not None:
+            now = time.perf_counter()
+            if now >= self.next:
+                r.seconds = now - self.t0
+                self.progress.update(r, depth)
+                self.next = now + 0.1
+
+    def done(self) -> None:
+        self.result.seconds = time.perf_counter() - self.t0
+
+
+# ----------------------------------------------------------------------------- replay by deviations
+def replay_chooser(engine, deviations: dict[int, int], trace: list[int], violations: list,
+                   max_steps: int, stop_at_violation: bool = True):
+    """A chooser following `deviations` ({step: actor}) and the default elsewhere, recording `trace`."""
+    def choose(enabled):
+        if (stop_at_violation and violations) or len(trace) >= max_steps:
+            return None
+        a = deviations.get(len(trace))
+        if a is None or a not in enabled:
+            a = default_choice(enabled, engine.last_task, engine.yielded)
+        trace.append(a)
+        return a
+    return choose
+
+
+def replay(target, schedule, *, max_steps: int = 100_000, log: list | None = None,
+           stop_at_violation: bool = True):
+    """Run one schedule (deviations [[step, actor], ...]). Returns (machine, Outcome)."""
+    deviations = {int(st): int(a) for st, a in schedule}
+    trace: list[int] = []
+    m = target.build()
+    choose = replay_chooser(m.engine, deviations, trace, m.invariants.violations, max_steps, stop_at_violation)
+    violation, finished = run_machine(m, choose, log=log)
+    return m, Outcome(violation, trace, finished)
+
+
+def to_deviations(target, trace: list[int]) -> list[list[int]]:
+    """The deviations from the default that make a run follow `trace`."""
+    m = target.build()
+    eng = m.engine
+    out: list[list[int]] = []
+
+    def choose(enabled):
+        i = choose.i
+        if i >= len(trace):
+            return None
+        a = trace[i]
+        choose.i = i + 1
+        if a != default_choice(enabled, eng.last_task, eng.yielded):
+            out.append([i, a])
+        return a
+    choose.i = 0
+    run_machine(m, choose)
+    return out
+
+
+# ----------------------------------------------------------------------------- exhaustive
+class _Node:
+    """A scheduling point with alternatives: the schedule reaching it, its sleep set and the footprints
+    of the children explored from it so far."""
+
+    __slots__ = ("prefix", "sleep", "done")
+
+    def __init__(self, prefix: tuple, sleep: dict) -> None:
+        self.prefix = prefix
+        self.sleep = sleep
+        self.done: dict = {}
+
+
+def exhaustive(target, *, max_preemptions: int = 2, max_depth: int = 10_000, budget: int = 100_000,
+               hash_states: bool = True, progress: Progress | None = None) -> Result:
+    """Every schedule with at most `max_preemptions` preemptions, by iterative context bounding
+    (Musuvathi & Qadeer, PLDI 2007: all schedules with 0 preemptions, then 1, ...), with sleep sets
+    (Godefroid 1996) over step footprints and, when `hash_states`, pruning states seen before with no
+    fewer preemptions left, no more depth used and no smaller sleep set."""
+    res = Result("exhaustive", bound={"max_preemptions": max_preemptions, "max_depth": max_depth,
+                                      "budget": budget})
+    clock = _Clock(progress, res)
+    levels: list[list] = [[] for _ in range(max_preemptions + 2)]
+    levels[0].append((None, None, 0))
+    visited: dict = {}
+    seen_states: set = set()
+    try:
+        for level in range(max_preemptions + 1):
+            for item in levels[level]:
+                stack = [item]
+                while stack:
+                    if res.executions >= budget:
+                        raise Budget
+                    if _run_item(target, stack.pop(), stack, levels, res, visited, seen_states,
+                                 max_preemptions, max_depth, hash_states, clock):
+                        clock.done()
+                        return res
+            levels[level] = []
+        res.covered = True
+    except Budget:
+        res.covered = False
+    clock.done()
+    return res
+
+
+def _run_item(target, item, stack, levels, res, visited, seen_states, K, max_depth, hash_states, clock) -> bool:
+    """Execute one branch: replay the node's prefix, take the branch's actor, then go on with
+    non-preemptive choices, queueing the alternatives met on the way. True when a violation was found."""
+    node, actor, used = item
+    prefix = node.prefix + (actor,) if node is not None else ()
+    n = len(prefix)
+    m = target.build()
+    eng = m.engine
+    violations = m.invariants.violations
+    fingerprint = m.fingerprint if hash_states else None
+    sched: list[int] = list(prefix)
+    cur = [None, None, {}]          # the node of the last inline choice (or None), that choice, its sleep set
+
+    def choose(enabled):
+        d = choose.d
+        if d < n:
+            a = prefix[d]
+            if a not in enabled:
+                raise RuntimeError(f"replay diverged at step {d}: actor {a} not in {enabled}")
+            if d == n - 1:
+                eng.track = True
+            choose.d = d + 1
+            return a
+        if violations:
+            return None
+        fp = (eng.fp_read, eng.fp_write)
+        if d == n:
+            if node is None:
+                sleep = {}
+            else:                       # the branch just taken: who stays asleep after it
+                node.done[actor] = fp
+                sleep = {u: f for u, f in node.sleep.items() if u != actor and independent(f, fp)}
+                for u, f in node.done.items():
+                    if u != actor and independent(f, fp):
+                        sleep[u] = f
+        else:
+            here, prev, before = cur
+            if here is not None:
+                here.done[prev] = fp
+            sleep = {u: f for u, f in before.items() if u != prev and independent(f, fp)}
+        if d >= max_depth:
+            res.cut += 1
+            return None
+        last, yielded = eng.last_task, eng.yielded
+        if hash_states:
+            h = fingerprint()
+            seen_states.add(h)
+            key = (h, last, yielded)
+            asleep = frozenset(sleep)
+            entries = visited.get(key)
+            if entries is None:
+                visited[key] = [(used, d, asleep)]
+            else:
+                for u0, d0, s0 in entries:
+                    if u0 <= used and d0 <= d and s0 <= asleep:
+                        res.pruned += 1
+                        return None
+                entries.append((used, d, asleep))
+        default = default_choice(enabled, last, yielded)
+        inline = None
+        alts = []
+        for x in (default, *[a for a in enabled if a != default]):
+            if x in sleep:
+                continue
+            cost = preemption_cost(x, enabled, last, yielded)
+            if used + cost > K:
+                continue
+            if inline is None and cost == 0:
+                inline = x
+            else:
+                alts.append((x, cost))
+        here = None
+        if alts:
+            here = _Node(tuple(sched), sleep)
+            for x, cost in reversed(alts):
+                if cost:
+                    levels[used + cost].append((here, x, used + cost))
+                else:
+                    stack.append((here, x, used))
+        if inline is None:
+            return None
+        cur[0], cur[1], cur[2] = here, inline, sleep
+        sched.append(inline)
+        choose.d = d + 1
+        return inline
+    choose.d = 0
+
+    violation, _ = run_machine(m, choose, track=n == 0)
+    steps = choose.d
+    res.executions += 1
+    res.transitions += steps
+    res.max_depth_seen = max(res.max_depth_seen, steps)
+    res.states = len(seen_states)
+    clock.tick(steps)
+    if violation is not None:
+        res.violation = violation
+        res.trace = sched
+        return True
+    return False
+
+
+# ----------------------------------------------------------------------------- PCT and random
+def pct(target, *, depth: int = 3, budget: int = 1000, seed: int = 0, max_depth: int = 10_000,
+        progress: Progress | None = None) -> Result:
+    """Probabilistic concurrency testing (Burckhardt, Kothari, Musuvathi, Nagarakatte, ASPLOS 2010): each
+    run gives the actors random distinct priorities above `depth`, picks depth-1 change points among the
+    k steps of a run (k: the longest run seen so far), always runs the highest-priority enabled actor,
+    and at the i-th change point drops the running actor's priority to i. A bug of depth d is found by
+    one run with probability at least 1/(n k^(d-1))."""
+    rng = random.Random(seed)
+    res = Result("pct", bound={"depth": depth, "budget": budget, "seed": seed, "max_depth": max_depth})
+    clock = _Clock(progress, res)
+    k = _default_length(target, max_depth)
+    for _ in range(budget):
+        m = target.build()
+        eng = m.engine
+        violations = m.invariants.violations
+        actors = sorted(eng.tasks) + [-1 - c.id for c in eng.cpus]
+        prios = list(range(depth, depth + len(actors)))
+        rng.shuffle(prios)
+        prio = dict(zip(actors, prios))
+        changes = {}
+        for i, pt in enumerate(sorted(rng.sample(range(1, k + 1), min(depth - 1, k))), start=1):
+            changes[pt] = i
+        trace: list[int] = []
+        fresh = [depth + len(actors)]
+
+        def choose(enabled, trace=trace, prio=prio, changes=changes, violations=violations, fresh=fresh):
+            if violations or len(trace) >= max_depth:
+                return None
+            for a in enabled:
+                if a not in prio:
+                    prio[a] = fresh[0]
+                    fresh[0] += 1
+            a = max(enabled, key=prio.__getitem__)
+            low = changes.get(len(trace) + 1)
+            if low is not None:
+                prio[a] = low
+                a = max(enabled, key=prio.__getitem__)
+            trace.append(a)
+            return a
+        if _finish_run(m, choose, trace, res, clock, max_depth):
+            return res
+        k = max(k, len(trace))
+    res.covered = False
+    clock.done()
+    return res
+
+
+def random_walk(target, *, budget: int = 1000, seed: int = 0, max_depth: int = 10_000,
+                progress: Progress | None = None) -> Result:
+    """Uniformly random schedules: at every point each enabled actor equally likely."""
+    rng = random.Random(seed)
+    res = Result("random", bound={"budget": budget, "seed": seed, "max_depth": max_depth})
+    clock = _Clock(progress, res)
+    for _ in range(budget):
+        m = target.build()
+        violations = m.invariants.violations
+        trace: list[int] = []
+
+        def choose(enabled, trace=trace, violations=violations):
+            if violations or len(trace) >= max_depth:
+                return None
+            a = enabled[rng.randrange(len(enabled))] if len(enabled) > 1 else enabled[0]
+            trace.append(a)
+            return a
+        if _finish_run(m, choose, trace, res, clock, max_depth):
+            return res
+    res.covered = False
+    clock.done()
+    return res
+
+
+def _finish_run(m, choose, trace, res, clock, max_depth) -> bool:
+    """Run one PCT or random execution; True (and the result filled in) when it found a violation."""
+    violation, finished = run_machine(m, choose)
+    res.executions += 1
+    res.transitions += len(trace)
+    res.max_depth_seen = max(res.max_depth_seen, len(trace))
+    if not finished and violation is None and len(trace) >= max_depth:
+        res.cut += 1
+    clock.tick(len(trace))
+    if violation is not None:
+        res.violation = violation
+        res.trace = trace
+        clock.done()
+        return True
+    return False
+
+
+def _default_length(target, max_depth: int) -> int:
+    _, out = replay(target, [], max_steps=max_depth)
+    return max(1, len(out.trace))
+
+
+# ----------------------------------------------------------------------------- shrinking
+def shrink(target, schedule: list[list[int]], kind: str, *, max_steps: int = 100_000,
+           max_tests: int = 2000) -> list[list[int]]:
+    """Delta debugging (Zeller and Hildebrandt, TSE 2002, ddmin) over the deviations of a failing schedule:
+    the result is a subsequence (never longer) that still fails with a violation of `kind`, and from which
+    no single deviation can be dropped."""
+    tests = [0]
+
+    def fails(devs) -> bool:
+        tests[0] += 1
+        _, out = replay(target, devs, max_steps=max_steps)
+        return out.violation is not None and out.violation["kind"] == kind
+
+    devs = list(schedule)
+    if not fails(devs):
+        return devs
+    n = 2
+    while len(devs) >= 2 and tests[0] < max_tests:
+        size = len(devs)
+        chunks = [devs[i * size // n:(i + 1) * size // n] for i in range(n)]
+        reduced = False
+        for i, chunk in enumerate(chunks):
+            if chunk and fails(chunk):
+                devs, n, reduced = chunk, 2, True
+                break
+        if not reduced:
+            for i in range(n):
+                rest = [d for j, ch in enumerate(chunks) if j != i for d in ch]
+                if len(rest) < size and fails(rest):
+                    devs, n, reduced = rest, max(n - 1, 2), True
+                    break
+        if not reduced:
+            if n >= size:
+                break
+            n = min(2 * n, size)
+    if len(devs) == 1 and fails([]):
+        return []
+    return devs

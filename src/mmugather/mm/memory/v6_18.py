@@ -1,0 +1,195 @@
+"""mm/memory.c v6.18: the zap walk of today's kernel (range-tracking gather, forced flush under the PTE
+lock, delayed rmap, PT_RECLAIM of emptied PTE tables)."""
+from __future__ import annotations
+
+import numpy as np
+
+from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
+from mmugather.mm.memory import Memory
+from mmugather.mm.page_alloc import ANON
+from mmugather.mm.pgtable import (
+    PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SHIFT, PMD_SIZE, PUD_SIZE, _PAGE_DIRTY, addr_end, pgd_index, pmd_index,
+    pte_index, pud_index,
+)
+
+
+class ZapDetails:
+    """struct zap_details (v6.18): `reclaim_pt` asks zap_pte_range() to free PTE tables it empties
+    (set by MADV_DONTNEED, CONFIG_PT_RECLAIM)."""
+
+    __slots__ = ("reclaim_pt",)
+
+    def __init__(self, reclaim_pt: bool = False) -> None:
+        self.reclaim_pt = reclaim_pt
+
+
+class Memory618(Memory):
+    """The zap walk of Linux v6.18 (mm/memory.c): PTEs cleared under the PTE lock, each recorded in the
+    gather's range (tlb_remove_tlb_entry); a full gather or a dirty shared file page forces a flush of the
+    TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; cond_resched()
+    after every PMD entry."""
+
+    def zap_pte_range(self, c, tlb, vma, pmd, addr: int, end: int, details):
+        """zap_pte_range(), mm/memory.c v6.18 (with zap_present_ptes() for order-0 folios): returns the
+        address it stopped at (< end when a full gather forced a break)."""
+        mm = tlb.mm
+        pt = pmd.entries.get(pmd_index(addr))
+        if pt is None:                                   # pte_offset_map_lock() failed: table reclaimed
+            return addr
+        ptes = pt.ptes
+        costs = self.costs
+        c_zap, c_none = costs.pte_zap, costs.pte_none
+        kind, mapcount = self.alloc.kind, self.alloc.mapcount
+        force_flush = force_break = False
+        can_reclaim_pt = details is not None and details.reclaim_pt and end - addr >= PMD_SIZE
+        start = addr
+        yield self.tlb_change_page_size(c, tlb, PAGE_SIZE)
+        anon = file = 0
+        yield SpinLock(pt.ptl)
+        i = pte_index(addr)
+        none = 0
+        while True:
+            ptent = ptes[i]
+            if ptent:
+                ptes[i] = 0                                      # ptep_get_and_clear_full()
+                self.tlb_flush_pte_range(tlb, addr, PAGE_SIZE)   # tlb_remove_tlb_entry()
+                pfn = ptent >> PAGE_SHIFT
+                delay_rmap = False
+                if kind[pfn] == ANON:
+                    anon += 1
+                else:
+                    file += 1
+                    if ptent & _PAGE_DIRTY and self.tlb_delay_rmap(tlb):
+                        delay_rmap = force_flush = True
+                if not delay_rmap:
+                    mapcount[pfn] -= 1                           # folio_remove_rmap_ptes()
+                    if mapcount[pfn] < 0:
+                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+                yield c_zap + none
+                none = 0
+                if self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, delay_rmap):
+                    force_flush = force_break = True
+                    addr += PAGE_SIZE
+                    break
+            else:
+                none += c_none
+            i += 1
+            addr += PAGE_SIZE
+            if addr == end:
+                break
+        if none:
+            yield none
+        self._add_mm_rss(mm, anon, file)
+        if force_flush:                                   # do the actual TLB flush before dropping ptl
+            yield self.tlb_flush_mmu_tlbonly(c, tlb)
+            self.tlb_flush_rmaps(c, tlb, vma)
+        yield SpinUnlock(pt.ptl)
+        if force_flush:
+            yield self.tlb_flush_mmu(c, tlb)
+        if can_reclaim_pt and not force_break and addr == end:
+            yield self.try_to_free_pte(c, tlb, pmd, pt, start)
+        return addr
+
+    def try_to_free_pte(self, c, tlb, pmd, pt, addr: int):
+        """try_get_and_clear_pmd() / try_to_free_pte() + free_pte(), mm/pt_reclaim.c v6.18: under the PMD
+        lock, if every PTE is none, clear the PMD entry and pte_free_tlb() the table."""
+        mm = tlb.mm
+        yield SpinLock(mm.page_table_lock)
+        empty = pmd.entries.get(pmd_index(addr)) is pt and not np.frombuffer(pt.ptes, dtype=np.int64).any()
+        if empty:
+            del pmd.entries[pmd_index(addr)]                  # pmd_clear()
+            del mm.pte_tables[addr >> PMD_SHIFT]
+        yield SpinUnlock(mm.page_table_lock)
+        if empty:
+            mm.nr_ptes -= 1                                   # mm_dec_nr_ptes()
+            self.metrics.page_tables_reclaimed += 1
+            yield self.pte_free_tlb(c, tlb, pt, addr & ~(PMD_SIZE - 1))
+
+    def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details):
+        """zap_pmd_range(), mm/memory.c v6.18: zap each PTE table, retrying one that stopped early;
+        cond_resched() after every entry (the `continue` for a none PMD reaches it too)."""
+        while True:
+            nxt = addr_end(addr, end, PMD_SIZE)
+            if pmd_index(addr) not in pmd.entries:
+                yield self.costs.pmd_none
+                addr = nxt
+            else:
+                addr = yield self.zap_pte_range(c, tlb, vma, pmd, addr, nxt, details)
+            yield COND_RESCHED
+            if addr == end:
+                return addr
+
+    def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, details):
+        """zap_pud_range(), mm/memory.c v6.18."""
+        while True:
+            nxt = addr_end(addr, end, PUD_SIZE)
+            pmd = pud.entries.get(pud_index(addr))
+            if pmd is None:
+                yield self.costs.pmd_none
+            else:
+                yield self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, details)
+            addr = nxt
+            if addr == end:
+                return addr
+
+    def unmap_page_range(self, c, tlb, vma, addr: int, end: int, details):
+        """unmap_page_range(), mm/memory.c v6.18: tlb_start_vma(), the walk (p4d folded), tlb_end_vma()."""
+        self.tlb_start_vma(c, tlb, vma)
+        pgd = vma.mm.pgd
+        while True:
+            nxt = addr_end(addr, end, PGDIR_SIZE)
+            pud = pgd.entries.get(pgd_index(addr))
+            if pud is None:
+                yield self.costs.pmd_none
+            else:
+                yield self.zap_pud_range(c, tlb, vma, pud, addr, nxt, details)
+            addr = nxt
+            if addr == end:
+                break
+        yield self.tlb_end_vma(c, tlb, vma)
+
+    def unmap_single_vma(self, c, tlb, vma, start_addr: int, end_addr: int, details):
+        """unmap_single_vma(), mm/memory.c v6.18: the part of vma inside [start_addr, end_addr)."""
+        start = max(vma.start, start_addr)
+        if start >= vma.end:
+            return
+        end = min(vma.end, end_addr)
+        if end <= vma.start:
+            return
+        if start != end:
+            yield self.unmap_page_range(c, tlb, vma, start, end, details)
+
+    def unmap_vmas(self, c, tlb, vmas: list, start_addr: int, end_addr: int, details=None):
+        """unmap_vmas(), mm/memory.c v6.18: mmu_notifier_invalidate_range_start(), unmap_single_vma() of
+        every VMA, mmu_notifier_invalidate_range_end()."""
+        if not vmas:
+            return
+        mm = vmas[0].mm
+        yield self.mmu_notifier_invalidate_range_start(c, mm, start_addr, end_addr)
+        for vma in vmas:
+            yield self.unmap_single_vma(c, tlb, vma, start_addr, end_addr, details)
+        yield self.mmu_notifier_invalidate_range_end(c, mm, start_addr, end_addr)
+
+    def zap_page_range_single_batched(self, c, tlb, vma, address: int, size: int, details):
+        """zap_page_range_single_batched(), mm/memory.c v6.18: notifiers around unmap_single_vma() of
+        [address, address + size) with the caller's gather."""
+        end = address + size
+        yield self.mmu_notifier_invalidate_range_start(c, vma.mm, address, end)
+        yield self.unmap_single_vma(c, tlb, vma, address, end, details)
+        yield self.mmu_notifier_invalidate_range_end(c, vma.mm, address, end)
+
+    def zap_page_range_single(self, c, vma, address: int, size: int, details=None):
+        """zap_page_range_single(), mm/memory.c v6.18: a gather of its own around the batched zap."""
+        tlb = yield self.tlb_gather_mmu(c, vma.mm, False)
+        yield self.zap_page_range_single_batched(c, tlb, vma, address, size, details)
+        yield self.tlb_finish_mmu(c, tlb, address, address + size)
+
+    def zap_page_range(self, c, vma, address: int, size: int, details=None):
+        """The 6.18 kernel has no zap_page_range(); its callers use zap_page_range_single()."""
+        yield self.zap_page_range_single(c, vma, address, size, details)
+
+    def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int):
+        """free_pgtables(), mm/memory.c v6.18: tlb_free_vmas(), then as before (runs of VMAs no more than
+        a PMD apart go down together, their tables through pte_free_tlb() and friends)."""
+        yield self.tlb_free_vmas(c, tlb)
+        yield super().free_pgtables(c, tlb, vmas, floor, ceiling)

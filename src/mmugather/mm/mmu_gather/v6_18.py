@@ -1,0 +1,374 @@
+"""The Linux 6.18 gather: mm/mmu_gather.c and include/asm-generic/tlb.h v6.18, configured as an x86-64
+KVM guest of that version is (CONFIG_MMU_GATHER_RCU_TABLE_FREE=y, CONFIG_PT_RECLAIM=y, SMP)."""
+from __future__ import annotations
+
+from mmugather.kernel.locking import COND_RESCHED
+from mmugather.mm.mmu_gather import PAGE_SIZE
+from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
+from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PUD_SHIFT
+from mmugather.mm.swap_state import free_pages_and_swap_cache
+
+TASK_SIZE = 0x7FFF_FFFF_F000
+FLUSH_ALL = (1 << 64) - 1                  # ~0UL
+
+
+class Batch618:
+    """struct mmu_gather_batch: next, nr, max, encoded_pages[]. An entry is a pfn, or for a folio of
+    several pages the pair (pfn, -nr_pages) (ENCODED_PAGE_BIT_NR_PAGES_NEXT); `delayed` holds the
+    indices whose rmap removal waits for the flush (ENCODED_PAGE_BIT_DELAY_RMAP)."""
+
+    __slots__ = ("pfn", "pages", "max", "next", "delayed")
+
+    def __init__(self, pfn: int | None, max_: int) -> None:
+        self.pfn = pfn
+        self.pages: list[int] = []
+        self.max = max_
+        self.next: Batch618 | None = None
+        self.delayed: list[int] = []
+
+
+class TableBatch:
+    """struct mmu_table_batch: rcu head, nr, tables[MAX_TABLE_BATCH], in a page of its own."""
+
+    __slots__ = ("pfn", "tables")
+
+    def __init__(self, pfn: int) -> None:
+        self.pfn = pfn
+        self.tables: list[int] = []
+
+
+class MmuGather618:
+    """struct mmu_gather, include/asm-generic/tlb.h v6.18."""
+
+    __slots__ = ("mm", "batch", "start", "end", "fullmm", "need_flush_all", "freed_tables", "delayed_rmap",
+                 "cleared_ptes", "cleared_pmds", "cleared_puds", "cleared_p4ds", "vma_exec", "vma_huge",
+                 "vma_pfn", "batch_count", "active", "local", "page_size")
+
+    SIZEOF = 8 + 8 + 8 + 8 + 4 + 4 + 8 + 16 + 8 * 8 + 4   # on the stack of the task tearing down
+
+    def get_unmap_shift(self) -> int:
+        """tlb_get_unmap_shift(): the stride of the lowest level cleared."""
+        if self.cleared_ptes:
+            return PAGE_SHIFT
+        if self.cleared_pmds:
+            return PMD_SHIFT
+        if self.cleared_puds:
+            return PUD_SHIFT
+        if self.cleared_p4ds:
+            return 39
+        return PAGE_SHIFT
+
+
+class Gather618:
+    """The 6.18 gather, as kernel methods (mm/mmu_gather.c, include/asm-generic/tlb.h, Linux v6.18).
+
+    Fix switches (`--without-fix`) model the kernel before a fix, on this code:
+    - `tlb_flush_pending` (99baac21e458, 56236a59556c; v4.13/v4.14): without it there is no
+      inc/dec_tlb_flush_pending() and tlb_finish_mmu() never forces a flush for a nested gather.
+    - `no_reset_range` (7a30df49f63a, v5.2): without it the nested gather's forced flush resets the range
+      and re-adjusts it to [start, end), dropping freed_tables (the pre-fix tlb_flush_mmu_tlbonly()
+      tested tlb->end only, so the flush still happens, but as a last-level flush that skips lazy CPUs).
+    """
+
+    MMU_GATHER_BUNDLE = 8
+    MAX_GATHER_BATCH = (PAGE_SIZE - 16) // 8             # 510
+    MAX_GATHER_BATCH_COUNT = 10000 // MAX_GATHER_BATCH    # 19
+    MAX_TABLE_BATCH = (PAGE_SIZE - 16 - 8) // 8           # 509
+    MAX_NR_FOLIOS_PER_FREE = 512
+
+    # ------------------------------------------------------------ set-up and range tracking
+    def tlb_gather_mmu(self, c, mm, fullmm: bool):
+        """tlb_gather_mmu() / tlb_gather_mmu_fullmm() -> __tlb_gather_mmu(), mm/mmu_gather.c v6.18."""
+        yield 0
+        tlb = MmuGather618()
+        tlb.mm = mm
+        tlb.fullmm = fullmm
+        tlb.need_flush_all = False
+        tlb.local = Batch618(None, self.MMU_GATHER_BUNDLE)
+        tlb.active = tlb.local
+        tlb.batch_count = 0
+        tlb.delayed_rmap = False
+        tlb.batch = None                                  # tlb_table_init()
+        tlb.page_size = 0
+        tlb.vma_exec = tlb.vma_huge = tlb.vma_pfn = False
+        self._tlb_reset_range(tlb)
+        if "tlb_flush_pending" not in self.without:
+            mm.tlb_flush_pending += 1                     # inc_tlb_flush_pending()
+        self.metrics.gather_memory(MmuGather618.SIZEOF)
+        return tlb
+
+    @staticmethod
+    def _tlb_reset_range(tlb) -> None:
+        """__tlb_reset_range(): an empty range, no level cleared, no table freed."""
+        if tlb.fullmm:
+            tlb.start = tlb.end = FLUSH_ALL
+        else:
+            tlb.start, tlb.end = TASK_SIZE, 0
+        tlb.freed_tables = tlb.cleared_ptes = tlb.cleared_pmds = tlb.cleared_puds = tlb.cleared_p4ds = False
+
+    @staticmethod
+    def _tlb_adjust_range(tlb, address: int, size: int) -> None:
+        """__tlb_adjust_range()."""
+        if address < tlb.start:
+            tlb.start = address
+        if address + size > tlb.end:
+            tlb.end = address + size
+
+    def tlb_flush_pte_range(self, tlb, address: int, size: int) -> None:
+        """tlb_flush_pte_range() (tlb_remove_tlb_entry() of a cleared PTE)."""
+        self._tlb_adjust_range(tlb, address, size)
+        tlb.cleared_ptes = True
+
+    def tlb_flush_pmd_range(self, tlb, address: int, size: int) -> None:
+        """tlb_flush_pmd_range()."""
+        self._tlb_adjust_range(tlb, address, size)
+        tlb.cleared_pmds = True
+
+    def tlb_flush_pud_range(self, tlb, address: int, size: int) -> None:
+        """tlb_flush_pud_range()."""
+        self._tlb_adjust_range(tlb, address, size)
+        tlb.cleared_puds = True
+
+    def tlb_flush_p4d_range(self, tlb, address: int, size: int) -> None:
+        """tlb_flush_p4d_range()."""
+        self._tlb_adjust_range(tlb, address, size)
+        tlb.cleared_p4ds = True
+
+    def tlb_change_page_size(self, c, tlb, page_size: int):
+        """tlb_change_page_size(): flush before mixing page sizes (CONFIG_MMU_GATHER_PAGE_SIZE arches:
+        powerpc; a no-op on x86 and arm64, which do not select it)."""
+        if self.arch.mmu_gather_page_size:
+            if tlb.page_size and tlb.page_size != page_size and not tlb.fullmm and not tlb.need_flush_all:
+                yield self.tlb_flush_mmu(c, tlb)
+            tlb.page_size = page_size
+
+    def tlb_start_vma(self, c, tlb, vma) -> None:
+        """tlb_start_vma() -> tlb_update_vma_flags() (no-op for fullmm)."""
+        if tlb.fullmm:
+            return
+        tlb.vma_pfn |= vma.pfnmap
+
+    def tlb_end_vma(self, c, tlb, vma):
+        """tlb_end_vma(): flush and reset the range at VMA boundaries, unless fullmm or the arch selects
+        CONFIG_MMU_GATHER_MERGE_VMAS (x86 does; arm64 does not)."""
+        if tlb.fullmm or self.arch.mmu_gather_merge_vmas:
+            return
+        yield self.tlb_flush_mmu_tlbonly(c, tlb)
+
+    def tlb_free_vmas(self, c, tlb):
+        """tlb_free_vmas(): flush now if a VM_PFNMAP/VM_MIXEDMAP VMA is about to be unlinked (vma_pfn)."""
+        if tlb.fullmm:
+            return
+        if tlb.vma_pfn:
+            yield self.tlb_flush_mmu_tlbonly(c, tlb)
+
+    # ------------------------------------------------------------ flushing
+    def tlb_flush_mmu_tlbonly(self, c, tlb):
+        """tlb_flush_mmu_tlbonly(), asm-generic/tlb.h v6.18: flush the TLBs for the gathered range if
+        anything was cleared or freed, then reset the range."""
+        if not (tlb.freed_tables or tlb.cleared_ptes or tlb.cleared_pmds or tlb.cleared_puds or tlb.cleared_p4ds):
+            return
+        yield self.tlb_flush(c, tlb)
+        self._tlb_reset_range(tlb)
+
+    def tlb_flush_mmu(self, c, tlb):
+        """tlb_flush_mmu(), mm/mmu_gather.c v6.18: tlb_flush_mmu_tlbonly(), then tlb_flush_mmu_free():
+        tlb_table_flush() and tlb_batch_pages_flush()."""
+        yield self.tlb_flush_mmu_tlbonly(c, tlb)
+        yield self.tlb_table_flush(c, tlb)
+        yield self.tlb_batch_pages_flush(c, tlb)
+
+    def tlb_finish_mmu(self, c, tlb, start: int, end: int):
+        """tlb_finish_mmu(), mm/mmu_gather.c v6.18: when another gather on this mm is in flight
+        (mm_tlb_flush_nested()), force a flush of everything including page-table caches; flush; free
+        the batch pages; dec_tlb_flush_pending()."""
+        mm = tlb.mm
+        if "tlb_flush_pending" not in self.without and mm.tlb_flush_pending > 1:
+            if "no_reset_range" in self.without:
+                self._tlb_reset_range(tlb)                    # arch_tlb_finish_mmu(..., force), v4.14-v5.1
+                self._tlb_adjust_range(tlb, start, end - start)
+                tlb.cleared_ptes = True                       # the flush then tested tlb->end only
+            else:
+                tlb.fullmm = True
+                self._tlb_reset_range(tlb)
+                tlb.freed_tables = True
+        yield self.tlb_flush_mmu(c, tlb)
+        self.tlb_batch_list_free(c, tlb)
+        if "tlb_flush_pending" not in self.without:
+            mm.tlb_flush_pending -= 1                         # dec_tlb_flush_pending()
+        self.metrics.gather_memory(-MmuGather618.SIZEOF)
+
+    # ------------------------------------------------------------ page batching
+    def tlb_next_batch(self, c, tlb) -> bool:
+        """tlb_next_batch(), mm/mmu_gather.c v6.18: no new batch while delayed rmaps are pending outside
+        the local one; reuse a batch kept from before; else at most MAX_GATHER_BATCH_COUNT batch pages,
+        each a GFP_NOWAIT allocation that may fail."""
+        if tlb.delayed_rmap and tlb.active is not tlb.local:
+            return False
+        batch = tlb.active
+        if batch.next is not None:
+            tlb.active = batch.next
+            return True
+        if tlb.batch_count == self.MAX_GATHER_BATCH_COUNT:
+            return False
+        pfn = self.alloc.alloc_page(BATCH, GFP_NOWAIT)
+        c.clock += self.costs.page_alloc
+        if pfn < 0:
+            return False
+        tlb.batch_count += 1
+        self.metrics.gather_memory(PAGE_SIZE)
+        new = Batch618(pfn, self.MAX_GATHER_BATCH)
+        tlb.active.next = new
+        tlb.active = new
+        return True
+
+    def _tlb_remove_folio_pages_size(self, c, tlb, pfn: int, nr_pages: int, delay_rmap: bool) -> bool:
+        """__tlb_remove_folio_pages_size(), mm/mmu_gather.c v6.18: batch the page (a folio of several
+        pages takes two entries: page and nr_pages); keep room for two more entries; True when no room
+        can be had (the caller must flush)."""
+        batch = tlb.active
+        pages = batch.pages
+        if delay_rmap:
+            batch.delayed.append(len(pages))
+        if nr_pages == 1:
+            pages.append(pfn)
+        else:
+            pages.append(pfn)
+            pages.append(-nr_pages)
+        if len(pages) >= batch.max - 1:
+            if not self.tlb_next_batch(c, tlb):
+                return True
+        return False
+
+    def _tlb_remove_page(self, c, tlb, pfn: int) -> bool:
+        """__tlb_remove_page() -> __tlb_remove_page_size(tlb, page, PAGE_SIZE): True = must flush."""
+        return self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, False)
+
+    def tlb_remove_page(self, c, tlb, pfn: int):
+        """tlb_remove_page(): batch the page, tlb_flush_mmu() if the gather is full."""
+        if self._tlb_remove_page(c, tlb, pfn):
+            yield self.tlb_flush_mmu(c, tlb)
+
+    def tlb_delay_rmap(self, tlb) -> bool:
+        """tlb_delay_rmap() (CONFIG_SMP): set delayed_rmap and say yes."""
+        tlb.delayed_rmap = True
+        return True
+
+    def tlb_flush_rmaps(self, c, tlb, vma) -> None:
+        """tlb_flush_rmaps(), mm/mmu_gather.c v6.18: after the flush, do the rmap removals that were
+        delayed (dirty shared file pages), in the local batch and the active one only."""
+        if not tlb.delayed_rmap:
+            return
+        batches = [tlb.local] if tlb.active is tlb.local else [tlb.local, tlb.active]
+        mapcount = self.alloc.mapcount
+        for batch in batches:
+            for i in batch.delayed:
+                pfn = batch.pages[i]
+                n = -batch.pages[i + 1] if i + 1 < len(batch.pages) and batch.pages[i + 1] < 0 else 1
+                mapcount[pfn] -= n                        # folio_remove_rmap_ptes()
+            batch.delayed = []
+        tlb.delayed_rmap = False
+
+    def tlb_batch_pages_flush(self, c, tlb):
+        """tlb_batch_pages_flush() -> __tlb_batch_free_encoded_pages(), mm/mmu_gather.c v6.18: free every
+        batch's pages, at most MAX_NR_FOLIOS_PER_FREE entries (plus a trailing nr_pages entry) between
+        cond_resched() calls; rewind to the local batch (the batch pages are kept)."""
+        batch = tlb.local
+        freed = 0
+        while batch is not None and batch.pages:
+            pages = batch.pages
+            while pages:
+                nr = min(self.MAX_NR_FOLIOS_PER_FREE, len(pages))
+                if nr < len(pages) and pages[nr] < 0:
+                    nr += 1
+                chunk, pages = pages[:nr], pages[nr:]
+                pfns = [p for p in chunk if p >= 0]
+                freed += len(pfns)
+                yield free_pages_and_swap_cache(self, c, pfns)
+                yield COND_RESCHED
+            batch.pages = []
+            batch = batch.next
+        if freed:
+            self.metrics.pages_per_flush.append(freed)
+        tlb.active = tlb.local
+
+    def tlb_batch_list_free(self, c, tlb) -> None:
+        """tlb_batch_list_free(): give back the batch pages."""
+        batch = tlb.local.next
+        while batch is not None:
+            self.alloc.free_page(c, batch.pfn)
+            self.metrics.gather_memory(-PAGE_SIZE)
+            batch = batch.next
+        tlb.local.next = None
+
+    # ------------------------------------------------------------ page-table freeing (RCU)
+    def tlb_remove_table(self, c, tlb, pfn: int):
+        """tlb_remove_table(), mm/mmu_gather.c v6.18: batch the table page in a page-sized table batch
+        (GFP_NOWAIT); flush the batch when it holds MAX_TABLE_BATCH tables; when no batch page can be
+        had, tlb_table_invalidate() and free the one table after a grace period (PT_RECLAIM: call_rcu)."""
+        if tlb.batch is None:
+            bpfn = self.alloc.alloc_page(BATCH, GFP_NOWAIT)
+            yield self.costs.page_alloc
+            if bpfn < 0:
+                yield self.tlb_table_invalidate(c, tlb)
+                self.tlb_remove_table_one(c, pfn)
+                return
+            tlb.batch = TableBatch(bpfn)
+            self.metrics.gather_memory(PAGE_SIZE)
+        tlb.batch.tables.append(pfn)
+        if len(tlb.batch.tables) == self.MAX_TABLE_BATCH:
+            yield self.tlb_table_flush(c, tlb)
+
+    def tlb_table_invalidate(self, c, tlb):
+        """tlb_table_invalidate(): tlb_needs_table_invalidate() (true on x86 and arm64): flush the TLB and
+        paging-structure caches before the tables go to RCU."""
+        if self.arch.tlb_needs_table_invalidate:
+            yield self.tlb_flush_mmu_tlbonly(c, tlb)
+
+    def tlb_table_flush(self, c, tlb):
+        """tlb_table_flush(): invalidate, then hand the table batch to call_rcu()."""
+        batch = tlb.batch
+        if batch is None:
+            return
+        yield self.tlb_table_invalidate(c, tlb)
+        tlb.batch = None
+        self.engine.rcu.call_rcu(c, self._tlb_remove_table_rcu(batch))
+
+    def _tlb_remove_table_rcu(self, batch):
+        def tlb_remove_table_rcu(cpu) -> None:
+            """tlb_remove_table_rcu() -> __tlb_remove_table_free(): free each table, then the batch page."""
+            for pfn in batch.tables:
+                self.alloc.free_page(cpu, pfn)
+            self.alloc.free_page(cpu, batch.pfn)
+            self.metrics.gather_memory(-PAGE_SIZE)
+        return tlb_remove_table_rcu
+
+    def tlb_remove_table_one(self, c, pfn: int) -> None:
+        """tlb_remove_table_one() -> __tlb_remove_table_one(), CONFIG_PT_RECLAIM: call_rcu() on the
+        table's own rcu head (pt_rcu_head), so it is freed after a grace period."""
+        def tlb_remove_table_one_rcu(cpu, pfn=pfn) -> None:
+            self.alloc.free_page(cpu, pfn)
+        self.engine.rcu.call_rcu(c, tlb_remove_table_one_rcu)
+
+    def pte_free_tlb(self, c, tlb, pt, address: int):
+        """pte_free_tlb(): tlb_flush_pmd_range(address, PAGE_SIZE), freed_tables = 1, then the arch's
+        ___pte_free_tlb() -> tlb_remove_ptdesc() -> tlb_remove_table()."""
+        self.tlb_flush_pmd_range(tlb, address, PAGE_SIZE)
+        tlb.freed_tables = True
+        yield self.tlb_remove_table(c, tlb, pt.pfn)
+
+    def pmd_free_tlb(self, c, tlb, pmd, address: int):
+        """pmd_free_tlb(): tlb_flush_pud_range(), freed_tables = 1, tlb_remove_table()."""
+        self.tlb_flush_pud_range(tlb, address, PAGE_SIZE)
+        tlb.freed_tables = True
+        yield self.tlb_remove_table(c, tlb, pmd.pfn)
+
+    def pud_free_tlb(self, c, tlb, pud, address: int):
+        """pud_free_tlb(): tlb_flush_p4d_range(), freed_tables = 1, tlb_remove_table()."""
+        self.tlb_flush_p4d_range(tlb, address, PAGE_SIZE)
+        tlb.freed_tables = True
+        yield self.tlb_remove_table(c, tlb, pud.pfn)
+
+    def gather_static_bytes(self, ncpus: int) -> int:
+        """No per-CPU gather storage."""
+        return 0

@@ -1,0 +1,180 @@
+"""A sequence of pfns stored as runs, for lists that hold millions of frames at once (the allocator's free
+list, a 3.0 gather that batches a whole address space before its one flush).
+
+Frames handed out together are numbered consecutively, and teardown gives them back in address order, so
+such a list is mostly a few runs of consecutive pfns. `PfnRuns` keeps an `array('i')` in which a value >= 0
+is a pfn and a negative value right after a pfn p says that p starts a run: -(len << 1 | desc) means the
+pfns p, p+1, ... (p, p-1, ... when desc), len of them, in that order. It is a drop-in for the list or
+array it replaces (append, pop from the end, len, iteration in order) plus bulk forms on numpy arrays.
+"""
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+
+_SMALL = 16          # below this, bulk operations go one pfn at a time
+
+
+class PfnRuns:
+    """Pfns in the order appended; `pop()` takes the last one (LIFO), iteration yields them in order."""
+
+    __slots__ = ("a", "n")
+
+    def __init__(self) -> None:
+        self.a = array("i")
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def __iter__(self):
+        return iter(self.to_array().tolist())
+
+    def __repr__(self) -> str:
+        return f"PfnRuns({len(self.a)} entries for {self.n} pfns)"
+
+    def append(self, p: int) -> None:
+        a = self.a
+        if a:
+            t = a[-1]
+            if t >= 0:
+                if p == t + 1:
+                    a.append(-4)                  # run of 2, ascending
+                elif p == t - 1:
+                    a.append(-5)                  # run of 2, descending
+                else:
+                    a.append(p)
+            else:
+                m = -t
+                ln = m >> 1
+                last = a[-2] - (ln - 1) if m & 1 else a[-2] + (ln - 1)
+                if p == (last - 1 if m & 1 else last + 1):
+                    a[-1] = t - 2                 # one more in the run
+                else:
+                    a.append(p)
+        else:
+            a.append(p)
+        self.n += 1
+
+    def pop(self) -> int:
+        """The last pfn appended, removed."""
+        a = self.a
+        t = a[-1]
+        self.n -= 1
+        if t >= 0:
+            a.pop()
+            return t
+        m = -t
+        ln = m >> 1
+        last = a[-2] - (ln - 1) if m & 1 else a[-2] + (ln - 1)
+        if ln == 2:
+            a.pop()
+        else:
+            a[-1] = t + 2
+        return last
+
+    def clear(self) -> None:
+        del self.a[:]
+        self.n = 0
+
+    # ------------------------------------------------------------ bulk forms
+    def extend(self, pfns) -> None:
+        """Append every pfn of a numpy array (or sequence), in order."""
+        pfns = np.asarray(pfns)
+        n = len(pfns)
+        if n < _SMALL:
+            for p in pfns.tolist():
+                self.append(p)
+            return
+        starts, lens, descs = runs_of(pfns)
+        self.extend_runs(starts, lens, descs)
+
+    def extend_runs(self, starts, lens, descs) -> None:
+        """Append runs (numpy arrays: first pfn, length >= 1, descending flag), in order."""
+        if not len(starts):
+            return
+        a = self.a
+        total = int(lens.sum())
+        # join the first run to the last one here when it continues it upwards (the common case: frames
+        # freed in address order over several calls)
+        if a and not descs[0]:
+            t = a[-1]
+            s0, l0 = int(starts[0]), int(lens[0])
+            if t >= 0 and s0 == t + 1:
+                a.append(-((l0 + 1) << 1))
+                starts, lens, descs = starts[1:], lens[1:], descs[1:]
+            elif t < 0 and not -t & 1 and s0 == a[-2] + ((-t) >> 1):
+                a[-1] = -((((-t) >> 1) + l0) << 1)
+                starts, lens, descs = starts[1:], lens[1:], descs[1:]
+        if len(starts):
+            out = np.empty(2 * len(starts), dtype=np.int32)
+            out[0::2] = starts
+            out[1::2] = -((lens.astype(np.int64) << 1) | descs)
+            keep = np.ones(len(out), dtype=bool)
+            keep[1::2] = lens > 1
+            a.frombytes(out[keep].tobytes())
+        self.n += total
+
+    def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The runs in order: (first pfn, length, descending) as numpy int64 arrays."""
+        a = np.frombuffer(self.a, dtype=np.int32) if self.a else np.zeros(0, dtype=np.int32)
+        marker = a < 0
+        is_start = ~marker
+        starts = a[is_start].astype(np.int64)
+        lens = np.ones(len(starts), dtype=np.int64)
+        descs = np.zeros(len(starts), dtype=np.int64)
+        if marker.any():
+            # the start a marker belongs to is the number of starts before it, minus one
+            owner = np.cumsum(is_start)[marker] - 1
+            m = -a[marker].astype(np.int64)
+            lens[owner] = m >> 1
+            descs[owner] = m & 1
+        return starts, lens, descs
+
+    def to_array(self) -> np.ndarray:
+        """Every pfn in order, as a numpy int64 array."""
+        return expand_runs(*self.runs())
+
+    def tolist(self) -> list[int]:
+        return self.to_array().tolist()
+
+
+def runs_of(pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut a pfn sequence into runs of consecutive pfns (each ascending or descending by one)."""
+    pfns = np.asarray(pfns, dtype=np.int64)
+    n = len(pfns)
+    if n == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z
+    g = np.diff(pfns)
+    unit = (g == 1) | (g == -1)
+    # a new run starts at i when the gap before it is not a unit step, or when it is one but turns round
+    # from the unit step before (which then belongs to a run of the other direction)
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    new[1:] = ~unit
+    if n > 2:
+        new[2:] |= unit[:-1] & (g[1:] != g[:-1])
+    first = np.flatnonzero(new)
+    lens = np.diff(np.append(first, n))
+    descs = np.zeros(len(first), dtype=np.int64)
+    long = lens > 1
+    descs[long] = g[first[long]] < 0
+    return pfns[first], lens, descs
+
+
+def expand_runs(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndarray:
+    """The pfns of runs, in order."""
+    total = int(lens.sum()) if len(lens) else 0
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(starts) == 1:
+        s, ln = int(starts[0]), int(lens[0])
+        return np.arange(s, s - ln, -1, dtype=np.int64) if descs[0] else np.arange(s, s + ln, dtype=np.int64)
+    offs = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+    step = np.repeat(1 - 2 * descs, lens)
+    return np.repeat(starts, lens) + offs * step
