@@ -13,6 +13,7 @@ from mmugather.sim.engine import PREEMPT_MODELS
 from mmugather.sim.machine import Simulation
 from mmugather.workloads.builtin import builtin_workloads, resolve_workload
 from mmugather.workloads.scenario import MAX_CPUS, parse_scenario
+from mmugather.workloads.wis import ops_per_s
 
 
 def _policies(value: str) -> list:
@@ -98,6 +99,9 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
             traces.append(attach_trace(sim, pid=len(traces) + 1,
                                        first_flow_id=traces[-1].next_flow_id if traces else 1))
         runs.append({"policy": cls.name, "metrics": sim.run()})
+        rate = ops_per_s(scenario, runs[-1]["metrics"])
+        if rate is not None:
+            runs[-1]["ops_per_s"] = round(rate, 1)     # counted loop iterations (wis:...), all tasks together
         if html_file:
             from mmugather.report.html import raw_distributions
             distributions[cls.name] = raw_distributions(sim.metrics)

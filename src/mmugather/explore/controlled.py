@@ -115,6 +115,7 @@ class ControlledEngine(Engine):
             r = PROC | obs.bit_tlb[c.id] | (MEM if obs.walked else 0)
         if k0 != task.in_kernel or sig0 != obs.proc_sig():
             w |= PROC
+            r |= obs.all_tlb                        # a return to user space checks every TLB
         if obs.frees != obs.frees0:
             w |= MEM
             r |= obs.all_tlb
@@ -138,6 +139,7 @@ class ControlledEngine(Engine):
             self._schedule(c)
         self.last_task = actor
         self.yielded = False
+        self.last_request = None
         c.need_resched = bool(c.runqueue)           # another task wants this CPU (read by 2.6.39's unmap_vmas)
         c.horizon = c.clock                         # no fast path over several steps: each one is a choice
         stack = task.stack
@@ -353,12 +355,13 @@ def controlled(sim) -> "ControlledEngine":
 
 
 def _mapped_by(engine, pfn: int) -> list[tuple]:
-    """The cached translations to pfn on every CPU: ("tlb", cpu, vpn) for TLB entries, ("pwc", cpu, addr)
-    for paging-structure cache entries pointing to it as a PTE table (addr: the first address it maps)."""
+    """The cached translations to pfn on every CPU: ("tlb", cpu, vpn, pfn) for TLB entries, ("pwc", cpu,
+    addr, pfn) for paging-structure cache entries pointing to it as a PTE table (addr: the first address
+    it maps)."""
     out = []
     for x in engine.cpus:
-        out += [("tlb", x.id, vpn) for vpn, v in x.tlb.items() if v >> 1 == pfn]
-        out += [("pwc", x.id, key << 21) for key, t in x.pwc.items() if t.pfn == pfn]
+        out += [("tlb", x.id, vpn, pfn) for vpn, v in x.tlb.items() if v >> 1 == pfn]
+        out += [("pwc", x.id, key << 21, pfn) for key, t in x.pwc.items() if t.pfn == pfn]
     return out
 
 

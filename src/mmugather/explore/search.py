@@ -8,8 +8,8 @@ Preemptions are counted as in CHESS: choosing another task while the task that t
 go on. A task whose last step was user work (`Compute`) or a sleep has yielded: switching away from it is
 free and continuing it is the preemption. Taking an interrupt is never a preemption.
 
-The *default* choice at a point is the non-preemptive one: pending interrupts first, then the last task if
-it can go on and did not yield, else the next task after it by tid. A schedule is written as the
+The *default* choice at a point is the non-preemptive one: the last task if it can go on and did not yield,
+else pending interrupts, else the next task after it by tid. A schedule is written as the
 deviations from the default: `[[step, actor], ...]`; replaying runs the default everywhere else.
 """
 from __future__ import annotations
@@ -22,14 +22,14 @@ from mmugather.sim.engine import DeadlockError
 
 
 def default_choice(enabled: list[int], last: int | None, yielded: bool) -> int:
-    """The non-preemptive choice (enabled is ordered: interrupts, then tasks by tid)."""
-    first = enabled[0]
-    if first < 0:
-        return first
-    if last is None:
-        return first
-    if not yielded and last in enabled:
+    """The non-preemptive choice (enabled is ordered: interrupts, then tasks by tid): the last task goes
+    on unless it yielded or cannot; otherwise pending interrupts are taken; otherwise the next task after
+    the last one by tid."""
+    if last is not None and not yielded and last in enabled:
         return last
+    first = enabled[0]
+    if first < 0 or last is None:
+        return first
     for a in enabled:
         if a > last:
             return a

@@ -162,6 +162,9 @@ def row(check: Check, r: ProbeResult, model: tuple[list[int], int] | None, why_n
     out["match"] = [float(x) for x in r.median] == [float(x) for x in model[0]]
     if r.discarded:
         out["redone"] = r.discarded
+    if r.preempted:
+        out["preempted"] = r.preempted
+        out["reason"] = f"B preempted in {r.preempted} of {len(r.samples)} repeats: the machine is busy"
     return out
 
 
@@ -208,14 +211,14 @@ def _us(ns) -> str:
     return "-" if ns is None else f"{ns / 1000:,.1f}"
 
 
-HEADER = (f"{'script':28s} {'host IPIs/CPU':>14s} {'spread':>8s} {'model IPIs/CPU':>15s} {'match':>6s} "
+HEADER = (f"{'script':34s} {'host IPIs/CPU':>14s} {'spread':>8s} {'model IPIs/CPU':>15s} {'match':>6s} "
           f"{'host us':>10s} {'model us':>10s}")
 
 
 def format_row(r: dict) -> str:
     """One line of the text table."""
     match = {True: "yes", False: "NO", None: r["status"]}[r["match"]]
-    line = (f"{r['name']:28s} {_cell(r['host_ipis_by_cpu']):>14s} {_cell(r['spread']):>8s} "
+    line = (f"{r['name']:34s} {_cell(r['host_ipis_by_cpu']):>14s} {_cell(r['spread']):>8s} "
             f"{_cell(r['model_ipis_by_cpu']):>15s} {match:>6s} {_us(r['host_ns']):>10s} {_us(r['model_ns']):>10s}")
     if r.get("reason"):
         line += f"  ({r['reason']})"

@@ -11,10 +11,11 @@ Thread B, pinned to CPU 1, is "running" (inside one long C call for the whole me
 thread waiting for the GIL would leave CPU 1 idle, lazy, and skipped by the kernel), "blocked" (in
 read(2) on a pipe; a new thread for every repeat, so CPU 1 is lazy in this mm each time rather than
 already switched away by an earlier repeat's shootdown) or absent ("alone"). A reads the "TLB:" row of
-/proc/interrupts, issues the syscall (timed: `ns`), reads it again: the per-CPU difference is the IPIs
-each CPU received. Each script runs in a fresh child process pinned to CPU 0 from exec (so CPU 1 is in the
-mm's cpumask only if B ran there), with a timeout; the result is the per-CPU median over the repeats and
-the spread (max - min).
+/proc/interrupts, issues the syscall (timed: `ns`; A and a running B are SCHED_FIFO meanwhile where
+permitted, so other tasks on a shared machine neither delay the call nor displace B), reads it again:
+the per-CPU difference is the IPIs each CPU received. Each script runs in a fresh child process pinned to
+CPU 0 from exec (so CPU 1 is in the mm's cpumask only if B ran there), with a timeout; the result is the
+per-CPU median over the repeats and the spread (max - min).
 
 Found with this probe on Linux 6.18 (x86-64, 4-level paging): munmap of a region that is the only
 mapping in its 512 GiB PGD slot flushes even when nothing was ever mapped in it (free_p4d_range() "frees"
@@ -31,7 +32,7 @@ from typing import Literal
 
 from mmugather.host import syscalls as sc
 from mmugather.host.interrupts import parse_tlb, read_tlb
-from mmugather.host.worker import SecondThread, WorkerError, run_worker
+from mmugather.host.worker import SecondThread, WorkerError, realtime, run_worker
 
 OPS = ("munmap", "dontneed", "mprotect", "mremap", "munmap-untouched", "munmap-sparse")
 SECONDS = ("running", "blocked", "alone")
@@ -64,7 +65,9 @@ class ProbeResult:
     `spread` (max - min).
     `status` is "ok", "skipped" (one CPU or no TLB row; `reason` says which) or "failed" (`reason`).
     `discarded` counts repeats redone because a running B left its C call before the measurement ended or
-    was preempted during it (its CPU then ran another task and was rightly not sent this mm's flushes).
+    was preempted during it (its CPU then ran another task, a kernel thread borrowing this mm lazily or
+    another mm, and was rightly not sent every flush); after `repeats` such retries, preempted samples fill
+    the remaining places and `preempted` says how many did (a loaded machine: counts may be low).
     `ns[k]` is repeat k's syscall time (perf_counter_ns around the call) and `median_ns` their median."""
     script: Script
     status: Literal["ok", "skipped", "failed"]
@@ -76,6 +79,7 @@ class ProbeResult:
     discarded: int = 0
     ns: list[int] = field(default_factory=list)
     median_ns: float = 0.0
+    preempted: int = 0
 
 
 def host_supported() -> str:
@@ -106,7 +110,7 @@ def run_script(script: Script, repeats: int = 5, timeout: float = 60.0,
     cols = list(zip(*samples))
     return ProbeResult(script, "ok", cpus=out["cpus"], samples=samples, median=[statistics.median(c) for c in cols],
                        spread=[max(c) - min(c) for c in cols], discarded=out["discarded"], ns=out["ns"],
-                       median_ns=statistics.median(out["ns"]))
+                       median_ns=statistics.median(out["ns"]), preempted=out["preempted"])
 
 
 def _tlb_now(fd: int, buf: bytearray) -> int:
@@ -196,10 +200,10 @@ def measure_ipis(job: dict) -> dict:
     b = SecondThread("running", busy_bytes=max(_BUSY_MIN, 16 * size)) if second == "running" else None
     fd = os.open("/proc/interrupts", os.O_RDONLY)
     buf_a, buf_b = bytearray(_READ_BUF), bytearray(_READ_BUF)
-    samples, times, discarded, cpus = [], [], 0, []
+    clean, dirty, discarded, cpus = [], [], 0, []
     clock = time.perf_counter_ns
     try:
-        while len(samples) < repeats:
+        while len(clean) < repeats and not (len(dirty) >= repeats - len(clean) and discarded >= repeats):
             addr, dest = _prepare(layout)
             call = _syscall(op, addr, dest, size)
             if second == "running":
@@ -208,12 +212,15 @@ def measure_ipis(job: dict) -> dict:
             elif second == "blocked":
                 b = SecondThread("blocked")
             gc.disable()
+            realtime(True)
             na = _tlb_now(fd, buf_a)
             t0 = clock()
             call()
             t1 = clock()
             nb = _tlb_now(fd, buf_b)
-            valid = second != "running" or (b.inside() and b.preemptions() == preempted)
+            realtime(False)
+            valid = second != "running" or b.inside()
+            preempted = second == "running" and b.preemptions() != preempted
             gc.enable()
             if second == "running":
                 b.leave()
@@ -226,15 +233,15 @@ def measure_ipis(job: dict) -> dict:
                 raise WorkerError("no TLB row in /proc/interrupts, or CPUs went on or offline")
             cpus = sorted(before)
             if valid:
-                samples.append([after[c] - before[c] for c in cpus])
-                times.append(t1 - t0)
-            else:
+                (dirty if preempted else clean).append(([after[c] - before[c] for c in cpus], t1 - t0))
+            if not valid or preempted:
                 discarded += 1
-                if discarded > _MAX_RETRIES * repeats:
-                    raise WorkerError("the running second thread kept leaving its C call or being preempted "
-                                      "during the measurement")
+                if not valid and discarded > _MAX_RETRIES * repeats:
+                    raise WorkerError("the running second thread kept leaving its C call during the measurement")
     finally:
         os.close(fd)
         if b is not None:
             b.stop()
-    return {"cpus": cpus, "samples": samples, "ns": times, "discarded": discarded}
+    kept = clean + dirty[:repeats - len(clean)]
+    return {"cpus": cpus, "samples": [k[0] for k in kept], "ns": [k[1] for k in kept], "discarded": discarded,
+            "preempted": repeats - len(clean)}

@@ -24,6 +24,16 @@ _memchr.restype = ctypes.c_void_p
 _memchr.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 
 
+def realtime(on: bool) -> None:
+    """Make the calling thread SCHED_FIFO (priority 1) where permitted, so that ordinary tasks and kernel
+    threads do not preempt it on its CPU (RT throttling still leaves others 5% of each second), or back to
+    SCHED_OTHER."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO if on else os.SCHED_OTHER, os.sched_param(1 if on else 0))
+    except OSError:
+        pass
+
+
 class WorkerError(RuntimeError):
     """The child failed, timed out, or printed no result."""
 
@@ -53,7 +63,7 @@ class SecondThread:
 
     mode "running": each `enter()` makes B spend one long C call (memchr over `busy_bytes`, 16 GiB by
     default, of read-only anonymous memory backed by the zero page, so it costs page tables only and never
-    faults; about 0.2 s per 16 GiB here), holding
+    faults; about 0.2 s per 16 GiB here), as a SCHED_FIFO thread where permitted, holding
     no GIL, so B's CPU runs this mm and is never lazy. `inside()` tells whether that call is still going.
     mode "blocked": B sits in read(2) on a pipe until `stop()`; its CPU goes idle (lazy TLB).
     """
@@ -89,6 +99,7 @@ class SecondThread:
         self.tid = threading.get_native_id()
         if self.mode == "running":
             _memchr(self._busy, 1, self._busy_bytes)  # fault in the zero page before any measurement
+            realtime(True)
         self._ready.set()
         if self.mode == "blocked":
             os.read(self._rfd, 1)

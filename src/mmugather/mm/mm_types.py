@@ -28,12 +28,13 @@ class AddressSpace:
         self.i_mmap_mutex = Mutex(f"i_mmap_mutex:{name}")         # v3.0 (3d48ae45e72390ddf8cc)
         self.i_mmap_rwsem = RwSemaphore(f"i_mmap_rwsem:{name}")   # v3.19+ (c8c06efa8b55)
         self.truncate_count = 0                                    # v2.6.39 unmap_mapping_range() restarts
+        self.unmap_mutex = Mutex(f"unmap_mutex:{name}")            # v2.6.39
 
 
 class Vma:
     """struct vm_area_struct: [start, end) with flags, and the file and page offset when file-backed."""
 
-    __slots__ = ("start", "end", "flags", "file", "pgoff", "name", "mm")
+    __slots__ = ("start", "end", "flags", "file", "pgoff", "name", "mm", "truncate_count")
 
     def __init__(self, mm, start: int, end: int, flags: int, file: AddressSpace | None = None,
                  pgoff: int = 0, name: str = "") -> None:
@@ -44,6 +45,7 @@ class Vma:
         self.file = file
         self.pgoff = pgoff
         self.name = name
+        self.truncate_count = 0                   # vm_truncate_count (v2.6.39)
 
     @property
     def anonymous(self) -> bool:
@@ -75,6 +77,10 @@ class MmStruct:
         self.tlb_gen = 0                          # mm->context.tlb_gen (x86, v4.14+)
         self.tlb_flush_pending = 0                # mm->tlb_flush_pending (v4.13+)
         self.notifiers: list = []                 # mm->notifier_subscriptions
+        # the process's anon_vma root lock, as each version has it (mm/rmap.py)
+        self.anon_vma_lock = Spinlock(f"anon_vma->lock:{mm_id}")
+        self.anon_vma_mutex = Mutex(f"anon_vma->mutex:{mm_id}")
+        self.anon_vma_rwsem = RwSemaphore(f"anon_vma->rwsem:{mm_id}")
 
     def find_vma(self, addr: int) -> Vma | None:
         """find_vma(): the first VMA with end > addr (it may start above addr)."""

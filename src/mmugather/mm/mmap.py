@@ -85,13 +85,6 @@ class Mmap:
         nxt = mm.vmas[i] if i < len(mm.vmas) else None
         return detached, prev, nxt
 
-    @staticmethod
-    def remove_vmas(vmas: list) -> None:
-        """remove_vma_list() / remove_vma(): unlink each file VMA from its i_mmap."""
-        for vma in vmas:
-            if vma.file is not None:
-                vma.file.i_mmap.remove(vma)
-
     def do_munmap(self, c, mm, start: int, length: int):
         """do_munmap(), mm/mmap.c v2.6.39/v3.0: split the VMAs at the edges, detach those inside,
         unmap_region(), remove_vma_list()."""
@@ -100,7 +93,6 @@ class Mmap:
         if not detached:
             return
         yield self.unmap_region(c, mm, detached, prev, nxt, start, end)
-        self.remove_vmas(detached)
 
     def unmap_region(self, c, mm, vmas: list, prev, nxt, start: int, end: int):
         """unmap_region(), mm/mmap.c v2.6.39/v3.0: gather, unmap_vmas, free_pgtables between the
@@ -114,16 +106,13 @@ class Mmap:
 
     def exit_mmap(self, c, mm):
         """exit_mmap(), mm/mmap.c v2.6.39/v3.0: a fullmm gather over every VMA, free_pgtables() of the
-        whole space, finish; then remove every VMA. Runs when the last user drops the mm."""
+        whole space (which unlinks the VMAs from the rmap), finish. Runs when the last user drops the mm."""
         vmas = list(mm.vmas)
         if vmas:
             ref = TlbRef((yield self.tlb_gather_mmu(c, mm, True)))
             end = yield self.unmap_vmas(c, ref, vmas, 0, ULONG_MASK, None)
             yield self.free_pgtables(c, ref.tlb, vmas, FIRST_USER_ADDRESS, 0)
             yield self.tlb_finish_mmu(c, ref.tlb, 0, end)
-        for vma in vmas:
-            if vma.file is not None:
-                vma.file.i_mmap.remove(vma)
         mm.vmas.clear()
         mm.exited = True
 
@@ -164,8 +153,7 @@ class Mmap618(Mmap):
             yield self.free_pgtables(c, tlb, vmas, FIRST_USER_ADDRESS, 0)
             yield self.tlb_finish_mmu(c, tlb, 0, ULONG_MASK)
             yield UpWrite(mm.mmap_sem)
-        for vma in vmas:
-            self.remove_vmas([vma])
+        for _ in vmas:                     # remove_vma() of each (free_pgtables() unlinked them)
             yield COND_RESCHED
         mm.vmas.clear()
         mm.exited = True

@@ -10,8 +10,7 @@ Three generations of move_ptes():
 """
 from __future__ import annotations
 
-from mmugather.kernel.locking import COND_RESCHED, MIGHT_SLEEP, DownWrite, MutexLock, MutexUnlock, SpinLock, \
-    SpinUnlock, UpWrite
+from mmugather.kernel.locking import COND_RESCHED, MIGHT_SLEEP, DownWrite, SpinLock, SpinUnlock, UpWrite
 from mmugather.mm.mm_types import Vma
 from mmugather.mm.pgtable import PAGE_SIZE, PMD_SHIFT, PMD_SIZE, addr_end, pte_index
 
@@ -97,11 +96,3 @@ class Mremap:
             yield self.i_mmap_unlock_write(c, mapping)
         yield self.mmu_notifier_invalidate_range_end(c, mm, start, old_end)
         return moved
-
-    # i_mmap locking as each version has it (overridden where it differs)
-    def i_mmap_lock_write(self, c, mapping):
-        """mutex_lock(&mapping->i_mmap_mutex), v3.0."""
-        yield MutexLock(mapping.i_mmap_mutex)
-
-    def i_mmap_unlock_write(self, c, mapping):
-        yield MutexUnlock(mapping.i_mmap_mutex)

@@ -26,7 +26,8 @@ MAX_COUNT = 32767           # refcount and mapcount are int16
 class PageAlloc:
     """The buddy allocator's observable contract: hand out free frames, take them back, count them."""
 
-    def __init__(self, rng, fail_nowait: float, on_free, on_free_many, on_free_array=None) -> None:
+    def __init__(self, rng, fail_nowait: float, on_free, on_free_many, on_free_array=None,
+                 on_free_each_array=None) -> None:
         if not 0.0 <= fail_nowait <= 1.0:
             raise ValueError("fail_nowait must be a probability in [0, 1]")
         self.refcount = array("h")
@@ -39,6 +40,7 @@ class PageAlloc:
         self.on_free = on_free
         self.on_free_many = on_free_many
         self.on_free_array = on_free_array
+        self.on_free_each_array = on_free_each_array
         self.nowait_attempts = 0
         self.nowait_failures = 0
 
@@ -81,6 +83,47 @@ class PageAlloc:
         self.kind.extend(array("b", [kind]) * rest)
         self.nr_used[kind] += n
         return pfns + list(range(first, first + rest)) if pfns else range(first, first + rest)
+
+    def alloc_many(self, kind: int, n: int, gfp: str) -> list[int]:
+        """alloc_page(kind, gfp) n times, for allocations that cannot fail (GFP_KERNEL, or GFP_NOWAIT with
+        fail_nowait 0): the same frames in the same order, without the per-call work."""
+        if gfp is GFP_NOWAIT:
+            if self.fail_nowait:
+                raise AssertionError("alloc_many: GFP_NOWAIT allocations may fail here")
+            self.nowait_attempts += n
+        take = min(n, len(self.free_list))
+        pfns = [self.free_list.pop() for _ in range(take)]
+        refcount, mapcount, kinds = self.refcount, self.mapcount, self.kind
+        for pfn in pfns:
+            refcount[pfn] = 1
+            mapcount[pfn] = 0
+            kinds[pfn] = kind
+        rest = n - take
+        if rest:
+            first = len(refcount)
+            refcount.extend(array("h", [1]) * rest)
+            mapcount.extend(array("h", bytes(2 * rest)))
+            kinds.extend(array("b", [kind]) * rest)
+            pfns += range(first, first + rest)
+        self.nr_used[kind] += n
+        return pfns
+
+    def free_array(self, cpu, pfns: np.ndarray) -> None:
+        """__free_page() of each of pfns (distinct frames), in order, at once: poisoned, back on the free
+        list, reported to `on_free_each_array`."""
+        if not len(pfns):
+            return
+        refcount, _, kind = self.views()
+        k = kind[pfns]
+        if (k == FREE).any():
+            raise AssertionError(f"free_page: pfn {int(pfns[np.argmax(k == FREE)])} freed twice")
+        refcount[pfns] = 0
+        kind[pfns] = FREE
+        del refcount, kind
+        for kd, cnt in enumerate(np.bincount(k, minlength=len(KIND_NAMES)).tolist()):
+            self.nr_used[kd] -= cnt
+        self.free_list.extend(pfns)
+        self.on_free_each_array(cpu, pfns, k)
 
     def put_page(self, cpu, pfn: int) -> bool:
         """put_page(): drop a reference; free the frame when it was the last. Returns True if freed."""
@@ -126,28 +169,33 @@ class PageAlloc:
     def release_array(self, cpu, pfns: np.ndarray) -> None:
         """release_pages() of a numpy array of pfns, in one pass: the same frames freed in the same order,
         reported to `on_free_array` at once."""
-        n = len(pfns)
-        if n == 0:
+        if not len(pfns):
             return
-        if n > 1:
-            d = np.diff(pfns)
-            increasing = bool((d > 0).all())
-            if not increasing and len(np.unique(pfns)) != n:
-                self.release_pages(cpu, pfns.tolist())   # a frame twice: its last reference goes at its
-                return                                   # second occurrence, so go one by one
-        else:
-            increasing = True
+        fs = FrameSpan.of(pfns)
+        if fs is None:                                   # a frame twice: its last reference goes at its
+            self.release_pages(cpu, pfns.tolist())       # second occurrence, so go one by one
+            return
         refcount, _, kind = self.views()
-        lo = int(pfns[0])
-        if increasing and int(pfns[-1]) - lo == n - 1:   # the frames lo..lo+n-1: slices, not gathers
-            rc = refcount[lo:lo + n] - 1
+        lo, hi = fs.lo, fs.hi
+        if fs.mask is not None:
+            m = fs.mask
+            rc = refcount[lo:hi] - m
             bad = rc < 0
             if bad.any():
-                self._bad_release(pfns, bad)
-            refcount[lo:lo + n] = rc
-            z = rc == 0
-            freed = pfns if z.all() else pfns[z]
-            k = kind[lo:lo + n] if len(freed) == n else kind[freed]
+                self._bad_release(pfns, bad[pfns - lo])
+            refcount[lo:hi] = rc
+            z = m & (rc == 0)
+            kinds = kind[lo:hi]
+            if fs.increasing:
+                freed = np.flatnonzero(z) + lo
+                k = kinds[z]
+            else:
+                zz = z[pfns - lo]
+                freed = pfns if zz.all() else pfns[zz]
+                k = kinds[freed - lo]
+            if (k == FREE).any():
+                raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
+            np.putmask(kinds, z, FREE)
         else:
             rc = refcount[pfns] - 1
             bad = rc < 0
@@ -156,15 +204,11 @@ class PageAlloc:
             refcount[pfns] = rc
             freed = pfns[rc == 0]
             k = kind[freed]
-        if len(freed):
-            k = k.copy()
             if (k == FREE).any():
                 raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
-            if len(freed) == n and increasing and int(pfns[-1]) - lo == n - 1:
-                kind[lo:lo + n] = FREE
-            else:
-                kind[freed] = FREE
-            del refcount, kind
+            kind[freed] = FREE
+        del refcount, kind
+        if len(freed):
             for kd, cnt in enumerate(np.bincount(k, minlength=len(KIND_NAMES)).tolist()):
                 self.nr_used[kd] -= cnt
             self.free_list.extend(freed)
@@ -184,3 +228,36 @@ class PageAlloc:
         self.nr_used[kind] -= 1
         self.free_list.append(pfn)
         self.on_free(cpu, pfn, kind)
+
+
+class FrameSpan:
+    """A set of distinct frames given as a pfn array, prepared for bulk updates of the frame arrays:
+    [lo, hi) covers them; `mask` marks them in that span (None when the span is too sparse: index them);
+    `increasing` when the array is sorted."""
+
+    __slots__ = ("lo", "hi", "mask", "increasing")
+
+    DENSE = 8           # use a mask over the span when it is at most this many times the frames
+
+    @classmethod
+    def of(cls, pfns: np.ndarray) -> "FrameSpan | None":
+        """The span of pfns, or None when some frame occurs twice."""
+        fs = cls()
+        n = len(pfns)
+        fs.increasing = n < 2 or bool((pfns[1:] > pfns[:-1]).all())
+        lo = int(pfns.min()) if not fs.increasing else int(pfns[0])
+        hi = (int(pfns.max()) if not fs.increasing else int(pfns[-1])) + 1
+        fs.lo, fs.hi = lo, hi
+        if hi - lo <= cls.DENSE * n:
+            m = np.zeros(hi - lo, dtype=bool)
+            m[pfns - lo] = True
+            if not fs.increasing and int(np.count_nonzero(m)) != n:
+                return None
+            fs.mask = m
+        else:
+            fs.mask = None
+            if not fs.increasing:
+                srt = np.sort(pfns)
+                if (srt[1:] == srt[:-1]).any():
+                    return None
+        return fs

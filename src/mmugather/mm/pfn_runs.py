@@ -178,3 +178,40 @@ def expand_runs(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.n
     offs = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
     step = np.repeat(1 - 2 * descs, lens)
     return np.repeat(starts, lens) + offs * step
+
+
+class RunCursor:
+    """The runs of one pfn sequence, cut up by page ranges without expanding them (a gather's batches)."""
+
+    __slots__ = ("starts", "lens", "descs", "ends")
+
+    def __init__(self, starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> None:
+        self.starts, self.lens, self.descs = starts, lens, descs
+        self.ends = np.cumsum(lens)
+
+    @classmethod
+    def of(cls, pfns: np.ndarray) -> "RunCursor":
+        return cls(*runs_of(pfns))
+
+    def take(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The runs of pages [a, b) of the sequence (a < b)."""
+        ends = self.ends
+        r0 = int(np.searchsorted(ends, a, "right"))
+        r1 = int(np.searchsorted(ends, b - 1, "right"))
+        st = self.starts[r0:r1 + 1].copy()
+        ln = self.lens[r0:r1 + 1].copy()
+        ds = self.descs[r0:r1 + 1]
+        skip = a - int(ends[r0] - self.lens[r0])
+        if skip:
+            st[0] += -skip if ds[0] else skip
+            ln[0] -= skip
+        ln[-1] = b - int(ends[r1] - self.lens[r1]) - (skip if r0 == r1 else 0)
+        return st, ln, ds
+
+
+def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 20):
+    """The pfns of runs, in order, as numpy arrays of at most about `piece` pfns (bounded host memory)."""
+    cur = RunCursor(starts, lens, descs)
+    total = int(cur.ends[-1]) if len(lens) else 0
+    for a in range(0, total, piece):
+        yield expand_runs(*cur.take(a, min(total, a + piece)))

@@ -12,8 +12,8 @@ class VmaOps618:
 
     def do_vmi_align_munmap(self, c, mm, start: int, end: int, unlock: bool):
         """do_vmi_align_munmap() -> vms_gather_munmap_vmas() (split at the edges, detach) and
-        vms_complete_munmap_vmas(): downgrade mmap_lock to read when `unlock`, vms_clear_ptes(),
-        remove_vma() each, mmap_read_unlock(). Returns whether mmap_lock was released."""
+        vms_complete_munmap_vmas(): downgrade mmap_lock to read when `unlock`, vms_clear_ptes()
+        (whose free_pgtables() unlinks the VMAs from the rmap), mmap_read_unlock(). Returns whether mmap_lock was released."""
         detached, prev, nxt = self.detach_vmas(mm, start, end)
         if not detached:
             return False
@@ -22,7 +22,6 @@ class VmaOps618:
         unmap_start = prev.end if prev is not None else FIRST_USER_ADDRESS
         unmap_end = nxt.start if nxt is not None else USER_PGTABLES_CEILING
         yield self.vms_clear_ptes(c, mm, detached, start, end, unmap_start, unmap_end)
-        self.remove_vmas(detached)
         if unlock:
             yield UpRead(mm.mmap_sem)
         return unlock

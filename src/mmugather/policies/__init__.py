@@ -8,8 +8,12 @@ POLICIES = {cls.name: cls for cls in (Linux2639, Linux30, Linux618)}
 
 
 def get_policy(name: str):
-    """The policy class called `name`, or an InputError naming the known ones."""
-    try:
+    """The policy class called `name`, or a plugin given as MODULE:CLASS or FILE.py:CLASS
+    (policies/plugins.py), or an InputError naming the known ones."""
+    if name in POLICIES:
         return POLICIES[name]
-    except KeyError:
-        raise InputError(f"unknown policy '{name}' (expected one of: {', '.join(POLICIES)})") from None
+    from mmugather.policies.plugins import is_plugin_spec, load_policy
+    if is_plugin_spec(name):
+        return load_policy(name)
+    raise InputError(f"unknown policy '{name}' (expected one of: {', '.join(POLICIES)}, "
+                     f"or a plugin as MODULE:CLASS or FILE.py:CLASS)")

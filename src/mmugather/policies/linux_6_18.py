@@ -1,17 +1,18 @@
 """Linux 6.18: the range-tracking mmu_gather of today's kernel, on x86-64 (native or KVM guest) and arm64."""
 from mmugather.arch.arm64 import Arm64
 from mmugather.arch.x86 import X86, X86Kvm
-from mmugather.kernel.locking import DownWrite, UpWrite
 from mmugather.mm.madvise import Madvise618
 from mmugather.mm.memory.v6_18 import Memory618
 from mmugather.mm.mmap import Mmap618
 from mmugather.mm.mmu_gather.v6_18 import Gather618
 from mmugather.mm.mprotect import Mprotect618
+from mmugather.mm.rmap import Rmap618
+from mmugather.mm.truncate import Truncate618
 from mmugather.mm.vma import VmaOps618
 from mmugather.policies.base import Kernel
 
 
-class Linux618(Gather618, Memory618, Madvise618, Mmap618, VmaOps618, Mprotect618, Kernel):
+class Linux618(Gather618, Memory618, Madvise618, Mmap618, VmaOps618, Mprotect618, Rmap618, Truncate618, Kernel):
     """Linux v6.18 (mm/mmu_gather.c, include/asm-generic/tlb.h, mm/memory.c, mm/vma.c, mm/madvise.c,
     arch/x86/mm/tlb.c, arch/arm64/include/asm/tlb.h), configured like an x86-64 distribution kernel:
     MMU_GATHER_RCU_TABLE_FREE, PT_RECLAIM, THP only where madvised (the model maps 4 KiB pages)."""
@@ -35,10 +36,3 @@ class Linux618(Gather618, Memory618, Madvise618, Mmap618, VmaOps618, Mprotect618
         """Where move_ptes() flushes (mm/mremap.py): before the PTE locks drop, or, without the fix,
         after them (v3.7-v4.19)."""
         return "after-unlock" if "mremap_flush" in self.without else "before-unlock"
-
-    def i_mmap_lock_write(self, c, mapping):
-        """i_mmap_lock_write(): down_write(&mapping->i_mmap_rwsem)."""
-        yield DownWrite(mapping.i_mmap_rwsem)
-
-    def i_mmap_unlock_write(self, c, mapping):
-        yield UpWrite(mapping.i_mmap_rwsem)

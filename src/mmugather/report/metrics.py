@@ -17,6 +17,7 @@ class Metrics:
         self.pages_freed = 0
         self.page_tables_freed = 0
         self.page_tables_reclaimed = 0
+        self.lock_breaks = 0
         self.flushes_under_pte_lock = 0
         self.frees_under_pte_lock = 0
         self.pte_lock_hold = array("q")
@@ -46,6 +47,7 @@ class Metrics:
             "pages_freed": self.pages_freed,
             "page_tables_freed": self.page_tables_freed,
             "page_tables_reclaimed": self.page_tables_reclaimed,
+            "i_mmap_lock_breaks": self.lock_breaks,
             "flushes_under_pte_lock": self.flushes_under_pte_lock,
             "frees_under_pte_lock": self.frees_under_pte_lock,
             "pte_lock_hold_ns": _dist(self.pte_lock_hold, ("max", "p50", "p99")),

@@ -106,6 +106,24 @@ class Invariants:
         if c is not None and c.ptl_held:
             m.frees_under_pte_lock += n - tables
 
+    def on_free_each_array(self, c, pfns, kinds) -> None:
+        """on_free() of each of numpy arrays of frames freed one by one (PageAlloc.free_array): the
+        per-frame checks for the frames something still reaches, counters at once."""
+        refs = [r for r in (self.tlb_refs, self.pwc_refs, self.walking) if r]
+        if refs:
+            hit = np.isin(pfns, np.fromiter(set().union(*refs), dtype=np.int64))
+            if hit.any():
+                for pfn, kind in zip(pfns[hit].tolist(), kinds[hit].tolist()):
+                    self.on_free(c, pfn, kind)
+                pfns, kinds = pfns[~hit], kinds[~hit]
+        m = self.metrics
+        tables = int(np.count_nonzero(kinds == PGTABLE))
+        not_batch = len(kinds) - int(np.count_nonzero(kinds == BATCH))
+        m.page_tables_freed += tables
+        m.pages_freed += not_batch - tables
+        if c is not None and c.ptl_held:
+            m.frees_under_pte_lock += not_batch
+
     def _freed_while_mapped(self, c, pfn: int) -> None:
         for x in self.cpus:
             vpns = [vpn for vpn, v in x.tlb.items() if v >> 1 == pfn]
@@ -156,16 +174,28 @@ class Invariants:
                     f"PTE table pfn {pfn} freed by CPU {c.id if c else '-'} at {c.clock if c else 0} ns while a "
                     f"lockless walker (gup_fast) is reading it", key=("walk", pfn))
 
-    def syscall_return(self, c, mm, lo: int, hi: int) -> None:
+    def syscall_enter(self, mm, lo: int, hi: int) -> set:
+        """An unmap or protection change of [lo, hi) enters the kernel: the TLB entries (cpu, vpn, value) of
+        that range cached now, which must all be gone or still granted when it returns."""
+        out = set()
+        for x in self.cpus:
+            if x.loaded_mm is mm:
+                out.update((x.id, vpn, v) for vpn, v in x.tlb.items() if lo <= vpn << 12 < hi)
+        return out
+
+    def syscall_return(self, c, mm, lo: int, hi: int, cached: set | None = None) -> None:
         """An unmap or protection change of [lo, hi) returns to user space: no CPU may still hold a usable
-        TLB entry in that range that the page tables no longer grant (a stale writable entry would let
-        writes land in a page the program was told is gone: the MADV_DONTNEED race of 99baac21e458)."""
+        TLB entry in that range, cached before the call (`cached`, from syscall_enter), that the page tables
+        no longer grant (a stale writable entry would let writes land in a page the program was told is
+        gone: the MADV_DONTNEED race of 99baac21e458). An entry cached during the call, to a page faulted
+        in after this call zapped the address, is another call's business (a concurrent zap clearing it
+        will flush it before it returns)."""
         for x in self.cpus:
             if x.loaded_mm is not mm or not x.tlb or not self.arch.tlb_entry_live(x):
                 continue
             for vpn, v in x.tlb.items():
                 addr = vpn << 12
-                if not lo <= addr < hi:
+                if not lo <= addr < hi or (cached is not None and (x.id, vpn, v) not in cached):
                     continue
                 pt = mm.pte_tables.get(addr >> 21)
                 pte = pt.ptes[vpn & 511] if pt is not None else 0

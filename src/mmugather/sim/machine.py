@@ -8,6 +8,7 @@ from mmugather.kernel.smp import Sleep
 from mmugather.machine.costs import Costs
 from mmugather.machine.tlb import Tlb
 from mmugather.mm.mm_types import AddressSpace, MmStruct, Vma
+from mmugather.mm.mmu_notifier import SleepingSubscriber
 from mmugather.mm.page_alloc import PGTABLE, PageAlloc
 from mmugather.report.metrics import Metrics
 from mmugather.sim.engine import Engine
@@ -42,7 +43,7 @@ class Simulation:
         self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants)
         self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
         self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many,
-                               self.invariants.on_free_array)
+                               self.invariants.on_free_array, self.invariants.on_free_each_array)
         self.invariants.cpus = self.engine.cpus
         self.invariants.alloc = self.alloc
         self.tlb = Tlb(self.invariants)
@@ -66,6 +67,8 @@ class Simulation:
         for pspec in self.scenario.process:
             mm = self.new_mm()
             proc = Process(pspec.name, mm)
+            if pspec.notifier_sleep_ns:
+                mm.notifiers.append(SleepingSubscriber(f"{pspec.name}/secondary-mmu", pspec.notifier_sleep_ns))
             for v in pspec.vma:
                 start = v.start if v.start is not None else kernel.get_unmapped_area(mm, v.size, anon=v.kind == "anon")
                 vma = Vma(mm, start, start + v.size, vma_flags(v), self.files.get(v.file) if v.file else None,

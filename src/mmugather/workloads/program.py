@@ -61,12 +61,13 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
     duration on the thread's CPU clock goes to metrics.syscall_ns."""
     task.in_kernel = True
     t0 = c.clock
+    cached = sim.invariants.syscall_enter(task.mm, *unmapped) if unmapped is not None and task.mm else None
     result = yield gen
     sim.metrics.syscall_ns.append(c.clock - t0)
     task.in_kernel = False
     sim.invariants.resume_user(c, task)
-    if unmapped is not None and task.mm is not None:
-        sim.invariants.syscall_return(c, task.mm, *unmapped)
+    if cached is not None and task.mm is not None:
+        sim.invariants.syscall_return(c, task.mm, *unmapped, cached)
     return result
 
 
@@ -136,6 +137,8 @@ def thread_program(sim, proc: Process, ops: list):
                 dest = proc.ranges[op.to][0]
                 yield syscall(sim, c, task, kernel.sys_mremap_fixed(c, task, lo, hi - lo, dest))
                 proc.ranges[op.to] = (dest, dest + hi - lo)
+            elif isinstance(op, S.TruncateOp):
+                yield syscall(sim, c, task, kernel.do_truncate(c, task, sim.files[op.file], op.size))
             elif isinstance(op, S.HaltOp):
                 sim.engine.halted = True
                 yield Sleep(1)

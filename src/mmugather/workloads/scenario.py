@@ -175,6 +175,13 @@ class GupFastOp(_Range):
     keep_ns: int = Field(0, ge=0)
 
 
+class TruncateOp(Strict):
+    """truncate() of file `file` to `size` bytes: every process's mappings of the pages beyond go."""
+    op: Literal["truncate"]
+    file: str
+    size: Size = 0
+
+
 class HaltOp(Strict):
     """Stop the machine here: the end of a measurement (as a probe stops counting when its syscall
     returns). The run ends without tearing anything down."""
@@ -203,7 +210,7 @@ class LoopOp(Strict):
 
 
 Op = Annotated[Union[TouchOp, ChurnOp, MunmapOp, MadviseOp, MmapOp, SleepOp, ComputeOp, ExitOp, ExecOp,
-                     MprotectOp, MremapOp, GupFastOp, HaltOp, LoopOp],
+                     MprotectOp, MremapOp, GupFastOp, TruncateOp, HaltOp, LoopOp],
                Field(discriminator="op")]
 LoopOp.model_rebuild()
 
@@ -230,6 +237,8 @@ class ProcessSpec(Strict):
     name: str = Field(min_length=1)
     vma: list[VmaSpec] = Field(default_factory=list)
     thread: list[ThreadSpec] = Field(min_length=1)
+    # a secondary MMU (KVM, XPMEM) registered on the mm whose invalidate_range_start() sleeps this long
+    notifier_sleep_ns: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _names(self):
@@ -265,6 +274,8 @@ class Scenario(Strict):
                         names[op.vma.name] = op.vma.size
                         if op.vma.file and op.vma.file not in files:
                             raise ValueError(f"process '{p.name}': mmap names unknown file '{op.vma.file}'")
+                    if isinstance(op, TruncateOp) and op.file not in files:
+                        raise ValueError(f"process '{p.name}': truncate names unknown file '{op.file}'")
                     to = getattr(op, "to", None)
                     if to is not None and to not in names:
                         raise ValueError(f"process '{p.name}': mremap to unknown VMA '{to}'")
@@ -280,7 +291,7 @@ class Scenario(Strict):
 
 
 _OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exec", "mprotect", "mremap",
-            "gup_fast", "halt", "loop"}
+            "gup_fast", "truncate", "halt", "loop"}
 
 
 def _where(loc: tuple) -> str:

@@ -166,8 +166,12 @@ class Memory:
         i = 0
         while i < len(vmas):
             addr = vmas[i].start
+            yield self.unlink_anon_vmas(c, vmas[i])         # hide vma from rmap and truncate_pagecache
+            yield self.unlink_file_vma(c, vmas[i])          # before freeing page tables
             while i + 1 < len(vmas) and vmas[i + 1].start <= vmas[i].end + PMD_SIZE:
                 i += 1
+                yield self.unlink_anon_vmas(c, vmas[i])
+                yield self.unlink_file_vma(c, vmas[i])
             nxt = vmas[i + 1].start if i + 1 < len(vmas) else ceiling
             yield self.free_pgd_range(c, tlb, addr, vmas[i].end, floor, nxt)
             i += 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.mm.memory import Memory, TlbRef, _vma_range
+from mmugather.mm.memory.bulk import may_bulk, zap_steps
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import (
     PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, addr_end, pgd_index, pmd_index, pte_index, pud_index,
@@ -19,19 +20,44 @@ class Memory2639(Memory):
         return (8 if self.engine.full else 1024) * PAGE_SIZE
 
     def zap_pte_range(self, c, tlb, vma, pt, addr: int, end: int, zap_work: list, details):
-        """zap_pte_range(), mm/memory.c v2.6.39."""
+        """zap_pte_range(), mm/memory.c v2.6.39. On the fast path, runs of present PTEs that nothing can
+        interleave with are zapped in one pass (mm/memory/bulk.py)."""
         mm = tlb.mm
         ptes = pt.ptes
         costs = self.costs
         c_zap, c_none = costs.pte_zap, costs.pte_none
         kind, mapcount = self.alloc.kind, self.alloc.mapcount
         remove = self._tlb_remove_page
+        fast = self.fast
         anon = file = 0
         yield SpinLock(pt.ptl)
         i = pte_index(addr)
+        iend = i + ((end - addr) >> PAGE_SHIFT)
         none = 0
         work = zap_work[0]
         while True:
+            if fast and may_bulk(self, c):
+                quiet = self._tlb_quiet(tlb)
+                if quiet:
+                    n, j, cost, pfns, nanon, work = zap_steps(self, c, pt, i, iend, none, quiet, work)
+                    addr += (j - i) << PAGE_SHIFT
+                    i = j
+                    if not n:                           # only empty entries before the loop ends
+                        none += cost
+                        break
+                    anon += nanon
+                    file += n - nanon
+                    self._tlb_add_quiet(tlb, pfns[:-1])
+                    pfn = int(pfns[-1])
+                    yield cost
+                    none = 0
+                    if not remove(c, tlb, pfn):
+                        yield self.tlb_flush_mmu(c, tlb)
+                    i += 1
+                    addr += PAGE_SIZE
+                    if addr == end or work <= 0:
+                        break
+                    continue
             ptent = ptes[i]
             if ptent:
                 work -= PAGE_SIZE
@@ -108,12 +134,14 @@ class Memory2639(Memory):
     def unmap_vmas(self, c, tlbp: TlbRef, vmas: list, start_addr: int, end_addr: int, details):
         """unmap_vmas(), mm/memory.c v2.6.39: zap ZAP_BLOCK_SIZE at a time; after each block
         tlb_finish_mmu(), then (if need_resched() or i_mmap_lock contended) cond_resched() or, holding
-        i_mmap_lock, return the restart address with no gather left; then tlb_gather_mmu() again."""
+        i_mmap_lock, return the restart address with no gather left; then tlb_gather_mmu() again. The
+        mmu_notifier range calls bracket it, inside the caller's gather (preemption off)."""
         zap_work = [self.zap_block_size()]
         fullmm = tlbp.tlb.fullmm
         mm = tlbp.tlb.mm
         start = start_addr
         i_mmap_lock = details.i_mmap_lock if details is not None else None
+        yield self.mmu_notifier_invalidate_range_start(c, mm, start_addr, end_addr)
         for vma in vmas:
             if vma.start >= end_addr:
                 break
@@ -131,8 +159,10 @@ class Memory2639(Memory):
                 tlbp.tlb = None
                 if c.need_resched or (i_mmap_lock is not None and i_mmap_lock.waiters):
                     if i_mmap_lock is not None:
+                        yield self.mmu_notifier_invalidate_range_end(c, mm, start_addr, end_addr)
                         return start
                     yield COND_RESCHED
                 tlbp.tlb = yield self.tlb_gather_mmu(c, mm, fullmm)
                 zap_work[0] = self.zap_block_size()
+        yield self.mmu_notifier_invalidate_range_end(c, mm, start_addr, end_addr)
         return start

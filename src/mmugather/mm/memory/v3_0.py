@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.mm.memory import Memory, TlbRef, _vma_range
+import numpy as np
+
+from mmugather.mm.memory.bulk import TableRun, first_crossing, may_bulk, rmap_remove, zap_steps
+from mmugather.mm.pfn_runs import RunCursor
+from mmugather.sim.engine import INF, P_COND_RESCHED, P_PLAIN, Elapse
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import (
     PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, addr_end, pgd_index, pmd_index, pte_index, pud_index,
@@ -15,20 +20,46 @@ class Memory30(Memory):
     cond_resched() after every PTE table (97a894136f29)."""
 
     def zap_pte_range(self, c, tlb, vma, pt, addr: int, end: int, details):
-        """zap_pte_range(), mm/memory.c v3.0 (force_flush, goto again)."""
+        """zap_pte_range(), mm/memory.c v3.0 (force_flush, goto again). On the fast path, runs of present
+        PTEs that nothing can interleave with are zapped in one pass (mm/memory/bulk.py)."""
         mm = tlb.mm
         ptes = pt.ptes
         costs = self.costs
         c_zap, c_none = costs.pte_zap, costs.pte_none
         kind, mapcount = self.alloc.kind, self.alloc.mapcount
         remove = self._tlb_remove_page
+        fast = self.fast
         while True:                                     # again:
             anon = file = 0
             force_flush = False
             yield SpinLock(pt.ptl)
             i = pte_index(addr)
+            iend = i + ((end - addr) >> PAGE_SHIFT)
             none = 0
             while True:
+                if fast and may_bulk(self, c):
+                    quiet = self._tlb_quiet(tlb)
+                    if quiet:
+                        n, j, cost, pfns, nanon, _ = zap_steps(self, c, pt, i, iend, none, quiet)
+                        addr += (j - i) << PAGE_SHIFT
+                        i = j
+                        if not n:                       # only empty entries left
+                            none += cost
+                            break
+                        anon += nanon
+                        file += n - nanon
+                        self._tlb_add_quiet(tlb, pfns[:-1])
+                        pfn = int(pfns[-1])
+                        yield cost
+                        none = 0
+                        if not remove(c, tlb, pfn):
+                            force_flush = True
+                            break
+                        i += 1
+                        addr += PAGE_SIZE
+                        if addr == end:
+                            break
+                        continue
                 ptent = ptes[i]
                 if ptent:
                     ptes[i] = 0                                 # ptep_get_and_clear_full()
@@ -64,8 +95,17 @@ class Memory30(Memory):
             return addr
 
     def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details):
-        """zap_pmd_range(), mm/memory.c v3.0: cond_resched() after each PTE table (none entries skip it)."""
+        """zap_pmd_range(), mm/memory.c v3.0: cond_resched() after each PTE table (none entries skip it).
+        On the fast path, runs of whole tables are emulated in one pass (`_zap_tables_bulk`)."""
         while True:
+            if self.fast and may_bulk(self, c):
+                done = self._zap_tables_bulk(c, tlb, pmd, addr, end)
+                if done is not None:
+                    addr, ns, point = done
+                    yield Elapse(ns, point)
+                    if addr == end:
+                        return addr
+                    continue
             nxt = addr_end(addr, end, PMD_SIZE)
             pt = pmd.entries.get(pmd_index(addr))
             if pt is None:
@@ -76,6 +116,66 @@ class Memory30(Memory):
             addr = nxt
             if addr == end:
                 return addr
+
+    def _zap_tables_bulk(self, c, tlb, pmd, addr: int, end: int):
+        """Fast path of zap_pmd_range() from addr: the loop's iterations over whole PMD entries, each one
+        zap_pte_range() (spin_lock, the zap steps, the trailing none step, spin_unlock; the gather moving to
+        a new batch where it fills) and cond_resched(), or a pmd_none step, emulated in one numpy pass for
+        as many entries as the engine would run before another CPU could interleave (mm/memory/bulk.py).
+        Returns (address reached, ns, preemption point after the last step) or None (go step by step)."""
+        if c.preempt_count or c.irqs_off:
+            return None
+        run = TableRun(pmd, addr, end, 512)
+        nu = len(run.tables)
+        if nu < 2:
+            return None
+        costs = self.costs
+        lock, unlock, cond, c_zap, c_none = costs.lock, costs.unlock, costs.cond_resched, costs.pte_zap, costs.pte_none
+        is_t = np.fromiter((t is not None for t in run.tables), dtype=bool, count=nu)
+        lens = np.where(is_t, np.array(run.hi) - np.array(run.lo), 0)
+        clock, horizon = c.clock, c.horizon
+        if horizon != INF:                              # no need to read tables the horizon cuts off
+            least = np.where(is_t, lock + unlock + cond + min(c_zap, c_none) * lens, costs.pmd_none)
+            nu = min(nu, int(np.searchsorted(clock + np.cumsum(least), horizon)) + 1)
+            is_t, lens = is_t[:nu], lens[:nu]
+        flat = run.entries(nu)
+        pres = flat != 0
+        ent_end = np.cumsum(lens)
+        cnt = np.zeros(nu, dtype=np.int64)
+        if len(flat):
+            cs = np.concatenate(([0], np.cumsum(pres)))
+            cnt = cs[ent_end] - cs[ent_end - lens]
+        page_end = np.cumsum(cnt)
+        plan = self._tlb_bulk_fills(tlb, int(page_end[-1]))
+        if plan is None:
+            return None
+        fills, limit = plan
+        ev = np.zeros(nu, dtype=np.int64)
+        for k, ns in fills:
+            ev[np.searchsorted(page_end, k, "right")] += ns
+        if limit < page_end[-1]:                        # not past the table of a page that cannot be told
+            nu = int(np.searchsorted(page_end, limit, "right"))
+        hold = c_zap * cnt + c_none * (lens - cnt) + ev
+        cost = np.where(is_t, lock + hold + unlock + cond, costs.pmd_none)
+        last = np.where(is_t, cond, costs.pmd_none)
+        k = first_crossing(clock, (clock + np.cumsum(cost))[:nu], last[:nu], horizon)
+        if k == 0:
+            return None
+        npages, nent = int(page_end[k - 1]), int(ent_end[k - 1])
+        pfns = flat[:nent][pres[:nent]] >> PAGE_SHIFT
+        del flat, pres
+        self._tlb_bulk_add(c, tlb, RunCursor.of(pfns), 0, npages)
+        anon = rmap_remove(self.alloc, pfns) if npages else 0
+        run.clear(k)
+        tables = np.flatnonzero(is_t[:k])
+        m = self.metrics
+        m.pte_lock_hold.frombytes(hold[tables].tobytes())
+        m.preempt_off.frombytes((lock + hold[tables] + unlock).tobytes())
+        starts = clock + np.concatenate(([0], np.cumsum(cost)))[tables] + lock
+        for t, at in zip(tables.tolist(), starts.tolist()):
+            run.tables[t].ptl.acquired_at = at
+        self._add_mm_rss(tlb.mm, anon, npages - anon)
+        return run.addrs[k - 1], clock + int(cost[:k].sum()) - c.clock, P_COND_RESCHED if is_t[k - 1] else P_PLAIN
 
     def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, details):
         """zap_pud_range(), mm/memory.c v3.0."""
@@ -105,8 +205,12 @@ class Memory30(Memory):
                 return addr
 
     def unmap_vmas(self, c, tlbp: TlbRef, vmas: list, start_addr: int, end_addr: int, details):
-        """unmap_vmas(), mm/memory.c v3.0: unmap_page_range() over every VMA in range with one gather."""
+        """unmap_vmas(), mm/memory.c v3.0: unmap_page_range() over every VMA in range with one gather,
+        between mmu_notifier_invalidate_range_start() and _end() (which may sleep: the gather is
+        preemptible now)."""
         start = start_addr
+        mm = tlbp.tlb.mm
+        yield self.mmu_notifier_invalidate_range_start(c, mm, start_addr, end_addr)
         for vma in vmas:
             if vma.start >= end_addr:
                 break
@@ -116,4 +220,5 @@ class Memory30(Memory):
             start, end = r
             while start != end:
                 start = yield self.unmap_page_range(c, tlbp.tlb, vma, start, end, details)
+        yield self.mmu_notifier_invalidate_range_end(c, mm, start_addr, end_addr)
         return start

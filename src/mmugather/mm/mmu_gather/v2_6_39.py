@@ -68,6 +68,19 @@ class Gather2639:
         left = self.FREE_PTE_NR - len(pages)
         return left if left > 0 else 0
 
+    def _tlb_quiet(self, tlb) -> int:
+        """Fast path (mm/memory/bulk.py): how many pages `_tlb_remove_page` would batch with no other
+        effect (before the one that fills the batch); 0 in fast mode or when a subclass changed it."""
+        if tlb.fast_mode or type(self)._tlb_remove_page is not Gather2639._tlb_remove_page:
+            return 0
+        return max(0, self.FREE_PTE_NR - len(tlb.pages) - 1)
+
+    def _tlb_add_quiet(self, tlb, pfns) -> None:
+        """`_tlb_remove_page` of each of pfns (a numpy array, at most `_tlb_quiet(tlb)` of them)."""
+        if len(pfns):
+            tlb.need_flush = True
+            tlb.pages.extend(pfns.tolist())
+
     def tlb_remove_page(self, c, tlb, pfn: int):
         """tlb_remove_page(), asm-generic/tlb.h v2.6.39: batch the page; flush when nr >= FREE_PTE_NR."""
         if not self._tlb_remove_page(c, tlb, pfn):

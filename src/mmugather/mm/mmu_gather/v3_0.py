@@ -1,20 +1,25 @@
 """The Linux 3.0 gather: mm/memory.c and include/asm-generic/tlb.h v3.0 (d16dfc550f53, e303297e6c3a)."""
 from __future__ import annotations
 
+import numpy as np
+
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
-from mmugather.mm.swap_state import free_pages_and_swap_cache
+from mmugather.mm.memory.bulk import first_crossing, may_bulk
+from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs, run_pieces, runs_of
+from mmugather.mm.swap_state import PAGEVEC_SIZE, free_pages_and_swap_cache
 
 
 class Batch:
     """struct mmu_gather_batch, Linux v3.0: next, nr, max, pages[]; `pfn` is the page holding it
-    (None for the on-stack `local` bundle)."""
+    (None for the on-stack `local` bundle). `pages` is a list, or a PfnRuns on the fast path (a 3.0 gather
+    may hold every page of an address space until its one flush)."""
 
     __slots__ = ("pfn", "pages", "max", "next")
 
-    def __init__(self, pfn: int | None, max_: int) -> None:
+    def __init__(self, pfn: int | None, max_: int, pages=None) -> None:
         self.pfn = pfn
-        self.pages: list[int] = []
+        self.pages = [] if pages is None else pages
         self.max = max_
         self.next: Batch | None = None
 
@@ -36,13 +41,14 @@ class Gather30:
 
     def tlb_gather_mmu(self, c, mm, fullmm: bool):
         """tlb_gather_mmu(), mm/memory.c v3.0: initialise an on-stack gather; fast mode when
-        num_possible_cpus() == 1; the first batch is the 8-entry local bundle."""
+        num_possible_cpus() == 1 (never with `--without-fix tlb_fast_mode`: 29eb77825cc7 removed it); the
+        first batch is the 8-entry local bundle."""
         yield 0
         tlb = MmuGather30()
         tlb.mm = mm
         tlb.fullmm = fullmm
         tlb.need_flush = False
-        tlb.fast_mode = self.num_online_cpus == 1
+        tlb.fast_mode = self.num_online_cpus == 1 and "tlb_fast_mode" not in self.without
         tlb.local = Batch(None, self.MMU_GATHER_BUNDLE)
         tlb.active = tlb.local
         self.metrics.gather_memory(MmuGather30.SIZEOF)
@@ -60,7 +66,7 @@ class Gather30:
         if pfn < 0:
             return False
         self.metrics.gather_memory(PAGE_SIZE)
-        new = Batch(pfn, self.MAX_GATHER_BATCH)
+        new = Batch(pfn, self.MAX_GATHER_BATCH, PfnRuns() if self.fast else None)
         tlb.active.next = new
         tlb.active = new
         return True
@@ -77,12 +83,61 @@ class Gather30:
         batch = tlb.local
         freed = 0
         while batch is not None:
-            pages, batch.pages = batch.pages, []
+            if self.fast and batch.next is not None and may_bulk(self, c):
+                n, k, nxt = self._free_batches_bulk(c, batch)
+                if k:
+                    freed += n
+                    if n:
+                        yield self.costs.page_free * n
+                    batch = nxt
+                    continue
+            pages = batch.pages
+            batch.pages = [] if type(pages) is list else PfnRuns()
             freed += len(pages)
             yield free_pages_and_swap_cache(self, c, pages)
             batch = batch.next
         self.metrics.pages_per_flush.append(freed)
         tlb.active = tlb.local
+
+    def _free_batches_bulk(self, c, batch):
+        """Fast path of tlb_flush_mmu()'s loop over the batches from `batch` on: free_pages_and_swap_cache()
+        of the batches whose steps all start before the horizon, in one pass (mm/memory/bulk.py), stopping
+        before a batch holding a frame some TLB, paging-structure cache or walker still reaches. Returns
+        (pages released, batches done, the batch to go on with)."""
+        chain = []
+        b = batch
+        while b is not None:
+            chain.append(b)
+            b = b.next
+        lens = np.array([len(b.pages) for b in chain], dtype=np.int64)
+        cost = self.costs.page_free
+        last = np.where(lens > 0, cost * ((lens - 1) % PAGEVEC_SIZE + 1), 0)
+        k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens), last, c.horizon)
+        runs = [b.pages.runs() if isinstance(b.pages, PfnRuns) else runs_of(np.array(b.pages, dtype=np.int64))
+                for b in chain[:k]]
+        if k and int(lens[:k].sum()):
+            starts, rlens, descs = (np.concatenate(x) for x in zip(*runs))
+            inv = self.invariants
+            refs = [r for r in (inv.tlb_refs, inv.pwc_refs, inv.walking) if r]
+            if refs:                        # stop before the first batch holding a frame still reachable
+                keys = np.fromiter(set().union(*refs), dtype=np.int64)
+                seen = 0
+                for piece in run_pieces(starts, rlens, descs):
+                    hit = np.isin(piece, keys)
+                    if hit.any():
+                        first = seen + int(np.argmax(hit))
+                        k = int(np.searchsorted(np.cumsum(lens[:k]), first, "right"))
+                        break
+                    seen += len(piece)
+                if k:
+                    cur = RunCursor(starts, rlens, descs)
+                    total = int(lens[:k].sum())
+                    starts, rlens, descs = cur.take(0, total) if total else (starts[:0], rlens[:0], descs[:0])
+            for piece in run_pieces(starts, rlens, descs) if k else ():
+                self.alloc.release_array(c, piece)
+        for b in chain[:k]:
+            b.pages = [] if type(b.pages) is list else PfnRuns()
+        return int(lens[:k].sum()), k, chain[k] if k < len(chain) else None
 
     def tlb_finish_mmu(self, c, tlb, start: int, end: int):
         """tlb_finish_mmu(), mm/memory.c v3.0: flush, check_pgt_cache(), free the batch pages."""
@@ -112,6 +167,71 @@ class Gather30:
         if not self.tlb_next_batch(c, tlb):
             return 0
         return tlb.active.max - len(tlb.active.pages)
+
+    def _tlb_quiet(self, tlb) -> int:
+        """Fast path (mm/memory/bulk.py): how many pages __tlb_remove_page() would batch with no other
+        effect (before the one that fills the active batch); 0 in fast mode or when a subclass changed it."""
+        if tlb.fast_mode or type(self)._tlb_remove_page is not Gather30._tlb_remove_page:
+            return 0
+        return max(0, tlb.active.max - len(tlb.active.pages) - 1)
+
+    def _tlb_add_quiet(self, tlb, pfns) -> None:
+        """__tlb_remove_page() of each of pfns (a numpy array, at most `_tlb_quiet(tlb)` of them)."""
+        if len(pfns):
+            tlb.need_flush = True
+            pages = tlb.active.pages
+            if isinstance(pages, PfnRuns):
+                pages.extend(pfns)
+            else:
+                pages.extend(pfns.tolist())
+
+    def _tlb_bulk_fills(self, tlb, npages: int):
+        """Fast path: where __tlb_remove_page() of the next `npages` pages fills a batch. Returns
+        (fills, limit): `fills` lists (k, ns) for the k-th page (from 0) whose removal moves to the next
+        batch at a cost of ns (a GFP_NOWAIT allocation, or 0 to reuse a batch kept from an earlier flush);
+        the pages from the `limit`-th on cannot be told in advance (an allocation that may fail, or a
+        removal returning 0). None when this gather cannot say (fast mode, methods overridden)."""
+        if (tlb.fast_mode or type(self)._tlb_remove_page is not Gather30._tlb_remove_page
+                or type(self).tlb_next_batch is not Gather30.tlb_next_batch):
+            return None
+        b = tlb.active
+        room = b.max - len(b.pages)
+        if room <= 0:
+            return None
+        fills = []
+        pos = room - 1
+        while pos < npages:
+            b = b.next if b is not None else None
+            if b is not None:
+                room = b.max - len(b.pages)
+                if room <= 0:
+                    return fills, pos
+                fills.append((pos, 0))
+            else:
+                if self.alloc.fail_nowait:
+                    return fills, pos
+                room = self.MAX_GATHER_BATCH
+                fills.append((pos, self.costs.page_alloc))
+            pos += room
+        return fills, npages
+
+    def _tlb_bulk_add(self, c, tlb, cursor: RunCursor, a: int, b: int) -> None:
+        """Fast path: __tlb_remove_page() of pages [a, b) of `cursor`, in order, as `_tlb_bulk_fills`
+        planned them (batch changes included, their cost added to c.clock as tlb_next_batch() does)."""
+        if a == b:
+            return
+        tlb.need_flush = True
+        while a < b:
+            batch = tlb.active
+            pages = batch.pages
+            take = min(batch.max - len(pages), b - a)
+            if isinstance(pages, PfnRuns):
+                pages.extend_runs(*cursor.take(a, a + take))
+            else:
+                pages.extend(expand_runs(*cursor.take(a, a + take)).tolist())
+            a += take
+            if len(pages) == batch.max and not self.tlb_next_batch(c, tlb):
+                raise AssertionError("_tlb_bulk_add: a planned batch allocation failed")
 
     def tlb_remove_page(self, c, tlb, pfn: int):
         """tlb_remove_page(), asm-generic/tlb.h v3.0: __tlb_remove_page(), tlb_flush_mmu() if it returned 0."""

@@ -1,0 +1,146 @@
+"""The bug catalogue: real mmu_gather bugs of the Linux kernel, each a scenario the explorer runs on the
+kernel variant that had the bug and on the one that fixed it.
+
+An entry is data. The two variants are one policy with named fix switches off (`without_fixes`, the
+switches each policy declares in `fixes`); the buggy variant must show a violation of the expected kind,
+the fixed one none within the stated bound. Adding a bug is adding a `Bug(...)` to CATALOGUE; an entry
+whose policy or fix switch does not exist (yet) is left out of `available()`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from mmugather.errors import InputError
+from mmugather.explore import search
+from mmugather.explore.target import KernelTarget
+from mmugather.workloads.scenario import parse_scenario
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    year: int
+    commits: tuple[str, ...]
+    title: str                         # the fix's subject line
+    what: str                          # the race, in kernel terms
+    scenario: dict                     # a scenario as data (docs/scenarios.md)
+    policy: str
+    buggy_without: tuple[str, ...]     # fix switches off in the buggy variant
+    fixed_without: tuple[str, ...] = ()
+    expect: str = "stale-tlb-use-after-free"    # the violation kind the buggy variant shows
+    arch: str | None = None
+    max_preemptions: int = 2
+    budget: int = 100_000
+    slow_max_preemptions: int = 3      # the longer bound of the slow tests
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def variant(self, fixed: bool) -> KernelTarget:
+        from mmugather.policies import get_policy
+        sc = parse_scenario(self.scenario, f"bug {self.name}")
+        return KernelTarget(sc, get_policy(self.policy), arch=self.arch,
+                            without_fixes=self.fixed_without if fixed else self.buggy_without)
+
+
+def _threads(*programs, cpus=None):
+    return [{"cpu": cpu if cpus is None else cpus[k], "program": p} for k, (cpu, p) in enumerate(programs)]
+
+
+CATALOGUE: list[Bug] = [
+    Bug(
+        name="fast-mode-3.0",
+        year=2013,
+        commits=("29eb77825cc7",),
+        title="arch, mm: Remove tlb_fast_mode()",
+        what=("With one possible CPU, 3.0's gather is in fast mode: zap_pte_range() frees each page at once, "
+              "before any flush. 3.0 made the gather preemptible, so cond_resched() in zap_pmd_range() can "
+              "switch to another thread of the same process on that CPU, which returns to user space with "
+              "the CPU's TLB still mapping the freed pages."),
+        scenario={"name": "fast-mode", "machine": {"cpus": 1, "preempt": "voluntary", "policy": "3.0"},
+                  "process": [{"name": "app",
+                               "vma": [{"name": "a", "size": "16KiB", "populate": True},
+                                       {"name": "w", "size": "8KiB", "populate": True}],
+                               "thread": _threads(
+                                   (0, [{"op": "touch", "vma": "a", "write": False},
+                                        {"op": "munmap", "vma": "a"}, {"op": "exit"}]),
+                                   (0, [{"op": "touch", "vma": "w"}]))}]},
+        policy="3.0",
+        buggy_without=(),
+        fixed_without=("tlb_fast_mode",),
+        notes=("3.0 as released is the buggy variant; the fixed one switches fast mode off "
+               "(`--without-fix tlb_fast_mode`, an inverted switch: see policies/linux_3_0.py)."),
+    ),
+    Bug(
+        name="madv-dontneed-flush-miss",
+        year=2017,
+        commits=("99baac21e458", "56236a59556c"),
+        title="mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem",
+        what=("Two threads MADV_DONTNEED one range under mmap_sem held for reading. The first clears the "
+              "PTEs and batches the pages; the second finds the PTEs none, gathers nothing and returns "
+              "without a flush while the first has not flushed yet: a stale writable TLB entry survives "
+              "the call that was to drop it. Fixed by counting gathers in flight (tlb_flush_pending) and "
+              "forcing a flush in tlb_finish_mmu() when another one is running."),
+        scenario={"name": "parallel-dontneed", "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18"},
+                  "process": [{"name": "app",
+                               "vma": [{"name": "buf", "size": "8KiB", "populate": True}],
+                               "thread": _threads(
+                                   (0, [{"op": "touch", "vma": "buf"}, {"op": "madvise", "vma": "buf"},
+                                        {"op": "touch", "vma": "buf"}]),
+                                   (1, [{"op": "touch", "vma": "buf"}, {"op": "madvise", "vma": "buf"},
+                                        {"op": "touch", "vma": "buf"}]))}]},
+        policy="6.18",
+        buggy_without=("tlb_flush_pending",),
+        expect="stale-tlb-after-return",
+    ),
+]
+
+
+def available() -> list[Bug]:
+    """The entries whose policy and fix switches exist in this build."""
+    from mmugather.policies import POLICIES
+    out = []
+    for bug in CATALOGUE:
+        cls = POLICIES.get(bug.policy)
+        if cls is not None and set(bug.buggy_without + bug.fixed_without) <= set(cls.fixes):
+            out.append(bug)
+    return out
+
+
+def get_bug(name: str) -> Bug:
+    bugs = {b.name: b for b in available()}
+    if name not in bugs:
+        raise InputError(f"unknown bug '{name}' (expected one of: {', '.join(bugs) or 'none'})")
+    return bugs[name]
+
+
+def describe(bug: Bug) -> dict:
+    return {"name": bug.name, "year": bug.year, "commits": list(bug.commits), "title": bug.title,
+            "what": bug.what, "policy": bug.policy, "buggy_without_fixes": list(bug.buggy_without),
+            "fixed_without_fixes": list(bug.fixed_without), "expect": bug.expect,
+            "bound": {"strategy": "exhaustive", "max_preemptions": bug.max_preemptions, "budget": bug.budget},
+            "notes": bug.notes}
+
+
+def run_bug(bug: Bug, *, max_preemptions: int | None = None, budget: int | None = None,
+            progress=None) -> dict:
+    """Explore the buggy variant (it must fail with `expect`) and the fixed one (it must pass). Returns
+    {"name", "commits", "buggy": {...}, "fixed": {...}, "ok"}."""
+    k = bug.max_preemptions if max_preemptions is None else max_preemptions
+    n = bug.budget if budget is None else budget
+    out = {"name": bug.name, "commits": list(bug.commits), "year": bug.year, "title": bug.title}
+    for key, fixed in (("buggy", False), ("fixed", True)):
+        target = bug.variant(fixed)
+        t0 = time.perf_counter()
+        res = search.exhaustive(target, max_preemptions=k, budget=n, progress=progress)
+        seconds = time.perf_counter() - t0
+        part = {"violation": res.violation, "seconds": round(seconds, 3), "transitions": res.transitions,
+                "executions": res.executions, "without_fixes": list(target.without_fixes)}
+        if fixed:
+            part["bound"] = {"strategy": "exhaustive", "max_preemptions": k, "budget": n,
+                             "covered": res.covered}
+        out[key] = part
+    buggy, fixed = out["buggy"]["violation"], out["fixed"]["violation"]
+    out["ok"] = bool(buggy is not None and buggy["kind"] == bug.expect and fixed is None
+                     and out["fixed"]["bound"]["covered"])
+    return out

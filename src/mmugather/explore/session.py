@@ -1,0 +1,119 @@
+"""One exploration end to end: search, shrink, tell; and the JSON replay file that reproduces it.
+
+A replay file holds everything a run depends on: the scenario itself (not its path), the policy spec, the
+fixes switched off, the seed and arch, and the schedule as deviations from the default choices. Its story
+is stored too, so that `mmugather replay` can say whether the replay told the same story byte for byte.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mmugather.errors import InputError
+from mmugather.explore import search
+from mmugather.explore.story import tell
+from mmugather.explore.target import KernelTarget
+
+FORMAT = "mmugather-replay/1"
+STRATEGIES = ("exhaustive", "pct", "random")
+DEFAULT_BUDGET = {"exhaustive": 200_000, "pct": 2000, "random": 2000}
+
+
+def run_search(target, *, strategy: str = "exhaustive", max_preemptions: int = 2, budget: int | None = None,
+               seed: int = 0, pct_depth: int = 3, max_steps: int = 10_000, hash_states: bool = True,
+               shrink: bool = True, progress: search.Progress | None = None) -> dict:
+    """Search `target` with `strategy`; when a violation is found, shrink its schedule and tell its story.
+    Returns the report (JSON-ready)."""
+    if strategy not in STRATEGIES:
+        raise InputError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if max_preemptions < 0 or (budget is not None and budget < 1) or max_steps < 1 or pct_depth < 1:
+        raise InputError("--max-preemptions must be >= 0, --budget, --max-steps and --depth >= 1")
+    budget = budget or DEFAULT_BUDGET[strategy]
+    if strategy == "exhaustive":
+        res = search.exhaustive(target, max_preemptions=max_preemptions, max_depth=max_steps, budget=budget,
+                                hash_states=hash_states, progress=progress)
+    elif strategy == "pct":
+        res = search.pct(target, depth=pct_depth, budget=budget, seed=seed, max_depth=max_steps,
+                         progress=progress)
+    else:
+        res = search.random_walk(target, budget=budget, seed=seed, max_depth=max_steps, progress=progress)
+    report = {
+        "strategy": strategy, "bound": res.bound, "covered": res.covered, "executions": res.executions,
+        "transitions": res.transitions, "states": res.states, "cut_at_max_steps": res.cut,
+        "pruned": res.pruned, "longest": res.max_depth_seen, "seconds": round(res.seconds, 3),
+        "violation": res.violation, "schedule": None, "story": None, "stale_use": None,
+    }
+    if res.violation is None:
+        return report
+    schedule = search.to_deviations(target, res.trace)
+    report["found_schedule_length"] = len(schedule)
+    if shrink:
+        schedule = search.shrink(target, schedule, res.violation["kind"], max_steps=max_steps)
+    told = tell(target, schedule, max_steps=max_steps)
+    report["schedule"] = schedule
+    report["story"] = told["lines"]
+    report["stale_use"] = told["stale_use"]
+    report["violation"] = told["violation"] or res.violation
+    report["steps"] = told["steps"]
+    return report
+
+
+def coverage_sentence(report: dict) -> str:
+    """What a clean search covered, in one sentence."""
+    b = report["bound"]
+    if report["strategy"] == "exhaustive":
+        what = (f"every schedule with at most {b['max_preemptions']} preemption"
+                f"{'' if b['max_preemptions'] == 1 else 's'}")
+        if report["cut_at_max_steps"]:
+            what += f" up to {b['max_depth']} steps ({report['cut_at_max_steps']} executions cut there)"
+        if not report["covered"]:
+            return (f"NOT covered: the budget of {b['budget']} executions ran out before {what} was explored "
+                    f"({report['executions']} executions, {report['transitions']} transitions)")
+        return (f"covered {what}: {report['executions']} executions, {report['transitions']} transitions, "
+                f"{report['states']} distinct states")
+    return (f"{report['executions']} {report['strategy']} schedules (seed {b['seed']}"
+            f"{', depth ' + str(b['depth']) if 'depth' in b else ''}), {report['transitions']} transitions; "
+            f"a random search proves nothing beyond them")
+
+
+def target_spec(scenario, policy_spec: str, without_fixes, seed, arch) -> dict:
+    """The inputs of a target, as stored in a replay file."""
+    return {"scenario": scenario.model_dump(mode="json"), "policy": policy_spec,
+            "without_fixes": list(without_fixes), "seed": seed, "arch": arch}
+
+
+def replay_document(spec: dict, report: dict, actors: dict[int, str]) -> dict:
+    return {"format": FORMAT, **spec, "schedule": report["schedule"], "violation": report["violation"],
+            "actors": {str(k): v for k, v in sorted(actors.items())}, "story": report["story"],
+            "found_by": {k: report[k] for k in ("strategy", "bound", "executions", "transitions")}}
+
+
+def write_replay(path: str, doc: dict) -> None:
+    try:
+        Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    except OSError as e:
+        raise InputError(f"--out: cannot write {path}: {e.strerror}") from None
+
+
+def load_replay(path: str) -> tuple[KernelTarget, dict]:
+    """Read a replay file: (its target, the document). Problems are one InputError line."""
+    from mmugather.policies import get_policy
+    from mmugather.workloads.scenario import parse_scenario
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except OSError as e:
+        raise InputError(f"{path}: cannot read replay file: {e.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a JSON replay file: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputError(f"{path}: not a replay file of format {FORMAT}")
+    sched = doc.get("schedule")
+    if not isinstance(sched, list) or not all(isinstance(d, list) and len(d) == 2 and
+                                               all(isinstance(x, int) for x in d) for d in sched):
+        raise InputError(f"{path}: schedule: expected a list of [step, actor] pairs of integers")
+    scenario = parse_scenario(doc.get("scenario"), f"{path}: scenario")
+    policy = get_policy(str(doc.get("policy")))
+    target = KernelTarget(scenario, policy, without_fixes=tuple(doc.get("without_fixes") or ()),
+                          seed=doc.get("seed"), arch=doc.get("arch"))
+    return target, doc

@@ -1,0 +1,187 @@
+"""The fast path: runs of teardown steps executed in one numpy pass, with exactly the effects, the metrics
+and the simulated clock of running them one step at a time.
+
+Why this is exact. The engine (sim/engine.py) runs one CPU's steps back to back until its clock reaches
+`horizon`, the time of the next event on its queue; no other CPU acts in between. A step that starts
+before the horizon runs whole, the engine stops after the first step that ends at or after it. So a
+stretch of steps of one CPU that (a) all start before the horizon, (b) begin with no interrupt pending and
+no reschedule asked (`attention` off: nothing to take between steps) and (c) take no lock another CPU
+holds, interleaves with nothing: running it as one numpy pass and spending its summed cost in one yield
+leaves the machine in the state the steps would have left it in, at the same simulated time. The last
+step is yielded so that the engine stops after it exactly when it would have (an int when the last step
+was a cost, `Elapse` when it was a handler that also moved the preemption point).
+
+Who uses it:
+- `zap_steps()`: the shared primitive of zap_pte_range() (any version): zap the present PTEs of a table
+  from an index on, up to the horizon and up to a number of pages the gather can batch without an event
+  (a flush, a new batch page), in one pass.
+- the versions' multi-table emulators (v3_0.py, v2_6_39.py) and the gathers' bulk flushes build on the
+  helpers below.
+The step path stays the reference: `Simulation(fast=False)` (explore/) never enters this module.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mmugather.mm.page_alloc import ANON, FrameSpan
+from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE
+from mmugather.sim.engine import INF
+
+
+def may_bulk(kernel, c) -> bool:
+    """May CPU c run several steps at once now? Fast path on, nothing to attend to between steps, and the
+    horizon (set by the free-running engine only) still ahead."""
+    return kernel.fast and not c.attention and c.horizon > c.clock
+
+
+def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int | None = None):
+    """The next zap steps of zap_pte_range()'s loop over entries [i, iend) of table `pt`, in one pass.
+
+    The loop being replaced: for each entry, empty ones add `pte_none` to a pending cost `none` (and, in
+    2.6.39, take 1 from the zap_work budget `work`); a present one is cleared, its rmap dropped
+    (mapcount - 1) and counted anon or file, then the step `yield pte_zap + none` (none = 0), after which
+    the page goes to the gather; the loop ends after entry iend - 1 or once `work` <= 0.
+
+    Covers present entries while their steps end before the horizon (the first one ending at or after it
+    is the last), at most `quiet` + 1 of them: the gather takes the first `quiet` pages without an event,
+    the caller adds them (`pfns[:-1]`) and then handles the last page itself, as the loop does after its
+    yield. Returns (n, i, cost, pfns, anon, work):
+    - n = 0: no present entry before the loop ends: the loop adds `cost` to `none` and ends at entry i;
+    - n > 0: entry i was the last one zapped; the caller yields `cost` (the n steps) and goes on after it.
+    `work` comes back reduced by the entries covered (None when not given)."""
+    v = np.frombuffer(pt.ptes, dtype=np.int64)
+    w = v[i:iend]
+    pres = w != 0
+    if work is not None and work <= PAGE_SIZE * (iend - i):
+        cum = np.cumsum(np.where(pres, PAGE_SIZE, 1))
+        j = int(np.searchsorted(cum, work))             # the entry after which the budget is spent
+        if j < len(cum):
+            w, pres = w[:j + 1], pres[:j + 1]
+    nz = np.flatnonzero(pres)
+    costs = kernel.costs
+    c_zap, c_none = costs.pte_zap, costs.pte_none
+    if not len(nz):
+        cnt = len(w)
+        return 0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt
+    m = min(len(nz), quiet + 1)
+    base = c.clock + none
+    last_end = base + c_zap * m + c_none * (int(nz[m - 1]) - (m - 1))
+    if last_end >= c.horizon:
+        j = np.arange(1, m + 1, dtype=np.int64)
+        ends = base + c_zap * j + c_none * (nz[:m] - (j - 1))
+        k = int(np.searchsorted(ends, c.horizon))       # the first step ending at or after the horizon
+        m = k + 1
+        last_end = int(ends[k])
+    sel = nz[:m]
+    first, last = int(sel[0]), int(sel[-1])
+    pfns = w[sel] >> PAGE_SHIFT
+    if last - first == m - 1:
+        w[first:last + 1] = 0                           # ptep_get_and_clear_full()
+    else:
+        w[sel] = 0
+    del v, w
+    anon = rmap_remove(kernel.alloc, pfns)
+    if work is not None:
+        work -= PAGE_SIZE * m + (last + 1 - m)
+    return m, i + last, last_end - c.clock, pfns, anon, work
+
+
+def rmap_remove(alloc, pfns: np.ndarray) -> int:
+    """page_remove_rmap() of each page, in order: mapcount - 1 (print_bad_pte when it goes below 0).
+    Returns how many of the pages are anonymous."""
+    fs = FrameSpan.of(pfns)
+    _, mapcount, kind = alloc.views()
+    if fs is None:                                      # a page mapped twice here
+        np.subtract.at(mapcount, pfns, 1)
+        bad = mapcount[pfns] < 0
+        anon = int(np.count_nonzero(kind[pfns] == ANON))
+    elif fs.mask is not None:
+        lo, hi, m = fs.lo, fs.hi, fs.mask
+        mc = mapcount[lo:hi]
+        mc -= m
+        bad = (mc < 0)[pfns - lo]
+        anon = int(np.count_nonzero((kind[lo:hi] == ANON) & m))
+    else:
+        mapcount[pfns] -= 1
+        bad = mapcount[pfns] < 0
+        anon = int(np.count_nonzero(kind[pfns] == ANON))
+    if bad.any():
+        raise AssertionError(f"zap_pte_range: pfn {int(pfns[np.argmax(bad)])} mapcount < 0 (print_bad_pte)")
+    return anon
+
+
+def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
+    """free_pages_and_swap_cache()'s loop from page i of `pfns` on, in one pass: each step releases the
+    next `chunk` pages (release_pages()) and then yields page_free per page. Releases the pages of the steps
+    that start before the horizon, stopping before a chunk holding a frame some TLB, paging-structure cache
+    or walker still reaches (its report must carry that step's clock: the caller runs it as a step).
+    Returns the number of pages released (0: run the next chunk as a step)."""
+    n = len(pfns) - i
+    cost = kernel.costs.page_free
+    if cost and c.horizon != INF:
+        need = -(-(c.horizon - c.clock) // cost)         # pages whose cost reaches the horizon
+        if need <= n:
+            n = min(n, ((need - 1) // chunk + 1) * chunk)
+    inv = kernel.invariants
+    refs = [r for r in (inv.tlb_refs, inv.pwc_refs, inv.walking) if r]
+    part = pfns[i:i + n]
+    if refs:
+        hit = np.isin(part, np.fromiter(set().union(*refs), dtype=np.int64))
+        if hit.any():
+            n = int(np.argmax(hit)) // chunk * chunk
+            part = part[:n]
+    if n:
+        kernel.alloc.release_array(c, part)
+    return n
+
+
+# ---------------------------------------------------------------- runs of PTE tables (the emulators)
+class TableRun:
+    """The PMD entries of [addr, end) under one PMD table, from addr up to the first whose PTE lock is
+    taken or awaited, as units for an emulator: `tables[k]` is the PteTable (None: no table, a pmd_none
+    step), `lo[k]`, `hi[k]` its entry range, `addrs[k]` the address after it. `entries()` reads the
+    PTEs of the first tables in one array."""
+
+    __slots__ = ("tables", "lo", "hi", "addrs")
+
+    def __init__(self, pmd, addr: int, end: int, limit: int) -> None:
+        from mmugather.mm.pgtable import PMD_SIZE, addr_end, pmd_index, pte_index
+        entries = pmd.entries
+        tables, lo, hi, addrs = [], [], [], []
+        while addr != end and len(tables) < limit:
+            nxt = addr_end(addr, end, PMD_SIZE)
+            pt = entries.get(pmd_index(addr))
+            if pt is not None and (pt.ptl.owner is not None or pt.ptl.waiters):
+                break
+            i = pte_index(addr)
+            tables.append(pt)
+            lo.append(i)
+            hi.append(i + ((nxt - addr) >> PAGE_SHIFT))
+            addrs.append(nxt)
+            addr = nxt
+        self.tables, self.lo, self.hi, self.addrs = tables, lo, hi, addrs
+
+    def entries(self, k: int) -> np.ndarray:
+        """The PTEs of the first k units' tables, concatenated (a copy)."""
+        parts = []
+        for pt, i, j in zip(self.tables[:k], self.lo[:k], self.hi[:k]):
+            if pt is not None:
+                parts.append(pt.ptes if i == 0 and j == 512 else memoryview(pt.ptes)[i:j])
+        return np.frombuffer(b"".join(parts), dtype=np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+    def clear(self, k: int) -> None:
+        """ptep_get_and_clear_full() of every entry of the first k units' tables."""
+        from mmugather.mm.pgtable import _EMPTY_TABLE
+        for pt, i, j in zip(self.tables[:k], self.lo[:k], self.hi[:k]):
+            if pt is not None:
+                pt.ptes[i:j] = _EMPTY_TABLE[i:j]
+
+
+def first_crossing(start: int, ends: np.ndarray, lasts: np.ndarray, horizon) -> int:
+    """How many consecutive units (cumulative end clocks `ends`, cost of each unit's last step `lasts`)
+    the engine would run from clock `start` before stopping: every unit whose steps all start before the
+    horizon, up to and including the first one ending at or after it."""
+    if not len(ends) or ends[-1] < horizon:
+        return len(ends)
+    k = int(np.searchsorted(ends, horizon))          # the first unit ending at or after the horizon
+    return k + 1 if ends[k] - lasts[k] < horizon else k

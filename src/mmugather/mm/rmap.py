@@ -1,0 +1,97 @@
+"""mm/rmap.c and the reverse-map locks: i_mmap (file VMAs of an address_space) and anon_vma.
+
+The lock types are what the 2011 series changed: in 2.6.39 both are spinlocks (mapping->i_mmap_lock,
+anon_vma->lock), so everything done under them (truncate's zap, free_pgtables' unlinking) runs with
+preemption off; 3.0 made them mutexes (3d48ae45e723 "mm: Convert i_mmap_lock to a mutex", 2b575eb64f7a
+"mm: Convert anon_vma->lock to a mutex"); since 3.19 / 3.16 they are rwsems (i_mmap_rwsem, anon_vma->rwsem).
+"""
+from __future__ import annotations
+
+from mmugather.kernel.locking import (
+    DownRead, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead, UpWrite,
+)
+
+
+class Rmap30:
+    """Linux 3.0: i_mmap_mutex and anon_vma->mutex."""
+
+    def i_mmap_lock_write(self, c, mapping):
+        """mutex_lock(&mapping->i_mmap_mutex)."""
+        yield MutexLock(mapping.i_mmap_mutex)
+
+    def i_mmap_unlock_write(self, c, mapping):
+        yield MutexUnlock(mapping.i_mmap_mutex)
+
+    i_mmap_lock_read = i_mmap_lock_write
+    i_mmap_unlock_read = i_mmap_unlock_write
+
+    def anon_vma_lock_write(self, c, mm):
+        """anon_vma_lock(): mutex_lock(&anon_vma->root->mutex)."""
+        yield MutexLock(mm.anon_vma_mutex)
+
+    def anon_vma_unlock_write(self, c, mm):
+        yield MutexUnlock(mm.anon_vma_mutex)
+
+    def unlink_anon_vmas(self, c, vma):
+        """unlink_anon_vmas(), mm/rmap.c: under the anon_vma lock, take vma off its anon_vma chains."""
+        if vma.file is not None:
+            return
+        yield self.anon_vma_lock_write(c, vma.mm)
+        yield self.costs.lock
+        yield self.anon_vma_unlock_write(c, vma.mm)
+
+    def unlink_file_vma(self, c, vma):
+        """unlink_file_vma(), mm/mmap.c: under the i_mmap lock, remove vma from mapping->i_mmap, so that
+        truncate no longer finds it once its page tables may go."""
+        mapping = vma.file
+        if mapping is None or vma not in mapping.i_mmap:
+            return
+        yield self.i_mmap_lock_write(c, mapping)
+        mapping.i_mmap.remove(vma)
+        yield self.i_mmap_unlock_write(c, mapping)
+
+
+class Rmap2639(Rmap30):
+    """Linux 2.6.39: mapping->i_mmap_lock and anon_vma->lock are spinlocks."""
+
+    def i_mmap_lock_write(self, c, mapping):
+        """spin_lock(&mapping->i_mmap_lock)."""
+        yield SpinLock(mapping.i_mmap_lock)
+
+    def i_mmap_unlock_write(self, c, mapping):
+        yield SpinUnlock(mapping.i_mmap_lock)
+
+    i_mmap_lock_read = i_mmap_lock_write
+    i_mmap_unlock_read = i_mmap_unlock_write
+
+    def anon_vma_lock_write(self, c, mm):
+        """anon_vma_lock(): spin_lock(&anon_vma->root->lock)."""
+        yield SpinLock(mm.anon_vma_lock)
+
+    def anon_vma_unlock_write(self, c, mm):
+        yield SpinUnlock(mm.anon_vma_lock)
+
+
+class Rmap618(Rmap30):
+    """Linux 6.18: i_mmap_rwsem and anon_vma->root->rwsem."""
+
+    def i_mmap_lock_write(self, c, mapping):
+        """i_mmap_lock_write(): down_write(&mapping->i_mmap_rwsem)."""
+        yield DownWrite(mapping.i_mmap_rwsem)
+
+    def i_mmap_unlock_write(self, c, mapping):
+        yield UpWrite(mapping.i_mmap_rwsem)
+
+    def i_mmap_lock_read(self, c, mapping):
+        """i_mmap_lock_read(): down_read(&mapping->i_mmap_rwsem)."""
+        yield DownRead(mapping.i_mmap_rwsem)
+
+    def i_mmap_unlock_read(self, c, mapping):
+        yield UpRead(mapping.i_mmap_rwsem)
+
+    def anon_vma_lock_write(self, c, mm):
+        """anon_vma_lock_write(): down_write(&anon_vma->root->rwsem)."""
+        yield DownWrite(mm.anon_vma_rwsem)
+
+    def anon_vma_unlock_write(self, c, mm):
+        yield UpWrite(mm.anon_vma_rwsem)

@@ -1,0 +1,95 @@
+"""The `loop` op (iterations, strides, deadlines, the iteration count) and the will-it-scale workloads
+built on it (`wis:TEST:MODE:N[:MS]`, compare's ops_per_s)."""
+import json
+
+import pytest
+
+from conftest import run, scenario
+from mmugather.errors import InputError
+from mmugather.workloads.builtin import resolve_workload
+from mmugather.workloads.wis import counted_window_ns, ops_per_s
+from test_kernel_check import cli
+
+
+def _loop(**kw):
+    body = [{"op": "touch", "vma": "a", "size": 4096, "write": True}]
+    return scenario([{"name": "a", "size": "64KiB"}], [{"cpu": 0, "program": [{"op": "loop", "body": body, **kw}]}],
+                    cpus=1, latency=False)
+
+
+def test_a_counted_loop_with_a_stride_touches_successive_pages():
+    """times=5, stride 4 KiB: five different pages fault in, five iterations counted."""
+    m = run(_loop(times=5, stride=4096, count=True), "6.18")
+    assert m["loop_iterations"] == 5 and m["page_faults"] == 5
+
+
+def test_without_a_stride_the_same_page_is_touched_again():
+    m = run(_loop(times=5, count=True), "6.18")
+    assert m["loop_iterations"] == 5 and m["page_faults"] == 1
+
+
+def test_an_uncounted_loop_counts_nothing():
+    assert run(_loop(times=3, stride=4096), "6.18")["loop_iterations"] == 0
+
+
+def test_a_deadline_bounds_an_endless_loop_and_is_inherited():
+    """An outer loop of 50 us around an unbounded-count inner loop: the inner one stops at the outer
+    deadline, so the run ends near 50 us and some, not all, of 1000 iterations run."""
+    inner = {"op": "loop", "times": 1000, "count": True,
+             "body": [{"op": "madvise", "vma": "a", "size": 4096},
+                      {"op": "touch", "vma": "a", "size": 4096, "write": True}]}
+    sc = scenario([{"name": "a", "size": "64KiB"}], [{"cpu": 0, "program": [
+        {"op": "loop", "duration_ns": 50_000, "body": [inner]}]}], cpus=1, latency=False)
+    m = run(sc, "6.18")
+    assert 0 < m["loop_iterations"] < 1000
+    assert 50_000 <= m["sim_time_ns"] < 80_000
+    assert counted_window_ns(sc) == 50_000
+    assert ops_per_s(sc, m) == m["loop_iterations"] * 1e9 / 50_000
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({}, "times, duration_ns or both"),
+    ({"times": 2, "stride": 100}, "multiple of the 4096-byte page"),
+    ({"times": 17, "stride": 4096}, "at offset 65536"),
+    ({"duration_ns": 1000, "stride": 4096}, "lies outside"),
+])
+def test_bad_loops_are_one_line_errors(kw, needle):
+    with pytest.raises(InputError, match=needle):
+        _loop(**kw)
+
+
+def test_wis_names_are_checked():
+    for bad, needle in [("wis:tlb_flush9:threads:2", "TEST"), ("wis:tlb_flush2:fibers:2", "MODE"),
+                        ("wis:tlb_flush2:threads:0", "N must"), ("wis:tlb_flush2:threads:2:0", "MS must"),
+                        ("wis:tlb_flush2", "expected wis:TEST")]:
+        with pytest.raises(InputError, match=needle):
+            resolve_workload(bad)
+
+
+def test_wis_threads_share_an_mm_and_processes_do_not():
+    """tlb_flush2 with two threads: every MADV_DONTNEED of one page shoots down the other CPU, about one
+    IPI per iteration; with two processes each mm lives on one CPU: no IPI at all, and more iterations."""
+    threads = run(resolve_workload("wis:tlb_flush2:threads:2:2"), "6.18")
+    procs = run(resolve_workload("wis:tlb_flush2:processes:2:2"), "6.18")
+    assert threads["loop_iterations"] > 100
+    assert abs(threads["ipis_sent"] - threads["loop_iterations"]) <= 0.05 * threads["loop_iterations"]
+    assert procs["ipis_sent"] == 0 and procs["loop_iterations"] > threads["loop_iterations"]
+    assert threads["violations"] == [] and procs["violations"] == []
+
+
+@pytest.mark.parametrize("test", ["tlb_flush1", "tlb_flush3"])
+def test_wis_file_tests_refault_from_their_file(test):
+    """Private (1) and shared (3) file mappings: each iteration faults twice (write, then the read after
+    MADV_DONTNEED), and nothing is reported unsafe."""
+    m = run(resolve_workload(f"wis:{test}:processes:1:1"), "6.18")
+    assert m["loop_iterations"] > 50 and m["page_faults"] >= 2 * m["loop_iterations"]
+    assert m["violations"] == []
+
+
+def test_compare_json_reports_ops_per_s_for_wis_only():
+    r = cli("compare", "--workload", "wis:tlb_flush2:threads:2:1", "--policies", "3.0,6.18", "--json")
+    assert r.returncode == 0, r.stderr
+    runs = json.loads(r.stdout)["runs"]
+    assert all(x["ops_per_s"] == pytest.approx(x["metrics"]["loop_iterations"] * 1000, rel=1e-3) for x in runs)
+    r = cli("compare", "--workload", "small", "--policies", "3.0", "--json")
+    assert "ops_per_s" not in json.loads(r.stdout)["runs"][0]
