@@ -24,6 +24,7 @@ class Arm64:
     """The arch interface for the 6.18 policy on arm64."""
 
     name = "arm64"
+    have_rcu_table_free = True
     mmu_gather_merge_vmas = False        # arm64 does not select MMU_GATHER_MERGE_VMAS
     mmu_gather_page_size = False
     tlb_needs_table_invalidate = True

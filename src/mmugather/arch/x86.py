@@ -21,6 +21,7 @@ class X86Legacy:
     """The arch interface for the 2.6.39 and 3.0 policies on x86-64."""
 
     name = "x86"
+    have_rcu_table_free = False
 
     def __init__(self, machine) -> None:
         self.tlb = machine.tlb
@@ -161,6 +162,7 @@ class X86:
 
     name = "x86"
     tlb_single_page_flush_ceiling = 33
+    have_rcu_table_free = True            # MMU_GATHER_RCU_TABLE_FREE (unconditional since a37259732a7d)
     mmu_gather_merge_vmas = True          # arch/x86/Kconfig: select MMU_GATHER_MERGE_VMAS
     mmu_gather_page_size = False
     tlb_needs_table_invalidate = True     # asm-generic default
@@ -229,8 +231,10 @@ class X86:
         yield self.flush_tlb_mm_range(c, mm, va, va + 4096, 12, False)
 
     def flush_tlb_range(self, c, mm, start: int, end: int):
-        """flush_tlb_range(): 4 KiB stride, no page tables freed."""
-        yield self.flush_tlb_mm_range(c, mm, start, end, 12, False)
+        """flush_tlb_range() (arch/x86/include/asm/tlbflush.h v6.18): 4 KiB stride, and freed_tables =
+        true: the caller may be moving or freeing page tables (mremap, THP collapse), so lazy CPUs get
+        the IPI too."""
+        yield self.flush_tlb_mm_range(c, mm, start, end, 12, True)
 
     def flush_tlb_mm_range(self, c, mm, start: int, end: int, stride_shift: int, freed_tables: bool):
         """flush_tlb_mm_range(), arch/x86/mm/tlb.c v6.18: bump mm's tlb_gen; flush_tlb_multi() when some

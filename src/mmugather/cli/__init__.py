@@ -196,7 +196,9 @@ def policies(as_json) -> None:
             click.echo(f"{'':17s} fix {n}: {f['commits']}: {f['what']}")
 
 
-from mmugather.cli import host as _host, sweep as _sweep  # noqa: E402,F401  (register their commands)
+from mmugather.cli import (  # noqa: E402,F401  (register their commands)
+    explore as _explore, host as _host, sweep as _sweep,
+)
 
 
 def entry() -> None:

@@ -9,7 +9,7 @@ whose policy or fix switch does not exist (yet) is left out of `available()`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mmugather.errors import InputError
 from mmugather.explore import search
@@ -34,7 +34,6 @@ class Bug:
     budget: int = 100_000
     slow_max_preemptions: int = 3      # the longer bound of the slow tests
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
     def variant(self, fixed: bool) -> KernelTarget:
         from mmugather.policies import get_policy
@@ -92,6 +91,56 @@ CATALOGUE: list[Bug] = [
         policy="6.18",
         buggy_without=("tlb_flush_pending",),
         expect="stale-tlb-after-return",
+    ),
+    Bug(
+        name="mremap-flush-after-unlock",
+        year=2018,
+        commits=("eb66ae030829",),
+        title="mremap: properly flush TLB before releasing the page (CVE-2018-18281)",
+        what=("move_ptes() moves the PTEs of a shared file mapping to the new address, drops the PTE and "
+              "i_mmap locks, and only then flushes the old range. In that window truncate() finds the page "
+              "at its new address, zaps it there (flushing the new address only) and frees it, while the "
+              "mremap caller's TLB still maps the page at the old address."),
+        scenario={"name": "mremap-vs-truncate", "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18"},
+                  "files": [{"name": "F"}],
+                  "process": [{"name": "app",
+                               "vma": [{"name": "f", "size": "4KiB", "kind": "file", "file": "F", "shared": True,
+                                        "populate": True},
+                                       {"name": "d", "size": "4KiB", "writable": False}],
+                               "thread": _threads(
+                                   (0, [{"op": "touch", "vma": "f", "write": False},
+                                        {"op": "mremap", "vma": "f", "to": "d"}]),
+                                   (1, [{"op": "truncate", "file": "F", "size": 0}]))}]},
+        policy="6.18",
+        buggy_without=("mremap_flush",),
+    ),
+    Bug(
+        name="nested-flush-reset-range",
+        year=2019,
+        commits=("7a30df49f63a",),
+        title="mm: mmu_gather: remove __tlb_reset_range() for force flush",
+        what=("munmap() frees page tables under mmap_lock held for reading (since dd2283f2605e), so a "
+              "MADV_DONTNEED can run beside it. The munmap's gather, finishing while the madvise's is in "
+              "flight, forces a flush but first resets its range, dropping freed_tables: on arm64 the flush "
+              "becomes a last-level TLBI that leaves the other CPU's walk cache pointing into the page table "
+              "that is then freed."),
+        scenario={"name": "munmap-beside-dontneed", "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18"},
+                  "process": [{"name": "app",
+                               "vma": [{"name": "a", "size": "4KiB", "start": 0x10000000, "populate": True},
+                                       {"name": "b", "size": "4KiB", "start": 0x10200000, "populate": True}],
+                               "thread": _threads(
+                                   (0, [{"op": "touch", "vma": "b", "write": False},
+                                        {"op": "madvise", "vma": "a"}, {"op": "compute", "ns": 1000},
+                                        {"op": "touch", "vma": "b", "write": False}]),
+                                   (1, [{"op": "munmap", "vma": "b"}]))}]},
+        policy="6.18",
+        arch="arm64",
+        buggy_without=("no_reset_range",),
+        expect="page-table-use-after-free",
+        max_preemptions=3,
+        slow_max_preemptions=4,
+        notes=("Three preemptions: the madvise must be in flight (gathered, not finished) when the munmap "
+               "finishes. The compute step lets RCU's grace period end, so the table is really freed."),
     ),
 ]
 

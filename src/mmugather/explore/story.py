@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from mmugather.explore.search import default_choice, run_machine
 from mmugather.kernel.locking import (
-    COND_RESCHED, DownRead, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead, UpWrite,
+    COND_RESCHED, DownRead, DowngradeWrite, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead,
+    UpWrite,
 )
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.mm.page_alloc import FREE, KIND_NAMES
@@ -134,6 +135,8 @@ class _Teller:
         if cls in (DownRead, DownWrite):
             op = "down_read" if cls is DownRead else "down_write"
             return [f"{op}({v.sem.name})" + ("" if task.blocked_on is None else ": blocks")]
+        if cls is DowngradeWrite:
+            return [f"downgrade_write({v.sem.name})"]
         if cls in (UpRead, UpWrite):
             return [f"{'up_read' if cls is UpRead else 'up_write'}({v.sem.name})"]
         if cls in (MutexLock, MutexUnlock):

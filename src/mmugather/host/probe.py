@@ -4,8 +4,8 @@ A script names the syscall, the region size in 4 KiB pages and what a second thr
 does meanwhile. Procedure (2-CPU host; see `measure_ipis`): thread A, pinned to CPU 0, maps the mappings
 of a layout at fixed addresses below REGION_END (512 GiB-aligned, terabytes from any other mapping), so
 that the page tables a call frees are the same as in a model scenario placed top-down below its
-mmap_base: kernel-check passes the model scenario's own layout; without one the region stands alone
-(`default_layout`). Every mapping gets MADV_NOHUGEPAGE (the counts are about 4 KiB pages) and is touched
+mmap_base: kernel-check passes the model scenario's own layout; without one, `default_layout`.
+Every mapping gets MADV_NOHUGEPAGE (the counts are about 4 KiB pages) and is touched
 as the layout says (every page; one page per 2 MiB for "munmap-sparse"; none for "munmap-untouched").
 Thread B, pinned to CPU 1, is "running" (inside one long C call for the whole measurement: a Python
 thread waiting for the GIL would leave CPU 1 idle, lazy, and skipped by the kernel), "blocked" (in
@@ -38,6 +38,7 @@ OPS = ("munmap", "dontneed", "mprotect", "mremap", "munmap-untouched", "munmap-s
 SECONDS = ("running", "blocked", "alone")
 _SPARSE_STRIDE = 2 << 20
 REGION_END = 0x2000_0000_0000
+_GUARD_BELOW = 256 << 30
 _BUSY_MIN = 16 << 30
 _READ_BUF = 1 << 20
 _MAX_RETRIES = 5
@@ -124,15 +125,17 @@ def _tlb_now(fd: int, buf: bytearray) -> int:
 
 
 def default_layout(op: str, pages: int) -> list[dict]:
-    """The layout used without one from the model: a lone region of `pages` ending at REGION_END (touched
-    as `op` says: all, one page per 2 MiB for munmap-sparse, none for munmap-untouched), and for mremap a
-    read-only destination of the same size just below it.
+    """The layout used without one from the model: a region of `pages` ending at REGION_END (touched as `op`
+    says: all, one page per 2 MiB for munmap-sparse, none for munmap-untouched), for mremap a read-only
+    destination of the same size just below it, and an untouched guard page 256 GiB below, so the region is
+    not alone in its 512 GiB PGD slot (alone, munmap flushes even an untouched region: see above).
     A layout lists mappings as {"below_top": bytes from the start to REGION_END, "size", "populate": True,
     False or [[offset, length], ...], "writable", "role": "region", "dest" or "other"}."""
     size = pages * sc.PAGE
     populate = (False if op == "munmap-untouched" else
                 [[off, sc.PAGE] for off in range(0, size, _SPARSE_STRIDE)] if op == "munmap-sparse" else True)
-    out = [{"below_top": size, "size": size, "populate": populate, "writable": True, "role": "region"}]
+    out = [{"below_top": _GUARD_BELOW, "size": sc.PAGE, "populate": False, "writable": False, "role": "other"},
+           {"below_top": size, "size": size, "populate": populate, "writable": True, "role": "region"}]
     if op == "mremap":
         out.append({"below_top": 2 * size, "size": size, "populate": False, "writable": False, "role": "dest"})
     return out

@@ -36,6 +36,13 @@ class Rcu:
         if self.pending:
             self._advance(c)
 
+    def rcu_barrier(self) -> None:
+        """rcu_barrier(): at the end of a run every CPU goes idle, so every grace period ends; invoke the
+        callbacks still waiting, in the order queued, on the CPU that queued each."""
+        pending, self.pending = self.pending, []
+        for _, func, owner in pending:
+            func(owner)
+
     def _advance(self, c) -> None:
         """rcu_core(): invoke every callback whose grace period has ended, in the order queued. They run
         on CPU c, whose quiescent state ended the grace period, at its clock: the kernel runs them in the

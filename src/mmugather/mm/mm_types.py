@@ -87,9 +87,6 @@ class MmStruct:
         i = bisect_right([v.end for v in self.vmas], addr)
         return self.vmas[i] if i < len(self.vmas) else None
 
-    def vma_index(self, vma: Vma) -> int:
-        return self.vmas.index(vma)
-
     def insert_vma(self, vma: Vma) -> None:
         """insert_vm_struct(): link a VMA that overlaps none."""
         i = bisect_right([v.start for v in self.vmas], vma.start)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, MIGHT_SLEEP, DownWrite, SpinLock, SpinUnlock, UpWrite
 from mmugather.mm.mm_types import Vma
-from mmugather.mm.pgtable import PAGE_SIZE, PMD_SHIFT, PMD_SIZE, addr_end, pte_index
+from mmugather.mm.pgtable import PAGE_SIZE, PMD_SHIFT, PMD_SIZE, addr_end, pmd_index, pte_index
 
 
 class Mremap:
@@ -20,6 +20,7 @@ class Mremap:
     "after-unlock" (v3.7-v4.19) or "before-unlock" (v4.20+)."""
 
     mremap_flush = "per-pte"
+    move_pmd = False          # CONFIG_HAVE_MOVE_PMD: move whole PTE tables (2c91bd4a4e2e, v4.20)
 
     def sys_mremap_fixed(self, c, task, old_addr: int, length: int, new_addr: int):
         """mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, new) -> mremap_to(): unmap whatever is at
@@ -51,7 +52,10 @@ class Mremap:
             nxt = addr_end(old_addr, old_end, PMD_SIZE)
             extent = min(nxt - old_addr, PMD_SIZE - (new_addr & (PMD_SIZE - 1)))
             old_pt = mm.pte_tables.get(old_addr >> PMD_SHIFT)
-            if old_pt is not None:
+            if (old_pt is not None and self.move_pmd and extent == PMD_SIZE
+                    and (new_addr >> PMD_SHIFT) not in mm.pte_tables):
+                yield self.move_normal_pmd(c, vma, old_pt, old_addr, new_addr)
+            elif old_pt is not None:
                 new_pt = yield self.pte_alloc(c, mm, new_addr)
                 need_flush |= yield self.move_ptes(c, vma, old_pt, old_addr, old_addr + extent, new_vma, new_pt,
                                                    new_addr)
@@ -60,6 +64,22 @@ class Mremap:
         if self.mremap_flush == "after-unlock" and need_flush:
             yield self.arch.flush_tlb_range(c, mm, start, old_end)
         return length
+
+    def move_normal_pmd(self, c, vma, pt, old_addr: int, new_addr: int):
+        """move_normal_pmd(), mm/mremap.c v6.18: under the PMD lock, clear the old PMD entry, point the new
+        one at the same PTE table, flush_tlb_range() of the old PMD range, unlock."""
+        mm = vma.mm
+        yield SpinLock(mm.page_table_lock)                   # pmd_lock(): old and new (same lock here)
+        old_pmd = self.pmd_table(mm, old_addr)
+        del old_pmd.entries[pmd_index(old_addr)]             # pmd_clear()
+        del mm.pte_tables[old_addr >> PMD_SHIFT]
+        new_pmd = self.pmd_table(mm, new_addr)
+        new_pmd.entries[pmd_index(new_addr)] = pt            # pmd_populate()
+        mm.pte_tables[new_addr >> PMD_SHIFT] = pt
+        pt.base = new_addr & ~(PMD_SIZE - 1)
+        yield self.costs.pte_set
+        yield self.arch.flush_tlb_range(c, mm, old_addr, old_addr + PMD_SIZE)
+        yield SpinUnlock(mm.page_table_lock)
 
     def move_ptes(self, c, vma, old_pt, old_addr: int, old_end: int, new_vma, new_pt, new_addr: int):
         """move_ptes(), mm/mremap.c: under i_mmap lock (file VMAs) and both PTE locks, move each present

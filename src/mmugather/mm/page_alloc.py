@@ -166,14 +166,17 @@ class PageAlloc:
         return (np.frombuffer(self.refcount, dtype=np.int16), np.frombuffer(self.mapcount, dtype=np.int16),
                 np.frombuffer(self.kind, dtype=np.int8))
 
-    def release_array(self, cpu, pfns: np.ndarray) -> None:
+    def release_array(self, cpu, pfns: np.ndarray, under_lock: np.ndarray | None = None) -> None:
         """release_pages() of a numpy array of pfns, in one pass: the same frames freed in the same order,
-        reported to `on_free_array` at once."""
+        reported to `on_free_array` at once. `under_lock` (one flag per pfn) says which releases happen
+        with a PTE lock held, when not all alike (default: whether `cpu` holds one now)."""
         if not len(pfns):
             return
         fs = FrameSpan.of(pfns)
         if fs is None:                                   # a frame twice: its last reference goes at its
-            self.release_pages(cpu, pfns.tolist())       # second occurrence, so go one by one
+            if under_lock is not None:                   # second occurrence, so go one by one
+                raise AssertionError("release_array: a frame twice with per-page lock flags")
+            self.release_pages(cpu, pfns.tolist())
             return
         refcount, _, kind = self.views()
         lo, hi = fs.lo, fs.hi
@@ -186,33 +189,31 @@ class PageAlloc:
             refcount[lo:hi] = rc
             z = m & (rc == 0)
             kinds = kind[lo:hi]
-            if fs.increasing:
-                freed = np.flatnonzero(z) + lo
-                k = kinds[z]
-            else:
-                zz = z[pfns - lo]
-                freed = pfns if zz.all() else pfns[zz]
-                k = kinds[freed - lo]
-            if (k == FREE).any():
-                raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
-            np.putmask(kinds, z, FREE)
+            zz = z if fs.increasing and len(pfns) == hi - lo else z[pfns - lo]
+            k = kinds[z] if fs.increasing else kinds[pfns[zz] - lo]
         else:
             rc = refcount[pfns] - 1
             bad = rc < 0
             if bad.any():
                 self._bad_release(pfns, bad)
             refcount[pfns] = rc
-            freed = pfns[rc == 0]
-            k = kind[freed]
-            if (k == FREE).any():
-                raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
+            zz = rc == 0
+            k = kind[pfns[zz]]
+        freed = pfns if len(k) == len(pfns) else pfns[zz]
+        if (k == FREE).any():
+            raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
+        if fs.mask is not None:
+            np.putmask(kinds, z, FREE)
+        else:
             kind[freed] = FREE
         del refcount, kind
         if len(freed):
             for kd, cnt in enumerate(np.bincount(k, minlength=len(KIND_NAMES)).tolist()):
                 self.nr_used[kd] -= cnt
             self.free_list.extend(freed)
-            self.on_free_array(cpu, freed, k)
+            if under_lock is not None and len(freed) != len(pfns):
+                under_lock = under_lock[zz]
+            self.on_free_array(cpu, freed, k, under_lock)
 
     def _bad_release(self, pfns: np.ndarray, bad: np.ndarray) -> None:
         pfn = int(pfns[np.argmax(bad)])

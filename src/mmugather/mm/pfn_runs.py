@@ -21,9 +21,9 @@ class PfnRuns:
 
     __slots__ = ("a", "n")
 
-    def __init__(self) -> None:
-        self.a = array("i")
-        self.n = 0
+    def __init__(self, a: array | None = None, n: int = 0) -> None:
+        self.a = array("i") if a is None else a          # an encoding made by this module, holding n pfns
+        self.n = n
 
     def __len__(self) -> int:
         return self.n
@@ -175,9 +175,11 @@ def expand_runs(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.n
     if len(starts) == 1:
         s, ln = int(starts[0]), int(lens[0])
         return np.arange(s, s - ln, -1, dtype=np.int64) if descs[0] else np.arange(s, s + ln, dtype=np.int64)
-    offs = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
-    step = np.repeat(1 - 2 * descs, lens)
-    return np.repeat(starts, lens) + offs * step
+    first = np.cumsum(lens) - lens                      # where each run begins in the sequence
+    if not descs.any():
+        return np.repeat(starts - first, lens) + np.arange(total, dtype=np.int64)
+    offs = np.arange(total, dtype=np.int64) - np.repeat(first, lens)
+    return np.repeat(starts, lens) + offs * np.repeat(1 - 2 * descs, lens)
 
 
 class RunCursor:
@@ -209,7 +211,37 @@ class RunCursor:
         return st, ln, ds
 
 
-def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 20):
+    def encode_chunks(self, a: int, b: int, size: int) -> list[tuple[array, int]]:
+        """Pages [a, b) cut into consecutive chunks of `size` (the last one shorter), each as the
+        (array, count) of a PfnRuns holding it."""
+        ends, starts, lens, descs = self.ends, self.starts, self.lens, self.descs
+        r0 = int(np.searchsorted(ends, a, "right"))
+        r1 = int(np.searchsorted(ends, b - 1, "right"))
+        cuts = np.concatenate((np.arange(a + size, b, size), ends[r0:r1]))
+        cuts.sort()
+        if len(cuts) > 1:
+            cuts = cuts[np.concatenate(([True], cuts[1:] != cuts[:-1]))]
+        ps = np.concatenate(([a], cuts))
+        pe = np.append(cuts, b)
+        r = np.searchsorted(ends, ps, "right")
+        off = ps - (ends[r] - lens[r])
+        d = descs[r]
+        st = starts[r] + np.where(d == 1, -off, off)
+        ln = pe - ps
+        out = np.empty(2 * len(ps), dtype=np.int32)
+        out[0::2] = st
+        out[1::2] = -((ln << 1) | d)
+        keep = np.ones(len(out), dtype=bool)
+        keep[1::2] = ln > 1
+        out = out[keep]
+        owner = np.repeat((ps - a) // size, 1 + (ln > 1))
+        nchunks = -(-(b - a) // size)
+        bounds = np.searchsorted(owner, np.arange(nchunks + 1)).tolist()
+        big = array("i", out.tobytes())
+        return [(big[bounds[j]:bounds[j + 1]], min(size, b - a - j * size)) for j in range(nchunks)]
+
+
+def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 17):
     """The pfns of runs, in order, as numpy arrays of at most about `piece` pfns (bounded host memory)."""
     cur = RunCursor(starts, lens, descs)
     total = int(cur.ends[-1]) if len(lens) else 0

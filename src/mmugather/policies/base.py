@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmugather.kernel.exit import Exit
+from mmugather.kernel.fork import Fork
 from mmugather.mm.exec import Exec
 from mmugather.mm.gup import Gup
 from mmugather.mm.madvise import Madvise
@@ -22,7 +23,7 @@ from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SIZE, _PAGE_ACCESSED, _PAGE_DIR
     _PAGE_USER, addr_end, pte_index
 
 
-class Kernel(Exit, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier):
+class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier):
     """What every modelled kernel version shares; subclasses add a gather and a zap walk."""
 
     name = "base"

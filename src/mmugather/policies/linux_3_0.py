@@ -2,17 +2,19 @@
 from mmugather.mm.memory.v3_0 import Memory30
 from mmugather.mm.mmu_gather.v3_0 import Gather30
 from mmugather.arch.x86 import X86Legacy
+from mmugather.arch.ppc64 import Ppc64Hash
+from mmugather.mm.mmu_gather.rcu_table_v3_0 import RcuTableFree30
 from mmugather.mm.rmap import Rmap30
 from mmugather.mm.truncate import Truncate
 from mmugather.policies.base import Kernel
 
 
-class Linux30(Gather30, Memory30, Rmap30, Truncate, Kernel):
+class Linux30(RcuTableFree30, Gather30, Memory30, Rmap30, Truncate, Kernel):
     """Linux v3.0 as released: on-stack gather, page-sized batches chained without limit, flush outside
     the PTE lock, cond_resched() per PTE table (mm/memory.c, include/asm-generic/tlb.h of v3.0)."""
 
     name = "3.0"
-    arches = {"x86": X86Legacy}
+    arches = {"x86": X86Legacy, "ppc64": Ppc64Hash}
     version = "v3.0"
     source = ("mm/memory.c, include/asm-generic/tlb.h, mm/mmap.c, arch/x86/mm/tlb.c (v3.0); "
               "commits d16dfc550f53, e303297e6c3a, 97a894136f29")

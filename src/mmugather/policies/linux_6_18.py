@@ -31,6 +31,8 @@ class Linux618(Gather618, Memory618, Madvise618, Mmap618, VmaOps618, Mprotect618
                          "move_ptes() flushes the old range before dropping the PTE locks"),
     }
 
+    move_pmd = True               # x86 and arm64 select HAVE_MOVE_PMD
+
     @property
     def mremap_flush(self) -> str:
         """Where move_ptes() flushes (mm/mremap.py): before the PTE locks drop, or, without the fix,

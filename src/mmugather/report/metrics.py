@@ -48,6 +48,7 @@ class Metrics:
             "page_tables_freed": self.page_tables_freed,
             "page_tables_reclaimed": self.page_tables_reclaimed,
             "i_mmap_lock_breaks": self.lock_breaks,
+            "rcu_callbacks": self.rcu_callbacks,
             "flushes_under_pte_lock": self.flushes_under_pte_lock,
             "frees_under_pte_lock": self.frees_under_pte_lock,
             "pte_lock_hold_ns": _dist(self.pte_lock_hold, ("max", "p50", "p99")),

@@ -88,23 +88,29 @@ class Invariants:
         if c is not None and c.ptl_held:
             m.frees_under_pte_lock += len(freed) - tables
 
-    def on_free_array(self, c, pfns, kinds) -> None:
+    def on_free_array(self, c, pfns, kinds, under_lock=None) -> None:
         """on_free_many() for numpy arrays of frames freed together (PageAlloc.release_array): the per-frame
-        checks for the frames some TLB, paging-structure cache or walker still reaches, counters at once."""
+        checks for the frames some TLB, paging-structure cache or walker still reaches, counters at once.
+        `under_lock`: per frame, whether it was freed with a PTE lock held (default: c.ptl_held)."""
         refs = [r for r in (self.tlb_refs, self.pwc_refs, self.walking) if r]
         if refs:
             keys = np.fromiter(set().union(*refs), dtype=np.int64)
             hit = np.isin(pfns, keys)
             if hit.any():
+                if under_lock is not None:
+                    raise AssertionError("on_free_array: per-frame lock flags for frames still reachable")
                 self.on_free_many(c, list(zip(pfns[hit].tolist(), kinds[hit].tolist())))
                 pfns, kinds = pfns[~hit], kinds[~hit]
         m = self.metrics
         n = len(pfns)
-        tables = int(np.count_nonzero(kinds == PGTABLE))
-        m.page_tables_freed += tables
-        m.pages_freed += n - tables
-        if c is not None and c.ptl_held:
-            m.frees_under_pte_lock += n - tables
+        tables = kinds == PGTABLE
+        ntables = int(np.count_nonzero(tables))
+        m.page_tables_freed += ntables
+        m.pages_freed += n - ntables
+        if under_lock is not None:
+            m.frees_under_pte_lock += int(np.count_nonzero(under_lock & ~tables))
+        elif c is not None and c.ptl_held:
+            m.frees_under_pte_lock += n - ntables
 
     def on_free_each_array(self, c, pfns, kinds) -> None:
         """on_free() of each of numpy arrays of frames freed one by one (PageAlloc.free_array): the

@@ -110,6 +110,8 @@ class Simulation:
         """Run to completion; check for leaks; return the `metrics` object."""
         self.kernel.fast = self.fast and type(self.engine) is Engine   # a traced engine records every step
         end = self.engine.run()
+        if not self.engine.halted:
+            self.rcu.rcu_barrier()
         self.finish()
         return self.metrics.summary(sim_time_ns=end, nowait_attempts=self.alloc.nowait_attempts,
                                     nowait_failures=self.alloc.nowait_failures,

@@ -139,6 +139,14 @@ def thread_program(sim, proc: Process, ops: list):
                 proc.ranges[op.to] = (dest, dest + hi - lo)
             elif isinstance(op, S.TruncateOp):
                 yield syscall(sim, c, task, kernel.do_truncate(c, task, sim.files[op.file], op.size))
+            elif isinstance(op, S.ForkOp):
+                new_mm = yield syscall(sim, c, task, kernel.sys_fork(c, task))
+                child = Process(f"{proc.name}/child", new_mm)
+                child.ranges = dict(proc.ranges)
+                sim.processes.append(child)
+                child.threads.append(sim.engine.spawn(f"{child.name}/0", op.cpu, "user",
+                                                      thread_program(sim, child, op.program),
+                                                      mm=new_mm, process=child))
             elif isinstance(op, S.HaltOp):
                 sim.engine.halted = True
                 yield Sleep(1)

@@ -188,6 +188,14 @@ class HaltOp(Strict):
     op: Literal["halt"]
 
 
+class ForkOp(Strict):
+    """fork(): a child process with a copy-on-write copy of the address space, its one thread on `cpu`
+    running `program` (ranges name the parent's VMAs, inherited), then exiting."""
+    op: Literal["fork"]
+    cpu: int = Field(ge=0, le=MAX_CPUS - 1)
+    program: list["Op"] = Field(default_factory=list)
+
+
 class LoopOp(Strict):
     """Run `body` `times` times, or until `duration_ns` of the thread's CPU time has passed since the loop
     began (checked before each iteration; a loop inside one stops at the outer deadline too), whichever
@@ -210,9 +218,10 @@ class LoopOp(Strict):
 
 
 Op = Annotated[Union[TouchOp, ChurnOp, MunmapOp, MadviseOp, MmapOp, SleepOp, ComputeOp, ExitOp, ExecOp,
-                     MprotectOp, MremapOp, GupFastOp, TruncateOp, HaltOp, LoopOp],
+                     MprotectOp, MremapOp, GupFastOp, TruncateOp, HaltOp, LoopOp, ForkOp],
                Field(discriminator="op")]
 LoopOp.model_rebuild()
+ForkOp.model_rebuild()
 
 
 def walk_ops(ops: list, shift: int = 0):
@@ -224,6 +233,9 @@ def walk_ops(ops: list, shift: int = 0):
             if op.times is None and op.stride:
                 last = 1 << 62                     # unbounded shift: any range falls outside its VMA
             yield from walk_ops(op.body, shift + last)
+        elif isinstance(op, ForkOp):
+            yield op, shift
+            yield from walk_ops(op.program, shift)
         else:
             yield op, shift
 
@@ -274,6 +286,9 @@ class Scenario(Strict):
                         names[op.vma.name] = op.vma.size
                         if op.vma.file and op.vma.file not in files:
                             raise ValueError(f"process '{p.name}': mmap names unknown file '{op.vma.file}'")
+                    if isinstance(op, ForkOp) and op.cpu >= self.machine.cpus:
+                        raise ValueError(f"process '{p.name}': fork onto CPU {op.cpu} but the machine has "
+                                         f"{self.machine.cpus} CPUs")
                     if isinstance(op, TruncateOp) and op.file not in files:
                         raise ValueError(f"process '{p.name}': truncate names unknown file '{op.file}'")
                     to = getattr(op, "to", None)
@@ -291,7 +306,7 @@ class Scenario(Strict):
 
 
 _OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exec", "mprotect", "mremap",
-            "gup_fast", "truncate", "halt", "loop"}
+            "gup_fast", "truncate", "halt", "loop", "fork"}
 
 
 def _where(loc: tuple) -> str:

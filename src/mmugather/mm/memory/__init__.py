@@ -10,11 +10,12 @@ zap_page_range); `Memory2639` and `Memory30` hold the zap walk of each version, 
 from __future__ import annotations
 
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, SpinLock, SpinUnlock, UpRead
+from mmugather.mm.memory.bulk import free_tables_bulk, may_bulk
 from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.page_alloc import ANON, FILE, GFP_KERNEL, PGTABLE
 from mmugather.mm.pgtable import (
     PAGE_SHIFT, PGDIR_MASK, PGDIR_SIZE, PMD_MASK, PMD_SHIFT, PMD_SIZE, PUD_MASK,
-    PUD_SIZE, ULONG_MASK, _PAGE_RW, DirTable, PteTable, addr_end, mk_pte, pgd_index, pmd_index,
+    PUD_SIZE, ULONG_MASK, _PAGE_DIRTY, _PAGE_RW, DirTable, PteTable, addr_end, mk_pte, pgd_index, pmd_index,
     pte_index, pud_index,
 )
 
@@ -33,8 +34,9 @@ class Memory:
     """The parts of mm/memory.c that Linux 2.6.39 and 3.0 share."""
 
     # ------------------------------------------------------------ page tables
-    def install_pte_table(self, mm, addr: int) -> PteTable:
-        """Allocate and hook every missing level down to the PTE table for addr (set-up and faults)."""
+    def pmd_table(self, mm, addr: int) -> DirTable:
+        """The PMD table covering addr, allocating and hooking missing upper levels (__pud_alloc,
+        __pmd_alloc; set-up and the paths that move tables)."""
         alloc = self.alloc
         pud = mm.pgd.entries.get(pgd_index(addr))
         if pud is None:
@@ -42,9 +44,14 @@ class Memory:
         pmd = pud.entries.get(pud_index(addr))
         if pmd is None:
             pmd = pud.entries[pud_index(addr)] = DirTable(alloc.alloc_page(PGTABLE))
+        return pmd
+
+    def install_pte_table(self, mm, addr: int) -> PteTable:
+        """Allocate and hook every missing level down to the PTE table for addr (set-up and faults)."""
+        pmd = self.pmd_table(mm, addr)
         pt = pmd.entries.get(pmd_index(addr))
         if pt is None:
-            pt = pmd.entries[pmd_index(addr)] = PteTable(alloc.alloc_page(PGTABLE), addr & PMD_MASK)
+            pt = pmd.entries[pmd_index(addr)] = PteTable(self.alloc.alloc_page(PGTABLE), addr & PMD_MASK)
             mm.pte_tables[addr >> PMD_SHIFT] = pt
             mm.nr_ptes += 1
         return pt
@@ -125,9 +132,21 @@ class Memory:
         return pfn, FILE, bool(vma.flags & VM_SHARED and vma.flags & VM_WRITE)
 
     def do_wp_page(self, c, vma, pt, addr: int):
-        """do_wp_page(), mm/memory.c: break copy-on-write of a private file page: a new anonymous copy;
-        ptep_clear_flush() under the PTE lock (a TLB flush, IPIs included), then drop the old page."""
+        """do_wp_page(), mm/memory.c: a write to a write-protected private page. An anonymous page no one
+        else maps is reused (made writable: no flush needed to grant more); otherwise copy-on-write: a
+        new anonymous copy, ptep_clear_flush() under the PTE lock (a TLB flush, IPIs included), then drop
+        the old page."""
         mm = vma.mm
+        idx = pte_index(addr)
+        old = pt.ptes[idx]
+        old_pfn = old >> PAGE_SHIFT
+        if (old and not old & _PAGE_RW and self.alloc.kind[old_pfn] == ANON and self.alloc.mapcount[old_pfn] == 1
+                and self.alloc.refcount[old_pfn] == 1):
+            yield SpinLock(pt.ptl)
+            if pt.ptes[idx] == old:
+                pt.ptes[idx] = old | _PAGE_RW | _PAGE_DIRTY     # reuse: wp_page_reuse()
+            yield SpinUnlock(pt.ptl)
+            return
         yield MIGHT_SLEEP
         yield self.costs.page_alloc + self.costs.page_zero
         new = self.alloc.alloc_page(ANON, GFP_KERNEL)
@@ -141,8 +160,9 @@ class Memory:
             old_pfn = old >> PAGE_SHIFT
             self.alloc.mapcount[new] += 1
             self.alloc.mapcount[old_pfn] -= 1
-            mm.rss[MM_FILEPAGES] -= 1
-            mm.rss[MM_ANONPAGES] += 1
+            if self.alloc.kind[old_pfn] != ANON:
+                mm.rss[MM_FILEPAGES] -= 1
+                mm.rss[MM_ANONPAGES] += 1
             self.alloc.put_page(c, old_pfn)
         else:
             self.alloc.put_page(c, new)
@@ -226,6 +246,14 @@ class Memory:
         while True:
             nxt = addr_end(addr, end, PMD_SIZE)
             if pmd_index(addr) in pmd.entries:
+                done = self.fast and may_bulk(self, c) and free_tables_bulk(self, c, tlb, pmd, addr, end)
+                if done:                                    # fast path: a run of free_pte_range() calls
+                    ns, pt, at, addr = done
+                    yield ns
+                    yield self.pte_free_tlb(c, tlb, pt, at)     # the last one's, as its call would go on
+                    if addr == end:
+                        break
+                    continue
                 yield self.free_pte_range(c, tlb, pmd, addr)
             addr = nxt
             if addr == end:
@@ -279,7 +307,7 @@ class Memory:
         mm = vma.mm
         end = address + size
         ref = TlbRef((yield self.tlb_gather_mmu(c, mm, False)))
-        end = yield self.unmap_vmas(c, ref, mm.vmas[mm.vma_index(vma):], address, end, details)
+        end = yield self.unmap_vmas(c, ref, [vma], address, end, details)      # callers clip to vma
         if ref.tlb is not None:
             yield self.tlb_finish_mmu(c, ref.tlb, address, end)
         return end

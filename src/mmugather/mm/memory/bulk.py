@@ -11,6 +11,10 @@ leaves the machine in the state the steps would have left it in, at the same sim
 step is yielded so that the engine stops after it exactly when it would have (an int when the last step
 was a cost, `Elapse` when it was a handler that also moved the preemption point).
 
+What is not reproduced: a PTE lock's `acquired_at` keeps its earlier value (the engine sets it when it
+grants the lock and reads it only at the unlock that follows), and the clock is not advanced step by step
+inside the pass (nothing reads it there).
+
 Who uses it:
 - `zap_steps()`: the shared primitive of zap_pte_range() (any version): zap the present PTEs of a table
   from an index on, up to the horizon and up to a number of pages the gather can batch without an event
@@ -24,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmugather.mm.page_alloc import ANON, FrameSpan
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE
+from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT, PAGE_SIZE
 from mmugather.sim.engine import INF
 
 
@@ -34,7 +38,8 @@ def may_bulk(kernel, c) -> bool:
     return kernel.fast and not c.attention and c.horizon > c.clock
 
 
-def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int | None = None):
+def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int | None = None,
+              stop_dirty_file: bool = False):
     """The next zap steps of zap_pte_range()'s loop over entries [i, iend) of table `pt`, in one pass.
 
     The loop being replaced: for each entry, empty ones add `pte_none` to a pending cost `none` (and, in
@@ -45,10 +50,13 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
     Covers present entries while their steps end before the horizon (the first one ending at or after it
     is the last), at most `quiet` + 1 of them: the gather takes the first `quiet` pages without an event,
     the caller adds them (`pfns[:-1]`) and then handles the last page itself, as the loop does after its
-    yield. Returns (n, i, cost, pfns, anon, work):
+    yield. With `stop_dirty_file` (6.18, whose gather delays the rmap removal of dirty file pages) the run
+    ends before the first such page. Returns (n, i, cost, pfns, anon, work, first):
     - n = 0: no present entry before the loop ends: the loop adds `cost` to `none` and ends at entry i;
-    - n > 0: entry i was the last one zapped; the caller yields `cost` (the n steps) and goes on after it.
-    `work` comes back reduced by the entries covered (None when not given)."""
+    - n > 0: entries first..i hold the n zapped PTEs, i the last; the caller yields `cost` (the n steps)
+      and goes on after it;
+    or None when the next present entry must go step by step. `work` comes back reduced by the entries
+    covered (None when not given)."""
     v = np.frombuffer(pt.ptes, dtype=np.int64)
     w = v[i:iend]
     pres = w != 0
@@ -62,8 +70,17 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
     c_zap, c_none = costs.pte_zap, costs.pte_none
     if not len(nz):
         cnt = len(w)
-        return 0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt
+        return 0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt, i + cnt
     m = min(len(nz), quiet + 1)
+    if stop_dirty_file:
+        ent = w[nz[:m]]
+        dirty = (ent & _PAGE_DIRTY) != 0
+        if dirty.any():
+            stop = dirty & (kernel.alloc.views()[2][ent >> PAGE_SHIFT] != ANON)
+            if stop.any():
+                m = int(np.argmax(stop))
+                if m == 0:
+                    return None
     base = c.clock + none
     last_end = base + c_zap * m + c_none * (int(nz[m - 1]) - (m - 1))
     if last_end >= c.horizon:
@@ -83,7 +100,7 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
     anon = rmap_remove(kernel.alloc, pfns)
     if work is not None:
         work -= PAGE_SIZE * m + (last + 1 - m)
-    return m, i + last, last_end - c.clock, pfns, anon, work
+    return m, i + last, last_end - c.clock, pfns, anon, work, i + first
 
 
 def rmap_remove(alloc, pfns: np.ndarray) -> int:
@@ -135,6 +152,59 @@ def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
     return n
 
 
+def free_tables_bulk(kernel, c, tlb, pmd, addr: int, end: int):
+    """Fast path of free_pmd_range()'s loop from addr (a PTE table there): the free_pte_range() calls of the
+    tables in [addr, end) in one pass. Each is one step (unhook the table, pgtable_free), and the next one
+    begins by handing the table's frame to the gather (pte_free_tlb()); covers the tables whose steps the
+    engine would run, as long as the gather takes their frames without an event. Returns (ns, the last
+    table, its address, the address after it): the caller yields ns, then that table's pte_free_tlb(), as
+    its free_pte_range() would; or None (go step by step)."""
+    cls = type(kernel)
+    if cls.free_pte_range is not _memory().free_pte_range or not _stock_pte_free_tlb(kernel):
+        return None
+    quiet = kernel._tlb_quiet(tlb)
+    if quiet < 1:
+        return None
+    from mmugather.mm.pgtable import PMD_SHIFT, PMD_SIZE, addr_end
+    cost = kernel.costs.pgtable_free
+    room = quiet + 1
+    if cost and c.horizon != INF:                       # the step that reaches the horizon is the last
+        room = min(room, -(-(c.horizon - c.clock) // cost))
+    entries = pmd.entries
+    tables, addrs = [], []
+    while addr != end and len(tables) < room:
+        nxt = addr_end(addr, end, PMD_SIZE)
+        pt = entries.get((addr >> PMD_SHIFT) & 511)
+        if pt is not None:
+            tables.append(pt)
+            addrs.append(addr)
+        addr = nxt
+    if len(tables) < 2:
+        return None
+    mm = tlb.mm
+    for at in addrs:                                    # pmd_clear()
+        del entries[(at >> PMD_SHIFT) & 511]
+        del mm.pte_tables[at >> PMD_SHIFT]
+    mm.nr_ptes -= len(tables)
+    tlb.need_flush = True                              # pte_free_tlb() of all but the last
+    kernel._tlb_add_quiet(tlb, np.fromiter((t.pfn for t in tables[:-1]), dtype=np.int64, count=len(tables) - 1))
+    return cost * len(tables), tables[-1], addrs[-1], addr
+
+
+def _memory():
+    from mmugather.mm.memory import Memory
+    return Memory
+
+
+def _stock_pte_free_tlb(kernel) -> bool:
+    """Is pte_free_tlb() the asm-generic one (the gather's tlb_remove_page() of the table page)? Also true
+    of the HAVE_RCU_TABLE_FREE wrapper (mm/mmu_gather/rcu_table_v3_0.py) on an arch without it."""
+    fn = type(kernel).pte_free_tlb
+    if fn is _memory().pte_free_tlb:
+        return True
+    return fn.__qualname__ == "RcuTableFree30.pte_free_tlb" and not getattr(kernel.arch, "have_rcu_table_free", True)
+
+
 # ---------------------------------------------------------------- runs of PTE tables (the emulators)
 class TableRun:
     """The PMD entries of [addr, end) under one PMD table, from addr up to the first whose PTE lock is
@@ -145,20 +215,23 @@ class TableRun:
     __slots__ = ("tables", "lo", "hi", "addrs")
 
     def __init__(self, pmd, addr: int, end: int, limit: int) -> None:
-        from mmugather.mm.pgtable import PMD_SIZE, addr_end, pmd_index, pte_index
-        entries = pmd.entries
+        get = pmd.entries.get
         tables, lo, hi, addrs = [], [], [], []
-        while addr != end and len(tables) < limit:
-            nxt = addr_end(addr, end, PMD_SIZE)
-            pt = entries.get(pmd_index(addr))
+        n = 0
+        while addr != end and n < limit:
+            nxt = (addr + (1 << 21)) & ~((1 << 21) - 1)          # pmd_addr_end(); end <= the PUD's end
+            if nxt > end:
+                nxt = end
+            pt = get((addr >> 21) & 511)
             if pt is not None and (pt.ptl.owner is not None or pt.ptl.waiters):
                 break
-            i = pte_index(addr)
+            i = (addr >> PAGE_SHIFT) & 511
             tables.append(pt)
             lo.append(i)
             hi.append(i + ((nxt - addr) >> PAGE_SHIFT))
             addrs.append(nxt)
             addr = nxt
+            n += 1
         self.tables, self.lo, self.hi, self.addrs = tables, lo, hi, addrs
 
     def entries(self, k: int) -> np.ndarray:
@@ -174,7 +247,7 @@ class TableRun:
         from mmugather.mm.pgtable import _EMPTY_TABLE
         for pt, i, j in zip(self.tables[:k], self.lo[:k], self.hi[:k]):
             if pt is not None:
-                pt.ptes[i:j] = _EMPTY_TABLE[i:j]
+                pt.ptes[i:j] = _EMPTY_TABLE if j - i == 512 else _EMPTY_TABLE[i:j]
 
 
 def first_crossing(start: int, ends: np.ndarray, lasts: np.ndarray, horizon) -> int:

@@ -40,7 +40,7 @@ class Memory30(Memory):
                 if fast and may_bulk(self, c):
                     quiet = self._tlb_quiet(tlb)
                     if quiet:
-                        n, j, cost, pfns, nanon, _ = zap_steps(self, c, pt, i, iend, none, quiet)
+                        n, j, cost, pfns, nanon, _, _ = zap_steps(self, c, pt, i, iend, none, quiet)
                         addr += (j - i) << PAGE_SHIFT
                         i = j
                         if not n:                       # only empty entries left
@@ -123,7 +123,7 @@ class Memory30(Memory):
         a new batch where it fills) and cond_resched(), or a pmd_none step, emulated in one numpy pass for
         as many entries as the engine would run before another CPU could interleave (mm/memory/bulk.py).
         Returns (address reached, ns, preemption point after the last step) or None (go step by step)."""
-        if c.preempt_count or c.irqs_off:
+        if c.preempt_count or c.irqs_off or type(self).zap_pte_range is not Memory30.zap_pte_range:
             return None
         run = TableRun(pmd, addr, end, 512)
         nu = len(run.tables)
@@ -143,16 +143,14 @@ class Memory30(Memory):
         ent_end = np.cumsum(lens)
         cnt = np.zeros(nu, dtype=np.int64)
         if len(flat):
-            cs = np.concatenate(([0], np.cumsum(pres)))
-            cnt = cs[ent_end] - cs[ent_end - lens]
+            cnt[is_t] = np.add.reduceat(pres, (ent_end - lens)[is_t], dtype=np.int64)
         page_end = np.cumsum(cnt)
         plan = self._tlb_bulk_fills(tlb, int(page_end[-1]))
         if plan is None:
             return None
-        fills, limit = plan
-        ev = np.zeros(nu, dtype=np.int64)
-        for k, ns in fills:
-            ev[np.searchsorted(page_end, k, "right")] += ns
+        fill_at, fill_ns, limit = plan
+        ev = np.bincount(np.searchsorted(page_end, fill_at, "right"), weights=fill_ns, minlength=nu)[:nu]
+        ev = ev.astype(np.int64)
         if limit < page_end[-1]:                        # not past the table of a page that cannot be told
             nu = int(np.searchsorted(page_end, limit, "right"))
         hold = c_zap * cnt + c_none * (lens - cnt) + ev
@@ -171,9 +169,6 @@ class Memory30(Memory):
         m = self.metrics
         m.pte_lock_hold.frombytes(hold[tables].tobytes())
         m.preempt_off.frombytes((lock + hold[tables] + unlock).tobytes())
-        starts = clock + np.concatenate(([0], np.cumsum(cost)))[tables] + lock
-        for t, at in zip(tables.tolist(), starts.tolist()):
-            run.tables[t].ptl.acquired_at = at
         self._add_mm_rss(tlb.mm, anon, npages - anon)
         return run.addrs[k - 1], clock + int(cost[:k].sum()) - c.clock, P_COND_RESCHED if is_t[k - 1] else P_PLAIN
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.mm.memory import Memory
+from mmugather.mm.memory.bulk import may_bulk, zap_steps
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import (
     PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SHIFT, PMD_SIZE, PUD_SIZE, _PAGE_DIRTY, addr_end, pgd_index, pmd_index,
@@ -47,8 +48,36 @@ class Memory618(Memory):
         anon = file = 0
         yield SpinLock(pt.ptl)
         i = pte_index(addr)
+        iend = i + ((end - addr) >> PAGE_SHIFT)
         none = 0
+        fast = self.fast
         while True:
+            if fast and may_bulk(self, c):             # fast path: a run of present PTEs in one pass
+                quiet = self._tlb_quiet(tlb)
+                r = zap_steps(self, c, pt, i, iend, none, quiet, stop_dirty_file=True) if quiet else None
+                if r is not None:
+                    n, j, cost, pfns, nanon, _, first = r
+                    if not n:                           # only empty entries left
+                        addr += (j - i) << PAGE_SHIFT
+                        none += cost
+                        break
+                    self.tlb_flush_pte_range(tlb, addr + ((first - i) << PAGE_SHIFT), (j - first + 1) << PAGE_SHIFT)
+                    addr += (j - i) << PAGE_SHIFT
+                    i = j
+                    anon += nanon
+                    file += n - nanon
+                    self._tlb_add_quiet(tlb, pfns[:-1])
+                    yield cost
+                    none = 0
+                    if self._tlb_remove_folio_pages_size(c, tlb, int(pfns[-1]), 1, False):
+                        force_flush = force_break = True
+                        addr += PAGE_SIZE
+                        break
+                    i += 1
+                    addr += PAGE_SIZE
+                    if addr == end:
+                        break
+                    continue
             ptent = ptes[i]
             if ptent:
                 ptes[i] = 0                                      # ptep_get_and_clear_full()

@@ -109,14 +109,22 @@ class Gather30:
         while b is not None:
             chain.append(b)
             b = b.next
-        lens = np.array([len(b.pages) for b in chain], dtype=np.int64)
+        lens = np.fromiter((len(b.pages) for b in chain), dtype=np.int64, count=len(chain))
         cost = self.costs.page_free
         last = np.where(lens > 0, cost * ((lens - 1) % PAGEVEC_SIZE + 1), 0)
         k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens), last, c.horizon)
-        runs = [b.pages.runs() if isinstance(b.pages, PfnRuns) else runs_of(np.array(b.pages, dtype=np.int64))
-                for b in chain[:k]]
-        if k and int(lens[:k].sum()):
-            starts, rlens, descs = (np.concatenate(x) for x in zip(*runs))
+        total = int(lens[:k].sum())
+        if total:
+            enc = []
+            for b in chain[:k]:
+                pages = b.pages
+                if not isinstance(pages, PfnRuns):
+                    pages = PfnRuns()
+                    pages.extend(np.array(b.pages, dtype=np.int64))
+                enc.append(pages.a)
+            joined = PfnRuns()
+            joined.a.frombytes(b"".join(enc))
+            starts, rlens, descs = joined.runs()
             inv = self.invariants
             refs = [r for r in (inv.tlb_refs, inv.pwc_refs, inv.walking) if r]
             if refs:                        # stop before the first batch holding a frame still reachable
@@ -125,24 +133,30 @@ class Gather30:
                 for piece in run_pieces(starts, rlens, descs):
                     hit = np.isin(piece, keys)
                     if hit.any():
-                        first = seen + int(np.argmax(hit))
-                        k = int(np.searchsorted(np.cumsum(lens[:k]), first, "right"))
+                        k = int(np.searchsorted(np.cumsum(lens[:k]), seen + int(np.argmax(hit)), "right"))
+                        total = int(lens[:k].sum())
+                        if total:
+                            starts, rlens, descs = RunCursor(starts, rlens, descs).take(0, total)
                         break
                     seen += len(piece)
-                if k:
-                    cur = RunCursor(starts, rlens, descs)
-                    total = int(lens[:k].sum())
-                    starts, rlens, descs = cur.take(0, total) if total else (starts[:0], rlens[:0], descs[:0])
-            for piece in run_pieces(starts, rlens, descs) if k else ():
-                self.alloc.release_array(c, piece)
+            if total:
+                for piece in run_pieces(starts, rlens, descs):
+                    self.alloc.release_array(c, piece)
         for b in chain[:k]:
             b.pages = [] if type(b.pages) is list else PfnRuns()
-        return int(lens[:k].sum()), k, chain[k] if k < len(chain) else None
+        return total, k, chain[k] if k < len(chain) else None
 
     def tlb_finish_mmu(self, c, tlb, start: int, end: int):
         """tlb_finish_mmu(), mm/memory.c v3.0: flush, check_pgt_cache(), free the batch pages."""
         yield self.tlb_flush_mmu(c, tlb)
         batch = tlb.local.next
+        if self.fast and batch is not None:             # the same frees, at once (no step in between)
+            frames = []
+            while batch is not None:
+                frames.append(batch.pfn)
+                batch = batch.next
+            self.alloc.free_array(c, np.array(frames, dtype=np.int64))
+            self.metrics.gather_memory(-PAGE_SIZE * len(frames))
         while batch is not None:
             self.alloc.free_page(c, batch.pfn)
             self.metrics.gather_memory(-PAGE_SIZE)
@@ -171,7 +185,9 @@ class Gather30:
     def _tlb_quiet(self, tlb) -> int:
         """Fast path (mm/memory/bulk.py): how many pages __tlb_remove_page() would batch with no other
         effect (before the one that fills the active batch); 0 in fast mode or when a subclass changed it."""
-        if tlb.fast_mode or type(self)._tlb_remove_page is not Gather30._tlb_remove_page:
+        cls = type(self)
+        if (tlb.fast_mode or cls._tlb_remove_page is not Gather30._tlb_remove_page
+                or cls.tlb_remove_page is not Gather30.tlb_remove_page):
             return 0
         return max(0, tlb.active.max - len(tlb.active.pages) - 1)
 
@@ -187,10 +203,10 @@ class Gather30:
 
     def _tlb_bulk_fills(self, tlb, npages: int):
         """Fast path: where __tlb_remove_page() of the next `npages` pages fills a batch. Returns
-        (fills, limit): `fills` lists (k, ns) for the k-th page (from 0) whose removal moves to the next
-        batch at a cost of ns (a GFP_NOWAIT allocation, or 0 to reuse a batch kept from an earlier flush);
-        the pages from the `limit`-th on cannot be told in advance (an allocation that may fail, or a
-        removal returning 0). None when this gather cannot say (fast mode, methods overridden)."""
+        (at, ns, limit): numpy arrays of the k-th page (from 0) whose removal moves to the next batch and
+        what that costs (a GFP_NOWAIT allocation, or 0 to reuse a batch kept from an earlier flush); the
+        pages from the `limit`-th on cannot be told in advance (an allocation that may fail, or a removal
+        returning 0). None when this gather cannot say (fast mode, methods overridden)."""
         if (tlb.fast_mode or type(self)._tlb_remove_page is not Gather30._tlb_remove_page
                 or type(self).tlb_next_batch is not Gather30.tlb_next_batch):
             return None
@@ -198,40 +214,61 @@ class Gather30:
         room = b.max - len(b.pages)
         if room <= 0:
             return None
-        fills = []
+        at, ns = [], []
         pos = room - 1
-        while pos < npages:
-            b = b.next if b is not None else None
-            if b is not None:
-                room = b.max - len(b.pages)
-                if room <= 0:
-                    return fills, pos
-                fills.append((pos, 0))
-            else:
-                if self.alloc.fail_nowait:
-                    return fills, pos
-                room = self.MAX_GATHER_BATCH
-                fills.append((pos, self.costs.page_alloc))
+        while pos < npages and b.next is not None:      # batches kept from an earlier flush
+            b = b.next
+            room = b.max - len(b.pages)
+            if room <= 0:
+                return np.array(at, dtype=np.int64), np.array(ns, dtype=np.int64), pos
+            at.append(pos)
+            ns.append(0)
             pos += room
-        return fills, npages
+        at = np.array(at, dtype=np.int64)
+        ns = np.array(ns, dtype=np.int64)
+        if pos >= npages:
+            return at, ns, npages
+        if self.alloc.fail_nowait:                      # the next allocation may fail
+            return at, ns, pos
+        new = np.arange(pos, npages, self.MAX_GATHER_BATCH, dtype=np.int64)
+        return (np.concatenate((at, new)), np.concatenate((ns, np.full(len(new), self.costs.page_alloc))),
+                npages)
 
     def _tlb_bulk_add(self, c, tlb, cursor: RunCursor, a: int, b: int) -> None:
         """Fast path: __tlb_remove_page() of pages [a, b) of `cursor`, in order, as `_tlb_bulk_fills`
-        planned them (batch changes included, their cost added to c.clock as tlb_next_batch() does)."""
+        planned them: batches kept from an earlier flush are filled in turn, new ones allocated at once
+        (alloc_many; their cost is the caller's to spend, as the fills said)."""
         if a == b:
             return
         tlb.need_flush = True
-        while a < b:
+        while True:
             batch = tlb.active
             pages = batch.pages
             take = min(batch.max - len(pages), b - a)
-            if isinstance(pages, PfnRuns):
-                pages.extend_runs(*cursor.take(a, a + take))
-            else:
-                pages.extend(expand_runs(*cursor.take(a, a + take)).tolist())
-            a += take
-            if len(pages) == batch.max and not self.tlb_next_batch(c, tlb):
-                raise AssertionError("_tlb_bulk_add: a planned batch allocation failed")
+            if take:
+                if isinstance(pages, PfnRuns):
+                    pages.extend_runs(*cursor.take(a, a + take))
+                else:
+                    pages.extend(expand_runs(*cursor.take(a, a + take)).tolist())
+                a += take
+            if len(pages) < batch.max:
+                return
+            if batch.next is None:
+                break
+            tlb.active = batch.next
+        # the active batch is full and the last: a new batch for it, and one more for each new one filled
+        nmax = self.MAX_GATHER_BATCH
+        k = 1 + (b - a) // nmax
+        frames = self.alloc.alloc_many(BATCH, k, GFP_NOWAIT)
+        self.metrics.gather_memory(PAGE_SIZE * k)
+        chunks = cursor.encode_chunks(a, b, nmax) if a < b else []
+        prev = tlb.active
+        chunks += [(None, 0)] * (k - len(chunks))
+        for pfn, (a_, n) in zip(frames, chunks):
+            new = Batch(pfn, nmax, PfnRuns(a_, n))
+            prev.next = new
+            prev = new
+        tlb.active = prev
 
     def tlb_remove_page(self, c, tlb, pfn: int):
         """tlb_remove_page(), asm-generic/tlb.h v3.0: __tlb_remove_page(), tlb_flush_mmu() if it returned 0."""

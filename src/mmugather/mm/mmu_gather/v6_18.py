@@ -240,6 +240,22 @@ class Gather618:
                 return True
         return False
 
+    def _tlb_quiet(self, tlb) -> int:
+        """Fast path (mm/memory/bulk.py): how many pages __tlb_remove_folio_pages_size() would batch with
+        no other effect (before the one that leaves no room for two more entries); 0 when a subclass
+        changed the batching or the range tracking."""
+        cls = type(self)
+        if (cls._tlb_remove_folio_pages_size is not Gather618._tlb_remove_folio_pages_size
+                or cls.tlb_flush_pte_range is not Gather618.tlb_flush_pte_range):
+            return 0
+        batch = tlb.active
+        return max(0, batch.max - 2 - len(batch.pages))
+
+    def _tlb_add_quiet(self, tlb, pfns) -> None:
+        """__tlb_remove_folio_pages_size() of each of pfns (single pages, no delayed rmap; a numpy array
+        of at most `_tlb_quiet(tlb)` of them)."""
+        tlb.active.pages.extend(pfns.tolist())
+
     def _tlb_remove_page(self, c, tlb, pfn: int) -> bool:
         """__tlb_remove_page() -> __tlb_remove_page_size(tlb, page, PAGE_SIZE): True = must flush."""
         return self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, False)

@@ -1,0 +1,340 @@
+"""The fast path (mm/memory/bulk.py) is exact: whatever the workload, running teardown in bulk gives the
+same metrics and the same violations as running it one step at a time (`Simulation(fast=False)`)."""
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import munmap_while_others_run, scenario
+from mmugather.machine.costs import Costs
+from mmugather.mm.memory import bulk
+from mmugather.mm.memory.v2_6_39 import Memory2639
+from mmugather.mm.memory.v3_0 import Memory30
+from mmugather.policies import POLICIES
+from mmugather.sim.machine import Simulation
+from mmugather.workloads.scenario import parse_scenario
+from test_invariants import FreeBeforeFlush, LeakBatchPages, NoRemoteFlush, SleepUnderPteLock
+
+PAGE = 4096
+MiB = 1 << 20
+GiB = 1 << 30
+BROKEN = [FreeBeforeFlush, NoRemoteFlush, SleepUnderPteLock, LeakBatchPages]
+
+
+def machine_state(sim) -> dict:
+    """What a run leaves behind beyond its summary: every frame, the free list in order, each CPU's clock,
+    preemption point and caches, each mm's counters, the raw interval lists in the order recorded."""
+    a = sim.alloc
+    m = sim.metrics
+    return {
+        "frames": (bytes(a.refcount), bytes(a.mapcount), bytes(a.kind)), "free_list": a.free_list.tolist(),
+        "nr_used": list(a.nr_used),
+        "cpus": [(c.clock, c.point, c.preempt_count, sorted(c.dangling), sorted(c.tlb.items()), sorted(c.pwc))
+                 for c in sim.engine.cpus],
+        "mms": [(mm.rss, mm.nr_ptes, sorted(mm.pte_tables), mm.exited) for mm in sim.mms],
+        "intervals": [list(getattr(m, k)) for k in ("pte_lock_hold", "preempt_off", "sched_latency",
+                                                     "pages_per_flush")],
+    }
+
+
+def assert_same(sc, cls, **kw) -> dict:
+    """Run both paths; their metrics, violations and final machine states must be identical."""
+    runs = []
+    for fast in (False, True):
+        sim = Simulation(sc, cls, fast=fast, **kw)
+        runs.append((sim.run(), machine_state(sim)))
+    (step, step_state), (fast, fast_state) = runs
+    assert json.dumps(fast, sort_keys=True) == json.dumps(step, sort_keys=True), \
+        {k: (step[k], fast[k]) for k in step if step[k] != fast[k]}
+    assert fast_state == step_state, [k for k in step_state if step_state[k] != fast_state[k]]
+    return step
+
+
+# ------------------------------------------------------------------ random workloads
+@st.composite
+def layouts(draw, max_pages: int):
+    """1-4 VMAs placed one after another from a base that may sit just below a PUD or PGD boundary, with
+    gaps of pages or of whole PMDs; anonymous, or mapping one file (shared or private, possibly the same
+    pages twice, side by side); populated whole, not at all, or in ranges."""
+    base = 0x7E00_0000_0000 - draw(st.sampled_from([0, GiB - 3 * MiB, (512 * GiB) - 2 * MiB]))
+    addr = base
+    vmas = []
+    for k in range(draw(st.integers(1, 4))):
+        pages = draw(st.integers(1, max_pages))
+        addr += draw(st.sampled_from([0, PAGE, 7 * PAGE, 2 * MiB, 3 * MiB + 5 * PAGE]))
+        v = {"name": f"v{k}", "size": pages * PAGE, "start": addr}
+        kind = draw(st.sampled_from(["anon", "anon", "anon", "file"]))
+        if kind == "file":
+            v.update(kind="file", file="f", shared=draw(st.booleans()), offset=draw(st.sampled_from([0, 8 * PAGE])))
+        how = draw(st.sampled_from(["all", "all", "none", "ranges"]))
+        if how == "all":
+            v["populate"] = True
+        elif how == "ranges":
+            ranges, off = [], 0
+            while off < pages:
+                gap = draw(st.integers(0, 600))
+                length = draw(st.integers(1, 700))
+                if off + gap >= pages:
+                    break
+                length = min(length, pages - off - gap)
+                ranges.append([(off + gap) * PAGE, length * PAGE])
+                off += gap + length
+            v["populate"] = ranges or False
+        vmas.append(v)
+        addr += pages * PAGE
+    return vmas
+
+
+def teardown_ops(draw, pages: dict):
+    """Thread 0's program: maybe touch, then munmap / MADV_DONTNEED of whole VMAs or parts, then exit."""
+    names = sorted(pages)
+    prog = []
+    if draw(st.booleans()):
+        name = draw(st.sampled_from(names))
+        prog.append({"op": "touch", "vma": name, "size": min(16, pages[name]) * PAGE, "write": False})
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(names))
+        op = {"op": draw(st.sampled_from(["munmap", "madvise"])), "vma": name}
+        if draw(st.booleans()):
+            first = draw(st.integers(0, pages[name] - 1))
+            op["offset"] = first * PAGE
+            op["size"] = draw(st.integers(1, pages[name] - first)) * PAGE
+        prog.append(op)
+    prog.append({"op": "exit"})
+    return prog
+
+
+@st.composite
+def workloads(draw, max_pages: int = 2500):
+    cpus = draw(st.integers(1, 4))
+    vmas = draw(layouts(max_pages))
+    names = [v["name"] for v in vmas]
+    threads = [{"cpu": 0, "program": teardown_ops(draw, {v["name"]: v["size"] // PAGE for v in vmas})}]
+    for _ in range(draw(st.integers(0, 2))):
+        kind = draw(st.sampled_from(["churn", "touch"]))
+        op = {"op": kind, "vma": draw(st.sampled_from(names)), "gap_ns": draw(st.integers(1, 400)) * 10,
+              "write": draw(st.booleans())}
+        threads.append({"cpu": draw(st.integers(0, cpus - 1)), "program": [op]})
+    sc = {"seed": draw(st.integers(0, 10_000)),
+          "machine": {"cpus": cpus, "preempt": draw(st.sampled_from(["none", "voluntary", "full"])),
+                      "fail_nowait": draw(st.sampled_from([0.0, 0.0, 0.3, 1.0])),
+                      "latency_task": draw(st.booleans())},
+          "files": [{"name": "f"}],
+          "process": [{"name": "p", "vma": vmas, "thread": threads}]}
+    policy = draw(st.sampled_from(list(POLICIES.values()) * 2 + BROKEN))
+    arch = draw(st.sampled_from(sorted(policy.arches)))
+    return parse_scenario(sc, "fastpath"), policy, draw(cost_models()), arch
+
+
+@st.composite
+def cost_models(draw):
+    """The default costs, or round ones (zeros included): ties between a step's end and the next event,
+    and steps that cost nothing, are where a bulk step could differ from single steps."""
+    if draw(st.booleans()):
+        return Costs()
+    # multiples of 10 everywhere: clocks of different CPUs meet exactly; long last steps (unlock,
+    # cond_resched, pmd_none, a release chunk) make the next event fall inside them
+    pick = {"pte_zap": [0, 10, 120], "pte_none": [0, 10], "pmd_none": [0, 10, 20_000], "page_free": [0, 10, 2000],
+            "page_alloc": [0, 200], "lock": [0, 20], "unlock": [0, 20, 20_000], "cond_resched": [0, 10, 20_000],
+            "flush_call": [0, 300], "flush_full": [0, 40], "pgtable_free": [0, 150], "user_access": [10],
+            "tlb_miss_walk": [0, 30], "latency_period": [10_000, 200_000], "ipi_delivery": [0, 300]}
+    return Costs(**{k: draw(st.sampled_from(v)) for k, v in pick.items()})
+
+
+@settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(workloads())
+def test_fast_and_step_paths_agree(case):
+    """Random VMA layouts, populated ranges, file pages mapped twice, threads racing the teardown, one or
+    more CPUs, every policy on every arch it runs on, every preemption model, GFP_NOWAIT failing or not,
+    broken gathers, cost models with ties and zeros: identical metrics, violations and final state."""
+    sc, cls, costs, arch = case
+    assert_same(sc, cls, costs=costs, arch=arch)
+
+
+@pytest.mark.slow
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(workloads(max_pages=6000))
+def test_fast_and_step_paths_agree_at_length(case):
+    """The same property over more and larger workloads (random seeds each run)."""
+    sc, cls, costs, arch = case
+    assert_same(sc, cls, costs=costs, arch=arch)
+
+
+# ------------------------------------------------------------------ stories
+def _exit_of(size: str, cpus: int = 2, latency: bool = False, preempt: str = "voluntary", fail_nowait=0.0):
+    return scenario([{"name": "a", "size": size, "populate": True}],
+                    [{"cpu": 0, "program": [{"op": "exit"}]}], cpus=cpus, latency=latency, preempt=preempt,
+                    fail_nowait=fail_nowait)
+
+
+@pytest.mark.parametrize("policy", ["2.6.39", "3.0"])
+@pytest.mark.parametrize("preempt", ["none", "voluntary", "full"])
+def test_an_idle_machine_tears_down_in_bulk(policy, preempt, monkeypatch):
+    """exit_mmap of 16 MiB with nothing else running: the emulators and bulk frees take (almost) all of it,
+    and every metric is the step path's."""
+    calls = {"tables": 0}
+    for cls in (Memory2639, Memory30):
+        real = cls._zap_tables_bulk
+
+        def counted(self, *a, _real=real, **k):
+            r = _real(self, *a, **k)
+            calls["tables"] += r is not None
+            return r
+        monkeypatch.setattr(cls, "_zap_tables_bulk", counted)
+    m = assert_same(_exit_of("16MiB", preempt=preempt), POLICIES[policy])
+    assert m["pages_unmapped"] == 4096 and m["pages_freed"] == 4096
+    assert calls["tables"] >= 1
+
+
+@pytest.mark.parametrize("policy", ["2.6.39", "3.0", "6.18"])
+def test_sizes_around_every_batch_and_flush_boundary(policy):
+    """Regions ending just before, at and after a full gather (506 pages in 2.6.39, 8 + 510k in 3.0), a
+    ZAP_BLOCK (1024 pages) or a PTE table, starting mid-table: the arithmetic of the emulators at its
+    edges."""
+    for pages in (505, 506, 507, 517, 518, 1011, 1012, 1013, 1023, 1024, 1025, 1028, 1536, 2048, 2049):
+        for skew in (0, 3):
+            for first in ([], [{"op": "madvise", "vma": "a"}]):     # MADV_DONTNEED: no free_pgtables after
+                sc = scenario([{"name": "a", "size": pages * PAGE, "start": 0x7E00_0000_0000 + skew * PAGE,
+                                "populate": True}], [{"cpu": 0, "program": first + [{"op": "exit"}]}], cpus=2,
+                              latency=False)
+                for preempt in ("voluntary", "full"):
+                    assert_same(sc, POLICIES[policy], preempt=preempt)
+
+
+@pytest.mark.parametrize("policy", ["2.6.39", "3.0", "6.18"])
+@pytest.mark.parametrize("preempt", ["none", "voluntary", "full"])
+def test_latency_tasks_cut_bulk_runs_where_they_preempt(policy, preempt):
+    """A latency task wakes every 10 to 400 us on each CPU while 32 MiB are torn down: bulk runs end at
+    every wake-up, on a cond_resched() or in the middle of a table, and the wake-up latencies (which
+    depend on the preemption point the run ends on) are the step path's."""
+    sc = scenario([{"name": "a", "size": "32MiB", "populate": True}],
+                  [{"cpu": 0, "program": [{"op": "munmap", "vma": "a"}, {"op": "exit"}]}], cpus=2, latency=True,
+                  preempt=preempt)
+    for period in (10_000, 150_000, 400_000):
+        for costs in (Costs(latency_period=period),
+                      Costs(latency_period=period, pte_zap=100, lock=0, unlock=0, cond_resched=0, pte_none=0),
+                      Costs(latency_period=period, cond_resched=20_000, unlock=20_000, page_free=2_000)):
+            m = assert_same(sc, POLICIES[policy], costs=costs)
+            assert m["sched_latency_ns"]["max"] > 0
+
+
+def test_a_busy_machine_cuts_bulk_runs_at_every_event():
+    """Seven CPUs touching memory and a latency task on each: the horizon is never far, runs are cut
+    short, and still nothing differs, IPIs and preemption-off intervals included."""
+    for policy in POLICIES:
+        m = assert_same(munmap_while_others_run(size="8MiB", cpus=8), POLICIES[policy])
+        assert m["ipis_sent"] > 0
+
+
+@pytest.mark.parametrize("cls", BROKEN, ids=lambda c: c.__name__)
+def test_broken_gathers_report_the_same_violations(cls):
+    """A broken policy's violations, found on the fast path, are the step path's, word for word."""
+    m = assert_same(munmap_while_others_run(size="4MiB"), cls)
+    assert m["violations"]
+
+
+def test_one_cpu_fast_mode_bug_is_found_on_both_paths():
+    """The real 3.0 fast-mode bug (one CPU, preemption in zap_pmd_range) is reported identically."""
+    sc = scenario([{"name": "a", "size": "64MiB", "populate": True},
+                   {"name": "w", "size": "64KiB", "populate": True}],
+                  [{"cpu": 0, "program": [{"op": "touch", "vma": "a", "offset": "4MiB", "size": "16KiB"},
+                                          {"op": "munmap", "vma": "a"}, {"op": "exit"}]},
+                   {"cpu": 0, "program": [{"op": "touch", "vma": "a", "offset": "4MiB", "size": "16KiB"},
+                                          {"op": "churn", "vma": "w", "gap_ns": 500}]}],
+                  cpus=1, preempt="voluntary")
+    m = assert_same(sc, POLICIES["3.0"])
+    assert any(v["kind"] == "stale-tlb-use-after-free" for v in m["violations"])
+
+
+def test_the_step_path_never_enters_the_bulk_module(monkeypatch):
+    """Simulation(fast=False), what the explorer uses, runs every step itself."""
+    def boom(*a, **k):
+        raise AssertionError("bulk step on the step path")
+    monkeypatch.setattr(bulk, "zap_steps", boom)
+    monkeypatch.setattr(bulk, "release_steps", boom)
+    monkeypatch.setattr(Memory2639, "_zap_tables_bulk", boom)
+    monkeypatch.setattr(Memory30, "_zap_tables_bulk", boom)
+    for policy in ("2.6.39", "3.0"):
+        Simulation(_exit_of("8MiB"), POLICIES[policy], fast=False).run()
+
+
+# ------------------------------------------------------------------ the cut rules, against the engine's
+def _engine_cut(clock: int, costs: list[int], horizon) -> int:
+    """How many of these steps the engine runs from `clock`: each one, then stop once clock >= horizon."""
+    for n, cost in enumerate(costs, 1):
+        clock += cost
+        if clock >= horizon:
+            return n
+    return len(costs)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.booleans(), min_size=1, max_size=40), st.integers(0, 5), st.sampled_from([0, 1, 10]),
+       st.sampled_from([0, 10, 120]), st.integers(0, 45), st.integers(0, 2000), st.data())
+def test_zap_steps_stops_where_the_engine_would(present, none, c_none, c_zap, quiet, clock, data):
+    """zap_steps() covers exactly the zap steps the engine would run before stopping at the horizon (ties
+    and zero-cost steps included) and no more than the gather takes quietly."""
+    sim = Simulation(_exit_of("4KiB"), POLICIES["3.0"], costs=Costs(pte_none=c_none, pte_zap=c_zap))
+    kernel, alloc, c = sim.kernel, sim.alloc, sim.engine.cpus[0]
+    from mmugather.mm.pgtable import PteTable, mk_pte
+    pt = PteTable(alloc.alloc_page(3), 0)
+    idx = [i for i, p in enumerate(present) if p]
+    for i, pfn in zip(idx, alloc.alloc_bulk(1, len(idx))):
+        pt.ptes[i] = mk_pte(pfn, True)
+        alloc.mapcount[pfn] = 1
+    steps, gap, prev = [], 0, -1
+    for i in idx:                                    # the loop's steps: pte_zap + the empties before it
+        steps.append(c_zap + c_none * (i - prev - 1) + (none * c_none if not steps else 0))
+        prev = i
+    ends = [clock + sum(steps[:j + 1]) for j in range(len(steps))]
+    horizon = data.draw(st.sampled_from([e for e in ends if e > clock] + [clock + 1, clock + 10_000]))
+    c.clock, c.horizon = clock, horizon                # called only with the horizon ahead (may_bulk)
+    n, j, cost, pfns, anon, _, _ = bulk.zap_steps(kernel, c, pt, 0, len(present), none * c_none, quiet)
+    if not idx:
+        assert n == 0 and cost == c_none * len(present)
+        return
+    want = min(_engine_cut(clock, steps, horizon), quiet + 1)
+    assert n == want and j == idx[want - 1] and cost == sum(steps[:want]) and anon == want
+    assert [i for i in range(len(present)) if pt.ptes[i]] == idx[want:]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(1, 100), st.integers(0, 99), st.sampled_from([0, 10, 150]), st.sampled_from([1, 14]),
+       st.integers(0, 5000), st.data())
+def test_release_steps_stop_where_the_engine_would(npages, start, cost, chunk, clock, data):
+    """release_steps() releases exactly the chunks whose steps the engine would run."""
+    start = min(start, npages - 1)
+    sim = Simulation(_exit_of("4KiB"), POLICIES["3.0"], costs=Costs(page_free=cost))
+    kernel, alloc, c = sim.kernel, sim.alloc, sim.engine.cpus[0]
+    import numpy as np
+    pfns = np.array(alloc.alloc_bulk(1, npages), dtype=np.int64)
+    steps = [cost * len(range(i, min(npages, i + chunk))) for i in range(start, npages, chunk)]
+    ends = [clock + sum(steps[:j + 1]) for j in range(len(steps))]
+    c.clock, c.horizon = clock, data.draw(st.sampled_from([e for e in ends if e > clock] + [clock + 1, clock + 10**9]))
+    done = bulk.release_steps(kernel, c, pfns, start, chunk)
+    want = _engine_cut(clock, steps, c.horizon)
+    assert done == min(npages - start, want * chunk)
+    assert [alloc.kind[p] for p in pfns.tolist()] == [1] * start + [0] * done + [1] * (npages - start - done)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=12), st.data())
+def test_first_crossing_counts_whole_units_the_engine_would_run(units, data):
+    """first_crossing(): units of steps (a unit = some steps, its last one `last`) taken whole while each of
+    their steps starts before the horizon, the one that crosses included."""
+    import numpy as np
+    costs = [[10] * a + [10 * b] for a, b in units]          # each unit: a steps of 10, then its last step
+    flat = [x for u in costs for x in u]
+    ends = np.cumsum([sum(u) for u in costs])
+    lasts = np.array([u[-1] for u in costs])
+    horizon = data.draw(st.integers(1, int(ends[-1]) + 20))
+    k = bulk.first_crossing(0, ends, lasts, horizon)
+    ran = _engine_cut(0, flat, horizon)                        # steps the engine runs
+    whole = 0
+    for u in costs:
+        if ran >= len(u):
+            ran -= len(u)
+            whole += 1
+        else:
+            break
+    assert k == whole

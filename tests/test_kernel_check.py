@@ -1,0 +1,92 @@
+"""kernel-check: one catalogue for host and model, the match rule, the skip path, and (on a 2-CPU x86 host
+with a TLB row) the quick subset measured for real and matched against the model."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmugather.host import kernel_check as kc
+from mmugather.host.probe import ProbeResult, Script, host_supported
+from mmugather.workloads.builtin import resolve_workload
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "mmugather", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_every_catalogue_name_is_a_model_workload():
+    """The host's script names are the model's workload names: each resolves, with the op and thread B
+    the name says."""
+    for c in kc.CATALOGUE:
+        sc = resolve_workload(c.name)
+        threads = sc.process[0].thread
+        assert len(threads) == (1 if c.second == "alone" else 2), c.name
+
+
+def test_catalogue_straddles_the_limits_the_issue_names():
+    names = {c.name for c in kc.CATALOGUE}
+    assert {"munmap:9677:running", "munmap:9678:running", "munmap:1000000:running", "munmap:1:alone",
+            "munmap-sparse:508:running", "munmap-sparse:510:running", "munmap-untouched:1000000:running",
+            "mremap:20000:running", "dontneed:1022:blocked", "dontneed:1023:blocked"} <= names
+    assert {c.op for c in kc.CATALOGUE} == {"munmap", "dontneed", "mprotect", "mremap", "munmap-untouched",
+                                            "munmap-sparse"}
+    quick = kc.select(quick=True)
+    assert 0 < len(quick) < len(kc.CATALOGUE) and all(c.pages <= 20000 for c in quick)
+
+
+def test_host_layout_is_the_model_scenarios_layout():
+    """The host maps what the model placed: the sparse region is N * 512 pages with one touched page per
+    2 MiB, below the other VMAs; an mremap destination lies just below its region."""
+    sim = kc.model_simulation(kc.Check("munmap-sparse", 40, "running"), 2)
+    layout = kc.layout_of(sim)
+    region = next(v for v in layout if v["role"] == "region")
+    assert region["size"] == 40 * 512 * 4096 and len(region["populate"]) == 40
+    assert all(region["below_top"] > v["below_top"] for v in layout if v is not region)
+    lay = kc.layout_of(kc.model_simulation(kc.Check("mremap", 512, "alone"), 2))
+    region, dest = (next(v for v in lay if v["role"] == r) for r in ("region", "dest"))
+    assert dest["below_top"] == region["below_top"] + dest["size"] and dest["populate"] is False
+
+
+def _result(median, status="ok"):
+    s = Script("x", "munmap", 1, "running")
+    return ProbeResult(s, status, cpus=[0, 1], samples=[median], median=median, spread=[0, 0], ns=[1000],
+                       median_ns=1000)
+
+
+def test_a_row_matches_only_when_every_cpu_agrees():
+    c = kc.Check("munmap", 1, "running")
+    assert kc.row(c, _result([0, 1]), ([0, 1], 5), "")["match"] is True
+    assert kc.row(c, _result([0, 1.5]), ([0, 1], 5), "")["match"] is False
+    assert kc.row(c, _result([1, 1]), ([0, 1], 5), "")["match"] is False
+    failed = kc.row(c, ProbeResult(Script("x", "munmap", 1, "running"), "failed", "timed out"), None, "")
+    assert failed["match"] is False and failed["reason"] == "timed out"
+    assert kc.row(c, _result([0, 1]), None, "no policy")["match"] is False
+
+
+def test_a_host_that_cannot_probe_skips_every_script(monkeypatch):
+    """One CPU or no TLB row: every script skipped, exit 0 (here in-process, the reason forced)."""
+    monkeypatch.setattr(kc, "host_supported", lambda: "needs CPUs 0 and 1")
+    out = kc.run_check(kc.select(quick=True))
+    assert out["skipped"] is True and out["reason"] == "needs CPUs 0 and 1"
+    assert all(r["status"] == "skipped" and r["match"] is None for r in out["scripts"])
+
+
+def test_unknown_check_name_is_a_one_line_error():
+    r = cli("kernel-check", "--only", "munmap:7:spinning")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown check" in r.stderr
+
+
+@pytest.mark.skipif(host_supported() != "", reason=f"host cannot run the probes: {host_supported()}")
+def test_quick_catalogue_host_and_model_agree():
+    """The CI subset, measured on this host's kernel and simulated: every script's per-CPU shootdown
+    counts (medians of 5) equal the model's, and the command exits 0."""
+    r = cli("kernel-check", "--quick", "--json", "--repeat", "5")
+    out = json.loads(r.stdout)
+    assert out["skipped"] is False
+    bad = [(s["name"], s["host_ipis_by_cpu"], s["model_ipis_by_cpu"], s.get("reason", ""))
+           for s in out["scripts"] if not s["match"]]
+    assert not bad and r.returncode == 0, bad
