@@ -171,13 +171,18 @@ def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def workloads(as_json) -> None:
     """List the built-in workloads."""
+    from mmugather.workloads.builtin import FAMILIES
     items = builtin_workloads()
     if as_json:
         click.echo(json.dumps([{"name": n, "cpus": s.machine.cpus, "description": s.description}
-                               for n, s in items.items()]))
+                               for n, s in items.items()]
+                              + [{"name": n, "cpus": None, "description": d} for n, d in FAMILIES.items()]))
         return
     for name, s in items.items():
         click.echo(f"{name:12s} {s.machine.cpus:3d} CPUs  {s.description}")
+    click.echo("\nParametric families:")
+    for name, desc in FAMILIES.items():
+        click.echo(f"  {name:24s} {desc}")
 
 
 @main.command()

@@ -170,3 +170,28 @@ PARAMETRIC.update({op: probe_workload for op in PROBE_OPS})
 from mmugather.workloads.wis import wis_workload  # noqa: E402  (will-it-scale's tlb_flush tests)
 
 PARAMETRIC["wis"] = wis_workload
+
+
+def snapshot_workload(name: str) -> dict:
+    """`snapshot:NAME_OR_DIR[:VARIANT]`: a /proc snapshot (workloads/snapshot.py) as a scenario, so sweeps
+    and `--workload` take snapshots too; VARIANT is exit (the default) or munmap-largest."""
+    from mmugather.workloads.snapshot import VARIANTS, resolve_snapshot, snapshot_to_scenario
+    parts = name.split(":")
+    if len(parts) not in (2, 3) or not parts[1]:
+        raise InputError(f"workload '{name}': expected snapshot:NAME_OR_DIR[:VARIANT]")
+    variant = parts[2] if len(parts) == 3 else "exit"
+    if variant not in VARIANTS:
+        raise InputError(f"workload '{name}': VARIANT must be one of {', '.join(VARIANTS)}")
+    return snapshot_to_scenario(resolve_snapshot(parts[1]), variant)
+
+
+PARAMETRIC["snapshot"] = snapshot_workload
+
+# name pattern -> what it is, for `mmugather workloads`
+FAMILIES = {
+    "OP:N[:B]": f"the host probe's pattern (kernel-check): OP one of {', '.join(PROBE_OPS)}; N pages; B one "
+                f"of {', '.join(SECONDS)} (default running), e.g. munmap:9000 or dontneed:1:blocked",
+    "wis:TEST:MODE:N[:MS]": "will-it-scale tlb_flush1/2/3 in threads or processes mode, N tasks, MS ms "
+                            "of simulated time, e.g. wis:tlb_flush2:threads:2",
+    "snapshot:NAME[:VARIANT]": "a /proc snapshot (shipped name or directory), exit or munmap-largest",
+}
