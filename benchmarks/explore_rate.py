@@ -15,11 +15,15 @@ from mmugather.explore.bugs import available
 
 def rate(target, hash_states: bool, budget: int) -> tuple[float, int, float]:
     """(transitions per second, transitions, seconds) of an exhaustive search of `budget` executions at
-    most (three preemptions: enough work to measure)."""
-    t = time.perf_counter()
-    res = search.exhaustive(target, max_preemptions=3, budget=budget, hash_states=hash_states)
-    dt = time.perf_counter() - t
-    return res.transitions / dt, res.transitions, dt
+    most (three preemptions: enough work to measure); the best of three runs (the machine is shared)."""
+    best = None
+    for _ in range(3):
+        t = time.perf_counter()
+        res = search.exhaustive(target, max_preemptions=3, budget=budget, hash_states=hash_states)
+        dt = time.perf_counter() - t
+        if best is None or res.transitions / dt > best[0]:
+            best = (res.transitions / dt, res.transitions, dt)
+    return best
 
 
 def main(quick: bool) -> None:
@@ -28,11 +32,11 @@ def main(quick: bool) -> None:
         for fixed in (False, True):
             label = f"{bug.name}/{'fixed' if fixed else 'buggy'}"
             target = bug.variant(fixed)
-            bare, n, dt = rate(target, False, 300)
-            hashed, n2, dt2 = rate(target, True, 300)
+            bare, n, dt = rate(target, False, 1000)
+            hashed, _, _ = rate(target, True, 1000)
             out["rates"][label] = {"bare": round(bare), "hashed": round(hashed)}
-            print(f"{label:40s} {bare:>9,.0f} transitions/s unpruned ({n:,} in {dt:.2f} s), "
-                  f"{hashed:>9,.0f}/s with state hashing", flush=True)
+            print(f"{label:36s} {bare:>9,.0f} transitions/s without state hashing ({n:,} in {dt:.2f} s), "
+                  f"{hashed:>9,.0f}/s with it", flush=True)
     for bug in available():
         t = time.perf_counter()
         res = search.exhaustive(bug.variant(False), max_preemptions=bug.max_preemptions, budget=bug.budget)

@@ -3,9 +3,11 @@ same metrics and the same violations as running it one step at a time (`Simulati
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import munmap_while_others_run, scenario
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_invariants import FreeBeforeFlush, LeakBatchPages, NoRemoteFlush, SleepUnderPteLock
+
 from mmugather.machine.costs import Costs
 from mmugather.mm.memory import bulk
 from mmugather.mm.memory.v2_6_39 import Memory2639
@@ -13,7 +15,6 @@ from mmugather.mm.memory.v3_0 import Memory30
 from mmugather.policies import POLICIES
 from mmugather.sim.machine import Simulation
 from mmugather.workloads.scenario import parse_scenario
-from test_invariants import FreeBeforeFlush, LeakBatchPages, NoRemoteFlush, SleepUnderPteLock
 
 PAGE = 4096
 MiB = 1 << 20
@@ -167,22 +168,31 @@ def _exit_of(size: str, cpus: int = 2, latency: bool = False, preempt: str = "vo
                     fail_nowait=fail_nowait)
 
 
-@pytest.mark.parametrize("policy", ["2.6.39", "3.0"])
+@pytest.mark.parametrize("policy", ["2.6.39", "3.0", "6.18"])
 @pytest.mark.parametrize("preempt", ["none", "voluntary", "full"])
 def test_an_idle_machine_tears_down_in_bulk(policy, preempt, monkeypatch):
-    """exit_mmap of 16 MiB with nothing else running: the emulators and bulk frees take (almost) all of it,
-    and every metric is the step path's."""
+    """exit_mmap of 48 MiB with nothing else running (past 6.18's MAX_GATHER_BATCH_COUNT of batches): the
+    emulators and bulk frees take most of it, and every metric is the step path's."""
     calls = {"tables": 0}
-    for cls in (Memory2639, Memory30):
-        real = cls._zap_tables_bulk
+    real = bulk.zap_tables
 
-        def counted(self, *a, _real=real, **k):
-            r = _real(self, *a, **k)
-            calls["tables"] += r is not None
-            return r
-        monkeypatch.setattr(cls, "_zap_tables_bulk", counted)
-    m = assert_same(_exit_of("16MiB", preempt=preempt), POLICIES[policy])
-    assert m["pages_unmapped"] == 4096 and m["pages_freed"] == 4096
+    def counted(*a, **k):
+        r = real(*a, **k)
+        calls["tables"] += r is not None
+        return r
+    import mmugather.mm.memory.v3_0 as v3_0
+    import mmugather.mm.memory.v6_18 as v6_18
+    for mod in (v3_0, v6_18):
+        monkeypatch.setattr(mod, "zap_tables", counted)
+    real2639 = Memory2639._zap_tables_bulk
+
+    def counted2639(self, *a, **k):
+        r = real2639(self, *a, **k)
+        calls["tables"] += r is not None
+        return r
+    monkeypatch.setattr(Memory2639, "_zap_tables_bulk", counted2639)
+    m = assert_same(_exit_of("48MiB", preempt=preempt), POLICIES[policy])
+    assert m["pages_unmapped"] == 12288 and m["pages_freed"] == 12288
     assert calls["tables"] >= 1
 
 
@@ -282,14 +292,14 @@ def test_zap_steps_stops_where_the_engine_would(present, none, c_none, c_zap, qu
     for i, pfn in zip(idx, alloc.alloc_bulk(1, len(idx))):
         pt.ptes[i] = mk_pte(pfn, True)
         alloc.mapcount[pfn] = 1
-    steps, gap, prev = [], 0, -1
+    steps, prev = [], -1
     for i in idx:                                    # the loop's steps: pte_zap + the empties before it
         steps.append(c_zap + c_none * (i - prev - 1) + (none * c_none if not steps else 0))
         prev = i
     ends = [clock + sum(steps[:j + 1]) for j in range(len(steps))]
     horizon = data.draw(st.sampled_from([e for e in ends if e > clock] + [clock + 1, clock + 10_000]))
     c.clock, c.horizon = clock, horizon                # called only with the horizon ahead (may_bulk)
-    n, j, cost, pfns, anon, _, _ = bulk.zap_steps(kernel, c, pt, 0, len(present), none * c_none, quiet)
+    n, j, cost, _, anon, _, _ = bulk.zap_steps(kernel, c, pt, 0, len(present), none * c_none, quiet)
     if not idx:
         assert n == 0 and cost == c_none * len(present)
         return

@@ -98,3 +98,33 @@ def test_fast_mode_under_preemption_is_the_real_3_0_bug():
     bug = run(sc, "3.0")
     assert any(v["kind"] == "stale-tlb-use-after-free" for v in bug["violations"])
     assert run(sc, "2.6.39")["violations"] == []
+
+
+def test_a_lock_holder_is_never_switched_out(monkeypatch):
+    """should_resched() is false with preempt_count raised: a cond_resched() point left over from the step
+    before a spin_lock() must not preempt the new lock holder (found by the scenario fuzzer: the 6.18 zap
+    was switched out holding the PTE lock and its CPU's latency thread then spun forever)."""
+    from mmugather.sim.engine import Engine
+    from mmugather.workloads.scenario import parse_scenario
+    orig = Engine._schedule
+
+    def schedule(self, c):
+        if c.curr is not None and c.curr.alive and c.preempt_count:
+            raise AssertionError(f"{c.curr} switched out of CPU {c.id} at {c.clock} ns with preempt_count "
+                                 f"{c.preempt_count}")
+        return orig(self, c)
+    monkeypatch.setattr(Engine, "_schedule", schedule)
+    v1 = {"op": "touch", "vma": "v1", "write": False}
+    sc = parse_scenario({
+        "seed": 782, "machine": {"cpus": 4, "preempt": "full", "fail_nowait": 1.0},
+        "process": [{"name": "p", "vma": [{"name": "v0", "size": 1100 * 4096, "populate": True},
+                                          {"name": "v1", "size": 133 * 4096}],
+                     "thread": [{"cpu": 2, "program": [{"op": "churn", "vma": "v0", "write": True, "gap_ns": 389},
+                                                       {"op": "munmap", "vma": "v0"}, {"op": "munmap", "vma": "v0"},
+                                                       dict(v1, gap_ns=138)]},
+                                {"cpu": 3, "program": [dict(v1, gap_ns=1847)]},
+                                {"cpu": 1, "program": [{"op": "touch", "vma": "v0", "write": True, "gap_ns": 214},
+                                                       {"op": "compute", "ns": 1019},
+                                                       {"op": "mmap", "vma": {"name": "m2", "size": 72 * 4096}}]}]}]},
+        "fuzz")
+    assert run(sc, "6.18")["violations"] == []

@@ -96,3 +96,10 @@ def test_the_worked_example_limits_batching_as_v3_8_did():
     assert limited["violations"] == [] and plain["violations"] == []
     assert limited["tlb_flushes"] > plain["tlb_flushes"]
     assert limited["gather_memory_bytes"] < plain["gather_memory_bytes"]
+
+
+def test_a_plugin_raising_at_a_step_is_a_finding_not_a_crash():
+    report = run_search(KernelTarget(munmap_while_another_cpu_reads(), get_policy("plugins.gathers:RaisesInFlush")),
+                        max_preemptions=0)
+    assert report["violation"]["kind"] == "exception"
+    assert report["violation"]["detail"] == "KeyError: 'batch'" and report["violation"]["cpu"] == 0

@@ -33,3 +33,11 @@ class NotAKernel:
     """Has the look of a policy but is not a Kernel subclass."""
 
     name = "impostor"
+
+
+class RaisesInFlush(Linux30):
+    """A plugin with a bug of its own: its flush raises."""
+
+    def tlb_flush_mmu(self, c, tlb):
+        raise KeyError("batch")
+        yield

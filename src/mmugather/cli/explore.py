@@ -108,9 +108,10 @@ def _print_report(name, policy, without, report, coverage, out_file, target) -> 
         click.echo(f"no violation: {coverage} ({report['seconds']} s)")
         return
     click.echo(f"VIOLATION {v['kind']} on CPU {v['cpu']}: {v['detail']}")
+    found, kept = report["found_schedule_length"], len(report["schedule"])
     click.echo(f"found after {report['executions']:,} executions ({report['transitions']:,} transitions) in "
-               f"{report['seconds']} s; schedule: {report['found_schedule_length']} deviations from the default "
-               f"order, shrunk to {len(report['schedule'])}")
+               f"{report['seconds']} s; schedule: {found} deviation{'' if found == 1 else 's'} from the default "
+               f"order, shrunk to {kept}")
     names = target.actor_names()
     for step, actor in report["schedule"]:
         click.echo(f"  at step {step}: {names.get(actor, actor)}")
@@ -133,14 +134,10 @@ def replay(replay_file, trace_file, as_json) -> None:
     from mmugather.explore.story import tell
     target, doc = load_replay(replay_file)
     traces = []
-    attach = None
     if trace_file:
         from mmugather.sim.tracing import attach_trace, check_trace_path
         check_trace_path(trace_file)
-
-        def attach(m):
-            traces.append(attach_trace(m))
-    told = tell(target, doc["schedule"], trace=attach)
+    told = tell(target, doc["schedule"], trace=(lambda m: traces.append(attach_trace(m))) if trace_file else None)
     if trace_file:
         from mmugather.sim.tracing import save_traces
         save_traces(traces, trace_file)

@@ -21,9 +21,10 @@ from __future__ import annotations
 import random
 from types import GeneratorType
 
+from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.machine.tlb import Tlb
 from mmugather.sim.engine import (
-    IDLE, P_COND_RESCHED, P_MIGHT_SLEEP, P_PLAIN, RUNNING, DeadlockError, Engine,
+    P_COND_RESCHED, P_MIGHT_SLEEP, P_PLAIN, RUNNING, DeadlockError, Engine,
 )
 
 # footprint bits: shared kernel memory, the shared RNG, process fields user code reads; then per CPU
@@ -31,13 +32,14 @@ MEM, RNG, PROC = 1, 2, 4
 _PER_CPU = 3
 
 
-def irq_actor(cpu: int) -> int:
-    """The actor that takes CPU cpu's pending IPIs."""
-    return -1 - cpu
+class StepError(Exception):
+    """The modelled kernel raised while actor `actor` took a step (an assertion of the model, or a
+    plugin's own error): a finding of the search, unlike an error of the search itself."""
 
-
-class ModelError(Exception):
-    """The modelled kernel raised (an assertion of the model, or a plugin's own exception) at a step."""
+    def __init__(self, actor: int, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.actor = actor
+        self.error = error
 
 
 class ControlledEngine(Engine):
@@ -47,37 +49,66 @@ class ControlledEngine(Engine):
     # set by `controlled()`
     tasks: dict
     chooser = None
+    prefix: list | tuple = ()
     track = False
     obs: "Observer"
 
     def run(self, until_ns: int | None = None) -> int:
-        """Run under the chooser until every user task has exited or the chooser returns None."""
-        chooser = self.chooser
+        """Replay `prefix` (actors, in order), then run under the chooser until every user task has exited
+        or the chooser returns None."""
+        chooser, enabled, act = self.chooser, self.enabled, self.act
+        for k, a in enumerate(self.prefix):       # a schedule known to be valid: no choices to offer
+            if self.user_alive <= 0 or self.halted or not self.can_step(a):
+                raise RuntimeError(f"replay diverged at step {k}: actor {a} cannot step")
+            try:
+                act(a)
+            except Exception as e:
+                raise StepError(a, e) from e
         while self.user_alive > 0 and not self.halted:
-            enabled = self.enabled()
-            if not enabled:
+            en = enabled()
+            if not en:
                 raise DeadlockError(f"{self.user_alive} user task(s) left and no CPU can take a step")
-            a = chooser(enabled)
+            a = chooser(en)
             if a is None:
                 break
-            self.act(a)
+            try:
+                act(a)
+            except Exception as e:
+                raise StepError(a, e) from e
         return max(c.clock for c in self.cpus)
 
     # ----------------------------------------------------------------- actors
     def enabled(self) -> list[int]:
         """The actors that can take a step now: interrupts first (by CPU), then tasks by tid."""
-        irqs = [-1 - c.id for c in self.cpus if c.pending and not c.irqs_off]
+        irqs = None
         tasks = []
         for c in self.cpus:
+            if c.pending and not c.irqs_off:
+                if irqs is None:
+                    irqs = []
+                irqs.append(-1 - c.id)
             task = c.curr
-            if task is None or c.state != RUNNING:
-                continue
-            tasks.append(task.tid)
-            if c.runqueue and self.preemptible(c, task):
-                tasks.extend(t.tid for t in c.runqueue)
+            if task is not None and c.state == RUNNING:
+                tasks.append(task.tid)
+                if c.runqueue and self.preemptible(c, task):
+                    tasks.extend(t.tid for t in c.runqueue)
         if len(tasks) > 1:
             tasks.sort()
         return irqs + tasks if irqs else tasks
+
+    def can_step(self, a: int) -> bool:
+        """Is actor `a` enabled (a cheaper test than `a in self.enabled()`)?"""
+        if a < 0:
+            c = self.cpus[-1 - a]
+            return bool(c.pending) and not c.irqs_off
+        task = self.tasks.get(a)
+        if task is None:
+            return False
+        c = self.cpus[task.cpu]
+        curr = c.curr
+        if curr is None or c.state != RUNNING:
+            return False
+        return curr is task or (task in c.runqueue and self.preemptible(c, curr))
 
     def preemptible(self, c, task) -> bool:
         """May the current task of c be switched out here (Engine._attend's test)?"""
@@ -85,17 +116,24 @@ class ControlledEngine(Engine):
         return (not task.in_kernel or p == P_COND_RESCHED or (p == P_MIGHT_SLEEP and self.voluntary)
                 or (self.full and c.preempt_count == 0 and not c.irqs_off))
 
-    def cpu_of(self, actor: int) -> int:
-        return -1 - actor if actor < 0 else self.tasks[actor].cpu
-
     def act(self, a: int) -> None:
-        """Let actor `a` take one step."""
-        c = self.cpus[-1 - a if a < 0 else self.tasks[a].cpu]
+        """Let actor `a` take one step; with `track`, leave its footprint in fp_read/fp_write."""
+        if a < 0:
+            c = self.cpus[-1 - a]
+        else:
+            task = self.tasks[a]
+            c = self.cpus[task.cpu]
         if not self.track:
             self._run_cpu(c, a)
             return
         obs = self.obs
-        obs.begin()
+        touched, sent = obs.touched, obs.sent
+        touched.clear()
+        sent.clear()
+        obs.walked = False
+        frees0 = obs.frees
+        rng = obs.rng
+        draws0 = rng.draws if rng is not None else 0
         if a < 0:
             senders = {s.id for _, _, _, s in c.pending}
             self._run_cpu(c, a)
@@ -104,22 +142,23 @@ class ControlledEngine(Engine):
                 w |= obs.bit_cpu[s]
             self.fp_read, self.fp_write = obs.bit_cpu[c.id], w | obs.written()
             return
-        task = self.tasks[a]
         k0, curr0, sig0 = task.in_kernel, c.curr, obs.proc_sig()
-        rcu0 = bool(self.rcu.pending)
+        rcu = self.rcu
+        rcu0 = bool(rcu.pending)
         self._run_cpu(c, a)
-        r, w = 0, obs.bit_cpu[c.id] | obs.written()
-        if k0 or task.in_kernel or curr0 is not task or c.curr is not task or rcu0 or self.rcu.pending:
+        r = 0
+        w = obs.bit_cpu[c.id] | obs.written() if touched or sent else obs.bit_cpu[c.id]
+        if k0 or task.in_kernel or curr0 is not task or c.curr is not task or rcu0 or rcu.pending:
             w |= MEM
         else:
             r = PROC | obs.bit_tlb[c.id] | (MEM if obs.walked else 0)
         if k0 != task.in_kernel or sig0 != obs.proc_sig():
             w |= PROC
             r |= obs.all_tlb                        # a return to user space checks every TLB
-        if obs.frees != obs.frees0:
+        if obs.frees != frees0:
             w |= MEM
             r |= obs.all_tlb
-        if obs.draws() != obs.draws0:
+        if rng is not None and rng.draws != draws0:
             w |= RNG
         self.fp_read, self.fp_write = r, w
 
@@ -198,7 +237,7 @@ class ControlledEngine(Engine):
     def _smp_call(self, c, task, v) -> bool:
         if not v.targets:
             return True
-        self.obs.ipi_targets(v.targets)
+        self.obs.sent.extend(v.targets)
         return super()._smp_call(c, task, v)
 
     def spawn(self, name, cpu, kind, gen_factory, mm=None, process=None):
@@ -209,7 +248,7 @@ class ControlledEngine(Engine):
 
 class Observer:
     """What a step touched, from counters the instrumented TLB, allocator and RNG keep; and, when `log` is
-    a list, a record of each TLB operation, free and IPI for the story."""
+    a list, a record of each TLB operation and free for the story."""
 
     def __init__(self, sim, ncpus: int) -> None:
         self.sim = sim
@@ -219,18 +258,12 @@ class Observer:
         self.all_tlb = sum(self.bit_tlb)
         self.touched: set[int] = set()
         self.walked = False
-        self.frees = self.frees0 = 0
-        self.draws0 = 0
+        self.frees = 0
         self.sent: list[int] = []
         self.log: list | None = None
         self.procs = getattr(sim, "processes", [])
-
-    def begin(self) -> None:
-        self.touched.clear()
-        self.sent.clear()
-        self.walked = False
-        self.frees0 = self.frees
-        self.draws0 = self.draws()
+        self.engine = sim.engine
+        self.rng = None                   # the CountingRandom, once installed
 
     def written(self) -> int:
         w = 0
@@ -240,18 +273,13 @@ class Observer:
             w |= self.bit_irq[x]
         return w
 
-    def ipi_targets(self, targets) -> None:
-        self.sent.extend(targets)
-        if self.log is not None:
-            self.log.append(("ipi", list(targets)))
-
-    def draws(self) -> int:
-        rng = getattr(self.sim, "rng", None)
-        return rng.draws if rng is not None else 0
-
-    def proc_sig(self) -> tuple:
-        """What user code reads of its process between operations."""
-        return tuple((p.exiting, p.busy, p.mm) for p in self.procs) + (self.sim.engine.halted,)
+    def proc_sig(self):
+        """What user code reads of its process between operations (and the machine's halt flag)."""
+        procs = self.procs
+        if len(procs) == 1:
+            p = procs[0]
+            return p.exiting, p.busy, p.mm, self.engine.halted
+        return [(p.exiting, p.busy, p.mm) for p in procs], self.engine.halted
 
 
 # ------------------------------------------------------------------------- instrumentation
@@ -285,12 +313,14 @@ def _counting_tlb_class(cls: type) -> type:
             continue
 
         def op(self, c, *args, _base=base, _name=name):
-            obs = self.obs
-            obs.touched.add(c.id)
-            if _name == "walk":
-                obs.walked = True
-            if obs.log is not None:
-                obs.log.append((_name, c.id, args))
+            cpu = getattr(c, "id", None)
+            if cpu is not None:
+                obs = self.obs
+                obs.touched.add(cpu)
+                if _name == "walk":
+                    obs.walked = True
+                if obs.log is not None:
+                    obs.log.append((_name, cpu, args))
             return _base(self, c, *args)
         methods[name] = op
     made = _COUNTING_TLB[cls] = type(f"Counting{cls.__name__}", (cls,), methods)
@@ -304,7 +334,8 @@ def controlled(sim) -> "ControlledEngine":
     ncpus = len(engine.cpus)
     obs = Observer(sim, ncpus)
     engine.__class__ = _controlled_class(type(engine))
-    engine.handlers = {kind: getattr(engine, h.__name__) for kind, h in engine.handlers.items()}
+    for kind in (SmpCallFunctionMany, Compute, Sleep):     # the handlers this class overrides
+        engine.handlers[kind] = getattr(engine, engine.handlers[kind].__name__)
     engine.obs = obs
     engine.tasks = {}
     engine.last_task = None
@@ -323,35 +354,38 @@ def controlled(sim) -> "ControlledEngine":
     if isinstance(getattr(sim, "rng", None), random.Random):
         sim.rng.__class__ = CountingRandom
         sim.rng.draws = 0
+        obs.rng = sim.rng
     alloc = getattr(sim, "alloc", None)
     if alloc is not None:
-        on_free, on_free_many = alloc.on_free, alloc.on_free_many
-
-        def counted_free(c, pfn, kind):
-            obs.frees += 1
-            if obs.log is not None:
-                obs.log.append(("free", c.id if c is not None else None, [(pfn, kind)], _mapped_by(engine, pfn)))
-            on_free(c, pfn, kind)
-
-        def counted_free_many(c, freed, report=on_free_many):
-            obs.frees += 1
-            if obs.log is not None:
-                mapped = []
-                for pfn, _ in freed:
-                    mapped += _mapped_by(engine, pfn)
-                obs.log.append(("free", c.id if c is not None else None, list(freed), mapped))
-            report(c, freed)
-        alloc.on_free, alloc.on_free_many = counted_free, counted_free_many
-        on_free_array = getattr(alloc, "on_free_array", None)
-        if on_free_array is not None:
-            def counted_free_array(c, pfns, kinds):
-                obs.frees += 1
-                if obs.log is not None:
-                    counted_free_many(c, list(zip(pfns.tolist(), kinds.tolist())), report=lambda c, f: None)
-                    obs.frees -= 1
-                on_free_array(c, pfns, kinds)
-            alloc.on_free_array = counted_free_array
+        _count_frees(alloc, obs, engine)
     return engine
+
+
+def _count_frees(alloc, obs: Observer, engine) -> None:
+    """Wrap the allocator's free callbacks: count every free and, in story mode, log (freeing CPU, [(pfn,
+    kind)], the cached translations still reaching those frames)."""
+    def note(c, freed) -> None:
+        obs.frees += 1
+        if obs.log is not None:
+            mapped = [m for pfn, _ in freed for m in _mapped_by(engine, pfn)]
+            obs.log.append(("free", c.id if c is not None else None, freed, mapped))
+
+    on_free, on_free_many, on_free_array = alloc.on_free, alloc.on_free_many, getattr(alloc, "on_free_array", None)
+
+    def counted_free(c, pfn, kind):
+        note(c, [(pfn, kind)])
+        on_free(c, pfn, kind)
+
+    def counted_free_many(c, freed):
+        note(c, list(freed))
+        on_free_many(c, freed)
+
+    def counted_free_array(c, pfns, kinds):
+        note(c, list(zip(pfns.tolist(), kinds.tolist())) if obs.log is not None else None)
+        on_free_array(c, pfns, kinds)
+    alloc.on_free, alloc.on_free_many = counted_free, counted_free_many
+    if on_free_array is not None:
+        alloc.on_free_array = counted_free_array
 
 
 def _mapped_by(engine, pfn: int) -> list[tuple]:
@@ -377,6 +411,3 @@ def _controlled_class(cls: type) -> type:
     if made is None:
         made = _CONTROLLED[cls] = type(f"Controlled{cls.__name__}", (ControlledEngine, cls), {})
     return made
-
-
-__all__ = ["ControlledEngine", "controlled", "irq_actor", "MEM", "RNG", "PROC", "IDLE", "ModelError"]

@@ -18,6 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from mmugather.explore.controlled import StepError
 from mmugather.sim.engine import DeadlockError
 
 
@@ -63,7 +64,6 @@ class Result:
     """What a search found and how much it covered."""
     strategy: str
     violation: dict | None = None
-    schedule: list[list[int]] | None = None      # deviations from the default, [[step, actor], ...]
     trace: list[int] | None = None               # every actor of the failing execution
     executions: int = 0
     transitions: int = 0
@@ -92,19 +92,15 @@ def run_machine(m, chooser, *, track: bool = False, log: list | None = None):
         eng.run()
     except DeadlockError as e:
         return {"kind": "deadlock", "cpu": -1, "detail": str(e)}, False
-    except AssertionError as e:
-        return {"kind": "assertion", "cpu": _cpu_of_last(eng), "detail": str(e)}, False
-    except Exception as e:                   # a plugin's own code raising under this interleaving
-        return {"kind": "exception", "cpu": _cpu_of_last(eng), "detail": f"{type(e).__name__}: {e}"}, False
+    except StepError as e:                   # the model's own assertion, or a plugin raising, at a step
+        cpu = -1 - e.actor if e.actor < 0 else eng.tasks[e.actor].cpu
+        if isinstance(e.error, AssertionError):
+            return {"kind": "assertion", "cpu": cpu, "detail": str(e.error)}, False
+        return {"kind": "exception", "cpu": cpu, "detail": str(e)}, False
     finished = eng.user_alive == 0 or eng.halted
     if finished and not inv.violations:
         m.finish()
     return (dict(inv.violations[0]) if inv.violations else None), finished
-
-
-def _cpu_of_last(eng) -> int:
-    t = eng.tasks.get(eng.last_task) if eng.last_task is not None else None
-    return t.cpu if t is not None else -1
 
 
 class Progress:
@@ -135,28 +131,23 @@ class _Clock:
 
 
 # ----------------------------------------------------------------------------- replay by deviations
-def replay_chooser(engine, deviations: dict[int, int], trace: list[int], violations: list,
-                   max_steps: int, stop_at_violation: bool = True):
-    """A chooser following `deviations` ({step: actor}) and the default elsewhere, recording `trace`."""
-    def choose(enabled):
-        if (stop_at_violation and violations) or len(trace) >= max_steps:
-            return None
-        a = deviations.get(len(trace))
-        if a is None or a not in enabled:
-            a = default_choice(enabled, engine.last_task, engine.yielded)
-        trace.append(a)
-        return a
-    return choose
-
-
-def replay(target, schedule, *, max_steps: int = 100_000, log: list | None = None,
-           stop_at_violation: bool = True):
-    """Run one schedule (deviations [[step, actor], ...]). Returns (machine, Outcome)."""
+def replay(target, schedule, *, max_steps: int = 100_000):
+    """Run one schedule (deviations [[step, actor], ...]: the default everywhere else), stopping at the
+    first violation. Returns (machine, Outcome)."""
     deviations = {int(st): int(a) for st, a in schedule}
     trace: list[int] = []
     m = target.build()
-    choose = replay_chooser(m.engine, deviations, trace, m.invariants.violations, max_steps, stop_at_violation)
-    violation, finished = run_machine(m, choose, log=log)
+    eng, violations = m.engine, m.invariants.violations
+
+    def choose(enabled):
+        if violations or len(trace) >= max_steps:
+            return None
+        a = deviations.get(len(trace))
+        if a is None or a not in enabled:
+            a = default_choice(enabled, eng.last_task, eng.yielded)
+        trace.append(a)
+        return a
+    violation, finished = run_machine(m, choose)
     return m, Outcome(violation, trace, finished)
 
 
@@ -251,12 +242,11 @@ def _run_item(target, item, stack, levels, res, visited, seen_states, K, max_dep
 
     def choose(enabled):
         d = choose.d
-        if d < n:
+        if d < n:                       # the branch itself (the engine replayed the prefix before it)
             a = prefix[d]
             if a not in enabled:
                 raise RuntimeError(f"replay diverged at step {d}: actor {a} not in {enabled}")
-            if d == n - 1:
-                eng.track = True
+            eng.track = True
             choose.d = d + 1
             return a
         if violations:
@@ -294,6 +284,12 @@ def _run_item(target, item, stack, levels, res, visited, seen_states, K, max_dep
                         res.pruned += 1
                         return None
                 entries.append((used, d, asleep))
+        if len(enabled) == 1 and not sleep:        # one actor: no choice, no preemption
+            inline = enabled[0]
+            cur[0], cur[1], cur[2] = None, inline, sleep
+            sched.append(inline)
+            choose.d = d + 1
+            return inline
         default = default_choice(enabled, last, yielded)
         inline = None
         alts = []
@@ -321,7 +317,8 @@ def _run_item(target, item, stack, levels, res, visited, seen_states, K, max_dep
         sched.append(inline)
         choose.d = d + 1
         return inline
-    choose.d = 0
+    choose.d = max(n - 1, 0)
+    eng.prefix = prefix[:-1]
 
     violation, _ = run_machine(m, choose, track=n == 0)
     steps = choose.d

@@ -24,9 +24,9 @@ EPILOGUE = 300
 
 
 def tell(target, schedule, *, max_steps: int = 100_000, trace=None) -> dict:
-    """Replay `schedule` (deviations [[step, actor], ...]) and tell it. Returns {"violation", "steps",
-    "lines", "stale_use"}; `trace`, if given, is a callable receiving the machine before the run (to
-    attach a Chrome trace)."""
+    """Replay `schedule` (deviations [[step, actor], ...]) and tell it. Returns {"violation", "steps" (taken
+    up to the violation), "lines" (each starting with its step, from 0 as in the schedule), "stale_use"};
+    `trace`, if given, is a callable receiving the machine before the run (to attach a Chrome trace)."""
     m = target.build()
     if trace is not None:
         trace(m)
@@ -120,7 +120,7 @@ class _Teller:
     def emit(self, cpu, text: str) -> None:
         tag = f"CPU {cpu}" if cpu is not None else "     "
         mark = "   " if self.violation_step is None or cpu is None else "(+)"
-        self.lines.append(f"{self.step:>5} {mark} {tag}  {text}")
+        self.lines.append(f"{self.step - 1:>5} {mark} {tag}  {text}")      # the step just taken, from 0
 
     def _request_event(self, c, task) -> list[str]:
         v = self.eng.last_request
@@ -176,7 +176,7 @@ class _Teller:
         else:
             text += " -- STALE: the page tables no longer map it"
         if self.stale_use is None:
-            self.stale_use = {"step": self.step, "cpu": c.id, "addr": addr, "pfn": pfn, "op": op}
+            self.stale_use = {"step": self.step - 1, "cpu": c.id, "addr": addr, "pfn": pfn, "op": op}
         return [text]
 
     def _log_events(self, c) -> list[str]:
@@ -197,12 +197,12 @@ class _Teller:
                 out.append(f"frees {what}{more}")
                 for kind, x, where, pfn in mapped:
                     if kind == "tlb":
-                        self.stale[(x, where)] = (pfn, self.step)
+                        self.stale[(x, where)] = (pfn, self.step - 1)
                         out.append(f"!! CPU {x}'s TLB still maps {where << 12:#x} -> pfn {pfn}")
                     else:
                         out.append(f"!! CPU {x}'s paging-structure cache still points to page table pfn {pfn} "
                                    f"(for {where:#x})")
-            elif name in ("walk", "fill_pwc", "ipi"):
+            elif name in ("walk", "fill_pwc"):
                 continue
             else:
                 args = ", ".join(f"{a:#x}" if isinstance(a, int) and a > 4096 else str(a) for a in e[2])

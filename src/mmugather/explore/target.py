@@ -35,7 +35,8 @@ class KernelTarget:
 
     def build(self) -> Simulation:
         sim = Simulation(self.scenario, self.policy, seed=self.seed, arch=self.arch,
-                         without_fixes=self.without_fixes)
+                         without_fixes=self.without_fixes, fast=False)
+        sim.kernel.fast = False                # every step is a scheduling point: no bulk steps
         controlled(sim)
         sim.fingerprint = simulation_fingerprinter(sim).fingerprint
         return sim

@@ -155,9 +155,14 @@ class PageAlloc:
                 raise AssertionError(f"free_page: pfn {pfn} freed twice")
             kind[pfn] = FREE
             nr_used[k] -= 1
-            free_list.append(pfn)
             freed.append((pfn, k))
         if freed:
+            first, n = freed[0][0], len(freed)
+            if freed[-1][0] == first + n - 1 and all(f[0] == first + i for i, f in enumerate(freed)):
+                free_list.push_run(first, n)             # consecutive frames: one run
+            else:
+                for pfn, _ in freed:
+                    free_list.append(pfn)
             self.on_free_many(cpu, freed)
 
     def views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -180,27 +185,36 @@ class PageAlloc:
             return
         refcount, _, kind = self.views()
         lo, hi = fs.lo, fs.hi
+        zz = None                                        # which of pfns were freed, when not all
         if fs.mask is not None:
             m = fs.mask
-            rc = refcount[lo:hi] - m
-            bad = rc < 0
-            if bad.any():
-                self._bad_release(pfns, bad[pfns - lo])
-            refcount[lo:hi] = rc
-            z = m & (rc == 0)
+            rc = refcount[lo:hi]
+            rc -= m
+            if rc.min() < 0:
+                self._bad_release(pfns, (rc < 0)[pfns - lo])
+            z = rc == 0
+            z &= m
             kinds = kind[lo:hi]
-            zz = z if fs.increasing and len(pfns) == hi - lo else z[pfns - lo]
-            k = kinds[z] if fs.increasing else kinds[pfns[zz] - lo]
+            if fs.increasing:
+                freed = np.flatnonzero(z)
+                freed += lo
+                k = kinds[z]
+                if len(freed) != len(pfns):
+                    zz = z[pfns - lo]
+            else:
+                zz = z[pfns - lo]
+                freed = pfns[zz]
+                k = kinds[freed - lo]
         else:
             rc = refcount[pfns] - 1
-            bad = rc < 0
-            if bad.any():
-                self._bad_release(pfns, bad)
+            if rc.min() < 0:
+                self._bad_release(pfns, rc < 0)
             refcount[pfns] = rc
             zz = rc == 0
-            k = kind[pfns[zz]]
-        freed = pfns if len(k) == len(pfns) else pfns[zz]
-        if (k == FREE).any():
+            freed = pfns[zz]
+            k = kind[freed]
+        counts = np.bincount(k, minlength=len(KIND_NAMES)).tolist()
+        if counts[FREE]:
             raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
         if fs.mask is not None:
             np.putmask(kinds, z, FREE)
@@ -208,12 +222,12 @@ class PageAlloc:
             kind[freed] = FREE
         del refcount, kind
         if len(freed):
-            for kd, cnt in enumerate(np.bincount(k, minlength=len(KIND_NAMES)).tolist()):
+            for kd, cnt in enumerate(counts):
                 self.nr_used[kd] -= cnt
-            self.free_list.extend(freed)
-            if under_lock is not None and len(freed) != len(pfns):
+            self.free_list.extend(freed, increasing=fs.increasing)
+            if under_lock is not None and zz is not None:
                 under_lock = under_lock[zz]
-            self.on_free_array(cpu, freed, k, under_lock)
+            self.on_free_array(cpu, freed, k, under_lock, counts[PGTABLE])
 
     def _bad_release(self, pfns: np.ndarray, bad: np.ndarray) -> None:
         pfn = int(pfns[np.argmax(bad)])

@@ -60,6 +60,34 @@ class PfnRuns:
             a.append(p)
         self.n += 1
 
+    def push_run(self, start: int, n: int) -> None:
+        """append() of start, start + 1, ..., start + n - 1 (n >= 1), in O(1), with the same encoding."""
+        a = self.a
+        if a:
+            t = a[-1]
+            if t >= 0:
+                if t == start - 1:
+                    a.append(-((n + 1) << 1))
+                    self.n += n
+                    return
+                if t == start + 1:                      # start would go down from t: one at a time
+                    for p in range(start, start + n):
+                        self.append(p)
+                    return
+            elif not -t & 1:
+                if a[-2] + ((-t) >> 1) == start:
+                    a[-1] = t - (n << 1)
+                    self.n += n
+                    return
+            elif a[-2] - ((-t) >> 1) == start:         # continues a descending run: one at a time
+                for p in range(start, start + n):
+                    self.append(p)
+                return
+        a.append(start)
+        if n > 1:
+            a.append(-(n << 1))
+        self.n += n
+
     def pop(self) -> int:
         """The last pfn appended, removed."""
         a = self.a
@@ -77,21 +105,25 @@ class PfnRuns:
             a[-1] = t + 2
         return last
 
+    def tobytes(self) -> bytes:
+        """The encoding (equal for equal sequences built by append/push_run/pop; explore/ fingerprints it)."""
+        return self.a.tobytes()
+
     def clear(self) -> None:
         del self.a[:]
         self.n = 0
 
     # ------------------------------------------------------------ bulk forms
-    def extend(self, pfns) -> None:
-        """Append every pfn of a numpy array (or sequence), in order."""
+    def extend(self, pfns, increasing: bool = False) -> None:
+        """Append every pfn of a numpy array (or sequence), in order (`increasing`: the caller knows they
+        are sorted)."""
         pfns = np.asarray(pfns)
         n = len(pfns)
         if n < _SMALL:
             for p in pfns.tolist():
                 self.append(p)
             return
-        starts, lens, descs = runs_of(pfns)
-        self.extend_runs(starts, lens, descs)
+        self.extend_runs(*runs_of(pfns, increasing))
 
     def extend_runs(self, starts, lens, descs) -> None:
         """Append runs (numpy arrays: first pfn, length >= 1, descending flag), in order."""
@@ -143,13 +175,19 @@ class PfnRuns:
         return self.to_array().tolist()
 
 
-def runs_of(pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut a pfn sequence into runs of consecutive pfns (each ascending or descending by one)."""
+def runs_of(pfns: np.ndarray, increasing: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut a pfn sequence into runs of consecutive pfns (each ascending or descending by one);
+    `increasing`: the caller knows the sequence is sorted (only ascending runs, found faster)."""
     pfns = np.asarray(pfns, dtype=np.int64)
     n = len(pfns)
     if n == 0:
         z = np.zeros(0, dtype=np.int64)
         return z, z, z
+    if increasing:
+        first = np.flatnonzero(np.diff(pfns) != 1)
+        first += 1
+        first = np.concatenate(([0], first))
+        return pfns[first], np.diff(np.append(first, n)), np.zeros(len(first), dtype=np.int64)
     g = np.diff(pfns)
     unit = (g == 1) | (g == -1)
     # a new run starts at i when the gap before it is not a unit step, or when it is one but turns round

@@ -426,9 +426,12 @@ class Engine:
         return True
 
     def _preempt_inc(self, c: Cpu) -> None:
+        """preempt_count_inc(): also ends the preemption point of the step before (should_resched() is
+        false with preempt_count raised, so a stale cond_resched() point must not switch a lock holder)."""
         if c.preempt_count == 0:
             c.preempt_off_since = c.clock
         c.preempt_count += 1
+        c.point = P_PLAIN
 
     def _preempt_dec(self, c: Cpu) -> None:
         c.preempt_count -= 1

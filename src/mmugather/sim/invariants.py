@@ -88,23 +88,37 @@ class Invariants:
         if c is not None and c.ptl_held:
             m.frees_under_pte_lock += len(freed) - tables
 
-    def on_free_array(self, c, pfns, kinds, under_lock=None) -> None:
+    def reached(self, pfns: np.ndarray) -> np.ndarray | None:
+        """Which of the frames `pfns` some TLB, paging-structure cache or lockless walker still reaches: a
+        boolean mask, or None when none is. Looks each frame up when there are fewer frames than reverse-map
+        entries (a small batch while many TLBs are warm), else matches the arrays (numpy isin)."""
+        refs = [r for r in (self.tlb_refs, self.pwc_refs, self.walking) if r]
+        if not refs:
+            return None
+        if len(pfns) <= sum(len(r) for r in refs):
+            found = [p for p in pfns.tolist() if any(p in r for r in refs)]
+            if not found:
+                return None
+            return np.isin(pfns, np.array(found, dtype=np.int64))
+        hit = np.isin(pfns, np.fromiter(set().union(*refs), dtype=np.int64))
+        return hit if hit.any() else None
+
+    def on_free_array(self, c, pfns, kinds, under_lock=None, ntables: int | None = None) -> None:
         """on_free_many() for numpy arrays of frames freed together (PageAlloc.release_array): the per-frame
         checks for the frames some TLB, paging-structure cache or walker still reaches, counters at once.
-        `under_lock`: per frame, whether it was freed with a PTE lock held (default: c.ptl_held)."""
-        refs = [r for r in (self.tlb_refs, self.pwc_refs, self.walking) if r]
-        if refs:
-            keys = np.fromiter(set().union(*refs), dtype=np.int64)
-            hit = np.isin(pfns, keys)
-            if hit.any():
-                if under_lock is not None:
-                    raise AssertionError("on_free_array: per-frame lock flags for frames still reachable")
-                self.on_free_many(c, list(zip(pfns[hit].tolist(), kinds[hit].tolist())))
-                pfns, kinds = pfns[~hit], kinds[~hit]
+        `under_lock`: per frame, whether it was freed with a PTE lock held (default: c.ptl_held);
+        `ntables`: how many are page tables, when the caller knows."""
+        hit = self.reached(pfns)
+        if hit is not None:
+            if under_lock is not None:
+                raise AssertionError("on_free_array: per-frame lock flags for frames still reachable")
+            self.on_free_many(c, list(zip(pfns[hit].tolist(), kinds[hit].tolist())))
+            pfns, kinds, ntables = pfns[~hit], kinds[~hit], None
         m = self.metrics
         n = len(pfns)
-        tables = kinds == PGTABLE
-        ntables = int(np.count_nonzero(tables))
+        if ntables is None or under_lock is not None:
+            tables = kinds == PGTABLE
+            ntables = int(np.count_nonzero(tables))
         m.page_tables_freed += ntables
         m.pages_freed += n - ntables
         if under_lock is not None:
@@ -115,13 +129,11 @@ class Invariants:
     def on_free_each_array(self, c, pfns, kinds) -> None:
         """on_free() of each of numpy arrays of frames freed one by one (PageAlloc.free_array): the
         per-frame checks for the frames something still reaches, counters at once."""
-        refs = [r for r in (self.tlb_refs, self.pwc_refs, self.walking) if r]
-        if refs:
-            hit = np.isin(pfns, np.fromiter(set().union(*refs), dtype=np.int64))
-            if hit.any():
-                for pfn, kind in zip(pfns[hit].tolist(), kinds[hit].tolist()):
-                    self.on_free(c, pfn, kind)
-                pfns, kinds = pfns[~hit], kinds[~hit]
+        hit = self.reached(pfns)
+        if hit is not None:
+            for pfn, kind in zip(pfns[hit].tolist(), kinds[hit].tolist()):
+                self.on_free(c, pfn, kind)
+            pfns, kinds = pfns[~hit], kinds[~hit]
         m = self.metrics
         tables = int(np.count_nonzero(kinds == PGTABLE))
         not_batch = len(kinds) - int(np.count_nonzero(kinds == BATCH))

@@ -15,21 +15,31 @@ What is not reproduced: a PTE lock's `acquired_at` keeps its earlier value (the 
 grants the lock and reads it only at the unlock that follows), and the clock is not advanced step by step
 inside the pass (nothing reads it there).
 
-Who uses it:
-- `zap_steps()`: the shared primitive of zap_pte_range() (any version): zap the present PTEs of a table
-  from an index on, up to the horizon and up to a number of pages the gather can batch without an event
-  (a flush, a new batch page), in one pass.
-- the versions' multi-table emulators (v3_0.py, v2_6_39.py) and the gathers' bulk flushes build on the
-  helpers below.
-The step path stays the reference: `Simulation(fast=False)` (explore/) never enters this module.
+The pieces:
+- `zap_steps()`: the shared primitive of zap_pte_range() (2.6.39, 3.0 and 6.18 call it): the next zap
+  steps of one table, up to the horizon and up to the pages the gather can take without an event (a
+  flush, a new batch page).
+- `zap_tables()`: zap_pmd_range() over runs of whole PTE tables (lock, zap steps, unlock, cond_resched),
+  the gather's batch changes included (3.0 and 6.18; 2.6.39's, which also crosses ZAP_BLOCK restarts and
+  flushes from under the PTE lock, is Memory2639._zap_tables_bulk).
+- `free_tables_bulk()`: free_pmd_range()'s free_pte_range() calls; `release_steps()` and
+  `release_units()`: free_pages_and_swap_cache() and the gathers' loops over their batches.
+The allocator (PageAlloc.release_array, free_array) and the invariant checker (on_free_array,
+on_free_each_array) have array forms of their per-frame work for these.
+
+The step path stays the reference: `Simulation(fast=False)` (explore/) never enters this module, and
+tests/test_fastpath.py checks that both paths agree on random workloads.
 """
 from __future__ import annotations
+
+from itertools import chain
 
 import numpy as np
 
 from mmugather.mm.page_alloc import ANON, FrameSpan
+from mmugather.mm.pfn_runs import PfnRuns, RunCursor, run_pieces, runs_of
 from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT, PAGE_SIZE
-from mmugather.sim.engine import INF
+from mmugather.sim.engine import INF, P_COND_RESCHED, P_PLAIN
 
 
 def may_bulk(kernel, c) -> bool:
@@ -103,10 +113,11 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
     return m, i + last, last_end - c.clock, pfns, anon, work, i + first
 
 
-def rmap_remove(alloc, pfns: np.ndarray) -> int:
+def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:
     """page_remove_rmap() of each page, in order: mapcount - 1 (print_bad_pte when it goes below 0).
-    Returns how many of the pages are anonymous."""
-    fs = FrameSpan.of(pfns)
+    Returns how many of the pages are anonymous. `fs`: FrameSpan.of(pfns), when the caller has it."""
+    if fs is None:
+        fs = FrameSpan.of(pfns)
     _, mapcount, kind = alloc.views()
     if fs is None:                                      # a page mapped twice here
         np.subtract.at(mapcount, pfns, 1)
@@ -116,8 +127,8 @@ def rmap_remove(alloc, pfns: np.ndarray) -> int:
         lo, hi, m = fs.lo, fs.hi, fs.mask
         mc = mapcount[lo:hi]
         mc -= m
-        bad = (mc < 0)[pfns - lo]
-        anon = int(np.count_nonzero((kind[lo:hi] == ANON) & m))
+        bad = (mc < 0)[pfns - lo] if mc.min() < 0 else np.zeros(1, dtype=bool)
+        anon = int(np.count_nonzero(kind[lo:hi][m] == ANON))
     else:
         mapcount[pfns] -= 1
         bad = mapcount[pfns] < 0
@@ -139,14 +150,11 @@ def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
         need = -(-(c.horizon - c.clock) // cost)         # pages whose cost reaches the horizon
         if need <= n:
             n = min(n, ((need - 1) // chunk + 1) * chunk)
-    inv = kernel.invariants
-    refs = [r for r in (inv.tlb_refs, inv.pwc_refs, inv.walking) if r]
     part = pfns[i:i + n]
-    if refs:
-        hit = np.isin(part, np.fromiter(set().union(*refs), dtype=np.int64))
-        if hit.any():
-            n = int(np.argmax(hit)) // chunk * chunk
-            part = part[:n]
+    hit = kernel.invariants.reached(part)
+    if hit is not None:
+        n = int(np.argmax(hit)) // chunk * chunk
+        part = part[:n]
     if n:
         kernel.alloc.release_array(c, part)
     return n
@@ -189,6 +197,45 @@ def free_tables_bulk(kernel, c, tlb, pmd, addr: int, end: int):
     tlb.need_flush = True                              # pte_free_tlb() of all but the last
     kernel._tlb_add_quiet(tlb, np.fromiter((t.pfn for t in tables[:-1]), dtype=np.int64, count=len(tables) - 1))
     return cost * len(tables), tables[-1], addrs[-1], addr
+
+
+def release_units(kernel, c, units: list) -> int:
+    """Release the pages of `units` (each a list, PfnRuns or numpy array of pfns), in order, as their
+    free_pages_and_swap_cache() calls would, in one pass; stop before the first unit holding a frame some
+    TLB, paging-structure cache or walker still reaches (its report must carry its own step's clock).
+    Returns how many units were released."""
+    if all(type(u) is list for u in units):
+        starts, rlens, descs = runs_of(np.fromiter(chain.from_iterable(units), dtype=np.int64,
+                                                   count=sum(len(u) for u in units)))
+    else:
+        enc = []
+        for pages in units:
+            if not isinstance(pages, PfnRuns):
+                runs = PfnRuns()
+                runs.extend(np.asarray(pages, dtype=np.int64))
+                pages = runs
+            enc.append(pages.a)
+        joined = PfnRuns()
+        joined.a.frombytes(b"".join(enc))
+        starts, rlens, descs = joined.runs()
+    k = len(units)
+    inv = kernel.invariants
+    if inv.tlb_refs or inv.pwc_refs or inv.walking:
+        seen = 0
+        for piece in run_pieces(starts, rlens, descs):
+            hit = inv.reached(piece)
+            if hit is not None:
+                sizes = np.cumsum([len(u) for u in units])
+                k = int(np.searchsorted(sizes, seen + int(np.argmax(hit)), "right"))
+                total = int(sizes[k - 1]) if k else 0
+                if not total:
+                    return k
+                starts, rlens, descs = RunCursor(starts, rlens, descs).take(0, total)
+                break
+            seen += len(piece)
+    for piece in run_pieces(starts, rlens, descs):
+        kernel.alloc.release_array(c, piece)
+    return k
 
 
 def _memory():
@@ -258,3 +305,88 @@ def first_crossing(start: int, ends: np.ndarray, lasts: np.ndarray, horizon) -> 
         return len(ends)
     k = int(np.searchsorted(ends, horizon))          # the first unit ending at or after the horizon
     return k + 1 if ends[k] - lasts[k] < horizon else k
+
+
+def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: bool, dirty_file_stops: bool = False):
+    """The emulator of a zap_pmd_range() loop whose every PMD entry is one zap_pte_range() call (spin_lock,
+    the zap steps, the trailing none step, spin_unlock) followed by cond_resched(), or a pmd_none step
+    (followed by cond_resched() too when `cond_after_none`: 6.18), the gather taking every page, moving
+    to a new batch where one fills (Linux 3.0 and 6.18; 2.6.39 has its own, v2_6_39.py). Covers as many
+    entries as the engine would run before another CPU could interleave, and stops before an entry where
+    the gather cannot tell in advance what a page costs (`_tlb_bulk_fills`), or, with `dirty_file_stops`,
+    before a table holding a dirty file page (6.18 delays its rmap removal and flushes). Needs the gather's
+    `_tlb_bulk_fills(tlb, npages)` and `_tlb_bulk_add(c, tlb, cursor, a, b)`, and `_tlb_bulk_range(tlb,
+    start, end)` if it tracks ranges. Returns (address reached, ns, preemption point after the last step)
+    or None (go step by step)."""
+    if c.preempt_count or c.irqs_off:
+        return None
+    plan = kernel._tlb_bulk_fills(tlb, 512 * 512)
+    if plan is None:
+        return None
+    # read no more tables than the gather can take pages of (as if they were at least half full)
+    run = TableRun(pmd, addr, end, min(512, plan[2] // 256 + 2))
+    nu = len(run.tables)
+    if nu < 2:
+        return None
+    costs = kernel.costs
+    lock, unlock, cond, c_zap, c_none = costs.lock, costs.unlock, costs.cond_resched, costs.pte_zap, costs.pte_none
+    none_cost = costs.pmd_none + (cond if cond_after_none else 0)
+    is_t = np.fromiter((t is not None for t in run.tables), dtype=bool, count=nu)
+    lens = np.where(is_t, np.array(run.hi) - np.array(run.lo), 0)
+    clock, horizon = c.clock, c.horizon
+    if horizon != INF:                                  # no need to read tables the horizon cuts off
+        least = np.where(is_t, lock + unlock + cond + min(c_zap, c_none) * lens, none_cost)
+        nu = min(nu, int(np.searchsorted(clock + np.cumsum(least), horizon)) + 1)
+        is_t, lens = is_t[:nu], lens[:nu]
+    flat = run.entries(nu)
+    pres = flat != 0
+    ent_end = np.cumsum(lens)
+    cnt = np.zeros(nu, dtype=np.int64)
+    if len(flat):
+        cnt[is_t] = np.add.reduceat(pres, (ent_end - lens)[is_t], dtype=np.int64)
+    page_end = np.cumsum(cnt)
+    plan = kernel._tlb_bulk_fills(tlb, int(page_end[-1]))
+    if plan is None:
+        return None
+    fill_at, fill_ns, limit = plan
+    ev = np.bincount(np.searchsorted(page_end, fill_at, "right"), weights=fill_ns, minlength=nu)[:nu]
+    ev = ev.astype(np.int64)
+    if limit < page_end[-1]:                            # not past the table of a page that cannot be told
+        nu = int(np.searchsorted(page_end, limit, "right"))
+    if dirty_file_stops and len(flat):
+        ent = flat[pres]
+        dirty = (ent & _PAGE_DIRTY) != 0
+        if dirty.any():
+            stop = dirty & (kernel.alloc.views()[2][ent >> PAGE_SHIFT] != ANON)
+            if stop.any():
+                nu = min(nu, int(np.searchsorted(page_end, int(np.argmax(stop)), "right")))
+    hold = c_zap * cnt + c_none * (lens - cnt) + ev
+    cost = np.where(is_t, lock + hold + unlock + cond, none_cost)
+    last = np.where(is_t | cond_after_none, cond, costs.pmd_none)
+    k = first_crossing(clock, (clock + np.cumsum(cost))[:nu], last[:nu], horizon)
+    if k == 0:
+        return None
+    npages, nent = int(page_end[k - 1]), int(ent_end[k - 1])
+    idx = np.flatnonzero(pres[:nent])
+    pfns = flat[idx] >> PAGE_SHIFT
+    del flat, pres
+    fs = FrameSpan.of(pfns) if npages else None
+    kernel._tlb_bulk_add(c, tlb, RunCursor(*runs_of(pfns, fs is not None and fs.increasing)), 0, npages)
+    if npages:
+        anon = rmap_remove(kernel.alloc, pfns, fs)
+        if hasattr(kernel, "_tlb_bulk_range"):           # tlb_remove_tlb_entry() of each cleared PTE
+            first, lastp = (int(np.searchsorted(ent_end, int(x), "right")) for x in (idx[0], idx[-1]))
+            base = [run.addrs[u] - ((run.hi[u] - run.lo[u]) << PAGE_SHIFT) - (int(ent_end[u] - lens[u]) << PAGE_SHIFT)
+                    for u in (first, lastp)]
+            kernel._tlb_bulk_range(tlb, base[0] + (int(idx[0]) << PAGE_SHIFT),
+                                   base[1] + ((int(idx[-1]) + 1) << PAGE_SHIFT))
+    else:
+        anon = 0
+    run.clear(k)
+    tables = np.flatnonzero(is_t[:k])
+    m = kernel.metrics
+    m.pte_lock_hold.frombytes(hold[tables].tobytes())
+    m.preempt_off.frombytes((lock + hold[tables] + unlock).tobytes())
+    kernel._add_mm_rss(tlb.mm, anon, npages - anon)
+    point = P_COND_RESCHED if is_t[k - 1] or cond_after_none else P_PLAIN
+    return run.addrs[k - 1], clock + int(cost[:k].sum()) - c.clock, point

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.mm.memory import Memory, TlbRef, _vma_range
-import numpy as np
-
-from mmugather.mm.memory.bulk import TableRun, first_crossing, may_bulk, rmap_remove, zap_steps
-from mmugather.mm.pfn_runs import RunCursor
-from mmugather.sim.engine import INF, P_COND_RESCHED, P_PLAIN, Elapse
+from mmugather.mm.memory.bulk import may_bulk, zap_steps, zap_tables
+from mmugather.sim.engine import Elapse
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import (
     PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, addr_end, pgd_index, pmd_index, pte_index, pud_index,
@@ -118,59 +115,11 @@ class Memory30(Memory):
                 return addr
 
     def _zap_tables_bulk(self, c, tlb, pmd, addr: int, end: int):
-        """Fast path of zap_pmd_range() from addr: the loop's iterations over whole PMD entries, each one
-        zap_pte_range() (spin_lock, the zap steps, the trailing none step, spin_unlock; the gather moving to
-        a new batch where it fills) and cond_resched(), or a pmd_none step, emulated in one numpy pass for
-        as many entries as the engine would run before another CPU could interleave (mm/memory/bulk.py).
-        Returns (address reached, ns, preemption point after the last step) or None (go step by step)."""
-        if c.preempt_count or c.irqs_off or type(self).zap_pte_range is not Memory30.zap_pte_range:
+        """Fast path of zap_pmd_range() from addr: bulk.zap_tables() (each PMD entry one zap_pte_range()
+        and cond_resched(), or a pmd_none step) when zap_pte_range() is this version's."""
+        if type(self).zap_pte_range is not Memory30.zap_pte_range:
             return None
-        run = TableRun(pmd, addr, end, 512)
-        nu = len(run.tables)
-        if nu < 2:
-            return None
-        costs = self.costs
-        lock, unlock, cond, c_zap, c_none = costs.lock, costs.unlock, costs.cond_resched, costs.pte_zap, costs.pte_none
-        is_t = np.fromiter((t is not None for t in run.tables), dtype=bool, count=nu)
-        lens = np.where(is_t, np.array(run.hi) - np.array(run.lo), 0)
-        clock, horizon = c.clock, c.horizon
-        if horizon != INF:                              # no need to read tables the horizon cuts off
-            least = np.where(is_t, lock + unlock + cond + min(c_zap, c_none) * lens, costs.pmd_none)
-            nu = min(nu, int(np.searchsorted(clock + np.cumsum(least), horizon)) + 1)
-            is_t, lens = is_t[:nu], lens[:nu]
-        flat = run.entries(nu)
-        pres = flat != 0
-        ent_end = np.cumsum(lens)
-        cnt = np.zeros(nu, dtype=np.int64)
-        if len(flat):
-            cnt[is_t] = np.add.reduceat(pres, (ent_end - lens)[is_t], dtype=np.int64)
-        page_end = np.cumsum(cnt)
-        plan = self._tlb_bulk_fills(tlb, int(page_end[-1]))
-        if plan is None:
-            return None
-        fill_at, fill_ns, limit = plan
-        ev = np.bincount(np.searchsorted(page_end, fill_at, "right"), weights=fill_ns, minlength=nu)[:nu]
-        ev = ev.astype(np.int64)
-        if limit < page_end[-1]:                        # not past the table of a page that cannot be told
-            nu = int(np.searchsorted(page_end, limit, "right"))
-        hold = c_zap * cnt + c_none * (lens - cnt) + ev
-        cost = np.where(is_t, lock + hold + unlock + cond, costs.pmd_none)
-        last = np.where(is_t, cond, costs.pmd_none)
-        k = first_crossing(clock, (clock + np.cumsum(cost))[:nu], last[:nu], horizon)
-        if k == 0:
-            return None
-        npages, nent = int(page_end[k - 1]), int(ent_end[k - 1])
-        pfns = flat[:nent][pres[:nent]] >> PAGE_SHIFT
-        del flat, pres
-        self._tlb_bulk_add(c, tlb, RunCursor.of(pfns), 0, npages)
-        anon = rmap_remove(self.alloc, pfns) if npages else 0
-        run.clear(k)
-        tables = np.flatnonzero(is_t[:k])
-        m = self.metrics
-        m.pte_lock_hold.frombytes(hold[tables].tobytes())
-        m.preempt_off.frombytes((lock + hold[tables] + unlock).tobytes())
-        self._add_mm_rss(tlb.mm, anon, npages - anon)
-        return run.addrs[k - 1], clock + int(cost[:k].sum()) - c.clock, P_COND_RESCHED if is_t[k - 1] else P_PLAIN
+        return zap_tables(self, c, tlb, pmd, addr, end, cond_after_none=False)
 
     def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, details):
         """zap_pud_range(), mm/memory.c v3.0."""

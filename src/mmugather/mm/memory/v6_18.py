@@ -6,7 +6,8 @@ import numpy as np
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.mm.memory import Memory
-from mmugather.mm.memory.bulk import may_bulk, zap_steps
+from mmugather.mm.memory.bulk import may_bulk, zap_steps, zap_tables
+from mmugather.sim.engine import Elapse
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import (
     PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SHIFT, PMD_SIZE, PUD_SIZE, _PAGE_DIRTY, addr_end, pgd_index, pmd_index,
@@ -136,8 +137,19 @@ class Memory618(Memory):
 
     def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details):
         """zap_pmd_range(), mm/memory.c v6.18: zap each PTE table, retrying one that stopped early;
-        cond_resched() after every entry (the `continue` for a none PMD reaches it too)."""
+        cond_resched() after every entry (the `continue` for a none PMD reaches it too). On the fast path,
+        runs of whole entries are emulated in one pass (mm/memory/bulk.py zap_tables)."""
+        bulk = (self.fast and type(self).zap_pte_range is Memory618.zap_pte_range
+                and not self.arch.mmu_gather_page_size and (details is None or not details.reclaim_pt))
         while True:
+            if bulk and may_bulk(self, c):
+                done = zap_tables(self, c, tlb, pmd, addr, end, cond_after_none=True, dirty_file_stops=True)
+                if done is not None:
+                    addr, ns, point = done
+                    yield Elapse(ns, point)
+                    if addr == end:
+                        return addr
+                    continue
             nxt = addr_end(addr, end, PMD_SIZE)
             if pmd_index(addr) not in pmd.entries:
                 yield self.costs.pmd_none

@@ -5,8 +5,8 @@ import numpy as np
 
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
-from mmugather.mm.memory.bulk import first_crossing, may_bulk
-from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs, run_pieces, runs_of
+from mmugather.mm.memory.bulk import first_crossing, may_bulk, release_units
+from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs
 from mmugather.mm.swap_state import PAGEVEC_SIZE, free_pages_and_swap_cache
 
 
@@ -113,35 +113,9 @@ class Gather30:
         cost = self.costs.page_free
         last = np.where(lens > 0, cost * ((lens - 1) % PAGEVEC_SIZE + 1), 0)
         k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens), last, c.horizon)
+        if int(lens[:k].sum()):
+            k = release_units(self, c, [b.pages for b in chain[:k]])
         total = int(lens[:k].sum())
-        if total:
-            enc = []
-            for b in chain[:k]:
-                pages = b.pages
-                if not isinstance(pages, PfnRuns):
-                    pages = PfnRuns()
-                    pages.extend(np.array(b.pages, dtype=np.int64))
-                enc.append(pages.a)
-            joined = PfnRuns()
-            joined.a.frombytes(b"".join(enc))
-            starts, rlens, descs = joined.runs()
-            inv = self.invariants
-            refs = [r for r in (inv.tlb_refs, inv.pwc_refs, inv.walking) if r]
-            if refs:                        # stop before the first batch holding a frame still reachable
-                keys = np.fromiter(set().union(*refs), dtype=np.int64)
-                seen = 0
-                for piece in run_pieces(starts, rlens, descs):
-                    hit = np.isin(piece, keys)
-                    if hit.any():
-                        k = int(np.searchsorted(np.cumsum(lens[:k]), seen + int(np.argmax(hit)), "right"))
-                        total = int(lens[:k].sum())
-                        if total:
-                            starts, rlens, descs = RunCursor(starts, rlens, descs).take(0, total)
-                        break
-                    seen += len(piece)
-            if total:
-                for piece in run_pieces(starts, rlens, descs):
-                    self.alloc.release_array(c, piece)
         for b in chain[:k]:
             b.pages = [] if type(b.pages) is list else PfnRuns()
         return total, k, chain[k] if k < len(chain) else None

@@ -2,7 +2,11 @@
 KVM guest of that version is (CONFIG_MMU_GATHER_RCU_TABLE_FREE=y, CONFIG_PT_RECLAIM=y, SMP)."""
 from __future__ import annotations
 
+import numpy as np
+
 from mmugather.kernel.locking import COND_RESCHED
+from mmugather.mm.memory.bulk import first_crossing, may_bulk, release_units
+from mmugather.sim.engine import P_COND_RESCHED, Elapse
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PUD_SHIFT
@@ -256,6 +260,71 @@ class Gather618:
         of at most `_tlb_quiet(tlb)` of them)."""
         tlb.active.pages.extend(pfns.tolist())
 
+    def _tlb_bulk_fills(self, tlb, npages: int):
+        """Fast path (mm/memory/bulk.py zap_tables): where __tlb_remove_folio_pages_size() of the next
+        `npages` single pages leaves no room for two more entries, so that tlb_next_batch() runs. Returns
+        (at, ns, limit) as numpy arrays of page ordinals and the cost there (a GFP_NOWAIT allocation, or 0
+        to reuse a batch kept from an earlier flush), and the ordinal of the first page whose removal
+        cannot be told (MAX_GATHER_BATCH_COUNT reached, an allocation that may fail); None when this gather
+        cannot say (delayed rmaps pending, methods overridden)."""
+        cls = type(self)
+        if (tlb.delayed_rmap or self._tlb_quiet(tlb) < 0 or cls.tlb_next_batch is not Gather618.tlb_next_batch
+                or cls._tlb_remove_folio_pages_size is not Gather618._tlb_remove_folio_pages_size
+                or cls.tlb_flush_pte_range is not Gather618.tlb_flush_pte_range):
+            return None
+        b = tlb.active
+        room = b.max - 1 - len(b.pages)
+        if room <= 0:
+            return None
+        at, ns = [], []
+        pos = room - 1
+        count = tlb.batch_count
+        new = False                                      # past the last existing batch
+        while pos < npages:
+            if not new and b.next is not None:
+                b = b.next
+                room = b.max - 1 - len(b.pages)
+                if room <= 0:
+                    break
+                cost = 0
+            else:
+                if count == self.MAX_GATHER_BATCH_COUNT or self.alloc.fail_nowait:
+                    break
+                count += 1
+                new = True
+                room = self.MAX_GATHER_BATCH - 1
+                cost = self.costs.page_alloc
+            at.append(pos)
+            ns.append(cost)
+            pos += room
+        return np.array(at, dtype=np.int64), np.array(ns, dtype=np.int64), min(pos, npages)
+
+    def _tlb_bulk_add(self, c, tlb, cursor, a: int, b: int) -> None:
+        """Fast path: __tlb_remove_folio_pages_size() of pages [a, b) of `cursor` (a RunCursor), in order,
+        as `_tlb_bulk_fills` planned them (their cost is the caller's to spend)."""
+        from mmugather.mm.pfn_runs import expand_runs
+        while a < b:
+            batch = tlb.active
+            take = min(batch.max - 1 - len(batch.pages), b - a)
+            batch.pages.extend(expand_runs(*cursor.take(a, a + take)).tolist())
+            a += take
+            if len(batch.pages) < batch.max - 1:
+                break
+            if batch.next is not None:
+                tlb.active = batch.next
+                continue
+            pfn = self.alloc.alloc_many(BATCH, 1, GFP_NOWAIT)[0]
+            tlb.batch_count += 1
+            self.metrics.gather_memory(PAGE_SIZE)
+            new = Batch618(pfn, self.MAX_GATHER_BATCH)
+            batch.next = new
+            tlb.active = new
+
+    def _tlb_bulk_range(self, tlb, start: int, end: int) -> None:
+        """Fast path: tlb_flush_pte_range() of every PTE cleared in [start, end), at once."""
+        self._tlb_adjust_range(tlb, start, end - start)
+        tlb.cleared_ptes = True
+
     def _tlb_remove_page(self, c, tlb, pfn: int) -> bool:
         """__tlb_remove_page() -> __tlb_remove_page_size(tlb, page, PAGE_SIZE): True = must flush."""
         return self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, False)
@@ -292,6 +361,13 @@ class Gather618:
         batch = tlb.local
         freed = 0
         while batch is not None and batch.pages:
+            if self.fast and not c.preempt_count and not c.irqs_off and may_bulk(self, c):
+                n, k, nxt = self._batch_pages_flush_bulk(c, batch)
+                if k:
+                    freed += n
+                    yield Elapse(self.costs.page_free * n + self.costs.cond_resched * k, P_COND_RESCHED)
+                    batch = nxt
+                    continue
             pages = batch.pages
             while pages:
                 nr = min(self.MAX_NR_FOLIOS_PER_FREE, len(pages))
@@ -307,6 +383,29 @@ class Gather618:
         if freed:
             self.metrics.pages_per_flush.append(freed)
         tlb.active = tlb.local
+
+    def _batch_pages_flush_bulk(self, c, batch):
+        """Fast path of tlb_batch_pages_flush()'s loop from `batch` on (mm/memory/bulk.py): a batch holds
+        fewer than MAX_NR_FOLIOS_PER_FREE entries, so each is one free_pages_and_swap_cache() and one
+        cond_resched(); the batches whose steps all start before the horizon go in one pass, up to the
+        first one holding a frame something still reaches. Returns (pages, batches done, next batch)."""
+        chain = []
+        b = batch
+        while b is not None and b.pages:
+            chain.append(b)
+            b = b.next
+        if any(len(x.pages) > self.MAX_NR_FOLIOS_PER_FREE for x in chain):
+            return 0, 0, batch
+        units = [x.pages if x.pages[-1] >= 0 and min(x.pages) >= 0 else [p for p in x.pages if p >= 0]
+                 for x in chain]
+        lens = np.fromiter((len(u) for u in units), dtype=np.int64, count=len(units))
+        cost, cond = self.costs.page_free, self.costs.cond_resched
+        k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens + cond), np.full(len(units), cond), c.horizon)
+        if k:
+            k = release_units(self, c, units[:k])
+        for x in chain[:k]:
+            x.pages = []
+        return int(lens[:k].sum()), k, chain[k] if k < len(chain) else b
 
     def tlb_batch_list_free(self, c, tlb) -> None:
         """tlb_batch_list_free(): give back the batch pages."""
