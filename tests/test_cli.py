@@ -43,6 +43,21 @@ def test_same_seed_gives_byte_identical_json():
     assert len(m["ipis_by_cpu"]) == doc["machine"]["cpus"]
 
 
+def test_compare_runs_each_policy_on_each_listed_arch_it_supports():
+    """2.6.39 and 3.0 predate arm64 (v3.7), so `--arch x86,arm64` runs them on x86 and 6.18 on both; arm64
+    broadcasts TLBI and sends no shootdown IPIs, x86 does."""
+    r = cli("compare", "--workload", "small", "--policies", "2.6.39,3.0,6.18", "--arch", "x86,arm64", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    runs = [(x["policy"], x["arch"]) for x in doc["runs"]]
+    assert runs == [("2.6.39", "x86"), ("3.0", "x86"), ("6.18", "x86"), ("6.18", "arm64")]
+    assert doc["machine"]["arch"] == "x86,arm64"
+    ipis = [x["metrics"]["ipis_sent"] for x in doc["runs"]]
+    assert ipis[3] == 0 < ipis[2]
+    table = cli("compare", "--workload", "small", "--policies", "6.18", "--arch", "x86,arm64").stdout
+    assert "6.18 x86" in table and "6.18 arm64" in table
+
+
 def test_workloads_and_policies_list():
     r = cli("workloads")
     assert r.returncode == 0 and "default" in r.stdout and "small" in r.stdout
@@ -59,6 +74,8 @@ BAD = [
     (["compare", "--workload", "small", "--fail-nowait", "2"], "--fail-nowait"),
     (["compare", "--workload", "small", "--preempt", "sometimes"], "--preempt"),
     (["compare", "--bogus"], "--bogus"),
+    (["compare", "--workload", "small", "--arch", "arm64"], "policy 2.6.39 does not run on arm64"),
+    (["compare", "--workload", "small", "--arch", ","], "--arch: expected"),
 ]
 
 

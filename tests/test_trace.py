@@ -9,10 +9,12 @@ import pytest
 
 from conftest import munmap_while_others_run
 from mmugather.policies import POLICIES
+from mmugather.report.html import DISTRIBUTIONS
 from mmugather.report.trace import PID, ChromeTrace, validate_trace
 from mmugather.sim.machine import Simulation
 from mmugather.sim.tracing import attach_trace
 from mmugather.workloads.builtin import resolve_workload
+from test_html import assert_self_contained
 from test_invariants import FreeBeforeFlush, LeakBatchPages, SleepUnderPteLock
 
 
@@ -231,11 +233,16 @@ def cli(*args):
 
 
 def test_compare_trace_of_the_default_workload_has_one_process_per_policy(tmp_path):
-    """`compare --trace`: one valid file, a process per policy, flow ids unique across the file."""
-    out = tmp_path / "default.json"
-    r = cli("compare", "--json", "--trace", str(out))
+    """`compare --trace --html` on the default workload: one valid trace file, a process per policy, flow
+    ids unique across the file; and its offline HTML report with the table and every plot."""
+    out, html = tmp_path / "default.json", tmp_path / "default.html"
+    r = cli("compare", "--json", "--trace", str(out), "--html", str(html))
     assert r.returncode == 0, r.stderr
     runs = json.loads(r.stdout)["runs"]
+    text = html.read_text()
+    assert_self_contained(text)
+    assert text.count("<svg") == 2 + len(DISTRIBUTIONS)
+    assert f'<th>shootdown IPIs sent</th><td class="n">{runs[0]["metrics"]["ipis_sent"]:,}</td>' in text
     doc = json.loads(out.read_text())
     assert validate_trace(doc) == []
     events = doc["traceEvents"]

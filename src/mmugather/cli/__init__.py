@@ -9,6 +9,7 @@ import click
 from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
 from mmugather.policies import POLICIES, get_policy
+from mmugather.report.table import run_labels
 from mmugather.sim.engine import PREEMPT_MODELS
 from mmugather.sim.machine import Simulation
 from mmugather.workloads.builtin import builtin_workloads, resolve_workload
@@ -21,6 +22,24 @@ def _policies(value: str) -> list:
     if not names:
         raise InputError("--policies: expected a comma-separated list of policies")
     return [get_policy(n) for n in names]
+
+
+def _policy_arches(classes: list, arch: str | None) -> list[tuple]:
+    """(policy class, arch or None for its first) for each run of `compare`: with `--arch A,B,...`, each
+    policy on each listed arch it supports (arm64 did not exist before Linux 3.7, so 2.6.39 runs on x86 only)."""
+    if arch is None:
+        return [(cls, None) for cls in classes]
+    arches = list(dict.fromkeys(a.strip() for a in arch.split(",") if a.strip()))
+    if not arches:
+        raise InputError("--arch: expected a comma-separated list of arches")
+    pairs = []
+    for cls in classes:
+        mine = [a for a in arches if a in cls.arches]
+        if not mine:
+            raise InputError(f"--arch: policy {cls.name} does not run on {', '.join(arches)} "
+                             f"(it runs on: {', '.join(cls.arches)})")
+        pairs += [(cls, a) for a in mine]
+    return pairs
 
 
 def _check_cpus(scenario, cpus: int | None) -> None:
@@ -71,7 +90,9 @@ def main() -> None:
 @click.option("--fail-nowait", type=float, default=None, help="Probability that a GFP_NOWAIT allocation fails.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the workload's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
-@click.option("--arch", default=None, help="x86 or arm64 (default: the first arch each policy supports).")
+@click.option("--arch", default=None,
+              help="Comma-separated arches (x86, x86-kvm, arm64, ppc64): each policy runs on each listed arch it "
+                   "supports (default: the first arch each policy supports).")
 @click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of --workload.")
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
               help="With --snapshot: exit_mmap of it all, or munmap of the largest VMA first.")
@@ -92,23 +113,26 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
     if trace_file:
         from mmugather.sim.tracing import attach_trace, check_trace_path, save_traces
         check_trace_path(trace_file)
+    pairs = _policy_arches(classes, arch)
+    labels = run_labels([{"policy": cls.name, "arch": a} for cls, a in pairs])
     runs, distributions, traces = [], {}, []
-    for cls in classes:
-        sim = Simulation(scenario, cls, **kw)
+    for (cls, a), label in zip(pairs, labels):
+        sim = Simulation(scenario, cls, **dict(kw, arch=a))
         if trace_file:
             traces.append(attach_trace(sim, pid=len(traces) + 1,
                                        first_flow_id=traces[-1].next_flow_id if traces else 1))
-        runs.append({"policy": cls.name, "metrics": sim.run()})
+        runs.append({"policy": cls.name, "arch": sim.arch_name, "metrics": sim.run()})
         rate = ops_per_s(scenario, runs[-1]["metrics"])
         if rate is not None:
             runs[-1]["ops_per_s"] = round(rate, 1)     # counted loop iterations (wis:...), all tasks together
         if html_file:
             from mmugather.report.html import raw_distributions
-            distributions[cls.name] = raw_distributions(sim.metrics)
+            distributions[label] = raw_distributions(sim.metrics)
     m = scenario.machine
     result = {
         "workload": scenario.name,
-        "machine": {"cpus": cpus or m.cpus, "arch": arch or "x86", "preempt": preempt or m.preempt,
+        "machine": {"cpus": cpus or m.cpus, "arch": ",".join(dict.fromkeys(r["arch"] for r in runs)),
+                    "preempt": preempt or m.preempt,
                     "fail_nowait": fail_nowait if fail_nowait is not None else m.fail_nowait},
         "seed": seed if seed is not None else scenario.seed,
         "runs": runs,

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mmugather.errors import InputError
-from mmugather.report.table import ROWS, _fmt, _violations
+from mmugather.report.table import ROWS, _fmt, _violations, run_labels
 
 # key of a raw distribution -> (Metrics attribute holding it, title, x-axis label, what the CDF counts)
 DISTRIBUTIONS = {
@@ -68,7 +68,7 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, object]:
 
 def _bars(runs: list[dict], key: str, label: str) -> str:
     fig, ax = _figure(f"{label} per policy", "policy", f"{label} (count)")
-    ax.bar_label(ax.bar([r["policy"] for r in runs], [r["metrics"][key] for r in runs], color="C0"))
+    ax.bar_label(ax.bar(run_labels(runs), [r["metrics"][key] for r in runs], color="C0"))
     ax.margins(y=0.12)
     return _svg(fig, key)
 
@@ -107,15 +107,15 @@ def write_html(result: dict, path: str | Path, distributions: dict[str, dict[str
     charts of TLB flushes and IPIs, and, given `distributions` (policy -> `raw_distributions(...)`), CDFs of
     PTE-lock hold, preemption-off, scheduling latency and pages per flush."""
     runs = result["runs"]
-    if distributions is not None and set(distributions) != {r["policy"] for r in runs}:
-        raise ValueError(f"distributions are for {sorted(distributions)}, the runs for "
-                         f"{[r['policy'] for r in runs]}")
+    labels = run_labels(runs)
+    if distributions is not None and set(distributions) != set(labels):
+        raise ValueError(f"distributions are for {sorted(distributions)}, the runs for {labels}")
     m = result["machine"]
     rows = [[label, *(_fmt(r["metrics"][key]) for r in runs)] for key, label in ROWS]
     rows.append(["violations", *(_violations(r["metrics"]["violations"]) for r in runs)])
     body = [(f"<p>{m['cpus']} CPUs ({html.escape(m['arch'])}), preempt={html.escape(m['preempt'])}, "
              f"fail-nowait={m['fail_nowait']}, seed {result['seed']}</p>"),
-            "<h2>Comparison</h2>", _table(["metric", *(r["policy"] for r in runs)], rows),
+            "<h2>Comparison</h2>", _table(["metric", *labels], rows),
             "<h2>TLB flushes and shootdown IPIs</h2>",
             '<div class="plots">' + "".join(_bars(runs, key, label) for key, label in COUNTERS) + "</div>",
             "<h2>Distributions</h2>"]
@@ -123,7 +123,7 @@ def write_html(result: dict, path: str | Path, distributions: dict[str, dict[str
         body.append('<p class="note">No raw distributions were given, so no CDFs (the table has the '
                     "summaries).</p>")
     else:
-        ordered = {r["policy"]: distributions[r["policy"]] for r in runs}
+        ordered = {label: distributions[label] for label in labels}
         body.append('<div class="plots">' + "".join(_cdf(ordered, key) for key in DISTRIBUTIONS) + "</div>")
     Path(path).write_text(_page(f"mmugather: workload {result['workload']}", body))
 

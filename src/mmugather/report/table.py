@@ -32,21 +32,29 @@ def _fmt(v) -> str:
     return f"{v:,}"
 
 
+def run_labels(runs: list[dict]) -> list[str]:
+    """Column labels of a compare result's runs: the policy, and its arch when the runs span several."""
+    if len({r.get("arch") for r in runs}) < 2:
+        return [r["policy"] for r in runs]
+    return [f"{r['policy']} {r['arch']}" for r in runs]
+
+
 def print_compare(result: dict, console: Console | None = None) -> None:
     console = console or Console()
     m = result["machine"]
     table = Table(title=f"workload {result['workload']} on {m['cpus']} CPUs ({m['arch']}), preempt={m['preempt']}, "
                         f"fail-nowait={m['fail_nowait']}, seed {result['seed']}")
     table.add_column("metric")
-    for run in result["runs"]:
-        table.add_column(run["policy"], justify="right")
+    labels = run_labels(result["runs"])
+    for label in labels:
+        table.add_column(label, justify="right")
     for key, label in ROWS:
         table.add_row(label, *(_fmt(run["metrics"][key]) for run in result["runs"]))
     table.add_row("violations", *(_violations(run["metrics"]["violations"]) for run in result["runs"]))
     console.print(table)
-    for run in result["runs"]:
+    for run, label in zip(result["runs"], labels):
         for v in run["metrics"]["violations"][:5]:
-            console.print(f"[red]{run['policy']}: {v['kind']}[/red] (CPU {v['cpu']}): {v['detail']}", highlight=False)
+            console.print(f"[red]{label}: {v['kind']}[/red] (CPU {v['cpu']}): {v['detail']}", highlight=False)
 
 
 def _violations(vs: list) -> str:
