@@ -90,3 +90,60 @@ def test_quick_catalogue_host_and_model_agree():
     bad = [(s["name"], s["host_ipis_by_cpu"], s["model_ipis_by_cpu"], s.get("reason", ""))
            for s in out["scripts"] if not s["match"]]
     assert not bad and r.returncode == 0, bad
+
+
+TRACE = """\
+# tracer: nop
+           <...>-7   [001] d..1. 10.000001: tlb_flush: pages:1 reason:remote shootdown (1)
+          python-9   [000] ...1. 10.000010: tracing_mark_write: mmugather-begin 0
+          python-9   [000] d..1. 10.000011: tlb_flush: pages:1 reason:local shootdown (2)
+          python-9   [000] d..1. 10.000012: tlb_flush: pages:1 reason:remote IPI send (4)
+           other-5   [001] d..1. 10.000013: tlb_flush: pages:-1 reason:remote IPI send (4)
+          <idle>-0   [001] d.h1. 10.000014: tlb_flush: pages:1 reason:remote shootdown (1)
+          python-9   [000] d..1. 10.000015: tlb_flush: pages:-1 reason:remote IPI send (4)
+          <idle>-0   [001] d.h1. 10.000016: tlb_flush: pages:0 reason:remote wrong CPU (5)
+          python-9   [000] ...1. 10.000020: tracing_mark_write: mmugather-end 0
+          <idle>-0   [001] d.h1. 10.000021: tlb_flush: pages:1 reason:remote shootdown (1)
+          python-9   [000] ...1. 10.000030: tracing_mark_write: mmugather-begin 3
+          python-9   [000] d..1. 10.000031: tlb_flush: pages:1 reason:remote IPI send (4)
+          python-9   [000] ...1. 10.000032: tracing_mark_write: mmugather-end 3
+"""
+
+
+def test_trace_windows_count_the_callers_sends_and_each_cpus_handler_outcomes():
+    """Only events between a window's markers count; sends only on the CPU that wrote them (CPU 1's
+    `other` task sent one too); each CPU's remote shootdowns and wrong-CPU exits apart."""
+    from mmugather.host.ftrace import windows
+    w = windows(TRACE, [0, 1])
+    assert w == {0: {"sends": 2, "shootdown": [0, 1], "wrong_cpu": [0, 1]},
+                 3: {"sends": 1, "shootdown": [0, 0], "wrong_cpu": [0, 0]}}
+
+
+def _tracefs():
+    from mmugather.host.ftrace import find_tracefs
+    return find_tracefs()[0] if host_supported() == "" else None
+
+
+@pytest.mark.skipif(_tracefs() is None, reason="no usable tlb:tlb_flush tracepoint or host cannot probe")
+def test_traced_kernel_decides_a_remote_flush_and_skips_a_lazy_cpu():
+    """The kernel's own trace of the decisions the model makes: a 1-page munmap with thread B running
+    sends one remote flush that CPU 1 handles; with B blocked (CPU 1 lazy) it still decides one remote
+    flush (CPU 1 is in the mm's cpumask), but no CPU handles it: native_flush_tlb_multi() dropped the lazy
+    CPU, as the model's 0 IPIs say."""
+    out = kc.run_check(kc.select(names=["munmap:1:running", "munmap:1:blocked"]), repeats=3, trace_root=_tracefs())
+    running, blocked = out["scripts"]
+    assert running["host_trace"] == {"sends": 1, "shootdown": [0, 1], "wrong_cpu": [0, 0]}
+    assert running["model_ipis_by_cpu"] == [0, 1]
+    assert blocked["host_trace"] == {"sends": 1, "shootdown": [0, 0], "wrong_cpu": [0, 0]}
+    assert blocked["model_ipis_by_cpu"] == [0, 0] and blocked["match"]
+
+
+def test_trace_without_a_usable_tracepoint_is_a_one_line_error(monkeypatch, capsys):
+    from mmugather.cli import entry
+    from mmugather.host import ftrace
+    monkeypatch.setattr(ftrace, "find_tracefs", lambda: (None, "tracefs is not mounted and could not be (needs root)"))
+    monkeypatch.setattr(sys, "argv", ["mmugather", "kernel-check", "--only", "munmap:1:running", "--trace"])
+    with pytest.raises(SystemExit) as e:
+        entry()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--trace: the tlb:tlb_flush tracepoint is not usable" in err

@@ -26,7 +26,10 @@ def snapshot(pid, out_dir) -> None:
 @click.option("--only", "names", multiple=True, help="Run only this check (OP:N:B); repeatable.")
 @click.option("--costs", "costs_file", default=None, help="Cost file for the model's syscall times (see calibrate).")
 @click.option("--list", "list_only", is_flag=True, help="List the catalogue and exit.")
-def kernel_check(as_json, repeats, quick, names, costs_file, list_only) -> None:
+@click.option("--trace", "traced", is_flag=True,
+              help="Also record the tlb:tlb_flush tracepoint of each call (tracefs, root): the kernel's remote "
+                   "flush decisions, and per CPU the shootdowns it handled and those that found it off the mm.")
+def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced) -> None:
     """Run the catalogue of syscall scripts on the host kernel and in the model; exit 1 on a mismatch."""
     import json
     import sys
@@ -43,12 +46,19 @@ def kernel_check(as_json, repeats, quick, names, costs_file, list_only) -> None:
             click.echo(f"{c.name}{'  (quick)' if c.quick else ''}")
         return
     costs = load_costs(costs_file)
+    trace_root = None
+    if traced:
+        from mmugather.host.ftrace import find_tracefs
+        trace_root, why = find_tracefs()
+        if trace_root is None:
+            raise InputError(f"--trace: the tlb:tlb_flush tracepoint is not usable here: {why}")
     if not as_json:
         h = kc.host_info()
         click.echo(f"host: Linux {h['kernel']} {h['machine']}, CPUs {h['cpus']}, THP {h['thp']}; model: policy "
                    f"{kc.MODEL_POLICY}, arch {kc.MODEL_ARCH}; {repeats} repeats, per-CPU medians")
-        click.echo(kc.HEADER)
-    result = kc.run_check(checks, repeats, costs, None if as_json else lambda r: click.echo(kc.format_row(r)))
+        click.echo(kc.HEADER + (kc.TRACE_HEADER if traced else ""))
+    result = kc.run_check(checks, repeats, costs, None if as_json else lambda r: click.echo(kc.format_row(r, traced)),
+                          trace_root)
     rows = result["scripts"]
     if as_json:
         click.echo(json.dumps(result))

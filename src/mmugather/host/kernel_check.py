@@ -160,6 +160,8 @@ def row(check: Check, r: ProbeResult, model: tuple[list[int], int] | None, why_n
         return out
     out["model_ipis_by_cpu"], out["model_ns"] = model
     out["match"] = [float(x) for x in r.median] == [float(x) for x in model[0]]
+    if r.trace is not None:
+        out["host_trace"] = r.trace
     if r.discarded:
         out["redone"] = r.discarded
     if r.preempted:
@@ -168,10 +170,11 @@ def row(check: Check, r: ProbeResult, model: tuple[list[int], int] | None, why_n
     return out
 
 
-def run_check(checks: list[Check], repeats: int = 5, costs=None, on_row=None) -> dict:
+def run_check(checks: list[Check], repeats: int = 5, costs=None, on_row=None, trace_root=None) -> dict:
     """Measure every check on the host and predict it with the model; the kernel-check JSON object.
     `on_row(row)` is called as each check finishes. Skipped as a whole (every row "skipped") when the
-    host cannot run the probes (one CPU, no TLB row, CPUs 0 and 1 not allowed)."""
+    host cannot run the probes (one CPU, no TLB row, CPUs 0 and 1 not allowed). With `trace_root` (a
+    tracefs mount) each row also has `host_trace` (the tlb:tlb_flush counts, probe.ProbeResult.trace)."""
     host = host_info()
     why = host_supported()
     if why:
@@ -186,7 +189,7 @@ def run_check(checks: list[Check], repeats: int = 5, costs=None, on_row=None) ->
         layout = layout_of(sim) if sim else default_layout(c.op, c.pages)
         region = next(v for v in layout if v["role"] == "region")
         script = Script(c.name, c.op, region["size"] // 4096, c.second)
-        r = run_script(script, repeats, _timeout(layout, repeats), layout)
+        r = run_script(script, repeats, _timeout(layout, repeats), layout, trace_root)
         model = None
         if sim and r.status == "ok":
             m = sim.run()
@@ -215,11 +218,18 @@ HEADER = (f"{'script':34s} {'host IPIs/CPU':>14s} {'spread':>8s} {'model IPIs/CP
           f"{'host us':>10s} {'model us':>10s}")
 
 
-def format_row(r: dict) -> str:
-    """One line of the text table."""
+TRACE_HEADER = f" {'sends':>6s} {'shootdown/CPU':>14s} {'wrong CPU':>10s}"
+
+
+def format_row(r: dict, traced: bool = False) -> str:
+    """One line of the text table; with `traced`, the tlb:tlb_flush columns too."""
     match = {True: "yes", False: "NO", None: r["status"]}[r["match"]]
     line = (f"{r['name']:34s} {_cell(r['host_ipis_by_cpu']):>14s} {_cell(r['spread']):>8s} "
             f"{_cell(r['model_ipis_by_cpu']):>15s} {match:>6s} {_us(r['host_ns']):>10s} {_us(r['model_ns']):>10s}")
+    if traced:
+        t = r.get("host_trace") or {}
+        line += (f" {_cell(t.get('sends')):>6s} {_cell(t.get('shootdown')):>14s} "
+                 f"{_cell(t.get('wrong_cpu')):>10s}")
     if r.get("reason"):
         line += f"  ({r['reason']})"
     return line

@@ -28,9 +28,11 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from mmugather.host import syscalls as sc
+from mmugather.host.ftrace import TlbTrace, begin_marker, end_marker, windows
 from mmugather.host.interrupts import parse_tlb, read_tlb
 from mmugather.host.worker import SecondThread, WorkerError, realtime, run_worker
 
@@ -69,7 +71,9 @@ class ProbeResult:
     was preempted during it (its CPU then ran another task, a kernel thread borrowing this mm lazily or
     another mm, and was rightly not sent every flush); after `repeats` such retries, preempted samples fill
     the remaining places and `preempted` says how many did (a loaded machine: counts may be low).
-    `ns[k]` is repeat k's syscall time (perf_counter_ns around the call) and `median_ns` their median."""
+    `ns[k]` is repeat k's syscall time (perf_counter_ns around the call) and `median_ns` their median.
+    `trace` (with a tracefs root): the tlb:tlb_flush events of the calls (ftrace.windows), medians over the
+    repeats: {"sends", "shootdown": per CPU, "wrong_cpu": per CPU}."""
     script: Script
     status: Literal["ok", "skipped", "failed"]
     reason: str = ""
@@ -81,6 +85,7 @@ class ProbeResult:
     ns: list[int] = field(default_factory=list)
     median_ns: float = 0.0
     preempted: int = 0
+    trace: dict | None = None
 
 
 def host_supported() -> str:
@@ -93,16 +98,17 @@ def host_supported() -> str:
 
 
 def run_script(script: Script, repeats: int = 5, timeout: float = 60.0,
-               layout: list[dict] | None = None) -> ProbeResult:
+               layout: list[dict] | None = None, trace_root: Path | None = None) -> ProbeResult:
     """Measure `script` `repeats` times in a child process killed after `timeout` seconds, with the
-    mappings of `layout` (see default_layout; its region must be `script.pages` long)."""
+    mappings of `layout` (see default_layout; its region must be `script.pages` long); with `trace_root`
+    (a tracefs mount, ftrace.find_tracefs), also trace each call's tlb:tlb_flush events."""
     if repeats < 1:
         raise ValueError(f"repeats: expected >= 1, got {repeats}")
     why = host_supported()
     if why:
         return ProbeResult(script, "skipped", why)
     job = {"kind": "ipis", "op": script.op, "pages": script.pages, "second": script.second, "repeats": repeats,
-           "layout": layout}
+           "layout": layout, "trace": str(trace_root) if trace_root else None}
     try:
         out = run_worker(job, timeout)
     except WorkerError as e:
@@ -111,7 +117,16 @@ def run_script(script: Script, repeats: int = 5, timeout: float = 60.0,
     cols = list(zip(*samples))
     return ProbeResult(script, "ok", cpus=out["cpus"], samples=samples, median=[statistics.median(c) for c in cols],
                        spread=[max(c) - min(c) for c in cols], discarded=out["discarded"], ns=out["ns"],
-                       median_ns=statistics.median(out["ns"]), preempted=out["preempted"])
+                       median_ns=statistics.median(out["ns"]), preempted=out["preempted"],
+                       trace=_trace_medians(out["trace"]) if "trace" in out else None)
+
+
+def _trace_medians(samples: list[dict]) -> dict:
+    """Per-field (per-CPU) medians of the repeats' ftrace.windows() counts."""
+    med = statistics.median
+    return {"sends": med(s["sends"] for s in samples),
+            "shootdown": [med(c) for c in zip(*(s["shootdown"] for s in samples))],
+            "wrong_cpu": [med(c) for c in zip(*(s["wrong_cpu"] for s in samples))]}
 
 
 def _tlb_now(fd: int, buf: bytearray) -> int:
@@ -201,9 +216,10 @@ def measure_ipis(job: dict) -> dict:
         if v["role"] == "other":
             _map_vma(v)
     b = SecondThread("running", busy_bytes=max(_BUSY_MIN, 16 * size)) if second == "running" else None
+    trace = TlbTrace(Path(job["trace"])).__enter__() if job.get("trace") else None
     fd = os.open("/proc/interrupts", os.O_RDONLY)
     buf_a, buf_b = bytearray(_READ_BUF), bytearray(_READ_BUF)
-    clean, dirty, discarded, cpus = [], [], 0, []
+    clean, dirty, discarded, cpus, attempt = [], [], 0, [], 0
     clock = time.perf_counter_ns
     try:
         while len(clean) < repeats and not (len(dirty) >= repeats - len(clean) and discarded >= repeats):
@@ -214,13 +230,19 @@ def measure_ipis(job: dict) -> dict:
                 preempted = b.preemptions()
             elif second == "blocked":
                 b = SecondThread("blocked")
+            k, attempt = attempt, attempt + 1
+            begin, end = begin_marker(k), end_marker(k)
             gc.disable()
             realtime(True)
+            if trace:
+                trace.mark(begin)
             na = _tlb_now(fd, buf_a)
             t0 = clock()
             call()
             t1 = clock()
             nb = _tlb_now(fd, buf_b)
+            if trace:
+                trace.mark(end)
             realtime(False)
             valid = second != "running" or b.inside()
             preempted = second == "running" and b.preemptions() != preempted
@@ -236,15 +258,23 @@ def measure_ipis(job: dict) -> dict:
                 raise WorkerError("no TLB row in /proc/interrupts, or CPUs went on or offline")
             cpus = sorted(before)
             if valid:
-                (dirty if preempted else clean).append(([after[c] - before[c] for c in cpus], t1 - t0))
+                (dirty if preempted else clean).append(([after[c] - before[c] for c in cpus], t1 - t0, k))
             if not valid or preempted:
                 discarded += 1
                 if not valid and discarded > _MAX_RETRIES * repeats:
                     raise WorkerError("the running second thread kept leaving its C call during the measurement")
+        traced = windows(trace.text(), cpus) if trace else {}
     finally:
         os.close(fd)
         if b is not None:
             b.stop()
+        if trace:
+            trace.__exit__()
     kept = clean + dirty[:repeats - len(clean)]
-    return {"cpus": cpus, "samples": [k[0] for k in kept], "ns": [k[1] for k in kept], "discarded": discarded,
-            "preempted": repeats - len(clean)}
+    out = {"cpus": cpus, "samples": [k[0] for k in kept], "ns": [k[1] for k in kept], "discarded": discarded,
+           "preempted": repeats - len(clean)}
+    if trace:
+        if any(k[2] not in traced for k in kept):
+            raise WorkerError("the tlb:tlb_flush trace lost a measurement's markers (ring buffer overrun)")
+        out["trace"] = [traced[k[2]] for k in kept]
+    return out
