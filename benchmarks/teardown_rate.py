@@ -1,6 +1,6 @@
 """Teardown rate of the simulator against this host's kernel, and host memory per resident simulated page.
 
-Usage: python benchmarks/teardown_rate.py [GIB ...] [--policies P,Q] [--runs N] [--kernel-runs N]
+Usage: python benchmarks/teardown_rate.py [GIB ...] [--policies P,Q] [--runs N] [--kernel-runs N] [--steps]
        (default: 1 8 64 GiB, every built-in policy, 3 runs per case below 64 GiB and 1 at 64 GiB, 5 kernel runs)
 
 Measures, in one run on this machine:
@@ -10,6 +10,8 @@ Measures, in one run on this machine:
   an N GiB resident VMA (2 CPUs, nothing else running), simulated PTEs zapped per host second of
   Simulation.run() (wall clock, set-up excluded; CPU time printed too), median of the runs, each case in a
   fresh child process; the ratio simulator / kernel;
+- with --steps, the same step by step (the reference path the explorer uses; issue 2's target: >= 1 M
+  PTEs per second);
 - host memory per resident simulated page: (peak RSS of the child - its RSS once imports are done) /
   resident pages; the figure with the interpreter counted is printed too.
 The last line is one JSON object: {"kernel_pages_per_s", "sim": {POLICY: {"pages_per_s", "ratio"}},
@@ -27,8 +29,8 @@ import sys
 import time
 
 
-def _case(op: str, gib: int, policy: str, runs: int) -> dict:
-    """In a child: run one case `runs` times; rates and peak memory."""
+def _case(op: str, gib: int, policy: str, runs: int, fast: bool) -> dict:
+    """In a child: run one case `runs` times (on the fast path, or step by step); rates and peak memory."""
     import gc
 
     from mmugather.policies import POLICIES
@@ -39,7 +41,7 @@ def _case(op: str, gib: int, policy: str, runs: int) -> dict:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     wall, cpu = [], []
     for _ in range(runs):
-        sim = Simulation(sc, POLICIES[policy])
+        sim = Simulation(sc, POLICIES[policy], fast=fast)
         t, p = time.perf_counter(), time.process_time()
         m = sim.run()
         wall.append(time.perf_counter() - t)
@@ -60,11 +62,13 @@ def main() -> None:
     ap.add_argument("--policies", default=None, help="comma-separated (default: every built-in policy)")
     ap.add_argument("--runs", type=int, default=3, help="runs per case below 64 GiB (one at 64 GiB and above)")
     ap.add_argument("--kernel-runs", type=int, default=5)
-    ap.add_argument("--case", nargs=4, metavar=("OP", "GIB", "POLICY", "RUNS"), help=argparse.SUPPRESS)
+    ap.add_argument("--steps", action="store_true",
+                    help="step by step (Simulation(fast=False), the explorer's reference path) instead of the fast path")
+    ap.add_argument("--case", nargs=5, metavar=("OP", "GIB", "POLICY", "RUNS", "FAST"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.case:
-        op, gib, policy, runs = a.case
-        print(json.dumps(_case(op, int(gib), policy, int(runs))))
+        op, gib, policy, runs, fast = a.case
+        print(json.dumps(_case(op, int(gib), policy, int(runs), fast == "fast")))
         return
 
     from mmugather.host.calibrate import host_kernel_pages_per_s
@@ -80,7 +84,8 @@ def main() -> None:
         for policy in policies:
             for op in ("exit", "munmap"):
                 runs = a.runs if gib < 64 else 1
-                out = subprocess.run([sys.executable, __file__, "--case", op, str(gib), policy, str(runs)],
+                out = subprocess.run([sys.executable, __file__, "--case", op, str(gib), policy, str(runs),
+                                      "steps" if a.steps else "fast"],
                                      capture_output=True, text=True)
                 if out.returncode:
                     raise SystemExit(f"{op} {gib} GiB {policy}: {out.stderr.strip().splitlines()[-1:]}")
