@@ -120,7 +120,7 @@ class PageAlloc:
         refcount[pfns] = 0
         kind[pfns] = FREE
         del refcount, kind
-        for kd, cnt in enumerate(np.bincount(k, minlength=len(KIND_NAMES)).tolist()):
+        for kd, cnt in enumerate(kind_counts(k)):
             self.nr_used[kd] -= cnt
         self.free_list.extend(pfns)
         self.on_free_each_array(cpu, pfns, k)
@@ -196,10 +196,12 @@ class PageAlloc:
             z &= m
             kinds = kind[lo:hi]
             if fs.increasing:
-                freed = np.flatnonzero(z)
-                freed += lo
                 k = kinds[z]
-                if len(freed) != len(pfns):
+                if len(k) == len(pfns):                  # every frame freed
+                    freed = pfns
+                else:
+                    freed = np.flatnonzero(z)
+                    freed += lo
                     zz = z[pfns - lo]
             else:
                 zz = z[pfns - lo]
@@ -213,7 +215,7 @@ class PageAlloc:
             zz = rc == 0
             freed = pfns[zz]
             k = kind[freed]
-        counts = np.bincount(k, minlength=len(KIND_NAMES)).tolist()
+        counts = kind_counts(k)
         if counts[FREE]:
             raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
         if fs.mask is not None:
@@ -245,6 +247,16 @@ class PageAlloc:
         self.on_free(cpu, pfn, kind)
 
 
+def kind_counts(kinds: np.ndarray) -> list[int]:
+    """How many of the frames whose kinds are `kinds` (an int8 array) are of each kind, FREE first."""
+    counts, left = [], len(kinds)
+    for kd in range(len(KIND_NAMES)):
+        n = int(np.count_nonzero(kinds == kd)) if left else 0
+        counts.append(n)
+        left -= n
+    return counts
+
+
 class FrameSpan:
     """A set of distinct frames given as a pfn array, prepared for bulk updates of the frame arrays:
     [lo, hi) covers them; `mask` marks them in that span (None when the span is too sparse: index them);
@@ -263,7 +275,9 @@ class FrameSpan:
         lo = int(pfns.min()) if not fs.increasing else int(pfns[0])
         hi = (int(pfns.max()) if not fs.increasing else int(pfns[-1])) + 1
         fs.lo, fs.hi = lo, hi
-        if hi - lo <= cls.DENSE * n:
+        if fs.increasing and hi - lo == n:               # consecutive frames: all of the span
+            fs.mask = np.ones(n, dtype=bool)
+        elif hi - lo <= cls.DENSE * n:
             m = np.zeros(hi - lo, dtype=bool)
             m[pfns - lo] = True
             if not fs.increasing and int(np.count_nonzero(m)) != n:

@@ -123,6 +123,9 @@ class PfnRuns:
             for p in pfns.tolist():
                 self.append(p)
             return
+        if increasing and pfns[-1] - pfns[0] == n - 1:     # one run
+            self.extend_runs(pfns[:1].astype(np.int64), np.array([n], dtype=np.int64), np.zeros(1, dtype=np.int64))
+            return
         self.extend_runs(*runs_of(pfns, increasing))
 
     def extend_runs(self, starts, lens, descs) -> None:
@@ -184,10 +187,15 @@ def runs_of(pfns: np.ndarray, increasing: bool = False) -> tuple[np.ndarray, np.
         z = np.zeros(0, dtype=np.int64)
         return z, z, z
     if increasing:
-        first = np.flatnonzero(np.diff(pfns) != 1)
-        first += 1
-        first = np.concatenate(([0], first))
-        return pfns[first], np.diff(np.append(first, n)), np.zeros(len(first), dtype=np.int64)
+        brk = np.flatnonzero(pfns[1:] - pfns[:-1] != 1)      # the last pfn of each run but the last
+        first = np.empty(len(brk) + 1, dtype=np.int64)
+        first[0] = 0
+        first[1:] = brk
+        first[1:] += 1
+        lens = np.empty_like(first)
+        lens[:-1] = first[1:] - first[:-1]
+        lens[-1] = n - first[-1]
+        return pfns[first], lens, np.zeros(len(first), dtype=np.int64)
     g = np.diff(pfns)
     unit = (g == 1) | (g == -1)
     # a new run starts at i when the gap before it is not a unit step, or when it is one but turns round

@@ -9,8 +9,10 @@ zap_page_range); `Memory2639` and `Memory30` hold the zap walk of each version, 
 """
 from __future__ import annotations
 
+import numpy as np
+
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, SpinLock, SpinUnlock, UpRead
-from mmugather.mm.memory.bulk import free_tables_bulk, may_bulk
+from mmugather.mm.memory.bulk import free_tables_bulk, may_bulk, stock_pte_free_tlb
 from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.page_alloc import ANON, FILE, GFP_KERNEL, PGTABLE
 from mmugather.mm.pgtable import (
@@ -277,6 +279,16 @@ class Memory:
         tlb_remove_page() of the table page (freed with the pages, after the flush)."""
         tlb.need_flush = True
         yield self.tlb_remove_page(c, tlb, pt.pfn)
+
+    def _pte_free_quiet(self, tlb) -> int:
+        """Fast path (mm/memory/bulk.py free_tables_bulk): how many pte_free_tlb() calls would only batch
+        their table page (0 when pte_free_tlb() is not this one)."""
+        return self._tlb_quiet(tlb) if stock_pte_free_tlb(self) else 0
+
+    def _pte_free_add_quiet(self, tlb, pts: list, addrs: list) -> None:
+        """pte_free_tlb() of each of the tables `pts` (at `addrs`), at most `_pte_free_quiet(tlb)` of them."""
+        tlb.need_flush = True
+        self._tlb_add_quiet(tlb, np.fromiter((t.pfn for t in pts), dtype=np.int64, count=len(pts)))
 
     def pmd_free_tlb(self, c, tlb, pmd, addr: int):
         """pmd_free_tlb(), v2.6.39/v3.0: need_flush, x86 ___pmd_free_tlb(): tlb_remove_page()."""

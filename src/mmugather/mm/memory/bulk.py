@@ -164,13 +164,14 @@ def free_tables_bulk(kernel, c, tlb, pmd, addr: int, end: int):
     """Fast path of free_pmd_range()'s loop from addr (a PTE table there): the free_pte_range() calls of the
     tables in [addr, end) in one pass. Each is one step (unhook the table, pgtable_free), and the next one
     begins by handing the table's frame to the gather (pte_free_tlb()); covers the tables whose steps the
-    engine would run, as long as the gather takes their frames without an event. Returns (ns, the last
-    table, its address, the address after it): the caller yields ns, then that table's pte_free_tlb(), as
-    its free_pte_range() would; or None (go step by step)."""
+    engine would run, as long as the gather takes their frames without an event (`_pte_free_quiet`, and
+    `_pte_free_add_quiet` to take them). Returns (ns, the last table, its address, the address after it):
+    the caller yields ns, then that table's pte_free_tlb(), as its free_pte_range() would; or None (go step
+    by step)."""
     cls = type(kernel)
-    if cls.free_pte_range is not _memory().free_pte_range or not _stock_pte_free_tlb(kernel):
+    if cls.free_pte_range is not _memory().free_pte_range:
         return None
-    quiet = kernel._tlb_quiet(tlb)
+    quiet = kernel._pte_free_quiet(tlb)
     if quiet < 1:
         return None
     from mmugather.mm.pgtable import PMD_SHIFT, PMD_SIZE, addr_end
@@ -194,8 +195,7 @@ def free_tables_bulk(kernel, c, tlb, pmd, addr: int, end: int):
         del entries[(at >> PMD_SHIFT) & 511]
         del mm.pte_tables[at >> PMD_SHIFT]
     mm.nr_ptes -= len(tables)
-    tlb.need_flush = True                              # pte_free_tlb() of all but the last
-    kernel._tlb_add_quiet(tlb, np.fromiter((t.pfn for t in tables[:-1]), dtype=np.int64, count=len(tables) - 1))
+    kernel._pte_free_add_quiet(tlb, tables[:-1], addrs[:-1])   # pte_free_tlb() of all but the last
     return cost * len(tables), tables[-1], addrs[-1], addr
 
 
@@ -238,18 +238,43 @@ def release_units(kernel, c, units: list) -> int:
     return k
 
 
+def release_flat(kernel, c, pfns: np.ndarray, sizes: np.ndarray) -> int:
+    """release_units() of units given as one pfn array cut into consecutive `sizes` (at most the length
+    of `pfns`): release the pfns of the first len(sizes) units, in order, stopping before the first unit
+    holding a frame something still reaches. Returns how many units were released."""
+    k = len(sizes)
+    ends = np.cumsum(sizes)
+    pfns = pfns[:int(ends[-1]) if k else 0]
+    inv = kernel.invariants
+    if inv.tlb_refs or inv.pwc_refs or inv.walking:
+        hit = inv.reached(pfns)
+        if hit is not None:
+            k = int(np.searchsorted(ends, int(np.argmax(hit)), "right"))
+            pfns = pfns[:int(ends[k - 1]) if k else 0]
+    if len(pfns):
+        kernel.alloc.release_array(c, pfns)
+    return k
+
+
 def _memory():
     from mmugather.mm.memory import Memory
     return Memory
 
 
-def _stock_pte_free_tlb(kernel) -> bool:
+_PTE_FREE_TLB: dict[type, int] = {}       # kernel class -> 1: stock pte_free_tlb(), 2: RcuTableFree30's, 0: other
+
+
+def stock_pte_free_tlb(kernel) -> bool:
     """Is pte_free_tlb() the asm-generic one (the gather's tlb_remove_page() of the table page)? Also true
-    of the HAVE_RCU_TABLE_FREE wrapper (mm/mmu_gather/rcu_table_v3_0.py) on an arch without it."""
-    fn = type(kernel).pte_free_tlb
-    if fn is _memory().pte_free_tlb:
-        return True
-    return fn.__qualname__ == "RcuTableFree30.pte_free_tlb" and not getattr(kernel.arch, "have_rcu_table_free", True)
+    of the HAVE_RCU_TABLE_FREE wrapper (mm/mmu_gather/rcu_table_v3_0.py) on an arch without it. The
+    method lookup is done once per kernel class."""
+    cls = type(kernel)
+    which = _PTE_FREE_TLB.get(cls)
+    if which is None:
+        fn = cls.pte_free_tlb
+        which = _PTE_FREE_TLB[cls] = (1 if fn is _memory().pte_free_tlb else
+                                      2 if fn.__qualname__ == "RcuTableFree30.pte_free_tlb" else 0)
+    return which == 1 or which == 2 and not getattr(kernel.arch, "have_rcu_table_free", True)
 
 
 # ---------------------------------------------------------------- runs of PTE tables (the emulators)
@@ -315,7 +340,7 @@ def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: boo
     entries as the engine would run before another CPU could interleave, and stops before an entry where
     the gather cannot tell in advance what a page costs (`_tlb_bulk_fills`), or, with `dirty_file_stops`,
     before a table holding a dirty file page (6.18 delays its rmap removal and flushes). Needs the gather's
-    `_tlb_bulk_fills(tlb, npages)` and `_tlb_bulk_add(c, tlb, cursor, a, b)`, and `_tlb_bulk_range(tlb,
+    `_tlb_bulk_fills(tlb, npages)` and `_tlb_bulk_add(c, tlb, pfns, increasing)`, and `_tlb_bulk_range(tlb,
     start, end)` if it tracks ranges. Returns (address reached, ns, preemption point after the last step)
     or None (go step by step)."""
     if c.preempt_count or c.irqs_off:
@@ -323,11 +348,16 @@ def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: boo
     plan = kernel._tlb_bulk_fills(tlb, 512 * 512)
     if plan is None:
         return None
-    # read no more tables than the gather can take pages of (as if they were at least half full)
-    run = TableRun(pmd, addr, end, min(512, plan[2] // 256 + 2))
+    # read no more tables than the gather can take pages of (as if they were full; a run of sparser ones
+    # takes more calls)
+    run = TableRun(pmd, addr, end, min(512, plan[2] // 512 + 2))
     nu = len(run.tables)
     if nu < 2:
         return None
+    head = run.tables[0]
+    if head is not None and plan[2] < run.hi[0] - run.lo[0] and np.count_nonzero(
+            np.frombuffer(head.ptes, dtype=np.int64)[run.lo[0]:run.hi[0]]) > plan[2]:
+        return None                                     # the gather cannot take the first table's pages
     costs = kernel.costs
     lock, unlock, cond, c_zap, c_none = costs.lock, costs.unlock, costs.cond_resched, costs.pte_zap, costs.pte_none
     none_cost = costs.pmd_none + (cond if cond_after_none else 0)
@@ -342,19 +372,20 @@ def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: boo
     pres = flat != 0
     ent_end = np.cumsum(lens)
     cnt = np.zeros(nu, dtype=np.int64)
-    if len(flat):
-        cnt[is_t] = np.add.reduceat(pres, (ent_end - lens)[is_t], dtype=np.int64)
+    if len(flat) == nu * 512:                           # whole tables only
+        cnt[:] = np.count_nonzero(pres.reshape(nu, 512), axis=1)
+    elif len(flat):
+        cnt[is_t] = np.add.reduceat(pres.view(np.uint8), (ent_end - lens)[is_t], dtype=np.int64)
     page_end = np.cumsum(cnt)
-    plan = kernel._tlb_bulk_fills(tlb, int(page_end[-1]))
-    if plan is None:
-        return None
+    ent = flat[pres]                                    # the present entries
+    del flat
+    # the plan was made for more pages than these units hold: its fills after them fall off the end
     fill_at, fill_ns, limit = plan
     ev = np.bincount(np.searchsorted(page_end, fill_at, "right"), weights=fill_ns, minlength=nu)[:nu]
     ev = ev.astype(np.int64)
     if limit < page_end[-1]:                            # not past the table of a page that cannot be told
         nu = int(np.searchsorted(page_end, limit, "right"))
-    if dirty_file_stops and len(flat):
-        ent = flat[pres]
+    if dirty_file_stops and len(ent):
         dirty = (ent & _PAGE_DIRTY) != 0
         if dirty.any():
             stop = dirty & (kernel.alloc.views()[2][ent >> PAGE_SHIFT] != ANON)
@@ -366,20 +397,20 @@ def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: boo
     k = first_crossing(clock, (clock + np.cumsum(cost))[:nu], last[:nu], horizon)
     if k == 0:
         return None
-    npages, nent = int(page_end[k - 1]), int(ent_end[k - 1])
-    idx = np.flatnonzero(pres[:nent])
-    pfns = flat[idx] >> PAGE_SHIFT
-    del flat, pres
+    npages = int(page_end[k - 1])
+    pfns = ent[:npages]
+    pfns >>= PAGE_SHIFT
     fs = FrameSpan.of(pfns) if npages else None
-    kernel._tlb_bulk_add(c, tlb, RunCursor(*runs_of(pfns, fs is not None and fs.increasing)), 0, npages)
+    kernel._tlb_bulk_add(c, tlb, pfns, fs is not None and fs.increasing)
     if npages:
         anon = rmap_remove(kernel.alloc, pfns, fs)
         if hasattr(kernel, "_tlb_bulk_range"):           # tlb_remove_tlb_entry() of each cleared PTE
-            first, lastp = (int(np.searchsorted(ent_end, int(x), "right")) for x in (idx[0], idx[-1]))
+            nent = int(ent_end[k - 1])
+            idx = (int(np.argmax(pres)), nent - 1 - int(np.argmax(pres[nent - 1::-1])))
+            first, lastp = (int(np.searchsorted(ent_end, x, "right")) for x in idx)
             base = [run.addrs[u] - ((run.hi[u] - run.lo[u]) << PAGE_SHIFT) - (int(ent_end[u] - lens[u]) << PAGE_SHIFT)
                     for u in (first, lastp)]
-            kernel._tlb_bulk_range(tlb, base[0] + (int(idx[0]) << PAGE_SHIFT),
-                                   base[1] + ((int(idx[-1]) + 1) << PAGE_SHIFT))
+            kernel._tlb_bulk_range(tlb, base[0] + (idx[0] << PAGE_SHIFT), base[1] + ((idx[1] + 1) << PAGE_SHIFT))
     else:
         anon = 0
     run.clear(k)

@@ -6,7 +6,7 @@ import numpy as np
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
 from mmugather.mm.memory.bulk import first_crossing, may_bulk, release_units
-from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs
+from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs, runs_of
 from mmugather.mm.swap_state import PAGEVEC_SIZE, free_pages_and_swap_cache
 
 
@@ -208,12 +208,14 @@ class Gather30:
         return (np.concatenate((at, new)), np.concatenate((ns, np.full(len(new), self.costs.page_alloc))),
                 npages)
 
-    def _tlb_bulk_add(self, c, tlb, cursor: RunCursor, a: int, b: int) -> None:
-        """Fast path: __tlb_remove_page() of pages [a, b) of `cursor`, in order, as `_tlb_bulk_fills`
-        planned them: batches kept from an earlier flush are filled in turn, new ones allocated at once
-        (alloc_many; their cost is the caller's to spend, as the fills said)."""
+    def _tlb_bulk_add(self, c, tlb, pfns: np.ndarray, increasing: bool) -> None:
+        """Fast path: __tlb_remove_page() of each of `pfns` (int64, `increasing` when sorted), in order, as
+        `_tlb_bulk_fills` planned them: batches kept from an earlier flush are filled in turn, new ones
+        allocated at once (alloc_many; their cost is the caller's to spend, as the fills said)."""
+        a, b = 0, len(pfns)
         if a == b:
             return
+        cursor = RunCursor(*runs_of(pfns, increasing))
         tlb.need_flush = True
         while True:
             batch = tlb.active

@@ -2,10 +2,12 @@
 KVM guest of that version is (CONFIG_MMU_GATHER_RCU_TABLE_FREE=y, CONFIG_PT_RECLAIM=y, SMP)."""
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 from mmugather.kernel.locking import COND_RESCHED
-from mmugather.mm.memory.bulk import first_crossing, may_bulk, release_units
+from mmugather.mm.memory.bulk import first_crossing, may_bulk, release_flat
 from mmugather.sim.engine import P_COND_RESCHED, Elapse
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
@@ -17,15 +19,16 @@ FLUSH_ALL = (1 << 64) - 1                  # ~0UL
 
 
 class Batch618:
-    """struct mmu_gather_batch: next, nr, max, encoded_pages[]. An entry is a pfn, or for a folio of
-    several pages the pair (pfn, -nr_pages) (ENCODED_PAGE_BIT_NR_PAGES_NEXT); `delayed` holds the
-    indices whose rmap removal waits for the flush (ENCODED_PAGE_BIT_DELAY_RMAP)."""
+    """struct mmu_gather_batch: next, nr, max, encoded_pages[] (an `array('q')`, read by numpy on the
+    fast path). An entry is a pfn, or for a folio of several pages the pair (pfn, -nr_pages)
+    (ENCODED_PAGE_BIT_NR_PAGES_NEXT); `delayed` holds the indices whose rmap removal waits for the flush
+    (ENCODED_PAGE_BIT_DELAY_RMAP)."""
 
     __slots__ = ("pfn", "pages", "max", "next", "delayed")
 
     def __init__(self, pfn: int | None, max_: int) -> None:
         self.pfn = pfn
-        self.pages: list[int] = []
+        self.pages = array("q")
         self.max = max_
         self.next: Batch618 | None = None
         self.delayed: list[int] = []
@@ -258,7 +261,7 @@ class Gather618:
     def _tlb_add_quiet(self, tlb, pfns) -> None:
         """__tlb_remove_folio_pages_size() of each of pfns (single pages, no delayed rmap; a numpy array
         of at most `_tlb_quiet(tlb)` of them)."""
-        tlb.active.pages.extend(pfns.tolist())
+        tlb.active.pages.frombytes(pfns.tobytes())
 
     def _tlb_bulk_fills(self, tlb, npages: int):
         """Fast path (mm/memory/bulk.py zap_tables): where __tlb_remove_folio_pages_size() of the next
@@ -299,14 +302,14 @@ class Gather618:
             pos += room
         return np.array(at, dtype=np.int64), np.array(ns, dtype=np.int64), min(pos, npages)
 
-    def _tlb_bulk_add(self, c, tlb, cursor, a: int, b: int) -> None:
-        """Fast path: __tlb_remove_folio_pages_size() of pages [a, b) of `cursor` (a RunCursor), in order,
-        as `_tlb_bulk_fills` planned them (their cost is the caller's to spend)."""
-        from mmugather.mm.pfn_runs import expand_runs
+    def _tlb_bulk_add(self, c, tlb, pfns: np.ndarray, increasing: bool) -> None:
+        """Fast path: __tlb_remove_folio_pages_size() of each of `pfns` (int64, `increasing` when sorted),
+        in order, as `_tlb_bulk_fills` planned them (their cost is the caller's to spend)."""
+        a, b = 0, len(pfns)
         while a < b:
             batch = tlb.active
             take = min(batch.max - 1 - len(batch.pages), b - a)
-            batch.pages.extend(expand_runs(*cursor.take(a, a + take)).tolist())
+            batch.pages.frombytes(pfns[a:a + take].tobytes())
             a += take
             if len(batch.pages) < batch.max - 1:
                 break
@@ -378,7 +381,7 @@ class Gather618:
                 freed += len(pfns)
                 yield free_pages_and_swap_cache(self, c, pfns)
                 yield COND_RESCHED
-            batch.pages = []
+            batch.pages = array("q")
             batch = batch.next
         if freed:
             self.metrics.pages_per_flush.append(freed)
@@ -394,17 +397,20 @@ class Gather618:
         while b is not None and b.pages:
             chain.append(b)
             b = b.next
-        if any(len(x.pages) > self.MAX_NR_FOLIOS_PER_FREE for x in chain):
+        lens = np.array([len(x.pages) for x in chain], dtype=np.int64)
+        if lens.max() > self.MAX_NR_FOLIOS_PER_FREE:
             return 0, 0, batch
-        units = [x.pages if x.pages[-1] >= 0 and min(x.pages) >= 0 else [p for p in x.pages if p >= 0]
-                 for x in chain]
-        lens = np.fromiter((len(u) for u in units), dtype=np.int64, count=len(units))
+        pfns = np.frombuffer(b"".join([x.pages for x in chain]), dtype=np.int64)
+        pages = pfns >= 0
+        if not pages.all():                               # (pfn, -nr_pages) pairs: the pfns only
+            lens = np.add.reduceat(pages, np.cumsum(lens) - lens, dtype=np.int64)
+            pfns = pfns[pages]
         cost, cond = self.costs.page_free, self.costs.cond_resched
-        k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens + cond), np.full(len(units), cond), c.horizon)
+        k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens + cond), np.full(len(chain), cond), c.horizon)
         if k:
-            k = release_units(self, c, units[:k])
+            k = release_flat(self, c, pfns, lens[:k])
         for x in chain[:k]:
-            x.pages = []
+            x.pages = array("q")
         return int(lens[:k].sum()), k, chain[k] if k < len(chain) else b
 
     def tlb_batch_list_free(self, c, tlb) -> None:
@@ -471,6 +477,26 @@ class Gather618:
         self.tlb_flush_pmd_range(tlb, address, PAGE_SIZE)
         tlb.freed_tables = True
         yield self.tlb_remove_table(c, tlb, pt.pfn)
+
+    def _pte_free_quiet(self, tlb) -> int:
+        """Fast path (mm/memory/bulk.py free_tables_bulk): how many pte_free_tlb() calls would only record
+        the range and add their table to the table batch (before the one that fills it); 0 without a
+        table batch (allocating one is a step) or when a subclass changed any of it."""
+        cls = type(self)
+        if (tlb.batch is None or cls.pte_free_tlb is not Gather618.pte_free_tlb
+                or cls.tlb_remove_table is not Gather618.tlb_remove_table
+                or cls.tlb_flush_pmd_range is not Gather618.tlb_flush_pmd_range
+                or cls._tlb_adjust_range is not Gather618._tlb_adjust_range):
+            return 0
+        return self.MAX_TABLE_BATCH - 1 - len(tlb.batch.tables)
+
+    def _pte_free_add_quiet(self, tlb, pts: list, addrs: list) -> None:
+        """pte_free_tlb() of each of the tables `pts` (at increasing `addrs`), at most
+        `_pte_free_quiet(tlb)` of them."""
+        if pts:
+            self._tlb_adjust_range(tlb, addrs[0], addrs[-1] + PAGE_SIZE - addrs[0])
+            tlb.cleared_pmds = tlb.freed_tables = True
+            tlb.batch.tables.extend([t.pfn for t in pts])
 
     def pmd_free_tlb(self, c, tlb, pmd, address: int):
         """pmd_free_tlb(): tlb_flush_pud_range(), freed_tables = 1, tlb_remove_table()."""
