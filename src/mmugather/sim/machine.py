@@ -1,6 +1,9 @@
 """One simulation: a machine (CPUs, memory, TLBs, IPIs), a kernel policy, and a scenario run on them."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import random
 
 from mmugather.kernel.rcu import Rcu
@@ -17,6 +20,22 @@ from mmugather.workloads import scenario as S
 from mmugather.workloads.program import Process, thread_program, vma_flags
 
 
+@functools.cache
+def _keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed memory for reuse (mallopt(3)): numpy temporaries up to 32 MiB come
+    from the heap instead of fresh mmap()s, and the heap is not trimmed back, so a long run stops paying the
+    host kernel a page fault per 4 KiB of every large temporary (up to a third of a teardown's time). Not
+    glibc: nothing to do."""
+    libc = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(libc).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)       # glibc's ceiling (HEAP_MAX_SIZE / 2 on 64-bit)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
 class Simulation:
     """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics."""
 
@@ -24,6 +43,7 @@ class Simulation:
                  fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None,
                  arch: str | None = None, without_fixes=(), fast: bool = True) -> None:
         m = scenario.machine
+        _keep_freed_memory()
         self.fast = fast       # bulk teardown where exact (mm/memory/bulk.py); False: every step (explore/)
         self.arch_name = arch or next(iter(policy_cls.arches))
         if self.arch_name not in policy_cls.arches:
