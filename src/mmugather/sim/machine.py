@@ -22,9 +22,10 @@ from mmugather.workloads.program import Process, thread_program, vma_flags
 
 @functools.cache
 def _keep_freed_memory() -> None:
-    """Ask glibc's malloc to keep freed memory for reuse (mallopt(3)): numpy temporaries up to 32 MiB come
-    from the heap instead of fresh mmap()s, and the heap is not trimmed back, so a long run stops paying the
-    host kernel a page fault per 4 KiB of every large temporary (up to a third of a teardown's time). Not
+    """Ask glibc's malloc to keep freed memory for reuse (mallopt(3)): numpy temporaries up to 16 MiB come
+    from the heap instead of fresh mmap()s, and up to 256 MiB of free heap is kept, so a run stops paying
+    the host kernel a page fault per 4 KiB of every temporary (up to a third of a teardown's time). Larger
+    arrays are still mmap()ed: keeping them would raise the peak host memory per simulated page. Not
     glibc: nothing to do."""
     libc = ctypes.util.find_library("c")
     try:
@@ -32,8 +33,8 @@ def _keep_freed_memory() -> None:
     except (OSError, AttributeError, TypeError):
         return
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)       # glibc's ceiling (HEAP_MAX_SIZE / 2 on 64-bit)
-    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    mallopt(M_MMAP_THRESHOLD, 16 << 20)
+    mallopt(M_TRIM_THRESHOLD, 256 << 20)
 
 
 class Simulation:
