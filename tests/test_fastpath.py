@@ -12,6 +12,7 @@ from mmugather.machine.costs import Costs
 from mmugather.mm.memory import bulk
 from mmugather.mm.memory.v2_6_39 import Memory2639
 from mmugather.mm.memory.v3_0 import Memory30
+from mmugather.mm.mmu_gather.v6_18 import Gather618
 from mmugather.policies import POLICIES
 from mmugather.sim.machine import Simulation
 from mmugather.workloads.scenario import parse_scenario
@@ -24,15 +25,17 @@ BROKEN = [FreeBeforeFlush, NoRemoteFlush, SleepUnderPteLock, LeakBatchPages]
 
 def machine_state(sim) -> dict:
     """What a run leaves behind beyond its summary: every frame, the free list in order, each CPU's clock,
-    preemption point and caches, each mm's counters, the raw interval lists in the order recorded."""
+    preemption point, caches, TLB generation, lazy TLB state and loaded mm, each mm's counters, the raw
+    interval lists in the order recorded."""
     a = sim.alloc
     m = sim.metrics
     return {
         "frames": (bytes(a.refcount), bytes(a.mapcount), bytes(a.kind)), "free_list": a.free_list.tolist(),
         "nr_used": list(a.nr_used),
-        "cpus": [(c.clock, c.point, c.preempt_count, sorted(c.dangling), sorted(c.tlb.items()), sorted(c.pwc))
+        "cpus": [(c.clock, c.point, c.preempt_count, sorted(c.dangling), sorted(c.tlb.items()), sorted(c.pwc),
+                  c.per_cpu.get("tlb_gen"), c.tlbstate, [mm is c.loaded_mm for mm in sim.mms])
                  for c in sim.engine.cpus],
-        "mms": [(mm.rss, mm.nr_ptes, sorted(mm.pte_tables), mm.exited) for mm in sim.mms],
+        "mms": [(mm.rss, mm.nr_ptes, sorted(mm.pte_tables), mm.exited, mm.tlb_gen) for mm in sim.mms],
         "intervals": [list(getattr(m, k)) for k in ("pte_lock_hold", "preempt_off", "sched_latency",
                                                      "pages_per_flush")],
     }
@@ -209,6 +212,80 @@ def test_sizes_around_every_batch_and_flush_boundary(policy):
                               latency=False)
                 for preempt in ("voluntary", "full"):
                     assert_same(sc, POLICIES[policy], preempt=preempt)
+
+
+# 6.18's gather holds MMU_GATHER_BUNDLE - 1 + MAX_GATHER_BATCH_COUNT * (MAX_GATHER_BATCH - 1) pages
+CYCLE_618 = 7 + 19 * 509
+
+
+@pytest.fixture
+def bulk_flushes(monkeypatch) -> list:
+    """The forced flushes of 6.18 that the emulator runs in bulk (Gather618._tlb_bulk_flushes), one entry
+    (how many flushes) per pass."""
+    seen = []
+    real = Gather618._tlb_bulk_flushes
+
+    def counted(self, c, tlb, pfns, fs, limit, nflush):
+        seen.append(nflush)
+        return real(self, c, tlb, pfns, fs, limit, nflush)
+    monkeypatch.setattr(Gather618, "_tlb_bulk_flushes", counted)
+    return seen
+
+
+@pytest.mark.parametrize("op", ["exit", "munmap"])
+@pytest.mark.parametrize("arch", ["x86", "x86-kvm"])
+def test_6_18_full_gathers_flush_in_bulk_at_every_boundary(op, arch, bulk_flushes):
+    """Regions of one to three full 6.18 gathers, give or take a page, starting where the page that fills
+    the gather is the last of its PTE table (skew 50) or not: the table split around the flush under
+    the PTE lock, the frees and the cond_resched() calls are the step path's, down to each lock hold, and
+    so is exit_mmap()'s first flush, which finds the CPU in lazy TLB mode and switches it to init_mm."""
+    for pages in (CYCLE_618 - 1, CYCLE_618, CYCLE_618 + 1, 2 * CYCLE_618, 3 * CYCLE_618 + 1):
+        for skew in (0, 50):
+            prog = ([{"op": "munmap", "vma": "a"}] if op == "munmap" else []) + [{"op": "exit"}]
+            sc = scenario([{"name": "a", "size": pages * PAGE, "start": 0x7E00_0000_0000 + skew * PAGE,
+                            "populate": True}], [{"cpu": 0, "program": prog}], cpus=2, latency=False)
+            m = assert_same(sc, POLICIES["6.18"], arch=arch)
+            assert pages < CYCLE_618 or m["pages_per_flush"]["max"] == CYCLE_618
+    assert max(bulk_flushes) == 3
+
+
+@pytest.mark.parametrize("preempt", ["none", "voluntary", "full"])
+def test_6_18_bulk_flush_cycles_end_where_latency_tasks_wake(preempt, bulk_flushes):
+    """120 MiB torn down while a latency task wakes every few ms: wake-ups land before, inside and after
+    the tables where the gather fills (in the flush, the frees, the second zap_pte_range()); a warm TLB
+    makes the first flush go step by step; zero costs make ties. Same metrics and latencies."""
+    for touch in ([], [{"op": "touch", "vma": "a", "size": "64KiB", "write": False}]):
+        sc = scenario([{"name": "a", "size": "120MiB", "populate": True}],
+                      [{"cpu": 0, "program": touch + [{"op": "munmap", "vma": "a"}, {"op": "exit"}]}], cpus=2,
+                      latency=True, preempt=preempt)
+        for period in (1_300_000, 2_900_000, 6_100_000):
+            for costs in (Costs(latency_period=period),
+                          Costs(latency_period=period, pte_zap=200, pte_none=0, lock=0, unlock=0, cond_resched=0,
+                                page_free=0, flush_call=0, flush_full=0)):
+                m = assert_same(sc, POLICIES["6.18"], costs=costs)
+                assert m["sched_latency_ns"]["max"] > 0
+    assert sum(bulk_flushes) >= 1
+
+
+def test_6_18_flushes_that_send_ipis_or_meet_dirty_file_pages_go_step_by_step(bulk_flushes):
+    """A thread on another CPU keeps the mm in mm_cpumask (each forced flush sends an IPI), or a dirty
+    shared file page sits between two full gathers (its rmap removal waits for a flush): the emulator
+    leaves those flushes to the step path, and both paths agree."""
+    m = assert_same(munmap_while_others_run(size="80MiB", cpus=2), POLICIES["6.18"])
+    assert m["ipis_sent"] > 0 and not bulk_flushes
+    base = 0x7E00_0000_0000
+    sc = parse_scenario({"seed": 1, "machine": {"cpus": 2, "latency_task": False}, "files": [{"name": "f"}],
+                         "process": [{"name": "p", "vma": [
+                             {"name": "a", "size": "50MiB", "start": base, "populate": True},
+                             {"name": "f", "size": "64KiB", "start": base + 50 * MiB, "kind": "file", "file": "f",
+                              "shared": True, "populate": True},
+                             {"name": "b", "size": "50MiB", "start": base + 51 * MiB, "populate": True}],
+                             "thread": [{"cpu": 0, "program": [{"op": "exit"}]}]}]}, "fastpath")
+    before = len(bulk_flushes)
+    for preempt in ("voluntary", "full"):
+        m = assert_same(sc, POLICIES["6.18"], preempt=preempt)
+        assert m["tlb_flushes"] >= 3
+    assert len(bulk_flushes) > before
 
 
 @pytest.mark.parametrize("policy", ["2.6.39", "3.0", "6.18"])

@@ -171,13 +171,16 @@ class PageAlloc:
         return (np.frombuffer(self.refcount, dtype=np.int16), np.frombuffer(self.mapcount, dtype=np.int16),
                 np.frombuffer(self.kind, dtype=np.int8))
 
-    def release_array(self, cpu, pfns: np.ndarray, under_lock: np.ndarray | None = None) -> None:
+    def release_array(self, cpu, pfns: np.ndarray, under_lock: np.ndarray | None = None,
+                      fs: FrameSpan | None = None) -> None:
         """release_pages() of a numpy array of pfns, in one pass: the same frames freed in the same order,
         reported to `on_free_array` at once. `under_lock` (one flag per pfn) says which releases happen
-        with a PTE lock held, when not all alike (default: whether `cpu` holds one now)."""
+        with a PTE lock held, when not all alike (default: whether `cpu` holds one now). `fs`:
+        FrameSpan.of(pfns), when the caller has it."""
         if not len(pfns):
             return
-        fs = FrameSpan.of(pfns)
+        if fs is None:
+            fs = FrameSpan.of(pfns)
         if fs is None:                                   # a frame twice: its last reference goes at its
             if under_lock is not None:                   # second occurrence, so go one by one
                 raise AssertionError("release_array: a frame twice with per-page lock flags")
@@ -289,4 +292,13 @@ class FrameSpan:
                 srt = np.sort(pfns)
                 if (srt[1:] == srt[:-1]).any():
                     return None
+        return fs
+
+    def prefix(self, pfns: np.ndarray, n: int) -> FrameSpan | None:
+        """The span of pfns[:n] (0 < n), from this one (of pfns) when pfns is sorted, else None."""
+        if not self.increasing:
+            return None
+        fs = FrameSpan()
+        fs.increasing, fs.lo, fs.hi = True, self.lo, int(pfns[n - 1]) + 1
+        fs.mask = self.mask[:fs.hi - fs.lo] if self.mask is not None else None
         return fs

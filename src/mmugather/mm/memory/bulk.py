@@ -20,8 +20,9 @@ The pieces:
   steps of one table, up to the horizon and up to the pages the gather can take without an event (a
   flush, a new batch page).
 - `zap_tables()`: zap_pmd_range() over runs of whole PTE tables (lock, zap steps, unlock, cond_resched),
-  the gather's batch changes included (3.0 and 6.18; 2.6.39's, which also crosses ZAP_BLOCK restarts and
-  flushes from under the PTE lock, is Memory2639._zap_tables_bulk).
+  the gather's batch changes included (3.0 and 6.18), and 6.18's forced flushes of a full gather when they
+  involve no other CPU (2.6.39's, which also crosses ZAP_BLOCK restarts and flushes from under the PTE
+  lock, is Memory2639._zap_tables_bulk).
 - `free_tables_bulk()`: free_pmd_range()'s free_pte_range() calls; `release_steps()` and
   `release_units()`: free_pages_and_swap_cache() and the gathers' loops over their batches.
 The allocator (PageAlloc.release_array, free_array) and the invariant checker (on_free_array,
@@ -332,7 +333,8 @@ def first_crossing(start: int, ends: np.ndarray, lasts: np.ndarray, horizon) -> 
     return k + 1 if ends[k] - lasts[k] < horizon else k
 
 
-def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: bool, dirty_file_stops: bool = False):
+def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: bool, dirty_file_stops: bool = False,
+               forced_flush: bool = False):
     """The emulator of a zap_pmd_range() loop whose every PMD entry is one zap_pte_range() call (spin_lock,
     the zap steps, the trailing none step, spin_unlock) followed by cond_resched(), or a pmd_none step
     (followed by cond_resched() too when `cond_after_none`: 6.18), the gather taking every page, moving
@@ -341,21 +343,28 @@ def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: boo
     the gather cannot tell in advance what a page costs (`_tlb_bulk_fills`), or, with `dirty_file_stops`,
     before a table holding a dirty file page (6.18 delays its rmap removal and flushes). Needs the gather's
     `_tlb_bulk_fills(tlb, npages)` and `_tlb_bulk_add(c, tlb, pfns, increasing)`, and `_tlb_bulk_range(tlb,
-    start, end)` if it tracks ranges. Returns (address reached, ns, preemption point after the last step)
-    or None (go step by step)."""
+    start, end)` if it tracks ranges.
+
+    With `forced_flush` (6.18), a full gather does not end the run when the gather can say what its
+    forced flush does (`_tlb_bulk_cycle`, `_tlb_bulk_flushes`): the table where it fills is then two
+    zap_pte_range() calls, the first ending with the flush under the PTE lock, spin_unlock and
+    tlb_flush_mmu(), then cond_resched() and the second from the next entry on (none when the page was
+    the table's last entry). Returns (address reached, ns, preemption point after the last step) or None
+    (go step by step)."""
     if c.preempt_count or c.irqs_off:
         return None
     plan = kernel._tlb_bulk_fills(tlb, 512 * 512)
     if plan is None:
         return None
+    cycle = kernel._tlb_bulk_cycle(c, tlb, plan[2]) if forced_flush else None
     # read no more tables than the gather can take pages of (as if they were full; a run of sparser ones
     # takes more calls)
-    run = TableRun(pmd, addr, end, min(512, plan[2] // 512 + 2))
+    run = TableRun(pmd, addr, end, 512 if cycle else min(512, plan[2] // 512 + 2))
     nu = len(run.tables)
     if nu < 2:
         return None
     head = run.tables[0]
-    if head is not None and plan[2] < run.hi[0] - run.lo[0] and np.count_nonzero(
+    if cycle is None and head is not None and plan[2] < run.hi[0] - run.lo[0] and np.count_nonzero(
             np.frombuffer(head.ptes, dtype=np.int64)[run.lo[0]:run.hi[0]]) > plan[2]:
         return None                                     # the gather cannot take the first table's pages
     costs = kernel.costs
@@ -383,8 +392,13 @@ def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: boo
     fill_at, fill_ns, limit = plan
     ev = np.bincount(np.searchsorted(page_end, fill_at, "right"), weights=fill_ns, minlength=nu)[:nu]
     ev = ev.astype(np.int64)
-    if limit < page_end[-1]:                            # not past the table of a page that cannot be told
-        nu = int(np.searchsorted(page_end, limit, "right"))
+    fl = None                                           # the pages that force a flush, with `cycle`
+    if limit < page_end[-1]:
+        if cycle is None:                               # not past the table of a page that cannot be told
+            nu = int(np.searchsorted(page_end, limit, "right"))
+        else:
+            period, first_ns, flush_ns, free_ns = cycle
+            fl = np.arange(limit, int(page_end[-1]), period)
     if dirty_file_stops and len(ent):
         dirty = (ent & _PAGE_DIRTY) != 0
         if dirty.any():
@@ -393,6 +407,20 @@ def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: boo
                 nu = min(nu, int(np.searchsorted(page_end, int(np.argmax(stop)), "right")))
     hold = c_zap * cnt + c_none * (lens - cnt) + ev
     cost = np.where(is_t, lock + hold + unlock + cond, none_cost)
+    if fl is not None:                                  # split the tables where the gather fills
+        def at(x: int) -> int:
+            """Where in flat the present entry of page x is."""
+            u = int(np.searchsorted(page_end, x, "right"))
+            s = int(ent_end[u] - lens[u])
+            return s + int(np.flatnonzero(pres[s:s + lens[u]])[x - int(page_end[u] - cnt[u])])
+        uf = np.searchsorted(page_end, fl, "right")     # the table of each, its entry there, its pages
+        off = np.array([at(x) for x in fl.tolist()], dtype=np.int64) - (ent_end - lens)[uf]
+        cnt1 = fl - (page_end - cnt)[uf] + 1            # up to that one (the fills' costs come before)
+        fns = np.full(len(fl), flush_ns)
+        fns[0] = first_ns
+        hold1 = c_zap * cnt1 + c_none * (off + 1 - cnt1) + ev[uf] + fns
+        two = off < lens[uf] - 1                        # a second zap_pte_range() after cond_resched()
+        cost[uf] += fns + free_ns + np.where(two, cond + lock + unlock, 0)
     last = np.where(is_t | cond_after_none, cond, costs.pmd_none)
     k = first_crossing(clock, (clock + np.cumsum(cost))[:nu], last[:nu], horizon)
     if k == 0:
@@ -401,23 +429,34 @@ def zap_tables(kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: boo
     pfns = ent[:npages]
     pfns >>= PAGE_SHIFT
     fs = FrameSpan.of(pfns) if npages else None
-    kernel._tlb_bulk_add(c, tlb, pfns, fs is not None and fs.increasing)
-    if npages:
-        anon = rmap_remove(kernel.alloc, pfns, fs)
-        if hasattr(kernel, "_tlb_bulk_range"):           # tlb_remove_tlb_entry() of each cleared PTE
+    anon = rmap_remove(kernel.alloc, pfns, fs) if npages else 0
+    nfl = int(np.count_nonzero(uf < k)) if fl is not None else 0
+    if nfl:
+        kernel._tlb_bulk_flushes(c, tlb, pfns, fs, limit, nfl)
+    else:
+        kernel._tlb_bulk_add(c, tlb, pfns, fs is not None and fs.increasing)
+    after = int(fl[nfl - 1]) + 1 if nfl else 0         # the pages since the last flush reset the range
+    if npages > after and hasattr(kernel, "_tlb_bulk_range"):    # tlb_remove_tlb_entry() of each cleared PTE
+        if nfl:
+            idx = (at(after), at(npages - 1))
+        else:
             nent = int(ent_end[k - 1])
             idx = (int(np.argmax(pres)), nent - 1 - int(np.argmax(pres[nent - 1::-1])))
-            first, lastp = (int(np.searchsorted(ent_end, x, "right")) for x in idx)
-            base = [run.addrs[u] - ((run.hi[u] - run.lo[u]) << PAGE_SHIFT) - (int(ent_end[u] - lens[u]) << PAGE_SHIFT)
-                    for u in (first, lastp)]
-            kernel._tlb_bulk_range(tlb, base[0] + (idx[0] << PAGE_SHIFT), base[1] + ((idx[1] + 1) << PAGE_SHIFT))
-    else:
-        anon = 0
+        first, lastp = (int(np.searchsorted(ent_end, x, "right")) for x in idx)
+        base = [run.addrs[u] - ((run.hi[u] - run.lo[u]) << PAGE_SHIFT) - (int(ent_end[u] - lens[u]) << PAGE_SHIFT)
+                for u in (first, lastp)]
+        kernel._tlb_bulk_range(tlb, base[0] + (idx[0] << PAGE_SHIFT), base[1] + ((idx[1] + 1) << PAGE_SHIFT))
     run.clear(k)
     tables = np.flatnonzero(is_t[:k])
+    h = hold[tables]
+    if nfl:                                             # the split tables hold their PTE lock twice
+        h1, h2, has2 = hold.copy(), np.zeros_like(hold), np.zeros(len(hold), dtype=bool)
+        h1[uf[:nfl]], h2[uf[:nfl]], has2[uf[:nfl]] = hold1[:nfl], hold[uf[:nfl]] - hold1[:nfl] + fns[:nfl], two[:nfl]
+        h = np.column_stack((h1[tables], h2[tables])).ravel()[
+            np.column_stack((np.ones(len(tables), dtype=bool), has2[tables])).ravel()]
     m = kernel.metrics
-    m.pte_lock_hold.frombytes(hold[tables].tobytes())
-    m.preempt_off.frombytes((lock + hold[tables] + unlock).tobytes())
+    m.pte_lock_hold.frombytes(h.tobytes())
+    m.preempt_off.frombytes((lock + h + unlock).tobytes())
     kernel._add_mm_rss(tlb.mm, anon, npages - anon)
     point = P_COND_RESCHED if is_t[k - 1] or cond_after_none else P_PLAIN
     return run.addrs[k - 1], clock + int(cost[:k].sum()) - c.clock, point

@@ -138,12 +138,14 @@ class Memory618(Memory):
     def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details):
         """zap_pmd_range(), mm/memory.c v6.18: zap each PTE table, retrying one that stopped early;
         cond_resched() after every entry (the `continue` for a none PMD reaches it too). On the fast path,
-        runs of whole entries are emulated in one pass (mm/memory/bulk.py zap_tables)."""
+        runs of whole entries are emulated in one pass (mm/memory/bulk.py zap_tables), the forced flushes
+        of a full gather included when it can say what they do."""
         bulk = (self.fast and type(self).zap_pte_range is Memory618.zap_pte_range
                 and not self.arch.mmu_gather_page_size and (details is None or not details.reclaim_pt))
         while True:
             if bulk and may_bulk(self, c):
-                done = zap_tables(self, c, tlb, pmd, addr, end, cond_after_none=True, dirty_file_stops=True)
+                done = zap_tables(self, c, tlb, pmd, addr, end, cond_after_none=True, dirty_file_stops=True,
+                                  forced_flush=True)
                 if done is not None:
                     addr, ns, point = done
                     yield Elapse(ns, point)

@@ -8,9 +8,9 @@ import numpy as np
 
 from mmugather.kernel.locking import COND_RESCHED
 from mmugather.mm.memory.bulk import first_crossing, may_bulk, release_flat
-from mmugather.sim.engine import P_COND_RESCHED, Elapse
+from mmugather.sim.engine import P_COND_RESCHED, TLBSTATE_LAZY, TLBSTATE_OK, Elapse
 from mmugather.mm.mmu_gather import PAGE_SIZE
-from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
+from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT, FrameSpan
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PUD_SHIFT
 from mmugather.mm.swap_state import free_pages_and_swap_cache
 
@@ -323,6 +323,90 @@ class Gather618:
             batch.next = new
             tlb.active = new
 
+    def _tlb_bulk_cycle(self, c, tlb, limit: int):
+        """Fast path (mm/memory/bulk.py zap_tables, forced_flush): zap_pte_range()'s forced-flush cycle as
+        an emulator may run it, when page `limit` of a run (the `_tlb_bulk_fills` limit) finds the gather
+        full (tlb_next_batch() at MAX_GATHER_BATCH_COUNT): under the PTE lock tlb_flush_mmu_tlbonly() (a
+        flush_tlb_mm_range() of the whole mm on this CPU alone, no IPI), after the unlock tlb_flush_mmu()
+        freeing every batch (one free_pages_and_swap_cache() and one cond_resched() each), the batches
+        kept, so the next flush comes `period` pages later. Returns (period, ns of the first flush step, ns
+        of the later ones (a lazy CPU leaves the mm at the first), ns of the frees), or None when only the
+        step path can tell: anything but the stock code on x86 (native or KVM), another CPU in mm_cpumask,
+        anything cached or reached that a flush or free would touch, a TLB generation ahead of the mm's, a
+        table batch or delayed rmaps pending, GFP_NOWAIT failing, a gather not filled page by page, a first
+        flush that could be a ranged one."""
+        from mmugather.arch.x86 import X86, X86Kvm
+        cls, arch, mm, inv = type(self), self.arch, tlb.mm, self.invariants
+        if (type(arch) not in (X86, X86Kvm) or cls.tlb_flush.__qualname__ != "Kernel.tlb_flush"
+                or any(getattr(cls, f) is not getattr(Gather618, f) for f in (
+                    "tlb_flush_mmu", "tlb_flush_mmu_tlbonly", "tlb_table_flush", "tlb_batch_pages_flush",
+                    "tlb_flush_rmaps", "_tlb_reset_range"))
+                or tlb.batch is not None or tlb.delayed_rmap or self.alloc.fail_nowait or not mm.cpumask <= {c.id}
+                or c.tlb or c.pwc or c.dangling or inv.tlb_refs or inv.pwc_refs or inv.walking
+                or (c.loaded_mm is mm and c.per_cpu.get("tlb_gen", 0) > mm.tlb_gen)
+                or not (tlb.fullmm or tlb.need_flush_all or limit >= arch.tlb_single_page_flush_ceiling)):
+            return None
+        per = self.MAX_GATHER_BATCH - 1
+        period = self.MMU_GATHER_BUNDLE - 1 + self.MAX_GATHER_BATCH_COUNT * per
+        if period <= 512 or per > self.MAX_NR_FOLIOS_PER_FREE:
+            return None                                  # (a flush per table at most; a batch, one free)
+        chain, room = [], 0
+        b, seen = tlb.local, False
+        while b is not None:
+            if b.delayed:
+                return None
+            chain.append(b.pages)
+            seen = seen or b is tlb.active
+            if seen:
+                room += b.max - 1 - len(b.pages)
+            b = b.next
+        room += (self.MAX_GATHER_BATCH_COUNT - tlb.batch_count) * per
+        held = np.frombuffer(b"".join(chain), dtype=np.int64)
+        if limit != room - 1 or len(held) + room != period or (len(held) and held.min() < 0):
+            return None                                  # (pairs: a folio of several pages)
+        costs = self.costs
+        first = costs.flush_call + (costs.flush_full if c.loaded_mm is mm else 0)    # flush_tlb_func() here
+        later = costs.flush_call if c.loaded_mm is mm and c.tlbstate == TLBSTATE_LAZY else first
+        return (period, first, later,
+                costs.page_free * period + costs.cond_resched * (1 + self.MAX_GATHER_BATCH_COUNT))
+
+    def _tlb_bulk_flushes(self, c, tlb, pfns: np.ndarray, fs: FrameSpan | None, limit: int, nflush: int) -> None:
+        """Fast path: `pfns` (int64, their rmaps already removed; `fs` their FrameSpan if known) batched in
+        order through `nflush` cycles `_tlb_bulk_cycle` planned, the first forced by pfns[limit]: the batch
+        pages the first cycle allocates, each flush as flush_tlb_mm_range() runs it on this CPU alone
+        (tlb_gen, the local flush; a lazy CPU switches to init_mm at the first), the pages freed in order
+        (those batched before, then pfns up to the last flush's), the range reset, the pages after the
+        last flush batched."""
+        period = self.MMU_GATHER_BUNDLE - 1 + self.MAX_GATHER_BATCH_COUNT * (self.MAX_GATHER_BATCH - 1)
+        chain = []
+        b = tlb.local
+        while b is not None:
+            chain.append(b)
+            b = b.next
+        held = np.frombuffer(b"".join([x.pages for x in chain]), dtype=np.int64)
+        self._tlb_bulk_add(c, tlb, pfns[:limit], False)          # (the batch pages it allocates)
+        b = tlb.local
+        while b is not None:
+            b.pages = array("q")
+            b = b.next
+        tlb.active = tlb.local
+        last = limit + (nflush - 1) * period + 1
+        m, mm = self.metrics, tlb.mm
+        m.tlb_flushes += nflush
+        m.flushes_under_pte_lock += nflush
+        mm.tlb_gen += nflush
+        if c.loaded_mm is mm and c.tlbstate == TLBSTATE_LAZY:
+            self.arch.load_cr3(c, None)                      # switch_mm_irqs_off(NULL, &init_mm)
+            c.tlbstate = TLBSTATE_OK
+        elif c.loaded_mm is mm:
+            self.arch.tlb.flush_all(c)
+            c.per_cpu["tlb_gen"] = mm.tlb_gen
+        self.alloc.release_array(c, held)
+        self.alloc.release_array(c, pfns[:last], fs=fs.prefix(pfns, last) if fs is not None else None)
+        m.pages_per_flush.frombytes(np.full(nflush, period, dtype=np.int64).tobytes())
+        self._tlb_reset_range(tlb)
+        self._tlb_bulk_add(c, tlb, pfns[last:], False)
+
     def _tlb_bulk_range(self, tlb, start: int, end: int) -> None:
         """Fast path: tlb_flush_pte_range() of every PTE cleared in [start, end), at once."""
         self._tlb_adjust_range(tlb, start, end - start)
@@ -457,10 +541,14 @@ class Gather618:
 
     def _tlb_remove_table_rcu(self, batch):
         def tlb_remove_table_rcu(cpu) -> None:
-            """tlb_remove_table_rcu() -> __tlb_remove_table_free(): free each table, then the batch page."""
-            for pfn in batch.tables:
-                self.alloc.free_page(cpu, pfn)
-            self.alloc.free_page(cpu, batch.pfn)
+            """tlb_remove_table_rcu() -> __tlb_remove_table_free(): free each table, then the batch page
+            (on the fast path the same frees at once)."""
+            if self.fast:
+                self.alloc.free_array(cpu, np.array(batch.tables + [batch.pfn], dtype=np.int64))
+            else:
+                for pfn in batch.tables:
+                    self.alloc.free_page(cpu, pfn)
+                self.alloc.free_page(cpu, batch.pfn)
             self.metrics.gather_memory(-PAGE_SIZE)
         return tlb_remove_table_rcu
 
