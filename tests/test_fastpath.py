@@ -2,6 +2,7 @@
 same metrics and the same violations as running it one step at a time (`Simulation(fast=False)`)."""
 import json
 
+import numpy as np
 import pytest
 from conftest import munmap_while_others_run, scenario
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +14,7 @@ from mmugather.mm.memory import bulk
 from mmugather.mm.memory.v2_6_39 import Memory2639
 from mmugather.mm.memory.v3_0 import Memory30
 from mmugather.mm.mmu_gather.v6_18 import Gather618
+from mmugather.mm.page_alloc import FrameSpan
 from mmugather.policies import POLICIES
 from mmugather.sim.machine import Simulation
 from mmugather.workloads.scenario import parse_scenario
@@ -425,3 +427,26 @@ def test_first_crossing_counts_whole_units_the_engine_would_run(units, data):
         else:
             break
     assert k == whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=400), st.sampled_from(["sorted", "holes", "any"]))
+def test_frame_span_marks_exactly_the_frames(pfns, shape):
+    """FrameSpan.of: None exactly when a frame repeats; else lo/hi bound the frames, `increasing` says
+    whether the array is sorted, and the mask (when there is one) marks exactly them, whichever way it
+    was built (all, holes marked, frames marked)."""
+    a = np.array(pfns, dtype=np.int64)
+    if shape != "any":
+        a = np.unique(a)
+    if shape == "holes":                                # a long run of frames with a few missing
+        span = np.arange(1000, 1000 + 20 * len(a))
+        a = np.delete(span, np.unique(a % len(span))[:len(span) // 20])
+    fs = FrameSpan.of(a)
+    if fs is None:
+        assert len(np.unique(a)) < len(a)
+        return
+    assert len(np.unique(a)) == len(a)
+    assert (fs.lo, fs.hi) == (int(a.min()), int(a.max()) + 1)
+    assert fs.increasing == bool((np.diff(a) > 0).all())
+    if fs.mask is not None:
+        assert np.array_equal(np.flatnonzero(fs.mask) + fs.lo, np.sort(a))

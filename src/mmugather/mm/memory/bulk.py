@@ -33,7 +33,7 @@ tests/test_fastpath.py checks that both paths agree on random workloads.
 """
 from __future__ import annotations
 
-from itertools import chain
+from itertools import chain, islice
 
 import numpy as np
 
@@ -175,22 +175,26 @@ def free_tables_bulk(kernel, c, tlb, pmd, addr: int, end: int):
     quiet = kernel._pte_free_quiet(tlb)
     if quiet < 1:
         return None
-    from mmugather.mm.pgtable import PMD_SHIFT, PMD_SIZE, addr_end
+    from mmugather.mm.pgtable import PMD_SHIFT
     cost = kernel.costs.pgtable_free
     room = quiet + 1
     if cost and c.horizon != INF:                       # the step that reaches the horizon is the last
         room = min(room, -(-(c.horizon - c.clock) // cost))
-    entries = pmd.entries
-    tables, addrs = [], []
-    while addr != end and len(tables) < room:
-        nxt = addr_end(addr, end, PMD_SIZE)
-        pt = entries.get((addr >> PMD_SHIFT) & 511)
-        if pt is not None:
-            tables.append(pt)
-            addrs.append(addr)
-        addr = nxt
-    if len(tables) < 2:
+    if room < 2:
         return None
+    entries = pmd.entries
+    get, j0 = entries.get, addr >> PMD_SHIFT
+    got = list(islice(((j, pt) for j in range(j0, ((end - 1) >> PMD_SHIFT) + 1)
+                       if (pt := get(j & 511)) is not None), room))
+    if len(got) < 2:
+        return None
+    tables = [pt for _, pt in got]
+    addrs = [j << PMD_SHIFT for j, _ in got]
+    if got[0][0] == j0:
+        addrs[0] = addr
+    if len(got) == room:                                # up to the last table; else on to end
+        end = min((got[-1][0] + 1) << PMD_SHIFT, end)
+    addr = end
     mm = tlb.mm
     for at in addrs:                                    # pmd_clear()
         del entries[(at >> PMD_SHIFT) & 511]
@@ -288,23 +292,22 @@ class TableRun:
     __slots__ = ("tables", "lo", "hi", "addrs")
 
     def __init__(self, pmd, addr: int, end: int, limit: int) -> None:
+        n = min(((end - 1) >> 21) - (addr >> 21) + 1, limit) if addr < end else 0   # end <= the PUD's end
+        i0 = (addr >> 21) & 511
         get = pmd.entries.get
-        tables, lo, hi, addrs = [], [], [], []
-        n = 0
-        while addr != end and n < limit:
-            nxt = (addr + (1 << 21)) & ~((1 << 21) - 1)          # pmd_addr_end(); end <= the PUD's end
-            if nxt > end:
-                nxt = end
-            pt = get((addr >> 21) & 511)
+        tables = [get(i) for i in range(i0, i0 + n)]
+        for k, pt in enumerate(tables):
             if pt is not None and (pt.ptl.owner is not None or pt.ptl.waiters):
+                n = k
+                del tables[k:]
                 break
-            i = (addr >> PAGE_SHIFT) & 511
-            tables.append(pt)
-            lo.append(i)
-            hi.append(i + ((nxt - addr) >> PAGE_SHIFT))
-            addrs.append(nxt)
-            addr = nxt
-            n += 1
+        addrs = list(range(((addr >> 21) + 1) << 21, ((addr >> 21) + n + 1) << 21, 1 << 21))  # pmd_addr_end()
+        lo, hi = [0] * n, [512] * n
+        if n:
+            if addrs[-1] > end:
+                addrs[-1] = end
+                hi[-1] = ((end - 1) >> PAGE_SHIFT & 511) + 1
+            lo[0] = (addr >> PAGE_SHIFT) & 511
         self.tables, self.lo, self.hi, self.addrs = tables, lo, hi, addrs
 
     def entries(self, k: int) -> np.ndarray:
