@@ -1,7 +1,7 @@
 """Teardown rate of the simulator against this host's kernel, and host memory per resident simulated page.
 
 Usage: python benchmarks/teardown_rate.py [GIB ...] [--policies P,Q] [--runs N] [--kernel-runs N] [--steps]
-       (default: 1 8 64 GiB, every built-in policy, 3 runs per case below 64 GiB and 1 at 64 GiB, 5 kernel runs)
+       (default: 1 8 64 GiB, every built-in policy, 7 runs per case below 64 GiB and 1 at 64 GiB, 5 kernel runs)
 
 Measures, in one run on this machine:
 - the host kernel: munmap(2) of a touched 1 GiB region of 4 KiB pages (THP off) in a fresh child pinned
@@ -60,7 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sizes", nargs="*", type=int, default=[1, 8, 64], help="GiB resident")
     ap.add_argument("--policies", default=None, help="comma-separated (default: every built-in policy)")
-    ap.add_argument("--runs", type=int, default=3, help="runs per case below 64 GiB (one at 64 GiB and above)")
+    ap.add_argument("--runs", type=int, default=7, help="runs per case below 64 GiB (one at 64 GiB and above)")
     ap.add_argument("--kernel-runs", type=int, default=5)
     ap.add_argument("--steps", action="store_true",
                     help="step by step (Simulation(fast=False), the explorer's reference path) instead of the fast path")
