@@ -142,7 +142,7 @@ class PageAlloc:
         kind = self.kind
         nr_used = self.nr_used
         free_list = self.free_list
-        freed = []
+        fp, fk = [], []                                  # the frames freed and their kinds
         for pfn in pfns:
             rc = refcount[pfn] - 1
             refcount[pfn] = rc
@@ -155,15 +155,16 @@ class PageAlloc:
                 raise AssertionError(f"free_page: pfn {pfn} freed twice")
             kind[pfn] = FREE
             nr_used[k] -= 1
-            freed.append((pfn, k))
-        if freed:
-            first, n = freed[0][0], len(freed)
-            if freed[-1][0] == first + n - 1 and all(f[0] == first + i for i, f in enumerate(freed)):
+            fp.append(pfn)
+            fk.append(k)
+        if fp:
+            first, n = fp[0], len(fp)
+            if fp[-1] == first + n - 1 and fp == list(range(first, first + n)):
                 free_list.push_run(first, n)             # consecutive frames: one run
             else:
-                for pfn, _ in freed:
+                for pfn in fp:
                     free_list.append(pfn)
-            self.on_free_many(cpu, freed)
+            self.on_free_many(cpu, list(zip(fp, fk)))
 
     def views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """numpy views of (refcount, mapcount, kind). Drop them before the next allocation: an array that

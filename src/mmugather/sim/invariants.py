@@ -73,16 +73,19 @@ class Invariants:
         """on_free() for a batch of (pfn, kind) freed together by release_pages()."""
         m = self.metrics
         tlb_refs, pwc_refs = self.tlb_refs, self.pwc_refs
-        tables = 0
-        for pfn, kind in freed:
-            if kind == PGTABLE:
-                tables += 1
-                if pfn in pwc_refs:
-                    self._freed_while_cached(c, pfn)
-                if pfn in self.walking:
-                    self._freed_while_walked(c, pfn)
-            elif pfn in tlb_refs:
-                self._freed_while_mapped(c, pfn)
+        if tlb_refs or pwc_refs or self.walking:
+            tables = 0
+            for pfn, kind in freed:
+                if kind == PGTABLE:
+                    tables += 1
+                    if pfn in pwc_refs:
+                        self._freed_while_cached(c, pfn)
+                    if pfn in self.walking:
+                        self._freed_while_walked(c, pfn)
+                elif pfn in tlb_refs:
+                    self._freed_while_mapped(c, pfn)
+        else:                                           # nothing cached or walked: only the counts
+            tables = sum(1 for _, kind in freed if kind == PGTABLE)
         m.page_tables_freed += tables
         m.pages_freed += len(freed) - tables
         if c is not None and c.ptl_held:
