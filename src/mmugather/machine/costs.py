@@ -72,10 +72,13 @@ class Costs:
             raise ValueError("latency_period: expected a positive number of ns")
 
 
+DEFAULT_COSTS = Costs()     # (frozen: one instance serves every run that overrides nothing)
+
+
 def load_costs(path: str | Path | None) -> Costs:
     """Return the default costs, overridden by the keys of a TOML or JSON cost file when one is given."""
     if path is None:
-        return Costs()
+        return DEFAULT_COSTS
     p = Path(path)
     try:
         text = p.read_text()

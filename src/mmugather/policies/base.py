@@ -83,7 +83,7 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
                 view[empty] = (pfns << PAGE_SHIFT) | writable_flags
                 del view
                 mc = np.frombuffer(alloc.mapcount, dtype=np.int16)
-                np.add.at(mc, pfns, 1)
+                mc[pfns] += 1                                   # (distinct frames: one per PTE)
                 del mc
                 mapped += n
             else:

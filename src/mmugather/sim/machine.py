@@ -8,7 +8,7 @@ import random
 
 from mmugather.kernel.rcu import Rcu
 from mmugather.kernel.smp import Sleep
-from mmugather.machine.costs import Costs
+from mmugather.machine.costs import DEFAULT_COSTS, Costs
 from mmugather.machine.tlb import Tlb
 from mmugather.mm.mm_types import AddressSpace, MmStruct, Vma
 from mmugather.mm.mmu_notifier import SleepingSubscriber
@@ -57,7 +57,7 @@ class Simulation:
         self.preempt = preempt if preempt is not None else m.preempt
         self.fail_nowait = fail_nowait if fail_nowait is not None else m.fail_nowait
         self.seed = seed if seed is not None else scenario.seed
-        self.costs = costs or Costs()
+        self.costs = costs or DEFAULT_COSTS
         self.rng = random.Random(self.seed)
         self.metrics = Metrics(self.ncpus)
         self.invariants = Invariants(self.metrics)
