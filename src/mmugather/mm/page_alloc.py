@@ -275,18 +275,13 @@ class FrameSpan:
         """The span of pfns, or None when some frame occurs twice."""
         fs = cls()
         n = len(pfns)
-        if n < 2:
-            fs.increasing = True
-        else:                                            # where the array is not a run of consecutive frames
-            d = pfns[1:] - pfns[:-1]
-            gaps = np.flatnonzero(d != 1)
-            fs.increasing = bool((d[gaps] > 0).all())
+        d = pfns[1:] - pfns[:-1]
+        gaps = np.flatnonzero(d != 1)                    # where the array is not a run of consecutive frames
+        fs.increasing = bool((d[gaps] > 0).all())
         lo = int(pfns.min()) if not fs.increasing else int(pfns[0])
         hi = (int(pfns.max()) if not fs.increasing else int(pfns[-1])) + 1
         fs.lo, fs.hi = lo, hi
-        if fs.increasing and hi - lo == n:               # consecutive frames: all of the span
-            fs.mask = np.ones(n, dtype=bool)
-        elif fs.increasing and hi - lo - n <= n >> 4:    # a few holes: mark them, not the frames
+        if fs.increasing and hi - lo - n <= n >> 4:      # none or a few holes: mark them, not the frames
             m = np.ones(hi - lo, dtype=bool)
             first, size = pfns[gaps] + 1 - lo, d[gaps] - 1
             starts = np.cumsum(size) - size

@@ -6,6 +6,7 @@ from array import array
 
 import numpy as np
 
+from mmugather.arch.x86 import X86, X86Kvm
 from mmugather.kernel.locking import COND_RESCHED
 from mmugather.mm.memory.bulk import first_crossing, may_bulk, release_flat
 from mmugather.sim.engine import P_COND_RESCHED, TLBSTATE_LAZY, TLBSTATE_OK, Elapse
@@ -335,7 +336,6 @@ class Gather618:
         anything cached or reached that a flush or free would touch, a TLB generation ahead of the mm's, a
         table batch or delayed rmaps pending, GFP_NOWAIT failing, a gather not filled page by page, a first
         flush that could be a ranged one."""
-        from mmugather.arch.x86 import X86, X86Kvm
         cls, arch, mm, inv = type(self), self.arch, tlb.mm, self.invariants
         if (type(arch) not in (X86, X86Kvm) or cls.tlb_flush.__qualname__ != "Kernel.tlb_flush"
                 or any(getattr(cls, f) is not getattr(Gather618, f) for f in (
@@ -347,7 +347,7 @@ class Gather618:
                 or not (tlb.fullmm or tlb.need_flush_all or limit >= arch.tlb_single_page_flush_ceiling)):
             return None
         per = self.MAX_GATHER_BATCH - 1
-        period = self.MMU_GATHER_BUNDLE - 1 + self.MAX_GATHER_BATCH_COUNT * per
+        period = self._tlb_bulk_period()
         if period <= 512 or per > self.MAX_NR_FOLIOS_PER_FREE:
             return None                                  # (a flush per table at most; a batch, one free)
         chain, room = [], 0
@@ -370,6 +370,11 @@ class Gather618:
         return (period, first, later,
                 costs.page_free * period + costs.cond_resched * (1 + self.MAX_GATHER_BATCH_COUNT))
 
+    def _tlb_bulk_period(self) -> int:
+        """The pages a gather of kept batches takes between two forced flushes: the local bundle and
+        MAX_GATHER_BATCH_COUNT page batches, each used to max-1 entries."""
+        return self.MMU_GATHER_BUNDLE - 1 + self.MAX_GATHER_BATCH_COUNT * (self.MAX_GATHER_BATCH - 1)
+
     def _tlb_bulk_flushes(self, c, tlb, pfns: np.ndarray, fs: FrameSpan | None, limit: int, nflush: int) -> None:
         """Fast path: `pfns` (int64, their rmaps already removed; `fs` their FrameSpan if known) batched in
         order through `nflush` cycles `_tlb_bulk_cycle` planned, the first forced by pfns[limit]: the batch
@@ -377,7 +382,7 @@ class Gather618:
         (tlb_gen, the local flush; a lazy CPU switches to init_mm at the first), the pages freed in order
         (those batched before, then pfns up to the last flush's), the range reset, the pages after the
         last flush batched."""
-        period = self.MMU_GATHER_BUNDLE - 1 + self.MAX_GATHER_BATCH_COUNT * (self.MAX_GATHER_BATCH - 1)
+        period = self._tlb_bulk_period()
         chain = []
         b = tlb.local
         while b is not None:
