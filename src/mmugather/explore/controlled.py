@@ -376,9 +376,9 @@ def _count_frees(alloc, obs: Observer, engine) -> None:
         note(c, [(pfn, kind)])
         on_free(c, pfn, kind)
 
-    def counted_free_many(c, freed):
-        note(c, list(freed))
-        on_free_many(c, freed)
+    def counted_free_many(c, pfns, kinds):
+        note(c, list(zip(pfns, kinds)) if obs.log is not None else None)
+        on_free_many(c, pfns, kinds)
 
     def counted_free_array(c, pfns, kinds):
         note(c, list(zip(pfns.tolist(), kinds.tolist())) if obs.log is not None else None)

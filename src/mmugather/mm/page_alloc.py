@@ -164,7 +164,7 @@ class PageAlloc:
             else:
                 for pfn in fp:
                     free_list.append(pfn)
-            self.on_free_many(cpu, list(zip(fp, fk)))
+            self.on_free_many(cpu, fp, fk)
 
     def views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """numpy views of (refcount, mapcount, kind). Drop them before the next allocation: an array that

@@ -69,13 +69,13 @@ class Invariants:
         if c is not None and c.ptl_held and kind != BATCH:
             m.frees_under_pte_lock += 1
 
-    def on_free_many(self, c, freed: list[tuple[int, int]]) -> None:
-        """on_free() for a batch of (pfn, kind) freed together by release_pages()."""
+    def on_free_many(self, c, pfns: list[int], kinds: list[int]) -> None:
+        """on_free() for frames freed together by release_pages(), and their kinds."""
         m = self.metrics
         tlb_refs, pwc_refs = self.tlb_refs, self.pwc_refs
         if tlb_refs or pwc_refs or self.walking:
             tables = 0
-            for pfn, kind in freed:
+            for pfn, kind in zip(pfns, kinds):
                 if kind == PGTABLE:
                     tables += 1
                     if pfn in pwc_refs:
@@ -85,11 +85,11 @@ class Invariants:
                 elif pfn in tlb_refs:
                     self._freed_while_mapped(c, pfn)
         else:                                           # nothing cached or walked: only the counts
-            tables = sum(1 for _, kind in freed if kind == PGTABLE)
+            tables = kinds.count(PGTABLE)
         m.page_tables_freed += tables
-        m.pages_freed += len(freed) - tables
+        m.pages_freed += len(pfns) - tables
         if c is not None and c.ptl_held:
-            m.frees_under_pte_lock += len(freed) - tables
+            m.frees_under_pte_lock += len(pfns) - tables
 
     def reached(self, pfns: np.ndarray) -> np.ndarray | None:
         """Which of the frames `pfns` some TLB, paging-structure cache or lockless walker still reaches: a
@@ -115,7 +115,7 @@ class Invariants:
         if hit is not None:
             if under_lock is not None:
                 raise AssertionError("on_free_array: per-frame lock flags for frames still reachable")
-            self.on_free_many(c, list(zip(pfns[hit].tolist(), kinds[hit].tolist())))
+            self.on_free_many(c, pfns[hit].tolist(), kinds[hit].tolist())
             pfns, kinds, ntables = pfns[~hit], kinds[~hit], None
         m = self.metrics
         n = len(pfns)

@@ -52,6 +52,7 @@ class Memory618(Memory):
         iend = i + ((end - addr) >> PAGE_SHIFT)
         none = 0
         fast = self.fast
+        flush_pte_range, remove = self.tlb_flush_pte_range, self._tlb_remove_folio_pages_size
         while True:
             if fast and may_bulk(self, c):             # fast path: a run of present PTEs in one pass
                 quiet = self._tlb_quiet(tlb)
@@ -82,7 +83,7 @@ class Memory618(Memory):
             ptent = ptes[i]
             if ptent:
                 ptes[i] = 0                                      # ptep_get_and_clear_full()
-                self.tlb_flush_pte_range(tlb, addr, PAGE_SIZE)   # tlb_remove_tlb_entry()
+                flush_pte_range(tlb, addr, PAGE_SIZE)            # tlb_remove_tlb_entry()
                 pfn = ptent >> PAGE_SHIFT
                 delay_rmap = False
                 if kind[pfn] == ANON:
@@ -97,7 +98,7 @@ class Memory618(Memory):
                         raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
                 yield c_zap + none
                 none = 0
-                if self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, delay_rmap):
+                if remove(c, tlb, pfn, 1, delay_rmap):
                     force_flush = force_break = True
                     addr += PAGE_SIZE
                     break

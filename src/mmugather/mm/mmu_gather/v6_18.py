@@ -123,8 +123,12 @@ class Gather618:
             tlb.end = address + size
 
     def tlb_flush_pte_range(self, tlb, address: int, size: int) -> None:
-        """tlb_flush_pte_range() (tlb_remove_tlb_entry() of a cleared PTE)."""
-        self._tlb_adjust_range(tlb, address, size)
+        """tlb_flush_pte_range() (tlb_remove_tlb_entry() of a cleared PTE), with __tlb_adjust_range()
+        written out: it runs once per PTE on the step path."""
+        if address < tlb.start:
+            tlb.start = address
+        if address + size > tlb.end:
+            tlb.end = address + size
         tlb.cleared_ptes = True
 
     def tlb_flush_pmd_range(self, tlb, address: int, size: int) -> None:
