@@ -251,6 +251,23 @@ def test_6_18_full_gathers_flush_in_bulk_at_every_boundary(op, arch, bulk_flushe
     assert max(bulk_flushes) == 3
 
 
+def test_6_18_bulk_flush_resets_the_range_an_earlier_pass_left(bulk_flushes):
+    """truncate() zaps a private file mapping that starts 1283 pages below a PUD boundary: the first
+    zap_pmd_range() leaves a range in the gather, the second fills it, and the forced flush resets the
+    range (__tlb_reset_range()), so tlb_finish_mmu() flushes only the 1 or 20 pages zapped after it (page
+    by page: no table is freed). Same times as the step path."""
+    for extra in (1, 20):
+        sc = parse_scenario({"seed": 1, "machine": {"cpus": 2, "latency_task": False}, "files": [{"name": "f"}],
+                             "process": [{"name": "p", "vma": [
+                                 {"name": "f", "size": (CYCLE_618 + extra) * PAGE, "kind": "file", "file": "f",
+                                  "start": 0x7E00_0000_0000 - 1283 * PAGE, "populate": True}],
+                                 "thread": [{"cpu": 0, "program": [{"op": "truncate", "file": "f"},
+                                                                    {"op": "exit"}]}]}]}, "fastpath")
+        before = len(bulk_flushes)
+        assert_same(sc, POLICIES["6.18"])
+        assert bulk_flushes[before:] == [1]
+
+
 @pytest.mark.parametrize("preempt", ["none", "voluntary", "full"])
 def test_6_18_bulk_flush_cycles_end_where_latency_tasks_wake(preempt, bulk_flushes):
     """120 MiB torn down while a latency task wakes every few ms: wake-ups land before, inside and after
