@@ -3,6 +3,7 @@ with a TLB row) the quick subset measured for real and matched against the model
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,20 @@ def test_a_row_matches_only_when_every_cpu_agrees():
     assert kc.row(c, _result([0, 1]), None, "no policy")["match"] is False
 
 
+def test_a_traced_mismatch_on_a_cpu_that_ran_another_user_task_says_so():
+    """Host 1 IPI on CPU 1 where the model says 2, and the trace saw a user task from outside the probe
+    run there: the row stays a mismatch, with that as its reason; none when that CPU agrees."""
+    c = kc.Check("munmap", 1_000_000, "blocked")
+    r = _result([0, 1])
+    trace = {"sends": 104, "shootdown": [0, 0], "wrong_cpu": [0, 1]}
+    noisy = kc.row(c, replace(r, trace=trace | {"others": [0, 6]}), ([0, 2], 5), "")
+    assert noisy["match"] is False and noisy["reason"].startswith("other user tasks ran on CPU 1 during the call")
+    quiet = kc.row(c, replace(r, trace=trace | {"others": [0, 0]}), ([0, 2], 5), "")
+    assert quiet["match"] is False and "reason" not in quiet
+    agree = kc.row(c, replace(r, trace=trace | {"others": [3, 6]}), ([0, 1], 5), "")
+    assert agree["match"] is True and "reason" not in agree
+
+
 def test_a_host_that_cannot_probe_skips_every_script(monkeypatch):
     """One CPU or no TLB row: every script skipped, exit 0 (here in-process, the reason forced)."""
     monkeypatch.setattr(kc, "host_supported", lambda: "needs CPUs 0 and 1")
@@ -102,21 +117,30 @@ TRACE = """\
           <idle>-0   [001] d.h1. 10.000014: tlb_flush: pages:1 reason:remote shootdown (1)
           python-9   [000] d..1. 10.000015: tlb_flush: pages:-1 reason:remote IPI send (4)
           <idle>-0   [001] d.h1. 10.000016: tlb_flush: pages:0 reason:remote wrong CPU (5)
+          python-9   [001] d..2. 10.000017: sched_switch: prev_comm=python prev_pid=9 prev_prio=120 prev_state=S ==> next_comm=python next_pid=11 next_prio=120
+          python-11  [001] d..2. 10.000018: sched_switch: prev_comm=python prev_pid=11 prev_prio=120 prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120
+          <idle>-0   [001] d..2. 10.000019: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=agent next_pid=77 next_prio=120
+           agent-77  [001] d..2. 10.000019: sched_switch: prev_comm=agent prev_pid=77 prev_prio=120 prev_state=S ==> next_comm=kworker/1:1 next_pid=40 next_prio=120
           python-9   [000] ...1. 10.000020: tracing_mark_write: mmugather-end 0
           <idle>-0   [001] d.h1. 10.000021: tlb_flush: pages:1 reason:remote shootdown (1)
+          <idle>-0   [001] d..2. 10.000022: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=agent next_pid=77 next_prio=120
           python-9   [000] ...1. 10.000030: tracing_mark_write: mmugather-begin 3
           python-9   [000] d..1. 10.000031: tlb_flush: pages:1 reason:remote IPI send (4)
+          python-9   [000] d..2. 10.000031: sched_switch: prev_comm=python prev_pid=9 prev_prio=120 prev_state=R ==> next_comm=bash next_pid=78 next_prio=120
+           agent-77  [001] d..2. 10.000031: sched_switch: prev_comm=agent prev_pid=77 prev_prio=120 prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120
           python-9   [000] ...1. 10.000032: tracing_mark_write: mmugather-end 3
 """
 
 
 def test_trace_windows_count_the_callers_sends_and_each_cpus_handler_outcomes():
     """Only events between a window's markers count; sends only on the CPU that wrote them (CPU 1's
-    `other` task sent one too); each CPU's remote shootdowns and wrong-CPU exits apart."""
+    `other` task sent one too); each CPU's remote shootdowns and wrong-CPU exits apart; and the switches
+    to user tasks outside the probe (not to the probe's threads 9 and 11, idle, or kernel thread 40),
+    once per run: agent 77 switched in and out counts once, and once when only its switch out is seen."""
     from mmugather.host.ftrace import windows
-    w = windows(TRACE, [0, 1])
-    assert w == {0: {"sends": 2, "shootdown": [0, 1], "wrong_cpu": [0, 1]},
-                 3: {"sends": 1, "shootdown": [0, 0], "wrong_cpu": [0, 0]}}
+    w = windows(TRACE, [0, 1], own={9, 11}, is_user=lambda pid: pid != 40)
+    assert w == {0: {"sends": 2, "shootdown": [0, 1], "wrong_cpu": [0, 1], "others": [0, 1]},
+                 3: {"sends": 1, "shootdown": [0, 0], "wrong_cpu": [0, 0], "others": [1, 1]}}
 
 
 def _tracefs():
@@ -132,9 +156,10 @@ def test_traced_kernel_decides_a_remote_flush_and_skips_a_lazy_cpu():
     CPU, as the model's 0 IPIs say."""
     out = kc.run_check(kc.select(names=["munmap:1:running", "munmap:1:blocked"]), repeats=3, trace_root=_tracefs())
     running, blocked = out["scripts"]
-    assert running["host_trace"] == {"sends": 1, "shootdown": [0, 1], "wrong_cpu": [0, 0]}
+    tlb = ("sends", "shootdown", "wrong_cpu")
+    assert {k: running["host_trace"][k] for k in tlb} == {"sends": 1, "shootdown": [0, 1], "wrong_cpu": [0, 0]}
     assert running["model_ipis_by_cpu"] == [0, 1]
-    assert blocked["host_trace"] == {"sends": 1, "shootdown": [0, 0], "wrong_cpu": [0, 0]}
+    assert {k: blocked["host_trace"][k] for k in tlb} == {"sends": 1, "shootdown": [0, 0], "wrong_cpu": [0, 0]}
     assert blocked["model_ipis_by_cpu"] == [0, 0] and blocked["match"]
 
 

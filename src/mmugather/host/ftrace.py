@@ -8,6 +8,10 @@ mm (it only leaves the mm's cpumask), returns untraced when the CPU is lazy (it 
 otherwise flushes and traces TLB_REMOTE_SHOOTDOWN. So between a probe's two markers the send events count
 the remote flushes the kernel decided on, and each CPU's IPIs (/proc/interrupts) are its shootdown events,
 plus its wrong-CPU events, plus the lazy switches that leave no event.
+
+`sched:sched_switch` is recorded too: a user task from outside the probe that runs on a CPU during a call
+loads its own mm there (switch_mm_irqs_off()), so the probe's later flushes find that CPU on another mm,
+which the model's idle CPU never is. The windows count those switches per CPU.
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ from pathlib import Path
 
 TASK_SWITCH, REMOTE_SHOOTDOWN, LOCAL_SHOOTDOWN, LOCAL_MM_SHOOTDOWN, REMOTE_SEND_IPI, REMOTE_WRONG_CPU = range(6)
 MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-_EVENT = re.compile(r"\[(\d+)\][^:]*:\s+(tlb_flush|tracing_mark_write):\s+(.*)$")
+_EVENT = re.compile(r"\[(\d+)\][^:]*:\s+(tlb_flush|tracing_mark_write|sched_switch):\s+(.*)$")
+_PIDS = re.compile(r"prev_pid=(\d+).*next_pid=(\d+)")
+_EVENTS = ("tlb/tlb_flush", "sched/sched_switch")
 _REASON = re.compile(r"reason:.*\((\d+)\)\s*$")
 
 
@@ -38,8 +44,8 @@ def find_tracefs() -> tuple[Path | None, str]:
 
 
 class TlbTrace:
-    """A tracefs instance of its own (instances/mmugather-PID) recording tlb:tlb_flush and the markers
-    written with `mark()`; removed on exit. Raises OSError where the instance cannot be made."""
+    """A tracefs instance of its own (instances/mmugather-PID) recording tlb:tlb_flush, sched:sched_switch
+    and the markers written with `mark()`; removed on exit. Raises OSError where the instance cannot be made."""
 
     def __init__(self, root: Path) -> None:
         self.dir = root / "instances" / f"mmugather-{os.getpid()}"
@@ -47,7 +53,8 @@ class TlbTrace:
 
     def __enter__(self) -> TlbTrace:
         self.dir.mkdir()
-        (self.dir / "events" / "tlb" / "tlb_flush" / "enable").write_text("1")
+        for e in _EVENTS:
+            (self.dir / "events" / e / "enable").write_text("1")
         self.fd = os.open(self.dir / "trace_marker", os.O_WRONLY)
         return self
 
@@ -61,7 +68,8 @@ class TlbTrace:
     def __exit__(self, *exc) -> None:
         if self.fd >= 0:
             os.close(self.fd)
-        (self.dir / "events" / "tlb" / "tlb_flush" / "enable").write_text("0")
+        for e in _EVENTS:
+            (self.dir / "events" / e / "enable").write_text("0")
         self.dir.rmdir()
 
 
@@ -73,14 +81,27 @@ def end_marker(k: int) -> bytes:
     return f"mmugather-end {k}".encode()
 
 
-def windows(text: str, cpus: list[int]) -> dict[int, dict]:
+def windows(text: str, cpus: list[int], own=frozenset(), is_user=lambda pid: True) -> dict[int, dict]:
     """Per marked window k (between begin_marker(k) and end_marker(k)): {"sends": TLB_REMOTE_SEND_IPI
     events on the CPU that wrote the markers, "shootdown" and "wrong_cpu": per CPU of `cpus` its
-    TLB_REMOTE_SHOOTDOWN and TLB_REMOTE_WRONG_CPU events}. Other lines and events outside windows are
-    ignored."""
+    TLB_REMOTE_SHOOTDOWN and TLB_REMOTE_WRONG_CPU events, "others": per CPU how many times a task ran
+    there that is not idle, not one of `own` (the probe's thread ids) and `is_user(pid)`: one per switch
+    to such a task, or per switch away from one whose switch in was not seen (it began before the window,
+    or the trace lacks it: on this 6.18 guest, vCPU 1's switches from idle to a task were missing)}.
+    Other lines and events outside windows are ignored."""
     out: dict[int, dict] = {}
     cur, caller = None, -1
     index = {c: i for i, c in enumerate(cpus)}
+    user: dict[int, bool] = {}
+    running: dict[int, int] = {}                        # CPU -> the other user task running there
+
+    def other(pid: int) -> bool:
+        if not pid or pid in own:
+            return False
+        got = user.get(pid)
+        if got is None:
+            got = user[pid] = is_user(pid)
+        return got
     for line in text.splitlines():
         m = _EVENT.search(line)
         if not m:
@@ -89,10 +110,22 @@ def windows(text: str, cpus: list[int]) -> dict[int, dict]:
         if event == "tracing_mark_write":
             word, _, k = rest.partition(" ")
             if word == "mmugather-begin" and k.isdigit():
-                cur = out.setdefault(int(k), {"sends": 0, "shootdown": [0] * len(cpus), "wrong_cpu": [0] * len(cpus)})
+                cur = out.setdefault(int(k), {"sends": 0, "shootdown": [0] * len(cpus), "wrong_cpu": [0] * len(cpus),
+                                              "others": [0] * len(cpus)})
                 caller = cpu
+                running.clear()
             elif word == "mmugather-end":
                 cur = None
+            continue
+        if event == "sched_switch":
+            pids = _PIDS.search(rest)
+            if cur is not None and cpu in index and pids:
+                prev, nxt = int(pids.group(1)), int(pids.group(2))
+                if other(prev) and running.get(cpu) != prev:
+                    cur["others"][index[cpu]] += 1
+                running[cpu] = nxt if other(nxt) else 0
+                if running[cpu]:
+                    cur["others"][index[cpu]] += 1
             continue
         r = _REASON.search(rest)
         if cur is None or not r:
@@ -105,3 +138,15 @@ def windows(text: str, cpus: list[int]) -> dict[int, dict]:
         elif reason == REMOTE_WRONG_CPU and cpu in index:
             cur["wrong_cpu"][index[cpu]] += 1
     return out
+
+
+def is_user_task(pid: int) -> bool:
+    """Whether `pid` is a user task (it has an mm): not a kernel thread by /proc/PID/status ("Kthread: 1",
+    or no VmSize line where the kernel predates "Kthread:"). A task gone by now counts as a user task
+    (kernel threads seldom exit)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    m = re.search(r"^Kthread:\s*(\d)", status, re.M)
+    return m.group(1) == "0" if m else "VmSize:" in status

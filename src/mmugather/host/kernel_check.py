@@ -162,6 +162,10 @@ def row(check: Check, r: ProbeResult, model: tuple[list[int], int] | None, why_n
     out["match"] = [float(x) for x in r.median] == [float(x) for x in model[0]]
     if r.trace is not None:
         out["host_trace"] = r.trace
+        noisy = [c for c, h, m, o in zip(r.cpus, r.median, model[0], r.trace["others"]) if h != m and o]
+        if noisy:
+            out["reason"] = (f"other user tasks ran on CPU {', '.join(map(str, noisy))} during the call: their mm "
+                             f"replaced the probe's there (host noise the model's idle CPUs do not have)")
     if r.discarded:
         out["redone"] = r.discarded
     if r.preempted:
@@ -218,7 +222,7 @@ HEADER = (f"{'script':34s} {'host IPIs/CPU':>14s} {'spread':>8s} {'model IPIs/CP
           f"{'host us':>10s} {'model us':>10s}")
 
 
-TRACE_HEADER = f" {'sends':>6s} {'shootdown/CPU':>14s} {'wrong CPU':>10s}"
+TRACE_HEADER = f" {'sends':>6s} {'shootdown/CPU':>14s} {'wrong CPU':>10s} {'others/CPU':>11s}"
 
 
 def format_row(r: dict, traced: bool = False) -> str:
@@ -229,7 +233,7 @@ def format_row(r: dict, traced: bool = False) -> str:
     if traced:
         t = r.get("host_trace") or {}
         line += (f" {_cell(t.get('sends')):>6s} {_cell(t.get('shootdown')):>14s} "
-                 f"{_cell(t.get('wrong_cpu')):>10s}")
+                 f"{_cell(t.get('wrong_cpu')):>10s} {_cell(t.get('others')):>11s}")
     if r.get("reason"):
         line += f"  ({r['reason']})"
     return line

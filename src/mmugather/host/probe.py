@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from mmugather.host import syscalls as sc
-from mmugather.host.ftrace import TlbTrace, begin_marker, end_marker, windows
+from mmugather.host.ftrace import TlbTrace, begin_marker, end_marker, is_user_task, windows
 from mmugather.host.interrupts import parse_tlb, read_tlb
 from mmugather.host.worker import SecondThread, WorkerError, realtime, run_worker
 
@@ -73,7 +73,8 @@ class ProbeResult:
     the remaining places and `preempted` says how many did (a loaded machine: counts may be low).
     `ns[k]` is repeat k's syscall time (perf_counter_ns around the call) and `median_ns` their median.
     `trace` (with a tracefs root): the tlb:tlb_flush events of the calls (ftrace.windows), medians over the
-    repeats: {"sends", "shootdown": per CPU, "wrong_cpu": per CPU}."""
+    repeats: {"sends", "shootdown": per CPU, "wrong_cpu": per CPU, "others": per CPU, switches to user
+    tasks from outside the probe}."""
     script: Script
     status: Literal["ok", "skipped", "failed"]
     reason: str = ""
@@ -126,7 +127,8 @@ def _trace_medians(samples: list[dict]) -> dict:
     med = statistics.median
     return {"sends": med(s["sends"] for s in samples),
             "shootdown": [med(c) for c in zip(*(s["shootdown"] for s in samples))],
-            "wrong_cpu": [med(c) for c in zip(*(s["wrong_cpu"] for s in samples))]}
+            "wrong_cpu": [med(c) for c in zip(*(s["wrong_cpu"] for s in samples))],
+            "others": [med(c) for c in zip(*(s["others"] for s in samples))]}
 
 
 def _tlb_now(fd: int, buf: bytearray) -> int:
@@ -220,6 +222,7 @@ def measure_ipis(job: dict) -> dict:
     fd = os.open("/proc/interrupts", os.O_RDONLY)
     buf_a, buf_b = bytearray(_READ_BUF), bytearray(_READ_BUF)
     clean, dirty, discarded, cpus, attempt = [], [], 0, [], 0
+    own = {os.getpid()} | ({b.tid} if b else set())        # the probe's threads (ftrace.windows)
     clock = time.perf_counter_ns
     try:
         while len(clean) < repeats and not (len(dirty) >= repeats - len(clean) and discarded >= repeats):
@@ -230,6 +233,7 @@ def measure_ipis(job: dict) -> dict:
                 preempted = b.preemptions()
             elif second == "blocked":
                 b = SecondThread("blocked")
+                own.add(b.tid)
             k, attempt = attempt, attempt + 1
             begin, end = begin_marker(k), end_marker(k)
             gc.disable()
@@ -263,7 +267,7 @@ def measure_ipis(job: dict) -> dict:
                 discarded += 1
                 if not valid and discarded > _MAX_RETRIES * repeats:
                     raise WorkerError("the running second thread kept leaving its C call during the measurement")
-        traced = windows(trace.text(), cpus) if trace else {}
+        traced = windows(trace.text(), cpus, own, is_user_task) if trace else {}
     finally:
         os.close(fd)
         if b is not None:
