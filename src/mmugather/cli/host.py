@@ -28,7 +28,8 @@ def snapshot(pid, out_dir) -> None:
 @click.option("--list", "list_only", is_flag=True, help="List the catalogue and exit.")
 @click.option("--trace", "traced", is_flag=True,
               help="Also record the tlb:tlb_flush tracepoint of each call (tracefs, root): the kernel's remote "
-                   "flush decisions, and per CPU the shootdowns it handled and those that found it off the mm.")
+                   "flush decisions, and per CPU the shootdowns it handled, those that found it off the mm, "
+                   "and (sched:sched_switch) the runs of user tasks from outside the probe.")
 def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced) -> None:
     """Run the catalogue of syscall scripts on the host kernel and in the model; exit 1 on a mismatch."""
     import json
