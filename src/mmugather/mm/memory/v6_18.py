@@ -71,7 +71,7 @@ class Memory618(Memory):
                     self._tlb_add_quiet(tlb, pfns[:-1])
                     yield cost
                     none = 0
-                    if self._tlb_remove_folio_pages_size(c, tlb, int(pfns[-1]), 1, False):
+                    if remove(c, tlb, int(pfns[-1]), 1, False):
                         force_flush = force_break = True
                         addr += PAGE_SIZE
                         break
