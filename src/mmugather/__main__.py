@@ -1,4 +1,4 @@
-"""`python -m mmugather` is the `mmugather` command."""
+"""`python -m mmugather ARGS` runs the command line."""
 from mmugather.cli import entry
 
 entry()

@@ -1,0 +1,70 @@
+"""Record (or check) the golden outputs that prove a refactor changed no user-visible result.
+
+`python tests/golden/record.py` writes tests/golden/outputs.json: `compare --json` of every built-in workload
+and example scenario (and a few parametric workloads) under every policy and arch it supports, `bugs run
+--json` of every catalogued bug, and `explore --json` of every example scenario under its policy with a small
+budget. Host-time fields (`seconds`) are dropped. tests/test_golden.py runs the same commands and compares.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = Path(__file__).with_name("outputs.json")
+
+POLICY_ARCHES = {"2.6.39": ["x86"], "3.0": ["x86", "ppc64"], "6.18": ["x86", "x86-kvm", "arm64"]}
+BUILTINS = ["default", "small", "exit-1g", "munmap-1g", "execve"]
+EXAMPLES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.toml"))
+PARAMETRIC = ["munmap:512:blocked", "dontneed:9000", "munmap-sparse:600", "mremap:64",
+              "wis:tlb_flush2:threads:2:2", "snapshot:python"]
+BUGS = ["fast-mode-3.0", "madv-dontneed-flush-miss", "mremap-flush-after-unlock", "nested-flush-reset-range"]
+SLOW = {"default", "exit-1g", "munmap-1g", "snapshot:python"}
+
+
+def cases() -> list[tuple[str, list[str], bool]]:
+    """(key, argv, slow) for every golden command."""
+    out = []
+    for workload in BUILTINS + EXAMPLES + PARAMETRIC:
+        for policy, arches in POLICY_ARCHES.items():
+            for arch in arches:
+                argv = ["compare", "--workload", workload, "--policies", policy, "--arch", arch, "--json"]
+                out.append((f"compare {workload} {policy} {arch}", argv, workload in SLOW))
+    for bug in BUGS:
+        out.append((f"bugs {bug}", ["bugs", "run", bug, "--json"], False))
+    for example in EXAMPLES:
+        out.append((f"explore {example}", ["explore", example, "--budget", "40", "--json"], False))
+    return out
+
+
+def scrub(obj: object) -> object:
+    """Drop host-time fields, recursively."""
+    if isinstance(obj, dict):
+        return {k: scrub(v) for k, v in obj.items() if k not in ("seconds",)}
+    if isinstance(obj, list):
+        return [scrub(v) for v in obj]
+    return obj
+
+
+def run_case(argv: list[str]) -> object:
+    """Run `mmugather ARGV` in this interpreter's environment; its JSON (scrubbed), or its exit and stderr."""
+    proc = subprocess.run([sys.executable, "-m", "mmugather", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    try:
+        return {"exit": proc.returncode, "json": scrub(json.loads(proc.stdout))}
+    except json.JSONDecodeError:
+        return {"exit": proc.returncode, "stderr": proc.stderr.strip().splitlines()[-1:]}
+
+
+def main() -> None:
+    results = {}
+    for key, argv, _slow in cases():
+        results[key] = run_case(argv)
+        print(key, results[key].get("exit"), file=sys.stderr, flush=True)
+    OUT.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
