@@ -29,7 +29,7 @@ from mmugather.errors import InputError
 from mmugather.policies import POLICIES
 from mmugather.sim.machine import Simulation
 from mmugather.workloads.builtin import BUILTIN, is_builtin, resolve_workload
-from mmugather.workloads.scenario import MAX_CPUS, Scenario
+from mmugather.workloads.scenario import MAX_CPUS, Scenario, with_cpus
 
 RESULTS = "results.jsonl"
 GRID = "sweep.json"
@@ -161,7 +161,8 @@ def _where(loc: tuple) -> str:
 
 def load_sweep(path: str | Path) -> tuple[Grid, dict[str, Scenario]]:
     """Read and validate a sweep file; also load each workload (a built-in name, or a scenario file path
-    relative to the sweep file) and check every CPU count can run it. Problems are one InputError line."""
+    relative to the sweep file; a CPU count below a workload's folds its threads: see with_cpus). Problems are
+    one InputError line."""
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text())
@@ -184,12 +185,7 @@ def load_sweep(path: str | Path) -> tuple[Grid, dict[str, Scenario]]:
         if not is_builtin(name) and not file.exists():
             raise InputError(f"{p}: grid.workloads: '{name}' is neither a built-in workload "
                              f"({', '.join(BUILTIN)}) nor a file")
-        scenario = resolve_workload(name if is_builtin(name) else str(file))
-        needed = 1 + max(t.cpu for proc in scenario.process for t in proc.thread)
-        if min(grid.cpus) < needed:
-            raise InputError(f"{p}: grid.cpus: {min(grid.cpus)} is too few for workload '{name}' "
-                             f"(it runs a thread on CPU {needed - 1})")
-        scenarios[name] = scenario
+        scenarios[name] = resolve_workload(name if is_builtin(name) else str(file))
     return grid, scenarios
 
 
@@ -211,7 +207,7 @@ def flatten_metrics(metrics: dict) -> dict:
 
 def run_point(point: Point, scenario: Scenario | None = None) -> dict:
     """Simulate one point (its workload resolved by name unless given); the row written for it."""
-    scenario = scenario or resolve_workload(point.workload)
+    scenario = with_cpus(scenario or resolve_workload(point.workload), point.cpus)   # CPU c runs on c mod N
     sim = Simulation(scenario, POLICIES[point.policy], cpus=point.cpus, preempt=point.preempt,
                      fail_nowait=point.fail_nowait, seed=point.seed, arch=point.arch)
     return {"id": point.id, **point.params(), "metrics": flatten_metrics(sim.run())}

@@ -51,6 +51,11 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         self.num_online_cpus = len(machine.engine.cpus)
         self.fast = getattr(machine, "fast", False)    # may kernel paths take bulk steps (mm/memory/bulk.py)
 
+    def known_bug(self, violations: list[dict]) -> str | None:
+        """The real bug of this kernel version that a run's violations are, named with its fix; None when
+        they match none (or there are none)."""
+        return None
+
     def tlb_flush(self, c, tlb):
         """tlb_flush(): the arch's invalidation for a gather (x86 v2.6.39/v3.0: flush_tlb_mm)."""
         yield self.arch.tlb_flush(c, tlb)

@@ -25,3 +25,14 @@ class Linux30(RcuTableFree30, Gather30, Memory30, Rmap30, Truncate, Kernel):
                           "as released, 3.0 frees pages before the flush when one CPU is possible (fast mode); "
                           "--without-fix tlb_fast_mode removes fast mode as 29eb77825cc7 did"),
     }
+
+    def known_bug(self, violations: list[dict]) -> str | None:
+        """On one CPU, with fast mode (not `--without-fix tlb_fast_mode`), a stale TLB entry to a freed
+        page is 3.0's own bug: fast mode frees at once, before the flush, and the preemptible gather lets
+        another thread of the mm run on that CPU in between (explore/bugs.py, fast-mode-3.0)."""
+        if (self.num_online_cpus != 1 or "tlb_fast_mode" in self.without
+                or not any(v["kind"] == "stale-tlb-use-after-free" for v in violations)):
+            return None
+        return ("3.0's fast-mode bug: with one CPU the gather frees pages before the flush, and the preemptible "
+                "gather lets another thread of the mm run in between; fixed by 29eb77825cc7 \"arch, mm: Remove "
+                "tlb_fast_mode()\" (--without-fix tlb_fast_mode)")

@@ -351,3 +351,30 @@ def load_scenario(path: str | Path) -> Scenario:
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{p}: malformed TOML: {e}") from None
     return parse_scenario(data, str(p))
+
+
+def _fold_ops(ops: list, cpus: int) -> list:
+    """`ops` with every fork's CPU taken modulo `cpus` (inside loops and forked programs too)."""
+    out = []
+    for op in ops:
+        if isinstance(op, ForkOp):
+            op = op.model_copy(update={"cpu": op.cpu % cpus, "program": _fold_ops(op.program, cpus)})
+        elif isinstance(op, LoopOp):
+            op = op.model_copy(update={"body": _fold_ops(op.body, cpus)})
+        out.append(op)
+    return out
+
+
+def with_cpus(scenario: Scenario, cpus: int) -> Scenario:
+    """`scenario` on a machine of `cpus` CPUs (the `--cpus N` override). A thread or fork pinned to CPU c
+    runs on CPU c mod N, so a scenario written for more CPUs folds onto fewer: the threads that share a CPU
+    are time-shared by the simulated scheduler (round robin on the time slice), as a kernel would run more
+    runnable tasks than CPUs. A larger N leaves the pinning as it is and adds idle CPUs."""
+    if not 1 <= cpus <= MAX_CPUS:
+        raise InputError(f"--cpus: expected 1..{MAX_CPUS}, got {cpus}")
+    procs = [p.model_copy(update={"thread": [t.model_copy(update={"cpu": t.cpu % cpus,
+                                                                  "program": _fold_ops(t.program, cpus)})
+                                             for t in p.thread]})
+             for p in scenario.process]
+    return scenario.model_copy(update={"machine": scenario.machine.model_copy(update={"cpus": cpus}),
+                                       "process": procs})
