@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from mmugather.arch import arch_names
 from mmugather.errors import InputError
 from mmugather.policies import POLICIES
 from mmugather.sim.machine import Simulation
@@ -86,7 +87,7 @@ class Grid(_Strict):
     @field_validator("arch")
     @classmethod
     def _known_arches(cls, v: list[str]) -> list[str]:
-        known = list(dict.fromkeys(a for p in POLICIES.values() for a in p.arches))
+        known = arch_names()
         unknown = [a for a in v if a not in known]
         if unknown:
             raise ValueError(f"unknown arch '{unknown[0]}' (expected one of: {', '.join(known)})")

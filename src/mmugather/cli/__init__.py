@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from mmugather.arch import arch_names
 from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
 from mmugather.policies import POLICIES, get_policy
@@ -32,6 +33,9 @@ def _policy_arches(classes: list, arch: str | None) -> list[tuple]:
     arches = list(dict.fromkeys(a.strip() for a in arch.split(",") if a.strip()))
     if not arches:
         raise InputError("--arch: expected a comma-separated list of arches")
+    unknown = [a for a in arches if a not in arch_names()]
+    if unknown:
+        raise InputError(f"--arch: unknown arch '{unknown[0]}' (expected one of: {', '.join(arch_names())})")
     pairs = []
     for cls in classes:
         mine = [a for a in arches if a in cls.arches]
@@ -82,8 +86,8 @@ def main() -> None:
 @click.option("--seed", type=int, default=None, help="Random seed (default: the workload's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
 @click.option("--arch", default=None,
-              help="Comma-separated arches (x86, x86-kvm, arm64, ppc64): each policy runs on each listed arch it "
-                   "supports (default: the first arch each policy supports).")
+              help=f"Comma-separated arches ({', '.join(arch_names())}): each policy runs on each listed arch "
+                   "it supports (default: the first arch each policy supports).")
 @click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of --workload.")
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
               help="With --snapshot: exit_mmap of it all, or munmap of the largest VMA first.")
@@ -149,7 +153,8 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
 @click.option("--policy", default=None, help="Policy (default: the scenario's machine.policy).")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
-@click.option("--arch", default=None, help="x86 or arm64 (default: the first arch the policy supports).")
+@click.option("--arch", default=None,
+              help=f"One of {', '.join(arch_names())} (default: the first arch the policy supports).")
 @click.option("--without-fix", "without_fixes", multiple=True, help="Switch off a named fix (see `policies`).")
 @click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of a file.")
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,

@@ -6,8 +6,12 @@ step by subclassing a built-in policy and redefining that method.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import numpy as np
 
+from mmugather.arch.base import Arch, Board
 from mmugather.kernel.exit import Exit
 from mmugather.kernel.fork import Fork
 from mmugather.mm.exec import Exec
@@ -29,8 +33,8 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
     name = "base"
     version = ""
     source = ""
-    # arch name -> the arch class (arch/) this kernel version had for it
-    arches: dict = {}
+    # arch name -> the arch class this kernel version had for it: ARCHES[version] of arch/__init__.py
+    arches: Mapping[str, Callable[[Board], Arch[Any]]] = {}
     # fix switches: name -> (commits, what the fix does). `--without-fix NAME` models the kernel before it.
     fixes: dict[str, tuple[str, str]] = {}
 

@@ -1,8 +1,7 @@
 """Linux 3.0: the preemptible mmu_gather of d16dfc550f53, with e303297e6c3a and 97a894136f29."""
+from mmugather.arch import ARCHES
 from mmugather.mm.memory.v3_0 import Memory30
 from mmugather.mm.mmu_gather.v3_0 import Gather30
-from mmugather.arch.x86 import X86Legacy
-from mmugather.arch.ppc64 import Ppc64Hash
 from mmugather.mm.mmu_gather.rcu_table_v3_0 import RcuTableFree30
 from mmugather.mm.rmap import Rmap30
 from mmugather.mm.truncate import Truncate
@@ -14,7 +13,7 @@ class Linux30(RcuTableFree30, Gather30, Memory30, Rmap30, Truncate, Kernel):
     the PTE lock, cond_resched() per PTE table (mm/memory.c, include/asm-generic/tlb.h of v3.0)."""
 
     name = "3.0"
-    arches = {"x86": X86Legacy, "ppc64": Ppc64Hash}
+    arches = ARCHES["3.0"]
     version = "v3.0"
     source = ("mm/memory.c, include/asm-generic/tlb.h, mm/mmap.c, arch/x86/mm/tlb.c (v3.0); "
               "commits d16dfc550f53, e303297e6c3a, 97a894136f29")
