@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from mmugather.errors import InputError
+from mmugather.explore.session import coverage_sentence, replay_document, run_search, target_spec, write_replay
+from mmugather.explore.target import KernelTarget
 from mmugather.machine.costs import Costs, load_costs
 from mmugather.policies import POLICIES, get_policy
 from mmugather.policies.base import Kernel
@@ -69,7 +71,7 @@ def resolve_policy(policy: PolicyLike) -> type:
 
 def policy_name(cls: type) -> str:
     """How results name a policy: its own `name`, else (a class written in a notebook) its class name."""
-    return cls.__dict__.get("name") or cls.__qualname__
+    return cls.__dict__.get("name") or cls.__name__
 
 
 def _arch_list(arch: str | Sequence[str] | None) -> list[str] | None:
@@ -287,7 +289,6 @@ class Exploration:
     @property
     def coverage(self) -> str:
         """What a search without a violation covered, in one sentence."""
-        from mmugather.explore.session import coverage_sentence
         return coverage_sentence(self.report)
 
     def to_dict(self) -> dict[str, Any]:
@@ -321,8 +322,6 @@ def explore(scenario: WorkloadLike, policy: PolicyLike | None = None, *, strateg
     `random`, at most `budget` executions of at most `max_steps` steps. A violation found is shrunk (unless
     `shrink` is False), told as a story, and saved as a replay file at `out` when given. `progress` is
     called as the search goes (explore.search.Progress)."""
-    from mmugather.explore.session import replay_document, run_search, target_spec, write_replay
-    from mmugather.explore.target import KernelTarget
     sc = resolve_scenario(scenario)
     spec = policy or sc.machine.policy
     cls = resolve_policy(spec)

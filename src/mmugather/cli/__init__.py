@@ -186,7 +186,7 @@ def policies(as_json) -> None:
 
 
 from mmugather.cli import (  # noqa: E402,F401  (register their commands)
-    explore as _explore, host as _host, sweep as _sweep,
+    explore as _explore, host as _host, schema as _schema, sweep as _sweep,
 )
 
 
