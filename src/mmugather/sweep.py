@@ -18,9 +18,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
@@ -49,15 +49,27 @@ def _unique(values: list) -> list:
     return values
 
 
+_SEEDS_SCHEMA = {"anyOf": [{"type": "array", "items": {"type": "integer"}, "minItems": 1},
+                           {"type": "object", "properties": {"from": {"type": "integer"}, "to": {"type": "integer"}},
+                            "required": ["from", "to"], "additionalProperties": False}]}
+
+
 class Grid(_Strict):
-    """Each key lists the values a parameter takes; the points are every combination."""
-    policies: list[str] = Field(min_length=1)
-    workloads: list[str] = Field(min_length=1)
-    cpus: list[int] = Field(min_length=1)
-    preempt: list[Literal["none", "voluntary", "full"]] = Field(min_length=1)
-    fail_nowait: list[float] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
-    arch: list[str] = Field(["x86"], min_length=1)
+    """`[grid]`: each key lists the values a parameter takes; the points are every combination."""
+    policies: list[str] = Field(min_length=1, description="built-in policy names (`mmugather policies`)")
+    workloads: list[str] = Field(min_length=1, description=(
+        "built-in or parametric workload names (`munmap:20000:blocked`, `wis:tlb_flush2:threads:2`, "
+        "`snapshot:postgres`; `mmugather workloads`) or scenario files, relative to the sweep file"))
+    cpus: list[int] = Field(min_length=1, description=(
+        f"simulated CPU counts, 1..{MAX_CPUS}; below a workload's own count its threads fold onto them "
+        "(a thread pinned to CPU c runs on CPU c mod N, time-shared)"))
+    preempt: list[Literal["none", "voluntary", "full"]] = Field(min_length=1, description="preemption models")
+    fail_nowait: list[float] = Field(min_length=1, description=(
+        "probabilities (0..1) that a GFP_NOWAIT (gather batch) allocation fails"))
+    seeds: Annotated[list[int], WithJsonSchema(_SEEDS_SCHEMA)] = Field(min_length=1, description=(
+        "one run per seed: a list, or `{from = A, to = B}` for A..B, both included"))
+    arch: list[str] = Field(["x86"], min_length=1, description=(
+        "architectures (x86, x86-kvm, arm64, ppc64); pairs whose kernel did not support the arch are left out"))
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -118,7 +130,8 @@ class Grid(_Strict):
 
 
 class SweepFile(_Strict):
-    grid: Grid
+    """A sweep file: one table, `[grid]`."""
+    grid: Grid = Field(description="`[grid]`")
 
 
 @dataclass(frozen=True)

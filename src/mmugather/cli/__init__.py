@@ -10,12 +10,9 @@ from mmugather.arch import arch_names
 from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
 from mmugather.policies import POLICIES, get_policy
-from mmugather.report.table import run_labels
 from mmugather.sim.engine import PREEMPT_MODELS
-from mmugather.sim.machine import Simulation
 from mmugather.workloads.builtin import builtin_workloads, resolve_workload
-from mmugather.workloads.scenario import parse_scenario, with_cpus
-from mmugather.workloads.wis import ops_per_s
+from mmugather.workloads.scenario import parse_scenario
 
 
 def _policies(value: str) -> list:
@@ -49,10 +46,6 @@ def _policy_arches(classes: list, arch: str | None) -> list[tuple]:
 def _check_prob(p: float | None) -> None:
     if p is not None and not 0.0 <= p <= 1.0:
         raise InputError(f"--fail-nowait: expected a probability in [0, 1], got {p}")
-
-
-def run_one(scenario, policy_cls, **kw) -> dict:
-    return Simulation(scenario, policy_cls, **kw).run()
 
 
 def workload_or_snapshot(workload: str | None, snapshot: str | None, variant: str, cpus: int | None):
@@ -100,47 +93,19 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
             html_file, trace_file) -> None:
     """Run the same workload under each policy and compare them side by side."""
     scenario = workload_or_snapshot(workload, snapshot, variant, cpus)
-    if cpus is not None:
-        scenario = with_cpus(scenario, cpus)
     classes = _policies(policies)
     _check_prob(fail_nowait)
     costs = load_costs(costs_file)
-    kw = dict(cpus=cpus, preempt=preempt, fail_nowait=fail_nowait, seed=seed, costs=costs, arch=arch)
     if trace_file:
-        from mmugather.sim.tracing import attach_trace, check_trace_path, save_traces
+        from mmugather.sim.tracing import check_trace_path
         check_trace_path(trace_file)
-    pairs = _policy_arches(classes, arch)
-    labels = run_labels([{"policy": cls.name, "arch": a} for cls, a in pairs])
-    runs, distributions, traces = [], {}, []
-    for (cls, a), label in zip(pairs, labels):
-        sim = Simulation(scenario, cls, **dict(kw, arch=a))
-        if trace_file:
-            traces.append(attach_trace(sim, pid=len(traces) + 1,
-                                       first_flow_id=traces[-1].next_flow_id if traces else 1))
-        runs.append({"policy": cls.name, "arch": sim.arch_name, "metrics": sim.run()})
-        bug = sim.kernel.known_bug(runs[-1]["metrics"]["violations"])
-        if bug:
-            runs[-1]["known_bug"] = bug
-        rate = ops_per_s(scenario, runs[-1]["metrics"])
-        if rate is not None:
-            runs[-1]["ops_per_s"] = round(rate, 1)     # counted loop iterations (wis:...), all tasks together
-        if html_file:
-            from mmugather.report.html import raw_distributions
-            distributions[label] = raw_distributions(sim.metrics)
-    m = scenario.machine
-    result = {
-        "workload": scenario.name,
-        "machine": {"cpus": cpus or m.cpus, "arch": ",".join(dict.fromkeys(r["arch"] for r in runs)),
-                    "preempt": preempt or m.preempt,
-                    "fail_nowait": fail_nowait if fail_nowait is not None else m.fail_nowait},
-        "seed": seed if seed is not None else scenario.seed,
-        "runs": runs,
-    }
+    _policy_arches(classes, arch)
+    from mmugather import api
+    comparison = api.compare(scenario, classes, arch=arch, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait,
+                             seed=seed, costs=costs, trace=trace_file)
+    result = comparison.to_dict()
     if html_file:
-        from mmugather.report.html import write_html
-        write_html(result, html_file, distributions)
-    if trace_file:
-        save_traces(traces, trace_file)
+        comparison.write_html(html_file)
     if as_json:
         click.echo(json.dumps(result, sort_keys=False))
     else:
@@ -168,27 +133,17 @@ def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, 
         raise InputError("run: give a scenario file, a built-in workload name or --snapshot")
     scenario = workload_or_snapshot(scenario_file, snapshot, variant, None)
     cls = get_policy(policy or scenario.machine.policy)
-    if trace_file:
-        from mmugather.sim.tracing import attach_trace, check_trace_path, save_traces
-        check_trace_path(trace_file)
-        sim = Simulation(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch, without_fixes=without_fixes)
-        trace = attach_trace(sim)
-        metrics = sim.run()
-        save_traces([trace], trace_file)
-    else:
-        metrics = run_one(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch,
-                          without_fixes=without_fixes)
-    result = {"workload": scenario.name, "policy": cls.name,
-              "seed": seed if seed is not None else scenario.seed, "metrics": metrics}
+    from mmugather import api
+    result = api.run(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch, without_fixes=without_fixes,
+                     trace=trace_file)
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(json.dumps(result.to_dict()))
         return
-    m = scenario.machine
+    m = result.machine
     from mmugather.report.table import print_compare
-    print_compare({"workload": scenario.name, "seed": result["seed"],
-                   "machine": {"cpus": m.cpus, "arch": arch or next(iter(cls.arches)), "preempt": m.preempt,
-                               "fail_nowait": m.fail_nowait},
-                   "runs": [{"policy": cls.name, "metrics": metrics}]})
+    print_compare({"workload": result.workload, "seed": result.seed,
+                   "machine": {"cpus": m.cpus, "arch": m.arch, "preempt": m.preempt, "fail_nowait": m.fail_nowait},
+                   "runs": [{"policy": result.policy, "metrics": result.metrics}]})
 
 
 @main.command()
@@ -226,7 +181,7 @@ def policies(as_json) -> None:
 
 
 from mmugather.cli import (  # noqa: E402,F401  (register their commands)
-    explore as _explore, host as _host, sweep as _sweep,
+    explore as _explore, host as _host, schema as _schema, sweep as _sweep,
 )
 
 

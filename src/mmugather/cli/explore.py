@@ -73,35 +73,24 @@ def explore(scenario, policy, strategy, max_preemptions, budget, seed, pct_depth
 
     Exit status: 0 no violation within the bound (the bound covered is printed), 1 a violation was found,
     2 bad input."""
-    from mmugather.explore.session import coverage_sentence, replay_document, run_search, target_spec, \
-        write_replay
-    from mmugather.explore.target import KernelTarget
-    from mmugather.policies import get_policy
+    from mmugather import api
     from mmugather.workloads.builtin import resolve_workload
     sc = resolve_workload(scenario)
-    spec = policy or sc.machine.policy
-    cls = get_policy(spec)
-    if spec.partition(":")[0].endswith(".py"):
-        from pathlib import Path
-        where, _, name = spec.rpartition(":")
-        spec = f"{Path(where).resolve()}:{name}"
-    target = KernelTarget(sc, cls, without_fixes=without_fixes, arch=arch)
     with _bar(f"exploring {sc.name}", as_json) as bar:
-        report = run_search(target, strategy=strategy, max_preemptions=max_preemptions, budget=budget, seed=seed,
-                            pct_depth=pct_depth, max_steps=max_steps, shrink=not no_shrink, progress=bar)
-    inputs = target_spec(target.scenario, spec, without_fixes, None, arch)
-    found = report["violation"] is not None
-    if found and out_file:
-        write_replay(out_file, replay_document(inputs, report, target.actor_names()))
+        result = api.explore(sc, policy or sc.machine.policy, strategy=strategy, max_preemptions=max_preemptions,
+                             budget=budget, seed=seed, depth=pct_depth, max_steps=max_steps,
+                             without_fixes=without_fixes, arch=arch, shrink=not no_shrink, out=out_file,
+                             progress=bar)
+    found = result.violation is not None
     if as_json:
-        click.echo(json.dumps({"scenario": sc.name, "policy": cls.name, "without_fixes": list(without_fixes),
-                               "arch": arch, **report, "replay_file": out_file if found else None}))
+        click.echo(json.dumps(result.to_dict()))
     else:
-        _print_report(sc.name, cls.name, without_fixes, report, coverage_sentence(report), out_file, target)
+        _print_report(sc.name, result.policy, without_fixes, result.report, result.coverage, out_file,
+                      result.actors)
     sys.exit(1 if found else 0)
 
 
-def _print_report(name, policy, without, report, coverage, out_file, target) -> None:
+def _print_report(name, policy, without, report, coverage, out_file, names: dict[int, str]) -> None:
     head = f"explore {name} under {policy}" + (f" without {', '.join(without)}" if without else "")
     click.echo(f"{head}: {report['strategy']}")
     v = report["violation"]
@@ -113,7 +102,6 @@ def _print_report(name, policy, without, report, coverage, out_file, target) -> 
     click.echo(f"found after {report['executions']:,} executions ({report['transitions']:,} transitions) in "
                f"{report['seconds']} s; schedule: {found} deviation{'' if found == 1 else 's'} from the default "
                f"order, shrunk to {kept}")
-    names = target.actor_names()
     for step, actor in report["schedule"]:
         click.echo(f"  at step {step}: {names.get(actor, actor)}")
     click.echo("story (steps with no event left out; (+) after the violation):")

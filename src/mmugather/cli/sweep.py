@@ -20,11 +20,11 @@ from mmugather.cli import main
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a line of text.")
 def sweep(sweep_file, out_dir, executor, workers, chunk, resume, html_file, as_json) -> None:
     """Run every point of SWEEP_FILE's grid; see docs/sweeps.md."""
-    from mmugather.sweep import load_results, run_sweep
-    summary = run_sweep(sweep_file, out_dir, executor=executor, workers=workers, resume=resume, chunk=chunk)
+    from mmugather import api
+    results = api.sweep(sweep_file, out_dir, executor=executor, workers=workers, resume=resume, chunk=chunk)
+    summary = {"points": results.ran + results.skipped, "skipped": results.skipped, "ran": results.ran}
     if html_file:
-        from mmugather.report.html import write_sweep_html
-        write_sweep_html(load_results(out_dir), html_file)
+        results.write_html(html_file)
     if as_json:
         click.echo(json.dumps(summary))
     else:
