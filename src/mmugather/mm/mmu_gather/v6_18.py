@@ -16,7 +16,7 @@ FLUSH_ALL = (1 << 64) - 1                  # ~0UL
 
 
 class Batch618:
-    """struct mmu_gather_batch: next, nr, max, encoded_pages[] (an `array('q')`, read by numpy on the
+    """struct mmu_gather_batch: next, nr, max, encoded_pages[] (an `array('q')`, read as one array by the
     fast path). An entry is a pfn, or for a folio of several pages the pair (pfn, -nr_pages)
     (ENCODED_PAGE_BIT_NR_PAGES_NEXT); `delayed` holds the indices whose rmap removal waits for the flush
     (ENCODED_PAGE_BIT_DELAY_RMAP)."""
