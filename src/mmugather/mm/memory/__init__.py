@@ -59,7 +59,7 @@ class Memory:
             mm.nr_ptes += 1
         return pt
 
-    def pte_alloc(self, c, mm, addr: int):
+    def pte_alloc(self, c, mm, addr: int) -> Path:
         """__pud_alloc/__pmd_alloc/__pte_alloc(): allocate missing levels (GFP_KERNEL, may sleep), hook them
         under mm->page_table_lock. Returns the PTE table."""
         pt = mm.pte_tables.get(addr >> PMD_SHIFT)
@@ -73,7 +73,7 @@ class Memory:
         return pt
 
     # ------------------------------------------------------------ faults
-    def do_page_fault(self, c, task, addr: int, write: bool):
+    def do_page_fault(self, c, task, addr: int, write: bool) -> Path:
         """do_page_fault() (arch/x86/mm/fault.c) -> handle_mm_fault() -> handle_pte_fault() ->
         do_anonymous_page()/__do_fault()/do_wp_page() (mm/memory.c, v2.6.39 and v3.0).
         Returns False for a bad access (SIGSEGV), True once the PTE maps addr."""
@@ -113,7 +113,7 @@ class Memory:
         yield UpRead(mm.mmap_sem)
         return True
 
-    def _fault_page(self, c, vma, addr: int, write: bool):
+    def _fault_page(self, c, vma, addr: int, write: bool) -> Path:
         """The page a not-present fault maps, obtained before the PTE lock is taken: a zeroed anonymous
         page, a page-cache page (with a reference for the mapping), or its private copy on a write fault.
         Returns (pfn, kind, writable)."""
@@ -134,7 +134,7 @@ class Memory:
         self.alloc.refcount[pfn] += 1
         return pfn, FILE, bool(vma.flags & VM_SHARED and vma.flags & VM_WRITE)
 
-    def do_wp_page(self, c, vma, pt, addr: int):
+    def do_wp_page(self, c, vma, pt, addr: int) -> Path:
         """do_wp_page(), mm/memory.c: a write to a write-protected private page. An anonymous page no one
         else maps is reused (made writable: no flush needed to grant more); otherwise copy-on-write: a
         new anonymous copy, ptep_clear_flush() under the PTE lock (a TLB flush, IPIs included), then drop
@@ -183,7 +183,7 @@ class Memory:
         self.metrics.pages_unmapped += anon + file
 
     # ------------------------------------------------------------ freeing page tables
-    def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int):
+    def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int) -> Path:
         """free_pgtables(), mm/memory.c v2.6.39/v3.0: for each run of VMAs no more than a PMD apart, free
         the page tables under [first start, last end) that lie wholly within [floor, ceiling)."""
         i = 0
@@ -199,7 +199,7 @@ class Memory:
             yield self.free_pgd_range(c, tlb, addr, vmas[i].end, floor, nxt)
             i += 1
 
-    def free_pgd_range(self, c, tlb, addr: int, end: int, floor: int, ceiling: int):
+    def free_pgd_range(self, c, tlb, addr: int, end: int, floor: int, ceiling: int) -> Path:
         """free_pgd_range(), mm/memory.c v2.6.39/v3.0 (unsigned arithmetic as in C: ceiling 0 is the top)."""
         addr &= PMD_MASK
         if addr < floor:
@@ -226,7 +226,7 @@ class Memory:
             if addr == end:
                 return
 
-    def free_pud_range(self, c, tlb, pgd, pud, addr: int, end: int, floor: int, ceiling: int):
+    def free_pud_range(self, c, tlb, pgd, pud, addr: int, end: int, floor: int, ceiling: int) -> Path:
         """free_pud_range(), mm/memory.c: free the PMD tables below, then this PUD table if [floor, ceiling)
         covers its whole PGDIR_SIZE span."""
         start = addr
@@ -308,7 +308,7 @@ class Memory:
         return not (end - 1) & ULONG_MASK > (ceiling - 1) & ULONG_MASK
 
     # ------------------------------------------------------------ zap_page_range
-    def zap_page_range(self, c, vma, address: int, size: int, details=None):
+    def zap_page_range(self, c, vma, address: int, size: int, details=None) -> Path:
         """zap_page_range(), mm/memory.c v2.6.39/v3.0: gather, update_hiwater_rss, unmap_vmas, finish
         (2.6.39: only if unmap_vmas left a gather)."""
         mm = vma.mm

@@ -101,7 +101,7 @@ class Memory2639(Memory):
             if addr == end or zap_work[0] <= 0:
                 return addr
 
-    def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, zap_work: list, details):
+    def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, zap_work: list, details) -> Path:
         """zap_pud_range(), mm/memory.c v2.6.39."""
         while True:
             nxt = addr_end(addr, end, PUD_SIZE)
@@ -115,7 +115,7 @@ class Memory2639(Memory):
             if addr == end or zap_work[0] <= 0:
                 return addr
 
-    def unmap_page_range(self, c, tlb, vma, addr: int, end: int, zap_work: list, details):
+    def unmap_page_range(self, c, tlb, vma, addr: int, end: int, zap_work: list, details) -> Path:
         """unmap_page_range(), mm/memory.c v2.6.39 (tlb_start_vma/tlb_end_vma are no-ops on x86)."""
         pgd = vma.mm.pgd
         while True:
@@ -130,7 +130,7 @@ class Memory2639(Memory):
             if addr == end or zap_work[0] <= 0:
                 return addr
 
-    def unmap_vmas(self, c, tlbp: TlbRef, vmas: list, start_addr: int, end_addr: int, details):
+    def unmap_vmas(self, c, tlbp: TlbRef, vmas: list, start_addr: int, end_addr: int, details) -> Path:
         """unmap_vmas(), mm/memory.c v2.6.39: zap ZAP_BLOCK_SIZE at a time; after each block
         tlb_finish_mmu(), then (if need_resched() or i_mmap_lock contended) cond_resched() or, holding
         i_mmap_lock, return the restart address with no gather left; then tlb_gather_mmu() again. The

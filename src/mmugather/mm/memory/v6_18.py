@@ -105,7 +105,7 @@ class Memory618(ZapUpperLevels, Memory):
             yield self.try_to_free_pte(c, tlb, pmd, pt, start)
         return addr
 
-    def try_to_free_pte(self, c, tlb, pmd, pt, addr: int):
+    def try_to_free_pte(self, c, tlb, pmd, pt, addr: int) -> Path:
         """try_get_and_clear_pmd() / try_to_free_pte() + free_pte(), mm/pt_reclaim.c v6.18: under the PMD
         lock, if every PTE is none, clear the PMD entry and pte_free_tlb() the table."""
         mm = tlb.mm
@@ -150,7 +150,7 @@ class Memory618(ZapUpperLevels, Memory):
         yield super().unmap_page_range(c, tlb, vma, addr, end, details)
         yield self.tlb_end_vma(c, tlb, vma)
 
-    def unmap_single_vma(self, c, tlb, vma, start_addr: int, end_addr: int, details):
+    def unmap_single_vma(self, c, tlb, vma, start_addr: int, end_addr: int, details) -> Path:
         """unmap_single_vma(), mm/memory.c v6.18: the part of vma inside [start_addr, end_addr)."""
         start = max(vma.start, start_addr)
         if start >= vma.end:
@@ -161,7 +161,7 @@ class Memory618(ZapUpperLevels, Memory):
         if start != end:
             yield self.unmap_page_range(c, tlb, vma, start, end, details)
 
-    def unmap_vmas(self, c, tlb, vmas: list, start_addr: int, end_addr: int, details=None):
+    def unmap_vmas(self, c, tlb, vmas: list, start_addr: int, end_addr: int, details=None) -> Path:
         """unmap_vmas(), mm/memory.c v6.18: mmu_notifier_invalidate_range_start(), unmap_single_vma() of
         every VMA, mmu_notifier_invalidate_range_end()."""
         if not vmas:
@@ -172,7 +172,7 @@ class Memory618(ZapUpperLevels, Memory):
             yield self.unmap_single_vma(c, tlb, vma, start_addr, end_addr, details)
         yield self.mmu_notifier_invalidate_range_end(c, mm, start_addr, end_addr)
 
-    def zap_page_range_single_batched(self, c, tlb, vma, address: int, size: int, details):
+    def zap_page_range_single_batched(self, c, tlb, vma, address: int, size: int, details) -> Path:
         """zap_page_range_single_batched(), mm/memory.c v6.18: notifiers around unmap_single_vma() of
         [address, address + size) with the caller's gather."""
         end = address + size
@@ -180,17 +180,17 @@ class Memory618(ZapUpperLevels, Memory):
         yield self.unmap_single_vma(c, tlb, vma, address, end, details)
         yield self.mmu_notifier_invalidate_range_end(c, vma.mm, address, end)
 
-    def zap_page_range_single(self, c, vma, address: int, size: int, details=None):
+    def zap_page_range_single(self, c, vma, address: int, size: int, details=None) -> Path:
         """zap_page_range_single(), mm/memory.c v6.18: a gather of its own around the batched zap."""
         tlb = yield self.tlb_gather_mmu(c, vma.mm, False)
         yield self.zap_page_range_single_batched(c, tlb, vma, address, size, details)
         yield self.tlb_finish_mmu(c, tlb, address, address + size)
 
-    def zap_page_range(self, c, vma, address: int, size: int, details=None):
+    def zap_page_range(self, c, vma, address: int, size: int, details=None) -> Path:
         """The 6.18 kernel has no zap_page_range(); its callers use zap_page_range_single()."""
         yield self.zap_page_range_single(c, vma, address, size, details)
 
-    def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int):
+    def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int) -> Path:
         """free_pgtables(), mm/memory.c v6.18: tlb_free_vmas(), then as before (runs of VMAs no more than
         a PMD apart go down together, their tables through pte_free_tlb() and friends)."""
         yield self.tlb_free_vmas(c, tlb)

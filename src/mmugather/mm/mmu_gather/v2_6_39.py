@@ -27,7 +27,7 @@ class Gather2639:
 
     FREE_PTE_NR = 506
 
-    def tlb_gather_mmu(self, c, mm, fullmm: bool):
+    def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
         """tlb_gather_mmu(), asm-generic/tlb.h v2.6.39: `&get_cpu_var(mmu_gathers)`: preemption off until
         tlb_finish_mmu(); fast mode (nr = ~0U) when only one CPU is online."""
         yield PREEMPT_DISABLE
@@ -39,7 +39,7 @@ class Gather2639:
         tlb.fullmm = fullmm
         return tlb
 
-    def tlb_flush_mmu(self, c, tlb):
+    def tlb_flush_mmu(self, c, tlb) -> Path:
         """tlb_flush_mmu(), asm-generic/tlb.h v2.6.39: if anything was unmapped, tlb_flush() then
         free_pages_and_swap_cache() of the batch (nothing to free in fast mode)."""
         if not tlb.need_flush:
@@ -51,7 +51,7 @@ class Gather2639:
             self.metrics.pages_per_flush.append(len(pages))
             yield free_pages_and_swap_cache(self, c, pages)
 
-    def tlb_finish_mmu(self, c, tlb, start: int, end: int):
+    def tlb_finish_mmu(self, c, tlb, start: int, end: int) -> Path:
         """tlb_finish_mmu(), asm-generic/tlb.h v2.6.39: flush, check_pgt_cache(), put_cpu_var()."""
         yield self.tlb_flush_mmu(c, tlb)
         yield PREEMPT_ENABLE
@@ -69,7 +69,7 @@ class Gather2639:
         left = self.FREE_PTE_NR - len(pages)
         return left if left > 0 else 0
 
-    def tlb_remove_page(self, c, tlb, pfn: int):
+    def tlb_remove_page(self, c, tlb, pfn: int) -> Path:
         """tlb_remove_page(), asm-generic/tlb.h v2.6.39: batch the page; flush when nr >= FREE_PTE_NR."""
         if not self._tlb_remove_page(c, tlb, pfn):
             yield self.tlb_flush_mmu(c, tlb)

@@ -39,7 +39,7 @@ class Gather30:
     MMU_GATHER_BUNDLE = 8
     MAX_GATHER_BATCH = (PAGE_SIZE - 16) // 8   # 510
 
-    def tlb_gather_mmu(self, c, mm, fullmm: bool):
+    def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
         """tlb_gather_mmu(), mm/memory.c v3.0: initialise an on-stack gather; fast mode when
         num_possible_cpus() == 1 (never with `--without-fix tlb_fast_mode`: 29eb77825cc7 removed it); the
         first batch is the 8-entry local bundle."""
@@ -71,7 +71,7 @@ class Gather30:
         tlb.active = new
         return True
 
-    def tlb_flush_mmu(self, c, tlb):
+    def tlb_flush_mmu(self, c, tlb) -> Path:
         """tlb_flush_mmu(), mm/memory.c v3.0: tlb_flush(), then free every batch's pages and rewind to the
         local bundle (the batch pages themselves are kept until tlb_finish_mmu)."""
         if not tlb.need_flush:
@@ -99,7 +99,7 @@ class Gather30:
         self.metrics.pages_per_flush.append(freed)
         tlb.active = tlb.local
 
-    def tlb_finish_mmu(self, c, tlb, start: int, end: int):
+    def tlb_finish_mmu(self, c, tlb, start: int, end: int) -> Path:
         """tlb_finish_mmu(), mm/memory.c v3.0: flush, check_pgt_cache(), free the batch pages."""
         yield self.tlb_flush_mmu(c, tlb)
         frames = []
@@ -130,7 +130,7 @@ class Gather30:
             return 0
         return tlb.active.max - len(tlb.active.pages)
 
-    def tlb_remove_page(self, c, tlb, pfn: int):
+    def tlb_remove_page(self, c, tlb, pfn: int) -> Path:
         """tlb_remove_page(), asm-generic/tlb.h v3.0: __tlb_remove_page(), tlb_flush_mmu() if it returned 0."""
         if not self._tlb_remove_page(c, tlb, pfn):
             yield self.tlb_flush_mmu(c, tlb)

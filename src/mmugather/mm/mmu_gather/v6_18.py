@@ -81,7 +81,7 @@ class Gather618:
     MAX_NR_FOLIOS_PER_FREE = 512
 
     # ------------------------------------------------------------ set-up and range tracking
-    def tlb_gather_mmu(self, c, mm, fullmm: bool):
+    def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
         """tlb_gather_mmu() / tlb_gather_mmu_fullmm() -> __tlb_gather_mmu(), mm/mmu_gather.c v6.18."""
         yield 0
         tlb = MmuGather618()
@@ -142,7 +142,7 @@ class Gather618:
         self._tlb_adjust_range(tlb, address, size)
         tlb.cleared_p4ds = True
 
-    def tlb_change_page_size(self, c, tlb, page_size: int):
+    def tlb_change_page_size(self, c, tlb, page_size: int) -> Path:
         """tlb_change_page_size(): flush before mixing page sizes (CONFIG_MMU_GATHER_PAGE_SIZE arches:
         powerpc; a no-op on x86 and arm64, which do not select it)."""
         if self.arch.mmu_gather_page_size:
@@ -156,14 +156,14 @@ class Gather618:
             return
         tlb.vma_pfn |= vma.pfnmap
 
-    def tlb_end_vma(self, c, tlb, vma):
+    def tlb_end_vma(self, c, tlb, vma) -> Path:
         """tlb_end_vma(): flush and reset the range at VMA boundaries, unless fullmm or the arch selects
         CONFIG_MMU_GATHER_MERGE_VMAS (x86 does; arm64 does not)."""
         if tlb.fullmm or self.arch.mmu_gather_merge_vmas:
             return
         yield self.tlb_flush_mmu_tlbonly(c, tlb)
 
-    def tlb_free_vmas(self, c, tlb):
+    def tlb_free_vmas(self, c, tlb) -> Path:
         """tlb_free_vmas(): flush now if a VM_PFNMAP/VM_MIXEDMAP VMA is about to be unlinked (vma_pfn)."""
         if tlb.fullmm:
             return
@@ -171,7 +171,7 @@ class Gather618:
             yield self.tlb_flush_mmu_tlbonly(c, tlb)
 
     # ------------------------------------------------------------ flushing
-    def tlb_flush_mmu_tlbonly(self, c, tlb):
+    def tlb_flush_mmu_tlbonly(self, c, tlb) -> Path:
         """tlb_flush_mmu_tlbonly(), asm-generic/tlb.h v6.18: flush the TLBs for the gathered range if
         anything was cleared or freed, then reset the range."""
         if not (tlb.freed_tables or tlb.cleared_ptes or tlb.cleared_pmds or tlb.cleared_puds or tlb.cleared_p4ds):
@@ -179,14 +179,14 @@ class Gather618:
         yield self.tlb_flush(c, tlb)
         self._tlb_reset_range(tlb)
 
-    def tlb_flush_mmu(self, c, tlb):
+    def tlb_flush_mmu(self, c, tlb) -> Path:
         """tlb_flush_mmu(), mm/mmu_gather.c v6.18: tlb_flush_mmu_tlbonly(), then tlb_flush_mmu_free():
         tlb_table_flush() and tlb_batch_pages_flush()."""
         yield self.tlb_flush_mmu_tlbonly(c, tlb)
         yield self.tlb_table_flush(c, tlb)
         yield self.tlb_batch_pages_flush(c, tlb)
 
-    def tlb_finish_mmu(self, c, tlb, start: int, end: int):
+    def tlb_finish_mmu(self, c, tlb, start: int, end: int) -> Path:
         """tlb_finish_mmu(), mm/mmu_gather.c v6.18: when another gather on this mm is in flight
         (mm_tlb_flush_nested()), force a flush of everything including page-table caches; flush; free
         the batch pages; dec_tlb_flush_pending()."""
@@ -252,7 +252,7 @@ class Gather618:
         """__tlb_remove_page() -> __tlb_remove_page_size(tlb, page, PAGE_SIZE): True = must flush."""
         return self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, False)
 
-    def tlb_remove_page(self, c, tlb, pfn: int):
+    def tlb_remove_page(self, c, tlb, pfn: int) -> Path:
         """tlb_remove_page(): batch the page, tlb_flush_mmu() if the gather is full."""
         if self._tlb_remove_page(c, tlb, pfn):
             yield self.tlb_flush_mmu(c, tlb)
@@ -277,7 +277,7 @@ class Gather618:
             batch.delayed = []
         tlb.delayed_rmap = False
 
-    def tlb_batch_pages_flush(self, c, tlb):
+    def tlb_batch_pages_flush(self, c, tlb) -> Path:
         """tlb_batch_pages_flush() -> __tlb_batch_free_encoded_pages(), mm/mmu_gather.c v6.18: free every
         batch's pages, at most MAX_NR_FOLIOS_PER_FREE entries (plus a trailing nr_pages entry) between
         cond_resched() calls; rewind to the local batch (the batch pages are kept)."""
@@ -318,7 +318,7 @@ class Gather618:
         tlb.local.next = None
 
     # ------------------------------------------------------------ page-table freeing (RCU)
-    def tlb_remove_table(self, c, tlb, pfn: int):
+    def tlb_remove_table(self, c, tlb, pfn: int) -> Path:
         """tlb_remove_table(), mm/mmu_gather.c v6.18: batch the table page in a page-sized table batch
         (GFP_NOWAIT); flush the batch when it holds MAX_TABLE_BATCH tables; when no batch page can be
         had, tlb_table_invalidate() and free the one table after a grace period (PT_RECLAIM: call_rcu)."""
@@ -335,13 +335,13 @@ class Gather618:
         if len(tlb.batch.tables) == self.MAX_TABLE_BATCH:
             yield self.tlb_table_flush(c, tlb)
 
-    def tlb_table_invalidate(self, c, tlb):
+    def tlb_table_invalidate(self, c, tlb) -> Path:
         """tlb_table_invalidate(): tlb_needs_table_invalidate() (true on x86 and arm64): flush the TLB and
         paging-structure caches before the tables go to RCU."""
         if self.arch.tlb_needs_table_invalidate:
             yield self.tlb_flush_mmu_tlbonly(c, tlb)
 
-    def tlb_table_flush(self, c, tlb):
+    def tlb_table_flush(self, c, tlb) -> Path:
         """tlb_table_flush(): invalidate, then hand the table batch to call_rcu()."""
         batch = tlb.batch
         if batch is None:
@@ -364,20 +364,20 @@ class Gather618:
             self.alloc.free_page(cpu, pfn)
         self.engine.rcu.call_rcu(c, tlb_remove_table_one_rcu)
 
-    def pte_free_tlb(self, c, tlb, pt, address: int):
+    def pte_free_tlb(self, c, tlb, pt, address: int) -> Path:
         """pte_free_tlb(): tlb_flush_pmd_range(address, PAGE_SIZE), freed_tables = 1, then the arch's
         ___pte_free_tlb() -> tlb_remove_ptdesc() -> tlb_remove_table()."""
         self.tlb_flush_pmd_range(tlb, address, PAGE_SIZE)
         tlb.freed_tables = True
         yield self.tlb_remove_table(c, tlb, pt.pfn)
 
-    def pmd_free_tlb(self, c, tlb, pmd, address: int):
+    def pmd_free_tlb(self, c, tlb, pmd, address: int) -> Path:
         """pmd_free_tlb(): tlb_flush_pud_range(), freed_tables = 1, tlb_remove_table()."""
         self.tlb_flush_pud_range(tlb, address, PAGE_SIZE)
         tlb.freed_tables = True
         yield self.tlb_remove_table(c, tlb, pmd.pfn)
 
-    def pud_free_tlb(self, c, tlb, pud, address: int):
+    def pud_free_tlb(self, c, tlb, pud, address: int) -> Path:
         """pud_free_tlb(): tlb_flush_p4d_range(), freed_tables = 1, tlb_remove_table()."""
         self.tlb_flush_p4d_range(tlb, address, PAGE_SIZE)
         tlb.freed_tables = True
