@@ -88,8 +88,8 @@ class Bulk2639(BulkBackend):
 
 
 class _Unit:
-    """The CPU and gather state a pass carries from PMD entry to PMD entry, and what one entry adds: clock,
-    zap_work, pages batched, need_flush, preemption off since, preemption point; PTE lock holds,
+    """The CPU and gather state a pass carries from PMD entry to PMD entry, and what the entries record:
+    clock, zap_work, pages batched, need_flush, preemption off since, preemption point; PTE lock holds,
     preemption-off intervals, flushes (pages each) and whether each was under the PTE lock."""
 
     __slots__ = ("t", "w", "g", "need", "since", "point", "holds", "offs", "flushes", "under")
@@ -101,17 +101,15 @@ class _Unit:
         self.flushes: list[int] = []
         self.under: list[bool] = []
 
-    def fork(self) -> _Unit:
-        """This state, with nothing recorded yet."""
-        return _Unit(self.t, self.w, self.g, self.need, self.since, self.point)
+    def save(self) -> tuple:
+        """A mark to come back to (restore()) when an entry turns out not to run."""
+        return (self.t, self.w, self.g, self.need, self.since, self.point, len(self.holds), len(self.offs),
+                len(self.flushes), len(self.under))
 
-    def take(self, u: _Unit) -> None:
-        """Go on from the state u reached, keeping what it recorded."""
-        self.t, self.w, self.g, self.need, self.since, self.point = u.t, u.w, u.g, u.need, u.since, u.point
-        self.holds += u.holds
-        self.offs += u.offs
-        self.flushes += u.flushes
-        self.under += u.under
+    def restore(self, mark: tuple) -> None:
+        """Back to the state of `mark`, dropping what was recorded since."""
+        self.t, self.w, self.g, self.need, self.since, self.point, nh, no, nf, nu = mark
+        del self.holds[nh:], self.offs[no:], self.flushes[nf:], self.under[nu:]
 
 
 class _Pass2639:
@@ -142,11 +140,11 @@ class _Pass2639:
         st = _Unit(c.clock, self.zap_work[0], len(tlb.pages), tlb.need_flush, c.preempt_off_since, c.point)
         k = ent = 0
         for u in range(nu):
-            us = st.fork()
-            last = self._unit(u, us)
-            if last is None or us.t - last >= c.horizon:
+            mark = st.save()
+            last = self._unit(u, st)
+            if last is None or st.t - last >= c.horizon:
+                st.restore(mark)
                 break
-            st.take(us)
             ent = self.firsts[u] + self.lens[u]
             k = u + 1
             if st.t >= c.horizon:
