@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from mmugather.arch.base import ArchBase, Cpu, Gather618, KernelPath
 from mmugather.kernel.locking import LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE, PREEMPT_DISABLE, PREEMPT_ENABLE
 from mmugather.kernel.smp import SmpCallFunctionMany
-from mmugather.sim.engine import TLBSTATE_LAZY, TLBSTATE_OK
+from mmugather.kernel.sched import TLBSTATE_LAZY, TLBSTATE_OK
 
 if TYPE_CHECKING:
     from mmugather.mm.mm_types import MmStruct

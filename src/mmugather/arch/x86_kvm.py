@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from mmugather.arch.base import Cpu
 from mmugather.arch.x86 import X86, FlushTlbInfo
-from mmugather.sim.engine import TLBSTATE_LAZY
+from mmugather.kernel.sched import TLBSTATE_LAZY
 
 if TYPE_CHECKING:
     from mmugather.mm.mm_types import MmStruct

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from mmugather.arch.base import ArchBase, Cpu, Gather, KernelPath
 from mmugather.kernel.locking import PREEMPT_DISABLE, PREEMPT_ENABLE
 from mmugather.kernel.smp import SmpCallFunctionMany
-from mmugather.sim.engine import TLBSTATE_LAZY, TLBSTATE_OK
+from mmugather.kernel.sched import TLBSTATE_LAZY, TLBSTATE_OK
 
 if TYPE_CHECKING:
     from mmugather.mm.mm_types import MmStruct

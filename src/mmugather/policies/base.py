@@ -1,6 +1,7 @@
 """The modelled kernel as one object: the mm/ mixins of a version plus its gather, bound to a machine.
 
-A policy is a subclass of `Kernel` that picks a gather (mm/mmu_gather.py) and a zap walk (mm/memory.py).
+A policy is a subclass of `Kernel` that picks a gather (mm/mmu_gather/, one module per version) and a zap
+walk (mm/memory/, one module per version).
 Every kernel function is a method named after the kernel function it models, so a plugin overrides one
 step by subclassing a built-in policy and redefining that method.
 """
@@ -21,6 +22,7 @@ from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_SHARED, VM_WRIT
 from mmugather.mm.mmap import Mmap
 from mmugather.mm.mmu_notifier import MmuNotifier
 from mmugather.mm.mprotect import Mprotect
+from mmugather.mm.protocols import STEP_BY_STEP, ReleaseBackend, TableFreeBackend, ZapBackend
 from mmugather.mm.mremap import Mremap
 from mmugather.mm.page_alloc import ANON, FILE
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, \
@@ -53,7 +55,12 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         self.invariants = machine.invariants
         self.arch = machine.arch
         self.num_online_cpus = len(machine.engine.cpus)
-        self.fast = getattr(machine, "fast", False)    # may kernel paths take bulk steps (mm/memory/bulk.py)
+        self.use_backends(STEP_BY_STEP, STEP_BY_STEP, STEP_BY_STEP)
+
+    def use_backends(self, zap: ZapBackend, tables: TableFreeBackend, release: ReleaseBackend) -> None:
+        """The hooks through which the walks may take runs of steps at once (mm/protocols.py), chosen by
+        whoever builds the machine: step by step (the reference) unless told otherwise."""
+        self.zap_backend, self.table_backend, self.release_backend = zap, tables, release
 
     def known_bug(self, violations: list[dict]) -> str | None:
         """The real bug of this kernel version that a run's violations are, named with its fix; None when

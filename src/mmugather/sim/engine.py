@@ -29,28 +29,15 @@ from mmugather.kernel.locking import (
     COND_RESCHED, LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE, MIGHT_SLEEP, PREEMPT_DISABLE, PREEMPT_ENABLE, DowngradeWrite,
     DownRead, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead, UpWrite, _Marker,
 )
+from mmugather.kernel.sched import (  # noqa: F401 (the engine's names for them, kept for its importers)
+    INF, P_COND_RESCHED, P_ENABLE, P_MIGHT_SLEEP, P_PLAIN, TLBSTATE_LAZY, TLBSTATE_OK, Elapse,
+)
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 
 PREEMPT_MODELS = ("none", "voluntary", "full")
 
 # CPU states
 RUNNING, SPINNING, IPI_WAIT, COMPUTE, IDLE = range(5)
-# kinds of preemption point
-P_PLAIN, P_COND_RESCHED, P_MIGHT_SLEEP, P_ENABLE = range(4)
-
-TLBSTATE_OK, TLBSTATE_LAZY = 1, 2
-INF = float("inf")
-
-
-class Elapse:
-    """Many steps at once (the fast path, mm/memory/bulk.py): spend `ns`, then leave the preemption point
-    where the last of those steps left it. Only valid for steps nothing else could interleave with."""
-
-    __slots__ = ("ns", "point")
-
-    def __init__(self, ns: int, point: int) -> None:
-        self.ns = ns
-        self.point = point
 
 
 class DeadlockError(RuntimeError):

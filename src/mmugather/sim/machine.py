@@ -6,6 +6,7 @@ import ctypes.util
 import functools
 import random
 
+from mmugather import fastpath
 from mmugather.kernel.rcu import Rcu
 from mmugather.kernel.smp import Sleep
 from mmugather.machine.costs import DEFAULT_COSTS, Costs
@@ -45,7 +46,7 @@ class Simulation:
                  arch: str | None = None, without_fixes=(), fast: bool = True) -> None:
         m = scenario.machine
         _keep_freed_memory()
-        self.fast = fast       # bulk teardown where exact (mm/memory/bulk.py); False: every step (explore/)
+        self.fast = fast       # bulk teardown where exact (fastpath/); False: every step (explore/)
         self.arch_name = arch or next(iter(policy_cls.arches))
         if self.arch_name not in policy_cls.arches:
             from mmugather.errors import InputError
@@ -129,7 +130,11 @@ class Simulation:
 
     def run(self) -> dict:
         """Run to completion; check for leaks; return the `metrics` object."""
-        self.kernel.fast = self.fast and type(self.engine) is Engine   # a traced engine records every step
+        # the hooks of the kernel's walks (mm/protocols.py): bulk where exact, unless every step is wanted
+        # (fast=False: explore/; a traced engine records every step)
+        hooks = fastpath.backends(type(self.kernel), self.arch) if self.fast and type(self.engine) is Engine \
+            else fastpath.STEP
+        self.kernel.use_backends(hooks.zap, hooks.tables, hooks.release)
         end = self.engine.run()
         if not self.engine.halted:
             self.rcu.rcu_barrier()
