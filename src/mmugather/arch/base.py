@@ -159,6 +159,18 @@ class _Engine(Protocol):
     def cpus(self) -> Sequence[Cpu]: ...
 
 
+class _MachineSpec(Protocol):
+    """The scenario's [machine] settings an arch reads (workloads/scenario.py Machine)."""
+
+    @property
+    def kvm_preempted(self) -> Sequence[int]: ...
+
+
+class _ScenarioSpec(Protocol):
+    @property
+    def machine(self) -> _MachineSpec: ...
+
+
 class Board(Protocol):
     """What an arch takes from the machine it is built for (sim/machine.py Simulation)."""
 
@@ -170,6 +182,8 @@ class Board(Protocol):
     def metrics(self) -> Metrics: ...
     @property
     def engine(self) -> _Engine: ...
+    @property
+    def scenario(self) -> _ScenarioSpec: ...
 
 
 class ArchBase:

@@ -11,10 +11,12 @@ arch/x86/include/asm/tlbflush.h).
   the mm clears its bit (TLB_REMOTE_WRONG_CPU). The periodic trim (should_trim_cpumask(), once a
   second) is not modelled: runs are shorter.
 - tlb_single_page_flush_ceiling = 33: longer ranges are flushed whole.
-Not modelled: global ASIDs and INVLPGB (broadcast_tlb_flush()), LOADED_MM_SWITCHING. Known divergences
-(issue 24, item 7): native_flush_tlb_multi() runs flush_tlb_func() on the initiator only if
-should_flush_tlb() picks it too (on_each_cpu_cond_mask() tests every CPU of the mask); flush_tlb_func()
-returns early when f->new_tlb_gen <= local_tlb_gen, before reading mm's tlb_gen.
+Not modelled: global ASIDs and INVLPGB (broadcast_tlb_flush()), LOADED_MM_SWITCHING, trim_cpumask.
+Followed: arch/x86/mm/tlb.c of a 6.18-era tree (the CachyOS/linux copy 0ebd1b80: INVLPGB global ASIDs,
+EXPORT_SYMBOL_FOR_KVM) and kernel/smp.c smp_call_function_many_cond() (run_local only if cond_func(this_cpu)).
+Known divergence: smp_call_function_many_cond() sends the IPIs before it runs func locally; the model runs
+the local flush_tlb_func() first, then sends and waits (the same work, the local flush not overlapping the
+IPIs' flight).
 """
 from __future__ import annotations
 
@@ -141,24 +143,25 @@ class X86(ArchBase):
         yield PREEMPT_ENABLE                                         # put_cpu()
 
     def flush_tlb_multi(self, c: Cpu, mm: MmStruct, info: FlushTlbInfo) -> KernelPath:
-        """native_flush_tlb_multi(), arch/x86/mm/tlb.c v6.18: every CPU in mm_cpumask when page tables
-        were freed, else only those should_flush_tlb() picks (not lazy); the initiator runs
-        flush_tlb_func() itself, the others by IPI, and it waits for them."""
-        targets = []
-        for cpu in sorted(mm.cpumask):
-            if cpu != c.id and (info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info)):
-                targets.append(cpu)
-        if c.id in mm.cpumask:
+        """flush_tlb_multi(mm_cpumask(mm), info), arch/x86/mm/tlb.c v6.18: the paravirt op
+        __flush_tlb_multi(), native_flush_tlb_multi() here (X86Kvm: kvm_flush_tlb_multi())."""
+        yield self.native_flush_tlb_multi(c, sorted(mm.cpumask), info)
+
+    def native_flush_tlb_multi(self, c: Cpu, cpumask: list[int], info: FlushTlbInfo) -> KernelPath:
+        """native_flush_tlb_multi(), arch/x86/mm/tlb.c v6.18: on_each_cpu_mask(cpumask, flush_tlb_func)
+        when page tables were freed, else on_each_cpu_cond_mask(should_flush_tlb, flush_tlb_func, ...).
+        The condition decides for the initiator too (kernel/smp.c smp_call_function_many_cond(): the local
+        call only if cond_func(this_cpu)): a lazy initiator, such as exit_mmap() after exit_mm(), does not
+        run flush_tlb_func() and stays lazy. The initiator runs flush_tlb_func() itself, the others by IPI,
+        and it waits for them."""
+        picked = [cpu for cpu in cpumask if info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info)]
+        if c.id in picked:
             yield LOCAL_IRQ_DISABLE
             yield self.flush_tlb_func(c, info)
             yield LOCAL_IRQ_ENABLE
-        targets = self.pv_filter(targets, info)
+        targets = [cpu for cpu in picked if cpu != c.id]
         if targets:
             yield SmpCallFunctionMany(targets, self._flush_tlb_func_ipi(info))
-
-    def pv_filter(self, targets: list[int], info: FlushTlbInfo) -> list[int]:
-        """The CPUs that get an IPI (native: all of them; a paravirt flush_tlb_multi() may defer some)."""
-        return targets
 
     @staticmethod
     def should_flush_tlb(t: Cpu, info: FlushTlbInfo) -> bool:
@@ -175,9 +178,11 @@ class X86(ArchBase):
 
     def flush_tlb_func(self, t: Cpu, info: FlushTlbInfo) -> int:
         """flush_tlb_func(), arch/x86/mm/tlb.c v6.18, on CPU t; returns its cost. A CPU that no longer
-        runs info->mm leaves mm_cpumask; a lazy one switches to init_mm; otherwise flush what the
-        generations say is missing: the range one page at a time when this is the only flush missed,
-        else everything."""
+        runs info->mm leaves mm_cpumask; a lazy one switches to init_mm; one already up to date with
+        f->new_tlb_gen returns before it reads mm's tlb_gen (a later flush, still in flight, will bring
+        it up to date); otherwise flush what the generations say is missing: the range one page at a time
+        when this is the only flush missed, else everything. (Every flush here has a generation:
+        TLB_GENERATION_INVALID is for kernel-range flushes, not modelled.)"""
         mm = info.mm
         if mm is not t.loaded_mm:
             mm.cpumask.discard(t.id)                                # TLB_REMOTE_WRONG_CPU
@@ -187,6 +192,8 @@ class X86(ArchBase):
             t.tlbstate = TLBSTATE_OK
             return self.costs.flush_full
         local_gen = t.per_cpu.get("tlb_gen", 0)
+        if info.new_tlb_gen <= local_gen:
+            return 0                                                # already up to date with f->new_tlb_gen
         mm_gen = mm.tlb_gen
         if local_gen == mm_gen:
             return 0

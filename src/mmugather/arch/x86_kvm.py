@@ -1,22 +1,31 @@
 """x86-64 of Linux v6.18 as a KVM guest with paravirtual TLB flush (arch/x86/kernel/kvm.c
 kvm_flush_tlb_multi(), virt/kvm/kvm_main.c kvm_sched_out(), arch/x86/kvm/x86.c record_steal_time()).
 
-kvm_flush_tlb_multi() copies the mask and, for each target vCPU whose steal-time record says
-KVM_VCPU_PREEMPTED, sets KVM_VCPU_FLUSH_TLB there instead of sending an IPI; the host flushes that vCPU's
-TLB (kvm_vcpu_flush_tlb_guest()) before it next enters the guest. Then native_flush_tlb_multi() as X86.
+kvm_flush_tlb_multi() copies mm_cpumask and, for each vCPU whose steal-time record says KVM_VCPU_PREEMPTED,
+sets KVM_VCPU_FLUSH_TLB there and clears it from the copy; then native_flush_tlb_multi() (X86) filters what
+is left (should_flush_tlb()) and sends the IPIs. So the pv filter runs before the lazy filter, on the whole
+mask, and only preempted vCPUs escape the IPI: kvm_sched_out() marks a vCPU preempted only when its thread
+was runnable and wanted to run (`task_is_runnable(current) && vcpu->wants_to_run`, 6.13+), i.e. the host
+descheduled it against its will. A halted idle vCPU (HLT: its thread blocks) is not preempted and still
+gets the IPI, which is what this machine measures (docs/host.md: munmap:512:blocked, 1 IPI on CPU 1).
 
-Known divergence (issue 24, item 1): the model treats an idle CPU (its vCPU halted) as preempted, while
-kvm_sched_out() marks a vCPU preempted only when its thread was runnable and descheduled by the host, so a
-halted idle vCPU still gets the IPI; and the kernel drops preempted vCPUs from the mask before
-should_flush_tlb() filters it, the model after.
+Which vCPUs the host has preempted is a scenario setting, `[machine] kvm_preempted` (default none): the
+CPUs whose steal-time record reads preempted whenever another vCPU flushes. The initiator is never
+preempted (it is running: "The local vCPU is never preempted", kvm.c). The host flushes a marked vCPU's TLB
+(kvm_vcpu_flush_tlb_guest(), from record_steal_time()) before that vCPU runs guest code again; the model
+flushes it at the moment of marking, which no guest code can observe, and leaves its cpu_tlbstate tlb_gen
+as it is (the host flush does not touch it either).
+
+Followed: kvm.c of a 6.16+ tree (wrmsrq(), apic_update_callback(); kvm_flush_tlb_multi() unchanged since
+5.x apart from try_cmpxchg()), kvm_main.c kvm_sched_out() of 6.13+.
+Not modelled: a preemption schedule (a vCPU preempted for part of the run), KVM_HINTS_REALTIME.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mmugather.arch.base import Cpu
+from mmugather.arch.base import Board, Cpu, KernelPath
 from mmugather.arch.x86 import X86, FlushTlbInfo
-from mmugather.kernel.sched import TLBSTATE_LAZY
 
 if TYPE_CHECKING:
     from mmugather.mm.mm_types import MmStruct
@@ -27,28 +36,17 @@ class X86Kvm(X86):
 
     name = "x86-kvm"
 
-    @staticmethod
-    def tlb_entry_live(x: Cpu) -> bool:
-        return x.tlbstate != TLBSTATE_LAZY and not x.per_cpu.get("kvm_flush_tlb")
+    def __init__(self, machine: Board) -> None:
+        super().__init__(machine)
+        self.preempted = frozenset(machine.scenario.machine.kvm_preempted)
 
-    @staticmethod
-    def pwc_entry_live(x: Cpu) -> bool:
-        return not x.per_cpu.get("kvm_flush_tlb")
-
-    def switch_mm(self, c: Cpu, next_mm: MmStruct) -> None:
-        """record_steal_time()/kvm_vcpu_flush_tlb_guest() on the host before the vCPU runs again: a
-        deferred flush empties the TLB, then switch_mm_irqs_off() as native."""
-        if c.per_cpu.pop("kvm_flush_tlb", False):
-            self.tlb.flush_all(c)
-        super().switch_mm(c, next_mm)
-
-    def pv_filter(self, targets: list[int], info: FlushTlbInfo) -> list[int]:
-        """kvm_flush_tlb_multi(): a preempted vCPU (here: an idle CPU) gets KVM_VCPU_FLUSH_TLB, no IPI."""
-        sent = []
-        for cpu in targets:
-            t = self.cpus[cpu]
-            if t.curr is None:
-                t.per_cpu["kvm_flush_tlb"] = True
+    def flush_tlb_multi(self, c: Cpu, mm: MmStruct, info: FlushTlbInfo) -> KernelPath:
+        """kvm_flush_tlb_multi(), arch/x86/kernel/kvm.c: a preempted vCPU of mm_cpumask gets
+        KVM_VCPU_FLUSH_TLB instead of an IPI; native_flush_tlb_multi() on the rest."""
+        flushmask = []
+        for cpu in sorted(mm.cpumask):
+            if cpu != c.id and cpu in self.preempted:         # steal_time.preempted & KVM_VCPU_PREEMPTED
+                self.tlb.flush_all(self.cpus[cpu])            # KVM_VCPU_FLUSH_TLB, done by the host on entry
             else:
-                sent.append(cpu)
-        return sent
+                flushmask.append(cpu)
+        yield self.native_flush_tlb_multi(c, flushmask, info)

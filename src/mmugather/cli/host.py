@@ -30,7 +30,10 @@ def snapshot(pid, out_dir) -> None:
               help="Also record the tlb:tlb_flush tracepoint of each call (tracefs, root): the kernel's remote "
                    "flush decisions, and per CPU the shootdowns it handled, those that found it off the mm, "
                    "and (sched:sched_switch) the runs of user tasks from outside the probe.")
-def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced) -> None:
+@click.option("--arch", "arch", default="auto", show_default=True,
+              help="Model arch to compare with: auto picks x86-kvm on a KVM guest whose kernel uses PV TLB flush "
+                   "(kernel log or CPUID), else x86.")
+def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced, arch) -> None:
     """Run the catalogue of syscall scripts on the host kernel and in the model; exit 1 on a mismatch."""
     import json
     import sys
@@ -47,6 +50,7 @@ def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced) 
             click.echo(f"{c.name}{'  (quick)' if c.quick else ''}")
         return
     costs = load_costs(costs_file)
+    model_arch = _kernel_check_arch(arch)
     trace_root = None
     if traced:
         from mmugather.host.ftrace import find_tracefs
@@ -56,10 +60,10 @@ def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced) 
     if not as_json:
         h = kc.host_info()
         click.echo(f"host: Linux {h['kernel']} {h['machine']}, CPUs {h['cpus']}, THP {h['thp']}; model: policy "
-                   f"{kc.MODEL_POLICY}, arch {kc.MODEL_ARCH}; {repeats} repeats, per-CPU medians")
+                   f"{kc.MODEL_POLICY}, arch {model_arch[0]} ({model_arch[1]}); {repeats} repeats, per-CPU medians")
         click.echo(kc.HEADER + (kc.TRACE_HEADER if traced else ""))
     result = kc.run_check(checks, repeats, costs, None if as_json else lambda r: click.echo(kc.format_row(r, traced)),
-                          trace_root)
+                          trace_root, model_arch)
     rows = result["scripts"]
     if as_json:
         click.echo(json.dumps(result))
@@ -71,6 +75,20 @@ def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced) 
                                                              if result["model"]["unavailable"] else ""))
     if any(r["match"] is False for r in rows):
         sys.exit(1)
+
+
+def _kernel_check_arch(arch: str) -> tuple[str, str]:
+    """(model arch, why) for kernel-check --arch: detected for "auto", else a 6.18 arch named by hand."""
+    from mmugather.arch import ARCHES
+    from mmugather.errors import InputError
+    from mmugather.host.hypervisor import detect_arch
+    from mmugather.host.kernel_check import MODEL_POLICY
+    if arch == "auto":
+        return detect_arch()
+    if arch not in ARCHES[MODEL_POLICY]:
+        raise InputError(f"--arch: unknown arch '{arch}' for kernel-check (expected auto or one of: "
+                         f"{', '.join(ARCHES[MODEL_POLICY])})")
+    return arch, "--arch"
 
 
 @main.command()

@@ -59,6 +59,20 @@ class Machine(Strict):
     fail_nowait: float = Field(0.0, ge=0.0, le=1.0,
                                description="probability that a GFP_NOWAIT (gather batch) allocation fails")
     latency_task: bool = Field(True, description="a latency-sensitive kernel thread woken periodically on every CPU")
+    kvm_preempted: list[int] = Field(default_factory=list, description=(
+        "arch x86-kvm only: the vCPUs the host keeps descheduled while runnable (kvm_sched_out() marks them "
+        "preempted); kvm_flush_tlb_multi() defers their flush to the host instead of sending an IPI. A halted "
+        "idle vCPU is not preempted. `--cpus N` folds them modulo N"))
+
+    @model_validator(mode="after")
+    def _preempted_cpus(self):
+        """kvm_preempted: the vCPUs the host keeps descheduled while runnable (arch x86-kvm reads it)."""
+        bad = [c for c in self.kvm_preempted if not 0 <= c < self.cpus]
+        if bad:
+            raise ValueError(f"kvm_preempted: CPU {bad[0]} but the machine has {self.cpus} CPUs")
+        if len(set(self.kvm_preempted)) != len(self.kvm_preempted):
+            raise ValueError("kvm_preempted: a CPU is listed twice")
+        return self
 
     @field_validator("policy")
     @classmethod
@@ -398,12 +412,15 @@ def with_cpus(scenario: Scenario, cpus: int) -> Scenario:
     """`scenario` on a machine of `cpus` CPUs (the `--cpus N` override). A thread or fork pinned to CPU c
     runs on CPU c mod N, so a scenario written for more CPUs folds onto fewer: the threads that share a CPU
     are time-shared by the simulated scheduler (round robin on the time slice), as a kernel would run more
-    runnable tasks than CPUs. A larger N leaves the pinning as it is and adds idle CPUs."""
+    runnable tasks than CPUs. A larger N leaves the pinning as it is and adds idle CPUs. The vCPUs of
+    `kvm_preempted` fold the same way."""
     if not 1 <= cpus <= MAX_CPUS:
         raise InputError(f"--cpus: expected 1..{MAX_CPUS}, got {cpus}")
     procs = [p.model_copy(update={"thread": [t.model_copy(update={"cpu": t.cpu % cpus,
                                                                   "program": _fold_ops(t.program, cpus)})
                                              for t in p.thread]})
              for p in scenario.process]
-    return scenario.model_copy(update={"machine": scenario.machine.model_copy(update={"cpus": cpus}),
+    preempted = sorted({c % cpus for c in scenario.machine.kvm_preempted})
+    machine = scenario.machine.model_copy(update={"cpus": cpus, "kvm_preempted": preempted})
+    return scenario.model_copy(update={"machine": machine,
                                        "process": procs})
