@@ -6,9 +6,12 @@ import sys
 
 import click
 
+from mmugather.cli.limits import check_memory, memory_option
+from mmugather.cli.paths import check_output_file
 from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
 from mmugather.policies import POLICIES, get_policy
+from mmugather.policies.plugins import PluginError, plugin_guard
 from mmugather.report.table import run_labels
 from mmugather.sim.engine import PREEMPT_MODELS
 from mmugather.sim.machine import Simulation
@@ -32,6 +35,7 @@ def _policy_arches(classes: list, arch: str | None) -> list[tuple]:
     arches = list(dict.fromkeys(a.strip() for a in arch.split(",") if a.strip()))
     if not arches:
         raise InputError("--arch: expected a comma-separated list of arches")
+    _check_arches(arches, classes)
     pairs = []
     for cls in classes:
         mine = [a for a in arches if a in cls.arches]
@@ -40,6 +44,14 @@ def _policy_arches(classes: list, arch: str | None) -> list[tuple]:
                              f"(it runs on: {', '.join(cls.arches)})")
         pairs += [(cls, a) for a in mine]
     return pairs
+
+
+def _check_arches(arches: list[str], classes: list) -> None:
+    """Every arch named must be one some policy knows (a typo is an error, not a silently skipped run)."""
+    known = list(dict.fromkeys(a for c in [*POLICIES.values(), *classes] for a in c.arches))
+    unknown = [a for a in arches if a not in known]
+    if unknown:
+        raise InputError(f"--arch: unknown arch '{unknown[0]}' (expected one of: {', '.join(known)})")
 
 
 def _check_cpus(scenario, cpus: int | None) -> None:
@@ -62,12 +74,14 @@ def run_one(scenario, policy_cls, **kw) -> dict:
     return Simulation(scenario, policy_cls, **kw).run()
 
 
-def workload_or_snapshot(workload: str | None, snapshot: str | None, variant: str, cpus: int | None):
-    """The scenario named by --workload, or built from --snapshot (a directory or a shipped name)."""
+def workload_or_snapshot(workload: str | None, snapshot: str | None, variant: str, cpus: int | None,
+                         workload_option: str = "--workload"):
+    """The scenario named by --workload (or `workload_option`, as `run` names its argument), or built from
+    --snapshot (a directory or a shipped name)."""
     if snapshot is None:
         return resolve_workload(workload)
     if workload is not None:
-        raise InputError("--workload and --snapshot: give one or the other")
+        raise InputError(f"{workload_option} and --snapshot: give one or the other")
     from mmugather.workloads.snapshot import resolve_snapshot, snapshot_to_scenario
     snap = resolve_snapshot(snapshot)
     return parse_scenario(snapshot_to_scenario(snap, variant, cpus), f"snapshot {snapshot}")
@@ -88,7 +102,7 @@ def main() -> None:
 @click.option("--cpus", type=int, default=None, help="Number of CPUs (default: the workload's).")
 @click.option("--preempt", type=click.Choice(PREEMPT_MODELS), default=None, help="Preemption model.")
 @click.option("--fail-nowait", type=float, default=None, help="Probability that a GFP_NOWAIT allocation fails.")
-@click.option("--seed", type=int, default=None, help="Random seed (default: the workload's).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed >= 0 (default: the workload's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
 @click.option("--arch", default=None,
               help="Comma-separated arches (x86, x86-kvm, arm64, ppc64): each policy runs on each listed arch it "
@@ -101,13 +115,19 @@ def main() -> None:
 @click.option("--trace", "trace_file", default=None,
               help="Also write a Chrome/Perfetto JSON timeline here (open in ui.perfetto.dev): one file, one "
                    "process per policy on the same time axis, each with a track per CPU.")
+@memory_option
 def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, arch, snapshot, variant, as_json,
-            html_file, trace_file) -> None:
-    """Run the same workload under each policy and compare them side by side."""
+            html_file, trace_file, max_memory) -> None:
+    """Run the same workload under each policy and compare them side by side.
+
+    A policy plugin that fails while it runs is reported (exit status 2) after the other policies' results."""
+    check_output_file("--html", html_file)
+    check_output_file("--trace", trace_file)
     scenario = workload_or_snapshot(workload, snapshot, variant, cpus)
     classes = _policies(policies)
     _check_cpus(scenario, cpus)
     _check_prob(fail_nowait)
+    check_memory(scenario, max_memory, f"workload '{scenario.name}'")
     costs = load_costs(costs_file)
     kw = dict(cpus=cpus, preempt=preempt, fail_nowait=fail_nowait, seed=seed, costs=costs, arch=arch)
     if trace_file:
@@ -115,13 +135,19 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
         check_trace_path(trace_file)
     pairs = _policy_arches(classes, arch)
     labels = run_labels([{"policy": cls.name, "arch": a} for cls, a in pairs])
-    runs, distributions, traces = [], {}, []
+    runs, distributions, traces, failed = [], {}, [], []
     for (cls, a), label in zip(pairs, labels):
-        sim = Simulation(scenario, cls, **dict(kw, arch=a))
-        if trace_file:
-            traces.append(attach_trace(sim, pid=len(traces) + 1,
-                                       first_flow_id=traces[-1].next_flow_id if traces else 1))
-        runs.append({"policy": cls.name, "arch": sim.arch_name, "metrics": sim.run()})
+        try:
+            with plugin_guard(cls):
+                sim = Simulation(scenario, cls, **dict(kw, arch=a))
+                if trace_file:
+                    traces.append(attach_trace(sim, pid=len(traces) + 1,
+                                               first_flow_id=traces[-1].next_flow_id if traces else 1))
+                metrics = sim.run()
+        except PluginError as e:            # the other policies are still reported
+            failed.append(e)
+            continue
+        runs.append({"policy": cls.name, "arch": sim.arch_name, "metrics": metrics})
         rate = ops_per_s(scenario, runs[-1]["metrics"])
         if rate is not None:
             runs[-1]["ops_per_s"] = round(rate, 1)     # counted loop iterations (wis:...), all tasks together
@@ -144,17 +170,20 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
         save_traces(traces, trace_file)
     if as_json:
         click.echo(json.dumps(result, sort_keys=False))
-    else:
+    elif runs:
         from mmugather.report.table import print_compare
         print_compare(result)
+    if failed:
+        raise failed[0] if len(failed) == 1 else InputError("; ".join(map(str, failed)))
 
 
 @main.command()
 @click.argument("scenario_file", required=False)
 @click.option("--policy", default=None, help="Policy (default: the scenario's machine.policy).")
-@click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed >= 0 (default: the scenario's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
-@click.option("--arch", default=None, help="x86 or arm64 (default: the first arch the policy supports).")
+@click.option("--arch", default=None, help="x86, x86-kvm, arm64 or ppc64, one the policy runs on (default: the "
+                                           "first arch the policy supports; see `mmugather policies`).")
 @click.option("--without-fix", "without_fixes", multiple=True, help="Switch off a named fix (see `policies`).")
 @click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of a file.")
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
@@ -162,22 +191,30 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--trace", "trace_file", default=None,
               help="Also write a Chrome/Perfetto JSON timeline here (open in ui.perfetto.dev), a track per CPU.")
-def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, variant, as_json, trace_file) -> None:
+@memory_option
+def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, variant, as_json, trace_file,
+        max_memory) -> None:
     """Run a scenario (a file or built-in workload name, or --snapshot) under one policy."""
+    check_output_file("--trace", trace_file)
     if scenario_file is None and snapshot is None:
         raise InputError("run: give a scenario file, a built-in workload name or --snapshot")
-    scenario = workload_or_snapshot(scenario_file, snapshot, variant, None)
+    scenario = workload_or_snapshot(scenario_file, snapshot, variant, None, workload_option="SCENARIO_FILE")
     cls = get_policy(policy or scenario.machine.policy)
+    if arch is not None:
+        _check_arches([arch], [cls])
+    check_memory(scenario, max_memory, scenario_file or f"snapshot {snapshot}")
     if trace_file:
         from mmugather.sim.tracing import attach_trace, check_trace_path, save_traces
         check_trace_path(trace_file)
         sim = Simulation(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch, without_fixes=without_fixes)
         trace = attach_trace(sim)
-        metrics = sim.run()
+        with plugin_guard(cls):
+            metrics = sim.run()
         save_traces([trace], trace_file)
     else:
-        metrics = run_one(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch,
-                          without_fixes=without_fixes)
+        with plugin_guard(cls):
+            metrics = run_one(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch,
+                              without_fixes=without_fixes)
     result = {"workload": scenario.name, "policy": cls.name,
               "seed": seed if seed is not None else scenario.seed, "metrics": metrics}
     if as_json:

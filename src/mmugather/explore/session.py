@@ -26,8 +26,10 @@ def run_search(target, *, strategy: str = "exhaustive", max_preemptions: int = 2
     Returns the report (JSON-ready)."""
     if strategy not in STRATEGIES:
         raise InputError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if max_preemptions < 0 or (budget is not None and budget < 1) or max_steps < 1 or pct_depth < 1:
-        raise InputError("--max-preemptions must be >= 0, --budget, --max-steps and --depth >= 1")
+    for option, value, least in (("--max-preemptions", max_preemptions, 0), ("--budget", budget, 1),
+                                 ("--max-steps", max_steps, 1), ("--depth", pct_depth, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{option}: expected a number >= {least}, got {value}")
     budget = budget or DEFAULT_BUDGET[strategy]
     if strategy == "exhaustive":
         res = search.exhaustive(target, max_preemptions=max_preemptions, max_depth=max_steps, budget=budget,
@@ -116,4 +118,23 @@ def load_replay(path: str) -> tuple[KernelTarget, dict]:
     policy = get_policy(str(doc.get("policy")))
     target = KernelTarget(scenario, policy, without_fixes=tuple(doc.get("without_fixes") or ()),
                           seed=doc.get("seed"), arch=doc.get("arch"))
+    _check_actors(path, sched, target, scenario)
     return target, doc
+
+
+def _check_actors(path: str, schedule: list, target: KernelTarget, scenario) -> None:
+    """Every deviation names an actor of the scenario: a task of a fresh build, the IPIs of one of its CPUs,
+    or (when a program forks) a task started later. A replay would otherwise ignore the entry and tell
+    the default story as if nothing were wrong."""
+    from mmugather.workloads.scenario import ForkOp, walk_ops
+    actors = target.actor_names()
+    forks = any(isinstance(op, ForkOp) for p in scenario.process for t in p.thread for op, _ in walk_ops(t.program))
+    last_tid = max((a for a in actors if a >= 0), default=-1)
+    for k, (step, actor) in enumerate(schedule):
+        if step < 0:
+            raise InputError(f"{path}: schedule[{k}]: step {step} is negative")
+        if actor in actors or (forks and actor > last_tid):
+            continue
+        known = ", ".join(f"{a} ({n})" for a, n in sorted(actors.items()))
+        raise InputError(f"{path}: schedule[{k}]: [{step}, {actor}]: no actor {actor} in this scenario "
+                         f"(actors: {known})")
