@@ -134,15 +134,17 @@ def _print_report(name, policy, without, report, coverage, out_file, target) -> 
 @click.argument("replay_file")
 @click.option("--trace", "trace_file", default=None, help="Also write a Chrome/Perfetto JSON timeline of the replay.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def replay(replay_file, trace_file, as_json) -> None:
+@memory_option
+def replay(replay_file, trace_file, as_json, max_memory) -> None:
     """Re-run a schedule saved by `explore --out` and tell its story again.
 
     Exit status: 1 when the replay shows a violation, 0 when it does not, 2 bad input."""
     from mmugather.cli.paths import check_output_file
     from mmugather.explore.session import load_replay
     from mmugather.explore.story import tell
+    from mmugather.cli.limits import parse_memory
     check_output_file("--trace", trace_file)
-    target, doc = load_replay(replay_file)
+    target, doc = load_replay(replay_file, parse_memory(max_memory))
     traces = []
     if trace_file:
         from mmugather.sim.tracing import attach_trace, check_trace_path

@@ -97,8 +97,9 @@ def write_replay(path: str, doc: dict) -> None:
         raise InputError(f"--out: cannot write {path}: {e.strerror}") from None
 
 
-def load_replay(path: str) -> tuple[KernelTarget, dict]:
-    """Read a replay file: (its target, the document). Problems are one InputError line."""
+def load_replay(path: str, max_memory: int | None = None) -> tuple[KernelTarget, dict]:
+    """Read a replay file: (its target, the document). Problems are one InputError line; so is a scenario
+    estimated to need more than `max_memory` bytes (checked before anything is built)."""
     from mmugather.policies import get_policy
     from mmugather.workloads.scenario import parse_scenario
     p = Path(path)
@@ -115,6 +116,11 @@ def load_replay(path: str) -> tuple[KernelTarget, dict]:
                                                all(isinstance(x, int) for x in d) for d in sched):
         raise InputError(f"{path}: schedule: expected a list of [step, actor] pairs of integers")
     scenario = parse_scenario(doc.get("scenario"), f"{path}: scenario")
+    if max_memory is not None:
+        from mmugather.workloads.scenario import estimate_memory, human_bytes
+        if estimate_memory(scenario) > max_memory:
+            raise InputError(f"--max-memory: {path}: its scenario needs about "
+                             f"{human_bytes(estimate_memory(scenario))}; the limit is {human_bytes(max_memory)}")
     policy = get_policy(str(doc.get("policy")))
     target = KernelTarget(scenario, policy, without_fixes=tuple(doc.get("without_fixes") or ()),
                           seed=doc.get("seed"), arch=doc.get("arch"))

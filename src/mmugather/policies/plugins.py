@@ -144,9 +144,26 @@ def plugin_guard(cls):
         raise PluginError(plugin_failure(cls, spec, e)) from None
 
 
+def _plugin_files(cls) -> set[str]:
+    """The source files of the plugin's own classes: their modules' and their methods' (a class made at
+    run time has no module file)."""
+    files = set()
+    for k in cls.__mro__:
+        if _ours(k) or k is object:
+            continue
+        module = sys.modules.get(k.__module__)
+        if getattr(module, "__file__", None):
+            files.add(module.__file__)
+        for fn in vars(k).values():
+            fn = inspect.unwrap(fn) if inspect.isfunction(fn) else None
+            if fn is not None:
+                files.add(fn.__code__.co_filename)
+    return files
+
+
 def plugin_failure(cls, spec: str, e: BaseException) -> str:
     """One line: the exception and where it was raised, the plugin's frames first (repeats folded)."""
-    files = {inspect.getsourcefile(k) for k in cls.__mro__ if not _ours(k) and k is not object}
+    files = _plugin_files(cls)
     frames = traceback.extract_tb(e.__traceback__)
     own = [f for f in frames if f.filename in files]
     if not own:
