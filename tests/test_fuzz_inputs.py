@@ -84,7 +84,7 @@ def argv(draw):
     return args
 
 
-@cases(20_000)
+@cases(5_000)
 @given(argv())
 def test_cli_arguments(args):
     _count("cli")
@@ -111,7 +111,7 @@ def test_scenario_dicts_and_their_memory_estimate(data):
     assert estimate_memory(sc) >= 0
 
 
-@cases(10_000)
+@cases(25_000)
 @given(st.text(max_size=300))
 def test_scenario_text(tmp_path_factory, text):
     _count("scenario-text")
