@@ -345,3 +345,10 @@ def test_messages_name_the_option_file_and_line_at_fault(tmp_path):
     assert "ppc64" in helptext and "x86-kvm" in helptext
     r = cli("calibrate", "-o", "/proc/x")
     one_line_error(r, "-o: cannot write /proc/x")
+
+
+@pytest.mark.parametrize("args", [["run", "/dev/zero"], ["replay", "/dev/zero"], ["sweep", "/dev/zero", "--out", "o"],
+                                  ["compare", "--workload", "small", "--costs", "/dev/zero"],
+                                  ["compare", "--snapshot", "/dev"]])
+def test_a_device_as_an_input_file_is_refused_not_read_forever(args, tmp_path):
+    one_line_error(cli(*args, cwd=tmp_path))

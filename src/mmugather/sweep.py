@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from mmugather.errors import InputError
+from mmugather.errors import InputError, read_input
 from mmugather.policies import POLICIES
 from mmugather.sim.machine import Simulation
 from mmugather.workloads.builtin import BUILTIN, is_builtin, resolve_workload
@@ -215,7 +215,7 @@ def load_sweep(path: str | Path) -> tuple[Grid, dict[str, Scenario]]:
     relative to the sweep file) and check every CPU count can run it. Problems are one InputError line."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(read_input(p))
     except OSError as e:
         raise InputError(f"{p}: cannot read sweep file: {e.strerror or e}") from None
     except UnicodeDecodeError:
@@ -472,8 +472,12 @@ def run_sweep(sweep_file: str | Path, out_dir: str | Path, *, executor: str = "l
     out = Path(out_dir)
     results = out / RESULTS
     inputs = input_hashes(scenarios)
-    with locked(out):
-        if results.exists() and not resume:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {out} exists and is not a directory")
+    if results.exists() and not resume:
+        raise InputError(f"{results} exists: pass --resume to continue it, or choose another directory")
+    with pool as (slots, run), locked(out):
+        if results.exists() and not resume:           # written by a sweep that finished meanwhile
             raise InputError(f"{results} exists: pass --resume to continue it, or choose another directory")
         (out / GRID).write_text(json.dumps({"grid": grid.model_dump(mode="json"), "inputs": inputs}))
         finished, size = read_rows(results)
@@ -482,8 +486,7 @@ def run_sweep(sweep_file: str | Path, out_dir: str | Path, *, executor: str = "l
         done = {row["id"] for row in finished}
         points = grid_points(grid, inputs)
         todo = [p for p in points if p.id not in done]
-        with pool as (slots, run):
-            _run_points(run, todo, scenarios, slots, chunk, len(points), results, progress)
+        _run_points(run, todo, scenarios, slots, chunk, len(points), results, progress)
     return {"points": len(points), "skipped": len(points) - len(todo), "ran": len(todo)}
 
 

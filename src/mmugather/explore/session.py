@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmugather.errors import InputError
+from mmugather.errors import InputError, read_input
 from mmugather.explore import search
 from mmugather.explore.story import tell
 from mmugather.explore.target import KernelTarget
@@ -104,7 +104,7 @@ def load_replay(path: str, max_memory: int | None = None) -> tuple[KernelTarget,
     from mmugather.workloads.scenario import parse_scenario
     p = Path(path)
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(read_input(p))
     except OSError as e:
         raise InputError(f"{path}: cannot read replay file: {e.strerror}") from None
     except (ValueError, UnicodeDecodeError) as e:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mmugather.errors import InputError
+from mmugather.errors import InputError, read_input
 
 PAGE = 4096
 MAX_CPUS = 256
@@ -345,7 +345,7 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario TOML file."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = read_input(p)
     except OSError as e:
         raise InputError(f"{p}: cannot read scenario: {e.strerror or e}") from None
     except UnicodeDecodeError:
