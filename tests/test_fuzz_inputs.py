@@ -6,11 +6,11 @@ Slow: run with `-m slow tests/test_fuzz_inputs.py`; MMUGATHER_FUZZ_SCALE multipl
 import json
 import os
 import tomllib
-from pathlib import Path
 
 import click
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mmugather.errors import InputError
 
@@ -95,7 +95,7 @@ def test_cli_arguments(args):
 
 
 # ------------------------------------------------------------------ scenario files
-from test_scenario_fuzz import plausible, values, keys  # noqa: E402
+from test_scenario_fuzz import keys, plausible, values
 
 
 @cases(30_000)

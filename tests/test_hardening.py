@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mmugather.sweep import Grid, Point, grid_points, locked, run_sweep
+from mmugather.sweep import Grid, Point, grid_points, load_results, locked, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -258,10 +258,12 @@ def test_resume_reruns_the_points_whose_scenario_file_changed(tmp_path):
     out = tmp_path / "o"
     assert run_sweep(path, out, workers=1, progress=False)["ran"] == 2
     assert run_sweep(path, out, workers=1, resume=True, progress=False)["ran"] == 0
+    before = load_results(out)
     race.write_text(body.replace("SIZE", "128KiB"))
     assert run_sweep(path, out, workers=1, resume=True, progress=False) == {"points": 2, "skipped": 0, "ran": 2}
-    from mmugather.sweep import load_results
-    assert [r["metrics"]["pages_freed"] if "pages_freed" in r["metrics"] else None for r in load_results(out)]
+    after = load_results(out)                           # the rows of the changed file, not the stale ones
+    assert len(after) == 2 and {r["id"] for r in after}.isdisjoint(r["id"] for r in before)
+    assert [r["metrics"] for r in after] != [r["metrics"] for r in before]
 
 
 def test_a_file_workload_named_two_ways_is_one_workload(tmp_path):

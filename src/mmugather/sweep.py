@@ -26,16 +26,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
+from mmugather.arch import arch_names
 from mmugather.errors import InputError, read_input
 from mmugather.policies import POLICIES
 from mmugather.sim.machine import Simulation
 from mmugather.workloads.builtin import BUILTIN, is_builtin, resolve_workload
-from mmugather.workloads.scenario import MAX_CPUS, Scenario
+from mmugather.workloads.scenario import MAX_CPUS, Scenario, with_cpus
 
 RESULTS = "results.jsonl"
 GRID = "sweep.json"
@@ -124,7 +139,7 @@ class Grid(_Strict):
     @field_validator("arch")
     @classmethod
     def _known_arches(cls, v: list[str]) -> list[str]:
-        known = list(dict.fromkeys(a for p in POLICIES.values() for a in p.arches))
+        known = arch_names()
         unknown = [a for a in v if a not in known]
         if unknown:
             raise ValueError(f"unknown arch '{unknown[0]}' (expected one of: {', '.join(known)})")
@@ -212,7 +227,8 @@ def _where(loc: tuple) -> str:
 
 def load_sweep(path: str | Path) -> tuple[Grid, dict[str, Scenario]]:
     """Read and validate a sweep file; also load each workload (a built-in name, or a scenario file path
-    relative to the sweep file) and check every CPU count can run it. Problems are one InputError line."""
+    relative to the sweep file; a CPU count below a workload's folds its threads: see with_cpus). Problems are
+    one InputError line."""
     p = Path(path)
     try:
         data = tomllib.loads(read_input(p))
@@ -235,12 +251,7 @@ def load_sweep(path: str | Path) -> tuple[Grid, dict[str, Scenario]]:
         if not is_builtin(name) and not file.exists():
             raise InputError(f"{p}: grid.workloads: '{name}' is neither a built-in workload "
                              f"({', '.join(BUILTIN)}) nor a file")
-        scenario = resolve_workload(name if is_builtin(name) else str(file))
-        needed = 1 + max(t.cpu for proc in scenario.process for t in proc.thread)
-        if min(grid.cpus) < needed:
-            raise InputError(f"{p}: grid.cpus: {min(grid.cpus)} is too few for workload '{name}' "
-                             f"(it runs a thread on CPU {needed - 1})")
-        scenarios[name] = scenario
+        scenarios[name] = resolve_workload(name if is_builtin(name) else str(file))
     return grid, scenarios
 
 
@@ -262,7 +273,7 @@ def flatten_metrics(metrics: dict) -> dict:
 
 def run_point(point: Point, scenario: Scenario | None = None) -> dict:
     """Simulate one point (its workload resolved by name unless given); the row written for it."""
-    scenario = scenario or resolve_workload(point.workload)
+    scenario = with_cpus(scenario or resolve_workload(point.workload), point.cpus)   # CPU c runs on c mod N
     sim = Simulation(scenario, POLICIES[point.policy], cpus=point.cpus, preempt=point.preempt,
                      fail_nowait=point.fail_nowait, seed=point.seed, arch=point.arch)
     return {"id": point.id, **point.params(), "metrics": flatten_metrics(sim.run())}
@@ -491,7 +502,8 @@ def run_sweep(sweep_file: str | Path, out_dir: str | Path, *, executor: str = "l
 
 
 def _check_memory(scenarios: dict[str, Scenario], grid: Grid, workers: int, limit: int) -> None:
-    from mmugather.workloads.scenario import estimate_memory, human_bytes as _gib
+    from mmugather.workloads.scenario import estimate_memory
+    from mmugather.workloads.scenario import human_bytes as _gib
     name, need = max(((n, estimate_memory(sc)) for n, sc in scenarios.items()), key=lambda x: x[1])
     at_once = max(1, min(workers, grid.size()))
     if need * at_once > limit:

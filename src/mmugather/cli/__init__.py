@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from mmugather.arch import arch_names
 from mmugather.cli.limits import check_memory, memory_option
 from mmugather.cli.paths import check_output_file
 from mmugather.errors import InputError
@@ -16,7 +17,7 @@ from mmugather.report.table import run_labels
 from mmugather.sim.engine import PREEMPT_MODELS
 from mmugather.sim.machine import Simulation
 from mmugather.workloads.builtin import builtin_workloads, resolve_workload
-from mmugather.workloads.scenario import MAX_CPUS, parse_scenario
+from mmugather.workloads.scenario import parse_scenario, with_cpus
 from mmugather.workloads.wis import ops_per_s
 
 
@@ -35,7 +36,7 @@ def _policy_arches(classes: list, arch: str | None) -> list[tuple]:
     arches = list(dict.fromkeys(a.strip() for a in arch.split(",") if a.strip()))
     if not arches:
         raise InputError("--arch: expected a comma-separated list of arches")
-    _check_arches(arches, classes)
+    _check_arches(arches)
     pairs = []
     for cls in classes:
         mine = [a for a in arches if a in cls.arches]
@@ -46,23 +47,11 @@ def _policy_arches(classes: list, arch: str | None) -> list[tuple]:
     return pairs
 
 
-def _check_arches(arches: list[str], classes: list) -> None:
-    """Every arch named must be one some policy knows (a typo is an error, not a silently skipped run)."""
-    known = list(dict.fromkeys(a for c in [*POLICIES.values(), *classes] for a in c.arches))
-    unknown = [a for a in arches if a not in known]
+def _check_arches(arches: list[str]) -> None:
+    """Every arch named must be one of the registry's (a typo is an error, not a silently skipped run)."""
+    unknown = [a for a in arches if a not in arch_names()]
     if unknown:
-        raise InputError(f"--arch: unknown arch '{unknown[0]}' (expected one of: {', '.join(known)})")
-
-
-def _check_cpus(scenario, cpus: int | None) -> None:
-    if cpus is None:
-        return
-    if not 1 <= cpus <= MAX_CPUS:
-        raise InputError(f"--cpus: expected 1..{MAX_CPUS}, got {cpus}")
-    for p in scenario.process:
-        for k, t in enumerate(p.thread):
-            if t.cpu >= cpus:
-                raise InputError(f"--cpus {cpus}: process '{p.name}' thread[{k}] runs on CPU {t.cpu}")
+        raise InputError(f"--arch: unknown arch '{unknown[0]}' (expected one of: {', '.join(arch_names())})")
 
 
 def _check_prob(p: float | None) -> None:
@@ -98,15 +87,17 @@ def main() -> None:
 
 @main.command()
 @click.option("--workload", "workload", default=None, help="Built-in workload name or scenario TOML file.")
-@click.option("--policies", default="2.6.39,3.0", show_default=True, help="Comma-separated policies.")
-@click.option("--cpus", type=int, default=None, help="Number of CPUs (default: the workload's).")
+@click.option("--policies", default="2.6.39,3.0,6.18", show_default=True, help="Comma-separated policies.")
+@click.option("--cpus", type=int, default=None,
+              help="Number of CPUs (default: the workload's). Works with every workload: a thread pinned to CPU c "
+                   "runs on CPU c mod N, where the simulated scheduler time-shares the threads of one CPU.")
 @click.option("--preempt", type=click.Choice(PREEMPT_MODELS), default=None, help="Preemption model.")
 @click.option("--fail-nowait", type=float, default=None, help="Probability that a GFP_NOWAIT allocation fails.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed >= 0 (default: the workload's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
 @click.option("--arch", default=None,
-              help="Comma-separated arches (x86, x86-kvm, arm64, ppc64): each policy runs on each listed arch it "
-                   "supports (default: the first arch each policy supports).")
+              help=f"Comma-separated arches ({', '.join(arch_names())}): each policy runs on each listed arch "
+                   "it supports (default: the first arch each policy supports).")
 @click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of --workload.")
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
               help="With --snapshot: exit_mmap of it all, or munmap of the largest VMA first.")
@@ -124,8 +115,9 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
     check_output_file("--html", html_file)
     check_output_file("--trace", trace_file)
     scenario = workload_or_snapshot(workload, snapshot, variant, cpus)
+    if cpus is not None:
+        scenario = with_cpus(scenario, cpus)
     classes = _policies(policies)
-    _check_cpus(scenario, cpus)
     _check_prob(fail_nowait)
     check_memory(scenario, max_memory, f"workload '{scenario.name}'")
     costs = load_costs(costs_file)
@@ -148,6 +140,9 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
             failed.append(e)
             continue
         runs.append({"policy": cls.name, "arch": sim.arch_name, "metrics": metrics})
+        bug = sim.kernel.known_bug(runs[-1]["metrics"]["violations"])
+        if bug:
+            runs[-1]["known_bug"] = bug
         rate = ops_per_s(scenario, runs[-1]["metrics"])
         if rate is not None:
             runs[-1]["ops_per_s"] = round(rate, 1)     # counted loop iterations (wis:...), all tasks together
@@ -182,8 +177,8 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
 @click.option("--policy", default=None, help="Policy (default: the scenario's machine.policy).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed >= 0 (default: the scenario's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
-@click.option("--arch", default=None, help="x86, x86-kvm, arm64 or ppc64, one the policy runs on (default: the "
-                                           "first arch the policy supports; see `mmugather policies`).")
+@click.option("--arch", default=None,
+              help=f"One of {', '.join(arch_names())} (default: the first arch the policy supports).")
 @click.option("--without-fix", "without_fixes", multiple=True, help="Switch off a named fix (see `policies`).")
 @click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of a file.")
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
@@ -201,7 +196,7 @@ def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, 
     scenario = workload_or_snapshot(scenario_file, snapshot, variant, None, workload_option="SCENARIO_FILE")
     cls = get_policy(policy or scenario.machine.policy)
     if arch is not None:
-        _check_arches([arch], [cls])
+        _check_arches([arch])
     check_memory(scenario, max_memory, scenario_file or f"snapshot {snapshot}")
     if trace_file:
         from mmugather.sim.tracing import attach_trace, check_trace_path, save_traces
@@ -262,8 +257,14 @@ def policies(as_json) -> None:
             click.echo(f"{'':17s} fix {n}: {f['commits']}: {f['what']}")
 
 
-from mmugather.cli import (  # noqa: E402,F401  (register their commands)
-    explore as _explore, host as _host, sweep as _sweep,
+from mmugather.cli import (  # noqa: F401  (register their commands)
+    explore as _explore,
+)
+from mmugather.cli import (
+    host as _host,
+)
+from mmugather.cli import (
+    sweep as _sweep,
 )
 
 

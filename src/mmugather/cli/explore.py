@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from mmugather.arch import arch_names
 from mmugather.cli import main
 from mmugather.cli.limits import memory_option
 from mmugather.errors import InputError
@@ -64,7 +65,7 @@ def _bar(label: str, quiet: bool):
 @click.option("--max-steps", type=int, default=10_000, show_default=True,
               help="Steps per execution at most (the depth bound).")
 @click.option("--without-fix", "without_fixes", multiple=True, help="Switch off a named fix (see `policies`).")
-@click.option("--arch", default=None, help="x86, x86-kvm or arm64 (default: the policy's first).")
+@click.option("--arch", default=None, help=f"One of {', '.join(arch_names())} (default: the policy's first).")
 @click.option("--no-shrink", is_flag=True, help="Keep the schedule as found.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--out", "out_file", default=None, help="Save a found violation as a JSON replay file here.")

@@ -39,7 +39,8 @@ def memory_option(f):
 
 def check_memory(scenario, max_memory: str | None, what: str) -> None:
     """Refuse `scenario` before building it if its estimated memory exceeds --max-memory."""
-    from mmugather.workloads.scenario import estimate_memory, human_bytes as gib
+    from mmugather.workloads.scenario import estimate_memory
+    from mmugather.workloads.scenario import human_bytes as gib
     limit = parse_memory(max_memory)
     need = estimate_memory(scenario)
     if need > limit:

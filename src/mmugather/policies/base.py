@@ -6,8 +6,12 @@ step by subclassing a built-in policy and redefining that method.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import numpy as np
 
+from mmugather.arch.base import Arch, Board
 from mmugather.kernel.exit import Exit
 from mmugather.kernel.fork import Fork
 from mmugather.mm.exec import Exec
@@ -29,8 +33,8 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
     name = "base"
     version = ""
     source = ""
-    # arch name -> the arch class (arch/) this kernel version had for it
-    arches: dict = {}
+    # arch name -> the arch class this kernel version had for it: ARCHES[version] of arch/__init__.py
+    arches: Mapping[str, Callable[[Board], Arch[Any]]] = {}
     # fix switches: name -> (commits, what the fix does). `--without-fix NAME` models the kernel before it.
     fixes: dict[str, tuple[str, str]] = {}
 
@@ -50,6 +54,11 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         self.arch = machine.arch
         self.num_online_cpus = len(machine.engine.cpus)
         self.fast = getattr(machine, "fast", False)    # may kernel paths take bulk steps (mm/memory/bulk.py)
+
+    def known_bug(self, violations: list[dict]) -> str | None:
+        """The real bug of this kernel version that a run's violations are, named with its fix; None when
+        they match none (or there are none)."""
+        return None
 
     def tlb_flush(self, c, tlb):
         """tlb_flush(): the arch's invalidation for a gather (x86 v2.6.39/v3.0: flush_tlb_mm)."""

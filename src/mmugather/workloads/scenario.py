@@ -9,15 +9,23 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mmugather.errors import InputError, read_input
 
 PAGE = 4096
 MAX_CPUS = 256
-_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kib|m|mib|g|gib|t|tib|p|pages?)\s*$", re.I)
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kib|m|mib|g|gib|t|tib|p|pages?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
           "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40, "p": PAGE, "page": PAGE, "pages": PAGE}
 
@@ -71,7 +79,7 @@ class VmaSpec(Strict):
     offset: Size = 0
     shared: bool = False
     writable: bool = True
-    populate: Union[bool, list[tuple[Size, Size]]] = False
+    populate: bool | list[tuple[Size, Size]] = False
 
     @model_validator(mode="after")
     def _check(self):
@@ -193,7 +201,7 @@ class ForkOp(Strict):
     running `program` (ranges name the parent's VMAs, inherited), then exiting."""
     op: Literal["fork"]
     cpu: int = Field(ge=0, le=MAX_CPUS - 1)
-    program: list["Op"] = Field(default_factory=list)
+    program: list[Op] = Field(default_factory=list)
 
 
 class LoopOp(Strict):
@@ -202,7 +210,7 @@ class LoopOp(Strict):
     comes first. Iteration i shifts every range of the body by i * `stride` bytes. With `count`, each
     iteration completed by the deadline adds one to metrics.loop_iterations (all threads together)."""
     op: Literal["loop"]
-    body: list["Op"] = Field(min_length=1)
+    body: list[Op] = Field(min_length=1)
     times: int | None = Field(None, ge=1)
     duration_ns: int | None = Field(None, gt=0)
     stride: Size = Field(0, ge=0)
@@ -217,8 +225,7 @@ class LoopOp(Strict):
         return self
 
 
-Op = Annotated[Union[TouchOp, ChurnOp, MunmapOp, MadviseOp, MmapOp, SleepOp, ComputeOp, ExitOp, ExecOp,
-                     MprotectOp, MremapOp, GupFastOp, TruncateOp, HaltOp, LoopOp, ForkOp],
+Op = Annotated[TouchOp | ChurnOp | MunmapOp | MadviseOp | MmapOp | SleepOp | ComputeOp | ExitOp | ExecOp | MprotectOp | MremapOp | GupFastOp | TruncateOp | HaltOp | LoopOp | ForkOp,
                Field(discriminator="op")]
 LoopOp.model_rebuild()
 ForkOp.model_rebuild()
@@ -414,3 +421,30 @@ def human_bytes(n: int) -> str:
         if n < 1024 or unit == "PiB":
             return f"{n:,.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
+
+
+def _fold_ops(ops: list, cpus: int) -> list:
+    """`ops` with every fork's CPU taken modulo `cpus` (inside loops and forked programs too)."""
+    out = []
+    for op in ops:
+        if isinstance(op, ForkOp):
+            op = op.model_copy(update={"cpu": op.cpu % cpus, "program": _fold_ops(op.program, cpus)})
+        elif isinstance(op, LoopOp):
+            op = op.model_copy(update={"body": _fold_ops(op.body, cpus)})
+        out.append(op)
+    return out
+
+
+def with_cpus(scenario: Scenario, cpus: int) -> Scenario:
+    """`scenario` on a machine of `cpus` CPUs (the `--cpus N` override). A thread or fork pinned to CPU c
+    runs on CPU c mod N, so a scenario written for more CPUs folds onto fewer: the threads that share a CPU
+    are time-shared by the simulated scheduler (round robin on the time slice), as a kernel would run more
+    runnable tasks than CPUs. A larger N leaves the pinning as it is and adds idle CPUs."""
+    if not 1 <= cpus <= MAX_CPUS:
+        raise InputError(f"--cpus: expected 1..{MAX_CPUS}, got {cpus}")
+    procs = [p.model_copy(update={"thread": [t.model_copy(update={"cpu": t.cpu % cpus,
+                                                                  "program": _fold_ops(t.program, cpus)})
+                                             for t in p.thread]})
+             for p in scenario.process]
+    return scenario.model_copy(update={"machine": scenario.machine.model_copy(update={"cpus": cpus}),
+                                       "process": procs})

@@ -97,7 +97,7 @@ class Gather2639:
         that flush on this CPU to apply once), or None when only the step path can run it: anything but the
         stock code on x86 of that era, another CPU in mm_cpumask (IPIs), anything cached on this CPU, or a
         frame some TLB, paging-structure cache or walker still reaches (a free would report it)."""
-        from mmugather.arch.x86 import X86Legacy
+        from mmugather.arch import X86Legacy
         from mmugather.sim.engine import TLBSTATE_OK
         arch, mm, inv = self.arch, tlb.mm, self.invariants
         cls = type(self)

@@ -6,7 +6,7 @@ from array import array
 
 import numpy as np
 
-from mmugather.arch.x86 import X86, X86Kvm
+from mmugather.arch import X86, X86Kvm
 from mmugather.kernel.locking import COND_RESCHED
 from mmugather.mm.memory.bulk import first_crossing, may_bulk, release_flat
 from mmugather.sim.engine import P_COND_RESCHED, TLBSTATE_LAZY, TLBSTATE_OK, Elapse
