@@ -7,6 +7,7 @@ is stored too, so that `mmugather replay` can say whether the replay told the sa
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from mmugather.errors import InputError, read_input
@@ -115,17 +116,30 @@ def load_replay(path: str, max_memory: int | None = None) -> tuple[KernelTarget,
     if not isinstance(sched, list) or not all(isinstance(d, list) and len(d) == 2 and
                                                all(isinstance(x, int) for x in d) for d in sched):
         raise InputError(f"{path}: schedule: expected a list of [step, actor] pairs of integers")
+    policy, fixes = doc.get("policy"), doc.get("without_fixes") or []
+    if not isinstance(policy, str) or not _NAME.match(policy):
+        raise InputError(f"{path}: policy: expected a policy name or plugin spec, got {_short(policy)}")
+    if not isinstance(fixes, list) or not all(isinstance(f, str) and _NAME.match(f) for f in fixes):
+        raise InputError(f"{path}: without_fixes: expected a list of fix names, got {_short(fixes)}")
     scenario = parse_scenario(doc.get("scenario"), f"{path}: scenario")
     if max_memory is not None:
         from mmugather.workloads.scenario import estimate_memory, human_bytes
         if estimate_memory(scenario) > max_memory:
             raise InputError(f"--max-memory: {path}: its scenario needs about "
                              f"{human_bytes(estimate_memory(scenario))}; the limit is {human_bytes(max_memory)}")
-    policy = get_policy(str(doc.get("policy")))
-    target = KernelTarget(scenario, policy, without_fixes=tuple(doc.get("without_fixes") or ()),
+    policy = get_policy(policy)
+    target = KernelTarget(scenario, policy, without_fixes=tuple(fixes),
                           seed=doc.get("seed"), arch=doc.get("arch"))
     _check_actors(path, sched, target, scenario)
     return target, doc
+
+
+_NAME = re.compile(r"^[^\x00-\x20\x7f]+$")       # a name or spec: printable, no spaces or newlines
+
+
+def _short(v) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_actors(path: str, schedule: list, target: KernelTarget, scenario) -> None:
