@@ -24,6 +24,7 @@ from mmugather.explore.target import KernelTarget
 from mmugather.machine.costs import Costs, load_costs
 from mmugather.policies import POLICIES, get_policy
 from mmugather.policies.base import Kernel
+from mmugather.policies.plugins import PluginError, plugin_guard
 from mmugather.report.table import run_labels
 from mmugather.sweep import flatten_metrics, load_results as _load_rows, run_sweep
 from mmugather.sim.machine import Simulation  # the one place the API imports the engine's entry point
@@ -159,6 +160,7 @@ class Comparison:
     machine: Machine
     seed: int
     runs: tuple[Run, ...]
+    failures: tuple[PluginError, ...] = ()   # plugins that failed while they ran (their runs are left out)
 
     def to_dict(self) -> dict[str, Any]:
         """What `mmugather compare --json` prints."""
@@ -192,11 +194,13 @@ class Comparison:
 
 def _simulate(scenario: Scenario, cls: type, trace: list | None, **kw) -> Run:
     """Build and run one Simulation (traced into `trace` when given, as the next process of the file)."""
-    sim = Simulation(scenario, cls, **kw)
-    if trace is not None:
-        from mmugather.sim.tracing import attach_trace
-        trace.append(attach_trace(sim, pid=len(trace) + 1, first_flow_id=trace[-1].next_flow_id if trace else 1))
-    metrics = sim.run()
+    with plugin_guard(cls):
+        sim = Simulation(scenario, cls, **kw)
+        if trace is not None:
+            from mmugather.sim.tracing import attach_trace
+            trace.append(attach_trace(sim, pid=len(trace) + 1,
+                                      first_flow_id=trace[-1].next_flow_id if trace else 1))
+        metrics = sim.run()
     rate = ops_per_s(scenario, metrics)
     from mmugather.report.html import raw_distributions
     return Run(scenario.name, policy_name(cls), sim.arch_name, sim.seed,
@@ -238,13 +242,20 @@ def compare(workload: WorkloadLike | None = None, policies: str | Sequence[Polic
     check_machine(fail_nowait)
     cost_model = _costs(costs)
     traces = _start_trace(trace)
-    runs = tuple(_simulate(scenario, cls, traces, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait, seed=seed,
-                           costs=cost_model, arch=a)
-                 for cls, a in policy_arches(classes, arch))
+    runs: list[Run] = []
+    failures: list[PluginError] = []
+    for cls, a in policy_arches(classes, arch):
+        try:
+            runs.append(_simulate(scenario, cls, traces, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait,
+                                  seed=seed, costs=cost_model, arch=a))
+        except PluginError as e:              # the other policies are still reported
+            failures.append(e)
+    if not runs:
+        raise failures[0] if len(failures) == 1 else InputError("; ".join(map(str, failures)))
     _save_trace(traces, trace)
     first = runs[0].machine
     machine = Machine(first.cpus, ",".join(dict.fromkeys(r.arch for r in runs)), first.preempt, first.fail_nowait)
-    return Comparison(scenario.name, machine, runs[0].seed, runs)
+    return Comparison(scenario.name, machine, runs[0].seed, tuple(runs), tuple(failures))
 
 
 def run(workload: WorkloadLike | None = None, policy: PolicyLike | None = None, *, seed: int | None = None,
@@ -358,12 +369,13 @@ class SweepResults:
 
 
 def sweep(sweep_file: PathLike, out: PathLike, *, executor: str = "local", workers: int | None = None,
-          chunk: int | None = None, resume: bool = False, progress: bool = True) -> SweepResults:
+          chunk: int | None = None, resume: bool = False, progress: bool = True,
+          max_memory: int | None = None) -> SweepResults:
     """Run every point of a sweep file's grid not yet in OUT/results.jsonl (docs/sweeps.md) on `executor`
     (local, dask or dask=ADDRESS) and return all the directory's rows. Without `resume`, an existing
-    results file is an error."""
+    results file is an error. `max_memory` (bytes) bounds the largest point's estimate times the workers."""
     summary = run_sweep(sweep_file, out, executor=executor, workers=workers, resume=resume, chunk=chunk,
-                               progress=progress)
+                        progress=progress, max_memory=max_memory)
     return SweepResults(Path(out), _load_rows(out), summary["ran"], summary["skipped"])
 
 
