@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import scenario
 
 from mmugather.explore import search
-from mmugather.explore.controlled import controlled
+from mmugather.explore.controlled import Controlled
 from mmugather.explore.session import run_search
 from mmugather.explore.state import Fingerprinter
 from mmugather.explore.story import tell
@@ -18,7 +18,7 @@ from mmugather.kernel.rcu import Rcu
 from mmugather.machine.costs import Costs
 from mmugather.policies import Linux30
 from mmugather.report.metrics import Metrics
-from mmugather.sim.engine import Engine
+from mmugather.machine.engine import Engine
 from mmugather.sim.invariants import Invariants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ class TwoIncrements:
     def __init__(self, locked: bool) -> None:
         metrics = Metrics(2)
         self.invariants = Invariants(metrics)
-        self.engine = Engine(2, Costs(), "voluntary", metrics, self.invariants)
+        self.engine = Engine(2, Costs(), "voluntary", metrics, self.invariants, scheduler=Controlled())
         self.engine.arch = _NoArch()
         self.engine.rcu = Rcu(self.engine.cpus, metrics)
         self.shared = Shared()
@@ -66,7 +66,6 @@ class TwoIncrements:
         for cpu in (0, 1):
             task = self.engine.spawn(f"inc/{cpu}", cpu, "user", lambda c, t: increment(self.shared, lock))
             task.in_kernel = True
-        controlled(self)
         self.fingerprint = Fingerprinter(self.engine, roots=[self.shared, lock]).fingerprint
 
     def finish(self) -> None:

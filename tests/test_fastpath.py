@@ -16,7 +16,7 @@ from mmugather.mm.memory.v3_0 import Memory30
 from mmugather.mm.mmu_gather.v6_18 import Gather618
 from mmugather.mm.page_alloc import FrameSpan
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.scenario import parse_scenario
 
 PAGE = 4096

@@ -10,8 +10,8 @@ from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
 from mmugather.policies import POLICIES, get_policy
 from mmugather.report.table import run_labels
-from mmugather.sim.engine import PREEMPT_MODELS
-from mmugather.sim.machine import Simulation
+from mmugather.machine.engine import PREEMPT_MODELS
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.builtin import builtin_workloads, resolve_workload
 from mmugather.workloads.scenario import MAX_CPUS, parse_scenario
 from mmugather.workloads.wis import ops_per_s

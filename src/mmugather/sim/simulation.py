@@ -1,0 +1,160 @@
+"""One simulation: a machine (CPUs, memory, TLBs, IPIs), a kernel policy, and a scenario run on them.
+
+The top of the simulation layers: it builds the machine (machine/), the kernel of a policy (policies/, on
+mm/ and arch/) and the processes of a scenario (workloads/), so it imports all of them and none of them
+imports it. What a caller varies is handed in: the engine's scheduler and observers, the RNG's class, an
+observer of TLB operations (explore/ hands in its own; the defaults run free and unobserved).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import random
+from collections.abc import Callable, Iterable
+
+from mmugather.kernel.rcu import Rcu
+from mmugather.kernel.smp import Sleep
+from mmugather.machine.costs import DEFAULT_COSTS, Costs
+from mmugather.machine.engine import Engine, EngineObserver, Scheduler
+from mmugather.machine.tlb import Tlb, TlbObserver
+from mmugather.mm.mm_types import AddressSpace, MmStruct, Vma
+from mmugather.mm.mmu_notifier import SleepingSubscriber
+from mmugather.mm.page_alloc import PGTABLE, PageAlloc
+from mmugather.report.metrics import Metrics
+from mmugather.sim.invariants import Invariants
+from mmugather.workloads import scenario as S
+from mmugather.workloads.program import Process, thread_program, vma_flags
+
+
+@functools.cache
+def _keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed memory for reuse (mallopt(3)): numpy temporaries up to 16 MiB come
+    from the heap instead of fresh mmap()s, and up to 256 MiB of free heap is kept, so a run stops paying
+    the host kernel a page fault per 4 KiB of every temporary (up to a third of a teardown's time). Larger
+    arrays are still mmap()ed: keeping them would raise the peak host memory per simulated page. Not
+    glibc: nothing to do."""
+    libc = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(libc).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 16 << 20)
+    mallopt(M_TRIM_THRESHOLD, 256 << 20)
+
+
+class Simulation:
+    """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics."""
+
+    def __init__(self, scenario: S.Scenario, policy_cls, *, cpus: int | None = None, preempt: str | None = None,
+                 fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None,
+                 arch: str | None = None, without_fixes=(), fast: bool = True, scheduler: Scheduler | None = None,
+                 observers: Iterable[EngineObserver] = (), rng_class: Callable[[int], random.Random] = random.Random,
+                 tlb_observer: TlbObserver | None = None, max_sim_ns: int | None = None,
+                 max_steps: int | None = None) -> None:
+        m = scenario.machine
+        _keep_freed_memory()
+        self.fast = fast       # bulk teardown where exact (mm/memory/bulk.py); False: every step (explore/)
+        self.arch_name = arch or next(iter(policy_cls.arches))
+        if self.arch_name not in policy_cls.arches:
+            from mmugather.errors import InputError
+            raise InputError(f"--arch: policy {policy_cls.name} does not run on {self.arch_name} "
+                             f"(it runs on: {', '.join(policy_cls.arches)})")
+        self.without_fixes = tuple(without_fixes)
+        self.scenario = scenario
+        self.ncpus = cpus if cpus is not None else m.cpus
+        self.preempt = preempt if preempt is not None else m.preempt
+        self.fail_nowait = fail_nowait if fail_nowait is not None else m.fail_nowait
+        self.seed = seed if seed is not None else scenario.seed
+        self.costs = costs or DEFAULT_COSTS
+        self.rng = rng_class(self.seed)
+        self.metrics = Metrics(self.ncpus)
+        self.invariants = Invariants(self.metrics)
+        self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants, scheduler=scheduler,
+                             observers=observers, max_sim_ns=max_sim_ns, max_steps=max_steps)
+        self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
+        self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many,
+                               self.invariants.on_free_array, self.invariants.on_free_each_array)
+        self.invariants.cpus = self.engine.cpus
+        self.invariants.alloc = self.alloc
+        self.tlb = Tlb(self.invariants, tlb_observer)
+        self.arch = policy_cls.arches[self.arch_name](self)
+        self.engine.arch = self.invariants.arch = self.arch
+        self.kernel = policy_cls(self)
+        self.metrics.gather_memory(self.kernel.gather_static_bytes(self.ncpus))
+        self.mms: list[MmStruct] = []
+        self.files = {f.name: AddressSpace(f.name) for f in scenario.files}
+        self.processes: list[Process] = []
+        self._setup()
+
+    def new_mm(self) -> MmStruct:
+        """mm_alloc() + pgd_alloc()."""
+        mm = MmStruct(len(self.mms) + 1, self.alloc.alloc_page(PGTABLE))
+        self.mms.append(mm)
+        return mm
+
+    def _setup(self) -> None:
+        kernel = self.kernel
+        for pspec in self.scenario.process:
+            mm = self.new_mm()
+            proc = Process(pspec.name, mm)
+            if pspec.notifier_sleep_ns:
+                mm.notifiers.append(SleepingSubscriber(f"{pspec.name}/secondary-mmu", pspec.notifier_sleep_ns))
+            for v in pspec.vma:
+                start = v.start if v.start is not None else kernel.get_unmapped_area(mm, v.size, anon=v.kind == "anon")
+                vma = Vma(mm, start, start + v.size, vma_flags(v), self.files.get(v.file) if v.file else None,
+                          v.offset >> 12, v.name)
+                try:
+                    mm.insert_vma(vma)
+                except ValueError as e:
+                    from mmugather.errors import InputError
+                    raise InputError(f"{self.scenario.name}: process '{pspec.name}': VMA '{v.name}': {e}") from None
+                proc.ranges[v.name] = (vma.start, vma.end)
+                if v.populate is True:
+                    kernel.populate(mm, vma, vma.start, vma.end)
+                elif v.populate:
+                    for off, length in v.populate:
+                        kernel.populate(mm, vma, vma.start + off, vma.start + off + length)
+            self.processes.append(proc)
+            for k, t in enumerate(pspec.thread):
+                task = self.engine.spawn(f"{pspec.name}/{k}", t.cpu, "user", thread_program(self, proc, t.program),
+                                         mm=mm, process=proc)
+                proc.threads.append(task)
+        if self.scenario.machine.latency_task:
+            for c in self.engine.cpus:
+                self._start_latency_task(c.id)
+
+    def _start_latency_task(self, cpu: int) -> None:
+        """A latency-sensitive kernel thread per CPU, woken every latency_period ns (random phase)."""
+        period = self.costs.latency_period
+        run_ns = self.costs.latency_run
+
+        def body(c, task):
+            while True:
+                yield run_ns
+                yield Sleep(period - run_ns if period > run_ns else 1)
+        task = self.engine.spawn(f"latency/{cpu}", cpu, "latency", body)
+        first = self.rng.randrange(period)
+        self.engine.timer(first, lambda t, task=task: self.engine.wake(task, t))
+
+    def run(self) -> dict:
+        """Run to completion; check for leaks; return the `metrics` object."""
+        self.kernel.fast = self.fast and not self.engine.observers    # an observer sees every step: no bulk steps
+        end = self.engine.run()
+        if not self.engine.halted:
+            self.rcu.rcu_barrier()
+        self.finish()
+        return self.metrics.summary(sim_time_ns=end, nowait_attempts=self.alloc.nowait_attempts,
+                                    nowait_failures=self.alloc.nowait_failures,
+                                    violations=self.invariants.violations)
+
+    def finish(self) -> None:
+        """After the engine stopped: mmdrop() exited mms and check for leaks (explore/ calls this after a
+        controlled run)."""
+        for mm in self.mms:                       # mmdrop() of exited mms by their last lazy user
+            if mm.exited and mm.pgd.pfn >= 0:
+                self.alloc.free_page(None, mm.pgd.pfn)
+                mm.pgd.pfn = -1
+        if not self.engine.halted:                # a halted run stopped mid-flight: nothing to account
+            self.invariants.check_leaks(self.mms, list(self.files.values()), self.alloc)
