@@ -29,6 +29,7 @@ User mode is always preemptible.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -200,25 +201,30 @@ class ClockOrder:
     def run(self, engine: Engine) -> int:
         heap = engine.heap
         step = engine.step
-        limit = engine.max_sim_ns if engine.max_sim_ns is not None else INF
+        if engine.max_sim_ns is not None:     # an event just past the bound: no step runs beyond it
+            engine.timer(engine.max_sim_ns + 1, functools.partial(_time_is_up, engine))
         while heap and engine.user_alive > 0 and not engine.halted:
             t, _, c, token, callback = heapq.heappop(heap)
             if t > engine.now:
                 engine.now = t
-                if t > limit:
-                    raise LimitExceeded("max_sim_ns", engine.max_sim_ns, f"the run reached {t} ns unfinished")
             if c is None:
                 callback(t)
             elif token == c.token:
                 if callback is not None:
                     callback(t)
                 else:
-                    horizon = heap[0][0] if heap else INF
-                    step(c, horizon if horizon < limit else limit)
+                    step(c, heap[0][0] if heap else INF)
         if engine.user_alive > 0 and not engine.halted:
             blocked = [t for c in engine.cpus for t in ([c.curr] if c.curr else []) + list(c.runqueue)]
             raise DeadlockError(f"{engine.user_alive} user task(s) can never run again: {blocked}")
         return max(engine.now, max(c.clock for c in engine.cpus))
+
+
+def _time_is_up(engine: Engine, t: int) -> None:
+    """The event at max_sim_ns + 1: the run passed its bound (or, with nothing else queued, is stuck)."""
+    if not engine.heap:
+        raise DeadlockError(f"{engine.user_alive} user task(s) blocked and nothing left to wake them")
+    raise LimitExceeded("max_sim_ns", engine.max_sim_ns, f"{engine.user_alive} user task(s) still running")
 
 
 def _no_event(t, cpu, token, callback) -> None:
@@ -268,7 +274,8 @@ class Engine:
             _Marker: self._marker, Elapse: self._elapse,
         }
         self.scheduler: Scheduler = scheduler if scheduler is not None else ClockOrder()
-        self._push = self._queue_event if self.scheduler.timed else _no_event
+        if not self.scheduler.timed:
+            self._push = _no_event        # nothing is ordered by time: queue no events (picked once, here)
         self.scheduler.attach(self)
         self.handlers.update(self.scheduler.handlers(self))
         self.observers: list[EngineObserver] = []
@@ -315,7 +322,7 @@ class Engine:
         return task
 
     # ----------------------------------------------------------------- event queue
-    def _queue_event(self, t, cpu, token, callback) -> None:
+    def _push(self, t, cpu, token, callback) -> None:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, cpu, token, callback))
 
@@ -327,9 +334,8 @@ class Engine:
         self._push(t, None, 0, callback)
 
     def horizon(self) -> float:
-        """The time of the next queued event, or max_sim_ns if that comes first (the end of a step)."""
-        h = self.heap[0][0] if self.heap else INF
-        return h if self.max_sim_ns is None or h < self.max_sim_ns else self.max_sim_ns
+        """The time of the next queued event (where a step ends)."""
+        return self.heap[0][0] if self.heap else INF
 
     def run(self) -> int:
         """Run under the scheduler until every user task has exited. Returns the simulated time at the end."""
@@ -354,53 +360,58 @@ class Engine:
         handlers = self.handlers
         val = task.retval
         task.retval = None
-        left = self.steps_left
-        try:
-            while True:
-                if c.attention and self._attend(c):
-                    task.retval = val
-                    self._push_cpu(c)
+        while True:
+            if c.attention and self._attend(c):
+                task.retval = val
+                self._push_cpu(c)
+                return
+            try:
+                v = send(val)
+            except StopIteration as e:
+                self.steps_left -= 1
+                if not self.steps_left:
+                    raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going") from None
+                stack = task.stack
+                stack.pop()
+                if not stack:
+                    self._exit_task(c, task)
                     return
-                left -= 1
-                if not left:
-                    raise LimitExceeded("max_steps", self.max_steps, f"a further step of {task} on CPU {c.id}")
-                try:
-                    v = send(val)
-                except StopIteration as e:
-                    stack = task.stack
-                    stack.pop()
-                    if not stack:
-                        self._exit_task(c, task)
-                        return
-                    send = task.send = stack[-1].send
-                    val = e.value
-                    continue
-                val = None
-                if v.__class__ is int:
-                    if v < 0:
-                        raise TaskContractError(f"task {task} on CPU {c.id} yielded {v} ns (negative)")
-                    c.clock += v
-                    c.point = P_PLAIN
-                    if c.clock >= horizon:
-                        self._push_cpu(c)
-                        return
-                    continue
-                if v.__class__ is GeneratorType:
-                    task.stack.append(v)
-                    send = task.send = v.send
-                    continue
-                try:
-                    handler = handlers[v.__class__]
-                except KeyError:
-                    raise TaskContractError(f"task {task} on CPU {c.id} yielded {v!r:.80} ({type(v).__name__}): "
-                                            "not an int, a generator or a request") from None
-                if not handler(c, task, v):
-                    return                     # the handler blocked or switched the CPU and queued what follows
+                send = task.send = stack[-1].send
+                val = e.value
+                continue
+            val = None
+            if v.__class__ is int and v > 0:       # time: bounded by max_sim_ns, not counted
+                c.clock += v
+                c.point = P_PLAIN
                 if c.clock >= horizon:
                     self._push_cpu(c)
                     return
-        finally:
-            self.steps_left = left
+                continue
+            if v.__class__ is GeneratorType:         # a call: counted when it returns
+                task.stack.append(v)
+                send = task.send = v.send
+                continue
+            self.steps_left -= 1                     # returns, 0 ns and requests count toward max_steps
+            if not self.steps_left:
+                raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going")
+            if v.__class__ is int:
+                if v:
+                    raise TaskContractError(f"task {task} on CPU {c.id} yielded {v} ns (negative)")
+                c.point = P_PLAIN
+                if c.clock >= horizon:
+                    self._push_cpu(c)
+                    return
+                continue
+            try:
+                handler = handlers[v.__class__]
+            except KeyError:
+                raise TaskContractError(f"task {task} on CPU {c.id} yielded {v!r:.80} ({type(v).__name__}): "
+                                        "not an int, a generator or a request") from None
+            if not handler(c, task, v):
+                return                     # the handler blocked or switched the CPU and queued what follows
+            if c.clock >= horizon:
+                self._push_cpu(c)
+                return
 
     def _attend(self, c: Cpu) -> bool:
         """Take arrived IPIs, then preempt if the last yield was a preemption point. True if switched."""
