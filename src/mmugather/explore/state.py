@@ -117,8 +117,8 @@ def _gen(enc, x, memo):
     frame = x.gi_frame
     if frame is None:
         return ("gen", x.gi_code.co_name)
-    return ("gen", x.gi_code.co_name,
-            tuple([v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo) for v in frame.f_locals.values()]))
+    return ("gen", x.gi_code.co_name, tuple([v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo)
+                                             for v in frame.f_locals.values()]))
 
 
 def _function(enc, x, memo):
