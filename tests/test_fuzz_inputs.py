@@ -243,7 +243,7 @@ def test_plugin_behaviour(seq, plain):
     _count("plugin")
     from mmugather.policies import Linux30
     from mmugather.policies.plugins import PluginError, _hold_to_contract, plugin_guard
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     from mmugather.workloads.scenario import parse_scenario
 
     def flush(self, c, tlb):

@@ -27,7 +27,7 @@ from mmugather.policies.base import Kernel
 from mmugather.policies.plugins import PluginError, plugin_guard
 from mmugather.report.table import run_labels
 from mmugather.sweep import flatten_metrics, load_results as _load_rows, run_sweep
-from mmugather.sim.machine import Simulation  # the one place the API imports the engine's entry point
+from mmugather.sim.simulation import Simulation  # the one place the API imports the engine's entry point
 from mmugather.workloads.builtin import resolve_workload
 from mmugather.workloads.scenario import Scenario, parse_scenario, with_cpus
 from mmugather.workloads.wis import ops_per_s

@@ -41,7 +41,7 @@ from rich.text import Text
 from mmugather.arch import arch_names
 from mmugather.errors import InputError, read_input
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.builtin import BUILTIN, is_builtin, resolve_workload
 from mmugather.workloads.scenario import MAX_CPUS, Scenario, with_cpus
 

@@ -12,7 +12,7 @@ from mmugather.cli.paths import check_output_file
 from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
 from mmugather.policies import POLICIES, get_policy
-from mmugather.sim.engine import PREEMPT_MODELS
+from mmugather.machine.engine import PREEMPT_MODELS
 from mmugather.workloads.builtin import builtin_workloads, resolve_workload
 from mmugather.workloads.scenario import parse_scenario
 

@@ -1,7 +1,7 @@
 """Locks as the scheduler sees them (kernel/spinlock.c, kernel/rwsem.c, kernel/mutex.c).
 
 Kernel paths do not take locks by calling these objects: they yield a request (`SpinLock(lock)`,
-`DownWrite(sem)`, ...) and the engine in sim/engine.py grants it, spins or sleeps the task, and raises or
+`DownWrite(sem)`, ...) and the engine in machine/engine.py grants it, spins or sleeps the task, and raises or
 lowers `preempt_count`, so that contention, hold times and preemption are all accounted in one place.
 """
 from __future__ import annotations

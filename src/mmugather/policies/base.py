@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from mmugather.arch.base import Arch, Board
-from mmugather.kernel.exit import Exit
-from mmugather.kernel.fork import Fork
+from mmugather.policies.exit import Exit
+from mmugather.policies.fork import Fork
 from mmugather.mm.exec import Exec
 from mmugather.mm.gup import Gup
 from mmugather.mm.madvise import Madvise
