@@ -1,0 +1,29 @@
+"""Issue 24 items 4, 5, 6 and 9: zap_pte_range()'s need_resched() break and PT_RECLAIM across retries
+(6.18), 3.0's RCU table batch, 2.6.39's lock break only under CONFIG_PREEMPT, and the gathers' sizes."""
+from conftest import run, scenario
+
+
+def _dontneed(size, preempt="none", latency=False):
+    """One thread MADV_DONTNEEDs a populated, PMD-aligned VMA of `size`."""
+    return scenario([{"name": "buf", "size": size, "populate": True}],
+                    [{"cpu": 0, "program": [{"op": "madvise", "vma": "buf"}, {"op": "exit"}]}],
+                    cpus=2, preempt=preempt, latency=latency)
+
+
+def test_618_table_emptied_across_a_forced_break_is_reclaimed():
+    """mm/memory.c v6.18 zap_pte_range(): the gather fills (7 + 19 * 509 = 9678 pages) at page 462 of
+    the 19th table of a 40 MiB MADV_DONTNEED; the forced flush retries inside zap_pte_range() keeping
+    `start` and `can_reclaim_pt`, so try_to_free_pte() still frees that table: all 20 go."""
+    m = run(_dontneed("40MiB"), "6.18")
+    assert m["violations"] == []
+    assert m["page_tables_reclaimed"] == 20
+
+
+def test_618_need_resched_drops_the_pte_lock_mid_table():
+    """Since 6.14 the PTE loop breaks when need_resched(): under preempt=full a latency task woken while
+    a 2 MiB table is being zapped waits for one PTE step and the unlock, not for the rest of the table;
+    the broken table is still reclaimed (try_to_free_pte())."""
+    whole_table = 512 * 100                              # well under one table's PTE-lock hold (~61 us)
+    m = run(_dontneed("8MiB", preempt="full", latency=True), "6.18")
+    assert m["violations"] == [] and m["page_tables_reclaimed"] == 4
+    assert 0 < m["sched_latency_ns"]["max"] < whole_table // 10
