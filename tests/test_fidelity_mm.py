@@ -27,3 +27,21 @@ def test_618_need_resched_drops_the_pte_lock_mid_table():
     m = run(_dontneed("8MiB", preempt="full", latency=True), "6.18")
     assert m["violations"] == [] and m["page_tables_reclaimed"] == 4
     assert 0 < m["sched_latency_ns"]["max"] < whole_table // 10
+
+
+def _sparse(n, policy, arch):
+    """munmap-sparse:n on two CPUs (one page per 2 MiB: n PTE tables freed)."""
+    from mmugather.sim.machine import Simulation
+    from mmugather.workloads.builtin import resolve_workload
+    return Simulation(resolve_workload(f"munmap-sparse:{n}"), policy, cpus=2, arch=arch).run()
+
+
+def test_30_full_rcu_table_batch_is_handed_to_rcu_without_a_gather_flush():
+    """mm/memory.c v3.0 tlb_remove_table(): the 509th table fills the mmu_table_batch and only
+    tlb_table_flush() runs (call_rcu_sched() of the batch), not tlb_flush_mmu(): freeing 600 tables
+    takes as many TLB flushes as freeing 100 (the final one), and two RCU batches are queued."""
+    from mmugather.policies import POLICIES
+    few, many = (_sparse(n, POLICIES["3.0"], "ppc64") for n in (100, 600))
+    assert few["violations"] == [] and many["violations"] == []
+    assert many["tlb_flushes"] == few["tlb_flushes"]
+    assert many["rcu_callbacks"] == few["rcu_callbacks"] + 1
