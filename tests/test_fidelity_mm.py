@@ -45,3 +45,28 @@ def test_30_full_rcu_table_batch_is_handed_to_rcu_without_a_gather_flush():
     assert few["violations"] == [] and many["violations"] == []
     assert many["tlb_flushes"] == few["tlb_flushes"]
     assert many["rcu_callbacks"] == few["rcu_callbacks"] + 1
+
+
+def _contended_truncate(preempt):
+    """Three processes keep reading a shared file mapping (their faults wait for the i_mmap lock) while a
+    fourth truncates it; no latency task, so nothing asks for a reschedule."""
+    from mmugather.workloads.scenario import parse_scenario
+    procs = [{"name": f"reader{k}", "vma": [{"name": "f", "size": "4MiB", "kind": "file", "file": "F",
+                                              "shared": True, "writable": False, "populate": True}],
+              "thread": [{"cpu": k, "program": [{"op": "touch", "vma": "f", "size": "256KiB", "write": False},
+                                                {"op": "churn", "vma": "f", "gap_ns": 700}]}]}
+             for k in range(3)]
+    procs.append({"name": "truncater", "thread": [{"cpu": 3, "program": [
+        {"op": "compute", "ns": 200_000}, {"op": "truncate", "file": "F", "size": "1MiB"}, {"op": "exit"}]}]})
+    return parse_scenario({"seed": 1, "machine": {"cpus": 4, "preempt": preempt, "latency_task": False},
+                           "files": [{"name": "F"}], "process": procs}, "t")
+
+
+def test_2639_i_mmap_lock_break_for_waiters_only_under_config_preempt():
+    """include/linux/sched.h v2.6.39 spin_needbreak() is spin_is_contended() only with CONFIG_PREEMPT, 0
+    otherwise: unmap_mapping_range_vma() (mm/memory.c) drops the i_mmap_lock for the waiting readers
+    under preempt=full, never under none or voluntary."""
+    breaks = {p: run(_contended_truncate(p), "2.6.39") for p in ("none", "voluntary", "full")}
+    assert all(m["violations"] == [] for m in breaks.values())
+    assert breaks["full"]["i_mmap_lock_breaks"] > 0
+    assert breaks["none"]["i_mmap_lock_breaks"] == breaks["voluntary"]["i_mmap_lock_breaks"] == 0
