@@ -70,3 +70,33 @@ def test_2639_i_mmap_lock_break_for_waiters_only_under_config_preempt():
     assert all(m["violations"] == [] for m in breaks.values())
     assert breaks["full"]["i_mmap_lock_breaks"] > 0
     assert breaks["none"]["i_mmap_lock_breaks"] == breaks["voluntary"]["i_mmap_lock_breaks"] == 0
+
+
+def _munmap(pages, policy, arch="x86"):
+    """munmap:pages step by step on two CPUs, recording the size of every release_pages() chunk."""
+    from mmugather.policies import POLICIES
+    from mmugather.sim.machine import Simulation
+    from mmugather.workloads.builtin import resolve_workload
+    sim = Simulation(resolve_workload(f"munmap:{pages}"), POLICIES[policy], cpus=2, arch=arch, fast=False)
+    chunks, release = [], sim.alloc.release_pages
+    sim.alloc.release_pages = lambda c, pfns: (chunks.append(len(pfns)), release(c, pfns))[1]
+    m = sim.run()
+    assert m["violations"] == []
+    return m, chunks
+
+
+def test_sizeof_struct_mmu_gather():
+    """struct mmu_gather on x86-64: 104 bytes in 3.0 (include/asm-generic/tlb.h: fullmm is an unsigned int
+    of its own after the need_flush/fast_mode bitfields), 112 with ppc64's table batch pointer; 128 in 6.18
+    (no page_size field without CONFIG_MMU_GATHER_PAGE_SIZE). munmap of one page uses no batch page."""
+    assert _munmap(1, "3.0")[0]["gather_memory_bytes"] == 104
+    assert _munmap(1, "3.0", "ppc64")[0]["gather_memory_bytes"] == 112
+    assert _munmap(1, "6.18")[0]["gather_memory_bytes"] == 128
+
+
+def test_pagevec_size_is_the_kernels():
+    """free_pages_and_swap_cache() (mm/swap_state.c) frees PAGEVEC_SIZE pages at a time: 14 in 2.6.39 and
+    3.0, 31 in 6.x (include/linux/pagevec.h: "31 pointers + header align the folio_batch structure")."""
+    assert max(_munmap(100, "2.6.39")[1]) == 14
+    assert max(_munmap(100, "3.0")[1]) == 14
+    assert max(_munmap(100, "6.18")[1]) == 31
