@@ -23,8 +23,9 @@ class ZapDetails:
 class Memory618(ZapUpperLevels, Memory):
     """The zap walk of Linux v6.18 (mm/memory.c): PTEs cleared under the PTE lock, each recorded in the
     gather's range (tlb_remove_tlb_entry); a full gather or a dirty shared file page forces a flush of the
-    TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; cond_resched()
-    after every PMD entry."""
+    TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; so does
+    need_resched() (without the flush); zap_pte_range() then retries from there; cond_resched() after every
+    PMD entry."""
 
     def zap_pte_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
         """zap_pte_range(), mm/memory.c v6.18 (with do_zap_pte_range() and zap_present_ptes() for order-0
@@ -191,7 +192,8 @@ class Memory618(ZapUpperLevels, Memory):
         self.metrics.page_tables_reclaimed += 1
 
     def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
-        """zap_pmd_range(), mm/memory.c v6.18: zap each PTE table, retrying one that stopped early;
+        """zap_pmd_range(), mm/memory.c v6.18: zap each PTE table (`pmd--`: again at an entry whose
+        zap_pte_range() stopped early, which since 6.14 only a table unhooked meanwhile does);
         cond_resched() after every entry (the `continue` for a none PMD reaches it too). The zap backend
         may take the next run of whole entries at once, the forced flushes of a full gather included
         (mm/protocols.py PmdRun)."""
