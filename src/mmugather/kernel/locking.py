@@ -45,6 +45,13 @@ class Mutex:
         self.waiters: deque = deque()
 
 
+def spin_needbreak(lock: Spinlock, preempt: bool) -> bool:
+    """spin_needbreak(), include/linux/sched.h (v2.6.39 and until 6.x): `#ifdef CONFIG_PREEMPT return
+    spin_is_contended(lock); #else return 0;` -- `preempt`: the kernel has CONFIG_PREEMPT (the engine's
+    `full` model). A ticket lock is contended when someone waits for it."""
+    return preempt and bool(lock.waiters)
+
+
 # Requests a kernel path yields to the engine. Integers yielded are plain costs in ns.
 class Request:
     __slots__ = ()

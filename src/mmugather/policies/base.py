@@ -55,6 +55,7 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         self.invariants = machine.invariants
         self.arch = machine.arch
         self.num_online_cpus = len(machine.engine.cpus)
+        self.num_possible_cpus = self.num_online_cpus      # no CPU hotplug: every possible CPU is online
         self.use_backends(STEP_BY_STEP, STEP_BY_STEP, STEP_BY_STEP)
 
     def use_backends(self, zap: ZapBackend, tables: TableFreeBackend, release: ReleaseBackend) -> None:
