@@ -31,7 +31,7 @@ def test_618_need_resched_drops_the_pte_lock_mid_table():
 
 def _sparse(n, policy, arch):
     """munmap-sparse:n on two CPUs (one page per 2 MiB: n PTE tables freed)."""
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     from mmugather.workloads.builtin import resolve_workload
     return Simulation(resolve_workload(f"munmap-sparse:{n}"), policy, cpus=2, arch=arch).run()
 
@@ -75,7 +75,7 @@ def test_2639_i_mmap_lock_break_for_waiters_only_under_config_preempt():
 def _munmap(pages, policy, arch="x86"):
     """munmap:pages step by step on two CPUs, recording the size of every release_pages() chunk."""
     from mmugather.policies import POLICIES
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     from mmugather.workloads.builtin import resolve_workload
     sim = Simulation(resolve_workload(f"munmap:{pages}"), POLICIES[policy], cpus=2, arch=arch, fast=False)
     chunks, release = [], sim.alloc.release_pages
