@@ -6,10 +6,24 @@ reference counts so that freeing a frame checks in O(1) whether some CPU still m
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, _PAGE_RW
 
 TLB_ENTRIES = 1536      # second-level TLB of a Skylake core
 PWC_ENTRIES = 32        # paging-structure cache entries for PDEs (pointers to PTE tables)
+
+
+class TlbObserver(Protocol):
+    """Told of what the hardware does that software can see afterwards: a walk that filled a TLB entry
+    (x86 sets the PTE's accessed bit as it does), a walk through a PTE table (the PDE's accessed bit),
+    and a CPU dropping everything it cached (CR3 load, full flush)."""
+
+    def filled(self, c, vpn: int) -> None: ...
+
+    def walked_table(self, c, key: int) -> None: ...
+
+    def flushed_all(self, c) -> None: ...
 
 
 class Tlb:
@@ -17,6 +31,7 @@ class Tlb:
 
     def __init__(self, invariants) -> None:
         self.inv = invariants
+        self.observers: list[TlbObserver] = []
 
     def fill(self, c, vpn: int, pte: int) -> None:
         """A walk found a present PTE: cache pfn*2 + writable for vpn, evicting the oldest entry if full."""
@@ -31,6 +46,8 @@ class Tlb:
         pfn = pte >> PAGE_SHIFT
         tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
         refs[pfn] = refs.get(pfn, 0) + 1
+        for o in self.observers:
+            o.filled(c, vpn)
 
     def fill_pwc(self, c, key: int, table) -> None:
         pwc = c.pwc
@@ -43,6 +60,8 @@ class Tlb:
             self._unref(c, refs, pwc.pop(victim).pfn)
         pwc[key] = table
         refs[table.pfn] = refs.get(table.pfn, 0) + 1
+        for o in self.observers:
+            o.walked_table(c, key)
 
     def _unref(self, c, refs: dict, pfn: int) -> None:
         n = refs[pfn] - 1
@@ -74,6 +93,8 @@ class Tlb:
                 del prefs[t.pfn]
         c.pwc.clear()
         c.dangling.clear()
+        for o in self.observers:
+            o.flushed_all(c)
         return n
 
     def flush_one(self, c, addr: int) -> None:

@@ -99,7 +99,7 @@ class Cpu:
     __slots__ = ("id", "clock", "curr", "runqueue", "latency_task", "state", "token", "preempt_count",
                  "irqs_off", "need_resched", "pending", "attention", "point", "tlb", "pwc", "loaded_mm",
                  "active_mm", "tlbstate", "dangling", "preempt_off_since", "ptl_held", "compute_end",
-                 "ipi_wait_until", "ipi_acks_left", "per_cpu", "slice_armed", "horizon")
+                 "ipi_wait_until", "ipi_acks_left", "per_cpu", "slice_armed", "horizon", "tick_armed")
 
     def __init__(self, cpu_id: int) -> None:
         self.id = cpu_id
@@ -128,6 +128,7 @@ class Cpu:
         self.ipi_acks_left = 0
         self.per_cpu: dict = {}           # DEFINE_PER_CPU storage used by the modelled kernel
         self.slice_armed = False
+        self.tick_armed = False           # a scheduler_tick() timer is queued for this CPU (Engine.tick_hooks)
         self.horizon = -1                 # set by Engine._run_cpu: the time of the next event on the queue
 
 
@@ -136,6 +137,7 @@ class Engine:
     `invariants` is told of every context switch into user mode and of sleeping while atomic."""
 
     TIMESLICE = 3_000_000
+    TICK_NS = 4_000_000           # the scheduler tick at HZ=250, kernel/Kconfig.hz's default
 
     def __init__(self, ncpus: int, costs, preempt: str, metrics, invariants) -> None:
         if preempt not in PREEMPT_MODELS:
@@ -155,6 +157,9 @@ class Engine:
         self.halted = False       # a workload's `halt`: the measurement is over, stop the machine
         self.next_tid = 1
         self.now = 0
+        # scheduler_tick() callbacks, fn(cpu): run on each CPU every TICK_NS while it is not idle
+        # (NO_HZ_IDLE) and has interrupts on. With none, no tick is queued at all.
+        self.tick_hooks: list = []
         self.handlers = {
             SpinLock: self._spin_lock, SpinUnlock: self._spin_unlock,
             DownRead: self._down_read, DownWrite: self._down_write, UpRead: self._up_read, UpWrite: self._up_write,
@@ -303,6 +308,8 @@ class Engine:
                 self.arch.enter_lazy_tlb(c)
             self.rcu.note_qs(c)
             return
+        if self.tick_hooks and not c.tick_armed:
+            self._arm_tick(c)
         if nxt is prev:
             c.state = RUNNING
             return
@@ -332,6 +339,22 @@ class Engine:
             if c.runqueue and c.curr is not None and c.curr.kind == "user":
                 self._resched_cpu(c, t)
         self.timer(c.clock + self.TIMESLICE, tick)
+
+    def _arm_tick(self, c: Cpu) -> None:
+        """Queue c's next scheduler tick, at the next multiple of TICK_NS. A tick that finds the CPU idle
+        is not re-armed (tickless idle): _schedule() arms it again when the CPU gets a task. The hooks
+        spend no simulated time."""
+        c.tick_armed = True
+
+        def scheduler_tick(t, c=c):
+            c.tick_armed = False
+            if c.state == IDLE:
+                return
+            if not c.irqs_off:                 # (a tick while IRQs are off is dropped, not delayed)
+                for hook in self.tick_hooks:
+                    hook(c)
+            self._arm_tick(c)
+        self.timer((max(c.clock, self.now) // self.TICK_NS + 1) * self.TICK_NS, scheduler_tick)
 
     def _preempt(self, c: Cpu) -> None:
         """preempt_schedule(): the current task goes back on the runqueue, the next one runs."""

@@ -1,0 +1,79 @@
+"""ABIS (Nadav Amit, "Optimizing the TLB Shootdown Algorithm with Page Access Tracking", USENIX ATC 2017) as a
+policy plugin on Linux 6.18 x86: a shootdown goes only to the CPUs that may cache a translation it removes.
+
+The paper (abstract, the part of it read for this model): the kernel "detect[s] cases whereby soon-to-be
+invalidated mappings are cached by only one TLB or not cached at all", using hardware page access tracking
+(x86 sets a PTE's accessed bit when a walk caches it), and so avoids synchronisation for them.
+
+The model gives the arch exactly what access tracking can tell: per CPU, the pages whose walk filled its
+TLB (`filled`) and the PTE tables its walks went through (`walked_table`, which is what a paging-structure
+cache entry comes from) since it last dropped everything (`flushed_all`: a CR3 load or full flush), told by
+the TLB's observer hook (machine/tlb.py TlbObserver). native_flush_tlb_multi() then IPIs only the CPUs of
+its target list whose records meet the flushed range (any record, for a full flush; the tables too, when
+page tables were freed). This is the ideal of what ABIS infers from shared accessed bits: its savings are an
+upper bound on the paper's, and the cost of keeping the bits (the paper's "overheads of up to 9%") is not
+modelled. Everything else is 6.18's.
+
+    mmugather compare --policies 6.18,examples/plugins/abis.py:Abis
+    mmugather explore examples/munmap-race.toml --policy examples/plugins/abis.py:Abis --budget 300
+
+The invariant it relies on: a translation can be cached only by a CPU whose walk filled it after the PTE was
+last written, and the PTE is cleared before the flush that consults the records, so no later walk can cache
+it again; a CPU skipped is one whose TLB and walk cache hold nothing in the range.
+"""
+from mmugather.arch.x86 import TLB_FLUSH_ALL, X86
+from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT
+from mmugather.policies import Linux618
+
+
+class AbisX86(X86):
+    """x86-64 v6.18 whose shootdowns skip the CPUs that access tracking shows cache nothing of the range."""
+
+    name = "x86"
+
+    def __init__(self, machine) -> None:
+        super().__init__(machine)
+        self.tlb.observers.append(self)
+        self.abis_ipis_avoided = 0
+
+    # ------------------------------------------------------------ access tracking (TlbObserver)
+    def filled(self, c, vpn: int) -> None:
+        """The walk that cached vpn on c set the PTE's accessed bit: remember c may cache it."""
+        c.per_cpu.setdefault("abis_pages", set()).add(vpn)
+
+    def walked_table(self, c, key: int) -> None:
+        """c's walk went through the PTE table of key (addr >> PMD_SHIFT): its PDE's accessed bit."""
+        c.per_cpu.setdefault("abis_tables", set()).add(key)
+
+    def flushed_all(self, c) -> None:
+        """c dropped its whole TLB and walk cache: it caches nothing it could have been tracked for."""
+        c.per_cpu.pop("abis_pages", None)
+        c.per_cpu.pop("abis_tables", None)
+
+    # ------------------------------------------------------------ flushes
+    def may_cache(self, t, info) -> bool:
+        """Do t's access records meet the range of `info` (its pages; its tables when tables were freed)?"""
+        pages = t.per_cpu.get("abis_pages", ())
+        tables = t.per_cpu.get("abis_tables", ()) if info.freed_tables else ()
+        if info.end == TLB_FLUSH_ALL:
+            return bool(pages) or bool(tables)
+        lo, hi = info.start >> PAGE_SHIFT, (info.end - 1) >> PAGE_SHIFT
+        if any(lo <= v <= hi for v in pages):
+            return True
+        lo, hi = info.start >> PMD_SHIFT, (info.end - 1) >> PMD_SHIFT
+        return any(lo <= k <= hi for k in tables)
+
+    def pv_filter(self, targets: list[int], info) -> list[int]:
+        """native_flush_tlb_multi()'s target list, less the CPUs whose access records show they cache
+        nothing of the range: those get no IPI (and keep their tlb_gen, so their next flush is a full
+        one)."""
+        kept = [t for t in targets if self.may_cache(self.cpus[t], info)]
+        self.abis_ipis_avoided += len(targets) - len(kept)
+        return kept
+
+
+class Abis(Linux618):
+    """Linux 6.18 with ABIS's access-tracked shootdown targets (x86 only)."""
+
+    name = "6.18+abis"
+    arches = {"x86": AbisX86}
