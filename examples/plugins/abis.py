@@ -51,23 +51,33 @@ class AbisX86(X86):
         c.per_cpu.pop("abis_tables", None)
 
     # ------------------------------------------------------------ flushes
-    def may_cache(self, t, info) -> bool:
-        """Do t's access records meet the range of `info` (its pages; its tables when tables were freed)?"""
+    def flush_tlb_mm_range(self, c, mm, start: int, end: int, stride_shift: int, freed_tables: bool):
+        """flush_tlb_mm_range() as 6.18, remembering the range asked for (before a range longer than
+        tlb_single_page_flush_ceiling becomes a full flush): the access records are checked against it."""
+        asked = c.per_cpu.setdefault("abis_range", {})
+        asked[c.curr.tid] = (start, end)
+        yield super().flush_tlb_mm_range(c, mm, start, end, stride_shift, freed_tables)
+        del asked[c.curr.tid]
+
+    def may_cache(self, t, start: int, end: int, freed_tables: bool) -> bool:
+        """Do t's access records meet [start, end) (its pages; its tables when tables were freed)?"""
         pages = t.per_cpu.get("abis_pages", ())
-        tables = t.per_cpu.get("abis_tables", ()) if info.freed_tables else ()
-        if info.end == TLB_FLUSH_ALL:
+        tables = t.per_cpu.get("abis_tables", ()) if freed_tables else ()
+        if end == TLB_FLUSH_ALL:
             return bool(pages) or bool(tables)
-        lo, hi = info.start >> PAGE_SHIFT, (info.end - 1) >> PAGE_SHIFT
+        lo, hi = start >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         if any(lo <= v <= hi for v in pages):
             return True
-        lo, hi = info.start >> PMD_SHIFT, (info.end - 1) >> PMD_SHIFT
+        lo, hi = start >> PMD_SHIFT, (end - 1) >> PMD_SHIFT
         return any(lo <= k <= hi for k in tables)
 
     def pv_filter(self, targets: list[int], info) -> list[int]:
         """native_flush_tlb_multi()'s target list, less the CPUs whose access records show they cache
-        nothing of the range: those get no IPI (and keep their tlb_gen, so their next flush is a full
-        one)."""
-        kept = [t for t in targets if self.may_cache(self.cpus[t], info)]
+        nothing of the range asked for: those get no IPI (and keep their tlb_gen, so their next flush is a
+        full one)."""
+        initiator = self.cpus[info.initiating_cpu]
+        start, end = initiator.per_cpu["abis_range"][initiator.curr.tid]
+        kept = [t for t in targets if self.may_cache(self.cpus[t], start, end, info.freed_tables)]
         self.abis_ipis_avoided += len(targets) - len(kept)
         return kept
 
