@@ -33,7 +33,7 @@ def test_same_seed_gives_byte_identical_json():
     assert c.stdout != a.stdout
     doc = json.loads(a.stdout)
     assert set(doc) == {"workload", "machine", "seed", "runs"}
-    assert [r["policy"] for r in doc["runs"]] == ["2.6.39", "3.0"]
+    assert [r["policy"] for r in doc["runs"]] == ["2.6.39", "3.0", "6.18"]    # the README's three kernels
     m = doc["runs"][0]["metrics"]
     for key in ("tlb_flushes", "ipis_sent", "ipis_by_cpu", "pages_unmapped", "pages_freed", "page_tables_freed",
                 "flushes_under_pte_lock", "frees_under_pte_lock", "pte_lock_hold_ns", "preempt_off_ns",
@@ -58,6 +58,48 @@ def test_compare_runs_each_policy_on_each_listed_arch_it_supports():
     assert "6.18 x86" in table and "6.18 arm64" in table
 
 
+def test_cpus_folds_any_workload_onto_n_cpus():
+    """--cpus N works with every workload: a thread pinned to CPU c runs on CPU c mod N, time-shared."""
+    for workload in ("small", "munmap:512:blocked", "wis:tlb_flush2:threads:4:1"):
+        r = cli("compare", "--workload", workload, "--cpus", "2", "--json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["machine"]["cpus"] == 2
+        for run in doc["runs"]:
+            assert len(run["metrics"]["ipis_by_cpu"]) == 2 and run["metrics"]["violations"] == [], run["policy"]
+
+
+def test_with_cpus_folds_threads_and_forks_modulo_n():
+    from mmugather.workloads.scenario import parse_scenario, with_cpus
+    fork = {"op": "fork", "cpu": 5, "program": [{"op": "fork", "cpu": 4}]}
+    sc = parse_scenario({"machine": {"cpus": 6}, "process": [{"name": "p", "thread": [
+        {"cpu": 0}, {"cpu": 3, "program": [{"op": "loop", "times": 2, "body": [fork]}]}]}]}, "t")
+    folded = with_cpus(sc, 2)
+    t0, t1 = folded.process[0].thread
+    inner = t1.program[0].body[0]
+    assert (folded.machine.cpus, t0.cpu, t1.cpu, inner.cpu, inner.program[0].cpu) == (2, 0, 1, 1, 0)
+    assert with_cpus(sc, 8).process[0].thread[1].cpu == 3 and sc.machine.cpus == 6
+
+
+def test_compare_cpus_1_on_the_default_workload_is_the_uniprocessor_kernel():
+    """One CPU: no kernel sends an IPI; 3.0's fast mode allocates no batch and shows only its own real bug
+    (fast mode frees before the flush while the preemptible gather lets another thread run), named with
+    its fix; 2.6.39 (fast mode, a non-preemptible per-CPU gather) and 6.18 (no fast mode) are clean."""
+    r = cli("compare", "--cpus", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    runs = {x["policy"]: x for x in json.loads(r.stdout)["runs"]}
+    assert list(runs) == ["2.6.39", "3.0", "6.18"]
+    assert all(x["metrics"]["ipis_sent"] == 0 for x in runs.values())
+    assert runs["3.0"]["metrics"]["batch_alloc_attempts"] == 0 < runs["6.18"]["metrics"]["batch_alloc_attempts"]
+    assert runs["2.6.39"]["metrics"]["violations"] == runs["6.18"]["metrics"]["violations"] == []
+    assert "known_bug" not in runs["2.6.39"] and "known_bug" not in runs["6.18"]
+    v30 = runs["3.0"]["metrics"]["violations"]
+    assert v30 == [] or ({v["kind"] for v in v30} == {"stale-tlb-use-after-free"}
+                         and "29eb77825cc7" in runs["3.0"]["known_bug"])
+    if v30:
+        assert "3.0: known bug" in cli("compare", "--cpus", "1", "--policies", "3.0").stdout
+
+
 def test_workloads_and_policies_list():
     r = cli("workloads")
     assert r.returncode == 0 and "default" in r.stdout and "small" in r.stdout
@@ -69,13 +111,14 @@ BAD = [
     (["run", "does-not-exist.toml"], "does-not-exist.toml"),
     (["compare", "--policies", "2.6.39,4.2", "--workload", "small"], "unknown policy '4.2'"),
     (["compare", "--workload", "nope"], "neither a built-in"),
-    (["compare", "--workload", "small", "--cpus", "2"], "--cpus 2"),
     (["compare", "--workload", "small", "--cpus", "999"], "--cpus"),
     (["compare", "--workload", "small", "--fail-nowait", "2"], "--fail-nowait"),
     (["compare", "--workload", "small", "--preempt", "sometimes"], "--preempt"),
     (["compare", "--bogus"], "--bogus"),
     (["compare", "--workload", "small", "--arch", "arm64"], "policy 2.6.39 does not run on arm64"),
     (["compare", "--workload", "small", "--arch", ","], "--arch: expected"),
+    (["compare", "--workload", "small", "--arch", "x86,sparc"],
+     "--arch: unknown arch 'sparc' (expected one of: x86, ppc64, x86-kvm, arm64)"),
 ]
 
 

@@ -7,7 +7,7 @@ from conftest import scenario
 from mmugather.explore.session import run_search
 from mmugather.explore.target import KernelTarget
 from mmugather.policies import Linux618, get_policy
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 
 PLUGINS = Path(__file__).resolve().parent.parent / "examples" / "plugins"
 LATR = get_policy(f"{PLUGINS / 'latr.py'}:Latr")

@@ -1,6 +1,9 @@
-"""The fast path (mm/memory/bulk.py) is exact: whatever the workload, running teardown in bulk gives the
-same metrics and the same violations as running it one step at a time (`Simulation(fast=False)`)."""
+"""The fast path (src/mmugather/fastpath/) is exact: whatever the workload, running teardown in bulk gives the
+same metrics and the same violations as running it one step at a time (`Simulation(fast=False)`); the
+bulk backends are chosen once, from what a policy overrides; the step path never enters the package."""
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,14 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_invariants import FreeBeforeFlush, LeakBatchPages, NoRemoteFlush, SleepUnderPteLock
 
+import mmugather.fastpath as fastpath
+from mmugather.fastpath import core as bulk
+from mmugather.fastpath.v2_6_39 import Bulk2639
+from mmugather.fastpath.v3_0 import Bulk30
+from mmugather.fastpath.v6_18 import Bulk618
 from mmugather.machine.costs import Costs
-from mmugather.mm.memory import bulk
-from mmugather.mm.memory.v2_6_39 import Memory2639
-from mmugather.mm.memory.v3_0 import Memory30
-from mmugather.mm.mmu_gather.v6_18 import Gather618
 from mmugather.mm.page_alloc import FrameSpan
+from mmugather.mm.protocols import STEP_BY_STEP
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.scenario import parse_scenario
 
 PAGE = 4096
@@ -179,23 +184,12 @@ def test_an_idle_machine_tears_down_in_bulk(policy, preempt, monkeypatch):
     """exit_mmap of 48 MiB with nothing else running (past 6.18's MAX_GATHER_BATCH_COUNT of batches): the
     emulators and bulk frees take most of it, and every metric is the step path's."""
     calls = {"tables": 0}
-    real = bulk.zap_tables
-
-    def counted(*a, **k):
-        r = real(*a, **k)
-        calls["tables"] += r is not None
-        return r
-    import mmugather.mm.memory.v3_0 as v3_0
-    import mmugather.mm.memory.v6_18 as v6_18
-    for mod in (v3_0, v6_18):
-        monkeypatch.setattr(mod, "zap_tables", counted)
-    real2639 = Memory2639._zap_tables_bulk
-
-    def counted2639(self, *a, **k):
-        r = real2639(self, *a, **k)
-        calls["tables"] += r is not None
-        return r
-    monkeypatch.setattr(Memory2639, "_zap_tables_bulk", counted2639)
+    for backend in (Bulk2639, Bulk30, Bulk618):
+        def counted(self, *a, real=backend.pmd_run, **k):
+            r = real(self, *a, **k)
+            calls["tables"] += r is not None
+            return r
+        monkeypatch.setattr(backend, "pmd_run", counted)
     m = assert_same(_exit_of("48MiB", preempt=preempt), POLICIES[policy])
     assert m["pages_unmapped"] == 12288 and m["pages_freed"] == 12288
     assert calls["tables"] >= 1
@@ -222,15 +216,15 @@ CYCLE_618 = 7 + 19 * 509
 
 @pytest.fixture
 def bulk_flushes(monkeypatch) -> list:
-    """The forced flushes of 6.18 that the emulator runs in bulk (Gather618._tlb_bulk_flushes), one entry
-    (how many flushes) per pass."""
+    """The forced flushes of 6.18 that the emulator runs in bulk (Bulk618.tables_flushes), one entry (how
+    many flushes) per pass."""
     seen = []
-    real = Gather618._tlb_bulk_flushes
+    real = Bulk618.tables_flushes
 
-    def counted(self, c, tlb, pfns, fs, limit, nflush):
+    def counted(self, kernel, c, tlb, pfns, fs, limit, nflush):
         seen.append(nflush)
-        return real(self, c, tlb, pfns, fs, limit, nflush)
-    monkeypatch.setattr(Gather618, "_tlb_bulk_flushes", counted)
+        return real(self, kernel, c, tlb, pfns, fs, limit, nflush)
+    monkeypatch.setattr(Bulk618, "tables_flushes", counted)
     return seen
 
 
@@ -352,16 +346,68 @@ def test_one_cpu_fast_mode_bug_is_found_on_both_paths():
     assert any(v["kind"] == "stale-tlb-use-after-free" for v in m["violations"])
 
 
-def test_the_step_path_never_enters_the_bulk_module(monkeypatch):
-    """Simulation(fast=False), what the explorer uses, runs every step itself."""
-    def boom(*a, **k):
-        raise AssertionError("bulk step on the step path")
-    monkeypatch.setattr(bulk, "zap_steps", boom)
-    monkeypatch.setattr(bulk, "release_steps", boom)
-    monkeypatch.setattr(Memory2639, "_zap_tables_bulk", boom)
-    monkeypatch.setattr(Memory30, "_zap_tables_bulk", boom)
-    for policy in ("2.6.39", "3.0"):
-        Simulation(_exit_of("8MiB"), POLICIES[policy], fast=False).run()
+def _fastpath_calls(sim) -> int:
+    """Run sim, counting the Python calls into functions of src/mmugather/fastpath/ (wherever their names
+    were imported to)."""
+    package = str(Path(fastpath.__file__).parent)
+    count = [0]
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(package):
+            count[0] += 1
+    sys.setprofile(profile)
+    try:
+        sim.run()
+    finally:
+        sys.setprofile(None)
+    return count[0]
+
+
+@pytest.mark.parametrize("policy,arch", [("2.6.39", "x86"), ("3.0", "x86"), ("3.0", "ppc64"), ("6.18", "x86"),
+                                         ("6.18", "arm64")])
+def test_the_step_path_never_enters_the_bulk_module(policy, arch):
+    """Simulation(fast=False), what the explorer uses, runs every step itself: no function of the fastpath
+    package runs, while the same teardown with fast=True runs many (so the probe sees them)."""
+    sc = _exit_of("8MiB")
+    assert _fastpath_calls(Simulation(sc, POLICIES[policy], arch=arch, fast=False)) == 0
+    assert _fastpath_calls(Simulation(sc, POLICIES[policy], arch=arch, fast=True)) > 10
+
+
+# ------------------------------------------------------------------ choosing the backends
+def _arch(policy_cls, name: str):
+    return Simulation(_exit_of("4KiB"), policy_cls, arch=name).arch
+
+
+@pytest.mark.parametrize("bulk_cls", fastpath.BULK_BACKENDS, ids=lambda b: b.__name__)
+def test_a_hook_goes_step_by_step_exactly_when_a_method_it_reproduces_is_overridden(bulk_cls):
+    """backends(): the stock policy gets every bulk hook; a plugin overriding any one kernel method that a
+    hook declares it reproduces gets that hook step by step, and keeps the other hooks that do not
+    declare it."""
+    ref = bulk_cls.reference
+    arch = _arch(ref, "x86")
+    stock = fastpath.backends(ref, arch)
+    assert all(isinstance(h, bulk_cls) for h in (stock.zap, stock.tables, stock.release))
+    hooks = {"zap": bulk_cls.zap_reproduces, "tables": bulk_cls.tables_reproduces,
+             "release": bulk_cls.release_reproduces}
+    for method in set().union(*hooks.values()):
+        plugin = type("Plugin", (ref,), {method: lambda self, *a: None})
+        got = fastpath.backends(plugin, arch)
+        for hook, methods in hooks.items():
+            assert (getattr(got, hook) is STEP_BY_STEP) == (method in methods), (method, hook)
+    untouched = type("Plugin", (ref,), {"gather_static_bytes": lambda self, n: 0})
+    got = fastpath.backends(untouched, arch)
+    assert all(isinstance(getattr(got, hook), bulk_cls) for hook in hooks)
+
+
+def test_arch_decides_which_hooks_apply_once():
+    """On ppc64 (HAVE_RCU_TABLE_FREE) 3.0's pte_free_tlb() is tlb_remove_table(): free_pmd_range() goes step
+    by step; 6.18's forced-flush cycles are x86's flush_tlb_mm_range(): on arm64 the pass never runs one;
+    a class that is no built-in policy's subclass gets no bulk hook."""
+    assert fastpath.backends(POLICIES["3.0"], _arch(POLICIES["3.0"], "ppc64")).tables is STEP_BY_STEP
+    assert isinstance(fastpath.backends(POLICIES["3.0"], _arch(POLICIES["3.0"], "x86")).tables, Bulk30)
+    assert not fastpath.backends(POLICIES["6.18"], _arch(POLICIES["6.18"], "arm64")).zap.cycle_on
+    assert fastpath.backends(POLICIES["6.18"], _arch(POLICIES["6.18"], "x86-kvm")).zap.cycle_on
+    assert fastpath.backends(object, None) == fastpath.STEP
 
 
 # ------------------------------------------------------------------ the cut rules, against the engine's
@@ -395,7 +441,8 @@ def test_zap_steps_stops_where_the_engine_would(present, none, c_none, c_zap, qu
     ends = [clock + sum(steps[:j + 1]) for j in range(len(steps))]
     horizon = data.draw(st.sampled_from([e for e in ends if e > clock] + [clock + 1, clock + 10_000]))
     c.clock, c.horizon = clock, horizon                # called only with the horizon ahead (may_bulk)
-    n, j, cost, _, anon, _, _ = bulk.zap_steps(kernel, c, pt, 0, len(present), none * c_none, quiet)
+    z = bulk.zap_steps(kernel, c, pt, 0, len(present), none * c_none, quiet)
+    n, j, cost, anon = z.n, z.last, z.ns, z.anon
     if not idx:
         assert n == 0 and cost == c_none * len(present)
         return

@@ -172,3 +172,43 @@ def test_trace_without_a_usable_tracepoint_is_a_one_line_error(monkeypatch, caps
         entry()
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "--trace: the tlb:tlb_flush tracepoint is not usable" in err
+
+
+# ------------------------------------------------------------------ the profile matching the host (issue 24, item 2)
+def _fake_cpuid(features: int, hints: int = 0, ecx1: int = 0, base: int = 0x40000000):
+    """CPUID of a KVM guest whose leaves sit at `base` (ebx, ecx, edx of base spell KVMKVMKVM)."""
+    import struct
+    sig = struct.unpack("<3I", b"KVMKVMKVM\0\0\0")
+    leaves = {base: (base + 1, *sig), base | 1: (features, 0, 0, hints), 1: (0, 0, ecx1, 0)}
+    return lambda leaf: leaves.get(leaf, (0, 0, 0, 0))
+
+
+def test_detect_arch_follows_pv_tlb_flush_supported():
+    """x86-kvm exactly when arch/x86/kernel/kvm.c kvm_guest_init() installs kvm_flush_tlb_multi(): its log
+    line, or pv_tlb_flush_supported() on CPUID (PV_TLB_FLUSH bit 9 and STEAL_TIME bit 5 of 0x40000001 EAX,
+    no REALTIME hint, no MWAIT, more than one possible CPU); native x86 otherwise."""
+    from mmugather.host.hypervisor import detect_arch
+    pv = (1 << 9) | (1 << 5)
+    assert detect_arch(log=["kvm-guest: KVM setup pv remote TLB flush"], probe=False)[0] == "x86-kvm"
+    assert detect_arch(cpuid=_fake_cpuid(pv), ncpus=2, probe=False)[0] == "x86-kvm"
+    assert detect_arch(cpuid=_fake_cpuid(pv, base=0x40000100), ncpus=2, probe=False)[0] == "x86-kvm"
+    for no in (_fake_cpuid(1 << 9), _fake_cpuid(pv, hints=1), _fake_cpuid(pv, ecx1=1 << 3)):
+        assert detect_arch(log=[], cpuid=no, ncpus=2, probe=False)[0] == "x86"
+    assert detect_arch(cpuid=_fake_cpuid(pv), ncpus=1, probe=False)[0] == "x86"
+    assert detect_arch(cpuid=lambda leaf: (0, 0, 0, 0), ncpus=2, probe=False)[0] == "x86"
+    arch, why = detect_arch(flags={"fpu", "hypervisor"}, probe=False)
+    assert arch == "x86" and "--arch" in why
+    assert detect_arch(flags={"fpu"}, probe=False) == ("x86", "/proc/cpuinfo: no hypervisor flag (bare metal)")
+
+
+def test_kernel_check_reports_and_uses_the_arch_it_compares_with(monkeypatch):
+    """The model side runs on the detected arch, and the JSON says which and why: on x86-kvm a blocked
+    (halted) CPU 1 gets the flush that frees the region's page table (munmap:512:blocked: 1 IPI)."""
+    monkeypatch.setattr(kc, "detect_arch", lambda: ("x86-kvm", "test"))
+    monkeypatch.setattr(kc, "host_supported", lambda: "")
+    monkeypatch.setattr(kc, "run_script", lambda s, *a: ProbeResult(s, "ok", cpus=[0, 1], samples=[[0, 1]],
+                                                                     median=[0, 1], spread=[0, 0]))
+    monkeypatch.setattr(kc, "host_info", lambda: {"cpus": [0, 1]})
+    out = kc.run_check(kc.select(names=["munmap:512:blocked"]))
+    assert out["model"]["arch"] == "x86-kvm" and out["model"]["arch_reason"] == "test"
+    assert out["scripts"][0]["model_ipis_by_cpu"] == [0, 1] and out["scripts"][0]["match"] is True

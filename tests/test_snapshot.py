@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from mmugather.errors import InputError
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.scenario import PAGE, parse_scenario
-from mmugather.workloads.snapshot import (SPECIAL, Snapshot, builtin_snapshots, capture, load_snapshot,
+from mmugather.workloads.snapshot import (NO_STRUCT_PAGE, Snapshot, builtin_snapshots, capture, load_snapshot,
                                           resolve_snapshot, snapshot_to_scenario)
 
 BUILTIN = builtin_snapshots()
@@ -44,9 +44,10 @@ def test_each_shipped_snapshot_becomes_a_scenario_that_tears_down_exactly_its_rs
     sc = parse_scenario(data, name)
     assert snap.has_present and snap.rss_pages > 1000
     assert _populated_pages(data) == snap.rss_pages
-    assert not any(v.name.split(":", 1)[1] in SPECIAL for v in sc.process[0].vma)
+    assert not any(v.name.split(":", 1)[1] in NO_STRUCT_PAGE for v in sc.process[0].vma)
+    assert any(v.name.endswith(":[vdso]") for v in sc.process[0].vma)
     metrics = Simulation(sc, POLICIES["3.0"]).run()
-    assert metrics["pages_unmapped"] == snap.rss_pages
+    assert metrics["pages_unmapped"] == snap.rss_pages == sum(v.rss for v in snap.vmas) // PAGE  # smaps' whole Rss
     assert metrics["violations"] == []
 
 
@@ -254,3 +255,30 @@ def test_mutated_real_snapshots_load_or_fail_with_one_line(tmp_path, files):
         parse_scenario(data, "fuzz")
     except InputError as e:
         assert "\n" not in str(e)
+
+
+_MAPS = ["555555554000-555555556000 rw-p 00000000 00:00 0 [heap]",
+         "7f0000000000-7f0000004000 r--p 00000000 00:00 0 [vvar]",
+         "7f0000004000-7f0000006000 r-xp 00000000 00:00 0 [vdso]",
+         "7f0000010000-7f0000012000 rw-s 00000000 00:05 7 /dev/mem",
+         "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]"]
+_SMAPS = [(8, 8, "rd wr mr mw me ac"), (16, 0, "rd mr pf io de dd"), (8, 4, "rd ex mr mw me de"),
+          (8, 0, "rd wr sh mr mw me ms io pf dd"), (4, 0, "ex")]
+
+
+def test_vdso_pages_are_unmapped_but_not_freed_and_pfn_maps_are_skipped(tmp_path):
+    """[vdso]'s page is a normal page mapped with get_page() (vdso_fault(), arch/x86/entry/vdso/vma.c):
+    exit_mmap unmaps it and its put_page after the flush leaves it to the vdso image. [vvar], [vsyscall]
+    and a PFN map (/dev/mem, VmFlags pf) have no struct pages: not in the scenario at all."""
+    d = tmp_path / "snap"
+    d.mkdir()
+    (d / "maps").write_text("\n".join(_MAPS) + "\n")
+    (d / "smaps").write_text("".join(f"{h}\nSize: {size} kB\nRss: {rss} kB\nVmFlags: {flags}\n"
+                                     for h, (size, rss, flags) in zip(_MAPS, _SMAPS)))
+    snap = load_snapshot(d)
+    assert [v.path for v in snap.torn_down] == ["[heap]", "[vdso]"] and snap.rss_pages == 3
+    sc = parse_scenario(snapshot_to_scenario(snap), "vdso")
+    for policy in ("2.6.39", "3.0", "6.18"):
+        metrics = Simulation(sc, POLICIES[policy]).run()
+        assert (metrics["pages_unmapped"], metrics["pages_freed"]) == (3, 2), policy
+        assert metrics["violations"] == [], policy

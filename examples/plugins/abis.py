@@ -6,11 +6,11 @@ invalidated mappings are cached by only one TLB or not cached at all", using har
 (x86 sets a PTE's accessed bit when a walk caches it), and so avoids synchronisation for them.
 
 The model gives the arch exactly what access tracking can tell: per CPU, the pages whose walk filled its
-TLB (`filled`) and the PTE tables its walks went through (`walked_table`, which is what a paging-structure
-cache entry comes from) since it last dropped everything (`flushed_all`: a CR3 load or full flush), told by
-the TLB's observer hook (machine/tlb.py TlbObserver). native_flush_tlb_multi() then IPIs only the CPUs of
-its target list whose records meet the flushed range (any record, for a full flush; the tables too, when
-page tables were freed). This is the ideal of what ABIS infers from shared accessed bits: its savings are an
+TLB (`fill`) and the PTE tables its walks went through (`fill_pwc`, which is what a paging-structure cache
+entry comes from) since it last dropped everything (`flush_all`: a CR3 load or full flush), told by the
+TLB's observer seam (machine/tlb.py Tlb.watch; the explorer's footprint watches beside it).
+native_flush_tlb_multi() then IPIs only the CPUs of its target list whose records meet the flushed range
+(any record, for a full flush; the tables too, when page tables were freed). This is the ideal of what ABIS infers from shared accessed bits: its savings are an
 upper bound on the paper's, and the cost of keeping the bits (the paper's "overheads of up to 9%") is not
 modelled. Everything else is 6.18's.
 
@@ -33,22 +33,22 @@ class AbisX86(X86):
 
     def __init__(self, machine) -> None:
         super().__init__(machine)
-        self.tlb.observers.append(self)
+        self.tlb.watch(self)
         self.abis_ipis_avoided = 0
 
     # ------------------------------------------------------------ access tracking (TlbObserver)
-    def filled(self, c, vpn: int) -> None:
-        """The walk that cached vpn on c set the PTE's accessed bit: remember c may cache it."""
-        c.per_cpu.setdefault("abis_pages", set()).add(vpn)
-
-    def walked_table(self, c, key: int) -> None:
-        """c's walk went through the PTE table of key (addr >> PMD_SHIFT): its PDE's accessed bit."""
-        c.per_cpu.setdefault("abis_tables", set()).add(key)
-
-    def flushed_all(self, c) -> None:
-        """c dropped its whole TLB and walk cache: it caches nothing it could have been tracked for."""
-        c.per_cpu.pop("abis_pages", None)
-        c.per_cpu.pop("abis_tables", None)
+    def tlb_op(self, name: str, c, args: tuple) -> None:
+        """The TLB's observer. `fill` (vpn, pte): the walk that caches vpn on c sets the PTE's accessed bit,
+        so c may cache it; `fill_pwc` (key, table): c's walk goes through the PTE table of key (addr >>
+        PMD_SHIFT), the PDE's accessed bit; `flush_all`: c drops its whole TLB and walk cache, so it caches
+        nothing it was tracked for. Other operations only drop entries: the records stay a superset."""
+        if name == "fill":
+            c.per_cpu.setdefault("abis_pages", set()).add(args[0])
+        elif name == "fill_pwc":
+            c.per_cpu.setdefault("abis_tables", set()).add(args[0])
+        elif name == "flush_all":
+            c.per_cpu.pop("abis_pages", None)
+            c.per_cpu.pop("abis_tables", None)
 
     # ------------------------------------------------------------ flushes
     def flush_tlb_mm_range(self, c, mm, start: int, end: int, stride_shift: int, freed_tables: bool):
@@ -71,15 +71,16 @@ class AbisX86(X86):
         lo, hi = start >> PMD_SHIFT, (end - 1) >> PMD_SHIFT
         return any(lo <= k <= hi for k in tables)
 
-    def pv_filter(self, targets: list[int], info) -> list[int]:
-        """native_flush_tlb_multi()'s target list, less the CPUs whose access records show they cache
-        nothing of the range asked for: those get no IPI (and keep their tlb_gen, so their next flush is a
-        full one)."""
+    def native_flush_tlb_multi(self, c, cpumask: list[int], info):
+        """native_flush_tlb_multi() on the CPUs of cpumask less the other CPUs whose access records show
+        they cache nothing of the range asked for: those get no IPI (and keep their tlb_gen, so their next
+        flush is a full one). The initiator is 6.18's to decide."""
         initiator = self.cpus[info.initiating_cpu]
         start, end = initiator.per_cpu["abis_range"][initiator.curr.tid]
-        kept = [t for t in targets if self.may_cache(self.cpus[t], start, end, info.freed_tables)]
-        self.abis_ipis_avoided += len(targets) - len(kept)
-        return kept
+        kept = [cpu for cpu in cpumask if cpu == c.id or self.may_cache(self.cpus[cpu], start, end, info.freed_tables)]
+        self.abis_ipis_avoided += sum(1 for cpu in cpumask if cpu not in kept
+                                      and (info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info)))
+        yield super().native_flush_tlb_multi(c, kept, info)
 
 
 class Abis(Linux618):

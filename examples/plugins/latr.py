@@ -22,7 +22,7 @@ Modelled differently, and why:
   instead of a second or two later; so does every target when the ring is full (native_flush_tlb_others).
 - LAZY_TLB_NUM_ENTRIES is defined in a header that was not read: 64 here.
 - The lazy states are those of 6.18's target list (lazy CPUs only when page tables are freed), not the whole
-  mm_cpumask that 4.10 passed; the scan runs on each tick (Engine.tick_hooks, HZ=250) and at each context
+  mm_cpumask that 4.10 passed; the scan runs on each tick (Engine.on_tick, HZ=250) and at each context
   switch (switch_mm / enter_lazy_tlb). The explorer has no ticks (time orders nothing): there a CPU passes
   only at context switches, a subset of the schedules the free-running machine has.
 
@@ -41,9 +41,9 @@ from array import array
 from mmugather.arch.x86 import X86
 from mmugather.kernel.locking import LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE
 from mmugather.kernel.smp import SmpCallFunctionMany
+from mmugather.machine.cpu import IDLE
 from mmugather.mm.mm_types import Vma
 from mmugather.policies import Linux618
-from mmugather.sim.engine import IDLE
 
 
 class LatrState:
@@ -75,29 +75,30 @@ class LatrX86(X86):
 
     def __init__(self, machine) -> None:
         super().__init__(machine)
-        machine.engine.tick_hooks.append(self.native_flush_saved_states)
+        machine.engine.on_tick(self.native_flush_saved_states)
         self.reclaim = None                     # set by the policy: called when a state of an mm is done
         self.lazy_saved = self.lazy_invalidations = self.fallback_ipis = 0
 
-    def flush_tlb_multi(self, c, mm, info):
+    def native_flush_tlb_multi(self, c, cpumask: list[int], info):
         """native_flush_tlb_multi() with LATR's native_flush_tlb_others(): outside munmap as 6.18; during
-        one, flush locally and save a state for the targets instead of IPIs (IPIs if the ring is full)."""
-        if not mm.__dict__.get("munmap_inprogress"):
-            yield super().flush_tlb_multi(c, mm, info)
+        one, the CPUs 6.18 picks are flushed locally (the initiator) or get a saved state instead of an IPI
+        (IPIs to idle targets, and to all when the ring is full)."""
+        if not info.mm.__dict__.get("munmap_inprogress"):
+            yield super().native_flush_tlb_multi(c, cpumask, info)
             return
-        targets = [cpu for cpu in sorted(mm.cpumask) if cpu != c.id
-                   and (info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info))]
-        if c.id in mm.cpumask:
+        picked = [cpu for cpu in cpumask if info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info)]
+        if c.id in picked:
             yield LOCAL_IRQ_DISABLE
             yield self.flush_tlb_func(c, info)
             yield LOCAL_IRQ_ENABLE
+        targets = [cpu for cpu in picked if cpu != c.id]
         idle = [cpu for cpu in targets if self.cpus[cpu].state == IDLE]
         lazy = [cpu for cpu in targets if cpu not in idle]
         if lazy and not self.native_flush_save_state(c, info, lazy):
             idle = targets                                       # ring full: IPIs, as LATR falls back
         if idle:
             self.fallback_ipis += len(idle)
-            yield SmpCallFunctionMany(self.pv_filter(idle, info), self._flush_tlb_func_ipi(info))
+            yield SmpCallFunctionMany(idle, self._flush_tlb_func_ipi(info))
 
     def native_flush_save_state(self, c, info, targets: list[int]) -> bool:
         """native_flush_save_state(): put the shootdown in a free slot of this CPU's ring; False if full."""

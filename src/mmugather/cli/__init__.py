@@ -6,15 +6,15 @@ import sys
 
 import click
 
+from mmugather.arch import arch_names
+from mmugather.cli.limits import check_memory, memory_option
+from mmugather.cli.paths import check_output_file
 from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
 from mmugather.policies import POLICIES, get_policy
-from mmugather.report.table import run_labels
-from mmugather.sim.engine import PREEMPT_MODELS
-from mmugather.sim.machine import Simulation
+from mmugather.machine.engine import PREEMPT_MODELS
 from mmugather.workloads.builtin import builtin_workloads, resolve_workload
-from mmugather.workloads.scenario import MAX_CPUS, parse_scenario
-from mmugather.workloads.wis import ops_per_s
+from mmugather.workloads.scenario import parse_scenario
 
 
 def _policies(value: str) -> list:
@@ -32,6 +32,7 @@ def _policy_arches(classes: list, arch: str | None) -> list[tuple]:
     arches = list(dict.fromkeys(a.strip() for a in arch.split(",") if a.strip()))
     if not arches:
         raise InputError("--arch: expected a comma-separated list of arches")
+    _check_arches(arches)
     pairs = []
     for cls in classes:
         mine = [a for a in arches if a in cls.arches]
@@ -42,15 +43,11 @@ def _policy_arches(classes: list, arch: str | None) -> list[tuple]:
     return pairs
 
 
-def _check_cpus(scenario, cpus: int | None) -> None:
-    if cpus is None:
-        return
-    if not 1 <= cpus <= MAX_CPUS:
-        raise InputError(f"--cpus: expected 1..{MAX_CPUS}, got {cpus}")
-    for p in scenario.process:
-        for k, t in enumerate(p.thread):
-            if t.cpu >= cpus:
-                raise InputError(f"--cpus {cpus}: process '{p.name}' thread[{k}] runs on CPU {t.cpu}")
+def _check_arches(arches: list[str]) -> None:
+    """Every arch named must be one of the registry's (a typo is an error, not a silently skipped run)."""
+    unknown = [a for a in arches if a not in arch_names()]
+    if unknown:
+        raise InputError(f"--arch: unknown arch '{unknown[0]}' (expected one of: {', '.join(arch_names())})")
 
 
 def _check_prob(p: float | None) -> None:
@@ -58,16 +55,14 @@ def _check_prob(p: float | None) -> None:
         raise InputError(f"--fail-nowait: expected a probability in [0, 1], got {p}")
 
 
-def run_one(scenario, policy_cls, **kw) -> dict:
-    return Simulation(scenario, policy_cls, **kw).run()
-
-
-def workload_or_snapshot(workload: str | None, snapshot: str | None, variant: str, cpus: int | None):
-    """The scenario named by --workload, or built from --snapshot (a directory or a shipped name)."""
+def workload_or_snapshot(workload: str | None, snapshot: str | None, variant: str, cpus: int | None,
+                         workload_option: str = "--workload"):
+    """The scenario named by --workload (or `workload_option`, as `run` names its argument), or built from
+    --snapshot (a directory or a shipped name)."""
     if snapshot is None:
         return resolve_workload(workload)
     if workload is not None:
-        raise InputError("--workload and --snapshot: give one or the other")
+        raise InputError(f"{workload_option} and --snapshot: give one or the other")
     from mmugather.workloads.snapshot import resolve_snapshot, snapshot_to_scenario
     snap = resolve_snapshot(snapshot)
     return parse_scenario(snapshot_to_scenario(snap, variant, cpus), f"snapshot {snapshot}")
@@ -84,15 +79,17 @@ def main() -> None:
 
 @main.command()
 @click.option("--workload", "workload", default=None, help="Built-in workload name or scenario TOML file.")
-@click.option("--policies", default="2.6.39,3.0", show_default=True, help="Comma-separated policies.")
-@click.option("--cpus", type=int, default=None, help="Number of CPUs (default: the workload's).")
+@click.option("--policies", default="2.6.39,3.0,6.18", show_default=True, help="Comma-separated policies.")
+@click.option("--cpus", type=int, default=None,
+              help="Number of CPUs (default: the workload's). Works with every workload: a thread pinned to CPU c "
+                   "runs on CPU c mod N, where the simulated scheduler time-shares the threads of one CPU.")
 @click.option("--preempt", type=click.Choice(PREEMPT_MODELS), default=None, help="Preemption model.")
 @click.option("--fail-nowait", type=float, default=None, help="Probability that a GFP_NOWAIT allocation fails.")
-@click.option("--seed", type=int, default=None, help="Random seed (default: the workload's).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed >= 0 (default: the workload's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
 @click.option("--arch", default=None,
-              help="Comma-separated arches (x86, x86-kvm, arm64, ppc64): each policy runs on each listed arch it "
-                   "supports (default: the first arch each policy supports).")
+              help=f"Comma-separated arches ({', '.join(arch_names())}): each policy runs on each listed arch "
+                   "it supports (default: the first arch each policy supports).")
 @click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of --workload.")
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
               help="With --snapshot: exit_mmap of it all, or munmap of the largest VMA first.")
@@ -101,60 +98,46 @@ def main() -> None:
 @click.option("--trace", "trace_file", default=None,
               help="Also write a Chrome/Perfetto JSON timeline here (open in ui.perfetto.dev): one file, one "
                    "process per policy on the same time axis, each with a track per CPU.")
+@memory_option
 def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, arch, snapshot, variant, as_json,
-            html_file, trace_file) -> None:
-    """Run the same workload under each policy and compare them side by side."""
+            html_file, trace_file, max_memory) -> None:
+    """Run the same workload under each policy and compare them side by side.
+
+    A policy plugin that fails while it runs is reported (exit status 2) after the other policies' results."""
+    check_output_file("--html", html_file)
+    check_output_file("--trace", trace_file)
     scenario = workload_or_snapshot(workload, snapshot, variant, cpus)
     classes = _policies(policies)
-    _check_cpus(scenario, cpus)
     _check_prob(fail_nowait)
+    check_memory(scenario, max_memory, f"workload '{scenario.name}'")
     costs = load_costs(costs_file)
-    kw = dict(cpus=cpus, preempt=preempt, fail_nowait=fail_nowait, seed=seed, costs=costs, arch=arch)
     if trace_file:
-        from mmugather.sim.tracing import attach_trace, check_trace_path, save_traces
+        from mmugather.sim.tracing import check_trace_path
         check_trace_path(trace_file)
-    pairs = _policy_arches(classes, arch)
-    labels = run_labels([{"policy": cls.name, "arch": a} for cls, a in pairs])
-    runs, distributions, traces = [], {}, []
-    for (cls, a), label in zip(pairs, labels):
-        sim = Simulation(scenario, cls, **dict(kw, arch=a))
-        if trace_file:
-            traces.append(attach_trace(sim, pid=len(traces) + 1,
-                                       first_flow_id=traces[-1].next_flow_id if traces else 1))
-        runs.append({"policy": cls.name, "arch": sim.arch_name, "metrics": sim.run()})
-        rate = ops_per_s(scenario, runs[-1]["metrics"])
-        if rate is not None:
-            runs[-1]["ops_per_s"] = round(rate, 1)     # counted loop iterations (wis:...), all tasks together
-        if html_file:
-            from mmugather.report.html import raw_distributions
-            distributions[label] = raw_distributions(sim.metrics)
-    m = scenario.machine
-    result = {
-        "workload": scenario.name,
-        "machine": {"cpus": cpus or m.cpus, "arch": ",".join(dict.fromkeys(r["arch"] for r in runs)),
-                    "preempt": preempt or m.preempt,
-                    "fail_nowait": fail_nowait if fail_nowait is not None else m.fail_nowait},
-        "seed": seed if seed is not None else scenario.seed,
-        "runs": runs,
-    }
+    _policy_arches(classes, arch)
+    from mmugather import api
+    comparison = api.compare(scenario, classes, arch=arch, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait,
+                             seed=seed, costs=costs, trace=trace_file)
+    result = comparison.to_dict()
     if html_file:
-        from mmugather.report.html import write_html
-        write_html(result, html_file, distributions)
-    if trace_file:
-        save_traces(traces, trace_file)
+        comparison.write_html(html_file)
     if as_json:
         click.echo(json.dumps(result, sort_keys=False))
     else:
         from mmugather.report.table import print_compare
         print_compare(result)
+    failed = comparison.failures
+    if failed:
+        raise failed[0] if len(failed) == 1 else InputError("; ".join(map(str, failed)))
 
 
 @main.command()
 @click.argument("scenario_file", required=False)
 @click.option("--policy", default=None, help="Policy (default: the scenario's machine.policy).")
-@click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed >= 0 (default: the scenario's).")
 @click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
-@click.option("--arch", default=None, help="x86 or arm64 (default: the first arch the policy supports).")
+@click.option("--arch", default=None,
+              help=f"One of {', '.join(arch_names())} (default: the first arch the policy supports).")
 @click.option("--without-fix", "without_fixes", multiple=True, help="Switch off a named fix (see `policies`).")
 @click.option("--snapshot", default=None, help="Snapshot directory or shipped snapshot name, instead of a file.")
 @click.option("--variant", type=click.Choice(SNAPSHOT_VARIANTS), default="exit", show_default=True,
@@ -162,33 +145,29 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--trace", "trace_file", default=None,
               help="Also write a Chrome/Perfetto JSON timeline here (open in ui.perfetto.dev), a track per CPU.")
-def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, variant, as_json, trace_file) -> None:
+@memory_option
+def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, variant, as_json, trace_file,
+        max_memory) -> None:
     """Run a scenario (a file or built-in workload name, or --snapshot) under one policy."""
+    check_output_file("--trace", trace_file)
     if scenario_file is None and snapshot is None:
         raise InputError("run: give a scenario file, a built-in workload name or --snapshot")
-    scenario = workload_or_snapshot(scenario_file, snapshot, variant, None)
+    scenario = workload_or_snapshot(scenario_file, snapshot, variant, None, workload_option="SCENARIO_FILE")
     cls = get_policy(policy or scenario.machine.policy)
-    if trace_file:
-        from mmugather.sim.tracing import attach_trace, check_trace_path, save_traces
-        check_trace_path(trace_file)
-        sim = Simulation(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch, without_fixes=without_fixes)
-        trace = attach_trace(sim)
-        metrics = sim.run()
-        save_traces([trace], trace_file)
-    else:
-        metrics = run_one(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch,
-                          without_fixes=without_fixes)
-    result = {"workload": scenario.name, "policy": cls.name,
-              "seed": seed if seed is not None else scenario.seed, "metrics": metrics}
+    if arch is not None:
+        _check_arches([arch])
+    check_memory(scenario, max_memory, scenario_file or f"snapshot {snapshot}")
+    from mmugather import api
+    result = api.run(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch, without_fixes=without_fixes,
+                     trace=trace_file)
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(json.dumps(result.to_dict()))
         return
-    m = scenario.machine
+    m = result.machine
     from mmugather.report.table import print_compare
-    print_compare({"workload": scenario.name, "seed": result["seed"],
-                   "machine": {"cpus": m.cpus, "arch": arch or next(iter(cls.arches)), "preempt": m.preempt,
-                               "fail_nowait": m.fail_nowait},
-                   "runs": [{"policy": cls.name, "metrics": metrics}]})
+    print_compare({"workload": result.workload, "seed": result.seed,
+                   "machine": {"cpus": m.cpus, "arch": m.arch, "preempt": m.preempt, "fail_nowait": m.fail_nowait},
+                   "runs": [{"policy": result.policy, "metrics": result.metrics}]})
 
 
 @main.command()
@@ -226,7 +205,7 @@ def policies(as_json) -> None:
 
 
 from mmugather.cli import (  # noqa: E402,F401  (register their commands)
-    explore as _explore, host as _host, sweep as _sweep,
+    explore as _explore, host as _host, schema as _schema, sweep as _sweep,
 )
 
 

@@ -10,9 +10,13 @@ from mmugather.cli import main
 @main.command()
 @click.option("--pid", type=int, required=True, help="The process to capture.")
 @click.option("-o", "--out", "out_dir", required=True, help="Directory to write maps, smaps, meta.json, present.")
-def snapshot(pid, out_dir) -> None:
-    """Capture /proc/PID/{maps,smaps} (and pagemap present bits, where readable) into a snapshot directory."""
+@click.option("--force", is_flag=True, help="Write into a directory that already holds files.")
+def snapshot(pid, out_dir, force) -> None:
+    """Capture /proc/PID/{maps,smaps} (and pagemap present bits, where readable) into a snapshot directory
+    (new or empty, unless --force)."""
+    from mmugather.cli.paths import check_output_dir
     from mmugather.workloads.snapshot import capture
+    check_output_dir("-o", out_dir, empty=True, force=force)
     snap = capture(pid, out_dir)
     click.echo(f"{out_dir}: {len(snap.vmas)} VMAs, {snap.rss_pages} resident pages, {snap.threads} threads"
                + ("" if snap.has_present else " (no pagemap: resident pages will be placed from each VMA start)"))
@@ -30,7 +34,10 @@ def snapshot(pid, out_dir) -> None:
               help="Also record the tlb:tlb_flush tracepoint of each call (tracefs, root): the kernel's remote "
                    "flush decisions, and per CPU the shootdowns it handled, those that found it off the mm, "
                    "and (sched:sched_switch) the runs of user tasks from outside the probe.")
-def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced) -> None:
+@click.option("--arch", "arch", default="auto", show_default=True,
+              help="Model arch to compare with: auto picks x86-kvm on a KVM guest whose kernel uses PV TLB flush "
+                   "(kernel log or CPUID), else x86.")
+def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced, arch) -> None:
     """Run the catalogue of syscall scripts on the host kernel and in the model; exit 1 on a mismatch."""
     import json
     import sys
@@ -47,6 +54,7 @@ def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced) 
             click.echo(f"{c.name}{'  (quick)' if c.quick else ''}")
         return
     costs = load_costs(costs_file)
+    model_arch = _kernel_check_arch(arch)
     trace_root = None
     if traced:
         from mmugather.host.ftrace import find_tracefs
@@ -56,10 +64,10 @@ def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced) 
     if not as_json:
         h = kc.host_info()
         click.echo(f"host: Linux {h['kernel']} {h['machine']}, CPUs {h['cpus']}, THP {h['thp']}; model: policy "
-                   f"{kc.MODEL_POLICY}, arch {kc.MODEL_ARCH}; {repeats} repeats, per-CPU medians")
+                   f"{kc.MODEL_POLICY}, arch {model_arch[0]} ({model_arch[1]}); {repeats} repeats, per-CPU medians")
         click.echo(kc.HEADER + (kc.TRACE_HEADER if traced else ""))
     result = kc.run_check(checks, repeats, costs, None if as_json else lambda r: click.echo(kc.format_row(r, traced)),
-                          trace_root)
+                          trace_root, model_arch)
     rows = result["scripts"]
     if as_json:
         click.echo(json.dumps(result))
@@ -71,6 +79,20 @@ def kernel_check(as_json, repeats, quick, names, costs_file, list_only, traced) 
                                                              if result["model"]["unavailable"] else ""))
     if any(r["match"] is False for r in rows):
         sys.exit(1)
+
+
+def _kernel_check_arch(arch: str) -> tuple[str, str]:
+    """(model arch, why) for kernel-check --arch: detected for "auto", else a 6.18 arch named by hand."""
+    from mmugather.arch import ARCHES
+    from mmugather.errors import InputError
+    from mmugather.host.hypervisor import detect_arch
+    from mmugather.host.kernel_check import MODEL_POLICY
+    if arch == "auto":
+        return detect_arch()
+    if arch not in ARCHES[MODEL_POLICY]:
+        raise InputError(f"--arch: unknown arch '{arch}' for kernel-check (expected auto or one of: "
+                         f"{', '.join(ARCHES[MODEL_POLICY])})")
+    return arch, "--arch"
 
 
 @main.command()
@@ -86,6 +108,8 @@ def calibrate(out_file, runs, no_fit) -> None:
     from mmugather.host.kernel_check import host_info, model_predict_ns, model_unavailable
     from mmugather.host.probe import host_supported
     from mmugather.host.worker import WorkerError
+    from mmugather.cli.paths import check_output_file
+    check_output_file("-o", out_file)
     why = host_supported()
     if why:
         raise InputError(f"calibrate: this host cannot run the probes: {why}")

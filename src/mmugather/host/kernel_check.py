@@ -3,8 +3,9 @@
 One catalogue names each check `OP:N:B` (OP one of probe.OPS, N pages, B what the second thread does:
 running, blocked or alone). The same name is measured on the host (probe.run_script: real syscalls,
 "TLB shootdowns" row of /proc/interrupts, per-CPU median over repeats) and resolved as the built-in
-parametric workload of that name, simulated under the policy matching the host (Linux 6.18 gather, x86
-with lazy TLB, the host's CPU count). A check matches when the host's per-CPU medians equal the model's
+parametric workload of that name, simulated under the policy matching the host (Linux 6.18 gather, the
+host's CPU count, and the arch whose remote flush the host's kernel uses: `x86-kvm` on a KVM guest with
+PV TLB flush, else `x86`; host/hypervisor.py detects it). A check matches when the host's per-CPU medians equal the model's
 `ipis_by_cpu`. The host places its mappings as the model's scenario does (`layout_of`), so both free the
 same page tables. Syscall times are reported side by side (host median, model `syscall_ns.max`) but are
 not part of the match.
@@ -16,11 +17,12 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmugather.host.hypervisor import detect_arch
 from mmugather.host.interrupts import read_tlb
 from mmugather.host.probe import ProbeResult, Script, default_layout, host_supported, run_script
 
 MODEL_POLICY = "6.18"
-MODEL_ARCH = "x86"
+MODEL_ARCH = "x86"          # when the host does not tell (host/hypervisor.py detect_arch())
 THP_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -103,12 +105,12 @@ def model_unavailable() -> str:
 _CALLS = ("munmap", "madvise", "mprotect", "mremap")
 
 
-def model_simulation(check: Check, cpus: int, costs=None):
-    """The model's simulation of `check`, set up (its VMAs placed and populated) but not yet run."""
+def model_simulation(check: Check, cpus: int, costs=None, arch: str = MODEL_ARCH):
+    """The model's simulation of `check` on `arch`, set up (its VMAs placed and populated) but not yet run."""
     from mmugather.policies import POLICIES
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     from mmugather.workloads.builtin import resolve_workload
-    return Simulation(resolve_workload(check.name), POLICIES[MODEL_POLICY], cpus=cpus, arch=MODEL_ARCH, costs=costs)
+    return Simulation(resolve_workload(check.name), POLICIES[MODEL_POLICY], cpus=cpus, arch=arch, costs=costs)
 
 
 def layout_of(sim) -> list[dict]:
@@ -128,9 +130,9 @@ def layout_of(sim) -> list[dict]:
     return out
 
 
-def model_predict(check: Check, cpus: int, costs=None) -> tuple[list[int], int]:
+def model_predict(check: Check, cpus: int, costs=None, arch: str = MODEL_ARCH) -> tuple[list[int], int]:
     """The model's shootdown IPIs received per CPU for `check` and its syscall time in simulated ns."""
-    m = model_simulation(check, cpus, costs).run()
+    m = model_simulation(check, cpus, costs, arch).run()
     return m["ipis_by_cpu"], m["syscall_ns"]["max"]
 
 
@@ -174,35 +176,39 @@ def row(check: Check, r: ProbeResult, model: tuple[list[int], int] | None, why_n
     return out
 
 
-def run_check(checks: list[Check], repeats: int = 5, costs=None, on_row=None, trace_root=None) -> dict:
+def run_check(checks: list[Check], repeats: int = 5, costs=None, on_row=None, trace_root=None,
+              arch: tuple[str, str] | None = None) -> dict:
     """Measure every check on the host and predict it with the model; the kernel-check JSON object.
+    `arch` is (model arch, why); None: detect_arch(), the profile matching the host's remote flush.
     `on_row(row)` is called as each check finishes. Skipped as a whole (every row "skipped") when the
     host cannot run the probes (one CPU, no TLB row, CPUs 0 and 1 not allowed). With `trace_root` (a
     tracefs mount) each row also has `host_trace` (the tlb:tlb_flush counts, probe.ProbeResult.trace)."""
     host = host_info()
+    arch_name, arch_why = arch or detect_arch()
+    model = {"policy": MODEL_POLICY, "arch": arch_name, "arch_reason": arch_why}
     why = host_supported()
     if why:
         rows = [{"name": c.name, "status": "skipped", "host_ipis_by_cpu": None, "model_ipis_by_cpu": None,
                  "spread": None, "host_ns": None, "model_ns": None, "match": None} for c in checks]
-        return {"host": host, "skipped": True, "reason": why, "model": {}, "scripts": rows}
+        return {"host": host, "skipped": True, "reason": why, "model": model, "scripts": rows}
     why_no_model = model_unavailable()
     cpus = len(host["cpus"])
     rows = []
     for c in checks:
-        sim = None if why_no_model else model_simulation(c, cpus, costs)
+        sim = None if why_no_model else model_simulation(c, cpus, costs, arch_name)
         layout = layout_of(sim) if sim else default_layout(c.op, c.pages)
         region = next(v for v in layout if v["role"] == "region")
         script = Script(c.name, c.op, region["size"] // 4096, c.second)
         r = run_script(script, repeats, _timeout(layout, repeats), layout, trace_root)
-        model = None
+        predicted = None
         if sim and r.status == "ok":
             m = sim.run()
-            model = (m["ipis_by_cpu"], m["syscall_ns"]["max"])
-        rows.append(row(c, r, model, why_no_model))
+            predicted = (m["ipis_by_cpu"], m["syscall_ns"]["max"])
+        rows.append(row(c, r, predicted, why_no_model))
         if on_row:
             on_row(rows[-1])
     return {"host": host, "skipped": False, "reason": "",
-            "model": {"policy": MODEL_POLICY, "arch": MODEL_ARCH, "unavailable": why_no_model},
+            "model": {**model, "unavailable": why_no_model},
             "scripts": rows}
 
 
@@ -239,10 +245,10 @@ def format_row(r: dict, traced: bool = False) -> str:
     return line
 
 
-def model_predict_ns(workload: str, costs, cpus: int = 2) -> int:
-    """The model's syscall time (simulated ns) for a built-in OP:N:B workload under `costs`."""
+def model_predict_ns(workload: str, costs, cpus: int = 2, arch: str = MODEL_ARCH) -> int:
+    """The model's syscall time (simulated ns) for a built-in OP:N:B workload under `costs` on `arch`."""
     from mmugather.policies import POLICIES
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     from mmugather.workloads.builtin import resolve_workload
-    m = Simulation(resolve_workload(workload), POLICIES[MODEL_POLICY], cpus=cpus, arch=MODEL_ARCH, costs=costs).run()
+    m = Simulation(resolve_workload(workload), POLICIES[MODEL_POLICY], cpus=cpus, arch=arch, costs=costs).run()
     return m["syscall_ns"]["max"]

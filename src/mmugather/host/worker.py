@@ -2,8 +2,8 @@
 
 The child is pinned to CPU 0 before exec (so its mm has never been loaded on another CPU: no CPU but 0 is
 in its mm_cpumask until a second thread runs elsewhere), runs one job with a hard timeout, and prints one
-JSON object; killing it on timeout cleans up every thread. `python -m mmugather.host.worker JOB_JSON` is
-the child's entry point.
+JSON object; killing it on timeout cleans up every thread. The child's entry point is host/child.py
+(`python -m mmugather.host.child JOB_JSON`), above the jobs that import this module.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class WorkerError(RuntimeError):
 
 def run_worker(job: dict, timeout: float) -> dict:
     """Run `job` in a child pinned to CPU 0; its JSON result, or WorkerError."""
-    cmd = [sys.executable, "-m", "mmugather.host.worker", json.dumps(job)]
+    cmd = [sys.executable, "-m", "mmugather.host.child", json.dumps(job)]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                            preexec_fn=lambda: os.sched_setaffinity(0, {0}))
@@ -68,7 +68,7 @@ class SecondThread:
     mode "blocked": B sits in read(2) on a pipe until `stop()`; its CPU goes idle (lazy TLB).
     """
 
-    def __init__(self, mode: str, cpu: int = 1, busy_bytes: int = _BUSY_BYTES):
+    def __init__(self, mode: str, cpu: int = 1, busy_bytes: int = _BUSY_BYTES) -> None:
         if mode not in ("running", "blocked"):
             raise ValueError(f"mode: expected running or blocked, got {mode!r}")
         self.mode = mode
@@ -162,14 +162,3 @@ class SecondThread:
         if self._busy:
             sc.munmap(self._busy, self._busy_bytes)
 
-
-def _main(argv: list[str]) -> int:
-    from mmugather.host import calibrate, probe
-    jobs = {"ipis": probe.measure_ipis, **calibrate.JOBS}
-    job = json.loads(argv[0])
-    print(json.dumps(jobs[job["kind"]](job)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -2,39 +2,63 @@
 
 x86 without PCID: a CPU caches translations of the mm its CR3 points to (`Cpu.loaded_mm`) only; loading
 CR3 drops them all. Every fill and drop is reported to the invariant checker, which keeps per-frame
-reference counts so that freeing a frame checks in O(1) whether some CPU still maps it.
+reference counts so that freeing a frame checks in O(1) whether some CPU still maps it. Observers are told
+of every operation before it happens (the explorer counts and logs them; a design may track fills the way
+hardware access bits would): one is called directly, several through a `TlbObservers` fan-out, none costs
+one test per operation.
 """
 from __future__ import annotations
 
 from typing import Protocol
 
-from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, _PAGE_RW
+# The x86-64 page-table format the hardware walks (arch/x86/include/asm/pgtable_types.h): the same values
+# as mm/pgtable.py, defined here because the hardware sits below the kernel's mm/.
+PAGE_SHIFT = 12
+PMD_SHIFT = 21
+_PAGE_RW = 0x002
 
 TLB_ENTRIES = 1536      # second-level TLB of a Skylake core
 PWC_ENTRIES = 32        # paging-structure cache entries for PDEs (pointers to PTE tables)
 
 
 class TlbObserver(Protocol):
-    """Told of what the hardware does that software can see afterwards: a walk that filled a TLB entry
-    (x86 sets the PTE's accessed bit as it does), a walk through a PTE table (the PDE's accessed bit),
-    and a CPU dropping everything it cached (CR3 load, full flush)."""
+    """Told of each TLB operation `name` (a Tlb method) on CPU c with its other arguments, before it runs."""
 
-    def filled(self, c, vpn: int) -> None: ...
+    def tlb_op(self, name: str, c, args: tuple) -> None: ...
 
-    def walked_table(self, c, key: int) -> None: ...
 
-    def flushed_all(self, c) -> None: ...
+class TlbObservers:
+    """Several TLB observers, told in the order they watch."""
+
+    def __init__(self, observers: list[TlbObserver]) -> None:
+        self.all = observers
+
+    def tlb_op(self, name: str, c, args: tuple) -> None:
+        for o in self.all:
+            o.tlb_op(name, c, args)
 
 
 class Tlb:
     """Fills and invalidations for all CPUs, keeping `inv.tlb_refs` / `inv.pwc_refs` exact."""
 
-    def __init__(self, invariants) -> None:
+    def __init__(self, invariants, observer: TlbObserver | None = None) -> None:
         self.inv = invariants
         self.observers: list[TlbObserver] = []
+        self.observer: TlbObserver | None = None
+        if observer is not None:
+            self.watch(observer)
+
+    def watch(self, observer: TlbObserver) -> None:
+        """Add an observer of every operation from now on (the simulation's, then an arch's)."""
+        if not callable(getattr(observer, "tlb_op", None)):
+            raise TypeError(f"Tlb.watch: {observer!r} has no tlb_op(name, c, args)")
+        self.observers.append(observer)
+        self.observer = observer if len(self.observers) == 1 else TlbObservers(self.observers)
 
     def fill(self, c, vpn: int, pte: int) -> None:
         """A walk found a present PTE: cache pfn*2 + writable for vpn, evicting the oldest entry if full."""
+        if self.observer is not None:
+            self.observer.tlb_op("fill", c, (vpn, pte))
         tlb = c.tlb
         refs = self.inv.tlb_refs
         old = tlb.pop(vpn, None)
@@ -46,10 +70,10 @@ class Tlb:
         pfn = pte >> PAGE_SHIFT
         tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
         refs[pfn] = refs.get(pfn, 0) + 1
-        for o in self.observers:
-            o.filled(c, vpn)
 
     def fill_pwc(self, c, key: int, table) -> None:
+        if self.observer is not None:
+            self.observer.tlb_op("fill_pwc", c, (key, table))
         pwc = c.pwc
         refs = self.inv.pwc_refs
         old = pwc.pop(key, None)
@@ -60,8 +84,6 @@ class Tlb:
             self._unref(c, refs, pwc.pop(victim).pfn)
         pwc[key] = table
         refs[table.pfn] = refs.get(table.pfn, 0) + 1
-        for o in self.observers:
-            o.walked_table(c, key)
 
     def _unref(self, c, refs: dict, pfn: int) -> None:
         n = refs[pfn] - 1
@@ -74,6 +96,8 @@ class Tlb:
 
     def flush_all(self, c) -> int:
         """local_flush_tlb() / load_cr3(): drop every translation and cached PDE. Returns the entries dropped."""
+        if self.observer is not None:
+            self.observer.tlb_op("flush_all", c, ())
         refs = self.inv.tlb_refs
         n = len(c.tlb)
         for v in c.tlb.values():
@@ -93,12 +117,12 @@ class Tlb:
                 del prefs[t.pfn]
         c.pwc.clear()
         c.dangling.clear()
-        for o in self.observers:
-            o.flushed_all(c)
         return n
 
     def flush_one(self, c, addr: int) -> None:
         """__flush_tlb_one() / INVLPG: drop one translation and, as on x86, every cached PDE."""
+        if self.observer is not None:
+            self.observer.tlb_op("flush_one", c, (addr,))
         v = c.tlb.pop(addr >> PAGE_SHIFT, None)
         if v is not None:
             self._unref(c, self.inv.tlb_refs, v >> 1)
@@ -107,12 +131,16 @@ class Tlb:
 
     def flush_leaf(self, c, addr: int) -> None:
         """arm64 TLBI VALE1IS: drop the last-level entry for addr only; cached walks stay."""
+        if self.observer is not None:
+            self.observer.tlb_op("flush_leaf", c, (addr,))
         v = c.tlb.pop(addr >> PAGE_SHIFT, None)
         if v is not None:
             self._unref(c, self.inv.tlb_refs, v >> 1)
 
     def flush_walks(self, c, start: int, end: int) -> None:
         """Drop the cached walks (PWC entries) covering [start, end): arm64 TLBI VAE1IS of that range."""
+        if self.observer is not None:
+            self.observer.tlb_op("flush_walks", c, (start, end))
         lo, hi = start >> PMD_SHIFT, (end - 1) >> PMD_SHIFT
         for key in [k for k in c.pwc if lo <= k <= hi]:
             self._unref(c, self.inv.pwc_refs, c.pwc.pop(key).pfn)
@@ -120,6 +148,8 @@ class Tlb:
     def walk(self, c, mm, addr: int):
         """The hardware page walk for a user access: the PTE table (through the PWC when it has the PDE,
         even if that table was unhooked since), or None when no PTE table maps addr."""
+        if self.observer is not None:
+            self.observer.tlb_op("walk", c, (mm, addr))
         key = addr >> PMD_SHIFT
         table = c.pwc.get(key)
         if table is None:

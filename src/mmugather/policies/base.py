@@ -1,15 +1,20 @@
 """The modelled kernel as one object: the mm/ mixins of a version plus its gather, bound to a machine.
 
-A policy is a subclass of `Kernel` that picks a gather (mm/mmu_gather.py) and a zap walk (mm/memory.py).
+A policy is a subclass of `Kernel` that picks a gather (mm/mmu_gather/, one module per version) and a zap
+walk (mm/memory/, one module per version).
 Every kernel function is a method named after the kernel function it models, so a plugin overrides one
 step by subclassing a built-in policy and redefining that method.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import numpy as np
 
-from mmugather.kernel.exit import Exit
-from mmugather.kernel.fork import Fork
+from mmugather.arch.base import Arch, Board
+from mmugather.policies.exit import Exit
+from mmugather.policies.fork import Fork
 from mmugather.mm.exec import Exec
 from mmugather.mm.gup import Gup
 from mmugather.mm.madvise import Madvise
@@ -17,6 +22,7 @@ from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_SHARED, VM_WRIT
 from mmugather.mm.mmap import Mmap
 from mmugather.mm.mmu_notifier import MmuNotifier
 from mmugather.mm.mprotect import Mprotect
+from mmugather.mm.protocols import STEP_BY_STEP, ReleaseBackend, TableFreeBackend, ZapBackend
 from mmugather.mm.mremap import Mremap
 from mmugather.mm.page_alloc import ANON, FILE
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, \
@@ -29,8 +35,8 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
     name = "base"
     version = ""
     source = ""
-    # arch name -> the arch class (arch/) this kernel version had for it
-    arches: dict = {}
+    # arch name -> the arch class this kernel version had for it: ARCHES[version] of arch/__init__.py
+    arches: Mapping[str, Callable[[Board], Arch[Any]]] = {}
     # fix switches: name -> (commits, what the fix does). `--without-fix NAME` models the kernel before it.
     fixes: dict[str, tuple[str, str]] = {}
 
@@ -49,7 +55,18 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         self.invariants = machine.invariants
         self.arch = machine.arch
         self.num_online_cpus = len(machine.engine.cpus)
-        self.fast = getattr(machine, "fast", False)    # may kernel paths take bulk steps (mm/memory/bulk.py)
+        self.num_possible_cpus = self.num_online_cpus      # no CPU hotplug: every possible CPU is online
+        self.use_backends(STEP_BY_STEP, STEP_BY_STEP, STEP_BY_STEP)
+
+    def use_backends(self, zap: ZapBackend, tables: TableFreeBackend, release: ReleaseBackend) -> None:
+        """The hooks through which the walks may take runs of steps at once (mm/protocols.py), chosen by
+        whoever builds the machine: step by step (the reference) unless told otherwise."""
+        self.zap_backend, self.table_backend, self.release_backend = zap, tables, release
+
+    def known_bug(self, violations: list[dict]) -> str | None:
+        """The real bug of this kernel version that a run's violations are, named with its fix; None when
+        they match none (or there are none)."""
+        return None
 
     def tlb_flush(self, c, tlb):
         """tlb_flush(): the arch's invalidation for a gather (x86 v2.6.39/v3.0: flush_tlb_mm)."""

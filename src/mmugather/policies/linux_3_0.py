@@ -1,8 +1,7 @@
 """Linux 3.0: the preemptible mmu_gather of d16dfc550f53, with e303297e6c3a and 97a894136f29."""
+from mmugather.arch import ARCHES
 from mmugather.mm.memory.v3_0 import Memory30
 from mmugather.mm.mmu_gather.v3_0 import Gather30
-from mmugather.arch.x86 import X86Legacy
-from mmugather.arch.ppc64 import Ppc64Hash
 from mmugather.mm.mmu_gather.rcu_table_v3_0 import RcuTableFree30
 from mmugather.mm.rmap import Rmap30
 from mmugather.mm.truncate import Truncate
@@ -14,7 +13,7 @@ class Linux30(RcuTableFree30, Gather30, Memory30, Rmap30, Truncate, Kernel):
     the PTE lock, cond_resched() per PTE table (mm/memory.c, include/asm-generic/tlb.h of v3.0)."""
 
     name = "3.0"
-    arches = {"x86": X86Legacy, "ppc64": Ppc64Hash}
+    arches = ARCHES["3.0"]
     version = "v3.0"
     source = ("mm/memory.c, include/asm-generic/tlb.h, mm/mmap.c, arch/x86/mm/tlb.c (v3.0); "
               "commits d16dfc550f53, e303297e6c3a, 97a894136f29")
@@ -25,3 +24,14 @@ class Linux30(RcuTableFree30, Gather30, Memory30, Rmap30, Truncate, Kernel):
                           "as released, 3.0 frees pages before the flush when one CPU is possible (fast mode); "
                           "--without-fix tlb_fast_mode removes fast mode as 29eb77825cc7 did"),
     }
+
+    def known_bug(self, violations: list[dict]) -> str | None:
+        """On one CPU, with fast mode (not `--without-fix tlb_fast_mode`), a stale TLB entry to a freed
+        page is 3.0's own bug: fast mode frees at once, before the flush, and the preemptible gather lets
+        another thread of the mm run on that CPU in between (explore/bugs.py, fast-mode-3.0)."""
+        if (self.num_online_cpus != 1 or "tlb_fast_mode" in self.without
+                or not any(v["kind"] == "stale-tlb-use-after-free" for v in violations)):
+            return None
+        return ("3.0's fast-mode bug: with one CPU the gather frees pages before the flush, and the preemptible "
+                "gather lets another thread of the mm run in between; fixed by 29eb77825cc7 \"arch, mm: Remove "
+                "tlb_fast_mode()\" (--without-fix tlb_fast_mode)")

@@ -1,6 +1,5 @@
 """Linux 6.18: the range-tracking mmu_gather of today's kernel, on x86-64 (native or KVM guest) and arm64."""
-from mmugather.arch.arm64 import Arm64
-from mmugather.arch.x86 import X86, X86Kvm
+from mmugather.arch import ARCHES
 from mmugather.mm.madvise import Madvise618
 from mmugather.mm.memory.v6_18 import Memory618
 from mmugather.mm.mmap import Mmap618
@@ -21,7 +20,7 @@ class Linux618(Gather618, Memory618, Madvise618, Mmap618, VmaOps618, Mprotect618
     version = "v6.18"
     source = ("mm/mmu_gather.c, include/asm-generic/tlb.h, mm/memory.c, mm/vma.c, mm/madvise.c, "
               "arch/x86/mm/tlb.c, arch/arm64/include/asm/tlb.h (v6.18)")
-    arches = {"x86": X86, "x86-kvm": X86Kvm, "arm64": Arm64}
+    arches = ARCHES["6.18"]
     fixes = {
         "tlb_flush_pending": ("99baac21e458, 56236a59556c (2017, v4.13/v4.14)",
                               "count gathers in flight per mm; tlb_finish_mmu() forces a flush when nested"),

@@ -53,6 +53,8 @@ def print_compare(result: dict, console: Console | None = None) -> None:
     table.add_row("violations", *(_violations(run["metrics"]["violations"]) for run in result["runs"]))
     console.print(table)
     for run, label in zip(result["runs"], labels):
+        if run.get("known_bug"):
+            console.print(f"[red]{label}: known bug[/red]: {run['known_bug']}", highlight=False)
         for v in run["metrics"]["violations"][:5]:
             console.print(f"[red]{label}: {v['kind']}[/red] (CPU {v['cpu']}): {v['detail']}", highlight=False)
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
+                      model_validator)
 
-from mmugather.errors import InputError
+from mmugather.errors import InputError, read_input
 
 PAGE = 4096
 MAX_CPUS = 256
-_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kib|m|mib|g|gib|t|tib|p|pages?)\s*$", re.I)
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kib|m|mib|g|gib|t|tib|p|pages?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
           "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40, "p": PAGE, "page": PAGE, "pages": PAGE}
 
@@ -35,7 +36,12 @@ def _size(v):
     raise ValueError(f"expected a size such as 4096, \"64MiB\" or \"16 pages\", got {v!r}")
 
 
-Size = Annotated[int, BeforeValidator(_size)]
+_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0},
+                          {"type": "string", "pattern": r"^\s*\d+\s*(" + "|".join(
+                              "".join(f"[{c}{c.upper()}]" for c in u) for u in _UNITS) + r")\s*$"}],
+                "unit": "bytes"}
+Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(_SIZE_SCHEMA)]
+NS = {"unit": "ns"}      # json_schema_extra of a duration: docs and the JSON Schema show the unit
 
 
 class Strict(BaseModel):
@@ -43,11 +49,30 @@ class Strict(BaseModel):
 
 
 class Machine(Strict):
-    cpus: int = Field(4, ge=1, le=MAX_CPUS)
-    preempt: Literal["none", "voluntary", "full"] = "voluntary"
-    policy: str = "3.0"
-    fail_nowait: float = Field(0.0, ge=0.0, le=1.0)
-    latency_task: bool = True
+    """The simulated machine (`[machine]`)."""
+    cpus: int = Field(4, ge=1, le=MAX_CPUS, description=(
+        "simulated CPUs (`compare --cpus N` and a sweep's `cpus` override it: a thread or fork pinned to CPU c "
+        "then runs on CPU c mod N, time-shared by the simulated scheduler)"))
+    preempt: Literal["none", "voluntary", "full"] = Field(
+        "voluntary", description="preemption model: CONFIG_PREEMPT_NONE / _VOLUNTARY / CONFIG_PREEMPT")
+    policy: str = Field("3.0", description="built-in policy `run` and `explore` use when no `--policy` is given")
+    fail_nowait: float = Field(0.0, ge=0.0, le=1.0,
+                               description="probability that a GFP_NOWAIT (gather batch) allocation fails")
+    latency_task: bool = Field(True, description="a latency-sensitive kernel thread woken periodically on every CPU")
+    kvm_preempted: list[int] = Field(default_factory=list, description=(
+        "arch x86-kvm only: the vCPUs the host keeps descheduled while runnable (kvm_sched_out() marks them "
+        "preempted); kvm_flush_tlb_multi() defers their flush to the host instead of sending an IPI. A halted "
+        "idle vCPU is not preempted. `--cpus N` folds them modulo N"))
+
+    @model_validator(mode="after")
+    def _preempted_cpus(self):
+        """kvm_preempted: the vCPUs the host keeps descheduled while runnable (arch x86-kvm reads it)."""
+        bad = [c for c in self.kvm_preempted if not 0 <= c < self.cpus]
+        if bad:
+            raise ValueError(f"kvm_preempted: CPU {bad[0]} but the machine has {self.cpus} CPUs")
+        if len(set(self.kvm_preempted)) != len(self.kvm_preempted):
+            raise ValueError("kvm_preempted: a CPU is listed twice")
+        return self
 
     @field_validator("policy")
     @classmethod
@@ -59,19 +84,23 @@ class Machine(Strict):
 
 
 class FileSpec(Strict):
-    name: str = Field(min_length=1)
+    """A file VMAs can map (`[[files]]`)."""
+    name: str = Field(min_length=1, description="how VMAs and `truncate` refer to it")
 
 
 class VmaSpec(Strict):
-    name: str = Field(min_length=1)
-    size: Size = Field(gt=0)
-    start: int | None = None
-    kind: Literal["anon", "file"] = "anon"
-    file: str | None = None
-    offset: Size = 0
-    shared: bool = False
-    writable: bool = True
-    populate: Union[bool, list[tuple[Size, Size]]] = False
+    """A VMA (`[[process.vma]]`, or the `vma` table of an `mmap` op)."""
+    name: str = Field(min_length=1, description="how operations refer to it (unique per process)")
+    size: Size = Field(gt=0, description="page-aligned: `4096`, `\"64MiB\"`, `\"2 GiB\"`, `\"16 pages\"`")
+    start: int | None = Field(None, description="page-aligned address (default: placed top-down below "
+                                                     "0x7f0000000000)", json_schema_extra={"unit": "bytes"})
+    kind: Literal["anon", "file"] = Field("anon", description="anonymous memory or a file mapping")
+    file: str | None = Field(None, description="for `kind = \"file\"`: a `[[files]]` name")
+    offset: Size = Field(0, description="file offset, page-aligned")
+    shared: bool = Field(False, description="MAP_SHARED")
+    writable: bool = Field(True, description="PROT_WRITE")
+    populate: bool | list[tuple[Size, Size]] = Field(
+        False, description="pages resident before the run starts: all (true) or a list of [offset, length]")
 
     @model_validator(mode="after")
     def _check(self):
@@ -94,9 +123,10 @@ class VmaSpec(Strict):
 
 
 class _Range(Strict):
-    vma: str
-    offset: Size = 0
-    size: Size | None = None
+    vma: str = Field(description="the VMA, by name")
+    offset: Size = Field(0, description="start of the range in the VMA, page-aligned")
+    size: Size | None = Field(None, description="length of the range, page-aligned and positive (default: to "
+                                                "the end of the VMA as first mapped)")
 
     @model_validator(mode="after")
     def _aligned(self):
@@ -106,43 +136,52 @@ class _Range(Strict):
 
 
 class TouchOp(_Range):
+    """Load or store every page of the range in order, `gap_ns` of user work between touches. A touch of
+    an address with no VMA (or a write to a read-only one) is counted in `segv` and skipped."""
     op: Literal["touch"]
-    write: bool = True
-    gap_ns: int = Field(0, ge=0)
+    write: bool = Field(True, description="store (true) or load")
+    gap_ns: int = Field(0, ge=0, description="user work between touches", json_schema_extra=NS)
 
 
 class ChurnOp(_Range):
-    """Touch random pages of a range, gap_ns of user work between touches, until the process exits."""
+    """Touch random pages of a range, gap_ns of user work between touches, until the process exits or no
+    other thread has work left."""
     op: Literal["churn"]
-    write: bool = False
-    gap_ns: int = Field(2000, ge=1)
+    write: bool = Field(False, description="store (true) or load")
+    gap_ns: int = Field(2000, ge=1, description="user work between touches", json_schema_extra=NS)
 
 
 class MunmapOp(_Range):
+    """munmap(2) of the range."""
     op: Literal["munmap"]
 
 
 class MadviseOp(_Range):
+    """madvise(2) of the range."""
     op: Literal["madvise"]
-    advice: Literal["dontneed"] = "dontneed"
+    advice: Literal["dontneed"] = Field("dontneed", description="MADV_DONTNEED")
 
 
 class MmapOp(Strict):
+    """mmap(2) of a new VMA; later operations can refer to it by name."""
     op: Literal["mmap"]
-    vma: VmaSpec
+    vma: VmaSpec = Field(description="the VMA (a table with the keys of `[[process.vma]]`)")
 
 
 class SleepOp(Strict):
+    """nanosleep(2): the thread sleeps, its CPU runs other tasks."""
     op: Literal["sleep"]
-    ns: int = Field(gt=0)
+    ns: int = Field(gt=0, description="how long", json_schema_extra=NS)
 
 
 class ComputeOp(Strict):
+    """User-mode work."""
     op: Literal["compute"]
-    ns: int = Field(gt=0)
+    ns: int = Field(gt=0, description="how long", json_schema_extra=NS)
 
 
 class ExitOp(Strict):
+    """exit_group(2): the other threads leave at their next operation, the last one runs exit_mmap."""
     op: Literal["exit"]
 
 
@@ -150,36 +189,36 @@ class ExecOp(Strict):
     """execve(): the process gets a new mm (the old one is torn down by its last user) and the new
     stack of `stack_pages` argument pages is moved down by `shift` (shift_arg_pages)."""
     op: Literal["exec"]
-    stack_pages: int = Field(8, ge=1, le=4096)
-    shift: Size = Field(1 << 20, gt=0)
+    stack_pages: int = Field(8, ge=1, le=4096, description="argument pages of the new stack")
+    shift: Size = Field(1 << 20, gt=0, description="how far shift_arg_pages() moves the stack down")
 
 
 class MprotectOp(_Range):
     """mprotect() of the range to `prot` ("r": read-only, "none"), or back to read-write ("rw")."""
     op: Literal["mprotect"]
-    prot: Literal["r", "rw", "none"] = "r"
+    prot: Literal["r", "rw", "none"] = Field("r", description="PROT_READ, PROT_READ|PROT_WRITE or PROT_NONE")
 
 
 class MremapOp(_Range):
     """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) of the range onto the start of VMA `to` (same size)."""
     op: Literal["mremap"]
-    to: str
+    to: str = Field(description="the destination VMA, by name")
 
 
 class GupFastOp(_Range):
     """get_user_pages_fast() of the range (as O_DIRECT or a driver pinning a buffer): a lockless walk with
     IRQs off lasting at least `hold_ns` per PTE table; the pages are unpinned after `keep_ns`."""
     op: Literal["gup_fast"]
-    write: bool = False
-    hold_ns: int = Field(0, ge=0)
-    keep_ns: int = Field(0, ge=0)
+    write: bool = Field(False, description="FOLL_WRITE")
+    hold_ns: int = Field(0, ge=0, description="least time IRQs stay off per PTE table walked", json_schema_extra=NS)
+    keep_ns: int = Field(0, ge=0, description="how long the pages stay pinned", json_schema_extra=NS)
 
 
 class TruncateOp(Strict):
     """truncate() of file `file` to `size` bytes: every process's mappings of the pages beyond go."""
     op: Literal["truncate"]
-    file: str
-    size: Size = 0
+    file: str = Field(description="a `[[files]]` name")
+    size: Size = Field(0, description="the new file size")
 
 
 class HaltOp(Strict):
@@ -192,8 +231,8 @@ class ForkOp(Strict):
     """fork(): a child process with a copy-on-write copy of the address space, its one thread on `cpu`
     running `program` (ranges name the parent's VMAs, inherited), then exiting."""
     op: Literal["fork"]
-    cpu: int = Field(ge=0, le=MAX_CPUS - 1)
-    program: list["Op"] = Field(default_factory=list)
+    cpu: int = Field(ge=0, le=MAX_CPUS - 1, description="the CPU the child's thread is pinned to")
+    program: list["Op"] = Field(default_factory=list, description="the child's operations")
 
 
 class LoopOp(Strict):
@@ -202,11 +241,12 @@ class LoopOp(Strict):
     comes first. Iteration i shifts every range of the body by i * `stride` bytes. With `count`, each
     iteration completed by the deadline adds one to metrics.loop_iterations (all threads together)."""
     op: Literal["loop"]
-    body: list["Op"] = Field(min_length=1)
-    times: int | None = Field(None, ge=1)
-    duration_ns: int | None = Field(None, gt=0)
-    stride: Size = Field(0, ge=0)
-    count: bool = False
+    body: list["Op"] = Field(min_length=1, description="the operations repeated")
+    times: int | None = Field(None, ge=1, description="iterations at most (give times, duration_ns or both)")
+    duration_ns: int | None = Field(None, gt=0, description="thread CPU time the loop runs at most",
+                                    json_schema_extra=NS)
+    stride: Size = Field(0, ge=0, description="shift of every range of the body per iteration, page-aligned")
+    count: bool = Field(False, description="count iterations in metrics.loop_iterations (and `ops_per_s`)")
 
     @model_validator(mode="after")
     def _bounded(self):
@@ -217,8 +257,7 @@ class LoopOp(Strict):
         return self
 
 
-Op = Annotated[Union[TouchOp, ChurnOp, MunmapOp, MadviseOp, MmapOp, SleepOp, ComputeOp, ExitOp, ExecOp,
-                     MprotectOp, MremapOp, GupFastOp, TruncateOp, HaltOp, LoopOp, ForkOp],
+Op = Annotated[TouchOp | ChurnOp | MunmapOp | MadviseOp | MmapOp | SleepOp | ComputeOp | ExitOp | ExecOp | MprotectOp | MremapOp | GupFastOp | TruncateOp | HaltOp | LoopOp | ForkOp,
                Field(discriminator="op")]
 LoopOp.model_rebuild()
 ForkOp.model_rebuild()
@@ -241,16 +280,18 @@ def walk_ops(ops: list, shift: int = 0):
 
 
 class ThreadSpec(Strict):
-    cpu: int = Field(ge=0, le=MAX_CPUS - 1)
-    program: list[Op] = Field(default_factory=list)
+    """A thread (`[[process.thread]]`). When its program ends or it runs `exit`, the whole process exits."""
+    cpu: int = Field(ge=0, le=MAX_CPUS - 1, description="the CPU it is pinned to")
+    program: list[Op] = Field(default_factory=list, description="operations run in order (the ops below)")
 
 
 class ProcessSpec(Strict):
-    name: str = Field(min_length=1)
-    vma: list[VmaSpec] = Field(default_factory=list)
-    thread: list[ThreadSpec] = Field(min_length=1)
-    # a secondary MMU (KVM, XPMEM) registered on the mm whose invalidate_range_start() sleeps this long
-    notifier_sleep_ns: int = Field(0, ge=0)
+    """A process (`[[process]]`): its VMAs and its threads."""
+    name: str = Field(min_length=1, description="shown in stories and traces")
+    vma: list[VmaSpec] = Field(default_factory=list, description="`[[process.vma]]` tables")
+    thread: list[ThreadSpec] = Field(min_length=1, description="`[[process.thread]]` tables")
+    notifier_sleep_ns: int = Field(0, ge=0, json_schema_extra=NS, description=(
+        "a secondary MMU (KVM, XPMEM) registered on the mm whose invalidate_range_start() sleeps this long"))
 
     @model_validator(mode="after")
     def _names(self):
@@ -258,16 +299,21 @@ class ProcessSpec(Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"VMA names must be unique, repeated: {', '.join(sorted(dup))}")
+        placed = sorted((v.start, v.start + v.size, v.name) for v in self.vma if v.start is not None)
+        for (_, end, a), (start, _, b) in zip(placed, placed[1:]):
+            if start < end:
+                raise ValueError(f"VMA '{b}' at {start:#x} overlaps VMA '{a}' (which ends at {end:#x})")
         return self
 
 
 class Scenario(Strict):
-    name: str = "scenario"
-    description: str = ""
-    seed: int = 0
-    machine: Machine = Machine()
-    files: list[FileSpec] = Field(default_factory=list)
-    process: list[ProcessSpec] = Field(min_length=1)
+    """A scenario file: a machine, files, and processes with VMAs and threads."""
+    name: str = Field("scenario", description="shown in reports")
+    description: str = Field("", description="one line for `mmugather workloads` and reports")
+    seed: int = Field(0, ge=0, description="seeds the run (`--seed` overrides)")
+    machine: Machine = Field(Machine(), description="`[machine]`")
+    files: list[FileSpec] = Field(default_factory=list, description="`[[files]]` tables")
+    process: list[ProcessSpec] = Field(min_length=1, description="`[[process]]` tables")
 
     @model_validator(mode="after")
     def _refs(self):
@@ -341,7 +387,7 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario TOML file."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = read_input(p)
     except OSError as e:
         raise InputError(f"{p}: cannot read scenario: {e.strerror or e}") from None
     except UnicodeDecodeError:
@@ -351,3 +397,92 @@ def load_scenario(path: str | Path) -> Scenario:
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{p}: malformed TOML: {e}") from None
     return parse_scenario(data, str(p))
+
+
+# Host memory a run needs, measured on this model (peak RSS of a run minus RSS before building it, exit of a
+# populated VMA, every policy): 27-31 bytes per resident page of a densely populated VMA (tables included),
+# 5.5 KB per PTE table of a VMA with one page per table. The estimate takes both with a margin.
+PAGE_BYTES = 24
+TABLE_BYTES = 5600
+_TABLE_SPAN = 512 * PAGE
+
+
+def _tables(nbytes: int) -> int:
+    """PTE tables a run of `nbytes` can span (one more for a start inside a table)."""
+    return -(-nbytes // _TABLE_SPAN) + 1
+
+
+def _touched(ops: list, sizes: dict[str, int], out: dict[str, list[int]], mult: int, forks: list[int]) -> None:
+    """Add to out[vma] the bytes each op may make resident, `mult` times (loops with a stride touch new
+    pages each iteration; without one, the same); count forks (times their multiplicity) in forks[0]."""
+    for op in ops:
+        if isinstance(op, LoopOp):
+            times = op.times if op.times is not None else 1 << 40
+            _touched(op.body, sizes, out, mult * times if op.stride else mult, forks)
+        elif isinstance(op, ForkOp):
+            forks[0] += mult
+            _touched(op.program, sizes, out, mult, forks)
+        elif isinstance(op, MmapOp):
+            sizes[op.vma.name] = op.vma.size
+        elif isinstance(op, (TouchOp, ChurnOp, GupFastOp)) and op.vma in sizes:
+            length = op.size if op.size is not None else sizes[op.vma] - op.offset
+            out.setdefault(op.vma, []).append(length * mult)
+
+
+def estimate_memory(scenario: Scenario) -> int:
+    """Bytes of host memory a run of `scenario` may need at its peak, from the model's own costs per
+    resident page and per PTE table: every populated page, every page a program may touch (capped at its
+    VMA's size), and a copy of the tables per fork. Computed from the scenario alone, before building."""
+    total = 0
+    for p in scenario.process:
+        sizes = {v.name: v.size for v in p.vma}
+        resident = {v.name: ([v.size] if v.populate is True else [n for _, n in v.populate] if v.populate else [])
+                    for v in p.vma}
+        forks = [0]
+        for t in p.thread:
+            _touched(t.program, sizes, resident, 1, forks)
+        pages = tables = 0
+        for name, runs in resident.items():
+            nbytes = min(sizes[name], sum(runs))
+            pages += nbytes // PAGE
+            tables += min(_tables(sizes[name]), sum(_tables(n) for n in runs)) if runs else 0
+        total += pages * PAGE_BYTES + tables * TABLE_BYTES * (1 + min(forks[0], 1 << 20))
+    return total
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> "1.5 KiB"; for the messages about memory limits."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+
+
+def _fold_ops(ops: list, cpus: int) -> list:
+    """`ops` with every fork's CPU taken modulo `cpus` (inside loops and forked programs too)."""
+    out = []
+    for op in ops:
+        if isinstance(op, ForkOp):
+            op = op.model_copy(update={"cpu": op.cpu % cpus, "program": _fold_ops(op.program, cpus)})
+        elif isinstance(op, LoopOp):
+            op = op.model_copy(update={"body": _fold_ops(op.body, cpus)})
+        out.append(op)
+    return out
+
+
+def with_cpus(scenario: Scenario, cpus: int) -> Scenario:
+    """`scenario` on a machine of `cpus` CPUs (the `--cpus N` override). A thread or fork pinned to CPU c
+    runs on CPU c mod N, so a scenario written for more CPUs folds onto fewer: the threads that share a CPU
+    are time-shared by the simulated scheduler (round robin on the time slice), as a kernel would run more
+    runnable tasks than CPUs. A larger N leaves the pinning as it is and adds idle CPUs. The vCPUs of
+    `kvm_preempted` fold the same way."""
+    if not 1 <= cpus <= MAX_CPUS:
+        raise InputError(f"--cpus: expected 1..{MAX_CPUS}, got {cpus}")
+    procs = [p.model_copy(update={"thread": [t.model_copy(update={"cpu": t.cpu % cpus,
+                                                                  "program": _fold_ops(t.program, cpus)})
+                                             for t in p.thread]})
+             for p in scenario.process]
+    preempted = sorted({c % cpus for c in scenario.machine.kvm_preempted})
+    machine = scenario.machine.model_copy(update={"cpus": cpus, "kvm_preempted": preempted})
+    return scenario.model_copy(update={"machine": machine,
+                                       "process": procs})

@@ -20,10 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mmugather.errors import InputError
+from mmugather.errors import InputError, read_input
 from mmugather.workloads.scenario import MAX_CPUS, PAGE
 
-SPECIAL = frozenset({"[vsyscall]", "[vvar]", "[vvar_vclock]", "[vdso]", "[uprobes]"})
+# Mappings without struct pages: the x86 vvar pages are PFN maps (vmf_insert_pfn(), VmFlags "pf"),
+# [vsyscall] lies outside the mm (gate area); exit_mmap frees nothing of theirs.
+NO_STRUCT_PAGE = frozenset({"[vsyscall]", "[vvar]", "[vvar_vclock]"})
+# Special mappings of normal pages the kernel keeps a reference to: vdso_fault() (arch/x86/entry/vdso/vma.c)
+# and xol_fault() (kernel/events/uprobes.c) map them with get_page(); exit_mmap unmaps them and its put_page
+# leaves them allocated (the vdso image's own pages; the xol page until uprobe_clear_state()).
+KERNEL_HELD = frozenset({"[vdso]", "[uprobes]"})
 VARIANTS = ("exit", "munmap-largest")
 DATA = Path(__file__).resolve().parent.parent / "data" / "snapshots"
 _HEADER = re.compile(r"^([0-9a-f]{1,16})-([0-9a-f]{1,16}) ([r-][w-][x-][ps]) ([0-9a-f]{1,16}) "
@@ -66,8 +72,14 @@ class Vma:
 
     @property
     def special(self) -> bool:
-        """[vsyscall], [vvar], [vdso]...: kernel-installed mappings not torn down as normal pages."""
-        return self.path in SPECIAL
+        """A mapping without struct pages ([vsyscall], [vvar], [vvar_vclock], any PFN map): nothing of it
+        goes through the gather as a page."""
+        return self.path in NO_STRUCT_PAGE or "pf" in self.flags
+
+    @property
+    def kernel_held(self) -> bool:
+        """[vdso], [uprobes]: normal pages, mapped with an extra reference the kernel keeps."""
+        return self.path in KERNEL_HELD
 
     @property
     def anon(self) -> bool:
@@ -87,7 +99,7 @@ class Snapshot:
 
     @property
     def torn_down(self) -> tuple[Vma, ...]:
-        """The VMAs exit_mmap tears down through the gather (all but the special ones)."""
+        """The VMAs exit_mmap tears down through the gather (all but those without struct pages)."""
         return tuple(v for v in self.vmas if not v.special)
 
     @property
@@ -102,7 +114,7 @@ class Snapshot:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text()
+        return read_input(path)
     except FileNotFoundError:
         raise InputError(f"{path}: missing") from None
     except UnicodeDecodeError:
@@ -381,11 +393,12 @@ def _populate(v: Vma) -> tuple[list[tuple[int, int]], bool]:
 def snapshot_to_scenario(snap: Snapshot, variant: str = "exit", cpus: int | None = None) -> dict:
     """A scenario dict (for parse_scenario) tearing down `snap`'s address space.
 
-    One process whose VMAs are the snapshot's at their real addresses, except [vsyscall], [vvar],
-    [vvar_vclock], [vdso] and [uprobes]: the kernel installs those itself (special mappings, PFN maps or
-    not in the mm at all) and does not free them as normal pages through the gather. Anonymous VMAs
-    (no path or a [bracketed] name) are kind "anon"; the others "file", one [[files]] entry per distinct
-    path, shared when the perms say 's'. `populate` holds exactly the snapshot's Rss, in 4 KiB pages
+    One process whose VMAs are the snapshot's at their real addresses, except those without struct pages
+    ([vsyscall], [vvar], [vvar_vclock], PFN maps: see `Vma.special`). [vdso] and [uprobes] are torn down
+    like any VMA, but their pages carry the kernel's own reference: modelled as a read-only private "file"
+    of that name whose page cache holds it, so exit_mmap unmaps them (pages_unmapped) and its put_page
+    after the flush does not free them. Other anonymous VMAs (no path or a [bracketed] name) are kind
+    "anon"; the others "file", one [[files]] entry per distinct path, shared when the perms say 's'. `populate` holds exactly the snapshot's Rss, in 4 KiB pages
     (see `_populate`); AnonHugePages are populated as 512 ordinary pages each since the model has no
     THP. Threads: min(snap.threads, cpus or snap.threads), thread k on CPU k; thread 0 runs `exit`
     ("exit": exit_mmap of everything) or munmaps the VMA with the most Rss first ("munmap-largest"); the
@@ -402,7 +415,7 @@ def snapshot_to_scenario(snap: Snapshot, variant: str = "exit", cpus: int | None
     for k, v in enumerate(vmas):
         name = f"{k}:{v.path or 'anon'}"
         spec = {"name": name, "size": v.size, "start": v.start, "writable": v.perms[1] == "w"}
-        if not v.anon:
+        if not v.anon or v.kernel_held:
             files.setdefault(v.path, {"name": v.path})
             spec.update(kind="file", file=v.path, offset=v.offset, shared=v.perms[3] == "s")
         ranges, used = _populate(v)

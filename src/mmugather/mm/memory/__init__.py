@@ -6,13 +6,14 @@ zap walk.
 `Memory` holds what Linux 2.6.39 and 3.0 share (the fault path, free_pgtables and its helpers,
 zap_page_range); `Memory2639` and `Memory30` hold the zap walk of each version, which is where the seed
 (d16dfc550f53) and 97a894136f29 changed it. Kernel paths are generators taking the CPU they run on.
+
+No speed-up lives here: the loops ask their backend (mm/protocols.py) for runs of steps to take at once,
+and the backend is chosen when the Simulation is built (src/mmugather/fastpath/ or step by step).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, SpinLock, SpinUnlock, UpRead
-from mmugather.mm.memory.bulk import free_tables_bulk, may_bulk, stock_pte_free_tlb
+from mmugather.mm.protocols import Path
 from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.page_alloc import ANON, FILE, GFP_KERNEL, PGTABLE
 from mmugather.mm.pgtable import (
@@ -58,7 +59,7 @@ class Memory:
             mm.nr_ptes += 1
         return pt
 
-    def pte_alloc(self, c, mm, addr: int):
+    def pte_alloc(self, c, mm, addr: int) -> Path:
         """__pud_alloc/__pmd_alloc/__pte_alloc(): allocate missing levels (GFP_KERNEL, may sleep), hook them
         under mm->page_table_lock. Returns the PTE table."""
         pt = mm.pte_tables.get(addr >> PMD_SHIFT)
@@ -72,7 +73,7 @@ class Memory:
         return pt
 
     # ------------------------------------------------------------ faults
-    def do_page_fault(self, c, task, addr: int, write: bool):
+    def do_page_fault(self, c, task, addr: int, write: bool) -> Path:
         """do_page_fault() (arch/x86/mm/fault.c) -> handle_mm_fault() -> handle_pte_fault() ->
         do_anonymous_page()/__do_fault()/do_wp_page() (mm/memory.c, v2.6.39 and v3.0).
         Returns False for a bad access (SIGSEGV), True once the PTE maps addr."""
@@ -112,7 +113,7 @@ class Memory:
         yield UpRead(mm.mmap_sem)
         return True
 
-    def _fault_page(self, c, vma, addr: int, write: bool):
+    def _fault_page(self, c, vma, addr: int, write: bool) -> Path:
         """The page a not-present fault maps, obtained before the PTE lock is taken: a zeroed anonymous
         page, a page-cache page (with a reference for the mapping), or its private copy on a write fault.
         Returns (pfn, kind, writable)."""
@@ -133,7 +134,7 @@ class Memory:
         self.alloc.refcount[pfn] += 1
         return pfn, FILE, bool(vma.flags & VM_SHARED and vma.flags & VM_WRITE)
 
-    def do_wp_page(self, c, vma, pt, addr: int):
+    def do_wp_page(self, c, vma, pt, addr: int) -> Path:
         """do_wp_page(), mm/memory.c: a write to a write-protected private page. An anonymous page no one
         else maps is reused (made writable: no flush needed to grant more); otherwise copy-on-write: a
         new anonymous copy, ptep_clear_flush() under the PTE lock (a TLB flush, IPIs included), then drop
@@ -182,7 +183,7 @@ class Memory:
         self.metrics.pages_unmapped += anon + file
 
     # ------------------------------------------------------------ freeing page tables
-    def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int):
+    def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int) -> Path:
         """free_pgtables(), mm/memory.c v2.6.39/v3.0: for each run of VMAs no more than a PMD apart, free
         the page tables under [first start, last end) that lie wholly within [floor, ceiling)."""
         i = 0
@@ -198,7 +199,7 @@ class Memory:
             yield self.free_pgd_range(c, tlb, addr, vmas[i].end, floor, nxt)
             i += 1
 
-    def free_pgd_range(self, c, tlb, addr: int, end: int, floor: int, ceiling: int):
+    def free_pgd_range(self, c, tlb, addr: int, end: int, floor: int, ceiling: int) -> Path:
         """free_pgd_range(), mm/memory.c v2.6.39/v3.0 (unsigned arithmetic as in C: ceiling 0 is the top)."""
         addr &= PMD_MASK
         if addr < floor:
@@ -225,7 +226,7 @@ class Memory:
             if addr == end:
                 return
 
-    def free_pud_range(self, c, tlb, pgd, pud, addr: int, end: int, floor: int, ceiling: int):
+    def free_pud_range(self, c, tlb, pgd, pud, addr: int, end: int, floor: int, ceiling: int) -> Path:
         """free_pud_range(), mm/memory.c: free the PMD tables below, then this PUD table if [floor, ceiling)
         covers its whole PGDIR_SIZE span."""
         start = addr
@@ -242,17 +243,18 @@ class Memory:
         del pgd.entries[pgd_index(start)]
         yield self.pud_free_tlb(c, tlb, pud, start)
 
-    def free_pmd_range(self, c, tlb, pud, pmd, addr: int, end: int, floor: int, ceiling: int):
-        """free_pmd_range(), mm/memory.c: free the PTE tables below, then this PMD table if covered."""
+    def free_pmd_range(self, c, tlb, pud, pmd, addr: int, end: int, floor: int, ceiling: int) -> Path:
+        """free_pmd_range(), mm/memory.c: free the PTE tables below, then this PMD table if covered. The
+        table-free backend may take a run of free_pte_range() calls at once (mm/protocols.py)."""
         start = addr
         while True:
             nxt = addr_end(addr, end, PMD_SIZE)
             if pmd_index(addr) in pmd.entries:
-                done = self.fast and may_bulk(self, c) and free_tables_bulk(self, c, tlb, pmd, addr, end)
-                if done:                                    # fast path: a run of free_pte_range() calls
-                    ns, pt, at, addr = done
-                    yield ns
-                    yield self.pte_free_tlb(c, tlb, pt, at)     # the last one's, as its call would go on
+                run = self.table_backend.pte_tables(self, c, tlb, pmd, addr, end)
+                if run is not None:                     # free_pte_range() calls up to the last one's
+                    yield run.ns                        # pte_free_tlb(), which goes on as its call would
+                    yield self.pte_free_tlb(c, tlb, run.last, run.last_addr)
+                    addr = run.addr
                     if addr == end:
                         break
                     continue
@@ -265,7 +267,7 @@ class Memory:
         del pud.entries[pud_index(start)]
         yield self.pmd_free_tlb(c, tlb, pmd, start)
 
-    def free_pte_range(self, c, tlb, pmd, addr: int):
+    def free_pte_range(self, c, tlb, pmd, addr: int) -> Path:
         """free_pte_range(), mm/memory.c: pmd_clear(), then pte_free_tlb() and nr_ptes--."""
         mm = tlb.mm
         pt = pmd.entries.pop(pmd_index(addr))
@@ -274,31 +276,24 @@ class Memory:
         yield self.costs.pgtable_free
         yield self.pte_free_tlb(c, tlb, pt, addr)
 
-    def pte_free_tlb(self, c, tlb, pt, addr: int):
-        """pte_free_tlb(), asm-generic/tlb.h v2.6.39/v3.0: need_flush, then x86 ___pte_free_tlb():
-        tlb_remove_page() of the table page (freed with the pages, after the flush)."""
+    def _free_table_tlb(self, c, tlb, table) -> Path:
+        """What the asm-generic pte_free_tlb(), pmd_free_tlb() and pud_free_tlb() of v2.6.39/v3.0 share on
+        x86: tlb->need_flush = 1, then the arch's ___p?d_free_tlb(): tlb_remove_page() of the table page
+        (freed with the pages, after the flush)."""
         tlb.need_flush = True
-        yield self.tlb_remove_page(c, tlb, pt.pfn)
+        yield self.tlb_remove_page(c, tlb, table.pfn)
 
-    def _pte_free_quiet(self, tlb) -> int:
-        """Fast path (mm/memory/bulk.py free_tables_bulk): how many pte_free_tlb() calls would only batch
-        their table page (0 when pte_free_tlb() is not this one)."""
-        return self._tlb_quiet(tlb) if stock_pte_free_tlb(self) else 0
+    def pte_free_tlb(self, c, tlb, pt, addr: int) -> Path:
+        """pte_free_tlb(), asm-generic/tlb.h v2.6.39/v3.0, x86 ___pte_free_tlb()."""
+        yield self._free_table_tlb(c, tlb, pt)
 
-    def _pte_free_add_quiet(self, tlb, pts: list, addrs: list) -> None:
-        """pte_free_tlb() of each of the tables `pts` (at `addrs`), at most `_pte_free_quiet(tlb)` of them."""
-        tlb.need_flush = True
-        self._tlb_add_quiet(tlb, np.fromiter((t.pfn for t in pts), dtype=np.int64, count=len(pts)))
+    def pmd_free_tlb(self, c, tlb, pmd, addr: int) -> Path:
+        """pmd_free_tlb(), asm-generic/tlb.h v2.6.39/v3.0, x86 ___pmd_free_tlb()."""
+        yield self._free_table_tlb(c, tlb, pmd)
 
-    def pmd_free_tlb(self, c, tlb, pmd, addr: int):
-        """pmd_free_tlb(), v2.6.39/v3.0: need_flush, x86 ___pmd_free_tlb(): tlb_remove_page()."""
-        tlb.need_flush = True
-        yield self.tlb_remove_page(c, tlb, pmd.pfn)
-
-    def pud_free_tlb(self, c, tlb, pud, addr: int):
-        """pud_free_tlb(), v2.6.39/v3.0: need_flush, x86 ___pud_free_tlb(): tlb_remove_page()."""
-        tlb.need_flush = True
-        yield self.tlb_remove_page(c, tlb, pud.pfn)
+    def pud_free_tlb(self, c, tlb, pud, addr: int) -> Path:
+        """pud_free_tlb(), asm-generic/tlb.h v2.6.39/v3.0, x86 ___pud_free_tlb()."""
+        yield self._free_table_tlb(c, tlb, pud)
 
     @staticmethod
     def _covers(start: int, end: int, floor: int, ceiling: int, mask: int) -> bool:
@@ -313,7 +308,7 @@ class Memory:
         return not (end - 1) & ULONG_MASK > (ceiling - 1) & ULONG_MASK
 
     # ------------------------------------------------------------ zap_page_range
-    def zap_page_range(self, c, vma, address: int, size: int, details=None):
+    def zap_page_range(self, c, vma, address: int, size: int, details=None) -> Path:
         """zap_page_range(), mm/memory.c v2.6.39/v3.0: gather, update_hiwater_rss, unmap_vmas, finish
         (2.6.39: only if unmap_vmas left a gather)."""
         mm = vma.mm
@@ -334,3 +329,36 @@ def _vma_range(vma, start_addr: int, end_addr: int):
     if end <= vma.start:
         return None
     return start, end
+
+
+class ZapUpperLevels:
+    """zap_pud_range() and unmap_page_range()'s loop over the PGD, the same code in mm/memory.c v3.0 and
+    v6.18 (p4d folded; 6.18 wraps unmap_page_range() in tlb_start_vma()/tlb_end_vma()). 2.6.39's thread
+    its zap_work budget through (v2_6_39.py)."""
+
+    def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, details) -> Path:
+        """zap_pud_range(), mm/memory.c v3.0/v6.18."""
+        while True:
+            nxt = addr_end(addr, end, PUD_SIZE)
+            pmd = pud.entries.get(pud_index(addr))
+            if pmd is None:
+                yield self.costs.pmd_none
+            else:
+                nxt = yield self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, details)
+            addr = nxt
+            if addr == end:
+                return addr
+
+    def unmap_page_range(self, c, tlb, vma, addr: int, end: int, details) -> Path:
+        """unmap_page_range(), mm/memory.c v3.0 (tlb_start_vma/tlb_end_vma are no-ops on x86)."""
+        pgd = vma.mm.pgd
+        while True:
+            nxt = addr_end(addr, end, PGDIR_SIZE)
+            pud = pgd.entries.get(pgd_index(addr))
+            if pud is None:
+                yield self.costs.pmd_none
+            else:
+                nxt = yield self.zap_pud_range(c, tlb, vma, pud, addr, nxt, details)
+            addr = nxt
+            if addr == end:
+                return addr

@@ -2,17 +2,12 @@
 lock, delayed rmap, PT_RECLAIM of emptied PTE tables)."""
 from __future__ import annotations
 
-import numpy as np
-
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
-from mmugather.mm.memory import Memory
-from mmugather.mm.memory.bulk import may_bulk, zap_steps, zap_tables
-from mmugather.sim.engine import Elapse
+from mmugather.kernel.sched import Elapse
+from mmugather.mm.memory import Memory, ZapUpperLevels
 from mmugather.mm.page_alloc import ANON
-from mmugather.mm.pgtable import (
-    PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SHIFT, PMD_SIZE, PUD_SIZE, _PAGE_DIRTY, addr_end, pgd_index, pmd_index,
-    pte_index, pud_index,
-)
+from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, addr_end, pmd_index, pte_index
+from mmugather.mm.protocols import Path
 
 
 class ZapDetails:
@@ -25,63 +20,102 @@ class ZapDetails:
         self.reclaim_pt = reclaim_pt
 
 
-class Memory618(Memory):
+class Memory618(ZapUpperLevels, Memory):
     """The zap walk of Linux v6.18 (mm/memory.c): PTEs cleared under the PTE lock, each recorded in the
     gather's range (tlb_remove_tlb_entry); a full gather or a dirty shared file page forces a flush of the
-    TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; cond_resched()
-    after every PMD entry."""
+    TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; so does
+    need_resched() (without the flush); zap_pte_range() then retries from there; cond_resched() after every
+    PMD entry."""
 
-    def zap_pte_range(self, c, tlb, vma, pmd, addr: int, end: int, details):
-        """zap_pte_range(), mm/memory.c v6.18 (with zap_present_ptes() for order-0 folios): returns the
-        address it stopped at (< end when a full gather forced a break)."""
-        mm = tlb.mm
-        pt = pmd.entries.get(pmd_index(addr))
-        if pt is None:                                   # pte_offset_map_lock() failed: table reclaimed
-            return addr
-        ptes = pt.ptes
+    def zap_pte_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
+        """zap_pte_range(), mm/memory.c v6.18 (with do_zap_pte_range() and zap_present_ptes() for order-0
+        folios; the 6.14+ form, read in the stored mm/memory.c whose zap_pte_range() has the
+        `if (need_resched()) { direct_reclaim = false; break; }` of 6.14 and the 6.18 lines around it):
+        each pass takes the PTE lock and zaps until the range ends, a full gather forces a break
+        (force_break) or need_resched() asks for the CPU; a broken pass drops the lock (after the forced
+        flush if any), cond_resched() and `goto retry` from where it stopped, keeping `start` and
+        `can_reclaim_pt`. A table emptied whole is then freed (PT_RECLAIM): directly when no pass broke
+        and the PMD lock was free (try_get_and_clear_pmd()), else after rechecking it under both locks
+        (try_to_free_pte()). Returns the address it stopped at (< end only if the table went meanwhile)."""
+        start = addr
+        can_reclaim_pt = self.reclaim_pt_is_enabled(start, end, details)
+        direct_reclaim = True
+        while True:                                              # retry:
+            yield self.tlb_change_page_size(c, tlb, PAGE_SIZE)
+            pt = yield self.pte_offset_map_lock(c, pmd, addr)
+            if pt is None:                                       # no table there any more (reclaimed)
+                return addr
+            addr, force_flush, broke, anon, file = yield self._zap_pte_pass(c, tlb, pt, addr, end)
+            if broke:
+                direct_reclaim = False
+            elif can_reclaim_pt and direct_reclaim:             # addr == end: the fast path of PT_RECLAIM
+                direct_reclaim = yield self.try_get_and_clear_pmd(c, tlb.mm, pmd, start)
+            self._add_mm_rss(tlb.mm, anon, file)
+            if force_flush:                                      # do the actual TLB flush before dropping ptl
+                yield self.tlb_flush_mmu_tlbonly(c, tlb)
+                self.tlb_flush_rmaps(c, tlb, vma)
+            yield SpinUnlock(pt.ptl)
+            if force_flush:
+                yield self.tlb_flush_mmu(c, tlb)
+            if addr == end:
+                break
+            yield COND_RESCHED
+        if can_reclaim_pt:
+            if direct_reclaim:
+                yield self.free_pte(c, tlb, pt, start)
+            else:
+                yield self.try_to_free_pte(c, tlb, pmd, start)
+        return addr
+
+    def pte_offset_map_lock(self, c, pmd, addr: int) -> Path:
+        """pte_offset_map_lock() -> __pte_offset_map_lock(), mm/pgtable-generic.c (6.x): the PTE table the
+        PMD entry points to, locked; after taking its lock, recheck the entry (`pmd_same()`) and start
+        again if the table was unhooked meanwhile (PT_RECLAIM by another thread). None: no table."""
+        while True:
+            pt = pmd.entries.get(pmd_index(addr))
+            if pt is None:
+                return None
+            yield SpinLock(pt.ptl)
+            if pmd.entries.get(pmd_index(addr)) is pt:
+                return pt
+            yield SpinUnlock(pt.ptl)
+
+    def _zap_pte_pass(self, c, tlb, pt, addr: int, end: int) -> Path:
+        """One pass of zap_pte_range()'s loop under the PTE lock (mm/memory.c v6.18): need_resched() is
+        tested before each do_zap_pte_range() (a run of none entries and the present one after it; as
+        need_resched() changes only between steps, testing it before every entry is the same). The zap
+        backend may take the next run of entries at once (mm/protocols.py PteRun; the run records its range
+        in the gather). Returns (addr, force_flush, broke: need_resched() or force_break, anon, file)."""
         costs = self.costs
         c_zap, c_none = costs.pte_zap, costs.pte_none
         kind, mapcount = self.alloc.kind, self.alloc.mapcount
-        force_flush = force_break = False
-        can_reclaim_pt = details is not None and details.reclaim_pt and end - addr >= PMD_SIZE
-        start = addr
-        yield self.tlb_change_page_size(c, tlb, PAGE_SIZE)
-        anon = file = 0
-        yield SpinLock(pt.ptl)
+        ptes = pt.ptes
+        force_flush = broke = False
+        anon = file = none = 0
         i = pte_index(addr)
         iend = i + ((end - addr) >> PAGE_SHIFT)
-        none = 0
-        fast = self.fast
         flush_pte_range, remove = self.tlb_flush_pte_range, self._tlb_remove_folio_pages_size
+        pte_run = self.zap_backend.pte_run
         while True:
-            if fast and may_bulk(self, c):             # fast path: a run of present PTEs in one pass
-                quiet = self._tlb_quiet(tlb)
-                r = zap_steps(self, c, pt, i, iend, none, quiet, stop_dirty_file=True) if quiet else None
-                if r is not None:
-                    n, j, cost, pfns, nanon, _, first = r
-                    if not n:                           # only empty entries left
-                        addr += (j - i) << PAGE_SHIFT
-                        none += cost
-                        break
-                    self.tlb_flush_pte_range(tlb, addr + ((first - i) << PAGE_SHIFT), (j - first + 1) << PAGE_SHIFT)
-                    addr += (j - i) << PAGE_SHIFT
-                    i = j
-                    anon += nanon
-                    file += n - nanon
-                    self._tlb_add_quiet(tlb, pfns[:-1])
-                    yield cost
-                    none = 0
-                    if remove(c, tlb, int(pfns[-1]), 1, False):
-                        force_flush = force_break = True
-                        addr += PAGE_SIZE
-                        break
-                    i += 1
+            if c.need_resched:                                   # direct_reclaim = false; break
+                broke = True
+                break
+            run = pte_run(self, c, tlb, pt, addr, i, iend, none)
+            if run is not None:                          # entries i..run.last at once, but for the last page
+                addr += (run.last - i) << PAGE_SHIFT
+                i = run.last
+                anon += run.anon
+                file += run.file
+                if not run.n:                            # only empty entries left
+                    none += run.ns
+                    break
+                yield run.ns
+                none = 0
+                if remove(c, tlb, run.pfn, 1, False):
+                    force_flush = broke = True           # force_break
                     addr += PAGE_SIZE
-                    if addr == end:
-                        break
-                    continue
-            ptent = ptes[i]
-            if ptent:
+                    break
+            elif ptent := ptes[i]:
                 ptes[i] = 0                                      # ptep_get_and_clear_full()
                 flush_pte_range(tlb, addr, PAGE_SIZE)            # tlb_remove_tlb_entry()
                 pfn = ptent >> PAGE_SHIFT
@@ -99,7 +133,7 @@ class Memory618(Memory):
                 yield c_zap + none
                 none = 0
                 if remove(c, tlb, pfn, 1, delay_rmap):
-                    force_flush = force_break = True
+                    force_flush = broke = True           # force_break
                     addr += PAGE_SIZE
                     break
             else:
@@ -110,49 +144,68 @@ class Memory618(Memory):
                 break
         if none:
             yield none
-        self._add_mm_rss(mm, anon, file)
-        if force_flush:                                   # do the actual TLB flush before dropping ptl
-            yield self.tlb_flush_mmu_tlbonly(c, tlb)
-            self.tlb_flush_rmaps(c, tlb, vma)
-        yield SpinUnlock(pt.ptl)
-        if force_flush:
-            yield self.tlb_flush_mmu(c, tlb)
-        if can_reclaim_pt and not force_break and addr == end:
-            yield self.try_to_free_pte(c, tlb, pmd, pt, start)
-        return addr
+        return addr, force_flush, broke, anon, file
 
-    def try_to_free_pte(self, c, tlb, pmd, pt, addr: int):
-        """try_get_and_clear_pmd() / try_to_free_pte() + free_pte(), mm/pt_reclaim.c v6.18: under the PMD
-        lock, if every PTE is none, clear the PMD entry and pte_free_tlb() the table."""
+    @staticmethod
+    def reclaim_pt_is_enabled(start: int, end: int, details) -> bool:
+        """reclaim_pt_is_enabled(), mm/pt_reclaim.c (6.14+): `details && details->reclaim_pt && (end -
+        start >= PMD_SIZE)`."""
+        return details is not None and details.reclaim_pt and end - start >= PMD_SIZE
+
+    def try_get_and_clear_pmd(self, c, mm, pmd, addr: int) -> Path:
+        """try_get_and_clear_pmd(), mm/pt_reclaim.c (6.14+), called under the PTE lock: spin_trylock() of
+        the PMD lock (the model's pmd_lockptr() is mm->page_table_lock, as in pte_alloc() and mremap; x86-64
+        has split PMD locks), then pmd_clear(). True if it got the lock."""
+        pml = mm.page_table_lock
+        if pml.owner is not None:                             # spin_trylock() failed
+            return False
+        yield SpinLock(pml)                                   # (granted at once: nothing runs in between)
+        del pmd.entries[pmd_index(addr)]                      # pmd_clear()
+        del mm.pte_tables[addr >> PMD_SHIFT]
+        yield SpinUnlock(pml)
+        return True
+
+    def try_to_free_pte(self, c, tlb, pmd, addr: int) -> Path:
+        """try_to_free_pte(), mm/pt_reclaim.c (6.14+): pmd_lock(), pte_offset_map_rw_nolock() (the table
+        may be gone or another one), the PTE lock nested, every one of the PTRS_PER_PTE entries none?
+        then pmd_clear(), unlock both, free_pte()."""
         mm = tlb.mm
-        yield SpinLock(mm.page_table_lock)
-        empty = pmd.entries.get(pmd_index(addr)) is pt and not np.frombuffer(pt.ptes, dtype=np.int64).any()
+        pml = mm.page_table_lock
+        yield SpinLock(pml)
+        pt = pmd.entries.get(pmd_index(addr))
+        empty = False
+        if pt is not None:
+            yield SpinLock(pt.ptl)                            # spin_lock_nested(ptl, SINGLE_DEPTH_NESTING)
+            empty = pt.ptes.count(0) == len(pt.ptes)
+            if empty:
+                del pmd.entries[pmd_index(addr)]              # pmd_clear()
+                del mm.pte_tables[addr >> PMD_SHIFT]
+            yield SpinUnlock(pt.ptl)
+        yield SpinUnlock(pml)
         if empty:
-            del pmd.entries[pmd_index(addr)]                  # pmd_clear()
-            del mm.pte_tables[addr >> PMD_SHIFT]
-        yield SpinUnlock(mm.page_table_lock)
-        if empty:
-            mm.nr_ptes -= 1                                   # mm_dec_nr_ptes()
-            self.metrics.page_tables_reclaimed += 1
-            yield self.pte_free_tlb(c, tlb, pt, addr & ~(PMD_SIZE - 1))
+            yield self.free_pte(c, tlb, pt, addr)
 
-    def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details):
-        """zap_pmd_range(), mm/memory.c v6.18: zap each PTE table, retrying one that stopped early;
-        cond_resched() after every entry (the `continue` for a none PMD reaches it too). On the fast path,
-        runs of whole entries are emulated in one pass (mm/memory/bulk.py zap_tables), the forced flushes
-        of a full gather included when it can say what they do."""
-        bulk = (self.fast and type(self).zap_pte_range is Memory618.zap_pte_range
-                and not self.arch.mmu_gather_page_size and (details is None or not details.reclaim_pt))
+    def free_pte(self, c, tlb, pt, addr: int) -> Path:
+        """free_pte(), mm/pt_reclaim.c (6.14+): pte_free_tlb() of the table at `addr`, mm_dec_nr_ptes()."""
+        yield self.pte_free_tlb(c, tlb, pt, addr)
+        tlb.mm.nr_ptes -= 1
+        self.metrics.page_tables_reclaimed += 1
+
+    def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
+        """zap_pmd_range(), mm/memory.c v6.18: zap each PTE table (`pmd--`: again at an entry whose
+        zap_pte_range() stopped early, which since 6.14 only a table unhooked meanwhile does);
+        cond_resched() after every entry (the `continue` for a none PMD reaches it too). The zap backend
+        may take the next run of whole entries at once, the forced flushes of a full gather included
+        (mm/protocols.py PmdRun)."""
+        pmd_run = self.zap_backend.pmd_run
         while True:
-            if bulk and may_bulk(self, c):
-                done = zap_tables(self, c, tlb, pmd, addr, end, cond_after_none=True, dirty_file_stops=True,
-                                  forced_flush=True)
-                if done is not None:
-                    addr, ns, point = done
-                    yield Elapse(ns, point)
-                    if addr == end:
-                        return addr
-                    continue
+            run = pmd_run(self, c, tlb, pmd, addr, end, details)
+            if run is not None:
+                addr = run.addr
+                yield Elapse(run.ns, run.point)
+                if addr == end:
+                    return addr
+                continue
             nxt = addr_end(addr, end, PMD_SIZE)
             if pmd_index(addr) not in pmd.entries:
                 yield self.costs.pmd_none
@@ -163,36 +216,13 @@ class Memory618(Memory):
             if addr == end:
                 return addr
 
-    def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, details):
-        """zap_pud_range(), mm/memory.c v6.18."""
-        while True:
-            nxt = addr_end(addr, end, PUD_SIZE)
-            pmd = pud.entries.get(pud_index(addr))
-            if pmd is None:
-                yield self.costs.pmd_none
-            else:
-                yield self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, details)
-            addr = nxt
-            if addr == end:
-                return addr
-
-    def unmap_page_range(self, c, tlb, vma, addr: int, end: int, details):
-        """unmap_page_range(), mm/memory.c v6.18: tlb_start_vma(), the walk (p4d folded), tlb_end_vma()."""
+    def unmap_page_range(self, c, tlb, vma, addr: int, end: int, details) -> Path:
+        """unmap_page_range(), mm/memory.c v6.18: tlb_start_vma(), the walk (as v3.0's), tlb_end_vma()."""
         self.tlb_start_vma(c, tlb, vma)
-        pgd = vma.mm.pgd
-        while True:
-            nxt = addr_end(addr, end, PGDIR_SIZE)
-            pud = pgd.entries.get(pgd_index(addr))
-            if pud is None:
-                yield self.costs.pmd_none
-            else:
-                yield self.zap_pud_range(c, tlb, vma, pud, addr, nxt, details)
-            addr = nxt
-            if addr == end:
-                break
+        yield super().unmap_page_range(c, tlb, vma, addr, end, details)
         yield self.tlb_end_vma(c, tlb, vma)
 
-    def unmap_single_vma(self, c, tlb, vma, start_addr: int, end_addr: int, details):
+    def unmap_single_vma(self, c, tlb, vma, start_addr: int, end_addr: int, details) -> Path:
         """unmap_single_vma(), mm/memory.c v6.18: the part of vma inside [start_addr, end_addr)."""
         start = max(vma.start, start_addr)
         if start >= vma.end:
@@ -203,7 +233,7 @@ class Memory618(Memory):
         if start != end:
             yield self.unmap_page_range(c, tlb, vma, start, end, details)
 
-    def unmap_vmas(self, c, tlb, vmas: list, start_addr: int, end_addr: int, details=None):
+    def unmap_vmas(self, c, tlb, vmas: list, start_addr: int, end_addr: int, details=None) -> Path:
         """unmap_vmas(), mm/memory.c v6.18: mmu_notifier_invalidate_range_start(), unmap_single_vma() of
         every VMA, mmu_notifier_invalidate_range_end()."""
         if not vmas:
@@ -214,7 +244,7 @@ class Memory618(Memory):
             yield self.unmap_single_vma(c, tlb, vma, start_addr, end_addr, details)
         yield self.mmu_notifier_invalidate_range_end(c, mm, start_addr, end_addr)
 
-    def zap_page_range_single_batched(self, c, tlb, vma, address: int, size: int, details):
+    def zap_page_range_single_batched(self, c, tlb, vma, address: int, size: int, details) -> Path:
         """zap_page_range_single_batched(), mm/memory.c v6.18: notifiers around unmap_single_vma() of
         [address, address + size) with the caller's gather."""
         end = address + size
@@ -222,17 +252,17 @@ class Memory618(Memory):
         yield self.unmap_single_vma(c, tlb, vma, address, end, details)
         yield self.mmu_notifier_invalidate_range_end(c, vma.mm, address, end)
 
-    def zap_page_range_single(self, c, vma, address: int, size: int, details=None):
+    def zap_page_range_single(self, c, vma, address: int, size: int, details=None) -> Path:
         """zap_page_range_single(), mm/memory.c v6.18: a gather of its own around the batched zap."""
         tlb = yield self.tlb_gather_mmu(c, vma.mm, False)
         yield self.zap_page_range_single_batched(c, tlb, vma, address, size, details)
         yield self.tlb_finish_mmu(c, tlb, address, address + size)
 
-    def zap_page_range(self, c, vma, address: int, size: int, details=None):
+    def zap_page_range(self, c, vma, address: int, size: int, details=None) -> Path:
         """The 6.18 kernel has no zap_page_range(); its callers use zap_page_range_single()."""
         yield self.zap_page_range_single(c, vma, address, size, details)
 
-    def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int):
+    def free_pgtables(self, c, tlb, vmas: list, floor: int, ceiling: int) -> Path:
         """free_pgtables(), mm/memory.c v6.18: tlb_free_vmas(), then as before (runs of VMAs no more than
         a PMD apart go down together, their tables through pte_free_tlb() and friends)."""
         yield self.tlb_free_vmas(c, tlb)

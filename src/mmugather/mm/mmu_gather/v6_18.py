@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from array import array
 
-import numpy as np
-
-from mmugather.arch.x86 import X86, X86Kvm
 from mmugather.kernel.locking import COND_RESCHED
-from mmugather.mm.memory.bulk import first_crossing, may_bulk, release_flat
-from mmugather.sim.engine import P_COND_RESCHED, TLBSTATE_LAZY, TLBSTATE_OK, Elapse
 from mmugather.mm.mmu_gather import PAGE_SIZE
-from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT, FrameSpan
+from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PUD_SHIFT
+from mmugather.mm.protocols import Path
 from mmugather.mm.swap_state import free_pages_and_swap_cache
 
 TASK_SIZE = 0x7FFF_FFFF_F000
@@ -20,7 +16,7 @@ FLUSH_ALL = (1 << 64) - 1                  # ~0UL
 
 
 class Batch618:
-    """struct mmu_gather_batch: next, nr, max, encoded_pages[] (an `array('q')`, read by numpy on the
+    """struct mmu_gather_batch: next, nr, max, encoded_pages[] (an `array('q')`, read as one array by the
     fast path). An entry is a pfn, or for a folio of several pages the pair (pfn, -nr_pages)
     (ENCODED_PAGE_BIT_NR_PAGES_NEXT); `delayed` holds the indices whose rmap removal waits for the flush
     (ENCODED_PAGE_BIT_DELAY_RMAP)."""
@@ -52,7 +48,10 @@ class MmuGather618:
                  "cleared_ptes", "cleared_pmds", "cleared_puds", "cleared_p4ds", "vma_exec", "vma_huge",
                  "vma_pfn", "batch_count", "active", "local", "page_size")
 
-    SIZEOF = 8 + 8 + 8 + 8 + 4 + 4 + 8 + 16 + 8 * 8 + 4   # on the stack of the task tearing down
+    # on the stack of the task tearing down, x86-64: mm, batch (MMU_GATHER_TABLE_FREE), start, end, one
+    # unsigned int of bitfields, batch_count, active, local {next, nr, max}, __pages[8] = 128; `page_size`
+    # exists only under CONFIG_MMU_GATHER_PAGE_SIZE (powerpc), which no 6.18 arch of the model selects
+    SIZEOF = 8 + 8 + 8 + 8 + 4 + 4 + 8 + 16 + 8 * 8
 
     def get_unmap_shift(self) -> int:
         """tlb_get_unmap_shift(): the stride of the lowest level cleared."""
@@ -83,9 +82,10 @@ class Gather618:
     MAX_GATHER_BATCH_COUNT = 10000 // MAX_GATHER_BATCH    # 19
     MAX_TABLE_BATCH = (PAGE_SIZE - 16 - 8) // 8           # 509
     MAX_NR_FOLIOS_PER_FREE = 512
+    PAGEVEC_SIZE = 31                  # include/linux/pagevec.h 6.x: free_pages_and_swap_cache()'s folio_batch
 
     # ------------------------------------------------------------ set-up and range tracking
-    def tlb_gather_mmu(self, c, mm, fullmm: bool):
+    def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
         """tlb_gather_mmu() / tlb_gather_mmu_fullmm() -> __tlb_gather_mmu(), mm/mmu_gather.c v6.18."""
         yield 0
         tlb = MmuGather618()
@@ -146,7 +146,7 @@ class Gather618:
         self._tlb_adjust_range(tlb, address, size)
         tlb.cleared_p4ds = True
 
-    def tlb_change_page_size(self, c, tlb, page_size: int):
+    def tlb_change_page_size(self, c, tlb, page_size: int) -> Path:
         """tlb_change_page_size(): flush before mixing page sizes (CONFIG_MMU_GATHER_PAGE_SIZE arches:
         powerpc; a no-op on x86 and arm64, which do not select it)."""
         if self.arch.mmu_gather_page_size:
@@ -160,14 +160,14 @@ class Gather618:
             return
         tlb.vma_pfn |= vma.pfnmap
 
-    def tlb_end_vma(self, c, tlb, vma):
+    def tlb_end_vma(self, c, tlb, vma) -> Path:
         """tlb_end_vma(): flush and reset the range at VMA boundaries, unless fullmm or the arch selects
         CONFIG_MMU_GATHER_MERGE_VMAS (x86 does; arm64 does not)."""
         if tlb.fullmm or self.arch.mmu_gather_merge_vmas:
             return
         yield self.tlb_flush_mmu_tlbonly(c, tlb)
 
-    def tlb_free_vmas(self, c, tlb):
+    def tlb_free_vmas(self, c, tlb) -> Path:
         """tlb_free_vmas(): flush now if a VM_PFNMAP/VM_MIXEDMAP VMA is about to be unlinked (vma_pfn)."""
         if tlb.fullmm:
             return
@@ -175,7 +175,7 @@ class Gather618:
             yield self.tlb_flush_mmu_tlbonly(c, tlb)
 
     # ------------------------------------------------------------ flushing
-    def tlb_flush_mmu_tlbonly(self, c, tlb):
+    def tlb_flush_mmu_tlbonly(self, c, tlb) -> Path:
         """tlb_flush_mmu_tlbonly(), asm-generic/tlb.h v6.18: flush the TLBs for the gathered range if
         anything was cleared or freed, then reset the range."""
         if not (tlb.freed_tables or tlb.cleared_ptes or tlb.cleared_pmds or tlb.cleared_puds or tlb.cleared_p4ds):
@@ -183,14 +183,14 @@ class Gather618:
         yield self.tlb_flush(c, tlb)
         self._tlb_reset_range(tlb)
 
-    def tlb_flush_mmu(self, c, tlb):
+    def tlb_flush_mmu(self, c, tlb) -> Path:
         """tlb_flush_mmu(), mm/mmu_gather.c v6.18: tlb_flush_mmu_tlbonly(), then tlb_flush_mmu_free():
         tlb_table_flush() and tlb_batch_pages_flush()."""
         yield self.tlb_flush_mmu_tlbonly(c, tlb)
         yield self.tlb_table_flush(c, tlb)
         yield self.tlb_batch_pages_flush(c, tlb)
 
-    def tlb_finish_mmu(self, c, tlb, start: int, end: int):
+    def tlb_finish_mmu(self, c, tlb, start: int, end: int) -> Path:
         """tlb_finish_mmu(), mm/mmu_gather.c v6.18: when another gather on this mm is in flight
         (mm_tlb_flush_nested()), force a flush of everything including page-table caches; flush; free
         the batch pages; dec_tlb_flush_pending()."""
@@ -252,180 +252,11 @@ class Gather618:
                 return True
         return False
 
-    def _tlb_quiet(self, tlb) -> int:
-        """Fast path (mm/memory/bulk.py): how many pages __tlb_remove_folio_pages_size() would batch with
-        no other effect (before the one that leaves no room for two more entries); 0 when a subclass
-        changed the batching or the range tracking."""
-        cls = type(self)
-        if (cls._tlb_remove_folio_pages_size is not Gather618._tlb_remove_folio_pages_size
-                or cls.tlb_flush_pte_range is not Gather618.tlb_flush_pte_range):
-            return 0
-        batch = tlb.active
-        return max(0, batch.max - 2 - len(batch.pages))
-
-    def _tlb_add_quiet(self, tlb, pfns) -> None:
-        """__tlb_remove_folio_pages_size() of each of pfns (single pages, no delayed rmap; a numpy array
-        of at most `_tlb_quiet(tlb)` of them)."""
-        tlb.active.pages.frombytes(pfns.tobytes())
-
-    def _tlb_bulk_fills(self, tlb, npages: int):
-        """Fast path (mm/memory/bulk.py zap_tables): where __tlb_remove_folio_pages_size() of the next
-        `npages` single pages leaves no room for two more entries, so that tlb_next_batch() runs. Returns
-        (at, ns, limit) as numpy arrays of page ordinals and the cost there (a GFP_NOWAIT allocation, or 0
-        to reuse a batch kept from an earlier flush), and the ordinal of the first page whose removal
-        cannot be told (MAX_GATHER_BATCH_COUNT reached, an allocation that may fail); None when this gather
-        cannot say (delayed rmaps pending, methods overridden)."""
-        cls = type(self)
-        if (tlb.delayed_rmap or self._tlb_quiet(tlb) < 0 or cls.tlb_next_batch is not Gather618.tlb_next_batch
-                or cls._tlb_remove_folio_pages_size is not Gather618._tlb_remove_folio_pages_size
-                or cls.tlb_flush_pte_range is not Gather618.tlb_flush_pte_range):
-            return None
-        b = tlb.active
-        room = b.max - 1 - len(b.pages)
-        if room <= 0:
-            return None
-        at, ns = [], []
-        pos = room - 1
-        count = tlb.batch_count
-        new = False                                      # past the last existing batch
-        while pos < npages:
-            if not new and b.next is not None:
-                b = b.next
-                room = b.max - 1 - len(b.pages)
-                if room <= 0:
-                    break
-                cost = 0
-            else:
-                if count == self.MAX_GATHER_BATCH_COUNT or self.alloc.fail_nowait:
-                    break
-                count += 1
-                new = True
-                room = self.MAX_GATHER_BATCH - 1
-                cost = self.costs.page_alloc
-            at.append(pos)
-            ns.append(cost)
-            pos += room
-        return np.array(at, dtype=np.int64), np.array(ns, dtype=np.int64), min(pos, npages)
-
-    def _tlb_bulk_add(self, c, tlb, pfns: np.ndarray, increasing: bool) -> None:
-        """Fast path: __tlb_remove_folio_pages_size() of each of `pfns` (int64, `increasing` when sorted),
-        in order, as `_tlb_bulk_fills` planned them (their cost is the caller's to spend)."""
-        a, b = 0, len(pfns)
-        while a < b:
-            batch = tlb.active
-            take = min(batch.max - 1 - len(batch.pages), b - a)
-            batch.pages.frombytes(pfns[a:a + take].tobytes())
-            a += take
-            if len(batch.pages) < batch.max - 1:
-                break
-            if batch.next is not None:
-                tlb.active = batch.next
-                continue
-            pfn = self.alloc.alloc_many(BATCH, 1, GFP_NOWAIT)[0]
-            tlb.batch_count += 1
-            self.metrics.gather_memory(PAGE_SIZE)
-            new = Batch618(pfn, self.MAX_GATHER_BATCH)
-            batch.next = new
-            tlb.active = new
-
-    def _tlb_bulk_cycle(self, c, tlb, limit: int):
-        """Fast path (mm/memory/bulk.py zap_tables, forced_flush): zap_pte_range()'s forced-flush cycle as
-        an emulator may run it, when page `limit` of a run (the `_tlb_bulk_fills` limit) finds the gather
-        full (tlb_next_batch() at MAX_GATHER_BATCH_COUNT): under the PTE lock tlb_flush_mmu_tlbonly() (a
-        flush_tlb_mm_range() of the whole mm on this CPU alone, no IPI), after the unlock tlb_flush_mmu()
-        freeing every batch (one free_pages_and_swap_cache() and one cond_resched() each), the batches
-        kept, so the next flush comes `period` pages later. Returns (period, ns of the first flush step, ns
-        of the later ones (a lazy CPU leaves the mm at the first), ns of the frees), or None when only the
-        step path can tell: anything but the stock code on x86 (native or KVM), another CPU in mm_cpumask,
-        anything cached or reached that a flush or free would touch, a TLB generation ahead of the mm's, a
-        table batch or delayed rmaps pending, GFP_NOWAIT failing, a gather not filled page by page, a first
-        flush that could be a ranged one."""
-        cls, arch, mm, inv = type(self), self.arch, tlb.mm, self.invariants
-        if (type(arch) not in (X86, X86Kvm) or cls.tlb_flush.__qualname__ != "Kernel.tlb_flush"
-                or any(getattr(cls, f) is not getattr(Gather618, f) for f in (
-                    "tlb_flush_mmu", "tlb_flush_mmu_tlbonly", "tlb_table_flush", "tlb_batch_pages_flush",
-                    "tlb_flush_rmaps", "_tlb_reset_range"))
-                or tlb.batch is not None or tlb.delayed_rmap or self.alloc.fail_nowait or not mm.cpumask <= {c.id}
-                or c.tlb or c.pwc or c.dangling or inv.tlb_refs or inv.pwc_refs or inv.walking
-                or (c.loaded_mm is mm and c.per_cpu.get("tlb_gen", 0) > mm.tlb_gen)
-                or not (tlb.fullmm or tlb.need_flush_all or limit >= arch.tlb_single_page_flush_ceiling)):
-            return None
-        per = self.MAX_GATHER_BATCH - 1
-        period = self._tlb_bulk_period()
-        if period <= 512 or per > self.MAX_NR_FOLIOS_PER_FREE:
-            return None                                  # (a flush per table at most; a batch, one free)
-        chain, room = [], 0
-        b, seen = tlb.local, False
-        while b is not None:
-            if b.delayed:
-                return None
-            chain.append(b.pages)
-            seen = seen or b is tlb.active
-            if seen:
-                room += b.max - 1 - len(b.pages)
-            b = b.next
-        room += (self.MAX_GATHER_BATCH_COUNT - tlb.batch_count) * per
-        held = np.frombuffer(b"".join(chain), dtype=np.int64)
-        if limit != room - 1 or len(held) + room != period or (len(held) and held.min() < 0):
-            return None                                  # (pairs: a folio of several pages)
-        costs = self.costs
-        first = costs.flush_call + (costs.flush_full if c.loaded_mm is mm else 0)    # flush_tlb_func() here
-        later = costs.flush_call if c.loaded_mm is mm and c.tlbstate == TLBSTATE_LAZY else first
-        return (period, first, later,
-                costs.page_free * period + costs.cond_resched * (1 + self.MAX_GATHER_BATCH_COUNT))
-
-    def _tlb_bulk_period(self) -> int:
-        """The pages a gather of kept batches takes between two forced flushes: the local bundle and
-        MAX_GATHER_BATCH_COUNT page batches, each used to max-1 entries."""
-        return self.MMU_GATHER_BUNDLE - 1 + self.MAX_GATHER_BATCH_COUNT * (self.MAX_GATHER_BATCH - 1)
-
-    def _tlb_bulk_flushes(self, c, tlb, pfns: np.ndarray, fs: FrameSpan | None, limit: int, nflush: int) -> None:
-        """Fast path: `pfns` (int64, their rmaps already removed; `fs` their FrameSpan if known) batched in
-        order through `nflush` cycles `_tlb_bulk_cycle` planned, the first forced by pfns[limit]: the batch
-        pages the first cycle allocates, each flush as flush_tlb_mm_range() runs it on this CPU alone
-        (tlb_gen, the local flush; a lazy CPU switches to init_mm at the first), the pages freed in order
-        (those batched before, then pfns up to the last flush's), the range reset, the pages after the
-        last flush batched."""
-        period = self._tlb_bulk_period()
-        chain = []
-        b = tlb.local
-        while b is not None:
-            chain.append(b)
-            b = b.next
-        held = np.frombuffer(b"".join([x.pages for x in chain]), dtype=np.int64)
-        self._tlb_bulk_add(c, tlb, pfns[:limit], False)          # (the batch pages it allocates)
-        b = tlb.local
-        while b is not None:
-            b.pages = array("q")
-            b = b.next
-        tlb.active = tlb.local
-        last = limit + (nflush - 1) * period + 1
-        m, mm = self.metrics, tlb.mm
-        m.tlb_flushes += nflush
-        m.flushes_under_pte_lock += nflush
-        mm.tlb_gen += nflush
-        if c.loaded_mm is mm and c.tlbstate == TLBSTATE_LAZY:
-            self.arch.load_cr3(c, None)                      # switch_mm_irqs_off(NULL, &init_mm)
-            c.tlbstate = TLBSTATE_OK
-        elif c.loaded_mm is mm:
-            self.arch.tlb.flush_all(c)
-            c.per_cpu["tlb_gen"] = mm.tlb_gen
-        self.alloc.release_array(c, held)
-        self.alloc.release_array(c, pfns[:last], fs=fs.prefix(pfns, last) if fs is not None else None)
-        m.pages_per_flush.frombytes(np.full(nflush, period, dtype=np.int64).tobytes())
-        self._tlb_reset_range(tlb)
-        self._tlb_bulk_add(c, tlb, pfns[last:], False)
-
-    def _tlb_bulk_range(self, tlb, start: int, end: int) -> None:
-        """Fast path: tlb_flush_pte_range() of every PTE cleared in [start, end), at once."""
-        self._tlb_adjust_range(tlb, start, end - start)
-        tlb.cleared_ptes = True
-
     def _tlb_remove_page(self, c, tlb, pfn: int) -> bool:
         """__tlb_remove_page() -> __tlb_remove_page_size(tlb, page, PAGE_SIZE): True = must flush."""
         return self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, False)
 
-    def tlb_remove_page(self, c, tlb, pfn: int):
+    def tlb_remove_page(self, c, tlb, pfn: int) -> Path:
         """tlb_remove_page(): batch the page, tlb_flush_mmu() if the gather is full."""
         if self._tlb_remove_page(c, tlb, pfn):
             yield self.tlb_flush_mmu(c, tlb)
@@ -450,20 +281,21 @@ class Gather618:
             batch.delayed = []
         tlb.delayed_rmap = False
 
-    def tlb_batch_pages_flush(self, c, tlb):
+    def tlb_batch_pages_flush(self, c, tlb) -> Path:
         """tlb_batch_pages_flush() -> __tlb_batch_free_encoded_pages(), mm/mmu_gather.c v6.18: free every
         batch's pages, at most MAX_NR_FOLIOS_PER_FREE entries (plus a trailing nr_pages entry) between
         cond_resched() calls; rewind to the local batch (the batch pages are kept)."""
         batch = tlb.local
         freed = 0
+        batches_run = self.release_backend.batches_run
         while batch is not None and batch.pages:
-            if self.fast and not c.preempt_count and not c.irqs_off and may_bulk(self, c):
-                n, k, nxt = self._batch_pages_flush_bulk(c, batch)
-                if k:
-                    freed += n
-                    yield Elapse(self.costs.page_free * n + self.costs.cond_resched * k, P_COND_RESCHED)
-                    batch = nxt
-                    continue
+            run = batches_run(self, c, batch)              # the next batches at once, or None
+            if run is not None:
+                freed += run.pages
+                if run.step is not None:
+                    yield run.step
+                batch = run.next
+                continue
             pages = batch.pages
             while pages:
                 nr = min(self.MAX_NR_FOLIOS_PER_FREE, len(pages))
@@ -480,32 +312,6 @@ class Gather618:
             self.metrics.pages_per_flush.append(freed)
         tlb.active = tlb.local
 
-    def _batch_pages_flush_bulk(self, c, batch):
-        """Fast path of tlb_batch_pages_flush()'s loop from `batch` on (mm/memory/bulk.py): a batch holds
-        fewer than MAX_NR_FOLIOS_PER_FREE entries, so each is one free_pages_and_swap_cache() and one
-        cond_resched(); the batches whose steps all start before the horizon go in one pass, up to the
-        first one holding a frame something still reaches. Returns (pages, batches done, next batch)."""
-        chain = []
-        b = batch
-        while b is not None and b.pages:
-            chain.append(b)
-            b = b.next
-        lens = np.array([len(x.pages) for x in chain], dtype=np.int64)
-        if lens.max() > self.MAX_NR_FOLIOS_PER_FREE:
-            return 0, 0, batch
-        pfns = np.frombuffer(b"".join([x.pages for x in chain]), dtype=np.int64)
-        pages = pfns >= 0
-        if not pages.all():                               # (pfn, -nr_pages) pairs: the pfns only
-            lens = np.add.reduceat(pages, np.cumsum(lens) - lens, dtype=np.int64)
-            pfns = pfns[pages]
-        cost, cond = self.costs.page_free, self.costs.cond_resched
-        k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens + cond), np.full(len(chain), cond), c.horizon)
-        if k:
-            k = release_flat(self, c, pfns, lens[:k])
-        for x in chain[:k]:
-            x.pages = array("q")
-        return int(lens[:k].sum()), k, chain[k] if k < len(chain) else b
-
     def tlb_batch_list_free(self, c, tlb) -> None:
         """tlb_batch_list_free(): give back the batch pages."""
         batch = tlb.local.next
@@ -516,7 +322,7 @@ class Gather618:
         tlb.local.next = None
 
     # ------------------------------------------------------------ page-table freeing (RCU)
-    def tlb_remove_table(self, c, tlb, pfn: int):
+    def tlb_remove_table(self, c, tlb, pfn: int) -> Path:
         """tlb_remove_table(), mm/mmu_gather.c v6.18: batch the table page in a page-sized table batch
         (GFP_NOWAIT); flush the batch when it holds MAX_TABLE_BATCH tables; when no batch page can be
         had, tlb_table_invalidate() and free the one table after a grace period (PT_RECLAIM: call_rcu)."""
@@ -533,13 +339,13 @@ class Gather618:
         if len(tlb.batch.tables) == self.MAX_TABLE_BATCH:
             yield self.tlb_table_flush(c, tlb)
 
-    def tlb_table_invalidate(self, c, tlb):
+    def tlb_table_invalidate(self, c, tlb) -> Path:
         """tlb_table_invalidate(): tlb_needs_table_invalidate() (true on x86 and arm64): flush the TLB and
         paging-structure caches before the tables go to RCU."""
         if self.arch.tlb_needs_table_invalidate:
             yield self.tlb_flush_mmu_tlbonly(c, tlb)
 
-    def tlb_table_flush(self, c, tlb):
+    def tlb_table_flush(self, c, tlb) -> Path:
         """tlb_table_flush(): invalidate, then hand the table batch to call_rcu()."""
         batch = tlb.batch
         if batch is None:
@@ -548,16 +354,10 @@ class Gather618:
         tlb.batch = None
         self.engine.rcu.call_rcu(c, self._tlb_remove_table_rcu(batch))
 
-    def _tlb_remove_table_rcu(self, batch):
+    def _tlb_remove_table_rcu(self, batch: TableBatch):
         def tlb_remove_table_rcu(cpu) -> None:
-            """tlb_remove_table_rcu() -> __tlb_remove_table_free(): free each table, then the batch page
-            (on the fast path the same frees at once)."""
-            if self.fast:
-                self.alloc.free_array(cpu, np.array(batch.tables + [batch.pfn], dtype=np.int64))
-            else:
-                for pfn in batch.tables:
-                    self.alloc.free_page(cpu, pfn)
-                self.alloc.free_page(cpu, batch.pfn)
+            """tlb_remove_table_rcu() -> __tlb_remove_table_free(): free each table, then the batch page."""
+            self.release_backend.free_pages(self, cpu, batch.tables + [batch.pfn])
             self.metrics.gather_memory(-PAGE_SIZE)
         return tlb_remove_table_rcu
 
@@ -568,40 +368,20 @@ class Gather618:
             self.alloc.free_page(cpu, pfn)
         self.engine.rcu.call_rcu(c, tlb_remove_table_one_rcu)
 
-    def pte_free_tlb(self, c, tlb, pt, address: int):
+    def pte_free_tlb(self, c, tlb, pt, address: int) -> Path:
         """pte_free_tlb(): tlb_flush_pmd_range(address, PAGE_SIZE), freed_tables = 1, then the arch's
         ___pte_free_tlb() -> tlb_remove_ptdesc() -> tlb_remove_table()."""
         self.tlb_flush_pmd_range(tlb, address, PAGE_SIZE)
         tlb.freed_tables = True
         yield self.tlb_remove_table(c, tlb, pt.pfn)
 
-    def _pte_free_quiet(self, tlb) -> int:
-        """Fast path (mm/memory/bulk.py free_tables_bulk): how many pte_free_tlb() calls would only record
-        the range and add their table to the table batch (before the one that fills it); 0 without a
-        table batch (allocating one is a step) or when a subclass changed any of it."""
-        cls = type(self)
-        if (tlb.batch is None or cls.pte_free_tlb is not Gather618.pte_free_tlb
-                or cls.tlb_remove_table is not Gather618.tlb_remove_table
-                or cls.tlb_flush_pmd_range is not Gather618.tlb_flush_pmd_range
-                or cls._tlb_adjust_range is not Gather618._tlb_adjust_range):
-            return 0
-        return self.MAX_TABLE_BATCH - 1 - len(tlb.batch.tables)
-
-    def _pte_free_add_quiet(self, tlb, pts: list, addrs: list) -> None:
-        """pte_free_tlb() of each of the tables `pts` (at increasing `addrs`), at most
-        `_pte_free_quiet(tlb)` of them."""
-        if pts:
-            self._tlb_adjust_range(tlb, addrs[0], addrs[-1] + PAGE_SIZE - addrs[0])
-            tlb.cleared_pmds = tlb.freed_tables = True
-            tlb.batch.tables.extend([t.pfn for t in pts])
-
-    def pmd_free_tlb(self, c, tlb, pmd, address: int):
+    def pmd_free_tlb(self, c, tlb, pmd, address: int) -> Path:
         """pmd_free_tlb(): tlb_flush_pud_range(), freed_tables = 1, tlb_remove_table()."""
         self.tlb_flush_pud_range(tlb, address, PAGE_SIZE)
         tlb.freed_tables = True
         yield self.tlb_remove_table(c, tlb, pmd.pfn)
 
-    def pud_free_tlb(self, c, tlb, pud, address: int):
+    def pud_free_tlb(self, c, tlb, pud, address: int) -> Path:
         """pud_free_tlb(): tlb_flush_p4d_range(), freed_tables = 1, tlb_remove_table()."""
         self.tlb_flush_p4d_range(tlb, address, PAGE_SIZE)
         tlb.freed_tables = True

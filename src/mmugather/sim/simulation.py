@@ -1,20 +1,28 @@
-"""One simulation: a machine (CPUs, memory, TLBs, IPIs), a kernel policy, and a scenario run on them."""
+"""One simulation: a machine (CPUs, memory, TLBs, IPIs), a kernel policy, and a scenario run on them.
+
+The top of the simulation layers: it builds the machine (machine/), the kernel of a policy (policies/, on
+mm/ and arch/) and the processes of a scenario (workloads/), so it imports all of them and none of them
+imports it. What a caller varies is handed in: the engine's scheduler and observers, the RNG's class, an
+observer of TLB operations (explore/ hands in its own; the defaults run free and unobserved).
+"""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
 import random
+from collections.abc import Callable, Iterable
 
+from mmugather import fastpath
 from mmugather.kernel.rcu import Rcu
 from mmugather.kernel.smp import Sleep
 from mmugather.machine.costs import DEFAULT_COSTS, Costs
-from mmugather.machine.tlb import Tlb
+from mmugather.machine.engine import Engine, EngineObserver, Scheduler
+from mmugather.machine.tlb import Tlb, TlbObserver
 from mmugather.mm.mm_types import AddressSpace, MmStruct, Vma
 from mmugather.mm.mmu_notifier import SleepingSubscriber
 from mmugather.mm.page_alloc import PGTABLE, PageAlloc
 from mmugather.report.metrics import Metrics
-from mmugather.sim.engine import Engine
 from mmugather.sim.invariants import Invariants
 from mmugather.workloads import scenario as S
 from mmugather.workloads.program import Process, thread_program, vma_flags
@@ -42,10 +50,13 @@ class Simulation:
 
     def __init__(self, scenario: S.Scenario, policy_cls, *, cpus: int | None = None, preempt: str | None = None,
                  fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None,
-                 arch: str | None = None, without_fixes=(), fast: bool = True) -> None:
+                 arch: str | None = None, without_fixes=(), fast: bool = True, scheduler: Scheduler | None = None,
+                 observers: Iterable[EngineObserver] = (), rng_class: Callable[[int], random.Random] = random.Random,
+                 tlb_observer: TlbObserver | None = None, max_sim_ns: int | None = None,
+                 max_steps: int | None = None) -> None:
         m = scenario.machine
         _keep_freed_memory()
-        self.fast = fast       # bulk teardown where exact (mm/memory/bulk.py); False: every step (explore/)
+        self.fast = fast       # bulk teardown where exact (fastpath/); False: every step (explore/)
         self.arch_name = arch or next(iter(policy_cls.arches))
         if self.arch_name not in policy_cls.arches:
             from mmugather.errors import InputError
@@ -58,16 +69,17 @@ class Simulation:
         self.fail_nowait = fail_nowait if fail_nowait is not None else m.fail_nowait
         self.seed = seed if seed is not None else scenario.seed
         self.costs = costs or DEFAULT_COSTS
-        self.rng = random.Random(self.seed)
+        self.rng = rng_class(self.seed)
         self.metrics = Metrics(self.ncpus)
         self.invariants = Invariants(self.metrics)
-        self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants)
+        self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants, scheduler=scheduler,
+                             observers=observers, max_sim_ns=max_sim_ns, max_steps=max_steps)
         self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
         self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many,
                                self.invariants.on_free_array, self.invariants.on_free_each_array)
         self.invariants.cpus = self.engine.cpus
         self.invariants.alloc = self.alloc
-        self.tlb = Tlb(self.invariants)
+        self.tlb = Tlb(self.invariants, tlb_observer)
         self.arch = policy_cls.arches[self.arch_name](self)
         self.engine.arch = self.invariants.arch = self.arch
         self.kernel = policy_cls(self)
@@ -129,7 +141,11 @@ class Simulation:
 
     def run(self) -> dict:
         """Run to completion; check for leaks; return the `metrics` object."""
-        self.kernel.fast = self.fast and type(self.engine) is Engine   # a traced engine records every step
+        # the hooks of the kernel's walks (mm/protocols.py): bulk where exact, unless every step is wanted
+        # (fast=False: explore/; an observer, such as the tracer, sees every step)
+        hooks = fastpath.backends(type(self.kernel), self.arch) if self.fast and not self.engine.observers \
+            else fastpath.STEP
+        self.kernel.use_backends(hooks.zap, hooks.tables, hooks.release)
         end = self.engine.run()
         if not self.engine.halted:
             self.rcu.rcu_barrier()

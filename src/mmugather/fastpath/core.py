@@ -1,0 +1,296 @@
+"""The primitives of the bulk backends (src/mmugather/fastpath/): a run of zap steps over one PTE table, rmap
+removal, a run of free_pte_range() calls, release of pages chunk by chunk or batch by batch, the PMD entries
+of a run of tables, and the engine's cut rule. Each says which steps it reproduces; the package docstring
+says why running them at once is exact."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import chain, islice
+
+import numpy as np
+
+from mmugather.kernel.sched import INF
+from mmugather.mm.page_alloc import ANON, FrameSpan
+from mmugather.mm.pfn_runs import PfnRuns, RunCursor, run_pieces, runs_of
+from mmugather.mm.pgtable import _EMPTY_TABLE, _PAGE_DIRTY, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT
+from mmugather.mm.protocols import FreedTables
+
+
+def may_bulk(c) -> bool:
+    """May CPU c run several steps at once now? Nothing to attend to between steps, and the horizon (set
+    by the free-running engine only) still ahead."""
+    return not c.attention and c.horizon > c.clock
+
+
+@dataclass(slots=True)
+class ZapSteps:
+    """What zap_steps() did: `n` present PTEs zapped (0: only empty entries before the loop ends, at entry
+    `last`); entries `first`..`last` hold them, `last` the last one; `ns` their steps' cost; `pfns` their
+    pages in order; `anon` how many are anonymous; `work` the zap_work budget left (None when not given)."""
+
+    n: int
+    last: int
+    ns: int
+    pfns: object
+    anon: int
+    work: int | None
+    first: int
+
+
+def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int | None = None,
+              stop_dirty_file: bool = False) -> ZapSteps | None:
+    """The next zap steps of zap_pte_range()'s loop over entries [i, iend) of table `pt`, in one pass.
+
+    The loop being replaced: for each entry, empty ones add `pte_none` to a pending cost `none` (and, in
+    2.6.39, take 1 from the zap_work budget `work`); a present one is cleared, its rmap dropped
+    (mapcount - 1) and counted anon or file, then the step `yield pte_zap + none` (none = 0), after which
+    the page goes to the gather; the loop ends after entry iend - 1 or once `work` <= 0.
+
+    Covers present entries while their steps end before the horizon (the first one ending at or after it
+    is the last), at most `quiet` + 1 of them: the gather takes the first `quiet` pages without an event,
+    the caller adds them (`pfns[:-1]`) and then handles the last page itself, as the loop does after its
+    yield. With `stop_dirty_file` (6.18, whose gather delays the rmap removal of dirty file pages) the run
+    ends before the first such page. Returns a ZapSteps:
+    - n = 0: no present entry before the loop ends: the loop adds `ns` to `none` and ends at entry `last`;
+    - n > 0: entries first..last hold the n zapped PTEs; the caller yields `ns` (the n steps) and goes on
+      after it;
+    or None when the next present entry must go step by step. `work` comes back reduced by the entries
+    covered (None when not given)."""
+    v = np.frombuffer(pt.ptes, dtype=np.int64)
+    w = v[i:iend]
+    pres = w != 0
+    if work is not None and work <= PAGE_SIZE * (iend - i):
+        cum = np.cumsum(np.where(pres, PAGE_SIZE, 1))
+        j = int(np.searchsorted(cum, work))             # the entry after which the budget is spent
+        if j < len(cum):
+            w, pres = w[:j + 1], pres[:j + 1]
+    nz = np.flatnonzero(pres)
+    costs = kernel.costs
+    c_zap, c_none = costs.pte_zap, costs.pte_none
+    if not len(nz):
+        cnt = len(w)
+        return ZapSteps(0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt, i + cnt)
+    m = min(len(nz), quiet + 1)
+    if stop_dirty_file:
+        ent = w[nz[:m]]
+        dirty = (ent & _PAGE_DIRTY) != 0
+        if dirty.any():
+            stop = dirty & (kernel.alloc.views()[2][ent >> PAGE_SHIFT] != ANON)
+            if stop.any():
+                m = int(np.argmax(stop))
+                if m == 0:
+                    return None
+    base = c.clock + none
+    last_end = base + c_zap * m + c_none * (int(nz[m - 1]) - (m - 1))
+    if last_end >= c.horizon:
+        j = np.arange(1, m + 1, dtype=np.int64)
+        ends = base + c_zap * j + c_none * (nz[:m] - (j - 1))
+        k = int(np.searchsorted(ends, c.horizon))       # the first step ending at or after the horizon
+        m = k + 1
+        last_end = int(ends[k])
+    sel = nz[:m]
+    first, last = int(sel[0]), int(sel[-1])
+    pfns = w[sel] >> PAGE_SHIFT
+    if last - first == m - 1:
+        w[first:last + 1] = 0                           # ptep_get_and_clear_full()
+    else:
+        w[sel] = 0
+    del v, w
+    anon = rmap_remove(kernel.alloc, pfns)
+    if work is not None:
+        work -= PAGE_SIZE * m + (last + 1 - m)
+    return ZapSteps(m, i + last, last_end - c.clock, pfns, anon, work, i + first)
+
+
+def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:
+    """page_remove_rmap() of each page, in order: mapcount - 1 (print_bad_pte when it goes below 0).
+    Returns how many of the pages are anonymous. `fs`: FrameSpan.of(pfns), when the caller has it."""
+    if fs is None:
+        fs = FrameSpan.of(pfns)
+    _, mapcount, kind = alloc.views()
+    if fs is None:                                      # a page mapped twice here
+        np.subtract.at(mapcount, pfns, 1)
+        bad = mapcount[pfns] < 0
+        anon = int(np.count_nonzero(kind[pfns] == ANON))
+    elif fs.mask is not None:
+        lo, hi, m = fs.lo, fs.hi, fs.mask
+        mc = mapcount[lo:hi]
+        mc -= m
+        bad = (mc < 0)[pfns - lo] if mc.min() < 0 else np.zeros(1, dtype=bool)
+        anon = int(np.count_nonzero(kind[lo:hi][m] == ANON))
+    else:
+        mapcount[pfns] -= 1
+        bad = mapcount[pfns] < 0
+        anon = int(np.count_nonzero(kind[pfns] == ANON))
+    if bad.any():
+        raise AssertionError(f"zap_pte_range: pfn {int(pfns[np.argmax(bad)])} mapcount < 0 (print_bad_pte)")
+    return anon
+
+
+def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
+    """free_pages_and_swap_cache()'s loop from page i of `pfns` on, in one pass: each step releases the
+    next `chunk` pages (release_pages()) and then yields page_free per page. Releases the pages of the steps
+    that start before the horizon, stopping before a chunk holding a frame some TLB, paging-structure cache
+    or walker still reaches (its report must carry that step's clock: the caller runs it as a step).
+    Returns the number of pages released (0: run the next chunk as a step)."""
+    n = len(pfns) - i
+    cost = kernel.costs.page_free
+    if cost and c.horizon != INF:
+        need = -(-(c.horizon - c.clock) // cost)         # pages whose cost reaches the horizon
+        if need <= n:
+            n = min(n, ((need - 1) // chunk + 1) * chunk)
+    part = pfns[i:i + n]
+    hit = kernel.invariants.reached(part)
+    if hit is not None:
+        n = int(np.argmax(hit)) // chunk * chunk
+        part = part[:n]
+    if n:
+        kernel.alloc.release_array(c, part)
+    return n
+
+
+def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
+                add_quiet: Callable[[list, list], None]) -> FreedTables | None:
+    """free_pmd_range()'s loop from addr (a PTE table there): the free_pte_range() calls of the tables in
+    [addr, end) in one pass. Each is one step (unhook the table, pgtable_free = `cost`), and the next one
+    begins by handing the table's frame to the gather (pte_free_tlb()); covers the tables whose steps the
+    engine would run, as long as the gather takes their frames without an event (`quiet` of them, taken
+    by `add_quiet(tables, addrs)`). The caller yields ns, then the last table's pte_free_tlb(), as its
+    free_pte_range() would. None: go step by step."""
+    if quiet < 1:
+        return None
+    room = quiet + 1
+    if cost and c.horizon != INF:                       # the step that reaches the horizon is the last
+        room = min(room, -(-(c.horizon - c.clock) // cost))
+    if room < 2:
+        return None
+    entries = pmd.entries
+    get, j0 = entries.get, addr >> PMD_SHIFT
+    got = list(islice(((j, pt) for j in range(j0, ((end - 1) >> PMD_SHIFT) + 1)
+                       if (pt := get(j & 511)) is not None), room))
+    if len(got) < 2:
+        return None
+    tables = [pt for _, pt in got]
+    addrs = [j << PMD_SHIFT for j, _ in got]
+    if got[0][0] == j0:
+        addrs[0] = addr
+    if len(got) == room:                                # up to the last table; else on to end
+        end = min((got[-1][0] + 1) << PMD_SHIFT, end)
+    mm = tlb.mm
+    for at in addrs:                                    # pmd_clear()
+        del entries[(at >> PMD_SHIFT) & 511]
+        del mm.pte_tables[at >> PMD_SHIFT]
+    mm.nr_ptes -= len(tables)
+    add_quiet(tables[:-1], addrs[:-1])                  # pte_free_tlb() of all but the last
+    return FreedTables(cost * len(tables), tables[-1], addrs[-1], end)
+
+
+def release_units(kernel, c, units: list) -> int:
+    """Release the pages of `units` (each a list, PfnRuns or numpy array of pfns), in order, as their
+    free_pages_and_swap_cache() calls would, in one pass; stop before the first unit holding a frame some
+    TLB, paging-structure cache or walker still reaches (its report must carry its own step's clock).
+    Returns how many units were released."""
+    if all(type(u) is list for u in units):
+        starts, rlens, descs = runs_of(np.fromiter(chain.from_iterable(units), dtype=np.int64,
+                                                   count=sum(len(u) for u in units)))
+    else:
+        enc = []
+        for pages in units:
+            if not isinstance(pages, PfnRuns):
+                runs = PfnRuns()
+                runs.extend(np.asarray(pages, dtype=np.int64))
+                pages = runs
+            enc.append(pages.a)
+        joined = PfnRuns()
+        joined.a.frombytes(b"".join(enc))
+        starts, rlens, descs = joined.runs()
+    k = len(units)
+    inv = kernel.invariants
+    if inv.tlb_refs or inv.pwc_refs or inv.walking:
+        seen = 0
+        for piece in run_pieces(starts, rlens, descs):
+            hit = inv.reached(piece)
+            if hit is not None:
+                sizes = np.cumsum([len(u) for u in units])
+                k = int(np.searchsorted(sizes, seen + int(np.argmax(hit)), "right"))
+                total = int(sizes[k - 1]) if k else 0
+                if not total:
+                    return k
+                starts, rlens, descs = RunCursor(starts, rlens, descs).take(0, total)
+                break
+            seen += len(piece)
+    for piece in run_pieces(starts, rlens, descs):
+        kernel.alloc.release_array(c, piece)
+    return k
+
+
+def release_flat(kernel, c, pfns: np.ndarray, sizes: np.ndarray) -> int:
+    """release_units() of units given as one pfn array cut into consecutive `sizes` (at most the length
+    of `pfns`): release the pfns of the first len(sizes) units, in order, stopping before the first unit
+    holding a frame something still reaches. Returns how many units were released."""
+    k = len(sizes)
+    ends = np.cumsum(sizes)
+    pfns = pfns[:int(ends[-1]) if k else 0]
+    inv = kernel.invariants
+    if inv.tlb_refs or inv.pwc_refs or inv.walking:
+        hit = inv.reached(pfns)
+        if hit is not None:
+            k = int(np.searchsorted(ends, int(np.argmax(hit)), "right"))
+            pfns = pfns[:int(ends[k - 1]) if k else 0]
+    if len(pfns):
+        kernel.alloc.release_array(c, pfns)
+    return k
+
+
+# ---------------------------------------------------------------- runs of PTE tables (the emulators)
+class TableRun:
+    """The PMD entries of [addr, end) under one PMD table, from addr up to the first whose PTE lock is
+    taken or awaited, as units for an emulator: `tables[k]` is the PteTable (None: no table, a pmd_none
+    step), `lo[k]`, `hi[k]` its entry range, `addrs[k]` the address after it. `entries()` reads the
+    PTEs of the first tables in one array."""
+
+    __slots__ = ("tables", "lo", "hi", "addrs")
+
+    def __init__(self, pmd, addr: int, end: int, limit: int) -> None:
+        n = min(((end - 1) >> 21) - (addr >> 21) + 1, limit) if addr < end else 0   # end <= the PUD's end
+        i0 = (addr >> 21) & 511
+        get = pmd.entries.get
+        tables = [get(i) for i in range(i0, i0 + n)]
+        for k, pt in enumerate(tables):
+            if pt is not None and (pt.ptl.owner is not None or pt.ptl.waiters):
+                n = k
+                del tables[k:]
+                break
+        addrs = list(range(((addr >> 21) + 1) << 21, ((addr >> 21) + n + 1) << 21, 1 << 21))  # pmd_addr_end()
+        lo, hi = [0] * n, [512] * n
+        if n:
+            if addrs[-1] > end:
+                addrs[-1] = end
+                hi[-1] = ((end - 1) >> PAGE_SHIFT & 511) + 1
+            lo[0] = (addr >> PAGE_SHIFT) & 511
+        self.tables, self.lo, self.hi, self.addrs = tables, lo, hi, addrs
+
+    def entries(self, k: int) -> np.ndarray:
+        """The PTEs of the first k units' tables, concatenated (a copy)."""
+        parts = []
+        for pt, i, j in zip(self.tables[:k], self.lo[:k], self.hi[:k]):
+            if pt is not None:
+                parts.append(pt.ptes if i == 0 and j == 512 else memoryview(pt.ptes)[i:j])
+        return np.frombuffer(b"".join(parts), dtype=np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+    def clear(self, k: int) -> None:
+        """ptep_get_and_clear_full() of every entry of the first k units' tables."""
+        for pt, i, j in zip(self.tables[:k], self.lo[:k], self.hi[:k]):
+            if pt is not None:
+                pt.ptes[i:j] = _EMPTY_TABLE if j - i == 512 else _EMPTY_TABLE[i:j]
+
+
+def first_crossing(start: int, ends: np.ndarray, lasts: np.ndarray, horizon) -> int:
+    """How many consecutive units (cumulative end clocks `ends`, cost of each unit's last step `lasts`)
+    the engine would run from clock `start` before stopping: every unit whose steps all start before the
+    horizon, up to and including the first one ending at or after it."""
+    if not len(ends) or ends[-1] < horizon:
+        return len(ends)
+    k = int(np.searchsorted(ends, horizon))          # the first unit ending at or after the horizon
+    return k + 1 if ends[k] - lasts[k] < horizon else k

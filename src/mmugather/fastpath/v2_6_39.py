@@ -1,0 +1,272 @@
+"""The bulk backend of Linux 2.6.39 (include/asm-generic/tlb.h and mm/memory.c v2.6.39): the per-CPU
+gather seen from outside, and zap_pmd_range()'s pass over whole tables, which also crosses the ZAP_BLOCK
+restarts of unmap_vmas() and the flushes tlb_remove_page() does from under the PTE lock."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mmugather.fastpath.backend import BulkBackend
+from mmugather.fastpath.core import TableRun, may_bulk, rmap_remove
+from mmugather.kernel.sched import P_ENABLE, P_PLAIN, TLBSTATE_OK
+from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE
+from mmugather.mm.protocols import PmdRun
+from mmugather.policies.linux_2_6_39 import Linux2639
+
+
+class Bulk2639(BulkBackend):
+    """Reproduces Linux2639's zap_pte_range(), unmap_vmas()'s restarts, the per-CPU gather (set-up,
+    batching, flush, finish, the arch's tlb_flush()) and free_pte_range() with the x86 pte_free_tlb()."""
+
+    reference = Linux2639
+    zap_reproduces = frozenset({"zap_pte_range", "unmap_vmas", "_tlb_remove_page", "tlb_remove_page",
+                                "tlb_gather_mmu", "tlb_finish_mmu", "tlb_flush_mmu", "tlb_flush"})
+    tables_reproduces = frozenset({"free_pte_range", "pte_free_tlb", "_tlb_remove_page", "tlb_remove_page"})
+
+    def __init__(self, arch: Any) -> None:
+        super().__init__(arch)
+        # the flushes a pass emulates are x86's of that era (flush_tlb_mm() on this CPU alone)
+        self.flushes_on = type(arch) is Linux2639.arches.get(arch.name)
+
+    def quiet(self, kernel: Any, tlb: Any) -> int:
+        """tlb_remove_page() batches quietly up to the page that fills FREE_PTE_NR; not in fast mode."""
+        if tlb.fast_mode:
+            return 0
+        return max(0, kernel.FREE_PTE_NR - len(tlb.pages) - 1)
+
+    def add_quiet(self, kernel: Any, tlb: Any, pfns: np.ndarray) -> None:
+        if len(pfns):
+            tlb.need_flush = True
+            tlb.pages.extend(pfns.tolist())
+
+    def pmd_run(self, kernel: Any, c: Any, tlb: Any, pmd: Any, addr: int, end: int, details: Any,
+                zap_work: list[int] | None = None) -> PmdRun | None:
+        """_Pass2639: zap_pmd_range()'s iterations over whole PMD entries from addr."""
+        if not may_bulk(c) or c.preempt_count != 1 or c.irqs_off or tlb.fast_mode:
+            return None
+        assert zap_work is not None
+        return _Pass2639(self, kernel, c, tlb, zap_work, details).go(pmd, addr, end)
+
+    def flush_plan(self, kernel: Any, c: Any, tlb: Any) -> tuple[int, Callable[[], None] | None] | None:
+        """tlb_flush_mmu() as a pass may run it: (ns of its flush_tlb_mm step, the effect of that flush on
+        this CPU to apply once), or None when only the step path can run it: another CPU in mm_cpumask
+        (IPIs), anything cached on this CPU, or a frame some TLB, paging-structure cache or walker still
+        reaches (a free would report it)."""
+        arch, mm, inv = self.arch, tlb.mm, kernel.invariants
+        if (not self.flushes_on or not mm.cpumask <= {c.id} or c.tlb or c.pwc or c.dangling or inv.tlb_refs
+                or inv.pwc_refs or inv.walking):
+            return None
+        costs = kernel.costs
+        if c.active_mm is not mm:
+            return costs.flush_call, None
+        if c.curr.mm is None:
+            if c.tlbstate == TLBSTATE_OK:
+                return None
+            return costs.flush_call + costs.flush_full, lambda: arch.leave_mm(c)
+        return costs.flush_call + costs.flush_full, lambda: arch.tlb.flush_all(c)
+
+    @staticmethod
+    def commit(kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, flushes: list[int], under: list[bool],
+               need_flush: bool) -> None:
+        """The pages a pass batched (`pfns`, after those already in the gather) and the flushes it emulated,
+        `flushes[k]` pages each (under the PTE lock when `under[k]`): free the flushed pages in order, keep
+        the rest, account the flushes."""
+        m = kernel.metrics
+        if flushes:
+            seq = np.concatenate((np.array(tlb.pages, dtype=np.int64), pfns)) if tlb.pages else pfns
+            nfree = sum(flushes)
+            m.tlb_flushes += len(flushes)
+            m.flushes_under_pte_lock += sum(under)
+            m.pages_per_flush.frombytes(np.array(flushes, dtype=np.int64).tobytes())
+            kernel.alloc.release_array(c, seq[:nfree], np.repeat(np.array(under, dtype=bool), flushes))
+            tlb.pages = seq[nfree:].tolist()
+        else:
+            tlb.pages.extend(pfns.tolist())
+        tlb.need_flush = need_flush
+
+
+class _Unit:
+    """The CPU and gather state a pass carries from PMD entry to PMD entry, and what the entries record:
+    clock, zap_work, pages batched, need_flush, preemption off since, preemption point; PTE lock holds,
+    preemption-off intervals, flushes (pages each) and whether each was under the PTE lock."""
+
+    __slots__ = ("t", "w", "g", "need", "since", "point", "holds", "offs", "flushes", "under")
+
+    def __init__(self, t: int, w: int, g: int, need: bool, since: int, point: int) -> None:
+        self.t, self.w, self.g, self.need, self.since, self.point = t, w, g, need, since, point
+        self.holds: list[int] = []
+        self.offs: list[int] = []
+        self.flushes: list[int] = []
+        self.under: list[bool] = []
+
+    def save(self) -> tuple:
+        """A mark to come back to (restore()) when an entry turns out not to run."""
+        return (self.t, self.w, self.g, self.need, self.since, self.point, len(self.holds), len(self.offs),
+                len(self.flushes), len(self.under))
+
+    def restore(self, mark: tuple) -> None:
+        """Back to the state of `mark`, dropping what was recorded since."""
+        self.t, self.w, self.g, self.need, self.since, self.point, nh, no, nf, nu = mark
+        del self.holds[nh:], self.offs[no:], self.flushes[nf:], self.under[nu:]
+
+
+class _Pass2639:
+    """zap_pmd_range() v2.6.39 from addr, its iterations over whole PMD entries in one numpy pass, for as
+    many entries as the engine would run before another CPU could interleave. Per table, zap_pte_range()'s
+    lock sections: spin_lock, the zap steps, the flushes tlb_remove_page() does from under the lock when
+    FREE_PTE_NR pages are batched, the trailing none step, spin_unlock; a missing table is a pmd_none step.
+    When zap_work runs out before `end`, what the step path does between zap_pmd_range() returning and
+    being called again at the same address is emulated too: unmap_vmas()'s tlb_finish_mmu() (flush,
+    preempt_enable) and tlb_gather_mmu() (preempt_disable, the same per-CPU gather), zap_work reset."""
+
+    def __init__(self, backend: Bulk2639, kernel: Any, c: Any, tlb: Any, zap_work: list[int], details: Any) -> None:
+        self.backend, self.kernel, self.c, self.tlb, self.zap_work = backend, kernel, c, tlb, zap_work
+        self.costs = costs = kernel.costs
+        self.can_restart = details is None or details.i_mmap_lock is None
+        self.plan = plan = backend.flush_plan(kernel, c, tlb)
+        self.flush_ns = plan[0] + costs.page_free * kernel.FREE_PTE_NR if plan is not None else 0
+        self.block = kernel.zap_block_size()
+
+    def go(self, pmd: Any, addr: int, end: int) -> PmdRun | None:
+        """The PmdRun (zap_work[0] updated), or None."""
+        self.run = run = TableRun(pmd, addr, end, 512)
+        nu = len(run.tables)
+        if nu < 2:
+            return None
+        self._read(nu)
+        c, tlb = self.c, self.tlb
+        st = _Unit(c.clock, self.zap_work[0], len(tlb.pages), tlb.need_flush, c.preempt_off_since, c.point)
+        k = ent = 0
+        for u in range(nu):
+            mark = st.save()
+            last = self._unit(u, st)
+            if last is None or st.t - last >= c.horizon:
+                st.restore(mark)
+                break
+            ent = self.firsts[u] + self.lens[u]
+            k = u + 1
+            if st.t >= c.horizon:
+                break
+        if k == 0:
+            return None
+        return self._commit(k, ent, st)
+
+    def _read(self, nu: int) -> None:
+        """The entries of the run's tables and how many are present, per unit."""
+        run = self.run
+        self.is_t = is_t = [t is not None for t in run.tables]
+        self.lens = lens = [j - i if t else 0 for t, i, j in zip(run.tables, run.lo, run.hi)]
+        self.flat = run.entries(nu)
+        self.pres = pres = self.flat != 0
+        self.firsts = firsts = [0] * nu                          # where each unit's entries begin in flat
+        for u in range(1, nu):
+            firsts[u] = firsts[u - 1] + lens[u - 1]
+        self.cnt = cnt = [0] * nu
+        if len(self.flat):
+            tl = [u for u in range(nu) if is_t[u]]
+            for u, n in zip(tl, np.add.reduceat(pres, [firsts[u] for u in tl], dtype=np.int64).tolist()):
+                cnt[u] = n
+
+    def _unit(self, u: int, us: _Unit) -> int | None:
+        """Run unit u (a table's lock sections, or a pmd_none step) on state us; the cost of its last
+        step, or None when it cannot be run here."""
+        n_u = self.lens[u]
+        self.wsum = None                                         # zap_work spent through each entry
+        x = 0
+        while True:
+            if us.w <= 0 and not self._restart(us):             # the block ended: restart the gather
+                return None
+            if not self.is_t[u]:
+                us.w -= 1
+                us.t += self.costs.pmd_none
+                us.point = P_PLAIN
+                return self.costs.pmd_none
+            y, pages, used = self._entries(u, x, us.w)
+            if not self._lock_section(us, pages, y - x - pages, used):
+                return None
+            x = y
+            if x == n_u:
+                return self.costs.unlock
+
+    def _restart(self, us: _Unit) -> bool:
+        """unmap_vmas() between two blocks: tlb_finish_mmu() (the flush if needed, preempt_enable()), then
+        tlb_gather_mmu() (preempt_disable()), zap_work reset. False when the pass cannot emulate it."""
+        if not self.can_restart:
+            return False
+        if us.need:
+            if self.plan is None:
+                return False
+            us.t += self.plan[0] + self.costs.page_free * us.g
+            us.flushes.append(us.g)
+            us.under.append(False)
+            us.need, us.g = False, 0
+            us.point = P_PLAIN
+        us.offs.append(us.t - us.since)                          # preempt_enable() ...
+        us.point = P_ENABLE
+        us.since = us.t                                          # ... preempt_disable()
+        us.w = self.block
+        return True
+
+    def _entries(self, u: int, x: int, w: int) -> tuple[int, int, int]:
+        """Entries x.. of unit u's table up to where zap_work `w` runs out (the entry it does): (the entry
+        after them, present pages among them, zap_work used)."""
+        n_u, cnt_u = self.lens[u], self.cnt[u]
+        left = n_u - x
+        if cnt_u == n_u:
+            y = x + min(left, -(-w // PAGE_SIZE))
+            return y, y - x, PAGE_SIZE * (y - x)
+        if cnt_u == 0:
+            y = x + min(left, w)
+            return y, 0, y - x
+        if self.wsum is None:
+            f = self.firsts[u]
+            self.wsum = np.cumsum(self.pres[f:f + n_u] * (PAGE_SIZE - 1) + 1)
+        wsum = self.wsum
+        base = int(wsum[x - 1]) if x else 0
+        y = min(n_u, int(np.searchsorted(wsum, base + w)) + 1)
+        used = int(wsum[y - 1]) - base
+        return y, (used - (y - x)) // (PAGE_SIZE - 1), used
+
+    def _lock_section(self, us: _Unit, pages: int, empties: int, used: int) -> bool:
+        """One zap_pte_range() call: spin_lock, the steps, the flushes of full gathers, spin_unlock. False
+        when a flush is needed that the pass cannot emulate."""
+        costs, nr = self.costs, self.kernel.FREE_PTE_NR
+        us.w -= used
+        nfl = (us.g + pages) // nr
+        if nfl and self.plan is None:
+            return False
+        hold = costs.pte_zap * pages + costs.pte_none * empties + nfl * self.flush_ns
+        us.t += costs.lock + hold
+        us.holds.append(hold)
+        us.t += costs.unlock
+        if nfl:
+            us.flushes += [nr] * nfl
+            us.under += [True] * nfl
+            us.g = us.g + pages - nr * nfl
+            us.need = us.g > 0
+        else:
+            us.g += pages
+            us.need = us.need or pages > 0
+        if pages or nfl or (costs.pte_none and empties):
+            us.point = P_PLAIN
+        return True
+
+    def _commit(self, k: int, ent: int, st: _Unit) -> PmdRun:
+        """Apply the first k units: clear, rmap, batch and flush, account."""
+        kernel, c, tlb = self.kernel, self.c, self.tlb
+        pfns = self.flat[:ent][self.pres[:ent]] >> PAGE_SHIFT
+        del self.flat, self.pres
+        self.run.clear(k)
+        anon = rmap_remove(kernel.alloc, pfns) if len(pfns) else 0
+        if st.flushes and self.plan is not None and self.plan[1] is not None:
+            self.plan[1]()
+        self.backend.commit(kernel, c, tlb, pfns, st.flushes, st.under, st.need)
+        m = kernel.metrics
+        m.pte_lock_hold.frombytes(np.array(st.holds, dtype=np.int64).tobytes())
+        m.preempt_off.frombytes(np.array(st.offs, dtype=np.int64).tobytes())
+        kernel._add_mm_rss(tlb.mm, anon, len(pfns) - anon)
+        c.preempt_off_since = st.since
+        self.zap_work[0] = st.w
+        return PmdRun(self.run.addrs[k - 1], st.t - c.clock, st.point)
