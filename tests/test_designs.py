@@ -90,3 +90,23 @@ def test_abis_is_clean_under_explore_on_a_munmap_race():
     """CPU 1's TLB maps the range being unmapped: ABIS must still shoot it down in every schedule."""
     report = run_search(KernelTarget(munmap_race(other_reads_region=True, cpus=3), ABIS), max_preemptions=1)
     assert report["violation"] is None and report["covered"]
+
+
+def test_abis_watches_the_tlb_beside_the_simulations_own_observer():
+    """Tlb.watch fans out: an observer handed to the Simulation (the explorer's footprint) and ABIS's access
+    tracking both see every fill, in that order, and ABIS's records follow the fills and full flushes."""
+    seen = []
+
+    class Log:
+        def tlb_op(self, name, c, args):
+            if name == "fill":
+                seen.append((name, c.id, args[0] in c.per_cpu.get("abis_pages", ())))
+    sim = Simulation(munmap_race(other_reads_region=True), ABIS, tlb_observer=Log())
+    assert sim.tlb.observers[1] is sim.arch
+    c1 = sim.engine.cpus[1]
+    sim.tlb.fill(c1, 0x1234, 7 << 12)
+    assert seen == [("fill", 1, False)] and 0x1234 in c1.per_cpu["abis_pages"]
+    sim.tlb.fill(c1, 0x1234, 7 << 12)
+    assert seen[-1] == ("fill", 1, True)
+    sim.tlb.flush_all(c1)
+    assert "abis_pages" not in c1.per_cpu

@@ -10,9 +10,9 @@ TLB (`fill`) and the PTE tables its walks went through (`fill_pwc`, which is wha
 entry comes from) since it last dropped everything (`flush_all`: a CR3 load or full flush), told by the
 TLB's observer seam (machine/tlb.py Tlb.watch; the explorer's footprint watches beside it).
 native_flush_tlb_multi() then IPIs only the CPUs of its target list whose records meet the flushed range
-(any record, for a full flush; the tables too, when page tables were freed). This is the ideal of what ABIS infers from shared accessed bits: its savings are an
-upper bound on the paper's, and the cost of keeping the bits (the paper's "overheads of up to 9%") is not
-modelled. Everything else is 6.18's.
+(any record, for a full flush; the tables too, when page tables were freed). This is the ideal of what
+ABIS infers from shared accessed bits: its savings are an upper bound on the paper's, and the cost of
+keeping the bits (the paper's "overheads of up to 9%") is not modelled. Everything else is 6.18's.
 
     mmugather compare --policies 6.18,examples/plugins/abis.py:Abis
     mmugather explore examples/munmap-race.toml --policy examples/plugins/abis.py:Abis --budget 300
