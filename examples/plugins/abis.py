@@ -33,6 +33,7 @@ class AbisX86(X86):
 
     def __init__(self, machine) -> None:
         super().__init__(machine)
+        self.engine = machine.engine
         self.tlb.watch(self)
         self.abis_ipis_avoided = 0
 
@@ -78,8 +79,10 @@ class AbisX86(X86):
         initiator = self.cpus[info.initiating_cpu]
         start, end = initiator.per_cpu["abis_range"][initiator.curr.tid]
         kept = [cpu for cpu in cpumask if cpu == c.id or self.may_cache(self.cpus[cpu], start, end, info.freed_tables)]
-        self.abis_ipis_avoided += sum(1 for cpu in cpumask if cpu not in kept
-                                      and (info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info)))
+        for cpu in cpumask:
+            if cpu not in kept and (info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info)):
+                self.abis_ipis_avoided += 1
+                self.engine.note(c, "ipi_avoided", {"cpu": cpu, "start": hex(start), "end": hex(end)})
         yield super().native_flush_tlb_multi(c, kept, info)
 
 

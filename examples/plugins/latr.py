@@ -75,7 +75,8 @@ class LatrX86(X86):
 
     def __init__(self, machine) -> None:
         super().__init__(machine)
-        machine.engine.on_tick(self.native_flush_saved_states)
+        self.engine = machine.engine
+        self.engine.on_tick(self.native_flush_saved_states)
         self.reclaim = None                     # set by the policy: called when a state of an mm is done
         self.lazy_saved = self.lazy_invalidations = self.fallback_ipis = 0
 
@@ -109,6 +110,8 @@ class LatrX86(X86):
         ring.append(state)
         info.mm.__dict__.setdefault("latr_states", []).append(state)
         self.lazy_saved += 1
+        self.engine.note(c, "lazy_shootdown", {"mm": info.mm.id, "start": hex(info.start), "end": hex(info.end),
+                                               "cpus": targets})
         return True
 
     def native_flush_saved_states(self, t) -> None:
@@ -122,6 +125,8 @@ class LatrX86(X86):
             for state in [s for s in ring if t.id in s.cpus]:
                 self.flush_tlb_func(t, state)
                 self.lazy_invalidations += 1
+                self.engine.note(t, "lazy_invalidation", {"mm": state.mm.id, "start": hex(state.start),
+                                                          "end": hex(state.end), "saved_by_cpu": x.id})
                 state.cpus.discard(t.id)
                 if not state.cpus:
                     ring.remove(state)

@@ -19,6 +19,8 @@ One engine, composed. What varies is handed in, never swapped in later:
 - tick hooks (`on_tick`): callbacks a design registers (a policy or its arch, from its constructor) to run
   from sched_tick() on every busy CPU each TICK_NS. No hook registered: no tick is ever queued, so a run
   that registers none has exactly the events it had before the seam existed.
+- design events (`note`): a design's own events (LATR's lazy invalidations, ABIS's avoided IPIs), counted
+  in the metrics' `design_events` and told to the observers (the tracer draws them).
 - bounds: `max_sim_ns` (simulated time) and `max_steps` (task resumptions in one run) end a runaway run
   with LimitExceeded naming the bound.
 Randomness lives in the workload and the allocator, drawn from one seeded `random.Random`.
@@ -121,6 +123,9 @@ class EngineObserver:
         """c sends `v` (targets not empty); returns the request to send (the tracer wraps its function)."""
         return v
 
+    def event(self, c: Cpu, name: str, args: dict) -> None:
+        """A design noted event `name` on CPU c (Engine.note): e.g. a lazy invalidation."""
+
     def run_ended(self) -> None:
         """The run is over (returned or raised)."""
 
@@ -171,6 +176,10 @@ class _Observers(EngineObserver):
         for o in self.all:
             v = o.ipi(c, v)
         return v
+
+    def event(self, c, name, args):
+        for o in self.all:
+            o.event(c, name, args)
 
     def run_ended(self):
         for o in self.all:
@@ -294,6 +303,14 @@ class Engine:
         for c in self.cpus:
             if c.curr is not None and not c.tick_armed:
                 self._arm_tick(c)
+
+    def note(self, c: Cpu, name: str, args: dict | None = None) -> None:
+        """A design's own event on CPU c (a lazy invalidation, a shootdown without IPIs): counted by name in
+        the run's metrics (`design_events`) and told to the observers (the tracer draws an instant)."""
+        counts = self.metrics.design_events
+        counts[name] = counts.get(name, 0) + 1
+        if self.observer is not None:
+            self.observer.event(c, name, args or {})
 
     def _observed_step(self, c: Cpu, horizon) -> None:
         self.observer.step(c)
