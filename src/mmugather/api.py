@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from mmugather.errors import InputError
 from mmugather.explore.session import coverage_sentence, replay_document, run_search, target_spec, write_replay
@@ -35,9 +35,9 @@ from mmugather.workloads.wis import ops_per_s
 if TYPE_CHECKING:
     import pandas
 
-WorkloadLike = Union[str, "os.PathLike[str]", Scenario]
-PolicyLike = Union[str, type]
-PathLike = Union[str, "os.PathLike[str]"]
+WorkloadLike = str | os.PathLike[str] | Scenario
+PolicyLike = str | type
+PathLike = str | os.PathLike[str]
 SNAPSHOT_VARIANTS = ("exit", "munmap-largest")
 
 

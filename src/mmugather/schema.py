@@ -158,8 +158,10 @@ def with_reference(text: str, kind: str) -> str:
     return f"{head}{BEGIN}\n{reference(kind)}{END}{tail}"
 
 
-def main(root: Path = Path(__file__).resolve().parents[2]) -> None:
-    """Rewrite the generated references of docs/scenarios.md and docs/sweeps.md."""
+def main(root: Path | None = None) -> None:
+    """Rewrite the generated references of docs/scenarios.md and docs/sweeps.md (of the checkout holding this
+    file unless `root` is given)."""
+    root = root or Path(__file__).resolve().parents[2]
     for kind, doc in DOCS.items():
         path = root / doc
         path.write_text(with_reference(path.read_text(), kind))

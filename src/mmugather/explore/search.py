@@ -484,7 +484,7 @@ def shrink(target, schedule: list[list[int]], kind: str, *, max_steps: int = 100
         size = len(devs)
         chunks = [devs[i * size // n:(i + 1) * size // n] for i in range(n)]
         reduced = False
-        for i, chunk in enumerate(chunks):
+        for chunk in chunks:
             if chunk and fails(chunk):
                 devs, n, reduced = chunk, 2, True
                 break

@@ -100,7 +100,8 @@ def _seq(enc, x, memo):
 
 
 def _dict(enc, x, memo):
-    return tuple([(k if k.__class__ in _ATOM_SET else memo.get(id(k)) or enc(k, memo), v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo))
+    return tuple([(k if k.__class__ in _ATOM_SET else memo.get(id(k)) or enc(k, memo),
+                   v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo))
                   for k, v in x.items()])
 
 

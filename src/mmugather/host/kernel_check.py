@@ -5,9 +5,9 @@ running, blocked or alone). The same name is measured on the host (probe.run_scr
 "TLB shootdowns" row of /proc/interrupts, per-CPU median over repeats) and resolved as the built-in
 parametric workload of that name, simulated under the policy matching the host (Linux 6.18 gather, the
 host's CPU count, and the arch whose remote flush the host's kernel uses: `x86-kvm` on a KVM guest with
-PV TLB flush, else `x86`; host/hypervisor.py detects it). A check matches when the host's per-CPU medians equal the model's
-`ipis_by_cpu`. The host places its mappings as the model's scenario does (`layout_of`), so both free the
-same page tables. Syscall times are reported side by side (host median, model `syscall_ns.max`) but are
+PV TLB flush, else `x86`; host/hypervisor.py detects it). A check matches when the host's per-CPU medians
+equal the model's `ipis_by_cpu`. The host places its mappings as the model's scenario does (`layout_of`), so
+both free the same page tables. Syscall times are reported side by side (host median, model `syscall_ns.max`) but are
 not part of the match.
 """
 from __future__ import annotations

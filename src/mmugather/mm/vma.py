@@ -13,7 +13,8 @@ class VmaOps618:
     def do_vmi_align_munmap(self, c, mm, start: int, end: int, unlock: bool):
         """do_vmi_align_munmap() -> vms_gather_munmap_vmas() (split at the edges, detach) and
         vms_complete_munmap_vmas(): downgrade mmap_lock to read when `unlock`, vms_clear_ptes()
-        (whose free_pgtables() unlinks the VMAs from the rmap), mmap_read_unlock(). Returns whether mmap_lock was released."""
+        (whose free_pgtables() unlinks the VMAs from the rmap), mmap_read_unlock(). Returns whether mmap_lock was
+        released."""
         detached, prev, nxt = self.detach_vmas(mm, start, end)
         if not detached:
             return False

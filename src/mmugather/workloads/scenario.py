@@ -232,7 +232,7 @@ class ForkOp(Strict):
     running `program` (ranges name the parent's VMAs, inherited), then exiting."""
     op: Literal["fork"]
     cpu: int = Field(ge=0, le=MAX_CPUS - 1, description="the CPU the child's thread is pinned to")
-    program: list["Op"] = Field(default_factory=list, description="the child's operations")
+    program: list[Op] = Field(default_factory=list, description="the child's operations")
 
 
 class LoopOp(Strict):
@@ -241,7 +241,7 @@ class LoopOp(Strict):
     comes first. Iteration i shifts every range of the body by i * `stride` bytes. With `count`, each
     iteration completed by the deadline adds one to metrics.loop_iterations (all threads together)."""
     op: Literal["loop"]
-    body: list["Op"] = Field(min_length=1, description="the operations repeated")
+    body: list[Op] = Field(min_length=1, description="the operations repeated")
     times: int | None = Field(None, ge=1, description="iterations at most (give times, duration_ns or both)")
     duration_ns: int | None = Field(None, gt=0, description="thread CPU time the loop runs at most",
                                     json_schema_extra=NS)
@@ -257,7 +257,8 @@ class LoopOp(Strict):
         return self
 
 
-Op = Annotated[TouchOp | ChurnOp | MunmapOp | MadviseOp | MmapOp | SleepOp | ComputeOp | ExitOp | ExecOp | MprotectOp | MremapOp | GupFastOp | TruncateOp | HaltOp | LoopOp | ForkOp,
+Op = Annotated[TouchOp | ChurnOp | MunmapOp | MadviseOp | MmapOp | SleepOp | ComputeOp | ExitOp | ExecOp
+               | MprotectOp | MremapOp | GupFastOp | TruncateOp | HaltOp | LoopOp | ForkOp,
                Field(discriminator="op")]
 LoopOp.model_rebuild()
 ForkOp.model_rebuild()

@@ -44,8 +44,8 @@ class Gather30:
 
     def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
         """tlb_gather_mmu(), mm/memory.c v3.0: initialise an on-stack gather; fast mode when
-        `tlb->fast_mode = (num_possible_cpus() == 1)` (never with `--without-fix tlb_fast_mode`: 29eb77825cc7 removed it); the
-        first batch is the 8-entry local bundle."""
+        `tlb->fast_mode = (num_possible_cpus() == 1)` (never with `--without-fix tlb_fast_mode`: 29eb77825cc7
+        removed it); the first batch is the 8-entry local bundle."""
         yield 0
         tlb = MmuGather30()
         tlb.mm = mm
