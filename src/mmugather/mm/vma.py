@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import DowngradeWrite, UpRead
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mmap import FIRST_USER_ADDRESS
 
 USER_PGTABLES_CEILING = 0
 
 
-class VmaOps618:
+class VmaOps618(KernelPart):
     """Kernel methods of mm/vma.c, Linux v6.18."""
 
     def do_vmi_align_munmap(self, c, mm, start: int, end: int, unlock: bool):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import MutableSequence
 
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
 from mmugather.mm.protocols import Path
@@ -35,7 +36,7 @@ class MmuGather30:
     SIZEOF_RCU_TABLE_FREE = SIZEOF + 8    # 112 with the table batch pointer (ppc64)
 
 
-class Gather30:
+class Gather30(KernelPart):
     """The 3.0 gather, as kernel methods (mm/memory.c and include/asm-generic/tlb.h, Linux v3.0)."""
 
     MMU_GATHER_BUNDLE = 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 from array import array
 
 from mmugather.kernel.locking import COND_RESCHED
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PUD_SHIFT
@@ -66,7 +67,7 @@ class MmuGather618:
         return PAGE_SHIFT
 
 
-class Gather618:
+class Gather618(KernelPart):
     """The 6.18 gather, as kernel methods (mm/mmu_gather.c, include/asm-generic/tlb.h, Linux v6.18).
 
     Fix switches (`--without-fix`) model the kernel before a fix, on this code:
