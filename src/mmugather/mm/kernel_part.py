@@ -59,6 +59,9 @@ class KernelPart:
         tlb_flush_pte_range: Callable[..., None]
         tlb_flush_rmaps: Callable[..., None]
         tlb_delay_rmap: Callable[..., bool]
+        pte_free_tlb: Callable[..., Path]
+        pmd_free_tlb: Callable[..., Path]
+        pud_free_tlb: Callable[..., Path]
 
         # ---- mm/memory.c (mm/memory/)
         pmd_table: Callable[..., DirTable]

@@ -267,6 +267,10 @@ class FrameSpan:
     `increasing` when the array is sorted."""
 
     __slots__ = ("lo", "hi", "mask", "increasing")
+    lo: int
+    hi: int
+    mask: np.ndarray | None
+    increasing: bool
 
     DENSE = 8           # use a mask over the span when it is at most this many times the frames
 
