@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
                       model_validator)
+from pydantic.json_schema import JsonDict
 
 from mmugather.errors import InputError, read_input
 
@@ -41,7 +42,7 @@ _SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0},
                               "".join(f"[{c}{c.upper()}]" for c in u) for u in _UNITS) + r")\s*$"}],
                 "unit": "bytes"}
 Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(_SIZE_SCHEMA)]
-NS = {"unit": "ns"}      # json_schema_extra of a duration: docs and the JSON Schema show the unit
+NS: JsonDict = {"unit": "ns"}      # json_schema_extra of a duration: docs and the JSON Schema show the unit
 
 
 class Strict(BaseModel):
@@ -451,12 +452,15 @@ def estimate_memory(scenario: Scenario) -> int:
     return total
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
     """1536 -> "1.5 KiB"; for the messages about memory limits."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{n} B"
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
+        if n < 1024:
+            return f"{n:,.1f} {unit}"
+    return f"{n / 1024:,.1f} PiB"
 
 
 def _fold_ops(ops: list, cpus: int) -> list:
