@@ -48,6 +48,8 @@ def _keep_freed_memory() -> None:
 class Simulation:
     """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics."""
 
+    fingerprint: Callable[[], object]    # an explorer target's machine only: its state's key (explore/target.py)
+
     def __init__(self, scenario: S.Scenario, policy_cls, *, cpus: int | None = None, preempt: str | None = None,
                  fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None,
                  arch: str | None = None, without_fixes=(), fast: bool = True, scheduler: Scheduler | None = None,
