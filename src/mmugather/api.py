@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import pandas
 
 WorkloadLike = str | os.PathLike[str] | Scenario
-PolicyLike = str | type
+PolicyLike = str | type[Kernel]
 PathLike = str | os.PathLike[str]
 SNAPSHOT_VARIANTS = ("exit", "munmap-largest")
 
@@ -57,7 +57,7 @@ def resolve_scenario(workload: WorkloadLike | None = None, *, snapshot: PathLike
     return parse_scenario(snapshot_to_scenario(snap, variant, cpus), f"snapshot {snapshot}")
 
 
-def resolve_policy(policy: PolicyLike) -> type:
+def resolve_policy(policy: PolicyLike) -> type[Kernel]:
     """The policy class: a built-in name, a plugin spec, or a Kernel subclass that names an arch."""
     if isinstance(policy, str):
         return get_policy(policy)
@@ -70,7 +70,7 @@ def resolve_policy(policy: PolicyLike) -> type:
     return policy
 
 
-def policy_name(cls: type) -> str:
+def policy_name(cls: type[Kernel]) -> str:
     """How results name a policy: its own `name`, else (a class written in a notebook) its class name."""
     return cls.__dict__.get("name") or cls.__name__
 
@@ -85,13 +85,14 @@ def _arch_list(arch: str | Sequence[str] | None) -> list[str] | None:
     return arches
 
 
-def policy_arches(classes: list[type], arch: str | Sequence[str] | None) -> list[tuple[type, str | None]]:
+def policy_arches(classes: list[type[Kernel]], arch: str | Sequence[str] | None
+                  ) -> list[tuple[type[Kernel], str | None]]:
     """(policy class, arch or None for its first) for each run of a comparison: with arches given, each
     policy on each of them it supports (arm64 did not exist before Linux 3.7, so 2.6.39 runs on x86 only)."""
     arches = _arch_list(arch)
     if arches is None:
         return [(cls, None) for cls in classes]
-    pairs = []
+    pairs: list[tuple[type[Kernel], str | None]] = []
     for cls in classes:
         mine = [a for a in arches if a in cls.arches]
         if not mine:
@@ -164,7 +165,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """What `mmugather compare --json` prints."""
-        runs = []
+        runs: list[dict[str, Any]] = []
         for r in self.runs:
             runs.append({"policy": r.policy, "arch": r.arch, "metrics": r.metrics})
             if r.known_bug:
@@ -192,7 +193,7 @@ class Comparison:
         write_html(result, path, {label: r.distributions for label, r in zip(labels, self.runs)})
 
 
-def _simulate(scenario: Scenario, cls: type, trace: list | None, **kw) -> Run:
+def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, **kw) -> Run:
     """Build and run one Simulation (traced into `trace` when given, as the next process of the file)."""
     with plugin_guard(cls):
         sim = Simulation(scenario, cls, **kw)
@@ -219,6 +220,7 @@ def _start_trace(path: PathLike | None) -> list | None:
 
 def _save_trace(traces: list | None, path: PathLike | None) -> None:
     if traces is not None:
+        assert path is not None, "traces are kept only when a path is given"
         from mmugather.sim.tracing import save_traces
         save_traces(traces, os.fspath(path))
 
@@ -307,7 +309,7 @@ class Exploration:
                 "arch": self.arch, **self.report, "replay_file": self.replay_file}
 
 
-def _replay_spec(policy: PolicyLike, cls: type) -> str:
+def _replay_spec(policy: PolicyLike, cls: type[Kernel]) -> str:
     """The policy as a replay file names it: a plugin file by absolute path, a class by its file."""
     if isinstance(policy, str):
         if policy.partition(":")[0].endswith(".py"):

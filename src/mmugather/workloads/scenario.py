@@ -370,7 +370,7 @@ def _where(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def parse_scenario(data: dict, origin: str) -> Scenario:
+def parse_scenario(data: object, origin: str) -> Scenario:
     """Validate a scenario given as a dict (from TOML or built in); errors become one InputError line."""
     try:
         return Scenario.model_validate(data)

@@ -17,6 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -297,7 +298,8 @@ def load_snapshot(directory: str | Path) -> Snapshot:
     vmas = []
     for k, (h, _, f, flags) in enumerate(smaps):
         sizes = {attr: f.get(key, 0) * 1024 for key, attr in _STORED.items() if key != "Size"}
-        vmas.append(Vma(*h, **sizes, flags=flags, present=None if present is None else present.get(k, ())))
+        vmas.append(Vma(*h, **sizes, flags=flags,  # type: ignore[misc]  # sizes: the _STORED fields only
+                        present=None if present is None else present.get(k, ())))
     return Snapshot(d, tuple(vmas), meta.get("pid"), meta.get("comm"), meta.get("threads", 1),
                     meta.get("kernel"))
 
@@ -412,7 +414,10 @@ def snapshot_to_scenario(snap: Snapshot, variant: str = "exit", cpus: int | None
     vmas = snap.torn_down
     if not vmas:
         raise InputError(f"{snap.source}: no VMA to tear down")
-    names, specs, files, exact, huge = [], [], {}, 0, 0
+    names: list[str] = []
+    specs: list[dict[str, Any]] = []
+    files: dict[str, dict[str, Any]] = {}
+    exact = huge = 0
     for k, v in enumerate(vmas):
         name = f"{k}:{v.path or 'anon'}"
         spec = {"name": name, "size": v.size, "start": v.start, "writable": v.perms[1] == "w"}
