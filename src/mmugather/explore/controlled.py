@@ -21,6 +21,7 @@ the TLB's observer, the allocator's free callbacks are wrapped, and the RNG is a
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.kernel.sched import P_PLAIN
@@ -55,16 +56,16 @@ class Controlled:
     timed = False
 
     def __init__(self) -> None:
-        self.engine: Engine | None = None
+        self.engine: Engine = None  # type: ignore[assignment]  # attach() sets it before any other method runs
         self.footprint = Footprint()
-        self.chooser = None
+        self.chooser: Any = None      # enabled actors -> the actor to step, or None to stop; set before run()
         self.prefix: list | tuple = ()
         self.track = False
         self.last_task: int | None = None
         self.yielded = False
         self.last_request = None
         self.fp_read = self.fp_write = 0
-        self._engine_sleep = None
+        self._engine_sleep: Any = None    # the engine's own Sleep handler, from handlers()
 
     # ----------------------------------------------------------------- the Scheduler protocol
     def attach(self, engine: Engine) -> None:
@@ -264,8 +265,8 @@ class Footprint:
         self.sent: list[int] = []
         self.log: list | None = None
         self.procs: list = []
-        self.engine = None
-        self.rng = None                   # the CountingRandom, once watched
+        self.engine: Engine = None  # type: ignore[assignment]  # bind() sets it before any other method runs
+        self.rng: CountingRandom | None = None    # the CountingRandom, once watched
 
     def bind(self, engine) -> None:
         """Size the per-CPU bits for `engine`."""
@@ -280,9 +281,10 @@ class Footprint:
         """Count what `sim` (a Simulation built with this footprint's scheduler) does outside the engine:
         its processes' fields, its RNG's draws, its allocator's frees."""
         self.procs = sim.processes
-        if isinstance(sim.rng, CountingRandom):
-            self.rng = sim.rng
-            self.rng.draws = 0            # draws since the search began (none: the fingerprint skips the RNG)
+        rng = sim.rng
+        if isinstance(rng, CountingRandom):
+            self.rng = rng
+            rng.draws = 0                 # draws since the search began (none: the fingerprint skips the RNG)
         _count_frees(sim.alloc, self, sim.engine)
 
     def tlb_op(self, name: str, c, args: tuple) -> None:
@@ -339,7 +341,8 @@ def _count_frees(alloc, obs: Footprint, engine) -> None:
             mapped = [m for pfn, _ in freed for m in _mapped_by(engine, pfn)]
             obs.log.append(("free", c.id if c is not None else None, freed, mapped))
 
-    on_free, on_free_many, on_free_array = alloc.on_free, alloc.on_free_many, getattr(alloc, "on_free_array", None)
+    on_free, on_free_many = alloc.on_free, alloc.on_free_many
+    on_free_array: Any = getattr(alloc, "on_free_array", None)
 
     def counted_free(c, pfn, kind):
         note(c, [(pfn, kind)])

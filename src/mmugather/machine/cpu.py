@@ -86,7 +86,7 @@ class Task:
         self.blocked_on: Any = None
         self.sleep_token = 0
         self.stack: list = []
-        self.send = None
+        self.send: Any = None     # the running frame's generator.send, from start() on
         self.retval = None
 
     def start(self, gen) -> None:

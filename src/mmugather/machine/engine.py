@@ -67,7 +67,7 @@ class DeadlockError(RuntimeError):
 class LimitExceeded(RuntimeError):
     """The run passed one of the engine's bounds: `bound` is "max_sim_ns" or "max_steps", `limit` its value."""
 
-    def __init__(self, bound: str, limit: int, detail: str) -> None:
+    def __init__(self, bound: str, limit: int | None, detail: str) -> None:
         super().__init__(f"{bound}={limit} exceeded: {detail}")
         self.bound = bound
         self.limit = limit
@@ -277,7 +277,7 @@ class Engine:
         }
         self.scheduler: Scheduler = scheduler if scheduler is not None else ClockOrder()
         if not self.scheduler.timed:
-            self._push = _no_event        # nothing is ordered by time: queue no events (picked once, here)
+            self._push = _no_event  # type: ignore[method-assign]  # nothing is ordered by time: queue no events
         self.scheduler.attach(self)
         self.handlers.update(self.scheduler.handlers(self))
         self.observers: list[EngineObserver] = []
@@ -312,8 +312,8 @@ class Engine:
         if self.observer is not None:
             self.observer.event(c, name, args or {})
 
-    def _observed_step(self, c: Cpu, horizon) -> None:
-        self.observer.step(c)
+    def _observed_step(self, c: Cpu, horizon: int) -> None:
+        self.observer.step(c)  # type: ignore[union-attr]  # attach() set the observer, then this step
         self._run_cpu(c, horizon)
 
     # ----------------------------------------------------------------- tasks
@@ -438,7 +438,7 @@ class Engine:
         """Take arrived IPIs, then preempt if the last yield was a preemption point. True if switched."""
         if c.pending and not c.irqs_off:
             self._take_irqs(c)
-        if c.need_resched and self.preemptible(c, c.curr):
+        if c.need_resched and c.curr is not None and self.preemptible(c, c.curr):
             self._preempt(c)
             return True
         c.attention = bool(c.pending) or c.need_resched
@@ -534,6 +534,7 @@ class Engine:
     def _preempt(self, c: Cpu) -> None:
         """preempt_schedule(): the current task goes back on the runqueue, the next one runs."""
         task = c.curr
+        assert task is not None, "preempting an idle CPU"
         if task.kind == "user":
             if c.latency_task is not None and c.latency_task.woken_at >= 0:
                 c.runqueue.appendleft(task)      # preempted by the RT task: resume first
@@ -549,6 +550,7 @@ class Engine:
             self._push_cpu(c)
         elif c.state == COMPUTE:
             task = c.curr
+            assert task is not None, "an idle CPU computing"
             task.compute_left = max(0, c.compute_end - t)
             c.clock = max(c.clock, t)
             c.runqueue.appendleft(task) if c.latency_task and c.latency_task.woken_at >= 0 else c.runqueue.append(task)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 from mmugather.errors import InputError
 from mmugather.machine.engine import EngineObserver
@@ -66,7 +67,7 @@ class Tracer(EngineObserver):
     def __init__(self, trace: ChromeTrace, cpus: list) -> None:
         self.trace = trace
         self.cpus = cpus
-        self.costs = None
+        self.costs: Any = None             # the engine's Costs, from attached()
         self.saved_active: list = []       # the active CPU around each schedule()
         base = trace.pid * TIDS_PER_RUN
         self.tid = [base + CPU_TRACK + c.id for c in cpus]

@@ -66,7 +66,7 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
     sim.metrics.syscall_ns.append(c.clock - t0)
     task.in_kernel = False
     sim.invariants.resume_user(c, task)
-    if cached is not None and task.mm is not None:
+    if cached is not None and unmapped is not None and task.mm is not None:
         sim.invariants.syscall_return(c, task.mm, *unmapped, cached)
     return result
 
