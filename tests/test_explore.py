@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import scenario
+from helpers import scenario
 
 from mmugather.explore import search
 from mmugather.explore.controlled import Controlled

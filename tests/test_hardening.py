@@ -120,7 +120,8 @@ def test_the_estimate_tracks_what_a_run_holds():
     def sc(size, populate):
         return parse_scenario({"process": [{"name": "p", "vma": [{"name": "a", "size": size, "populate": populate}],
                                             "thread": [{"cpu": 0, "program": [{"op": "exit"}]}]}]}, "t")
-    dense, sparse = estimate_memory(sc("1GiB", True)), estimate_memory(sc("1GiB", [[k << 21, 4096] for k in range(512)]))
+    dense = estimate_memory(sc("1GiB", True))
+    sparse = estimate_memory(sc("1GiB", [[k << 21, 4096] for k in range(512)]))
     assert 20 << 18 < dense < 48 << 18                         # 20..48 bytes per resident page
     assert 4000 * 512 < sparse < 8000 * 512                    # a table per page when sparse
     assert estimate_memory(sc("1GiB", False)) == 0
@@ -300,7 +301,7 @@ def test_explore_out_unwritable_is_checked_before_the_search():
 
 
 def test_replay_of_a_schedule_naming_a_missing_actor(tmp_path):
-    from conftest import munmap_while_others_run
+    from helpers import munmap_while_others_run
     sc = munmap_while_others_run(size="64KiB", cpus=2)
     doc = {"format": "mmugather-replay/1", "scenario": sc.model_dump(mode="json"), "policy": "3.0",
            "without_fixes": [], "seed": None, "arch": None, "schedule": [[3, 1], [5, 77]], "story": []}

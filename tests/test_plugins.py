@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import munmap_while_others_run, scenario
+from helpers import munmap_while_others_run, scenario
 
 from mmugather.errors import InputError
 from mmugather.explore.session import run_search

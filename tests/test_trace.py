@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import munmap_while_others_run
+from helpers import assert_self_contained, munmap_while_others_run
+from plugins.gathers import FreeBeforeFlush, LeakBatchPages, SleepUnderPteLock
+
 from mmugather.policies import POLICIES
 from mmugather.report.html import DISTRIBUTIONS
 from mmugather.report.trace import PID, ChromeTrace, validate_trace
 from mmugather.sim.simulation import Simulation
 from mmugather.sim.tracing import attach_trace
 from mmugather.workloads.builtin import resolve_workload
-from test_html import assert_self_contained
-from test_invariants import FreeBeforeFlush, LeakBatchPages, SleepUnderPteLock
 
 
 def shootdown_trace() -> ChromeTrace:
