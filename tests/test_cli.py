@@ -81,11 +81,12 @@ def test_with_cpus_folds_threads_and_forks_modulo_n():
     assert with_cpus(sc, 8).process[0].thread[1].cpu == 3 and sc.machine.cpus == 6
 
 
-def test_compare_cpus_1_on_the_default_workload_is_the_uniprocessor_kernel():
+@pytest.mark.parametrize("workload", ["small", pytest.param("default", marks=pytest.mark.slow)])
+def test_compare_cpus_1_is_the_uniprocessor_kernel(workload):
     """One CPU: no kernel sends an IPI; 3.0's fast mode allocates no batch and shows only its own real bug
     (fast mode frees before the flush while the preemptible gather lets another thread run), named with
     its fix; 2.6.39 (fast mode, a non-preemptible per-CPU gather) and 6.18 (no fast mode) are clean."""
-    r = cli("compare", "--cpus", "1", "--json")
+    r = cli("compare", "--workload", workload, "--cpus", "1", "--json")
     assert r.returncode == 0, r.stderr
     runs = {x["policy"]: x for x in json.loads(r.stdout)["runs"]}
     assert list(runs) == ["2.6.39", "3.0", "6.18"]

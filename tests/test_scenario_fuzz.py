@@ -3,6 +3,7 @@ import tomllib
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from helpers import examples
 from helpers.strategies import keys, plausible, values
 
 from mmugather.errors import InputError
@@ -17,14 +18,14 @@ def _load(data):
         return None
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.dictionaries(keys, values, max_size=6), plausible))
 def test_loader_never_raises_anything_else(data):
     result = _load(data)
     assert result is None or isinstance(result, Scenario)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(max_size=200))
 def test_garbage_files_are_one_line_errors(tmp_path_factory, text):
     f = tmp_path_factory.mktemp("fuzz") / "s.toml"
@@ -87,7 +88,7 @@ def runnable_scenarios(draw):
             "process": [{"name": "p", "vma": vmas, "thread": threads}]}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runnable_scenarios())
 def test_random_valid_scenarios_run_clean_under_both_policies(data):
     """On two or more CPUs both kernels keep every invariant, whatever the program."""

@@ -232,11 +232,13 @@ def cli(*args):
                           check=False)
 
 
-def test_compare_trace_of_the_default_workload_has_one_process_per_policy(tmp_path):
-    """`compare --trace --html` on the default workload: one valid trace file, a process per policy, flow
-    ids unique across the file; and its offline HTML report with the table and every plot."""
-    out, html = tmp_path / "default.json", tmp_path / "default.html"
-    r = cli("compare", "--json", "--trace", str(out), "--html", str(html))
+@pytest.mark.parametrize("workload", ["small", pytest.param("default", marks=pytest.mark.slow)])
+def test_compare_trace_has_one_process_per_policy(tmp_path, workload):
+    """`compare --trace --html` (the small workload; the default one under `slow`): one valid trace file, a
+    process per policy, flow ids unique across the file; and its offline HTML report with the table and every
+    plot."""
+    out, html = tmp_path / "compare.json", tmp_path / "compare.html"
+    r = cli("compare", "--workload", workload, "--json", "--trace", str(out), "--html", str(html))
     assert r.returncode == 0, r.stderr
     runs = json.loads(r.stdout)["runs"]
     text = html.read_text()
