@@ -355,3 +355,46 @@ def test_messages_name_the_option_file_and_line_at_fault(tmp_path):
                                   ["compare", "--snapshot", "/dev"]])
 def test_a_device_as_an_input_file_is_refused_not_read_forever(args, tmp_path):
     one_line_error(cli(*args, cwd=tmp_path))
+
+
+# ------------------------------------------------------------------ runs that never end: bounded, named
+NEVER_ENDS = """name = "never-ends"
+[machine]
+cpus = 2
+[[process]]
+name = "app"
+  [[process.vma]]
+  name = "w"
+  size = "64KiB"
+  populate = true
+  [[process.thread]]
+  cpu = 0
+  program = [ { op = "sleep", ns = 9000000000000000000 } ]
+  [[process.thread]]
+  cpu = 1
+  program = [ { op = "churn", vma = "w", gap_ns = 1000 } ]
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_a_scenario_that_never_ends_stops_at_the_simulated_time_bound(tmp_path, command):
+    """A sleep of 9e18 ns beside a churn never ends in simulated time: the run stops at --max-sim-ns with
+    exit 2 and a message naming the bound and the option that raises it."""
+    f = tmp_path / "never.toml"
+    f.write_text(NEVER_ENDS)
+    args = [command, f] if command == "run" else [command, "--workload", f]
+    r = cli(*args, "--policy" if command == "run" else "--policies", "6.18", "--max-sim-ns", "20000000")
+    one_line_error(r, "never-ends under 6.18 stopped", "max_sim_ns=20000000 exceeded", "--max-sim-ns")
+
+
+def test_the_simulated_time_bound_has_a_default():
+    """Without the option the bound is still there (10 s of simulated time, named in --help)."""
+    r = cli("run", "--help")
+    assert "--max-sim-ns" in r.stdout and "10000000000" in r.stdout and "--max-steps" in r.stdout
+
+
+def test_a_plugin_breaking_the_contract_under_explore_is_bad_input_not_a_finding():
+    """explore: a plugin yielding a str is exit 2 naming the plugin, not a violation found (exit 1)."""
+    r = cli("explore", "examples/munmap-race.toml", "--budget", "5", "--policy",
+            f"{PLUGINS / 'misbehaving.py'}:YieldsStr")
+    one_line_error(r, "YieldsStr.tlb_flush", "yielded")

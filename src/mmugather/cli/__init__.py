@@ -7,7 +7,7 @@ import sys
 import click
 
 from mmugather.arch import arch_names
-from mmugather.cli.limits import check_memory, memory_option
+from mmugather.cli.limits import check_memory, memory_option, run_bounds_options
 from mmugather.cli.paths import check_output_file
 from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
@@ -99,8 +99,9 @@ def main() -> None:
               help="Also write a Chrome/Perfetto JSON timeline here (open in ui.perfetto.dev): one file, one "
                    "process per policy on the same time axis, each with a track per CPU.")
 @memory_option
+@run_bounds_options
 def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, arch, snapshot, variant, as_json,
-            html_file, trace_file, max_memory) -> None:
+            html_file, trace_file, max_memory, max_sim_ns, max_steps) -> None:
     """Run the same workload under each policy and compare them side by side.
 
     A policy plugin that fails while it runs is reported (exit status 2) after the other policies' results."""
@@ -117,7 +118,7 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
     _policy_arches(classes, arch)
     from mmugather import api
     comparison = api.compare(scenario, classes, arch=arch, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait,
-                             seed=seed, costs=costs, trace=trace_file)
+                             seed=seed, costs=costs, trace=trace_file, max_sim_ns=max_sim_ns, max_steps=max_steps)
     result = comparison.to_dict()
     if html_file:
         comparison.write_html(html_file)
@@ -146,8 +147,9 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
 @click.option("--trace", "trace_file", default=None,
               help="Also write a Chrome/Perfetto JSON timeline here (open in ui.perfetto.dev), a track per CPU.")
 @memory_option
+@run_bounds_options
 def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, variant, as_json, trace_file,
-        max_memory) -> None:
+        max_memory, max_sim_ns, max_steps) -> None:
     """Run a scenario (a file or built-in workload name, or --snapshot) under one policy."""
     check_output_file("--trace", trace_file)
     if scenario_file is None and snapshot is None:
@@ -159,7 +161,7 @@ def run(scenario_file, policy, seed, costs_file, arch, without_fixes, snapshot, 
     check_memory(scenario, max_memory, scenario_file or f"snapshot {snapshot}")
     from mmugather import api
     result = api.run(scenario, cls, seed=seed, costs=load_costs(costs_file), arch=arch, without_fixes=without_fixes,
-                     trace=trace_file)
+                     trace=trace_file, max_sim_ns=max_sim_ns, max_steps=max_steps)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return

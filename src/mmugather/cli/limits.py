@@ -1,4 +1,5 @@
-"""Resource limits checked before a run starts: `--max-memory` against the scenario's estimated need."""
+"""Resource limits: `--max-memory` checked before a run starts against the scenario's estimated need, and
+the bounds of a run (`--max-sim-ns`, `--max-steps`) that stop a scenario that never ends."""
 from __future__ import annotations
 
 import os
@@ -46,3 +47,15 @@ def check_memory(scenario, max_memory: str | None, what: str) -> None:
     if need > limit:
         raise InputError(f"--max-memory: {what} needs about {gib(need)} of host memory (estimated from its "
                          f"resident pages and page tables); the limit is {gib(limit)}")
+
+
+def run_bounds_options(f):
+    """`--max-sim-ns` and `--max-steps`: the engine's bounds of one run (machine/engine.py LimitExceeded)."""
+    from mmugather.sim.simulation import DEFAULT_MAX_SIM_NS, DEFAULT_MAX_STEPS
+    f = click.option("--max-steps", "max_steps", type=click.IntRange(min=1), default=DEFAULT_MAX_STEPS,
+                     show_default=True, metavar="N",
+                     help="Stop a run after N task resumptions that spend no simulated time (exit status 2).")(f)
+    return click.option("--max-sim-ns", "max_sim_ns", type=click.IntRange(min=1), default=DEFAULT_MAX_SIM_NS,
+                        show_default=True, metavar="NS",
+                        help="Stop a run whose simulated time passes NS nanoseconds (a scenario that never "
+                             "ends; exit status 2).")(f)

@@ -24,12 +24,17 @@ import random
 
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.kernel.sched import P_PLAIN
-from mmugather.machine.cpu import RUNNING, FrameStack
+from mmugather.machine.cpu import RUNNING, FrameStack, TaskContractError
+from mmugather.policies.plugins import PluginError
 from mmugather.machine.engine import DeadlockError, Engine
 
 # footprint bits: shared kernel memory, the shared RNG, process fields user code reads; then per CPU
 MEM, RNG, PROC = 1, 2, 4
 _PER_CPU = 3
+
+
+# a plugin breaking the kernel-path contract is bad input (exit 2), not a finding of the search
+CONTRACT_BREACHES = (PluginError, TaskContractError)
 
 
 class StepError(Exception):
@@ -96,6 +101,8 @@ class Controlled:
                 raise RuntimeError(f"replay diverged at step {k}: actor {a} cannot step")
             try:
                 act(a)
+            except CONTRACT_BREACHES:
+                raise
             except Exception as e:
                 raise StepError(a, e) from e
         while engine.user_alive > 0 and not engine.halted:
@@ -107,6 +114,8 @@ class Controlled:
                 break
             try:
                 act(a)
+            except CONTRACT_BREACHES:
+                raise
             except Exception as e:
                 raise StepError(a, e) from e
         return max(c.clock for c in engine.cpus)

@@ -45,15 +45,23 @@ def _keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 256 << 20)
 
 
+# Default bounds of one run (docs/reliability.md): a scenario that never ends in simulated time (a `sleep`
+# of 9e18 ns beside a `churn`, a `loop` of 1e12 iterations) stops with LimitExceeded naming the bound.
+# The built-in workloads end within 0.2 s of simulated time and a few million steps.
+DEFAULT_MAX_SIM_NS = 10_000_000_000        # 10 s of simulated time
+DEFAULT_MAX_STEPS = 500_000_000            # task resumptions that spend no time (returns, requests, 0 ns)
+
+
 class Simulation:
-    """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics."""
+    """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics.
+    `max_sim_ns`/`max_steps` bound the run (defaults above; None: unbounded)."""
 
     def __init__(self, scenario: S.Scenario, policy_cls, *, cpus: int | None = None, preempt: str | None = None,
                  fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None,
                  arch: str | None = None, without_fixes=(), fast: bool = True, scheduler: Scheduler | None = None,
                  observers: Iterable[EngineObserver] = (), rng_class: Callable[[int], random.Random] = random.Random,
-                 tlb_observer: TlbObserver | None = None, max_sim_ns: int | None = None,
-                 max_steps: int | None = None) -> None:
+                 tlb_observer: TlbObserver | None = None, max_sim_ns: int | None = DEFAULT_MAX_SIM_NS,
+                 max_steps: int | None = DEFAULT_MAX_STEPS) -> None:
         m = scenario.machine
         _keep_freed_memory()
         self.fast = fast       # bulk teardown where exact (fastpath/); False: every step (explore/)
