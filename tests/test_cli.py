@@ -1,17 +1,17 @@
 """The command line: examples run, output is deterministic, bad input is one line and exit code 2."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli as cli_process, cli_here
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 
 
-def cli(*args, check=False):
-    return subprocess.run([sys.executable, "-m", "mmugather", *args], capture_output=True, text=True, cwd=ROOT)
+def cli(*args):
+    """The command in this interpreter; test_same_seed_gives_byte_identical_json starts real processes."""
+    return cli_here(*args)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -26,8 +26,8 @@ def test_every_example_runs_clean(path, policy):
 
 
 def test_same_seed_gives_byte_identical_json():
-    a = cli("compare", "--workload", "small", "--seed", "5", "--json")
-    b = cli("compare", "--workload", "small", "--seed", "5", "--json")
+    a = cli_process("compare", "--workload", "small", "--seed", "5", "--json")     # separate interpreters
+    b = cli_process("compare", "--workload", "small", "--seed", "5", "--json")
     c = cli("compare", "--workload", "small", "--seed", "6", "--json")
     assert a.returncode == 0 and a.stdout == b.stdout
     assert c.stdout != a.stdout

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli_here
 
 from mmugather.sweep import Grid, Point, grid_points, load_results, locked, run_sweep
 
@@ -18,8 +19,9 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "mmugather", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=ENV)
+    """The command in this interpreter (helpers.cli_here): exit code, stdout and stderr as a user sees them;
+    the tests of signals and process trees below start real processes."""
+    return cli_here(*args, cwd=cwd)
 
 
 def one_line_error(r, *needles, code=2):

@@ -1,13 +1,11 @@
 """The Chrome/Perfetto trace writer: what it writes is valid, and the validator catches broken traces."""
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from helpers import assert_self_contained, munmap_while_others_run
+from helpers import assert_self_contained, cli as cli_process, cli_here, munmap_while_others_run
 from plugins.gathers import FreeBeforeFlush, LeakBatchPages, SleepUnderPteLock
 
 from mmugather.policies import POLICIES
@@ -228,8 +226,7 @@ def test_attaching_twice_is_refused():
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mmugather", *args], capture_output=True, text=True, cwd=ROOT,
-                          check=False)
+    return cli_here(*args)
 
 
 @pytest.mark.parametrize("workload", ["small", pytest.param("default", marks=pytest.mark.slow)])
@@ -261,9 +258,10 @@ def test_compare_trace_has_one_process_per_policy(tmp_path, workload):
 
 
 def test_run_trace_is_valid_and_byte_identical_for_the_same_seed(tmp_path):
+    """Each run in a fresh interpreter: the same seed writes the same bytes, another seed other bytes."""
     a, b, c = (tmp_path / n for n in ("a.json", "b.json", "c.json"))
     for path, seed in ((a, "4"), (b, "4"), (c, "5")):
-        r = cli("run", "small", "--policy", "3.0", "--seed", seed, "--json", "--trace", str(path))
+        r = cli_process("run", "small", "--policy", "3.0", "--seed", seed, "--json", "--trace", path)
         assert r.returncode == 0, r.stderr
     assert validate_trace(json.loads(a.read_text())) == []
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()

@@ -58,6 +58,14 @@ def cli(*args, cwd=ROOT, **kw) -> subprocess.CompletedProcess:
                           cwd=cwd, **kw)
 
 
+def cli_here(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+    """cli() without the interpreter start-up: the console entry point in this interpreter (for tests of
+    what a command prints and returns; signals, process trees and crashes need cli())."""
+    argv = [str(a) for a in args]
+    code, out, err = cli_in_process(argv, cwd=Path(cwd))
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
 def cli_in_process(argv: list[str], cwd: Path = ROOT) -> tuple[int, str, str]:
     """`mmugather ARGV` through the console entry point in this interpreter, from `cwd`: (exit code, stdout,
     stderr). Same code path as `python -m mmugather` without an interpreter start-up."""
