@@ -1,32 +1,32 @@
-"""Shared helpers: build scenarios as dicts and run them under a policy."""
+"""Shared fixtures and the run's cost profile.
+
+Plain helpers (scenario builders, `run`, the command line) live in tests/helpers/, broken policy plugins in
+tests/plugins/; test modules import those, never each other. Hypothesis profiles: `default` (CI, the
+default run) keeps example counts small; `slow` (selected by `-m slow`, or HYPOTHESIS_PROFILE=slow) runs
+every property with ten times as many examples. A test that sets max_examples itself scales it with
+`helpers.examples(n)`.
+"""
+import os
+
 import pytest
+from helpers import SLOW_PROFILE_EXAMPLES, munmap_while_others_run
+from hypothesis import HealthCheck, settings
 
-from mmugather.policies import POLICIES
-from mmugather.sim.simulation import Simulation
-from mmugather.workloads.scenario import parse_scenario
-
-
-def scenario(vmas, threads, cpus=4, preempt="voluntary", latency=True, seed=1, fail_nowait=0.0):
-    return parse_scenario({"seed": seed, "machine": {"cpus": cpus, "preempt": preempt, "latency_task": latency,
-                                                     "fail_nowait": fail_nowait},
-                           "process": [{"name": "app", "vma": vmas, "thread": threads}]}, "test")
+settings.register_profile("default", max_examples=30, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("slow", max_examples=SLOW_PROFILE_EXAMPLES, deadline=None, derandomize=False,
+                          suppress_health_check=[HealthCheck.too_slow])
 
 
-def run(sc, policy, **kw):
-    cls = POLICIES[policy] if isinstance(policy, str) else policy
-    return Simulation(sc, cls, **kw).run()
-
-
-def munmap_while_others_run(size="4MiB", cpus=4, preempt="voluntary", fail_nowait=0.0):
-    """Thread 0 munmaps a populated region while the other threads keep touching their own memory."""
-    threads = [{"cpu": 0, "program": [{"op": "munmap", "vma": "a"}, {"op": "exit"}]}]
-    warm = {"op": "touch", "vma": "a", "size": "64KiB", "write": False}
-    threads += [{"cpu": i, "program": [warm, {"op": "churn", "vma": "w", "gap_ns": 1500}]} for i in range(1, cpus)]
-    return scenario([{"name": "a", "size": size, "populate": True},
-                     {"name": "w", "size": "1MiB", "populate": True}], threads, cpus=cpus, preempt=preempt,
-                    fail_nowait=fail_nowait)
+def pytest_configure(config: pytest.Config) -> None:
+    """Pick the hypothesis profile: `slow` when the run selects slow tests, else `default`."""
+    wanted = os.environ.get("HYPOTHESIS_PROFILE")
+    if wanted is None:
+        wanted = "slow" if "slow" in (config.option.markexpr or "").replace("not slow", "") else "default"
+    settings.load_profile(wanted)
 
 
 @pytest.fixture
 def small_munmap():
+    """munmap of 4 MiB on CPU 0 while three other threads of the mm keep touching their own memory."""
     return munmap_while_others_run()

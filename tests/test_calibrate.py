@@ -49,6 +49,7 @@ def test_cost_file_round_trips_through_load_costs(tmp_path, suffix):
         assert json.loads(path.read_text())["measured"] == MEASURED
 
 
+@pytest.mark.host
 @pytest.mark.skipif(host_supported() != "", reason=f"host cannot run the probes: {host_supported()}")
 def test_live_calibration_writes_a_usable_cost_file(tmp_path):
     """On this host: positive per-page cost, a round trip, and a file compare accepts."""

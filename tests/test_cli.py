@@ -1,17 +1,17 @@
 """The command line: examples run, output is deterministic, bad input is one line and exit code 2."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli as cli_process, cli_here
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 
 
-def cli(*args, check=False):
-    return subprocess.run([sys.executable, "-m", "mmugather", *args], capture_output=True, text=True, cwd=ROOT)
+def cli(*args):
+    """The command in this interpreter; test_same_seed_gives_byte_identical_json starts real processes."""
+    return cli_here(*args)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -26,8 +26,8 @@ def test_every_example_runs_clean(path, policy):
 
 
 def test_same_seed_gives_byte_identical_json():
-    a = cli("compare", "--workload", "small", "--seed", "5", "--json")
-    b = cli("compare", "--workload", "small", "--seed", "5", "--json")
+    a = cli_process("compare", "--workload", "small", "--seed", "5", "--json")     # separate interpreters
+    b = cli_process("compare", "--workload", "small", "--seed", "5", "--json")
     c = cli("compare", "--workload", "small", "--seed", "6", "--json")
     assert a.returncode == 0 and a.stdout == b.stdout
     assert c.stdout != a.stdout
@@ -81,11 +81,12 @@ def test_with_cpus_folds_threads_and_forks_modulo_n():
     assert with_cpus(sc, 8).process[0].thread[1].cpu == 3 and sc.machine.cpus == 6
 
 
-def test_compare_cpus_1_on_the_default_workload_is_the_uniprocessor_kernel():
+@pytest.mark.parametrize("workload", ["small", pytest.param("default", marks=pytest.mark.slow)])
+def test_compare_cpus_1_is_the_uniprocessor_kernel(workload):
     """One CPU: no kernel sends an IPI; 3.0's fast mode allocates no batch and shows only its own real bug
     (fast mode frees before the flush while the preemptible gather lets another thread run), named with
     its fix; 2.6.39 (fast mode, a non-preemptible per-CPU gather) and 6.18 (no fast mode) are clean."""
-    r = cli("compare", "--cpus", "1", "--json")
+    r = cli("compare", "--workload", workload, "--cpus", "1", "--json")
     assert r.returncode == 0, r.stderr
     runs = {x["policy"]: x for x in json.loads(r.stdout)["runs"]}
     assert list(runs) == ["2.6.39", "3.0", "6.18"]

@@ -2,7 +2,7 @@
 shootdown targets, against 6.18, in the free-running machine and under the explorer."""
 from pathlib import Path
 
-from conftest import scenario
+from helpers import scenario
 
 from mmugather.explore.session import run_search
 from mmugather.explore.target import KernelTarget

@@ -1,11 +1,9 @@
 """The race explorer: it finds races, proves small locked programs clean with a hand-checked state count,
 replays and shrinks schedules faithfully, and its command line keeps the exit-code contract."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import scenario
+from helpers import cli_here, scenario
 
 from mmugather.explore import search
 from mmugather.explore.controlled import Controlled
@@ -193,7 +191,7 @@ def test_pct_finds_the_madvise_race():
 
 # ------------------------------------------------------------------ the command line
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "mmugather", *args], capture_output=True, text=True, cwd=cwd)
+    return cli_here(*args, cwd=cwd)
 
 
 def _toml(tmp_path) -> Path:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import munmap_while_others_run, scenario
+from helpers import munmap_while_others_run, scenario
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_invariants import FreeBeforeFlush, LeakBatchPages, NoRemoteFlush, SleepUnderPteLock
+from plugins.gathers import FreeBeforeFlush, LeakBatchPages, LocalFlushOnly, SleepUnderPteLock
 
 import mmugather.fastpath as fastpath
 from mmugather.fastpath import core as bulk
@@ -18,6 +18,7 @@ from mmugather.fastpath.v2_6_39 import Bulk2639
 from mmugather.fastpath.v3_0 import Bulk30
 from mmugather.fastpath.v6_18 import Bulk618
 from mmugather.machine.costs import Costs
+from mmugather.mm.mmu_gather.v6_18 import Gather618
 from mmugather.mm.page_alloc import FrameSpan
 from mmugather.mm.protocols import STEP_BY_STEP
 from mmugather.policies import POLICIES
@@ -27,7 +28,7 @@ from mmugather.workloads.scenario import parse_scenario
 PAGE = 4096
 MiB = 1 << 20
 GiB = 1 << 30
-BROKEN = [FreeBeforeFlush, NoRemoteFlush, SleepUnderPteLock, LeakBatchPages]
+BROKEN = [FreeBeforeFlush, LocalFlushOnly, SleepUnderPteLock, LeakBatchPages]
 
 
 def machine_state(sim) -> dict:
@@ -210,8 +211,9 @@ def test_sizes_around_every_batch_and_flush_boundary(policy):
                     assert_same(sc, POLICIES[policy], preempt=preempt)
 
 
-# 6.18's gather holds MMU_GATHER_BUNDLE - 1 + MAX_GATHER_BATCH_COUNT * (MAX_GATHER_BATCH - 1) pages
-CYCLE_618 = 7 + 19 * 509
+# 6.18's gather holds MMU_GATHER_BUNDLE - 1 + MAX_GATHER_BATCH_COUNT * (MAX_GATHER_BATCH - 1) pages (9678;
+# test_linux618.py checks these constants against the kernel's)
+CYCLE_618 = (Gather618.MMU_GATHER_BUNDLE - 1) + Gather618.MAX_GATHER_BATCH_COUNT * (Gather618.MAX_GATHER_BATCH - 1)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Issue 24 items 4, 5, 6 and 9: zap_pte_range()'s need_resched() break and PT_RECLAIM across retries
 (6.18), 3.0's RCU table batch, 2.6.39's lock break only under CONFIG_PREEMPT, and the gathers' sizes."""
-from conftest import run, scenario
+from helpers import run, scenario
 
 
 def _dontneed(size, preempt="none", latency=False):

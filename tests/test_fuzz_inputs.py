@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers.strategies import keys, plausible, values
+
 from mmugather.errors import InputError
 
 pytestmark = pytest.mark.slow
@@ -84,7 +86,7 @@ def argv(draw):
     if cmd == "sweep":
         args[1] = "nope.toml"                  # sweeps are fuzzed through their files, without a pool
     if cmd in ("snapshot", "calibrate"):
-        args = [cmd, "-o", "/proc/x"] + args[1:]   # no capture, no host measurement
+        args += ["-o", "/proc/x"]              # last -o wins: no capture, no host measurement, no file written
     return args
 
 
@@ -99,7 +101,6 @@ def test_cli_arguments(args):
 
 
 # ------------------------------------------------------------------ scenario files
-from test_scenario_fuzz import keys, plausible, values
 
 
 @cases(30_000)
@@ -139,7 +140,9 @@ grid = st.dictionaries(st.sampled_from(["policies", "workloads", "cpus", "preemp
 
 
 def _toml(v) -> str:
-    return json.dumps(v) if not isinstance(v, dict) else "{" + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + "}"
+    if not isinstance(v, dict):
+        return json.dumps(v)
+    return "{" + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + "}"
 
 
 @cases(20_000)
@@ -165,7 +168,8 @@ def test_sweep_files(tmp_path_factory, g):
 # ------------------------------------------------------------------ snapshot directories
 hexnum = st.integers(0, 2**64).map(lambda n: f"{n:x}")
 maps_line = st.one_of(
-    st.builds(lambda a, b, p: f"{a}-{b} {p} 00000000 00:00 0 ", hexnum, hexnum, st.sampled_from(["rw-p", "r--s", "xxxx"])),
+    st.builds(lambda a, b, p: f"{a}-{b} {p} 00000000 00:00 0 ", hexnum, hexnum,
+              st.sampled_from(["rw-p", "r--s", "xxxx"])),
     st.text(max_size=40))
 smaps_field = st.builds(lambda k, v, u: f"{k}: {v}{u}", st.sampled_from(["Size", "Rss", "Anonymous", "Swap",
                                                                          "AnonHugePages", "THPeligible", "Bogus"]),

@@ -1,7 +1,8 @@
 """Golden outputs: every user-visible result (compare --json of every built-in and example workload under
 every policy and arch, bugs run, explore verdicts) is byte-identical to the recording in
 tests/golden/outputs.json. A refactor that changes a number fails here; a deliberate model change
-re-records with `python tests/golden/record.py` and says why in its commit."""
+re-records with `python tests/golden/record.py` and says why in its commit. The default run checks every
+workload under one policy/arch pair (each pair covered), every bug and every explore; `-m slow` the rest."""
 from __future__ import annotations
 
 import json

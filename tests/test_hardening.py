@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli_here
 
 from mmugather.sweep import Grid, Point, grid_points, load_results, locked, run_sweep
 
@@ -18,8 +19,9 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "mmugather", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=ENV)
+    """The command in this interpreter (helpers.cli_here): exit code, stdout and stderr as a user sees them;
+    the tests of signals and process trees below start real processes."""
+    return cli_here(*args, cwd=cwd)
 
 
 def one_line_error(r, *needles, code=2):
@@ -120,7 +122,8 @@ def test_the_estimate_tracks_what_a_run_holds():
     def sc(size, populate):
         return parse_scenario({"process": [{"name": "p", "vma": [{"name": "a", "size": size, "populate": populate}],
                                             "thread": [{"cpu": 0, "program": [{"op": "exit"}]}]}]}, "t")
-    dense, sparse = estimate_memory(sc("1GiB", True)), estimate_memory(sc("1GiB", [[k << 21, 4096] for k in range(512)]))
+    dense = estimate_memory(sc("1GiB", True))
+    sparse = estimate_memory(sc("1GiB", [[k << 21, 4096] for k in range(512)]))
     assert 20 << 18 < dense < 48 << 18                         # 20..48 bytes per resident page
     assert 4000 * 512 < sparse < 8000 * 512                    # a table per page when sparse
     assert estimate_memory(sc("1GiB", False)) == 0
@@ -300,7 +303,7 @@ def test_explore_out_unwritable_is_checked_before_the_search():
 
 
 def test_replay_of_a_schedule_naming_a_missing_actor(tmp_path):
-    from conftest import munmap_while_others_run
+    from helpers import munmap_while_others_run
     sc = munmap_while_others_run(size="64KiB", cpus=2)
     doc = {"format": "mmugather-replay/1", "scenario": sc.model_dump(mode="json"), "policy": "3.0",
            "without_fixes": [], "seed": None, "arch": None, "schedule": [[3, 1], [5, 77]], "story": []}

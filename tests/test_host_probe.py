@@ -58,6 +58,7 @@ def test_script_fields_are_checked():
         Script("x", "munmap", 0, "alone")
 
 
+@pytest.mark.host
 @pytest.mark.skipif(host_supported() != "", reason=f"host cannot run the probes: {host_supported()}")
 @pytest.mark.parametrize("script,cpu1", [
     (Script("munmap-1-running", "munmap", 1, "running"), 1),

@@ -1,10 +1,9 @@
 """HTML reports: one offline file with the table and one inline SVG per plot; a browser renders it."""
-import re
 import shutil
 import subprocess
-import xml.etree.ElementTree as ET
 
 import pytest
+from helpers import assert_self_contained
 
 from mmugather.errors import InputError
 from mmugather.policies import POLICIES
@@ -12,9 +11,6 @@ from mmugather.report.html import DISTRIBUTIONS, SWEEP_METRICS, raw_distribution
 from mmugather.sim.simulation import Simulation
 from mmugather.sweep import Point, run_point
 from mmugather.workloads.builtin import resolve_workload
-
-EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.IGNORECASE)
-
 
 @pytest.fixture(scope="module")
 def small_compare():
@@ -28,14 +24,6 @@ def small_compare():
     result = {"workload": "small", "machine": {"cpus": 4, "arch": "x86", "preempt": "voluntary", "fail_nowait": 0.0},
               "seed": 1, "runs": runs}
     return result, dists
-
-
-def assert_self_contained(text: str) -> None:
-    """Nothing is fetched (no external src/href, no scripts or images) and every inline SVG is well formed."""
-    assert not EXTERNAL.search(text)
-    assert not re.search(r"<(script|link|img|iframe)\b", text, re.IGNORECASE)
-    for svg in re.findall(r"<svg\b.*?</svg>", text, re.DOTALL):
-        assert ET.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg"
 
 
 def test_compare_report_is_one_offline_file_with_the_table_and_every_plot(tmp_path, small_compare):

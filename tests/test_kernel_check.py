@@ -95,6 +95,7 @@ def test_unknown_check_name_is_a_one_line_error():
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown check" in r.stderr
 
 
+@pytest.mark.host
 @pytest.mark.skipif(host_supported() != "", reason=f"host cannot run the probes: {host_supported()}")
 def test_quick_catalogue_host_and_model_agree():
     """The CI subset, measured on this host's kernel and simulated: every script's per-CPU shootdown
@@ -107,29 +108,7 @@ def test_quick_catalogue_host_and_model_agree():
     assert not bad and r.returncode == 0, bad
 
 
-TRACE = """\
-# tracer: nop
-           <...>-7   [001] d..1. 10.000001: tlb_flush: pages:1 reason:remote shootdown (1)
-          python-9   [000] ...1. 10.000010: tracing_mark_write: mmugather-begin 0
-          python-9   [000] d..1. 10.000011: tlb_flush: pages:1 reason:local shootdown (2)
-          python-9   [000] d..1. 10.000012: tlb_flush: pages:1 reason:remote IPI send (4)
-           other-5   [001] d..1. 10.000013: tlb_flush: pages:-1 reason:remote IPI send (4)
-          <idle>-0   [001] d.h1. 10.000014: tlb_flush: pages:1 reason:remote shootdown (1)
-          python-9   [000] d..1. 10.000015: tlb_flush: pages:-1 reason:remote IPI send (4)
-          <idle>-0   [001] d.h1. 10.000016: tlb_flush: pages:0 reason:remote wrong CPU (5)
-          python-9   [001] d..2. 10.000017: sched_switch: prev_comm=python prev_pid=9 prev_prio=120 prev_state=S ==> next_comm=python next_pid=11 next_prio=120
-          python-11  [001] d..2. 10.000018: sched_switch: prev_comm=python prev_pid=11 prev_prio=120 prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120
-          <idle>-0   [001] d..2. 10.000019: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=agent next_pid=77 next_prio=120
-           agent-77  [001] d..2. 10.000019: sched_switch: prev_comm=agent prev_pid=77 prev_prio=120 prev_state=S ==> next_comm=kworker/1:1 next_pid=40 next_prio=120
-          python-9   [000] ...1. 10.000020: tracing_mark_write: mmugather-end 0
-          <idle>-0   [001] d.h1. 10.000021: tlb_flush: pages:1 reason:remote shootdown (1)
-          <idle>-0   [001] d..2. 10.000022: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=agent next_pid=77 next_prio=120
-          python-9   [000] ...1. 10.000030: tracing_mark_write: mmugather-begin 3
-          python-9   [000] d..1. 10.000031: tlb_flush: pages:1 reason:remote IPI send (4)
-          python-9   [000] d..2. 10.000031: sched_switch: prev_comm=python prev_pid=9 prev_prio=120 prev_state=R ==> next_comm=bash next_pid=78 next_prio=120
-           agent-77  [001] d..2. 10.000031: sched_switch: prev_comm=agent prev_pid=77 prev_prio=120 prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120
-          python-9   [000] ...1. 10.000032: tracing_mark_write: mmugather-end 3
-"""
+TRACE = (Path(__file__).parent / "fixtures" / "ftrace_tlb_flush.txt").read_text()   # tracefs `trace` of two windows
 
 
 def test_trace_windows_count_the_callers_sends_and_each_cpus_handler_outcomes():
@@ -148,6 +127,7 @@ def _tracefs():
     return find_tracefs()[0] if host_supported() == "" else None
 
 
+@pytest.mark.host
 @pytest.mark.skipif(_tracefs() is None, reason="no usable tlb:tlb_flush tracepoint or host cannot probe")
 def test_traced_kernel_decides_a_remote_flush_and_skips_a_lazy_cpu():
     """The kernel's own trace of the decisions the model makes: a 1-page munmap with thread B running

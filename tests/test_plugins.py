@@ -1,12 +1,10 @@
 """Policy plugins: loaded by MODULE:CLASS or FILE.py:CLASS for compare, run and explore; loading problems
 are one line with exit code 2; deliberately broken plugins are caught by the explorer."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import munmap_while_others_run, scenario
+from helpers import cli_here, munmap_while_others_run, scenario
 
 from mmugather.errors import InputError
 from mmugather.explore.session import run_search
@@ -19,7 +17,7 @@ EXAMPLE = ROOT / "examples" / "plugins" / "batch_limit.py"
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mmugather", *args], capture_output=True, text=True, cwd=ROOT)
+    return cli_here(*args)
 
 
 def munmap_while_another_cpu_reads():

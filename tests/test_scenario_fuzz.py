@@ -3,31 +3,11 @@ import tomllib
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from helpers import examples
+from helpers.strategies import keys, plausible, values
+
 from mmugather.errors import InputError
 from mmugather.workloads.scenario import Scenario, load_scenario, parse_scenario
-
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["4KiB", "16 pages", "1GiB", "0", "-4096", "3 MiB"]))
-keys = st.sampled_from(["name", "seed", "machine", "cpus", "preempt", "policy", "fail_nowait", "process", "vma",
-                        "thread", "program", "op", "size", "start", "offset", "populate", "kind", "file", "shared",
-                        "cpu", "ns", "vma", "files", "writable", "advice", "gap_ns", "write", "bogus"])
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(keys, inner, max_size=5)), max_leaves=25)
-ops = st.fixed_dictionaries({"op": st.sampled_from(["touch", "churn", "munmap", "madvise", "sleep", "compute", "exit",
-                                                    "exec", "mmap", "warp"])},
-                            optional={"vma": st.sampled_from(["a", "b", 3]), "size": scalars, "offset": scalars,
-                                      "ns": scalars, "write": scalars})
-plausible = st.fixed_dictionaries({
-    "machine": st.fixed_dictionaries({}, optional={"cpus": st.integers(-1, 300), "preempt": scalars,
-                                                   "fail_nowait": scalars}),
-    "process": st.lists(st.fixed_dictionaries({
-        "name": st.sampled_from(["p", ""]),
-        "vma": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "b"]), "size": scalars},
-                                              optional={"populate": st.one_of(st.booleans(), values),
-                                                        "start": scalars}), max_size=3),
-        "thread": st.lists(st.fixed_dictionaries({"cpu": st.integers(-1, 8), "program": st.lists(ops, max_size=4)}),
-                           max_size=3)}), max_size=2),
-})
 
 
 def _load(data):
@@ -38,14 +18,14 @@ def _load(data):
         return None
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.dictionaries(keys, values, max_size=6), plausible))
 def test_loader_never_raises_anything_else(data):
     result = _load(data)
     assert result is None or isinstance(result, Scenario)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(max_size=200))
 def test_garbage_files_are_one_line_errors(tmp_path_factory, text):
     f = tmp_path_factory.mktemp("fuzz") / "s.toml"
@@ -108,7 +88,7 @@ def runnable_scenarios(draw):
             "process": [{"name": "p", "vma": vmas, "thread": threads}]}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runnable_scenarios())
 def test_random_valid_scenarios_run_clean_under_both_policies(data):
     """On two or more CPUs both kernels keep every invariant, whatever the program."""

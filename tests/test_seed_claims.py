@@ -1,5 +1,5 @@
 """The seed's claims (d16dfc550f53 "mm: mmu_gather rework"), as properties that a wrong model fails."""
-from conftest import munmap_while_others_run, run, scenario
+from helpers import munmap_while_others_run, run, scenario
 
 
 def test_voluntary_3_0_never_flushes_or_frees_under_pte_lock():

@@ -1,6 +1,6 @@
 """The rest of the 2011 series and its descendants: sleeping locks, notifiers, truncate, mremap's flush."""
 import pytest
-from conftest import run
+from helpers import run
 
 from mmugather.mm.mm_types import MM_FILEPAGES
 from mmugather.policies import POLICIES as ALL
@@ -138,7 +138,8 @@ class Ppc64FreeWithoutGrace(ALL["3.0"]):
 
 
 def test_rcu_table_free_without_the_grace_period_is_caught_on_ppc64():
-    kinds = {v["kind"] for v in run(_gup_while_munmap_with_company(), Ppc64FreeWithoutGrace, arch="ppc64")["violations"]}
+    m = run(_gup_while_munmap_with_company(), Ppc64FreeWithoutGrace, arch="ppc64")
+    kinds = {v["kind"] for v in m["violations"]}
     assert "page-table-use-after-free" in kinds
 
 

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import examples
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from mmugather.errors import InputError
@@ -235,7 +236,7 @@ def mutations(draw):
     return {k: "\n".join(v) for k, v in files.items()}
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(mutations())
 def test_mutated_real_snapshots_load_or_fail_with_one_line(tmp_path, files):

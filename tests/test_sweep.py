@@ -60,8 +60,11 @@ def rows_in_file(out):
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
-def test_a_sigkilled_sweep_resumes_losing_and_repeating_nothing(tmp_path):
-    path = sweep_file(tmp_path, SMALL.replace("seeds = [1, 2]", "seeds = {from = 1, to = 40}"))
+@pytest.mark.parametrize("seeds", [5, pytest.param(40, marks=pytest.mark.slow)])
+def test_a_sigkilled_sweep_resumes_losing_and_repeating_nothing(tmp_path, seeds):
+    """Killed after its 8th row (of 8 points per seed), a resumed sweep runs exactly the points missing."""
+    points = 8 * seeds
+    path = sweep_file(tmp_path, SMALL.replace("seeds = [1, 2]", f"seeds = {{from = 1, to = {seeds}}}"))
     out = tmp_path / "out"
     code = f"from mmugather.sweep import run_sweep; run_sweep({str(path)!r}, {str(out)!r}, workers=1, chunk=4)"
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
@@ -77,13 +80,13 @@ def test_a_sigkilled_sweep_resumes_losing_and_repeating_nothing(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)          # its orphaned worker processes
     data = (out / "results.jsonl").read_bytes()
     before = [json.loads(line) for line in data[:data.rfind(b"\n") + 1].splitlines()]
-    assert 8 <= len(before) < 320
+    assert 8 <= len(before) < points
 
     summary = run_sweep(path, out, workers=2, resume=True, progress=False)
-    assert summary == {"points": 320, "skipped": len(before), "ran": 320 - len(before)}
+    assert summary == {"points": points, "skipped": len(before), "ran": points - len(before)}
     after = rows_in_file(out)
     ids = [r["id"] for r in after]
-    assert len(ids) == len(set(ids)) == 320
+    assert len(ids) == len(set(ids)) == points
     assert after[:len(before)] == before
     assert [r["id"] for r in load_results(out)] == [p.id for p in grid_points(sweep.load_sweep(path)[0])]
 

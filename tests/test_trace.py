@@ -1,21 +1,19 @@
 """The Chrome/Perfetto trace writer: what it writes is valid, and the validator catches broken traces."""
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import munmap_while_others_run
+from helpers import assert_self_contained, cli as cli_process, cli_here, munmap_while_others_run
+from plugins.gathers import FreeBeforeFlush, LeakBatchPages, SleepUnderPteLock
+
 from mmugather.policies import POLICIES
 from mmugather.report.html import DISTRIBUTIONS
 from mmugather.report.trace import PID, ChromeTrace, validate_trace
 from mmugather.sim.simulation import Simulation
 from mmugather.sim.tracing import attach_trace
 from mmugather.workloads.builtin import resolve_workload
-from test_html import assert_self_contained
-from test_invariants import FreeBeforeFlush, LeakBatchPages, SleepUnderPteLock
 
 
 def shootdown_trace() -> ChromeTrace:
@@ -228,15 +226,16 @@ def test_attaching_twice_is_refused():
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mmugather", *args], capture_output=True, text=True, cwd=ROOT,
-                          check=False)
+    return cli_here(*args)
 
 
-def test_compare_trace_of_the_default_workload_has_one_process_per_policy(tmp_path):
-    """`compare --trace --html` on the default workload: one valid trace file, a process per policy, flow
-    ids unique across the file; and its offline HTML report with the table and every plot."""
-    out, html = tmp_path / "default.json", tmp_path / "default.html"
-    r = cli("compare", "--json", "--trace", str(out), "--html", str(html))
+@pytest.mark.parametrize("workload", ["small", pytest.param("default", marks=pytest.mark.slow)])
+def test_compare_trace_has_one_process_per_policy(tmp_path, workload):
+    """`compare --trace --html` (the small workload; the default one under `slow`): one valid trace file, a
+    process per policy, flow ids unique across the file; and its offline HTML report with the table and every
+    plot."""
+    out, html = tmp_path / "compare.json", tmp_path / "compare.html"
+    r = cli("compare", "--workload", workload, "--json", "--trace", str(out), "--html", str(html))
     assert r.returncode == 0, r.stderr
     runs = json.loads(r.stdout)["runs"]
     text = html.read_text()
@@ -259,9 +258,10 @@ def test_compare_trace_of_the_default_workload_has_one_process_per_policy(tmp_pa
 
 
 def test_run_trace_is_valid_and_byte_identical_for_the_same_seed(tmp_path):
+    """Each run in a fresh interpreter: the same seed writes the same bytes, another seed other bytes."""
     a, b, c = (tmp_path / n for n in ("a.json", "b.json", "c.json"))
     for path, seed in ((a, "4"), (b, "4"), (c, "5")):
-        r = cli("run", "small", "--policy", "3.0", "--seed", seed, "--json", "--trace", str(path))
+        r = cli_process("run", "small", "--policy", "3.0", "--seed", seed, "--json", "--trace", path)
         assert r.returncode == 0, r.stderr
     assert validate_trace(json.loads(a.read_text())) == []
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()

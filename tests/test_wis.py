@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from conftest import run, scenario
+from helpers import cli, run, scenario
+
 from mmugather.errors import InputError
 from mmugather.workloads.builtin import resolve_workload
 from mmugather.workloads.wis import counted_window_ns, ops_per_s
-from test_kernel_check import cli
 
 
 def _loop(**kw):

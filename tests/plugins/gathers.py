@@ -1,5 +1,7 @@
-"""Policy plugins for the tests: deliberately broken gathers the explorer must catch, and a class that is
-not a kernel at all."""
+"""Policy plugins for the tests: deliberately broken gathers that the invariant checker, the explorer, the
+fast path and the trace must catch or reproduce (imported by test modules as `plugins.gathers`, loaded by
+the CLI as `tests/plugins/gathers.py:CLASS`), and a class that is not a kernel at all."""
+from mmugather.kernel.locking import MIGHT_SLEEP, SpinLock, SpinUnlock
 from mmugather.mm.swap_state import free_pages_and_swap_cache
 from mmugather.policies import Linux30
 
@@ -27,6 +29,23 @@ class LocalFlushOnly(Linux30):
     def tlb_flush(self, c, tlb):
         self.machine.tlb.flush_all(c)
         yield self.costs.flush_full
+
+
+class SleepUnderPteLock(Linux30):
+    """A broken zap: takes a sleeping lock while holding the PTE lock."""
+
+    def zap_pte_range(self, c, tlb, vma, pt, addr, end, details):
+        yield SpinLock(pt.ptl)
+        yield MIGHT_SLEEP
+        yield SpinUnlock(pt.ptl)
+        return (yield from super().zap_pte_range(c, tlb, vma, pt, addr, end, details))
+
+
+class LeakBatchPages(Linux30):
+    """A broken finish: forgets to free the batch pages."""
+
+    def tlb_finish_mmu(self, c, tlb, start, end):
+        yield from self.tlb_flush_mmu(c, tlb)
 
 
 class NotAKernel:
