@@ -280,6 +280,7 @@ class Engine:
     def _schedule(self, c: Cpu) -> None:
         """schedule(): put the next task on the CPU (or go idle), switching mm as context_switch() does."""
         prev = c.curr
+        self.invariants.watchdog(c)
         nxt = self._pick(c)
         c.need_resched = False
         c.attention = bool(c.pending)
@@ -397,11 +398,14 @@ class Engine:
                 self.invariants.sleep_in_atomic(c, "cond_resched()")
             else:
                 c.point = P_COND_RESCHED
+                self.invariants.watchdog(c)
         elif v is MIGHT_SLEEP:
             if c.preempt_count or c.irqs_off:
                 self.invariants.sleep_in_atomic(c, "might_sleep()")
             else:
                 c.point = P_MIGHT_SLEEP
+                if self.voluntary:
+                    self.invariants.watchdog(c)
         elif v is LOCAL_IRQ_DISABLE:
             c.irqs_off += 1
         elif v is LOCAL_IRQ_ENABLE:
@@ -427,6 +431,8 @@ class Engine:
         if c.preempt_count == 0:
             self.metrics.preempt_off.append(c.clock - c.preempt_off_since)
             c.point = P_ENABLE
+            if self.full and not c.irqs_off:
+                self.invariants.watchdog(c)
 
     # ----------------------------------------------------------------- spinlocks
     def _spin_lock(self, c: Cpu, task: Task, v: SpinLock) -> bool:

@@ -62,6 +62,7 @@ class Simulation:
         self.rng = random.Random(self.seed)
         self.metrics = Metrics(self.ncpus)
         self.invariants = Invariants(self.metrics)
+        self.invariants.watchdog_setup(self.ncpus, m.softlockup_ns)
         self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants)
         self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
         self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many,
@@ -131,9 +132,12 @@ class Simulation:
     def run(self) -> dict:
         """Run to completion; check for leaks; return the `metrics` object."""
         # the hooks of the kernel's walks (mm/protocols.py): bulk where exact, unless every step is wanted
-        # (fast=False: explore/; a traced engine records every step)
-        hooks = fastpath.backends(type(self.kernel), self.arch) if self.fast and type(self.engine) is Engine \
-            else fastpath.STEP
+        # (fast=False: explore/; a traced engine records every step). The bulk backends reproduce the stock
+        # kernels: a fix switched off, or the watchdog (which times every stretch between scheduling points),
+        # runs step by step.
+        bulk = self.fast and type(self.engine) is Engine and not self.without_fixes \
+            and not self.invariants.softlockup_ns
+        hooks = fastpath.backends(type(self.kernel), self.arch) if bulk else fastpath.STEP
         self.kernel.use_backends(hooks.zap, hooks.tables, hooks.release)
         end = self.engine.run()
         if not self.engine.halted:

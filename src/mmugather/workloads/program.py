@@ -28,6 +28,13 @@ def vma_flags(spec: S.VmaSpec) -> int:
     return VM_READ | (VM_WRITE if spec.writable else 0) | (VM_SHARED if spec.shared else 0)
 
 
+def enter_kernel(sim, c, task) -> None:
+    """Entry from user mode (a system call, a fault): user mode was preemptible up to here, so the
+    soft-lockup watchdog's stretch of kernel code starts now."""
+    task.in_kernel = True
+    sim.invariants.watchdog(c, check=False)
+
+
 def access(sim, c, task, addr: int, write: bool):
     """One user load/store: TLB hit, hardware walk and fill, or a page fault (then retried once).
     Returns False if the access faulted fatally (SIGSEGV)."""
@@ -46,7 +53,7 @@ def access(sim, c, task, addr: int, write: bool):
                 return True
         if attempt:
             return False
-        task.in_kernel = True
+        enter_kernel(sim, c, task)
         ok = yield sim.kernel.do_page_fault(c, task, addr, write)
         task.in_kernel = False
         sim.invariants.resume_user(c, task)
@@ -59,7 +66,7 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
     """Run a kernel path as a system call: in kernel mode, then back to user with the return checks
     (`unmapped`: the range an unmap or protection change covered, checked for stale TLB entries); its
     duration on the thread's CPU clock goes to metrics.syscall_ns."""
-    task.in_kernel = True
+    enter_kernel(sim, c, task)
     t0 = c.clock
     cached = sim.invariants.syscall_enter(task.mm, *unmapped) if unmapped is not None and task.mm else None
     result = yield gen
@@ -79,6 +86,7 @@ def thread_program(sim, proc: Process, ops: list):
         kernel = sim.kernel
         proc.busy += 1
         busy = True
+        alone = False            # exit_thread: this thread leaves, the process goes on
         for op, shift in _steps(sim, c, ops):
             if proc.exiting:
                 break
@@ -109,7 +117,7 @@ def thread_program(sim, proc: Process, ops: list):
                 yield syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo), (lo, hi))
             elif isinstance(op, S.GupFastOp):
                 lo, hi = _range(proc, op, shift)
-                task.in_kernel = True
+                enter_kernel(sim, c, task)
                 pinned = yield kernel.get_user_pages_fast(c, task.mm, lo, (hi - lo) >> PAGE_SHIFT, op.write,
                                                           op.hold_ns)
                 task.in_kernel = False
@@ -128,6 +136,9 @@ def thread_program(sim, proc: Process, ops: list):
             elif isinstance(op, S.ComputeOp):
                 yield Compute(op.ns)
             elif isinstance(op, S.ExitOp):
+                break
+            elif isinstance(op, S.ExitThreadOp):
+                alone = any(t is not task and t.alive for t in proc.threads)
                 break
             elif isinstance(op, S.MprotectOp):
                 lo, hi = _range(proc, op, shift)
@@ -154,13 +165,13 @@ def thread_program(sim, proc: Process, ops: list):
                 yield syscall(sim, c, task, do_execve(sim, c, task, proc, op))
         if busy:
             proc.busy -= 1
-        if not proc.exiting:
+        if not proc.exiting and not alone:
             proc.exiting = True          # exit_group(): every thread of the process exits
             for t in proc.threads:
                 if t is not task and t.blocked_on == "sleep":
                     t.sleep_token += 1
                     sim.engine.wake(t, c.clock)
-        task.in_kernel = True
+        enter_kernel(sim, c, task)
         yield sim.costs.syscall
         yield kernel.exit_mm(c, task)
 

@@ -24,7 +24,11 @@ class Memory618(ZapUpperLevels, Memory):
     """The zap walk of Linux v6.18 (mm/memory.c): PTEs cleared under the PTE lock, each recorded in the
     gather's range (tlb_remove_tlb_entry); a full gather or a dirty shared file page forces a flush of the
     TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; cond_resched()
-    after every PMD entry."""
+    after every PMD entry.
+
+    Fix switch (`--without-fix force_flush_range`, e6c495a96ce0 + 2b047252d087, v3.11): without it the
+    forced flush of a full gather covers [addr, end), the PTEs this call has not zapped yet, instead of
+    those it has, as 597e1c3580b7 (v3.6) set tlb->start/end before that flush."""
 
     def zap_pte_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
         """zap_pte_range(), mm/memory.c v6.18 (with zap_present_ptes() for order-0 folios): returns the
@@ -96,6 +100,8 @@ class Memory618(ZapUpperLevels, Memory):
             yield none
         self._add_mm_rss(mm, anon, file)
         if force_flush:                                   # do the actual TLB flush before dropping ptl
+            if force_break and "force_flush_range" in self.without:
+                tlb.start, tlb.end = addr, end            # v3.6-v3.10: the PTEs not zapped yet (597e1c3580b7)
             yield self.tlb_flush_mmu_tlbonly(c, tlb)
             self.tlb_flush_rmaps(c, tlb, vma)
         yield SpinUnlock(pt.ptl)

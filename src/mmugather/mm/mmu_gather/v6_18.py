@@ -69,6 +69,11 @@ class Gather618:
     Fix switches (`--without-fix`) model the kernel before a fix, on this code:
     - `tlb_flush_pending` (99baac21e458, 56236a59556c; v4.13/v4.14): without it there is no
       inc/dec_tlb_flush_pending() and tlb_finish_mmu() never forces a flush for a nested gather.
+    - `table_invalidate` (d86564a2f085, v4.19): without it tlb_table_invalidate() does nothing, as
+      before HAVE_RCU_TABLE_INVALIDATE: a table batch or a single table goes to RCU (or to
+      tlb_remove_table_one()) with no flush of the paging-structure caches first.
+    - `mm_users_shortcut` (a6f572084fbe, v4.19): without it tlb_remove_table() frees the table at once
+      when mm_users < 2, as since 267239116987 (v3.0): lazy-TLB CPUs are not counted in mm_users.
     - `no_reset_range` (7a30df49f63a, v5.2): without it the nested gather's forced flush resets the range
       and re-adjusts it to [start, end), dropping freed_tables (the pre-fix tlb_flush_mmu_tlbonly()
       tested tlb->end only, so the flush still happens, but as a last-level flush that skips lazy CPUs).
@@ -321,7 +326,13 @@ class Gather618:
     def tlb_remove_table(self, c, tlb, pfn: int) -> Path:
         """tlb_remove_table(), mm/mmu_gather.c v6.18: batch the table page in a page-sized table batch
         (GFP_NOWAIT); flush the batch when it holds MAX_TABLE_BATCH tables; when no batch page can be
-        had, tlb_table_invalidate() and free the one table after a grace period (PT_RECLAIM: call_rcu)."""
+        had, tlb_table_invalidate() and free the one table after a grace period (PT_RECLAIM: call_rcu).
+        Without the `mm_users_shortcut` fix (a6f572084fbe), v3.0-v4.18's first test: with fewer than two
+        users of the mm "there cannot be a concurrent page-table walk", so __tlb_remove_table() at once."""
+        if "mm_users_shortcut" in self.without and tlb.mm.users < 2:
+            self.alloc.free_page(c, pfn)                      # __tlb_remove_table(table)
+            yield self.costs.pgtable_free
+            return
         if tlb.batch is None:
             bpfn = self.alloc.alloc_page(BATCH, GFP_NOWAIT)
             yield self.costs.page_alloc
@@ -337,7 +348,10 @@ class Gather618:
 
     def tlb_table_invalidate(self, c, tlb) -> Path:
         """tlb_table_invalidate(): tlb_needs_table_invalidate() (true on x86 and arm64): flush the TLB and
-        paging-structure caches before the tables go to RCU."""
+        paging-structure caches before the tables go to RCU. Without the `table_invalidate` fix
+        (d86564a2f085, v4.19) there is no such flush: RCU table freeing gave no TLB invalidation."""
+        if "table_invalidate" in self.without:
+            return
         if self.arch.tlb_needs_table_invalidate:
             yield self.tlb_flush_mmu_tlbonly(c, tlb)
 
