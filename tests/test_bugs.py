@@ -19,6 +19,7 @@ BUGS = [b.name for b in available()]
 def test_the_catalogue_has_the_issue_entries_and_they_run_with_this_build():
     assert {"fast-mode-3.0", "madv-dontneed-flush-miss", "mremap-flush-after-unlock",
             "nested-flush-reset-range", "forced-flush-wrong-range", "unlimited-batching-soft-lockup",
+            "radix-table-free-no-invalidate",
             "table-free-no-invalidate", "lazy-mm-users-shortcut"} <= set(BUGS)
     assert len({b.name for b in CATALOGUE}) == len(CATALOGUE)
     for bug in available():

@@ -242,6 +242,35 @@ CATALOGUE: list[Bug] = [
                "ends when CPU 0 switches to the other thread at zap_pmd_range()'s cond_resched()."),
     ),
     Bug(
+        name="radix-table-free-no-invalidate",
+        year=2020,
+        commits=("0ed1325967ab",),
+        title="mm/mmu_gather: invalidate TLB correctly on batch allocation failure and flush",
+        fixed_in="v5.5",
+        introduced="a46cc7a90fd8 (v4.14): powerpc/mm/radix: Improve TLB/PWC flushes",
+        what=("powerpc selected HAVE_RCU_TABLE_NO_INVALIDATE, right for the hash MMU (no hardware walker of "
+              "the Linux page tables) but wrong for radix, whose walker caches walks in the PWC. When no "
+              "table batch page could be had, tlb_remove_table_one() IPI-synced and freed the table at "
+              "once, with no TLB/PWC invalidation first. The fix made the choice at run time: "
+              "tlb_needs_table_invalidate() is radix_enabled()."),
+        scenario={"name": "munmap-table-batch-fails-radix",
+                  "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18", "fail_nowait": 1.0},
+                  "process": [{"name": "app",
+                               "vma": [{"name": "a", "size": "4KiB", "start": 0x10000000, "populate": True},
+                                       {"name": "b", "size": "4KiB", "start": 0x10200000, "populate": True}],
+                               "thread": _threads(
+                                   (1, [{"op": "touch", "vma": "b", "write": False},
+                                        {"op": "compute", "ns": 1000},
+                                        {"op": "touch", "vma": "a", "write": False}]),
+                                   (0, [{"op": "munmap", "vma": "b"}]))}]},
+        policy="6.18",
+        arch="ppc64-radix",
+        buggy_without=("table_invalidate",),
+        expect="page-table-use-after-free",
+        notes=("fail_nowait = 1.0 forces the table-batch allocation failure. powerpc has no CONFIG_PT_RECLAIM, "
+               "so 6.18's tlb_remove_table_one() is the v5.4 one: tlb_remove_table_sync_one(), then free."),
+    ),
+    Bug(
         name="lazy-mm-users-shortcut",
         year=2018,
         commits=("a6f572084fbe",),

@@ -43,7 +43,8 @@ class Memory618(ZapUpperLevels, Memory):
         c_zap, c_none = costs.pte_zap, costs.pte_none
         kind, mapcount = self.alloc.kind, self.alloc.mapcount
         force_flush = force_break = False
-        can_reclaim_pt = details is not None and details.reclaim_pt and end - addr >= PMD_SIZE
+        can_reclaim_pt = (details is not None and details.reclaim_pt and end - addr >= PMD_SIZE
+                          and self.arch.pt_reclaim)          # reclaim_pt_is_enabled(): CONFIG_PT_RECLAIM
         start = addr
         yield self.tlb_change_page_size(c, tlb, PAGE_SIZE)
         anon = file = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from array import array
 
 from mmugather.kernel.locking import COND_RESCHED
+from mmugather.kernel.smp import SmpCallFunctionMany
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PUD_SHIFT
@@ -338,7 +339,7 @@ class Gather618:
             yield self.costs.page_alloc
             if bpfn < 0:
                 yield self.tlb_table_invalidate(c, tlb)
-                self.tlb_remove_table_one(c, pfn)
+                yield self.tlb_remove_table_one(c, pfn)
                 return
             tlb.batch = TableBatch(bpfn)
             self.metrics.gather_memory(PAGE_SIZE)
@@ -371,12 +372,22 @@ class Gather618:
             self.metrics.gather_memory(-PAGE_SIZE)
         return tlb_remove_table_rcu
 
-    def tlb_remove_table_one(self, c, pfn: int) -> None:
-        """tlb_remove_table_one() -> __tlb_remove_table_one(), CONFIG_PT_RECLAIM: call_rcu() on the
-        table's own rcu head (pt_rcu_head), so it is freed after a grace period."""
-        def tlb_remove_table_one_rcu(cpu, pfn=pfn) -> None:
-            self.alloc.free_page(cpu, pfn)
-        self.engine.rcu.call_rcu(c, tlb_remove_table_one_rcu)
+    def tlb_remove_table_one(self, c, pfn: int) -> Path:
+        """tlb_remove_table_one(), mm/mmu_gather.c v6.18. With CONFIG_PT_RECLAIM (the arch selects
+        ARCH_SUPPORTS_PT_RECLAIM): __tlb_remove_table_one(), call_rcu() on the table's own rcu head
+        (pt_rcu_head), so it is freed after a grace period. Without: tlb_remove_table_sync_one()
+        (smp_call_function() of an empty handler, waiting for every other CPU: none is inside an IRQs-off
+        walk once it answers), then __tlb_remove_table() at once."""
+        if self.arch.pt_reclaim:
+            def tlb_remove_table_one_rcu(cpu, pfn=pfn) -> None:
+                self.alloc.free_page(cpu, pfn)
+            self.engine.rcu.call_rcu(c, tlb_remove_table_one_rcu)
+            return
+        others = [x.id for x in self.engine.cpus if x is not c]
+        if others:
+            yield SmpCallFunctionMany(others, _tlb_remove_table_smp_sync)
+        self.alloc.free_page(c, pfn)
+        yield self.costs.pgtable_free
 
     def pte_free_tlb(self, c, tlb, pt, address: int) -> Path:
         """pte_free_tlb(): tlb_flush_pmd_range(address, PAGE_SIZE), freed_tables = 1, then the arch's
@@ -400,3 +411,8 @@ class Gather618:
     def gather_static_bytes(self, ncpus: int) -> int:
         """No per-CPU gather storage."""
         return 0
+
+
+def _tlb_remove_table_smp_sync(t) -> int:
+    """tlb_remove_table_smp_sync(): simply deliver the interrupt."""
+    return 0
