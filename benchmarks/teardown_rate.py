@@ -34,7 +34,7 @@ def _case(op: str, gib: int, policy: str, runs: int, fast: bool) -> dict:
     import gc
 
     from mmugather.policies import POLICIES
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     from mmugather.workloads.builtin import _exit, _munmap
     from mmugather.workloads.scenario import parse_scenario
     sc = parse_scenario((_exit if op == "exit" else _munmap)(gib), "benchmark")

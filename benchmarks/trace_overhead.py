@@ -9,7 +9,7 @@ import sys
 import time
 
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.sim.tracing import attach_trace
 from mmugather.workloads.scenario import parse_scenario
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mmugather.machine.costs import load_costs
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.builtin import resolve_workload
 from mmugather.workloads.wis import MODES, TESTS, ops_per_s
 

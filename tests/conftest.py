@@ -2,7 +2,7 @@
 import pytest
 
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.scenario import parse_scenario
 
 

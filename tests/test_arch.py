@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.builtin import resolve_workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_a_lazy_initiator_is_filtered_by_should_flush_tlb_too(monkeypatch):
     other thread's CPU still in mm_cpumask) leave it lazy; only the last flush, which frees the tables,
     switches it to init_mm. The model ran flush_tlb_func() (a switch and a full flush) at the first."""
     from mmugather.arch.x86 import X86
-    from mmugather.sim.engine import TLBSTATE_LAZY
+    from mmugather.kernel.sched import TLBSTATE_LAZY
     from mmugather.workloads.scenario import parse_scenario
     calls = []
     real = X86.flush_tlb_func
@@ -103,7 +103,7 @@ def test_flush_tlb_func_returns_when_already_at_the_requested_generation():
     f->new_tlb_gen <= local_tlb_gen: a CPU that caught up to generation 6 while a flush to 7 is still in
     flight does nothing for the IPI of generation 5 (the model did a full flush and jumped to 7)."""
     from mmugather.arch.x86 import FlushTlbInfo
-    from mmugather.sim.engine import TLBSTATE_OK
+    from mmugather.kernel.sched import TLBSTATE_OK
     sim = Simulation(resolve_workload("munmap:1:running"), POLICIES["6.18"], cpus=2, arch="x86")
     mm, t = sim.mms[0], sim.engine.cpus[1]
     t.loaded_mm, t.tlbstate, t.per_cpu["tlb_gen"] = mm, TLBSTATE_OK, 6

@@ -19,8 +19,7 @@ BUGS = [b.name for b in available()]
 def test_the_catalogue_has_the_issue_entries_and_they_run_with_this_build():
     assert {"fast-mode-3.0", "madv-dontneed-flush-miss", "mremap-flush-after-unlock",
             "nested-flush-reset-range", "forced-flush-wrong-range", "unlimited-batching-soft-lockup",
-            "radix-table-free-no-invalidate",
-            "table-free-no-invalidate", "lazy-mm-users-shortcut"} <= set(BUGS)
+            "radix-table-free-no-invalidate", "lazy-mm-users-shortcut"} <= set(BUGS)
     assert len({b.name for b in CATALOGUE}) == len(CATALOGUE)
     for bug in available():
         assert bug.commits and 2000 < bug.year < 2030 and bug.buggy_without != bug.fixed_without
@@ -87,7 +86,7 @@ def test_a_bug_whose_fixed_variant_fails_makes_bugs_run_fail():
 # ------------------------------------------------------------------ the mechanisms new entries brought
 def _sim(scenario: dict, policy: str, without=()):
     from mmugather.policies import get_policy
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     from mmugather.workloads.scenario import parse_scenario
     sim = Simulation(parse_scenario(scenario, "test"), get_policy(policy), without_fixes=without)
     return sim, sim.run()
@@ -113,6 +112,40 @@ def test_the_watchdog_measures_the_stretch_between_scheduling_points():
         return [v for v in _sim(_munmap_3_0(64, ns), "3.0", without)[1]["violations"] if v["kind"] == "soft-lockup"]
     assert lockups(2_000_000) and not lockups(3_000_000)
     assert not lockups(2_000_000, ("unlimited_batching",)) and lockups(1_000_000, ("unlimited_batching",))
+
+
+def test_the_watchdog_watches_the_engine_only_when_a_threshold_is_set():
+    """Off: no observer, so the engine's step loop is the unobserved one (and the fast path stays on)."""
+    off, _ = _sim(_munmap_3_0(1, None), "3.0")
+    on, _ = _sim(_munmap_3_0(1, 2_000_000), "3.0")
+    assert off.watchdog is None and off.engine.observers == []
+    assert on.engine.observers == [on.watchdog]
+
+
+def test_the_watchdog_counts_only_the_points_the_preemption_model_honours():
+    """might_sleep() is a scheduling point under voluntary (and full) preemption, not under none;
+    preempt_count back to 0 only under full; cond_resched() under all three."""
+    from types import SimpleNamespace
+
+    from mmugather.kernel.sched import P_COND_RESCHED, P_MIGHT_SLEEP
+    from mmugather.machine.engine import Engine
+    from mmugather.sim.invariants import Invariants
+    from mmugather.sim.watchdog import SoftLockupWatchdog
+
+    def stuck_after(preempt, hook, point=None):
+        inv = Invariants(SimpleNamespace())
+        w = SoftLockupWatchdog(100, inv)
+        w.attached(Engine(1, SimpleNamespace(), preempt, None, inv))
+        c = SimpleNamespace(id=0, clock=90, point=point, curr="t", irqs_off=0)
+        getattr(w, hook)(c)               # a point at 90 ns (or none, if the model does not honour it)
+        c.clock = 150
+        w.switching(c)                    # the stretch ends at 150 ns: 150 or 60 ns long
+        return [v["kind"] for v in inv.violations]
+    assert stuck_after("none", "resched_point", P_COND_RESCHED) == []
+    assert stuck_after("none", "resched_point", P_MIGHT_SLEEP) == ["soft-lockup"]
+    assert stuck_after("voluntary", "resched_point", P_MIGHT_SLEEP) == []
+    assert stuck_after("voluntary", "preempt_on") == ["soft-lockup"]
+    assert stuck_after("full", "preempt_on") == []
 
 
 def test_exit_thread_leaves_the_process_running():

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import scenario
 
 from mmugather.explore import search
-from mmugather.explore.controlled import controlled
+from mmugather.explore.controlled import Controlled
 from mmugather.explore.session import run_search
 from mmugather.explore.state import Fingerprinter
 from mmugather.explore.story import tell
@@ -16,9 +16,9 @@ from mmugather.explore.target import KernelTarget
 from mmugather.kernel.locking import Spinlock, SpinLock, SpinUnlock
 from mmugather.kernel.rcu import Rcu
 from mmugather.machine.costs import Costs
+from mmugather.machine.engine import Engine
 from mmugather.policies import Linux30
 from mmugather.report.metrics import Metrics
-from mmugather.sim.engine import Engine
 from mmugather.sim.invariants import Invariants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ class TwoIncrements:
     def __init__(self, locked: bool) -> None:
         metrics = Metrics(2)
         self.invariants = Invariants(metrics)
-        self.engine = Engine(2, Costs(), "voluntary", metrics, self.invariants)
+        self.engine = Engine(2, Costs(), "voluntary", metrics, self.invariants, scheduler=Controlled())
         self.engine.arch = _NoArch()
         self.engine.rcu = Rcu(self.engine.cpus, metrics)
         self.shared = Shared()
@@ -66,7 +66,6 @@ class TwoIncrements:
         for cpu in (0, 1):
             task = self.engine.spawn(f"inc/{cpu}", cpu, "user", lambda c, t: increment(self.shared, lock))
             task.in_kernel = True
-        controlled(self)
         self.fingerprint = Fingerprinter(self.engine, roots=[self.shared, lock]).fingerprint
 
     def finish(self) -> None:
@@ -277,3 +276,57 @@ def test_a_file_that_is_not_a_replay_is_refused(tmp_path):
     p.write_text(json.dumps({"format": "something else"}))
     r = cli("replay", str(p))
     assert r.returncode == 2 and "not a replay file" in r.stderr
+
+
+def test_a_frame_is_located_by_how_often_it_was_resumed():
+    """States that differ only in how far a frame has run (no locals, no memory written; clocks are not part
+    of a state) have different fingerprints: FrameStack.steps stands where the bytecode offset stood."""
+    def body():
+        yield 1
+        yield 1
+        yield 1
+    metrics = Metrics(1)
+    engine = Engine(1, Costs(), "none", metrics, Invariants(metrics), scheduler=Controlled())
+    engine.arch = _NoArch()
+    engine.rcu = Rcu(engine.cpus, metrics)
+    engine.spawn("t", 0, "user", lambda c, t: body())
+    fingerprint = Fingerprinter(engine).fingerprint
+    seen = []
+
+    def choose(enabled):
+        seen.append(fingerprint())
+        return enabled[0]
+    engine.scheduler.chooser = choose
+    engine.run()
+    assert len(seen) == 4 and len(set(seen)) == 4
+
+
+def test_fingerprints_from_resume_counts_never_merge_states_at_different_yield_points():
+    """The fingerprint locates each frame by how often it was resumed (FrameStack.steps), not by its bytecode
+    offset. Cross-checked against the offsets on the fast-mode scenario, both variants: two states with one
+    fingerprint always have every frame at the same yield point (no state is pruned that is not revisited)."""
+    from mmugather.explore.state import simulation_fingerprinter
+
+    seen: dict = {}
+    merged = []
+
+    class Checked(KernelTarget):
+        def build(self):
+            sim = super().build()
+            fingerprint = simulation_fingerprinter(sim).fingerprint
+
+            def checked():
+                h = fingerprint()
+                where = tuple((t.tid, tuple((g.gi_code.co_name, g.gi_frame.f_lasti if g.gi_frame else None)
+                                            for g in t.stack)) for _, t in sorted(sim.engine.tasks.items()))
+                if seen.setdefault(h, where) != where:
+                    merged.append((seen[h], where))
+                return h
+            sim.fingerprint = checked
+            return sim
+
+    for fixes in ((), ("tlb_fast_mode",)):
+        seen.clear()
+        res = search.exhaustive(Checked(fast_mode_scenario(), Linux30, without_fixes=fixes), max_preemptions=2,
+                                hash_window=None)
+        assert res.states > 100 and not merged

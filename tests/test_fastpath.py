@@ -21,7 +21,7 @@ from mmugather.machine.costs import Costs
 from mmugather.mm.page_alloc import FrameSpan
 from mmugather.mm.protocols import STEP_BY_STEP
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.scenario import parse_scenario
 
 PAGE = 4096

@@ -9,7 +9,7 @@ import pytest
 from mmugather.errors import InputError
 from mmugather.policies import POLICIES
 from mmugather.report.html import DISTRIBUTIONS, SWEEP_METRICS, raw_distributions, write_html, write_sweep_html
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.sweep import Point, run_point
 from mmugather.workloads.builtin import resolve_workload
 

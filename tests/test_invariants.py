@@ -104,7 +104,7 @@ def test_a_lock_holder_is_never_switched_out(monkeypatch):
     """should_resched() is false with preempt_count raised: a cond_resched() point left over from the step
     before a spin_lock() must not preempt the new lock holder (found by the scenario fuzzer: the 6.18 zap
     was switched out holding the PTE lock and its CPU's latency thread then spun forever)."""
-    from mmugather.sim.engine import Engine
+    from mmugather.machine.engine import Engine
     from mmugather.workloads.scenario import parse_scenario
     orig = Engine._schedule
 

@@ -5,7 +5,7 @@ from conftest import run, scenario
 from mmugather.mm.page_alloc import PGTABLE
 from mmugather.policies import POLICIES
 from mmugather.policies.linux_6_18 import Linux618
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.builtin import resolve_workload
 
 # Measured on Linux 6.18, x86-64, 2 CPUs: thread A on CPU 0 makes the call, thread B of the same process

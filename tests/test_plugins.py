@@ -89,7 +89,7 @@ def test_plugins_on_the_command_line():
 def test_the_worked_example_limits_batching_as_v3_8_did():
     """The example plugin caps the chain of batch pages at MAX_GATHER_BATCH_COUNT: it flushes more often
     than 3.0 and holds less gather memory, and stays correct."""
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     sc = munmap_while_others_run(size="64MiB", cpus=2)           # 16384 pages: more than 19 batches hold
     plain = Simulation(sc, Linux30).run()
     limited = Simulation(sc, get_policy(f"{EXAMPLE}:Linux30BatchLimit")).run()

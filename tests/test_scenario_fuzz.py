@@ -113,7 +113,7 @@ def runnable_scenarios(draw):
 def test_random_valid_scenarios_run_clean_under_both_policies(data):
     """On two or more CPUs both kernels keep every invariant, whatever the program."""
     from mmugather.policies import POLICIES
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     sc = parse_scenario(data, "fuzz")
     for cls in POLICIES.values():
         m = Simulation(sc, cls).run()

@@ -4,7 +4,7 @@ from conftest import run
 
 from mmugather.mm.mm_types import MM_FILEPAGES
 from mmugather.policies import POLICIES as ALL
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.scenario import parse_scenario
 
 POLICIES = ["2.6.39", "3.0", "6.18"]

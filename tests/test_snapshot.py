@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from mmugather.errors import InputError
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.scenario import PAGE, parse_scenario
 from mmugather.workloads.snapshot import (NO_STRUCT_PAGE, Snapshot, builtin_snapshots, capture, load_snapshot,
                                           resolve_snapshot, snapshot_to_scenario)

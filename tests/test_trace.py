@@ -11,7 +11,7 @@ from conftest import munmap_while_others_run
 from mmugather.policies import POLICIES
 from mmugather.report.html import DISTRIBUTIONS
 from mmugather.report.trace import PID, ChromeTrace, validate_trace
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.sim.tracing import attach_trace
 from mmugather.workloads.builtin import resolve_workload
 from test_html import assert_self_contained

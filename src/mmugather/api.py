@@ -13,7 +13,8 @@ line prints with `--json`.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -22,11 +23,13 @@ from mmugather.errors import InputError
 from mmugather.explore.session import coverage_sentence, replay_document, run_search, target_spec, write_replay
 from mmugather.explore.target import KernelTarget
 from mmugather.machine.costs import Costs, load_costs
+from mmugather.machine.engine import LimitExceeded
 from mmugather.policies import POLICIES, get_policy
 from mmugather.policies.base import Kernel
+from mmugather.policies.plugins import PluginError, plugin_guard
 from mmugather.report.table import run_labels
 from mmugather.sweep import flatten_metrics, load_results as _load_rows, run_sweep
-from mmugather.sim.machine import Simulation  # the one place the API imports the engine's entry point
+from mmugather.sim.simulation import DEFAULT_MAX_SIM_NS, DEFAULT_MAX_STEPS, Simulation  # the one place the API imports the engine's entry point
 from mmugather.workloads.builtin import resolve_workload
 from mmugather.workloads.scenario import Scenario, parse_scenario, with_cpus
 from mmugather.workloads.wis import ops_per_s
@@ -159,6 +162,7 @@ class Comparison:
     machine: Machine
     seed: int
     runs: tuple[Run, ...]
+    failures: tuple[PluginError, ...] = ()   # plugins that failed while they ran (their runs are left out)
 
     def to_dict(self) -> dict[str, Any]:
         """What `mmugather compare --json` prints."""
@@ -190,13 +194,26 @@ class Comparison:
         write_html(result, path, {label: r.distributions for label, r in zip(labels, self.runs)})
 
 
+@contextmanager
+def _bounded(scenario: Scenario, cls: type) -> Iterator[None]:
+    """A run that passes its simulated-time or step bound becomes an InputError naming the bound."""
+    try:
+        yield
+    except LimitExceeded as e:
+        option = {"max_sim_ns": "--max-sim-ns", "max_steps": "--max-steps"}[e.bound]
+        raise InputError(f"{scenario.name} under {policy_name(cls)} stopped: {e} (the scenario may never end; "
+                         f"{option} raises the bound)") from None
+
+
 def _simulate(scenario: Scenario, cls: type, trace: list | None, **kw) -> Run:
     """Build and run one Simulation (traced into `trace` when given, as the next process of the file)."""
-    sim = Simulation(scenario, cls, **kw)
-    if trace is not None:
-        from mmugather.sim.tracing import attach_trace
-        trace.append(attach_trace(sim, pid=len(trace) + 1, first_flow_id=trace[-1].next_flow_id if trace else 1))
-    metrics = sim.run()
+    with plugin_guard(cls), _bounded(scenario, cls):
+        sim = Simulation(scenario, cls, **kw)
+        if trace is not None:
+            from mmugather.sim.tracing import attach_trace
+            trace.append(attach_trace(sim, pid=len(trace) + 1,
+                                      first_flow_id=trace[-1].next_flow_id if trace else 1))
+        metrics = sim.run()
     rate = ops_per_s(scenario, metrics)
     from mmugather.report.html import raw_distributions
     return Run(scenario.name, policy_name(cls), sim.arch_name, sim.seed,
@@ -222,12 +239,14 @@ def _save_trace(traces: list | None, path: PathLike | None) -> None:
 def compare(workload: WorkloadLike | None = None, policies: str | Sequence[PolicyLike] = ("2.6.39", "3.0", "6.18"), *,
             arch: str | Sequence[str] | None = None, cpus: int | None = None, preempt: str | None = None,
             fail_nowait: float | None = None, seed: int | None = None, costs: Costs | PathLike | None = None,
-            snapshot: PathLike | None = None, variant: str = "exit", trace: PathLike | None = None) -> Comparison:
+            snapshot: PathLike | None = None, variant: str = "exit", trace: PathLike | None = None,
+            max_sim_ns: int | None = DEFAULT_MAX_SIM_NS, max_steps: int | None = DEFAULT_MAX_STEPS) -> Comparison:
     """Run `workload` under each policy (on each of `arch` it supports; default: its first arch) and return
     the runs side by side. `cpus`, `preempt` (none, voluntary, full), `fail_nowait` (probability that a
     GFP_NOWAIT batch allocation fails) and `seed` override the workload's own (None: keep them); `costs` is
     a Costs or a cost file. `snapshot` (instead of a workload) tears down a /proc snapshot; `trace` writes a
-    Perfetto timeline of every run to that file."""
+    Perfetto timeline of every run to that file. `max_sim_ns`/`max_steps` bound each run (a scenario that
+    never ends is an InputError naming the bound)."""
     scenario = resolve_scenario(workload, snapshot=snapshot, variant=variant, cpus=cpus)
     names = [n.strip() for n in policies.split(",") if n.strip()] if isinstance(policies, str) else policies
     if not names:
@@ -238,27 +257,36 @@ def compare(workload: WorkloadLike | None = None, policies: str | Sequence[Polic
     check_machine(fail_nowait)
     cost_model = _costs(costs)
     traces = _start_trace(trace)
-    runs = tuple(_simulate(scenario, cls, traces, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait, seed=seed,
-                           costs=cost_model, arch=a)
-                 for cls, a in policy_arches(classes, arch))
+    runs: list[Run] = []
+    failures: list[PluginError] = []
+    for cls, a in policy_arches(classes, arch):
+        try:
+            runs.append(_simulate(scenario, cls, traces, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait,
+                                  seed=seed, costs=cost_model, arch=a, max_sim_ns=max_sim_ns,
+                                  max_steps=max_steps))
+        except PluginError as e:              # the other policies are still reported
+            failures.append(e)
+    if not runs:
+        raise failures[0] if len(failures) == 1 else InputError("; ".join(map(str, failures)))
     _save_trace(traces, trace)
     first = runs[0].machine
     machine = Machine(first.cpus, ",".join(dict.fromkeys(r.arch for r in runs)), first.preempt, first.fail_nowait)
-    return Comparison(scenario.name, machine, runs[0].seed, runs)
+    return Comparison(scenario.name, machine, runs[0].seed, tuple(runs), tuple(failures))
 
 
 def run(workload: WorkloadLike | None = None, policy: PolicyLike | None = None, *, seed: int | None = None,
         costs: Costs | PathLike | None = None, arch: str | None = None, without_fixes: Sequence[str] = (),
-        snapshot: PathLike | None = None, variant: str = "exit", trace: PathLike | None = None) -> Run:
+        snapshot: PathLike | None = None, variant: str = "exit", trace: PathLike | None = None,
+        max_sim_ns: int | None = DEFAULT_MAX_SIM_NS, max_steps: int | None = DEFAULT_MAX_STEPS) -> Run:
     """Run `workload` under one policy (default: the scenario's machine.policy) on `arch` (default: the
-    policy's first), with the named fixes switched off (see `mmugather policies`)."""
+    policy's first), with the named fixes switched off (see `mmugather policies`); bounded as `compare`."""
     if workload is None and snapshot is None:
         raise InputError("run: give a scenario file, a built-in workload name or --snapshot")
     scenario = resolve_scenario(workload, snapshot=snapshot, variant=variant)
     cls = resolve_policy(policy or scenario.machine.policy)
     traces = _start_trace(trace)
     result = _simulate(scenario, cls, traces, seed=seed, costs=_costs(costs), arch=arch,
-                       without_fixes=tuple(without_fixes))
+                       without_fixes=tuple(without_fixes), max_sim_ns=max_sim_ns, max_steps=max_steps)
     _save_trace(traces, trace)
     return result
 
@@ -358,12 +386,13 @@ class SweepResults:
 
 
 def sweep(sweep_file: PathLike, out: PathLike, *, executor: str = "local", workers: int | None = None,
-          chunk: int | None = None, resume: bool = False, progress: bool = True) -> SweepResults:
+          chunk: int | None = None, resume: bool = False, progress: bool = True,
+          max_memory: int | None = None) -> SweepResults:
     """Run every point of a sweep file's grid not yet in OUT/results.jsonl (docs/sweeps.md) on `executor`
     (local, dask or dask=ADDRESS) and return all the directory's rows. Without `resume`, an existing
-    results file is an error."""
+    results file is an error. `max_memory` (bytes) bounds the largest point's estimate times the workers."""
     summary = run_sweep(sweep_file, out, executor=executor, workers=workers, resume=resume, chunk=chunk,
-                               progress=progress)
+                        progress=progress, max_memory=max_memory)
     return SweepResults(Path(out), _load_rows(out), summary["ran"], summary["skipped"])
 
 

@@ -3,3 +3,21 @@
 
 class InputError(Exception):
     """Bad input from the user (a file, a flag, a value): the message names what and what was expected."""
+
+
+MAX_INPUT_BYTES = 256 << 20
+
+
+def read_input(path, limit: int = MAX_INPUT_BYTES) -> str:
+    """The text of an input file the user named. A device or pipe (/dev/zero, /dev/full would be read
+    forever) or a file over `limit` bytes is an InputError; OSError and UnicodeDecodeError are left to the
+    caller, which names the kind of file in its message."""
+    import os
+    import stat
+    with open(path, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise InputError(f"{path}: not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{path}: larger than {limit >> 20} MiB; not an input file")
+    return data.decode()

@@ -1,17 +1,23 @@
 """Sweeps: one simulation per point of a parameter grid, run in parallel, streamed to a resumable file.
 
 The sweep file format, the executors and the resume rules are documented in docs/sweeps.md. A point's id
-is a hash of its parameters, so a rerun with `resume=True` skips exactly the points already in
-DIR/results.jsonl, whichever order they finished in.
+is a hash of its parameters (and of the contents of its scenario file), so a rerun with `resume=True` skips
+exactly the points already in DIR/results.jsonl, whichever order they finished in, and reruns the points
+whose scenario file changed. One sweep at a time writes to a directory (an exclusive lock on DIR/.lock).
 """
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import hashlib
 import itertools
 import json
 import math
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import tomllib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -22,18 +28,27 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from mmugather.arch import arch_names
-from mmugather.errors import InputError
+from mmugather.errors import InputError, read_input
 from mmugather.policies import POLICIES
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 from mmugather.workloads.builtin import BUILTIN, is_builtin, resolve_workload
 from mmugather.workloads.scenario import MAX_CPUS, Scenario, with_cpus
 
 RESULTS = "results.jsonl"
 GRID = "sweep.json"
+LOCK = ".lock"
+MAX_POINTS = 1_000_000          # a grid is a list in memory and a line per point on disk: split bigger ones
 MAX_CHUNK = 64
 DASK_CONNECT_TIMEOUT = "5s"
 
@@ -81,12 +96,42 @@ class Grid(_Strict):
             raise ValueError("expected a list of seeds or a table {from = FIRST, to = LAST} of integers")
         if v["to"] < v["from"]:
             raise ValueError(f"'to' ({v['to']}) is below 'from' ({v['from']})")
+        if v["to"] - v["from"] + 1 > MAX_POINTS:
+            raise ValueError(f"{v['to'] - v['from'] + 1:,} seeds: a grid holds at most {MAX_POINTS:,} points "
+                             f"(split it into several sweeps)")
         return list(range(v["from"], v["to"] + 1))
 
-    @field_validator("policies", "workloads", "cpus", "preempt", "fail_nowait", "seeds", "arch")
+    @field_validator("policies", "cpus", "preempt", "fail_nowait", "seeds", "arch")
     @classmethod
     def _no_repeats(cls, v: list) -> list:
         return _unique(v)
+
+    @field_validator("workloads")
+    @classmethod
+    def _same_file_once(cls, v: list[str]) -> list[str]:
+        """`race.toml` and `./race.toml` are one workload: file paths are normalised before the check."""
+        return _unique([w if is_builtin(w) else os.path.normpath(w) for w in v])
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_not_negative(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if s < 0]
+        if bad:
+            raise ValueError(f"expected seeds >= 0, got {bad[0]}")
+        return v
+
+    @model_validator(mode="after")
+    def _not_too_big(self):
+        n = self.size()
+        if n > MAX_POINTS:
+            raise ValueError(f"the grid has {n:,} points; at most {MAX_POINTS:,} (split it into several sweeps)")
+        return self
+
+    def size(self) -> int:
+        """The number of points, computed without building them."""
+        pairs = sum(1 for a in self.arch for p in self.policies if a in POLICIES[p].arches)
+        return (pairs * len(self.workloads) * len(self.preempt) * len(self.cpus) * len(self.fail_nowait)
+                * len(self.seeds))
 
     @field_validator("policies")
     @classmethod
@@ -145,24 +190,37 @@ class Point:
     cpus: int
     fail_nowait: float
     seed: int
+    inputs: str = ""         # a hash of the workload's scenario file ("" for built-in workloads)
 
     def params(self) -> dict:
         p = asdict(self)
-        del p["index"]
+        del p["index"], p["inputs"]
         return p
 
     @property
     def id(self) -> str:
-        """A stable id: the same parameters give the same id in every run and on every machine."""
-        return hashlib.sha256(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()[:16]
+        """A stable id: the same parameters (and scenario file contents) give the same id in every run and
+        on every machine."""
+        key = self.params() | ({"inputs": self.inputs} if self.inputs else {})
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def grid_points(grid: Grid) -> list[Point]:
+def grid_points(grid: Grid, inputs: dict[str, str] | None = None) -> list[Point]:
     """The cartesian product, in the order arch, workloads, policies, preempt, cpus, fail_nowait, seeds
-    (seeds vary fastest), without the (arch, policy) pairs that kernel version did not support."""
+    (seeds vary fastest), without the (arch, policy) pairs that kernel version did not support. `inputs`
+    maps a file workload to the hash of its contents (`input_hashes`)."""
+    inputs = inputs or {}
     product = itertools.product(grid.arch, grid.workloads, grid.policies, grid.preempt, grid.cpus,
                                 grid.fail_nowait, grid.seeds)
-    return [Point(k, *values) for k, values in enumerate(v for v in product if v[0] in POLICIES[v[2]].arches)]
+    return [Point(k, *values, inputs=inputs.get(values[1], ""))
+            for k, values in enumerate(v for v in product if v[0] in POLICIES[v[2]].arches)]
+
+
+def input_hashes(scenarios: dict[str, Scenario]) -> dict[str, str]:
+    """workload -> a hash of the scenario it names, for the workloads given as files (built-ins are code:
+    their ids name only their parameters)."""
+    return {name: hashlib.sha256(sc.model_dump_json().encode()).hexdigest()[:16]
+            for name, sc in scenarios.items() if not is_builtin(name)}
 
 
 _MESSAGES = {"extra_forbidden": "unknown key", "missing": "required key is missing",
@@ -179,7 +237,7 @@ def load_sweep(path: str | Path) -> tuple[Grid, dict[str, Scenario]]:
     one InputError line."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(read_input(p))
     except OSError as e:
         raise InputError(f"{p}: cannot read sweep file: {e.strerror or e}") from None
     except UnicodeDecodeError:
@@ -238,21 +296,65 @@ def _chunks(points: list[Point], slots: int, size: int | None) -> list[list[Poin
     return [points[k:k + size] for k in range(0, len(points), size)]
 
 
+PR_SET_PDEATHSIG = 1
+WATCHDOG_PERIOD_S = 0.5
+
+
+def _parent_alive(pid: int) -> bool:
+    """Is process `pid` still running (not gone, not a zombie waiting to be reaped)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not sys.platform.startswith("linux")
+
+
+def _worker_init(sweep_pid: int) -> None:
+    """In each pool worker: leave Ctrl-C to the sweep's main process (which ends the workers itself), and
+    exit when the main process dies, even by kill -9: PR_SET_PDEATHSIG follows the worker's parent (the
+    fork server, which exits with the main process), and a watchdog thread checks the main process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    def watchdog() -> None:
+        while os.getppid() == parent and _parent_alive(sweep_pid):
+            threading.Event().wait(WATCHDOG_PERIOD_S)
+        os._exit(1)
+    threading.Thread(target=watchdog, name="mmugather-sweep-watchdog", daemon=True).start()
+
+
 @contextmanager
 def _local_executor(workers: int | None):
-    """Worker processes on this machine, forked from a server that has imported mmugather once."""
+    """Worker processes on this machine, forked from a server that has imported mmugather once. On any
+    exit but a normal one (Ctrl-C, an error) the workers are killed at once: a chunk in flight is lost
+    (and rerun by --resume), the rows already written are kept."""
     n = workers or os.cpu_count() or 1
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["mmugather.sweep"])
-    pool = ProcessPoolExecutor(n, mp_context=context)
+    pool = ProcessPoolExecutor(n, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
 
     def run(tasks):
         for future in as_completed([pool.submit(run_chunk, *task) for task in tasks]):
             yield future.result()
     try:
         yield n, run
-    finally:
-        pool.shutdown(cancel_futures=True)
+    except BaseException:
+        for proc in list((pool._processes or {}).values()):     # no public API kills a pool's workers
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(cancel_futures=True)
 
 
 @contextmanager
@@ -295,7 +397,7 @@ def _executor(spec: str, workers: int | None):
     raise InputError(f"--executor: expected local, dask or dask=ADDRESS, got '{spec}'")
 
 
-def _read_rows(results: Path) -> tuple[list[dict], int]:
+def read_rows(results: Path) -> tuple[list[dict], int]:
     """The complete rows of a results file and their length in bytes. A last line without its newline is
     what a run killed mid-write leaves (or one still being written): it is not a row."""
     if not results.exists():
@@ -305,22 +407,64 @@ def _read_rows(results: Path) -> tuple[list[dict], int]:
     rows = []
     for n, line in enumerate(complete.splitlines(), 1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise InputError(f"{results}: line {n} is not a JSON row; the file is damaged") from None
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(f"{results}:{n}: not a JSON row; the file is damaged") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{results}:{n}: a row must be a JSON object, got {type(row).__name__}; "
+                             f"the file is damaged")
+        if not isinstance(row.get("id"), str):
+            raise InputError(f"{results}:{n}: the row has no string 'id'; the file is damaged")
+        rows.append(row)
     return rows, len(complete)
+
+
+def _read_grid(d: Path) -> tuple[Grid, dict[str, str]]:
+    """The grid and input hashes recorded in DIR/sweep.json (a bare grid: a sweep.json from before the
+    input hashes)."""
+    try:
+        doc = json.loads((d / GRID).read_text())
+    except OSError:
+        raise InputError(f"{d}: no sweep here ({GRID} is missing)") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{d / GRID}: not JSON; the file is damaged") from None
+    try:
+        if isinstance(doc, dict) and "grid" in doc:
+            return Grid.model_validate(doc["grid"]), dict(doc.get("inputs") or {})
+        return Grid.model_validate(doc), {}
+    except (ValidationError, TypeError, ValueError):
+        raise InputError(f"{d / GRID}: not a sweep grid; the file is damaged") from None
 
 
 def load_results(out_dir: str | Path) -> list[dict]:
     """The rows of the last sweep run in `out_dir`, in the grid's point order (rows of points no longer in
     its grid are left out)."""
     d = Path(out_dir)
+    grid, inputs = _read_grid(d)
+    by_id = {row["id"]: row for row in read_rows(d / RESULTS)[0]}
+    return [by_id[p.id] for p in grid_points(grid, inputs) if p.id in by_id]
+
+
+@contextmanager
+def locked(out: Path):
+    """Create OUT and hold an exclusive lock on OUT/.lock while the block runs: a second sweep into the same
+    directory is refused rather than interleaving rows with the first."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {out} exists and is not a directory")
     try:
-        grid = Grid.model_validate(json.loads((d / GRID).read_text()))
-    except OSError:
-        raise InputError(f"{d}: no sweep here ({GRID} is missing)") from None
-    by_id = {row["id"]: row for row in _read_rows(d / RESULTS)[0]}
-    return [by_id[p.id] for p in grid_points(grid) if p.id in by_id]
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise InputError(f"--out: cannot create {out / LOCK}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"--out: another sweep is writing to {out} (it holds {out / LOCK}); wait for it to "
+                             f"finish or choose another directory") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 class _Rate(ProgressColumn):
@@ -329,35 +473,60 @@ class _Rate(ProgressColumn):
 
 
 def run_sweep(sweep_file: str | Path, out_dir: str | Path, *, executor: str = "local", workers: int | None = None,
-              resume: bool = False, chunk: int | None = None, progress: bool = True) -> dict:
+              resume: bool = False, chunk: int | None = None, progress: bool = True,
+              max_memory: int | None = None) -> dict:
     """Run every point of `sweep_file` not yet in OUT_DIR/results.jsonl, appending each chunk's rows (one
     JSON object a line, sorted keys) and syncing them to disk as the chunk finishes. Without `resume`,
-    an existing results file is an error. Returns {"points", "skipped", "ran"}."""
+    an existing results file is an error; so is another sweep running into OUT_DIR. With `max_memory`
+    (bytes), a grid whose largest point, times the workers, is estimated to need more is refused before
+    anything runs. Returns {"points", "skipped", "ran"}."""
     if chunk is not None and chunk < 1:
         raise InputError(f"--chunk: expected a positive number, got {chunk}")
     pool = _executor(executor, workers)
     grid, scenarios = load_sweep(sweep_file)
+    if max_memory is not None:
+        _check_memory(scenarios, grid, workers or os.cpu_count() or 1, max_memory)
     out = Path(out_dir)
     results = out / RESULTS
+    inputs = input_hashes(scenarios)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {out} exists and is not a directory")
     if results.exists() and not resume:
         raise InputError(f"{results} exists: pass --resume to continue it, or choose another directory")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("points"), _Rate(),
-               TextColumn("ETA"), TimeRemainingColumn())
-    with pool as (slots, run):
-        out.mkdir(parents=True, exist_ok=True)
-        (out / GRID).write_text(grid.model_dump_json())
-        finished, size = _read_rows(results)
+    with pool as (slots, run), locked(out):
+        if results.exists() and not resume:           # written by a sweep that finished meanwhile
+            raise InputError(f"{results} exists: pass --resume to continue it, or choose another directory")
+        (out / GRID).write_text(json.dumps({"grid": grid.model_dump(mode="json"), "inputs": inputs}))
+        finished, size = read_rows(results)
         if results.exists():
             os.truncate(results, size)                    # drop a torn last line: appends start a fresh line
         done = {row["id"] for row in finished}
-        points = grid_points(grid)
+        points = grid_points(grid, inputs)
         todo = [p for p in points if p.id not in done]
-        tasks = [(c, {p.workload: scenarios[p.workload] for p in c}) for c in _chunks(todo, slots, chunk)]
-        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar, results.open("a") as f:
-            task = bar.add_task("sweep", total=len(points), completed=len(points) - len(todo))
-            for rows in run(tasks):
-                f.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-                f.flush()
-                os.fsync(f.fileno())
-                bar.advance(task, len(rows))
+        _run_points(run, todo, scenarios, slots, chunk, len(points), results, progress)
     return {"points": len(points), "skipped": len(points) - len(todo), "ran": len(todo)}
+
+
+def _check_memory(scenarios: dict[str, Scenario], grid: Grid, workers: int, limit: int) -> None:
+    from mmugather.workloads.scenario import estimate_memory
+    from mmugather.workloads.scenario import human_bytes as _gib
+    name, need = max(((n, estimate_memory(sc)) for n, sc in scenarios.items()), key=lambda x: x[1])
+    at_once = max(1, min(workers, grid.size()))
+    if need * at_once > limit:
+        raise InputError(f"--max-memory: workload '{name}' needs about {_gib(need)} per point, "
+                         f"{_gib(need * at_once)} with {at_once} workers at once; the limit is {_gib(limit)} "
+                         f"(raise --max-memory or lower --workers)")
+
+
+def _run_points(run, todo: list[Point], scenarios, slots: int, chunk: int | None, total: int, results: Path,
+                progress: bool) -> None:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("points"), _Rate(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    tasks = [(c, {p.workload: scenarios[p.workload] for p in c}) for c in _chunks(todo, slots, chunk)]
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar, results.open("a") as f:
+        task = bar.add_task("sweep", total=total, completed=total - len(todo))
+        for rows in run(tasks):
+            f.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+            f.flush()
+            os.fsync(f.fileno())
+            bar.advance(task, len(rows))

@@ -7,7 +7,7 @@ exactly that set; `Arch618` adds the asm-generic/tlb.h knobs of today's mmu_gath
 (arch/x86_legacy.py, x86.py, x86_kvm.py, arm64.py, ppc64.py) implements one of them, and the typed registry
 in arch/__init__.py holds it to its Protocol under mypy.
 
-Every flush is a kernel path: a generator the engine runs (sim/engine.py), yielding simulated nanoseconds,
+Every flush is a kernel path: a generator the engine runs (machine/engine.py), yielding simulated nanoseconds,
 requests (kernel/locking.py, kernel/smp.py) and nested paths.
 
 `ArchBase` is the state every arch keeps (the machine's TLBs, costs, metrics and CPUs) and the accounting
@@ -39,7 +39,7 @@ class Task(Protocol):
 
 
 class Cpu(Protocol):
-    """The per-CPU state an arch reads and writes (the engine's Cpu, sim/engine.py): the running task and
+    """The per-CPU state an arch reads and writes (the engine's Cpu, machine/cpu.py): the running task and
     x86's cpu_tlbstate (loaded_mm, active_mm, is_lazy as `tlbstate`, per-CPU words in `per_cpu`)."""
 
     id: int
@@ -90,9 +90,9 @@ G = TypeVar("G", contravariant=True)
 class Arch(Protocol[G]):
     """What mm/, kernel/ and the engine may call on an arch, whose tlb_flush() takes a gather of type G.
 
-    Callers: tlb_flush (policies/base.py), flush_tlb_mm (kernel/fork.py dup_mmap), flush_tlb_page
+    Callers: tlb_flush (policies/base.py), flush_tlb_mm (policies/fork.py dup_mmap), flush_tlb_page
     (mm/memory, mm/mremap), flush_tlb_range (mm/mprotect, mm/mremap), switch_mm (the engine's
-    context switch, mm/exec.py exec_mmap), enter_lazy_tlb (the engine, kernel/exit.py exit_mm),
+    context switch, mm/exec.py exec_mmap), enter_lazy_tlb (the engine, policies/exit.py exit_mm),
     have_rcu_table_free (mm/mmu_gather), tlb_entry_live/pwc_entry_live (sim/invariants.py)."""
 
     @property
@@ -182,7 +182,7 @@ class _ScenarioSpec(Protocol):
 
 
 class Board(Protocol):
-    """What an arch takes from the machine it is built for (sim/machine.py Simulation)."""
+    """What an arch takes from the machine it is built for (sim/simulation.py Simulation)."""
 
     @property
     def tlb(self) -> Tlb: ...

@@ -8,6 +8,7 @@ import click
 
 from mmugather.arch import arch_names
 from mmugather.cli import main
+from mmugather.cli.limits import memory_option
 from mmugather.errors import InputError
 
 
@@ -58,7 +59,8 @@ def _bar(label: str, quiet: bool):
               help="exhaustive: the preemption bound (CHESS context bounding).")
 @click.option("--budget", type=int, default=None,
               help="Executions at most (default: 200000 exhaustive, 2000 pct/random).")
-@click.option("--seed", type=int, default=0, show_default=True, help="pct/random: the seed of the schedules.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="pct/random: the seed of the schedules (>= 0).")
 @click.option("--depth", "pct_depth", type=int, default=3, show_default=True, help="pct: the bug depth d.")
 @click.option("--max-steps", type=int, default=10_000, show_default=True,
               help="Steps per execution at most (the depth bound).")
@@ -67,17 +69,25 @@ def _bar(label: str, quiet: bool):
 @click.option("--no-shrink", is_flag=True, help="Keep the schedule as found.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--out", "out_file", default=None, help="Save a found violation as a JSON replay file here.")
+@memory_option
 def explore(scenario, policy, strategy, max_preemptions, budget, seed, pct_depth, max_steps, without_fixes, arch,
-            no_shrink, as_json, out_file) -> None:
+            no_shrink, as_json, out_file, max_memory) -> None:
     """Search the interleavings of a small SCENARIO (file or built-in workload) for an invariant violation.
 
     Exit status: 0 no violation within the bound (the bound covered is printed), 1 a violation was found,
     2 bad input."""
     from mmugather import api
+    from mmugather.cli.limits import check_memory
+    from mmugather.cli.paths import check_output_file
+    from mmugather.policies import get_policy
+    from mmugather.policies.plugins import plugin_guard
     from mmugather.workloads.builtin import resolve_workload
+    check_output_file("--out", out_file)
     sc = resolve_workload(scenario)
-    with _bar(f"exploring {sc.name}", as_json) as bar:
-        result = api.explore(sc, policy or sc.machine.policy, strategy=strategy, max_preemptions=max_preemptions,
+    check_memory(sc, max_memory, f"scenario '{sc.name}'")
+    spec = policy or sc.machine.policy
+    with _bar(f"exploring {sc.name}", as_json) as bar, plugin_guard(get_policy(spec)):
+        result = api.explore(sc, spec, strategy=strategy, max_preemptions=max_preemptions,
                              budget=budget, seed=seed, depth=pct_depth, max_steps=max_steps,
                              without_fixes=without_fixes, arch=arch, shrink=not no_shrink, out=out_file,
                              progress=bar)
@@ -115,13 +125,17 @@ def _print_report(name, policy, without, report, coverage, out_file, names: dict
 @click.argument("replay_file")
 @click.option("--trace", "trace_file", default=None, help="Also write a Chrome/Perfetto JSON timeline of the replay.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def replay(replay_file, trace_file, as_json) -> None:
+@memory_option
+def replay(replay_file, trace_file, as_json, max_memory) -> None:
     """Re-run a schedule saved by `explore --out` and tell its story again.
 
     Exit status: 1 when the replay shows a violation, 0 when it does not, 2 bad input."""
+    from mmugather.cli.paths import check_output_file
     from mmugather.explore.session import load_replay
     from mmugather.explore.story import tell
-    target, doc = load_replay(replay_file)
+    from mmugather.cli.limits import parse_memory
+    check_output_file("--trace", trace_file)
+    target, doc = load_replay(replay_file, parse_memory(max_memory))
     traces = []
     if trace_file:
         from mmugather.sim.tracing import attach_trace, check_trace_path
@@ -175,8 +189,10 @@ def bugs_run(name, max_preemptions, budget, as_json) -> None:
     the expected violation and the fixed one passes within the bound."""
     from mmugather.explore.bugs import get_bug, run_bug
     bug = get_bug(name)
-    if (max_preemptions is not None and max_preemptions < 0) or (budget is not None and budget < 1):
-        raise InputError("--max-preemptions must be >= 0 and --budget >= 1")
+    if max_preemptions is not None and max_preemptions < 0:
+        raise InputError(f"--max-preemptions: expected a number >= 0, got {max_preemptions}")
+    if budget is not None and budget < 1:
+        raise InputError(f"--budget: expected a number >= 1, got {budget}")
     with _bar(f"bug {name}", as_json) as bar:
         out = run_bug(bug, max_preemptions=max_preemptions, budget=budget, progress=bar)
     if as_json:

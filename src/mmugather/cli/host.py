@@ -10,9 +10,13 @@ from mmugather.cli import main
 @main.command()
 @click.option("--pid", type=int, required=True, help="The process to capture.")
 @click.option("-o", "--out", "out_dir", required=True, help="Directory to write maps, smaps, meta.json, present.")
-def snapshot(pid, out_dir) -> None:
-    """Capture /proc/PID/{maps,smaps} (and pagemap present bits, where readable) into a snapshot directory."""
+@click.option("--force", is_flag=True, help="Write into a directory that already holds files.")
+def snapshot(pid, out_dir, force) -> None:
+    """Capture /proc/PID/{maps,smaps} (and pagemap present bits, where readable) into a snapshot directory
+    (new or empty, unless --force)."""
+    from mmugather.cli.paths import check_output_dir
     from mmugather.workloads.snapshot import capture
+    check_output_dir("-o", out_dir, empty=True, force=force)
     snap = capture(pid, out_dir)
     click.echo(f"{out_dir}: {len(snap.vmas)} VMAs, {snap.rss_pages} resident pages, {snap.threads} threads"
                + ("" if snap.has_present else " (no pagemap: resident pages will be placed from each VMA start)"))
@@ -104,6 +108,8 @@ def calibrate(out_file, runs, no_fit) -> None:
     from mmugather.host.kernel_check import host_info, model_predict_ns, model_unavailable
     from mmugather.host.probe import host_supported
     from mmugather.host.worker import WorkerError
+    from mmugather.cli.paths import check_output_file
+    check_output_file("-o", out_file)
     why = host_supported()
     if why:
         raise InputError(f"calibrate: this host cannot run the probes: {why}")

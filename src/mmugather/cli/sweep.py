@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import click
 
 from mmugather.cli import main
+from mmugather.cli.limits import memory_option, parse_memory
+from mmugather.cli.paths import check_output_file
 
 
 @main.command()
@@ -18,10 +22,23 @@ from mmugather.cli import main
 @click.option("--resume", is_flag=True, help="Skip the points already in DIR/results.jsonl.")
 @click.option("--html", "html_file", default=None, help="Write a self-contained HTML report of the results.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a line of text.")
-def sweep(sweep_file, out_dir, executor, workers, chunk, resume, html_file, as_json) -> None:
-    """Run every point of SWEEP_FILE's grid; see docs/sweeps.md."""
+@memory_option
+def sweep(sweep_file, out_dir, executor, workers, chunk, resume, html_file, as_json, max_memory) -> None:
+    """Run every point of SWEEP_FILE's grid; see docs/sweeps.md.
+
+    Ctrl-C stops the workers at once and keeps every finished point (exit status 130); --resume goes on."""
     from mmugather import api
-    results = api.sweep(sweep_file, out_dir, executor=executor, workers=workers, resume=resume, chunk=chunk)
+    from mmugather.sweep import RESULTS, read_rows
+    check_output_file("--html", html_file)
+    limit = parse_memory(max_memory)
+    try:
+        results = api.sweep(sweep_file, out_dir, executor=executor, workers=workers, resume=resume, chunk=chunk,
+                            max_memory=limit)
+    except KeyboardInterrupt:
+        kept = len(read_rows(Path(out_dir) / RESULTS)[0])
+        click.echo(f"mmugather sweep: interrupted; {kept} finished points kept in {out_dir}/{RESULTS} "
+                   f"(run again with --resume to go on)", err=True)
+        sys.exit(130)
     summary = {"points": results.ran + results.skipped, "skipped": results.skipped, "ran": results.ran}
     if html_file:
         results.write_html(html_file)

@@ -212,36 +212,6 @@ CATALOGUE: list[Bug] = [
                "One thread: no interleaving matters, the default schedule shows it."),
     ),
     Bug(
-        name="table-free-no-invalidate",
-        year=2018,
-        commits=("d86564a2f085",),
-        title="mm/tlb, x86/mm: Support invalidating TLB caches for RCU_TABLE_FREE",
-        fixed_in="v4.19",
-        introduced="not named by the fix; on x86, selecting HAVE_RCU_TABLE_FREE (v4.14, not confirmed)",
-        what=("When no page can be had for a table batch, tlb_remove_table() hands the one table to "
-              "tlb_remove_table_one(), which waits for software walkers only (an IPI sync, or here a grace "
-              "period) and frees it. Nothing flushed the other CPUs' paging-structure caches first: RCU table "
-              "freeing came from PowerPC-hash, which has none. x86 selected it from v4.14, and its CPUs "
-              "still cached the freed table."),
-        scenario={"name": "dontneed-table-batch-fails",
-                  "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18", "fail_nowait": 1.0},
-                  "process": [{"name": "app",
-                               "vma": [{"name": "a", "size": "2MiB", "start": 0x10000000}],
-                               "thread": _threads(
-                                   (1, [{"op": "touch", "vma": "a", "size": "4KiB", "write": False},
-                                        {"op": "compute", "ns": 1000},
-                                        {"op": "touch", "vma": "a", "size": "4KiB", "write": False}]),
-                                   (0, [{"op": "madvise", "vma": "a"}]),
-                                   (0, [{"op": "compute", "ns": 1000}]))}]},
-        policy="6.18",
-        buggy_without=("table_invalidate",),
-        expect="page-table-use-after-free",
-        max_preemptions=1,
-        notes=("fail_nowait = 1.0 makes every GFP_NOWAIT allocation fail (the !*batch slow path Jann hit). "
-               "The table is freed by MADV_DONTNEED's PT_RECLAIM (6.18), through call_rcu: the grace period "
-               "ends when CPU 0 switches to the other thread at zap_pmd_range()'s cond_resched()."),
-    ),
-    Bug(
         name="radix-table-free-no-invalidate",
         year=2020,
         commits=("0ed1325967ab",),

@@ -1,4 +1,4 @@
-"""Controlled execution: the machine of sim/engine.py with a chooser in place of the clock order.
+"""Controlled execution: the engine of machine/engine.py with a chooser in place of the clock order.
 
 At every scheduling point the engine lists the *actors* that can take a step and a chooser picks one:
 - a task, by its tid: the task current on its CPU resumes until its next yield (one step); or a task on a
@@ -13,23 +13,29 @@ to pass is turned into a choice: user work (`Compute`) is one step after which t
 anyone, a sleep yields the CPU to its runqueue, time slices and the latency task are gone (the chooser
 decides preemptions). The same list of choices reproduces a run exactly.
 
-The engine is installed on a built Simulation by switching its class (`controlled(sim)`), as
-sim/tracing.py does for traces, so Engine.run, the free-running hot loop, is untouched.
+`Controlled` is the engine's Scheduler (handed to the Engine when the Simulation is built, see
+explore/target.py): its step is the engine's one step loop (`Engine._run_cpu`) with the horizon at the
+CPU's clock, so a step ends at the task's first yield. Its `Footprint` counts what a step touched: it is
+the TLB's observer, the allocator's free callbacks are wrapped, and the RNG is a CountingRandom.
 """
 from __future__ import annotations
 
 import random
-from types import GeneratorType
+from typing import Any
 
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
-from mmugather.machine.tlb import Tlb
-from mmugather.sim.engine import (
-    P_COND_RESCHED, P_MIGHT_SLEEP, P_PLAIN, RUNNING, DeadlockError, Engine,
-)
+from mmugather.kernel.sched import P_PLAIN
+from mmugather.machine.cpu import RUNNING, FrameStack, TaskContractError
+from mmugather.policies.plugins import PluginError
+from mmugather.machine.engine import DeadlockError, Engine
 
 # footprint bits: shared kernel memory, the shared RNG, process fields user code reads; then per CPU
 MEM, RNG, PROC = 1, 2, 4
 _PER_CPU = 3
+
+
+# a plugin breaking the kernel-path contract is bad input (exit 2), not a finding of the search
+CONTRACT_BREACHES = (PluginError, TaskContractError)
 
 
 class StepError(Exception):
@@ -42,47 +48,86 @@ class StepError(Exception):
         self.error = error
 
 
-class ControlledEngine(Engine):
-    """Engine whose `run` asks `chooser(enabled) -> actor | None` at every scheduling point (None stops
-    the run). With `track` on, each step leaves its footprint in `fp_read`/`fp_write` (bit masks)."""
+class Controlled:
+    """The explorer's Scheduler: `run` asks `chooser(enabled) -> actor | None` at every scheduling point
+    (None stops the run), after replaying `prefix`. With `track` on, each step leaves its footprint in
+    `fp_read`/`fp_write` (bit masks). `last_task`, `yielded` and `last_request` describe the last step."""
 
-    # set by `controlled()`
-    tasks: dict
-    chooser = None
-    prefix: list | tuple = ()
-    track = False
-    obs: "Observer"
+    timed = False
 
-    def run(self, until_ns: int | None = None) -> int:
+    def __init__(self) -> None:
+        self.engine: Engine = None  # type: ignore[assignment]  # attach() sets it before any other method runs
+        self.footprint = Footprint()
+        self.chooser: Any = None      # enabled actors -> the actor to step, or None to stop; set before run()
+        self.prefix: list | tuple = ()
+        self.track = False
+        self.last_task: int | None = None
+        self.yielded = False
+        self.last_request = None
+        self.fp_read = self.fp_write = 0
+        self._engine_sleep: Any = None    # the engine's own Sleep handler, from handlers()
+
+    # ----------------------------------------------------------------- the Scheduler protocol
+    def attach(self, engine: Engine) -> None:
+        if self.engine is not None:
+            raise ValueError("Controlled: one scheduler per engine")
+        self.engine = engine
+        self.footprint.bind(engine)
+
+    def handlers(self, engine: Engine) -> dict:
+        """Every request handler records the request (`last_request`, IPI targets for the footprint);
+        Compute and Sleep turn time into choices."""
+        own = dict(engine.handlers)
+        self._engine_sleep = own[Sleep]
+        own[Compute], own[Sleep] = self._compute, self._sleep
+        sent = self.footprint.sent
+
+        def record(h, ipi: bool):
+            def recorded(c, task, v):
+                self.last_request = v
+                if ipi:
+                    sent.extend(v.targets)
+                return h(c, task, v)
+            return recorded
+        return {kind: record(h, kind is SmpCallFunctionMany) for kind, h in own.items()}
+
+    def run(self, engine: Engine) -> int:
         """Replay `prefix` (actors, in order), then run under the chooser until every user task has exited
         or the chooser returns None."""
+        if any(c.latency_task is not None for c in engine.cpus):
+            raise ValueError("Controlled: build the simulation without the latency task")
         chooser, enabled, act = self.chooser, self.enabled, self.act
         for k, a in enumerate(self.prefix):       # a schedule known to be valid: no choices to offer
-            if self.user_alive <= 0 or self.halted or not self.can_step(a):
+            if engine.user_alive <= 0 or engine.halted or not self.can_step(a):
                 raise RuntimeError(f"replay diverged at step {k}: actor {a} cannot step")
             try:
                 act(a)
+            except CONTRACT_BREACHES:
+                raise
             except Exception as e:
                 raise StepError(a, e) from e
-        while self.user_alive > 0 and not self.halted:
+        while engine.user_alive > 0 and not engine.halted:
             en = enabled()
             if not en:
-                raise DeadlockError(f"{self.user_alive} user task(s) left and no CPU can take a step")
+                raise DeadlockError(f"{engine.user_alive} user task(s) left and no CPU can take a step")
             a = chooser(en)
             if a is None:
                 break
             try:
                 act(a)
+            except CONTRACT_BREACHES:
+                raise
             except Exception as e:
                 raise StepError(a, e) from e
-        return max(c.clock for c in self.cpus)
+        return max(c.clock for c in engine.cpus)
 
     # ----------------------------------------------------------------- actors
     def enabled(self) -> list[int]:
         """The actors that can take a step now: interrupts first (by CPU), then tasks by tid."""
+        eng = self.engine
         irqs = None
         tasks = []
-        for c in self.cpus:
+        for c in eng.cpus:
             if c.pending and not c.irqs_off:
                 if irqs is None:
                     irqs = []
@@ -90,7 +135,7 @@ class ControlledEngine(Engine):
             task = c.curr
             if task is not None and c.state == RUNNING:
                 tasks.append(task.tid)
-                if c.runqueue and self.preemptible(c, task):
+                if c.runqueue and eng.preemptible(c, task):
                     tasks.extend(t.tid for t in c.runqueue)
         if len(tasks) > 1:
             tasks.sort()
@@ -98,126 +143,99 @@ class ControlledEngine(Engine):
 
     def can_step(self, a: int) -> bool:
         """Is actor `a` enabled (a cheaper test than `a in self.enabled()`)?"""
+        eng = self.engine
         if a < 0:
-            c = self.cpus[-1 - a]
+            c = eng.cpus[-1 - a]
             return bool(c.pending) and not c.irqs_off
-        task = self.tasks.get(a)
+        task = eng.tasks.get(a)
         if task is None:
             return False
-        c = self.cpus[task.cpu]
+        c = eng.cpus[task.cpu]
         curr = c.curr
         if curr is None or c.state != RUNNING:
             return False
-        return curr is task or (task in c.runqueue and self.preemptible(c, curr))
-
-    def preemptible(self, c, task) -> bool:
-        """May the current task of c be switched out here (Engine._attend's test)?"""
-        p = c.point
-        return (not task.in_kernel or p == P_COND_RESCHED or (p == P_MIGHT_SLEEP and self.voluntary)
-                or (self.full and c.preempt_count == 0 and not c.irqs_off))
+        return curr is task or (task in c.runqueue and eng.preemptible(c, curr))
 
     def act(self, a: int) -> None:
         """Let actor `a` take one step; with `track`, leave its footprint in fp_read/fp_write."""
+        eng = self.engine
         if a < 0:
-            c = self.cpus[-1 - a]
+            c = eng.cpus[-1 - a]
         else:
-            task = self.tasks[a]
-            c = self.cpus[task.cpu]
+            task = eng.tasks[a]
+            c = eng.cpus[task.cpu]
         if not self.track:
-            self._run_cpu(c, a)
+            self._step(c, a)
             return
-        obs = self.obs
-        touched, sent = obs.touched, obs.sent
+        fp = self.footprint
+        touched, sent = fp.touched, fp.sent
         touched.clear()
         sent.clear()
-        obs.walked = False
-        frees0 = obs.frees
-        rng = obs.rng
+        fp.walked = False
+        frees0 = fp.frees
+        rng = fp.rng
         draws0 = rng.draws if rng is not None else 0
         if a < 0:
             senders = {s.id for _, _, _, s in c.pending}
-            self._run_cpu(c, a)
-            w = MEM | obs.bit_irq[c.id] | obs.bit_tlb[c.id]
+            self._step(c, a)
+            w = MEM | fp.bit_irq[c.id] | fp.bit_tlb[c.id]
             for s in senders:
-                w |= obs.bit_cpu[s]
-            self.fp_read, self.fp_write = obs.bit_cpu[c.id], w | obs.written()
+                w |= fp.bit_cpu[s]
+            self.fp_read, self.fp_write = fp.bit_cpu[c.id], w | fp.written()
             return
-        k0, curr0, sig0 = task.in_kernel, c.curr, obs.proc_sig()
-        rcu = self.rcu
+        k0, curr0, sig0 = task.in_kernel, c.curr, fp.proc_sig()
+        rcu = eng.rcu
         rcu0 = bool(rcu.pending)
-        self._run_cpu(c, a)
+        self._step(c, a)
         r = 0
-        w = obs.bit_cpu[c.id] | obs.written() if touched or sent else obs.bit_cpu[c.id]
+        w = fp.bit_cpu[c.id] | fp.written() if touched or sent else fp.bit_cpu[c.id]
         if k0 or task.in_kernel or curr0 is not task or c.curr is not task or rcu0 or rcu.pending:
             w |= MEM
         else:
-            r = PROC | obs.bit_tlb[c.id] | (MEM if obs.walked else 0)
-        if k0 != task.in_kernel or sig0 != obs.proc_sig():
+            r = PROC | fp.bit_tlb[c.id] | (MEM if fp.walked else 0)
+        if k0 != task.in_kernel or sig0 != fp.proc_sig():
             w |= PROC
-            r |= obs.all_tlb                        # a return to user space checks every TLB
-        if obs.frees != frees0:
+            r |= fp.all_tlb                         # a return to user space checks every TLB
+        if fp.frees != frees0:
             w |= MEM
-            r |= obs.all_tlb
+            r |= fp.all_tlb
         if rng is not None and rng.draws != draws0:
             w |= RNG
         self.fp_read, self.fp_write = r, w
 
     # ----------------------------------------------------------------- one step
-    def _run_cpu(self, c, actor) -> None:
-        """One step of `actor` on c (the second argument is the actor in this engine, not a horizon)."""
+    def _step(self, c, actor: int) -> None:
+        """One step of `actor` on c: an interrupt actor takes c's pending IPIs; a task (switched to first
+        if it waits on c's runqueue) resumes until its first yield, in the engine's step loop."""
+        eng = self.engine
         if actor < 0:
+            if eng.observer is not None:
+                eng.observer.step(c)
             if c.pending[0][0] > c.clock:
                 c.clock = c.pending[0][0]
-            self._take_irqs(c)
+            eng._take_irqs(c)
             return
-        task = self.tasks[actor]
+        task = eng.tasks[actor]
         if c.curr is not task:                      # preempt_schedule() in favour of `task`
             c.runqueue.remove(task)
             c.runqueue.appendleft(task)
             c.runqueue.append(c.curr)
-            self._schedule(c)
+            eng._schedule(c)
         self.last_task = actor
         self.yielded = False
         self.last_request = None
         c.need_resched = bool(c.runqueue)           # another task wants this CPU (read by 2.6.39's unmap_vmas)
-        c.horizon = c.clock                         # no fast path over several steps: each one is a choice
+        c.attention = False                         # the chooser takes IPIs and preempts, not the step loop
         stack = task.stack
-        send = task.send
-        val = None
-        while True:
-            try:
-                v = send(val)
-            except StopIteration as e:
-                stack.pop()
-                if not stack:
-                    self._exit_task(c, task)
-                    return
-                send = task.send = stack[-1].send
-                val = e.value
-                continue
-            if v.__class__ is int:
-                c.clock += v
-                c.point = P_PLAIN
-                return
-            if v.__class__ is GeneratorType:
-                stack.append(v)
-                send = task.send = v.send
-                val = None
-                continue
-            self.last_request = v
-            self.handlers[v.__class__](c, task, v)
-            return
+        if stack.__class__ is not FrameStack:
+            stack = task.watch()
+        stack.resumed()
+        eng.step(c, c.clock)                        # horizon = now: one step, no bulk over several
 
     # ----------------------------------------------------------------- time turned into choices
-    def _push(self, t, cpu, token, callback) -> None:
-        """No event queue: nothing is ordered by time."""
-
-    def _arm_slice(self, c) -> None:
-        """No time slices: the chooser preempts."""
-
     def _compute(self, c, task, v) -> bool:
         """User work: one step; afterwards the CPU may go to anyone (a yield)."""
-        self.rcu.note_qs(c)
+        self.engine.rcu.note_qs(c)
         c.clock += v.ns
         c.point = P_PLAIN
         self.yielded = True
@@ -226,44 +244,60 @@ class ControlledEngine(Engine):
     def _sleep(self, c, task, v) -> bool:
         """A sleep yields the CPU to the next task on its runqueue (or to nobody); time orders nothing."""
         if c.preempt_count or c.irqs_off:
-            return super()._sleep(c, task, v)
+            return self._engine_sleep(c, task, v)
         c.clock += v.ns
         self.yielded = True
         if c.runqueue:
             c.runqueue.append(task)
-            self._schedule(c)
+            self.engine._schedule(c)
         return True
 
-    def _smp_call(self, c, task, v) -> bool:
-        if not v.targets:
-            return True
-        self.obs.sent.extend(v.targets)
-        return super()._smp_call(c, task, v)
 
-    def spawn(self, name, cpu, kind, gen_factory, mm=None, process=None):
-        task = super().spawn(name, cpu, kind, gen_factory, mm, process)
-        self.tasks[task.tid] = task
-        return task
+class Footprint:
+    """What a step touched, from counters the TLB (as its observer), the allocator (its free callbacks,
+    wrapped by `watch`) and the RNG (a CountingRandom) keep; and, when `log` is a list, a record of each
+    TLB operation and free for the story."""
 
-
-class Observer:
-    """What a step touched, from counters the instrumented TLB, allocator and RNG keep; and, when `log` is
-    a list, a record of each TLB operation and free for the story."""
-
-    def __init__(self, sim, ncpus: int) -> None:
-        self.sim = sim
-        self.bit_tlb = [1 << (_PER_CPU + i) for i in range(ncpus)]
-        self.bit_cpu = [1 << (_PER_CPU + ncpus + i) for i in range(ncpus)]
-        self.bit_irq = [1 << (_PER_CPU + 2 * ncpus + i) for i in range(ncpus)]
-        self.all_tlb = sum(self.bit_tlb)
+    def __init__(self) -> None:
         self.touched: set[int] = set()
         self.walked = False
         self.frees = 0
         self.sent: list[int] = []
         self.log: list | None = None
-        self.procs = getattr(sim, "processes", [])
-        self.engine = sim.engine
-        self.rng = None                   # the CountingRandom, once installed
+        self.procs: list = []
+        self.engine: Engine = None  # type: ignore[assignment]  # bind() sets it before any other method runs
+        self.rng: CountingRandom | None = None    # the CountingRandom, once watched
+
+    def bind(self, engine) -> None:
+        """Size the per-CPU bits for `engine`."""
+        ncpus = len(engine.cpus)
+        self.engine = engine
+        self.bit_tlb = [1 << (_PER_CPU + i) for i in range(ncpus)]
+        self.bit_cpu = [1 << (_PER_CPU + ncpus + i) for i in range(ncpus)]
+        self.bit_irq = [1 << (_PER_CPU + 2 * ncpus + i) for i in range(ncpus)]
+        self.all_tlb = sum(self.bit_tlb)
+
+    def watch(self, sim) -> None:
+        """Count what `sim` (a Simulation built with this footprint's scheduler) does outside the engine:
+        its processes' fields, its RNG's draws, its allocator's frees."""
+        self.procs = sim.processes
+        rng = sim.rng
+        if isinstance(rng, CountingRandom):
+            self.rng = rng
+            rng.draws = 0                 # draws since the search began (none: the fingerprint skips the RNG)
+        _count_frees(sim.alloc, self, sim.engine)
+
+    def tlb_op(self, name: str, c, args: tuple) -> None:
+        """The TLB's observer: an operation on CPU c marks c's TLB as written; `walk` also marks that page
+        tables were read; in story mode each is logged as (name, cpu, args)."""
+        cpu = getattr(c, "id", None)
+        if cpu is None:
+            return
+        self.touched.add(cpu)
+        if name == "walk":
+            self.walked = True
+        if self.log is not None:
+            self.log.append((name, cpu, args))
 
     def written(self) -> int:
         w = 0
@@ -284,7 +318,8 @@ class Observer:
 
 # ------------------------------------------------------------------------- instrumentation
 class CountingRandom(random.Random):
-    """random.Random that counts its draws (so that a step drawing from the shared RNG is seen)."""
+    """random.Random that counts its draws (so that a step drawing from the shared RNG is seen): the RNG
+    class the explorer builds its Simulation with."""
 
     draws = 0
 
@@ -297,71 +332,7 @@ class CountingRandom(random.Random):
         return super().getrandbits(k)
 
 
-_COUNTING_TLB: dict[type, type] = {}
-
-
-def _counting_tlb_class(cls: type) -> type:
-    """`cls` (a Tlb) whose every public operation on CPU c marks c's TLB as written and, in story mode,
-    logs (name, cpu, args); `walk` also marks that page tables were read."""
-    made = _COUNTING_TLB.get(cls)
-    if made is not None:
-        return made
-    methods = {}
-    for name in dir(cls):
-        base = getattr(cls, name)
-        if name.startswith("_") or not callable(base):
-            continue
-
-        def op(self, c, *args, _base=base, _name=name):
-            cpu = getattr(c, "id", None)
-            if cpu is not None:
-                obs = self.obs
-                obs.touched.add(cpu)
-                if _name == "walk":
-                    obs.walked = True
-                if obs.log is not None:
-                    obs.log.append((_name, cpu, args))
-            return _base(self, c, *args)
-        methods[name] = op
-    made = _COUNTING_TLB[cls] = type(f"Counting{cls.__name__}", (cls,), methods)
-    return made
-
-
-def controlled(sim) -> "ControlledEngine":
-    """Switch a built, not yet run Simulation to controlled execution and instrument it for footprints.
-    Returns its engine; set `engine.chooser` before `engine.run()`."""
-    engine = sim.engine
-    ncpus = len(engine.cpus)
-    obs = Observer(sim, ncpus)
-    engine.__class__ = _controlled_class(type(engine))
-    for kind in (SmpCallFunctionMany, Compute, Sleep):     # the handlers this class overrides
-        engine.handlers[kind] = getattr(engine, engine.handlers[kind].__name__)
-    engine.obs = obs
-    engine.tasks = {}
-    engine.last_task = None
-    engine.yielded = False
-    engine.last_request = None
-    engine.fp_read = engine.fp_write = 0
-    engine.heap.clear()
-    for c in engine.cpus:
-        for t in ([c.curr] if c.curr else []) + list(c.runqueue):
-            engine.tasks[t.tid] = t
-        if c.latency_task is not None:
-            raise ValueError("controlled(): build the simulation without the latency task")
-    if isinstance(getattr(sim, "tlb", None), Tlb):
-        sim.tlb.__class__ = _counting_tlb_class(type(sim.tlb))
-        sim.tlb.obs = obs
-    if isinstance(getattr(sim, "rng", None), random.Random):
-        sim.rng.__class__ = CountingRandom
-        sim.rng.draws = 0
-        obs.rng = sim.rng
-    alloc = getattr(sim, "alloc", None)
-    if alloc is not None:
-        _count_frees(alloc, obs, engine)
-    return engine
-
-
-def _count_frees(alloc, obs: Observer, engine) -> None:
+def _count_frees(alloc, obs: Footprint, engine) -> None:
     """Wrap the allocator's free callbacks: count every free and, in story mode, log (freeing CPU, [(pfn,
     kind)], the cached translations still reaching those frames)."""
     def note(c, freed) -> None:
@@ -370,7 +341,8 @@ def _count_frees(alloc, obs: Observer, engine) -> None:
             mapped = [m for pfn, _ in freed for m in _mapped_by(engine, pfn)]
             obs.log.append(("free", c.id if c is not None else None, freed, mapped))
 
-    on_free, on_free_many, on_free_array = alloc.on_free, alloc.on_free_many, getattr(alloc, "on_free_array", None)
+    on_free, on_free_many = alloc.on_free, alloc.on_free_many
+    on_free_array: Any = getattr(alloc, "on_free_array", None)
 
     def counted_free(c, pfn, kind):
         note(c, [(pfn, kind)])
@@ -397,17 +369,3 @@ def _mapped_by(engine, pfn: int) -> list[tuple]:
         out += [("tlb", x.id, vpn, pfn) for vpn, v in x.tlb.items() if v >> 1 == pfn]
         out += [("pwc", x.id, key << 21, pfn) for key, t in x.pwc.items() if t.pfn == pfn]
     return out
-
-
-_CONTROLLED: dict[type, type] = {}
-
-
-def _controlled_class(cls: type) -> type:
-    if issubclass(cls, ControlledEngine):
-        return cls
-    if cls is Engine:
-        return ControlledEngine
-    made = _CONTROLLED.get(cls)
-    if made is None:
-        made = _CONTROLLED[cls] = type(f"Controlled{cls.__name__}", (ControlledEngine, cls), {})
-    return made

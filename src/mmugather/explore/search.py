@@ -1,7 +1,8 @@
 """Search strategies over the schedules of a controlled machine, and the schedule format they share.
 
-A *target* builds a fresh machine for every execution (`target.build()`: an object with `engine`, a
-ControlledEngine; `invariants`; `finish()`, the end-of-run checks; `fingerprint()`, a state hash).
+A *target* builds a fresh machine for every execution (`target.build()`: an object with `engine`, an
+Engine whose scheduler is a Controlled (explore/controlled.py); `invariants`; `finish()`, the end-of-run
+checks; `fingerprint()`, a state hash).
 Every search re-executes from the initial state (stateless search, as CHESS does).
 
 Preemptions are counted as in CHESS: choosing another task while the task that took the last step could
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from mmugather.explore.controlled import StepError
-from mmugather.sim.engine import DeadlockError
+from mmugather.machine.engine import DeadlockError
 
 
 def default_choice(enabled: list[int], last: int | None, yielded: bool) -> int:
@@ -84,9 +85,10 @@ def run_machine(m, chooser, *, track: bool = False, log: list | None = None):
     """Run a freshly built machine under `chooser`, then the end-of-run checks if every task exited.
     Returns (the first violation as a dict, or None; whether every task exited)."""
     eng = m.engine
-    eng.chooser = chooser
-    eng.track = track
-    eng.obs.log = log
+    ctl = eng.scheduler
+    ctl.chooser = chooser
+    ctl.track = track
+    ctl.footprint.log = log
     inv = m.invariants
     try:
         eng.run()
@@ -137,14 +139,14 @@ def replay(target, schedule, *, max_steps: int = 100_000):
     deviations = {int(st): int(a) for st, a in schedule}
     trace: list[int] = []
     m = target.build()
-    eng, violations = m.engine, m.invariants.violations
+    ctl, violations = m.engine.scheduler, m.invariants.violations
 
     def choose(enabled):
         if violations or len(trace) >= max_steps:
             return None
         a = deviations.get(len(trace))
         if a is None or a not in enabled:
-            a = default_choice(enabled, eng.last_task, eng.yielded)
+            a = default_choice(enabled, ctl.last_task, ctl.yielded)
         trace.append(a)
         return a
     violation, finished = run_machine(m, choose)
@@ -154,19 +156,15 @@ def replay(target, schedule, *, max_steps: int = 100_000):
 def to_deviations(target, trace: list[int]) -> list[list[int]]:
     """The deviations from the default that make a run follow `trace`."""
     m = target.build()
-    eng = m.engine
+    ctl = m.engine.scheduler
     out: list[list[int]] = []
+    steps = iter(enumerate(trace))
 
     def choose(enabled):
-        i = choose.i
-        if i >= len(trace):
-            return None
-        a = trace[i]
-        choose.i = i + 1
-        if a != default_choice(enabled, eng.last_task, eng.yielded):
+        i, a = next(steps, (None, None))
+        if i is not None and a != default_choice(enabled, ctl.last_task, ctl.yielded):
             out.append([i, a])
         return a
-    choose.i = 0
     run_machine(m, choose)
     return out
 
@@ -191,6 +189,22 @@ class _Node:
         self.done: dict = {}
 
 
+@dataclass
+class _Exhaustive:
+    """What the executions of one exhaustive search share: the bounds, the queues of branches by
+    preemptions used (`levels`), the states seen and the result."""
+    target: object
+    res: Result
+    clock: _Clock
+    max_preemptions: int
+    max_depth: int
+    window: int                          # steps after the branch point within which states are hashed
+    sleep_sets: bool
+    levels: list = field(default_factory=list)
+    visited: dict = field(default_factory=dict)
+    seen_states: set = field(default_factory=set)
+
+
 def exhaustive(target, *, max_preemptions: int = 2, max_depth: int = 10_000, budget: int = 100_000,
                hash_states: bool = True, hash_window: int | None = HASH_WINDOW, sleep_sets: bool = True,
                progress: Progress | None = None) -> Result:
@@ -202,94 +216,127 @@ def exhaustive(target, *, max_preemptions: int = 2, max_depth: int = 10_000, bud
     off explores every interleaving (to check the reduction against)."""
     res = Result("exhaustive", bound={"max_preemptions": max_preemptions, "max_depth": max_depth,
                                       "budget": budget})
-    clock = _Clock(progress, res)
-    levels: list[list] = [[] for _ in range(max_preemptions + 2)]
-    levels[0].append((None, None, 0))
-    visited: dict = {}
-    seen_states: set = set()
     window = (max_depth + 1 if hash_window is None else hash_window) if hash_states else 0
+    search = _Exhaustive(target, res, _Clock(progress, res), max_preemptions, max_depth, window, sleep_sets,
+                         levels=[[] for _ in range(max_preemptions + 2)])
+    search.levels[0].append((None, None, 0))
     try:
         for level in range(max_preemptions + 1):
-            for item in levels[level]:
+            for item in search.levels[level]:
                 stack = [item]
                 while stack:
                     if res.executions >= budget:
                         raise Budget
-                    if _run_item(target, stack.pop(), stack, levels, res, visited, seen_states,
-                                 max_preemptions, max_depth, window, sleep_sets, clock):
-                        clock.done()
+                    if _Execution(search, stack.pop(), stack).run():
+                        search.clock.done()
                         return res
-            levels[level] = []
+            search.levels[level] = []
         res.covered = True
     except Budget:
         res.covered = False
-    clock.done()
+    search.clock.done()
     return res
 
 
-def _run_item(target, item, stack, levels, res, visited, seen_states, K, max_depth, window, por, clock) -> bool:
-    """Execute one branch: replay the node's prefix, take the branch's actor, then go on with
-    non-preemptive choices, queueing the alternatives met on the way. True when a violation was found."""
-    node, actor, used = item
-    prefix = node.prefix + (actor,) if node is not None else ()
-    n = len(prefix)
-    m = target.build()
-    eng = m.engine
-    violations = m.invariants.violations
-    fingerprint = m.fingerprint if window else None
-    sched: list[int] = list(prefix)
-    cur = [None, None, {}]          # the node of the last inline choice (or None), that choice, its sleep set
+class _Execution:
+    """One branch of the exhaustive search: replay the node's prefix, take the branch's actor, then go on
+    with non-preemptive choices, queueing the alternatives met on the way (`choose` is the chooser).
+    `step` is the index of the next choice; `here`, `prev` and `before` are the node of the last inline
+    choice (None if it had no alternatives), that choice and its sleep set."""
 
-    def choose(enabled):
-        d = choose.d
+    def __init__(self, search: _Exhaustive, item: tuple, stack: list) -> None:
+        self.search = search
+        self.stack = stack
+        self.node, self.actor, self.used = item
+        self.prefix: tuple = self.node.prefix + (self.actor,) if self.node is not None else ()
+        self.machine = search.target.build()
+        self.control = self.machine.engine.scheduler
+        self.violations = self.machine.invariants.violations
+        self.sched: list[int] = list(self.prefix)
+        self.step = max(len(self.prefix) - 1, 0)
+        self.here: _Node | None = None
+        self.prev: int | None = None
+        self.before: dict = {}
+
+    def run(self) -> bool:
+        """Execute the branch and account for it. True when a violation was found."""
+        res = self.search.res
+        self.control.prefix = self.prefix[:-1]
+        violation, _ = run_machine(self.machine, self.choose, track=not self.prefix)
+        res.executions += 1
+        res.transitions += self.step
+        res.max_depth_seen = max(res.max_depth_seen, self.step)
+        res.states = len(self.search.seen_states)
+        self.search.clock.tick(self.step)
+        if violation is None:
+            return False
+        res.violation = violation
+        res.trace = self.sched
+        return True
+
+    def choose(self, enabled: list[int]) -> int | None:
+        d, n = self.step, len(self.prefix)
         if d < n:                       # the branch itself (the engine replayed the prefix before it)
-            a = prefix[d]
+            a = self.prefix[d]
             if a not in enabled:
                 raise RuntimeError(f"replay diverged at step {d}: actor {a} not in {enabled}")
-            eng.track = True
-            choose.d = d + 1
+            self.control.track = True
+            self.step = d + 1
             return a
-        if violations:
+        if self.violations:
             return None
-        fp = (eng.fp_read, eng.fp_write) if por else _DEPENDENT
-        if d == n:
-            if node is None:
-                sleep = {}
-            else:                       # the branch just taken: who stays asleep after it
-                node.done[actor] = fp
-                sleep = {u: f for u, f in node.sleep.items() if u != actor and independent(f, fp)}
-                for u, f in node.done.items():
-                    if u != actor and independent(f, fp):
-                        sleep[u] = f
-        else:
-            here, prev, before = cur
-            if here is not None:
-                here.done[prev] = fp
-            sleep = {u: f for u, f in before.items() if u != prev and independent(f, fp)}
-        if d >= max_depth:
-            res.cut += 1
+        sleep = self._sleep_set(d == n)
+        search = self.search
+        if d >= search.max_depth:
+            search.res.cut += 1
             return None
-        last, yielded = eng.last_task, eng.yielded
-        if d - n < window:
-            h = fingerprint()
-            seen_states.add(h)
-            key = (h, last, yielded)
-            asleep = frozenset(sleep)
-            entries = visited.get(key)
-            if entries is None:
-                visited[key] = [(used, d, asleep)]
-            else:
-                for u0, d0, s0 in entries:
-                    if u0 <= used and d0 <= d and s0 <= asleep:
-                        res.pruned += 1
-                        return None
-                entries.append((used, d, asleep))
+        last, yielded = self.control.last_task, self.control.yielded
+        if d - n < search.window and self._seen_before(d, sleep, last, yielded):
+            return None
         if len(enabled) == 1 and not sleep:        # one actor: no choice, no preemption
-            inline = enabled[0]
-            cur[0], cur[1], cur[2] = None, inline, sleep
-            sched.append(inline)
-            choose.d = d + 1
-            return inline
+            return self._take(None, enabled[0], sleep)
+        return self._branch(enabled, sleep, last, yielded)
+
+    def _sleep_set(self, at_branch: bool) -> dict:
+        """Record the footprint of the step just taken; return who sleeps after it (sleep sets)."""
+        c = self.control
+        fp = (c.fp_read, c.fp_write) if self.search.sleep_sets else _DEPENDENT
+        if not at_branch:
+            if self.here is not None:
+                self.here.done[self.prev] = fp
+            return {u: f for u, f in self.before.items() if u != self.prev and independent(f, fp)}
+        node, actor = self.node, self.actor
+        if node is None:
+            return {}
+        node.done[actor] = fp           # the branch just taken: who stays asleep after it
+        sleep = {u: f for u, f in node.sleep.items() if u != actor and independent(f, fp)}
+        for u, f in node.done.items():
+            if u != actor and independent(f, fp):
+                sleep[u] = f
+        return sleep
+
+    def _seen_before(self, d: int, sleep: dict, last, yielded: bool) -> bool:
+        """Hash the state; True (and counted as pruned) if it was reached before with no fewer preemptions
+        left, no more depth used and no smaller sleep set."""
+        search = self.search
+        h = self.machine.fingerprint()
+        search.seen_states.add(h)
+        key = (h, last, yielded)
+        asleep = frozenset(sleep)
+        entries = search.visited.get(key)
+        if entries is None:
+            search.visited[key] = [(self.used, d, asleep)]
+            return False
+        for u0, d0, s0 in entries:
+            if u0 <= self.used and d0 <= d and s0 <= asleep:
+                search.res.pruned += 1
+                return True
+        entries.append((self.used, d, asleep))
+        return False
+
+    def _branch(self, enabled: list[int], sleep: dict, last, yielded: bool) -> int | None:
+        """Go on with the first choice that costs no preemption (none: stop); queue the others, each at the
+        level of the preemptions it uses."""
         default = default_choice(enabled, last, yielded)
         inline = None
         alts = []
@@ -297,7 +344,7 @@ def _run_item(target, item, stack, levels, res, visited, seen_states, K, max_dep
             if x in sleep:
                 continue
             cost = preemption_cost(x, enabled, last, yielded)
-            if used + cost > K:
+            if self.used + cost > self.search.max_preemptions:
                 continue
             if inline is None and cost == 0:
                 inline = x
@@ -305,33 +352,21 @@ def _run_item(target, item, stack, levels, res, visited, seen_states, K, max_dep
                 alts.append((x, cost))
         here = None
         if alts:
-            here = _Node(tuple(sched), sleep)
+            here = _Node(tuple(self.sched), sleep)
             for x, cost in reversed(alts):
                 if cost:
-                    levels[used + cost].append((here, x, used + cost))
+                    self.search.levels[self.used + cost].append((here, x, self.used + cost))
                 else:
-                    stack.append((here, x, used))
+                    self.stack.append((here, x, self.used))
         if inline is None:
             return None
-        cur[0], cur[1], cur[2] = here, inline, sleep
-        sched.append(inline)
-        choose.d = d + 1
-        return inline
-    choose.d = max(n - 1, 0)
-    eng.prefix = prefix[:-1]
+        return self._take(here, inline, sleep)
 
-    violation, _ = run_machine(m, choose, track=n == 0)
-    steps = choose.d
-    res.executions += 1
-    res.transitions += steps
-    res.max_depth_seen = max(res.max_depth_seen, steps)
-    res.states = len(seen_states)
-    clock.tick(steps)
-    if violation is not None:
-        res.violation = violation
-        res.trace = sched
-        return True
-    return False
+    def _take(self, here: _Node | None, actor: int, sleep: dict) -> int:
+        self.here, self.prev, self.before = here, actor, sleep
+        self.sched.append(actor)
+        self.step += 1
+        return actor
 
 
 # ----------------------------------------------------------------------------- PCT and random

@@ -7,9 +7,10 @@ is stored too, so that `mmugather replay` can say whether the replay told the sa
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from mmugather.errors import InputError
+from mmugather.errors import InputError, read_input
 from mmugather.explore import search
 from mmugather.explore.story import tell
 from mmugather.explore.target import KernelTarget
@@ -26,8 +27,10 @@ def run_search(target, *, strategy: str = "exhaustive", max_preemptions: int = 2
     Returns the report (JSON-ready)."""
     if strategy not in STRATEGIES:
         raise InputError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if max_preemptions < 0 or (budget is not None and budget < 1) or max_steps < 1 or pct_depth < 1:
-        raise InputError("--max-preemptions must be >= 0, --budget, --max-steps and --depth >= 1")
+    for option, value, least in (("--max-preemptions", max_preemptions, 0), ("--budget", budget, 1),
+                                 ("--max-steps", max_steps, 1), ("--depth", pct_depth, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{option}: expected a number >= {least}, got {value}")
     budget = budget or DEFAULT_BUDGET[strategy]
     if strategy == "exhaustive":
         res = search.exhaustive(target, max_preemptions=max_preemptions, max_depth=max_steps, budget=budget,
@@ -95,13 +98,14 @@ def write_replay(path: str, doc: dict) -> None:
         raise InputError(f"--out: cannot write {path}: {e.strerror}") from None
 
 
-def load_replay(path: str) -> tuple[KernelTarget, dict]:
-    """Read a replay file: (its target, the document). Problems are one InputError line."""
+def load_replay(path: str, max_memory: int | None = None) -> tuple[KernelTarget, dict]:
+    """Read a replay file: (its target, the document). Problems are one InputError line; so is a scenario
+    estimated to need more than `max_memory` bytes (checked before anything is built)."""
     from mmugather.policies import get_policy
     from mmugather.workloads.scenario import parse_scenario
     p = Path(path)
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(read_input(p))
     except OSError as e:
         raise InputError(f"{path}: cannot read replay file: {e.strerror}") from None
     except (ValueError, UnicodeDecodeError) as e:
@@ -112,8 +116,45 @@ def load_replay(path: str) -> tuple[KernelTarget, dict]:
     if not isinstance(sched, list) or not all(isinstance(d, list) and len(d) == 2 and
                                                all(isinstance(x, int) for x in d) for d in sched):
         raise InputError(f"{path}: schedule: expected a list of [step, actor] pairs of integers")
+    policy, fixes = doc.get("policy"), doc.get("without_fixes") or []
+    if not isinstance(policy, str) or not _NAME.match(policy):
+        raise InputError(f"{path}: policy: expected a policy name or plugin spec, got {_short(policy)}")
+    if not isinstance(fixes, list) or not all(isinstance(f, str) and _NAME.match(f) for f in fixes):
+        raise InputError(f"{path}: without_fixes: expected a list of fix names, got {_short(fixes)}")
     scenario = parse_scenario(doc.get("scenario"), f"{path}: scenario")
-    policy = get_policy(str(doc.get("policy")))
-    target = KernelTarget(scenario, policy, without_fixes=tuple(doc.get("without_fixes") or ()),
+    if max_memory is not None:
+        from mmugather.workloads.scenario import estimate_memory, human_bytes
+        if estimate_memory(scenario) > max_memory:
+            raise InputError(f"--max-memory: {path}: its scenario needs about "
+                             f"{human_bytes(estimate_memory(scenario))}; the limit is {human_bytes(max_memory)}")
+    policy = get_policy(policy)
+    target = KernelTarget(scenario, policy, without_fixes=tuple(fixes),
                           seed=doc.get("seed"), arch=doc.get("arch"))
+    _check_actors(path, sched, target, scenario)
     return target, doc
+
+
+_NAME = re.compile(r"^[^\x00-\x20\x7f]+$")       # a name or spec: printable, no spaces or newlines
+
+
+def _short(v) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_actors(path: str, schedule: list, target: KernelTarget, scenario) -> None:
+    """Every deviation names an actor of the scenario: a task of a fresh build, the IPIs of one of its CPUs,
+    or (when a program forks) a task started later. A replay would otherwise ignore the entry and tell
+    the default story as if nothing were wrong."""
+    from mmugather.workloads.scenario import ForkOp, walk_ops
+    actors = target.actor_names()
+    forks = any(isinstance(op, ForkOp) for p in scenario.process for t in p.thread for op, _ in walk_ops(t.program))
+    last_tid = max((a for a in actors if a >= 0), default=-1)
+    for k, (step, actor) in enumerate(schedule):
+        if step < 0:
+            raise InputError(f"{path}: schedule[{k}]: step {step} is negative")
+        if actor in actors or (forks and actor > last_tid):
+            continue
+        known = ", ".join(f"{a} ({n})" for a, n in sorted(actors.items()))
+        raise InputError(f"{path}: schedule[{k}]: [{step}, {actor}]: no actor {actor} in this scenario "
+                         f"(actors: {known})")

@@ -1,7 +1,9 @@
 """Fingerprints of the machine state at a scheduling point, for pruning revisited states.
 
 A state is everything a later step can observe: per CPU its scheduling and TLB state, per task where each
-frame of its kernel call stack stands (generator, instruction, locals), the page tables, VMAs and locks of
+frame of its kernel call stack stands (its function, how many times the engine has resumed it, its
+locals: `FrameStack.steps` in machine/cpu.py, explicit program state that does not depend on the
+interpreter's bytecode), the page tables, VMAs and locks of
 every mm, the processes, the page cache, the allocator's frames and the RNG. Clocks are left out (in
 controlled execution time orders nothing; a local that holds a clock value still counts). Objects are
 encoded by content, each once per fingerprint, later references by the order they were first met, so
@@ -68,7 +70,7 @@ class Fingerprinter:
         for tid in sorted(eng.tasks):
             t = eng.tasks[tid]
             parts.append((tid, t.alive, t.in_kernel, enc(t.mm, memo), enc(t.blocked_on, memo),
-                          tuple(enc(g, memo) for g in t.stack)))
+                          tuple(getattr(t.stack, "steps", ())), tuple(enc(g, memo) for g in t.stack)))
         for root in self.roots:
             parts.append(enc(root, memo))
         if self.extra is not None:
@@ -111,11 +113,12 @@ def _set(enc, x, memo):
 
 
 def _gen(enc, x, memo):
+    """A generator: its function and locals (where it stands: its task's FrameStack.steps)."""
     frame = x.gi_frame
     if frame is None:
         return ("gen", x.gi_code.co_name)
-    return ("gen", x.gi_code.co_name, frame.f_lasti,
-            tuple([v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo) for v in frame.f_locals.values()]))
+    return ("gen", x.gi_code.co_name, tuple([v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo)
+                                             for v in frame.f_locals.values()]))
 
 
 def _function(enc, x, memo):
@@ -162,7 +165,7 @@ _ENCODERS = {list: _seq, tuple: _seq, deque: _seq, dict: _dict, set: _set, froze
 
 
 def simulation_fingerprinter(sim) -> Fingerprinter:
-    """A Fingerprinter for a kernel Simulation built by sim/machine.py (instrumented by `controlled`)."""
+    """A Fingerprinter for a kernel Simulation (sim/simulation.py) built by explore/target.py."""
     alloc, rcu, rng = sim.alloc, sim.rcu, getattr(sim, "rng", None)
 
     def frames_and_rng() -> tuple:

@@ -15,7 +15,7 @@ from mmugather.kernel.locking import (
 )
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.mm.page_alloc import FREE, KIND_NAMES
-from mmugather.sim.engine import SPINNING
+from mmugather.machine.cpu import SPINNING
 from mmugather.workloads import program
 
 _ACCESS = program.access.__code__
@@ -43,7 +43,7 @@ class _Teller:
     def __init__(self, m, deviations: dict[int, int], max_steps: int) -> None:
         self.m = m
         self.eng = m.engine
-        self.obs = m.engine.obs
+        self.control = m.engine.scheduler
         self.log: list = []
         self.deviations = deviations
         self.max_steps = max_steps
@@ -73,7 +73,7 @@ class _Teller:
             return None
         a = self.deviations.get(self.step)
         if a is None or a not in enabled:
-            a = default_choice(enabled, self.eng.last_task, self.eng.yielded)
+            a = default_choice(enabled, self.control.last_task, self.control.yielded)
         eng = self.eng
         if a < 0:
             c = eng.cpus[-1 - a]
@@ -123,7 +123,7 @@ class _Teller:
         self.lines.append(f"{self.step - 1:>5} {mark} {tag}  {text}")      # the step just taken, from 0
 
     def _request_event(self, c, task) -> list[str]:
-        v = self.eng.last_request
+        v = self.control.last_request
         if v is None:
             return self._user_access(c, task)
         cls = v.__class__

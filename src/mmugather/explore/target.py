@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from mmugather.errors import InputError
-from mmugather.explore.controlled import controlled
+from mmugather.explore.controlled import Controlled, CountingRandom
 from mmugather.explore.state import simulation_fingerprinter
-from mmugather.sim.machine import Simulation
+from mmugather.sim.simulation import Simulation
 
 MAX_EXPLORE_CPUS = 8
 
@@ -34,10 +34,13 @@ class KernelTarget:
         self.build()                       # bad fix names or arch: an InputError now, not mid-search
 
     def build(self) -> Simulation:
+        """A fresh Simulation whose engine runs under a Controlled scheduler (`sim.engine.scheduler`), its
+        TLB observed and its RNG counted by the scheduler's Footprint."""
+        control = Controlled()
         sim = Simulation(self.scenario, self.policy, seed=self.seed, arch=self.arch,
-                         without_fixes=self.without_fixes, fast=False)
-        sim.kernel.fast = False                # every step is a scheduling point: no bulk steps
-        controlled(sim)
+                         without_fixes=self.without_fixes, fast=False, scheduler=control,
+                         rng_class=CountingRandom, tlb_observer=control.footprint)
+        control.footprint.watch(sim)
         sim.fingerprint = simulation_fingerprinter(sim).fingerprint
         return sim
 

@@ -2,9 +2,9 @@
 and the simulated clock of running them one step at a time. The kernel model (mm/) does not know it
 exists: its loops ask a backend, through the hooks of mm/protocols.py, for "the next run of steps you can
 take at once"; this package holds the bulk backends, and `backends()` picks them when a Simulation is
-built with `fast=True` (sim/machine.py). The explorer and the tracer keep the step-by-step backend.
+built with `fast=True` (sim/simulation.py). The explorer and the tracer keep the step-by-step backend.
 
-Why this is exact. The engine (sim/engine.py) runs one CPU's steps back to back until its clock reaches
+Why this is exact. The engine (machine/engine.py) runs one CPU's steps back to back until its clock reaches
 `horizon`, the time of the next event on its queue; no other CPU acts in between. A step that starts
 before the horizon runs whole, the engine stops after the first step that ends at or after it. So a
 stretch of steps of one CPU that (a) all start before the horizon, (b) begin with no interrupt pending and

@@ -9,9 +9,11 @@ an entry where the gather cannot tell in advance what a page costs, or, with `di
 table holding a dirty file page (6.18 delays its rmap removal and flushes).
 
 With `forced_flush` (6.18), a full gather does not end the run when the gather can say what its forced
-flush does: the table where it fills is then two zap_pte_range() calls, the first ending with the flush
-under the PTE lock, spin_unlock and tlb_flush_mmu(), then cond_resched() and the second from the next
-entry on (none when the page was the table's last entry).
+flush does: the table where it fills is then two passes of zap_pte_range() (6.14+: its `goto retry`),
+the first ending with the flush under the PTE lock, spin_unlock and tlb_flush_mmu(), then cond_resched()
+and the second from the next entry on (none when the page was the table's last entry). No pass runs
+where need_resched() could break one (the pass starts with nothing to attend to and ends at the horizon),
+nor with reclaim_pt (fastpath/v6_18.py declines it).
 """
 from __future__ import annotations
 
@@ -151,7 +153,7 @@ class _Pass:
             fns = np.full(len(fl), flush_ns)
             fns[0] = first_ns
             self.hold1 = costs.pte_zap * cnt1 + costs.pte_none * (off + 1 - cnt1) + ev[uf] + fns
-            self.two = off < lens[uf] - 1                   # a second zap_pte_range() after cond_resched()
+            self.two = off < lens[uf] - 1                   # a second pass (retry) after cond_resched()
             cost[uf] += fns + free_ns + np.where(self.two, cond + lock + unlock, 0)
             self.uf, self.fns = uf, fns
         self.nu, self.fl, self.hold, self.cost, self.limit = nu, fl, hold, cost, limit

@@ -16,7 +16,6 @@ from mmugather.mm.mmu_gather.v3_0 import Batch
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT, FrameSpan
 from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs, runs_of
 from mmugather.mm.protocols import FreedBatches, PmdRun
-from mmugather.mm.swap_state import PAGEVEC_SIZE
 from mmugather.policies.linux_3_0 import Linux30
 
 
@@ -157,7 +156,7 @@ class Bulk30(BulkBackend):
             b = b.next
         lens = np.fromiter((len(b.pages) for b in chain), dtype=np.int64, count=len(chain))
         cost = kernel.costs.page_free
-        last = np.where(lens > 0, cost * ((lens - 1) % PAGEVEC_SIZE + 1), 0)
+        last = np.where(lens > 0, cost * ((lens - 1) % kernel.PAGEVEC_SIZE + 1), 0)
         k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens), last, c.horizon)
         if int(lens[:k].sum()):
             k = release_units(kernel, c, [b.pages for b in chain[:k]])

@@ -108,7 +108,7 @@ _CALLS = ("munmap", "madvise", "mprotect", "mremap")
 def model_simulation(check: Check, cpus: int, costs=None, arch: str = MODEL_ARCH):
     """The model's simulation of `check` on `arch`, set up (its VMAs placed and populated) but not yet run."""
     from mmugather.policies import POLICIES
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     from mmugather.workloads.builtin import resolve_workload
     return Simulation(resolve_workload(check.name), POLICIES[MODEL_POLICY], cpus=cpus, arch=arch, costs=costs)
 
@@ -248,7 +248,7 @@ def format_row(r: dict, traced: bool = False) -> str:
 def model_predict_ns(workload: str, costs, cpus: int = 2, arch: str = MODEL_ARCH) -> int:
     """The model's syscall time (simulated ns) for a built-in OP:N:B workload under `costs` on `arch`."""
     from mmugather.policies import POLICIES
-    from mmugather.sim.machine import Simulation
+    from mmugather.sim.simulation import Simulation
     from mmugather.workloads.builtin import resolve_workload
     m = Simulation(resolve_workload(workload), POLICIES[MODEL_POLICY], cpus=cpus, arch=arch, costs=costs).run()
     return m["syscall_ns"]["max"]

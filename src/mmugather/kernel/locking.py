@@ -1,7 +1,7 @@
 """Locks as the scheduler sees them (kernel/spinlock.c, kernel/rwsem.c, kernel/mutex.c).
 
 Kernel paths do not take locks by calling these objects: they yield a request (`SpinLock(lock)`,
-`DownWrite(sem)`, ...) and the engine in sim/engine.py grants it, spins or sleeps the task, and raises or
+`DownWrite(sem)`, ...) and the engine in machine/engine.py grants it, spins or sleeps the task, and raises or
 lowers `preempt_count`, so that contention, hold times and preemption are all accounted in one place.
 """
 from __future__ import annotations
@@ -43,6 +43,13 @@ class Mutex:
         self.name = name
         self.owner = None
         self.waiters: deque = deque()
+
+
+def spin_needbreak(lock: Spinlock, preempt: bool) -> bool:
+    """spin_needbreak(), include/linux/sched.h (v2.6.39 and until 6.x): `#ifdef CONFIG_PREEMPT return
+    spin_is_contended(lock); #else return 0;` -- `preempt`: the kernel has CONFIG_PREEMPT (the engine's
+    `full` model). A ticket lock is contended when someone waits for it."""
+    return preempt and bool(lock.waiters)
 
 
 # Requests a kernel path yields to the engine. Integers yielded are plain costs in ns.

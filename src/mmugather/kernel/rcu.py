@@ -5,10 +5,10 @@ through a quiescent state: a context switch, running user code, or going idle. A
 interrupts disabled (a gup_fast walk, a spinlock) reports none, so it holds the grace period off, which is
 what makes RCU-freed page tables safe from lockless walkers (mm/mmu_gather.c, "Semi RCU freeing of the
 page directories").
+
+A CPU is idle when it has no current task (`Cpu.curr is None`: the idle loop, an extended quiescent state).
 """
 from __future__ import annotations
-
-from mmugather.sim.engine import IDLE
 
 
 class Rcu:
@@ -22,7 +22,7 @@ class Rcu:
 
     def call_rcu(self, c, func) -> None:
         """call_rcu(): run func(cpu) once every CPU busy now has passed a quiescent state."""
-        need = {x.id: self.qs[x.id] for x in self.cpus if x.state != IDLE}
+        need = {x.id: self.qs[x.id] for x in self.cpus if x.curr is not None}
         self.pending.append((need, func, c))
         self.metrics.rcu_callbacks += 1
         if not need:
@@ -50,7 +50,7 @@ class Rcu:
         done = []
         for entry in self.pending:
             need = entry[0]
-            if all(self.qs[i] > snap or self.cpus[i].state == IDLE for i, snap in need.items()):
+            if all(self.qs[i] > snap or self.cpus[i].curr is None for i, snap in need.items()):
                 done.append(entry)
         if not done:
             return

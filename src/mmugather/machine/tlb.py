@@ -2,24 +2,40 @@
 
 x86 without PCID: a CPU caches translations of the mm its CR3 points to (`Cpu.loaded_mm`) only; loading
 CR3 drops them all. Every fill and drop is reported to the invariant checker, which keeps per-frame
-reference counts so that freeing a frame checks in O(1) whether some CPU still maps it.
+reference counts so that freeing a frame checks in O(1) whether some CPU still maps it. An optional
+observer is told of every operation before it happens (the explorer counts and logs them).
 """
 from __future__ import annotations
 
-from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, _PAGE_RW
+from typing import Protocol
+
+# The x86-64 page-table format the hardware walks (arch/x86/include/asm/pgtable_types.h): the same values
+# as mm/pgtable.py, defined here because the hardware sits below the kernel's mm/.
+PAGE_SHIFT = 12
+PMD_SHIFT = 21
+_PAGE_RW = 0x002
 
 TLB_ENTRIES = 1536      # second-level TLB of a Skylake core
 PWC_ENTRIES = 32        # paging-structure cache entries for PDEs (pointers to PTE tables)
 
 
+class TlbObserver(Protocol):
+    """Told of each TLB operation `name` (a Tlb method) on CPU c with its other arguments, before it runs."""
+
+    def tlb_op(self, name: str, c, args: tuple) -> None: ...
+
+
 class Tlb:
     """Fills and invalidations for all CPUs, keeping `inv.tlb_refs` / `inv.pwc_refs` exact."""
 
-    def __init__(self, invariants) -> None:
+    def __init__(self, invariants, observer: TlbObserver | None = None) -> None:
         self.inv = invariants
+        self.observer = observer
 
     def fill(self, c, vpn: int, pte: int) -> None:
         """A walk found a present PTE: cache pfn*2 + writable for vpn, evicting the oldest entry if full."""
+        if self.observer is not None:
+            self.observer.tlb_op("fill", c, (vpn, pte))
         tlb = c.tlb
         refs = self.inv.tlb_refs
         old = tlb.pop(vpn, None)
@@ -33,6 +49,8 @@ class Tlb:
         refs[pfn] = refs.get(pfn, 0) + 1
 
     def fill_pwc(self, c, key: int, table) -> None:
+        if self.observer is not None:
+            self.observer.tlb_op("fill_pwc", c, (key, table))
         pwc = c.pwc
         refs = self.inv.pwc_refs
         old = pwc.pop(key, None)
@@ -55,6 +73,8 @@ class Tlb:
 
     def flush_all(self, c) -> int:
         """local_flush_tlb() / load_cr3(): drop every translation and cached PDE. Returns the entries dropped."""
+        if self.observer is not None:
+            self.observer.tlb_op("flush_all", c, ())
         refs = self.inv.tlb_refs
         n = len(c.tlb)
         for v in c.tlb.values():
@@ -78,6 +98,8 @@ class Tlb:
 
     def flush_one(self, c, addr: int) -> None:
         """__flush_tlb_one() / INVLPG: drop one translation and, as on x86, every cached PDE."""
+        if self.observer is not None:
+            self.observer.tlb_op("flush_one", c, (addr,))
         v = c.tlb.pop(addr >> PAGE_SHIFT, None)
         if v is not None:
             self._unref(c, self.inv.tlb_refs, v >> 1)
@@ -100,12 +122,16 @@ class Tlb:
 
     def flush_leaf(self, c, addr: int) -> None:
         """arm64 TLBI VALE1IS: drop the last-level entry for addr only; cached walks stay."""
+        if self.observer is not None:
+            self.observer.tlb_op("flush_leaf", c, (addr,))
         v = c.tlb.pop(addr >> PAGE_SHIFT, None)
         if v is not None:
             self._unref(c, self.inv.tlb_refs, v >> 1)
 
     def flush_walks(self, c, start: int, end: int) -> None:
         """Drop the cached walks (PWC entries) covering [start, end): arm64 TLBI VAE1IS of that range."""
+        if self.observer is not None:
+            self.observer.tlb_op("flush_walks", c, (start, end))
         lo, hi = start >> PMD_SHIFT, (end - 1) >> PMD_SHIFT
         for key in [k for k in c.pwc if lo <= k <= hi]:
             self._unref(c, self.inv.pwc_refs, c.pwc.pop(key).pfn)
@@ -113,6 +139,8 @@ class Tlb:
     def walk(self, c, mm, addr: int):
         """The hardware page walk for a user access: the PTE table (through the PWC when it has the PDE,
         even if that table was unhooked since), or None when no PTE table maps addr."""
+        if self.observer is not None:
+            self.observer.tlb_op("walk", c, (mm, addr))
         key = addr >> PMD_SHIFT
         table = c.pwc.get(key)
         if table is None:

@@ -4,13 +4,15 @@ truncate_pagecache(): unmap the pages beyond the new size from every VMA mapping
 mapping->i_mmap under the i_mmap lock), drop them from the page cache, and unmap once more (a fault may
 have raced in). Each VMA's zap goes through the gather, so its TLB flush precedes the frees. In 2.6.39 the
 i_mmap lock is a spinlock held across the zaps: unmap_mapping_range_vma() breaks out of it when
-need_resched() or the lock is contended, records where to restart in vma->vm_truncate_count and starts
-the tree walk again (restart_addr, truncate_count, unmap_mutex). 3.0 (97a894136f29) holds
-i_mmap_mutex and just zaps; 6.18 takes i_mmap_rwsem for reading.
+need_resched() or (only under CONFIG_PREEMPT: spin_needbreak()) the lock is contended, records where to
+restart in vma->vm_truncate_count and starts the tree walk again (restart_addr, truncate_count,
+unmap_mutex). 3.0 (97a894136f29) holds i_mmap_mutex and just zaps; 6.18 takes i_mmap_rwsem for reading.
 """
 from __future__ import annotations
 
-from mmugather.kernel.locking import COND_RESCHED, MutexLock, MutexUnlock, SpinLock, SpinUnlock
+from mmugather.kernel.locking import (
+    COND_RESCHED, MutexLock, MutexUnlock, SpinLock, SpinUnlock, spin_needbreak,
+)
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE
 
 
@@ -105,7 +107,8 @@ class Truncate2639(Truncate):
 
     def unmap_mapping_range_vma(self, c, vma, start_addr: int, end_addr: int, details):
         """unmap_mapping_range_vma(), mm/memory.c v2.6.39: zap_page_range() with the i_mmap_lock held;
-        it returns early (restart_addr) when the lock is contended or a reschedule is due; then note the
+        it returns early (restart_addr) when need_resched() or spin_needbreak(i_mmap_lock) (contended,
+        only under CONFIG_PREEMPT: include/linux/sched.h v2.6.39); then note the
         restart address in vm_truncate_count, drop the lock, cond_resched(), retake it and return True
         (the caller restarts the tree walk)."""
         while True:
@@ -113,7 +116,7 @@ class Truncate2639(Truncate):
                 vma.truncate_count = details.truncate_count
                 return False
             restart_addr = yield self.zap_page_range(c, vma, start_addr, end_addr - start_addr, details)
-            need_break = c.need_resched or bool(details.i_mmap_lock.waiters)
+            need_break = c.need_resched or spin_needbreak(details.i_mmap_lock, self.engine.full)
             if restart_addr >= end_addr:
                 vma.truncate_count = details.truncate_count
                 if not need_break:

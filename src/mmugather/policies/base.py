@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from mmugather.arch.base import Arch, Board
-from mmugather.kernel.exit import Exit
-from mmugather.kernel.fork import Fork
+from mmugather.policies.exit import Exit
+from mmugather.policies.fork import Fork
 from mmugather.mm.exec import Exec
 from mmugather.mm.gup import Gup
 from mmugather.mm.madvise import Madvise
@@ -55,6 +55,7 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         self.invariants = machine.invariants
         self.arch = machine.arch
         self.num_online_cpus = len(machine.engine.cpus)
+        self.num_possible_cpus = self.num_online_cpus      # no CPU hotplug: every possible CPU is online
         self.use_backends(STEP_BY_STEP, STEP_BY_STEP, STEP_BY_STEP)
 
     def use_backends(self, zap: ZapBackend, tables: TableFreeBackend, release: ReleaseBackend) -> None:

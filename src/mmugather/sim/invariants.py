@@ -10,7 +10,7 @@ may hold a translation to it, and only then free it. Kinds reported:
 - `sleep-in-atomic`: a sleeping operation (or a preemption point) while preempt_count > 0 or IRQs are off.
 - `leak`: frames, page tables or gather batch pages not returned, or RSS counters unbalanced, after teardown.
 - `soft-lockup` (only with machine.softlockup_ns set): a CPU ran kernel code for longer than that without
-  passing a point where it could schedule (the soft-lockup watchdog, scaled; see `watchdog`).
+  passing a point where it could schedule (reported by the soft-lockup watchdog, sim/watchdog.py).
 
 Liveness: an entry on another CPU is live at once (that CPU may be running user code of the mm right
 now, or may switch back to it without a flush), unless the arch says it is not (`tlb_entry_live`,
@@ -41,8 +41,6 @@ class Invariants:
         self.pwc_refs: dict[int, int] = {}
         self.walking: dict[int, int] = {}      # PTE-table pfn -> lockless walkers (gup_fast) inside it
         self.violations: list[dict] = []
-        self.softlockup_ns = 0                 # 0: the watchdog is off
-        self.touch_ts: list[int] = []          # per CPU: the clock at its last scheduling point
         self.total = 0
         self._seen: set = set()
 
@@ -234,9 +232,7 @@ class Invariants:
 
     # ---------------------------------------------------------------- scheduling hooks
     def resume_user(self, c, task) -> None:
-        """A CPU is about to run user code of task.mm: its own stale entries to freed frames become usable.
-        A return to user mode is a scheduling point (the watchdog's)."""
-        self.watchdog(c)
+        """A CPU is about to run user code of task.mm: its own stale entries to freed frames become usable."""
         if not c.dangling or c.loaded_mm is not task.mm:
             return
         for pfn in sorted(c.dangling):
@@ -245,29 +241,6 @@ class Invariants:
             self.report(kind, c.id, f"CPU {c.id} resumed user code of {task} at {c.clock} ns with its TLB still "
                                     f"mapping freed pfn {pfn} (freed on this CPU before the flush)", key=pfn)
         c.dangling.clear()
-
-    def watchdog_setup(self, ncpus: int, softlockup_ns: int | None) -> None:
-        """Arm the soft-lockup watchdog with threshold softlockup_ns (None: off)."""
-        self.softlockup_ns = softlockup_ns or 0
-        self.touch_ts = [0] * ncpus
-
-    def watchdog(self, c, check: bool = True) -> None:
-        """CPU c passes a point where it could schedule (a context switch, going idle, cond_resched(), a
-        might_sleep() the preemption model honours, preempt_count dropping to 0 under full preemption, a
-        return to user mode): the watchdog thread, which kernel/watchdog.c wakes every 2/5 of the threshold
-        and which touches the CPU's timestamp when it runs (watchdog_timer_fn() / softlockup_fn()), could
-        have run here. With `check`, report when the stretch of kernel code that ends here was longer than
-        the threshold ("BUG: soft lockup - CPU#N stuck for Ns!"). check=False on entry from user mode, which
-        is preemptible throughout."""
-        if not self.softlockup_ns:
-            return
-        stuck = c.clock - self.touch_ts[c.id]
-        self.touch_ts[c.id] = c.clock
-        if check and stuck > self.softlockup_ns:
-            task = c.curr
-            self.report("soft-lockup", c.id,
-                        f"CPU {c.id} ran kernel code of {task} for {stuck} ns without a scheduling point "
-                        f"(threshold {self.softlockup_ns} ns), until {c.clock} ns", key=self.touch_ts[c.id])
 
     def sleep_in_atomic(self, c, what: str) -> None:
         self.report("sleep-in-atomic", c.id,

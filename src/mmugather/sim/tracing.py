@@ -1,9 +1,9 @@
 """Timelines of a run: `attach_trace(sim)` feeds a ChromeTrace (report/trace.py) from one simulation.
 
-Zero cost when off: attaching switches that simulation's engine to a traced subclass of its own class and
-each task's stack to a list that records its pushes and pops. Untraced runs use the plain classes, so
-the hot loop (Engine._run_cpu) is the same code whether or not this module exists. Attach before
-`sim.run()`.
+Zero cost when off: the tracer is an observer attached to that simulation's engine (machine/engine.py's
+EngineObserver hooks: steps, context switches, preemption and PTE-lock spans, IPIs) and a listener on each
+task's stack (machine/cpu.py's FrameStack: pushes and pops). An engine with no observer calls no hook and
+keeps plain lists as stacks. Attach before `sim.run()`.
 
 What the trace holds, per run (one pid; thread tracks named by metadata, tids unique in the file):
 - "CPU n": the task running on CPU n as a slice named after it (category "task") and, nested in it, a
@@ -29,6 +29,7 @@ import copy
 from pathlib import Path
 
 from mmugather.errors import InputError
+from mmugather.machine.engine import EngineObserver
 from mmugather.report.trace import PID, ChromeTrace, write_traces
 from mmugather.workloads import program
 
@@ -46,38 +47,25 @@ def attach_trace(sim, *, pid: int = PID, first_flow_id: int = 1) -> ChromeTrace:
     distinct pids, and the previous trace's `next_flow_id`). The trace is complete once `sim.run()`
     returns or raises."""
     engine = sim.engine
-    if isinstance(engine, _TracingEngine):
+    if any(isinstance(o, Tracer) for o in engine.observers):
         raise ValueError("attach_trace: this simulation is traced already")
     trace = ChromeTrace(f"{sim.kernel.name}: {sim.scenario.name} ({sim.ncpus} CPUs, {sim.arch_name}, "
                         f"preempt {sim.preempt}, seed {sim.seed})", pid=pid, first_flow_id=first_flow_id)
-    tracer = _Tracer(trace, engine.cpus)
-    for c in engine.cpus:
-        trace.name_track(tracer.tid[c.id], f"CPU {c.id}")
-        trace.name_track(tracer.preempt_tid[c.id], f"CPU {c.id} preempt off")
-        trace.name_track(tracer.ptl_tid[c.id], f"CPU {c.id} PTE lock")
-    trace.name_track(tracer.machine_tid, "machine")
-    engine._tracer = tracer
-    engine.__class__ = _traced_class(type(engine))
-    engine.handlers = {kind: getattr(engine, h.__name__) if getattr(h, "__self__", None) is engine else h
-                       for kind, h in engine.handlers.items()}      # bound before the class changed
-    tasks = [t for p in sim.processes for t in p.threads]
-    for c in engine.cpus:
-        tasks += [t for t in [c.curr, c.latency_task, *c.runqueue] if t is not None]
-    for task in dict.fromkeys(tasks):
-        tracer.wrap(task)
-    for c in engine.cpus:
-        if c.curr is not None:
-            tracer.open_task(c, c.curr)
+    tracer = Tracer(trace, engine.cpus)
+    engine.attach(tracer)
     _hook_violations(tracer, sim.invariants)
     return trace
 
 
-class _Tracer:
-    """What the engine hooks share: the trace, the slices open on each CPU track, the last counter values."""
+class Tracer(EngineObserver):
+    """An engine observer and stack listener writing one run's trace: the slices open on each CPU track,
+    the last counter values."""
 
     def __init__(self, trace: ChromeTrace, cpus: list) -> None:
         self.trace = trace
         self.cpus = cpus
+        self.costs = None
+        self.saved_active: list = []       # the active CPU around each schedule()
         base = trace.pid * TIDS_PER_RUN
         self.tid = [base + CPU_TRACK + c.id for c in cpus]
         self.preempt_tid = [base + PREEMPT_TRACK + c.id for c in cpus]
@@ -90,10 +78,78 @@ class _Tracer:
         self.last: dict[str, int] = {}     # counter name -> last value written
         self.counters = [(f"CPU {c.id} batch fill", f"CPU {c.id} pending free") for c in cpus]
         self.active = None                 # the CPU whose step runs now (violations go on its track)
+        for c in cpus:
+            trace.name_track(self.tid[c.id], f"CPU {c.id}")
+            trace.name_track(self.preempt_tid[c.id], f"CPU {c.id} preempt off")
+            trace.name_track(self.ptl_tid[c.id], f"CPU {c.id} PTE lock")
+        trace.name_track(self.machine_tid, "machine")
 
-    def wrap(self, task) -> None:
-        if not isinstance(task.stack, _TracedStack):
-            task.stack = _TracedStack(task.stack, self, task, self.cpus[task.cpu])
+    # ------------------------------------------------------------------ engine hooks
+    def attached(self, engine) -> None:
+        """Listen to the stacks of the tasks there are, and open the slices of those running now."""
+        self.costs = engine.costs
+        for task in engine.tasks.values():
+            self.spawned(task)
+        for c in self.cpus:
+            if c.curr is not None:
+                self.open_task(c, c.curr)
+
+    def spawned(self, task) -> None:
+        stack = task.watch()
+        if self not in stack.listeners:
+            stack.listeners.append(self)
+
+    def step(self, c) -> None:
+        self.active = c
+
+    def switching(self, c) -> None:
+        """The outgoing task's slices close at the switch, the incoming task's open after its cost."""
+        self.saved_active.append(self.active)
+        self.close_all(c)
+        self.active = c
+
+    def switched(self, c) -> None:
+        self.active = self.saved_active.pop()
+        if c.curr is not None:
+            self.open_task(c, c.curr)
+
+    def preempt_off(self, c) -> None:
+        self.trace.begin(self.preempt_tid[c.id], "preempt off", c.clock)
+
+    def preempt_on(self, c) -> None:
+        self.trace.end(self.preempt_tid[c.id], "preempt off", c.clock)
+
+    def ptl_taken(self, c, lock) -> None:
+        self.trace.begin(self.ptl_tid[c.id], "PTE lock", c.clock, {"lock": lock.name})
+
+    def ptl_dropped(self, c, t: int) -> None:
+        self.trace.end(self.ptl_tid[c.id], "PTE lock", t)
+
+    def ipi(self, c, v):
+        """Each target's handler becomes a slice on that CPU, with a flow arrow from here and now."""
+        func = v.func
+        name = getattr(func, "__name__", "ipi")
+        src, sent = self.tid[c.id], c.clock
+        handler_cost = self.costs.ipi_handler
+
+        def traced(t) -> int:
+            start, active = t.clock, self.active
+            self.active = t
+            cost = func(t)
+            self.active = active
+            dur = handler_cost + cost
+            dst = self.tid[t.id]
+            self.trace.complete(dst, name, start, dur)
+            self.trace.flow(src, sent, dst, start + dur // 2, "IPI")
+            return cost
+        v = copy.copy(v)
+        v.func = traced
+        return v
+
+    def run_ended(self) -> None:
+        self.end_run()
+
+    # ------------------------------------------------------------------ stack listener
 
     @staticmethod
     def slice_of(task, code, parent, depth: int) -> tuple[str, str] | None:
@@ -107,13 +163,13 @@ class _Tracer:
             return code.co_name, "syscall"
         return code.co_name, "fault" if parent is _ACCESS else "kernel"
 
-    def push(self, stack, gen) -> None:
+    def pushed(self, stack, gen) -> None:
         depth = len(stack) - 1
         code = gen.gi_code
         s = self.slice_of(stack.task, code, stack[depth - 1].gi_code if depth else None, depth)
         if s is None:
             return
-        c = stack.cpu
+        c = self.cpus[stack.task.cpu]
         self.open[c.id].append(s[0])
         self.trace.begin(self.tid[c.id], s[0], c.clock, cat=s[1])
         takes = self.takes_gather.get(code)
@@ -123,12 +179,12 @@ class _Tracer:
             tlb = self.gather_of[gen] = gen.gi_frame.f_locals["tlb"]
             self.sample(c, tlb)
 
-    def pop(self, stack, gen) -> None:
+    def popped(self, stack, gen) -> None:
         depth = len(stack)
         s = self.slice_of(stack.task, gen.gi_code, stack[depth - 1].gi_code if depth else None, depth)
         if s is None:
             return
-        c = stack.cpu
+        c = self.cpus[stack.task.cpu]
         self.open[c.id].pop()
         self.trace.end(self.tid[c.id], s[0], c.clock)
         tlb = self.gather_of.pop(gen, None)
@@ -179,27 +235,6 @@ class _Tracer:
                 self.trace.end(self.ptl_tid[c.id], "PTE lock", c.clock)
 
 
-class _TracedStack(list):
-    """A task's call stack (Task.stack) that tells the tracer of each push and pop, on the task's CPU."""
-
-    __slots__ = ("cpu", "task", "tracer")
-
-    def __init__(self, frames, tracer: _Tracer, task, cpu) -> None:
-        super().__init__(frames)
-        self.tracer = tracer
-        self.task = task
-        self.cpu = cpu
-
-    def append(self, gen) -> None:
-        list.append(self, gen)
-        self.tracer.push(self, gen)
-
-    def pop(self):
-        gen = list.pop(self)
-        self.tracer.pop(self, gen)
-        return gen
-
-
 def _gather_fill(tlb, before: dict) -> tuple[int, int] | None:
     """(entries in the active batch, entries in all batches) of a gather: 2.6.39's `pages` array, or the
     3.0/6.18 chain of batches from `local` (filled up to `active`, empty after it); None for a gather of
@@ -223,7 +258,7 @@ def _gather_fill(tlb, before: dict) -> tuple[int, int] | None:
     return len(active.pages), count + len(active.pages)
 
 
-def _hook_violations(tracer: _Tracer, invariants) -> None:
+def _hook_violations(tracer: Tracer, invariants) -> None:
     report = invariants.report
 
     def traced_report(kind: str, cpu: int, detail: str, key=None) -> None:
@@ -232,97 +267,6 @@ def _hook_violations(tracer: _Tracer, invariants) -> None:
         if invariants.total != before:
             tracer.violation(kind, cpu, detail)
     invariants.report = traced_report
-
-
-class _TracingEngine:
-    """Engine hooks, mixed in over the engine's own class by attach_trace (see `_traced_class`)."""
-
-    _tracer: _Tracer
-
-    def run(self, until_ns: int | None = None) -> int:
-        try:
-            return super().run(until_ns)
-        finally:
-            self._tracer.end_run()
-
-    def spawn(self, *args, **kwargs):
-        task = super().spawn(*args, **kwargs)
-        self._tracer.wrap(task)
-        return task
-
-    def _run_cpu(self, c, *args, **kwargs) -> None:
-        self._tracer.active = c
-        super()._run_cpu(c, *args, **kwargs)
-
-    def _schedule(self, c) -> None:
-        """The outgoing task's slices close at the switch, the incoming task's open after its cost."""
-        tr = self._tracer
-        active = tr.active
-        tr.close_all(c)
-        tr.active = c
-        super()._schedule(c)
-        tr.active = active
-        if c.curr is not None:
-            tr.open_task(c, c.curr)
-
-    def _preempt_inc(self, c) -> None:
-        if c.preempt_count == 0:
-            tr = self._tracer
-            tr.trace.begin(tr.preempt_tid[c.id], "preempt off", c.clock)
-        super()._preempt_inc(c)
-
-    def _preempt_dec(self, c) -> None:
-        super()._preempt_dec(c)
-        if c.preempt_count == 0:
-            tr = self._tracer
-            tr.trace.end(tr.preempt_tid[c.id], "preempt off", c.clock)
-
-    def _granted(self, c, lock) -> None:
-        if lock.stat == "pte" and not c.ptl_held:
-            tr = self._tracer
-            tr.trace.begin(tr.ptl_tid[c.id], "PTE lock", c.clock, {"lock": lock.name})
-        super()._granted(c, lock)
-
-    def _spin_unlock(self, c, task, v) -> bool:
-        t, held = c.clock, c.ptl_held
-        ok = super()._spin_unlock(c, task, v)
-        if held and not c.ptl_held:
-            tr = self._tracer
-            tr.trace.end(tr.ptl_tid[c.id], "PTE lock", t)
-        return ok
-
-    def _smp_call(self, c, task, v) -> bool:
-        """Each target's handler becomes a slice on that CPU, with a flow arrow from here and now."""
-        tr = self._tracer
-        func = v.func
-        name = getattr(func, "__name__", "ipi")
-        src, sent = tr.tid[c.id], c.clock
-        handler_cost = self.costs.ipi_handler
-
-        def traced(t) -> int:
-            start, active = t.clock, tr.active
-            tr.active = t
-            cost = func(t)
-            tr.active = active
-            dur = handler_cost + cost
-            dst = tr.tid[t.id]
-            tr.trace.complete(dst, name, start, dur)
-            tr.trace.flow(src, sent, dst, start + dur // 2, "IPI")
-            return cost
-        v = copy.copy(v)
-        v.func = traced
-        return super()._smp_call(c, task, v)
-
-
-_TRACED_CLASSES: dict[type, type] = {}
-
-
-def _traced_class(cls: type) -> type:
-    """`cls` with the tracing hooks over it (one class per engine class, so a subclass keeps its own code)."""
-    traced = _TRACED_CLASSES.get(cls)
-    if traced is None:
-        traced = _TRACED_CLASSES[cls] = type(f"Traced{cls.__name__}", (_TracingEngine, cls), {})
-    return traced
 
 
 def check_trace_path(path: str) -> None:

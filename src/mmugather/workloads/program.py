@@ -29,10 +29,18 @@ def vma_flags(spec: S.VmaSpec) -> int:
 
 
 def enter_kernel(sim, c, task) -> None:
-    """Entry from user mode (a system call, a fault): user mode was preemptible up to here, so the
-    soft-lockup watchdog's stretch of kernel code starts now."""
+    """Entry from user mode (a system call, a fault); the soft-lockup watchdog, when on, starts timing."""
     task.in_kernel = True
-    sim.invariants.watchdog(c, check=False)
+    if sim.watchdog is not None:
+        sim.watchdog.kernel_entry(c)
+
+
+def return_to_user(sim, c, task) -> None:
+    """Return to user mode: the watchdog's scheduling point, then the invariants' user-return checks."""
+    task.in_kernel = False
+    if sim.watchdog is not None:
+        sim.watchdog.user_return(c)
+    sim.invariants.resume_user(c, task)
 
 
 def access(sim, c, task, addr: int, write: bool):
@@ -55,8 +63,7 @@ def access(sim, c, task, addr: int, write: bool):
             return False
         enter_kernel(sim, c, task)
         ok = yield sim.kernel.do_page_fault(c, task, addr, write)
-        task.in_kernel = False
-        sim.invariants.resume_user(c, task)
+        return_to_user(sim, c, task)
         if not ok:
             return False
     return False
@@ -71,8 +78,7 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
     cached = sim.invariants.syscall_enter(task.mm, *unmapped) if unmapped is not None and task.mm else None
     result = yield gen
     sim.metrics.syscall_ns.append(c.clock - t0)
-    task.in_kernel = False
-    sim.invariants.resume_user(c, task)
+    return_to_user(sim, c, task)
     if cached is not None and task.mm is not None:
         sim.invariants.syscall_return(c, task.mm, *unmapped, cached)
     return result
@@ -121,6 +127,8 @@ def thread_program(sim, proc: Process, ops: list):
                 pinned = yield kernel.get_user_pages_fast(c, task.mm, lo, (hi - lo) >> PAGE_SHIFT, op.write,
                                                           op.hold_ns)
                 task.in_kernel = False
+                if sim.watchdog is not None:            # back in user mode (the invariants check nothing here)
+                    sim.watchdog.user_return(c)
                 if op.keep_ns:
                     yield Compute(op.keep_ns)
                 for pfn in pinned:                       # unpin_user_pages()

@@ -9,16 +9,16 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
                       model_validator)
 
-from mmugather.errors import InputError
+from mmugather.errors import InputError, read_input
 
 PAGE = 4096
 MAX_CPUS = 256
-_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kib|m|mib|g|gib|t|tib|p|pages?)\s*$", re.I)
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kib|m|mib|g|gib|t|tib|p|pages?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
           "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40, "p": PAGE, "page": PAGE, "pages": PAGE}
 
@@ -103,7 +103,7 @@ class VmaSpec(Strict):
     offset: Size = Field(0, description="file offset, page-aligned")
     shared: bool = Field(False, description="MAP_SHARED")
     writable: bool = Field(True, description="PROT_WRITE")
-    populate: Union[bool, list[tuple[Size, Size]]] = Field(
+    populate: bool | list[tuple[Size, Size]] = Field(
         False, description="pages resident before the run starts: all (true) or a list of [offset, length]")
 
     @model_validator(mode="after")
@@ -267,8 +267,8 @@ class LoopOp(Strict):
         return self
 
 
-Op = Annotated[Union[TouchOp, ChurnOp, MunmapOp, MadviseOp, MmapOp, SleepOp, ComputeOp, ExitOp, ExitThreadOp, ExecOp,
-                     MprotectOp, MremapOp, GupFastOp, TruncateOp, HaltOp, LoopOp, ForkOp],
+Op = Annotated[TouchOp | ChurnOp | MunmapOp | MadviseOp | MmapOp | SleepOp | ComputeOp | ExitOp | ExitThreadOp | ExecOp
+               | MprotectOp | MremapOp | GupFastOp | TruncateOp | HaltOp | LoopOp | ForkOp,
                Field(discriminator="op")]
 LoopOp.model_rebuild()
 ForkOp.model_rebuild()
@@ -310,6 +310,10 @@ class ProcessSpec(Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"VMA names must be unique, repeated: {', '.join(sorted(dup))}")
+        placed = sorted((v.start, v.start + v.size, v.name) for v in self.vma if v.start is not None)
+        for (_, end, a), (start, _, b) in zip(placed, placed[1:]):
+            if start < end:
+                raise ValueError(f"VMA '{b}' at {start:#x} overlaps VMA '{a}' (which ends at {end:#x})")
         return self
 
 
@@ -317,7 +321,7 @@ class Scenario(Strict):
     """A scenario file: a machine, files, and processes with VMAs and threads."""
     name: str = Field("scenario", description="shown in reports")
     description: str = Field("", description="one line for `mmugather workloads` and reports")
-    seed: int = Field(0, description="seeds the run (`--seed` overrides)")
+    seed: int = Field(0, ge=0, description="seeds the run (`--seed` overrides)")
     machine: Machine = Field(Machine(), description="`[machine]`")
     files: list[FileSpec] = Field(default_factory=list, description="`[[files]]` tables")
     process: list[ProcessSpec] = Field(min_length=1, description="`[[process]]` tables")
@@ -394,7 +398,7 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario TOML file."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = read_input(p)
     except OSError as e:
         raise InputError(f"{p}: cannot read scenario: {e.strerror or e}") from None
     except UnicodeDecodeError:
@@ -404,6 +408,65 @@ def load_scenario(path: str | Path) -> Scenario:
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{p}: malformed TOML: {e}") from None
     return parse_scenario(data, str(p))
+
+
+# Host memory a run needs, measured on this model (peak RSS of a run minus RSS before building it, exit of a
+# populated VMA, every policy): 27-31 bytes per resident page of a densely populated VMA (tables included),
+# 5.5 KB per PTE table of a VMA with one page per table. The estimate takes both with a margin.
+PAGE_BYTES = 24
+TABLE_BYTES = 5600
+_TABLE_SPAN = 512 * PAGE
+
+
+def _tables(nbytes: int) -> int:
+    """PTE tables a run of `nbytes` can span (one more for a start inside a table)."""
+    return -(-nbytes // _TABLE_SPAN) + 1
+
+
+def _touched(ops: list, sizes: dict[str, int], out: dict[str, list[int]], mult: int, forks: list[int]) -> None:
+    """Add to out[vma] the bytes each op may make resident, `mult` times (loops with a stride touch new
+    pages each iteration; without one, the same); count forks (times their multiplicity) in forks[0]."""
+    for op in ops:
+        if isinstance(op, LoopOp):
+            times = op.times if op.times is not None else 1 << 40
+            _touched(op.body, sizes, out, mult * times if op.stride else mult, forks)
+        elif isinstance(op, ForkOp):
+            forks[0] += mult
+            _touched(op.program, sizes, out, mult, forks)
+        elif isinstance(op, MmapOp):
+            sizes[op.vma.name] = op.vma.size
+        elif isinstance(op, (TouchOp, ChurnOp, GupFastOp)) and op.vma in sizes:
+            length = op.size if op.size is not None else sizes[op.vma] - op.offset
+            out.setdefault(op.vma, []).append(length * mult)
+
+
+def estimate_memory(scenario: Scenario) -> int:
+    """Bytes of host memory a run of `scenario` may need at its peak, from the model's own costs per
+    resident page and per PTE table: every populated page, every page a program may touch (capped at its
+    VMA's size), and a copy of the tables per fork. Computed from the scenario alone, before building."""
+    total = 0
+    for p in scenario.process:
+        sizes = {v.name: v.size for v in p.vma}
+        resident = {v.name: ([v.size] if v.populate is True else [n for _, n in v.populate] if v.populate else [])
+                    for v in p.vma}
+        forks = [0]
+        for t in p.thread:
+            _touched(t.program, sizes, resident, 1, forks)
+        pages = tables = 0
+        for name, runs in resident.items():
+            nbytes = min(sizes[name], sum(runs))
+            pages += nbytes // PAGE
+            tables += min(_tables(sizes[name]), sum(_tables(n) for n in runs)) if runs else 0
+        total += pages * PAGE_BYTES + tables * TABLE_BYTES * (1 + min(forks[0], 1 << 20))
+    return total
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> "1.5 KiB"; for the messages about memory limits."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
 
 
 def _fold_ops(ops: list, cpus: int) -> list:

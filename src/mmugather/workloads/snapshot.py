@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmugather.errors import InputError
+from mmugather.errors import InputError, read_input
 from mmugather.workloads.scenario import MAX_CPUS, PAGE
 
 # Mappings without struct pages: the x86 vvar pages are PFN maps (vmf_insert_pfn(), VmFlags "pf"),
@@ -114,7 +114,7 @@ class Snapshot:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text()
+        return read_input(path)
     except FileNotFoundError:
         raise InputError(f"{path}: missing") from None
     except UnicodeDecodeError:

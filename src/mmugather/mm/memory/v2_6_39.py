@@ -1,7 +1,7 @@
 """mm/memory.c v2.6.39: the zap walk with its zap_work budget."""
 from __future__ import annotations
 
-from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
+from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock, spin_needbreak
 from mmugather.kernel.sched import Elapse
 from mmugather.mm.memory import Memory, TlbRef, _vma_range
 from mmugather.mm.page_alloc import ANON
@@ -132,8 +132,9 @@ class Memory2639(Memory):
 
     def unmap_vmas(self, c, tlbp: TlbRef, vmas: list, start_addr: int, end_addr: int, details) -> Path:
         """unmap_vmas(), mm/memory.c v2.6.39: zap ZAP_BLOCK_SIZE at a time; after each block
-        tlb_finish_mmu(), then (if need_resched() or i_mmap_lock contended) cond_resched() or, holding
-        i_mmap_lock, return the restart address with no gather left; then tlb_gather_mmu() again. The
+        tlb_finish_mmu(), then (if need_resched() or spin_needbreak(i_mmap_lock): contended, and only
+        under CONFIG_PREEMPT) cond_resched() or, holding i_mmap_lock, return the restart address with no
+        gather left; then tlb_gather_mmu() again. The
         mmu_notifier range calls bracket it, inside the caller's gather (preemption off)."""
         zap_work = [self.zap_block_size()]
         fullmm = tlbp.tlb.fullmm
@@ -156,7 +157,8 @@ class Memory2639(Memory):
                     break
                 yield self.tlb_finish_mmu(c, tlbp.tlb, start, start)
                 tlbp.tlb = None
-                if c.need_resched or (i_mmap_lock is not None and i_mmap_lock.waiters):
+                if c.need_resched or (i_mmap_lock is not None
+                                      and spin_needbreak(i_mmap_lock, self.engine.full)):
                     if i_mmap_lock is not None:
                         yield self.mmu_notifier_invalidate_range_end(c, mm, start_addr, end_addr)
                         return start

@@ -23,38 +23,90 @@ class ZapDetails:
 class Memory618(ZapUpperLevels, Memory):
     """The zap walk of Linux v6.18 (mm/memory.c): PTEs cleared under the PTE lock, each recorded in the
     gather's range (tlb_remove_tlb_entry); a full gather or a dirty shared file page forces a flush of the
-    TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; cond_resched()
-    after every PMD entry.
+    TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; so does
+    need_resched() (without the flush); zap_pte_range() then retries from there; cond_resched() after every
+    PMD entry.
 
     Fix switch (`--without-fix force_flush_range`, e6c495a96ce0 + 2b047252d087, v3.11): without it the
     forced flush of a full gather covers [addr, end), the PTEs this call has not zapped yet, instead of
     those it has, as 597e1c3580b7 (v3.6) set tlb->start/end before that flush."""
 
     def zap_pte_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
-        """zap_pte_range(), mm/memory.c v6.18 (with zap_present_ptes() for order-0 folios): returns the
-        address it stopped at (< end when a full gather forced a break). The zap backend may take the next
-        run of entries at once (mm/protocols.py PteRun; the run records its range in the gather)."""
-        mm = tlb.mm
-        pt = pmd.entries.get(pmd_index(addr))
-        if pt is None:                                   # pte_offset_map_lock() failed: table reclaimed
-            return addr
-        ptes = pt.ptes
+        """zap_pte_range(), mm/memory.c v6.18 (with do_zap_pte_range() and zap_present_ptes() for order-0
+        folios; the 6.14+ form, read in the stored mm/memory.c whose zap_pte_range() has the
+        `if (need_resched()) { direct_reclaim = false; break; }` of 6.14 and the 6.18 lines around it):
+        each pass takes the PTE lock and zaps until the range ends, a full gather forces a break
+        (force_break) or need_resched() asks for the CPU; a broken pass drops the lock (after the forced
+        flush if any), cond_resched() and `goto retry` from where it stopped, keeping `start` and
+        `can_reclaim_pt`. A table emptied whole is then freed (PT_RECLAIM): directly when no pass broke
+        and the PMD lock was free (try_get_and_clear_pmd()), else after rechecking it under both locks
+        (try_to_free_pte()). Returns the address it stopped at (< end only if the table went meanwhile)."""
+        start = addr
+        can_reclaim_pt = self.reclaim_pt_is_enabled(start, end, details)
+        direct_reclaim = True
+        while True:                                              # retry:
+            yield self.tlb_change_page_size(c, tlb, PAGE_SIZE)
+            pt = yield self.pte_offset_map_lock(c, pmd, addr)
+            if pt is None:                                       # no table there any more (reclaimed)
+                return addr
+            addr, force_flush, force_break, broke, anon, file = yield self._zap_pte_pass(c, tlb, pt, addr, end)
+            if broke:
+                direct_reclaim = False
+            elif can_reclaim_pt and direct_reclaim:             # addr == end: the fast path of PT_RECLAIM
+                direct_reclaim = yield self.try_get_and_clear_pmd(c, tlb.mm, pmd, start)
+            self._add_mm_rss(tlb.mm, anon, file)
+            if force_flush:                                      # do the actual TLB flush before dropping ptl
+                if force_break and "force_flush_range" in self.without:
+                    tlb.start, tlb.end = addr, end               # v3.6-v3.10: the PTEs not zapped yet (597e1c3580b7)
+                yield self.tlb_flush_mmu_tlbonly(c, tlb)
+                self.tlb_flush_rmaps(c, tlb, vma)
+            yield SpinUnlock(pt.ptl)
+            if force_flush:
+                yield self.tlb_flush_mmu(c, tlb)
+            if addr == end:
+                break
+            yield COND_RESCHED
+        if can_reclaim_pt:
+            if direct_reclaim:
+                yield self.free_pte(c, tlb, pt, start)
+            else:
+                yield self.try_to_free_pte(c, tlb, pmd, start)
+        return addr
+
+    def pte_offset_map_lock(self, c, pmd, addr: int) -> Path:
+        """pte_offset_map_lock() -> __pte_offset_map_lock(), mm/pgtable-generic.c (6.x): the PTE table the
+        PMD entry points to, locked; after taking its lock, recheck the entry (`pmd_same()`) and start
+        again if the table was unhooked meanwhile (PT_RECLAIM by another thread). None: no table."""
+        while True:
+            pt = pmd.entries.get(pmd_index(addr))
+            if pt is None:
+                return None
+            yield SpinLock(pt.ptl)
+            if pmd.entries.get(pmd_index(addr)) is pt:
+                return pt
+            yield SpinUnlock(pt.ptl)
+
+    def _zap_pte_pass(self, c, tlb, pt, addr: int, end: int) -> Path:
+        """One pass of zap_pte_range()'s loop under the PTE lock (mm/memory.c v6.18): need_resched() is
+        tested before each do_zap_pte_range() (a run of none entries and the present one after it; as
+        need_resched() changes only between steps, testing it before every entry is the same). The zap
+        backend may take the next run of entries at once (mm/protocols.py PteRun; the run records its range
+        in the gather). Returns (addr, force_flush, force_break, broke: need_resched() or force_break, anon,
+        file)."""
         costs = self.costs
         c_zap, c_none = costs.pte_zap, costs.pte_none
         kind, mapcount = self.alloc.kind, self.alloc.mapcount
-        force_flush = force_break = False
-        can_reclaim_pt = (details is not None and details.reclaim_pt and end - addr >= PMD_SIZE
-                          and self.arch.pt_reclaim)          # reclaim_pt_is_enabled(): CONFIG_PT_RECLAIM
-        start = addr
-        yield self.tlb_change_page_size(c, tlb, PAGE_SIZE)
-        anon = file = 0
-        yield SpinLock(pt.ptl)
+        ptes = pt.ptes
+        force_flush = force_break = broke = False
+        anon = file = none = 0
         i = pte_index(addr)
         iend = i + ((end - addr) >> PAGE_SHIFT)
-        none = 0
         flush_pte_range, remove = self.tlb_flush_pte_range, self._tlb_remove_folio_pages_size
         pte_run = self.zap_backend.pte_run
         while True:
+            if c.need_resched:                                   # direct_reclaim = false; break
+                broke = True
+                break
             run = pte_run(self, c, tlb, pt, addr, i, iend, none)
             if run is not None:                          # entries i..run.last at once, but for the last page
                 addr += (run.last - i) << PAGE_SHIFT
@@ -67,7 +119,7 @@ class Memory618(ZapUpperLevels, Memory):
                 yield run.ns
                 none = 0
                 if remove(c, tlb, run.pfn, 1, False):
-                    force_flush = force_break = True
+                    force_flush = force_break = broke = True
                     addr += PAGE_SIZE
                     break
             elif ptent := ptes[i]:
@@ -88,7 +140,7 @@ class Memory618(ZapUpperLevels, Memory):
                 yield c_zap + none
                 none = 0
                 if remove(c, tlb, pfn, 1, delay_rmap):
-                    force_flush = force_break = True
+                    force_flush = force_break = broke = True
                     addr += PAGE_SIZE
                     break
             else:
@@ -99,36 +151,55 @@ class Memory618(ZapUpperLevels, Memory):
                 break
         if none:
             yield none
-        self._add_mm_rss(mm, anon, file)
-        if force_flush:                                   # do the actual TLB flush before dropping ptl
-            if force_break and "force_flush_range" in self.without:
-                tlb.start, tlb.end = addr, end            # v3.6-v3.10: the PTEs not zapped yet (597e1c3580b7)
-            yield self.tlb_flush_mmu_tlbonly(c, tlb)
-            self.tlb_flush_rmaps(c, tlb, vma)
-        yield SpinUnlock(pt.ptl)
-        if force_flush:
-            yield self.tlb_flush_mmu(c, tlb)
-        if can_reclaim_pt and not force_break and addr == end:
-            yield self.try_to_free_pte(c, tlb, pmd, pt, start)
-        return addr
+        return addr, force_flush, force_break, broke, anon, file
 
-    def try_to_free_pte(self, c, tlb, pmd, pt, addr: int) -> Path:
-        """try_get_and_clear_pmd() / try_to_free_pte() + free_pte(), mm/pt_reclaim.c v6.18: under the PMD
-        lock, if every PTE is none, clear the PMD entry and pte_free_tlb() the table."""
+    def reclaim_pt_is_enabled(self, start: int, end: int, details) -> bool:
+        """reclaim_pt_is_enabled(), mm/pt_reclaim.c (6.14+): `details && details->reclaim_pt && (end -
+        start >= PMD_SIZE)`; without CONFIG_PT_RECLAIM (the arch's `pt_reclaim`), mm/internal.h's stub: false."""
+        return self.arch.pt_reclaim and details is not None and details.reclaim_pt and end - start >= PMD_SIZE
+
+    def try_get_and_clear_pmd(self, c, mm, pmd, addr: int) -> Path:
+        """try_get_and_clear_pmd(), mm/pt_reclaim.c (6.14+), called under the PTE lock: spin_trylock() of
+        the PMD lock (the model's pmd_lockptr() is mm->page_table_lock, as in pte_alloc() and mremap; x86-64
+        has split PMD locks), then pmd_clear(). True if it got the lock."""
+        pml = mm.page_table_lock
+        if pml.owner is not None:                             # spin_trylock() failed
+            return False
+        yield SpinLock(pml)                                   # (granted at once: nothing runs in between)
+        del pmd.entries[pmd_index(addr)]                      # pmd_clear()
+        del mm.pte_tables[addr >> PMD_SHIFT]
+        yield SpinUnlock(pml)
+        return True
+
+    def try_to_free_pte(self, c, tlb, pmd, addr: int) -> Path:
+        """try_to_free_pte(), mm/pt_reclaim.c (6.14+): pmd_lock(), pte_offset_map_rw_nolock() (the table
+        may be gone or another one), the PTE lock nested, every one of the PTRS_PER_PTE entries none?
+        then pmd_clear(), unlock both, free_pte()."""
         mm = tlb.mm
-        yield SpinLock(mm.page_table_lock)
-        empty = pmd.entries.get(pmd_index(addr)) is pt and pt.ptes.count(0) == len(pt.ptes)
+        pml = mm.page_table_lock
+        yield SpinLock(pml)
+        pt = pmd.entries.get(pmd_index(addr))
+        empty = False
+        if pt is not None:
+            yield SpinLock(pt.ptl)                            # spin_lock_nested(ptl, SINGLE_DEPTH_NESTING)
+            empty = pt.ptes.count(0) == len(pt.ptes)
+            if empty:
+                del pmd.entries[pmd_index(addr)]              # pmd_clear()
+                del mm.pte_tables[addr >> PMD_SHIFT]
+            yield SpinUnlock(pt.ptl)
+        yield SpinUnlock(pml)
         if empty:
-            del pmd.entries[pmd_index(addr)]                  # pmd_clear()
-            del mm.pte_tables[addr >> PMD_SHIFT]
-        yield SpinUnlock(mm.page_table_lock)
-        if empty:
-            mm.nr_ptes -= 1                                   # mm_dec_nr_ptes()
-            self.metrics.page_tables_reclaimed += 1
-            yield self.pte_free_tlb(c, tlb, pt, addr & ~(PMD_SIZE - 1))
+            yield self.free_pte(c, tlb, pt, addr)
+
+    def free_pte(self, c, tlb, pt, addr: int) -> Path:
+        """free_pte(), mm/pt_reclaim.c (6.14+): pte_free_tlb() of the table at `addr`, mm_dec_nr_ptes()."""
+        yield self.pte_free_tlb(c, tlb, pt, addr)
+        tlb.mm.nr_ptes -= 1
+        self.metrics.page_tables_reclaimed += 1
 
     def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
-        """zap_pmd_range(), mm/memory.c v6.18: zap each PTE table, retrying one that stopped early;
+        """zap_pmd_range(), mm/memory.c v6.18: zap each PTE table (`pmd--`: again at an entry whose
+        zap_pte_range() stopped early, which since 6.14 only a table unhooked meanwhile does);
         cond_resched() after every entry (the `continue` for a none PMD reaches it too). The zap backend
         may take the next run of whole entries at once, the forced flushes of a full gather included
         (mm/protocols.py PmdRun)."""

@@ -42,7 +42,13 @@ class RcuTableFree30:
         yield self.tlb_remove_table(c, tlb, pud.pfn)
 
     def tlb_remove_table(self, c, tlb, pfn: int):
-        """tlb_remove_table(), mm/memory.c v3.0."""
+        """tlb_remove_table(), mm/memory.c v3.0 (267239116987): need_flush = 1; with fewer than two
+        users free the table at once; else batch it (GFP_NOWAIT batch page, tlb_remove_table_one() when
+        none), and a full batch (MAX_TABLE_BATCH) goes to tlb_table_flush() alone: call_rcu_sched() of
+        the batch, no TLB flush and no free of the gathered pages (the generic line stayed
+        `tlb_table_flush(tlb)` until the code moved to mm/mmu_gather.c in 4.18; read in a ~3.16 mm/memory.c
+        and in s390's 3.0-era copy of it, not in a v3.0 tag: none is stored). Safe on hash64: nothing
+        walks these tables but software walkers with IRQs off, which the grace period waits for."""
         tlb.need_flush = True
         if tlb.mm.users < 2:                  # no concurrent page-table walk is possible
             self.alloc.free_page(c, pfn)
@@ -59,7 +65,7 @@ class RcuTableFree30:
             self.metrics.gather_memory(PAGE_SIZE)
         batch.tables.append(pfn)
         if len(batch.tables) == self.MAX_TABLE_BATCH:
-            yield self.tlb_flush_mmu(c, tlb)
+            self.tlb_table_flush(c, tlb)
 
     def tlb_remove_table_one(self, c, pfn: int):
         """tlb_remove_table_one(), mm/memory.c v3.0: smp_call_function() of an empty handler to every

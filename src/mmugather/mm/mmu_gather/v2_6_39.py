@@ -26,6 +26,7 @@ class Gather2639:
     """The 2.6.39 gather, as kernel methods (include/asm-generic/tlb.h, Linux v2.6.39)."""
 
     FREE_PTE_NR = 506
+    PAGEVEC_SIZE = 14                 # include/linux/pagevec.h v2.6.39: free_pages_and_swap_cache()'s chunk
 
     def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
         """tlb_gather_mmu(), asm-generic/tlb.h v2.6.39: `&get_cpu_var(mmu_gathers)`: preemption off until

@@ -25,12 +25,14 @@ class Batch:
 
 
 class MmuGather30:
-    """struct mmu_gather, include/asm-generic/tlb.h v3.0: mm, need_flush, fast_mode, fullmm, active,
-    local, __pages[MMU_GATHER_BUNDLE]."""
+    """struct mmu_gather, include/asm-generic/tlb.h v3.0 (e303297e6c3a): mm, [batch under
+    CONFIG_HAVE_RCU_TABLE_FREE], need_flush:1 and fast_mode:1 in one unsigned int, unsigned int fullmm,
+    active, local (struct mmu_gather_batch: next, nr, max), __pages[MMU_GATHER_BUNDLE]."""
 
     __slots__ = ("mm", "need_flush", "fast_mode", "fullmm", "local", "active", "batch_count")
 
-    SIZEOF = 8 + 4 + 8 + 16 + 8 * 8   # on the stack of the task tearing down
+    SIZEOF = 8 + 4 + 4 + 8 + 16 + 8 * 8   # 104 on x86-64, on the stack of the task tearing down
+    SIZEOF_RCU_TABLE_FREE = SIZEOF + 8    # 112 with the table batch pointer (ppc64)
 
 
 class Gather30:
@@ -42,22 +44,23 @@ class Gather30:
 
     MMU_GATHER_BUNDLE = 8
     MAX_GATHER_BATCH = (PAGE_SIZE - 16) // 8   # 510
+    PAGEVEC_SIZE = 14                          # include/linux/pagevec.h v3.0: free_pages_and_swap_cache()'s chunk
     MAX_GATHER_BATCH_COUNT = 10000 // MAX_GATHER_BATCH    # 19, include/asm-generic/tlb.h v3.8
 
     def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
         """tlb_gather_mmu(), mm/memory.c v3.0: initialise an on-stack gather; fast mode when
-        num_possible_cpus() == 1 (never with `--without-fix tlb_fast_mode`: 29eb77825cc7 removed it); the
+        `tlb->fast_mode = (num_possible_cpus() == 1)` (never with `--without-fix tlb_fast_mode`: 29eb77825cc7 removed it); the
         first batch is the 8-entry local bundle."""
         yield 0
         tlb = MmuGather30()
         tlb.mm = mm
         tlb.fullmm = fullmm
         tlb.need_flush = False
-        tlb.fast_mode = self.num_online_cpus == 1 and "tlb_fast_mode" not in self.without
+        tlb.fast_mode = self.num_possible_cpus == 1 and "tlb_fast_mode" not in self.without
         tlb.local = Batch(None, self.MMU_GATHER_BUNDLE)
         tlb.active = tlb.local
         tlb.batch_count = 0
-        self.metrics.gather_memory(MmuGather30.SIZEOF)
+        self.metrics.gather_memory(self.sizeof_mmu_gather())
         return tlb
 
     def tlb_next_batch(self, c, tlb) -> bool:
@@ -120,7 +123,7 @@ class Gather30:
         self.release_backend.free_pages(self, c, frames)   # free_pages() of each batch page, in order
         self.metrics.gather_memory(-PAGE_SIZE * len(frames))
         tlb.local.next = None
-        self.metrics.gather_memory(-MmuGather30.SIZEOF)
+        self.metrics.gather_memory(-self.sizeof_mmu_gather())
 
     def _tlb_remove_page(self, c, tlb, pfn: int) -> int:
         """__tlb_remove_page(), mm/memory.c v3.0: batch the page; returns the free slots left, 0 when the
@@ -144,6 +147,10 @@ class Gather30:
         """tlb_remove_page(), asm-generic/tlb.h v3.0: __tlb_remove_page(), tlb_flush_mmu() if it returned 0."""
         if not self._tlb_remove_page(c, tlb, pfn):
             yield self.tlb_flush_mmu(c, tlb)
+
+    def sizeof_mmu_gather(self) -> int:
+        """sizeof(struct mmu_gather) on this arch: the batch pointer only with HAVE_RCU_TABLE_FREE."""
+        return MmuGather30.SIZEOF_RCU_TABLE_FREE if self.arch.have_rcu_table_free else MmuGather30.SIZEOF
 
     def gather_static_bytes(self, ncpus: int) -> int:
         """No per-CPU storage in 3.0 (1c3951769621 removed mmu_gathers)."""

@@ -49,7 +49,10 @@ class MmuGather618:
                  "cleared_ptes", "cleared_pmds", "cleared_puds", "cleared_p4ds", "vma_exec", "vma_huge",
                  "vma_pfn", "batch_count", "active", "local", "page_size")
 
-    SIZEOF = 8 + 8 + 8 + 8 + 4 + 4 + 8 + 16 + 8 * 8 + 4   # on the stack of the task tearing down
+    # on the stack of the task tearing down, x86-64: mm, batch (MMU_GATHER_TABLE_FREE), start, end, one
+    # unsigned int of bitfields, batch_count, active, local {next, nr, max}, __pages[8] = 128; `page_size`
+    # exists only under CONFIG_MMU_GATHER_PAGE_SIZE (powerpc), which no 6.18 arch of the model selects
+    SIZEOF = 8 + 8 + 8 + 8 + 4 + 4 + 8 + 16 + 8 * 8
 
     def get_unmap_shift(self) -> int:
         """tlb_get_unmap_shift(): the stride of the lowest level cleared."""
@@ -85,6 +88,7 @@ class Gather618:
     MAX_GATHER_BATCH_COUNT = 10000 // MAX_GATHER_BATCH    # 19
     MAX_TABLE_BATCH = (PAGE_SIZE - 16 - 8) // 8           # 509
     MAX_NR_FOLIOS_PER_FREE = 512
+    PAGEVEC_SIZE = 31                  # include/linux/pagevec.h 6.x: free_pages_and_swap_cache()'s folio_batch
 
     # ------------------------------------------------------------ set-up and range tracking
     def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:

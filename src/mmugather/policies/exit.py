@@ -1,4 +1,6 @@
-"""kernel/exit.c and kernel/fork.c: a thread leaving its mm, and the last user tearing it down."""
+"""kernel/exit.c and kernel/fork.c: a thread leaving its mm, and the last user tearing it down.
+
+Like policies/fork.py it sits above mm/ (mmput() ends in exit_mmap()), with the Kernel it is mixed into."""
 from __future__ import annotations
 
 

@@ -1,16 +1,25 @@
-"""The simulated SMP machine's engine: CPUs, tasks, the event queue, preemption, IPIs and locks.
+"""The simulated SMP machine's engine: tasks on CPUs, the event queue, preemption, IPIs and locks.
 
 Every task is a generator. It yields an `int` to spend that many simulated nanoseconds, or a request
 (kernel/locking.py, kernel/smp.py) when it touches scheduler state: a lock, an IPI, a preemption point, a
 sleep. Each yield is a point where another CPU may interleave. A path calls another path by yielding the
 callee's generator: the engine runs it as a nested call on the task's stack (a trampoline) and sends its
 return value back, so a step costs the same however deep the call chain (`yield from` also works, but
-resumes every frame of the chain at every step).
+resumes every frame of the chain at every step). A task that yields anything else, or a negative int,
+breaks the contract: TaskContractError names it.
 
-Time is per CPU. The engine always runs the CPU whose clock is earliest, until its clock passes the next
-pending event (another CPU's clock or a timer); ties go to the entry queued first (a counter that only
-grows, as in SimPy), so a run is a total, repeatable order. Randomness lives in the workload and the
-allocator, drawn from one seeded `random.Random`.
+One engine, composed. What varies is handed in, never swapped in later:
+- the `Scheduler` decides which CPU steps next. `ClockOrder` (the default) runs the CPU whose clock is
+  earliest until its clock passes the next pending event (another CPU's clock or a timer); ties go to
+  the entry queued first (a counter that only grows, as in SimPy), so a run is a total, repeatable order.
+  The explorer's scheduler (explore/controlled.py) asks a chooser at every step instead.
+- `EngineObserver`s (the tracer, the explorer's footprint counter, the soft-lockup watchdog) are told of
+  steps, context switches, preemption and PTE-lock spans, cond_resched()/might_sleep() points, IPIs and
+  spawns. With none attached the engine calls none: `step` is `_run_cpu` itself, and the few hooks outside
+  the step loop test one attribute.
+- bounds: `max_sim_ns` (simulated time) and `max_steps` (task resumptions in one run) end a runaway run
+  with LimitExceeded naming the bound.
+Randomness lives in the workload and the allocator, drawn from one seeded `random.Random`.
 
 Preemption models (kernel/Kconfig.preempt):
 - `none`: CONFIG_PREEMPT_NONE. A task in the kernel switches only when it sleeps or calls cond_resched()
@@ -21,112 +30,217 @@ User mode is always preemptible.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from types import GeneratorType
+from typing import Any, Protocol
 
 from mmugather.kernel.locking import (
     COND_RESCHED, LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE, MIGHT_SLEEP, PREEMPT_DISABLE, PREEMPT_ENABLE, DowngradeWrite,
     DownRead, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead, UpWrite, _Marker,
 )
-from mmugather.kernel.sched import (  # noqa: F401 (the engine's names for them, kept for its importers)
-    INF, P_COND_RESCHED, P_ENABLE, P_MIGHT_SLEEP, P_PLAIN, TLBSTATE_LAZY, TLBSTATE_OK, Elapse,
-)
+from mmugather.kernel.sched import INF, P_COND_RESCHED, P_ENABLE, P_MIGHT_SLEEP, P_PLAIN, Elapse
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
+from mmugather.machine.cpu import COMPUTE, IDLE, IPI_WAIT, RUNNING, SPINNING, Cpu, Task, TaskContractError
+
+__all__ = ["PREEMPT_MODELS", "ClockOrder", "DeadlockError", "Engine", "EngineObserver", "LimitExceeded",
+           "Scheduler", "TaskContractError"]
 
 PREEMPT_MODELS = ("none", "voluntary", "full")
 
-# CPU states
-RUNNING, SPINNING, IPI_WAIT, COMPUTE, IDLE = range(5)
+# a request handler: (cpu, task, request) -> True if the task goes on, False if it blocked or switched
+Handler = Callable[[Cpu, Task, Any], bool]
 
 
 class DeadlockError(RuntimeError):
     """Every remaining user task is blocked and nothing can wake it."""
 
 
-class Task:
-    """struct task_struct, as much as the engine needs: a generator pinned to one CPU."""
+class LimitExceeded(RuntimeError):
+    """The run passed one of the engine's bounds: `bound` is "max_sim_ns" or "max_steps", `limit` its value."""
 
-    __slots__ = ("tid", "name", "cpu", "stack", "send", "mm", "process", "in_kernel", "kind", "alive",
-                 "compute_left", "woken_at", "blocked_on", "sleep_token", "retval")
-
-    def __init__(self, tid: int, name: str, cpu: int, kind: str, mm=None, process=None) -> None:
-        self.tid = tid
-        self.name = name
-        self.cpu = cpu
-        self.kind = kind          # "user" or "latency" (a kernel thread: no mm of its own)
-        self.mm = mm              # current->mm: None for kernel threads and after exit_mm()
-        self.process = process
-        self.in_kernel = False
-        self.alive = True
-        self.compute_left = 0
-        self.woken_at = -1
-        self.blocked_on = None
-        self.sleep_token = 0
-        self.stack: list = []
-        self.send = None
-        self.retval = None
-
-    def start(self, gen) -> None:
-        self.stack = [gen]
-        self.send = gen.send
-
-    def __repr__(self) -> str:
-        return f"{self.name}[{self.tid}]"
+    def __init__(self, bound: str, limit: int, detail: str) -> None:
+        super().__init__(f"{bound}={limit} exceeded: {detail}")
+        self.bound = bound
+        self.limit = limit
 
 
-class Cpu:
-    """One simulated CPU: its clock, current task, preempt_count, pending IPIs and TLB.
+class Scheduler(Protocol):
+    """Which CPU takes the next step. `timed`: the engine keeps an event queue ordered by time (False: time
+    orders nothing and the engine queues no events). `attach` is called once by the engine's constructor;
+    `handlers` returns request handlers that replace the engine's own (how an untimed scheduler turns
+    waiting into choices); `run` runs the machine until every user task has exited (or the scheduler stops
+    it) and returns the simulated time at the end."""
 
-    The TLB holds translations of `loaded_mm` only (x86 without PCID: loading CR3 flushes it):
-    `tlb` maps a virtual page number to pfn*2 + writable, `pwc` (the paging-structure cache) maps
-    addr >> PMD_SHIFT to the PTE table a walk last went through.
-    """
+    timed: bool
 
-    __slots__ = ("id", "clock", "curr", "runqueue", "latency_task", "state", "token", "preempt_count",
-                 "irqs_off", "need_resched", "pending", "attention", "point", "tlb", "pwc", "loaded_mm",
-                 "active_mm", "tlbstate", "dangling", "preempt_off_since", "ptl_held", "compute_end",
-                 "ipi_wait_until", "ipi_acks_left", "per_cpu", "slice_armed", "horizon")
+    def attach(self, engine: Engine) -> None: ...
 
-    def __init__(self, cpu_id: int) -> None:
-        self.id = cpu_id
-        self.clock = 0
-        self.curr: Task | None = None
-        self.runqueue: deque[Task] = deque()
-        self.latency_task: Task | None = None
-        self.state = IDLE
-        self.token = 0
-        self.preempt_count = 0
-        self.irqs_off = 0
-        self.need_resched = False
-        self.pending: list = []           # heap of (arrival, seq, func, sender) IPIs
-        self.attention = False
-        self.point = P_PLAIN
-        self.tlb: dict[int, int] = {}
-        self.pwc: dict[int, object] = {}
-        self.loaded_mm = None             # the mm CR3 points to; None is init_mm (swapper_pg_dir)
-        self.active_mm = None             # cpu_tlbstate.active_mm
-        self.tlbstate = TLBSTATE_OK
-        self.dangling: set[int] = set()   # pfns freed while this CPU's TLB or PWC still maps them
-        self.preempt_off_since = 0
-        self.ptl_held = 0
-        self.compute_end = 0
-        self.ipi_wait_until = 0
-        self.ipi_acks_left = 0
-        self.per_cpu: dict = {}           # DEFINE_PER_CPU storage used by the modelled kernel
-        self.slice_armed = False
-        self.horizon = -1                 # set by Engine._run_cpu: the time of the next event on the queue
+    def handlers(self, engine: Engine) -> Mapping[type, Handler]: ...
+
+    def run(self, engine: Engine) -> int: ...
+
+
+class EngineObserver:
+    """What the engine tells an observer; every hook does nothing unless overridden. Times are CPU clocks."""
+
+    def attached(self, engine: Engine) -> None:
+        """Attached to `engine` (before it runs; tasks may exist already)."""
+
+    def spawned(self, task: Task) -> None:
+        """`task` was created."""
+
+    def step(self, c: Cpu) -> None:
+        """A step of CPU c begins (its current task resumes, or it takes its IPIs)."""
+
+    def switching(self, c: Cpu) -> None:
+        """schedule() on c begins: c.curr is the outgoing task."""
+
+    def switched(self, c: Cpu) -> None:
+        """schedule() on c is done: c.curr is the incoming task (None: idle)."""
+
+    def resched_point(self, c: Cpu) -> None:
+        """c passed cond_resched() or might_sleep() outside atomic context (c.point says which): a point
+        where the task may schedule, if the preemption model honours it."""
+
+    def preempt_off(self, c: Cpu) -> None:
+        """c's preempt_count goes from 0 to 1."""
+
+    def preempt_on(self, c: Cpu) -> None:
+        """c's preempt_count is back to 0."""
+
+    def ptl_taken(self, c: Cpu, lock) -> None:
+        """c takes its first PTE lock."""
+
+    def ptl_dropped(self, c: Cpu, t: int) -> None:
+        """c dropped its last PTE lock at time t."""
+
+    def ipi(self, c: Cpu, v: SmpCallFunctionMany) -> SmpCallFunctionMany:
+        """c sends `v` (targets not empty); returns the request to send (the tracer wraps its function)."""
+        return v
+
+    def run_ended(self) -> None:
+        """The run is over (returned or raised)."""
+
+
+class _Observers(EngineObserver):
+    """Several observers, told in the order attached."""
+
+    def __init__(self, observers: list[EngineObserver]) -> None:
+        self.all = observers
+
+    def attached(self, engine):
+        for o in self.all:
+            o.attached(engine)
+
+    def spawned(self, task):
+        for o in self.all:
+            o.spawned(task)
+
+    def step(self, c):
+        for o in self.all:
+            o.step(c)
+
+    def switching(self, c):
+        for o in self.all:
+            o.switching(c)
+
+    def switched(self, c):
+        for o in self.all:
+            o.switched(c)
+
+    def resched_point(self, c):
+        for o in self.all:
+            o.resched_point(c)
+
+    def preempt_off(self, c):
+        for o in self.all:
+            o.preempt_off(c)
+
+    def preempt_on(self, c):
+        for o in self.all:
+            o.preempt_on(c)
+
+    def ptl_taken(self, c, lock):
+        for o in self.all:
+            o.ptl_taken(c, lock)
+
+    def ptl_dropped(self, c, t):
+        for o in self.all:
+            o.ptl_dropped(c, t)
+
+    def ipi(self, c, v):
+        for o in self.all:
+            v = o.ipi(c, v)
+        return v
+
+    def run_ended(self):
+        for o in self.all:
+            o.run_ended()
+
+
+class ClockOrder:
+    """The free-running machine: the CPU whose clock is earliest runs until its clock passes the next
+    pending event; timers fire in time order."""
+
+    timed = True
+
+    def attach(self, engine: Engine) -> None:
+        pass
+
+    def handlers(self, engine: Engine) -> Mapping[type, Handler]:
+        return {}
+
+    def run(self, engine: Engine) -> int:
+        heap = engine.heap
+        step = engine.step
+        if engine.max_sim_ns is not None:     # an event just past the bound: no step runs beyond it
+            engine.timer(engine.max_sim_ns + 1, functools.partial(_time_is_up, engine))
+        while heap and engine.user_alive > 0 and not engine.halted:
+            t, _, c, token, callback = heapq.heappop(heap)
+            if t > engine.now:
+                engine.now = t
+            if c is None:
+                callback(t)
+            elif token == c.token:
+                if callback is not None:
+                    callback(t)
+                else:
+                    step(c, heap[0][0] if heap else INF)
+        if engine.user_alive > 0 and not engine.halted:
+            blocked = [t for c in engine.cpus for t in ([c.curr] if c.curr else []) + list(c.runqueue)]
+            raise DeadlockError(f"{engine.user_alive} user task(s) can never run again: {blocked}")
+        return max(engine.now, max(c.clock for c in engine.cpus))
+
+
+def _time_is_up(engine: Engine, t: int) -> None:
+    """The event at max_sim_ns + 1: the run passed its bound (or, with nothing else queued, is stuck)."""
+    if not engine.heap:
+        raise DeadlockError(f"{engine.user_alive} user task(s) blocked and nothing left to wake them")
+    raise LimitExceeded("max_sim_ns", engine.max_sim_ns, f"{engine.user_alive} user task(s) still running")
+
+
+def _no_event(t, cpu, token, callback) -> None:
+    """An untimed scheduler's event queue: nothing is ordered by time."""
 
 
 class Engine:
     """Runs tasks on CPUs in simulated time. `arch` provides switch_mm/enter_lazy_tlb for context switches,
-    `invariants` is told of every context switch into user mode and of sleeping while atomic."""
+    `invariants` is told of every context switch into user mode and of sleeping while atomic; `scheduler`
+    picks the steps (default ClockOrder), `observers` watch them (more with `attach`)."""
 
     TIMESLICE = 3_000_000
 
-    def __init__(self, ncpus: int, costs, preempt: str, metrics, invariants) -> None:
+    def __init__(self, ncpus: int, costs, preempt: str, metrics, invariants, *, scheduler: Scheduler | None = None,
+                 observers: Iterable[EngineObserver] = (), max_sim_ns: int | None = None,
+                 max_steps: int | None = None) -> None:
         if preempt not in PREEMPT_MODELS:
             raise ValueError(f"unknown preemption model {preempt!r}")
+        for name, bound in (("max_sim_ns", max_sim_ns), ("max_steps", max_steps)):
+            if bound is not None and (bound.__class__ is not int or bound < 1):
+                raise ValueError(f"Engine: {name} must be a positive int or None, got {bound!r}")
         self.cpus = [Cpu(i) for i in range(ncpus)]
         self.costs = costs
         self.preempt = preempt
@@ -134,15 +248,19 @@ class Engine:
         self.voluntary = preempt in ("voluntary", "full")
         self.metrics = metrics
         self.invariants = invariants
-        self.arch = None
-        self.rcu = None
+        self.arch: Any = None
+        self.rcu: Any = None
         self.heap: list = []
         self.seq = 0
         self.user_alive = 0
         self.halted = False       # a workload's `halt`: the measurement is over, stop the machine
         self.next_tid = 1
         self.now = 0
-        self.handlers = {
+        self.tasks: dict[int, Task] = {}
+        self.max_sim_ns = max_sim_ns
+        self.max_steps = max_steps
+        self.steps_left = max_steps + 1 if max_steps is not None else -1    # -1: counts down forever
+        self.handlers: dict[type, Handler] = {
             SpinLock: self._spin_lock, SpinUnlock: self._spin_unlock,
             DownRead: self._down_read, DownWrite: self._down_write, UpRead: self._up_read, UpWrite: self._up_write,
             DowngradeWrite: self._downgrade_write,
@@ -150,6 +268,27 @@ class Engine:
             SmpCallFunctionMany: self._smp_call, Compute: self._compute, Sleep: self._sleep,
             _Marker: self._marker, Elapse: self._elapse,
         }
+        self.scheduler: Scheduler = scheduler if scheduler is not None else ClockOrder()
+        if not self.scheduler.timed:
+            self._push = _no_event        # nothing is ordered by time: queue no events (picked once, here)
+        self.scheduler.attach(self)
+        self.handlers.update(self.scheduler.handlers(self))
+        self.observers: list[EngineObserver] = []
+        self.observer: EngineObserver | None = None
+        self.step = self._run_cpu
+        for obs in observers:
+            self.attach(obs)
+
+    def attach(self, observer: EngineObserver) -> None:
+        """Add an observer (before the run). The engine then steps through `_observed_step`."""
+        self.observers.append(observer)
+        self.observer = self.observers[0] if len(self.observers) == 1 else _Observers(self.observers)
+        self.step = self._observed_step
+        observer.attached(self)
+
+    def _observed_step(self, c: Cpu, horizon) -> None:
+        self.observer.step(c)
+        self._run_cpu(c, horizon)
 
     # ----------------------------------------------------------------- tasks
     def spawn(self, name: str, cpu: int, kind: str, gen_factory, mm=None, process=None) -> Task:
@@ -158,6 +297,9 @@ class Engine:
         self.next_tid += 1
         c = self.cpus[cpu]
         task.start(gen_factory(c, task))
+        self.tasks[task.tid] = task
+        if self.observer is not None:
+            self.observer.spawned(task)
         if kind == "user":
             self.user_alive += 1
             if mm is not None:
@@ -186,29 +328,22 @@ class Engine:
     def timer(self, t: int, callback) -> None:
         self._push(t, None, 0, callback)
 
-    def run(self, until_ns: int | None = None) -> int:
-        """Run until every user task has exited. Returns the simulated time at the end."""
-        heap = self.heap
-        while heap and self.user_alive > 0 and not self.halted:
-            t, _, c, token, callback = heapq.heappop(heap)
-            if t > self.now:
-                self.now = t
-            if until_ns is not None and t > until_ns:
-                raise DeadlockError(f"simulation passed {until_ns} ns without finishing")
-            if c is None:
-                callback(t)
-            elif token == c.token:
-                if callback is not None:
-                    callback(t)
-                else:
-                    self._run_cpu(c, heap[0][0] if heap else INF)
-        if self.user_alive > 0 and not self.halted:
-            blocked = [t for c in self.cpus for t in ([c.curr] if c.curr else []) + list(c.runqueue)]
-            raise DeadlockError(f"{self.user_alive} user task(s) can never run again: {blocked}")
-        return max(self.now, max(c.clock for c in self.cpus))
+    def horizon(self) -> float:
+        """The time of the next queued event (where a step ends)."""
+        return self.heap[0][0] if self.heap else INF
+
+    def run(self) -> int:
+        """Run under the scheduler until every user task has exited. Returns the simulated time at the end."""
+        try:
+            return self.scheduler.run(self)
+        finally:
+            if self.observer is not None:
+                self.observer.run_ended()
 
     # ----------------------------------------------------------------- the hot loop
     def _run_cpu(self, c: Cpu, horizon) -> None:
+        """The step loop: resume c's current task until its clock reaches `horizon`, it blocks or it is
+        switched out (horizon = c.clock: exactly one step, as the controlled scheduler asks)."""
         c.horizon = horizon
         task = c.curr
         if task is None:
@@ -228,6 +363,9 @@ class Engine:
             try:
                 v = send(val)
             except StopIteration as e:
+                self.steps_left -= 1
+                if not self.steps_left:
+                    raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going") from None
                 stack = task.stack
                 stack.pop()
                 if not stack:
@@ -237,18 +375,34 @@ class Engine:
                 val = e.value
                 continue
             val = None
-            if v.__class__ is int:
+            if v.__class__ is int and v > 0:       # time: bounded by max_sim_ns, not counted
                 c.clock += v
                 c.point = P_PLAIN
                 if c.clock >= horizon:
                     self._push_cpu(c)
                     return
                 continue
-            if v.__class__ is GeneratorType:
+            if v.__class__ is GeneratorType:         # a call: counted when it returns
                 task.stack.append(v)
                 send = task.send = v.send
                 continue
-            if not handlers[v.__class__](c, task, v):
+            self.steps_left -= 1                     # returns, 0 ns and requests count toward max_steps
+            if not self.steps_left:
+                raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going")
+            if v.__class__ is int:
+                if v:
+                    raise TaskContractError(f"task {task} on CPU {c.id} yielded {v} ns (negative)")
+                c.point = P_PLAIN
+                if c.clock >= horizon:
+                    self._push_cpu(c)
+                    return
+                continue
+            try:
+                handler = handlers[v.__class__]
+            except KeyError:
+                raise TaskContractError(f"task {task} on CPU {c.id} yielded {v!r:.80} ({type(v).__name__}): "
+                                        "not an int, a generator or a request") from None
+            if not handler(c, task, v):
                 return                     # the handler blocked or switched the CPU and queued what follows
             if c.clock >= horizon:
                 self._push_cpu(c)
@@ -258,17 +412,17 @@ class Engine:
         """Take arrived IPIs, then preempt if the last yield was a preemption point. True if switched."""
         if c.pending and not c.irqs_off:
             self._take_irqs(c)
-        if c.need_resched:
-            task = c.curr
-            p = c.point
-            if (not task.in_kernel
-                    or p == P_COND_RESCHED
-                    or (p == P_MIGHT_SLEEP and self.voluntary)
-                    or (self.full and c.preempt_count == 0 and not c.irqs_off)):
-                self._preempt(c)
-                return True
+        if c.need_resched and self.preemptible(c, c.curr):
+            self._preempt(c)
+            return True
         c.attention = bool(c.pending) or c.need_resched
         return False
+
+    def preemptible(self, c: Cpu, task: Task) -> bool:
+        """May c's current task be switched out where its last step left it (the preemption model)?"""
+        p = c.point
+        return (not task.in_kernel or p == P_COND_RESCHED or (p == P_MIGHT_SLEEP and self.voluntary)
+                or (self.full and c.preempt_count == 0 and not c.irqs_off))
 
     # ----------------------------------------------------------------- scheduling
     def _pick(self, c: Cpu) -> Task | None:
@@ -279,8 +433,16 @@ class Engine:
 
     def _schedule(self, c: Cpu) -> None:
         """schedule(): put the next task on the CPU (or go idle), switching mm as context_switch() does."""
+        obs = self.observer
+        if obs is None:
+            self._context_switch(c)
+            return
+        obs.switching(c)
+        self._context_switch(c)
+        obs.switched(c)
+
+    def _context_switch(self, c: Cpu) -> None:
         prev = c.curr
-        self.invariants.watchdog(c)
         nxt = self._pick(c)
         c.need_resched = False
         c.attention = bool(c.pending)
@@ -398,14 +560,15 @@ class Engine:
                 self.invariants.sleep_in_atomic(c, "cond_resched()")
             else:
                 c.point = P_COND_RESCHED
-                self.invariants.watchdog(c)
+                if self.observer is not None:
+                    self.observer.resched_point(c)
         elif v is MIGHT_SLEEP:
             if c.preempt_count or c.irqs_off:
                 self.invariants.sleep_in_atomic(c, "might_sleep()")
             else:
                 c.point = P_MIGHT_SLEEP
-                if self.voluntary:
-                    self.invariants.watchdog(c)
+                if self.observer is not None:
+                    self.observer.resched_point(c)
         elif v is LOCAL_IRQ_DISABLE:
             c.irqs_off += 1
         elif v is LOCAL_IRQ_ENABLE:
@@ -421,6 +584,8 @@ class Engine:
         false with preempt_count raised, so a stale cond_resched() point must not switch a lock holder)."""
         if c.preempt_count == 0:
             c.preempt_off_since = c.clock
+            if self.observer is not None:
+                self.observer.preempt_off(c)
         c.preempt_count += 1
         c.point = P_PLAIN
 
@@ -431,8 +596,8 @@ class Engine:
         if c.preempt_count == 0:
             self.metrics.preempt_off.append(c.clock - c.preempt_off_since)
             c.point = P_ENABLE
-            if self.full and not c.irqs_off:
-                self.invariants.watchdog(c)
+            if self.observer is not None:
+                self.observer.preempt_on(c)
 
     # ----------------------------------------------------------------- spinlocks
     def _spin_lock(self, c: Cpu, task: Task, v: SpinLock) -> bool:
@@ -454,12 +619,15 @@ class Engine:
         lock.owner = c
         lock.acquired_at = c.clock
         if lock.stat == "pte":
+            if not c.ptl_held and self.observer is not None:
+                self.observer.ptl_taken(c, lock)
             c.ptl_held += 1
 
     def _spin_unlock(self, c: Cpu, task: Task, v: SpinUnlock) -> bool:
         lock = v.lock
         if lock.owner is not c:
             raise AssertionError(f"spin_unlock: {lock.name} not held by CPU {c.id}")
+        t = c.clock
         if lock.stat == "pte":
             c.ptl_held -= 1
             self.metrics.pte_lock_hold.append(c.clock - lock.acquired_at)
@@ -474,6 +642,8 @@ class Engine:
             self._granted(w, lock)
             self._push_cpu(w)
         self._preempt_dec(c)
+        if self.observer is not None and lock.stat == "pte" and not c.ptl_held:
+            self.observer.ptl_dropped(c, t)
         return True
 
     # ----------------------------------------------------------------- sleeping locks
@@ -605,6 +775,11 @@ class Engine:
 
     # ----------------------------------------------------------------- IPIs
     def _smp_call(self, c: Cpu, task: Task, v: SmpCallFunctionMany) -> bool:
+        """smp_call_function_many(): IPIs to v.targets, then wait for every ack (none to send: go on)."""
+        if not v.targets:
+            return True
+        if self.observer is not None:
+            v = self.observer.ipi(c, v)
         costs = self.costs
         c.clock += costs.ipi_send
         arrival = c.clock + costs.ipi_delivery
@@ -662,5 +837,5 @@ class Engine:
         def done(t, c=c):
             c.clock = max(c.clock, c.compute_end)
             c.state = RUNNING
-            self._run_cpu(c, self.heap[0][0] if self.heap else INF)
+            self.step(c, self.horizon())
         return done

@@ -1,5 +1,8 @@
 """kernel/fork.c: fork()'s copy of the address space, which write-protects the parent's private pages and
-must flush the parent's TLB entries that still allow writes (copy-on-write)."""
+must flush the parent's TLB entries that still allow writes (copy-on-write).
+
+It lives with the Kernel it is mixed into (policies/base.py), not in kernel/: it is built on mm/ (VMAs,
+page tables, the allocator), and kernel/ is the layer below mm/ (locks, IPIs, RCU)."""
 from __future__ import annotations
 
 from mmugather.kernel.locking import MIGHT_SLEEP, DownWrite, SpinLock, SpinUnlock, UpWrite

@@ -1,22 +1,30 @@
-"""One simulation: a machine (CPUs, memory, TLBs, IPIs), a kernel policy, and a scenario run on them."""
+"""One simulation: a machine (CPUs, memory, TLBs, IPIs), a kernel policy, and a scenario run on them.
+
+The top of the simulation layers: it builds the machine (machine/), the kernel of a policy (policies/, on
+mm/ and arch/) and the processes of a scenario (workloads/), so it imports all of them and none of them
+imports it. What a caller varies is handed in: the engine's scheduler and observers, the RNG's class, an
+observer of TLB operations (explore/ hands in its own; the defaults run free and unobserved).
+"""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
 import random
+from collections.abc import Callable, Iterable
 
 from mmugather import fastpath
 from mmugather.kernel.rcu import Rcu
 from mmugather.kernel.smp import Sleep
 from mmugather.machine.costs import DEFAULT_COSTS, Costs
-from mmugather.machine.tlb import Tlb
+from mmugather.machine.engine import Engine, EngineObserver, Scheduler
+from mmugather.machine.tlb import Tlb, TlbObserver
 from mmugather.mm.mm_types import AddressSpace, MmStruct, Vma
 from mmugather.mm.mmu_notifier import SleepingSubscriber
 from mmugather.mm.page_alloc import PGTABLE, PageAlloc
 from mmugather.report.metrics import Metrics
-from mmugather.sim.engine import Engine
 from mmugather.sim.invariants import Invariants
+from mmugather.sim.watchdog import SoftLockupWatchdog
 from mmugather.workloads import scenario as S
 from mmugather.workloads.program import Process, thread_program, vma_flags
 
@@ -38,12 +46,23 @@ def _keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 256 << 20)
 
 
+# Default bounds of one run (docs/reliability.md): a scenario that never ends in simulated time (a `sleep`
+# of 9e18 ns beside a `churn`, a `loop` of 1e12 iterations) stops with LimitExceeded naming the bound.
+# The built-in workloads end within 0.2 s of simulated time and a few million steps.
+DEFAULT_MAX_SIM_NS = 10_000_000_000        # 10 s of simulated time
+DEFAULT_MAX_STEPS = 500_000_000            # task resumptions that spend no time (returns, requests, 0 ns)
+
+
 class Simulation:
-    """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics."""
+    """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics.
+    `max_sim_ns`/`max_steps` bound the run (defaults above; None: unbounded)."""
 
     def __init__(self, scenario: S.Scenario, policy_cls, *, cpus: int | None = None, preempt: str | None = None,
                  fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None,
-                 arch: str | None = None, without_fixes=(), fast: bool = True) -> None:
+                 arch: str | None = None, without_fixes=(), fast: bool = True, scheduler: Scheduler | None = None,
+                 observers: Iterable[EngineObserver] = (), rng_class: Callable[[int], random.Random] = random.Random,
+                 tlb_observer: TlbObserver | None = None, max_sim_ns: int | None = DEFAULT_MAX_SIM_NS,
+                 max_steps: int | None = DEFAULT_MAX_STEPS) -> None:
         m = scenario.machine
         _keep_freed_memory()
         self.fast = fast       # bulk teardown where exact (fastpath/); False: every step (explore/)
@@ -59,17 +78,20 @@ class Simulation:
         self.fail_nowait = fail_nowait if fail_nowait is not None else m.fail_nowait
         self.seed = seed if seed is not None else scenario.seed
         self.costs = costs or DEFAULT_COSTS
-        self.rng = random.Random(self.seed)
+        self.rng = rng_class(self.seed)
         self.metrics = Metrics(self.ncpus)
         self.invariants = Invariants(self.metrics)
-        self.invariants.watchdog_setup(self.ncpus, m.softlockup_ns)
-        self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants)
+        # the soft-lockup watchdog (a latency invariant) watches the engine only when a threshold is set
+        self.watchdog = SoftLockupWatchdog(m.softlockup_ns, self.invariants) if m.softlockup_ns else None
+        watching = [*observers, self.watchdog] if self.watchdog is not None else observers
+        self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants, scheduler=scheduler,
+                             observers=watching, max_sim_ns=max_sim_ns, max_steps=max_steps)
         self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
         self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many,
                                self.invariants.on_free_array, self.invariants.on_free_each_array)
         self.invariants.cpus = self.engine.cpus
         self.invariants.alloc = self.alloc
-        self.tlb = Tlb(self.invariants)
+        self.tlb = Tlb(self.invariants, tlb_observer)
         self.arch = policy_cls.arches[self.arch_name](self)
         self.engine.arch = self.invariants.arch = self.arch
         self.kernel = policy_cls(self)
@@ -132,11 +154,9 @@ class Simulation:
     def run(self) -> dict:
         """Run to completion; check for leaks; return the `metrics` object."""
         # the hooks of the kernel's walks (mm/protocols.py): bulk where exact, unless every step is wanted
-        # (fast=False: explore/; a traced engine records every step). The bulk backends reproduce the stock
-        # kernels: a fix switched off, or the watchdog (which times every stretch between scheduling points),
-        # runs step by step.
-        bulk = self.fast and type(self.engine) is Engine and not self.without_fixes \
-            and not self.invariants.softlockup_ns
+        # (fast=False: explore/; an observer, such as the tracer or the watchdog, sees every step). The bulk
+        # backends reproduce the stock kernels: with a fix switched off, the run goes step by step.
+        bulk = self.fast and not self.engine.observers and not self.without_fixes
         hooks = fastpath.backends(type(self.kernel), self.arch) if bulk else fastpath.STEP
         self.kernel.use_backends(hooks.zap, hooks.tables, hooks.release)
         end = self.engine.run()

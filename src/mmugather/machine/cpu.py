@@ -1,0 +1,150 @@
+"""A simulated CPU and the task it runs: the state the engine (machine/engine.py) steps.
+
+A task is a generator on a call stack (`Task.stack`): the engine resumes the top frame, pushes a generator
+the frame yields (a call) and pops a frame that returns. `FrameStack` is that stack when someone watches
+it: it counts how often each frame has been resumed (explicit program state for the explorer's
+fingerprints) and tells listeners (the tracer) of each push and pop. Unwatched runs keep a plain list.
+"""
+from __future__ import annotations
+
+from collections import deque
+from types import GeneratorType
+from typing import Any, Protocol
+
+from mmugather.kernel.sched import P_PLAIN, TLBSTATE_OK
+
+# CPU states
+RUNNING, SPINNING, IPI_WAIT, COMPUTE, IDLE = range(5)
+
+
+class TaskContractError(TypeError):
+    """A task broke the engine's contract: its body is not a generator, or it yielded something that is
+    neither an int (nanoseconds, >= 0), a generator (a call) nor a request (kernel/locking.py,
+    kernel/smp.py). The message names the task and what it yielded."""
+
+
+class StackListener(Protocol):
+    """Told of each frame pushed on or popped off a watched task's stack (the engine's clock is the CPU's)."""
+
+    def pushed(self, stack: FrameStack, gen: GeneratorType) -> None: ...
+
+    def popped(self, stack: FrameStack, gen: GeneratorType) -> None: ...
+
+
+class FrameStack(list):
+    """A task's call stack that counts, per frame, the times it was resumed (`steps`, parallel to the
+    frames), and tells `listeners` of every push and pop. A pushed frame counts 1 (the engine resumes it at
+    once); a pop counts one more for the caller (resumed with the return value); `resumed()` counts the
+    resumption of the top frame at the start of a step (the controlled scheduler calls it)."""
+
+    __slots__ = ("task", "steps", "listeners")
+
+    def __init__(self, frames, task: Task) -> None:
+        super().__init__(frames)
+        self.task = task
+        self.steps = [0] * len(frames)
+        self.listeners: list[StackListener] = []
+
+    def append(self, gen) -> None:
+        list.append(self, gen)
+        self.steps.append(1)
+        for listener in self.listeners:
+            listener.pushed(self, gen)
+
+    def pop(self):  # type: ignore[override]
+        gen = list.pop(self)
+        steps = self.steps
+        steps.pop()
+        if steps:
+            steps[-1] += 1
+        for listener in self.listeners:
+            listener.popped(self, gen)
+        return gen
+
+    def resumed(self) -> None:
+        """The engine resumes the top frame (a new step of the task)."""
+        self.steps[-1] += 1
+
+
+class Task:
+    """struct task_struct, as much as the engine needs: a generator pinned to one CPU."""
+
+    __slots__ = ("tid", "name", "cpu", "stack", "send", "mm", "process", "in_kernel", "kind", "alive",
+                 "compute_left", "woken_at", "blocked_on", "sleep_token", "retval")
+
+    def __init__(self, tid: int, name: str, cpu: int, kind: str, mm=None, process=None) -> None:
+        self.tid = tid
+        self.name = name
+        self.cpu = cpu
+        self.kind = kind          # "user" or "latency" (a kernel thread: no mm of its own)
+        self.mm = mm              # current->mm: None for kernel threads and after exit_mm()
+        self.process = process
+        self.in_kernel = False
+        self.alive = True
+        self.compute_left = 0
+        self.woken_at = -1
+        self.blocked_on: Any = None
+        self.sleep_token = 0
+        self.stack: list = []
+        self.send = None
+        self.retval = None
+
+    def start(self, gen) -> None:
+        """Give the task its body; a body that is not a generator breaks the engine's contract."""
+        if gen.__class__ is not GeneratorType:
+            raise TaskContractError(f"task {self}: its body must be a generator, got {type(gen).__name__} "
+                                    f"{gen!r:.80}")
+        self.stack = [gen]
+        self.send = gen.send
+
+    def watch(self) -> FrameStack:
+        """The task's stack as a FrameStack (made one on first use); returns it."""
+        if not isinstance(self.stack, FrameStack):
+            self.stack = FrameStack(self.stack, self)
+        return self.stack
+
+    def __repr__(self) -> str:
+        return f"{self.name}[{self.tid}]"
+
+
+class Cpu:
+    """One simulated CPU: its clock, current task, preempt_count, pending IPIs and TLB.
+
+    The TLB holds translations of `loaded_mm` only (x86 without PCID: loading CR3 flushes it):
+    `tlb` maps a virtual page number to pfn*2 + writable, `pwc` (the paging-structure cache) maps
+    addr >> PMD_SHIFT to the PTE table a walk last went through.
+    """
+
+    __slots__ = ("id", "clock", "curr", "runqueue", "latency_task", "state", "token", "preempt_count",
+                 "irqs_off", "need_resched", "pending", "attention", "point", "tlb", "pwc", "loaded_mm",
+                 "active_mm", "tlbstate", "dangling", "preempt_off_since", "ptl_held", "compute_end",
+                 "ipi_wait_until", "ipi_acks_left", "per_cpu", "slice_armed", "horizon")
+
+    def __init__(self, cpu_id: int) -> None:
+        self.id = cpu_id
+        self.clock = 0
+        self.curr: Task | None = None     # None: the idle task runs (state IDLE)
+        self.runqueue: deque[Task] = deque()
+        self.latency_task: Task | None = None
+        self.state = IDLE
+        self.token = 0
+        self.preempt_count = 0
+        self.irqs_off = 0
+        self.need_resched = False
+        self.pending: list = []           # heap of (arrival, seq, func, sender) IPIs
+        self.attention = False
+        self.point = P_PLAIN
+        self.tlb: dict[int, int] = {}
+        self.pwc: dict[int, Any] = {}
+        self.loaded_mm: Any = None        # the mm CR3 points to; None is init_mm (swapper_pg_dir)
+        self.active_mm: Any = None        # cpu_tlbstate.active_mm
+        self.tlbstate = TLBSTATE_OK
+        self.dangling: set[int] = set()   # pfns freed while this CPU's TLB or PWC still maps them
+        self.preempt_off_since = 0
+        self.ptl_held = 0
+        self.compute_end = 0
+        self.ipi_wait_until = 0
+        self.ipi_acks_left = 0
+        self.per_cpu: dict = {}           # DEFINE_PER_CPU storage used by the modelled kernel
+        self.slice_armed = False
+        self.horizon: float = -1          # set by Engine._run_cpu: the time of the next event on the queue
