@@ -51,7 +51,8 @@ def main(quick: bool) -> None:
             proof = time.perf_counter() - t
             entry.update(seconds_fixed_clean=round(proof, 3), fixed_clean=clean.violation is None and clean.covered,
                          fixed_executions=clean.executions)
-            line += f"; fixed clean at {bug.max_preemptions} preemptions in {proof:.2f} s ({clean.executions:,} executions)"
+            line += (f"; fixed clean at {bug.max_preemptions} preemptions in {proof:.2f} s "
+                     f"({clean.executions:,} executions)")
         out["bugs"][bug.name] = entry
         print(line, flush=True)
     print(json.dumps(out))

@@ -52,8 +52,9 @@ def _case(op: str, gib: int, policy: str, runs: int, fast: bool) -> dict:
         gc.collect()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ptes = m["pages_unmapped"]
-    return {"ptes": ptes, "pages_per_s": ptes / statistics.median(wall), "cpu_pages_per_s": ptes / statistics.median(cpu),
-            "resident_pages": gib << 18, "rss0": rss0, "peak_rss": peak}
+    return {"ptes": ptes, "pages_per_s": ptes / statistics.median(wall),
+            "cpu_pages_per_s": ptes / statistics.median(cpu), "resident_pages": gib << 18, "rss0": rss0,
+            "peak_rss": peak}
 
 
 def main() -> None:
@@ -63,7 +64,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7, help="runs per case below 64 GiB (one at 64 GiB and above)")
     ap.add_argument("--kernel-runs", type=int, default=5)
     ap.add_argument("--steps", action="store_true",
-                    help="step by step (Simulation(fast=False), the explorer's reference path) instead of the fast path")
+                    help="step by step (Simulation(fast=False), the explorer's reference path) "
+                         "instead of the fast path")
     ap.add_argument("--case", nargs=5, metavar=("OP", "GIB", "POLICY", "RUNS", "FAST"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.case:
@@ -107,7 +109,8 @@ def main() -> None:
     print(f"host memory per resident page at {top} GiB: {worst[0]:.1f} B ({worst[1]:.1f} B with the interpreter), "
           f"worst run {worst[2]}")
     print(json.dumps({"kernel_pages_per_s": round(kernel),
-                      "sim": {p: {"pages_per_s": round(r), "ratio": round(r / kernel, 2)} for p, (r, _) in slowest.items()},
+                      "sim": {p: {"pages_per_s": round(r), "ratio": round(r / kernel, 2)}
+                              for p, (r, _) in slowest.items()},
                       "bytes_per_resident_page": round(worst[0], 2)}))
 
 

@@ -2,8 +2,9 @@
 that is neither time, a call nor a request, and negative time; bounds on simulated time and on steps."""
 import pytest
 
-from mmugather.kernel.locking import PREEMPT_DISABLE, PREEMPT_ENABLE
+from mmugather.kernel.locking import LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE, PREEMPT_DISABLE, PREEMPT_ENABLE
 from mmugather.kernel.rcu import Rcu
+from mmugather.kernel.smp import Sleep
 from mmugather.machine.costs import Costs
 from mmugather.machine.cpu import FrameStack, TaskContractError
 from mmugather.machine.engine import DeadlockError, Engine, EngineObserver, LimitExceeded
@@ -167,3 +168,33 @@ def test_an_unobserved_engine_keeps_plain_stacks_and_steps_in_the_loop_itself():
 
 def iter_body():
     yield 1
+
+
+def test_tick_hooks_run_every_tick_on_a_busy_cpu_only_with_interrupts_on():
+    """Engine.on_tick: ticks at multiples of TICK_NS while the CPU runs a task; the tick at 4 ms finds
+    interrupts off and is dropped; the CPU sleeps from 10 ms to 30 ms, so its tick stops (NO_HZ_IDLE) and
+    starts again at the first multiple after it wakes."""
+    e = engine()
+    ticks = []
+    e.on_tick(lambda c: ticks.append((c.id, e.now)))
+    ms = 1_000_000
+
+    def body():
+        yield LOCAL_IRQ_DISABLE
+        for _ in range(50):
+            yield ms // 10                    # 0..5 ms, interrupts off
+        yield LOCAL_IRQ_ENABLE
+        for _ in range(50):
+            yield ms // 10                    # 5..10 ms
+        yield Sleep(20 * ms)
+        for _ in range(50):
+            yield ms // 10                    # 30..35 ms
+    e.spawn("t", 0, "user", lambda c, task: body())
+    e.run()
+    assert e.TICK_NS == 4 * ms
+    assert ticks == [(0, 8 * ms), (0, 32 * ms)]
+
+
+def test_a_tick_hook_must_be_callable():
+    with pytest.raises(TypeError, match="on_tick"):
+        engine().on_tick(None)

@@ -6,6 +6,7 @@ Slow: run with `-m slow tests/test_fuzz_inputs.py`; MMUGATHER_FUZZ_SCALE multipl
 import json
 import os
 import tomllib
+from pathlib import Path
 
 import click
 import pytest
@@ -42,7 +43,8 @@ def invoke(args: list[str]) -> tuple[int, str]:
 
     from mmugather.cli import main
     runner = CliRunner()
-    r = runner.invoke(main, args, standalone_mode=False, catch_exceptions=True)
+    with runner.isolated_filesystem():          # output paths the fuzzer names land in a temporary directory
+        r = runner.invoke(main, args, standalone_mode=False, catch_exceptions=True)
     e = r.exception
     if e is None or isinstance(e, SystemExit):
         return (e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 0), r.output
@@ -51,9 +53,11 @@ def invoke(args: list[str]) -> tuple[int, str]:
     raise e
 
 
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "munmap-race.toml")
 WORDS = ["small", "exit-1g", "munmap:3", "munmap:-1", "wis:tlb_flush2:threads:2:0", "snapshot:nope", "bogus",
          "x86", "x86,bogus", "arm64", "ppc64", "3.0", "6.18", "2.6.39", "3.0,3.0", "", ",", "-1", "0", "1", "2",
-         "99999999999999999999", "1e9", "nan", "/proc/x", "/dev/full", "/tmp", "/nonexistent/x", "tests/plugins/misbehaving.py:YieldsStr",
+         "99999999999999999999", "1e9", "nan", "/proc/x", "/dev/full", "/tmp", "/nonexistent/x",
+         f"{Path(__file__).resolve().parent / 'plugins' / 'misbehaving.py'}:YieldsStr",
          "none", "full", "0.5", "1.5", "8GiB", "1", "lots", "--json", "exit", "munmap-largest", "python"]
 OPTIONS = {
     "compare": ["--workload", "--policies", "--cpus", "--preempt", "--fail-nowait", "--seed", "--costs", "--arch",
@@ -71,7 +75,7 @@ def argv(draw):
     cmd = draw(st.sampled_from(sorted(OPTIONS)))
     args = [cmd]
     if cmd in ("run", "explore", "replay", "sweep"):
-        args.append(draw(st.sampled_from(WORDS + ["examples/munmap-race.toml", "nope.toml"])))
+        args.append(draw(st.sampled_from(WORDS + [EXAMPLE, "nope.toml"])))
     for _ in range(draw(st.integers(0, 4))):
         opt = draw(st.sampled_from(OPTIONS[cmd] + ["--bogus"])) if OPTIONS[cmd] else "--json"
         args += [opt, draw(st.sampled_from(WORDS))]

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from mmugather.errors import InputError
 from mmugather.explore.session import coverage_sentence, replay_document, run_search, target_spec, write_replay
@@ -29,7 +29,8 @@ from mmugather.policies.base import Kernel
 from mmugather.policies.plugins import PluginError, plugin_guard
 from mmugather.report.table import run_labels
 from mmugather.sweep import flatten_metrics, load_results as _load_rows, run_sweep
-from mmugather.sim.simulation import DEFAULT_MAX_SIM_NS, DEFAULT_MAX_STEPS, Simulation  # the one place the API imports the engine's entry point
+# the one place the API imports the engine's entry point
+from mmugather.sim.simulation import DEFAULT_MAX_SIM_NS, DEFAULT_MAX_STEPS, Simulation
 from mmugather.workloads.builtin import resolve_workload
 from mmugather.workloads.scenario import Scenario, parse_scenario, with_cpus
 from mmugather.workloads.wis import ops_per_s
@@ -37,9 +38,9 @@ from mmugather.workloads.wis import ops_per_s
 if TYPE_CHECKING:
     import pandas
 
-WorkloadLike = Union[str, "os.PathLike[str]", Scenario]
-PolicyLike = Union[str, type]
-PathLike = Union[str, "os.PathLike[str]"]
+WorkloadLike = str | os.PathLike[str] | Scenario
+PolicyLike = str | type[Kernel]
+PathLike = str | os.PathLike[str]
 SNAPSHOT_VARIANTS = ("exit", "munmap-largest")
 
 
@@ -59,7 +60,7 @@ def resolve_scenario(workload: WorkloadLike | None = None, *, snapshot: PathLike
     return parse_scenario(snapshot_to_scenario(snap, variant, cpus), f"snapshot {snapshot}")
 
 
-def resolve_policy(policy: PolicyLike) -> type:
+def resolve_policy(policy: PolicyLike) -> type[Kernel]:
     """The policy class: a built-in name, a plugin spec, or a Kernel subclass that names an arch."""
     if isinstance(policy, str):
         return get_policy(policy)
@@ -72,7 +73,7 @@ def resolve_policy(policy: PolicyLike) -> type:
     return policy
 
 
-def policy_name(cls: type) -> str:
+def policy_name(cls: type[Kernel]) -> str:
     """How results name a policy: its own `name`, else (a class written in a notebook) its class name."""
     return cls.__dict__.get("name") or cls.__name__
 
@@ -87,13 +88,14 @@ def _arch_list(arch: str | Sequence[str] | None) -> list[str] | None:
     return arches
 
 
-def policy_arches(classes: list[type], arch: str | Sequence[str] | None) -> list[tuple[type, str | None]]:
+def policy_arches(classes: list[type[Kernel]], arch: str | Sequence[str] | None
+                  ) -> list[tuple[type[Kernel], str | None]]:
     """(policy class, arch or None for its first) for each run of a comparison: with arches given, each
     policy on each of them it supports (arm64 did not exist before Linux 3.7, so 2.6.39 runs on x86 only)."""
     arches = _arch_list(arch)
     if arches is None:
         return [(cls, None) for cls in classes]
-    pairs = []
+    pairs: list[tuple[type[Kernel], str | None]] = []
     for cls in classes:
         mine = [a for a in arches if a in cls.arches]
         if not mine:
@@ -166,7 +168,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """What `mmugather compare --json` prints."""
-        runs = []
+        runs: list[dict[str, Any]] = []
         for r in self.runs:
             runs.append({"policy": r.policy, "arch": r.arch, "metrics": r.metrics})
             if r.known_bug:
@@ -195,7 +197,7 @@ class Comparison:
 
 
 @contextmanager
-def _bounded(scenario: Scenario, cls: type) -> Iterator[None]:
+def _bounded(scenario: Scenario, cls: type[Kernel]) -> Iterator[None]:
     """A run that passes its simulated-time or step bound becomes an InputError naming the bound."""
     try:
         yield
@@ -205,7 +207,7 @@ def _bounded(scenario: Scenario, cls: type) -> Iterator[None]:
                          f"{option} raises the bound)") from None
 
 
-def _simulate(scenario: Scenario, cls: type, trace: list | None, **kw) -> Run:
+def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, **kw) -> Run:
     """Build and run one Simulation (traced into `trace` when given, as the next process of the file)."""
     with plugin_guard(cls), _bounded(scenario, cls):
         sim = Simulation(scenario, cls, **kw)
@@ -232,6 +234,7 @@ def _start_trace(path: PathLike | None) -> list | None:
 
 def _save_trace(traces: list | None, path: PathLike | None) -> None:
     if traces is not None:
+        assert path is not None, "traces are kept only when a path is given"
         from mmugather.sim.tracing import save_traces
         save_traces(traces, os.fspath(path))
 
@@ -324,7 +327,7 @@ class Exploration:
                 "arch": self.arch, **self.report, "replay_file": self.replay_file}
 
 
-def _replay_spec(policy: PolicyLike, cls: type) -> str:
+def _replay_spec(policy: PolicyLike, cls: type[Kernel]) -> str:
     """The policy as a replay file names it: a plugin file by absolute path, a class by its file."""
     if isinstance(policy, str):
         if policy.partition(":")[0].endswith(".py"):

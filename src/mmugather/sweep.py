@@ -84,7 +84,8 @@ class Grid(_Strict):
     seeds: Annotated[list[int], WithJsonSchema(_SEEDS_SCHEMA)] = Field(min_length=1, description=(
         "one run per seed: a list, or `{from = A, to = B}` for A..B, both included"))
     arch: list[str] = Field(["x86"], min_length=1, description=(
-        "architectures (x86, x86-kvm, arm64, ppc64, ppc64-radix); pairs whose kernel did not support the arch are left out"))
+        "architectures (x86, x86-kvm, arm64, ppc64, ppc64-radix); pairs whose kernel did not support the arch are "
+        "left out"))
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -231,7 +232,7 @@ def _where(loc: tuple) -> str:
     return "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".") or "(top level)"
 
 
-def load_sweep(path: str | Path) -> tuple[Grid, dict[str, Scenario]]:
+def load_sweep(path: str | os.PathLike[str]) -> tuple[Grid, dict[str, Scenario]]:
     """Read and validate a sweep file; also load each workload (a built-in name, or a scenario file path
     relative to the sweep file; a CPU count below a workload's folds its threads: see with_cpus). Problems are
     one InputError line."""
@@ -436,7 +437,7 @@ def _read_grid(d: Path) -> tuple[Grid, dict[str, str]]:
         raise InputError(f"{d / GRID}: not a sweep grid; the file is damaged") from None
 
 
-def load_results(out_dir: str | Path) -> list[dict]:
+def load_results(out_dir: str | os.PathLike[str]) -> list[dict]:
     """The rows of the last sweep run in `out_dir`, in the grid's point order (rows of points no longer in
     its grid are left out)."""
     d = Path(out_dir)
@@ -472,8 +473,8 @@ class _Rate(ProgressColumn):
         return Text(f"{task.speed:.1f} points/s" if task.speed else "- points/s")
 
 
-def run_sweep(sweep_file: str | Path, out_dir: str | Path, *, executor: str = "local", workers: int | None = None,
-              resume: bool = False, chunk: int | None = None, progress: bool = True,
+def run_sweep(sweep_file: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, executor: str = "local",
+              workers: int | None = None, resume: bool = False, chunk: int | None = None, progress: bool = True,
               max_memory: int | None = None) -> dict:
     """Run every point of `sweep_file` not yet in OUT_DIR/results.jsonl, appending each chunk's rows (one
     JSON object a line, sorted keys) and syncing them to disk as the chunk finishes. Without `resume`,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -194,7 +195,7 @@ def workloads(as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def policies(as_json) -> None:
     """List the built-in policies and the kernel source each follows."""
-    rows = [{"name": c.name, "version": c.version, "arches": list(c.arches), "source": c.source,
+    rows: list[dict[str, Any]] = [{"name": c.name, "version": c.version, "arches": list(c.arches), "source": c.source,
              "fixes": {n: {"commits": f[0], "what": f[1]} for n, f in c.fixes.items()}}
             for c in POLICIES.values()]
     if as_json:

@@ -21,7 +21,8 @@ def check_output_file(option: str, path: str | None) -> None:
         raise InputError(f"{option}: cannot write {path}: not a regular file")
     parent = p.parent
     if not parent.is_dir():
-        raise InputError(f"{option}: cannot write {path}: {'no such directory' if not parent.exists() else 'its parent is not a directory'}: {parent}")
+        why = "no such directory" if not parent.exists() else "its parent is not a directory"
+        raise InputError(f"{option}: cannot write {path}: {why}: {parent}")
     _try_write(option, p)
 
 

@@ -39,6 +39,7 @@ def sweep(sweep_file, out_dir, executor, workers, chunk, resume, html_file, as_j
         click.echo(f"mmugather sweep: interrupted; {kept} finished points kept in {out_dir}/{RESULTS} "
                    f"(run again with --resume to go on)", err=True)
         sys.exit(130)
+    assert results.ran is not None and results.skipped is not None, "sweep() counts what it ran and skipped"
     summary = {"points": results.ran + results.skipped, "skipped": results.skipped, "ran": results.ran}
     if html_file:
         results.write_html(html_file)

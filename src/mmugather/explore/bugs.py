@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from mmugather.errors import InputError
 from mmugather.explore import search
@@ -303,7 +304,7 @@ def run_bug(bug: Bug, *, max_preemptions: int | None = None, budget: int | None 
     {"name", "commits", "buggy": {...}, "fixed": {...}, "ok"}."""
     k = bug.max_preemptions if max_preemptions is None else max_preemptions
     n = bug.budget if budget is None else budget
-    out = {"name": bug.name, "commits": list(bug.commits), "year": bug.year, "title": bug.title}
+    out: dict[str, Any] = {"name": bug.name, "commits": list(bug.commits), "year": bug.year, "title": bug.title}
     for key, fixed in (("buggy", False), ("fixed", True)):
         target = bug.variant(fixed)
         t0 = time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from mmugather.explore.controlled import StepError
 from mmugather.machine.engine import DeadlockError
@@ -50,6 +51,13 @@ def preemption_cost(x: int, enabled: list[int], last: int | None, yielded: bool)
 def independent(f, g) -> bool:
     """Two step footprints (read mask, write mask) that commute: neither writes what the other touches."""
     return not (f[1] & (g[0] | g[1]) or g[1] & f[0])
+
+
+class Target(Protocol):
+    """What a search explores (explore/target.py's KernelTarget): each build() is a fresh machine whose
+    engine's scheduler is a Controlled, ready to run."""
+
+    def build(self) -> Any: ...
 
 
 @dataclass
@@ -163,7 +171,7 @@ def to_deviations(target, trace: list[int]) -> list[list[int]]:
     def choose(enabled):
         i, a = next(steps, (None, None))
         if i is not None and a != default_choice(enabled, ctl.last_task, ctl.yielded):
-            out.append([i, a])
+            out.append([i, a])  # type: ignore[list-item]  # a: the trace's actor, as i is not None
         return a
     run_machine(m, choose)
     return out
@@ -193,7 +201,7 @@ class _Node:
 class _Exhaustive:
     """What the executions of one exhaustive search share: the bounds, the queues of branches by
     preemptions used (`levels`), the states seen and the result."""
-    target: object
+    target: Target
     res: Result
     clock: _Clock
     max_preemptions: int
@@ -484,7 +492,7 @@ def shrink(target, schedule: list[list[int]], kind: str, *, max_steps: int = 100
         size = len(devs)
         chunks = [devs[i * size // n:(i + 1) * size // n] for i in range(n)]
         reduced = False
-        for i, chunk in enumerate(chunks):
+        for chunk in chunks:
             if chunk and fails(chunk):
                 devs, n, reduced = chunk, 2, True
                 break

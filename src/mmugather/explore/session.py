@@ -46,7 +46,7 @@ def run_search(target, *, strategy: str = "exhaustive", max_preemptions: int = 2
         "pruned": res.pruned, "longest": res.max_depth_seen, "seconds": round(res.seconds, 3),
         "violation": res.violation, "schedule": None, "story": None, "stale_use": None,
     }
-    if res.violation is None:
+    if res.violation is None or res.trace is None:      # (a violation comes with its trace)
         return report
     schedule = search.to_deviations(target, res.trace)
     report["found_schedule_length"] = len(schedule)

@@ -16,6 +16,7 @@ from array import array
 from collections import deque
 from operator import attrgetter
 from types import CodeType, FunctionType, GeneratorType, MethodType
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -59,7 +60,7 @@ class Fingerprinter:
         for t in eng.tasks.values():
             memo[id(t)] = ("task", t.tid)
         enc = self._enc
-        parts = []
+        parts: list[tuple[Any, ...]] = []
         for c in eng.cpus:
             parts.append((
                 c.curr.tid if c.curr else 0, tuple(t.tid for t in c.runqueue), c.state, c.preempt_count,
@@ -100,7 +101,8 @@ def _seq(enc, x, memo):
 
 
 def _dict(enc, x, memo):
-    return tuple([(k if k.__class__ in _ATOM_SET else memo.get(id(k)) or enc(k, memo), v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo))
+    return tuple([(k if k.__class__ in _ATOM_SET else memo.get(id(k)) or enc(k, memo),
+                   v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo))
                   for k, v in x.items()])
 
 
@@ -148,7 +150,7 @@ def _encoder_for(cls: type):
     name = cls.__name__
 
     def obj(enc, x, memo):
-        out = [name]
+        out: list[Any] = [name]
         if get is not None:
             vals = (get(x),) if single else get(x)
             out += [v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo) for v in vals]
@@ -171,7 +173,7 @@ def simulation_fingerprinter(sim) -> Fingerprinter:
     def frames_and_rng() -> tuple:
         return (hash(alloc.refcount.tobytes()), hash(alloc.mapcount.tobytes()), hash(alloc.kind.tobytes()),
                 tuple(alloc.nr_used), tuple(rcu.qs),
-                hash(rng.getstate()) if rng is not None and getattr(rng, "draws", 1) else 0)
+                hash(rng.getstate()) if rng is not None and getattr(rng, "draws", True) else 0)
     singletons = [sim, sim.kernel, sim.arch, sim.costs, sim.metrics, sim.invariants, sim.tlb, rcu, alloc,
                   sim.scenario, rng]
     return Fingerprinter(sim.engine, singletons, [sim.mms, sim.processes, sim.files, rcu.pending, alloc.free_list],

@@ -8,6 +8,8 @@ default choices for a while, to show the stale entry being used (or dropped by a
 """
 from __future__ import annotations
 
+from typing import Any
+
 from mmugather.explore.search import default_choice, run_machine
 from mmugather.kernel.locking import (
     COND_RESCHED, DownRead, DowngradeWrite, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead,
@@ -49,12 +51,12 @@ class _Teller:
         self.max_steps = max_steps
         self.step = 0
         self.lines: list[str] = []
-        self.pending = None              # what was taken before the step in flight
+        self.pending: tuple | None = None    # what was taken before the step in flight
         self.violation_seen = False
-        self.violation_step = None
+        self.violation_step: int | None = None
         self.after = 0
         self.stale: dict[tuple[int, int], tuple[int, int]] = {}   # (cpu, vpn) -> (pfn, step freed)
-        self.stale_use = None
+        self.stale_use: dict[str, Any] | None = None
         self.ptes = self._ptes()
 
     # ------------------------------------------------------------------ the chooser

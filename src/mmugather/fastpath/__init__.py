@@ -79,10 +79,8 @@ def backends(policy_cls: type, arch: Any) -> Backends:
     for bulk_cls in BULK_BACKENDS:
         if issubclass(policy_cls, bulk_cls.reference):
             bulk = bulk_cls(arch)
-
-            def pick(on: bool, methods: frozenset[str]) -> Any:
-                return bulk if on and not overridden(policy_cls, bulk_cls.reference, methods) else STEP_BY_STEP
-            return Backends(pick(bulk.zap_on, bulk_cls.zap_reproduces),
-                            pick(bulk.tables_on, bulk_cls.tables_reproduces),
-                            pick(bulk.release_on, bulk_cls.release_reproduces))
+            hooks = ((bulk.zap_on, bulk_cls.zap_reproduces), (bulk.tables_on, bulk_cls.tables_reproduces),
+                     (bulk.release_on, bulk_cls.release_reproduces))
+            return Backends(*[bulk if on and not overridden(policy_cls, bulk_cls.reference, methods) else STEP_BY_STEP
+                              for on, methods in hooks])
     return STEP

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain, islice
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class ZapSteps:
     n: int
     last: int
     ns: int
-    pfns: object
+    pfns: Any                 # np.ndarray of int64 (None when n == 0)
     anon: int
     work: int | None
     first: int
@@ -84,8 +85,8 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
     base = c.clock + none
     last_end = base + c_zap * m + c_none * (int(nz[m - 1]) - (m - 1))
     if last_end >= c.horizon:
-        j = np.arange(1, m + 1, dtype=np.int64)
-        ends = base + c_zap * j + c_none * (nz[:m] - (j - 1))
+        steps = np.arange(1, m + 1, dtype=np.int64)
+        ends = base + c_zap * steps + c_none * (nz[:m] - (steps - 1))
         k = int(np.searchsorted(ends, c.horizon))       # the first step ending at or after the horizon
         m = k + 1
         last_end = int(ends[k])

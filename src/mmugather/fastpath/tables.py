@@ -145,7 +145,7 @@ class _Pass:
         lens, cnt = self.lens, self.cnt
         hold = costs.pte_zap * cnt + costs.pte_none * (lens - cnt) + ev
         cost = np.where(self.is_t, lock + hold + unlock + cond, self.none_cost)
-        if fl is not None:                              # split the tables where the gather fills
+        if fl is not None and self.cycle is not None:   # split the tables where the gather fills (fl: a cycle)
             _, first_ns, flush_ns, free_ns = self.cycle
             uf = np.searchsorted(page_end, fl, "right")     # the table of each, its entry there, its pages
             off = np.array([self.at(x) for x in fl.tolist()], dtype=np.int64) - (self.ent_end - lens)[uf]
@@ -176,7 +176,8 @@ class _Pass:
             g.tables_flushes(kernel, c, tlb, pfns, fs, self.limit, nfl)
         else:
             g.tables_add(kernel, c, tlb, pfns, fs is not None and fs.increasing)
-        after = int(fl[nfl - 1]) + 1 if nfl else 0     # the pages since the last flush reset the range
+        # the pages since the last flush reset the range
+        after = int(fl[nfl - 1]) + 1 if nfl and fl is not None else 0
         if npages > after and g.tracks_range:           # tlb_remove_tlb_entry() of each cleared PTE
             self._record_range(g, tlb, k, npages, after, nfl)
         self.run.clear(k)

@@ -173,7 +173,7 @@ class _Pass2639:
         """Run unit u (a table's lock sections, or a pmd_none step) on state us; the cost of its last
         step, or None when it cannot be run here."""
         n_u = self.lens[u]
-        self.wsum = None                                         # zap_work spent through each entry
+        self.wsum: np.ndarray | None = None                      # zap_work spent through each entry
         x = 0
         while True:
             if us.w <= 0 and not self._restart(us):             # the block ended: restart the gather

@@ -4,6 +4,7 @@ free_pmd_range()'s runs and tlb_flush_mmu()'s loop over batches. Batch pages are
 (PfnRuns): a 3.0 gather may hold every page of an address space until its one flush."""
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,8 @@ class Bulk30(BulkBackend):
         room = b.max - len(b.pages)
         if room <= 0:
             return None
-        at, ns = [], []
+        at: list[int] = []
+        ns: list[int] = []
         pos = room - 1
         while pos < npages and b.next is not None:      # batches kept from an earlier flush
             b = b.next
@@ -123,11 +125,11 @@ class Bulk30(BulkBackend):
         k = 1 + (b - a) // nmax
         frames = kernel.alloc.alloc_many(BATCH, k, GFP_NOWAIT)
         kernel.metrics.gather_memory(PAGE_SIZE * k)
-        chunks = cursor.encode_chunks(a, b, nmax) if a < b else []
+        chunks: list[tuple[array | None, int]] = [*cursor.encode_chunks(a, b, nmax)] if a < b else []
         prev = tlb.active
         chunks += [(None, 0)] * (k - len(chunks))
         for pfn, (a_, n) in zip(frames, chunks):
-            new = Batch(pfn, nmax, PfnRuns(a_, n))
+            new = Batch(pfn, nmax, PfnRuns(a_, n))  # type: ignore[arg-type]  # the page list of page_list()
             prev.next = new
             prev = new
         tlb.active = prev

@@ -41,7 +41,7 @@ def _one_page(job: dict) -> dict:
     alone = [_timed_munmap(_touched(sc.PAGE), sc.PAGE) for _ in range(job["samples"])]
     b = SecondThread("running")
     try:
-        running = []
+        running: list[int] = []
         while len(running) < job["samples"]:
             pages = [_touched(sc.PAGE) for _ in range(job["samples"] - len(running))]
             b.enter()

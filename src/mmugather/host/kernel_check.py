@@ -5,17 +5,19 @@ running, blocked or alone). The same name is measured on the host (probe.run_scr
 "TLB shootdowns" row of /proc/interrupts, per-CPU median over repeats) and resolved as the built-in
 parametric workload of that name, simulated under the policy matching the host (Linux 6.18 gather, the
 host's CPU count, and the arch whose remote flush the host's kernel uses: `x86-kvm` on a KVM guest with
-PV TLB flush, else `x86`; host/hypervisor.py detects it). A check matches when the host's per-CPU medians equal the model's
-`ipis_by_cpu`. The host places its mappings as the model's scenario does (`layout_of`), so both free the
-same page tables. Syscall times are reported side by side (host median, model `syscall_ns.max`) but are
+PV TLB flush, else `x86`; host/hypervisor.py detects it). A check matches when the host's per-CPU medians
+equal the model's `ipis_by_cpu`. The host places its mappings as the model's scenario does (`layout_of`), so
+both free the same page tables. Syscall times are reported side by side (host median, model `syscall_ns.max`) but are
 not part of the match.
 """
 from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mmugather.host.hypervisor import detect_arch
 from mmugather.host.interrupts import read_tlb
@@ -39,7 +41,7 @@ class Check:
         return f"{self.op}:{self.pages}:{self.second}"
 
 
-def _checks(op: str, sizes: dict[int, str], quick: set[tuple[int, str]] = frozenset()) -> list[Check]:
+def _checks(op: str, sizes: dict[int, str], quick: AbstractSet[tuple[int, str]] = frozenset()) -> list[Check]:
     """`sizes` maps a page count to the second-thread states to run it with (letters r, b, a)."""
     states = {"r": "running", "b": "blocked", "a": "alone"}
     return [Check(op, n, states[x], (n, states[x]) in quick) for n, xs in sizes.items() for x in xs]
@@ -148,6 +150,7 @@ def _timeout(layout: list[dict], repeats: int) -> float:
 
 def row(check: Check, r: ProbeResult, model: tuple[list[int], int] | None, why_no_model: str) -> dict:
     """One script's JSON row; `match` is None when the host skipped it or the model could not run."""
+    out: dict[str, Any]
     out = {"name": check.name, "status": r.status, "host_ipis_by_cpu": r.median, "model_ipis_by_cpu": None,
            "spread": r.spread, "host_ns": r.median_ns or None, "model_ns": None, "match": None}
     if r.status == "skipped":
@@ -198,7 +201,7 @@ def run_check(checks: list[Check], repeats: int = 5, costs=None, on_row=None, tr
         sim = None if why_no_model else model_simulation(c, cpus, costs, arch_name)
         layout = layout_of(sim) if sim else default_layout(c.op, c.pages)
         region = next(v for v in layout if v["role"] == "region")
-        script = Script(c.name, c.op, region["size"] // 4096, c.second)
+        script = Script(c.name, c.op, region["size"] // 4096, c.second)  # type: ignore[arg-type]  # checked there
         r = run_script(script, repeats, _timeout(layout, repeats), layout, trace_root)
         predicted = None
         if sim and r.status == "ok":

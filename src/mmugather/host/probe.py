@@ -29,7 +29,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mmugather.host import syscalls as sc
 from mmugather.host.ftrace import TlbTrace, begin_marker, end_marker, is_user_task, windows
@@ -151,6 +151,7 @@ def default_layout(op: str, pages: int) -> list[dict]:
     size = pages * sc.PAGE
     populate = (False if op == "munmap-untouched" else
                 [[off, sc.PAGE] for off in range(0, size, _SPARSE_STRIDE)] if op == "munmap-sparse" else True)
+    out: list[dict[str, Any]]
     out = [{"below_top": _GUARD_BELOW, "size": sc.PAGE, "populate": False, "writable": False, "role": "other"},
            {"below_top": size, "size": size, "populate": populate, "writable": True, "role": "region"}]
     if op == "mremap":
@@ -217,11 +218,15 @@ def measure_ipis(job: dict) -> dict:
     for v in layout:
         if v["role"] == "other":
             _map_vma(v)
-    b = SecondThread("running", busy_bytes=max(_BUSY_MIN, 16 * size)) if second == "running" else None
+    # thread B while `second` is "running" (or "blocked", until stopped): the checks below test `second`
+    b: Any = SecondThread("running", busy_bytes=max(_BUSY_MIN, 16 * size)) if second == "running" else None
     trace = TlbTrace(Path(job["trace"])).__enter__() if job.get("trace") else None
     fd = os.open("/proc/interrupts", os.O_RDONLY)
     buf_a, buf_b = bytearray(_READ_BUF), bytearray(_READ_BUF)
-    clean, dirty, discarded, cpus, attempt = [], [], 0, [], 0
+    # (IPIs taken by each CPU, ns, attempt) of each measurement, without and with thread B preempted
+    clean: list[tuple[list[int], int, int]] = []
+    dirty: list[tuple[list[int], int, int]] = []
+    discarded, cpus, attempt = 0, [], 0
     own = {os.getpid()} | ({b.tid} if b else set())        # the probe's threads (ftrace.windows)
     clock = time.perf_counter_ns
     try:

@@ -10,6 +10,9 @@ A CPU is idle when it has no current task (`Cpu.curr is None`: the idle loop, an
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class Rcu:
     """Per-CPU quiescent-state counters and the callbacks waiting for their grace period to end."""
@@ -18,9 +21,10 @@ class Rcu:
         self.cpus = cpus
         self.metrics = metrics
         self.qs = [0] * len(cpus)
-        self.pending: list[tuple[dict[int, int], object, object]] = []
+        # (the busy CPUs' counters to pass, the callback, the CPU that queued it)
+        self.pending: list[tuple[dict[int, int], Callable[[Any], object], Any]] = []
 
-    def call_rcu(self, c, func) -> None:
+    def call_rcu(self, c: Any, func: Callable[[Any], object]) -> None:
         """call_rcu(): run func(cpu) once every CPU busy now has passed a quiescent state."""
         need = {x.id: self.qs[x.id] for x in self.cpus if x.curr is not None}
         self.pending.append((need, func, c))

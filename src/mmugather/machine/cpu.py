@@ -86,7 +86,7 @@ class Task:
         self.blocked_on: Any = None
         self.sleep_token = 0
         self.stack: list = []
-        self.send = None
+        self.send: Any = None     # the running frame's generator.send, from start() on
         self.retval = None
 
     def start(self, gen) -> None:
@@ -118,7 +118,7 @@ class Cpu:
     __slots__ = ("id", "clock", "curr", "runqueue", "latency_task", "state", "token", "preempt_count",
                  "irqs_off", "need_resched", "pending", "attention", "point", "tlb", "pwc", "loaded_mm",
                  "active_mm", "tlbstate", "dangling", "preempt_off_since", "ptl_held", "compute_end",
-                 "ipi_wait_until", "ipi_acks_left", "per_cpu", "slice_armed", "horizon")
+                 "ipi_wait_until", "ipi_acks_left", "per_cpu", "slice_armed", "tick_armed", "horizon")
 
     def __init__(self, cpu_id: int) -> None:
         self.id = cpu_id
@@ -147,4 +147,5 @@ class Cpu:
         self.ipi_acks_left = 0
         self.per_cpu: dict = {}           # DEFINE_PER_CPU storage used by the modelled kernel
         self.slice_armed = False
+        self.tick_armed = False           # a scheduler_tick() is queued for this CPU (Engine.on_tick)
         self.horizon: float = -1          # set by Engine._run_cpu: the time of the next event on the queue

@@ -17,6 +17,11 @@ One engine, composed. What varies is handed in, never swapped in later:
   steps, context switches, preemption and PTE-lock spans, cond_resched()/might_sleep() points, IPIs and
   spawns. With none attached the engine calls none: `step` is `_run_cpu` itself, and the few hooks outside
   the step loop test one attribute.
+- tick hooks (`on_tick`): callbacks a design registers (a policy or its arch, from its constructor) to run
+  from sched_tick() on every busy CPU each TICK_NS. No hook registered: no tick is ever queued, so a run
+  that registers none has exactly the events it had before the seam existed.
+- design events (`note`): a design's own events (LATR's lazy invalidations, ABIS's avoided IPIs), counted
+  in the metrics' `design_events` and told to the observers (the tracer draws them).
 - bounds: `max_sim_ns` (simulated time) and `max_steps` (task resumptions in one run) end a runaway run
   with LimitExceeded naming the bound.
 Randomness lives in the workload and the allocator, drawn from one seeded `random.Random`.
@@ -46,12 +51,14 @@ from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.machine.cpu import COMPUTE, IDLE, IPI_WAIT, RUNNING, SPINNING, Cpu, Task, TaskContractError
 
 __all__ = ["PREEMPT_MODELS", "ClockOrder", "DeadlockError", "Engine", "EngineObserver", "LimitExceeded",
-           "Scheduler", "TaskContractError"]
+           "Scheduler", "TaskContractError", "TickHook"]
 
 PREEMPT_MODELS = ("none", "voluntary", "full")
 
 # a request handler: (cpu, task, request) -> True if the task goes on, False if it blocked or switched
 Handler = Callable[[Cpu, Task, Any], bool]
+# a scheduler-tick hook (Engine.on_tick): run on CPU c from sched_tick(), spending no simulated time
+TickHook = Callable[[Cpu], None]
 
 
 class DeadlockError(RuntimeError):
@@ -61,7 +68,7 @@ class DeadlockError(RuntimeError):
 class LimitExceeded(RuntimeError):
     """The run passed one of the engine's bounds: `bound` is "max_sim_ns" or "max_steps", `limit` its value."""
 
-    def __init__(self, bound: str, limit: int, detail: str) -> None:
+    def __init__(self, bound: str, limit: int | None, detail: str) -> None:
         super().__init__(f"{bound}={limit} exceeded: {detail}")
         self.bound = bound
         self.limit = limit
@@ -121,6 +128,9 @@ class EngineObserver:
         """c sends `v` (targets not empty); returns the request to send (the tracer wraps its function)."""
         return v
 
+    def event(self, c: Cpu, name: str, args: dict) -> None:
+        """A design noted event `name` on CPU c (Engine.note): e.g. a lazy invalidation."""
+
     def run_ended(self) -> None:
         """The run is over (returned or raised)."""
 
@@ -175,6 +185,10 @@ class _Observers(EngineObserver):
         for o in self.all:
             v = o.ipi(c, v)
         return v
+
+    def event(self, c, name, args):
+        for o in self.all:
+            o.event(c, name, args)
 
     def run_ended(self):
         for o in self.all:
@@ -232,6 +246,7 @@ class Engine:
     picks the steps (default ClockOrder), `observers` watch them (more with `attach`)."""
 
     TIMESLICE = 3_000_000
+    TICK_NS = 4_000_000           # TICK_NSEC at HZ=250, kernel/Kconfig.hz's default
 
     def __init__(self, ncpus: int, costs, preempt: str, metrics, invariants, *, scheduler: Scheduler | None = None,
                  observers: Iterable[EngineObserver] = (), max_sim_ns: int | None = None,
@@ -257,6 +272,7 @@ class Engine:
         self.next_tid = 1
         self.now = 0
         self.tasks: dict[int, Task] = {}
+        self.tick_hooks: list[TickHook] = []     # on_tick(); empty: no tick is ever queued
         self.max_sim_ns = max_sim_ns
         self.max_steps = max_steps
         self.steps_left = max_steps + 1 if max_steps is not None else -1    # -1: counts down forever
@@ -270,7 +286,7 @@ class Engine:
         }
         self.scheduler: Scheduler = scheduler if scheduler is not None else ClockOrder()
         if not self.scheduler.timed:
-            self._push = _no_event        # nothing is ordered by time: queue no events (picked once, here)
+            self._push = _no_event  # type: ignore[method-assign]  # nothing is ordered by time: queue no events
         self.scheduler.attach(self)
         self.handlers.update(self.scheduler.handlers(self))
         self.observers: list[EngineObserver] = []
@@ -286,8 +302,27 @@ class Engine:
         self.step = self._observed_step
         observer.attached(self)
 
-    def _observed_step(self, c: Cpu, horizon) -> None:
-        self.observer.step(c)
+    def on_tick(self, hook: TickHook) -> None:
+        """Run hook(c) from sched_tick() on every CPU c that is busy, every TICK_NS (before the run; a
+        policy or its arch registers from its constructor). The first hook starts the ticks: CPUs that
+        run a task are armed then, the others when schedule() gives them one."""
+        if not callable(hook):
+            raise TypeError(f"Engine.on_tick: {hook!r} is not callable")
+        self.tick_hooks.append(hook)
+        for c in self.cpus:
+            if c.curr is not None and not c.tick_armed:
+                self._arm_tick(c)
+
+    def note(self, c: Cpu, name: str, args: dict | None = None) -> None:
+        """A design's own event on CPU c (a lazy invalidation, a shootdown without IPIs): counted by name in
+        the run's metrics (`design_events`) and told to the observers (the tracer draws an instant)."""
+        counts = self.metrics.design_events
+        counts[name] = counts.get(name, 0) + 1
+        if self.observer is not None:
+            self.observer.event(c, name, args or {})
+
+    def _observed_step(self, c: Cpu, horizon: int) -> None:
+        self.observer.step(c)  # type: ignore[union-attr]  # attach() set the observer, then this step
         self._run_cpu(c, horizon)
 
     # ----------------------------------------------------------------- tasks
@@ -412,7 +447,7 @@ class Engine:
         """Take arrived IPIs, then preempt if the last yield was a preemption point. True if switched."""
         if c.pending and not c.irqs_off:
             self._take_irqs(c)
-        if c.need_resched and self.preemptible(c, c.curr):
+        if c.need_resched and c.curr is not None and self.preemptible(c, c.curr):
             self._preempt(c)
             return True
         c.attention = bool(c.pending) or c.need_resched
@@ -453,6 +488,8 @@ class Engine:
                 self.arch.enter_lazy_tlb(c)
             self.rcu.note_qs(c)
             return
+        if self.tick_hooks and not c.tick_armed:
+            self._arm_tick(c)
         if nxt is prev:
             c.state = RUNNING
             return
@@ -483,9 +520,30 @@ class Engine:
                 self._resched_cpu(c, t)
         self.timer(c.clock + self.TIMESLICE, tick)
 
+    def _arm_tick(self, c: Cpu) -> None:
+        """Queue c's next tick at the next multiple of TICK_NS (ticks of all CPUs are aligned, as the
+        tick_sched timers are by default: kernel/time/tick-sched.c, tick_setup_sched_timer())."""
+        c.tick_armed = True
+        self.timer((max(c.clock, self.now) // self.TICK_NS + 1) * self.TICK_NS,
+                   functools.partial(self.sched_tick, c))
+
+    def sched_tick(self, c: Cpu, t: int) -> None:
+        """kernel/sched/core.c sched_tick() (scheduler_tick() before 6.10), as far as designs see it: the
+        tick hooks run on c. An idle CPU stops its tick (NO_HZ_IDLE, tick_nohz_idle_stop_tick()) until
+        schedule() gives it a task. Model limits: a tick that finds interrupts off is dropped, not held
+        until they come back on; the tick spends no simulated time."""
+        c.tick_armed = False
+        if c.state == IDLE:
+            return
+        if not c.irqs_off:
+            for hook in self.tick_hooks:
+                hook(c)
+        self._arm_tick(c)
+
     def _preempt(self, c: Cpu) -> None:
         """preempt_schedule(): the current task goes back on the runqueue, the next one runs."""
         task = c.curr
+        assert task is not None, "preempting an idle CPU"
         if task.kind == "user":
             if c.latency_task is not None and c.latency_task.woken_at >= 0:
                 c.runqueue.appendleft(task)      # preempted by the RT task: resume first
@@ -501,6 +559,7 @@ class Engine:
             self._push_cpu(c)
         elif c.state == COMPUTE:
             task = c.curr
+            assert task is not None, "an idle CPU computing"
             task.compute_left = max(0, c.compute_end - t)
             c.clock = max(c.clock, t)
             c.runqueue.appendleft(task) if c.latency_task and c.latency_task.woken_at >= 0 else c.runqueue.append(task)

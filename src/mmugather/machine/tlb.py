@@ -2,8 +2,10 @@
 
 x86 without PCID: a CPU caches translations of the mm its CR3 points to (`Cpu.loaded_mm`) only; loading
 CR3 drops them all. Every fill and drop is reported to the invariant checker, which keeps per-frame
-reference counts so that freeing a frame checks in O(1) whether some CPU still maps it. An optional
-observer is told of every operation before it happens (the explorer counts and logs them).
+reference counts so that freeing a frame checks in O(1) whether some CPU still maps it. Observers are told
+of every operation before it happens (the explorer counts and logs them; a design may track fills the way
+hardware access bits would): one is called directly, several through a `TlbObservers` fan-out, none costs
+one test per operation.
 """
 from __future__ import annotations
 
@@ -25,12 +27,33 @@ class TlbObserver(Protocol):
     def tlb_op(self, name: str, c, args: tuple) -> None: ...
 
 
+class TlbObservers:
+    """Several TLB observers, told in the order they watch."""
+
+    def __init__(self, observers: list[TlbObserver]) -> None:
+        self.all = observers
+
+    def tlb_op(self, name: str, c, args: tuple) -> None:
+        for o in self.all:
+            o.tlb_op(name, c, args)
+
+
 class Tlb:
     """Fills and invalidations for all CPUs, keeping `inv.tlb_refs` / `inv.pwc_refs` exact."""
 
     def __init__(self, invariants, observer: TlbObserver | None = None) -> None:
         self.inv = invariants
-        self.observer = observer
+        self.observers: list[TlbObserver] = []
+        self.observer: TlbObserver | None = None
+        if observer is not None:
+            self.watch(observer)
+
+    def watch(self, observer: TlbObserver) -> None:
+        """Add an observer of every operation from now on (the simulation's, then an arch's)."""
+        if not callable(getattr(observer, "tlb_op", None)):
+            raise TypeError(f"Tlb.watch: {observer!r} has no tlb_op(name, c, args)")
+        self.observers.append(observer)
+        self.observer = observer if len(self.observers) == 1 else TlbObservers(self.observers)
 
     def fill(self, c, vpn: int, pte: int) -> None:
         """A walk found a present PTE: cache pfn*2 + writable for vpn, evicting the oldest entry if full."""

@@ -1,13 +1,14 @@
 """fs/exec.c: execve's replacement of the address space and its stack move."""
 from __future__ import annotations
 
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mm_types import VM_GROWSDOWN, VM_READ, VM_WRITE, Vma
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE
 
 STACK_TOP = 0x7FFF_FFFF_F000
 
 
-class Exec:
+class Exec(KernelPart):
     """Kernel methods of fs/exec.c (shift_arg_pages() moves the stack with mm/mremap.c's move_page_tables())."""
 
     def exec_mmap(self, c, task, new_mm):

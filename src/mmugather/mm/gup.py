@@ -11,11 +11,12 @@ an IRQs-off section holds off. The invariant checker knows which table each walk
 from __future__ import annotations
 
 from mmugather.kernel.locking import LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.page_alloc import PGTABLE
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, _PAGE_PRESENT, _PAGE_RW, pte_index
 
 
-class Gup:
+class Gup(KernelPart):
     """Kernel methods of mm/gup.c."""
 
     def get_user_pages_fast(self, c, mm, start: int, nr_pages: int, write: bool, hold_ns: int = 0):

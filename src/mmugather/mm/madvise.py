@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, UpRead
+from mmugather.mm.kernel_part import KernelPart
 
 
-class Madvise:
+class Madvise(KernelPart):
     """Kernel methods of mm/madvise.c."""
 
     def sys_madvise_dontneed(self, c, task, start: int, length: int):

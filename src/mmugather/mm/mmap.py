@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, MIGHT_SLEEP, DownRead, DownWrite, UpRead, UpWrite
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.memory import TlbRef
 from mmugather.mm.mm_types import VM_ACCOUNT, Vma
 from mmugather.mm.pgtable import PAGE_SIZE, PMD_SIZE, ULONG_MASK
@@ -10,7 +11,7 @@ FIRST_USER_ADDRESS = 0
 MMAP_BASE = 0x7F00_0000_0000          # mm->mmap_base below the stack gap (no randomisation)
 
 
-class Mmap:
+class Mmap(KernelPart):
     """Kernel methods of mm/mmap.c."""
 
     thp_align_anon = False     # v6.7+ aligns PMD-multiple anonymous mappings (thp_get_unmapped_area)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mmugather.kernel.locking import MIGHT_SLEEP
 from mmugather.kernel.smp import Sleep
+from mmugather.mm.kernel_part import KernelPart
 
 
 class SleepingSubscriber:
@@ -21,7 +22,7 @@ class SleepingSubscriber:
         self.invalidations = 0
 
 
-class MmuNotifier:
+class MmuNotifier(KernelPart):
     """Kernel methods of mm/mmu_notifier.c (include/linux/mmu_notifier.h)."""
 
     def mmu_notifier_invalidate_range_start(self, c, mm, start: int, end: int):

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import MIGHT_SLEEP, DownWrite, SpinLock, SpinUnlock, UpWrite
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mm_types import VM_READ, VM_WRITE
 from mmugather.mm.pgtable import PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_PRESENT, _PAGE_RW, addr_end, pte_index
 
 PROT = {"none": 0, "r": VM_READ, "rw": VM_READ | VM_WRITE}
 
 
-class Mprotect:
+class Mprotect(KernelPart):
     """Kernel methods of mm/mprotect.c, v2.6.39/v3.0: change_protection() then one flush_tlb_range()."""
 
     def sys_mprotect(self, c, task, start: int, length: int, prot: str):

@@ -11,11 +11,12 @@ Three generations of move_ptes():
 from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, MIGHT_SLEEP, DownWrite, SpinLock, SpinUnlock, UpWrite
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mm_types import Vma
 from mmugather.mm.pgtable import PAGE_SIZE, PMD_SHIFT, PMD_SIZE, addr_end, pmd_index, pte_index
 
 
-class Mremap:
+class Mremap(KernelPart):
     """Kernel methods of mm/mremap.c. `mremap_flush` says where move_ptes() flushes: "per-pte" (v3.0),
     "after-unlock" (v3.7-v4.19) or "before-unlock" (v4.20+)."""
 

@@ -267,11 +267,15 @@ class FrameSpan:
     `increasing` when the array is sorted."""
 
     __slots__ = ("lo", "hi", "mask", "increasing")
+    lo: int
+    hi: int
+    mask: np.ndarray | None
+    increasing: bool
 
     DENSE = 8           # use a mask over the span when it is at most this many times the frames
 
     @classmethod
-    def of(cls, pfns: np.ndarray) -> "FrameSpan | None":
+    def of(cls, pfns: np.ndarray) -> FrameSpan | None:
         """The span of pfns, or None when some frame occurs twice."""
         fs = cls()
         n = len(pfns)

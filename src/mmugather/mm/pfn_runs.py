@@ -238,7 +238,7 @@ class RunCursor:
         self.ends = np.cumsum(lens)
 
     @classmethod
-    def of(cls, pfns: np.ndarray) -> "RunCursor":
+    def of(cls, pfns: np.ndarray) -> RunCursor:
         return cls(*runs_of(pfns))
 
     def take(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

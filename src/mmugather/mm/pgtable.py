@@ -7,6 +7,7 @@ is backed by a real frame from the allocator (kind PGTABLE), so freeing one is o
 from __future__ import annotations
 
 from array import array
+from typing import Any
 
 from mmugather.kernel.locking import Spinlock
 
@@ -67,7 +68,7 @@ class DirTable:
 
     def __init__(self, pfn: int) -> None:
         self.pfn = pfn
-        self.entries: dict[int, object] = {}
+        self.entries: dict[int, Any] = {}      # DirTable below a PGD or PUD, PteTable below a PMD
 
 
 def pgd_index(addr: int) -> int:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from mmugather.kernel.locking import (
     DownRead, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead, UpWrite,
 )
+from mmugather.mm.kernel_part import KernelPart
 
 
-class Rmap30:
+class Rmap30(KernelPart):
     """Linux 3.0: i_mmap_mutex and anon_vma->mutex."""
 
     def i_mmap_lock_write(self, c, mapping):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from mmugather.kernel.locking import (
     COND_RESCHED, MutexLock, MutexUnlock, SpinLock, SpinUnlock, spin_needbreak,
 )
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE
 
 
@@ -35,7 +36,7 @@ class ZapDetails2639:
         self.truncate_count = 0
 
 
-class Truncate:
+class Truncate(KernelPart):
     """Kernel methods of mm/truncate.c and unmap_mapping_range(), Linux 3.0 (the default)."""
 
     def do_truncate(self, c, task, mapping, new_size: int):

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import DowngradeWrite, UpRead
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mmap import FIRST_USER_ADDRESS
 
 USER_PGTABLES_CEILING = 0
 
 
-class VmaOps618:
+class VmaOps618(KernelPart):
     """Kernel methods of mm/vma.c, Linux v6.18."""
 
     def do_vmi_align_munmap(self, c, mm, start: int, end: int, unlock: bool):
         """do_vmi_align_munmap() -> vms_gather_munmap_vmas() (split at the edges, detach) and
         vms_complete_munmap_vmas(): downgrade mmap_lock to read when `unlock`, vms_clear_ptes()
-        (whose free_pgtables() unlinks the VMAs from the rmap), mmap_read_unlock(). Returns whether mmap_lock was released."""
+        (whose free_pgtables() unlinks the VMAs from the rmap), mmap_read_unlock(). Returns whether mmap_lock was
+        released."""
         detached, prev, nxt = self.detach_vmas(mm, start, end)
         if not detached:
             return False

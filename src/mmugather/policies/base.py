@@ -39,6 +39,7 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
     arches: Mapping[str, Callable[[Board], Arch[Any]]] = {}
     # fix switches: name -> (commits, what the fix does). `--without-fix NAME` models the kernel before it.
     fixes: dict[str, tuple[str, str]] = {}
+    _plugin_spec: str     # a plugin class's MODULE:CLASS or FILE.py:CLASS, set by plugins.load_policy
 
     def __init__(self, machine) -> None:
         unknown = sorted(set(machine.without_fixes) - set(self.fixes))

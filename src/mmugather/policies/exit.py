@@ -3,8 +3,10 @@
 Like policies/fork.py it sits above mm/ (mmput() ends in exit_mmap()), with the Kernel it is mixed into."""
 from __future__ import annotations
 
+from mmugather.mm.kernel_part import KernelPart
 
-class Exit:
+
+class Exit(KernelPart):
     """Kernel methods of kernel/exit.c (exit_mm) and kernel/fork.c (mmput)."""
 
     def exit_mm(self, c, task):

@@ -6,12 +6,13 @@ page tables, the allocator), and kernel/ is the layer below mm/ (locks, IPIs, RC
 from __future__ import annotations
 
 from mmugather.kernel.locking import MIGHT_SLEEP, DownWrite, SpinLock, SpinUnlock, UpWrite
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_SHARED, VM_WRITE, Vma
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PMD_SIZE, _PAGE_RW, pte_index
 
 
-class Fork:
+class Fork(KernelPart):
     """Kernel methods of kernel/fork.c (dup_mm, dup_mmap) and copy_page_range() of mm/memory.c."""
 
     def sys_fork(self, c, task):

@@ -42,7 +42,7 @@ class Linux618(Gather618, Memory618, Madvise618, Mmap618, VmaOps618, Mprotect618
     move_pmd = True               # x86 and arm64 select HAVE_MOVE_PMD
 
     @property
-    def mremap_flush(self) -> str:
+    def mremap_flush(self) -> str:  # type: ignore[override]  # Mremap's class constant, from the fixes here
         """Where move_ptes() flushes (mm/mremap.py): before the PTE locks drop, or, without the fix,
         after them (v3.7-v4.19)."""
         return "after-unlock" if "mremap_flush" in self.without else "before-unlock"

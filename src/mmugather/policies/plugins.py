@@ -95,7 +95,7 @@ def _checked(spec: str, fn):
             raise PluginError(f"--policy {spec}: {fn.__qualname__} ({_where(fn)}) returned "
                               f"{type(gen).__name__}, not a generator: it overrides a kernel path, and {_CONTRACT}")
         return _watch(spec, fn, gen, getattr(self.engine, "handlers", None), depth)
-    method._mmugather_checked = True
+    method._mmugather_checked = True  # type: ignore[attr-defined]  # a mark on the wrapper, read above
     return method
 
 
@@ -147,13 +147,13 @@ def plugin_guard(cls):
 def _plugin_files(cls) -> set[str]:
     """The source files of the plugin's own classes: their modules' and their methods' (a class made at
     run time has no module file)."""
-    files = set()
+    files: set[str] = set()
     for k in cls.__mro__:
         if _ours(k) or k is object:
             continue
-        module = sys.modules.get(k.__module__)
-        if getattr(module, "__file__", None):
-            files.add(module.__file__)
+        module_file = getattr(sys.modules.get(k.__module__), "__file__", None)
+        if module_file:
+            files.add(module_file)
         for fn in vars(k).values():
             fn = inspect.unwrap(fn) if inspect.isfunction(fn) else None
             if fn is not None:
@@ -200,6 +200,8 @@ def _load_file(spec: str, path: Path):
     if modname in sys.modules:
         return sys.modules[modname]
     loader_spec = importlib.util.spec_from_file_location(modname, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise InputError(f"--policy {spec}: cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[modname] = module
     try:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import html
 import io
+import os
 from pathlib import Path
 from statistics import mean
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mmugather.errors import InputError
@@ -58,7 +60,7 @@ def _svg(fig: Figure, salt: str) -> str:
     return text[text.index("<svg"):]
 
 
-def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, object]:
+def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(5.6, 3.6))
     ax = fig.add_subplot()
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
@@ -102,7 +104,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_html(result: dict, path: str | Path, distributions: dict[str, dict[str, list[int]]] | None = None) -> None:
+def write_html(result: dict, path: str | os.PathLike[str],
+               distributions: dict[str, dict[str, list[int]]] | None = None) -> None:
     """Write the report of a compare result (the object `mmugather compare --json` prints): the table, bar
     charts of TLB flushes and IPIs, and, given `distributions` (policy -> `raw_distributions(...)`), CDFs of
     PTE-lock hold, preemption-off, scheduling latency and pages per flush."""
@@ -144,7 +147,7 @@ def _sweep_plot(rows: list[dict], param: str, key: str, label: str) -> str:
     return _svg(fig, f"{param}/{key}")
 
 
-def write_sweep_html(rows: list[dict], path: str | Path) -> None:
+def write_sweep_html(rows: list[dict], path: str | os.PathLike[str]) -> None:
     """Write the report of a sweep (rows as `mmugather.sweep.load_results` returns them): the grid, each
     policy's mean metrics, and every metric against every numeric parameter that varies."""
     if not rows:

@@ -31,6 +31,7 @@ class Metrics:
         self.faults = 0
         self.syscall_ns = array("q")    # entry to return of each system call a user thread made
         self.loop_iterations = 0        # iterations of `loop` ops marked `count`, all tasks together
+        self.design_events: dict[str, int] = {}   # Engine.note(): events a design names, by name
 
     def gather_memory(self, delta: int) -> None:
         """Account memory held by gathers (batch pages, per-CPU or on-stack structures); track the peak."""
@@ -64,6 +65,8 @@ class Metrics:
             "segv": self.segv,
             "sim_time_ns": sim_time_ns,
             "violations": violations,
+            # only when a design noted events (Engine.note), so the metrics of the kernels keep their keys
+            **({"design_events": dict(sorted(self.design_events.items()))} if self.design_events else {}),
         }
 
 

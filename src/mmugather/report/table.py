@@ -50,6 +50,10 @@ def print_compare(result: dict, console: Console | None = None) -> None:
         table.add_column(label, justify="right")
     for key, label in ROWS:
         table.add_row(label, *(_fmt(run["metrics"][key]) for run in result["runs"]))
+    events = sorted({name for run in result["runs"] for name in run["metrics"].get("design_events", {})})
+    for name in events:
+        table.add_row(f"design event: {name}",
+                      *(_fmt(run["metrics"].get("design_events", {}).get(name, 0)) for run in result["runs"]))
     table.add_row("violations", *(_violations(run["metrics"]["violations"]) for run in result["runs"]))
     console.print(table)
     for run, label in zip(result["runs"], labels):

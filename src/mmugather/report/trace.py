@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 PID = 1
 _REQUIRED = {
@@ -117,7 +118,7 @@ def validate_trace(obj) -> list[str]:
     problems: list[str] = []
     stacks: dict[tuple, list[str]] = {}
     last_ts: dict[tuple, float] = {}
-    flows: dict[object, dict[str, list[float]]] = {}
+    flows: dict[tuple[Any, Any], dict[str, list[float]]] = {}      # (cat, id) -> its starts and finishes
     for k, e in enumerate(events):
         where = f"event {k}"
         if not isinstance(e, dict) or e.get("ph") not in _REQUIRED:

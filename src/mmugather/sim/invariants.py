@@ -22,6 +22,8 @@ then reachable by user code.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mmugather.mm.page_alloc import ANON, BATCH, FILE, KIND_NAMES, PGTABLE
@@ -35,8 +37,8 @@ class Invariants:
     def __init__(self, metrics) -> None:
         self.metrics = metrics
         self.cpus: list = []
-        self.alloc = None
-        self.arch = None
+        self.alloc: Any = None         # the PageAlloc and the Arch, set by the Simulation once built
+        self.arch: Any = None
         self.tlb_refs: dict[int, int] = {}
         self.pwc_refs: dict[int, int] = {}
         self.walking: dict[int, int] = {}      # PTE-table pfn -> lockless walkers (gup_fast) inside it
@@ -200,7 +202,7 @@ class Invariants:
     def syscall_enter(self, mm, lo: int, hi: int) -> set:
         """An unmap or protection change of [lo, hi) enters the kernel: the TLB entries (cpu, vpn, value) of
         that range cached now, which must all be gone or still granted when it returns."""
-        out = set()
+        out: set[tuple[Any, int, int]] = set()
         for x in self.cpus:
             if x.loaded_mm is mm:
                 out.update((x.id, vpn, v) for vpn, v in x.tlb.items() if lo <= vpn << 12 < hi)

@@ -57,6 +57,8 @@ class Simulation:
     """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics.
     `max_sim_ns`/`max_steps` bound the run (defaults above; None: unbounded)."""
 
+    fingerprint: Callable[[], object]    # an explorer target's machine only: its state's key (explore/target.py)
+
     def __init__(self, scenario: S.Scenario, policy_cls, *, cpus: int | None = None, preempt: str | None = None,
                  fail_nowait: float | None = None, seed: int | None = None, costs: Costs | None = None,
                  arch: str | None = None, without_fixes=(), fast: bool = True, scheduler: Scheduler | None = None,

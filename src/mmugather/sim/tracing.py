@@ -14,7 +14,9 @@ What the trace holds, per run (one pid; thread tracks named by metadata, tids un
   slices. When a task is switched out its slices close on that track, and open again when it resumes.
   IPI handlers are complete slices on the receiving CPU, each the end of a flow arrow ("IPI") from the
   sender's flush: one arrow per IPI counted in `ipis_sent`. A violation is an instant ("violation: KIND")
-  on the track of the CPU whose step detected it, its args naming the CPU at fault and the detail.
+  on the track of the CPU whose step detected it, its args naming the CPU at fault and the detail. A
+  design's own events (Engine.note: LATR's lazy shootdowns and invalidations, ABIS's avoided IPIs) are
+  instants named after the event on the track of the CPU they happen on.
 - "CPU n preempt off": spans where preempt_count > 0 (the preempt_off_ns intervals).
 - "CPU n PTE lock": spans where CPU n holds a PTE lock (the pte_lock_hold_ns intervals).
 - "machine": violations found outside any CPU's step (the leak check after the run).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 from mmugather.errors import InputError
 from mmugather.machine.engine import EngineObserver
@@ -64,7 +67,7 @@ class Tracer(EngineObserver):
     def __init__(self, trace: ChromeTrace, cpus: list) -> None:
         self.trace = trace
         self.cpus = cpus
-        self.costs = None
+        self.costs: Any = None             # the engine's Costs, from attached()
         self.saved_active: list = []       # the active CPU around each schedule()
         base = trace.pid * TIDS_PER_RUN
         self.tid = [base + CPU_TRACK + c.id for c in cpus]
@@ -145,6 +148,10 @@ class Tracer(EngineObserver):
         v = copy.copy(v)
         v.func = traced
         return v
+
+    def event(self, c, name: str, args: dict) -> None:
+        """A design's event (Engine.note): an instant on c's track."""
+        self.trace.instant(self.tid[c.id], name, c.clock, args)
 
     def run_ended(self) -> None:
         self.end_run()

@@ -79,7 +79,7 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
     result = yield gen
     sim.metrics.syscall_ns.append(c.clock - t0)
     return_to_user(sim, c, task)
-    if cached is not None and task.mm is not None:
+    if cached is not None and unmapped is not None and task.mm is not None:
         sim.invariants.syscall_return(c, task.mm, *unmapped, cached)
     return result
 

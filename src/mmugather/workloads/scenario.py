@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
                       model_validator)
+from pydantic.json_schema import JsonDict
 
 from mmugather.errors import InputError, read_input
 
@@ -41,7 +42,7 @@ _SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0},
                               "".join(f"[{c}{c.upper()}]" for c in u) for u in _UNITS) + r")\s*$"}],
                 "unit": "bytes"}
 Size = Annotated[int, BeforeValidator(_size), WithJsonSchema(_SIZE_SCHEMA)]
-NS = {"unit": "ns"}      # json_schema_extra of a duration: docs and the JSON Schema show the unit
+NS: JsonDict = {"unit": "ns"}      # json_schema_extra of a duration: docs and the JSON Schema show the unit
 
 
 class Strict(BaseModel):
@@ -242,7 +243,7 @@ class ForkOp(Strict):
     running `program` (ranges name the parent's VMAs, inherited), then exiting."""
     op: Literal["fork"]
     cpu: int = Field(ge=0, le=MAX_CPUS - 1, description="the CPU the child's thread is pinned to")
-    program: list["Op"] = Field(default_factory=list, description="the child's operations")
+    program: list[Op] = Field(default_factory=list, description="the child's operations")
 
 
 class LoopOp(Strict):
@@ -251,7 +252,7 @@ class LoopOp(Strict):
     comes first. Iteration i shifts every range of the body by i * `stride` bytes. With `count`, each
     iteration completed by the deadline adds one to metrics.loop_iterations (all threads together)."""
     op: Literal["loop"]
-    body: list["Op"] = Field(min_length=1, description="the operations repeated")
+    body: list[Op] = Field(min_length=1, description="the operations repeated")
     times: int | None = Field(None, ge=1, description="iterations at most (give times, duration_ns or both)")
     duration_ns: int | None = Field(None, gt=0, description="thread CPU time the loop runs at most",
                                     json_schema_extra=NS)
@@ -362,8 +363,8 @@ class Scenario(Strict):
         return self
 
 
-_OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exit_thread", "exec", "mprotect", "mremap",
-            "gup_fast", "truncate", "halt", "loop", "fork"}
+_OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exit_thread", "exec",
+            "mprotect", "mremap", "gup_fast", "truncate", "halt", "loop", "fork"}
 
 
 def _where(loc: tuple) -> str:
@@ -379,7 +380,7 @@ def _where(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def parse_scenario(data: dict, origin: str) -> Scenario:
+def parse_scenario(data: object, origin: str) -> Scenario:
     """Validate a scenario given as a dict (from TOML or built in); errors become one InputError line."""
     try:
         return Scenario.model_validate(data)
@@ -461,12 +462,15 @@ def estimate_memory(scenario: Scenario) -> int:
     return total
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
     """1536 -> "1.5 KiB"; for the messages about memory limits."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{n} B"
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
+        if n < 1024:
+            return f"{n:,.1f} {unit}"
+    return f"{n / 1024:,.1f} PiB"
 
 
 def _fold_ops(ops: list, cpus: int) -> list:

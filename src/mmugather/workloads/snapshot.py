@@ -17,6 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,7 +200,7 @@ def _parse_smaps(path: Path) -> list[tuple[tuple, int, dict, tuple]]:
     if not entries:
         raise InputError(f"{path}: no mappings")
     keys, prev_end = entries[0][4], 0
-    for h, n, f, flags, order, at in entries:
+    for h, n, f, _flags, order, at in entries:
         _check_range(f"{path}:{n}", h, prev_end)
         prev_end = h[1]
         if order != keys:
@@ -297,7 +298,8 @@ def load_snapshot(directory: str | Path) -> Snapshot:
     vmas = []
     for k, (h, _, f, flags) in enumerate(smaps):
         sizes = {attr: f.get(key, 0) * 1024 for key, attr in _STORED.items() if key != "Size"}
-        vmas.append(Vma(*h, **sizes, flags=flags, present=None if present is None else present.get(k, ())))
+        vmas.append(Vma(*h, **sizes, flags=flags,  # type: ignore[misc]  # sizes: the _STORED fields only
+                        present=None if present is None else present.get(k, ())))
     return Snapshot(d, tuple(vmas), meta.get("pid"), meta.get("comm"), meta.get("threads", 1),
                     meta.get("kernel"))
 
@@ -398,9 +400,10 @@ def snapshot_to_scenario(snap: Snapshot, variant: str = "exit", cpus: int | None
     like any VMA, but their pages carry the kernel's own reference: modelled as a read-only private "file"
     of that name whose page cache holds it, so exit_mmap unmaps them (pages_unmapped) and its put_page
     after the flush does not free them. Other anonymous VMAs (no path or a [bracketed] name) are kind
-    "anon"; the others "file", one [[files]] entry per distinct path, shared when the perms say 's'. `populate` holds exactly the snapshot's Rss, in 4 KiB pages
-    (see `_populate`); AnonHugePages are populated as 512 ordinary pages each since the model has no
-    THP. Threads: min(snap.threads, cpus or snap.threads), thread k on CPU k; thread 0 runs `exit`
+    "anon"; the others "file", one [[files]] entry per distinct path, shared when the perms say 's'.
+    `populate` holds exactly the snapshot's Rss, in 4 KiB pages (see `_populate`); AnonHugePages are
+    populated as 512 ordinary pages each since the model has no THP. Threads: min(snap.threads, cpus or
+    snap.threads), thread k on CPU k; thread 0 runs `exit`
     ("exit": exit_mmap of everything) or munmaps the VMA with the most Rss first ("munmap-largest"); the
     others churn (read) the first populated range of the smallest readable populated VMA left.
     """
@@ -411,7 +414,10 @@ def snapshot_to_scenario(snap: Snapshot, variant: str = "exit", cpus: int | None
     vmas = snap.torn_down
     if not vmas:
         raise InputError(f"{snap.source}: no VMA to tear down")
-    names, specs, files, exact, huge = [], [], {}, 0, 0
+    names: list[str] = []
+    specs: list[dict[str, Any]] = []
+    files: dict[str, dict[str, Any]] = {}
+    exact = huge = 0
     for k, v in enumerate(vmas):
         name = f"{k}:{v.path or 'anon'}"
         spec = {"name": name, "size": v.size, "start": v.start, "writable": v.perms[1] == "w"}

@@ -13,6 +13,7 @@ and the backend is chosen when the Simulation is built (src/mmugather/fastpath/ 
 from __future__ import annotations
 
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, SpinLock, SpinUnlock, UpRead
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.protocols import Path
 from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.page_alloc import ANON, FILE, GFP_KERNEL, PGTABLE
@@ -33,7 +34,7 @@ class TlbRef:
         self.tlb = tlb
 
 
-class Memory:
+class Memory(KernelPart):
     """The parts of mm/memory.c that Linux 2.6.39 and 3.0 share."""
 
     # ------------------------------------------------------------ page tables
@@ -331,7 +332,7 @@ def _vma_range(vma, start_addr: int, end_addr: int):
     return start, end
 
 
-class ZapUpperLevels:
+class ZapUpperLevels(KernelPart):
     """zap_pud_range() and unmap_page_range()'s loop over the PGD, the same code in mm/memory.c v3.0 and
     v6.18 (p4d folded; 6.18 wraps unmap_page_range() in tlb_start_vma()/tlb_end_vma()). 2.6.39's thread
     its zap_work budget through (v2_6_39.py)."""

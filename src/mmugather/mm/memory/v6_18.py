@@ -2,12 +2,17 @@
 lock, delayed rmap, PT_RECLAIM of emptied PTE tables)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.kernel.sched import Elapse
 from mmugather.mm.memory import Memory, ZapUpperLevels
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, addr_end, pmd_index, pte_index
 from mmugather.mm.protocols import Path
+
+if TYPE_CHECKING:
+    from mmugather.arch.base import Arch618
 
 
 class ZapDetails:
@@ -30,6 +35,9 @@ class Memory618(ZapUpperLevels, Memory):
     Fix switch (`--without-fix force_flush_range`, e6c495a96ce0 + 2b047252d087, v3.11): without it the
     forced flush of a full gather covers [addr, end), the PTEs this call has not zapped yet, instead of
     those it has, as 597e1c3580b7 (v3.6) set tlb->start/end before that flush."""
+
+    if TYPE_CHECKING:
+        arch: Arch618                  # 6.18's memory runs on a 6.18 arch (ARCHES["6.18"], arch/__init__.py)
 
     def zap_pte_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
         """zap_pte_range(), mm/memory.c v6.18 (with do_zap_pte_range() and zap_present_ptes() for order-0

@@ -12,12 +12,13 @@ no concurrent walker and the table is freed directly.
 from __future__ import annotations
 
 from mmugather.kernel.smp import SmpCallFunctionMany
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.mmu_gather.v6_18 import TableBatch
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
 
 
-class RcuTableFree30:
+class RcuTableFree30(KernelPart):
     """Kernel methods for CONFIG_HAVE_RCU_TABLE_FREE, v3.0; inert unless the arch selects it."""
 
     MAX_TABLE_BATCH = (PAGE_SIZE - 16 - 8) // 8           # 509

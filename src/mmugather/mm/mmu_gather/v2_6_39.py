@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import PREEMPT_DISABLE, PREEMPT_ENABLE
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.protocols import Path
 from mmugather.mm.swap_state import free_pages_and_swap_cache
 
@@ -22,7 +23,7 @@ class MmuGather2639:
         self.pages: list[int] = []
 
 
-class Gather2639:
+class Gather2639(KernelPart):
     """The 2.6.39 gather, as kernel methods (include/asm-generic/tlb.h, Linux v2.6.39)."""
 
     FREE_PTE_NR = 506

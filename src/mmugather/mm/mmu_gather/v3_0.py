@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 from collections.abc import MutableSequence
+from typing import TYPE_CHECKING
 
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
 from mmugather.mm.protocols import Path
 from mmugather.mm.swap_state import free_pages_and_swap_cache
+
+if TYPE_CHECKING:
+    from mmugather.mm.mm_types import MmStruct
 
 
 class Batch:
@@ -30,12 +35,19 @@ class MmuGather30:
     active, local (struct mmu_gather_batch: next, nr, max), __pages[MMU_GATHER_BUNDLE]."""
 
     __slots__ = ("mm", "need_flush", "fast_mode", "fullmm", "local", "active", "batch_count")
+    mm: MmStruct
+    need_flush: bool
+    fast_mode: bool
+    fullmm: bool
+    local: Batch
+    active: Batch
+    batch_count: int
 
     SIZEOF = 8 + 4 + 4 + 8 + 16 + 8 * 8   # 104 on x86-64, on the stack of the task tearing down
     SIZEOF_RCU_TABLE_FREE = SIZEOF + 8    # 112 with the table batch pointer (ppc64)
 
 
-class Gather30:
+class Gather30(KernelPart):
     """The 3.0 gather, as kernel methods (mm/memory.c and include/asm-generic/tlb.h, Linux v3.0).
 
     Inverted fix switch (3.0 as released has the bug): `--without-fix unlimited_batching` applies
@@ -49,8 +61,8 @@ class Gather30:
 
     def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
         """tlb_gather_mmu(), mm/memory.c v3.0: initialise an on-stack gather; fast mode when
-        `tlb->fast_mode = (num_possible_cpus() == 1)` (never with `--without-fix tlb_fast_mode`: 29eb77825cc7 removed it); the
-        first batch is the 8-entry local bundle."""
+        `tlb->fast_mode = (num_possible_cpus() == 1)` (never with `--without-fix tlb_fast_mode`: 29eb77825cc7
+        removed it); the first batch is the 8-entry local bundle."""
         yield 0
         tlb = MmuGather30()
         tlb.mm = mm

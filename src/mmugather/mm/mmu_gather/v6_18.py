@@ -1,16 +1,23 @@
 """The Linux 6.18 gather: mm/mmu_gather.c and include/asm-generic/tlb.h v6.18, configured as an x86-64
-KVM guest of that version is (CONFIG_MMU_GATHER_RCU_TABLE_FREE=y, CONFIG_PT_RECLAIM=y, SMP)."""
+KVM guest of that version is (CONFIG_MMU_GATHER_RCU_TABLE_FREE=y, SMP; CONFIG_PT_RECLAIM where the arch
+selects it: `arch.pt_reclaim`)."""
 from __future__ import annotations
 
 from array import array
+from typing import TYPE_CHECKING
 
 from mmugather.kernel.locking import COND_RESCHED
 from mmugather.kernel.smp import SmpCallFunctionMany
+from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PUD_SHIFT
 from mmugather.mm.protocols import Path
 from mmugather.mm.swap_state import free_pages_and_swap_cache
+
+if TYPE_CHECKING:
+    from mmugather.arch.base import Arch618
+    from mmugather.mm.mm_types import MmStruct
 
 TASK_SIZE = 0x7FFF_FFFF_F000
 FLUSH_ALL = (1 << 64) - 1                  # ~0UL
@@ -48,6 +55,25 @@ class MmuGather618:
     __slots__ = ("mm", "batch", "start", "end", "fullmm", "need_flush_all", "freed_tables", "delayed_rmap",
                  "cleared_ptes", "cleared_pmds", "cleared_puds", "cleared_p4ds", "vma_exec", "vma_huge",
                  "vma_pfn", "batch_count", "active", "local", "page_size")
+    mm: MmStruct
+    batch: TableBatch | None
+    start: int
+    end: int
+    fullmm: bool
+    need_flush_all: bool
+    freed_tables: bool
+    delayed_rmap: bool
+    cleared_ptes: bool
+    cleared_pmds: bool
+    cleared_puds: bool
+    cleared_p4ds: bool
+    vma_exec: bool
+    vma_huge: bool
+    vma_pfn: bool
+    batch_count: int
+    active: Batch618
+    local: Batch618
+    page_size: int
 
     # on the stack of the task tearing down, x86-64: mm, batch (MMU_GATHER_TABLE_FREE), start, end, one
     # unsigned int of bitfields, batch_count, active, local {next, nr, max}, __pages[8] = 128; `page_size`
@@ -67,7 +93,7 @@ class MmuGather618:
         return PAGE_SHIFT
 
 
-class Gather618:
+class Gather618(KernelPart):
     """The 6.18 gather, as kernel methods (mm/mmu_gather.c, include/asm-generic/tlb.h, Linux v6.18).
 
     Fix switches (`--without-fix`) model the kernel before a fix, on this code:
@@ -89,6 +115,8 @@ class Gather618:
     MAX_TABLE_BATCH = (PAGE_SIZE - 16 - 8) // 8           # 509
     MAX_NR_FOLIOS_PER_FREE = 512
     PAGEVEC_SIZE = 31                  # include/linux/pagevec.h 6.x: free_pages_and_swap_cache()'s folio_batch
+    if TYPE_CHECKING:
+        arch: Arch618                  # a 6.18 gather runs on a 6.18 arch (ARCHES["6.18"], arch/__init__.py)
 
     # ------------------------------------------------------------ set-up and range tracking
     def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
