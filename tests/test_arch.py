@@ -112,3 +112,54 @@ def test_flush_tlb_func_returns_when_already_at_the_requested_generation():
     assert t.per_cpu["tlb_gen"] == 6
     assert sim.arch.flush_tlb_func(t, FlushTlbInfo(mm, 0x1000, 0x2000, 12, False, 7, 0)) == sim.costs.flush_one
     assert t.per_cpu["tlb_gen"] == 7
+
+
+def _radix_sim(program0, program1=None, populate=True):
+    from mmugather.workloads.scenario import parse_scenario
+    threads = [{"cpu": 0, "program": program0}] + ([{"cpu": 1, "program": program1}] if program1 else [])
+    sc = parse_scenario({"name": "radix", "machine": {"cpus": 2, "policy": "6.18", "latency_task": False},
+                         "process": [{"name": "p", "vma": [
+                             {"name": "a", "size": "2MiB", "start": 0x10000000, "populate": populate},
+                             {"name": "b", "size": "4KiB", "start": 0x10400000, "populate": True}],
+                             "thread": threads}]}, "test")
+    return Simulation(sc, POLICIES["6.18"], arch="ppc64-radix")
+
+
+def test_radix_tlb_flush_drops_the_walk_cache_only_when_tables_were_freed():
+    """radix__tlb_flush(): a gather that freed no table tlbie's translations (RIC_FLUSH_TLB) and leaves the
+    other CPU's PWC; one that freed a table flushes the PWC too (an arch flushing walks always, or never,
+    fails one half)."""
+    sim = _radix_sim([{"op": "sleep", "ns": 50_000}, {"op": "madvise", "vma": "b"}],
+                     [{"op": "touch", "vma": "b", "write": False}, {"op": "sleep", "ns": 100_000}])
+    c1 = sim.engine.cpus[1]
+    seen = {}
+    orig = sim.arch.tlb_flush
+
+    def spy(c, tlb):
+        yield orig(c, tlb)
+        seen[tlb.freed_tables] = (dict(c1.tlb), len(c1.pwc))
+    sim.arch.tlb_flush = spy
+    sim.run()
+    assert False in seen and seen[False][0] == {} and seen[False][1] == 1
+    sim = _radix_sim([{"op": "sleep", "ns": 50_000}, {"op": "munmap", "vma": "b"}],
+                     [{"op": "touch", "vma": "b", "write": False}, {"op": "sleep", "ns": 100_000}])
+    c1 = sim.engine.cpus[1]
+    seen = {}
+    orig = sim.arch.tlb_flush
+    sim.arch.tlb_flush = spy
+    m = sim.run()
+    assert seen[True] == ({}, 0) and m["violations"] == []
+
+
+def test_radix_has_no_pt_reclaim():
+    """powerpc does not select ARCH_SUPPORTS_PT_RECLAIM: MADV_DONTNEED of a whole 2 MiB table leaves the
+    empty table in place (x86 frees it)."""
+    prog = [{"op": "madvise", "vma": "a"}, {"op": "sleep", "ns": 10}]
+    radix = _radix_sim(prog).run()
+    from mmugather.workloads.scenario import parse_scenario
+    sc = parse_scenario({"name": "x", "machine": {"cpus": 2, "policy": "6.18", "latency_task": False},
+                         "process": [{"name": "p", "vma": [{"name": "a", "size": "2MiB", "start": 0x10000000,
+                                                            "populate": True}],
+                                      "thread": [{"cpu": 0, "program": prog}]}]}, "test")
+    x86 = Simulation(sc, POLICIES["6.18"], arch="x86").run()
+    assert radix["page_tables_reclaimed"] == 0 and x86["page_tables_reclaimed"] == 1

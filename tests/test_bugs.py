@@ -18,22 +18,26 @@ BUGS = [b.name for b in available()]
 
 def test_the_catalogue_has_the_issue_entries_and_they_run_with_this_build():
     assert {"fast-mode-3.0", "madv-dontneed-flush-miss", "mremap-flush-after-unlock",
-            "nested-flush-reset-range"} <= set(BUGS)
+            "nested-flush-reset-range", "forced-flush-wrong-range", "unlimited-batching-soft-lockup",
+            "radix-table-free-no-invalidate", "lazy-mm-users-shortcut"} <= set(BUGS)
     assert len({b.name for b in CATALOGUE}) == len(CATALOGUE)
     for bug in available():
         assert bug.commits and 2000 < bug.year < 2030 and bug.buggy_without != bug.fixed_without
+        assert bug.fixed_in and bug.introduced and "\n" not in bug.title
 
 
 @pytest.mark.parametrize("name", BUGS)
 def test_buggy_variant_fails_with_the_expected_violation(name):
     bug = get_bug(name)
-    res = search.exhaustive(bug.variant(fixed=False), max_preemptions=bug.max_preemptions, budget=bug.budget)
+    res = search.exhaustive(bug.variant(fixed=False), max_preemptions=bug.max_preemptions, budget=bug.budget,
+                            max_depth=bug.max_depth)
     assert res.violation is not None and res.violation["kind"] == bug.expect
 
 
 @pytest.mark.parametrize("name", BUGS)
 def test_fixed_variant_passes_with_one_preemption(name):
-    res = search.exhaustive(get_bug(name).variant(fixed=True), max_preemptions=1)
+    bug = get_bug(name)
+    res = search.exhaustive(bug.variant(fixed=True), max_preemptions=1, max_depth=bug.max_depth)
     assert res.violation is None and res.covered
 
 
@@ -49,7 +53,8 @@ def test_fixed_variant_passes_at_the_catalogue_bound(name):
 @pytest.mark.parametrize("name", BUGS)
 def test_fixed_variant_passes_at_a_longer_bound(name):
     bug = get_bug(name)
-    res = search.exhaustive(bug.variant(fixed=True), max_preemptions=bug.slow_max_preemptions, budget=10**7)
+    res = search.exhaustive(bug.variant(fixed=True), max_preemptions=bug.slow_max_preemptions, budget=10**7,
+                            max_depth=bug.max_depth)
     assert res.violation is None and res.covered
 
 
@@ -66,6 +71,7 @@ def test_bugs_run_json_shape_and_exit_code():
     listed = subprocess.run([sys.executable, "-m", "mmugather", "bugs", "list", "--json"], capture_output=True,
                             text=True, cwd=ROOT)
     assert listed.returncode == 0 and [b["name"] for b in json.loads(listed.stdout)] == BUGS
+    assert all(b["fixed_in"] and b["introduced"] and b["title"] for b in json.loads(listed.stdout))
 
 
 def test_a_bug_whose_fixed_variant_fails_makes_bugs_run_fail():
@@ -75,3 +81,83 @@ def test_a_bug_whose_fixed_variant_fails_makes_bugs_run_fail():
     both_buggy = replace(bug, fixed_without=bug.buggy_without)
     out = run_bug(both_buggy, max_preemptions=1)
     assert out["fixed"]["violation"] is not None and not out["ok"]
+
+
+# ------------------------------------------------------------------ the mechanisms new entries brought
+def _sim(scenario: dict, policy: str, without=()):
+    from mmugather.policies import get_policy
+    from mmugather.sim.simulation import Simulation
+    from mmugather.workloads.scenario import parse_scenario
+    sim = Simulation(parse_scenario(scenario, "test"), get_policy(policy), without_fixes=without)
+    return sim, sim.run()
+
+
+def _munmap_3_0(mib: int, softlockup_ns):
+    return {"name": "t", "machine": {"cpus": 2, "preempt": "none", "policy": "3.0", "latency_task": False,
+                                     "softlockup_ns": softlockup_ns},
+            "process": [{"name": "p", "vma": [{"name": "a", "size": f"{mib}MiB", "populate": True}],
+                         "thread": [{"cpu": 0, "program": [{"op": "munmap", "vma": "a"}]}]}]}
+
+
+def test_the_watchdog_is_off_unless_a_threshold_is_set():
+    _, m = _sim(_munmap_3_0(64, None), "3.0")
+    assert not [v for v in m["violations"] if v["kind"] == "soft-lockup"]
+
+
+def test_the_watchdog_measures_the_stretch_between_scheduling_points():
+    """3.0 frees all 16k pages of a 64 MiB munmap in its one flush (150 ns each, ~2.5 ms with no scheduling
+    point): a 2 ms threshold catches it, a 3 ms one does not; capped batches (53a59fc67f97) free ~10k at most
+    between cond_resched() calls, ~1.5 ms."""
+    def lockups(ns, without=()):
+        return [v for v in _sim(_munmap_3_0(64, ns), "3.0", without)[1]["violations"] if v["kind"] == "soft-lockup"]
+    assert lockups(2_000_000) and not lockups(3_000_000)
+    assert not lockups(2_000_000, ("unlimited_batching",)) and lockups(1_000_000, ("unlimited_batching",))
+
+
+def test_the_watchdog_watches_the_engine_only_when_a_threshold_is_set():
+    """Off: no observer, so the engine's step loop is the unobserved one (and the fast path stays on)."""
+    off, _ = _sim(_munmap_3_0(1, None), "3.0")
+    on, _ = _sim(_munmap_3_0(1, 2_000_000), "3.0")
+    assert off.watchdog is None and off.engine.observers == []
+    assert on.engine.observers == [on.watchdog]
+
+
+def test_the_watchdog_counts_only_the_points_the_preemption_model_honours():
+    """might_sleep() is a scheduling point under voluntary (and full) preemption, not under none;
+    preempt_count back to 0 only under full; cond_resched() under all three."""
+    from types import SimpleNamespace
+
+    from mmugather.kernel.sched import P_COND_RESCHED, P_MIGHT_SLEEP
+    from mmugather.machine.engine import Engine
+    from mmugather.sim.invariants import Invariants
+    from mmugather.sim.watchdog import SoftLockupWatchdog
+
+    def stuck_after(preempt, hook, point=None):
+        inv = Invariants(SimpleNamespace())
+        w = SoftLockupWatchdog(100, inv)
+        w.attached(Engine(1, SimpleNamespace(), preempt, None, inv))
+        c = SimpleNamespace(id=0, clock=90, point=point, curr="t", irqs_off=0)
+        getattr(w, hook)(c)               # a point at 90 ns (or none, if the model does not honour it)
+        c.clock = 150
+        w.switching(c)                    # the stretch ends at 150 ns: 150 or 60 ns long
+        return [v["kind"] for v in inv.violations]
+    assert stuck_after("none", "resched_point", P_COND_RESCHED) == []
+    assert stuck_after("none", "resched_point", P_MIGHT_SLEEP) == ["soft-lockup"]
+    assert stuck_after("voluntary", "resched_point", P_MIGHT_SLEEP) == []
+    assert stuck_after("voluntary", "preempt_on") == ["soft-lockup"]
+    assert stuck_after("full", "preempt_on") == []
+
+
+def test_exit_thread_leaves_the_process_running():
+    """A thread that exits alone leaves the other threads running (exit, exit_group, would end the sleeper
+    at its next op): the survivor still munmaps, then tears the mm down when its program ends."""
+    sc = {"name": "t", "machine": {"cpus": 2, "policy": "6.18", "latency_task": False},
+          "process": [{"name": "p", "vma": [{"name": "a", "size": "8KiB", "populate": True}],
+                       "thread": [{"cpu": 0, "program": [{"op": "sleep", "ns": 100_000},
+                                                          {"op": "munmap", "vma": "a"}]},
+                                  {"cpu": 1, "program": [{"op": "touch", "vma": "a"}, {"op": "exit_thread"}]}]}]}
+    sim, m = _sim(sc, "6.18")
+    assert m["violations"] == [] and len(sim.metrics.syscall_ns) == 1 and sim.processes[0].mm.exited
+    sc["process"][0]["thread"][1]["program"][1] = {"op": "exit"}
+    sim, _ = _sim(sc, "6.18")
+    assert len(sim.metrics.syscall_ns) == 0

@@ -74,6 +74,10 @@ class Gather618(Gather, Protocol):
     def start(self) -> int: ...
     @property
     def end(self) -> int: ...
+    @property
+    def page_size(self) -> int:
+        """The page size gathered (CONFIG_MMU_GATHER_PAGE_SIZE; 0 before any): powerpc radix reads it."""
+        ...
 
     def get_unmap_shift(self) -> int:
         """tlb_get_unmap_shift(): the stride of the lowest page-table level cleared."""
@@ -151,6 +155,12 @@ class Arch618(Arch[Gather618], Protocol):
     @property
     def tlb_needs_table_invalidate(self) -> bool:
         """tlb_needs_table_invalidate(): flush before page tables go to RCU."""
+        ...
+
+    @property
+    def pt_reclaim(self) -> bool:
+        """CONFIG_PT_RECLAIM (the arch selects ARCH_SUPPORTS_PT_RECLAIM): MADV_DONTNEED frees PTE tables it
+        empties, and a lone table is freed through call_rcu() rather than by IPI + free."""
         ...
 
 

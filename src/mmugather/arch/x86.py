@@ -57,6 +57,7 @@ class X86(ArchBase):
     mmu_gather_merge_vmas = True          # arch/x86/Kconfig: select MMU_GATHER_MERGE_VMAS
     mmu_gather_page_size = False
     tlb_needs_table_invalidate = True     # asm-generic default
+    pt_reclaim = True                     # select ARCH_SUPPORTS_PT_RECLAIM if X86_64: CONFIG_PT_RECLAIM=y
 
     @staticmethod
     def tlb_entry_live(x: Cpu) -> bool:

@@ -174,6 +174,7 @@ def bugs_list(as_json) -> None:
         off = ", ".join(b["buggy_without_fixes"]) or "none"
         fixed = ", ".join(b["fixed_without_fixes"]) or "none"
         click.echo(f"{b['name']:28s} {b['year']}  {' '.join(b['commits'])}  {b['title']}")
+        click.echo(f"{'':28s} fixed in {b['fixed_in']}; introduced by {b['introduced']}")
         click.echo(f"{'':28s} policy {b['policy']}: buggy without [{off}], fixed without [{fixed}]; "
                    f"expects {b['expect']}")
 

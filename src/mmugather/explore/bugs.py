@@ -24,6 +24,8 @@ class Bug:
     year: int
     commits: tuple[str, ...]
     title: str                         # the fix's subject line
+    fixed_in: str                      # the first release with the fix
+    introduced: str                    # the commit (and release) that brought the bug, as the sources say
     what: str                          # the race, in kernel terms
     scenario: dict                     # a scenario as data (docs/scenarios.md)
     policy: str
@@ -33,6 +35,7 @@ class Bug:
     arch: str | None = None
     max_preemptions: int = 2
     budget: int = 100_000
+    max_depth: int = 10_000            # steps per execution (a big unmap takes one per page)
     slow_max_preemptions: int = 3      # the longer bound of the slow tests
     notes: str = ""
 
@@ -53,6 +56,8 @@ CATALOGUE: list[Bug] = [
         year=2013,
         commits=("29eb77825cc7",),
         title="arch, mm: Remove tlb_fast_mode()",
+        fixed_in="2013 (the release was not checked)",
+        introduced="d16dfc550f53 (v3.0): the preemptible gather, fast mode kept",
         what=("With one possible CPU, 3.0's gather is in fast mode: zap_pte_range() frees each page at once, "
               "before any flush. 3.0 made the gather preemptible, so cond_resched() in zap_pmd_range() can "
               "switch to another thread of the same process on that CPU, which returns to user space with "
@@ -75,6 +80,8 @@ CATALOGUE: list[Bug] = [
         year=2017,
         commits=("99baac21e458", "56236a59556c"),
         title="mm: fix MADV_[FREE|DONTNEED] TLB flush miss problem",
+        fixed_in="v4.13 (99baac21e458), v4.14 (56236a59556c)",
+        introduced="not recorded here (MADV_DONTNEED zaps under mmap_sem held for reading)",
         what=("Two threads MADV_DONTNEED one range under mmap_sem held for reading. The first clears the "
               "PTEs and batches the pages; the second finds the PTEs none, gathers nothing and returns "
               "without a flush while the first has not flushed yet: a stale writable TLB entry survives "
@@ -97,6 +104,8 @@ CATALOGUE: list[Bug] = [
         year=2018,
         commits=("eb66ae030829",),
         title="mremap: properly flush TLB before releasing the page (CVE-2018-18281)",
+        fixed_in="v4.20",
+        introduced="not recorded here (the flush after the PTE locks drop is in v3.7 to v4.19)",
         what=("move_ptes() moves the PTEs of a shared file mapping to the new address, drops the PTE and "
               "i_mmap locks, and only then flushes the old range. In that window truncate() finds the page "
               "at its new address, zaps it there (flushing the new address only) and frees it, while the "
@@ -119,6 +128,8 @@ CATALOGUE: list[Bug] = [
         year=2019,
         commits=("7a30df49f63a",),
         title="mm: mmu_gather: remove __tlb_reset_range() for force flush",
+        fixed_in="v5.2",
+        introduced="dd2283f2605e: munmap frees page tables under mmap_sem held for reading",
         what=("munmap() frees page tables under mmap_lock held for reading (since dd2283f2605e), so a "
               "MADV_DONTNEED can run beside it. The munmap's gather, finishing while the madvise's is in "
               "flight, forces a flush but first resets its range, dropping freed_tables: on arm64 the flush "
@@ -141,6 +152,120 @@ CATALOGUE: list[Bug] = [
         slow_max_preemptions=4,
         notes=("Three preemptions: the madvise must be in flight (gathered, not finished) when the munmap "
                "finishes. The compute step lets RCU's grace period end, so the table is really freed."),
+    ),
+    Bug(
+        name="forced-flush-wrong-range",
+        year=2013,
+        commits=("e6c495a96ce0", "2b047252d087"),
+        title="mm: Fix the TLB range flushed when __tlb_remove_page() runs out of slots",
+        fixed_in="v3.11",
+        introduced="597e1c3580b7 (v3.6): mm/mmu_gather: enable tlb flush range in generic mmu_gather",
+        what=("When the gather ran out of slots mid-table, zap_pte_range() broke out to flush and free, but "
+              "set the range to flush to [addr, end): the PTEs it had not zapped yet. The pages it had zapped "
+              "were freed with their TLB entries still live on other CPUs. Rare while only a failed "
+              "GFP_NOWAIT allocation forced the break; 53a59fc67f97's batch limit made it routine on large "
+              "unmaps (Ben Tebulin's git corruption, 2013)."),
+        scenario={"name": "munmap-gather-full",
+                  "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18", "fail_nowait": 1.0},
+                  "process": [{"name": "app",
+                               "vma": [{"name": "a", "size": "32KiB", "populate": True}],
+                               "thread": _threads(
+                                   (1, [{"op": "touch", "vma": "a", "write": False},
+                                        {"op": "compute", "ns": 1000}]),
+                                   (0, [{"op": "munmap", "vma": "a"}]))}]},
+        policy="6.18",
+        buggy_without=("force_flush_range",),
+        max_preemptions=1,
+        notes=("fail_nowait = 1.0: no batch page can be had, so the 8-entry local bundle fills after 7 pages "
+               "and forces the break, as MAX_GATHER_BATCH_COUNT did after ~10k pages once 53a59fc67f97 "
+               "bounded the batches."),
+    ),
+    Bug(
+        name="unlimited-batching-soft-lockup",
+        year=2012,
+        commits=("53a59fc67f97",),
+        title="mm: limit mmu_gather batching to fix soft lockups on !CONFIG_PREEMPT",
+        fixed_in="v3.8",
+        introduced="e303297e6c3a (v3.0): mm: extended batches for generic mmu_gather",
+        what=("Since e303297e6c3a (v3.0) the gather chains a new batch page whenever one fills, as long as "
+              "GFP_NOWAIT allocations succeed, and frees every gathered page in one tlb_flush_mmu() at the end "
+              "of the unmap. free_pages_and_swap_cache() has no scheduling point, so on a kernel without "
+              "CONFIG_PREEMPT a big munmap or exit keeps the CPU for as long as it takes to free all of it: "
+              "soft lockups on large machines. The fix caps the chain at MAX_GATHER_BATCH_COUNT batches "
+              "(~10k pages), which makes zap_pte_range() break out, flush and free, and reach the next "
+              "cond_resched()."),
+        scenario={"name": "munmap-64m-preempt-none",
+                  "machine": {"cpus": 2, "preempt": "none", "policy": "3.0", "softlockup_ns": 2_000_000},
+                  "process": [{"name": "app",
+                               "vma": [{"name": "a", "size": "64MiB", "populate": True}],
+                               "thread": _threads((0, [{"op": "munmap", "vma": "a"}]))}]},
+        policy="3.0",
+        buggy_without=(),
+        fixed_without=("unlimited_batching",),
+        expect="soft-lockup",
+        max_preemptions=1,
+        slow_max_preemptions=1,
+        budget=100,
+        max_depth=40_000,
+        notes=("Inverted switch: 3.0 as released is the buggy variant. The watchdog is scaled: "
+               "softlockup_ns = 2 ms against the kernel's 20 s, so that freeing the fix's ~10k pages at "
+               "once (1.5 ms at 150 ns a page) passes and the 16k pages of a 64 MiB munmap (2.5 ms) do not. "
+               "One thread: no interleaving matters, the default schedule shows it."),
+    ),
+    Bug(
+        name="radix-table-free-no-invalidate",
+        year=2020,
+        commits=("0ed1325967ab",),
+        title="mm/mmu_gather: invalidate TLB correctly on batch allocation failure and flush",
+        fixed_in="v5.5",
+        introduced="a46cc7a90fd8 (v4.14): powerpc/mm/radix: Improve TLB/PWC flushes",
+        what=("powerpc selected HAVE_RCU_TABLE_NO_INVALIDATE, right for the hash MMU (no hardware walker of "
+              "the Linux page tables) but wrong for radix, whose walker caches walks in the PWC. When no "
+              "table batch page could be had, tlb_remove_table_one() IPI-synced and freed the table at "
+              "once, with no TLB/PWC invalidation first. The fix made the choice at run time: "
+              "tlb_needs_table_invalidate() is radix_enabled()."),
+        scenario={"name": "munmap-table-batch-fails-radix",
+                  "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18", "fail_nowait": 1.0},
+                  "process": [{"name": "app",
+                               "vma": [{"name": "a", "size": "4KiB", "start": 0x10000000, "populate": True},
+                                       {"name": "b", "size": "4KiB", "start": 0x10200000, "populate": True}],
+                               "thread": _threads(
+                                   (1, [{"op": "touch", "vma": "b", "write": False},
+                                        {"op": "compute", "ns": 1000},
+                                        {"op": "touch", "vma": "a", "write": False}]),
+                                   (0, [{"op": "munmap", "vma": "b"}]))}]},
+        policy="6.18",
+        arch="ppc64-radix",
+        buggy_without=("table_invalidate",),
+        expect="page-table-use-after-free",
+        notes=("fail_nowait = 1.0 forces the table-batch allocation failure. powerpc has no CONFIG_PT_RECLAIM, "
+               "so 6.18's tlb_remove_table_one() is the v5.4 one: tlb_remove_table_sync_one(), then free."),
+    ),
+    Bug(
+        name="lazy-mm-users-shortcut",
+        year=2018,
+        commits=("a6f572084fbe",),
+        title="mm/tlb: Remove tlb_remove_table() non-concurrent condition",
+        fixed_in="v4.19",
+        introduced="267239116987 (v3.0): mm, powerpc: move the RCU page-table freeing into generic code",
+        what=("tlb_remove_table() freed a page table at once when mm_users < 2: with one user there could be "
+              "no concurrent walker. But mm_users does not count CPUs that use the mm lazily (a thread that "
+              "exited, a kernel thread): their paging-structure caches can still walk the mm speculatively, "
+              "so the table was freed under them with no flush."),
+        scenario={"name": "thread-exits-then-munmap",
+                  "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18"},
+                  "process": [{"name": "app",
+                               "vma": [{"name": "a", "size": "4KiB", "start": 0x10000000, "populate": True},
+                                       {"name": "b", "size": "4KiB", "start": 0x10200000, "populate": True}],
+                               "thread": _threads(
+                                   (0, [{"op": "sleep", "ns": 1000}, {"op": "munmap", "vma": "b"}]),
+                                   (1, [{"op": "touch", "vma": "b", "write": False},
+                                        {"op": "exit_thread"}]))}]},
+        policy="6.18",
+        buggy_without=("mm_users_shortcut",),
+        expect="page-table-use-after-free",
+        notes=("6.18 with v3.0-v4.18's mm_users test put back (x86 selected RCU table freeing from v4.14, "
+               "and its lazy CPUs keep paging-structure caches)."),
     ),
 ]
 
@@ -165,9 +290,11 @@ def get_bug(name: str) -> Bug:
 
 def describe(bug: Bug) -> dict:
     return {"name": bug.name, "year": bug.year, "commits": list(bug.commits), "title": bug.title,
+            "fixed_in": bug.fixed_in, "introduced": bug.introduced,
             "what": bug.what, "policy": bug.policy, "buggy_without_fixes": list(bug.buggy_without),
             "fixed_without_fixes": list(bug.fixed_without), "expect": bug.expect,
-            "bound": {"strategy": "exhaustive", "max_preemptions": bug.max_preemptions, "budget": bug.budget},
+            "bound": {"strategy": "exhaustive", "max_preemptions": bug.max_preemptions, "budget": bug.budget,
+                      "max_depth": bug.max_depth},
             "notes": bug.notes}
 
 
@@ -181,7 +308,8 @@ def run_bug(bug: Bug, *, max_preemptions: int | None = None, budget: int | None 
     for key, fixed in (("buggy", False), ("fixed", True)):
         target = bug.variant(fixed)
         t0 = time.perf_counter()
-        res = search.exhaustive(target, max_preemptions=k, budget=n, progress=progress)
+        res = search.exhaustive(target, max_preemptions=k, budget=n, max_depth=bug.max_depth,
+                                progress=progress)
         seconds = time.perf_counter() - t0
         part = {"violation": res.violation, "seconds": round(seconds, 3), "transitions": res.transitions,
                 "executions": res.executions, "without_fixes": list(target.without_fixes)}

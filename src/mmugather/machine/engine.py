@@ -13,9 +13,10 @@ One engine, composed. What varies is handed in, never swapped in later:
   earliest until its clock passes the next pending event (another CPU's clock or a timer); ties go to
   the entry queued first (a counter that only grows, as in SimPy), so a run is a total, repeatable order.
   The explorer's scheduler (explore/controlled.py) asks a chooser at every step instead.
-- `EngineObserver`s (the tracer, the explorer's footprint counter) are told of steps, context switches,
-  preemption and PTE-lock spans, IPIs and spawns. With none attached the engine calls none: `step` is
-  `_run_cpu` itself, and the few hooks outside the step loop test one attribute.
+- `EngineObserver`s (the tracer, the explorer's footprint counter, the soft-lockup watchdog) are told of
+  steps, context switches, preemption and PTE-lock spans, cond_resched()/might_sleep() points, IPIs and
+  spawns. With none attached the engine calls none: `step` is `_run_cpu` itself, and the few hooks outside
+  the step loop test one attribute.
 - tick hooks (`on_tick`): callbacks a design registers (a policy or its arch, from its constructor) to run
   from sched_tick() on every busy CPU each TICK_NS. No hook registered: no tick is ever queued, so a run
   that registers none has exactly the events it had before the seam existed.
@@ -107,6 +108,10 @@ class EngineObserver:
     def switched(self, c: Cpu) -> None:
         """schedule() on c is done: c.curr is the incoming task (None: idle)."""
 
+    def resched_point(self, c: Cpu) -> None:
+        """c passed cond_resched() or might_sleep() outside atomic context (c.point says which): a point
+        where the task may schedule, if the preemption model honours it."""
+
     def preempt_off(self, c: Cpu) -> None:
         """c's preempt_count goes from 0 to 1."""
 
@@ -155,6 +160,10 @@ class _Observers(EngineObserver):
     def switched(self, c):
         for o in self.all:
             o.switched(c)
+
+    def resched_point(self, c):
+        for o in self.all:
+            o.resched_point(c)
 
     def preempt_off(self, c):
         for o in self.all:
@@ -610,11 +619,15 @@ class Engine:
                 self.invariants.sleep_in_atomic(c, "cond_resched()")
             else:
                 c.point = P_COND_RESCHED
+                if self.observer is not None:
+                    self.observer.resched_point(c)
         elif v is MIGHT_SLEEP:
             if c.preempt_count or c.irqs_off:
                 self.invariants.sleep_in_atomic(c, "might_sleep()")
             else:
                 c.point = P_MIGHT_SLEEP
+                if self.observer is not None:
+                    self.observer.resched_point(c)
         elif v is LOCAL_IRQ_DISABLE:
             c.irqs_off += 1
         elif v is LOCAL_IRQ_ENABLE:

@@ -129,6 +129,20 @@ class Tlb:
         for key in list(c.pwc):
             self._unref(c, self.inv.pwc_refs, c.pwc.pop(key).pfn)
 
+    def flush_translations(self, c) -> None:
+        """Drop every translation but keep the cached walks: powerpc radix tlbie of a PID, RIC_FLUSH_TLB."""
+        refs = self.inv.tlb_refs
+        for v in c.tlb.values():
+            self._unref(c, refs, v >> 1)
+        c.tlb.clear()
+
+    def flush_pwc(self, c) -> None:
+        """Drop every cached walk, keep the translations: powerpc radix tlbie of a PID, RIC_FLUSH_PWC."""
+        refs = self.inv.pwc_refs
+        for t in c.pwc.values():
+            self._unref(c, refs, t.pfn)
+        c.pwc.clear()
+
     def flush_leaf(self, c, addr: int) -> None:
         """arm64 TLBI VALE1IS: drop the last-level entry for addr only; cached walks stay."""
         if self.observer is not None:

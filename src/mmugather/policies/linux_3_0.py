@@ -23,6 +23,10 @@ class Linux30(RcuTableFree30, Gather30, Memory30, Rmap30, Truncate, Kernel):
         "tlb_fast_mode": ("29eb77825cc7 (2013), inverted: off = the fix",
                           "as released, 3.0 frees pages before the flush when one CPU is possible (fast mode); "
                           "--without-fix tlb_fast_mode removes fast mode as 29eb77825cc7 did"),
+        "unlimited_batching": ("53a59fc67f97 (2012, v3.8), inverted: off = the fix",
+                               "as released, 3.0 chains gather batches without limit and frees them all in one "
+                               "tlb_flush_mmu() with no scheduling point; --without-fix unlimited_batching caps "
+                               "them at MAX_GATHER_BATCH_COUNT as 53a59fc67f97 did"),
     }
 
     def known_bug(self, violations: list[dict]) -> str | None:

@@ -26,6 +26,15 @@ class Linux618(Gather618, Memory618, Madvise618, Mmap618, VmaOps618, Mprotect618
                               "count gathers in flight per mm; tlb_finish_mmu() forces a flush when nested"),
         "no_reset_range": ("7a30df49f63a (2019, v5.2)",
                            "the nested gather's forced flush keeps freed_tables (flushes page-walk caches)"),
+        "table_invalidate": ("d86564a2f085 (2018, v4.19; x86), 0ed1325967ab (2020, v5.5; powerpc radix)",
+                             "tlb_table_invalidate(): flush the TLB and paging-structure caches before page "
+                             "tables go to RCU or tlb_remove_table_one()"),
+        "mm_users_shortcut": ("a6f572084fbe (2018, v4.19)",
+                              "tlb_remove_table() no longer frees at once when mm_users < 2 (lazy-TLB CPUs "
+                              "are not counted in mm_users)"),
+        "force_flush_range": ("e6c495a96ce0, 2b047252d087 (2013, v3.11)",
+                              "zap_pte_range()'s forced flush covers the PTEs zapped so far, not those still "
+                              "to come"),
         "mremap_flush": ("eb66ae030829 (2018, v4.20; CVE-2018-18281)",
                          "move_ptes() flushes the old range before dropping the PTE locks"),
     }

@@ -9,6 +9,8 @@ may hold a translation to it, and only then free it. Kinds reported:
   a usable TLB entry in its range that the page tables no longer grant.
 - `sleep-in-atomic`: a sleeping operation (or a preemption point) while preempt_count > 0 or IRQs are off.
 - `leak`: frames, page tables or gather batch pages not returned, or RSS counters unbalanced, after teardown.
+- `soft-lockup` (only with machine.softlockup_ns set): a CPU ran kernel code for longer than that without
+  passing a point where it could schedule (reported by the soft-lockup watchdog, sim/watchdog.py).
 
 Liveness: an entry on another CPU is live at once (that CPU may be running user code of the mm right
 now, or may switch back to it without a flush), unless the arch says it is not (`tlb_entry_live`,

@@ -24,6 +24,7 @@ from mmugather.mm.mmu_notifier import SleepingSubscriber
 from mmugather.mm.page_alloc import PGTABLE, PageAlloc
 from mmugather.report.metrics import Metrics
 from mmugather.sim.invariants import Invariants
+from mmugather.sim.watchdog import SoftLockupWatchdog
 from mmugather.workloads import scenario as S
 from mmugather.workloads.program import Process, thread_program, vma_flags
 
@@ -82,8 +83,11 @@ class Simulation:
         self.rng = rng_class(self.seed)
         self.metrics = Metrics(self.ncpus)
         self.invariants = Invariants(self.metrics)
+        # the soft-lockup watchdog (a latency invariant) watches the engine only when a threshold is set
+        self.watchdog = SoftLockupWatchdog(m.softlockup_ns, self.invariants) if m.softlockup_ns else None
+        watching = [*observers, self.watchdog] if self.watchdog is not None else observers
         self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants, scheduler=scheduler,
-                             observers=observers, max_sim_ns=max_sim_ns, max_steps=max_steps)
+                             observers=watching, max_sim_ns=max_sim_ns, max_steps=max_steps)
         self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
         self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many,
                                self.invariants.on_free_array, self.invariants.on_free_each_array)
@@ -152,9 +156,10 @@ class Simulation:
     def run(self) -> dict:
         """Run to completion; check for leaks; return the `metrics` object."""
         # the hooks of the kernel's walks (mm/protocols.py): bulk where exact, unless every step is wanted
-        # (fast=False: explore/; an observer, such as the tracer, sees every step)
-        hooks = fastpath.backends(type(self.kernel), self.arch) if self.fast and not self.engine.observers \
-            else fastpath.STEP
+        # (fast=False: explore/; an observer, such as the tracer or the watchdog, sees every step). The bulk
+        # backends reproduce the stock kernels: with a fix switched off, the run goes step by step.
+        bulk = self.fast and not self.engine.observers and not self.without_fixes
+        hooks = fastpath.backends(type(self.kernel), self.arch) if bulk else fastpath.STEP
         self.kernel.use_backends(hooks.zap, hooks.tables, hooks.release)
         end = self.engine.run()
         if not self.engine.halted:

@@ -28,6 +28,21 @@ def vma_flags(spec: S.VmaSpec) -> int:
     return VM_READ | (VM_WRITE if spec.writable else 0) | (VM_SHARED if spec.shared else 0)
 
 
+def enter_kernel(sim, c, task) -> None:
+    """Entry from user mode (a system call, a fault); the soft-lockup watchdog, when on, starts timing."""
+    task.in_kernel = True
+    if sim.watchdog is not None:
+        sim.watchdog.kernel_entry(c)
+
+
+def return_to_user(sim, c, task) -> None:
+    """Return to user mode: the watchdog's scheduling point, then the invariants' user-return checks."""
+    task.in_kernel = False
+    if sim.watchdog is not None:
+        sim.watchdog.user_return(c)
+    sim.invariants.resume_user(c, task)
+
+
 def access(sim, c, task, addr: int, write: bool):
     """One user load/store: TLB hit, hardware walk and fill, or a page fault (then retried once).
     Returns False if the access faulted fatally (SIGSEGV)."""
@@ -46,10 +61,9 @@ def access(sim, c, task, addr: int, write: bool):
                 return True
         if attempt:
             return False
-        task.in_kernel = True
+        enter_kernel(sim, c, task)
         ok = yield sim.kernel.do_page_fault(c, task, addr, write)
-        task.in_kernel = False
-        sim.invariants.resume_user(c, task)
+        return_to_user(sim, c, task)
         if not ok:
             return False
     return False
@@ -59,13 +73,12 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
     """Run a kernel path as a system call: in kernel mode, then back to user with the return checks
     (`unmapped`: the range an unmap or protection change covered, checked for stale TLB entries); its
     duration on the thread's CPU clock goes to metrics.syscall_ns."""
-    task.in_kernel = True
+    enter_kernel(sim, c, task)
     t0 = c.clock
     cached = sim.invariants.syscall_enter(task.mm, *unmapped) if unmapped is not None and task.mm else None
     result = yield gen
     sim.metrics.syscall_ns.append(c.clock - t0)
-    task.in_kernel = False
-    sim.invariants.resume_user(c, task)
+    return_to_user(sim, c, task)
     if cached is not None and unmapped is not None and task.mm is not None:
         sim.invariants.syscall_return(c, task.mm, *unmapped, cached)
     return result
@@ -79,6 +92,7 @@ def thread_program(sim, proc: Process, ops: list):
         kernel = sim.kernel
         proc.busy += 1
         busy = True
+        alone = False            # exit_thread: this thread leaves, the process goes on
         for op, shift in _steps(sim, c, ops):
             if proc.exiting:
                 break
@@ -109,10 +123,12 @@ def thread_program(sim, proc: Process, ops: list):
                 yield syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo), (lo, hi))
             elif isinstance(op, S.GupFastOp):
                 lo, hi = _range(proc, op, shift)
-                task.in_kernel = True
+                enter_kernel(sim, c, task)
                 pinned = yield kernel.get_user_pages_fast(c, task.mm, lo, (hi - lo) >> PAGE_SHIFT, op.write,
                                                           op.hold_ns)
                 task.in_kernel = False
+                if sim.watchdog is not None:            # back in user mode (the invariants check nothing here)
+                    sim.watchdog.user_return(c)
                 if op.keep_ns:
                     yield Compute(op.keep_ns)
                 for pfn in pinned:                       # unpin_user_pages()
@@ -128,6 +144,9 @@ def thread_program(sim, proc: Process, ops: list):
             elif isinstance(op, S.ComputeOp):
                 yield Compute(op.ns)
             elif isinstance(op, S.ExitOp):
+                break
+            elif isinstance(op, S.ExitThreadOp):
+                alone = any(t is not task and t.alive for t in proc.threads)
                 break
             elif isinstance(op, S.MprotectOp):
                 lo, hi = _range(proc, op, shift)
@@ -154,13 +173,13 @@ def thread_program(sim, proc: Process, ops: list):
                 yield syscall(sim, c, task, do_execve(sim, c, task, proc, op))
         if busy:
             proc.busy -= 1
-        if not proc.exiting:
+        if not proc.exiting and not alone:
             proc.exiting = True          # exit_group(): every thread of the process exits
             for t in proc.threads:
                 if t is not task and t.blocked_on == "sleep":
                     t.sleep_token += 1
                     sim.engine.wake(t, c.clock)
-        task.in_kernel = True
+        enter_kernel(sim, c, task)
         yield sim.costs.syscall
         yield kernel.exit_mm(c, task)
 

@@ -60,6 +60,10 @@ class Machine(Strict):
     fail_nowait: float = Field(0.0, ge=0.0, le=1.0,
                                description="probability that a GFP_NOWAIT (gather batch) allocation fails")
     latency_task: bool = Field(True, description="a latency-sensitive kernel thread woken periodically on every CPU")
+    softlockup_ns: int | None = Field(None, gt=0, json_schema_extra=NS, description=(
+        "the soft-lockup watchdog's threshold, scaled (kernel/watchdog.c: 2 * watchdog_thresh, 20 s): a CPU that "
+        "runs kernel code this long without passing a point where it could schedule is reported "
+        "(`soft-lockup`); off when unset"))
     kvm_preempted: list[int] = Field(default_factory=list, description=(
         "arch x86-kvm only: the vCPUs the host keeps descheduled while runnable (kvm_sched_out() marks them "
         "preempted); kvm_flush_tlb_multi() defers their flush to the host instead of sending an IPI. A halted "
@@ -186,6 +190,12 @@ class ExitOp(Strict):
     op: Literal["exit"]
 
 
+class ExitThreadOp(Strict):
+    """exit(2) of this thread only (pthread_exit): do_exit() -> exit_mm() drops its mm_users reference and
+    its CPU goes on lazily with the mm loaded; the process goes on while other threads remain."""
+    op: Literal["exit_thread"]
+
+
 class ExecOp(Strict):
     """execve(): the process gets a new mm (the old one is torn down by its last user) and the new
     stack of `stack_pages` argument pages is moved down by `shift` (shift_arg_pages)."""
@@ -258,7 +268,7 @@ class LoopOp(Strict):
         return self
 
 
-Op = Annotated[TouchOp | ChurnOp | MunmapOp | MadviseOp | MmapOp | SleepOp | ComputeOp | ExitOp | ExecOp
+Op = Annotated[TouchOp | ChurnOp | MunmapOp | MadviseOp | MmapOp | SleepOp | ComputeOp | ExitOp | ExitThreadOp | ExecOp
                | MprotectOp | MremapOp | GupFastOp | TruncateOp | HaltOp | LoopOp | ForkOp,
                Field(discriminator="op")]
 LoopOp.model_rebuild()
@@ -353,8 +363,8 @@ class Scenario(Strict):
         return self
 
 
-_OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exec", "mprotect", "mremap",
-            "gup_fast", "truncate", "halt", "loop", "fork"}
+_OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exit_thread", "exec",
+            "mprotect", "mremap", "gup_fast", "truncate", "halt", "loop", "fork"}
 
 
 def _where(loc: tuple) -> str:

@@ -2,12 +2,17 @@
 lock, delayed rmap, PT_RECLAIM of emptied PTE tables)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.kernel.sched import Elapse
 from mmugather.mm.memory import Memory, ZapUpperLevels
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, addr_end, pmd_index, pte_index
 from mmugather.mm.protocols import Path
+
+if TYPE_CHECKING:
+    from mmugather.arch.base import Arch618
 
 
 class ZapDetails:
@@ -25,7 +30,14 @@ class Memory618(ZapUpperLevels, Memory):
     gather's range (tlb_remove_tlb_entry); a full gather or a dirty shared file page forces a flush of the
     TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; so does
     need_resched() (without the flush); zap_pte_range() then retries from there; cond_resched() after every
-    PMD entry."""
+    PMD entry.
+
+    Fix switch (`--without-fix force_flush_range`, e6c495a96ce0 + 2b047252d087, v3.11): without it the
+    forced flush of a full gather covers [addr, end), the PTEs this call has not zapped yet, instead of
+    those it has, as 597e1c3580b7 (v3.6) set tlb->start/end before that flush."""
+
+    if TYPE_CHECKING:
+        arch: Arch618                  # 6.18's memory runs on a 6.18 arch (ARCHES["6.18"], arch/__init__.py)
 
     def zap_pte_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
         """zap_pte_range(), mm/memory.c v6.18 (with do_zap_pte_range() and zap_present_ptes() for order-0
@@ -45,13 +57,15 @@ class Memory618(ZapUpperLevels, Memory):
             pt = yield self.pte_offset_map_lock(c, pmd, addr)
             if pt is None:                                       # no table there any more (reclaimed)
                 return addr
-            addr, force_flush, broke, anon, file = yield self._zap_pte_pass(c, tlb, pt, addr, end)
+            addr, force_flush, force_break, broke, anon, file = yield self._zap_pte_pass(c, tlb, pt, addr, end)
             if broke:
                 direct_reclaim = False
             elif can_reclaim_pt and direct_reclaim:             # addr == end: the fast path of PT_RECLAIM
                 direct_reclaim = yield self.try_get_and_clear_pmd(c, tlb.mm, pmd, start)
             self._add_mm_rss(tlb.mm, anon, file)
             if force_flush:                                      # do the actual TLB flush before dropping ptl
+                if force_break and "force_flush_range" in self.without:
+                    tlb.start, tlb.end = addr, end               # v3.6-v3.10: the PTEs not zapped yet (597e1c3580b7)
                 yield self.tlb_flush_mmu_tlbonly(c, tlb)
                 self.tlb_flush_rmaps(c, tlb, vma)
             yield SpinUnlock(pt.ptl)
@@ -85,12 +99,13 @@ class Memory618(ZapUpperLevels, Memory):
         tested before each do_zap_pte_range() (a run of none entries and the present one after it; as
         need_resched() changes only between steps, testing it before every entry is the same). The zap
         backend may take the next run of entries at once (mm/protocols.py PteRun; the run records its range
-        in the gather). Returns (addr, force_flush, broke: need_resched() or force_break, anon, file)."""
+        in the gather). Returns (addr, force_flush, force_break, broke: need_resched() or force_break, anon,
+        file)."""
         costs = self.costs
         c_zap, c_none = costs.pte_zap, costs.pte_none
         kind, mapcount = self.alloc.kind, self.alloc.mapcount
         ptes = pt.ptes
-        force_flush = broke = False
+        force_flush = force_break = broke = False
         anon = file = none = 0
         i = pte_index(addr)
         iend = i + ((end - addr) >> PAGE_SHIFT)
@@ -112,7 +127,7 @@ class Memory618(ZapUpperLevels, Memory):
                 yield run.ns
                 none = 0
                 if remove(c, tlb, run.pfn, 1, False):
-                    force_flush = broke = True           # force_break
+                    force_flush = force_break = broke = True
                     addr += PAGE_SIZE
                     break
             elif ptent := ptes[i]:
@@ -133,7 +148,7 @@ class Memory618(ZapUpperLevels, Memory):
                 yield c_zap + none
                 none = 0
                 if remove(c, tlb, pfn, 1, delay_rmap):
-                    force_flush = broke = True           # force_break
+                    force_flush = force_break = broke = True
                     addr += PAGE_SIZE
                     break
             else:
@@ -144,13 +159,12 @@ class Memory618(ZapUpperLevels, Memory):
                 break
         if none:
             yield none
-        return addr, force_flush, broke, anon, file
+        return addr, force_flush, force_break, broke, anon, file
 
-    @staticmethod
-    def reclaim_pt_is_enabled(start: int, end: int, details) -> bool:
+    def reclaim_pt_is_enabled(self, start: int, end: int, details) -> bool:
         """reclaim_pt_is_enabled(), mm/pt_reclaim.c (6.14+): `details && details->reclaim_pt && (end -
-        start >= PMD_SIZE)`."""
-        return details is not None and details.reclaim_pt and end - start >= PMD_SIZE
+        start >= PMD_SIZE)`; without CONFIG_PT_RECLAIM (the arch's `pt_reclaim`), mm/internal.h's stub: false."""
+        return self.arch.pt_reclaim and details is not None and details.reclaim_pt and end - start >= PMD_SIZE
 
     def try_get_and_clear_pmd(self, c, mm, pmd, addr: int) -> Path:
         """try_get_and_clear_pmd(), mm/pt_reclaim.c (6.14+), called under the PTE lock: spin_trylock() of

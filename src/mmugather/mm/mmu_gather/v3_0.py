@@ -34,24 +34,30 @@ class MmuGather30:
     CONFIG_HAVE_RCU_TABLE_FREE], need_flush:1 and fast_mode:1 in one unsigned int, unsigned int fullmm,
     active, local (struct mmu_gather_batch: next, nr, max), __pages[MMU_GATHER_BUNDLE]."""
 
-    __slots__ = ("mm", "need_flush", "fast_mode", "fullmm", "local", "active")
+    __slots__ = ("mm", "need_flush", "fast_mode", "fullmm", "local", "active", "batch_count")
     mm: MmStruct
     need_flush: bool
     fast_mode: bool
     fullmm: bool
     local: Batch
     active: Batch
+    batch_count: int
 
     SIZEOF = 8 + 4 + 4 + 8 + 16 + 8 * 8   # 104 on x86-64, on the stack of the task tearing down
     SIZEOF_RCU_TABLE_FREE = SIZEOF + 8    # 112 with the table batch pointer (ppc64)
 
 
 class Gather30(KernelPart):
-    """The 3.0 gather, as kernel methods (mm/memory.c and include/asm-generic/tlb.h, Linux v3.0)."""
+    """The 3.0 gather, as kernel methods (mm/memory.c and include/asm-generic/tlb.h, Linux v3.0).
+
+    Inverted fix switch (3.0 as released has the bug): `--without-fix unlimited_batching` applies
+    53a59fc67f97 (v3.8, "mm: limit mmu_gather batching to fix soft lockups on !CONFIG_PREEMPT"): at most
+    MAX_GATHER_BATCH_COUNT batch pages, so zap_pte_range() breaks out to flush and free every ~10k pages."""
 
     MMU_GATHER_BUNDLE = 8
     MAX_GATHER_BATCH = (PAGE_SIZE - 16) // 8   # 510
     PAGEVEC_SIZE = 14                          # include/linux/pagevec.h v3.0: free_pages_and_swap_cache()'s chunk
+    MAX_GATHER_BATCH_COUNT = 10000 // MAX_GATHER_BATCH    # 19, include/asm-generic/tlb.h v3.8
 
     def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
         """tlb_gather_mmu(), mm/memory.c v3.0: initialise an on-stack gather; fast mode when
@@ -65,20 +71,25 @@ class Gather30(KernelPart):
         tlb.fast_mode = self.num_possible_cpus == 1 and "tlb_fast_mode" not in self.without
         tlb.local = Batch(None, self.MMU_GATHER_BUNDLE)
         tlb.active = tlb.local
+        tlb.batch_count = 0
         self.metrics.gather_memory(self.sizeof_mmu_gather())
         return tlb
 
     def tlb_next_batch(self, c, tlb) -> bool:
         """tlb_next_batch(), mm/memory.c v3.0: move to the next batch page, allocating it with GFP_NOWAIT;
-        False when the allocation fails (the caller must flush)."""
+        False when the allocation fails (the caller must flush). With 53a59fc67f97 (`--without-fix
+        unlimited_batching`), also False once MAX_GATHER_BATCH_COUNT batch pages are chained."""
         batch = tlb.active
         if batch.next is not None:
             tlb.active = batch.next
             return True
+        if "unlimited_batching" in self.without and tlb.batch_count == self.MAX_GATHER_BATCH_COUNT:
+            return False
         pfn = self.alloc.alloc_page(BATCH, GFP_NOWAIT)
         c.clock += self.costs.page_alloc
         if pfn < 0:
             return False
+        tlb.batch_count += 1
         self.metrics.gather_memory(PAGE_SIZE)
         new = Batch(pfn, self.MAX_GATHER_BATCH, self.release_backend.page_list())
         tlb.active.next = new

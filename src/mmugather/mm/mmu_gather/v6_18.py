@@ -1,11 +1,13 @@
 """The Linux 6.18 gather: mm/mmu_gather.c and include/asm-generic/tlb.h v6.18, configured as an x86-64
-KVM guest of that version is (CONFIG_MMU_GATHER_RCU_TABLE_FREE=y, CONFIG_PT_RECLAIM=y, SMP)."""
+KVM guest of that version is (CONFIG_MMU_GATHER_RCU_TABLE_FREE=y, SMP; CONFIG_PT_RECLAIM where the arch
+selects it: `arch.pt_reclaim`)."""
 from __future__ import annotations
 
 from array import array
 from typing import TYPE_CHECKING
 
 from mmugather.kernel.locking import COND_RESCHED
+from mmugather.kernel.smp import SmpCallFunctionMany
 from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
@@ -97,6 +99,11 @@ class Gather618(KernelPart):
     Fix switches (`--without-fix`) model the kernel before a fix, on this code:
     - `tlb_flush_pending` (99baac21e458, 56236a59556c; v4.13/v4.14): without it there is no
       inc/dec_tlb_flush_pending() and tlb_finish_mmu() never forces a flush for a nested gather.
+    - `table_invalidate` (d86564a2f085, v4.19): without it tlb_table_invalidate() does nothing, as
+      before HAVE_RCU_TABLE_INVALIDATE: a table batch or a single table goes to RCU (or to
+      tlb_remove_table_one()) with no flush of the paging-structure caches first.
+    - `mm_users_shortcut` (a6f572084fbe, v4.19): without it tlb_remove_table() frees the table at once
+      when mm_users < 2, as since 267239116987 (v3.0): lazy-TLB CPUs are not counted in mm_users.
     - `no_reset_range` (7a30df49f63a, v5.2): without it the nested gather's forced flush resets the range
       and re-adjusts it to [start, end), dropping freed_tables (the pre-fix tlb_flush_mmu_tlbonly()
       tested tlb->end only, so the flush still happens, but as a last-level flush that skips lazy CPUs).
@@ -352,13 +359,19 @@ class Gather618(KernelPart):
     def tlb_remove_table(self, c, tlb, pfn: int) -> Path:
         """tlb_remove_table(), mm/mmu_gather.c v6.18: batch the table page in a page-sized table batch
         (GFP_NOWAIT); flush the batch when it holds MAX_TABLE_BATCH tables; when no batch page can be
-        had, tlb_table_invalidate() and free the one table after a grace period (PT_RECLAIM: call_rcu)."""
+        had, tlb_table_invalidate() and free the one table after a grace period (PT_RECLAIM: call_rcu).
+        Without the `mm_users_shortcut` fix (a6f572084fbe), v3.0-v4.18's first test: with fewer than two
+        users of the mm "there cannot be a concurrent page-table walk", so __tlb_remove_table() at once."""
+        if "mm_users_shortcut" in self.without and tlb.mm.users < 2:
+            self.alloc.free_page(c, pfn)                      # __tlb_remove_table(table)
+            yield self.costs.pgtable_free
+            return
         if tlb.batch is None:
             bpfn = self.alloc.alloc_page(BATCH, GFP_NOWAIT)
             yield self.costs.page_alloc
             if bpfn < 0:
                 yield self.tlb_table_invalidate(c, tlb)
-                self.tlb_remove_table_one(c, pfn)
+                yield self.tlb_remove_table_one(c, pfn)
                 return
             tlb.batch = TableBatch(bpfn)
             self.metrics.gather_memory(PAGE_SIZE)
@@ -368,7 +381,10 @@ class Gather618(KernelPart):
 
     def tlb_table_invalidate(self, c, tlb) -> Path:
         """tlb_table_invalidate(): tlb_needs_table_invalidate() (true on x86 and arm64): flush the TLB and
-        paging-structure caches before the tables go to RCU."""
+        paging-structure caches before the tables go to RCU. Without the `table_invalidate` fix
+        (d86564a2f085, v4.19) there is no such flush: RCU table freeing gave no TLB invalidation."""
+        if "table_invalidate" in self.without:
+            return
         if self.arch.tlb_needs_table_invalidate:
             yield self.tlb_flush_mmu_tlbonly(c, tlb)
 
@@ -388,12 +404,22 @@ class Gather618(KernelPart):
             self.metrics.gather_memory(-PAGE_SIZE)
         return tlb_remove_table_rcu
 
-    def tlb_remove_table_one(self, c, pfn: int) -> None:
-        """tlb_remove_table_one() -> __tlb_remove_table_one(), CONFIG_PT_RECLAIM: call_rcu() on the
-        table's own rcu head (pt_rcu_head), so it is freed after a grace period."""
-        def tlb_remove_table_one_rcu(cpu, pfn=pfn) -> None:
-            self.alloc.free_page(cpu, pfn)
-        self.engine.rcu.call_rcu(c, tlb_remove_table_one_rcu)
+    def tlb_remove_table_one(self, c, pfn: int) -> Path:
+        """tlb_remove_table_one(), mm/mmu_gather.c v6.18. With CONFIG_PT_RECLAIM (the arch selects
+        ARCH_SUPPORTS_PT_RECLAIM): __tlb_remove_table_one(), call_rcu() on the table's own rcu head
+        (pt_rcu_head), so it is freed after a grace period. Without: tlb_remove_table_sync_one()
+        (smp_call_function() of an empty handler, waiting for every other CPU: none is inside an IRQs-off
+        walk once it answers), then __tlb_remove_table() at once."""
+        if self.arch.pt_reclaim:
+            def tlb_remove_table_one_rcu(cpu, pfn=pfn) -> None:
+                self.alloc.free_page(cpu, pfn)
+            self.engine.rcu.call_rcu(c, tlb_remove_table_one_rcu)
+            return
+        others = [x.id for x in self.engine.cpus if x is not c]
+        if others:
+            yield SmpCallFunctionMany(others, _tlb_remove_table_smp_sync)
+        self.alloc.free_page(c, pfn)
+        yield self.costs.pgtable_free
 
     def pte_free_tlb(self, c, tlb, pt, address: int) -> Path:
         """pte_free_tlb(): tlb_flush_pmd_range(address, PAGE_SIZE), freed_tables = 1, then the arch's
@@ -417,3 +443,8 @@ class Gather618(KernelPart):
     def gather_static_bytes(self, ncpus: int) -> int:
         """No per-CPU gather storage."""
         return 0
+
+
+def _tlb_remove_table_smp_sync(t) -> int:
+    """tlb_remove_table_smp_sync(): simply deliver the interrupt."""
+    return 0
