@@ -166,6 +166,31 @@ class PageAlloc:
                     free_list.append(pfn)
             self.on_free_many(cpu, fp, fk)
 
+    def _release_flagged(self, cpu, pfns: list[int], flags: list[bool]) -> None:
+        """release_pages() of `pfns` one by one, in order, each freed frame reported with its own PTE-lock
+        flag: the frees of several flushes, some under the PTE lock, when a frame occurs twice."""
+        refcount, kind, nr_used, free_list = self.refcount, self.kind, self.nr_used, self.free_list
+        fp, fk, fu = [], [], []
+        for pfn, under in zip(pfns, flags):
+            rc = refcount[pfn] - 1
+            refcount[pfn] = rc
+            if rc:
+                if rc < 0:
+                    raise AssertionError(f"put_page: pfn {pfn} has refcount 0 ({KIND_NAMES[kind[pfn]]})")
+                continue
+            k = kind[pfn]
+            if k == FREE:
+                raise AssertionError(f"free_page: pfn {pfn} freed twice")
+            kind[pfn] = FREE
+            nr_used[k] -= 1
+            free_list.append(pfn)
+            fp.append(pfn)
+            fk.append(k)
+            fu.append(under)
+        if fp:
+            self.on_free_array(cpu, np.array(fp, dtype=np.int64), np.array(fk, dtype=np.int8),
+                               np.array(fu, dtype=bool))
+
     def views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """numpy views of (refcount, mapcount, kind). Drop them before the next allocation: an array that
         exports its buffer cannot grow."""
@@ -182,10 +207,11 @@ class PageAlloc:
             return
         if fs is None:
             fs = FrameSpan.of(pfns)
-        if fs is None:                                   # a frame twice: its last reference goes at its
-            if under_lock is not None:                   # second occurrence, so go one by one
-                raise AssertionError("release_array: a frame twice with per-page lock flags")
-            self.release_pages(cpu, pfns.tolist())
+        if fs is None:                                   # a frame twice (a file page two VMAs map): its last
+            if under_lock is None:                       # reference goes at its second occurrence, so go
+                self.release_pages(cpu, pfns.tolist())   # one by one
+            else:
+                self._release_flagged(cpu, pfns.tolist(), under_lock.tolist())
             return
         refcount, _, kind = self.views()
         lo, hi = fs.lo, fs.hi
