@@ -15,7 +15,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       model_validator)
 from pydantic.json_schema import JsonDict
 
-from mmugather.errors import InputError, read_input
+from mmugather.errors import InputError, read_text_input
 
 PAGE = 4096
 MAX_CPUS = 256
@@ -398,12 +398,7 @@ def parse_scenario(data: object, origin: str) -> Scenario:
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario TOML file."""
     p = Path(path)
-    try:
-        text = read_input(p)
-    except OSError as e:
-        raise InputError(f"{p}: cannot read scenario: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not a text file") from None
+    text = read_text_input(p, "scenario")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
