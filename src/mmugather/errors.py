@@ -32,3 +32,13 @@ def read_text_input(path, kind: str) -> str:
         raise InputError(f"{path}: cannot read {kind}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text file") from None
+
+
+def read_toml_input(path, kind: str) -> dict:
+    """The table of a TOML input file of the given `kind` ("scenario"), problems as one InputError line."""
+    import tomllib
+    text = read_text_input(path, kind)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: malformed TOML: {e}") from None

@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-import tomllib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ from rich.progress import (
 from rich.text import Text
 
 from mmugather.arch import arch_names
-from mmugather.errors import InputError, read_text_input
+from mmugather.errors import InputError, read_toml_input
 from mmugather.policies import POLICIES
 from mmugather.sim.simulation import Simulation
 from mmugather.workloads.builtin import BUILTIN, is_builtin, resolve_workload
@@ -238,11 +237,7 @@ def load_sweep(path: str | os.PathLike[str]) -> tuple[Grid, dict[str, Scenario]]
     relative to the sweep file; a CPU count below a workload's folds its threads: see with_cpus). Problems are
     one InputError line."""
     p = Path(path)
-    text = read_text_input(p, "sweep file")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{p}: malformed TOML: {e}") from None
+    data = read_toml_input(p, "sweep file")
     try:
         grid = SweepFile.model_validate(data).grid
     except ValidationError as e:
