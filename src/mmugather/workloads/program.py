@@ -6,8 +6,6 @@ kernel is a kernel method of the policy under test.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 from mmugather.kernel.smp import Compute, Sleep
 from mmugather.mm.mm_types import VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, _PAGE_PRESENT, _PAGE_RW
@@ -86,130 +84,93 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
     return result
 
 
-def _churn(sim, proc: Process, c, task, op: S.ChurnOp, shift: int):
-    """Random accesses over the range until the process exits or no other thread is busy."""
-    lo, hi = _range(proc, op, shift)
-    pages = (hi - lo) >> PAGE_SHIFT
-    while not proc.exiting and proc.busy > 0:
-        addr = lo + (sim.rng.randrange(pages) << PAGE_SHIFT)
-        yield access(sim, c, task, addr, op.write)
-        yield Compute(op.gap_ns)
-
-
-def _touch(sim, proc: Process, c, task, op: S.TouchOp, shift: int):
-    """One access per page of the range, in order, `gap_ns` apart."""
-    lo, hi = _range(proc, op, shift)
-    for addr in range(lo, hi, PAGE_SIZE):
-        if proc.exiting:
-            break
-        yield access(sim, c, task, addr, op.write)
-        if op.gap_ns:
-            yield Compute(op.gap_ns)
-
-
-def _munmap(sim, proc: Process, c, task, op: S.MunmapOp, shift: int):
-    lo, hi = _range(proc, op, shift)
-    yield syscall(sim, c, task, sim.kernel.sys_munmap(c, task, lo, hi - lo), (lo, hi))
-
-
-def _madvise(sim, proc: Process, c, task, op: S.MadviseOp, shift: int):
-    lo, hi = _range(proc, op, shift)
-    yield syscall(sim, c, task, sim.kernel.sys_madvise_dontneed(c, task, lo, hi - lo), (lo, hi))
-
-
-def _gup_fast(sim, proc: Process, c, task, op: S.GupFastOp, shift: int):
-    """get_user_pages_fast() over the range, hold the pins `keep_ns` in user mode, unpin_user_pages()."""
-    lo, hi = _range(proc, op, shift)
-    enter_kernel(sim, c, task)
-    pinned = yield sim.kernel.get_user_pages_fast(c, task.mm, lo, (hi - lo) >> PAGE_SHIFT, op.write, op.hold_ns)
-    task.in_kernel = False
-    if sim.watchdog is not None:            # back in user mode (the invariants check nothing here)
-        sim.watchdog.user_return(c)
-    if op.keep_ns:
-        yield Compute(op.keep_ns)
-    for pfn in pinned:                       # unpin_user_pages()
-        sim.alloc.put_page(c, pfn)
-
-
-def _mmap(sim, proc: Process, c, task, op: S.MmapOp, shift: int):
-    spec = op.vma
-    f = sim.files.get(spec.file) if spec.file else None
-    addr = yield syscall(sim, c, task, sim.kernel.sys_mmap(
-        c, task, spec.start, spec.size, vma_flags(spec), f, spec.offset >> PAGE_SHIFT, spec.name))
-    proc.ranges[spec.name] = (addr, addr + spec.size)
-
-
-def _sleep(sim, proc: Process, c, task, op: S.SleepOp, shift: int):
-    yield Sleep(op.ns)
-
-
-def _compute(sim, proc: Process, c, task, op: S.ComputeOp, shift: int):
-    yield Compute(op.ns)
-
-
-def _mprotect(sim, proc: Process, c, task, op: S.MprotectOp, shift: int):
-    lo, hi = _range(proc, op, shift)
-    yield syscall(sim, c, task, sim.kernel.sys_mprotect(c, task, lo, hi - lo, op.prot), (lo, hi))
-
-
-def _mremap(sim, proc: Process, c, task, op: S.MremapOp, shift: int):
-    lo, hi = _range(proc, op, shift)
-    dest = proc.ranges[op.to][0]
-    yield syscall(sim, c, task, sim.kernel.sys_mremap_fixed(c, task, lo, hi - lo, dest))
-    proc.ranges[op.to] = (dest, dest + hi - lo)
-
-
-def _truncate(sim, proc: Process, c, task, op: S.TruncateOp, shift: int):
-    yield syscall(sim, c, task, sim.kernel.do_truncate(c, task, sim.files[op.file], op.size))
-
-
-def _fork(sim, proc: Process, c, task, op: S.ForkOp, shift: int):
-    """fork(): the child process runs `op.program` on one thread pinned to `op.cpu`."""
-    new_mm = yield syscall(sim, c, task, sim.kernel.sys_fork(c, task))
-    child = Process(f"{proc.name}/child", new_mm)
-    child.ranges = dict(proc.ranges)
-    sim.processes.append(child)
-    child.threads.append(sim.engine.spawn(f"{child.name}/0", op.cpu, "user", thread_program(sim, child, op.program),
-                                          mm=new_mm, process=child))
-
-
-def _halt(sim, proc: Process, c, task, op: S.HaltOp, shift: int):
-    sim.engine.halted = True
-    yield Sleep(1)
-
-
-def _exec(sim, proc: Process, c, task, op: S.ExecOp, shift: int):
-    yield syscall(sim, c, task, do_execve(sim, c, task, proc, op))
-
-
-# What a thread does for each op (ExitOp and ExitThreadOp end its program in thread_program; LoopOp is
-# unrolled by _steps): a generator yielding what the engine runs, driven with `yield from` so that the
-# engine's stack (and the explorer's view of it) holds the thread's one frame as before.
-_HANDLERS: dict[type, Callable[..., Iterator]] = {
-    S.ChurnOp: _churn, S.TouchOp: _touch, S.MunmapOp: _munmap, S.MadviseOp: _madvise,
-    S.GupFastOp: _gup_fast, S.MmapOp: _mmap, S.SleepOp: _sleep, S.ComputeOp: _compute,
-    S.MprotectOp: _mprotect, S.MremapOp: _mremap, S.TruncateOp: _truncate, S.ForkOp: _fork,
-    S.HaltOp: _halt, S.ExecOp: _exec,
-}
-
-
 def thread_program(sim, proc: Process, ops: list):
     """The generator factory of one thread running `ops`, then exiting (exit_mm)."""
 
     def run(c, task):
+        rng = sim.rng
+        kernel = sim.kernel
         proc.busy += 1
         busy = True
         alone = False            # exit_thread: this thread leaves, the process goes on
         for op, shift in _steps(sim, c, ops):
-            if proc.exiting or isinstance(op, S.ExitOp):
+            if proc.exiting:
                 break
-            if isinstance(op, S.ExitThreadOp):
+            if isinstance(op, S.ChurnOp):
+                if busy:
+                    proc.busy -= 1
+                    busy = False
+                lo, hi = _range(proc, op, shift)
+                pages = (hi - lo) >> PAGE_SHIFT
+                while not proc.exiting and proc.busy > 0:
+                    addr = lo + (rng.randrange(pages) << PAGE_SHIFT)
+                    yield access(sim, c, task, addr, op.write)
+                    yield Compute(op.gap_ns)
+                continue
+            if isinstance(op, S.TouchOp):
+                lo, hi = _range(proc, op, shift)
+                for addr in range(lo, hi, PAGE_SIZE):
+                    if proc.exiting:
+                        break
+                    yield access(sim, c, task, addr, op.write)
+                    if op.gap_ns:
+                        yield Compute(op.gap_ns)
+            elif isinstance(op, S.MunmapOp):
+                lo, hi = _range(proc, op, shift)
+                yield syscall(sim, c, task, kernel.sys_munmap(c, task, lo, hi - lo), (lo, hi))
+            elif isinstance(op, S.MadviseOp):
+                lo, hi = _range(proc, op, shift)
+                yield syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo), (lo, hi))
+            elif isinstance(op, S.GupFastOp):
+                lo, hi = _range(proc, op, shift)
+                enter_kernel(sim, c, task)
+                pinned = yield kernel.get_user_pages_fast(c, task.mm, lo, (hi - lo) >> PAGE_SHIFT, op.write,
+                                                          op.hold_ns)
+                task.in_kernel = False
+                if sim.watchdog is not None:            # back in user mode (the invariants check nothing here)
+                    sim.watchdog.user_return(c)
+                if op.keep_ns:
+                    yield Compute(op.keep_ns)
+                for pfn in pinned:                       # unpin_user_pages()
+                    sim.alloc.put_page(c, pfn)
+            elif isinstance(op, S.MmapOp):
+                spec = op.vma
+                f = sim.files.get(spec.file) if spec.file else None
+                addr = yield syscall(sim, c, task, kernel.sys_mmap(
+                    c, task, spec.start, spec.size, vma_flags(spec), f, spec.offset >> PAGE_SHIFT, spec.name))
+                proc.ranges[spec.name] = (addr, addr + spec.size)
+            elif isinstance(op, S.SleepOp):
+                yield Sleep(op.ns)
+            elif isinstance(op, S.ComputeOp):
+                yield Compute(op.ns)
+            elif isinstance(op, S.ExitOp):
+                break
+            elif isinstance(op, S.ExitThreadOp):
                 alone = any(t is not task and t.alive for t in proc.threads)
                 break
-            if busy and isinstance(op, S.ChurnOp):        # Process.busy counts threads not churning
-                proc.busy -= 1
-                busy = False
-            yield from _HANDLERS[type(op)](sim, proc, c, task, op, shift)
+            elif isinstance(op, S.MprotectOp):
+                lo, hi = _range(proc, op, shift)
+                yield syscall(sim, c, task, kernel.sys_mprotect(c, task, lo, hi - lo, op.prot), (lo, hi))
+            elif isinstance(op, S.MremapOp):
+                lo, hi = _range(proc, op, shift)
+                dest = proc.ranges[op.to][0]
+                yield syscall(sim, c, task, kernel.sys_mremap_fixed(c, task, lo, hi - lo, dest))
+                proc.ranges[op.to] = (dest, dest + hi - lo)
+            elif isinstance(op, S.TruncateOp):
+                yield syscall(sim, c, task, kernel.do_truncate(c, task, sim.files[op.file], op.size))
+            elif isinstance(op, S.ForkOp):
+                new_mm = yield syscall(sim, c, task, kernel.sys_fork(c, task))
+                child = Process(f"{proc.name}/child", new_mm)
+                child.ranges = dict(proc.ranges)
+                sim.processes.append(child)
+                child.threads.append(sim.engine.spawn(f"{child.name}/0", op.cpu, "user",
+                                                      thread_program(sim, child, op.program),
+                                                      mm=new_mm, process=child))
+            elif isinstance(op, S.HaltOp):
+                sim.engine.halted = True
+                yield Sleep(1)
+            elif isinstance(op, S.ExecOp):
+                yield syscall(sim, c, task, do_execve(sim, c, task, proc, op))
         if busy:
             proc.busy -= 1
         if not proc.exiting and not alone:
@@ -220,7 +181,7 @@ def thread_program(sim, proc: Process, ops: list):
                     sim.engine.wake(t, c.clock)
         enter_kernel(sim, c, task)
         yield sim.costs.syscall
-        yield sim.kernel.exit_mm(c, task)
+        yield kernel.exit_mm(c, task)
 
     return run
 
