@@ -78,7 +78,8 @@ def policy_name(cls: type[Kernel]) -> str:
     return cls.__dict__.get("name") or cls.__name__
 
 
-def _arch_list(arch: str | Sequence[str] | None) -> list[str] | None:
+def arch_list(arch: str | Sequence[str] | None) -> list[str] | None:
+    """The arches named (a comma-separated string or a sequence), in order, without repeats; None for none."""
     if arch is None:
         return None
     names = arch.split(",") if isinstance(arch, str) else list(arch)
@@ -92,7 +93,7 @@ def policy_arches(classes: list[type[Kernel]], arch: str | Sequence[str] | None
                   ) -> list[tuple[type[Kernel], str | None]]:
     """(policy class, arch or None for its first) for each run of a comparison: with arches given, each
     policy on each of them it supports (arm64 did not exist before Linux 3.7, so 2.6.39 runs on x86 only)."""
-    arches = _arch_list(arch)
+    arches = arch_list(arch)
     if arches is None:
         return [(cls, None) for cls in classes]
     pairs: list[tuple[type[Kernel], str | None]] = []

@@ -21,3 +21,24 @@ def read_input(path, limit: int = MAX_INPUT_BYTES) -> str:
     if len(data) > limit:
         raise InputError(f"{path}: larger than {limit >> 20} MiB; not an input file")
     return data.decode()
+
+
+def read_text_input(path, kind: str) -> str:
+    """read_input(path), with a file that cannot be read or is not text as one InputError line naming the
+    `kind` of file ("cost file")."""
+    try:
+        return read_input(path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {kind}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file") from None
+
+
+def read_toml_input(path, kind: str) -> dict:
+    """The table of a TOML input file of the given `kind` ("scenario"), problems as one InputError line."""
+    import tomllib
+    text = read_text_input(path, kind)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: malformed TOML: {e}") from None

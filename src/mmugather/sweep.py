@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-import tomllib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ from rich.progress import (
 from rich.text import Text
 
 from mmugather.arch import arch_names
-from mmugather.errors import InputError, read_input
+from mmugather.errors import InputError, read_toml_input
 from mmugather.policies import POLICIES
 from mmugather.sim.simulation import Simulation
 from mmugather.workloads.builtin import BUILTIN, is_builtin, resolve_workload
@@ -61,6 +60,14 @@ def _unique(values: list) -> list:
     repeated = sorted(str(v) for v, n in Counter(values).items() if n > 1)
     if repeated:
         raise ValueError(f"repeated value(s): {', '.join(repeated)}")
+    return values
+
+
+def _all_known(values: list[str], known: list[str], what: str) -> list[str]:
+    """`values` when each is one of `known`; else a ValueError naming the first that is not (a `what`)."""
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} '{unknown[0]}' (expected one of: {', '.join(known)})")
     return values
 
 
@@ -137,19 +144,12 @@ class Grid(_Strict):
     @field_validator("policies")
     @classmethod
     def _known_policies(cls, v: list[str]) -> list[str]:
-        unknown = [p for p in v if p not in POLICIES]
-        if unknown:
-            raise ValueError(f"unknown policy '{unknown[0]}' (expected one of: {', '.join(POLICIES)})")
-        return v
+        return _all_known(v, list(POLICIES), "policy")
 
     @field_validator("arch")
     @classmethod
     def _known_arches(cls, v: list[str]) -> list[str]:
-        known = arch_names()
-        unknown = [a for a in v if a not in known]
-        if unknown:
-            raise ValueError(f"unknown arch '{unknown[0]}' (expected one of: {', '.join(known)})")
-        return v
+        return _all_known(v, arch_names(), "arch")
 
     @model_validator(mode="after")
     def _arch_policies(self):
@@ -237,14 +237,7 @@ def load_sweep(path: str | os.PathLike[str]) -> tuple[Grid, dict[str, Scenario]]
     relative to the sweep file; a CPU count below a workload's folds its threads: see with_cpus). Problems are
     one InputError line."""
     p = Path(path)
-    try:
-        data = tomllib.loads(read_input(p))
-    except OSError as e:
-        raise InputError(f"{p}: cannot read sweep file: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not a text file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{p}: malformed TOML: {e}") from None
+    data = read_toml_input(p, "sweep file")
     try:
         grid = SweepFile.model_validate(data).grid
     except ValidationError as e:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from mmugather.arch import arch_names
-from mmugather.cli import main
+from mmugather.cli.group import main
 from mmugather.cli.limits import memory_option
 from mmugather.errors import InputError
 

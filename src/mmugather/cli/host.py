@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mmugather.cli import main
+from mmugather.cli.group import main
 
 
 @main.command()

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from mmugather.cli import main
+from mmugather.cli.group import main
 
 
 @main.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mmugather.cli import main
+from mmugather.cli.group import main
 from mmugather.cli.limits import memory_option, parse_memory
 from mmugather.cli.paths import check_output_file
 

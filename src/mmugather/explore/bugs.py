@@ -46,8 +46,27 @@ class Bug:
                             without_fixes=self.fixed_without if fixed else self.buggy_without)
 
 
-def _threads(*programs, cpus=None):
-    return [{"cpu": cpu if cpus is None else cpus[k], "program": p} for k, (cpu, p) in enumerate(programs)]
+def _scenario(name: str, policy: str, vmas: list[dict[str, Any]], *programs: tuple[int, list[dict[str, Any]]],
+              cpus: int = 2, preempt: str = "voluntary", files: tuple[str, ...] = (), **machine: Any) -> dict:
+    """A catalogue scenario as data: one process "app" with `vmas` and a thread per (cpu, program), on a
+    machine of `cpus` CPUs with `machine`'s other settings; `files`: the names of its [[files]]."""
+    sc: dict[str, Any] = {"name": name, "machine": {"cpus": cpus, "preempt": preempt, "policy": policy, **machine}}
+    if files:
+        sc["files"] = [{"name": f} for f in files]
+    sc["process"] = [{"name": "app", "vma": vmas,
+                      "thread": [{"cpu": cpu, "program": program} for cpu, program in programs]}]
+    return sc
+
+
+def _read(vma: str) -> dict[str, Any]:
+    """A touch op that reads every page of `vma`."""
+    return {"op": "touch", "vma": vma, "write": False}
+
+
+def _two_tables() -> list[dict[str, Any]]:
+    """Two one-page VMAs, a and b, 2 MiB apart: each in a page table of its own."""
+    return [{"name": "a", "size": "4KiB", "start": 0x10000000, "populate": True},
+            {"name": "b", "size": "4KiB", "start": 0x10200000, "populate": True}]
 
 
 CATALOGUE: list[Bug] = [
@@ -62,13 +81,9 @@ CATALOGUE: list[Bug] = [
               "before any flush. 3.0 made the gather preemptible, so cond_resched() in zap_pmd_range() can "
               "switch to another thread of the same process on that CPU, which returns to user space with "
               "the CPU's TLB still mapping the freed pages."),
-        scenario={"name": "fast-mode", "machine": {"cpus": 1, "preempt": "voluntary", "policy": "3.0"},
-                  "process": [{"name": "app",
-                               "vma": [{"name": "a", "size": "16KiB", "populate": True}],
-                               "thread": _threads(
-                                   (0, [{"op": "touch", "vma": "a", "write": False},
-                                        {"op": "munmap", "vma": "a"}, {"op": "exit"}]),
-                                   (0, [{"op": "touch", "vma": "a", "write": False}]))}]},
+        scenario=_scenario("fast-mode", "3.0", [{"name": "a", "size": "16KiB", "populate": True}],
+                           (0, [_read("a"), {"op": "munmap", "vma": "a"}, {"op": "exit"}]),
+                           (0, [_read("a")]), cpus=1),
         policy="3.0",
         buggy_without=(),
         fixed_without=("tlb_fast_mode",),
@@ -87,14 +102,9 @@ CATALOGUE: list[Bug] = [
               "without a flush while the first has not flushed yet: a stale writable TLB entry survives "
               "the call that was to drop it. Fixed by counting gathers in flight (tlb_flush_pending) and "
               "forcing a flush in tlb_finish_mmu() when another one is running."),
-        scenario={"name": "parallel-dontneed", "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18"},
-                  "process": [{"name": "app",
-                               "vma": [{"name": "buf", "size": "8KiB", "populate": True}],
-                               "thread": _threads(
-                                   (0, [{"op": "touch", "vma": "buf"}, {"op": "madvise", "vma": "buf"},
-                                        {"op": "touch", "vma": "buf"}]),
-                                   (1, [{"op": "touch", "vma": "buf"}, {"op": "madvise", "vma": "buf"},
-                                        {"op": "touch", "vma": "buf"}]))}]},
+        scenario=_scenario("parallel-dontneed", "6.18", [{"name": "buf", "size": "8KiB", "populate": True}],
+                           *[(cpu, [{"op": "touch", "vma": "buf"}, {"op": "madvise", "vma": "buf"},
+                                    {"op": "touch", "vma": "buf"}]) for cpu in (0, 1)]),
         policy="6.18",
         buggy_without=("tlb_flush_pending",),
         expect="stale-tlb-after-return",
@@ -110,16 +120,12 @@ CATALOGUE: list[Bug] = [
               "i_mmap locks, and only then flushes the old range. In that window truncate() finds the page "
               "at its new address, zaps it there (flushing the new address only) and frees it, while the "
               "mremap caller's TLB still maps the page at the old address."),
-        scenario={"name": "mremap-vs-truncate", "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18"},
-                  "files": [{"name": "F"}],
-                  "process": [{"name": "app",
-                               "vma": [{"name": "f", "size": "4KiB", "kind": "file", "file": "F", "shared": True,
-                                        "populate": True},
-                                       {"name": "d", "size": "4KiB", "writable": False}],
-                               "thread": _threads(
-                                   (0, [{"op": "touch", "vma": "f", "write": False},
-                                        {"op": "mremap", "vma": "f", "to": "d"}]),
-                                   (1, [{"op": "truncate", "file": "F", "size": 0}]))}]},
+        scenario=_scenario("mremap-vs-truncate", "6.18",
+                           [{"name": "f", "size": "4KiB", "kind": "file", "file": "F", "shared": True,
+                             "populate": True},
+                            {"name": "d", "size": "4KiB", "writable": False}],
+                           (0, [_read("f"), {"op": "mremap", "vma": "f", "to": "d"}]),
+                           (1, [{"op": "truncate", "file": "F", "size": 0}]), files=("F",)),
         policy="6.18",
         buggy_without=("mremap_flush",),
     ),
@@ -135,15 +141,10 @@ CATALOGUE: list[Bug] = [
               "flight, forces a flush but first resets its range, dropping freed_tables: on arm64 the flush "
               "becomes a last-level TLBI that leaves the other CPU's walk cache pointing into the page table "
               "that is then freed."),
-        scenario={"name": "munmap-beside-dontneed", "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18"},
-                  "process": [{"name": "app",
-                               "vma": [{"name": "a", "size": "4KiB", "start": 0x10000000, "populate": True},
-                                       {"name": "b", "size": "4KiB", "start": 0x10200000, "populate": True}],
-                               "thread": _threads(
-                                   (0, [{"op": "touch", "vma": "b", "write": False},
-                                        {"op": "madvise", "vma": "a"}, {"op": "compute", "ns": 1000},
-                                        {"op": "touch", "vma": "b", "write": False}]),
-                                   (1, [{"op": "munmap", "vma": "b"}]))}]},
+        scenario=_scenario("munmap-beside-dontneed", "6.18", _two_tables(),
+                           (0, [_read("b"), {"op": "madvise", "vma": "a"}, {"op": "compute", "ns": 1000},
+                                _read("b")]),
+                           (1, [{"op": "munmap", "vma": "b"}])),
         policy="6.18",
         arch="arm64",
         buggy_without=("no_reset_range",),
@@ -165,14 +166,9 @@ CATALOGUE: list[Bug] = [
               "were freed with their TLB entries still live on other CPUs. Rare while only a failed "
               "GFP_NOWAIT allocation forced the break; 53a59fc67f97's batch limit made it routine on large "
               "unmaps (Ben Tebulin's git corruption, 2013)."),
-        scenario={"name": "munmap-gather-full",
-                  "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18", "fail_nowait": 1.0},
-                  "process": [{"name": "app",
-                               "vma": [{"name": "a", "size": "32KiB", "populate": True}],
-                               "thread": _threads(
-                                   (1, [{"op": "touch", "vma": "a", "write": False},
-                                        {"op": "compute", "ns": 1000}]),
-                                   (0, [{"op": "munmap", "vma": "a"}]))}]},
+        scenario=_scenario("munmap-gather-full", "6.18", [{"name": "a", "size": "32KiB", "populate": True}],
+                           (1, [_read("a"), {"op": "compute", "ns": 1000}]),
+                           (0, [{"op": "munmap", "vma": "a"}]), fail_nowait=1.0),
         policy="6.18",
         buggy_without=("force_flush_range",),
         max_preemptions=1,
@@ -194,11 +190,8 @@ CATALOGUE: list[Bug] = [
               "soft lockups on large machines. The fix caps the chain at MAX_GATHER_BATCH_COUNT batches "
               "(~10k pages), which makes zap_pte_range() break out, flush and free, and reach the next "
               "cond_resched()."),
-        scenario={"name": "munmap-64m-preempt-none",
-                  "machine": {"cpus": 2, "preempt": "none", "policy": "3.0", "softlockup_ns": 2_000_000},
-                  "process": [{"name": "app",
-                               "vma": [{"name": "a", "size": "64MiB", "populate": True}],
-                               "thread": _threads((0, [{"op": "munmap", "vma": "a"}]))}]},
+        scenario=_scenario("munmap-64m-preempt-none", "3.0", [{"name": "a", "size": "64MiB", "populate": True}],
+                           (0, [{"op": "munmap", "vma": "a"}]), preempt="none", softlockup_ns=2_000_000),
         policy="3.0",
         buggy_without=(),
         fixed_without=("unlimited_batching",),
@@ -224,16 +217,9 @@ CATALOGUE: list[Bug] = [
               "table batch page could be had, tlb_remove_table_one() IPI-synced and freed the table at "
               "once, with no TLB/PWC invalidation first. The fix made the choice at run time: "
               "tlb_needs_table_invalidate() is radix_enabled()."),
-        scenario={"name": "munmap-table-batch-fails-radix",
-                  "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18", "fail_nowait": 1.0},
-                  "process": [{"name": "app",
-                               "vma": [{"name": "a", "size": "4KiB", "start": 0x10000000, "populate": True},
-                                       {"name": "b", "size": "4KiB", "start": 0x10200000, "populate": True}],
-                               "thread": _threads(
-                                   (1, [{"op": "touch", "vma": "b", "write": False},
-                                        {"op": "compute", "ns": 1000},
-                                        {"op": "touch", "vma": "a", "write": False}]),
-                                   (0, [{"op": "munmap", "vma": "b"}]))}]},
+        scenario=_scenario("munmap-table-batch-fails-radix", "6.18", _two_tables(),
+                           (1, [_read("b"), {"op": "compute", "ns": 1000}, _read("a")]),
+                           (0, [{"op": "munmap", "vma": "b"}]), fail_nowait=1.0),
         policy="6.18",
         arch="ppc64-radix",
         buggy_without=("table_invalidate",),
@@ -252,15 +238,9 @@ CATALOGUE: list[Bug] = [
               "no concurrent walker. But mm_users does not count CPUs that use the mm lazily (a thread that "
               "exited, a kernel thread): their paging-structure caches can still walk the mm speculatively, "
               "so the table was freed under them with no flush."),
-        scenario={"name": "thread-exits-then-munmap",
-                  "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18"},
-                  "process": [{"name": "app",
-                               "vma": [{"name": "a", "size": "4KiB", "start": 0x10000000, "populate": True},
-                                       {"name": "b", "size": "4KiB", "start": 0x10200000, "populate": True}],
-                               "thread": _threads(
-                                   (0, [{"op": "sleep", "ns": 1000}, {"op": "munmap", "vma": "b"}]),
-                                   (1, [{"op": "touch", "vma": "b", "write": False},
-                                        {"op": "exit_thread"}]))}]},
+        scenario=_scenario("thread-exits-then-munmap", "6.18", _two_tables(),
+                           (0, [{"op": "sleep", "ns": 1000}, {"op": "munmap", "vma": "b"}]),
+                           (1, [_read("b"), {"op": "exit_thread"}])),
         policy="6.18",
         buggy_without=("mm_users_shortcut",),
         expect="page-table-use-after-free",

@@ -96,16 +96,11 @@ class Controlled:
         or the chooser returns None."""
         if any(c.latency_task is not None for c in engine.cpus):
             raise ValueError("Controlled: build the simulation without the latency task")
-        chooser, enabled, act = self.chooser, self.enabled, self.act
+        chooser, enabled, act = self.chooser, self.enabled, self._act_checked
         for k, a in enumerate(self.prefix):       # a schedule known to be valid: no choices to offer
             if engine.user_alive <= 0 or engine.halted or not self.can_step(a):
                 raise RuntimeError(f"replay diverged at step {k}: actor {a} cannot step")
-            try:
-                act(a)
-            except CONTRACT_BREACHES:
-                raise
-            except Exception as e:
-                raise StepError(a, e) from e
+            act(a)
         while engine.user_alive > 0 and not engine.halted:
             en = enabled()
             if not en:
@@ -113,12 +108,7 @@ class Controlled:
             a = chooser(en)
             if a is None:
                 break
-            try:
-                act(a)
-            except CONTRACT_BREACHES:
-                raise
-            except Exception as e:
-                raise StepError(a, e) from e
+            act(a)
         return max(c.clock for c in engine.cpus)
 
     # ----------------------------------------------------------------- actors
@@ -155,6 +145,16 @@ class Controlled:
         if curr is None or c.state != RUNNING:
             return False
         return curr is task or (task in c.runqueue and eng.preemptible(c, curr))
+
+    def _act_checked(self, a: int) -> None:
+        """act(a), with an exception the model raises wrapped in a StepError naming the actor (a breach of
+        the kernel-path contract passes as it is)."""
+        try:
+            self.act(a)
+        except CONTRACT_BREACHES:
+            raise
+        except Exception as e:
+            raise StepError(a, e) from e
 
     def act(self, a: int) -> None:
         """Let actor `a` take one step; with `track`, leave its footprint in fp_read/fp_write."""

@@ -39,6 +39,29 @@ class ZapSteps:
     first: int
 
 
+def _before_dirty_file(kernel, ents: np.ndarray) -> int:
+    """How many of the present PTEs `ents` come before the first that maps a dirty file page (all, if none)."""
+    dirty = (ents & _PAGE_DIRTY) != 0
+    if dirty.any():
+        stop = dirty & (kernel.alloc.views()[2][ents >> PAGE_SHIFT] != ANON)
+        if stop.any():
+            return int(np.argmax(stop))
+    return len(ents)
+
+
+def _within_horizon(c, base: int, c_zap: int, c_none: int, nz: np.ndarray, m: int) -> tuple[int, int]:
+    """(how many, the clock at the end of the last) of the zap steps of present entries nz[:m], starting at
+    `base`, that end before CPU c's horizon, plus the first one ending at or after it."""
+    last_end = base + c_zap * m + c_none * (int(nz[m - 1]) - (m - 1))
+    if last_end >= c.horizon:
+        steps = np.arange(1, m + 1, dtype=np.int64)
+        ends = base + c_zap * steps + c_none * (nz[:m] - (steps - 1))
+        k = int(np.searchsorted(ends, c.horizon))       # the first step ending at or after the horizon
+        m = k + 1
+        last_end = int(ends[k])
+    return m, last_end
+
+
 def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int | None = None,
               stop_dirty_file: bool = False) -> ZapSteps | None:
     """The next zap steps of zap_pte_range()'s loop over entries [i, iend) of table `pt`, in one pass.
@@ -74,22 +97,10 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
         return ZapSteps(0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt, i + cnt)
     m = min(len(nz), quiet + 1)
     if stop_dirty_file:
-        ent = w[nz[:m]]
-        dirty = (ent & _PAGE_DIRTY) != 0
-        if dirty.any():
-            stop = dirty & (kernel.alloc.views()[2][ent >> PAGE_SHIFT] != ANON)
-            if stop.any():
-                m = int(np.argmax(stop))
-                if m == 0:
-                    return None
-    base = c.clock + none
-    last_end = base + c_zap * m + c_none * (int(nz[m - 1]) - (m - 1))
-    if last_end >= c.horizon:
-        steps = np.arange(1, m + 1, dtype=np.int64)
-        ends = base + c_zap * steps + c_none * (nz[:m] - (steps - 1))
-        k = int(np.searchsorted(ends, c.horizon))       # the first step ending at or after the horizon
-        m = k + 1
-        last_end = int(ends[k])
+        m = _before_dirty_file(kernel, w[nz[:m]])
+        if m == 0:
+            return None
+    m, last_end = _within_horizon(c, c.clock + none, c_zap, c_none, nz, m)
     sel = nz[:m]
     first, last = int(sel[0]), int(sel[-1])
     pfns = w[sel] >> PAGE_SHIFT

@@ -27,6 +27,7 @@ import gc
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -226,9 +227,9 @@ def measure_ipis(job: dict) -> dict:
     # (IPIs taken by each CPU, ns, attempt) of each measurement, without and with thread B preempted
     clean: list[tuple[list[int], int, int]] = []
     dirty: list[tuple[list[int], int, int]] = []
-    discarded, cpus, attempt = 0, [], 0
+    discarded, attempt = 0, 0
+    cpus: list[int] = []
     own = {os.getpid()} | ({b.tid} if b else set())        # the probe's threads (ftrace.windows)
-    clock = time.perf_counter_ns
     try:
         while len(clean) < repeats and not (len(dirty) >= repeats - len(clean) and discarded >= repeats):
             addr, dest = _prepare(layout)
@@ -240,18 +241,9 @@ def measure_ipis(job: dict) -> dict:
                 b = SecondThread("blocked")
                 own.add(b.tid)
             k, attempt = attempt, attempt + 1
-            begin, end = begin_marker(k), end_marker(k)
             gc.disable()
             realtime(True)
-            if trace:
-                trace.mark(begin)
-            na = _tlb_now(fd, buf_a)
-            t0 = clock()
-            call()
-            t1 = clock()
-            nb = _tlb_now(fd, buf_b)
-            if trace:
-                trace.mark(end)
+            na, nb, ns = _timed(call, fd, buf_a, buf_b, trace, k)
             realtime(False)
             valid = second != "running" or b.inside()
             preempted = second == "running" and b.preemptions() != preempted
@@ -262,12 +254,9 @@ def measure_ipis(job: dict) -> dict:
                 b.stop()
                 b = None
             _cleanup(op, addr, dest, size)
-            before, after = parse_tlb(buf_a[:na].decode()), parse_tlb(buf_b[:nb].decode())
-            if before is None or after is None or before.keys() != after.keys():
-                raise WorkerError("no TLB row in /proc/interrupts, or CPUs went on or offline")
-            cpus = sorted(before)
+            cpus, ipis = _ipi_deltas(buf_a[:na], buf_b[:nb])
             if valid:
-                (dirty if preempted else clean).append(([after[c] - before[c] for c in cpus], t1 - t0, k))
+                (dirty if preempted else clean).append((ipis, ns, k))
             if not valid or preempted:
                 discarded += 1
                 if not valid and discarded > _MAX_RETRIES * repeats:
@@ -279,10 +268,43 @@ def measure_ipis(job: dict) -> dict:
             b.stop()
         if trace:
             trace.__exit__()
-    kept = clean + dirty[:repeats - len(clean)]
-    out = {"cpus": cpus, "samples": [k[0] for k in kept], "ns": [k[1] for k in kept], "discarded": discarded,
-           "preempted": repeats - len(clean)}
+    return _result(cpus, clean, dirty[:repeats - len(clean)], discarded, traced if trace else None)
+
+
+def _timed(call: Callable[[], object], fd: int, buf_a: bytearray, buf_b: bytearray, trace: TlbTrace | None,
+           k: int) -> tuple[int, int, int]:
+    """Make the call between two reads of /proc/interrupts (into buf_a, buf_b) and, when tracing, measurement
+    k's trace markers: (bytes read before, bytes read after, ns the call took)."""
+    clock = time.perf_counter_ns
     if trace:
+        trace.mark(begin_marker(k))
+    na = _tlb_now(fd, buf_a)
+    t0 = clock()
+    call()
+    t1 = clock()
+    nb = _tlb_now(fd, buf_b)
+    if trace:
+        trace.mark(end_marker(k))
+    return na, nb, t1 - t0
+
+
+def _ipi_deltas(before_text: bytearray, after_text: bytearray) -> tuple[list[int], list[int]]:
+    """(the CPUs, the TLB shootdown IPIs each took) between two reads of /proc/interrupts."""
+    before, after = parse_tlb(before_text.decode()), parse_tlb(after_text.decode())
+    if before is None or after is None or before.keys() != after.keys():
+        raise WorkerError("no TLB row in /proc/interrupts, or CPUs went on or offline")
+    cpus = sorted(before)
+    return cpus, [after[c] - before[c] for c in cpus]
+
+
+def _result(cpus: list[int], clean: list[tuple[list[int], int, int]], dirty: list[tuple[list[int], int, int]],
+            discarded: int, traced: dict | None) -> dict:
+    """measure_ipis's answer from the measurements kept (the clean ones, then the preempted ones that make up
+    the count) and, when traced, the trace window of each (by measurement number)."""
+    kept = clean + dirty
+    out = {"cpus": cpus, "samples": [k[0] for k in kept], "ns": [k[1] for k in kept], "discarded": discarded,
+           "preempted": len(dirty)}
+    if traced is not None:
         if any(k[2] not in traced for k in kept):
             raise WorkerError("the tlb:tlb_flush trace lost a measurement's markers (ring buffer overrun)")
         out["trace"] = [traced[k[2]] for k in kept]

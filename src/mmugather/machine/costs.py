@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from mmugather.errors import InputError, read_input
+from mmugather.errors import InputError, read_text_input
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +80,7 @@ def load_costs(path: str | Path | None) -> Costs:
     if path is None:
         return DEFAULT_COSTS
     p = Path(path)
-    try:
-        text = read_input(p)
-    except OSError as e:
-        raise InputError(f"{p}: cannot read cost file: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not a text file") from None
+    text = read_text_input(p, "cost file")
     try:
         data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as e:

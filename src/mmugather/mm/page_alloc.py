@@ -238,13 +238,7 @@ class PageAlloc:
                 freed = pfns[zz]
                 k = kinds[freed - lo]
         else:
-            rc = refcount[pfns] - 1
-            if rc.min() < 0:
-                self._bad_release(pfns, rc < 0)
-            refcount[pfns] = rc
-            zz = rc == 0
-            freed = pfns[zz]
-            k = kind[freed]
+            zz, freed, k = self._drop_scattered(refcount, kind, pfns)
         counts = kind_counts(k)
         if counts[FREE]:
             raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
@@ -260,6 +254,18 @@ class PageAlloc:
             if under_lock is not None and zz is not None:
                 under_lock = under_lock[zz]
             self.on_free_array(cpu, freed, k, under_lock, counts[PGTABLE])
+
+    def _drop_scattered(self, refcount: np.ndarray, kind: np.ndarray, pfns: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """release_array's reference drop for frames in no FrameSpan mask (`refcount`, `kind`: the views):
+        (which of pfns were freed, those frames, their kinds)."""
+        rc = refcount[pfns] - 1
+        if rc.min() < 0:
+            self._bad_release(pfns, rc < 0)
+        refcount[pfns] = rc
+        zz = rc == 0
+        freed = pfns[zz]
+        return zz, freed, kind[freed]
 
     def _bad_release(self, pfns: np.ndarray, bad: np.ndarray) -> None:
         pfn = int(pfns[np.argmax(bad)])

@@ -7,6 +7,8 @@ preemption off; 3.0 made them mutexes (3d48ae45e723 "mm: Convert i_mmap_lock to 
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 from mmugather.kernel.locking import (
     DownRead, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead, UpWrite,
 )
@@ -14,24 +16,29 @@ from mmugather.mm.kernel_part import KernelPart
 
 
 class Rmap30(KernelPart):
-    """Linux 3.0: i_mmap_mutex and anon_vma->mutex."""
+    """Linux 3.0: i_mmap_mutex and anon_vma->mutex. Rmap2639 swaps in its spinlocks through the four class
+    attributes below (the lock type, then the field of the mapping and of the mm that holds each lock)."""
+
+    _rmap_lock: ClassVar[type] = MutexLock
+    _rmap_unlock: ClassVar[type] = MutexUnlock
+    _i_mmap_field, _anon_vma_field = "i_mmap_mutex", "anon_vma_mutex"
 
     def i_mmap_lock_write(self, c, mapping):
-        """mutex_lock(&mapping->i_mmap_mutex)."""
-        yield MutexLock(mapping.i_mmap_mutex)
+        """mutex_lock(&mapping->i_mmap_mutex) (2.6.39: spin_lock(&mapping->i_mmap_lock))."""
+        yield self._rmap_lock(getattr(mapping, self._i_mmap_field))
 
     def i_mmap_unlock_write(self, c, mapping):
-        yield MutexUnlock(mapping.i_mmap_mutex)
+        yield self._rmap_unlock(getattr(mapping, self._i_mmap_field))
 
     i_mmap_lock_read = i_mmap_lock_write
     i_mmap_unlock_read = i_mmap_unlock_write
 
     def anon_vma_lock_write(self, c, mm):
-        """anon_vma_lock(): mutex_lock(&anon_vma->root->mutex)."""
-        yield MutexLock(mm.anon_vma_mutex)
+        """anon_vma_lock(): mutex_lock(&anon_vma->root->mutex) (2.6.39: spin_lock(&anon_vma->root->lock))."""
+        yield self._rmap_lock(getattr(mm, self._anon_vma_field))
 
     def anon_vma_unlock_write(self, c, mm):
-        yield MutexUnlock(mm.anon_vma_mutex)
+        yield self._rmap_unlock(getattr(mm, self._anon_vma_field))
 
     def unlink_anon_vmas(self, c, vma):
         """unlink_anon_vmas(), mm/rmap.c: under the anon_vma lock, take vma off its anon_vma chains."""
@@ -55,22 +62,8 @@ class Rmap30(KernelPart):
 class Rmap2639(Rmap30):
     """Linux 2.6.39: mapping->i_mmap_lock and anon_vma->lock are spinlocks."""
 
-    def i_mmap_lock_write(self, c, mapping):
-        """spin_lock(&mapping->i_mmap_lock)."""
-        yield SpinLock(mapping.i_mmap_lock)
-
-    def i_mmap_unlock_write(self, c, mapping):
-        yield SpinUnlock(mapping.i_mmap_lock)
-
-    i_mmap_lock_read = i_mmap_lock_write
-    i_mmap_unlock_read = i_mmap_unlock_write
-
-    def anon_vma_lock_write(self, c, mm):
-        """anon_vma_lock(): spin_lock(&anon_vma->root->lock)."""
-        yield SpinLock(mm.anon_vma_lock)
-
-    def anon_vma_unlock_write(self, c, mm):
-        yield SpinUnlock(mm.anon_vma_lock)
+    _rmap_lock, _rmap_unlock = SpinLock, SpinUnlock
+    _i_mmap_field, _anon_vma_field = "i_mmap_lock", "anon_vma_lock"
 
 
 class Rmap618(Rmap30):

@@ -158,6 +158,12 @@ def validate_trace(obj) -> list[str]:
             opened = stack.pop()
             if "name" in e and e["name"] != opened:
                 problems.append(f"{where}: E closes '{e['name']}' but the innermost open B is '{opened}'")
+    return problems + _left_open(stacks, flows)
+
+
+def _left_open(stacks: dict[tuple, list[str]], flows: dict[tuple[Any, Any], dict[str, list[float]]]) -> list[str]:
+    """validate_trace's problems at the end of the events: B events never closed, flows that do not pair."""
+    problems = []
     for (_, pid, tid), stack in stacks.items():
         for name in stack:
             problems.append(f"B '{name}' on pid {pid} tid {tid} is never closed by an E")

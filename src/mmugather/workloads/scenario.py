@@ -7,7 +7,6 @@ expected.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,7 +14,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       model_validator)
 from pydantic.json_schema import JsonDict
 
-from mmugather.errors import InputError, read_input
+from mmugather.errors import InputError, read_toml_input
 
 PAGE = 4096
 MAX_CPUS = 256
@@ -398,17 +397,7 @@ def parse_scenario(data: object, origin: str) -> Scenario:
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario TOML file."""
     p = Path(path)
-    try:
-        text = read_input(p)
-    except OSError as e:
-        raise InputError(f"{p}: cannot read scenario: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not a text file") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{p}: malformed TOML: {e}") from None
-    return parse_scenario(data, str(p))
+    return parse_scenario(read_toml_input(p, "scenario"), str(p))
 
 
 # Host memory a run needs, measured on this model (peak RSS of a run minus RSS before building it, exit of a

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -392,6 +393,29 @@ def _populate(v: Vma) -> tuple[list[tuple[int, int]], bool]:
     return [(a * PAGE, c * PAGE) for a, c in _runs(bits)], have == want
 
 
+def _vma_specs(vmas: Sequence[Vma]) -> tuple[list[str], list[dict[str, Any]], dict[str, dict[str, Any]], int, int]:
+    """snapshot_to_scenario's [[process.vma]] entries: (their names, the entries, the [[files]] entries by
+    path, how many VMAs `_populate` placed exactly, how many THPs their AnonHugePages hold)."""
+    names: list[str] = []
+    specs: list[dict[str, Any]] = []
+    files: dict[str, dict[str, Any]] = {}
+    exact = huge = 0
+    for k, v in enumerate(vmas):
+        name = f"{k}:{v.path or 'anon'}"
+        spec = {"name": name, "size": v.size, "start": v.start, "writable": v.perms[1] == "w"}
+        if not v.anon or v.kernel_held:
+            files.setdefault(v.path, {"name": v.path})
+            spec.update(kind="file", file=v.path, offset=v.offset, shared=v.perms[3] == "s")
+        ranges, used = _populate(v)
+        exact += used
+        huge += v.anon_huge // (512 * PAGE)
+        if ranges:
+            spec["populate"] = [list(r) for r in ranges]
+        names.append(name)
+        specs.append(spec)
+    return names, specs, files, exact, huge
+
+
 def snapshot_to_scenario(snap: Snapshot, variant: str = "exit", cpus: int | None = None) -> dict:
     """A scenario dict (for parse_scenario) tearing down `snap`'s address space.
 
@@ -414,23 +438,7 @@ def snapshot_to_scenario(snap: Snapshot, variant: str = "exit", cpus: int | None
     vmas = snap.torn_down
     if not vmas:
         raise InputError(f"{snap.source}: no VMA to tear down")
-    names: list[str] = []
-    specs: list[dict[str, Any]] = []
-    files: dict[str, dict[str, Any]] = {}
-    exact = huge = 0
-    for k, v in enumerate(vmas):
-        name = f"{k}:{v.path or 'anon'}"
-        spec = {"name": name, "size": v.size, "start": v.start, "writable": v.perms[1] == "w"}
-        if not v.anon or v.kernel_held:
-            files.setdefault(v.path, {"name": v.path})
-            spec.update(kind="file", file=v.path, offset=v.offset, shared=v.perms[3] == "s")
-        ranges, used = _populate(v)
-        exact += used
-        huge += v.anon_huge // (512 * PAGE)
-        if ranges:
-            spec["populate"] = [list(r) for r in ranges]
-        names.append(name)
-        specs.append(spec)
+    names, specs, files, exact, huge = _vma_specs(vmas)
     target = max(range(len(vmas)), key=lambda k: (vmas[k].rss, vmas[k].size, -k))
     program = [{"op": "exit"}]
     if variant == "munmap-largest":
