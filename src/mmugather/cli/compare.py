@@ -64,15 +64,22 @@ SNAPSHOT_VARIANTS = ("exit", "munmap-largest")
 
 
 @main.command()
-@click.option("--workload", "workload", default=None, help="Built-in workload name or scenario TOML file.")
+@click.option("--workload", "workload", default=None,
+              help="Built-in workload name (`mmugather workloads`), OP:N[:B], wis:..., snapshot:NAME, or a scenario "
+                   "TOML file (default: default).")
 @click.option("--policies", default="2.6.39,3.0,6.18", show_default=True, help="Comma-separated policies.")
 @click.option("--cpus", type=int, default=None,
               help="Number of CPUs (default: the workload's). Works with every workload: a thread pinned to CPU c "
                    "runs on CPU c mod N, where the simulated scheduler time-shares the threads of one CPU.")
-@click.option("--preempt", type=click.Choice(PREEMPT_MODELS), default=None, help="Preemption model.")
-@click.option("--fail-nowait", type=float, default=None, help="Probability that a GFP_NOWAIT allocation fails.")
+@click.option("--preempt", type=click.Choice(PREEMPT_MODELS), default=None,
+              help="Preemption model: CONFIG_PREEMPT_NONE, _VOLUNTARY or CONFIG_PREEMPT (default: the workload's "
+                   "machine.preempt).")
+@click.option("--fail-nowait", type=float, default=None, metavar="P",
+              help="Probability 0..1 that a GFP_NOWAIT (gather batch) allocation fails (default: the workload's "
+                   "machine.fail_nowait).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed >= 0 (default: the workload's).")
-@click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
+@click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON, ns per operation, e.g. from `calibrate`) overriding the built-in "
+                   "reference costs (machine/costs.py).")
 @click.option("--arch", default=None,
               help=f"Comma-separated arches ({', '.join(arch_names())}): each policy runs on each listed arch "
                    "it supports (default: the first arch each policy supports).")
@@ -122,7 +129,8 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
 @click.argument("scenario_file", required=False)
 @click.option("--policy", default=None, help="Policy (default: the scenario's machine.policy).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed >= 0 (default: the scenario's).")
-@click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON) overriding the defaults.")
+@click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON, ns per operation, e.g. from `calibrate`) overriding the built-in "
+                   "reference costs (machine/costs.py).")
 @click.option("--arch", default=None,
               help=f"One of {', '.join(arch_names())} (default: the first arch the policy supports).")
 @click.option("--without-fix", "without_fixes", multiple=True, help="Switch off a named fix (see `policies`).")
