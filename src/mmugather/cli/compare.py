@@ -78,7 +78,8 @@ SNAPSHOT_VARIANTS = ("exit", "munmap-largest")
               help="Probability 0..1 that a GFP_NOWAIT (gather batch) allocation fails (default: the workload's "
                    "machine.fail_nowait).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed >= 0 (default: the workload's).")
-@click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON, ns per operation, e.g. from `calibrate`) overriding the built-in "
+@click.option("--costs", "costs_file", default=None,
+              help="Cost file (TOML or JSON, ns per operation, e.g. from `calibrate`) overriding the built-in "
                    "reference costs (machine/costs.py).")
 @click.option("--arch", default=None,
               help=f"Comma-separated arches ({', '.join(arch_names())}): each policy runs on each listed arch "
@@ -129,7 +130,8 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
 @click.argument("scenario_file", required=False)
 @click.option("--policy", default=None, help="Policy (default: the scenario's machine.policy).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed >= 0 (default: the scenario's).")
-@click.option("--costs", "costs_file", default=None, help="Cost file (TOML or JSON, ns per operation, e.g. from `calibrate`) overriding the built-in "
+@click.option("--costs", "costs_file", default=None,
+              help="Cost file (TOML or JSON, ns per operation, e.g. from `calibrate`) overriding the built-in "
                    "reference costs (machine/costs.py).")
 @click.option("--arch", default=None,
               help=f"One of {', '.join(arch_names())} (default: the first arch the policy supports).")
