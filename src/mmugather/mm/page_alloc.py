@@ -9,6 +9,8 @@ later use of it through a stale translation is a use after free.
 from __future__ import annotations
 
 from array import array
+from itertools import groupby
+from operator import itemgetter
 
 import numpy as np
 
@@ -138,10 +140,22 @@ class PageAlloc:
 
     def release_pages(self, cpu, pfns: list[int]) -> None:
         """release_pages(), mm/swap.c: put_page() on each; frames whose last reference goes are freed."""
+        fp, fk = self._put_pages(pfns)
+        if fp:
+            first, n = fp[0], len(fp)
+            if fp[-1] == first + n - 1 and fp == list(range(first, first + n)):
+                self.free_list.push_run(first, n)        # consecutive frames: one run
+            else:
+                for pfn in fp:
+                    self.free_list.append(pfn)
+            self.on_free_many(cpu, fp, fk)
+
+    def _put_pages(self, pfns) -> tuple[list[int], list[int]]:
+        """put_page() on each of `pfns`, in order: the frames whose last reference went (marked FREE, not yet
+        on the free list) and their kinds."""
         refcount = self.refcount
         kind = self.kind
         nr_used = self.nr_used
-        free_list = self.free_list
         fp, fk = [], []                                  # the frames freed and their kinds
         for pfn in pfns:
             rc = refcount[pfn] - 1
@@ -157,36 +171,19 @@ class PageAlloc:
             nr_used[k] -= 1
             fp.append(pfn)
             fk.append(k)
-        if fp:
-            first, n = fp[0], len(fp)
-            if fp[-1] == first + n - 1 and fp == list(range(first, first + n)):
-                free_list.push_run(first, n)             # consecutive frames: one run
-            else:
-                for pfn in fp:
-                    free_list.append(pfn)
-            self.on_free_many(cpu, fp, fk)
+        return fp, fk
 
     def _release_flagged(self, cpu, pfns: list[int], flags: list[bool]) -> None:
-        """release_pages() of `pfns` one by one, in order, each freed frame reported with its own PTE-lock
-        flag: the frees of several flushes, some under the PTE lock, when a frame occurs twice."""
-        refcount, kind, nr_used, free_list = self.refcount, self.kind, self.nr_used, self.free_list
+        """release_pages() of `pfns` in order, each freed frame reported with its own PTE-lock flag: the
+        frees of several flushes, some under the PTE lock, when a frame occurs twice."""
         fp, fk, fu = [], [], []
-        for pfn, under in zip(pfns, flags):
-            rc = refcount[pfn] - 1
-            refcount[pfn] = rc
-            if rc:
-                if rc < 0:
-                    raise AssertionError(f"put_page: pfn {pfn} has refcount 0 ({KIND_NAMES[kind[pfn]]})")
-                continue
-            k = kind[pfn]
-            if k == FREE:
-                raise AssertionError(f"free_page: pfn {pfn} freed twice")
-            kind[pfn] = FREE
-            nr_used[k] -= 1
-            free_list.append(pfn)
-            fp.append(pfn)
-            fk.append(k)
-            fu.append(under)
+        for under, group in groupby(zip(pfns, flags), key=itemgetter(1)):
+            freed, kinds = self._put_pages([pfn for pfn, _ in group])
+            fp += freed
+            fk += kinds
+            fu += [under] * len(freed)
+        for pfn in fp:
+            self.free_list.append(pfn)
         if fp:
             self.on_free_array(cpu, np.array(fp, dtype=np.int64), np.array(fk, dtype=np.int8),
                                np.array(fu, dtype=bool))
