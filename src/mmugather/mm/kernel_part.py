@@ -62,6 +62,7 @@ class KernelPart:
         pte_free_tlb: Callable[..., Path]
         pmd_free_tlb: Callable[..., Path]
         pud_free_tlb: Callable[..., Path]
+        tlb_remove_table_sync_one: Callable[..., Path]
 
         # ---- mm/memory.c (mm/memory/)
         pmd_table: Callable[..., DirTable]
@@ -75,6 +76,10 @@ class KernelPart:
         zap_page_range: Callable[..., Path]
         zap_page_range_single: Callable[..., Path]
         zap_page_range_single_batched: Callable[..., Path]
+        unmap_mapping_range: Callable[..., Path]
+        pte_offset_map_lock: Callable[..., Path]
+        remap_pfn_range: Callable[..., int]
+        pfn_maps: bool
 
         # ---- mm/mmap.c, mm/vma.c, mm/mremap.c, kernel/fork.c, kernel/exit.c
         split_vma: Callable[..., None]
@@ -92,6 +97,8 @@ class KernelPart:
         i_mmap_unlock_read: Callable[..., Path]
         unlink_anon_vmas: Callable[..., Path]
         unlink_file_vma: Callable[..., Path]
+        anon_vma_lock_write: Callable[..., Path]
+        anon_vma_unlock_write: Callable[..., Path]
         mmu_notifier_invalidate_range_start: Callable[..., Path]
         mmu_notifier_invalidate_range_end: Callable[..., Path]
 

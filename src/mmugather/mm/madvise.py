@@ -1,4 +1,4 @@
-"""mm/madvise.c: MADV_DONTNEED."""
+"""mm/madvise.c: MADV_DONTNEED (MADV_COLLAPSE: mm/khugepaged.py)."""
 from __future__ import annotations
 
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, UpRead
@@ -21,6 +21,12 @@ class Madvise(KernelPart):
             lo, hi = max(start, vma.start), min(end, vma.end)
             yield self.zap_page_range(c, vma, lo, hi - lo, None)
         yield UpRead(mm.mmap_sem)
+
+
+    def sys_madvise_collapse(self, c, task, start: int, length: int):
+        """sys_madvise(MADV_COLLAPSE) before v6.1: madvise_behavior_valid() does not know the advice, so the
+        call returns -EINVAL having done nothing (mm/khugepaged.py has the v6.2 path)."""
+        yield self.costs.syscall
 
 
 class Madvise618(Madvise):

@@ -11,6 +11,9 @@ VM_WRITE = 0x2
 VM_SHARED = 0x8
 VM_GROWSDOWN = 0x100
 VM_PFNMAP = 0x400
+VM_IO = 0x4000
+VM_DONTEXPAND = 0x40000
+VM_DONTDUMP = 0x04000000
 VM_MIXEDMAP = 0x10000000
 VM_ACCOUNT = 0x100000
 
@@ -18,10 +21,14 @@ MM_FILEPAGES, MM_ANONPAGES = 0, 1
 
 
 class AddressSpace:
-    """struct address_space of a file: its page cache (index -> pfn) and the VMAs mapping it (i_mmap)."""
+    """struct address_space of a file: its page cache (index -> pfn) and the VMAs mapping it (i_mmap). A
+    device file (`device`) has no page cache: its driver owns a buffer (`driver_pfns`, page offset -> pfn)
+    that mmap() maps with remap_pfn_range() (mm/pfnmap.py)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, device: bool = False) -> None:
         self.name = name
+        self.device = device
+        self.driver_pfns: dict[int, int] = {}
         self.page_cache: dict[int, int] = {}
         self.i_mmap: list[Vma] = []
         self.i_mmap_lock = Spinlock(f"i_mmap_lock:{name}")        # v2.6.39

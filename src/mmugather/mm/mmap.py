@@ -45,7 +45,10 @@ class Mmap(KernelPart):
             addr = self.get_unmapped_area(mm, length, anon=file is None)
         else:
             yield self.do_munmap(c, mm, addr, length)
-        mm.insert_vma(Vma(mm, addr, addr + length, flags | VM_ACCOUNT, file, pgoff, name))
+        vma = Vma(mm, addr, addr + length, flags | VM_ACCOUNT, file, pgoff, name)
+        if file is not None and file.device:            # the driver's ->mmap(), before the VMA is linked
+            yield self.remap_pfn_range(mm, vma) * self.costs.pte_set
+        mm.insert_vma(vma)
         yield UpWrite(mm.mmap_sem)
         return addr
 

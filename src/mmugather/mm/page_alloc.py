@@ -16,9 +16,10 @@ import numpy as np
 
 from mmugather.mm.pfn_runs import PfnRuns
 
-# Frame kinds. FREE doubles as the poison marker.
-FREE, ANON, FILE, PGTABLE, BATCH = range(5)
-KIND_NAMES = ("free", "anon", "file", "page-table", "gather-batch")
+# Frame kinds. FREE doubles as the poison marker. DEVICE: a driver's buffer, mapped into user space by
+# remap_pfn_range() (mm/pfnmap.py) with special PTEs: no refcount or rmap of the mappings, freed by the driver.
+FREE, ANON, FILE, PGTABLE, BATCH, DEVICE = range(6)
+KIND_NAMES = ("free", "anon", "file", "page-table", "gather-batch", "device")
 
 GFP_KERNEL = "GFP_KERNEL"   # may sleep, never fails in this model
 GFP_NOWAIT = "GFP_NOWAIT"   # atomic; fails with probability fail_nowait

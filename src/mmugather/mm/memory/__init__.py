@@ -15,7 +15,7 @@ from __future__ import annotations
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, SpinLock, SpinUnlock, UpRead
 from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.protocols import Path
-from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_READ, VM_SHARED, VM_WRITE
+from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_PFNMAP, VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.page_alloc import ANON, FILE, GFP_KERNEL, PGTABLE
 from mmugather.mm.pgtable import (
     PAGE_SHIFT, PGDIR_MASK, PGDIR_SIZE, PMD_MASK, PMD_SHIFT, PMD_SIZE, PUD_MASK,
@@ -84,7 +84,8 @@ class Memory(KernelPart):
         yield MIGHT_SLEEP
         yield DownRead(mm.mmap_sem)
         vma = mm.find_vma(addr)
-        if vma is None or vma.start > addr or not vma.flags & (VM_WRITE if write else VM_READ):
+        if (vma is None or vma.start > addr or not vma.flags & (VM_WRITE if write else VM_READ)
+                or vma.flags & VM_PFNMAP):           # remap_pfn_range() mapped it all, no ->fault: SIGBUS
             yield UpRead(mm.mmap_sem)
             self.metrics.segv += 1
             return False

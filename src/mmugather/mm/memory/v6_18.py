@@ -8,7 +8,8 @@ from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.kernel.sched import Elapse
 from mmugather.mm.memory import Memory, ZapUpperLevels
 from mmugather.mm.page_alloc import ANON
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, addr_end, pmd_index, pte_index
+from mmugather.mm.pgtable import (PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, _PAGE_SPECIAL, addr_end,
+                                  pmd_index, pte_index)
 from mmugather.mm.protocols import Path
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class Memory618(ZapUpperLevels, Memory):
     forced flush of a full gather covers [addr, end), the PTEs this call has not zapped yet, instead of
     those it has, as 597e1c3580b7 (v3.6) set tlb->start/end before that flush."""
 
+    pfn_maps = True                    # the zap walk knows special PTEs (PFN maps, mm/pfnmap.py)
     if TYPE_CHECKING:
         arch: Arch618                  # 6.18's memory runs on a 6.18 arch (ARCHES["6.18"], arch/__init__.py)
 
@@ -133,24 +135,28 @@ class Memory618(ZapUpperLevels, Memory):
             elif ptent := ptes[i]:
                 ptes[i] = 0                                      # ptep_get_and_clear_full()
                 flush_pte_range(tlb, addr, PAGE_SIZE)            # tlb_remove_tlb_entry()
-                pfn = ptent >> PAGE_SHIFT
-                delay_rmap = False
-                if kind[pfn] == ANON:
-                    anon += 1
+                if ptent & _PAGE_SPECIAL:                        # vm_normal_page() is NULL (a PFN map):
+                    yield c_zap + none                           # zap_present_ptes() returns 1, nothing
+                    none = 0                                     # to unmap from the rmap or to gather
                 else:
-                    file += 1
-                    if ptent & _PAGE_DIRTY and self.tlb_delay_rmap(tlb):
-                        delay_rmap = force_flush = True
-                if not delay_rmap:
-                    mapcount[pfn] -= 1                           # folio_remove_rmap_ptes()
-                    if mapcount[pfn] < 0:
-                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
-                yield c_zap + none
-                none = 0
-                if remove(c, tlb, pfn, 1, delay_rmap):
-                    force_flush = force_break = broke = True
-                    addr += PAGE_SIZE
-                    break
+                    pfn = ptent >> PAGE_SHIFT
+                    delay_rmap = False
+                    if kind[pfn] == ANON:
+                        anon += 1
+                    else:
+                        file += 1
+                        if ptent & _PAGE_DIRTY and self.tlb_delay_rmap(tlb):
+                            delay_rmap = force_flush = True
+                    if not delay_rmap:
+                        mapcount[pfn] -= 1                       # folio_remove_rmap_ptes()
+                        if mapcount[pfn] < 0:
+                            raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+                    yield c_zap + none
+                    none = 0
+                    if remove(c, tlb, pfn, 1, delay_rmap):
+                        force_flush = force_break = broke = True
+                        addr += PAGE_SIZE
+                        break
             else:
                 none += c_none
             i += 1

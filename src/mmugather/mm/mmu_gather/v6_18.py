@@ -104,6 +104,8 @@ class Gather618(KernelPart):
       tlb_remove_table_one()) with no flush of the paging-structure caches first.
     - `mm_users_shortcut` (a6f572084fbe, v4.19): without it tlb_remove_table() frees the table at once
       when mm_users < 2, as since 267239116987 (v3.0): lazy-TLB CPUs are not counted in mm_users.
+    - `pfnmap_flush` (b67fbebd4cf9, v5.19; CVE-2022-39188): without it tlb_free_vmas() does not flush
+      for a VM_PFNMAP VMA before free_pgtables() unlinks it from the file's i_mmap.
     - `no_reset_range` (7a30df49f63a, v5.2): without it the nested gather's forced flush resets the range
       and re-adjusts it to [start, end), dropping freed_tables (the pre-fix tlb_flush_mmu_tlbonly()
       tested tlb->end only, so the flush still happens, but as a last-level flush that skips lazy CPUs).
@@ -202,8 +204,12 @@ class Gather618(KernelPart):
         yield self.tlb_flush_mmu_tlbonly(c, tlb)
 
     def tlb_free_vmas(self, c, tlb) -> Path:
-        """tlb_free_vmas(): flush now if a VM_PFNMAP/VM_MIXEDMAP VMA is about to be unlinked (vma_pfn)."""
-        if tlb.fullmm:
+        """tlb_free_vmas(): flush now if a VM_PFNMAP/VM_MIXEDMAP VMA is about to be unlinked (vma_pfn), so
+        that a driver's unmap_mapping_range() that no longer finds the VMA in i_mmap cannot return (and
+        the driver free the frames) while TLBs still map them. Without the `pfnmap_flush` fix
+        (b67fbebd4cf9, v5.19) there is no such flush: on an arch that selects MMU_GATHER_MERGE_VMAS (x86)
+        tlb_end_vma() did not flush either, so the first flush came in tlb_finish_mmu()."""
+        if tlb.fullmm or "pfnmap_flush" in self.without:
             return
         if tlb.vma_pfn:
             yield self.tlb_flush_mmu_tlbonly(c, tlb)
@@ -415,11 +421,19 @@ class Gather618(KernelPart):
                 self.alloc.free_page(cpu, pfn)
             self.engine.rcu.call_rcu(c, tlb_remove_table_one_rcu)
             return
+        yield self.tlb_remove_table_sync_one(c)
+        self.alloc.free_page(c, pfn)
+        yield self.costs.pgtable_free
+
+    def tlb_remove_table_sync_one(self, c) -> Path:
+        """tlb_remove_table_sync_one(), mm/mmu_gather.c (MMU_GATHER_RCU_TABLE_FREE; empty without it):
+        smp_call_function(tlb_remove_table_smp_sync, NULL, 1), an IPI to every other CPU, waiting for each:
+        a CPU inside an IRQs-off lockless walk (gup_fast) answers only once it has left it."""
+        if not self.arch.have_rcu_table_free:
+            return
         others = [x.id for x in self.engine.cpus if x is not c]
         if others:
             yield SmpCallFunctionMany(others, _tlb_remove_table_smp_sync)
-        self.alloc.free_page(c, pfn)
-        yield self.costs.pgtable_free
 
     def pte_free_tlb(self, c, tlb, pt, address: int) -> Path:
         """pte_free_tlb(): tlb_flush_pmd_range(address, PAGE_SIZE), freed_tables = 1, then the arch's
