@@ -142,5 +142,5 @@ class Khugepaged(KernelPart):
 
     def pte_free(self, c, pt) -> Path:
         """pte_free(), include/asm-generic/pgalloc.h: the table page goes back to the page allocator at once."""
-        yield self.costs.pgtable_free
         self.alloc.free_page(c, pt.pfn)
+        yield self.costs.pgtable_free
