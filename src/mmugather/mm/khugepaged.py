@@ -82,7 +82,9 @@ class Khugepaged(KernelPart):
         the whole block from a file whose page cache holds the THP; under i_mmap_lock_write() and the PTE
         lock, step 1 checks that every present PTE maps the THP's subpage for its index (else abort), step 2
         drops their rmap; step 3 their references and the file RSS; step 4 collapse_and_free_pmd().
-        Step 5 (set_huge_pmd() when `install_pmd`) is not modelled. Returns the scan result."""
+        Step 5 (set_huge_pmd() when `install_pmd`) is not modelled, nor the `vma->anon_vma` test (a
+        MAP_PRIVATE mapping written to: SCAN_VMA_CHECK), as the model keeps no anon_vma per VMA: step 1 finds
+        its COW copies and aborts instead. Returns the scan result."""
         haddr = addr & PMD_MASK
         vma = mm.find_vma(haddr)                            # vma_lookup()
         pt = mm.pte_tables.get(haddr >> PMD_SHIFT)          # find_pmd_or_thp_or_none()
