@@ -134,3 +134,14 @@ def test_policies_without_pfn_maps_refuse_them():
     """Only the 6.18 zap walk knows special PTEs: a 3.0 run of a PFN map is refused, not miscounted."""
     with pytest.raises(InputError, match="policy 3.0 does not model PFN maps"):
         _sim(_sc([(0, [])], policy="3.0"), policy="3.0")
+
+
+def test_munmap_of_a_pfn_map_flushes_before_unlinking_it_only_with_the_fix():
+    """tlb_free_vmas() (b67fbebd4cf9's flush, `pfnmap_flush`) adds one flush to a munmap of a PFN map, before
+    free_pgtables() unlinks the VMA; an anonymous VMA's munmap is the same with or without it."""
+    def flushes(vma, without=()):
+        sc = _sc([(0, [{"op": "touch", "vma": vma["name"]}, {"op": "munmap", "vma": vma["name"]}])], (vma,))
+        return _sim(sc, arch="x86", without_fixes=without).run()["tlb_flushes"]
+    anon = {"name": "a", "size": "16KiB", "start": 0x10000000, "populate": True}
+    assert flushes(DEV) == flushes(DEV, ("pfnmap_flush",)) + 1
+    assert flushes(anon) == flushes(anon, ("pfnmap_flush",))

@@ -31,7 +31,8 @@ class Memory618(ZapUpperLevels, Memory):
     gather's range (tlb_remove_tlb_entry); a full gather or a dirty shared file page forces a flush of the
     TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; so does
     need_resched() (without the flush); zap_pte_range() then retries from there; cond_resched() after every
-    PMD entry.
+    PMD entry. A special PTE (a PFN map, mm/pfnmap.py: vm_normal_page() is NULL) is only cleared and
+    recorded in the range: no rmap, no RSS, nothing gathered.
 
     Fix switch (`--without-fix force_flush_range`, e6c495a96ce0 + 2b047252d087, v3.11): without it the
     forced flush of a full gather covers [addr, end), the PTEs this call has not zapped yet, instead of
