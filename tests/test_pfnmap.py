@@ -145,3 +145,10 @@ def test_munmap_of_a_pfn_map_flushes_before_unlinking_it_only_with_the_fix():
     anon = {"name": "a", "size": "16KiB", "start": 0x10000000, "populate": True}
     assert flushes(DEV) == flushes(DEV, ("pfnmap_flush",)) + 1
     assert flushes(anon) == flushes(anon, ("pfnmap_flush",))
+
+
+def test_the_memory_estimate_counts_a_pfn_map_as_resident():
+    """remap_pfn_range() maps the whole VMA at mmap: the up-front host-memory estimate counts every page."""
+    from mmugather.workloads.scenario import PAGE_BYTES, estimate_memory
+    big = {**DEV, "size": "64MiB"}
+    assert estimate_memory(_sc([(0, [])], (big,))) >= 16384 * PAGE_BYTES

@@ -494,7 +494,8 @@ def estimate_memory(scenario: Scenario) -> int:
     total = 0
     for p in scenario.process:
         sizes = {v.name: v.size for v in p.vma}
-        resident = {v.name: ([v.size] if v.populate is True else [n for _, n in v.populate] if v.populate else [])
+        resident = {v.name: ([v.size] if v.populate is True or v.kind == "pfnmap"     # (mapped whole at mmap)
+                             else [n for _, n in v.populate] if v.populate else [])
                     for v in p.vma}
         forks = [0]
         for t in p.thread:
