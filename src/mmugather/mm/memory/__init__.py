@@ -123,12 +123,16 @@ class Memory(KernelPart):
         if vma.file is None:
             yield costs.page_alloc + costs.page_zero
             return self.alloc.alloc_page(ANON, GFP_KERNEL), ANON, bool(vma.flags & VM_WRITE)
+        if costs.file_fault:
+            yield costs.file_fault                      # __do_fault() -> filemap_fault()
         cache = vma.file.page_cache
         index = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
         pfn = cache.get(index)
         if pfn is None:
             pfn = cache[index] = self.alloc.alloc_page(FILE, GFP_KERNEL)
             yield costs.page_alloc + costs.page_zero
+        if write and vma.flags & VM_SHARED and costs.page_mkwrite:
+            yield costs.page_mkwrite                    # do_shared_fault() -> do_page_mkwrite()
         if write and not vma.flags & VM_SHARED:
             yield costs.page_alloc + costs.page_zero
             return self.alloc.alloc_page(ANON, GFP_KERNEL), ANON, True
