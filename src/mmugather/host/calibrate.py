@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from mmugather.host import syscalls as sc
 from mmugather.host.worker import SecondThread, run_worker
+from mmugather.machine.costs import Costs
 
 _MUNMAP_BYTES = 256 << 20
 _RATE_BYTES = 1 << 30
@@ -115,8 +116,8 @@ def _munmap_ns(job: dict) -> dict:
 
 
 def _null_syscall(job: dict) -> dict:
-    """Worker job: ns per getppid() call less a getpagesize() call (no kernel entry), one sample per pair of interleaved loops of
-    _NULL_CALLS calls each (interleaved, so a burst of load on the machine hits both sides alike)."""
+    """Worker job: ns per getppid() call less a getpagesize() call (no kernel entry), one sample per pair
+    of interleaved loops of _NULL_CALLS calls each (so a burst of load on the machine hits both alike)."""
     sc.pin(0)
     clock, out = time.perf_counter_ns, []
     for _ in range(job["repeats"]):
@@ -131,8 +132,14 @@ def _null_syscall(job: dict) -> dict:
     return {"ns": out}
 
 
-def _pass_ns(call: Callable[[], object], pages: int) -> float:
-    return _timed(call) / pages
+def _write_pass(addr: int, size: int) -> float:
+    """ns per page of writing every byte of [addr, addr + size) (one C call)."""
+    return _timed(lambda: ctypes.memset(addr, 1, size)) / (size // sc.PAGE)
+
+
+def _read_pass(addr: int, size: int) -> float:
+    """ns per page of reading every byte of [addr, addr + size) (one C call; the memory holds no 2)."""
+    return _timed(lambda: _memchr(addr, 2, size)) / (size // sc.PAGE)
 
 
 def _anon_faults(job: dict) -> dict:
@@ -140,18 +147,18 @@ def _anon_faults(job: dict) -> dict:
     write pass that faults every page less a second (hot) pass, of the hot pass itself (a 4 KiB memset),
     and of a read pass that faults every page (the zero page) less a hot read pass."""
     sc.pin(0)
-    n, size = _FAULT_PAGES, _FAULT_PAGES * sc.PAGE
+    size = _FAULT_PAGES * sc.PAGE
     write, hot, read = [], [], []
     for _ in range(job["repeats"]):
         addr = sc.mmap(size)
         sc.madvise(addr, size, sc.MADV_NOHUGEPAGE)
-        first = _pass_ns(lambda: ctypes.memset(addr, 1, size), n)
-        second = _pass_ns(lambda: ctypes.memset(addr, 1, size), n)
+        first = _write_pass(addr, size)
+        second = _write_pass(addr, size)
         write.append(first - second)
         hot.append(second)
         sc.madvise(addr, size, sc.MADV_DONTNEED)
-        first = _pass_ns(lambda: _memchr(addr, 2, size), n)
-        read.append(first - _pass_ns(lambda: _memchr(addr, 2, size), n))
+        first = _read_pass(addr, size)
+        read.append(first - _read_pass(addr, size))
         sc.munmap(addr, size)
     return {"write_fault": write, "zero": hot, "read_fault": read}
 
@@ -161,9 +168,10 @@ def _file_faults(job: dict) -> dict:
     (written once, then MADV_DONTNEED), less a hot pass: through a MAP_SHARED mapping (do_shared_fault)
     and a fresh MAP_PRIVATE one (do_cow_fault), per repeat. The file lives in `dir` (will-it-scale's /tmp)."""
     sc.pin(0)
-    n, size = _FAULT_PAGES, _FAULT_PAGES * sc.PAGE
+    size = _FAULT_PAGES * sc.PAGE
     fd, path = tempfile.mkstemp(dir=job["dir"])
-    shared, private = [], []
+    shared: list[float] = []
+    private: list[float] = []
     try:
         os.unlink(path)
         os.ftruncate(fd, size)
@@ -174,8 +182,8 @@ def _file_faults(job: dict) -> dict:
                 if flags == sc.MAP_SHARED:
                     ctypes.memset(addr, 1, size)
                     sc.madvise(addr, size, sc.MADV_DONTNEED)
-                first = _pass_ns(lambda: ctypes.memset(addr, 1, size), n)
-                out.append(first - _pass_ns(lambda: ctypes.memset(addr, 1, size), n))
+                first = _write_pass(addr, size)
+                out.append(first - _write_pass(addr, size))
                 sc.munmap(addr, size)
     finally:
         os.close(fd)
@@ -309,7 +317,8 @@ def host_kernel_pages_per_s(runs: int = 3, timeout: float = 120.0) -> float:
 
 
 # Figures whose noise decides whether a fit is possible (the differences are judged by their parts).
-NOISE_CHECKED = ("null_syscall_ns", "zero_ns_per_page", "anon_write_fault_ns", "file_shared_write_fault_ns",
+NOISE_CHECKED = ("null_syscall_ns", "zero_ns_per_page", "anon_write_fault_ns", "anon_read_fault_ns",
+                 "file_shared_write_fault_ns",
                  "file_private_write_fault_ns", "munmap_ns_per_page", "mmap_1page_alone_ns",
                  "munmap_1page_alone_ns", "dontneed_1page_alone_ns", "mprotect_1page_alone_ns",
                  "munmap_1page_running_ns", f"munmap_{_IDLE_PAGES}_blocked_ns", f"munmap_{_IDLE_PAGES}_alone_ns")
@@ -322,7 +331,7 @@ def noisy(figures: dict[str, Figure], limit: float) -> list[tuple[str, float]]:
 
 
 # ------------------------------------------------------------------ fitting each cost to its own probe
-ModelFigure = Callable[[object], float]          # the model's value of a figure under the given Costs
+ModelFigure = Callable[[Costs], float]           # the model's value of a figure under the given Costs
 
 
 @dataclass(frozen=True)
@@ -372,6 +381,11 @@ def _difference(a: ModelFigure, b: ModelFigure, scale: float = 1.0) -> ModelFigu
     return lambda costs: (a(costs) - b(costs)) / scale
 
 
+def _without_page(fault: ModelFigure) -> ModelFigure:
+    """A fault's model figure less the page it allocates and zeroes: what mapping an existing page costs."""
+    return lambda costs: fault(costs) - costs.page_alloc - costs.page_zero
+
+
 def _mmap_ns(costs) -> float:
     m = _run(_micro({"name": "x", "size": "4KiB"}, [{"op": "mmap", "vma": {"name": "a", "size": "4KiB"}}]), costs)
     return float(m["syscall_ns"]["max"])
@@ -387,7 +401,10 @@ def fits() -> list[Fit]:
     return [
         Fit(("syscall",), "null_syscall_ns", None, "set to the figure"),
         Fit(("page_zero",), "zero_ns_per_page", None, "set to the figure (clear_page ~ a 4 KiB memset)"),
-        Fit(("fault_entry",), "anon_write_fault_ns", per_page_ns(anon, [], [write]),
+        Fit(("fault_entry",), "anon_read_fault_ns", _without_page(per_page_ns(anon, [], [write])),
+            "model: write pass over fresh anonymous pages, per page, less page_alloc and page_zero (the "
+            "host's read fault maps the zero page; the model has no zero page)"),
+        Fit(("page_alloc",), "anon_write_fault_ns", per_page_ns(anon, [], [write]),
             "model: write pass over fresh anonymous pages, per page"),
         Fit(("pte_zap", "page_free"), "munmap_ns_per_page",
             _difference(syscall_ns(f"munmap:{n}:alone"), syscall_ns("munmap:1:alone"), n - 1),
@@ -453,7 +470,6 @@ def fit_costs(figures: dict[str, Figure], with_model: bool = True, base=None) ->
     munmap time are shared among their fields directly."""
     from dataclasses import replace
 
-    from mmugather.machine.costs import Costs
     base = base or Costs()
     costs, out, sources = base, {}, {}
     for fit in fits():
