@@ -76,6 +76,10 @@ def main() -> None:
         inside += 0.85 <= m / h <= 1.15
         print(f"{'wis:' + ':'.join(map(str, c)):28s} {h:12,.0f} {spread:10.0%} {m:12,.0f} {m / h:10.2f}", flush=True)
     print(f"{inside}/{len(cases)} within 15% (model/host 0.85-1.15)")
+    busy = sum((max(r) - min(r)) / statistics.median(r) > 0.15 for r in runs.values())
+    if busy:
+        print(f"warning: the host's own range exceeds 15% in {busy} of {len(cases)} cases: the machine was busy, "
+              "so those ratios measure its load as much as the model; rerun on a quiet machine")
 
 
 if __name__ == "__main__":
