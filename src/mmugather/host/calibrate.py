@@ -6,12 +6,14 @@ p10 and p90 of the repeats, the unit and the probe it came from. Single calls ar
 time.perf_counter_ns around the ctypes call, minus the median time of the same timing around a ctypes call
 that makes no system call (memchr of 0 bytes), so the Python and ctypes overhead is not counted as kernel time.
 
-Probes (one job each, see JOBS): a null system call (getppid); write faults of fresh anonymous pages, read
+Probes: in workers (JOBS), a null system call (getppid); write faults of fresh anonymous pages, read
 faults of them (the zero page), and a hot pass over the same pages (a 4 KiB memset: the clear_page()
-estimate); write faults of a cached file page through a shared and a private mapping; munmap of 256 MiB
-of touched pages (per page); a 1-page mmap, munmap, MADV_DONTNEED and mprotect alone; a 1-page munmap
-with a second thread running on CPU 1 (the round trip of a shootdown to a running CPU); and probe.py's
-munmap of 512 pages with the second thread blocked (the round trip to an idle CPU).
+estimate); write faults of a cached file page through a shared and a private mapping; a 1-page mmap. And
+through probe.run_script, placed exactly as the 6.18 model places them (kernel_check.layout_of), the
+kernel-check scripts of SCRIPTS: 1-page munmap, MADV_DONTNEED and mprotect alone, a 1-page munmap with a
+second thread running user code on CPU 1 (less alone: the round trip of a shootdown to a running CPU),
+a 512-page munmap with the second thread blocked (less alone: the round trip to an idle, lazy CPU, which
+is sent the flush because the munmap frees a PTE table) and a 256 MiB munmap (per page, less 1 page).
 """
 from __future__ import annotations
 
@@ -105,14 +107,14 @@ def _timed(call: Callable[[], object]) -> int:
     return time.perf_counter_ns() - t0
 
 
-def _timed_munmap(addr: int, size: int) -> int:
-    return _timed(lambda: sc.munmap(addr, size))
+def _unmapper(addr: int, size: int) -> Callable[[], None]:
+    return lambda: sc.munmap(addr, size)
 
 
 def _munmap_ns(job: dict) -> dict:
     """Worker job: ns of munmap of `bytes` of touched 4 KiB pages, per run."""
     sc.pin(0)
-    return {"ns": [_timed_munmap(_touched(job["bytes"]), job["bytes"]) for _ in range(job["runs"])]}
+    return {"ns": [_timed(_unmapper(_touched(job["bytes"]), job["bytes"])) for _ in range(job["runs"])]}
 
 
 def _null_syscall(job: dict) -> dict:
@@ -201,8 +203,9 @@ def _one_call(make: Callable[[], Callable[[], object]], after: Callable[[], obje
 
 
 def _calls(job: dict) -> dict:
-    """Worker job: ns of one 1-page call, alone, per sample (less the timing overhead): mmap (anonymous,
-    not populated), munmap, MADV_DONTNEED and mprotect to read-only of a touched page."""
+    """Worker job: ns of one 1-page call, alone, per sample (less the timing overhead, also returned as
+    `overhead`), one after another (caches warm, as in a loop): mmap (anonymous, not populated), munmap,
+    MADV_DONTNEED and mprotect to read-only of a touched page."""
     sc.pin(0)
     k, ovh, page = job["samples"], _overhead_ns(), sc.PAGE
     box = [0]
@@ -224,13 +227,14 @@ def _calls(job: dict) -> dict:
     return {"mmap": _one_call(mapper, unmap, k, ovh),
             "munmap": _one_call(on_touched(lambda a: sc.munmap(a, page)), lambda: None, k, ovh),
             "dontneed": _one_call(on_touched(lambda a: sc.madvise(a, page, sc.MADV_DONTNEED)), unmap, k, ovh),
-            "mprotect": _one_call(on_touched(lambda a: sc.mprotect(a, page, sc.PROT_READ)), unmap, k, ovh)}
+            "mprotect": _one_call(on_touched(lambda a: sc.mprotect(a, page, sc.PROT_READ)), unmap, k, ovh),
+            "overhead": ovh}
 
 
 def _one_page(job: dict) -> dict:
     """Worker job: ns of 1-page munmaps with no other thread, then with thread B running on CPU 1."""
     sc.pin(0)
-    alone = [_timed_munmap(_touched(sc.PAGE), sc.PAGE) for _ in range(job["samples"])]
+    alone = [_timed(_unmapper(_touched(sc.PAGE), sc.PAGE)) for _ in range(job["samples"])]
     b = SecondThread("running")
     try:
         running: list[int] = []
@@ -241,7 +245,7 @@ def _one_page(job: dict) -> dict:
             for addr in pages:
                 if not b.inside():
                     break
-                got.append(_timed_munmap(addr, sc.PAGE))
+                got.append(_timed(_unmapper(addr, sc.PAGE)))
             valid = b.inside()
             b.leave()
             for addr in pages[len(got):]:
@@ -252,39 +256,45 @@ def _one_page(job: dict) -> dict:
     return {"alone": alone, "running": running}
 
 
-JOBS = {"munmap_ns": _munmap_ns, "one_page": _one_page, "null_syscall": _null_syscall,
-        "anon_faults": _anon_faults, "file_faults": _file_faults, "calls": _calls}
+JOBS = {"munmap_ns": _munmap_ns, "null_syscall": _null_syscall, "anon_faults": _anon_faults,
+        "file_faults": _file_faults, "calls": _calls, "one_page": _one_page}
 
 
 # ------------------------------------------------------------------ the measurement
-def _idle_round_trip(repeats: int, timeout: float) -> tuple[Figure, Figure]:
-    """probe.py's munmap of _IDLE_PAGES pages (its PTE table freed: the flush reaches a lazy CPU) with
-    thread B blocked on CPU 1 (idle), and alone: the two syscall-time Figures."""
+# kernel-check scripts timed on the host in the model's own layout (probe.run_script), with their repeats
+SCRIPTS = {"munmap:1:alone": 11, f"munmap:{_IDLE_PAGES}:blocked": 15, f"munmap:{_IDLE_PAGES}:alone": 15,
+           f"munmap:{_MUNMAP_BYTES // sc.PAGE}:alone": 5}
+
+
+def script_key(name: str) -> str:
+    """The figure key of a kernel-check script's syscall time: munmap:1:alone -> munmap_1_alone_ns."""
+    return name.replace(":", "_").replace("-", "_") + "_ns"
+
+
+def _script(name: str, repeats: int, overhead: float, timeout: float) -> Figure:
+    """The syscall time of kernel-check script `name` on the host, placed as the 6.18 model places it."""
+    from mmugather.host.kernel_check import Check, layout_of, model_simulation
     from mmugather.host.probe import Script, run_script
     from mmugather.host.worker import WorkerError
-    out = []
-    for second in ("blocked", "alone"):
-        name = f"munmap:{_IDLE_PAGES}:{second}"
-        r = run_script(Script(name, "munmap", _IDLE_PAGES, second), repeats=repeats, timeout=timeout)
-        if r.status != "ok":
-            raise WorkerError(f"{name}: {r.status}: {r.reason}")
-        out.append(figure([float(x) for x in r.ns], "ns", f"probe.py {name}: syscall time"))
-    return out[0], out[1]
+    op, pages, second = name.split(":")
+    check = Check(op, int(pages), second)
+    layout = layout_of(model_simulation(check, 2, arch="x86"))
+    r = run_script(Script(name, op, int(pages), second), repeats, timeout, layout)    # type: ignore[arg-type]
+    if r.status != "ok":
+        raise WorkerError(f"{name}: {r.status}: {r.reason}")
+    return figure([ns - overhead for ns in r.ns], "ns", f"probe.py {name} in the model's layout, less timing overhead")
 
 
 def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> dict[str, Figure]:
-    """Measure this host's figures (see the module docstring), each a Figure; `runs` sets the repeats of
-    the large probes (the 1-page probes take 201 samples each). Raises WorkerError if a child fails or
-    times out."""
-    reps = max(runs, 5)
-    big = run_worker({"kind": "munmap_ns", "bytes": _MUNMAP_BYTES, "runs": runs}, timeout)
-    one = run_worker({"kind": "one_page", "samples": _ONE_PAGE_SAMPLES}, timeout)
+    """Measure this host's figures (see the module docstring), each a Figure; `runs` (at least 5) sets the
+    repeats of the fault probes (2 runs + 1). Raises WorkerError if a child fails or times out."""
+    reps = 2 * max(runs, 5) + 1
     null = run_worker({"kind": "null_syscall", "repeats": 201}, timeout)
-    anon = run_worker({"kind": "anon_faults", "repeats": 2 * reps + 1}, timeout)
-    files = run_worker({"kind": "file_faults", "repeats": 2 * reps + 1, "dir": file_dir}, timeout)
+    anon = run_worker({"kind": "anon_faults", "repeats": reps}, timeout)
+    files = run_worker({"kind": "file_faults", "repeats": reps, "dir": file_dir}, timeout)
     calls = run_worker({"kind": "calls", "samples": _ONE_PAGE_SAMPLES}, timeout)
-    idle, idle_alone = _idle_round_trip(3 * reps, timeout)
-    pages = _MUNMAP_BYTES // sc.PAGE
+    one = run_worker({"kind": "one_page", "samples": _ONE_PAGE_SAMPLES}, timeout)
+    scripts = {name: _script(name, k, calls["overhead"], timeout) for name, k in SCRIPTS.items()}
     f = {
         "null_syscall_ns": figure(null["ns"], "ns", "getppid() less getpagesize(), loops of 200, CPU 0"),
         "zero_ns_per_page": figure(anon["zero"], "ns/page", "memset of 16 MiB of mapped 4 KiB pages (hot pass)"),
@@ -296,17 +306,24 @@ def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> 
                                              f"memset of a MAP_SHARED 16 MiB file in {file_dir}, cached, less hot"),
         "file_private_write_fault_ns": figure(files["private_write_fault"], "ns/page",
                                               f"memset of a MAP_PRIVATE 16 MiB file in {file_dir}, cached, less hot"),
-        "munmap_ns_per_page": figure([ns / pages for ns in big["ns"]], "ns/page",
-                                     "munmap of 256 MiB touched, THP off, alone"),
     }
     for call in ("mmap", "munmap", "dontneed", "mprotect"):
-        f[f"{call}_1page_alone_ns"] = figure(calls[call], "ns", f"one {call} of 1 page, alone, less timing overhead")
-    alone, running = (figure([float(x) for x in one[k]], "ns", f"1-page munmap, {k}") for k in ("alone", "running"))
+        f[f"{call}_1page_alone_ns"] = figure(calls[call], "ns", f"{call} of 1 page, alone, back to back, "
+                                                                "less timing overhead")
+    alone, running = (figure([float(x) for x in one[k]], "ns", f"1-page munmap, back to back, {k}")
+                      for k in ("alone", "running"))
     f["munmap_1page_running_ns"] = running
-    f["shootdown_round_trip_ns"] = running.minus(alone, "1-page munmap with B running on CPU 1 less alone")
-    f[f"munmap_{_IDLE_PAGES}_blocked_ns"] = idle
-    f[f"munmap_{_IDLE_PAGES}_alone_ns"] = idle_alone
-    f["idle_round_trip_ns"] = idle.minus(idle_alone, f"munmap of {_IDLE_PAGES} pages with B blocked less alone")
+    f["shootdown_round_trip_ns"] = running.minus(alone, "1-page munmap with B running user code on CPU 1 less "
+                                                        "alone, back to back")
+    f.update({script_key(name): fig for name, fig in scripts.items()})
+    big, small = f[script_key(f"munmap:{_MUNMAP_BYTES // sc.PAGE}:alone")], f[script_key("munmap:1:alone")]
+    pages = _MUNMAP_BYTES // sc.PAGE - 1
+    f["munmap_ns_per_page"] = Figure((big.median - small.median) / pages, (big.p10 - small.p90) / pages,
+                                     (big.p90 - small.p10) / pages, big.n, "ns/page",
+                                     f"munmap:{pages + 1}:alone less munmap:1:alone in the model's layout, per page")
+    f["idle_round_trip_ns"] = f[script_key(f"munmap:{_IDLE_PAGES}:blocked")].minus(
+        f[script_key(f"munmap:{_IDLE_PAGES}:alone")],
+        f"munmap:{_IDLE_PAGES}:blocked less munmap:{_IDLE_PAGES}:alone (CPU 1 idle, lazy; the PTE table freed)")
     return f
 
 
@@ -318,10 +335,9 @@ def host_kernel_pages_per_s(runs: int = 3, timeout: float = 120.0) -> float:
 
 # Figures whose noise decides whether a fit is possible (the differences are judged by their parts).
 NOISE_CHECKED = ("null_syscall_ns", "zero_ns_per_page", "anon_write_fault_ns", "anon_read_fault_ns",
-                 "file_shared_write_fault_ns",
-                 "file_private_write_fault_ns", "munmap_ns_per_page", "mmap_1page_alone_ns",
+                 "file_shared_write_fault_ns", "file_private_write_fault_ns", "mmap_1page_alone_ns",
                  "munmap_1page_alone_ns", "dontneed_1page_alone_ns", "mprotect_1page_alone_ns",
-                 "munmap_1page_running_ns", f"munmap_{_IDLE_PAGES}_blocked_ns", f"munmap_{_IDLE_PAGES}_alone_ns")
+                 "munmap_1page_running_ns", *(script_key(name) for name in SCRIPTS))
 
 
 def noisy(figures: dict[str, Figure], limit: float) -> list[tuple[str, float]]:
@@ -410,8 +426,10 @@ def fits() -> list[Fit]:
             _difference(syscall_ns(f"munmap:{n}:alone"), syscall_ns("munmap:1:alone"), n - 1),
             f"model: munmap:{n}:alone less munmap:1:alone, per page"),
         Fit(("munmap_call",), "munmap_1page_alone_ns", syscall_ns("munmap:1:alone"), "model: munmap:1:alone"),
-        Fit(("madvise_call",), "dontneed_1page_alone_ns", syscall_ns("dontneed:1:alone"), "model: dontneed:1:alone"),
-        Fit(("mprotect_call",), "mprotect_1page_alone_ns", syscall_ns("mprotect:1:alone"), "model: mprotect:1:alone"),
+        Fit(("madvise_call",), "dontneed_1page_alone_ns", syscall_ns("dontneed:1:alone"),
+            "model: dontneed:1:alone"),
+        Fit(("mprotect_call",), "mprotect_1page_alone_ns", syscall_ns("mprotect:1:alone"),
+            "model: mprotect:1:alone"),
         Fit(("mmap_call",), "mmap_1page_alone_ns", _mmap_ns, "model: mmap of 1 page"),
         Fit(("file_fault",), "file_private_write_fault_ns",
             per_page_ns({**file, "shared": False}, [read, drop], [write]),
