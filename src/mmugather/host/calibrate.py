@@ -397,11 +397,6 @@ def _difference(a: ModelFigure, b: ModelFigure, scale: float = 1.0) -> ModelFigu
     return lambda costs: (a(costs) - b(costs)) / scale
 
 
-def _without_page(fault: ModelFigure) -> ModelFigure:
-    """A fault's model figure less the page it allocates and zeroes: what mapping an existing page costs."""
-    return lambda costs: fault(costs) - costs.page_alloc - costs.page_zero
-
-
 def _mmap_ns(costs) -> float:
     m = _run(_micro({"name": "x", "size": "4KiB"}, [{"op": "mmap", "vma": {"name": "a", "size": "4KiB"}}]), costs)
     return float(m["syscall_ns"]["max"])
@@ -417,9 +412,8 @@ def fits() -> list[Fit]:
     return [
         Fit(("syscall",), "null_syscall_ns", None, "set to the figure"),
         Fit(("page_zero",), "zero_ns_per_page", None, "set to the figure (clear_page ~ a 4 KiB memset)"),
-        Fit(("fault_entry",), "anon_read_fault_ns", _without_page(per_page_ns(anon, [], [write])),
-            "model: write pass over fresh anonymous pages, per page, less page_alloc and page_zero (the "
-            "host's read fault maps the zero page; the model has no zero page)"),
+        Fit(("fault_entry",), "anon_read_fault_ns", per_page_ns(anon, [], [read]),
+            "model: read pass over fresh anonymous pages (the zero page), per page"),
         Fit(("page_alloc",), "anon_write_fault_ns", per_page_ns(anon, [], [write]),
             "model: write pass over fresh anonymous pages, per page"),
         Fit(("pte_zap", "page_free"), "munmap_ns_per_page",

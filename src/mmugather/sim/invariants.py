@@ -268,7 +268,7 @@ class Invariants:
             live_tables += 1 + _count_tables(mm)
         cached = sum(len(f.page_cache) for f in files)
         used = alloc.nr_used
-        expected = {ANON: live_anon, PGTABLE: live_tables, FILE: cached, BATCH: 0}
+        expected = {ANON: live_anon, PGTABLE: live_tables, FILE: cached + (alloc.zero_pfn >= 0), BATCH: 0}
         for kind, want in expected.items():
             if used[kind] != want:
                 self.report("leak", -1, f"{used[kind]} {KIND_NAMES[kind]} frames in use after teardown, "

@@ -91,7 +91,9 @@ class Memory(KernelPart):
         pt = yield self.pte_alloc(c, mm, addr)
         idx = pte_index(addr)
         ptent = pt.ptes[idx]
-        if ptent == 0:
+        if ptent == 0 and vma.file is None and not write:
+            yield self.map_zero_page(c, mm, pt, addr)
+        elif ptent == 0:
             pfn, kind, writable = yield self._fault_page(c, vma, addr, write)
             yield SpinLock(pt.ptl)
             yield self.costs.pte_set
@@ -113,6 +115,19 @@ class Memory(KernelPart):
             yield self.do_wp_page(c, vma, pt, addr)
         yield UpRead(mm.mmap_sem)
         return True
+
+    def map_zero_page(self, c, mm, pt, addr: int) -> Path:
+        """do_anonymous_page(), mm/memory.c (v2.6.32 on, v6.18 alike): "Use the zero-page for reads": under
+        the PTE lock, a special read-only PTE of my_zero_pfn() if the entry is still none; no page is
+        allocated or zeroed, no rmap or RSS kept (vm_normal_page() is NULL for it: the zap only clears it, a
+        write copies it in do_wp_page())."""
+        yield SpinLock(pt.ptl)
+        yield self.costs.pte_set
+        idx = pte_index(addr)
+        if mm.pte_tables.get(addr >> PMD_SHIFT) is pt and pt.ptes[idx] == 0:
+            pt.ptes[idx] = mk_pte(self.alloc.get_zero_pfn(), False)
+            mm.zero_ptes = True
+        yield SpinUnlock(pt.ptl)
 
     def _fault_page(self, c, vma, addr: int, write: bool) -> Path:
         """The page a not-present fault maps, obtained before the PTE lock is taken: a zeroed anonymous
@@ -143,7 +158,7 @@ class Memory(KernelPart):
         """do_wp_page(), mm/memory.c: a write to a write-protected private page. An anonymous page no one
         else maps is reused (made writable: no flush needed to grant more); otherwise copy-on-write: a
         new anonymous copy, ptep_clear_flush() under the PTE lock (a TLB flush, IPIs included), then drop
-        the old page."""
+        the old page (none for the zero page: the copy is a fresh zeroed page)."""
         mm = vma.mm
         idx = pte_index(addr)
         old = pt.ptes[idx]
@@ -167,11 +182,14 @@ class Memory(KernelPart):
             pt.ptes[idx] = mk_pte(new, True)
             old_pfn = old >> PAGE_SHIFT
             self.alloc.mapcount[new] += 1
-            self.alloc.mapcount[old_pfn] -= 1
-            if self.alloc.kind[old_pfn] != ANON:
-                mm.rss[MM_FILEPAGES] -= 1
+            if old_pfn == self.alloc.zero_pfn:                  # no old folio: only the new page counts
                 mm.rss[MM_ANONPAGES] += 1
-            self.alloc.put_page(c, old_pfn)
+            else:
+                self.alloc.mapcount[old_pfn] -= 1
+                if self.alloc.kind[old_pfn] != ANON:
+                    mm.rss[MM_FILEPAGES] -= 1
+                    mm.rss[MM_ANONPAGES] += 1
+                self.alloc.put_page(c, old_pfn)
         else:
             self.alloc.put_page(c, new)
         yield SpinUnlock(pt.ptl)

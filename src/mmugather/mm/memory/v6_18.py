@@ -103,7 +103,7 @@ class Memory618(ZapUpperLevels, Memory):
         file)."""
         costs = self.costs
         c_zap, c_none = costs.pte_zap, costs.pte_none
-        kind, mapcount = self.alloc.kind, self.alloc.mapcount
+        kind, mapcount, zero_pfn = self.alloc.kind, self.alloc.mapcount, self.alloc.zero_pfn
         ptes = pt.ptes
         force_flush = force_break = broke = False
         anon = file = none = 0
@@ -134,23 +134,27 @@ class Memory618(ZapUpperLevels, Memory):
                 ptes[i] = 0                                      # ptep_get_and_clear_full()
                 flush_pte_range(tlb, addr, PAGE_SIZE)            # tlb_remove_tlb_entry()
                 pfn = ptent >> PAGE_SHIFT
-                delay_rmap = False
-                if kind[pfn] == ANON:
-                    anon += 1
+                if pfn == zero_pfn:                              # vm_normal_page() NULL: nothing else
+                    yield c_zap + none
+                    none = 0
                 else:
-                    file += 1
-                    if ptent & _PAGE_DIRTY and self.tlb_delay_rmap(tlb):
-                        delay_rmap = force_flush = True
-                if not delay_rmap:
-                    mapcount[pfn] -= 1                           # folio_remove_rmap_ptes()
-                    if mapcount[pfn] < 0:
-                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
-                yield c_zap + none
-                none = 0
-                if remove(c, tlb, pfn, 1, delay_rmap):
-                    force_flush = force_break = broke = True
-                    addr += PAGE_SIZE
-                    break
+                    delay_rmap = False
+                    if kind[pfn] == ANON:
+                        anon += 1
+                    else:
+                        file += 1
+                        if ptent & _PAGE_DIRTY and self.tlb_delay_rmap(tlb):
+                            delay_rmap = force_flush = True
+                    if not delay_rmap:
+                        mapcount[pfn] -= 1                       # folio_remove_rmap_ptes()
+                        if mapcount[pfn] < 0:
+                            raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+                    yield c_zap + none
+                    none = 0
+                    if remove(c, tlb, pfn, 1, delay_rmap):
+                        force_flush = force_break = broke = True
+                        addr += PAGE_SIZE
+                        break
             else:
                 none += c_none
             i += 1
