@@ -98,7 +98,8 @@ def _kernel_check_arch(arch: str) -> tuple[str, str]:
 @main.command()
 @click.option("-o", "--out", "out_file", required=True, help="Cost file to write (.json for JSON, else TOML).")
 @click.option("--runs", type=click.IntRange(1, 51), default=5, show_default=True,
-              help="Repeats of the large probes (the 1-page probes take 201 samples each).")
+              help="Repeats of the fault probes: 2 x RUNS + 1 (at least 11; the 1-page probes take 201 "
+                   "samples, the kernel-check scripts 5 to 15).")
 @click.option("--no-fit", is_flag=True, help="Set the costs from the measurements alone, without fitting the model.")
 @click.option("--max-spread", type=click.FloatRange(0.0, min_open=True), default=0.5, show_default=True,
               help="Refuse (exit 2, no file) when a figure's spread, (p90 - p10) / median, exceeds this; "
@@ -107,7 +108,7 @@ def calibrate(out_file, runs, no_fit, max_spread) -> None:
     """Measure each cost the model charges with its own host probe (null syscall, faults, per-page munmap,
     1-page mmap/munmap/madvise/mprotect, shootdown round trips to a running and an idle CPU); fit each
     cost so the 6.18 model's version of its probe takes the host's time; write a --costs file with the
-    sources and the host's spread. Takes about 10 s."""
+    sources and the host's spread. Takes about 20 s."""
     from pathlib import Path
 
     from mmugather.errors import InputError
