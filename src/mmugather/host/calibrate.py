@@ -8,12 +8,13 @@ that makes no system call (memchr of 0 bytes), so the Python and ctypes overhead
 
 Probes: in workers (JOBS), a null system call (getppid); write faults of fresh anonymous pages, read
 faults of them (the zero page), and a hot pass over the same pages (a 4 KiB memset: the clear_page()
-estimate); write faults of a cached file page through a shared and a private mapping; a 1-page mmap. And
-through probe.run_script, placed exactly as the 6.18 model places them (kernel_check.layout_of), the
-kernel-check scripts of SCRIPTS: 1-page munmap, MADV_DONTNEED and mprotect alone, a 1-page munmap with a
-second thread running user code on CPU 1 (less alone: the round trip of a shootdown to a running CPU),
-a 512-page munmap with the second thread blocked (less alone: the round trip to an idle, lazy CPU, which
-is sent the flush because the munmap frees a PTE table) and a 256 MiB munmap (per page, less 1 page).
+estimate); write faults of a cached file page through a shared and a private mapping; 1-page mmap, munmap,
+MADV_DONTNEED and mprotect, back to back (warm, as in a loop); 1-page munmaps with a second thread running
+user code on CPU 1 (less alone: the round trip of a shootdown to a running CPU). And through
+probe.run_script, placed exactly as the 6.18 model places them (kernel_check.layout_of), the kernel-check
+scripts of SCRIPTS: a 512-page munmap with the second thread blocked (less alone: the round trip to an
+idle, lazy CPU, sent the flush because the munmap frees a PTE table) and a 256 MiB munmap (less 1 page:
+the cost per page).
 """
 from __future__ import annotations
 
