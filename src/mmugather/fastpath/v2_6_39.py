@@ -44,7 +44,7 @@ class Bulk2639(BulkBackend):
     def pmd_run(self, kernel: Any, c: Any, tlb: Any, pmd: Any, addr: int, end: int, details: Any,
                 zap_work: list[int] | None = None) -> PmdRun | None:
         """_Pass2639: zap_pmd_range()'s iterations over whole PMD entries from addr."""
-        if not may_bulk(c) or c.preempt_count != 1 or c.irqs_off or tlb.fast_mode:
+        if not may_bulk(c) or c.preempt_count != 1 or c.irqs_off or tlb.fast_mode or tlb.mm.zero_ptes:
             return None
         assert zap_work is not None
         return _Pass2639(self, kernel, c, tlb, zap_work, details).go(pmd, addr, end)

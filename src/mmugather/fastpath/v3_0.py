@@ -52,7 +52,7 @@ class Bulk30(BulkBackend):
     def pmd_run(self, kernel: Any, c: Any, tlb: Any, pmd: Any, addr: int, end: int, details: Any,
                 zap_work: list[int] | None = None) -> PmdRun | None:
         """tables.zap_tables(): each PMD entry one zap_pte_range() and cond_resched(), or a pmd_none step."""
-        if not may_bulk(c):
+        if not may_bulk(c) or tlb.mm.zero_ptes:
             return None
         return zap_tables(self, kernel, c, tlb, pmd, addr, end, cond_after_none=False)
 

@@ -72,7 +72,8 @@ class Bulk618(BulkBackend):
                 zap_work: list[int] | None = None) -> PmdRun | None:
         """tables.zap_tables(): each PMD entry one zap_pte_range() and cond_resched(), the forced flushes
         included; not when zap_pte_range() may free emptied tables (reclaim_pt)."""
-        if not self.pmd_runs_on or (details is not None and details.reclaim_pt) or not may_bulk(c):
+        if not self.pmd_runs_on or (details is not None and details.reclaim_pt) or not may_bulk(c) \
+                or tlb.mm.zero_ptes:
             return None
         return zap_tables(self, kernel, c, tlb, pmd, addr, end, cond_after_none=True, dirty_file_stops=True,
                           forced_flush=True)

@@ -17,6 +17,8 @@ class Madvise(KernelPart):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownRead(mm.mmap_sem)
+        if self.costs.madvise_call:
+            yield self.costs.madvise_call
         for vma in [v for v in mm.vmas if v.end > start and v.start < end]:
             lo, hi = max(start, vma.start), min(end, vma.end)
             yield self.zap_page_range(c, vma, lo, hi - lo, None)
@@ -44,6 +46,8 @@ class Madvise618(Madvise):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownRead(mm.mmap_sem)
+        if self.costs.madvise_call:
+            yield self.costs.madvise_call
         tlb = yield self.tlb_gather_mmu(c, mm, False)
         details = ZapDetails(reclaim_pt=True)
         for vma in [v for v in mm.vmas if v.end > start and v.start < end]:

@@ -84,6 +84,7 @@ class MmStruct:
         self.tlb_gen = 0                          # mm->context.tlb_gen (x86, v4.14+)
         self.tlb_flush_pending = 0                # mm->tlb_flush_pending (v4.13+)
         self.notifiers: list = []                 # mm->notifier_subscriptions
+        self.zero_ptes = False                    # has it mapped the zero page (the bulk zap declines)?
         # the process's anon_vma root lock, as each version has it (mm/rmap.py)
         self.anon_vma_lock = Spinlock(f"anon_vma->lock:{mm_id}")
         self.anon_vma_mutex = Mutex(f"anon_vma->mutex:{mm_id}")

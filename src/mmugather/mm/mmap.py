@@ -41,6 +41,8 @@ class Mmap(KernelPart):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownWrite(mm.mmap_sem)
+        if self.costs.mmap_call:
+            yield self.costs.mmap_call
         if addr is None:
             addr = self.get_unmapped_area(mm, length, anon=file is None)
         else:
@@ -58,6 +60,8 @@ class Mmap(KernelPart):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownWrite(mm.mmap_sem)
+        if self.costs.munmap_call:
+            yield self.costs.munmap_call
         yield self.do_munmap(c, mm, start, length)
         yield UpWrite(mm.mmap_sem)
 
@@ -133,6 +137,8 @@ class Mmap618(Mmap):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownWrite(mm.mmap_sem)
+        if self.costs.munmap_call:
+            yield self.costs.munmap_call
         released = yield self.do_vmi_align_munmap(c, mm, start, start + length, True)
         if not released:
             yield UpWrite(mm.mmap_sem)

@@ -46,6 +46,7 @@ class PageAlloc:
         self.on_free_each_array = on_free_each_array
         self.nowait_attempts = 0
         self.nowait_failures = 0
+        self.zero_pfn = -1            # the shared zero page, allocated on first use (get_zero_pfn)
 
     def alloc_page(self, kind: int, gfp: str = GFP_KERNEL) -> int:
         """__alloc_pages(): return a pfn with refcount 1, or -1 when a GFP_NOWAIT allocation fails."""
@@ -66,6 +67,14 @@ class PageAlloc:
             self.kind.append(kind)
         self.nr_used[kind] += 1
         return pfn
+
+    def get_zero_pfn(self) -> int:
+        """my_zero_pfn(): the shared zero page (ZERO_PAGE(0), arch/x86/include/asm/pgtable.h), a reserved
+        frame read faults of anonymous memory map (mm/memory.c do_anonymous_page()); no rmap or RSS is kept
+        for it and it is never freed. Allocated here on first use (kind FILE, refcount 1 for good)."""
+        if self.zero_pfn < 0:
+            self.zero_pfn = self.alloc_page(FILE)
+        return self.zero_pfn
 
     def alloc_bulk(self, kind: int, n: int) -> range | list[int]:
         """Allocate n frames at set-up time (populating a scenario), without per-page Python work."""

@@ -269,7 +269,8 @@ class Invariants:
         cached = sum(len(f.page_cache) for f in files)
         drivers = sum(len(f.driver_pfns) for f in files)          # device buffers not revoked
         used = alloc.nr_used
-        expected = {ANON: live_anon, PGTABLE: live_tables, FILE: cached, BATCH: 0, DEVICE: drivers}
+        expected = {ANON: live_anon, PGTABLE: live_tables, FILE: cached + (alloc.zero_pfn >= 0), BATCH: 0,
+                    DEVICE: drivers}
         for kind, want in expected.items():
             if used[kind] != want:
                 self.report("leak", -1, f"{used[kind]} {KIND_NAMES[kind]} frames in use after teardown, "

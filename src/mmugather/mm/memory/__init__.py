@@ -92,7 +92,9 @@ class Memory(KernelPart):
         pt = yield self.pte_alloc(c, mm, addr)
         idx = pte_index(addr)
         ptent = pt.ptes[idx]
-        if ptent == 0:
+        if ptent == 0 and vma.file is None and not write:
+            yield self.map_zero_page(c, mm, pt, addr)
+        elif ptent == 0:
             pfn, kind, writable = yield self._fault_page(c, vma, addr, write)
             yield SpinLock(pt.ptl)
             yield self.costs.pte_set
@@ -115,6 +117,19 @@ class Memory(KernelPart):
         yield UpRead(mm.mmap_sem)
         return True
 
+    def map_zero_page(self, c, mm, pt, addr: int) -> Path:
+        """do_anonymous_page(), mm/memory.c (v2.6.32 on, v6.18 alike): "Use the zero-page for reads": under
+        the PTE lock, a special read-only PTE of my_zero_pfn() if the entry is still none; no page is
+        allocated or zeroed, no rmap or RSS kept (vm_normal_page() is NULL for it: the zap only clears it, a
+        write copies it in do_wp_page())."""
+        yield SpinLock(pt.ptl)
+        yield self.costs.pte_set
+        idx = pte_index(addr)
+        if mm.pte_tables.get(addr >> PMD_SHIFT) is pt and pt.ptes[idx] == 0:
+            pt.ptes[idx] = mk_pte(self.alloc.get_zero_pfn(), False)
+            mm.zero_ptes = True
+        yield SpinUnlock(pt.ptl)
+
     def _fault_page(self, c, vma, addr: int, write: bool) -> Path:
         """The page a not-present fault maps, obtained before the PTE lock is taken: a zeroed anonymous
         page, a page-cache page (with a reference for the mapping), or its private copy on a write fault.
@@ -124,12 +139,16 @@ class Memory(KernelPart):
         if vma.file is None:
             yield costs.page_alloc + costs.page_zero
             return self.alloc.alloc_page(ANON, GFP_KERNEL), ANON, bool(vma.flags & VM_WRITE)
+        if costs.file_fault:
+            yield costs.file_fault                      # __do_fault() -> filemap_fault()
         cache = vma.file.page_cache
         index = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
         pfn = cache.get(index)
         if pfn is None:
             pfn = cache[index] = self.alloc.alloc_page(FILE, GFP_KERNEL)
             yield costs.page_alloc + costs.page_zero
+        if write and vma.flags & VM_SHARED and costs.page_mkwrite:
+            yield costs.page_mkwrite                    # do_shared_fault() -> do_page_mkwrite()
         if write and not vma.flags & VM_SHARED:
             yield costs.page_alloc + costs.page_zero
             return self.alloc.alloc_page(ANON, GFP_KERNEL), ANON, True
@@ -140,7 +159,7 @@ class Memory(KernelPart):
         """do_wp_page(), mm/memory.c: a write to a write-protected private page. An anonymous page no one
         else maps is reused (made writable: no flush needed to grant more); otherwise copy-on-write: a
         new anonymous copy, ptep_clear_flush() under the PTE lock (a TLB flush, IPIs included), then drop
-        the old page."""
+        the old page (none for the zero page: the copy is a fresh zeroed page)."""
         mm = vma.mm
         idx = pte_index(addr)
         old = pt.ptes[idx]
@@ -164,11 +183,14 @@ class Memory(KernelPart):
             pt.ptes[idx] = mk_pte(new, True)
             old_pfn = old >> PAGE_SHIFT
             self.alloc.mapcount[new] += 1
-            self.alloc.mapcount[old_pfn] -= 1
-            if self.alloc.kind[old_pfn] != ANON:
-                mm.rss[MM_FILEPAGES] -= 1
+            if old_pfn == self.alloc.zero_pfn:                  # no old folio: only the new page counts
                 mm.rss[MM_ANONPAGES] += 1
-            self.alloc.put_page(c, old_pfn)
+            else:
+                self.alloc.mapcount[old_pfn] -= 1
+                if self.alloc.kind[old_pfn] != ANON:
+                    mm.rss[MM_FILEPAGES] -= 1
+                    mm.rss[MM_ANONPAGES] += 1
+                self.alloc.put_page(c, old_pfn)
         else:
             self.alloc.put_page(c, new)
         yield SpinUnlock(pt.ptl)

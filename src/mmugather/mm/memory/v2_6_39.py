@@ -53,17 +53,21 @@ class Memory2639(Memory):
                 work -= PAGE_SIZE
                 ptes[i] = 0                                     # ptep_get_and_clear_full()
                 pfn = ptent >> PAGE_SHIFT
-                if kind[pfn] == ANON:
-                    anon += 1
+                if pfn == self.alloc.zero_pfn:                  # vm_normal_page() NULL: `continue`
+                    yield c_zap + none
+                    none = 0
                 else:
-                    file += 1
-                mapcount[pfn] -= 1                              # page_remove_rmap()
-                if mapcount[pfn] < 0:
-                    raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
-                yield c_zap + none
-                none = 0
-                if not remove(c, tlb, pfn):
-                    yield self.tlb_flush_mmu(c, tlb)       # tlb_remove_page(): nr >= FREE_PTE_NR
+                    if kind[pfn] == ANON:
+                        anon += 1
+                    else:
+                        file += 1
+                    mapcount[pfn] -= 1                          # page_remove_rmap()
+                    if mapcount[pfn] < 0:
+                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+                    yield c_zap + none
+                    none = 0
+                    if not remove(c, tlb, pfn):
+                        yield self.tlb_flush_mmu(c, tlb)   # tlb_remove_page(): nr >= FREE_PTE_NR
             else:
                 work -= 1
                 none += c_none

@@ -48,18 +48,22 @@ class Memory30(ZapUpperLevels, Memory):
                 elif ptent := ptes[i]:
                     ptes[i] = 0                                 # ptep_get_and_clear_full()
                     pfn = ptent >> PAGE_SHIFT
-                    if kind[pfn] == ANON:
-                        anon += 1
+                    if pfn == self.alloc.zero_pfn:              # vm_normal_page() NULL: `continue`
+                        yield c_zap + none
+                        none = 0
                     else:
-                        file += 1
-                    mapcount[pfn] -= 1                          # page_remove_rmap()
-                    if mapcount[pfn] < 0:
-                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
-                    yield c_zap + none
-                    none = 0
-                    if not remove(c, tlb, pfn):
-                        force_flush = True      # break before pte++/addr += PAGE_SIZE, as v3.0 does:
-                        break                   # `goto again` rescans this (now empty) PTE
+                        if kind[pfn] == ANON:
+                            anon += 1
+                        else:
+                            file += 1
+                        mapcount[pfn] -= 1                      # page_remove_rmap()
+                        if mapcount[pfn] < 0:
+                            raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+                        yield c_zap + none
+                        none = 0
+                        if not remove(c, tlb, pfn):
+                            force_flush = True  # break before pte++/addr += PAGE_SIZE, as v3.0 does:
+                            break               # `goto again` rescans this (now empty) PTE
                 else:
                     none += c_none
                 i += 1

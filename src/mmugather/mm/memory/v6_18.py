@@ -106,7 +106,7 @@ class Memory618(ZapUpperLevels, Memory):
         file)."""
         costs = self.costs
         c_zap, c_none = costs.pte_zap, costs.pte_none
-        kind, mapcount = self.alloc.kind, self.alloc.mapcount
+        kind, mapcount, zero_pfn = self.alloc.kind, self.alloc.mapcount, self.alloc.zero_pfn
         ptes = pt.ptes
         force_flush = force_break = broke = False
         anon = file = none = 0
@@ -136,11 +136,11 @@ class Memory618(ZapUpperLevels, Memory):
             elif ptent := ptes[i]:
                 ptes[i] = 0                                      # ptep_get_and_clear_full()
                 flush_pte_range(tlb, addr, PAGE_SIZE)            # tlb_remove_tlb_entry()
-                if ptent & _PAGE_SPECIAL:                        # vm_normal_page() is NULL (a PFN map):
-                    yield c_zap + none                           # zap_present_ptes() returns 1, nothing
-                    none = 0                                     # to unmap from the rmap or to gather
+                pfn = ptent >> PAGE_SHIFT
+                if ptent & _PAGE_SPECIAL or pfn == zero_pfn:     # vm_normal_page() is NULL (a PFN map or
+                    yield c_zap + none                           # the zero page): zap_present_ptes()
+                    none = 0                                     # returns 1, nothing to unmap or gather
                 else:
-                    pfn = ptent >> PAGE_SHIFT
                     delay_rmap = False
                     if kind[pfn] == ANON:
                         anon += 1
