@@ -12,7 +12,7 @@ from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PA
 from mmugather.mm.protocols import Path
 
 if TYPE_CHECKING:
-    from mmugather.arch.base import Arch618
+    from mmugather.mm.arch_protocol import Arch618
 
 
 class ZapDetails:

@@ -16,7 +16,7 @@ from mmugather.mm.protocols import Path
 from mmugather.mm.swap_state import free_pages_and_swap_cache
 
 if TYPE_CHECKING:
-    from mmugather.arch.base import Arch618
+    from mmugather.mm.arch_protocol import Arch618
     from mmugather.mm.mm_types import MmStruct
 
 TASK_SIZE = 0x7FFF_FFFF_F000
