@@ -12,9 +12,13 @@ and the backend is chosen when the Simulation is built (src/mmugather/fastpath/ 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
+from typing import Any
+
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, SpinLock, SpinUnlock, UpRead
+from mmugather.kernel.sched import Elapse
 from mmugather.mm.kernel_part import KernelPart
-from mmugather.mm.protocols import Path
+from mmugather.mm.protocols import Path, PteRun
 from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.page_alloc import ANON, FILE, GFP_KERNEL, PGTABLE
 from mmugather.mm.pgtable import (
@@ -308,6 +312,77 @@ class Memory(KernelPart):
                 return False
         return not (end - 1) & ULONG_MASK > (ceiling - 1) & ULONG_MASK
 
+    # ------------------------------------------------------------ what every version's zap walk shares
+    def _zap_dir_range(self, c, tlb, vma, table, addr: int, end: int, size: int, index: Callable[[int], int],
+                       zap_lower: Callable[..., Path], details, zap_work: list[int] | None = None) -> Path:
+        """The loop that unmap_page_range() runs over the PGD and zap_pud_range() over a PUD table, the
+        same in mm/memory.c v2.6.39, v3.0 and v6.18 (p4d folded): `do { next = p?d_addr_end(addr, end);
+        if (p?d_none_or_clear_bad(p?d)) continue; next = zap_lower(tlb, vma, p?d, addr, next, ...); }
+        while (p?d++, addr = next, addr != end);`. 2.6.39 threads its zap_work budget through
+        (`zap_work`: an empty entry costs 1, and the loop stops once the budget is spent)."""
+        while True:
+            nxt = addr_end(addr, end, size)
+            lower = table.entries.get(index(addr))
+            if lower is None:
+                if zap_work is not None:
+                    zap_work[0] -= 1
+                yield self.costs.pmd_none
+            elif zap_work is None:
+                nxt = yield zap_lower(c, tlb, vma, lower, addr, nxt, details)
+            else:
+                nxt = yield zap_lower(c, tlb, vma, lower, addr, nxt, zap_work, details)
+            addr = nxt
+            if addr == end or (zap_work is not None and zap_work[0] <= 0):
+                return addr
+
+    def _pmd_runs(self, c, tlb, pmd, addr: int, end: int, details,
+                  zap_work: list[int] | None = None) -> Generator[Any, Any, int]:
+        """zap_pmd_range()'s next iterations that the zap backend takes at once (mm/protocols.py PmdRun),
+        run after run until it offers none, the range ends or 2.6.39's zap_work budget is spent. Returns
+        the address from which the kernel code goes on step by step."""
+        pmd_run = self.zap_backend.pmd_run
+        while (run := pmd_run(self, c, tlb, pmd, addr, end, details, zap_work)) is not None:
+            addr = run.addr
+            yield Elapse(run.ns, run.point)
+            if addr == end or (zap_work is not None and zap_work[0] <= 0):
+                break
+        return addr
+
+    @staticmethod
+    def _take_pte_run(run: PteRun, addr: int, i: int, none: int, anon: int,
+                      file: int) -> Generator[Any, Any, tuple[int, int, int, int, int, int]]:
+        """zap_pte_range()'s next entries that the zap backend took at once (mm/protocols.py PteRun), as
+        every version's loop takes them: addr and the entry index move to the entry the run stopped at,
+        the pages it zapped join the rss counts; if it zapped any, its cost is spent and its last page is
+        returned for the caller to hand to the gather as its own step would (-1: only empty entries were
+        left, whose cost joins the pending `none`). Returns (addr, i, none, anon, file, pfn)."""
+        addr += (run.last - i) << PAGE_SHIFT
+        anon += run.anon
+        file += run.file
+        if not run.n:
+            return addr, run.last, none + run.ns, anon, file, -1
+        yield run.ns
+        return addr, run.last, 0, anon, file, run.pfn
+
+    def _zap_present_pte(self, ptes, i: int, ptent: int) -> tuple[int, bool]:
+        """The present-PTE step of zap_pte_range(), the same lines in mm/memory.c v2.6.39 and v3.0 (6.18's
+        is zap_present_ptes(), v6_18.py): ptep_get_and_clear_full(), then page_remove_rmap(). Returns
+        (pfn, whether the page is anonymous: which rss counter it comes off); handing the page to the
+        gather is the caller's, as the versions differ there."""
+        ptes[i] = 0                                     # ptep_get_and_clear_full()
+        pfn = ptent >> PAGE_SHIFT
+        self._page_remove_rmap(pfn)                     # page_remove_rmap()
+        return pfn, self.alloc.kind[pfn] == ANON
+
+    def _page_remove_rmap(self, pfn: int) -> None:
+        """page_remove_rmap() (v2.6.39, v3.0) / folio_remove_rmap_ptes() (v6.18) of an order-0 page as
+        zap_pte_range() calls it, with its check `if (unlikely(page_mapcount(page) < 0)) print_bad_pte()`
+        (the model stops there: a negative mapcount is a model bug)."""
+        mapcount = self.alloc.mapcount
+        mapcount[pfn] -= 1
+        if mapcount[pfn] < 0:
+            raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+
     # ------------------------------------------------------------ zap_page_range
     def zap_page_range(self, c, vma, address: int, size: int, details=None) -> Path:
         """zap_page_range(), mm/memory.c v2.6.39/v3.0: gather, update_hiwater_rss, unmap_vmas, finish
@@ -332,34 +407,17 @@ def _vma_range(vma, start_addr: int, end_addr: int):
     return start, end
 
 
-class ZapUpperLevels(KernelPart):
+class ZapUpperLevels(Memory):
     """zap_pud_range() and unmap_page_range()'s loop over the PGD, the same code in mm/memory.c v3.0 and
     v6.18 (p4d folded; 6.18 wraps unmap_page_range() in tlb_start_vma()/tlb_end_vma()). 2.6.39's thread
     its zap_work budget through (v2_6_39.py)."""
 
     def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, details) -> Path:
         """zap_pud_range(), mm/memory.c v3.0/v6.18."""
-        while True:
-            nxt = addr_end(addr, end, PUD_SIZE)
-            pmd = pud.entries.get(pud_index(addr))
-            if pmd is None:
-                yield self.costs.pmd_none
-            else:
-                nxt = yield self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, details)
-            addr = nxt
-            if addr == end:
-                return addr
+        return (yield from self._zap_dir_range(c, tlb, vma, pud, addr, end, PUD_SIZE, pud_index,
+                                               self.zap_pmd_range, details))
 
     def unmap_page_range(self, c, tlb, vma, addr: int, end: int, details) -> Path:
         """unmap_page_range(), mm/memory.c v3.0 (tlb_start_vma/tlb_end_vma are no-ops on x86)."""
-        pgd = vma.mm.pgd
-        while True:
-            nxt = addr_end(addr, end, PGDIR_SIZE)
-            pud = pgd.entries.get(pgd_index(addr))
-            if pud is None:
-                yield self.costs.pmd_none
-            else:
-                nxt = yield self.zap_pud_range(c, tlb, vma, pud, addr, nxt, details)
-            addr = nxt
-            if addr == end:
-                return addr
+        return (yield from self._zap_dir_range(c, tlb, vma, vma.mm.pgd, addr, end, PGDIR_SIZE, pgd_index,
+                                               self.zap_pud_range, details))

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
-from mmugather.kernel.sched import Elapse
-from mmugather.mm.memory import Memory, TlbRef, ZapUpperLevels, _vma_range
-from mmugather.mm.page_alloc import ANON
+from mmugather.mm.memory import TlbRef, ZapUpperLevels, _vma_range
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, addr_end, pmd_index, pte_index
 from mmugather.mm.protocols import Path
 
 
-class Memory30(ZapUpperLevels, Memory):
+class Memory30(ZapUpperLevels):
     """The zap walk of Linux 3.0 (mm/memory.c v3.0): one gather across the whole unmap_vmas(); when
     __tlb_remove_page() reports no room, zap_pte_range() drops the PTE lock, flushes, and starts again;
     cond_resched() after every PTE table (97a894136f29)."""
@@ -19,9 +17,7 @@ class Memory30(ZapUpperLevels, Memory):
         run of entries at once (mm/protocols.py PteRun)."""
         mm = tlb.mm
         ptes = pt.ptes
-        costs = self.costs
-        c_zap, c_none = costs.pte_zap, costs.pte_none
-        kind, mapcount = self.alloc.kind, self.alloc.mapcount
+        c_zap, c_none = self.costs.pte_zap, self.costs.pte_none
         remove, pte_run = self._tlb_remove_page, self.zap_backend.pte_run
         while True:                                     # again:
             anon = file = 0
@@ -33,28 +29,18 @@ class Memory30(ZapUpperLevels, Memory):
             while True:
                 run = pte_run(self, c, tlb, pt, addr, i, iend, none)
                 if run is not None:                     # entries i..run.last at once, but for the last page
-                    addr += (run.last - i) << PAGE_SHIFT
-                    i = run.last
-                    anon += run.anon
-                    file += run.file
-                    if not run.n:                       # only empty entries left
-                        none += run.ns
+                    addr, i, none, anon, file, pfn = yield from self._take_pte_run(run, addr, i, none, anon, file)
+                    if pfn < 0:                         # only empty entries left
                         break
-                    yield run.ns
-                    none = 0
-                    if not remove(c, tlb, run.pfn):
+                    if not remove(c, tlb, pfn):
                         force_flush = True
                         break
                 elif ptent := ptes[i]:
-                    ptes[i] = 0                                 # ptep_get_and_clear_full()
-                    pfn = ptent >> PAGE_SHIFT
-                    if kind[pfn] == ANON:
+                    pfn, is_anon = self._zap_present_pte(ptes, i, ptent)
+                    if is_anon:
                         anon += 1
                     else:
                         file += 1
-                    mapcount[pfn] -= 1                          # page_remove_rmap()
-                    if mapcount[pfn] < 0:
-                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
                     yield c_zap + none
                     none = 0
                     if not remove(c, tlb, pfn):
@@ -81,15 +67,10 @@ class Memory30(ZapUpperLevels, Memory):
     def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
         """zap_pmd_range(), mm/memory.c v3.0: cond_resched() after each PTE table (none entries skip it).
         The zap backend may take the next run of whole entries at once (mm/protocols.py PmdRun)."""
-        pmd_run = self.zap_backend.pmd_run
         while True:
-            run = pmd_run(self, c, tlb, pmd, addr, end, details)
-            if run is not None:
-                addr = run.addr
-                yield Elapse(run.ns, run.point)
-                if addr == end:
-                    return addr
-                continue
+            addr = yield from self._pmd_runs(c, tlb, pmd, addr, end, details)
+            if addr == end:
+                return addr
             nxt = addr_end(addr, end, PMD_SIZE)
             pt = pmd.entries.get(pmd_index(addr))
             if pt is None:

@@ -2,11 +2,11 @@
 lock, delayed rmap, PT_RECLAIM of emptied PTE tables)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
-from mmugather.kernel.sched import Elapse
-from mmugather.mm.memory import Memory, ZapUpperLevels
+from mmugather.mm.memory import ZapUpperLevels
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, addr_end, pmd_index, pte_index
 from mmugather.mm.protocols import Path
@@ -25,7 +25,7 @@ class ZapDetails:
         self.reclaim_pt = reclaim_pt
 
 
-class Memory618(ZapUpperLevels, Memory):
+class Memory618(ZapUpperLevels):
     """The zap walk of Linux v6.18 (mm/memory.c): PTEs cleared under the PTE lock, each recorded in the
     gather's range (tlb_remove_tlb_entry); a full gather or a dirty shared file page forces a flush of the
     TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; so does
@@ -101,15 +101,12 @@ class Memory618(ZapUpperLevels, Memory):
         backend may take the next run of entries at once (mm/protocols.py PteRun; the run records its range
         in the gather). Returns (addr, force_flush, force_break, broke: need_resched() or force_break, anon,
         file)."""
-        costs = self.costs
-        c_zap, c_none = costs.pte_zap, costs.pte_none
-        kind, mapcount = self.alloc.kind, self.alloc.mapcount
+        c_none = self.costs.pte_none
         ptes = pt.ptes
         force_flush = force_break = broke = False
         anon = file = none = 0
         i = pte_index(addr)
         iend = i + ((end - addr) >> PAGE_SHIFT)
-        flush_pte_range, remove = self.tlb_flush_pte_range, self._tlb_remove_folio_pages_size
         pte_run = self.zap_backend.pte_run
         while True:
             if c.need_resched:                                   # direct_reclaim = false; break
@@ -117,42 +114,24 @@ class Memory618(ZapUpperLevels, Memory):
                 break
             run = pte_run(self, c, tlb, pt, addr, i, iend, none)
             if run is not None:                          # entries i..run.last at once, but for the last page
-                addr += (run.last - i) << PAGE_SHIFT
-                i = run.last
-                anon += run.anon
-                file += run.file
-                if not run.n:                            # only empty entries left
-                    none += run.ns
+                addr, i, none, anon, file, pfn = yield from self._take_pte_run(run, addr, i, none, anon, file)
+                if pfn < 0:                              # only empty entries left
                     break
-                yield run.ns
-                none = 0
-                if remove(c, tlb, run.pfn, 1, False):
-                    force_flush = force_break = broke = True
-                    addr += PAGE_SIZE
-                    break
+                force_break = self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, False)
             elif ptent := ptes[i]:
-                ptes[i] = 0                                      # ptep_get_and_clear_full()
-                flush_pte_range(tlb, addr, PAGE_SIZE)            # tlb_remove_tlb_entry()
-                pfn = ptent >> PAGE_SHIFT
-                delay_rmap = False
-                if kind[pfn] == ANON:
+                is_anon, flush, force_break = yield from self.zap_present_ptes(c, tlb, pt, i, addr, ptent, none)
+                none = 0
+                if is_anon:
                     anon += 1
                 else:
                     file += 1
-                    if ptent & _PAGE_DIRTY and self.tlb_delay_rmap(tlb):
-                        delay_rmap = force_flush = True
-                if not delay_rmap:
-                    mapcount[pfn] -= 1                           # folio_remove_rmap_ptes()
-                    if mapcount[pfn] < 0:
-                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
-                yield c_zap + none
-                none = 0
-                if remove(c, tlb, pfn, 1, delay_rmap):
-                    force_flush = force_break = broke = True
-                    addr += PAGE_SIZE
-                    break
+                force_flush |= flush
             else:
                 none += c_none
+            if force_break:
+                force_flush = broke = True
+                addr += PAGE_SIZE
+                break
             i += 1
             addr += PAGE_SIZE
             if addr == end:
@@ -160,6 +139,26 @@ class Memory618(ZapUpperLevels, Memory):
         if none:
             yield none
         return addr, force_flush, force_break, broke, anon, file
+
+    def zap_present_ptes(self, c, tlb, pt, i: int, addr: int, ptent: int,
+                         none: int) -> Generator[Any, Any, tuple[bool, bool, bool]]:
+        """zap_present_ptes() -> zap_present_folio_ptes(), mm/memory.c v6.18, for an order-0 folio (nr = 1:
+        the model maps no large folio): clear the PTE and record it in the gather's range
+        (tlb_remove_tlb_entry()); the rmap removal of a dirty file page waits for the flush (tlb_delay_rmap():
+        force_flush), any other page's is done now (folio_remove_rmap_ptes()); then the page goes to the
+        gather (__tlb_remove_folio_pages(): a full gather forces a flush and a break). `none`: the cost of
+        the none entries do_zap_pte_range() skipped before it, spent with this step. Returns (anon,
+        force_flush, force_break)."""
+        pt.ptes[i] = 0                                           # ptep_get_and_clear_full()
+        self.tlb_flush_pte_range(tlb, addr, PAGE_SIZE)           # tlb_remove_tlb_entry()
+        pfn = ptent >> PAGE_SHIFT
+        anon = self.alloc.kind[pfn] == ANON
+        delay_rmap = not anon and bool(ptent & _PAGE_DIRTY) and self.tlb_delay_rmap(tlb)
+        if not delay_rmap:
+            self._page_remove_rmap(pfn)                          # folio_remove_rmap_ptes()
+        yield self.costs.pte_zap + none
+        force_break = self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, delay_rmap)
+        return anon, delay_rmap or force_break, force_break
 
     def reclaim_pt_is_enabled(self, start: int, end: int, details) -> bool:
         """reclaim_pt_is_enabled(), mm/pt_reclaim.c (6.14+): `details && details->reclaim_pt && (end -
@@ -211,15 +210,10 @@ class Memory618(ZapUpperLevels, Memory):
         cond_resched() after every entry (the `continue` for a none PMD reaches it too). The zap backend
         may take the next run of whole entries at once, the forced flushes of a full gather included
         (mm/protocols.py PmdRun)."""
-        pmd_run = self.zap_backend.pmd_run
         while True:
-            run = pmd_run(self, c, tlb, pmd, addr, end, details)
-            if run is not None:
-                addr = run.addr
-                yield Elapse(run.ns, run.point)
-                if addr == end:
-                    return addr
-                continue
+            addr = yield from self._pmd_runs(c, tlb, pmd, addr, end, details)
+            if addr == end:
+                return addr
             nxt = addr_end(addr, end, PMD_SIZE)
             if pmd_index(addr) not in pmd.entries:
                 yield self.costs.pmd_none
