@@ -12,7 +12,7 @@ and the backend is chosen when the Simulation is built (src/mmugather/fastpath/ 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, SpinLock, SpinUnlock, UpRead
@@ -243,10 +243,8 @@ class Memory(KernelPart):
             addr = nxt
             if addr == end:
                 break
-        if not self._covers(start, end, floor, ceiling, PGDIR_MASK):
-            return
-        del pgd.entries[pgd_index(start)]
-        yield self.pud_free_tlb(c, tlb, pud, start)
+        yield from self._free_dir_table(c, tlb, pgd, pgd_index, pud, start, end, floor, ceiling, PGDIR_MASK,
+                                        self.pud_free_tlb)
 
     def free_pmd_range(self, c, tlb, pud, pmd, addr: int, end: int, floor: int, ceiling: int) -> Path:
         """free_pmd_range(), mm/memory.c: free the PTE tables below, then this PMD table if covered. The
@@ -267,10 +265,8 @@ class Memory(KernelPart):
             addr = nxt
             if addr == end:
                 break
-        if not self._covers(start, end, floor, ceiling, PUD_MASK):
-            return
-        del pud.entries[pud_index(start)]
-        yield self.pmd_free_tlb(c, tlb, pmd, start)
+        yield from self._free_dir_table(c, tlb, pud, pud_index, pmd, start, end, floor, ceiling, PUD_MASK,
+                                        self.pmd_free_tlb)
 
     def free_pte_range(self, c, tlb, pmd, addr: int) -> Path:
         """free_pte_range(), mm/memory.c: pmd_clear(), then pte_free_tlb() and nr_ptes--."""
@@ -300,9 +296,22 @@ class Memory(KernelPart):
         """pud_free_tlb(), asm-generic/tlb.h v2.6.39/v3.0, x86 ___pud_free_tlb()."""
         yield self._free_table_tlb(c, tlb, pud)
 
+    def _free_dir_table(self, c, tlb, parent, index: Callable[[int], int], table, start: int, end: int,
+                        floor: int, ceiling: int, mask: int, free_tlb: Callable[..., Path]) -> Path:
+        """The tail of free_pmd_range() and free_pud_range(), mm/memory.c (the same in every modelled
+        version): if [floor, ceiling) covers the whole span of `table` (`_covers()`), unhook it from
+        `parent` (p?d_clear()) and hand it to the gather (`free_tlb`: pmd_free_tlb(), pud_free_tlb()).
+        The model hands the gather the unmasked `start` where the kernel passes `start & mask`."""
+        if not self._covers(start, end, floor, ceiling, mask):
+            return
+        del parent.entries[index(start)]
+        yield free_tlb(c, tlb, table, start)
+
     @staticmethod
     def _covers(start: int, end: int, floor: int, ceiling: int, mask: int) -> bool:
-        """The tail test of free_pmd_range()/free_pud_range(): may the upper table itself go?"""
+        """The tail test of free_pmd_range()/free_pud_range(): may the upper table itself go? (`start &=
+        mask; if (start < floor) return; if (ceiling) { ceiling &= mask; if (!ceiling) return; } if (end
+        - 1 > ceiling - 1) return;`, unsigned.)"""
         start &= mask
         if start < floor:
             return False
@@ -364,15 +373,20 @@ class Memory(KernelPart):
         yield run.ns
         return addr, run.last, 0, anon, file, run.pfn
 
-    def _zap_present_pte(self, ptes, i: int, ptent: int) -> tuple[int, bool]:
+    def _zap_present_pte(self, ptes, i: int, ptent: int, anon: int, file: int) -> tuple[int, int, int]:
         """The present-PTE step of zap_pte_range(), the same lines in mm/memory.c v2.6.39 and v3.0 (6.18's
-        is zap_present_ptes(), v6_18.py): ptep_get_and_clear_full(), then page_remove_rmap(). Returns
-        (pfn, whether the page is anonymous: which rss counter it comes off); handing the page to the
-        gather is the caller's, as the versions differ there."""
+        is zap_present_ptes(), v6_18.py): ptep_get_and_clear_full(), the page off its rss counter
+        (`rss[MM_ANONPAGES]--` or `rss[MM_FILEPAGES]--`, counted up here: `anon`, `file`), then
+        page_remove_rmap(). Returns (pfn, anon, file); handing the page to the gather is the caller's, as
+        the versions differ there."""
         ptes[i] = 0                                     # ptep_get_and_clear_full()
         pfn = ptent >> PAGE_SHIFT
+        if self.alloc.kind[pfn] == ANON:
+            anon += 1
+        else:
+            file += 1
         self._page_remove_rmap(pfn)                     # page_remove_rmap()
-        return pfn, self.alloc.kind[pfn] == ANON
+        return pfn, anon, file
 
     def _page_remove_rmap(self, pfn: int) -> None:
         """page_remove_rmap() (v2.6.39, v3.0) / folio_remove_rmap_ptes() (v6.18) of an order-0 page as
@@ -396,8 +410,10 @@ class Memory(KernelPart):
         return end
 
 
-def _vma_range(vma, start_addr: int, end_addr: int):
-    """The clipping at the top of unmap_vmas()'s loop: [start, end) of vma inside the request, or None."""
+def _vma_range(vma, start_addr: int, end_addr: int) -> tuple[int, int] | None:
+    """The part [start, end) of vma inside [start_addr, end_addr), or None, as unmap_vmas()'s loop (v2.6.39,
+    v3.0) and unmap_single_vma() (v6.18) clip it: `start = max(vma->vm_start, start_addr); if (start >=
+    vma->vm_end) return; end = min(vma->vm_end, end_addr); if (end <= vma->vm_start) return;`."""
     start = max(vma.start, start_addr)
     if start >= vma.end:
         return None
@@ -405,6 +421,18 @@ def _vma_range(vma, start_addr: int, end_addr: int):
     if end <= vma.start:
         return None
     return start, end
+
+
+def _vma_ranges(vmas: list, start_addr: int, end_addr: int) -> Iterator[tuple[Any, int, int]]:
+    """The head of unmap_vmas()'s loop, the same in mm/memory.c v2.6.39 and v3.0:
+    `for ( ; vma && vma->vm_start < end_addr; vma = vma->vm_next)`, each VMA with its part inside the
+    request (VMAs with none are skipped)."""
+    for vma in vmas:
+        if vma.start >= end_addr:
+            break
+        r = _vma_range(vma, start_addr, end_addr)
+        if r is not None:
+            yield vma, r[0], r[1]
 
 
 class ZapUpperLevels(Memory):

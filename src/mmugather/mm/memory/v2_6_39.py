@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock, spin_needbreak
-from mmugather.mm.memory import Memory, TlbRef, _vma_range
+from mmugather.mm.memory import Memory, TlbRef, _vma_ranges
 from mmugather.mm.pgtable import (
     PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, addr_end, pgd_index, pmd_index, pte_index, pud_index,
 )
@@ -42,11 +42,7 @@ class Memory2639(Memory):
                     yield self.tlb_flush_mmu(c, tlb)
             elif ptent := ptes[i]:
                 work -= PAGE_SIZE
-                pfn, is_anon = self._zap_present_pte(ptes, i, ptent)
-                if is_anon:
-                    anon += 1
-                else:
-                    file += 1
+                pfn, anon, file = self._zap_present_pte(ptes, i, ptent, anon, file)
                 yield c_zap + none
                 none = 0
                 if not remove(c, tlb, pfn):
@@ -105,13 +101,7 @@ class Memory2639(Memory):
         start = start_addr
         i_mmap_lock = details.i_mmap_lock if details is not None else None
         yield self.mmu_notifier_invalidate_range_start(c, mm, start_addr, end_addr)
-        for vma in vmas:
-            if vma.start >= end_addr:
-                break
-            r = _vma_range(vma, start_addr, end_addr)
-            if r is None:
-                continue
-            start, end = r
+        for vma, start, end in _vma_ranges(vmas, start_addr, end_addr):
             while start != end:
                 start = yield self.unmap_page_range(c, tlbp.tlb, vma, start, end, zap_work, details)
                 if zap_work[0] > 0:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
-from mmugather.mm.memory import TlbRef, ZapUpperLevels, _vma_range
+from mmugather.mm.memory import TlbRef, ZapUpperLevels, _vma_ranges
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, addr_end, pmd_index, pte_index
 from mmugather.mm.protocols import Path
 
@@ -36,11 +36,7 @@ class Memory30(ZapUpperLevels):
                         force_flush = True
                         break
                 elif ptent := ptes[i]:
-                    pfn, is_anon = self._zap_present_pte(ptes, i, ptent)
-                    if is_anon:
-                        anon += 1
-                    else:
-                        file += 1
+                    pfn, anon, file = self._zap_present_pte(ptes, i, ptent, anon, file)
                     yield c_zap + none
                     none = 0
                     if not remove(c, tlb, pfn):
@@ -89,13 +85,7 @@ class Memory30(ZapUpperLevels):
         start = start_addr
         mm = tlbp.tlb.mm
         yield self.mmu_notifier_invalidate_range_start(c, mm, start_addr, end_addr)
-        for vma in vmas:
-            if vma.start >= end_addr:
-                break
-            r = _vma_range(vma, start_addr, end_addr)
-            if r is None:
-                continue
-            start, end = r
+        for vma, start, end in _vma_ranges(vmas, start_addr, end_addr):
             while start != end:
                 start = yield self.unmap_page_range(c, tlbp.tlb, vma, start, end, details)
         yield self.mmu_notifier_invalidate_range_end(c, mm, start_addr, end_addr)

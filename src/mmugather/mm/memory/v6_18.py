@@ -6,7 +6,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
-from mmugather.mm.memory import ZapUpperLevels
+from mmugather.mm.memory import ZapUpperLevels, _vma_range
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, addr_end, pmd_index, pte_index
 from mmugather.mm.protocols import Path
@@ -108,7 +108,7 @@ class Memory618(ZapUpperLevels):
         i = pte_index(addr)
         iend = i + ((end - addr) >> PAGE_SHIFT)
         pte_run = self.zap_backend.pte_run
-        while True:
+        while addr != end:
             if c.need_resched:                                   # direct_reclaim = false; break
                 broke = True
                 break
@@ -134,8 +134,6 @@ class Memory618(ZapUpperLevels):
                 break
             i += 1
             addr += PAGE_SIZE
-            if addr == end:
-                break
         if none:
             yield none
         return addr, force_flush, force_break, broke, anon, file
@@ -232,14 +230,9 @@ class Memory618(ZapUpperLevels):
 
     def unmap_single_vma(self, c, tlb, vma, start_addr: int, end_addr: int, details) -> Path:
         """unmap_single_vma(), mm/memory.c v6.18: the part of vma inside [start_addr, end_addr)."""
-        start = max(vma.start, start_addr)
-        if start >= vma.end:
-            return
-        end = min(vma.end, end_addr)
-        if end <= vma.start:
-            return
-        if start != end:
-            yield self.unmap_page_range(c, tlb, vma, start, end, details)
+        r = _vma_range(vma, start_addr, end_addr)
+        if r is not None and r[0] != r[1]:
+            yield self.unmap_page_range(c, tlb, vma, r[0], r[1], details)
 
     def unmap_vmas(self, c, tlb, vmas: list, start_addr: int, end_addr: int, details=None) -> Path:
         """unmap_vmas(), mm/memory.c v6.18: mmu_notifier_invalidate_range_start(), unmap_single_vma() of
