@@ -21,7 +21,7 @@ class Bulk2639(BulkBackend):
     batching, flush, finish, the arch's tlb_flush()) and free_pte_range() with the x86 pte_free_tlb()."""
 
     reference = Linux2639
-    zap_reproduces = frozenset({"zap_pte_range", "_zap_present_pte", "_page_remove_rmap", "unmap_vmas",
+    zap_reproduces = frozenset({"zap_pte_range", "_zap_pte_loop", "unmap_vmas",
                                 "_tlb_remove_page", "tlb_remove_page", "tlb_gather_mmu", "tlb_finish_mmu",
                                 "tlb_flush_mmu", "tlb_flush"})
     tables_reproduces = frozenset({"free_pte_range", "pte_free_tlb", "_tlb_remove_page", "tlb_remove_page"})

@@ -22,7 +22,7 @@ from mmugather.mm.protocols import Path, PteRun
 from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.page_alloc import ANON, FILE, GFP_KERNEL, PGTABLE
 from mmugather.mm.pgtable import (
-    PAGE_SHIFT, PGDIR_MASK, PGDIR_SIZE, PMD_MASK, PMD_SHIFT, PMD_SIZE, PUD_MASK,
+    PAGE_SHIFT, PAGE_SIZE, PGDIR_MASK, PGDIR_SIZE, PMD_MASK, PMD_SHIFT, PMD_SIZE, PUD_MASK,
     PUD_SIZE, ULONG_MASK, _PAGE_DIRTY, _PAGE_RW, DirTable, PteTable, addr_end, mk_pte, pgd_index, pmd_index,
     pte_index, pud_index,
 )
@@ -375,29 +375,65 @@ class Memory(KernelPart):
         yield run.ns
         return addr, run.last, 0, anon, file, run.pfn
 
-    def _zap_present_pte(self, ptes, i: int, ptent: int, anon: int, file: int) -> tuple[int, int, int]:
-        """The present-PTE step of zap_pte_range(), the same lines in mm/memory.c v2.6.39 and v3.0 (6.18's
-        is zap_present_ptes(), v6_18.py): ptep_get_and_clear_full(), the page off its rss counter
-        (`rss[MM_ANONPAGES]--` or `rss[MM_FILEPAGES]--`, counted up here: `anon`, `file`), then
-        page_remove_rmap(). Returns (pfn, anon, file); handing the page to the gather is the caller's, as
-        the versions differ there."""
-        ptes[i] = 0                                     # ptep_get_and_clear_full()
-        pfn = ptent >> PAGE_SHIFT
-        if self.alloc.kind[pfn] == ANON:
-            anon += 1
-        else:
-            file += 1
-        self._page_remove_rmap(pfn)                     # page_remove_rmap()
-        return pfn, anon, file
-
-    def _page_remove_rmap(self, pfn: int) -> None:
-        """page_remove_rmap() (v2.6.39, v3.0) / folio_remove_rmap_ptes() (v6.18) of an order-0 page as
-        zap_pte_range() calls it, with its check `if (unlikely(page_mapcount(page) < 0)) print_bad_pte()`
-        (the model stops there: a negative mapcount is a model bug)."""
-        mapcount = self.alloc.mapcount
-        mapcount[pfn] -= 1
-        if mapcount[pfn] < 0:
-            raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+    def _zap_pte_loop(self, c, tlb, pt, addr: int, end: int,
+                      work: int | None) -> Generator[Any, Any, tuple[int, int, int, int, int | None, bool]]:
+        """zap_pte_range()'s loop over the entries of PTE table pt, under its lock, mm/memory.c v2.6.39 and
+        v3.0: the same code (ptep_get_and_clear_full(), the rss counters, page_remove_rmap() and
+        print_bad_pte()'s check, the page to the gather) but for two points. `work` is 2.6.39's zap_work
+        budget (a present PTE costs PAGE_SIZE, an empty one 1, and the loop stops once it is spent; None
+        in 3.0); when the gather has no room, 2.6.39's tlb_remove_page() flushes at once, under the PTE
+        lock, while 3.0 sets force_flush and breaks out before pte++ (its `goto again` rescans that, now
+        empty, PTE). The zap backend may take the next run of entries at once (mm/protocols.py PteRun).
+        Returns (addr, anon, file, none: the none cost still to spend, work, force_flush)."""
+        ptes = pt.ptes
+        c_zap, c_none = self.costs.pte_zap, self.costs.pte_none
+        kind, mapcount = self.alloc.kind, self.alloc.mapcount
+        remove, pte_run = self._tlb_remove_page, self.zap_backend.pte_run
+        anon = file = none = 0
+        force_flush = False
+        i = pte_index(addr)
+        iend = i + ((end - addr) >> PAGE_SHIFT)
+        while True:
+            run = pte_run(self, c, tlb, pt, addr, i, iend, none, work)
+            if run is not None:                         # entries i..run.last at once, but for the last page
+                if work is not None:
+                    work = run.work
+                addr, i, none, anon, file, pfn = yield from self._take_pte_run(run, addr, i, none, anon, file)
+                if pfn < 0:                             # only empty entries before the loop ends
+                    break
+                if not remove(c, tlb, pfn):
+                    if work is None:                    # 3.0: force_flush, break
+                        force_flush = True
+                        break
+                    yield self.tlb_flush_mmu(c, tlb)    # 2.6.39: tlb_remove_page() flushes at once
+            elif ptent := ptes[i]:
+                if work is not None:
+                    work -= PAGE_SIZE
+                ptes[i] = 0                             # ptep_get_and_clear_full()
+                pfn = ptent >> PAGE_SHIFT
+                if kind[pfn] == ANON:
+                    anon += 1
+                else:
+                    file += 1
+                mapcount[pfn] -= 1                      # page_remove_rmap()
+                if mapcount[pfn] < 0:
+                    raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+                yield c_zap + none
+                none = 0
+                if not remove(c, tlb, pfn):
+                    if work is None:                    # 3.0: force_flush, break before pte++
+                        force_flush = True
+                        break
+                    yield self.tlb_flush_mmu(c, tlb)    # 2.6.39: nr >= FREE_PTE_NR
+            else:
+                if work is not None:
+                    work -= 1
+                none += c_none
+            i += 1
+            addr += PAGE_SIZE
+            if addr == end or (work is not None and work <= 0):
+                break
+        return addr, anon, file, none, work, force_flush
 
     # ------------------------------------------------------------ zap_page_range
     def zap_page_range(self, c, vma, address: int, size: int, details=None) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock, spin_needbreak
 from mmugather.mm.memory import Memory, TlbRef, _vma_ranges
 from mmugather.mm.pgtable import (
-    PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, addr_end, pgd_index, pmd_index, pte_index, pud_index,
+    PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, addr_end, pgd_index, pmd_index, pud_index,
 )
 from mmugather.mm.protocols import Path
 
@@ -19,45 +19,15 @@ class Memory2639(Memory):
         return (8 if self.engine.full else 1024) * PAGE_SIZE
 
     def zap_pte_range(self, c, tlb, vma, pt, addr: int, end: int, zap_work: list, details) -> Path:
-        """zap_pte_range(), mm/memory.c v2.6.39. The zap backend may take the next run of entries at once
-        (mm/protocols.py PteRun)."""
-        mm = tlb.mm
-        ptes = pt.ptes
-        c_zap, c_none = self.costs.pte_zap, self.costs.pte_none
-        remove, pte_run = self._tlb_remove_page, self.zap_backend.pte_run
-        anon = file = 0
+        """zap_pte_range(), mm/memory.c v2.6.39: the loop over the entries under the PTE lock
+        (mm/memory/__init__.py `_zap_pte_loop`) with the zap_work budget; tlb_remove_page() flushes a full
+        gather from inside it."""
         yield SpinLock(pt.ptl)
-        i = pte_index(addr)
-        iend = i + ((end - addr) >> PAGE_SHIFT)
-        none = 0
-        work = zap_work[0]
-        while True:
-            run = pte_run(self, c, tlb, pt, addr, i, iend, none, work)
-            if run is not None:                         # entries i..run.last at once, but for the last page
-                work = run.work
-                addr, i, none, anon, file, pfn = yield from self._take_pte_run(run, addr, i, none, anon, file)
-                if pfn < 0:                             # only empty entries before the loop ends
-                    break
-                if not remove(c, tlb, pfn):
-                    yield self.tlb_flush_mmu(c, tlb)
-            elif ptent := ptes[i]:
-                work -= PAGE_SIZE
-                pfn, anon, file = self._zap_present_pte(ptes, i, ptent, anon, file)
-                yield c_zap + none
-                none = 0
-                if not remove(c, tlb, pfn):
-                    yield self.tlb_flush_mmu(c, tlb)       # tlb_remove_page(): nr >= FREE_PTE_NR
-            else:
-                work -= 1
-                none += c_none
-            i += 1
-            addr += PAGE_SIZE
-            if addr == end or work <= 0:
-                break
+        addr, anon, file, none, work, _ = yield from self._zap_pte_loop(c, tlb, pt, addr, end, zap_work[0])
         zap_work[0] = work
         if none:
             yield none
-        self._add_mm_rss(mm, anon, file)
+        self._add_mm_rss(tlb.mm, anon, file)
         yield SpinUnlock(pt.ptl)
         return addr
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.mm.memory import TlbRef, ZapUpperLevels, _vma_ranges
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, addr_end, pmd_index, pte_index
+from mmugather.mm.pgtable import PMD_SIZE, addr_end, pmd_index
 from mmugather.mm.protocols import Path
 
 
@@ -13,44 +13,15 @@ class Memory30(ZapUpperLevels):
     cond_resched() after every PTE table (97a894136f29)."""
 
     def zap_pte_range(self, c, tlb, vma, pt, addr: int, end: int, details) -> Path:
-        """zap_pte_range(), mm/memory.c v3.0 (force_flush, goto again). The zap backend may take the next
-        run of entries at once (mm/protocols.py PteRun)."""
-        mm = tlb.mm
-        ptes = pt.ptes
-        c_zap, c_none = self.costs.pte_zap, self.costs.pte_none
-        remove, pte_run = self._tlb_remove_page, self.zap_backend.pte_run
+        """zap_pte_range(), mm/memory.c v3.0 (force_flush, goto again): the loop over the entries under
+        the PTE lock as 2.6.39's (mm/memory/__init__.py `_zap_pte_loop`), but a gather with no room makes
+        it break out, drop the lock, flush and start again."""
         while True:                                     # again:
-            anon = file = 0
-            force_flush = False
             yield SpinLock(pt.ptl)
-            i = pte_index(addr)
-            iend = i + ((end - addr) >> PAGE_SHIFT)
-            none = 0
-            while True:
-                run = pte_run(self, c, tlb, pt, addr, i, iend, none)
-                if run is not None:                     # entries i..run.last at once, but for the last page
-                    addr, i, none, anon, file, pfn = yield from self._take_pte_run(run, addr, i, none, anon, file)
-                    if pfn < 0:                         # only empty entries left
-                        break
-                    if not remove(c, tlb, pfn):
-                        force_flush = True
-                        break
-                elif ptent := ptes[i]:
-                    pfn, anon, file = self._zap_present_pte(ptes, i, ptent, anon, file)
-                    yield c_zap + none
-                    none = 0
-                    if not remove(c, tlb, pfn):
-                        force_flush = True      # break before pte++/addr += PAGE_SIZE, as v3.0 does:
-                        break                   # `goto again` rescans this (now empty) PTE
-                else:
-                    none += c_none
-                i += 1
-                addr += PAGE_SIZE
-                if addr == end:
-                    break
+            addr, anon, file, none, _, force_flush = yield from self._zap_pte_loop(c, tlb, pt, addr, end, None)
             if none:
                 yield none
-            self._add_mm_rss(mm, anon, file)
+            self._add_mm_rss(tlb.mm, anon, file)
             yield SpinUnlock(pt.ptl)
             # mmu_gather ran out of room to batch pages: break out of the PTE lock to avoid doing the
             # potentially expensive TLB invalidate and page-free while holding it.

@@ -2,8 +2,7 @@
 lock, delayed rmap, PT_RECLAIM of emptied PTE tables)."""
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.mm.memory import ZapUpperLevels, _vma_range
@@ -101,13 +100,14 @@ class Memory618(ZapUpperLevels):
         backend may take the next run of entries at once (mm/protocols.py PteRun; the run records its range
         in the gather). Returns (addr, force_flush, force_break, broke: need_resched() or force_break, anon,
         file)."""
-        c_none = self.costs.pte_none
+        c_zap, c_none = self.costs.pte_zap, self.costs.pte_none
         ptes = pt.ptes
         force_flush = force_break = broke = False
         anon = file = none = 0
         i = pte_index(addr)
         iend = i + ((end - addr) >> PAGE_SHIFT)
-        pte_run = self.zap_backend.pte_run
+        pte_run, zap_present = self.zap_backend.pte_run, self.zap_present_ptes
+        remove = self._tlb_remove_folio_pages_size
         while addr != end:
             if c.need_resched:                                   # direct_reclaim = false; break
                 broke = True
@@ -117,15 +117,14 @@ class Memory618(ZapUpperLevels):
                 addr, i, none, anon, file, pfn = yield from self._take_pte_run(run, addr, i, none, anon, file)
                 if pfn < 0:                              # only empty entries left
                     break
-                force_break = self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, False)
+                force_break = remove(c, tlb, pfn, 1, False)
             elif ptent := ptes[i]:
-                is_anon, flush, force_break = yield from self.zap_present_ptes(c, tlb, pt, i, addr, ptent, none)
+                pfn, anon, file, delay_rmap = zap_present(tlb, pt, i, addr, ptent, anon, file)
+                if delay_rmap:
+                    force_flush = True
+                yield c_zap + none
                 none = 0
-                if is_anon:
-                    anon += 1
-                else:
-                    file += 1
-                force_flush |= flush
+                force_break = remove(c, tlb, pfn, 1, delay_rmap)
             else:
                 none += c_none
             if force_break:
@@ -138,25 +137,31 @@ class Memory618(ZapUpperLevels):
             yield none
         return addr, force_flush, force_break, broke, anon, file
 
-    def zap_present_ptes(self, c, tlb, pt, i: int, addr: int, ptent: int,
-                         none: int) -> Generator[Any, Any, tuple[bool, bool, bool]]:
+    def zap_present_ptes(self, tlb, pt, i: int, addr: int, ptent: int, anon: int,
+                         file: int) -> tuple[int, int, int, bool]:
         """zap_present_ptes() -> zap_present_folio_ptes(), mm/memory.c v6.18, for an order-0 folio (nr = 1:
-        the model maps no large folio): clear the PTE and record it in the gather's range
-        (tlb_remove_tlb_entry()); the rmap removal of a dirty file page waits for the flush (tlb_delay_rmap():
-        force_flush), any other page's is done now (folio_remove_rmap_ptes()); then the page goes to the
-        gather (__tlb_remove_folio_pages(): a full gather forces a flush and a break). `none`: the cost of
-        the none entries do_zap_pte_range() skipped before it, spent with this step. Returns (anon,
-        force_flush, force_break)."""
+        the model maps no large folio), but for its last call: clear the PTE and record it in the gather's
+        range (tlb_remove_tlb_entry()), take the page off its rss counter (`rss[]`, counted up here:
+        `anon`, `file`); the rmap removal of a dirty file page waits for the flush (tlb_delay_rmap():
+        delay_rmap, and force_flush), any other page's is done now (folio_remove_rmap_ptes(), with
+        print_bad_pte()'s check). The caller spends the step's cost, then makes the last call,
+        __tlb_remove_folio_pages() (a full gather forces a flush and a break). Returns (pfn, anon, file,
+        delay_rmap)."""
         pt.ptes[i] = 0                                           # ptep_get_and_clear_full()
         self.tlb_flush_pte_range(tlb, addr, PAGE_SIZE)           # tlb_remove_tlb_entry()
         pfn = ptent >> PAGE_SHIFT
-        anon = self.alloc.kind[pfn] == ANON
-        delay_rmap = not anon and bool(ptent & _PAGE_DIRTY) and self.tlb_delay_rmap(tlb)
+        delay_rmap = False
+        if self.alloc.kind[pfn] == ANON:
+            anon += 1
+        else:
+            file += 1
+            delay_rmap = bool(ptent & _PAGE_DIRTY) and self.tlb_delay_rmap(tlb)
         if not delay_rmap:
-            self._page_remove_rmap(pfn)                          # folio_remove_rmap_ptes()
-        yield self.costs.pte_zap + none
-        force_break = self._tlb_remove_folio_pages_size(c, tlb, pfn, 1, delay_rmap)
-        return anon, delay_rmap or force_break, force_break
+            mapcount = self.alloc.mapcount                       # folio_remove_rmap_ptes()
+            mapcount[pfn] -= 1
+            if mapcount[pfn] < 0:
+                raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+        return pfn, anon, file, delay_rmap
 
     def reclaim_pt_is_enabled(self, start: int, end: int, details) -> bool:
         """reclaim_pt_is_enabled(), mm/pt_reclaim.c (6.14+): `details && details->reclaim_pt && (end -
