@@ -21,8 +21,9 @@ class Bulk2639(BulkBackend):
     batching, flush, finish, the arch's tlb_flush()) and free_pte_range() with the x86 pte_free_tlb()."""
 
     reference = Linux2639
-    zap_reproduces = frozenset({"zap_pte_range", "unmap_vmas", "_tlb_remove_page", "tlb_remove_page",
-                                "tlb_gather_mmu", "tlb_finish_mmu", "tlb_flush_mmu", "tlb_flush"})
+    zap_reproduces = frozenset({"zap_pte_range", "_zap_pte_loop", "unmap_vmas",
+                                "_tlb_remove_page", "tlb_remove_page", "tlb_gather_mmu", "tlb_finish_mmu",
+                                "tlb_flush_mmu", "tlb_flush"})
     tables_reproduces = frozenset({"free_pte_range", "pte_free_tlb", "_tlb_remove_page", "tlb_remove_page"})
 
     def __init__(self, arch: Any) -> None:

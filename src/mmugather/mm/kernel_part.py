@@ -13,15 +13,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mmugather.arch.base import Arch
+    from mmugather.mm.arch_protocol import Arch
     from mmugather.machine.costs import Costs
     from mmugather.machine.engine import Engine
     from mmugather.mm.mm_types import Vma
     from mmugather.mm.page_alloc import PageAlloc
     from mmugather.mm.pgtable import DirTable, PteTable
-    from mmugather.mm.protocols import Path, ReleaseBackend, TableFreeBackend, ZapBackend
-    from mmugather.report.metrics import Metrics       # above mm/: named for its type only
-    from mmugather.sim.invariants import Invariants    # above mm/: named for its type only
+    from mmugather.mm.protocols import InvariantChecks, Path, ReleaseBackend, TableFreeBackend, ZapBackend
+    from mmugather.report.metrics import Metrics
 
 
 class KernelPart:
@@ -34,7 +33,7 @@ class KernelPart:
         alloc: PageAlloc
         costs: Costs
         metrics: Metrics
-        invariants: Invariants
+        invariants: InvariantChecks   # sim/invariants.py's checker, as far as mm/ calls it
         arch: Arch[Any]
         without: frozenset[str]      # the fixes switched off (`--without-fix`)
         num_online_cpus: int

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
-from mmugather.kernel.sched import Elapse
-from mmugather.mm.memory import Memory, ZapUpperLevels
+from mmugather.mm.memory import ZapUpperLevels, _vma_range
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import (PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, _PAGE_SPECIAL, addr_end,
                                   pmd_index, pte_index)
 from mmugather.mm.protocols import Path
 
 if TYPE_CHECKING:
-    from mmugather.arch.base import Arch618
+    from mmugather.mm.arch_protocol import Arch618
 
 
 class ZapDetails:
@@ -26,7 +25,7 @@ class ZapDetails:
         self.reclaim_pt = reclaim_pt
 
 
-class Memory618(ZapUpperLevels, Memory):
+class Memory618(ZapUpperLevels):
     """The zap walk of Linux v6.18 (mm/memory.c): PTEs cleared under the PTE lock, each recorded in the
     gather's range (tlb_remove_tlb_entry); a full gather or a dirty shared file page forces a flush of the
     TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; so does
@@ -104,69 +103,71 @@ class Memory618(ZapUpperLevels, Memory):
         backend may take the next run of entries at once (mm/protocols.py PteRun; the run records its range
         in the gather). Returns (addr, force_flush, force_break, broke: need_resched() or force_break, anon,
         file)."""
-        costs = self.costs
-        c_zap, c_none = costs.pte_zap, costs.pte_none
-        kind, mapcount, zero_pfn = self.alloc.kind, self.alloc.mapcount, self.alloc.zero_pfn
+        c_zap, c_none = self.costs.pte_zap, self.costs.pte_none
         ptes = pt.ptes
         force_flush = force_break = broke = False
         anon = file = none = 0
         i = pte_index(addr)
         iend = i + ((end - addr) >> PAGE_SHIFT)
-        flush_pte_range, remove = self.tlb_flush_pte_range, self._tlb_remove_folio_pages_size
-        pte_run = self.zap_backend.pte_run
-        while True:
+        pte_run, zap_present = self.zap_backend.pte_run, self.zap_present_ptes
+        remove = self._tlb_remove_folio_pages_size
+        while addr != end:
             if c.need_resched:                                   # direct_reclaim = false; break
                 broke = True
                 break
             run = pte_run(self, c, tlb, pt, addr, i, iend, none)
             if run is not None:                          # entries i..run.last at once, but for the last page
-                addr += (run.last - i) << PAGE_SHIFT
-                i = run.last
-                anon += run.anon
-                file += run.file
-                if not run.n:                            # only empty entries left
-                    none += run.ns
+                addr, i, none, anon, file, pfn = yield from self._take_pte_run(run, addr, i, none, anon, file)
+                if pfn < 0:                              # only empty entries left
                     break
-                yield run.ns
-                none = 0
-                if remove(c, tlb, run.pfn, 1, False):
-                    force_flush = force_break = broke = True
-                    addr += PAGE_SIZE
-                    break
+                force_break = remove(c, tlb, pfn, 1, False)
             elif ptent := ptes[i]:
-                ptes[i] = 0                                      # ptep_get_and_clear_full()
-                flush_pte_range(tlb, addr, PAGE_SIZE)            # tlb_remove_tlb_entry()
-                pfn = ptent >> PAGE_SHIFT
-                if ptent & _PAGE_SPECIAL or pfn == zero_pfn:     # vm_normal_page() is NULL (a PFN map or
-                    yield c_zap + none                           # the zero page): zap_present_ptes()
-                    none = 0                                     # returns 1, nothing to unmap or gather
-                else:
-                    delay_rmap = False
-                    if kind[pfn] == ANON:
-                        anon += 1
-                    else:
-                        file += 1
-                        if ptent & _PAGE_DIRTY and self.tlb_delay_rmap(tlb):
-                            delay_rmap = force_flush = True
-                    if not delay_rmap:
-                        mapcount[pfn] -= 1                       # folio_remove_rmap_ptes()
-                        if mapcount[pfn] < 0:
-                            raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
-                    yield c_zap + none
-                    none = 0
-                    if remove(c, tlb, pfn, 1, delay_rmap):
-                        force_flush = force_break = broke = True
-                        addr += PAGE_SIZE
-                        break
+                pfn, anon, file, delay_rmap = zap_present(tlb, pt, i, addr, ptent, anon, file)
+                if delay_rmap:
+                    force_flush = True
+                yield c_zap + none
+                none = 0
+                if pfn >= 0:
+                    force_break = remove(c, tlb, pfn, 1, delay_rmap)
             else:
                 none += c_none
+            if force_break:
+                force_flush = broke = True
+                addr += PAGE_SIZE
+                break
             i += 1
             addr += PAGE_SIZE
-            if addr == end:
-                break
         if none:
             yield none
         return addr, force_flush, force_break, broke, anon, file
+
+    def zap_present_ptes(self, tlb, pt, i: int, addr: int, ptent: int, anon: int,
+                         file: int) -> tuple[int, int, int, bool]:
+        """zap_present_ptes() -> zap_present_folio_ptes(), mm/memory.c v6.18, for an order-0 folio (nr = 1:
+        the model maps no large folio), but for its last call: clear the PTE and record it in the gather's
+        range (tlb_remove_tlb_entry()), take the page off its rss counter (`rss[]`, counted up here:
+        `anon`, `file`); the rmap removal of a dirty file page waits for the flush (tlb_delay_rmap():
+        delay_rmap, and force_flush), any other page's is done now (folio_remove_rmap_ptes(), with
+        print_bad_pte()'s check). The caller spends the step's cost, then makes the last call,
+        __tlb_remove_folio_pages() (a full gather forces a flush and a break). Returns (pfn, anon, file,
+        delay_rmap); pfn -1 when vm_normal_page() is NULL (a special PTE, the zero page)."""
+        pt.ptes[i] = 0                                           # ptep_get_and_clear_full()
+        self.tlb_flush_pte_range(tlb, addr, PAGE_SIZE)           # tlb_remove_tlb_entry()
+        pfn = ptent >> PAGE_SHIFT
+        if ptent & _PAGE_SPECIAL or pfn == self.alloc.zero_pfn:  # vm_normal_page() is NULL (a PFN map, the
+            return -1, anon, file, False                        # zero page): nothing to unmap or gather
+        delay_rmap = False
+        if self.alloc.kind[pfn] == ANON:
+            anon += 1
+        else:
+            file += 1
+            delay_rmap = bool(ptent & _PAGE_DIRTY) and self.tlb_delay_rmap(tlb)
+        if not delay_rmap:
+            mapcount = self.alloc.mapcount                       # folio_remove_rmap_ptes()
+            mapcount[pfn] -= 1
+            if mapcount[pfn] < 0:
+                raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+        return pfn, anon, file, delay_rmap
 
     def reclaim_pt_is_enabled(self, start: int, end: int, details) -> bool:
         """reclaim_pt_is_enabled(), mm/pt_reclaim.c (6.14+): `details && details->reclaim_pt && (end -
@@ -218,15 +219,10 @@ class Memory618(ZapUpperLevels, Memory):
         cond_resched() after every entry (the `continue` for a none PMD reaches it too). The zap backend
         may take the next run of whole entries at once, the forced flushes of a full gather included
         (mm/protocols.py PmdRun)."""
-        pmd_run = self.zap_backend.pmd_run
         while True:
-            run = pmd_run(self, c, tlb, pmd, addr, end, details)
-            if run is not None:
-                addr = run.addr
-                yield Elapse(run.ns, run.point)
-                if addr == end:
-                    return addr
-                continue
+            addr = yield from self._pmd_runs(c, tlb, pmd, addr, end, details)
+            if addr == end:
+                return addr
             nxt = addr_end(addr, end, PMD_SIZE)
             if pmd_index(addr) not in pmd.entries:
                 yield self.costs.pmd_none
@@ -245,14 +241,9 @@ class Memory618(ZapUpperLevels, Memory):
 
     def unmap_single_vma(self, c, tlb, vma, start_addr: int, end_addr: int, details) -> Path:
         """unmap_single_vma(), mm/memory.c v6.18: the part of vma inside [start_addr, end_addr)."""
-        start = max(vma.start, start_addr)
-        if start >= vma.end:
-            return
-        end = min(vma.end, end_addr)
-        if end <= vma.start:
-            return
-        if start != end:
-            yield self.unmap_page_range(c, tlb, vma, start, end, details)
+        r = _vma_range(vma, start_addr, end_addr)
+        if r is not None and r[0] != r[1]:
+            yield self.unmap_page_range(c, tlb, vma, r[0], r[1], details)
 
     def unmap_vmas(self, c, tlb, vmas: list, start_addr: int, end_addr: int, details=None) -> Path:
         """unmap_vmas(), mm/memory.c v6.18: mmu_notifier_invalidate_range_start(), unmap_single_vma() of
