@@ -31,9 +31,10 @@ Known divergences: consider_global_asid() runs at every IPI flush; the kernel re
 `(current->pid & 0x1f) == (jiffies & 0x1f)` (one jiffy in 32 per task: 128 ms at HZ=250), so the kernel
 switches later, by a delay the runs here (tens of ms) cannot show without it deciding the result by the
 pid/jiffies phase alone; the explorer also leaves clocks out of its states. allocate_global_asid()'s bitmap
-and rollover flush are not modelled (mm i gets TLB_NR_DYN_ASIDS + i), nor mm_free_global_asid(). The
-is_lazy test comes before the global-ASID reload in flush_tlb_func(), as after Rik van Riel's fix "x86/mm:
-Fix race between lazy TLB and global ASID" (Cc stable; 6.18's tlb.c still tested the ASID first).
+and rollover flush are not modelled (mm i gets TLB_NR_DYN_ASIDS + i), nor mm_free_global_asid().
+flush_tlb_func() reloads the global ASID before it tests is_lazy, as 6.18 does: a lazy CPU the transition's
+IPI reaches leaves lazy mode on the global ASID (the race Rik van Riel's "x86/mm: fix race between
+flush_tlb_func and idle task leave_mm", May 2025, Fixes: 4afeb0ed1753, would close by testing is_lazy first).
 Not modelled: flush_tlb_all()/flush_tlb_kernel_range() (invlpgb_flush_all(); no kernel-range flushes in the
 model), arch_tlbbatch_flush() (reclaim), PTI's user PCID.
 """
@@ -202,14 +203,16 @@ class X86Invlpgb(X86):
         yield super().native_flush_tlb_multi(c, cpumask, wide)
 
     def flush_tlb_func(self, t: Cpu, info: FlushTlbInfo) -> int:
-        """flush_tlb_func(), arch/x86/mm/tlb.c v6.15+: a CPU running info->mm that should use its global
-        ASID reloads with it; one on a global ASID has nothing to do (INVLPGB keeps it up to date); else
-        X86's (including the wrong-CPU and lazy cases, tested first)."""
+        """flush_tlb_func(), arch/x86/mm/tlb.c v6.18: on a CPU running info->mm, mm_needs_global_asid() first:
+        switch_mm_irqs_off(NULL, loaded_mm, NULL) reloads with the global ASID and clears is_lazy; then a CPU
+        on a global ASID has nothing to do (INVLPGB keeps it up to date); else X86's (the wrong-CPU case,
+        the lazy switch to init_mm, the tlb_gen comparison)."""
         mm = info.mm
-        if mm is not t.loaded_mm or t.tlbstate == TLBSTATE_LAZY:
+        if mm is not t.loaded_mm:
             return super().flush_tlb_func(t, info)
         cost = 0
         if self.mm_needs_global_asid(mm, t):
+            t.tlbstate = TLBSTATE_OK
             self._reload_global_asid(t, mm)
             cost = self.costs.flush_full
         if self.is_global_asid(t):
