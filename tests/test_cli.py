@@ -119,7 +119,7 @@ BAD = [
     (["compare", "--workload", "small", "--arch", "arm64"], "policy 2.6.39 does not run on arm64"),
     (["compare", "--workload", "small", "--arch", ","], "--arch: expected"),
     (["compare", "--workload", "small", "--arch", "x86,sparc"],
-     "--arch: unknown arch 'sparc' (expected one of: x86, ppc64, x86-kvm, arm64, ppc64-radix)"),
+     "--arch: unknown arch 'sparc' (expected one of: x86, ppc64, x86-kvm, arm64, ppc64-radix, x86-invlpgb)"),
 ]
 
 

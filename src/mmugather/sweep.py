@@ -91,8 +91,8 @@ class Grid(_Strict):
     seeds: Annotated[list[int], WithJsonSchema(_SEEDS_SCHEMA)] = Field(min_length=1, description=(
         "one run per seed: a list, or `{from = A, to = B}` for A..B, both included"))
     arch: list[str] = Field(["x86"], min_length=1, description=(
-        "architectures (x86, x86-kvm, arm64, ppc64, ppc64-radix); pairs whose kernel did not support the arch are "
-        "left out"))
+        "architectures (x86, x86-kvm, x86-invlpgb, arm64, ppc64, ppc64-radix); pairs whose kernel did not support the "
+        "arch are left out"))
 
     @field_validator("seeds", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ registry.
 | ppc64   | 3.0          | ppc64.py (hash MMU: tlbie, RCU table free)  |
 | x86     | 6.18         | x86.py (tlb_gen, lazy TLB, should_flush_tlb) |
 | x86-kvm | 6.18         | x86_kvm.py (PV flush: kvm_flush_tlb_multi)  |
+| x86-invlpgb | 6.18     | x86_invlpgb.py (AMD INVLPGB + TLBSYNC, global ASIDs; 6.15+) |
 | arm64   | 6.18         | arm64.py (TLBI broadcast)                   |
 | ppc64-radix | 6.18     | ppc64_radix.py (tlbie broadcast, PWC by RIC) |
 
@@ -24,6 +25,7 @@ from mmugather.arch.base import Arch, Arch618, Board, Gather
 from mmugather.arch.ppc64 import Ppc64Hash
 from mmugather.arch.ppc64_radix import Ppc64Radix
 from mmugather.arch.x86 import X86
+from mmugather.arch.x86_invlpgb import X86Invlpgb
 from mmugather.arch.x86_kvm import X86Kvm
 from mmugather.arch.x86_legacy import X86Legacy
 
@@ -33,7 +35,7 @@ ArchFactory618 = Callable[[Board], Arch618]
 _ARCHES_2_6_39: dict[str, ArchFactory] = {"x86": X86Legacy}
 _ARCHES_3_0: dict[str, ArchFactory] = {"x86": X86Legacy, "ppc64": Ppc64Hash}
 _ARCHES_6_18: dict[str, ArchFactory618] = {"x86": X86, "x86-kvm": X86Kvm, "arm64": Arm64,
-                                           "ppc64-radix": Ppc64Radix}
+                                           "ppc64-radix": Ppc64Radix, "x86-invlpgb": X86Invlpgb}
 
 # kernel version (a policy's `name`) -> --arch name -> the arch class that kernel had for it
 ARCHES: dict[str, Mapping[str, Callable[[Board], Arch[Any]]]] = {
@@ -48,4 +50,5 @@ def arch_names() -> list[str]:
     return list(dict.fromkeys(name for by_name in ARCHES.values() for name in by_name))
 
 
-__all__ = ["ARCHES", "Arch", "Arch618", "Arm64", "Ppc64Hash", "Ppc64Radix", "X86", "X86Kvm", "X86Legacy", "arch_names"]
+__all__ = ["ARCHES", "Arch", "Arch618", "Arm64", "Ppc64Hash", "Ppc64Radix", "X86", "X86Invlpgb", "X86Kvm", "X86Legacy",
+           "arch_names"]

@@ -11,6 +11,7 @@ Anchors (see ../shared/KERNEL-MAP.md):
 - MADV_DONTNEED of one page on Haswell: 661 ns with no remote CPU, 1,436 ns with one (Nadav Amit, 2019,
   "Flush remote and local TLBs concurrently"): a one-target shootdown round trip of ~775 ns on top of the
   local work, split here into send, delivery, handler entry and acknowledgement.
+- INVLPGB and TLBSYNC: estimates, see the fields.
 - Zapping and freeing one touched page: ~270-300 ns, measured on this project's reference machine
   (Linux 6.18, KVM guest); split here into the zap (PTE clear, rmap, batching) and the free.
 """
@@ -45,6 +46,13 @@ class Costs:
     # waits until every CPU has applied it (order of magnitude; calibrate per platform)
     tlbi: int = 20
     dsb_ish: int = 500
+    # AMD broadcast invalidation (arch/x86_invlpgb.py): ESTIMATES, no published latency was found (the AMD APM
+    # vol. 3 gives none; the series reports throughput and CPU-time shares, not per-instruction costs).
+    # INVLPGB is weakly ordered and returns once issued (~INVLPG's 260 cycles, rounded); TLBSYNC waits
+    # until every CPU has applied the issuer's INVLPGBs, a fabric round trip like an IPI's send + delivery +
+    # ack here (650 ns), minus interrupt entry on the targets: 600 ns. Calibrate per platform.
+    invlpgb: int = 100
+    tlbsync: int = 600
     tlb_miss_walk: int = 30     # hardware page walk filling one TLB entry
     user_access: int = 2        # a user load or store that hits the TLB
     # IPIs (x86 shootdown, one target)

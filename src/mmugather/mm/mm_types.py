@@ -83,6 +83,8 @@ class MmStruct:
         self.exited = False
         self.tlb_gen = 0                          # mm->context.tlb_gen (x86, v4.14+)
         self.tlb_flush_pending = 0                # mm->tlb_flush_pending (v4.13+)
+        self.global_asid = 0                      # mm->context.global_asid (x86 INVLPGB, v6.15+; 0: none)
+        self.asid_transition = False              # mm->context.asid_transition (x86 INVLPGB, v6.15+)
         self.notifiers: list = []                 # mm->notifier_subscriptions
         self.zero_ptes = False                    # has it mapped the zero page (the bulk zap declines)?
         # the process's anon_vma root lock, as each version has it (mm/rmap.py)

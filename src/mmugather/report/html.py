@@ -91,6 +91,32 @@ def _cdf(distributions: dict, key: str) -> str:
     return _svg(fig, key)
 
 
+def _design_events_section(runs: list[dict], events: list[str]) -> list[str]:
+    """The design's own events (Engine.note: broadcast INVLPGB/TLBSYNC, LATR's lazy shootdowns and
+    invalidations, ...) per run, as a chart beside the IPIs; nothing when no run noted any."""
+    if not events:
+        return []
+    fig, ax = _figure("design events per run", "event", "events (count)")
+    width = 0.8 / len(runs)
+    for n, (run, label) in enumerate(zip(runs, run_labels(runs))):
+        counts = run["metrics"].get("design_events", {})
+        xs = np.arange(len(events)) + n * width
+        ax.bar_label(ax.bar(xs, [counts.get(name, 0) for name in events], width, label=label, color=f"C{n}"))
+    ax.set_xticks(np.arange(len(events)) + 0.4 - width / 2, events)
+    ax.legend()
+    ax.margins(y=0.12)
+    return ["<h2>Design events</h2>",
+            '<p class="note">Events a design names itself (Engine.note): invalidations that are not shootdown '
+            "IPIs, such as INVLPGB broadcasts and their TLBSYNC, or LATR's lazy invalidations. The Perfetto "
+            "trace (--trace) shows each as an instant on its CPU's track.</p>",
+            '<div class="plots">' + _svg(fig, "design_events") + "</div>"]
+
+
+def design_event_names(runs: list[dict]) -> list[str]:
+    """Every design event some run noted, sorted (the rows the tables add after the kernel's metrics)."""
+    return sorted({name for run in runs for name in run["metrics"].get("design_events", {})})
+
+
 def _page(title: str, body: list[str]) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(body)
@@ -115,12 +141,16 @@ def write_html(result: dict, path: str | os.PathLike[str],
         raise ValueError(f"distributions are for {sorted(distributions)}, the runs for {labels}")
     m = result["machine"]
     rows = [[label, *(_fmt(r["metrics"][key]) for r in runs)] for key, label in ROWS]
+    events = design_event_names(runs)
+    rows += [[f"design event: {name}", *(_fmt(r["metrics"].get("design_events", {}).get(name, 0)) for r in runs)]
+             for name in events]
     rows.append(["violations", *(_violations(r["metrics"]["violations"]) for r in runs)])
     body = [(f"<p>{m['cpus']} CPUs ({html.escape(m['arch'])}), preempt={html.escape(m['preempt'])}, "
              f"fail-nowait={m['fail_nowait']}, seed {result['seed']}</p>"),
             "<h2>Comparison</h2>", _table(["metric", *labels], rows),
             "<h2>TLB flushes and shootdown IPIs</h2>",
             '<div class="plots">' + "".join(_bars(runs, key, label) for key, label in COUNTERS) + "</div>",
+            *_design_events_section(runs, events),
             "<h2>Distributions</h2>"]
     if distributions is None:
         body.append('<p class="note">No raw distributions were given, so no CDFs (the table has the '
