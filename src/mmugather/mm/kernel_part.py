@@ -92,8 +92,12 @@ class KernelPart:
         i_mmap_unlock_read: Callable[..., Path]
         unlink_anon_vmas: Callable[..., Path]
         unlink_file_vma: Callable[..., Path]
+        folio_mkclean: Callable[..., Path]
         mmu_notifier_invalidate_range_start: Callable[..., Path]
         mmu_notifier_invalidate_range_end: Callable[..., Path]
+
+        # ---- mm/page-writeback.c (mm/page_writeback.py)
+        folio_mark_dirty: Callable[..., None]
 
         # ---- set-up, not a kernel path (policies/base.py)
         populate: Callable[..., int]

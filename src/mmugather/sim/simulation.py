@@ -100,6 +100,7 @@ class Simulation:
         self.metrics.gather_memory(self.kernel.gather_static_bytes(self.ncpus))
         self.mms: list[MmStruct] = []
         self.files = {f.name: AddressSpace(f.name) for f in scenario.files}
+        self.invariants.files = list(self.files.values())
         self.processes: list[Process] = []
         self._setup()
 

@@ -89,7 +89,7 @@ class Machine(Strict):
 
 class FileSpec(Strict):
     """A file VMAs can map (`[[files]]`)."""
-    name: str = Field(min_length=1, description="how VMAs and `truncate` refer to it")
+    name: str = Field(min_length=1, description="how VMAs, `truncate` and `fsync` refer to it")
 
 
 class VmaSpec(Strict):
@@ -231,6 +231,14 @@ class TruncateOp(Strict):
     size: Size = Field(0, description="the new file size")
 
 
+class FsyncOp(Strict):
+    """fsync() of file `file`: write back its dirty page-cache pages (write_cache_pages(): each page's
+    mappings are write-protected and cleaned through i_mmap, folio_mkclean(), then the page is written).
+    From the first page it cleans on, the run checks `lost-write`."""
+    op: Literal["fsync"]
+    file: str = Field(description="a `[[files]]` name")
+
+
 class HaltOp(Strict):
     """Stop the machine here: the end of a measurement (as a probe stops counting when its syscall
     returns). The run ends without tearing anything down."""
@@ -268,7 +276,7 @@ class LoopOp(Strict):
 
 
 Op = Annotated[TouchOp | ChurnOp | MunmapOp | MadviseOp | MmapOp | SleepOp | ComputeOp | ExitOp | ExitThreadOp | ExecOp
-               | MprotectOp | MremapOp | GupFastOp | TruncateOp | HaltOp | LoopOp | ForkOp,
+               | MprotectOp | MremapOp | GupFastOp | TruncateOp | FsyncOp | HaltOp | LoopOp | ForkOp,
                Field(discriminator="op")]
 LoopOp.model_rebuild()
 ForkOp.model_rebuild()
@@ -346,8 +354,8 @@ class Scenario(Strict):
                     if isinstance(op, ForkOp) and op.cpu >= self.machine.cpus:
                         raise ValueError(f"process '{p.name}': fork onto CPU {op.cpu} but the machine has "
                                          f"{self.machine.cpus} CPUs")
-                    if isinstance(op, TruncateOp) and op.file not in files:
-                        raise ValueError(f"process '{p.name}': truncate names unknown file '{op.file}'")
+                    if isinstance(op, (TruncateOp, FsyncOp)) and op.file not in files:
+                        raise ValueError(f"process '{p.name}': {op.op} names unknown file '{op.file}'")
                     to = getattr(op, "to", None)
                     if to is not None and to not in names:
                         raise ValueError(f"process '{p.name}': mremap to unknown VMA '{to}'")
@@ -363,7 +371,7 @@ class Scenario(Strict):
 
 
 _OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exit_thread", "exec",
-            "mprotect", "mremap", "gup_fast", "truncate", "halt", "loop", "fork"}
+            "mprotect", "mremap", "gup_fast", "truncate", "fsync", "halt", "loop", "fork"}
 
 
 def _where(loc: tuple) -> str:

@@ -34,7 +34,8 @@ class Memory618(ZapUpperLevels, Memory):
 
     Fix switch (`--without-fix force_flush_range`, e6c495a96ce0 + 2b047252d087, v3.11): without it the
     forced flush of a full gather covers [addr, end), the PTEs this call has not zapped yet, instead of
-    those it has, as 597e1c3580b7 (v3.6) set tlb->start/end before that flush."""
+    those it has, as 597e1c3580b7 (v3.6) set tlb->start/end before that flush. `delay_rmap` and
+    `dirty_force_flush`: see _zap_dirty_file_pte()."""
 
     if TYPE_CHECKING:
         arch: Arch618                  # 6.18's memory runs on a 6.18 arch (ARCHES["6.18"], arch/__init__.py)
@@ -57,7 +58,7 @@ class Memory618(ZapUpperLevels, Memory):
             pt = yield self.pte_offset_map_lock(c, pmd, addr)
             if pt is None:                                       # no table there any more (reclaimed)
                 return addr
-            addr, force_flush, force_break, broke, anon, file = yield self._zap_pte_pass(c, tlb, pt, addr, end)
+            addr, force_flush, force_break, broke, anon, file = yield self._zap_pte_pass(c, tlb, vma, pt, addr, end)
             if broke:
                 direct_reclaim = False
             elif can_reclaim_pt and direct_reclaim:             # addr == end: the fast path of PT_RECLAIM
@@ -94,7 +95,7 @@ class Memory618(ZapUpperLevels, Memory):
                 return pt
             yield SpinUnlock(pt.ptl)
 
-    def _zap_pte_pass(self, c, tlb, pt, addr: int, end: int) -> Path:
+    def _zap_pte_pass(self, c, tlb, vma, pt, addr: int, end: int) -> Path:
         """One pass of zap_pte_range()'s loop under the PTE lock (mm/memory.c v6.18): need_resched() is
         tested before each do_zap_pte_range() (a run of none entries and the present one after it; as
         need_resched() changes only between steps, testing it before every entry is the same). The zap
@@ -139,8 +140,8 @@ class Memory618(ZapUpperLevels, Memory):
                     anon += 1
                 else:
                     file += 1
-                    if ptent & _PAGE_DIRTY and self.tlb_delay_rmap(tlb):
-                        delay_rmap = force_flush = True
+                    if ptent & _PAGE_DIRTY:
+                        delay_rmap, force_flush = self._zap_dirty_file_pte(tlb, vma, addr, pfn, force_flush)
                 if not delay_rmap:
                     mapcount[pfn] -= 1                           # folio_remove_rmap_ptes()
                     if mapcount[pfn] < 0:
@@ -160,6 +161,23 @@ class Memory618(ZapUpperLevels, Memory):
         if none:
             yield none
         return addr, force_flush, force_break, broke, anon, file
+
+    def _zap_dirty_file_pte(self, tlb, vma, addr: int, pfn: int, force_flush: bool) -> tuple[bool, bool]:
+        """zap_present_folio_ptes(), mm/memory.c v6.18, for a dirty PTE of a file page: folio_mark_dirty(),
+        and with tlb_delay_rmap() the rmap removal waits for the flush (tlb_flush_rmaps()), which is forced
+        before the PTE lock drops. Returns (delay_rmap, force_flush).
+
+        Without `delay_rmap` (5df397dec7c4, v6.2) the v3.15-v6.1 code: `force_flush = 1;
+        set_page_dirty(page);` and page_remove_rmap() at once, so the folio is unmapped (folio_mkclean()
+        skips it) while other CPUs' TLBs may still write to it. Without `dirty_force_flush` as well
+        (1cf35d47712d, v3.15) the code before it: only set_page_dirty(page), the flush after the PTE lock
+        drops, so folio_mkclean() can walk the emptied PTE before the flush."""
+        self.folio_mark_dirty(vma.file, vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT), pfn)
+        if "delay_rmap" in self.without:
+            return False, force_flush or "dirty_force_flush" not in self.without
+        if self.tlb_delay_rmap(tlb):
+            return True, True
+        return False, force_flush
 
     def reclaim_pt_is_enabled(self, start: int, end: int, details) -> bool:
         """reclaim_pt_is_enabled(), mm/pt_reclaim.c (6.14+): `details && details->reclaim_pt && (end -
