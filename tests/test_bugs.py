@@ -161,3 +161,18 @@ def test_exit_thread_leaves_the_process_running():
     sc["process"][0]["thread"][1]["program"][1] = {"op": "exit"}
     sim, _ = _sim(sc, "6.18")
     assert len(sim.metrics.syscall_ns) == 0
+
+
+def test_the_writeback_entries_lose_a_write_only_through_writeback():
+    """rmap-removed-before-flush (5df397dec7c4) and dirty-pte-flush-after-unlock (1cf35d47712d): the stale
+    store alone is no lost write (the page is still PG_dirty); without the fsync the buggy variants are
+    clean at the entry's bound, with it they lose the store."""
+    from dataclasses import replace
+    for name in ("rmap-removed-before-flush", "dirty-pte-flush-after-unlock"):
+        bug = get_bug(name)
+        assert bug.expect == "lost-write" and bug.policy == "6.18"
+        sc = json.loads(json.dumps(bug.scenario))
+        sc["process"][1]["thread"][0]["program"] = [{"op": "compute", "ns": 1000}]
+        res = search.exhaustive(replace(bug, scenario=sc).variant(fixed=False), max_preemptions=bug.max_preemptions,
+                                max_depth=bug.max_depth)
+        assert res.violation is None and res.covered

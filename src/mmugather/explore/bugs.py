@@ -252,13 +252,13 @@ CATALOGUE: list[Bug] = [
 
 def _writeback_scenario(name: str, mapped_elsewhere: bool) -> dict:
     """Process "app" maps page 0 of file F shared and writable: a thread on CPU 1 stores to it, does user
-    work, stores again; a thread on CPU 0 MADV_DONTNEEDs it. Process "sync" (mapping the page too when
-    `mapped_elsewhere`) fsync()s F on CPU 2."""
+    work, stores again; a thread on CPU 0 MADV_DONTNEEDs it. Process "sync" (mapping the page too, at
+    0x20000000, when `mapped_elsewhere`) fsync()s F on CPU 2."""
     f = {"name": "f", "size": "4KiB", "kind": "file", "file": "F", "shared": True, "populate": True}
     store = {"op": "touch", "vma": "f", "write": True}
     sc = _scenario(name, "6.18", [f], (1, [store, {"op": "compute", "ns": 1000}, store]),
                    (0, [{"op": "madvise", "vma": "f"}]), cpus=3, files=("F",))
-    sc["process"].append({"name": "sync", "vma": [{**f, "name": "g"}] if mapped_elsewhere else [],
+    sc["process"].append({"name": "sync", "vma": [{**f, "name": "g", "start": 0x20000000}] if mapped_elsewhere else [],
                           "thread": [{"cpu": 2, "program": [{"op": "fsync", "file": "F"}]}]})
     return sc
 
