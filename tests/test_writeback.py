@@ -107,20 +107,28 @@ def test_the_hardware_walk_sets_the_dirty_bit_and_caches_a_clean_pte_read_only()
 def test_lost_write_is_a_store_through_a_stale_entry_to_a_cleaned_page():
     """The invariant alone: after a writeback, a store through a writable entry whose PTE is gone, to a
     page nothing records as dirty, is reported; the same store while PG_dirty is set, or while another
-    mapping's PTE is dirty, is not."""
-    sim = _sim([(0, [HALT])])
+    process's PTE maps the page dirty (found through i_mmap), is not."""
+    other = {"name": "q", "vma": [_f("g")], "thread": [{"cpu": 1, "program": [HALT]}]}
+    sim = _sim([(0, [HALT])], others=[other])
     inv, mapping = sim.invariants, sim.files["F"]
     c = sim.engine.cpus[1]
+    mm, qmm = sim.processes[0].mm, sim.processes[1].mm
     lo, _ = sim.processes[0].ranges["f"]
+    glo, _ = sim.processes[1].ranges["g"]
     pfn = mapping.page_cache[0]
     inv.folio_cleaned(mapping, 0)
-    inv.user_store(c, sim.processes[0].mm, lo, pfn)
-    assert inv.violations == []                                    # its PTE is still dirty
-    sim.processes[0].mm.pte_tables[lo >> 21].ptes[(lo >> PAGE_SHIFT) & 511] = 0
-    inv.user_store(c, sim.processes[0].mm, lo, pfn)
-    assert inv.violations == []                                    # PG_dirty is still set
+    inv.user_store(c, mm, lo, pfn)
+    assert inv.violations == []                                    # its own PTE is still dirty
+    mm.pte_tables[lo >> 21].ptes[(lo >> PAGE_SHIFT) & 511] = 0
     mapping.dirty.clear()
-    inv.user_store(c, sim.processes[0].mm, lo, pfn)
+    inv.user_store(c, mm, lo, pfn)
+    assert inv.violations == []                                    # q's PTE is dirty
+    qmm.pte_tables[glo >> 21].ptes[(glo >> PAGE_SHIFT) & 511] &= ~_PAGE_DIRTY
+    mapping.dirty.add(0)
+    inv.user_store(c, mm, lo, pfn)
+    assert inv.violations == []                                    # PG_dirty is set
+    mapping.dirty.clear()
+    inv.user_store(c, mm, lo, pfn)
     assert [v["kind"] for v in inv.violations] == ["lost-write"]
 
 

@@ -260,7 +260,7 @@ class Invariants:
         of any mapping of it (its own or another VMA's, found through i_mmap) records as dirty will not be
         written back with this store in it: `lost-write`. A page no longer in a page cache (truncated) is
         not written back anyway."""
-        if self.alloc.kind[pfn] != FILE:
+        if self.alloc.kind[pfn] != FILE or _maps_dirty(mm, addr, pfn):
             return
         where = next(((f, i) for f in self.files for i, p in f.page_cache.items() if p == pfn), None)
         if where is None:
@@ -270,12 +270,8 @@ class Invariants:
             return
         for vma in mapping.i_mmap:
             pages = (vma.end - vma.start) >> 12
-            if not vma.pgoff <= index < vma.pgoff + pages:
-                continue
-            va = vma.start + ((index - vma.pgoff) << 12)
-            pt = vma.mm.pte_tables.get(va >> 21)
-            pte = pt.ptes[(va >> 12) & 511] if pt is not None else 0
-            if pte & 1 and pte >> 12 == pfn and pte & 0x40:          # present, this page, _PAGE_DIRTY
+            if vma.pgoff <= index < vma.pgoff + pages and _maps_dirty(vma.mm, vma.start + ((index - vma.pgoff) << 12),
+                                                                      pfn):
                 return
         self.report("lost-write", c.id,
                     f"CPU {c.id} stored to {addr:#x} at {c.clock} ns through a stale writable TLB entry for "
@@ -323,6 +319,13 @@ class Invariants:
             if used[kind] != want:
                 self.report("leak", -1, f"{used[kind]} {KIND_NAMES[kind]} frames in use after teardown, "
                                         f"expected {want}")
+
+
+def _maps_dirty(mm, addr: int, pfn: int) -> bool:
+    """Whether mm's PTE for addr is present, maps pfn and is dirty (_PAGE_DIRTY)."""
+    pt = mm.pte_tables.get(addr >> 21)
+    pte = pt.ptes[(addr >> 12) & 511] if pt is not None else 0
+    return bool(pte & 1 and pte >> 12 == pfn and pte & 0x40)
 
 
 def _count_tables(mm) -> int:
