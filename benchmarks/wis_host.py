@@ -2,15 +2,19 @@
 
 Builds benchmarks/wis_tlb_flush.c with the C compiler (cc), runs every test, mode and task count for a few
 seconds, simulates the matching built-in workload under the 6.18 policy, and prints host and model
-iterations per second and their ratio. Not a test: the rates depend on the machine and its load.
+iterations per second and their ratio, with the host's own spread: each host case runs --repeats times
+(interleaved: every case once, then again, so a burst of load does not land on one case alone) and the
+median is compared, the range of the repeats shown as (max - min) / median. Not a test: the rates depend on
+the machine and its load. Twelve cases x 3 repeats x (1 s warm-up + 2 s) plus the model: about 2 minutes.
 
-    python benchmarks/wis_host.py [--costs FILE] [--seconds S] [--tasks 1,2] [--ms MS]
+    python benchmarks/wis_host.py [--costs FILE] [--seconds S] [--repeats R] [--tasks 1,2] [--ms MS]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -48,21 +52,34 @@ def model_rate(test: str, mode: str, tasks: int, ms: int, costs) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--costs", default=None, help="cost file from `mmugather calibrate -o FILE`")
-    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=2, help="counted host seconds per run (after 1 s warm-up)")
+    ap.add_argument("--repeats", type=int, default=3, help="host runs per case (median compared)")
     ap.add_argument("--tasks", default="1,2")
     ap.add_argument("--ms", type=int, default=20, help="simulated run time of the model's workload")
     args = ap.parse_args()
     costs = load_costs(args.costs)
+    cases = [(t, m, n) for t in TESTS for m in MODES for n in map(int, args.tasks.split(","))]
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp)
-        print(f"costs: {args.costs or 'defaults'}; host {args.seconds} s per run, model {args.ms} ms simulated")
-        print(f"{'workload':28s} {'host ops/s':>12s} {'model ops/s':>12s} {'model/host':>10s}")
-        for test in TESTS:
-            for mode in MODES:
-                for tasks in map(int, args.tasks.split(",")):
-                    h = host_rate(exe, test, mode, tasks, args.seconds)
-                    m = model_rate(test, mode, tasks, args.ms, costs)
-                    print(f"{f'wis:{test}:{mode}:{tasks}':28s} {h:12,.0f} {m:12,.0f} {m / h:10.2f}", flush=True)
+        runs: dict[tuple, list[float]] = {c: [] for c in cases}
+        for _ in range(args.repeats):
+            for c in cases:
+                runs[c].append(host_rate(exe, *c, args.seconds))
+    print(f"costs: {args.costs or 'defaults'}; host {args.repeats} x {args.seconds} s per case, "
+          f"model {args.ms} ms simulated")
+    print(f"{'workload':28s} {'host ops/s':>12s} {'host range':>10s} {'model ops/s':>12s} {'model/host':>10s}")
+    inside = 0
+    for c in cases:
+        h = statistics.median(runs[c])
+        m = model_rate(*c, args.ms, costs)
+        spread = (max(runs[c]) - min(runs[c])) / h
+        inside += 0.85 <= m / h <= 1.15
+        print(f"{'wis:' + ':'.join(map(str, c)):28s} {h:12,.0f} {spread:10.0%} {m:12,.0f} {m / h:10.2f}", flush=True)
+    print(f"{inside}/{len(cases)} within 15% (model/host 0.85-1.15)")
+    busy = sum((max(r) - min(r)) / statistics.median(r) > 0.15 for r in runs.values())
+    if busy:
+        print(f"warning: the host's own range exceeds 15% in {busy} of {len(cases)} cases: the machine was busy, "
+              "so those ratios measure its load as much as the model; rerun on a quiet machine")
 
 
 if __name__ == "__main__":

@@ -100,3 +100,34 @@ def test_pagevec_size_is_the_kernels():
     assert max(_munmap(100, "2.6.39")[1]) == 14
     assert max(_munmap(100, "3.0")[1]) == 14
     assert max(_munmap(100, "6.18")[1]) == 31
+
+
+def _zero_page(program, cpus=1, threads=()):
+    """One thread runs `program` on a 64-page anonymous VMA that nothing populated (and `threads` others)."""
+    return scenario([{"name": "a", "size": "256KiB"}], [{"cpu": 0, "program": program}, *threads], cpus=cpus,
+                    latency=False)
+
+
+def test_anonymous_read_faults_map_the_zero_page_and_munmap_frees_nothing():
+    """mm/memory.c do_anonymous_page() "Use the zero-page for reads" (v2.6.32 on): 64 read faults allocate
+    no page (no alloc or zero cost); the zap clears the 64 special PTEs without a free (vm_normal_page()
+    is NULL). The same pass as writes allocates, zeroes and frees 64 pages."""
+    read = {"op": "touch", "vma": "a", "write": False}
+    for policy in ("2.6.39", "3.0", "6.18"):
+        r = run(_zero_page([read, {"op": "munmap", "vma": "a"}, {"op": "exit"}]), policy)
+        w = run(_zero_page([{**read, "write": True}, {"op": "munmap", "vma": "a"}, {"op": "exit"}]), policy)
+        assert r["violations"] == [] and w["violations"] == [], policy
+        assert r["page_faults"] == w["page_faults"] == 64, policy
+        assert r["pages_freed"] == 0 and r["pages_unmapped"] == 0 and w["pages_freed"] == 64, policy
+
+
+def test_a_write_after_a_read_copies_the_zero_page_and_flushes_the_reader():
+    """do_wp_page() -> wp_page_copy() of the zero page (6.18): a fresh zeroed page replaces the special PTE
+    with ptep_clear_flush(), so a second thread of the process that read the page first, running on CPU 1,
+    takes one shootdown per page; no old page is freed and the new one is the process's own (RSS)."""
+    read, write = {"op": "touch", "vma": "a", "write": False}, {"op": "touch", "vma": "a", "write": True}
+    reader = {"cpu": 1, "program": [read, {"op": "compute", "ns": 5_000_000}, {"op": "exit"}]}
+    m = run(_zero_page([{"op": "compute", "ns": 1_000_000}, write, {"op": "exit"}], cpus=2, threads=[reader]),
+            "6.18")
+    assert m["violations"] == []
+    assert m["ipis_by_cpu"][1] == 64 and m["page_faults"] == 128 and m["pages_freed"] == 64

@@ -68,7 +68,8 @@ OPTIONS = {
     "explore": ["--policy", "--strategy", "--max-preemptions", "--budget", "--seed", "--depth", "--max-steps",
                 "--without-fix", "--arch", "--out"],
     "replay": ["--trace"], "sweep": ["--out", "--executor", "--workers", "--chunk", "--html"],
-    "snapshot": ["--pid", "-o"], "calibrate": ["-o", "--runs"], "bugs": [], "policies": [], "workloads": [],
+    "snapshot": ["--pid", "-o"], "calibrate": ["-o", "--runs", "--max-spread"], "bugs": [], "policies": [],
+    "workloads": [],
 }
 
 

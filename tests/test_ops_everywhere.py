@@ -32,16 +32,20 @@ FAMILIES = {
                                                                   {"op": "touch", "vma": "a", "size": "4KiB"}]}],
              "loop_iterations", 3),
     "exit_thread": ([{"op": "exit_thread"}], "page_faults", 16),
+    # MADV_COLLAPSE (no whole 2 MiB block here: nothing retracted; -EINVAL before v6.1) and a driver revoke of
+    # a device nobody maps (PFN maps themselves are 6.18-only: tests/test_pfnmap.py)
+    "madvise-collapse": ([{"op": "madvise", "vma": "a", "advice": "collapse"}, TOUCH], "page_faults", 16),
+    "revoke": ([{"op": "revoke", "file": "dev"}], "page_faults", 16),
 }
 
 
 def _scenario(family: str):
     program, _, _ = FAMILIES[family]
-    kind = {"kind": "file", "file": "f", "shared": True} if family == "truncate" else {}
+    kind = {"kind": "file", "file": "f", "shared": True} if family in ("truncate", "madvise-collapse") else {}
     vmas = [{"name": "a", "size": "256KiB", **kind}, {"name": "b", "size": "256KiB"}, {"name": "w", "size": "64KiB"}]
     first = [] if family == "touch" else [TOUCH]
     return parse_scenario({"seed": 3, "machine": {"cpus": 2},
-                           "files": [{"name": "f"}],
+                           "files": [{"name": "f"}, {"name": "dev", "device": True}],
                            "process": [{"name": "app", "vma": vmas, "thread": [
                                {"cpu": 0, "program": first + program + [{"op": "exit"}]},
                                {"cpu": 1, "program": [{"op": "churn", "vma": "w", "gap_ns": 3000}]}]}]},

@@ -147,3 +147,22 @@ def test_fsync_names_a_known_file():
         parse_scenario({"name": "t", "machine": {"policy": "6.18"}, "files": [{"name": "F"}],
                         "process": [{"name": "p", "thread": [{"cpu": 0, "program": [
                             {"op": "fsync", "file": "G"}]}]}]}, "test")
+
+
+def test_fsync_of_a_device_file_is_refused():
+    """A device file (mm/pfnmap.py) has no page cache to write back: like truncate, fsync of one is refused."""
+    from mmugather.errors import InputError
+    with pytest.raises((InputError, ValueError), match="fsync of device file 'D'"):
+        parse_scenario({"name": "t", "machine": {"policy": "6.18"}, "files": [{"name": "D", "device": True}],
+                        "process": [{"name": "p", "thread": [{"cpu": 0, "program": [
+                            {"op": "fsync", "file": "D"}]}]}]}, "test")
+
+
+def test_a_shared_anonymous_zero_page_is_copied_on_write_not_written_back():
+    """A read of shared anonymous memory maps the zero page (no file behind it): the write after it takes
+    do_wp_page()'s copy, not wp_page_shared() (which needs a file's folio lock)."""
+    anon = {"name": "f", "size": "4KiB", "kind": "anon", "shared": True, "populate": False}
+    sim = _sim([(0, [{"op": "touch", "vma": "f", "write": False}, W, HALT])], vmas=[anon])
+    assert sim.run()["violations"] == []
+    pte = _pte(sim, sim.processes[0].ranges["f"][0])
+    assert pte & _PAGE_PRESENT and pte & _PAGE_RW and pte >> PAGE_SHIFT != sim.alloc.zero_pfn

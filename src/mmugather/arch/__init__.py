@@ -1,4 +1,5 @@
-"""Architectures: one module per arch and kernel era, each held to its Protocol (arch/base.py) by this registry.
+"""Architectures: one module per arch and kernel era, each held to its Protocol (mm/arch_protocol.py) by this
+registry.
 
 | --arch  | kernels      | module                                   |
 | x86     | 2.6.39, 3.0  | x86_legacy.py (IPI to mm_cpumask, leave_mm) |

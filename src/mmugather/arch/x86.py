@@ -173,8 +173,11 @@ class X86(ArchBase):
         return t.loaded_mm is info.mm
 
     def _flush_tlb_func_ipi(self, info: FlushTlbInfo) -> Callable[[Cpu], int]:
+        idle_exit = self.costs.ipi_idle_exit
+
         def flush_tlb_func(t: Cpu) -> int:
-            return self.flush_tlb_func(t, info)
+            # an idle target first leaves the idle loop (a halted vCPU is woken by the hypervisor)
+            return self.flush_tlb_func(t, info) + (idle_exit if t.curr is None else 0)
         return flush_tlb_func
 
     def flush_tlb_func(self, t: Cpu, info: FlushTlbInfo) -> int:

@@ -97,15 +97,23 @@ def _kernel_check_arch(arch: str) -> tuple[str, str]:
 
 @main.command()
 @click.option("-o", "--out", "out_file", required=True, help="Cost file to write (.json for JSON, else TOML).")
-@click.option("--runs", type=click.IntRange(1, 51), default=5, show_default=True, help="Host repeats (medians).")
+@click.option("--runs", type=click.IntRange(1, 51), default=5, show_default=True,
+              help="Repeats of the fault probes: 2 x RUNS + 1 (at least 11; the 1-page probes take 201 "
+                   "samples, the kernel-check scripts 5 to 15).")
 @click.option("--no-fit", is_flag=True, help="Set the costs from the measurements alone, without fitting the model.")
-def calibrate(out_file, runs, no_fit) -> None:
-    """Measure this host's munmap cost per page and shootdown round trip; write a --costs file."""
+@click.option("--max-spread", type=click.FloatRange(0.0, min_open=True), default=0.5, show_default=True,
+              help="Refuse (exit 2, no file) when a figure's spread, (p90 - p10) / median, exceeds this; "
+                   "warn above half of it.")
+def calibrate(out_file, runs, no_fit, max_spread) -> None:
+    """Measure each cost the model charges with its own host probe (null syscall, faults, per-page munmap,
+    1-page mmap/munmap/madvise/mprotect, shootdown round trips to a running and an idle CPU); fit each
+    cost so the 6.18 model's version of its probe takes the host's time; write a --costs file with the
+    sources and the host's spread. Takes about 20 s."""
     from pathlib import Path
 
     from mmugather.errors import InputError
     from mmugather.host import calibrate as cal
-    from mmugather.host.kernel_check import host_info, model_predict_ns, model_unavailable
+    from mmugather.host.kernel_check import host_info, model_unavailable
     from mmugather.host.probe import host_supported
     from mmugather.host.worker import WorkerError
     from mmugather.cli.paths import check_output_file
@@ -114,20 +122,32 @@ def calibrate(out_file, runs, no_fit) -> None:
     if why:
         raise InputError(f"calibrate: this host cannot run the probes: {why}")
     try:
-        measured = cal.calibrate(runs=runs)
+        figures = cal.calibrate(runs=runs)
     except WorkerError as e:
         raise InputError(f"calibrate: {e}") from None
+    click.echo(f"{'measured on this host':34s} {'median':>10s} {'p10':>10s} {'p90':>10s} {'spread':>7s}  unit")
+    for k, f in figures.items():
+        click.echo(f"{k:34s} {f.median:10,.1f} {f.p10:10,.1f} {f.p90:10,.1f} {f.spread:7.0%}  {f.unit}")
+    too_noisy = cal.noisy(figures, max_spread)
+    if too_noisy:
+        worst = ", ".join(f"{k} {s:.0%}" for k, s in too_noisy)
+        raise InputError(f"calibrate: the host is too noisy to fit (spread above {max_spread:.0%}: {worst}); "
+                         f"rerun on a quiet machine, or raise --max-spread")
+    for k, s in cal.noisy(figures, max_spread / 2):
+        click.echo(f"warning: {k} varies by {s:.0%} of its median on this host: the fit inherits that noise",
+                   err=True)
     why_no_model = "--no-fit" if no_fit else model_unavailable()
-    costs = cal.fit_costs(measured, None if why_no_model else model_predict_ns)
+    costs, sources = cal.fit_costs(figures, with_model=not why_no_model)
     h = host_info()
     how = (f"not fitted to the model ({why_no_model})" if why_no_model
-           else "fitted so the 6.18 model's munmap workloads take the host's times")
+           else "each cost fitted so the 6.18 model's version of its own probe takes the host's median")
     note = (f"mmugather calibrate on Linux {h['kernel']} {h['machine']}, {len(h['cpus'])} CPUs, {runs} runs; {how}.\n"
             f"Use with: mmugather compare --costs {Path(out_file).name} ...")
     try:
-        Path(out_file).write_text(cal.cost_file_text(measured, costs, "json" if out_file.endswith(".json") else "toml",
-                                                     note))
+        Path(out_file).write_text(cal.cost_file_text(figures, costs, sources,
+                                                     "json" if out_file.endswith(".json") else "toml", note))
     except OSError as e:
         raise InputError(f"{out_file}: cannot write: {e.strerror}") from None
-    click.echo(f"{out_file}: " + ", ".join(f"{k} {v:,.0f} ns" for k, v in measured.items()))
-    click.echo("costs: " + ", ".join(f"{k}={v}" for k, v in costs.items()) + f" ({how})")
+    click.echo(f"{out_file}: ({how})")
+    for k, v in costs.items():
+        click.echo(f"  {k} = {v}   # {sources[k]}")

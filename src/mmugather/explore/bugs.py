@@ -250,6 +250,14 @@ CATALOGUE: list[Bug] = [
 ]
 
 
+def _device_scenario(name: str, vmas: list[dict[str, Any]], *programs: tuple[int, list[dict[str, Any]]],
+                     device: str, **kw: Any) -> dict:
+    """A catalogue scenario (as `_scenario`, policy 6.18) whose one file, `device`, is a device file."""
+    sc = _scenario(name, "6.18", vmas, *programs, **kw)
+    sc["files"] = [{"name": device, "device": True}]
+    return sc
+
+
 def _writeback_scenario(name: str, mapped_elsewhere: bool) -> dict:
     """Process "app" maps page 0 of file F shared and writable: a thread on CPU 1 stores to it, does user
     work, stores again; a thread on CPU 0 MADV_DONTNEEDs it. Process "sync" (mapping the page too, at
@@ -264,6 +272,57 @@ def _writeback_scenario(name: str, mapped_elsewhere: bool) -> dict:
 
 
 CATALOGUE += [
+    Bug(
+        name="pfnmap-munmap-vs-revoke",
+        year=2022,
+        commits=("b67fbebd4cf9",),
+        title="mmu_gather: Force tlb-flush VM_PFNMAP vmas (CVE-2022-39188)",
+        fixed_in="v5.19",
+        introduced="no Fixes: tag: munmap() has unlinked VMAs from i_mmap before its flush since long ago; on x86 "
+                   "MMU_GATHER_MERGE_VMAS also took away tlb_end_vma()'s per-VMA flush",
+        what=("munmap() of a VM_PFNMAP VMA (a driver's buffer, mapped with remap_pfn_range()) clears its PTEs, "
+              "and free_pgtables() unlinks the VMA from the device file's i_mmap before tlb_finish_mmu() flushes "
+              "(x86 merges VMAs: tlb_end_vma() does not flush). A driver revoking the buffer meanwhile runs "
+              "unmap_mapping_range(), finds no VMA, returns at once and frees the memory while TLBs still map "
+              "it. The fix flushes when a VM_PFNMAP VMA is unmapped (tlb->vma_pfn), before it leaves i_mmap."),
+        scenario=_device_scenario("munmap-pfnmap-vs-revoke",
+                                  [{"name": "d", "size": "4KiB", "kind": "pfnmap", "file": "dev", "shared": True,
+                                    "start": 0x10000000}],
+                                  (0, [_read("d"), {"op": "munmap", "vma": "d"}]),
+                                  (1, [{"op": "revoke", "file": "dev"}]), device="dev"),
+        policy="6.18",
+        arch="x86",
+        buggy_without=("pfnmap_flush",),
+        notes=("PFN maps are modelled on 6.18 only (special PTEs in its zap walk). The 6.18 form of the fix is "
+               "tlb_free_vmas() in free_pgtables() (2025); v5.19's was in tlb_end_vma(): both flush before "
+               "unlink_file_vma()."),
+    ),
+    Bug(
+        name="khugepaged-gup-fast-free",
+        year=2022,
+        commits=("2ba99c5e0881",),
+        title="mm/khugepaged: fix GUP-fast interaction by sending IPI",
+        fixed_in="v6.1 (a hotfix of Dec 2022, inferred from its 6.0 stable backport; not checked against a tag)",
+        introduced="ba76149f47d8 (v2.6.38): thp: khugepaged (the Fixes: tag)",
+        what=("collapse_and_free_pmd() (MADV_COLLAPSE or khugepaged retracting the PTE table of a file THP) "
+              "clears the PMD with pmdp_collapse_flush() and frees the table with pte_free() at once. gup_fast "
+              "on another CPU walks page tables locklessly with IRQs off; where the TLB flush needs no IPI "
+              "(arm64's broadcast TLBI, paravirt flushes) nothing waits for it, and it reads the freed table. "
+              "The fix calls tlb_remove_table_sync_one() before the free: an IPI that the walker's CPU answers "
+              "only after its IRQs-off walk."),
+        scenario=_scenario("madv-collapse-vs-gup-fast", "6.18",
+                           [{"name": "f", "size": "2MiB", "kind": "file", "file": "F", "shared": True,
+                             "start": 0x10000000, "populate": [(0, 16384)]}],
+                           (0, [{"op": "madvise", "vma": "f", "advice": "collapse"}]),
+                           (1, [{"op": "gup_fast", "vma": "f", "size": "16KiB"}]), files=("F",)),
+        policy="6.18",
+        arch="arm64",
+        buggy_without=("collapse_sync",),
+        expect="page-table-use-after-free",
+        notes=("The collapse path is v6.2's (mm/khugepaged.py; v6.5+ frees with pte_free_defer()). On x86 the "
+               "flush IPI of pmdp_collapse_flush() already waits for the walker, so the buggy variant is clean "
+               "there: the bug needs arm64 (or a paravirt flush)."),
+    ),
     Bug(
         name="rmap-removed-before-flush",
         year=2022,

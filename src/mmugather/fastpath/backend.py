@@ -57,7 +57,7 @@ class BulkBackend:
                 work: int | None = None) -> PteRun | None:
         """zap_steps() over entries [i, iend) while the gather takes the pages quietly; all but the last
         page batched here, the last left to the caller."""
-        if not may_bulk(c):
+        if not may_bulk(c) or tlb.mm.zero_ptes:          # zero-page PTEs: step by step (vm_normal_page())
             return None
         quiet = self.quiet(kernel, tlb)
         if not quiet:

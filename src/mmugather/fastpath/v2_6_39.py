@@ -21,8 +21,9 @@ class Bulk2639(BulkBackend):
     batching, flush, finish, the arch's tlb_flush()) and free_pte_range() with the x86 pte_free_tlb()."""
 
     reference = Linux2639
-    zap_reproduces = frozenset({"zap_pte_range", "unmap_vmas", "_tlb_remove_page", "tlb_remove_page",
-                                "tlb_gather_mmu", "tlb_finish_mmu", "tlb_flush_mmu", "tlb_flush"})
+    zap_reproduces = frozenset({"zap_pte_range", "_zap_pte_loop", "unmap_vmas",
+                                "_tlb_remove_page", "tlb_remove_page", "tlb_gather_mmu", "tlb_finish_mmu",
+                                "tlb_flush_mmu", "tlb_flush"})
     tables_reproduces = frozenset({"free_pte_range", "pte_free_tlb", "_tlb_remove_page", "tlb_remove_page"})
 
     def __init__(self, arch: Any) -> None:
@@ -44,7 +45,7 @@ class Bulk2639(BulkBackend):
     def pmd_run(self, kernel: Any, c: Any, tlb: Any, pmd: Any, addr: int, end: int, details: Any,
                 zap_work: list[int] | None = None) -> PmdRun | None:
         """_Pass2639: zap_pmd_range()'s iterations over whole PMD entries from addr."""
-        if not may_bulk(c) or c.preempt_count != 1 or c.irqs_off or tlb.fast_mode:
+        if not may_bulk(c) or c.preempt_count != 1 or c.irqs_off or tlb.fast_mode or tlb.mm.zero_ptes:
             return None
         assert zap_work is not None
         return _Pass2639(self, kernel, c, tlb, zap_work, details).go(pmd, addr, end)

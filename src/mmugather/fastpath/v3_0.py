@@ -26,7 +26,8 @@ class Bulk30(BulkBackend):
     HAVE_RCU_TABLE_FREE), and free_pages_and_swap_cache() of its batches."""
 
     reference = Linux30
-    zap_reproduces = frozenset({"zap_pte_range", "_tlb_remove_page", "tlb_remove_page", "tlb_next_batch"})
+    zap_reproduces = frozenset({"zap_pte_range", "_zap_pte_loop", "_tlb_remove_page",
+                                "tlb_remove_page", "tlb_next_batch", "batch_count_limited", "new_batch"})
     tables_reproduces = frozenset({"free_pte_range", "pte_free_tlb", "_tlb_remove_page", "tlb_remove_page"})
     tracks_range = False
 
@@ -52,7 +53,7 @@ class Bulk30(BulkBackend):
     def pmd_run(self, kernel: Any, c: Any, tlb: Any, pmd: Any, addr: int, end: int, details: Any,
                 zap_work: list[int] | None = None) -> PmdRun | None:
         """tables.zap_tables(): each PMD entry one zap_pte_range() and cond_resched(), or a pmd_none step."""
-        if not may_bulk(c):
+        if not may_bulk(c) or tlb.mm.zero_ptes:
             return None
         return zap_tables(self, kernel, c, tlb, pmd, addr, end, cond_after_none=False)
 

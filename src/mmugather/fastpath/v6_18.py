@@ -29,7 +29,8 @@ class Bulk618(BulkBackend):
 
     reference = Linux618
     zap_reproduces = frozenset({
-        "zap_pte_range", "tlb_next_batch", "_tlb_remove_folio_pages_size", "tlb_flush_pte_range",
+        "zap_pte_range", "_zap_pte_pass", "zap_present_ptes", "tlb_next_batch",
+        "batch_count_limited", "new_batch", "_tlb_remove_folio_pages_size", "tlb_flush_pte_range",
         "tlb_flush", "tlb_flush_mmu", "tlb_flush_mmu_tlbonly", "tlb_table_flush", "tlb_batch_pages_flush",
         "tlb_flush_rmaps", "_tlb_reset_range"})
     tables_reproduces = frozenset({"free_pte_range", "pte_free_tlb", "tlb_remove_table", "tlb_flush_pmd_range",
@@ -72,7 +73,8 @@ class Bulk618(BulkBackend):
                 zap_work: list[int] | None = None) -> PmdRun | None:
         """tables.zap_tables(): each PMD entry one zap_pte_range() and cond_resched(), the forced flushes
         included; not when zap_pte_range() may free emptied tables (reclaim_pt)."""
-        if not self.pmd_runs_on or (details is not None and details.reclaim_pt) or not may_bulk(c):
+        if not self.pmd_runs_on or (details is not None and details.reclaim_pt) or not may_bulk(c) \
+                or tlb.mm.zero_ptes:
             return None
         return zap_tables(self, kernel, c, tlb, pmd, addr, end, cond_after_none=True, dirty_file_stops=True,
                           forced_flush=True)

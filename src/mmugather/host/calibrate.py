@@ -1,21 +1,86 @@
 """Host timings for calibrating and benchmarking the simulator against the real kernel.
 
 Each measurement runs in a fresh child pinned to CPU 0 (see worker.py), so "single-threaded" really means
-no other CPU is in the mm's cpumask. Timings are time.perf_counter_ns around the one syscall.
+no other CPU is in the mm's cpumask. Every figure is measured over repeats and kept as a `Figure`: median,
+p10 and p90 of the repeats, the unit and the probe it came from. Single calls are timed with
+time.perf_counter_ns around the ctypes call, minus the median time of the same timing around a ctypes call
+that makes no system call (memchr of 0 bytes), so the Python and ctypes overhead is not counted as kernel time.
+
+Probes: in workers (JOBS), a null system call (getppid); write faults of fresh anonymous pages, read
+faults of them (the zero page), and a hot pass over the same pages (a 4 KiB memset: the clear_page()
+estimate); write faults of a cached file page through a shared and a private mapping; 1-page mmap, munmap,
+MADV_DONTNEED and mprotect, back to back (warm, as in a loop); 1-page munmaps with a second thread running
+user code on CPU 1 (less alone: the round trip of a shootdown to a running CPU). And through
+probe.run_script, placed exactly as the 6.18 model places them (kernel_check.layout_of), the kernel-check
+scripts of SCRIPTS: a 512-page munmap with the second thread blocked (less alone: the round trip to an
+idle, lazy CPU, sent the flush because the munmap frees a PTE table) and a 256 MiB munmap (less 1 page:
+the cost per page).
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from mmugather.host import syscalls as sc
 from mmugather.host.worker import SecondThread, run_worker
+from mmugather.machine.costs import Costs
 
 _MUNMAP_BYTES = 256 << 20
 _RATE_BYTES = 1 << 30
 _ONE_PAGE_SAMPLES = 201
+_FAULT_PAGES = 4096
+_NULL_CALLS = 200
+_IDLE_PAGES = 512
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_getppid = _libc.getppid
+_getppid.restype, _getppid.argtypes = ctypes.c_int, []
+_getpagesize = _libc.getpagesize
+_getpagesize.restype, _getpagesize.argtypes = ctypes.c_int, []
+_memchr = _libc.memchr
+_memchr.restype, _memchr.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 
 
+@dataclass(frozen=True)
+class Figure:
+    """One host figure: `median`, `p10`, `p90` over `n` repeats, in `unit`, measured by `probe`."""
+    median: float
+    p10: float
+    p90: float
+    n: int
+    unit: str
+    probe: str
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / |median|: the host's noise relative to the figure (inf for a zero median)."""
+        return (self.p90 - self.p10) / abs(self.median) if self.median else float("inf")
+
+    def minus(self, other: Figure, probe: str) -> Figure:
+        """This figure less `other`, with the widest range the two ranges allow."""
+        return Figure(self.median - other.median, self.p10 - other.p90, self.p90 - other.p10,
+                      min(self.n, other.n), self.unit, probe)
+
+    def as_dict(self) -> dict:
+        return {"median": round(self.median, 1), "p10": round(self.p10, 1), "p90": round(self.p90, 1),
+                "n": self.n, "unit": self.unit, "probe": self.probe}
+
+
+def figure(samples: list[float], unit: str, probe: str) -> Figure:
+    """The Figure of `samples` (at least one)."""
+    if not samples:
+        raise ValueError(f"{probe}: no samples")
+    s = sorted(samples)
+    q = statistics.quantiles(s, n=10, method="inclusive") if len(s) > 1 else [s[0]] * 9
+    return Figure(statistics.median(s), q[0], q[-1], len(s), unit, probe)
+
+
+# ------------------------------------------------------------------ host jobs (run in the pinned child)
 def _touched(size: int) -> int:
     addr = sc.mmap(size)
     sc.madvise(addr, size, sc.MADV_NOHUGEPAGE)
@@ -23,22 +88,154 @@ def _touched(size: int) -> int:
     return addr
 
 
-def _timed_munmap(addr: int, size: int) -> int:
+def _no_syscall(addr: int, length: int) -> None:
+    """The shape of a syscalls.py wrapper (a 3-argument ctypes call and its check) without a system call."""
+    if _memchr(addr, 0, 0) is not None:
+        raise OSError("memchr of 0 bytes found something")
+
+
+def _overhead_ns(samples: int = _ONE_PAGE_SAMPLES) -> float:
+    """Median ns of perf_counter_ns around a syscalls.py-shaped call that enters no kernel."""
+    addr = sc.mmap(sc.PAGE)
+    out = [_timed(lambda: _no_syscall(addr, sc.PAGE)) for _ in range(samples)]
+    sc.munmap(addr, sc.PAGE)
+    return statistics.median(out)
+
+
+def _timed(call: Callable[[], object]) -> int:
     t0 = time.perf_counter_ns()
-    sc.munmap(addr, size)
+    call()
     return time.perf_counter_ns() - t0
+
+
+def _unmapper(addr: int, size: int) -> Callable[[], None]:
+    return lambda: sc.munmap(addr, size)
 
 
 def _munmap_ns(job: dict) -> dict:
     """Worker job: ns of munmap of `bytes` of touched 4 KiB pages, per run."""
     sc.pin(0)
-    return {"ns": [_timed_munmap(_touched(job["bytes"]), job["bytes"]) for _ in range(job["runs"])]}
+    return {"ns": [_timed(_unmapper(_touched(job["bytes"]), job["bytes"])) for _ in range(job["runs"])]}
+
+
+def _null_syscall(job: dict) -> dict:
+    """Worker job: ns per getppid() call less a getpagesize() call (no kernel entry), one sample per pair
+    of interleaved loops of _NULL_CALLS calls each (so a burst of load on the machine hits both alike)."""
+    sc.pin(0)
+    clock, out = time.perf_counter_ns, []
+    for _ in range(job["repeats"]):
+        t0 = clock()
+        for _ in range(_NULL_CALLS):
+            _getppid()
+        t1 = clock()
+        for _ in range(_NULL_CALLS):
+            _getpagesize()
+        t2 = clock()
+        out.append(((t1 - t0) - (t2 - t1)) / _NULL_CALLS)
+    return {"ns": out}
+
+
+def _write_pass(addr: int, size: int) -> float:
+    """ns per page of writing every byte of [addr, addr + size) (one C call)."""
+    return _timed(lambda: ctypes.memset(addr, 1, size)) / (size // sc.PAGE)
+
+
+def _read_pass(addr: int, size: int) -> float:
+    """ns per page of reading every byte of [addr, addr + size) (one C call; the memory holds no 2)."""
+    return _timed(lambda: _memchr(addr, 2, size)) / (size // sc.PAGE)
+
+
+def _anon_faults(job: dict) -> dict:
+    """Worker job, per repeat on fresh anonymous memory of _FAULT_PAGES pages (THP off): ns per page of a
+    write pass that faults every page less a second (hot) pass, of the hot pass itself (a 4 KiB memset),
+    and of a read pass that faults every page (the zero page) less a hot read pass."""
+    sc.pin(0)
+    size = _FAULT_PAGES * sc.PAGE
+    write, hot, read = [], [], []
+    for _ in range(job["repeats"]):
+        addr = sc.mmap(size)
+        sc.madvise(addr, size, sc.MADV_NOHUGEPAGE)
+        first = _write_pass(addr, size)
+        second = _write_pass(addr, size)
+        write.append(first - second)
+        hot.append(second)
+        sc.madvise(addr, size, sc.MADV_DONTNEED)
+        first = _read_pass(addr, size)
+        read.append(first - _read_pass(addr, size))
+        sc.munmap(addr, size)
+    return {"write_fault": write, "zero": hot, "read_fault": read}
+
+
+def _file_faults(job: dict) -> dict:
+    """Worker job: ns per page of a write pass over a file of _FAULT_PAGES pages already in the page cache
+    (written once, then MADV_DONTNEED), less a hot pass: through a MAP_SHARED mapping (do_shared_fault)
+    and a fresh MAP_PRIVATE one (do_cow_fault), per repeat. The file lives in `dir` (will-it-scale's /tmp)."""
+    sc.pin(0)
+    size = _FAULT_PAGES * sc.PAGE
+    fd, path = tempfile.mkstemp(dir=job["dir"])
+    shared: list[float] = []
+    private: list[float] = []
+    try:
+        os.unlink(path)
+        os.ftruncate(fd, size)
+        rw = sc.PROT_READ | sc.PROT_WRITE
+        for _ in range(job["repeats"]):
+            for flags, out in ((sc.MAP_SHARED, shared), (sc.MAP_PRIVATE, private)):
+                addr = sc.mmap(size, rw, flags, fd=fd)
+                if flags == sc.MAP_SHARED:
+                    ctypes.memset(addr, 1, size)
+                    sc.madvise(addr, size, sc.MADV_DONTNEED)
+                first = _write_pass(addr, size)
+                out.append(first - _write_pass(addr, size))
+                sc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return {"shared_write_fault": shared, "private_write_fault": private}
+
+
+def _one_call(make: Callable[[], Callable[[], object]], after: Callable[[], object], samples: int,
+              overhead: float) -> list[float]:
+    out = []
+    for _ in range(samples):
+        call = make()
+        out.append(_timed(call) - overhead)
+        after()
+    return out
+
+
+def _calls(job: dict) -> dict:
+    """Worker job: ns of one 1-page call, alone, per sample (less the timing overhead, also returned as
+    `overhead`), one after another (caches warm, as in a loop): mmap (anonymous, not populated), munmap,
+    MADV_DONTNEED and mprotect to read-only of a touched page."""
+    sc.pin(0)
+    k, ovh, page = job["samples"], _overhead_ns(), sc.PAGE
+    box = [0]
+
+    def mapper() -> Callable[[], object]:
+        def call() -> None:
+            box[0] = sc.mmap(page)
+        return call
+
+    def on_touched(f: Callable[[int], object]) -> Callable[[], Callable[[], object]]:
+        def make() -> Callable[[], object]:
+            addr = box[0] = _touched(page)
+            return lambda: f(addr)
+        return make
+
+    def unmap() -> None:
+        sc.munmap(box[0], page)
+
+    return {"mmap": _one_call(mapper, unmap, k, ovh),
+            "munmap": _one_call(on_touched(lambda a: sc.munmap(a, page)), lambda: None, k, ovh),
+            "dontneed": _one_call(on_touched(lambda a: sc.madvise(a, page, sc.MADV_DONTNEED)), unmap, k, ovh),
+            "mprotect": _one_call(on_touched(lambda a: sc.mprotect(a, page, sc.PROT_READ)), unmap, k, ovh),
+            "overhead": ovh}
 
 
 def _one_page(job: dict) -> dict:
     """Worker job: ns of 1-page munmaps with no other thread, then with thread B running on CPU 1."""
     sc.pin(0)
-    alone = [_timed_munmap(_touched(sc.PAGE), sc.PAGE) for _ in range(job["samples"])]
+    alone = [_timed(_unmapper(_touched(sc.PAGE), sc.PAGE)) for _ in range(job["samples"])]
     b = SecondThread("running")
     try:
         running: list[int] = []
@@ -49,7 +246,7 @@ def _one_page(job: dict) -> dict:
             for addr in pages:
                 if not b.inside():
                     break
-                got.append(_timed_munmap(addr, sc.PAGE))
+                got.append(_timed(_unmapper(addr, sc.PAGE)))
             valid = b.inside()
             b.leave()
             for addr in pages[len(got):]:
@@ -60,20 +257,75 @@ def _one_page(job: dict) -> dict:
     return {"alone": alone, "running": running}
 
 
-JOBS = {"munmap_ns": _munmap_ns, "one_page": _one_page}
+JOBS = {"munmap_ns": _munmap_ns, "null_syscall": _null_syscall, "anon_faults": _anon_faults,
+        "file_faults": _file_faults, "calls": _calls, "one_page": _one_page}
 
 
-def calibrate(runs: int = 5, timeout: float = 120.0) -> dict:
-    """Measure on this host: `munmap_ns_per_page` (zap + free of touched 4 KiB pages, 256 MiB region,
-    single-threaded, median of `runs`), `munmap_1page_alone_ns`, `munmap_1page_running_ns` (medians, B
-    running on CPU 1) and their difference `shootdown_round_trip_ns` (one-target IPI estimate).
-    Raises WorkerError if a child fails or times out."""
-    big = run_worker({"kind": "munmap_ns", "bytes": _MUNMAP_BYTES, "runs": runs}, timeout)
+# ------------------------------------------------------------------ the measurement
+# kernel-check scripts timed on the host in the model's own layout (probe.run_script), with their repeats
+SCRIPTS = {"munmap:1:alone": 11, f"munmap:{_IDLE_PAGES}:blocked": 15, f"munmap:{_IDLE_PAGES}:alone": 15,
+           f"munmap:{_MUNMAP_BYTES // sc.PAGE}:alone": 5}
+
+
+def script_key(name: str) -> str:
+    """The figure key of a kernel-check script's syscall time: munmap:1:alone -> munmap_1_alone_ns."""
+    return name.replace(":", "_").replace("-", "_") + "_ns"
+
+
+def _script(name: str, repeats: int, overhead: float, timeout: float) -> Figure:
+    """The syscall time of kernel-check script `name` on the host, placed as the 6.18 model places it."""
+    from mmugather.host.kernel_check import Check, layout_of, model_simulation
+    from mmugather.host.probe import Script, run_script
+    from mmugather.host.worker import WorkerError
+    op, pages, second = name.split(":")
+    check = Check(op, int(pages), second)
+    layout = layout_of(model_simulation(check, 2, arch="x86"))
+    r = run_script(Script(name, op, int(pages), second), repeats, timeout, layout)    # type: ignore[arg-type]
+    if r.status != "ok":
+        raise WorkerError(f"{name}: {r.status}: {r.reason}")
+    return figure([ns - overhead for ns in r.ns], "ns", f"probe.py {name} in the model's layout, less timing overhead")
+
+
+def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> dict[str, Figure]:
+    """Measure this host's figures (see the module docstring), each a Figure; `runs` (at least 5) sets the
+    repeats of the fault probes (2 runs + 1). Raises WorkerError if a child fails or times out."""
+    reps = 2 * max(runs, 5) + 1
+    null = run_worker({"kind": "null_syscall", "repeats": 201}, timeout)
+    anon = run_worker({"kind": "anon_faults", "repeats": reps}, timeout)
+    files = run_worker({"kind": "file_faults", "repeats": reps, "dir": file_dir}, timeout)
+    calls = run_worker({"kind": "calls", "samples": _ONE_PAGE_SAMPLES}, timeout)
     one = run_worker({"kind": "one_page", "samples": _ONE_PAGE_SAMPLES}, timeout)
-    alone, running = statistics.median(one["alone"]), statistics.median(one["running"])
-    return {"munmap_ns_per_page": statistics.median(big["ns"]) / (_MUNMAP_BYTES // sc.PAGE),
-            "munmap_1page_alone_ns": alone, "munmap_1page_running_ns": running,
-            "shootdown_round_trip_ns": running - alone}
+    scripts = {name: _script(name, k, calls["overhead"], timeout) for name, k in SCRIPTS.items()}
+    f = {
+        "null_syscall_ns": figure(null["ns"], "ns", "getppid() less getpagesize(), loops of 200, CPU 0"),
+        "zero_ns_per_page": figure(anon["zero"], "ns/page", "memset of 16 MiB of mapped 4 KiB pages (hot pass)"),
+        "anon_write_fault_ns": figure(anon["write_fault"], "ns/page",
+                                      "memset of 16 MiB fresh anonymous, THP off, less the hot pass"),
+        "anon_read_fault_ns": figure(anon["read_fault"], "ns/page",
+                                     "memchr of 16 MiB fresh anonymous (zero page), less a hot pass"),
+        "file_shared_write_fault_ns": figure(files["shared_write_fault"], "ns/page",
+                                             f"memset of a MAP_SHARED 16 MiB file in {file_dir}, cached, less hot"),
+        "file_private_write_fault_ns": figure(files["private_write_fault"], "ns/page",
+                                              f"memset of a MAP_PRIVATE 16 MiB file in {file_dir}, cached, less hot"),
+    }
+    for call in ("mmap", "munmap", "dontneed", "mprotect"):
+        f[f"{call}_1page_alone_ns"] = figure(calls[call], "ns", f"{call} of 1 page, alone, back to back, "
+                                                                "less timing overhead")
+    alone, running = (figure([float(x) for x in one[k]], "ns", f"1-page munmap, back to back, {k}")
+                      for k in ("alone", "running"))
+    f["munmap_1page_running_ns"] = running
+    f["shootdown_round_trip_ns"] = running.minus(alone, "1-page munmap with B running user code on CPU 1 less "
+                                                        "alone, back to back")
+    f.update({script_key(name): fig for name, fig in scripts.items()})
+    big, small = f[script_key(f"munmap:{_MUNMAP_BYTES // sc.PAGE}:alone")], f[script_key("munmap:1:alone")]
+    pages = _MUNMAP_BYTES // sc.PAGE - 1
+    f["munmap_ns_per_page"] = Figure((big.median - small.median) / pages, (big.p10 - small.p90) / pages,
+                                     (big.p90 - small.p10) / pages, big.n, "ns/page",
+                                     f"munmap:{pages + 1}:alone less munmap:1:alone in the model's layout, per page")
+    f["idle_round_trip_ns"] = f[script_key(f"munmap:{_IDLE_PAGES}:blocked")].minus(
+        f[script_key(f"munmap:{_IDLE_PAGES}:alone")],
+        f"munmap:{_IDLE_PAGES}:blocked less munmap:{_IDLE_PAGES}:alone (CPU 1 idle, lazy; the PTE table freed)")
+    return f
 
 
 def host_kernel_pages_per_s(runs: int = 3, timeout: float = 120.0) -> float:
@@ -82,59 +334,187 @@ def host_kernel_pages_per_s(runs: int = 3, timeout: float = 120.0) -> float:
     return (_RATE_BYTES // sc.PAGE) * 1e9 / statistics.median(out["ns"])
 
 
-# The cost fields each measurement sets, split in the proportions of the defaults (machine/costs.py).
-PER_PAGE_FIELDS = ("pte_zap", "page_free")
+# Figures whose noise decides whether a fit is possible (the differences are judged by their parts).
+NOISE_CHECKED = ("null_syscall_ns", "zero_ns_per_page", "anon_write_fault_ns", "anon_read_fault_ns",
+                 "file_shared_write_fault_ns", "file_private_write_fault_ns", "mmap_1page_alone_ns",
+                 "munmap_1page_alone_ns", "dontneed_1page_alone_ns", "mprotect_1page_alone_ns",
+                 "munmap_1page_running_ns", *(script_key(name) for name in SCRIPTS))
+
+
+def noisy(figures: dict[str, Figure], limit: float) -> list[tuple[str, float]]:
+    """The checked figures whose spread ((p90 - p10) / median) exceeds `limit`, worst first."""
+    out = [(k, figures[k].spread) for k in NOISE_CHECKED if k in figures and figures[k].spread > limit]
+    return sorted(out, key=lambda kv: -kv[1])
+
+
+# ------------------------------------------------------------------ fitting each cost to its own probe
+ModelFigure = Callable[[Costs], float]           # the model's value of a figure under the given Costs
+
+
+@dataclass(frozen=True)
+class Fit:
+    """`fields` (solved together, shared in the defaults' proportions) set so that `model` gives the host's
+    `figure`; without `model` they are set to the figure itself."""
+    fields: tuple[str, ...]
+    figure: str
+    model: ModelFigure | None
+    how: str
+
+
+def _run(scenario: dict, costs) -> dict:
+    from mmugather.policies import POLICIES
+    from mmugather.sim.simulation import Simulation
+    from mmugather.workloads.scenario import parse_scenario
+    return Simulation(parse_scenario(scenario, "calibrate micro-workload"), POLICIES["6.18"], arch="x86",
+                      costs=costs).run()
+
+
+def _micro(vma: dict, program: list[dict]) -> dict:
+    return {"name": "calibrate", "seed": 1, "machine": {"cpus": 1, "preempt": "voluntary", "latency_task": False},
+            "files": [{"name": "f"}] if vma.get("kind") == "file" else [],
+            "process": [{"name": "p", "vma": [vma], "thread": [{"cpu": 0, "program": program + [{"op": "halt"}]}]}]}
+
+
+_MICRO_PAGES = 256
+
+
+def per_page_ns(vma: dict, before: list[dict], timed: list[dict]) -> ModelFigure:
+    """The model's ns per page of the `timed` ops after `before` (one pass over _MICRO_PAGES pages of `vma`),
+    less the user access itself (the host figures subtract a hot pass)."""
+    def measure(costs) -> float:
+        t1 = _run(_micro(vma, before + timed), costs)["sim_time_ns"]
+        t0 = _run(_micro(vma, before), costs)["sim_time_ns"]
+        return (t1 - t0) / _MICRO_PAGES - costs.user_access
+    return measure
+
+
+def syscall_ns(workload: str) -> ModelFigure:
+    """The model's syscall time of a built-in OP:N:B workload (kernel-check's scripts), 2 CPUs, x86."""
+    from mmugather.host.kernel_check import model_predict_ns
+    return lambda costs: float(model_predict_ns(workload, costs, arch="x86"))
+
+
+def _difference(a: ModelFigure, b: ModelFigure, scale: float = 1.0) -> ModelFigure:
+    return lambda costs: (a(costs) - b(costs)) / scale
+
+
+def _mmap_ns(costs) -> float:
+    m = _run(_micro({"name": "x", "size": "4KiB"}, [{"op": "mmap", "vma": {"name": "a", "size": "4KiB"}}]), costs)
+    return float(m["syscall_ns"]["max"])
+
+
+def fits() -> list[Fit]:
+    """Every calibrated cost, in the order fitted (a fit may use the ones before it)."""
+    anon = {"name": "a", "size": _MICRO_PAGES * sc.PAGE}
+    file = {"name": "a", "size": _MICRO_PAGES * sc.PAGE, "kind": "file", "file": "f"}
+    write, read = {"op": "touch", "vma": "a", "write": True}, {"op": "touch", "vma": "a", "write": False}
+    drop = {"op": "madvise", "vma": "a", "advice": "dontneed"}
+    n = _MUNMAP_BYTES // sc.PAGE
+    return [
+        Fit(("syscall",), "null_syscall_ns", None, "set to the figure"),
+        Fit(("page_zero",), "zero_ns_per_page", None, "set to the figure (clear_page ~ a 4 KiB memset)"),
+        Fit(("fault_entry",), "anon_read_fault_ns", per_page_ns(anon, [], [read]),
+            "model: read pass over fresh anonymous pages (the zero page), per page"),
+        Fit(("page_alloc",), "anon_write_fault_ns", per_page_ns(anon, [], [write]),
+            "model: write pass over fresh anonymous pages, per page"),
+        Fit(("pte_zap", "page_free"), "munmap_ns_per_page",
+            _difference(syscall_ns(f"munmap:{n}:alone"), syscall_ns("munmap:1:alone"), n - 1),
+            f"model: munmap:{n}:alone less munmap:1:alone, per page"),
+        Fit(("munmap_call",), "munmap_1page_alone_ns", syscall_ns("munmap:1:alone"), "model: munmap:1:alone"),
+        Fit(("madvise_call",), "dontneed_1page_alone_ns", syscall_ns("dontneed:1:alone"),
+            "model: dontneed:1:alone"),
+        Fit(("mprotect_call",), "mprotect_1page_alone_ns", syscall_ns("mprotect:1:alone"),
+            "model: mprotect:1:alone"),
+        Fit(("mmap_call",), "mmap_1page_alone_ns", _mmap_ns, "model: mmap of 1 page"),
+        Fit(("file_fault",), "file_private_write_fault_ns",
+            per_page_ns({**file, "shared": False}, [read, drop], [write]),
+            "model: write pass over a cached file, private mapping, per page"),
+        Fit(("page_mkwrite",), "file_shared_write_fault_ns",
+            per_page_ns({**file, "shared": True}, [write, drop], [write]),
+            "model: write pass over a cached file, shared mapping, per page"),
+        Fit(ROUND_TRIP_FIELDS, "shootdown_round_trip_ns",
+            _difference(syscall_ns("munmap:1:running"), syscall_ns("munmap:1:alone")),
+            "model: munmap:1:running less munmap:1:alone"),
+        Fit(("ipi_idle_exit",), "idle_round_trip_ns",
+            _difference(syscall_ns(f"munmap:{_IDLE_PAGES}:blocked"), syscall_ns(f"munmap:{_IDLE_PAGES}:alone")),
+            f"model: munmap:{_IDLE_PAGES}:blocked less munmap:{_IDLE_PAGES}:alone"),
+    ]
+
+
 ROUND_TRIP_FIELDS = ("ipi_send", "ipi_delivery", "ipi_handler", "ipi_ack")
 
 
-def _split(total: float, fields: tuple[str, ...], base) -> dict:
-    """`total` ns shared among `fields` in the proportions they have in `base` (integers summing to it)."""
+def _split(total: float, fields: tuple[str, ...], base) -> dict[str, int]:
+    """`total` ns shared among `fields` in the proportions they have in `base` (integers summing to it;
+    equal shares where `base` has them all 0)."""
     weights = [getattr(base, f) for f in fields]
-    out, given = {}, 0
-    for f, w in zip(fields, weights):
-        out[f] = max(0, round(total * w / sum(weights)))
-        given += out[f]
-    out[fields[-1]] = max(0, out[fields[-1]] + round(total) - given)
+    if not any(weights):
+        weights = [1] * len(fields)
+    total = max(0, round(total))
+    out = {f: total * w // sum(weights) for f, w in zip(fields, weights)}
+    out[fields[-1]] += total - sum(out.values())
     return out
 
 
-def fit_costs(measured: dict, model_ns=None, base=None) -> dict:
-    """Cost overrides from `measured` (see `calibrate`). Without a model, zap + free of a page is set to the
-    per-page munmap time and the four IPI stages to the shootdown round trip. With `model_ns(workload,
-    costs) -> simulated syscall ns`, the same quantities are matched on the model's own munmap workloads
-    instead (munmap:65536:alone and munmap:1:alone for the per-page slope, munmap:1:running minus
-    munmap:1:alone for the round trip), and `syscall` absorbs the host's fixed cost of a 1-page munmap."""
+def _solve(fit: Fit, target: float, costs, base):
+    """The Costs with `fit.fields` set so that fit.model(costs) == target (the model is affine in them:
+    two evaluations give the slope, a second round absorbs rounding); (costs, model value, note)."""
+    from dataclasses import replace
+    assert fit.model is not None
+    total = float(sum(getattr(costs, f) for f in fit.fields))
+    for _ in range(2):
+        lo = fit.model(replace(costs, **_split(total, fit.fields, base)))
+        hi = fit.model(replace(costs, **_split(total + 1000, fit.fields, base)))
+        slope = (hi - lo) / 1000
+        if slope <= 0:
+            return costs, lo, "not charged by the model's probe workload: left as it was"
+        total = max(0.0, total + (target - lo) / slope)
+    costs = replace(costs, **_split(total, fit.fields, base))
+    got = fit.model(costs)
+    note = "" if abs(got - target) <= max(2.0, 0.01 * abs(target)) else \
+        f"the model's other charges alone exceed the host's figure (model {got:,.0f} ns)"
+    return costs, got, note
+
+
+def fit_costs(figures: dict[str, Figure], with_model: bool = True, base=None) -> tuple[dict[str, int], dict[str, str]]:
+    """Cost overrides fitted from `figures` (see `calibrate`) and, per key, where its value came from.
+    Each fit sets its fields so that the model's own version of the probe (fits()) gives the host's median;
+    without the model only the fits with no model figure are made and the two round trips and the per-page
+    munmap time are shared among their fields directly."""
     from dataclasses import replace
 
-    from mmugather.machine.costs import Costs
     base = base or Costs()
-    per_page, trip = measured["munmap_ns_per_page"], measured["shootdown_round_trip_ns"]
-    out = {**_split(per_page, PER_PAGE_FIELDS, base), **_split(max(trip, 0), ROUND_TRIP_FIELDS, base)}
-    if model_ns is None:
-        return out
-    n = _MUNMAP_BYTES // sc.PAGE
-    for _ in range(2):                        # per-page slope, then the round trip, then the fixed cost
-        costs = replace(base, **out)
-        one = model_ns("munmap:1:alone", costs)
-        slope = (model_ns(f"munmap:{n}:alone", costs) - one) / (n - 1)
-        scale = per_page / slope if slope > 0 else 1.0
-        out.update(_split(sum(out[f] for f in PER_PAGE_FIELDS) * scale, PER_PAGE_FIELDS, base))
-        costs = replace(base, **out)
-        model_trip = model_ns("munmap:1:running", costs) - model_ns("munmap:1:alone", costs)
-        if model_trip > 0 and trip > 0:
-            out.update(_split(sum(out[f] for f in ROUND_TRIP_FIELDS) * trip / model_trip, ROUND_TRIP_FIELDS, base))
-    costs = replace(base, **out)
-    fixed = measured["munmap_1page_alone_ns"] - model_ns("munmap:1:alone", costs)
-    out["syscall"] = max(0, round(costs.syscall + fixed))
-    return out
+    costs, out, sources = base, {}, {}
+    for fit in fits():
+        if fit.figure not in figures:
+            continue
+        fig = figures[fit.figure]
+        where = f"{fit.figure} (median {fig.median:,.1f} {fig.unit}, p10 {fig.p10:,.1f}, p90 {fig.p90:,.1f}, n {fig.n})"
+        if fit.model is None or not with_model:
+            if fit.model is not None and fit.fields[0] not in ("pte_zap", "ipi_send", "ipi_idle_exit"):
+                continue
+            costs = replace(costs, **_split(fig.median, fit.fields, base))
+            note = "set from the figure, not fitted (no model)" if fit.model else fit.how
+        else:
+            costs, _, note = _solve(fit, fig.median, costs, base)
+            note = fit.how + (f"; {note}" if note else "")
+        for f in fit.fields:
+            out[f] = getattr(costs, f)
+            sources[f] = f"{where}: {note}"
+    return out, sources
 
 
-def cost_file_text(measured: dict, costs: dict, fmt: str, note: str) -> str:
-    """The cost file: `costs` (what --costs reads) and `measured` (the raw host figures), TOML or JSON."""
+def cost_file_text(figures: dict[str, Figure], costs: dict[str, int], sources: dict[str, str], fmt: str,
+                   note: str) -> str:
+    """The cost file: `costs` (what --costs reads; in TOML each key carries its source as a comment, in
+    JSON a `sources` table) and the `measured` figures with their spread, unit and probe."""
     import json
+    measured = {k: f.as_dict() for k, f in figures.items()}
     if fmt == "json":
-        return json.dumps({"costs": costs, "measured": measured, "note": note}, indent=2) + "\n"
-    lines = [f"# {line}" for line in note.splitlines()] + ["", "[costs]"]
-    lines += [f"{k} = {v}" for k, v in costs.items()]
-    lines += ["", "[measured]"] + [f"{k} = {float(v):.1f}" for k, v in measured.items()]
+        return json.dumps({"costs": costs, "sources": sources, "measured": measured, "note": note}, indent=2) + "\n"
+    lines = [f"# {line}" for line in note.splitlines()] + ["", "[costs]   # simulated ns"]
+    for k, v in costs.items():
+        lines += [f"# {k}: {sources.get(k, '')}", f"{k} = {v}"]
+    for k, d in measured.items():
+        lines += ["", f"[measured.{k}]"] + [f"{f} = {json.dumps(v)}" for f, v in d.items()]
     return "\n".join(lines) + "\n"

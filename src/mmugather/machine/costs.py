@@ -63,6 +63,17 @@ class Costs:
     latency_period: int = 200_000
     latency_run: int = 2_000
 
+    # --- measured by `mmugather calibrate` (issue 22), each from its own host probe (host/calibrate.py).
+    # 0 in these reference defaults, whose `syscall` and `fault_entry` figures already stand for the whole
+    # fixed cost; a calibrated file sets them, and the charges sit where the kernel spends the time.
+    mmap_call: int = 0          # mmap_region(): get_unmapped_area, vm_area_alloc, vma insertion (under the lock)
+    munmap_call: int = 0        # __vm_munmap(): VMA lookup, split and detach, remove_vma (under the lock)
+    madvise_call: int = 0       # madvise_lock() onwards: VMA walk, madvise_dontneed_single_vma() set-up
+    mprotect_call: int = 0      # mprotect_fixup(): VMA lookup, vma_modify_flags() (under the lock)
+    file_fault: int = 0         # __do_fault() -> filemap_fault(): page-cache lookup, folio lock, per file fault
+    page_mkwrite: int = 0       # do_shared_fault(): ->page_mkwrite() and fault_dirty_shared_page() (the fs)
+    ipi_idle_exit: int = 0      # an IPI that finds its target idle: leaving the idle loop (HLT; a vCPU wake on KVM)
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)

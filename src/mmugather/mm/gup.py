@@ -13,7 +13,7 @@ from __future__ import annotations
 from mmugather.kernel.locking import LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE
 from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.page_alloc import PGTABLE
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, _PAGE_PRESENT, _PAGE_RW, pte_index
+from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, _PAGE_PRESENT, _PAGE_RW, _PAGE_SPECIAL, pte_index
 
 
 class Gup(KernelPart):
@@ -43,8 +43,8 @@ class Gup(KernelPart):
                 inv.walker_read(c, pt.pfn, self.alloc.kind[pt.pfn] == PGTABLE)
                 pte = pt.ptes[pte_index(addr)]                 # ptep_get_lockless()
                 yield self.costs.tlb_miss_walk
-                if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW):
-                    stop = True
+                if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW) or pte & _PAGE_SPECIAL:
+                    stop = True                                # (pte_special(): no page to pin, goto pte_unmap)
                     break
                 pfn = pte >> PAGE_SHIFT
                 if pt.ptes[pte_index(addr)] != pte:            # the PTE changed under us: back off

@@ -13,15 +13,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mmugather.arch.base import Arch
+    from mmugather.mm.arch_protocol import Arch
     from mmugather.machine.costs import Costs
     from mmugather.machine.engine import Engine
     from mmugather.mm.mm_types import Vma
     from mmugather.mm.page_alloc import PageAlloc
     from mmugather.mm.pgtable import DirTable, PteTable
-    from mmugather.mm.protocols import Path, ReleaseBackend, TableFreeBackend, ZapBackend
-    from mmugather.report.metrics import Metrics       # above mm/: named for its type only
-    from mmugather.sim.invariants import Invariants    # above mm/: named for its type only
+    from mmugather.mm.protocols import InvariantChecks, Path, ReleaseBackend, TableFreeBackend, ZapBackend
+    from mmugather.report.metrics import Metrics
 
 
 class KernelPart:
@@ -34,7 +33,7 @@ class KernelPart:
         alloc: PageAlloc
         costs: Costs
         metrics: Metrics
-        invariants: Invariants
+        invariants: InvariantChecks   # sim/invariants.py's checker, as far as mm/ calls it
         arch: Arch[Any]
         without: frozenset[str]      # the fixes switched off (`--without-fix`)
         num_online_cpus: int
@@ -62,6 +61,7 @@ class KernelPart:
         pte_free_tlb: Callable[..., Path]
         pmd_free_tlb: Callable[..., Path]
         pud_free_tlb: Callable[..., Path]
+        tlb_remove_table_sync_one: Callable[..., Path]
 
         # ---- mm/memory.c (mm/memory/)
         pmd_table: Callable[..., DirTable]
@@ -75,6 +75,10 @@ class KernelPart:
         zap_page_range: Callable[..., Path]
         zap_page_range_single: Callable[..., Path]
         zap_page_range_single_batched: Callable[..., Path]
+        unmap_mapping_range: Callable[..., Path]
+        pte_offset_map_lock: Callable[..., Path]
+        remap_pfn_range: Callable[..., int]
+        pfn_maps: bool
 
         # ---- mm/mmap.c, mm/vma.c, mm/mremap.c, kernel/fork.c, kernel/exit.c
         split_vma: Callable[..., None]
@@ -92,6 +96,8 @@ class KernelPart:
         i_mmap_unlock_read: Callable[..., Path]
         unlink_anon_vmas: Callable[..., Path]
         unlink_file_vma: Callable[..., Path]
+        anon_vma_lock_write: Callable[..., Path]
+        anon_vma_unlock_write: Callable[..., Path]
         folio_mkclean: Callable[..., Path]
         mmu_notifier_invalidate_range_start: Callable[..., Path]
         mmu_notifier_invalidate_range_end: Callable[..., Path]

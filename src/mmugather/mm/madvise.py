@@ -1,4 +1,4 @@
-"""mm/madvise.c: MADV_DONTNEED."""
+"""mm/madvise.c: MADV_DONTNEED (MADV_COLLAPSE: mm/khugepaged.py)."""
 from __future__ import annotations
 
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, UpRead
@@ -17,10 +17,18 @@ class Madvise(KernelPart):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownRead(mm.mmap_sem)
+        if self.costs.madvise_call:
+            yield self.costs.madvise_call
         for vma in [v for v in mm.vmas if v.end > start and v.start < end]:
             lo, hi = max(start, vma.start), min(end, vma.end)
             yield self.zap_page_range(c, vma, lo, hi - lo, None)
         yield UpRead(mm.mmap_sem)
+
+
+    def sys_madvise_collapse(self, c, task, start: int, length: int):
+        """sys_madvise(MADV_COLLAPSE) before v6.1: madvise_behavior_valid() does not know the advice, so the
+        call returns -EINVAL having done nothing (mm/khugepaged.py has the v6.2 path)."""
+        yield self.costs.syscall
 
 
 class Madvise618(Madvise):
@@ -38,6 +46,8 @@ class Madvise618(Madvise):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownRead(mm.mmap_sem)
+        if self.costs.madvise_call:
+            yield self.costs.madvise_call
         tlb = yield self.tlb_gather_mmu(c, mm, False)
         details = ZapDetails(reclaim_pt=True)
         for vma in [v for v in mm.vmas if v.end > start and v.start < end]:

@@ -11,6 +11,9 @@ VM_WRITE = 0x2
 VM_SHARED = 0x8
 VM_GROWSDOWN = 0x100
 VM_PFNMAP = 0x400
+VM_IO = 0x4000
+VM_DONTEXPAND = 0x40000
+VM_DONTDUMP = 0x04000000
 VM_MIXEDMAP = 0x10000000
 VM_ACCOUNT = 0x100000
 
@@ -20,10 +23,13 @@ MM_FILEPAGES, MM_ANONPAGES = 0, 1
 class AddressSpace:
     """struct address_space of a file: its page cache (index -> pfn), the indices whose folio is dirty
     (PG_dirty, mirrored by the xarray's PAGECACHE_TAG_DIRTY: mm/page_writeback.py), the folios' locks and
-    the VMAs mapping it (i_mmap)."""
+    the VMAs mapping it (i_mmap). A device file (`device`) has no page cache: its driver owns a buffer
+    (`driver_pfns`, page offset -> pfn) that mmap() maps with remap_pfn_range() (mm/pfnmap.py)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, device: bool = False) -> None:
         self.name = name
+        self.device = device
+        self.driver_pfns: dict[int, int] = {}
         self.page_cache: dict[int, int] = {}
         self.dirty: set[int] = set()
         self.folio_locks: dict[int, Mutex] = {}                  # PG_locked, made on first use
@@ -89,6 +95,7 @@ class MmStruct:
         self.tlb_gen = 0                          # mm->context.tlb_gen (x86, v4.14+)
         self.tlb_flush_pending = 0                # mm->tlb_flush_pending (v4.13+)
         self.notifiers: list = []                 # mm->notifier_subscriptions
+        self.zero_ptes = False                    # has it mapped the zero page (the bulk zap declines)?
         # the process's anon_vma root lock, as each version has it (mm/rmap.py)
         self.anon_vma_lock = Spinlock(f"anon_vma->lock:{mm_id}")
         self.anon_vma_mutex = Mutex(f"anon_vma->mutex:{mm_id}")

@@ -41,11 +41,16 @@ class Mmap(KernelPart):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownWrite(mm.mmap_sem)
+        if self.costs.mmap_call:
+            yield self.costs.mmap_call
         if addr is None:
             addr = self.get_unmapped_area(mm, length, anon=file is None)
         else:
             yield self.do_munmap(c, mm, addr, length)
-        mm.insert_vma(Vma(mm, addr, addr + length, flags | VM_ACCOUNT, file, pgoff, name))
+        vma = Vma(mm, addr, addr + length, flags | VM_ACCOUNT, file, pgoff, name)
+        if file is not None and file.device:            # the driver's ->mmap(), before the VMA is linked
+            yield self.remap_pfn_range(mm, vma) * self.costs.pte_set
+        mm.insert_vma(vma)
         yield UpWrite(mm.mmap_sem)
         return addr
 
@@ -55,6 +60,8 @@ class Mmap(KernelPart):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownWrite(mm.mmap_sem)
+        if self.costs.munmap_call:
+            yield self.costs.munmap_call
         yield self.do_munmap(c, mm, start, length)
         yield UpWrite(mm.mmap_sem)
 
@@ -130,6 +137,8 @@ class Mmap618(Mmap):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownWrite(mm.mmap_sem)
+        if self.costs.munmap_call:
+            yield self.costs.munmap_call
         released = yield self.do_vmi_align_munmap(c, mm, start, start + length, True)
         if not released:
             yield UpWrite(mm.mmap_sem)

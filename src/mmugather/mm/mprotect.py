@@ -20,6 +20,8 @@ class Mprotect(KernelPart):
         yield self.costs.syscall
         yield MIGHT_SLEEP
         yield DownWrite(mm.mmap_sem)
+        if self.costs.mprotect_call:
+            yield self.costs.mprotect_call
         tlb = yield self.mprotect_begin(c, mm)
         for vma in self.mprotect_vmas(mm, start, end):
             vma.flags = (vma.flags & ~(VM_READ | VM_WRITE)) | PROT[prot]

@@ -16,9 +16,10 @@ import numpy as np
 
 from mmugather.mm.pfn_runs import PfnRuns
 
-# Frame kinds. FREE doubles as the poison marker.
-FREE, ANON, FILE, PGTABLE, BATCH = range(5)
-KIND_NAMES = ("free", "anon", "file", "page-table", "gather-batch")
+# Frame kinds. FREE doubles as the poison marker. DEVICE: a driver's buffer, mapped into user space by
+# remap_pfn_range() (mm/pfnmap.py) with special PTEs: no refcount or rmap of the mappings, freed by the driver.
+FREE, ANON, FILE, PGTABLE, BATCH, DEVICE = range(6)
+KIND_NAMES = ("free", "anon", "file", "page-table", "gather-batch", "device")
 
 GFP_KERNEL = "GFP_KERNEL"   # may sleep, never fails in this model
 GFP_NOWAIT = "GFP_NOWAIT"   # atomic; fails with probability fail_nowait
@@ -45,6 +46,7 @@ class PageAlloc:
         self.on_free_each_array = on_free_each_array
         self.nowait_attempts = 0
         self.nowait_failures = 0
+        self.zero_pfn = -1            # the shared zero page, allocated on first use (get_zero_pfn)
 
     def alloc_page(self, kind: int, gfp: str = GFP_KERNEL) -> int:
         """__alloc_pages(): return a pfn with refcount 1, or -1 when a GFP_NOWAIT allocation fails."""
@@ -65,6 +67,14 @@ class PageAlloc:
             self.kind.append(kind)
         self.nr_used[kind] += 1
         return pfn
+
+    def get_zero_pfn(self) -> int:
+        """my_zero_pfn(): the shared zero page (ZERO_PAGE(0), arch/x86/include/asm/pgtable.h), a reserved
+        frame read faults of anonymous memory map (mm/memory.c do_anonymous_page()); no rmap or RSS is kept
+        for it and it is never freed. Allocated here on first use (kind FILE, refcount 1 for good)."""
+        if self.zero_pfn < 0:
+            self.zero_pfn = self.alloc_page(FILE)
+        return self.zero_pfn
 
     def alloc_bulk(self, kind: int, n: int) -> range | list[int]:
         """Allocate n frames at set-up time (populating a scenario), without per-page Python work."""

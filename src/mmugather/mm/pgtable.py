@@ -32,6 +32,7 @@ _PAGE_RW = 0x002
 _PAGE_USER = 0x004
 _PAGE_ACCESSED = 0x020
 _PAGE_DIRTY = 0x040
+_PAGE_SPECIAL = 0x200     # _PAGE_BIT_SPECIAL = _PAGE_BIT_SOFTW1: pte_mkspecial(), no struct page behind it
 PTE_PFN_SHIFT = 12
 
 _EMPTY_TABLE = array("q", bytes(8 * PTRS_PER_TABLE))
@@ -41,6 +42,11 @@ def mk_pte(pfn: int, writable: bool) -> int:
     """mk_pte(): a present user PTE for pfn."""
     return (pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED | (
         (_PAGE_RW | _PAGE_DIRTY) if writable else 0)
+
+
+def pte_special(pte: int) -> bool:
+    """pte_special() (CONFIG_ARCH_HAS_PTE_SPECIAL: x86, arm64): a PFN-map PTE vm_normal_page() skips."""
+    return bool(pte & _PAGE_SPECIAL)
 
 
 def addr_end(addr: int, end: int, size: int) -> int:

@@ -83,6 +83,29 @@ class ZapWalk(Protocol):
         ...
 
 
+class InvariantChecks(Protocol):
+    """The invariant checker's hooks that mm/ code calls itself (sim/invariants.py `Invariants` implements
+    them, above mm/; the frees it watches reach it through the page allocator's set-up, not through mm/).
+    A new call from mm/ into the checker adds its method here."""
+
+    def walker_enter(self, c: Any, pfn: int) -> None:
+        """A lockless walker (gup_fast) on CPU c starts reading PTE table pfn."""
+        ...
+
+    def walker_read(self, c: Any, pfn: int, still_table: bool) -> None:
+        """The walker on CPU c reads an entry of table pfn, which must still be a page table."""
+        ...
+
+    def walker_exit(self, c: Any, pfn: int) -> None:
+        """The walker on CPU c is done with table pfn."""
+        ...
+
+    def folio_cleaned(self, mapping: Any, index: int) -> None:
+        """Writeback cleared PG_dirty of mapping's page `index` (folio_clear_dirty_for_io()): user stores are
+        checked for `lost-write` from now on."""
+        ...
+
+
 # ---------------------------------------------------------------- the answers of the hooks
 @dataclass(slots=True)
 class PteRun:

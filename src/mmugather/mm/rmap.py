@@ -22,25 +22,34 @@ from mmugather.mm.protocols import Path
 
 
 class Rmap30(KernelPart):
-    """Linux 3.0: i_mmap_mutex and anon_vma->mutex. Rmap2639 swaps in its spinlocks through the four class
-    attributes below (the lock type, then the field of the mapping and of the mm that holds each lock)."""
+    """Linux 3.0: i_mmap_mutex and anon_vma->mutex. Rmap2639 and Rmap618 swap in their locks through the
+    class attributes below: the request types that take and drop a lock for writing, then for reading (a
+    mutex or a spinlock has one kind), and the field of the mapping and of the mm that holds each lock."""
 
     _rmap_lock: ClassVar[type] = MutexLock
     _rmap_unlock: ClassVar[type] = MutexUnlock
+    _rmap_lock_read: ClassVar[type] = MutexLock
+    _rmap_unlock_read: ClassVar[type] = MutexUnlock
     _i_mmap_field, _anon_vma_field = "i_mmap_mutex", "anon_vma_mutex"
 
     def i_mmap_lock_write(self, c, mapping):
-        """mutex_lock(&mapping->i_mmap_mutex) (2.6.39: spin_lock(&mapping->i_mmap_lock))."""
+        """i_mmap_lock_write(): mutex_lock(&mapping->i_mmap_mutex) (2.6.39: spin_lock(&mapping->i_mmap_lock);
+        6.18: down_write(&mapping->i_mmap_rwsem))."""
         yield self._rmap_lock(getattr(mapping, self._i_mmap_field))
 
     def i_mmap_unlock_write(self, c, mapping):
         yield self._rmap_unlock(getattr(mapping, self._i_mmap_field))
 
-    i_mmap_lock_read = i_mmap_lock_write
-    i_mmap_unlock_read = i_mmap_unlock_write
+    def i_mmap_lock_read(self, c, mapping):
+        """i_mmap_lock_read(): as for writing in 2.6.39 and 3.0; 6.18: down_read(&mapping->i_mmap_rwsem)."""
+        yield self._rmap_lock_read(getattr(mapping, self._i_mmap_field))
+
+    def i_mmap_unlock_read(self, c, mapping):
+        yield self._rmap_unlock_read(getattr(mapping, self._i_mmap_field))
 
     def anon_vma_lock_write(self, c, mm):
-        """anon_vma_lock(): mutex_lock(&anon_vma->root->mutex) (2.6.39: spin_lock(&anon_vma->root->lock))."""
+        """anon_vma_lock(): mutex_lock(&anon_vma->root->mutex) (2.6.39: spin_lock(&anon_vma->root->lock);
+        6.18 anon_vma_lock_write(): down_write(&anon_vma->root->rwsem))."""
         yield self._rmap_lock(getattr(mm, self._anon_vma_field))
 
     def anon_vma_unlock_write(self, c, mm):
@@ -110,30 +119,14 @@ class Rmap30(KernelPart):
 class Rmap2639(Rmap30):
     """Linux 2.6.39: mapping->i_mmap_lock and anon_vma->lock are spinlocks."""
 
-    _rmap_lock, _rmap_unlock = SpinLock, SpinUnlock
+    _rmap_lock = _rmap_lock_read = SpinLock
+    _rmap_unlock = _rmap_unlock_read = SpinUnlock
     _i_mmap_field, _anon_vma_field = "i_mmap_lock", "anon_vma_lock"
 
 
 class Rmap618(Rmap30):
-    """Linux 6.18: i_mmap_rwsem and anon_vma->root->rwsem."""
+    """Linux 6.18: i_mmap_rwsem and anon_vma->root->rwsem, taken for writing or for reading."""
 
-    def i_mmap_lock_write(self, c, mapping):
-        """i_mmap_lock_write(): down_write(&mapping->i_mmap_rwsem)."""
-        yield DownWrite(mapping.i_mmap_rwsem)
-
-    def i_mmap_unlock_write(self, c, mapping):
-        yield UpWrite(mapping.i_mmap_rwsem)
-
-    def i_mmap_lock_read(self, c, mapping):
-        """i_mmap_lock_read(): down_read(&mapping->i_mmap_rwsem)."""
-        yield DownRead(mapping.i_mmap_rwsem)
-
-    def i_mmap_unlock_read(self, c, mapping):
-        yield UpRead(mapping.i_mmap_rwsem)
-
-    def anon_vma_lock_write(self, c, mm):
-        """anon_vma_lock_write(): down_write(&anon_vma->root->rwsem)."""
-        yield DownWrite(mm.anon_vma_rwsem)
-
-    def anon_vma_unlock_write(self, c, mm):
-        yield UpWrite(mm.anon_vma_rwsem)
+    _rmap_lock, _rmap_unlock = DownWrite, UpWrite
+    _rmap_lock_read, _rmap_unlock_read = DownRead, UpRead
+    _i_mmap_field, _anon_vma_field = "i_mmap_rwsem", "anon_vma_rwsem"

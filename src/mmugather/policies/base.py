@@ -24,13 +24,14 @@ from mmugather.mm.mmu_notifier import MmuNotifier
 from mmugather.mm.mprotect import Mprotect
 from mmugather.mm.protocols import STEP_BY_STEP, ReleaseBackend, TableFreeBackend, ZapBackend
 from mmugather.mm.mremap import Mremap
+from mmugather.mm.pfnmap import Pfnmap
 from mmugather.mm.page_alloc import ANON, FILE
 from mmugather.mm.page_writeback import Writeback
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, \
     _PAGE_USER, addr_end, pte_index
 
 
-class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier, Writeback):
+class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier, Pfnmap, Writeback):
     """What every modelled kernel version shares; subclasses add a gather and a zap walk."""
 
     name = "base"

@@ -63,9 +63,12 @@ class Fork(KernelPart):
                         src.ptes[i] = pte
                     dst.ptes[i] = pte
                     pfn = pte >> PAGE_SHIFT
-                    alloc.refcount[pfn] += 1                   # get_page()
-                    alloc.mapcount[pfn] += 1                   # page_dup_rmap()
-                    dst_mm.rss[MM_ANONPAGES if alloc.kind[pfn] == ANON else MM_FILEPAGES] += 1
+                    if pfn == alloc.zero_pfn:                  # vm_normal_page() NULL: the PTE alone
+                        dst_mm.zero_ptes = True
+                    else:
+                        alloc.refcount[pfn] += 1               # get_page()
+                        alloc.mapcount[pfn] += 1               # page_dup_rmap()
+                        dst_mm.rss[MM_ANONPAGES if alloc.kind[pfn] == ANON else MM_FILEPAGES] += 1
                     yield self.costs.pte_set
                 addr += 1 << PAGE_SHIFT
             yield SpinUnlock(src.ptl)

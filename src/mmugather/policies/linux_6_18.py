@@ -1,5 +1,6 @@
 """Linux 6.18: the range-tracking mmu_gather of today's kernel, on x86-64 (native or KVM guest) and arm64."""
 from mmugather.arch import ARCHES
+from mmugather.mm.khugepaged import Khugepaged
 from mmugather.mm.madvise import Madvise618
 from mmugather.mm.memory.v6_18 import Memory618
 from mmugather.mm.mmap import Mmap618
@@ -11,10 +12,12 @@ from mmugather.mm.vma import VmaOps618
 from mmugather.policies.base import Kernel
 
 
-class Linux618(Gather618, Memory618, Madvise618, Mmap618, VmaOps618, Mprotect618, Rmap618, Truncate618, Kernel):
+class Linux618(Gather618, Memory618, Khugepaged, Madvise618, Mmap618, VmaOps618, Mprotect618, Rmap618, Truncate618,
+               Kernel):
     """Linux v6.18 (mm/mmu_gather.c, include/asm-generic/tlb.h, mm/memory.c, mm/vma.c, mm/madvise.c,
     arch/x86/mm/tlb.c, arch/arm64/include/asm/tlb.h), configured like an x86-64 distribution kernel:
-    MMU_GATHER_RCU_TABLE_FREE, PT_RECLAIM, THP only where madvised (the model maps 4 KiB pages)."""
+    MMU_GATHER_RCU_TABLE_FREE, PT_RECLAIM, THP only where madvised (the model maps 4 KiB pages; MADV_COLLAPSE
+    of file THPs retracts PTE tables with the v6.2 path of mm/khugepaged.py)."""
 
     name = "6.18"
     version = "v6.18"
@@ -37,6 +40,11 @@ class Linux618(Gather618, Memory618, Madvise618, Mmap618, VmaOps618, Mprotect618
                               "to come"),
         "mremap_flush": ("eb66ae030829 (2018, v4.20; CVE-2018-18281)",
                          "move_ptes() flushes the old range before dropping the PTE locks"),
+        "pfnmap_flush": ("b67fbebd4cf9 (2022, v5.19; CVE-2022-39188)",
+                         "flush the TLBs for a VM_PFNMAP VMA before free_pgtables() unlinks it from i_mmap"),
+        "collapse_sync": ("2ba99c5e0881 (2022, v6.1)",
+                          "collapse_and_free_pmd() calls tlb_remove_table_sync_one() before pte_free(), so no "
+                          "gup_fast walker is inside the table when it is freed"),
         "dirty_force_flush": ("1cf35d47712d (2014, v3.15)",
                               "zap_pte_range() flushes the TLB before dropping the PTE lock when it zapped a "
                               "dirty shared file PTE, so folio_mkclean() waits for the flush"),

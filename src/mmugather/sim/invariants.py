@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mmugather.mm.page_alloc import ANON, BATCH, FILE, KIND_NAMES, PGTABLE
+from mmugather.mm.page_alloc import ANON, BATCH, DEVICE, FILE, KIND_NAMES, PGTABLE
 
 MAX_RECORDED = 200
 
@@ -313,8 +313,10 @@ class Invariants:
             live_file_maps += mm.rss[0]
             live_tables += 1 + _count_tables(mm)
         cached = sum(len(f.page_cache) for f in files)
+        drivers = sum(len(f.driver_pfns) for f in files)          # device buffers not revoked
         used = alloc.nr_used
-        expected = {ANON: live_anon, PGTABLE: live_tables, FILE: cached, BATCH: 0}
+        expected = {ANON: live_anon, PGTABLE: live_tables, FILE: cached + (alloc.zero_pfn >= 0), BATCH: 0,
+                    DEVICE: drivers}
         for kind, want in expected.items():
             if used[kind] != want:
                 self.report("leak", -1, f"{used[kind]} {KIND_NAMES[kind]} frames in use after teardown, "

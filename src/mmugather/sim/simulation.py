@@ -29,6 +29,17 @@ from mmugather.workloads import scenario as S
 from mmugather.workloads.program import Process, thread_program, vma_flags
 
 
+def _has_pfn_maps(scenario: S.Scenario) -> bool:
+    """Whether any VMA of the scenario, set up or mmap()ed by a program, is a PFN map."""
+    for p in scenario.process:
+        if any(v.kind == "pfnmap" for v in p.vma):
+            return True
+        for t in p.thread:
+            if any(isinstance(op, S.MmapOp) and op.vma.kind == "pfnmap" for op, _ in S.walk_ops(t.program)):
+                return True
+    return False
+
+
 @functools.cache
 def _keep_freed_memory() -> None:
     """Ask glibc's malloc to keep freed memory for reuse (mallopt(3)): numpy temporaries up to 16 MiB come
@@ -99,8 +110,13 @@ class Simulation:
         self.kernel = policy_cls(self)
         self.metrics.gather_memory(self.kernel.gather_static_bytes(self.ncpus))
         self.mms: list[MmStruct] = []
-        self.files = {f.name: AddressSpace(f.name) for f in scenario.files}
+        self.files = {f.name: AddressSpace(f.name, f.device) for f in scenario.files}
         self.invariants.files = list(self.files.values())
+        self.pfn_maps = _has_pfn_maps(scenario)
+        if self.pfn_maps and not self.kernel.pfn_maps:
+            from mmugather.errors import InputError
+            raise InputError(f"{scenario.name}: pfnmap VMAs: policy {policy_cls.name} does not model PFN maps "
+                             f"(special PTEs; policy 6.18 does)")
         self.processes: list[Process] = []
         self._setup()
 
@@ -127,7 +143,9 @@ class Simulation:
                     from mmugather.errors import InputError
                     raise InputError(f"{self.scenario.name}: process '{pspec.name}': VMA '{v.name}': {e}") from None
                 proc.ranges[v.name] = (vma.start, vma.end)
-                if v.populate is True:
+                if v.kind == "pfnmap":
+                    kernel.remap_pfn_range(mm, vma)
+                elif v.populate is True:
                     kernel.populate(mm, vma, vma.start, vma.end)
                 elif v.populate:
                     for off, length in v.populate:
@@ -158,8 +176,9 @@ class Simulation:
         """Run to completion; check for leaks; return the `metrics` object."""
         # the hooks of the kernel's walks (mm/protocols.py): bulk where exact, unless every step is wanted
         # (fast=False: explore/; an observer, such as the tracer or the watchdog, sees every step). The bulk
-        # backends reproduce the stock kernels: with a fix switched off, the run goes step by step.
-        bulk = self.fast and not self.engine.observers and not self.without_fixes
+        # backends reproduce the stock kernels on struct pages: with a fix switched off, or with PFN maps
+        # (special PTEs, which the bulk zap does not know), the run goes step by step.
+        bulk = self.fast and not self.engine.observers and not self.without_fixes and not self.pfn_maps
         hooks = fastpath.backends(type(self.kernel), self.arch) if bulk else fastpath.STEP
         self.kernel.use_backends(hooks.zap, hooks.tables, hooks.release)
         end = self.engine.run()

@@ -130,6 +130,9 @@ def thread_program(sim, proc: Process, ops: list):
             elif isinstance(op, S.MunmapOp):
                 lo, hi = _range(proc, op, shift)
                 yield syscall(sim, c, task, kernel.sys_munmap(c, task, lo, hi - lo), (lo, hi))
+            elif isinstance(op, S.MadviseOp) and op.advice == "collapse":
+                lo, hi = _range(proc, op, shift)
+                yield syscall(sim, c, task, kernel.sys_madvise_collapse(c, task, lo, hi - lo))
             elif isinstance(op, S.MadviseOp):
                 lo, hi = _range(proc, op, shift)
                 yield syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo), (lo, hi))
@@ -172,6 +175,8 @@ def thread_program(sim, proc: Process, ops: list):
                 yield syscall(sim, c, task, kernel.do_truncate(c, task, sim.files[op.file], op.size))
             elif isinstance(op, S.FsyncOp):
                 yield syscall(sim, c, task, kernel.do_fsync(c, task, sim.files[op.file]))
+            elif isinstance(op, S.RevokeOp):
+                yield syscall(sim, c, task, kernel.device_revoke(c, task, sim.files[op.file]))
             elif isinstance(op, S.ForkOp):
                 new_mm = yield syscall(sim, c, task, kernel.sys_fork(c, task))
                 child = Process(f"{proc.name}/child", new_mm)

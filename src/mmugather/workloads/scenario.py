@@ -89,7 +89,10 @@ class Machine(Strict):
 
 class FileSpec(Strict):
     """A file VMAs can map (`[[files]]`)."""
-    name: str = Field(min_length=1, description="how VMAs, `truncate` and `fsync` refer to it")
+    name: str = Field(min_length=1, description="how VMAs, `truncate`, `fsync` and `revoke` refer to it")
+    device: bool = Field(False, description=(
+        "a device file (a driver's character device): no page cache; `kind = \"pfnmap\"` VMAs map the driver's "
+        "buffer with remap_pfn_range(), and `revoke` frees it"))
 
 
 class VmaSpec(Strict):
@@ -98,8 +101,10 @@ class VmaSpec(Strict):
     size: Size = Field(gt=0, description="page-aligned: `4096`, `\"64MiB\"`, `\"2 GiB\"`, `\"16 pages\"`")
     start: int | None = Field(None, description="page-aligned address (default: placed top-down below "
                                                      "0x7f0000000000)", json_schema_extra={"unit": "bytes"})
-    kind: Literal["anon", "file"] = Field("anon", description="anonymous memory or a file mapping")
-    file: str | None = Field(None, description="for `kind = \"file\"`: a `[[files]]` name")
+    kind: Literal["anon", "file", "pfnmap"] = Field("anon", description=(
+        "anonymous memory, a file mapping, or a PFN map of a device file's driver buffer (remap_pfn_range() "
+        "at mmap: VM_PFNMAP, special PTEs, always mapped whole; policy 6.18 only)"))
+    file: str | None = Field(None, description="for `kind = \"file\"` or `\"pfnmap\"`: a `[[files]]` name")
     offset: Size = Field(0, description="file offset, page-aligned")
     shared: bool = Field(False, description="MAP_SHARED")
     writable: bool = Field(True, description="PROT_WRITE")
@@ -112,8 +117,10 @@ class VmaSpec(Strict):
             raise ValueError(f"size {self.size} is not a multiple of the 4096-byte page")
         if self.start is not None and (self.start % PAGE or self.start <= 0 or self.start + self.size > 1 << 47):
             raise ValueError(f"start {self.start:#x} must be page-aligned and inside the 47-bit user space")
-        if self.kind == "file" and not self.file:
-            raise ValueError("a file VMA needs 'file' naming one of [[files]]")
+        if self.kind in ("file", "pfnmap") and not self.file:
+            raise ValueError(f"a {self.kind} VMA needs 'file' naming one of [[files]]")
+        if self.kind == "pfnmap" and (not self.shared or self.populate is not False):
+            raise ValueError("a pfnmap VMA is MAP_SHARED (shared = true) and mapped whole at mmap (no populate)")
         if self.kind == "anon" and self.file:
             raise ValueError("an anon VMA takes no 'file'")
         if self.offset % PAGE:
@@ -163,7 +170,10 @@ class MunmapOp(_Range):
 class MadviseOp(_Range):
     """madvise(2) of the range."""
     op: Literal["madvise"]
-    advice: Literal["dontneed"] = Field("dontneed", description="MADV_DONTNEED")
+    advice: Literal["dontneed", "collapse"] = Field("dontneed", description=(
+        "MADV_DONTNEED, or MADV_COLLAPSE (v6.1+) of a file VMA: each whole 2 MiB-aligned block in the range "
+        "whose page cache is taken to hold a THP has its PTE table retracted (collapse_pte_mapped_thp(); "
+        "later touches refault); -EINVAL before v6.1"))
 
 
 class MmapOp(Strict):
@@ -239,6 +249,14 @@ class FsyncOp(Strict):
     file: str = Field(description="a `[[files]]` name")
 
 
+class RevokeOp(Strict):
+    """A driver takes its buffer away from user space (a revoke ioctl, DRM buffer eviction):
+    unmap_mapping_range() of device file `file` (every process's PFN maps of it), then the driver frees the
+    buffer's frames."""
+    op: Literal["revoke"]
+    file: str = Field(description="a `[[files]]` name with `device = true`")
+
+
 class HaltOp(Strict):
     """Stop the machine here: the end of a measurement (as a probe stops counting when its syscall
     returns). The run ends without tearing anything down."""
@@ -276,7 +294,7 @@ class LoopOp(Strict):
 
 
 Op = Annotated[TouchOp | ChurnOp | MunmapOp | MadviseOp | MmapOp | SleepOp | ComputeOp | ExitOp | ExitThreadOp | ExecOp
-               | MprotectOp | MremapOp | GupFastOp | TruncateOp | FsyncOp | HaltOp | LoopOp | ForkOp,
+               | MprotectOp | MremapOp | GupFastOp | TruncateOp | FsyncOp | RevokeOp | HaltOp | LoopOp | ForkOp,
                Field(discriminator="op")]
 LoopOp.model_rebuild()
 ForkOp.model_rebuild()
@@ -337,11 +355,14 @@ class Scenario(Strict):
     @model_validator(mode="after")
     def _refs(self):
         files = {f.name for f in self.files}
+        devices = {f.name for f in self.files if f.device}
         for p in self.process:
             names = {v.name: v.size for v in p.vma}
+            kinds: dict[str, str] = {v.name: v.kind for v in p.vma}
             for v in p.vma:
                 if v.file and v.file not in files:
                     raise ValueError(f"process '{p.name}': VMA '{v.name}' names unknown file '{v.file}'")
+                _check_device(p.name, v, devices)
             for t in p.thread:
                 if t.cpu >= self.machine.cpus:
                     raise ValueError(f"process '{p.name}': thread on CPU {t.cpu} but the machine has "
@@ -349,8 +370,11 @@ class Scenario(Strict):
                 for op, shift in walk_ops(t.program):
                     if isinstance(op, MmapOp):
                         names[op.vma.name] = op.vma.size
+                        kinds[op.vma.name] = op.vma.kind
                         if op.vma.file and op.vma.file not in files:
                             raise ValueError(f"process '{p.name}': mmap names unknown file '{op.vma.file}'")
+                        _check_device(p.name, op.vma, devices)
+                    _check_kind(p.name, op, kinds, devices)
                     if isinstance(op, ForkOp) and op.cpu >= self.machine.cpus:
                         raise ValueError(f"process '{p.name}': fork onto CPU {op.cpu} but the machine has "
                                          f"{self.machine.cpus} CPUs")
@@ -370,8 +394,41 @@ class Scenario(Strict):
         return self
 
 
+def _check_device(process: str, v: VmaSpec, devices: set[str]) -> None:
+    """A pfnmap VMA maps a device file; a file VMA maps a file that is not one."""
+    if v.kind == "pfnmap" and v.file not in devices:
+        raise ValueError(f"process '{process}': pfnmap VMA '{v.name}' needs a [[files]] entry with device = true")
+    if v.kind == "file" and v.file in devices:
+        raise ValueError(f"process '{process}': file VMA '{v.name}' maps device file '{v.file}' (use kind = "
+                         f"\"pfnmap\")")
+
+
+# ops a pfnmap VMA takes (the others' kernel paths on special PTEs are not modelled)
+_PFNMAP_OPS = (TouchOp, ChurnOp, MunmapOp, GupFastOp)
+
+
+def _check_kind(process: str, op, kinds: dict[str, str], devices: set[str]) -> None:
+    """An op fits the kind of VMA or file it names: MADV_COLLAPSE of file VMAs only (anonymous collapse,
+    collapse_huge_page(), is not modelled); truncate and fsync of a regular file, revoke of a device file; a pfnmap
+    VMA only touched, unmapped or walked by gup_fast, and no fork of a process holding one."""
+    ref = getattr(op, "vma", None)
+    kind = kinds.get(ref) if isinstance(ref, str) else None
+    if isinstance(op, MadviseOp) and op.advice == "collapse" and kind != "file":
+        raise ValueError(f"process '{process}': madvise collapse of VMA '{op.vma}': MADV_COLLAPSE is modelled "
+                         f"for file VMAs only (not {kind})")
+    if kind == "pfnmap" and not isinstance(op, _PFNMAP_OPS):
+        raise ValueError(f"process '{process}': {op.op} of pfnmap VMA '{op.vma}' is not modelled")
+    if isinstance(op, ForkOp) and "pfnmap" in kinds.values():
+        raise ValueError(f"process '{process}': fork of a process with a pfnmap VMA is not modelled")
+    if isinstance(op, (TruncateOp, FsyncOp)) and op.file in devices:
+        raise ValueError(f"process '{process}': {op.op} of device file '{op.file}'")
+    if isinstance(op, RevokeOp) and op.file not in devices:
+        raise ValueError(f"process '{process}': revoke names '{op.file}', which is not a [[files]] entry with "
+                         f"device = true")
+
+
 _OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exit_thread", "exec",
-            "mprotect", "mremap", "gup_fast", "truncate", "fsync", "halt", "loop", "fork"}
+            "mprotect", "mremap", "gup_fast", "truncate", "fsync", "revoke", "halt", "loop", "fork"}
 
 
 def _where(loc: tuple) -> str:
@@ -445,7 +502,8 @@ def estimate_memory(scenario: Scenario) -> int:
     total = 0
     for p in scenario.process:
         sizes = {v.name: v.size for v in p.vma}
-        resident = {v.name: ([v.size] if v.populate is True else [n for _, n in v.populate] if v.populate else [])
+        resident = {v.name: ([v.size] if v.populate is True or v.kind == "pfnmap"     # (mapped whole at mmap)
+                             else [n for _, n in v.populate] if v.populate else [])
                     for v in p.vma}
         forks = [0]
         for t in p.thread:

@@ -12,13 +12,17 @@ and the backend is chosen when the Simulation is built (src/mmugather/fastpath/ 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
 from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead
+from mmugather.kernel.sched import Elapse
 from mmugather.mm.kernel_part import KernelPart
-from mmugather.mm.protocols import Path
-from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_READ, VM_SHARED, VM_WRITE
+from mmugather.mm.protocols import Path, PteRun
+from mmugather.mm.mm_types import MM_ANONPAGES, MM_FILEPAGES, VM_PFNMAP, VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.page_alloc import ANON, FILE, GFP_KERNEL, PGTABLE
 from mmugather.mm.pgtable import (
-    PAGE_SHIFT, PGDIR_MASK, PGDIR_SIZE, PMD_MASK, PMD_SHIFT, PMD_SIZE, PUD_MASK,
+    PAGE_SHIFT, PAGE_SIZE, PGDIR_MASK, PGDIR_SIZE, PMD_MASK, PMD_SHIFT, PMD_SIZE, PUD_MASK,
     PUD_SIZE, ULONG_MASK, _PAGE_DIRTY, _PAGE_RW, DirTable, PteTable, addr_end, mk_pte, pgd_index, pmd_index,
     pte_index, pud_index,
 )
@@ -89,14 +93,17 @@ class Memory(KernelPart):
         yield MIGHT_SLEEP
         yield DownRead(mm.mmap_sem)
         vma = mm.find_vma(addr)
-        if vma is None or vma.start > addr or not vma.flags & (VM_WRITE if write else VM_READ):
+        if (vma is None or vma.start > addr or not vma.flags & (VM_WRITE if write else VM_READ)
+                or vma.flags & VM_PFNMAP):           # remap_pfn_range() mapped it all, no ->fault: SIGBUS
             yield UpRead(mm.mmap_sem)
             self.metrics.segv += 1
             return False
         pt = yield self.pte_alloc(c, mm, addr)
         idx = pte_index(addr)
         ptent = pt.ptes[idx]
-        if ptent == 0:
+        if ptent == 0 and vma.file is None and not write:
+            yield self.map_zero_page(c, mm, pt, addr)
+        elif ptent == 0:
             pfn, kind, writable = yield self._fault_page(c, vma, addr, write)
             yield SpinLock(pt.ptl)
             yield self.costs.pte_set
@@ -121,6 +128,19 @@ class Memory(KernelPart):
         yield UpRead(mm.mmap_sem)
         return True
 
+    def map_zero_page(self, c, mm, pt, addr: int) -> Path:
+        """do_anonymous_page(), mm/memory.c (v2.6.32 on, v6.18 alike): "Use the zero-page for reads": under
+        the PTE lock, a special read-only PTE of my_zero_pfn() if the entry is still none; no page is
+        allocated or zeroed, no rmap or RSS kept (vm_normal_page() is NULL for it: the zap only clears it, a
+        write copies it in do_wp_page())."""
+        yield SpinLock(pt.ptl)
+        yield self.costs.pte_set
+        idx = pte_index(addr)
+        if mm.pte_tables.get(addr >> PMD_SHIFT) is pt and pt.ptes[idx] == 0:
+            pt.ptes[idx] = mk_pte(self.alloc.get_zero_pfn(), False)
+            mm.zero_ptes = True
+        yield SpinUnlock(pt.ptl)
+
     def _fault_page(self, c, vma, addr: int, write: bool) -> Path:
         """The page a not-present fault maps, obtained before the PTE lock is taken: a zeroed anonymous
         page, a page-cache page (with a reference for the mapping), or its private copy on a write fault.
@@ -130,12 +150,16 @@ class Memory(KernelPart):
         if vma.file is None:
             yield costs.page_alloc + costs.page_zero
             return self.alloc.alloc_page(ANON, GFP_KERNEL), ANON, bool(vma.flags & VM_WRITE)
+        if costs.file_fault:
+            yield costs.file_fault                      # __do_fault() -> filemap_fault()
         cache = vma.file.page_cache
         index = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
         pfn = cache.get(index)
         if pfn is None:
             pfn = cache[index] = self.alloc.alloc_page(FILE, GFP_KERNEL)
             yield costs.page_alloc + costs.page_zero
+        if write and vma.flags & VM_SHARED and costs.page_mkwrite:
+            yield costs.page_mkwrite                    # do_shared_fault() -> do_page_mkwrite()
         if write and not vma.flags & VM_SHARED:
             yield costs.page_alloc + costs.page_zero
             return self.alloc.alloc_page(ANON, GFP_KERNEL), ANON, True
@@ -146,12 +170,13 @@ class Memory(KernelPart):
         """do_wp_page(), mm/memory.c: a write to a write-protected page. In a shared mapping:
         wp_page_shared(). Else an anonymous page no one else maps is reused (made writable: no flush
         needed to grant more); otherwise copy-on-write: a new anonymous copy, ptep_clear_flush() under the
-        PTE lock (a TLB flush, IPIs included), then drop the old page."""
+        PTE lock (a TLB flush, IPIs included), then drop the old page (none for the zero page: the copy is
+        a fresh zeroed page)."""
         mm = vma.mm
         idx = pte_index(addr)
         old = pt.ptes[idx]
         old_pfn = old >> PAGE_SHIFT
-        if vma.flags & VM_SHARED and old and self.alloc.kind[old_pfn] == FILE:
+        if vma.file is not None and vma.flags & VM_SHARED and old:     # (not a shared anonymous zero page)
             yield self.wp_page_shared(c, vma, pt, addr)
             return
         if (old and not old & _PAGE_RW and self.alloc.kind[old_pfn] == ANON and self.alloc.mapcount[old_pfn] == 1
@@ -173,11 +198,14 @@ class Memory(KernelPart):
             pt.ptes[idx] = mk_pte(new, True)
             old_pfn = old >> PAGE_SHIFT
             self.alloc.mapcount[new] += 1
-            self.alloc.mapcount[old_pfn] -= 1
-            if self.alloc.kind[old_pfn] != ANON:
-                mm.rss[MM_FILEPAGES] -= 1
+            if old_pfn == self.alloc.zero_pfn:                  # no old folio: only the new page counts
                 mm.rss[MM_ANONPAGES] += 1
-            self.alloc.put_page(c, old_pfn)
+            else:
+                self.alloc.mapcount[old_pfn] -= 1
+                if self.alloc.kind[old_pfn] != ANON:
+                    mm.rss[MM_FILEPAGES] -= 1
+                    mm.rss[MM_ANONPAGES] += 1
+                self.alloc.put_page(c, old_pfn)
         else:
             self.alloc.put_page(c, new)
         yield SpinUnlock(pt.ptl)
@@ -271,10 +299,8 @@ class Memory(KernelPart):
             addr = nxt
             if addr == end:
                 break
-        if not self._covers(start, end, floor, ceiling, PGDIR_MASK):
-            return
-        del pgd.entries[pgd_index(start)]
-        yield self.pud_free_tlb(c, tlb, pud, start)
+        yield from self._free_dir_table(c, tlb, pgd, pgd_index, pud, start, end, floor, ceiling, PGDIR_MASK,
+                                        self.pud_free_tlb)
 
     def free_pmd_range(self, c, tlb, pud, pmd, addr: int, end: int, floor: int, ceiling: int) -> Path:
         """free_pmd_range(), mm/memory.c: free the PTE tables below, then this PMD table if covered. The
@@ -295,10 +321,8 @@ class Memory(KernelPart):
             addr = nxt
             if addr == end:
                 break
-        if not self._covers(start, end, floor, ceiling, PUD_MASK):
-            return
-        del pud.entries[pud_index(start)]
-        yield self.pmd_free_tlb(c, tlb, pmd, start)
+        yield from self._free_dir_table(c, tlb, pud, pud_index, pmd, start, end, floor, ceiling, PUD_MASK,
+                                        self.pmd_free_tlb)
 
     def free_pte_range(self, c, tlb, pmd, addr: int) -> Path:
         """free_pte_range(), mm/memory.c: pmd_clear(), then pte_free_tlb() and nr_ptes--."""
@@ -328,9 +352,22 @@ class Memory(KernelPart):
         """pud_free_tlb(), asm-generic/tlb.h v2.6.39/v3.0, x86 ___pud_free_tlb()."""
         yield self._free_table_tlb(c, tlb, pud)
 
+    def _free_dir_table(self, c, tlb, parent, index: Callable[[int], int], table, start: int, end: int,
+                        floor: int, ceiling: int, mask: int, free_tlb: Callable[..., Path]) -> Path:
+        """The tail of free_pmd_range() and free_pud_range(), mm/memory.c (the same in every modelled
+        version): if [floor, ceiling) covers the whole span of `table` (`_covers()`), unhook it from
+        `parent` (p?d_clear()) and hand it to the gather (`free_tlb`: pmd_free_tlb(), pud_free_tlb()).
+        The model hands the gather the unmasked `start` where the kernel passes `start & mask`."""
+        if not self._covers(start, end, floor, ceiling, mask):
+            return
+        del parent.entries[index(start)]
+        yield free_tlb(c, tlb, table, start)
+
     @staticmethod
     def _covers(start: int, end: int, floor: int, ceiling: int, mask: int) -> bool:
-        """The tail test of free_pmd_range()/free_pud_range(): may the upper table itself go?"""
+        """The tail test of free_pmd_range()/free_pud_range(): may the upper table itself go? (`start &=
+        mask; if (start < floor) return; if (ceiling) { ceiling &= mask; if (!ceiling) return; } if (end
+        - 1 > ceiling - 1) return;`, unsigned.)"""
         start &= mask
         if start < floor:
             return False
@@ -339,6 +376,122 @@ class Memory(KernelPart):
             if not ceiling:
                 return False
         return not (end - 1) & ULONG_MASK > (ceiling - 1) & ULONG_MASK
+
+    # ------------------------------------------------------------ what every version's zap walk shares
+    def _zap_dir_range(self, c, tlb, vma, table, addr: int, end: int, size: int, index: Callable[[int], int],
+                       zap_lower: Callable[..., Path], details, zap_work: list[int] | None = None) -> Path:
+        """The loop that unmap_page_range() runs over the PGD and zap_pud_range() over a PUD table, the
+        same in mm/memory.c v2.6.39, v3.0 and v6.18 (p4d folded): `do { next = p?d_addr_end(addr, end);
+        if (p?d_none_or_clear_bad(p?d)) continue; next = zap_lower(tlb, vma, p?d, addr, next, ...); }
+        while (p?d++, addr = next, addr != end);`. 2.6.39 threads its zap_work budget through
+        (`zap_work`: an empty entry costs 1, and the loop stops once the budget is spent). Not modelled:
+        the cond_resched() after every PUD entry that zap_pud_range() has in the stored 6.x mm/memory.c
+        (open: adding it moves the 6.18 goldens)."""
+        while True:
+            nxt = addr_end(addr, end, size)
+            lower = table.entries.get(index(addr))
+            if lower is None:
+                if zap_work is not None:
+                    zap_work[0] -= 1
+                yield self.costs.pmd_none
+            elif zap_work is None:
+                nxt = yield zap_lower(c, tlb, vma, lower, addr, nxt, details)
+            else:
+                nxt = yield zap_lower(c, tlb, vma, lower, addr, nxt, zap_work, details)
+            addr = nxt
+            if addr == end or (zap_work is not None and zap_work[0] <= 0):
+                return addr
+
+    def _pmd_runs(self, c, tlb, pmd, addr: int, end: int, details,
+                  zap_work: list[int] | None = None) -> Generator[Any, Any, int]:
+        """zap_pmd_range()'s next iterations that the zap backend takes at once (mm/protocols.py PmdRun),
+        run after run until it offers none, the range ends or 2.6.39's zap_work budget is spent. Returns
+        the address from which the kernel code goes on step by step."""
+        pmd_run = self.zap_backend.pmd_run
+        while (run := pmd_run(self, c, tlb, pmd, addr, end, details, zap_work)) is not None:
+            addr = run.addr
+            yield Elapse(run.ns, run.point)
+            if addr == end or (zap_work is not None and zap_work[0] <= 0):
+                break
+        return addr
+
+    @staticmethod
+    def _take_pte_run(run: PteRun, addr: int, i: int, none: int, anon: int,
+                      file: int) -> Generator[Any, Any, tuple[int, int, int, int, int, int]]:
+        """zap_pte_range()'s next entries that the zap backend took at once (mm/protocols.py PteRun), as
+        every version's loop takes them: addr and the entry index move to the entry the run stopped at,
+        the pages it zapped join the rss counts; if it zapped any, its cost is spent and its last page is
+        returned for the caller to hand to the gather as its own step would (-1: only empty entries were
+        left, whose cost joins the pending `none`). Returns (addr, i, none, anon, file, pfn)."""
+        addr += (run.last - i) << PAGE_SHIFT
+        anon += run.anon
+        file += run.file
+        if not run.n:
+            return addr, run.last, none + run.ns, anon, file, -1
+        yield run.ns
+        return addr, run.last, 0, anon, file, run.pfn
+
+    def _zap_pte_loop(self, c, tlb, pt, addr: int, end: int,
+                      work: int | None) -> Generator[Any, Any, tuple[int, int, int, int, int | None, bool]]:
+        """zap_pte_range()'s loop over the entries of PTE table pt, under its lock, mm/memory.c v2.6.39 and
+        v3.0: the same code (ptep_get_and_clear_full(), the rss counters, page_remove_rmap() and
+        print_bad_pte()'s check, the page to the gather) but for two points. `work` is 2.6.39's zap_work
+        budget (a present PTE costs PAGE_SIZE, an empty one 1, and the loop stops once it is spent; None
+        in 3.0); when the gather has no room, 2.6.39's tlb_remove_page() flushes at once, under the PTE
+        lock, while 3.0 sets force_flush and breaks out before pte++ (its `goto again` rescans that, now
+        empty, PTE). The zap backend may take the next run of entries at once (mm/protocols.py PteRun).
+        Returns (addr, anon, file, none: the none cost still to spend, work, force_flush)."""
+        ptes = pt.ptes
+        c_zap, c_none = self.costs.pte_zap, self.costs.pte_none
+        kind, mapcount, zero_pfn = self.alloc.kind, self.alloc.mapcount, self.alloc.zero_pfn
+        remove, pte_run = self._tlb_remove_page, self.zap_backend.pte_run
+        anon = file = none = 0
+        force_flush = False
+        i = pte_index(addr)
+        iend = i + ((end - addr) >> PAGE_SHIFT)
+        while True:
+            run = pte_run(self, c, tlb, pt, addr, i, iend, none, work)
+            if run is not None:                         # entries i..run.last at once, but for the last page
+                if work is not None:
+                    work = run.work
+                addr, i, none, anon, file, pfn = yield from self._take_pte_run(run, addr, i, none, anon, file)
+                if pfn < 0:                             # only empty entries before the loop ends
+                    break
+                if not remove(c, tlb, pfn):
+                    if work is None:                    # 3.0: force_flush, break
+                        force_flush = True
+                        break
+                    yield self.tlb_flush_mmu(c, tlb)    # 2.6.39: tlb_remove_page() flushes at once
+            elif ptent := ptes[i]:
+                if work is not None:
+                    work -= PAGE_SIZE
+                ptes[i] = 0                             # ptep_get_and_clear_full()
+                pfn = ptent >> PAGE_SHIFT
+                normal = pfn != zero_pfn                # vm_normal_page() NULL (the zero page): `continue`
+                if normal:
+                    if kind[pfn] == ANON:
+                        anon += 1
+                    else:
+                        file += 1
+                    mapcount[pfn] -= 1                  # page_remove_rmap()
+                    if mapcount[pfn] < 0:
+                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+                yield c_zap + none
+                none = 0
+                if normal and not remove(c, tlb, pfn):
+                    if work is None:                    # 3.0: force_flush, break before pte++
+                        force_flush = True
+                        break
+                    yield self.tlb_flush_mmu(c, tlb)    # 2.6.39: nr >= FREE_PTE_NR
+            else:
+                if work is not None:
+                    work -= 1
+                none += c_none
+            i += 1
+            addr += PAGE_SIZE
+            if addr == end or (work is not None and work <= 0):
+                break
+        return addr, anon, file, none, work, force_flush
 
     # ------------------------------------------------------------ zap_page_range
     def zap_page_range(self, c, vma, address: int, size: int, details=None) -> Path:
@@ -353,8 +506,10 @@ class Memory(KernelPart):
         return end
 
 
-def _vma_range(vma, start_addr: int, end_addr: int):
-    """The clipping at the top of unmap_vmas()'s loop: [start, end) of vma inside the request, or None."""
+def _vma_range(vma, start_addr: int, end_addr: int) -> tuple[int, int] | None:
+    """The part [start, end) of vma inside [start_addr, end_addr), or None, as unmap_vmas()'s loop (v2.6.39,
+    v3.0) and unmap_single_vma() (v6.18) clip it: `start = max(vma->vm_start, start_addr); if (start >=
+    vma->vm_end) return; end = min(vma->vm_end, end_addr); if (end <= vma->vm_start) return;`."""
     start = max(vma.start, start_addr)
     if start >= vma.end:
         return None
@@ -364,34 +519,29 @@ def _vma_range(vma, start_addr: int, end_addr: int):
     return start, end
 
 
-class ZapUpperLevels(KernelPart):
+def _vma_ranges(vmas: list, start_addr: int, end_addr: int) -> Iterator[tuple[Any, int, int]]:
+    """The head of unmap_vmas()'s loop, the same in mm/memory.c v2.6.39 and v3.0:
+    `for ( ; vma && vma->vm_start < end_addr; vma = vma->vm_next)`, each VMA with its part inside the
+    request (VMAs with none are skipped)."""
+    for vma in vmas:
+        if vma.start >= end_addr:
+            break
+        r = _vma_range(vma, start_addr, end_addr)
+        if r is not None:
+            yield vma, r[0], r[1]
+
+
+class ZapUpperLevels(Memory):
     """zap_pud_range() and unmap_page_range()'s loop over the PGD, the same code in mm/memory.c v3.0 and
     v6.18 (p4d folded; 6.18 wraps unmap_page_range() in tlb_start_vma()/tlb_end_vma()). 2.6.39's thread
     its zap_work budget through (v2_6_39.py)."""
 
     def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, details) -> Path:
         """zap_pud_range(), mm/memory.c v3.0/v6.18."""
-        while True:
-            nxt = addr_end(addr, end, PUD_SIZE)
-            pmd = pud.entries.get(pud_index(addr))
-            if pmd is None:
-                yield self.costs.pmd_none
-            else:
-                nxt = yield self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, details)
-            addr = nxt
-            if addr == end:
-                return addr
+        return (yield from self._zap_dir_range(c, tlb, vma, pud, addr, end, PUD_SIZE, pud_index,
+                                               self.zap_pmd_range, details))
 
     def unmap_page_range(self, c, tlb, vma, addr: int, end: int, details) -> Path:
         """unmap_page_range(), mm/memory.c v3.0 (tlb_start_vma/tlb_end_vma are no-ops on x86)."""
-        pgd = vma.mm.pgd
-        while True:
-            nxt = addr_end(addr, end, PGDIR_SIZE)
-            pud = pgd.entries.get(pgd_index(addr))
-            if pud is None:
-                yield self.costs.pmd_none
-            else:
-                nxt = yield self.zap_pud_range(c, tlb, vma, pud, addr, nxt, details)
-            addr = nxt
-            if addr == end:
-                return addr
+        return (yield from self._zap_dir_range(c, tlb, vma, vma.mm.pgd, addr, end, PGDIR_SIZE, pgd_index,
+                                               self.zap_pud_range, details))

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock, spin_needbreak
-from mmugather.kernel.sched import Elapse
-from mmugather.mm.memory import Memory, TlbRef, _vma_range
-from mmugather.mm.page_alloc import ANON
+from mmugather.mm.memory import Memory, TlbRef, _vma_ranges
 from mmugather.mm.pgtable import (
-    PAGE_SHIFT, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, addr_end, pgd_index, pmd_index, pte_index, pud_index,
+    PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE, addr_end, pgd_index, pmd_index, pud_index,
 )
 from mmugather.mm.protocols import Path
 
@@ -21,75 +19,25 @@ class Memory2639(Memory):
         return (8 if self.engine.full else 1024) * PAGE_SIZE
 
     def zap_pte_range(self, c, tlb, vma, pt, addr: int, end: int, zap_work: list, details) -> Path:
-        """zap_pte_range(), mm/memory.c v2.6.39. The zap backend may take the next run of entries at once
-        (mm/protocols.py PteRun)."""
-        mm = tlb.mm
-        ptes = pt.ptes
-        costs = self.costs
-        c_zap, c_none = costs.pte_zap, costs.pte_none
-        kind, mapcount = self.alloc.kind, self.alloc.mapcount
-        remove, pte_run = self._tlb_remove_page, self.zap_backend.pte_run
-        anon = file = 0
+        """zap_pte_range(), mm/memory.c v2.6.39: the loop over the entries under the PTE lock
+        (mm/memory/__init__.py `_zap_pte_loop`) with the zap_work budget; tlb_remove_page() flushes a full
+        gather from inside it."""
         yield SpinLock(pt.ptl)
-        i = pte_index(addr)
-        iend = i + ((end - addr) >> PAGE_SHIFT)
-        none = 0
-        work = zap_work[0]
-        while True:
-            run = pte_run(self, c, tlb, pt, addr, i, iend, none, work)
-            if run is not None:                         # entries i..run.last at once, but for the last page
-                addr += (run.last - i) << PAGE_SHIFT
-                i, work = run.last, run.work
-                anon += run.anon
-                file += run.file
-                if not run.n:                           # only empty entries before the loop ends
-                    none += run.ns
-                    break
-                yield run.ns
-                none = 0
-                if not remove(c, tlb, run.pfn):
-                    yield self.tlb_flush_mmu(c, tlb)
-            elif ptent := ptes[i]:
-                work -= PAGE_SIZE
-                ptes[i] = 0                                     # ptep_get_and_clear_full()
-                pfn = ptent >> PAGE_SHIFT
-                if kind[pfn] == ANON:
-                    anon += 1
-                else:
-                    file += 1
-                mapcount[pfn] -= 1                              # page_remove_rmap()
-                if mapcount[pfn] < 0:
-                    raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
-                yield c_zap + none
-                none = 0
-                if not remove(c, tlb, pfn):
-                    yield self.tlb_flush_mmu(c, tlb)       # tlb_remove_page(): nr >= FREE_PTE_NR
-            else:
-                work -= 1
-                none += c_none
-            i += 1
-            addr += PAGE_SIZE
-            if addr == end or work <= 0:
-                break
+        addr, anon, file, none, work, _ = yield from self._zap_pte_loop(c, tlb, pt, addr, end, zap_work[0])
         zap_work[0] = work
         if none:
             yield none
-        self._add_mm_rss(mm, anon, file)
+        self._add_mm_rss(tlb.mm, anon, file)
         yield SpinUnlock(pt.ptl)
         return addr
 
     def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, zap_work: list, details) -> Path:
         """zap_pmd_range(), mm/memory.c v2.6.39. The zap backend may take the next run of whole entries at
         once, ZAP_BLOCK restarts included (mm/protocols.py PmdRun)."""
-        pmd_run = self.zap_backend.pmd_run
         while True:
-            run = pmd_run(self, c, tlb, pmd, addr, end, details, zap_work)
-            if run is not None:
-                addr = run.addr
-                yield Elapse(run.ns, run.point)
-                if addr == end or zap_work[0] <= 0:
-                    return addr
-                continue
+            addr = yield from self._pmd_runs(c, tlb, pmd, addr, end, details, zap_work)
+            if addr == end or zap_work[0] <= 0:
+                return addr
             nxt = addr_end(addr, end, PMD_SIZE)
             pt = pmd.entries.get(pmd_index(addr))
             if pt is None:
@@ -103,32 +51,13 @@ class Memory2639(Memory):
 
     def zap_pud_range(self, c, tlb, vma, pud, addr: int, end: int, zap_work: list, details) -> Path:
         """zap_pud_range(), mm/memory.c v2.6.39."""
-        while True:
-            nxt = addr_end(addr, end, PUD_SIZE)
-            pmd = pud.entries.get(pud_index(addr))
-            if pmd is None:
-                zap_work[0] -= 1
-                yield self.costs.pmd_none
-            else:
-                nxt = yield self.zap_pmd_range(c, tlb, vma, pmd, addr, nxt, zap_work, details)
-            addr = nxt
-            if addr == end or zap_work[0] <= 0:
-                return addr
+        return (yield from self._zap_dir_range(c, tlb, vma, pud, addr, end, PUD_SIZE, pud_index,
+                                               self.zap_pmd_range, details, zap_work))
 
     def unmap_page_range(self, c, tlb, vma, addr: int, end: int, zap_work: list, details) -> Path:
         """unmap_page_range(), mm/memory.c v2.6.39 (tlb_start_vma/tlb_end_vma are no-ops on x86)."""
-        pgd = vma.mm.pgd
-        while True:
-            nxt = addr_end(addr, end, PGDIR_SIZE)
-            pud = pgd.entries.get(pgd_index(addr))
-            if pud is None:
-                zap_work[0] -= 1
-                yield self.costs.pmd_none
-            else:
-                nxt = yield self.zap_pud_range(c, tlb, vma, pud, addr, nxt, zap_work, details)
-            addr = nxt
-            if addr == end or zap_work[0] <= 0:
-                return addr
+        return (yield from self._zap_dir_range(c, tlb, vma, vma.mm.pgd, addr, end, PGDIR_SIZE, pgd_index,
+                                               self.zap_pud_range, details, zap_work))
 
     def unmap_vmas(self, c, tlbp: TlbRef, vmas: list, start_addr: int, end_addr: int, details) -> Path:
         """unmap_vmas(), mm/memory.c v2.6.39: zap ZAP_BLOCK_SIZE at a time; after each block
@@ -142,13 +71,7 @@ class Memory2639(Memory):
         start = start_addr
         i_mmap_lock = details.i_mmap_lock if details is not None else None
         yield self.mmu_notifier_invalidate_range_start(c, mm, start_addr, end_addr)
-        for vma in vmas:
-            if vma.start >= end_addr:
-                break
-            r = _vma_range(vma, start_addr, end_addr)
-            if r is None:
-                continue
-            start, end = r
+        for vma, start, end in _vma_ranges(vmas, start_addr, end_addr):
             while start != end:
                 start = yield self.unmap_page_range(c, tlbp.tlb, vma, start, end, zap_work, details)
                 if zap_work[0] > 0:

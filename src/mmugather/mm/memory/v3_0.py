@@ -2,73 +2,26 @@
 from __future__ import annotations
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
-from mmugather.kernel.sched import Elapse
-from mmugather.mm.memory import Memory, TlbRef, ZapUpperLevels, _vma_range
-from mmugather.mm.page_alloc import ANON
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, addr_end, pmd_index, pte_index
+from mmugather.mm.memory import TlbRef, ZapUpperLevels, _vma_ranges
+from mmugather.mm.pgtable import PMD_SIZE, addr_end, pmd_index
 from mmugather.mm.protocols import Path
 
 
-class Memory30(ZapUpperLevels, Memory):
+class Memory30(ZapUpperLevels):
     """The zap walk of Linux 3.0 (mm/memory.c v3.0): one gather across the whole unmap_vmas(); when
     __tlb_remove_page() reports no room, zap_pte_range() drops the PTE lock, flushes, and starts again;
     cond_resched() after every PTE table (97a894136f29)."""
 
     def zap_pte_range(self, c, tlb, vma, pt, addr: int, end: int, details) -> Path:
-        """zap_pte_range(), mm/memory.c v3.0 (force_flush, goto again). The zap backend may take the next
-        run of entries at once (mm/protocols.py PteRun)."""
-        mm = tlb.mm
-        ptes = pt.ptes
-        costs = self.costs
-        c_zap, c_none = costs.pte_zap, costs.pte_none
-        kind, mapcount = self.alloc.kind, self.alloc.mapcount
-        remove, pte_run = self._tlb_remove_page, self.zap_backend.pte_run
+        """zap_pte_range(), mm/memory.c v3.0 (force_flush, goto again): the loop over the entries under
+        the PTE lock as 2.6.39's (mm/memory/__init__.py `_zap_pte_loop`), but a gather with no room makes
+        it break out, drop the lock, flush and start again."""
         while True:                                     # again:
-            anon = file = 0
-            force_flush = False
             yield SpinLock(pt.ptl)
-            i = pte_index(addr)
-            iend = i + ((end - addr) >> PAGE_SHIFT)
-            none = 0
-            while True:
-                run = pte_run(self, c, tlb, pt, addr, i, iend, none)
-                if run is not None:                     # entries i..run.last at once, but for the last page
-                    addr += (run.last - i) << PAGE_SHIFT
-                    i = run.last
-                    anon += run.anon
-                    file += run.file
-                    if not run.n:                       # only empty entries left
-                        none += run.ns
-                        break
-                    yield run.ns
-                    none = 0
-                    if not remove(c, tlb, run.pfn):
-                        force_flush = True
-                        break
-                elif ptent := ptes[i]:
-                    ptes[i] = 0                                 # ptep_get_and_clear_full()
-                    pfn = ptent >> PAGE_SHIFT
-                    if kind[pfn] == ANON:
-                        anon += 1
-                    else:
-                        file += 1
-                    mapcount[pfn] -= 1                          # page_remove_rmap()
-                    if mapcount[pfn] < 0:
-                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
-                    yield c_zap + none
-                    none = 0
-                    if not remove(c, tlb, pfn):
-                        force_flush = True      # break before pte++/addr += PAGE_SIZE, as v3.0 does:
-                        break                   # `goto again` rescans this (now empty) PTE
-                else:
-                    none += c_none
-                i += 1
-                addr += PAGE_SIZE
-                if addr == end:
-                    break
+            addr, anon, file, none, _, force_flush = yield from self._zap_pte_loop(c, tlb, pt, addr, end, None)
             if none:
                 yield none
-            self._add_mm_rss(mm, anon, file)
+            self._add_mm_rss(tlb.mm, anon, file)
             yield SpinUnlock(pt.ptl)
             # mmu_gather ran out of room to batch pages: break out of the PTE lock to avoid doing the
             # potentially expensive TLB invalidate and page-free while holding it.
@@ -81,15 +34,10 @@ class Memory30(ZapUpperLevels, Memory):
     def zap_pmd_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
         """zap_pmd_range(), mm/memory.c v3.0: cond_resched() after each PTE table (none entries skip it).
         The zap backend may take the next run of whole entries at once (mm/protocols.py PmdRun)."""
-        pmd_run = self.zap_backend.pmd_run
         while True:
-            run = pmd_run(self, c, tlb, pmd, addr, end, details)
-            if run is not None:
-                addr = run.addr
-                yield Elapse(run.ns, run.point)
-                if addr == end:
-                    return addr
-                continue
+            addr = yield from self._pmd_runs(c, tlb, pmd, addr, end, details)
+            if addr == end:
+                return addr
             nxt = addr_end(addr, end, PMD_SIZE)
             pt = pmd.entries.get(pmd_index(addr))
             if pt is None:
@@ -108,13 +56,7 @@ class Memory30(ZapUpperLevels, Memory):
         start = start_addr
         mm = tlbp.tlb.mm
         yield self.mmu_notifier_invalidate_range_start(c, mm, start_addr, end_addr)
-        for vma in vmas:
-            if vma.start >= end_addr:
-                break
-            r = _vma_range(vma, start_addr, end_addr)
-            if r is None:
-                continue
-            start, end = r
+        for vma, start, end in _vma_ranges(vmas, start_addr, end_addr):
             while start != end:
                 start = yield self.unmap_page_range(c, tlbp.tlb, vma, start, end, details)
         yield self.mmu_notifier_invalidate_range_end(c, mm, start_addr, end_addr)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
-from mmugather.kernel.sched import Elapse
-from mmugather.mm.memory import Memory, ZapUpperLevels
+from mmugather.mm.memory import ZapUpperLevels, _vma_range, linear_page_index
 from mmugather.mm.page_alloc import ANON
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, addr_end, pmd_index, pte_index
+from mmugather.mm.pgtable import (PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, _PAGE_SPECIAL, addr_end,
+                                  pmd_index, pte_index)
 from mmugather.mm.protocols import Path
 
 if TYPE_CHECKING:
-    from mmugather.arch.base import Arch618
+    from mmugather.mm.arch_protocol import Arch618
 
 
 class ZapDetails:
@@ -25,18 +25,20 @@ class ZapDetails:
         self.reclaim_pt = reclaim_pt
 
 
-class Memory618(ZapUpperLevels, Memory):
+class Memory618(ZapUpperLevels):
     """The zap walk of Linux v6.18 (mm/memory.c): PTEs cleared under the PTE lock, each recorded in the
     gather's range (tlb_remove_tlb_entry); a full gather or a dirty shared file page forces a flush of the
     TLB (and of delayed rmaps) before the PTE lock is dropped, and a free of the batch after; so does
     need_resched() (without the flush); zap_pte_range() then retries from there; cond_resched() after every
-    PMD entry.
+    PMD entry. A special PTE (a PFN map, mm/pfnmap.py: vm_normal_page() is NULL) is only cleared and
+    recorded in the range: no rmap, no RSS, nothing gathered.
 
     Fix switch (`--without-fix force_flush_range`, e6c495a96ce0 + 2b047252d087, v3.11): without it the
     forced flush of a full gather covers [addr, end), the PTEs this call has not zapped yet, instead of
     those it has, as 597e1c3580b7 (v3.6) set tlb->start/end before that flush. `delay_rmap` and
     `dirty_force_flush`: see _zap_dirty_file_pte()."""
 
+    pfn_maps = True                    # the zap walk knows special PTEs (PFN maps, mm/pfnmap.py)
     if TYPE_CHECKING:
         arch: Arch618                  # 6.18's memory runs on a 6.18 arch (ARCHES["6.18"], arch/__init__.py)
 
@@ -102,65 +104,72 @@ class Memory618(ZapUpperLevels, Memory):
         backend may take the next run of entries at once (mm/protocols.py PteRun; the run records its range
         in the gather). Returns (addr, force_flush, force_break, broke: need_resched() or force_break, anon,
         file)."""
-        costs = self.costs
-        c_zap, c_none = costs.pte_zap, costs.pte_none
-        kind, mapcount = self.alloc.kind, self.alloc.mapcount
+        c_zap, c_none = self.costs.pte_zap, self.costs.pte_none
         ptes = pt.ptes
         force_flush = force_break = broke = False
         anon = file = none = 0
         i = pte_index(addr)
         iend = i + ((end - addr) >> PAGE_SHIFT)
-        flush_pte_range, remove = self.tlb_flush_pte_range, self._tlb_remove_folio_pages_size
-        pte_run = self.zap_backend.pte_run
-        while True:
+        pte_run, zap_present = self.zap_backend.pte_run, self.zap_present_ptes
+        remove = self._tlb_remove_folio_pages_size
+        while addr != end:
             if c.need_resched:                                   # direct_reclaim = false; break
                 broke = True
                 break
             run = pte_run(self, c, tlb, pt, addr, i, iend, none)
             if run is not None:                          # entries i..run.last at once, but for the last page
-                addr += (run.last - i) << PAGE_SHIFT
-                i = run.last
-                anon += run.anon
-                file += run.file
-                if not run.n:                            # only empty entries left
-                    none += run.ns
+                addr, i, none, anon, file, pfn = yield from self._take_pte_run(run, addr, i, none, anon, file)
+                if pfn < 0:                              # only empty entries left
                     break
-                yield run.ns
-                none = 0
-                if remove(c, tlb, run.pfn, 1, False):
-                    force_flush = force_break = broke = True
-                    addr += PAGE_SIZE
-                    break
+                force_break = remove(c, tlb, pfn, 1, False)
             elif ptent := ptes[i]:
-                ptes[i] = 0                                      # ptep_get_and_clear_full()
-                flush_pte_range(tlb, addr, PAGE_SIZE)            # tlb_remove_tlb_entry()
-                pfn = ptent >> PAGE_SHIFT
-                delay_rmap = False
-                if kind[pfn] == ANON:
-                    anon += 1
-                else:
-                    file += 1
-                    if ptent & _PAGE_DIRTY:
-                        delay_rmap, force_flush = self._zap_dirty_file_pte(tlb, vma, addr, pfn, force_flush)
-                if not delay_rmap:
-                    mapcount[pfn] -= 1                           # folio_remove_rmap_ptes()
-                    if mapcount[pfn] < 0:
-                        raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+                pfn, anon, file, delay_rmap, force_flush = zap_present(tlb, vma, pt, i, addr, ptent, anon, file,
+                                                                       force_flush)
                 yield c_zap + none
                 none = 0
-                if remove(c, tlb, pfn, 1, delay_rmap):
-                    force_flush = force_break = broke = True
-                    addr += PAGE_SIZE
-                    break
+                if pfn >= 0:
+                    force_break = remove(c, tlb, pfn, 1, delay_rmap)
             else:
                 none += c_none
+            if force_break:
+                force_flush = broke = True
+                addr += PAGE_SIZE
+                break
             i += 1
             addr += PAGE_SIZE
-            if addr == end:
-                break
         if none:
             yield none
         return addr, force_flush, force_break, broke, anon, file
+
+    def zap_present_ptes(self, tlb, vma, pt, i: int, addr: int, ptent: int, anon: int, file: int,
+                         force_flush: bool) -> tuple[int, int, int, bool, bool]:
+        """zap_present_ptes() -> zap_present_folio_ptes(), mm/memory.c v6.18, for an order-0 folio (nr = 1:
+        the model maps no large folio), but for its last call: clear the PTE and record it in the gather's
+        range (tlb_remove_tlb_entry()), take the page off its rss counter (`rss[]`, counted up here:
+        `anon`, `file`); a dirty PTE of a file page marks the folio dirty and its rmap removal waits for the
+        flush (_zap_dirty_file_pte()), any other page's is done now (folio_remove_rmap_ptes(), with
+        print_bad_pte()'s check). The caller spends the step's cost, then makes the last call,
+        __tlb_remove_folio_pages() (a full gather forces a flush and a break). Returns (pfn, anon, file,
+        delay_rmap, force_flush: the kernel's `*force_flush`); pfn -1 when vm_normal_page() is NULL (a
+        special PTE, the zero page)."""
+        pt.ptes[i] = 0                                           # ptep_get_and_clear_full()
+        self.tlb_flush_pte_range(tlb, addr, PAGE_SIZE)           # tlb_remove_tlb_entry()
+        pfn = ptent >> PAGE_SHIFT
+        if ptent & _PAGE_SPECIAL or pfn == self.alloc.zero_pfn:  # vm_normal_page() is NULL (a PFN map, the
+            return -1, anon, file, False, force_flush           # zero page): nothing to unmap or gather
+        delay_rmap = False
+        if self.alloc.kind[pfn] == ANON:
+            anon += 1
+        else:
+            file += 1
+            if ptent & _PAGE_DIRTY:
+                delay_rmap, force_flush = self._zap_dirty_file_pte(tlb, vma, addr, pfn, force_flush)
+        if not delay_rmap:
+            mapcount = self.alloc.mapcount                       # folio_remove_rmap_ptes()
+            mapcount[pfn] -= 1
+            if mapcount[pfn] < 0:
+                raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+        return pfn, anon, file, delay_rmap, force_flush
 
     def _zap_dirty_file_pte(self, tlb, vma, addr: int, pfn: int, force_flush: bool) -> tuple[bool, bool]:
         """zap_present_folio_ptes(), mm/memory.c v6.18, for a dirty PTE of a file page: folio_mark_dirty(),
@@ -172,7 +181,7 @@ class Memory618(ZapUpperLevels, Memory):
         skips it) while other CPUs' TLBs may still write to it. Without `dirty_force_flush` as well
         (1cf35d47712d, v3.15) the code before it: only set_page_dirty(page), the flush after the PTE lock
         drops, so folio_mkclean() can walk the emptied PTE before the flush."""
-        self.folio_mark_dirty(vma.file, vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT), pfn)
+        self.folio_mark_dirty(vma.file, linear_page_index(vma, addr), pfn)
         if "delay_rmap" in self.without:
             return False, force_flush or "dirty_force_flush" not in self.without
         if self.tlb_delay_rmap(tlb):
@@ -229,15 +238,10 @@ class Memory618(ZapUpperLevels, Memory):
         cond_resched() after every entry (the `continue` for a none PMD reaches it too). The zap backend
         may take the next run of whole entries at once, the forced flushes of a full gather included
         (mm/protocols.py PmdRun)."""
-        pmd_run = self.zap_backend.pmd_run
         while True:
-            run = pmd_run(self, c, tlb, pmd, addr, end, details)
-            if run is not None:
-                addr = run.addr
-                yield Elapse(run.ns, run.point)
-                if addr == end:
-                    return addr
-                continue
+            addr = yield from self._pmd_runs(c, tlb, pmd, addr, end, details)
+            if addr == end:
+                return addr
             nxt = addr_end(addr, end, PMD_SIZE)
             if pmd_index(addr) not in pmd.entries:
                 yield self.costs.pmd_none
@@ -256,14 +260,9 @@ class Memory618(ZapUpperLevels, Memory):
 
     def unmap_single_vma(self, c, tlb, vma, start_addr: int, end_addr: int, details) -> Path:
         """unmap_single_vma(), mm/memory.c v6.18: the part of vma inside [start_addr, end_addr)."""
-        start = max(vma.start, start_addr)
-        if start >= vma.end:
-            return
-        end = min(vma.end, end_addr)
-        if end <= vma.start:
-            return
-        if start != end:
-            yield self.unmap_page_range(c, tlb, vma, start, end, details)
+        r = _vma_range(vma, start_addr, end_addr)
+        if r is not None and r[0] != r[1]:
+            yield self.unmap_page_range(c, tlb, vma, r[0], r[1], details)
 
     def unmap_vmas(self, c, tlb, vmas: list, start_addr: int, end_addr: int, details=None) -> Path:
         """unmap_vmas(), mm/memory.c v6.18: mmu_notifier_invalidate_range_start(), unmap_single_vma() of

@@ -1,12 +1,10 @@
 """The Linux 3.0 gather: mm/memory.c and include/asm-generic/tlb.h v3.0 (d16dfc550f53, e303297e6c3a)."""
 from __future__ import annotations
 
-from collections.abc import MutableSequence
-from typing import TYPE_CHECKING
+from collections.abc import Generator, MutableSequence
+from typing import TYPE_CHECKING, Any
 
-from mmugather.mm.kernel_part import KernelPart
-from mmugather.mm.mmu_gather import PAGE_SIZE
-from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
+from mmugather.mm.mmu_gather import PAGE_SIZE, BatchedGather
 from mmugather.mm.protocols import Path
 from mmugather.mm.swap_state import free_pages_and_swap_cache
 
@@ -47,7 +45,7 @@ class MmuGather30:
     SIZEOF_RCU_TABLE_FREE = SIZEOF + 8    # 112 with the table batch pointer (ppc64)
 
 
-class Gather30(KernelPart):
+class Gather30(BatchedGather):
     """The 3.0 gather, as kernel methods (mm/memory.c and include/asm-generic/tlb.h, Linux v3.0).
 
     Inverted fix switch (3.0 as released has the bug): `--without-fix unlimited_batching` applies
@@ -55,9 +53,7 @@ class Gather30(KernelPart):
     MAX_GATHER_BATCH_COUNT batch pages, so zap_pte_range() breaks out to flush and free every ~10k pages."""
 
     MMU_GATHER_BUNDLE = 8
-    MAX_GATHER_BATCH = (PAGE_SIZE - 16) // 8   # 510
     PAGEVEC_SIZE = 14                          # include/linux/pagevec.h v3.0: free_pages_and_swap_cache()'s chunk
-    MAX_GATHER_BATCH_COUNT = 10000 // MAX_GATHER_BATCH    # 19, include/asm-generic/tlb.h v3.8
 
     def tlb_gather_mmu(self, c, mm, fullmm: bool) -> Path:
         """tlb_gather_mmu(), mm/memory.c v3.0: initialise an on-stack gather; fast mode when
@@ -75,26 +71,13 @@ class Gather30(KernelPart):
         self.metrics.gather_memory(self.sizeof_mmu_gather())
         return tlb
 
-    def tlb_next_batch(self, c, tlb) -> bool:
-        """tlb_next_batch(), mm/memory.c v3.0: move to the next batch page, allocating it with GFP_NOWAIT;
-        False when the allocation fails (the caller must flush). With 53a59fc67f97 (`--without-fix
-        unlimited_batching`), also False once MAX_GATHER_BATCH_COUNT batch pages are chained."""
-        batch = tlb.active
-        if batch.next is not None:
-            tlb.active = batch.next
-            return True
-        if "unlimited_batching" in self.without and tlb.batch_count == self.MAX_GATHER_BATCH_COUNT:
-            return False
-        pfn = self.alloc.alloc_page(BATCH, GFP_NOWAIT)
-        c.clock += self.costs.page_alloc
-        if pfn < 0:
-            return False
-        tlb.batch_count += 1
-        self.metrics.gather_memory(PAGE_SIZE)
-        new = Batch(pfn, self.MAX_GATHER_BATCH, self.release_backend.page_list())
-        tlb.active.next = new
-        tlb.active = new
-        return True
+    def batch_count_limited(self) -> bool:
+        """3.0 as released chains batches without a limit; `--without-fix unlimited_batching` applies
+        53a59fc67f97's MAX_GATHER_BATCH_COUNT."""
+        return "unlimited_batching" in self.without
+
+    def new_batch(self, pfn: int) -> Batch:
+        return Batch(pfn, self.MAX_GATHER_BATCH, self.release_backend.page_list())
 
     def tlb_flush_mmu(self, c, tlb) -> Path:
         """tlb_flush_mmu(), mm/memory.c v3.0: tlb_flush(), then free every batch's pages and rewind to the
@@ -105,24 +88,18 @@ class Gather30(KernelPart):
         yield self.tlb_flush(c, tlb)
         if tlb.fast_mode:
             return
-        batch = tlb.local
-        freed = 0
-        batches_run = self.release_backend.batches_run
-        while batch is not None:
-            run = batches_run(self, c, batch)              # the next batches at once, or None
-            if run is not None:
-                freed += run.pages
-                if run.step is not None:
-                    yield run.step
-                batch = run.next
-                continue
-            pages = batch.pages
-            batch.pages = type(pages)()                     # an empty page array of the same kind
-            freed += len(pages)
-            yield free_pages_and_swap_cache(self, c, pages)
-            batch = batch.next
+        freed = yield from self._free_batches(c, tlb, self._free_batch_pages, to_empty=False)
         self.metrics.pages_per_flush.append(freed)
         tlb.active = tlb.local
+
+    def _free_batch_pages(self, c, batch: Batch) -> Generator[Any, Any, int]:
+        """tlb_flush_mmu()'s step per batch, v3.0: free_pages_and_swap_cache(batch->pages, batch->nr),
+        batch->nr = 0. Returns the pages freed."""
+        pages = batch.pages
+        batch.pages = type(pages)()                     # an empty page array of the same kind
+        n = len(pages)
+        yield free_pages_and_swap_cache(self, c, pages)
+        return n
 
     def tlb_finish_mmu(self, c, tlb, start: int, end: int) -> Path:
         """tlb_finish_mmu(), mm/memory.c v3.0: flush, check_pgt_cache(), free the batch pages."""

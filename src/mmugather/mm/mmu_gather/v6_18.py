@@ -4,19 +4,19 @@ selects it: `arch.pt_reclaim`)."""
 from __future__ import annotations
 
 from array import array
-from typing import TYPE_CHECKING
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
 from mmugather.kernel.locking import COND_RESCHED
 from mmugather.kernel.smp import SmpCallFunctionMany
-from mmugather.mm.kernel_part import KernelPart
-from mmugather.mm.mmu_gather import PAGE_SIZE
+from mmugather.mm.mmu_gather import PAGE_SIZE, BatchedGather
 from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PUD_SHIFT
 from mmugather.mm.protocols import Path
 from mmugather.mm.swap_state import free_pages_and_swap_cache
 
 if TYPE_CHECKING:
-    from mmugather.arch.base import Arch618
+    from mmugather.mm.arch_protocol import Arch618
     from mmugather.mm.mm_types import MmStruct
 
 TASK_SIZE = 0x7FFF_FFFF_F000
@@ -93,7 +93,7 @@ class MmuGather618:
         return PAGE_SHIFT
 
 
-class Gather618(KernelPart):
+class Gather618(BatchedGather):
     """The 6.18 gather, as kernel methods (mm/mmu_gather.c, include/asm-generic/tlb.h, Linux v6.18).
 
     Fix switches (`--without-fix`) model the kernel before a fix, on this code:
@@ -104,14 +104,14 @@ class Gather618(KernelPart):
       tlb_remove_table_one()) with no flush of the paging-structure caches first.
     - `mm_users_shortcut` (a6f572084fbe, v4.19): without it tlb_remove_table() frees the table at once
       when mm_users < 2, as since 267239116987 (v3.0): lazy-TLB CPUs are not counted in mm_users.
+    - `pfnmap_flush` (b67fbebd4cf9, v5.19; CVE-2022-39188): without it tlb_free_vmas() does not flush
+      for a VM_PFNMAP VMA before free_pgtables() unlinks it from the file's i_mmap.
     - `no_reset_range` (7a30df49f63a, v5.2): without it the nested gather's forced flush resets the range
       and re-adjusts it to [start, end), dropping freed_tables (the pre-fix tlb_flush_mmu_tlbonly()
       tested tlb->end only, so the flush still happens, but as a last-level flush that skips lazy CPUs).
     """
 
     MMU_GATHER_BUNDLE = 8
-    MAX_GATHER_BATCH = (PAGE_SIZE - 16) // 8             # 510
-    MAX_GATHER_BATCH_COUNT = 10000 // MAX_GATHER_BATCH    # 19
     MAX_TABLE_BATCH = (PAGE_SIZE - 16 - 8) // 8           # 509
     MAX_NR_FOLIOS_PER_FREE = 512
     PAGEVEC_SIZE = 31                  # include/linux/pagevec.h 6.x: free_pages_and_swap_cache()'s folio_batch
@@ -202,8 +202,12 @@ class Gather618(KernelPart):
         yield self.tlb_flush_mmu_tlbonly(c, tlb)
 
     def tlb_free_vmas(self, c, tlb) -> Path:
-        """tlb_free_vmas(): flush now if a VM_PFNMAP/VM_MIXEDMAP VMA is about to be unlinked (vma_pfn)."""
-        if tlb.fullmm:
+        """tlb_free_vmas(): flush now if a VM_PFNMAP/VM_MIXEDMAP VMA is about to be unlinked (vma_pfn), so
+        that a driver's unmap_mapping_range() that no longer finds the VMA in i_mmap cannot return (and
+        the driver free the frames) while TLBs still map them. Without the `pfnmap_flush` fix
+        (b67fbebd4cf9, v5.19) there is no such flush: on an arch that selects MMU_GATHER_MERGE_VMAS (x86)
+        tlb_end_vma() did not flush either, so the first flush came in tlb_finish_mmu()."""
+        if tlb.fullmm or "pfnmap_flush" in self.without:
             return
         if tlb.vma_pfn:
             yield self.tlb_flush_mmu_tlbonly(c, tlb)
@@ -247,26 +251,17 @@ class Gather618(KernelPart):
     # ------------------------------------------------------------ page batching
     def tlb_next_batch(self, c, tlb) -> bool:
         """tlb_next_batch(), mm/mmu_gather.c v6.18: no new batch while delayed rmaps are pending outside
-        the local one; reuse a batch kept from before; else at most MAX_GATHER_BATCH_COUNT batch pages,
-        each a GFP_NOWAIT allocation that may fail."""
+        the local one; then as in 3.0 (mm/mmu_gather/__init__.py), at most MAX_GATHER_BATCH_COUNT batch
+        pages."""
         if tlb.delayed_rmap and tlb.active is not tlb.local:
             return False
-        batch = tlb.active
-        if batch.next is not None:
-            tlb.active = batch.next
-            return True
-        if tlb.batch_count == self.MAX_GATHER_BATCH_COUNT:
-            return False
-        pfn = self.alloc.alloc_page(BATCH, GFP_NOWAIT)
-        c.clock += self.costs.page_alloc
-        if pfn < 0:
-            return False
-        tlb.batch_count += 1
-        self.metrics.gather_memory(PAGE_SIZE)
-        new = Batch618(pfn, self.MAX_GATHER_BATCH)
-        tlb.active.next = new
-        tlb.active = new
+        return super().tlb_next_batch(c, tlb)
+
+    def batch_count_limited(self) -> bool:
         return True
+
+    def new_batch(self, pfn: int) -> Batch618:
+        return Batch618(pfn, self.MAX_GATHER_BATCH)
 
     def _tlb_remove_folio_pages_size(self, c, tlb, pfn: int, nr_pages: int, delay_rmap: bool) -> bool:
         """__tlb_remove_folio_pages_size(), mm/mmu_gather.c v6.18: batch the page (a folio of several
@@ -316,35 +311,30 @@ class Gather618(KernelPart):
         tlb.delayed_rmap = False
 
     def tlb_batch_pages_flush(self, c, tlb) -> Path:
-        """tlb_batch_pages_flush() -> __tlb_batch_free_encoded_pages(), mm/mmu_gather.c v6.18: free every
-        batch's pages, at most MAX_NR_FOLIOS_PER_FREE entries (plus a trailing nr_pages entry) between
-        cond_resched() calls; rewind to the local batch (the batch pages are kept)."""
-        batch = tlb.local
-        freed = 0
-        batches_run = self.release_backend.batches_run
-        while batch is not None and batch.pages:
-            run = batches_run(self, c, batch)              # the next batches at once, or None
-            if run is not None:
-                freed += run.pages
-                if run.step is not None:
-                    yield run.step
-                batch = run.next
-                continue
-            pages = batch.pages
-            while pages:
-                nr = min(self.MAX_NR_FOLIOS_PER_FREE, len(pages))
-                if nr < len(pages) and pages[nr] < 0:
-                    nr += 1
-                chunk, pages = pages[:nr], pages[nr:]
-                pfns = [p for p in chunk if p >= 0]
-                freed += len(pfns)
-                yield free_pages_and_swap_cache(self, c, pfns)
-                yield COND_RESCHED
-            batch.pages = array("q")
-            batch = batch.next
+        """tlb_batch_pages_flush(), mm/mmu_gather.c v6.18: __tlb_batch_free_encoded_pages() of every batch
+        that holds pages; rewind to the local batch (the batch pages are kept)."""
+        freed = yield from self._free_batches(c, tlb, self._tlb_batch_free_encoded_pages, to_empty=True)
         if freed:
             self.metrics.pages_per_flush.append(freed)
         tlb.active = tlb.local
+
+    def _tlb_batch_free_encoded_pages(self, c, batch: Batch618) -> Generator[Any, Any, int]:
+        """__tlb_batch_free_encoded_pages(), mm/mmu_gather.c v6.18: free the batch's pages, at most
+        MAX_NR_FOLIOS_PER_FREE entries (plus a trailing nr_pages entry) between cond_resched() calls.
+        Returns the pages freed."""
+        freed = 0
+        pages = batch.pages
+        while pages:
+            nr = min(self.MAX_NR_FOLIOS_PER_FREE, len(pages))
+            if nr < len(pages) and pages[nr] < 0:
+                nr += 1
+            chunk, pages = pages[:nr], pages[nr:]
+            pfns = [p for p in chunk if p >= 0]
+            freed += len(pfns)
+            yield free_pages_and_swap_cache(self, c, pfns)
+            yield COND_RESCHED
+        batch.pages = array("q")
+        return freed
 
     def tlb_batch_list_free(self, c, tlb) -> None:
         """tlb_batch_list_free(): give back the batch pages."""
@@ -415,11 +405,19 @@ class Gather618(KernelPart):
                 self.alloc.free_page(cpu, pfn)
             self.engine.rcu.call_rcu(c, tlb_remove_table_one_rcu)
             return
+        yield self.tlb_remove_table_sync_one(c)
+        self.alloc.free_page(c, pfn)
+        yield self.costs.pgtable_free
+
+    def tlb_remove_table_sync_one(self, c) -> Path:
+        """tlb_remove_table_sync_one(), mm/mmu_gather.c (MMU_GATHER_RCU_TABLE_FREE; empty without it):
+        smp_call_function(tlb_remove_table_smp_sync, NULL, 1), an IPI to every other CPU, waiting for each:
+        a CPU inside an IRQs-off lockless walk (gup_fast) answers only once it has left it."""
+        if not self.arch.have_rcu_table_free:
+            return
         others = [x.id for x in self.engine.cpus if x is not c]
         if others:
             yield SmpCallFunctionMany(others, _tlb_remove_table_smp_sync)
-        self.alloc.free_page(c, pfn)
-        yield self.costs.pgtable_free
 
     def pte_free_tlb(self, c, tlb, pt, address: int) -> Path:
         """pte_free_tlb(): tlb_flush_pmd_range(address, PAGE_SIZE), freed_tables = 1, then the arch's
