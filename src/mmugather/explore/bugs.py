@@ -258,6 +258,19 @@ def _device_scenario(name: str, vmas: list[dict[str, Any]], *programs: tuple[int
     return sc
 
 
+def _writeback_scenario(name: str, mapped_elsewhere: bool) -> dict:
+    """Process "app" maps page 0 of file F shared and writable: a thread on CPU 1 stores to it, does user
+    work, stores again; a thread on CPU 0 MADV_DONTNEEDs it. Process "sync" (mapping the page too, at
+    0x20000000, when `mapped_elsewhere`) fsync()s F on CPU 2."""
+    f = {"name": "f", "size": "4KiB", "kind": "file", "file": "F", "shared": True, "populate": True}
+    store = {"op": "touch", "vma": "f", "write": True}
+    sc = _scenario(name, "6.18", [f], (1, [store, {"op": "compute", "ns": 1000}, store]),
+                   (0, [{"op": "madvise", "vma": "f"}]), cpus=3, files=("F",))
+    sc["process"].append({"name": "sync", "vma": [{**f, "name": "g", "start": 0x20000000}] if mapped_elsewhere else [],
+                          "thread": [{"cpu": 2, "program": [{"op": "fsync", "file": "F"}]}]})
+    return sc
+
+
 CATALOGUE += [
     Bug(
         name="pfnmap-munmap-vs-revoke",
@@ -309,6 +322,57 @@ CATALOGUE += [
         notes=("The collapse path is v6.2's (mm/khugepaged.py; v6.5+ frees with pte_free_defer()). On x86 the "
                "flush IPI of pmdp_collapse_flush() already waits for the walker, so the buggy variant is clean "
                "there: the bug needs arm64 (or a paravirt flush)."),
+    ),
+    Bug(
+        name="rmap-removed-before-flush",
+        year=2022,
+        commits=("5df397dec7c4",),
+        title="mm: delay page_remove_rmap() until after the TLB has been flushed",
+        fixed_in="v6.2",
+        introduced="none named: zap_pte_range() removed the rmap before the flush since rmap existed; "
+                   "1cf35d47712d (v3.15) closed the case of a page still mapped elsewhere",
+        what=("zap_pte_range() cleared a dirty PTE of a shared file page, set_page_dirty() and "
+              "page_remove_rmap() at once, and flushed the TLB only at the end of the pass. Writeback's "
+              "folio_mkclean() skips a folio mapped nowhere, so it neither waited for the PTE lock nor found "
+              "the mapping: the page was cleaned and written while another CPU still held a writable TLB "
+              "entry for it, and that CPU's next store landed in a clean page: lost (Nadav Amit's report). "
+              "The fix batches the rmap removal with the page and does it after the flush "
+              "(tlb_delay_rmap(), tlb_flush_rmaps())."),
+        scenario=_writeback_scenario("dontneed-vs-fsync", mapped_elsewhere=False),
+        policy="6.18",
+        buggy_without=("delay_rmap",),
+        expect="lost-write",
+        max_preemptions=1,
+        slow_max_preemptions=2,
+        notes=("6.18 with the v3.15-v6.1 zap put back (`--without-fix delay_rmap`: the dirty file PTE forces "
+               "the flush under the PTE lock, the rmap goes before it). The writer stores, does user work, "
+               "stores again; the fsync runs in another process."),
+    ),
+    Bug(
+        name="dirty-pte-flush-after-unlock",
+        year=2014,
+        commits=("1cf35d47712d",),
+        title="mm: split 'tlb_flush_mmu()' into tlb flushing and memory freeing parts",
+        fixed_in="v3.15",
+        introduced="none named: the flush came after the PTE lock dropped since d16dfc550f53 (v3.0) stopped "
+                   "flushing full batches under it",
+        what=("zap_pte_range() cleared a dirty PTE of a shared file page, set_page_dirty() and "
+              "page_remove_rmap(), dropped the PTE lock, and flushed the TLB later (next full batch or "
+              "tlb_finish_mmu()). The page is still mapped by another process, so writeback's page_mkclean() "
+              "walks i_mmap, takes the (free) PTE lock, finds the PTE gone and cleans the page while a CPU "
+              "still holds a writable TLB entry for it: its next store is lost. The fix splits tlb_flush_mmu() "
+              "so that a dirty shared PTE forces tlb_flush_mmu_tlbonly() before the PTE lock drops: "
+              "page_mkclean() waits for the flush."),
+        scenario=_writeback_scenario("dontneed-vs-fsync-mapped-elsewhere", mapped_elsewhere=True),
+        policy="6.18",
+        buggy_without=("delay_rmap", "dirty_force_flush"),
+        fixed_without=("delay_rmap",),
+        expect="lost-write",
+        max_preemptions=1,
+        slow_max_preemptions=2,
+        notes=("6.18 with the pre-v3.15 zap put back: no forced flush for a dirty file PTE, the rmap "
+               "removed at once. The fixed variant is v3.15-v6.1 (still without 5df397dec7c4, which this "
+               "scenario does not need: process \"sync\" keeps the page mapped)."),
     ),
 ]
 

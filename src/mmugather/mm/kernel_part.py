@@ -98,8 +98,12 @@ class KernelPart:
         unlink_file_vma: Callable[..., Path]
         anon_vma_lock_write: Callable[..., Path]
         anon_vma_unlock_write: Callable[..., Path]
+        folio_mkclean: Callable[..., Path]
         mmu_notifier_invalidate_range_start: Callable[..., Path]
         mmu_notifier_invalidate_range_end: Callable[..., Path]
+
+        # ---- mm/page-writeback.c (mm/page_writeback.py)
+        folio_mark_dirty: Callable[..., None]
 
         # ---- set-up, not a kernel path (policies/base.py)
         populate: Callable[..., int]

@@ -21,21 +21,32 @@ MM_FILEPAGES, MM_ANONPAGES = 0, 1
 
 
 class AddressSpace:
-    """struct address_space of a file: its page cache (index -> pfn) and the VMAs mapping it (i_mmap). A
-    device file (`device`) has no page cache: its driver owns a buffer (`driver_pfns`, page offset -> pfn)
-    that mmap() maps with remap_pfn_range() (mm/pfnmap.py)."""
+    """struct address_space of a file: its page cache (index -> pfn), the indices whose folio is dirty
+    (PG_dirty, mirrored by the xarray's PAGECACHE_TAG_DIRTY: mm/page_writeback.py), the folios' locks and
+    the VMAs mapping it (i_mmap). A device file (`device`) has no page cache: its driver owns a buffer
+    (`driver_pfns`, page offset -> pfn) that mmap() maps with remap_pfn_range() (mm/pfnmap.py)."""
 
     def __init__(self, name: str, device: bool = False) -> None:
         self.name = name
         self.device = device
         self.driver_pfns: dict[int, int] = {}
         self.page_cache: dict[int, int] = {}
+        self.dirty: set[int] = set()
+        self.folio_locks: dict[int, Mutex] = {}                  # PG_locked, made on first use
         self.i_mmap: list[Vma] = []
         self.i_mmap_lock = Spinlock(f"i_mmap_lock:{name}")        # v2.6.39
         self.i_mmap_mutex = Mutex(f"i_mmap_mutex:{name}")         # v3.0 (3d48ae45e72390ddf8cc)
         self.i_mmap_rwsem = RwSemaphore(f"i_mmap_rwsem:{name}")   # v3.19+ (c8c06efa8b55)
         self.truncate_count = 0                                    # v2.6.39 unmap_mapping_range() restarts
         self.unmap_mutex = Mutex(f"unmap_mutex:{name}")            # v2.6.39
+
+
+    def folio_lock_of(self, index: int) -> Mutex:
+        """The lock of the page-cache folio at `index` (PG_locked, a sleeping bit lock: a Mutex here)."""
+        lock = self.folio_locks.get(index)
+        if lock is None:
+            lock = self.folio_locks[index] = Mutex(f"folio_lock:{self.name}[{index}]")
+        return lock
 
 
 class Vma:

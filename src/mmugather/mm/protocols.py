@@ -100,6 +100,11 @@ class InvariantChecks(Protocol):
         """The walker on CPU c is done with table pfn."""
         ...
 
+    def folio_cleaned(self, mapping: Any, index: int) -> None:
+        """Writeback cleared PG_dirty of mapping's page `index` (folio_clear_dirty_for_io()): user stores are
+        checked for `lost-write` from now on."""
+        ...
+
 
 # ---------------------------------------------------------------- the answers of the hooks
 @dataclass(slots=True)

@@ -4,6 +4,9 @@ The lock types are what the 2011 series changed: in 2.6.39 both are spinlocks (m
 anon_vma->lock), so everything done under them (truncate's zap, free_pgtables' unlinking) runs with
 preemption off; 3.0 made them mutexes (3d48ae45e723 "mm: Convert i_mmap_lock to a mutex", 2b575eb64f7a
 "mm: Convert anon_vma->lock to a mutex"); since 3.19 / 3.16 they are rwsems (i_mmap_rwsem, anon_vma->rwsem).
+
+folio_mkclean() is writeback's rmap walk (mm/page_writeback.py): it finds a file page's PTEs through
+i_mmap and write-protects and cleans them, each under its PTE lock, with a TLB flush.
 """
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ from mmugather.kernel.locking import (
     DownRead, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead, UpWrite,
 )
 from mmugather.mm.kernel_part import KernelPart
+from mmugather.mm.mm_types import VM_SHARED
+from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, pte_index
+from mmugather.mm.protocols import Path
 
 
 class Rmap30(KernelPart):
@@ -66,6 +72,48 @@ class Rmap30(KernelPart):
         yield self.i_mmap_lock_write(c, mapping)
         mapping.i_mmap.remove(vma)
         yield self.i_mmap_unlock_write(c, mapping)
+
+    def folio_mkclean(self, c, mapping, index: int, pfn: int) -> Path:
+        """folio_mkclean(), mm/rmap.c v6.18 (page_mkclean() -> page_mkclean_file() in v2.6.39/v3.0, the
+        same walk): nothing if the folio is mapped nowhere (`if (!folio_mapped(folio)) return 0;`: its
+        mapcount, so a PTE whose rmap is already removed is not looked for); else rmap_walk_file() under the
+        i_mmap lock held for reading: page_mkclean_one() in every VM_SHARED VMA (invalid_mkclean_vma())
+        that maps `index`. Returns how many PTEs it cleaned."""
+        if self.alloc.mapcount[pfn] <= 0:
+            return 0
+        cleaned = 0
+        yield self.i_mmap_lock_read(c, mapping)
+        for vma in list(mapping.i_mmap):
+            pages = (vma.end - vma.start) >> PAGE_SHIFT
+            if not vma.flags & VM_SHARED or not vma.pgoff <= index < vma.pgoff + pages:
+                continue
+            cleaned += yield self.page_mkclean_one(c, vma, vma.start + ((index - vma.pgoff) << PAGE_SHIFT), pfn)
+        yield self.i_mmap_unlock_read(c, mapping)
+        return cleaned
+
+    def page_mkclean_one(self, c, vma, addr: int, pfn: int) -> Path:
+        """page_mkclean_one() -> page_vma_mkclean_one(), mm/rmap.c v6.18: page_vma_mapped_walk() with
+        PVMW_SYNC takes the PTE lock of addr's table (if there is one) and looks for a present PTE mapping
+        pfn; one that is dirty or writable is cleared and flushed from every TLB (ptep_clear_flush():
+        flush_tlb_page()), then set back write-protected and clean (pte_wrprotect(), pte_mkclean(),
+        set_pte_at()). Returns 1 if it cleaned one. (The MMU-notifier range around it is not modelled.)"""
+        mm = vma.mm
+        pt = mm.pte_tables.get(addr >> PMD_SHIFT)
+        if pt is None:                                      # no PTE table: not mapped here
+            return 0
+        yield SpinLock(pt.ptl)
+        cleaned = 0
+        i = pte_index(addr)
+        pte = pt.ptes[i]
+        if (mm.pte_tables.get(addr >> PMD_SHIFT) is pt and pte & _PAGE_PRESENT and pte >> PAGE_SHIFT == pfn
+                and pte & (_PAGE_DIRTY | _PAGE_RW)):
+            pt.ptes[i] = 0                                  # ptep_clear_flush(): clear, then flush
+            yield self.arch.flush_tlb_page(c, mm, addr)
+            pt.ptes[i] = pte & ~(_PAGE_RW | _PAGE_DIRTY)
+            yield self.costs.pte_set
+            cleaned = 1
+        yield SpinUnlock(pt.ptl)
+        return cleaned
 
 
 class Rmap2639(Rmap30):

@@ -48,10 +48,12 @@ class Truncate(KernelPart):
         yield self.unmap_mapping_range(c, mapping, first)
 
     def truncate_inode_pages(self, c, mapping, first: int):
-        """truncate_inode_pages(): remove each page-cache page from index `first` on and drop the cache's
-        reference (the page is freed once no mapping holds one)."""
+        """truncate_inode_pages(): remove each page-cache page from index `first` on (its dirty state is
+        cancelled: truncate_cleanup_folio() -> folio_cancel_dirty()) and drop the cache's reference (the
+        page is freed once no mapping holds one)."""
         for index in sorted(i for i in mapping.page_cache if i >= first):
             pfn = mapping.page_cache.pop(index)
+            mapping.dirty.discard(index)                        # folio_cancel_dirty()
             yield self.costs.page_free
             self.alloc.put_page(c, pfn)
 

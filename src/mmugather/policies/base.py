@@ -26,11 +26,12 @@ from mmugather.mm.protocols import STEP_BY_STEP, ReleaseBackend, TableFreeBacken
 from mmugather.mm.mremap import Mremap
 from mmugather.mm.pfnmap import Pfnmap
 from mmugather.mm.page_alloc import ANON, FILE
+from mmugather.mm.page_writeback import Writeback
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, \
     _PAGE_USER, addr_end, pte_index
 
 
-class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier, Pfnmap):
+class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier, Pfnmap, Writeback):
     """What every modelled kernel version shares; subclasses add a gather and a zap walk."""
 
     name = "base"
@@ -76,7 +77,8 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
 
     def populate(self, mm, vma, start: int, end: int) -> int:
         """Set-up only (not a kernel path): map every page of [start, end) in vma as if faulted in by
-        writes (reads for read-only mappings), table by table with numpy. Returns pages newly mapped."""
+        writes (reads for read-only mappings; a shared writable file page is left dirty, PG_dirty included,
+        as a write fault leaves it), table by table with numpy. Returns pages newly mapped."""
         alloc = self.alloc
         writable_flags = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
         if vma.flags & VM_WRITE:
@@ -99,6 +101,9 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
                 else:
                     pfns = self._page_cache_pfns(vma, addr, empty - pte_index(addr))
                     mm.rss[MM_FILEPAGES] += n
+                    if shared_file and vma.flags & VM_WRITE:   # mapped as by write faults: PG_dirty
+                        first = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT) - pte_index(addr)
+                        vma.file.dirty.update((empty + first).tolist())
                 view[empty] = (pfns << PAGE_SHIFT) | writable_flags
                 del view
                 mc = np.frombuffer(alloc.mapcount, dtype=np.int16)

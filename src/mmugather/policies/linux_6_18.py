@@ -45,6 +45,12 @@ class Linux618(Gather618, Memory618, Khugepaged, Madvise618, Mmap618, VmaOps618,
         "collapse_sync": ("2ba99c5e0881 (2022, v6.1)",
                           "collapse_and_free_pmd() calls tlb_remove_table_sync_one() before pte_free(), so no "
                           "gup_fast walker is inside the table when it is freed"),
+        "dirty_force_flush": ("1cf35d47712d (2014, v3.15)",
+                              "zap_pte_range() flushes the TLB before dropping the PTE lock when it zapped a "
+                              "dirty shared file PTE, so folio_mkclean() waits for the flush"),
+        "delay_rmap": ("5df397dec7c4 (2022, v6.2)",
+                       "the rmap of a dirty shared file page zapped goes after the TLB flush "
+                       "(tlb_flush_rmaps()), so folio_mkclean() still finds the page mapped"),
     }
 
     move_pmd = True               # x86 and arm64 select HAVE_MOVE_PMD

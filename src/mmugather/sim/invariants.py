@@ -11,6 +11,9 @@ may hold a translation to it, and only then free it. Kinds reported:
 - `leak`: frames, page tables or gather batch pages not returned, or RSS counters unbalanced, after teardown.
 - `soft-lockup` (only with machine.softlockup_ns set): a CPU ran kernel code for longer than that without
   passing a point where it could schedule (reported by the soft-lockup watchdog, sim/watchdog.py).
+- `lost-write` (checked from the first page writeback cleans on: mm/page_writeback.py): a user store went
+  through a TLB entry into a file page that neither its folio (PG_dirty) nor any PTE mapping it records as
+  dirty: a store through a stale writable entry after writeback cleaned the page. It never reaches the file.
 
 Liveness: an entry on another CPU is live at once (that CPU may be running user code of the mm right
 now, or may switch back to it without a flush), unless the arch says it is not (`tlb_entry_live`,
@@ -42,6 +45,9 @@ class Invariants:
         self.tlb_refs: dict[int, int] = {}
         self.pwc_refs: dict[int, int] = {}
         self.walking: dict[int, int] = {}      # PTE-table pfn -> lockless walkers (gup_fast) inside it
+        self.files: list = []                  # the AddressSpaces (set by the Simulation): lost-write's rmap
+        self.check_stores = False              # lost-write is checked: writeback has cleaned a page
+        self.in_flight: list[set] = []        # syscall_enter()'s snapshots of the calls not returned yet
         self.violations: list[dict] = []
         self.total = 0
         self._seen: set = set()
@@ -206,7 +212,15 @@ class Invariants:
         for x in self.cpus:
             if x.loaded_mm is mm:
                 out.update((x.id, vpn, v) for vpn, v in x.tlb.items() if lo <= vpn << 12 < hi)
+        self.in_flight.append(out)
         return out
+
+    def tlb_filled(self, c, vpn: int) -> None:
+        """CPU c's walk filled a TLB entry for vpn: an entry of the calls in flight cached there before is
+        gone, and the new one (the same value when a file page faulted back in) is not theirs to check."""
+        for cached in self.in_flight:
+            if cached:
+                cached.difference_update([e for e in cached if e[0] == c.id and e[1] == vpn])
 
     def syscall_return(self, c, mm, lo: int, hi: int, cached: set | None = None) -> None:
         """An unmap or protection change of [lo, hi) returns to user space: no CPU may still hold a usable
@@ -215,6 +229,8 @@ class Invariants:
         gone: the MADV_DONTNEED race of 99baac21e458). An entry cached during the call, to a page faulted
         in after this call zapped the address, is another call's business (a concurrent zap clearing it
         will flush it before it returns)."""
+        if cached is not None:
+            self.in_flight = [s for s in self.in_flight if s is not cached]
         for x in self.cpus:
             if x.loaded_mm is not mm or not x.tlb or not self.arch.tlb_entry_live(x):
                 continue
@@ -231,6 +247,36 @@ class Invariants:
                                 f"{' writable' if v & 1 else ''}, which the page tables no longer allow",
                                 key=("return", vpn))
                     return
+
+    # ---------------------------------------------------------------- file writeback
+    def folio_cleaned(self, mapping, index: int) -> None:
+        """Writeback cleared PG_dirty of mapping's page `index` (folio_clear_dirty_for_io()): from now on
+        every user store is checked for `lost-write`."""
+        self.check_stores = True
+
+    def user_store(self, c, mm, addr: int, pfn: int) -> None:
+        """CPU c's user code stores to addr through a TLB entry mapping pfn writable (x86: an entry cached
+        dirty, so the store sets no PTE bit). A page-cache page that neither PG_dirty nor a present dirty PTE
+        of any mapping of it (its own or another VMA's, found through i_mmap) records as dirty will not be
+        written back with this store in it: `lost-write`. A page no longer in a page cache (truncated) is
+        not written back anyway."""
+        if self.alloc.kind[pfn] != FILE or _maps_dirty(mm, addr, pfn):
+            return
+        where = next(((f, i) for f in self.files for i, p in f.page_cache.items() if p == pfn), None)
+        if where is None:
+            return
+        mapping, index = where
+        if index in mapping.dirty:
+            return
+        for vma in mapping.i_mmap:
+            pages = (vma.end - vma.start) >> 12
+            if vma.pgoff <= index < vma.pgoff + pages and _maps_dirty(vma.mm, vma.start + ((index - vma.pgoff) << 12),
+                                                                      pfn):
+                return
+        self.report("lost-write", c.id,
+                    f"CPU {c.id} stored to {addr:#x} at {c.clock} ns through a stale writable TLB entry for "
+                    f"page {index} of file {mapping.name} (pfn {pfn}), which writeback has cleaned and no PTE "
+                    f"maps dirty: the write never reaches the file", key=("store", pfn))
 
     # ---------------------------------------------------------------- scheduling hooks
     def resume_user(self, c, task) -> None:
@@ -275,6 +321,13 @@ class Invariants:
             if used[kind] != want:
                 self.report("leak", -1, f"{used[kind]} {KIND_NAMES[kind]} frames in use after teardown, "
                                         f"expected {want}")
+
+
+def _maps_dirty(mm, addr: int, pfn: int) -> bool:
+    """Whether mm's PTE for addr is present, maps pfn and is dirty (_PAGE_DIRTY)."""
+    pt = mm.pte_tables.get(addr >> 21)
+    pte = pt.ptes[(addr >> 12) & 511] if pt is not None else 0
+    return bool(pte & 1 and pte >> 12 == pfn and pte & 0x40)
 
 
 def _count_tables(mm) -> int:

@@ -111,6 +111,7 @@ class Simulation:
         self.metrics.gather_memory(self.kernel.gather_static_bytes(self.ncpus))
         self.mms: list[MmStruct] = []
         self.files = {f.name: AddressSpace(f.name, f.device) for f in scenario.files}
+        self.invariants.files = list(self.files.values())
         self.pfn_maps = _has_pfn_maps(scenario)
         if self.pfn_maps and not self.kernel.pfn_maps:
             from mmugather.errors import InputError

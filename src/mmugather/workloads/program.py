@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mmugather.kernel.smp import Compute, Sleep
 from mmugather.mm.mm_types import VM_READ, VM_SHARED, VM_WRITE
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, _PAGE_PRESENT, _PAGE_RW
+from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW
 from mmugather.workloads import scenario as S
 
 
@@ -45,10 +45,18 @@ def return_to_user(sim, c, task) -> None:
 
 def access(sim, c, task, addr: int, write: bool):
     """One user load/store: TLB hit, hardware walk and fill, or a page fault (then retried once).
-    Returns False if the access faulted fatally (SIGSEGV)."""
+    Returns False if the access faulted fatally (SIGSEGV).
+
+    x86 caches the dirty bit in the TLB: a walk for a store sets _PAGE_DIRTY in the PTE and caches the entry
+    dirty; a store hitting an entry cached dirty touches no PTE, even when the PTE is gone, and lands in
+    whatever page the stale entry maps (checked by `lost-write` once writeback runs). The model's TLB keeps
+    one bit for both: an entry is cached writable only from a dirty PTE, so that a store through an entry
+    filled from a clean one walks again (as x86's dirty-bit assist does)."""
     vpn = addr >> PAGE_SHIFT
     v = c.tlb.get(vpn)
     if v is not None and (not write or v & 1):
+        if write and sim.invariants.check_stores:
+            sim.invariants.user_store(c, task.mm, addr, v >> 1)
         yield sim.costs.user_access
         return True
     for attempt in (0, 1):
@@ -56,7 +64,11 @@ def access(sim, c, task, addr: int, write: bool):
         if pt is not None:
             pte = pt.ptes[vpn & 511]
             if pte & _PAGE_PRESENT and (not write or pte & _PAGE_RW):
-                sim.tlb.fill(c, vpn, pte)
+                if write and not pte & _PAGE_DIRTY:
+                    pte = pt.ptes[vpn & 511] = pte | _PAGE_DIRTY | _PAGE_ACCESSED   # the walker sets D
+                sim.tlb.fill(c, vpn, pte if pte & _PAGE_DIRTY else pte & ~_PAGE_RW)
+                if sim.invariants.in_flight:
+                    sim.invariants.tlb_filled(c, vpn)
                 yield sim.costs.tlb_miss_walk
                 return True
         if attempt:
@@ -161,6 +173,8 @@ def thread_program(sim, proc: Process, ops: list):
                 proc.ranges[op.to] = (dest, dest + hi - lo)
             elif isinstance(op, S.TruncateOp):
                 yield syscall(sim, c, task, kernel.do_truncate(c, task, sim.files[op.file], op.size))
+            elif isinstance(op, S.FsyncOp):
+                yield syscall(sim, c, task, kernel.do_fsync(c, task, sim.files[op.file]))
             elif isinstance(op, S.RevokeOp):
                 yield syscall(sim, c, task, kernel.device_revoke(c, task, sim.files[op.file]))
             elif isinstance(op, S.ForkOp):

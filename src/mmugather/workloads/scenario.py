@@ -89,7 +89,7 @@ class Machine(Strict):
 
 class FileSpec(Strict):
     """A file VMAs can map (`[[files]]`)."""
-    name: str = Field(min_length=1, description="how VMAs and `truncate` refer to it")
+    name: str = Field(min_length=1, description="how VMAs, `truncate`, `fsync` and `revoke` refer to it")
     device: bool = Field(False, description=(
         "a device file (a driver's character device): no page cache; `kind = \"pfnmap\"` VMAs map the driver's "
         "buffer with remap_pfn_range(), and `revoke` frees it"))
@@ -241,6 +241,14 @@ class TruncateOp(Strict):
     size: Size = Field(0, description="the new file size")
 
 
+class FsyncOp(Strict):
+    """fsync() of file `file`: write back its dirty page-cache pages (write_cache_pages(): each page's
+    mappings are write-protected and cleaned through i_mmap, folio_mkclean(), then the page is written).
+    From the first page it cleans on, the run checks `lost-write`."""
+    op: Literal["fsync"]
+    file: str = Field(description="a `[[files]]` name")
+
+
 class RevokeOp(Strict):
     """A driver takes its buffer away from user space (a revoke ioctl, DRM buffer eviction):
     unmap_mapping_range() of device file `file` (every process's PFN maps of it), then the driver frees the
@@ -286,7 +294,7 @@ class LoopOp(Strict):
 
 
 Op = Annotated[TouchOp | ChurnOp | MunmapOp | MadviseOp | MmapOp | SleepOp | ComputeOp | ExitOp | ExitThreadOp | ExecOp
-               | MprotectOp | MremapOp | GupFastOp | TruncateOp | RevokeOp | HaltOp | LoopOp | ForkOp,
+               | MprotectOp | MremapOp | GupFastOp | TruncateOp | FsyncOp | RevokeOp | HaltOp | LoopOp | ForkOp,
                Field(discriminator="op")]
 LoopOp.model_rebuild()
 ForkOp.model_rebuild()
@@ -370,8 +378,8 @@ class Scenario(Strict):
                     if isinstance(op, ForkOp) and op.cpu >= self.machine.cpus:
                         raise ValueError(f"process '{p.name}': fork onto CPU {op.cpu} but the machine has "
                                          f"{self.machine.cpus} CPUs")
-                    if isinstance(op, TruncateOp) and op.file not in files:
-                        raise ValueError(f"process '{p.name}': truncate names unknown file '{op.file}'")
+                    if isinstance(op, (TruncateOp, FsyncOp)) and op.file not in files:
+                        raise ValueError(f"process '{p.name}': {op.op} names unknown file '{op.file}'")
                     to = getattr(op, "to", None)
                     if to is not None and to not in names:
                         raise ValueError(f"process '{p.name}': mremap to unknown VMA '{to}'")
@@ -401,7 +409,7 @@ _PFNMAP_OPS = (TouchOp, ChurnOp, MunmapOp, GupFastOp)
 
 def _check_kind(process: str, op, kinds: dict[str, str], devices: set[str]) -> None:
     """An op fits the kind of VMA or file it names: MADV_COLLAPSE of file VMAs only (anonymous collapse,
-    collapse_huge_page(), is not modelled); truncate of a regular file, revoke of a device file; a pfnmap
+    collapse_huge_page(), is not modelled); truncate and fsync of a regular file, revoke of a device file; a pfnmap
     VMA only touched, unmapped or walked by gup_fast, and no fork of a process holding one."""
     ref = getattr(op, "vma", None)
     kind = kinds.get(ref) if isinstance(ref, str) else None
@@ -412,15 +420,15 @@ def _check_kind(process: str, op, kinds: dict[str, str], devices: set[str]) -> N
         raise ValueError(f"process '{process}': {op.op} of pfnmap VMA '{op.vma}' is not modelled")
     if isinstance(op, ForkOp) and "pfnmap" in kinds.values():
         raise ValueError(f"process '{process}': fork of a process with a pfnmap VMA is not modelled")
-    if isinstance(op, TruncateOp) and op.file in devices:
-        raise ValueError(f"process '{process}': truncate of device file '{op.file}'")
+    if isinstance(op, (TruncateOp, FsyncOp)) and op.file in devices:
+        raise ValueError(f"process '{process}': {op.op} of device file '{op.file}'")
     if isinstance(op, RevokeOp) and op.file not in devices:
         raise ValueError(f"process '{process}': revoke names '{op.file}', which is not a [[files]] entry with "
                          f"device = true")
 
 
 _OP_TAGS = {"touch", "churn", "munmap", "madvise", "mmap", "sleep", "compute", "exit", "exit_thread", "exec",
-            "mprotect", "mremap", "gup_fast", "truncate", "revoke", "halt", "loop", "fork"}
+            "mprotect", "mremap", "gup_fast", "truncate", "fsync", "revoke", "halt", "loop", "fork"}
 
 
 def _where(loc: tuple) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, SpinLock, SpinUnlock, UpRead
+from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead
 from mmugather.kernel.sched import Elapse
 from mmugather.mm.kernel_part import KernelPart
 from mmugather.mm.protocols import Path, PteRun
@@ -26,6 +26,11 @@ from mmugather.mm.pgtable import (
     PUD_SIZE, ULONG_MASK, _PAGE_DIRTY, _PAGE_RW, DirTable, PteTable, addr_end, mk_pte, pgd_index, pmd_index,
     pte_index, pud_index,
 )
+
+
+def linear_page_index(vma, addr: int) -> int:
+    """linear_page_index(), include/linux/pagemap.h: the file page index vma maps at addr."""
+    return vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
 
 
 class TlbRef:
@@ -113,6 +118,8 @@ class Memory(KernelPart):
                 pt.ptes[idx] = mk_pte(pfn, writable)
                 self.alloc.mapcount[pfn] += 1
                 mm.rss[MM_ANONPAGES if kind == ANON else MM_FILEPAGES] += 1
+                if kind == FILE and writable:               # do_shared_fault() -> fault_dirty_shared_page()
+                    self.folio_mark_dirty(vma.file, linear_page_index(vma, addr), pfn)
             else:
                 self.alloc.put_page(c, pfn)
             yield SpinUnlock(pt.ptl)
@@ -160,14 +167,18 @@ class Memory(KernelPart):
         return pfn, FILE, bool(vma.flags & VM_SHARED and vma.flags & VM_WRITE)
 
     def do_wp_page(self, c, vma, pt, addr: int) -> Path:
-        """do_wp_page(), mm/memory.c: a write to a write-protected private page. An anonymous page no one
-        else maps is reused (made writable: no flush needed to grant more); otherwise copy-on-write: a
-        new anonymous copy, ptep_clear_flush() under the PTE lock (a TLB flush, IPIs included), then drop
-        the old page (none for the zero page: the copy is a fresh zeroed page)."""
+        """do_wp_page(), mm/memory.c: a write to a write-protected page. In a shared mapping:
+        wp_page_shared(). Else an anonymous page no one else maps is reused (made writable: no flush
+        needed to grant more); otherwise copy-on-write: a new anonymous copy, ptep_clear_flush() under the
+        PTE lock (a TLB flush, IPIs included), then drop the old page (none for the zero page: the copy is
+        a fresh zeroed page)."""
         mm = vma.mm
         idx = pte_index(addr)
         old = pt.ptes[idx]
         old_pfn = old >> PAGE_SHIFT
+        if vma.file is not None and vma.flags & VM_SHARED and old:     # (not a shared anonymous zero page)
+            yield self.wp_page_shared(c, vma, pt, addr)
+            return
         if (old and not old & _PAGE_RW and self.alloc.kind[old_pfn] == ANON and self.alloc.mapcount[old_pfn] == 1
                 and self.alloc.refcount[old_pfn] == 1):
             yield SpinLock(pt.ptl)
@@ -198,6 +209,28 @@ class Memory(KernelPart):
         else:
             self.alloc.put_page(c, new)
         yield SpinUnlock(pt.ptl)
+
+    def wp_page_shared(self, c, vma, pt, addr: int) -> Path:
+        """wp_page_shared(), mm/memory.c (v6.x, the ->page_mkwrite path: ext4, xfs): a write to a page of a
+        shared mapping that writeback write-protected (folio_mkclean()). do_page_mkwrite() locks the folio
+        (waiting for a writeback that holds it), finish_mkwrite_fault() rechecks the PTE under the PTE lock
+        (pte_same(): else the fault is retried) and wp_page_reuse() makes it writable and dirty (granting
+        more needs no flush); then fault_dirty_shared_page() -> folio_mark_dirty() and folio_unlock()."""
+        idx = pte_index(addr)
+        old = pt.ptes[idx]
+        index = linear_page_index(vma, addr)
+        lock = vma.file.folio_lock_of(index)
+        yield MIGHT_SLEEP
+        yield MutexLock(lock)
+        yield SpinLock(pt.ptl)
+        yield self.costs.pte_set
+        same = pt.ptes[idx] == old                          # pte_same(): nobody changed it meanwhile
+        if same:
+            pt.ptes[idx] = old | _PAGE_RW | _PAGE_DIRTY
+        yield SpinUnlock(pt.ptl)
+        if same:
+            self.folio_mark_dirty(vma.file, index, old >> PAGE_SHIFT)
+        yield MutexUnlock(lock)
 
     def put_page_now(self, c, pfn: int) -> None:
         """free_page_and_swap_cache() of a gather in fast mode: the reference goes at once."""

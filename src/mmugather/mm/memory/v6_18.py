@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
-from mmugather.mm.memory import ZapUpperLevels, _vma_range
+from mmugather.mm.memory import ZapUpperLevels, _vma_range, linear_page_index
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import (PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, _PAGE_SPECIAL, addr_end,
                                   pmd_index, pte_index)
@@ -35,7 +35,8 @@ class Memory618(ZapUpperLevels):
 
     Fix switch (`--without-fix force_flush_range`, e6c495a96ce0 + 2b047252d087, v3.11): without it the
     forced flush of a full gather covers [addr, end), the PTEs this call has not zapped yet, instead of
-    those it has, as 597e1c3580b7 (v3.6) set tlb->start/end before that flush."""
+    those it has, as 597e1c3580b7 (v3.6) set tlb->start/end before that flush. `delay_rmap` and
+    `dirty_force_flush`: see _zap_dirty_file_pte()."""
 
     pfn_maps = True                    # the zap walk knows special PTEs (PFN maps, mm/pfnmap.py)
     if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class Memory618(ZapUpperLevels):
             pt = yield self.pte_offset_map_lock(c, pmd, addr)
             if pt is None:                                       # no table there any more (reclaimed)
                 return addr
-            addr, force_flush, force_break, broke, anon, file = yield self._zap_pte_pass(c, tlb, pt, addr, end)
+            addr, force_flush, force_break, broke, anon, file = yield self._zap_pte_pass(c, tlb, vma, pt, addr, end)
             if broke:
                 direct_reclaim = False
             elif can_reclaim_pt and direct_reclaim:             # addr == end: the fast path of PT_RECLAIM
@@ -96,7 +97,7 @@ class Memory618(ZapUpperLevels):
                 return pt
             yield SpinUnlock(pt.ptl)
 
-    def _zap_pte_pass(self, c, tlb, pt, addr: int, end: int) -> Path:
+    def _zap_pte_pass(self, c, tlb, vma, pt, addr: int, end: int) -> Path:
         """One pass of zap_pte_range()'s loop under the PTE lock (mm/memory.c v6.18): need_resched() is
         tested before each do_zap_pte_range() (a run of none entries and the present one after it; as
         need_resched() changes only between steps, testing it before every entry is the same). The zap
@@ -122,9 +123,8 @@ class Memory618(ZapUpperLevels):
                     break
                 force_break = remove(c, tlb, pfn, 1, False)
             elif ptent := ptes[i]:
-                pfn, anon, file, delay_rmap = zap_present(tlb, pt, i, addr, ptent, anon, file)
-                if delay_rmap:
-                    force_flush = True
+                pfn, anon, file, delay_rmap, force_flush = zap_present(tlb, vma, pt, i, addr, ptent, anon, file,
+                                                                       force_flush)
                 yield c_zap + none
                 none = 0
                 if pfn >= 0:
@@ -141,33 +141,52 @@ class Memory618(ZapUpperLevels):
             yield none
         return addr, force_flush, force_break, broke, anon, file
 
-    def zap_present_ptes(self, tlb, pt, i: int, addr: int, ptent: int, anon: int,
-                         file: int) -> tuple[int, int, int, bool]:
+    def zap_present_ptes(self, tlb, vma, pt, i: int, addr: int, ptent: int, anon: int, file: int,
+                         force_flush: bool) -> tuple[int, int, int, bool, bool]:
         """zap_present_ptes() -> zap_present_folio_ptes(), mm/memory.c v6.18, for an order-0 folio (nr = 1:
         the model maps no large folio), but for its last call: clear the PTE and record it in the gather's
         range (tlb_remove_tlb_entry()), take the page off its rss counter (`rss[]`, counted up here:
-        `anon`, `file`); the rmap removal of a dirty file page waits for the flush (tlb_delay_rmap():
-        delay_rmap, and force_flush), any other page's is done now (folio_remove_rmap_ptes(), with
+        `anon`, `file`); a dirty PTE of a file page marks the folio dirty and its rmap removal waits for the
+        flush (_zap_dirty_file_pte()), any other page's is done now (folio_remove_rmap_ptes(), with
         print_bad_pte()'s check). The caller spends the step's cost, then makes the last call,
         __tlb_remove_folio_pages() (a full gather forces a flush and a break). Returns (pfn, anon, file,
-        delay_rmap); pfn -1 when vm_normal_page() is NULL (a special PTE, the zero page)."""
+        delay_rmap, force_flush: the kernel's `*force_flush`); pfn -1 when vm_normal_page() is NULL (a
+        special PTE, the zero page)."""
         pt.ptes[i] = 0                                           # ptep_get_and_clear_full()
         self.tlb_flush_pte_range(tlb, addr, PAGE_SIZE)           # tlb_remove_tlb_entry()
         pfn = ptent >> PAGE_SHIFT
         if ptent & _PAGE_SPECIAL or pfn == self.alloc.zero_pfn:  # vm_normal_page() is NULL (a PFN map, the
-            return -1, anon, file, False                        # zero page): nothing to unmap or gather
+            return -1, anon, file, False, force_flush           # zero page): nothing to unmap or gather
         delay_rmap = False
         if self.alloc.kind[pfn] == ANON:
             anon += 1
         else:
             file += 1
-            delay_rmap = bool(ptent & _PAGE_DIRTY) and self.tlb_delay_rmap(tlb)
+            if ptent & _PAGE_DIRTY:
+                delay_rmap, force_flush = self._zap_dirty_file_pte(tlb, vma, addr, pfn, force_flush)
         if not delay_rmap:
             mapcount = self.alloc.mapcount                       # folio_remove_rmap_ptes()
             mapcount[pfn] -= 1
             if mapcount[pfn] < 0:
                 raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
-        return pfn, anon, file, delay_rmap
+        return pfn, anon, file, delay_rmap, force_flush
+
+    def _zap_dirty_file_pte(self, tlb, vma, addr: int, pfn: int, force_flush: bool) -> tuple[bool, bool]:
+        """zap_present_folio_ptes(), mm/memory.c v6.18, for a dirty PTE of a file page: folio_mark_dirty(),
+        and with tlb_delay_rmap() the rmap removal waits for the flush (tlb_flush_rmaps()), which is forced
+        before the PTE lock drops. Returns (delay_rmap, force_flush).
+
+        Without `delay_rmap` (5df397dec7c4, v6.2) the v3.15-v6.1 code: `force_flush = 1;
+        set_page_dirty(page);` and page_remove_rmap() at once, so the folio is unmapped (folio_mkclean()
+        skips it) while other CPUs' TLBs may still write to it. Without `dirty_force_flush` as well
+        (1cf35d47712d, v3.15) the code before it: only set_page_dirty(page), the flush after the PTE lock
+        drops, so folio_mkclean() can walk the emptied PTE before the flush."""
+        self.folio_mark_dirty(vma.file, linear_page_index(vma, addr), pfn)
+        if "delay_rmap" in self.without:
+            return False, force_flush or "dirty_force_flush" not in self.without
+        if self.tlb_delay_rmap(tlb):
+            return True, True
+        return False, force_flush
 
     def reclaim_pt_is_enabled(self, start: int, end: int, details) -> bool:
         """reclaim_pt_is_enabled(), mm/pt_reclaim.c (6.14+): `details && details->reclaim_pt && (end -
