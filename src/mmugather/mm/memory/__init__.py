@@ -441,8 +441,7 @@ class Memory(KernelPart):
         lock, while 3.0 sets force_flush and breaks out before pte++ (its `goto again` rescans that, now
         empty, PTE). The zap backend may take the next run of entries at once (mm/protocols.py PteRun).
         Returns (addr, anon, file, none: the none cost still to spend, work, force_flush)."""
-        ptes = pt.ptes
-        c_zap, c_none = self.costs.pte_zap, self.costs.pte_none
+        ptes, c_zap, c_none = pt.ptes, self.costs.pte_zap, self.costs.pte_none
         kind, mapcount, zero_pfn = self.alloc.kind, self.alloc.mapcount, self.alloc.zero_pfn
         remove, pte_run = self._tlb_remove_page, self.zap_backend.pte_run
         anon = file = none = 0
