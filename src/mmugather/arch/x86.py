@@ -123,10 +123,21 @@ class X86(ArchBase):
         the IPI too."""
         yield self.flush_tlb_mm_range(c, mm, start, end, 12, True)
 
+    def consider_global_asid(self, c: Cpu, mm: MmStruct) -> None:
+        """consider_global_asid(), arch/x86/mm/tlb.c v6.15+: returns at once without X86_FEATURE_INVLPGB
+        (`!cpu_feature_enabled(X86_FEATURE_INVLPGB)`); arch/x86_invlpgb.py has the feature."""
+
+    def broadcast_tlb_flush(self, c: Cpu, info: FlushTlbInfo) -> KernelPath:
+        """broadcast_tlb_flush(), arch/x86/mm/tlb.c v6.15+: only an mm with a global ASID gets here, and only
+        X86_FEATURE_INVLPGB gives one (arch/x86_invlpgb.py)."""
+        raise AssertionError(f"broadcast_tlb_flush: mm {info.mm.id} has a global ASID without INVLPGB")
+
     def flush_tlb_mm_range(self, c: Cpu, mm: MmStruct, start: int, end: int, stride_shift: int,
                            freed_tables: bool) -> KernelPath:
-        """flush_tlb_mm_range(), arch/x86/mm/tlb.c v6.18: bump mm's tlb_gen; flush_tlb_multi() when some
-        other CPU is in mm_cpumask, else flush_tlb_func() locally if mm is loaded here."""
+        """flush_tlb_mm_range(), arch/x86/mm/tlb.c v6.18: bump mm's tlb_gen; broadcast_tlb_flush() for an mm
+        with a global ASID (X86_FEATURE_INVLPGB only: arch/x86_invlpgb.py); else flush_tlb_multi() and
+        consider_global_asid() when some other CPU is in mm_cpumask; else flush_tlb_func() locally if mm is
+        loaded here."""
         self._count_flush(c)
         yield PREEMPT_DISABLE                                        # get_cpu()
         mm.tlb_gen += 1
@@ -134,8 +145,11 @@ class X86(ArchBase):
             start, end = 0, TLB_FLUSH_ALL                            # get_flush_tlb_info()
         info = FlushTlbInfo(mm, start, end, stride_shift, freed_tables, mm.tlb_gen, c.id)
         cost = self.costs.flush_call
-        if mm.cpumask - {c.id}:
+        if mm.global_asid:                                           # mm_global_asid(): 0 without INVLPGB
+            yield self.broadcast_tlb_flush(c, info)
+        elif mm.cpumask - {c.id}:
             yield self.flush_tlb_multi(c, mm, info)
+            self.consider_global_asid(c, mm)
         elif c.loaded_mm is mm:
             yield LOCAL_IRQ_DISABLE
             cost += self.flush_tlb_func(c, info)

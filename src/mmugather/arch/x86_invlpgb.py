@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from mmugather.arch.base import Board, Cpu, KernelPath
 from mmugather.arch.x86 import TLB_FLUSH_ALL, X86, FlushTlbInfo
-from mmugather.kernel.locking import LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE, PREEMPT_DISABLE, PREEMPT_ENABLE
 from mmugather.kernel.sched import TLBSTATE_LAZY, TLBSTATE_OK
 
 if TYPE_CHECKING:
@@ -129,30 +128,6 @@ class X86Invlpgb(X86):
         self.engine.note(c, "global_asid", {"mm": mm.id, "asid": mm.global_asid})
 
     # ------------------------------------------------------------ flushes
-    def flush_tlb_mm_range(self, c: Cpu, mm: MmStruct, start: int, end: int, stride_shift: int,
-                           freed_tables: bool) -> KernelPath:
-        """flush_tlb_mm_range(), arch/x86/mm/tlb.c v6.15+: bump tlb_gen; broadcast_tlb_flush() for an mm with
-        a global ASID; else flush_tlb_multi() then consider_global_asid() when another CPU is in
-        mm_cpumask; else flush_tlb_func() locally."""
-        self._count_flush(c)
-        yield PREEMPT_DISABLE                                        # get_cpu()
-        mm.tlb_gen += 1
-        if end != TLB_FLUSH_ALL and (end - start) >> stride_shift > self.tlb_single_page_flush_ceiling:
-            start, end = 0, TLB_FLUSH_ALL                            # get_flush_tlb_info()
-        info = FlushTlbInfo(mm, start, end, stride_shift, freed_tables, mm.tlb_gen, c.id)
-        cost = self.costs.flush_call
-        if mm.global_asid:
-            yield self.broadcast_tlb_flush(c, info)
-        elif mm.cpumask - {c.id}:
-            yield self.flush_tlb_multi(c, mm, info)
-            self.consider_global_asid(c, mm)
-        elif c.loaded_mm is mm:
-            yield LOCAL_IRQ_DISABLE
-            cost += self.flush_tlb_func(c, info)
-            yield LOCAL_IRQ_ENABLE
-        yield cost
-        yield PREEMPT_ENABLE                                         # put_cpu()
-
     def broadcast_tlb_flush(self, c: Cpu, info: FlushTlbInfo) -> KernelPath:
         """broadcast_tlb_flush(), arch/x86/mm/tlb.c v6.15+: INVLPGBs of the mm's PCID (all of it, or the range
         in invlpgb_count_max strides), finish_asid_transition(), then __tlbsync()."""

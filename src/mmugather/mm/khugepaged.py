@@ -20,8 +20,9 @@ the THP's subpages), set_huge_pmd() (later touches refault with PTEs), anonymous
 """
 from __future__ import annotations
 
-from mmugather.kernel.locking import COND_RESCHED, MIGHT_SLEEP, DownRead, DownWrite, SpinUnlock, UpRead, UpWrite
+from mmugather.kernel.locking import COND_RESCHED, DownRead, DownWrite, SpinUnlock, UpRead, UpWrite
 from mmugather.mm.kernel_part import KernelPart
+from mmugather.mm.mmap_lock import syscall_mmap_lock
 from mmugather.mm.mm_types import MM_FILEPAGES
 from mmugather.mm.pgtable import PAGE_SHIFT, PMD_MASK, PMD_SHIFT, PMD_SIZE, PTRS_PER_TABLE, _PAGE_SPECIAL, pmd_index
 from mmugather.mm.protocols import Path
@@ -42,9 +43,7 @@ class Khugepaged(KernelPart):
         for writing), madvise_collapse() of each VMA in the range, mmap_read_unlock."""
         mm = task.mm
         end = start + length
-        yield self.costs.syscall
-        yield MIGHT_SLEEP
-        yield DownRead(mm.mmap_sem)
+        yield from syscall_mmap_lock(self.costs.syscall, DownRead(mm.mmap_sem))
         for vma in [v for v in mm.vmas if v.end > start and v.start < end]:
             yield self.madvise_collapse(c, mm, vma, max(start, vma.start), min(end, vma.end))
         yield UpRead(mm.mmap_sem)

@@ -1,8 +1,9 @@
 """mm/madvise.c: MADV_DONTNEED (MADV_COLLAPSE: mm/khugepaged.py)."""
 from __future__ import annotations
 
-from mmugather.kernel.locking import MIGHT_SLEEP, DownRead, UpRead
+from mmugather.kernel.locking import DownRead, UpRead
 from mmugather.mm.kernel_part import KernelPart
+from mmugather.mm.mmap_lock import syscall_mmap_lock
 
 
 class Madvise(KernelPart):
@@ -14,11 +15,7 @@ class Madvise(KernelPart):
         skipped (the kernel returns -ENOMEM after doing the rest)."""
         mm = task.mm
         end = start + length
-        yield self.costs.syscall
-        yield MIGHT_SLEEP
-        yield DownRead(mm.mmap_sem)
-        if self.costs.madvise_call:
-            yield self.costs.madvise_call
+        yield from syscall_mmap_lock(self.costs.syscall, DownRead(mm.mmap_sem), self.costs.madvise_call)
         for vma in [v for v in mm.vmas if v.end > start and v.start < end]:
             lo, hi = max(start, vma.start), min(end, vma.end)
             yield self.zap_page_range(c, vma, lo, hi - lo, None)
@@ -43,11 +40,7 @@ class Madvise618(Madvise):
         from mmugather.mm.memory.v6_18 import ZapDetails
         mm = task.mm
         end = start + length
-        yield self.costs.syscall
-        yield MIGHT_SLEEP
-        yield DownRead(mm.mmap_sem)
-        if self.costs.madvise_call:
-            yield self.costs.madvise_call
+        yield from syscall_mmap_lock(self.costs.syscall, DownRead(mm.mmap_sem), self.costs.madvise_call)
         tlb = yield self.tlb_gather_mmu(c, mm, False)
         details = ZapDetails(reclaim_pt=True)
         for vma in [v for v in mm.vmas if v.end > start and v.start < end]:

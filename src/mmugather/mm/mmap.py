@@ -1,8 +1,9 @@
 """mm/mmap.c: mmap placement, munmap, unmap_region and exit_mmap (Linux v2.6.39 and v3.0)."""
 from __future__ import annotations
 
-from mmugather.kernel.locking import COND_RESCHED, MIGHT_SLEEP, DownRead, DownWrite, UpRead, UpWrite
+from mmugather.kernel.locking import COND_RESCHED, DownRead, DownWrite, UpRead, UpWrite
 from mmugather.mm.kernel_part import KernelPart
+from mmugather.mm.mmap_lock import syscall_mmap_lock
 from mmugather.mm.memory import TlbRef
 from mmugather.mm.mm_types import VM_ACCOUNT, Vma
 from mmugather.mm.pgtable import PAGE_SIZE, PMD_SIZE, ULONG_MASK
@@ -38,11 +39,7 @@ class Mmap(KernelPart):
     def sys_mmap(self, c, task, addr: int | None, length: int, flags: int, file=None, pgoff: int = 0, name=""):
         """mmap_region() under mmap_sem for writing; returns the address (MAP_FIXED when addr is given)."""
         mm = task.mm
-        yield self.costs.syscall
-        yield MIGHT_SLEEP
-        yield DownWrite(mm.mmap_sem)
-        if self.costs.mmap_call:
-            yield self.costs.mmap_call
+        yield from syscall_mmap_lock(self.costs.syscall, DownWrite(mm.mmap_sem), self.costs.mmap_call)
         if addr is None:
             addr = self.get_unmapped_area(mm, length, anon=file is None)
         else:
@@ -57,11 +54,7 @@ class Mmap(KernelPart):
     def sys_munmap(self, c, task, start: int, length: int):
         """sys_munmap(): do_munmap() under mmap_sem held for writing."""
         mm = task.mm
-        yield self.costs.syscall
-        yield MIGHT_SLEEP
-        yield DownWrite(mm.mmap_sem)
-        if self.costs.munmap_call:
-            yield self.costs.munmap_call
+        yield from syscall_mmap_lock(self.costs.syscall, DownWrite(mm.mmap_sem), self.costs.munmap_call)
         yield self.do_munmap(c, mm, start, length)
         yield UpWrite(mm.mmap_sem)
 
@@ -134,11 +127,7 @@ class Mmap618(Mmap):
     def sys_munmap(self, c, task, start: int, length: int):
         """sys_munmap() -> __vm_munmap(start, len, unlock=true), mm/vma.c v6.18."""
         mm = task.mm
-        yield self.costs.syscall
-        yield MIGHT_SLEEP
-        yield DownWrite(mm.mmap_sem)
-        if self.costs.munmap_call:
-            yield self.costs.munmap_call
+        yield from syscall_mmap_lock(self.costs.syscall, DownWrite(mm.mmap_sem), self.costs.munmap_call)
         released = yield self.do_vmi_align_munmap(c, mm, start, start + length, True)
         if not released:
             yield UpWrite(mm.mmap_sem)

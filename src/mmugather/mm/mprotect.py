@@ -1,8 +1,9 @@
 """mm/mprotect.c: changing protections, which must flush TLB entries that granted more access."""
 from __future__ import annotations
 
-from mmugather.kernel.locking import MIGHT_SLEEP, DownWrite, SpinLock, SpinUnlock, UpWrite
+from mmugather.kernel.locking import DownWrite, SpinLock, SpinUnlock, UpWrite
 from mmugather.mm.kernel_part import KernelPart
+from mmugather.mm.mmap_lock import syscall_mmap_lock
 from mmugather.mm.mm_types import VM_READ, VM_WRITE
 from mmugather.mm.pgtable import PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_PRESENT, _PAGE_RW, addr_end, pte_index
 
@@ -17,11 +18,7 @@ class Mprotect(KernelPart):
         the flags) and change_protection() of every VMA in range."""
         mm = task.mm
         end = start + length
-        yield self.costs.syscall
-        yield MIGHT_SLEEP
-        yield DownWrite(mm.mmap_sem)
-        if self.costs.mprotect_call:
-            yield self.costs.mprotect_call
+        yield from syscall_mmap_lock(self.costs.syscall, DownWrite(mm.mmap_sem), self.costs.mprotect_call)
         tlb = yield self.mprotect_begin(c, mm)
         for vma in self.mprotect_vmas(mm, start, end):
             vma.flags = (vma.flags & ~(VM_READ | VM_WRITE)) | PROT[prot]

@@ -10,8 +10,9 @@ Three generations of move_ptes():
 """
 from __future__ import annotations
 
-from mmugather.kernel.locking import COND_RESCHED, MIGHT_SLEEP, DownWrite, SpinLock, SpinUnlock, UpWrite
+from mmugather.kernel.locking import COND_RESCHED, DownWrite, SpinLock, SpinUnlock, UpWrite
 from mmugather.mm.kernel_part import KernelPart
+from mmugather.mm.mmap_lock import syscall_mmap_lock
 from mmugather.mm.mm_types import Vma
 from mmugather.mm.pgtable import PAGE_SIZE, PMD_SHIFT, PMD_SIZE, addr_end, pmd_index, pte_index
 
@@ -28,9 +29,7 @@ class Mremap(KernelPart):
         the destination, move_vma(): a new VMA at new_addr, move_page_tables(), then do_munmap() of the
         old range (its page tables go with free_pgtables())."""
         mm = task.mm
-        yield self.costs.syscall
-        yield MIGHT_SLEEP
-        yield DownWrite(mm.mmap_sem)
+        yield from syscall_mmap_lock(self.costs.syscall, DownWrite(mm.mmap_sem))
         vma = mm.find_vma(old_addr)
         if vma is not None and vma.start <= old_addr and old_addr + length <= vma.end:
             yield self.do_munmap(c, mm, new_addr, length)                       # mremap_to()
