@@ -82,25 +82,37 @@ class Controlled:
         own[Compute], own[Sleep] = self._compute, self._sleep
         sent = self.footprint.sent
 
-        def record(h, ipi: bool):
+        def record(h):
             def recorded(c, task, v):
                 self.last_request = v
-                if ipi:
-                    sent.extend(v.targets)
                 return h(c, task, v)
             return recorded
-        return {kind: record(h, kind is SmpCallFunctionMany) for kind, h in own.items()}
+
+        def record_ipi(h):
+            def recorded(c, task, v):
+                self.last_request = v
+                sent.extend(v.targets)
+                return h(c, task, v)
+            return recorded
+        return {kind: (record_ipi if kind is SmpCallFunctionMany else record)(h) for kind, h in own.items()}
 
     def run(self, engine: Engine) -> int:
         """Replay `prefix` (actors, in order), then run under the chooser until every user task has exited
-        or the chooser returns None."""
+        or the chooser returns None. An exception the model raises in a step comes out as a StepError naming
+        the actor (a breach of the kernel-path contract passes as it is)."""
         if any(c.latency_task is not None for c in engine.cpus):
             raise ValueError("Controlled: build the simulation without the latency task")
-        chooser, enabled, act = self.chooser, self.enabled, self._act_checked
+        chooser, enabled, can_step = self.chooser, self.enabled, self.can_step
         for k, a in enumerate(self.prefix):       # a schedule known to be valid: no choices to offer
-            if engine.user_alive <= 0 or engine.halted or not self.can_step(a):
+            if engine.user_alive <= 0 or engine.halted or not can_step(a):
                 raise RuntimeError(f"replay diverged at step {k}: actor {a} cannot step")
-            act(a)
+            try:
+                self._step(a)                     # (untracked: the search tracks from its branch on)
+            except CONTRACT_BREACHES:
+                raise
+            except Exception as e:
+                raise StepError(a, e) from e
+        step, tracked = self._step, self._tracked
         while engine.user_alive > 0 and not engine.halted:
             en = enabled()
             if not en:
@@ -108,7 +120,15 @@ class Controlled:
             a = chooser(en)
             if a is None:
                 break
-            act(a)
+            try:
+                if self.track:
+                    tracked(a)
+                else:
+                    step(a)
+            except CONTRACT_BREACHES:
+                raise
+            except Exception as e:
+                raise StepError(a, e) from e
         return max(c.clock for c in engine.cpus)
 
     # ----------------------------------------------------------------- actors
@@ -146,27 +166,21 @@ class Controlled:
             return False
         return curr is task or (task in c.runqueue and eng.preemptible(c, curr))
 
-    def _act_checked(self, a: int) -> None:
-        """act(a), with an exception the model raises wrapped in a StepError naming the actor (a breach of
-        the kernel-path contract passes as it is)."""
-        try:
-            self.act(a)
-        except CONTRACT_BREACHES:
-            raise
-        except Exception as e:
-            raise StepError(a, e) from e
-
     def act(self, a: int) -> None:
         """Let actor `a` take one step; with `track`, leave its footprint in fp_read/fp_write."""
+        if self.track:
+            self._tracked(a)
+        else:
+            self._step(a)
+
+    def _tracked(self, a: int) -> None:
+        """act(a), leaving the step's footprint in fp_read/fp_write."""
         eng = self.engine
         if a < 0:
             c = eng.cpus[-1 - a]
         else:
             task = eng.tasks[a]
             c = eng.cpus[task.cpu]
-        if not self.track:
-            self._step(c, a)
-            return
         fp = self.footprint
         touched, sent = fp.touched, fp.sent
         touched.clear()
@@ -177,7 +191,7 @@ class Controlled:
         draws0 = rng.draws if rng is not None else 0
         if a < 0:
             senders = {s.id for _, _, _, s in c.pending}
-            self._step(c, a)
+            self._step(a)
             w = MEM | fp.bit_irq[c.id] | fp.bit_tlb[c.id]
             for s in senders:
                 w |= fp.bit_cpu[s]
@@ -186,7 +200,7 @@ class Controlled:
         k0, curr0, sig0 = task.in_kernel, c.curr, fp.proc_sig()
         rcu = eng.rcu
         rcu0 = bool(rcu.pending)
-        self._step(c, a)
+        self._step(a)
         r = 0
         w = fp.bit_cpu[c.id] | fp.written() if touched or sent else fp.bit_cpu[c.id]
         if k0 or task.in_kernel or curr0 is not task or c.curr is not task or rcu0 or rcu.pending:
@@ -204,11 +218,12 @@ class Controlled:
         self.fp_read, self.fp_write = r, w
 
     # ----------------------------------------------------------------- one step
-    def _step(self, c, actor: int) -> None:
-        """One step of `actor` on c: an interrupt actor takes c's pending IPIs; a task (switched to first
-        if it waits on c's runqueue) resumes until its first yield, in the engine's step loop."""
+    def _step(self, actor: int) -> None:
+        """One step of `actor`: an interrupt actor takes its CPU's pending IPIs; a task (switched to first
+        if it waits on its CPU's runqueue) resumes until its first yield, in the engine's step loop."""
         eng = self.engine
         if actor < 0:
+            c = eng.cpus[-1 - actor]
             if eng.observer is not None:
                 eng.observer.step(c)
             if c.pending[0][0] > c.clock:
@@ -216,10 +231,11 @@ class Controlled:
             eng._take_irqs(c)
             return
         task = eng.tasks[actor]
+        c = eng.cpus[task.cpu]
         if c.curr is not task:                      # preempt_schedule() in favour of `task`
             c.runqueue.remove(task)
             c.runqueue.appendleft(task)
-            c.runqueue.append(c.curr)
+            c.runqueue.append(c.curr)  # type: ignore[arg-type]  # enabled(): a queued task runs only on a busy CPU
             eng._schedule(c)
         self.last_task = actor
         self.yielded = False
@@ -229,7 +245,7 @@ class Controlled:
         stack = task.stack
         if stack.__class__ is not FrameStack:
             stack = task.watch()
-        stack.resumed()
+        stack.steps[-1] += 1                        # FrameStack.resumed(), inline: the top frame resumes
         eng.step(c, c.clock)                        # horizon = now: one step, no bulk over several
 
     # ----------------------------------------------------------------- time turned into choices

@@ -48,8 +48,9 @@ class FrameStack(list):
     def append(self, gen) -> None:
         list.append(self, gen)
         self.steps.append(1)
-        for listener in self.listeners:
-            listener.pushed(self, gen)
+        if self.listeners:
+            for listener in self.listeners:
+                listener.pushed(self, gen)
 
     def pop(self):  # type: ignore[override]
         gen = list.pop(self)
@@ -57,8 +58,9 @@ class FrameStack(list):
         steps.pop()
         if steps:
             steps[-1] += 1
-        for listener in self.listeners:
-            listener.popped(self, gen)
+        if self.listeners:
+            for listener in self.listeners:
+                listener.popped(self, gen)
         return gen
 
     def resumed(self) -> None:
