@@ -79,6 +79,8 @@ class Result:
     states: int = 0
     cut: int = 0                                  # executions stopped at the depth bound
     pruned: int = 0                               # executions stopped at a state seen before
+    slept: int = 0                                # branches not taken: asleep (sleep sets, a reordering of
+                                                  # independent steps explored already)
     seconds: float = 0.0
     covered: bool = False                         # the whole bound was searched
     bound: dict = field(default_factory=dict)
@@ -349,10 +351,11 @@ class _Execution:
         inline = None
         alts = []
         for x in (default, *[a for a in enabled if a != default]):
-            if x in sleep:
-                continue
             cost = preemption_cost(x, enabled, last, yielded)
             if self.used + cost > self.search.max_preemptions:
+                continue
+            if x in sleep:
+                self.search.res.slept += 1
                 continue
             if inline is None and cost == 0:
                 inline = x
