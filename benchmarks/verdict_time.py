@@ -7,7 +7,9 @@ Usage: python benchmarks/verdict_time.py --old /path/to/old/checkout [--bugs NAM
        [--example-args "--max-preemptions 1 --budget 400"] [--repeat N]
 Prints one line per command (seconds old, new, old/new, and whether the verdicts agree) and, last, one JSON
 object with every figure. Seconds are the search's own (`seconds` in the JSON: the proof of the fixed
-variant, the search of an example), the best of `--repeat` runs.
+variant, the search of an example), the best of `--repeat` runs; CPU seconds are the whole command's (both
+variants of a bug, shrinking and the story included), steadier than wall time on a busy machine. Bugs
+the old tree does not catalogue are skipped.
 Target (issue 19): every fixed-variant proof and example at least 5x shorter than at a5dff87.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +26,19 @@ NEW = Path(__file__).resolve().parents[1]
 
 
 def run(tree: Path, argv: list[str]) -> tuple[int, dict]:
-    """`mmugather ARGV` with PYTHONPATH at `tree`/src, from this tree's root; (exit code, its JSON)."""
+    """`mmugather ARGV` with PYTHONPATH at `tree`/src, from this tree's root; (exit code, its JSON with
+    "cpu_seconds": the command's CPU time, user + system, start-up included)."""
     env = dict(os.environ, PYTHONPATH=str(tree / "src"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run([sys.executable, "-m", "mmugather", *argv], cwd=NEW, env=env, capture_output=True,
                        text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     try:
-        return p.returncode, json.loads(p.stdout)
+        out = json.loads(p.stdout)
+        if isinstance(out, dict):
+            out["cpu_seconds"] = cpu
+        return p.returncode, out
     except json.JSONDecodeError:
         raise SystemExit(f"{tree}: mmugather {' '.join(argv)} printed no JSON (exit {p.returncode}): "
                          f"{p.stderr.strip().splitlines()[-1:]}") from None
@@ -55,12 +65,16 @@ def main() -> None:
     ap.add_argument("--old", required=True, type=Path, help="the older checkout (its src/ is imported)")
     ap.add_argument("--bugs", default=None, help="comma-separated bug names (default: every bug of `bugs list`)")
     ap.add_argument("--examples", default=None, help="comma-separated example files (default: examples/*.toml)")
-    ap.add_argument("--example-args", default="--max-preemptions 1 --budget 2000",
+    ap.add_argument("--example-args", default="--max-preemptions 1 --budget 100",
                     help="explore options for the examples (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1)
     a = ap.parse_args()
     _, listed = run(NEW, ["bugs", "list", "--json"])
-    bugs = a.bugs.split(",") if a.bugs else [b["name"] for b in listed]
+    _, old_listed = run(a.old, ["bugs", "list", "--json"])
+    both = [b["name"] for b in listed if b["name"] in {o["name"] for o in old_listed}]
+    bugs = a.bugs.split(",") if a.bugs else both
+    for name in sorted({b["name"] for b in listed} - set(bugs)):
+        print(f"{name:32s} not in the old tree's catalogue: skipped", flush=True)
     examples = a.examples.split(",") if a.examples else sorted(str(p.relative_to(NEW))
                                                                for p in (NEW / "examples").glob("*.toml"))
     report: dict = {"bugs": {}, "examples": {}, "example_args": a.example_args}
@@ -70,13 +84,16 @@ def main() -> None:
         for label, tree in (("old", a.old), ("new", NEW)):
             secs, code, out = best(tree, argv, a.repeat, lambda o: o["fixed"]["seconds"])
             row[label] = {"fixed_seconds": round(secs, 3), "buggy_seconds": out["buggy"]["seconds"],
+                          "cpu_seconds": round(out["cpu_seconds"], 3),
                           "fixed_executions": out["fixed"]["executions"], "verdict": bug_verdict(code, out)}
         same = row["old"]["verdict"] == row["new"]["verdict"]
         ratio = row["old"]["fixed_seconds"] / max(row["new"]["fixed_seconds"], 1e-3)
-        row.update(ratio=round(ratio, 2), same_verdict=same)
+        cpu_ratio = row["old"]["cpu_seconds"] / max(row["new"]["cpu_seconds"], 1e-3)
+        row.update(ratio=round(ratio, 2), cpu_ratio=round(cpu_ratio, 2), same_verdict=same)
         report["bugs"][name] = row
         print(f"{name:32s} fixed proof {row['old']['fixed_seconds']:7.2f} s -> {row['new']['fixed_seconds']:6.2f} s"
-              f"  x{ratio:5.1f}  (executions {row['old']['fixed_executions']:,} -> "
+              f"  x{ratio:4.2f}; whole command {row['old']['cpu_seconds']:6.2f} -> {row['new']['cpu_seconds']:6.2f}"
+              f" CPU s x{cpu_ratio:4.2f}  (fixed executions {row['old']['fixed_executions']:,} -> "
               f"{row['new']['fixed_executions']:,}; buggy found {row['old']['buggy_seconds']:.2f} -> "
               f"{row['new']['buggy_seconds']:.2f} s){'' if same else '  VERDICTS DIFFER'}", flush=True)
     for ex in examples:
@@ -85,13 +102,15 @@ def main() -> None:
         for label, tree in (("old", a.old), ("new", NEW)):
             secs, code, out = best(tree, argv, a.repeat, lambda o: o["seconds"])
             row[label] = {"seconds": round(secs, 3), "executions": out["executions"],
-                          "verdict": explore_verdict(code, out)}
+                          "cpu_seconds": round(out["cpu_seconds"], 3), "verdict": explore_verdict(code, out)}
         same = row["old"]["verdict"] == row["new"]["verdict"]
         ratio = row["old"]["seconds"] / max(row["new"]["seconds"], 1e-3)
-        row.update(ratio=round(ratio, 2), same_verdict=same)
+        cpu_ratio = row["old"]["cpu_seconds"] / max(row["new"]["cpu_seconds"], 1e-3)
+        row.update(ratio=round(ratio, 2), cpu_ratio=round(cpu_ratio, 2), same_verdict=same)
         report["examples"][ex] = row
-        print(f"{ex:32s} verdict in {row['old']['seconds']:7.2f} s -> {row['new']['seconds']:6.2f} s  x{ratio:5.1f}"
-              f"  (executions {row['old']['executions']:,} -> {row['new']['executions']:,}; "
+        print(f"{ex:32s} verdict in {row['old']['seconds']:7.2f} s -> {row['new']['seconds']:6.2f} s  x{ratio:4.2f}; "
+              f"whole command {row['old']['cpu_seconds']:6.2f} -> {row['new']['cpu_seconds']:6.2f} CPU s "
+              f"x{cpu_ratio:4.2f}  (executions {row['old']['executions']:,} -> {row['new']['executions']:,}; "
               f"{row['new']['verdict']}){'' if same else '  VERDICTS DIFFER ' + str(row['old']['verdict'])}",
               flush=True)
     print(json.dumps(report))

@@ -9,6 +9,7 @@ from helpers import cli_here, scenario
 
 from mmugather.explore import search
 from mmugather.explore.bugs import get_bug
+from mmugather.explore.controlled import RESCHED
 from mmugather.explore.target import KernelTarget
 from mmugather.policies import get_policy
 
@@ -69,3 +70,50 @@ def test_no_por_on_the_command_line_reports_the_unpruned_work():
     assert on["ok"] and off["ok"]
     assert on["fixed"]["por"] and not off["fixed"]["por"] and off["fixed"]["slept"] == 0
     assert on["buggy"]["violation"]["kind"] == off["buggy"]["violation"]["kind"]
+
+
+# ------------------------------------------------------------------ need_resched as a scheduler tick
+def two_tasks_on_cpu0():
+    """6.18, voluntary: on CPU 0 one thread munmaps what it read while another thread waits for the CPU;
+    CPU 1 reads the same VMA."""
+    return scenario([{"name": "a", "size": "16KiB", "populate": True},
+                     {"name": "b", "size": "8KiB", "populate": True}],
+                    [{"cpu": 0, "program": [{"op": "touch", "vma": "a", "write": False}, {"op": "munmap", "vma": "a"},
+                                            {"op": "exit"}]},
+                     {"cpu": 0, "program": [{"op": "touch", "vma": "b", "write": True}]},
+                     {"cpu": 1, "program": [{"op": "touch", "vma": "a", "write": False}]}], cpus=2, latency=False)
+
+
+def test_a_waiting_task_no_longer_breaks_every_zap_pass():
+    """need_resched is set by a tick the explorer chooses, not whenever a task waits: 6.18's zap_pte_range()
+    breaks when the tick came, and the CPU then switches at cond_resched(); before, every pass broke before
+    its first entry and an execution that kept the munmap going ran to the step cap."""
+    res = search.exhaustive(KernelTarget(two_tasks_on_cpu0(), get_policy("6.18")), max_preemptions=1)
+    assert res.violation is None and res.covered
+    assert res.cut == 0 and res.max_depth_seen < 200
+
+
+def test_the_tick_is_offered_inside_the_kernel_and_forces_the_switch():
+    """Choosing the tick while the munmap is in the kernel: the kernel sees need_resched, and at the next
+    preemption point the munmap task is not offered, only the waiting one (a switch that costs nothing)."""
+    target = KernelTarget(two_tasks_on_cpu0(), get_policy("6.18"))
+    m = target.build()
+    ctl = m.engine.scheduler
+    cpu0 = m.engine.cpus[0]
+    seen = {"tick": None, "forced": False}
+
+    def choose(enabled):
+        tick = RESCHED - 0
+        if seen["tick"] is None and tick in enabled:
+            seen["tick"] = len(enabled)
+            return tick
+        curr = cpu0.curr
+        if cpu0.need_resched and curr is not None and cpu0.runqueue and m.engine.preemptible(cpu0, curr):
+            assert curr.tid not in enabled and cpu0.runqueue[0].tid in enabled
+            assert search.preemption_cost(cpu0.runqueue[0].tid, enabled, ctl.last_task, ctl.yielded) == 0
+            seen["forced"] = True
+        return search.default_choice(enabled, ctl.last_task, ctl.yielded)
+    violation, finished = search.run_machine(m, choose)
+    assert violation is None and finished
+    assert seen["tick"] is not None and seen["forced"]
+    assert search.preemption_cost(RESCHED, [0, RESCHED], 0, False) == 1

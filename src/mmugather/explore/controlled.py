@@ -6,7 +6,14 @@ At every scheduling point the engine lists the *actors* that can take a step and
   cond_resched(), might_sleep() under voluntary/full, preempt_count 0 under full): the CPU switches to it
   (preempt_schedule()) and it takes its step;
 - an interrupt, by -1 - cpu: the CPU takes its pending IPIs (only when its interrupts are on). Taking an
-  IPI later than "at once" is another actor order, so delivery is explored like any step.
+  IPI later than "at once" is another actor order, so delivery is explored like any step;
+- a scheduler tick, by `RESCHED - cpu`: it sets TIF_NEED_RESCHED on a CPU whose current task has used up its
+  slice while another task waits (kernel/sched/fair.c update_deadline() -> resched_curr(), when
+  nr_running > 1). Offered only while the current task stands where it cannot be switched at once (in the
+  kernel, between preemption points): the kernel code then sees need_resched() (6.18's zap_pte_range()
+  break, 2.6.39's unmap_vmas(), unmap_mapping_range's restart) and the CPU switches at the next preemption
+  point, as cond_resched()/preempt_enable() do when the flag is set (the current task is then not offered).
+  Where the task could be switched at once, choosing the waiting task is that tick and switch in one step.
 
 Time still advances on every CPU clock (metrics keep their meaning) but orders nothing. What needs time
 to pass is turned into a choice: user work (`Compute`) is one step after which the CPU may be given to
@@ -32,6 +39,18 @@ from mmugather.machine.engine import DeadlockError, Engine
 # footprint bits: shared kernel memory, the shared RNG, process fields user code reads; then per CPU
 MEM, RNG, PROC = 1, 2, 4
 _PER_CPU = 3
+
+# the tick actor of CPU c is RESCHED - c (interrupt actors are -1 - c, c < explore's MAX_EXPLORE_CPUS)
+RESCHED = -101
+
+
+def actor_cpu(engine: Engine, a: int):
+    """The CPU actor `a` steps on: an interrupt's or a tick's CPU, or the CPU of task a."""
+    if a <= RESCHED:
+        return engine.cpus[RESCHED - a]
+    if a < 0:
+        return engine.cpus[-1 - a]
+    return engine.cpus[engine.tasks[a].cpu]
 
 
 # a plugin breaking the kernel-path contract is bad input (exit 2), not a finding of the search
@@ -133,10 +152,11 @@ class Controlled:
 
     # ----------------------------------------------------------------- actors
     def enabled(self) -> list[int]:
-        """The actors that can take a step now: interrupts first (by CPU), then tasks by tid."""
+        """The actors that can take a step now: interrupts first (by CPU), then tasks by tid, then ticks."""
         eng = self.engine
         irqs = None
         tasks = []
+        ticks = None
         for c in eng.cpus:
             if c.pending and not c.irqs_off:
                 if irqs is None:
@@ -144,16 +164,31 @@ class Controlled:
                 irqs.append(-1 - c.id)
             task = c.curr
             if task is not None and c.state == RUNNING:
-                tasks.append(task.tid)
-                if c.runqueue and eng.preemptible(c, task):
+                if not c.runqueue:
+                    tasks.append(task.tid)
+                elif eng.preemptible(c, task):
+                    if not c.need_resched:               # set: the switch is due, the current task waits
+                        tasks.append(task.tid)
                     tasks.extend(t.tid for t in c.runqueue)
+                else:
+                    tasks.append(task.tid)
+                    if not c.need_resched:
+                        if ticks is None:
+                            ticks = []
+                        ticks.append(RESCHED - c.id)
         if len(tasks) > 1:
             tasks.sort()
+        if ticks:
+            tasks += ticks
         return irqs + tasks if irqs else tasks
 
     def can_step(self, a: int) -> bool:
         """Is actor `a` enabled (a cheaper test than `a in self.enabled()`)?"""
         eng = self.engine
+        if a <= RESCHED:
+            c = eng.cpus[RESCHED - a]
+            return (c.curr is not None and c.state == RUNNING and bool(c.runqueue) and not c.need_resched
+                    and not eng.preemptible(c, c.curr))
         if a < 0:
             c = eng.cpus[-1 - a]
             return bool(c.pending) and not c.irqs_off
@@ -164,7 +199,9 @@ class Controlled:
         curr = c.curr
         if curr is None or c.state != RUNNING:
             return False
-        return curr is task or (task in c.runqueue and eng.preemptible(c, curr))
+        if curr is task:
+            return not (c.need_resched and c.runqueue and eng.preemptible(c, task))
+        return task in c.runqueue and eng.preemptible(c, curr)
 
     def act(self, a: int) -> None:
         """Let actor `a` take one step; with `track`, leave its footprint in fp_read/fp_write."""
@@ -176,6 +213,10 @@ class Controlled:
     def _tracked(self, a: int) -> None:
         """act(a), leaving the step's footprint in fp_read/fp_write."""
         eng = self.engine
+        if a <= RESCHED:                            # the tick writes the CPU's need_resched only
+            self._step(a)
+            self.fp_read, self.fp_write = 0, self.footprint.bit_cpu[RESCHED - a]
+            return
         if a < 0:
             c = eng.cpus[-1 - a]
         else:
@@ -222,6 +263,9 @@ class Controlled:
         """One step of `actor`: an interrupt actor takes its CPU's pending IPIs; a task (switched to first
         if it waits on its CPU's runqueue) resumes until its first yield, in the engine's step loop."""
         eng = self.engine
+        if actor <= RESCHED:                        # scheduler tick: resched_curr() sets TIF_NEED_RESCHED
+            eng.cpus[RESCHED - actor].need_resched = True
+            return
         if actor < 0:
             c = eng.cpus[-1 - actor]
             if eng.observer is not None:
@@ -240,7 +284,8 @@ class Controlled:
         self.last_task = actor
         self.yielded = False
         self.last_request = None
-        c.need_resched = bool(c.runqueue)           # another task wants this CPU (read by 2.6.39's unmap_vmas)
+        if c.need_resched and not c.runqueue and eng.preemptible(c, task):
+            c.need_resched = False                  # schedule() found nobody else: the same task goes on
         c.attention = False                         # the chooser takes IPIs and preempts, not the step loop
         stack = task.stack
         if stack.__class__ is not FrameStack:

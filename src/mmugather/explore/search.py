@@ -20,14 +20,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mmugather.explore.controlled import StepError
+from mmugather.explore.controlled import RESCHED, StepError, actor_cpu
 from mmugather.machine.engine import DeadlockError
 
 
 def default_choice(enabled: list[int], last: int | None, yielded: bool) -> int:
-    """The non-preemptive choice (enabled is ordered: interrupts, then tasks by tid): the last task goes
-    on unless it yielded or cannot; otherwise pending interrupts are taken; otherwise the next task after
-    the last one by tid."""
+    """The non-preemptive choice (enabled is ordered: interrupts, then tasks by tid, then ticks): the last
+    task goes on unless it yielded or cannot; otherwise pending interrupts are taken; otherwise the next
+    task after the last one by tid. A tick is never the default (a task of its CPU is always enabled)."""
     if last is not None and not yielded and last in enabled:
         return last
     first = enabled[0]
@@ -40,7 +40,10 @@ def default_choice(enabled: list[int], last: int | None, yielded: bool) -> int:
 
 
 def preemption_cost(x: int, enabled: list[int], last: int | None, yielded: bool) -> int:
-    """1 if choosing actor x here is a preemption, else 0."""
+    """1 if choosing actor x here is a preemption, else 0. A tick that sets need_resched is one (the switch
+    it causes at the next preemption point is then free: the current task is not offered there)."""
+    if x <= RESCHED:
+        return 1
     if x < 0 or last is None:
         return 0
     if x == last:
@@ -105,7 +108,7 @@ def run_machine(m, chooser, *, track: bool = False, log: list | None = None):
     except DeadlockError as e:
         return {"kind": "deadlock", "cpu": -1, "detail": str(e)}, False
     except StepError as e:                   # the model's own assertion, or a plugin raising, at a step
-        cpu = -1 - e.actor if e.actor < 0 else eng.tasks[e.actor].cpu
+        cpu = actor_cpu(eng, e.actor).id
         if isinstance(e.error, AssertionError):
             return {"kind": "assertion", "cpu": cpu, "detail": str(e.error)}, False
         return {"kind": "exception", "cpu": cpu, "detail": str(e)}, False
@@ -406,13 +409,17 @@ def pct(target, *, depth: int = 3, budget: int = 1000, seed: int = 0, max_depth:
         trace: list[int] = []
         fresh = [depth + len(actors)]
 
-        def choose(enabled, trace=trace, prio=prio, changes=changes, violations=violations, fresh=fresh):
+        def choose(enabled, trace=trace, prio=prio, changes=changes, violations=violations, fresh=fresh,
+                   actors=actors):
             if violations or len(trace) >= max_depth:
                 return None
             for a in enabled:
                 if a not in prio:
-                    prio[a] = fresh[0]
-                    fresh[0] += 1
+                    if a <= RESCHED:         # a tick: a random priority among the actors' (above the changes)
+                        prio[a] = depth + rng.random() * len(actors)
+                    else:                    # a task forked meanwhile: above every other
+                        prio[a] = fresh[0]
+                        fresh[0] += 1
             a = max(enabled, key=prio.__getitem__)
             low = changes.get(len(trace) + 1)
             if low is not None:

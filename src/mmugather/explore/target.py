@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from mmugather.errors import InputError
-from mmugather.explore.controlled import Controlled, CountingRandom
+from mmugather.explore.controlled import RESCHED, Controlled, CountingRandom
 from mmugather.explore.state import simulation_fingerprinter
 from mmugather.sim.simulation import Simulation
 
@@ -50,4 +50,5 @@ class KernelTarget:
         names = {tid: f"{t.name} (CPU {t.cpu})" for tid, t in sorted(sim.engine.tasks.items())}
         for c in sim.engine.cpus:
             names[-1 - c.id] = f"IPIs on CPU {c.id}"
+            names[RESCHED - c.id] = f"scheduler tick on CPU {c.id} (sets need_resched)"
         return names
