@@ -12,6 +12,7 @@ from mmugather.explore.bugs import get_bug
 from mmugather.explore.controlled import RESCHED
 from mmugather.explore.target import KernelTarget
 from mmugather.policies import get_policy
+from mmugather.workloads.scenario import parse_scenario
 
 
 def munmap_beside_user_work():
@@ -117,3 +118,62 @@ def test_the_tick_is_offered_inside_the_kernel_and_forces_the_switch():
     assert violation is None and finished
     assert seen["tick"] is not None and seen["forced"]
     assert search.preemption_cost(RESCHED, [0, RESCHED], 0, False) == 1
+
+
+def table_batch_fails():
+    """6.18 on x86, every GFP_NOWAIT allocation failing: MADV_DONTNEED on CPU 0 empties a PTE table and frees
+    it through tlb_remove_table_one() (call_rcu) while another thread waits for CPU 0; CPU 1 reads the VMA
+    before and after some user work (docs/bugs.md, table-free-no-invalidate, as catalogued in 942f5e5)."""
+    return parse_scenario({
+        "name": "dontneed-table-batch-fails",
+        "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18", "fail_nowait": 1.0},
+        "process": [{"name": "app", "vma": [{"name": "a", "size": "2MiB", "start": 0x10000000}],
+                     "thread": [{"cpu": 1, "program": [{"op": "touch", "vma": "a", "size": "4KiB", "write": False},
+                                                       {"op": "compute", "ns": 1000},
+                                                       {"op": "touch", "vma": "a", "size": "4KiB", "write": False}]},
+                                {"cpu": 0, "program": [{"op": "madvise", "vma": "a"}]},
+                                {"cpu": 0, "program": [{"op": "compute", "ns": 1000}]}]}]}, "test")
+
+
+def test_the_tick_lets_a_waiting_thread_end_the_grace_period_after_the_table_is_freed():
+    """The madvise zaps while the other thread of CPU 0 waits (no tick yet), and switches to it at
+    zap_pmd_range()'s cond_resched() after the table went to RCU: the quiescent state that ends the grace
+    period. Without d86564a2f085's invalidation the table is freed under CPU 1's paging-structure cache;
+    with it the bound is covered clean. (With need_resched set whenever a task waited, no zap could run.)"""
+    buggy = search.exhaustive(KernelTarget(table_batch_fails(), get_policy("6.18"),
+                                           without_fixes=("table_invalidate",)), max_preemptions=1)
+    assert (buggy.violation or {}).get("kind") == "page-table-use-after-free"
+    fixed = search.exhaustive(KernelTarget(table_batch_fails(), get_policy("6.18")), max_preemptions=1)
+    assert fixed.violation is None and fixed.covered and fixed.cut == 0
+
+
+class CountTicks:
+    """A target whose machines count the ticks their scheduler steps."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+        self.ticks = 0
+
+    def build(self):
+        sim = self.target.build()
+        ctl = sim.engine.scheduler
+        step = ctl._step
+
+        def counted(a):
+            if a <= RESCHED:
+                self.ticks += 1
+            step(a)
+        ctl._step = counted
+        return sim
+
+
+def test_a_tick_is_explored_only_before_a_step_that_reads_need_resched():
+    """3.0's fast-mode munmap never reads need_resched: its proof takes no tick although one is enabled at
+    every kernel step of the munmap (the other thread waits); 6.18's zap reads it, so ticks are taken."""
+    bug = get_bug("fast-mode-3.0")
+    fast_mode = CountTicks(bug.variant(True))
+    res = search.exhaustive(fast_mode, max_preemptions=bug.max_preemptions)
+    assert res.covered and res.violation is None and fast_mode.ticks == 0
+    zap = CountTicks(KernelTarget(two_tasks_on_cpu0(), get_policy("6.18")))
+    res = search.exhaustive(zap, max_preemptions=1)
+    assert res.covered and res.violation is None and zap.ticks > 0

@@ -84,6 +84,7 @@ class Controlled:
         self.yielded = False
         self.last_request = None
         self.fp_read = self.fp_write = 0
+        self.read_resched = False     # the last step read its CPU's need_resched
         self._engine_sleep: Any = None    # the engine's own Sleep handler, from handlers()
 
     # ----------------------------------------------------------------- the Scheduler protocol
@@ -167,12 +168,12 @@ class Controlled:
                 if not c.runqueue:
                     tasks.append(task.tid)
                 elif eng.preemptible(c, task):
-                    if not c.need_resched:               # set: the switch is due, the current task waits
+                    if not c._need_resched:              # set: the switch is due, the current task waits
                         tasks.append(task.tid)
                     tasks.extend(t.tid for t in c.runqueue)
                 else:
                     tasks.append(task.tid)
-                    if not c.need_resched:
+                    if not c._need_resched:
                         if ticks is None:
                             ticks = []
                         ticks.append(RESCHED - c.id)
@@ -187,7 +188,7 @@ class Controlled:
         eng = self.engine
         if a <= RESCHED:
             c = eng.cpus[RESCHED - a]
-            return (c.curr is not None and c.state == RUNNING and bool(c.runqueue) and not c.need_resched
+            return (c.curr is not None and c.state == RUNNING and bool(c.runqueue) and not c._need_resched
                     and not eng.preemptible(c, c.curr))
         if a < 0:
             c = eng.cpus[-1 - a]
@@ -200,7 +201,7 @@ class Controlled:
         if curr is None or c.state != RUNNING:
             return False
         if curr is task:
-            return not (c.need_resched and c.runqueue and eng.preemptible(c, task))
+            return not (c._need_resched and c.runqueue and eng.preemptible(c, task))
         return task in c.runqueue and eng.preemptible(c, curr)
 
     def act(self, a: int) -> None:
@@ -265,6 +266,7 @@ class Controlled:
         eng = self.engine
         if actor <= RESCHED:                        # scheduler tick: resched_curr() sets TIF_NEED_RESCHED
             eng.cpus[RESCHED - actor].need_resched = True
+            self.read_resched = False
             return
         if actor < 0:
             c = eng.cpus[-1 - actor]
@@ -273,6 +275,7 @@ class Controlled:
             if c.pending[0][0] > c.clock:
                 c.clock = c.pending[0][0]
             eng._take_irqs(c)
+            self.read_resched = False
             return
         task = eng.tasks[actor]
         c = eng.cpus[task.cpu]
@@ -284,14 +287,16 @@ class Controlled:
         self.last_task = actor
         self.yielded = False
         self.last_request = None
-        if c.need_resched and not c.runqueue and eng.preemptible(c, task):
+        if c._need_resched and not c.runqueue and eng.preemptible(c, task):
             c.need_resched = False                  # schedule() found nobody else: the same task goes on
         c.attention = False                         # the chooser takes IPIs and preempts, not the step loop
         stack = task.stack
         if stack.__class__ is not FrameStack:
             stack = task.watch()
         stack.steps[-1] += 1                        # FrameStack.resumed(), inline: the top frame resumes
+        reads = c.resched_reads
         eng.step(c, c.clock)                        # horizon = now: one step, no bulk over several
+        self.read_resched = c.resched_reads != reads
 
     # ----------------------------------------------------------------- time turned into choices
     def _compute(self, c, task, v) -> bool:

@@ -194,12 +194,24 @@ class _Node:
     """A scheduling point with alternatives: the schedule reaching it, its sleep set and the footprints
     of the children explored from it so far."""
 
-    __slots__ = ("prefix", "sleep", "done")
+    __slots__ = ("prefix", "sleep", "used", "done")
 
-    def __init__(self, prefix: tuple, sleep: dict) -> None:
+    def __init__(self, prefix: tuple, sleep: dict, used: int) -> None:
         self.prefix = prefix
         self.sleep = sleep
+        self.used = used                # preemptions used to reach it
         self.done: dict = {}
+
+
+class _Tick:
+    """Where a scheduler tick could have come before the step just taken: the point's node (or the schedule
+    and sleep set reaching it), the tick actor and the preemptions used there. A tick changes nothing but
+    its CPU's need_resched, so it is queued only if that step read the flag (see `_Execution.choose`)."""
+
+    __slots__ = ("node", "prefix", "sleep", "actor", "used")
+
+    def __init__(self, node: _Node | None, prefix: tuple, sleep: dict, actor: int, used: int) -> None:
+        self.node, self.prefix, self.sleep, self.actor, self.used = node, prefix, sleep, actor, used
 
 
 @dataclass
@@ -270,12 +282,14 @@ class _Execution:
         self.here: _Node | None = None
         self.prev: int | None = None
         self.before: dict = {}
+        self.tick: _Tick | None = None      # a tick that could have preceded the step just taken
 
     def run(self) -> bool:
         """Execute the branch and account for it. True when a violation was found."""
         res = self.search.res
         self.control.prefix = self.prefix[:-1]
         violation, _ = run_machine(self.machine, self.choose, track=not self.prefix)
+        self._queue_tick()
         res.executions += 1
         res.transitions += self.step
         res.max_depth_seen = max(res.max_depth_seen, self.step)
@@ -295,7 +309,11 @@ class _Execution:
                 raise RuntimeError(f"replay diverged at step {d}: actor {a} not in {enabled}")
             self.control.track = True
             self.step = d + 1
+            node = self.node
+            if node is not None and a > RESCHED:
+                self._note_tick(enabled, a, node, node.prefix, node.sleep, node.used)
             return a
+        self._queue_tick()
         if self.violations:
             return None
         sleep = self._sleep_set(d == n)
@@ -354,6 +372,8 @@ class _Execution:
         inline = None
         alts = []
         for x in (default, *[a for a in enabled if a != default]):
+            if x <= RESCHED:                # a tick: queued after the step, if the step reads need_resched
+                continue
             cost = preemption_cost(x, enabled, last, yielded)
             if self.used + cost > self.search.max_preemptions:
                 continue
@@ -366,7 +386,7 @@ class _Execution:
                 alts.append((x, cost))
         here = None
         if alts:
-            here = _Node(tuple(self.sched), sleep)
+            here = _Node(tuple(self.sched), sleep, self.used)
             for x, cost in reversed(alts):
                 if cost:
                     self.search.levels[self.used + cost].append((here, x, self.used + cost))
@@ -374,7 +394,30 @@ class _Execution:
                     self.stack.append((here, x, self.used))
         if inline is None:
             return None
+        if enabled[-1] <= RESCHED:          # ticks are listed last
+            self._note_tick(enabled, inline, here, tuple(self.sched), sleep, self.used)
         return self._take(here, inline, sleep)
+
+    def _note_tick(self, enabled: list[int], actor: int, node: _Node | None, prefix: tuple, sleep: dict,
+                   used: int) -> None:
+        """Before task `actor` steps: remember the tick of its CPU if it is enabled here, not asleep and
+        within the bound. It changes nothing but need_resched, so choosing it anywhere between two reads
+        of the flag ends alike; it is explored right before a step that reads it (`_queue_tick`)."""
+        if actor < 0 or used + 1 > self.search.max_preemptions:
+            return
+        tick = RESCHED - self.machine.engine.tasks[actor].cpu
+        if tick in enabled and tick not in sleep:
+            self.tick = _Tick(node, prefix, sleep, tick, used)
+
+    def _queue_tick(self) -> None:
+        """The step just taken read need_resched: queue the tick that could have come before it."""
+        t = self.tick
+        if t is None:
+            return
+        self.tick = None
+        if self.control.read_resched:
+            node = t.node if t.node is not None else _Node(t.prefix, t.sleep, t.used)
+            self.search.levels[t.used + 1].append((node, t.actor, t.used + 1))
 
     def _take(self, here: _Node | None, actor: int, sleep: dict) -> int:
         self.here, self.prev, self.before = here, actor, sleep
