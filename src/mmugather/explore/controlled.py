@@ -84,7 +84,7 @@ class Controlled:
         self.yielded = False
         self.last_request = None
         self.fp_read = self.fp_write = 0
-        self.read_resched = False     # the last step read its CPU's need_resched
+        self.read_resched = False     # the last tracked step read its CPU's need_resched
         self._engine_sleep: Any = None    # the engine's own Sleep handler, from handlers()
 
     # ----------------------------------------------------------------- the Scheduler protocol
@@ -95,26 +95,30 @@ class Controlled:
         self.footprint.bind(engine)
 
     def handlers(self, engine: Engine) -> dict:
-        """Every request handler records the request (`last_request`, IPI targets for the footprint);
-        Compute and Sleep turn time into choices."""
+        """Compute and Sleep turn time into choices; an IPI's targets are noted for the footprint. The
+        requests themselves are recorded (`last_request`) only once `record_requests()` was called."""
         own = dict(engine.handlers)
         self._engine_sleep = own[Sleep]
         own[Compute], own[Sleep] = self._compute, self._sleep
         sent = self.footprint.sent
+        send_ipi = own[SmpCallFunctionMany]
 
+        def noted(c, task, v):
+            sent.extend(v.targets)
+            return send_ipi(c, task, v)
+        own[SmpCallFunctionMany] = noted
+        return own
+
+    def record_requests(self) -> None:
+        """From now on every request handler records its request in `last_request` (for the story)."""
         def record(h):
             def recorded(c, task, v):
                 self.last_request = v
                 return h(c, task, v)
             return recorded
-
-        def record_ipi(h):
-            def recorded(c, task, v):
-                self.last_request = v
-                sent.extend(v.targets)
-                return h(c, task, v)
-            return recorded
-        return {kind: (record_ipi if kind is SmpCallFunctionMany else record)(h) for kind, h in own.items()}
+        handlers = self.engine.handlers
+        for kind, h in list(handlers.items()):
+            handlers[kind] = record(h)
 
     def run(self, engine: Engine) -> int:
         """Replay `prefix` (actors, in order), then run under the chooser until every user task has exited
@@ -214,6 +218,7 @@ class Controlled:
     def _tracked(self, a: int) -> None:
         """act(a), leaving the step's footprint in fp_read/fp_write."""
         eng = self.engine
+        self.read_resched = False
         if a <= RESCHED:                            # the tick writes the CPU's need_resched only
             self._step(a)
             self.fp_read, self.fp_write = 0, self.footprint.bit_cpu[RESCHED - a]
@@ -242,7 +247,9 @@ class Controlled:
         k0, curr0, sig0 = task.in_kernel, c.curr, fp.proc_sig()
         rcu = eng.rcu
         rcu0 = bool(rcu.pending)
+        reads = c.resched_reads
         self._step(a)
+        self.read_resched = c.resched_reads != reads
         r = 0
         w = fp.bit_cpu[c.id] | fp.written() if touched or sent else fp.bit_cpu[c.id]
         if k0 or task.in_kernel or curr0 is not task or c.curr is not task or rcu0 or rcu.pending:
@@ -266,7 +273,6 @@ class Controlled:
         eng = self.engine
         if actor <= RESCHED:                        # scheduler tick: resched_curr() sets TIF_NEED_RESCHED
             eng.cpus[RESCHED - actor].need_resched = True
-            self.read_resched = False
             return
         if actor < 0:
             c = eng.cpus[-1 - actor]
@@ -275,7 +281,6 @@ class Controlled:
             if c.pending[0][0] > c.clock:
                 c.clock = c.pending[0][0]
             eng._take_irqs(c)
-            self.read_resched = False
             return
         task = eng.tasks[actor]
         c = eng.cpus[task.cpu]
@@ -294,9 +299,7 @@ class Controlled:
         if stack.__class__ is not FrameStack:
             stack = task.watch()
         stack.steps[-1] += 1                        # FrameStack.resumed(), inline: the top frame resumes
-        reads = c.resched_reads
         eng.step(c, c.clock)                        # horizon = now: one step, no bulk over several
-        self.read_resched = c.resched_reads != reads
 
     # ----------------------------------------------------------------- time turned into choices
     def _compute(self, c, task, v) -> bool:

@@ -31,6 +31,7 @@ def tell(target, schedule, *, max_steps: int = 100_000, trace=None) -> dict:
     up to the violation), "lines" (each starting with its step, from 0 as in the schedule), "stale_use"};
     `trace`, if given, is a callable receiving the machine before the run (to attach a Chrome trace)."""
     m = target.build()
+    m.engine.scheduler.record_requests()
     if trace is not None:
         trace(m)
     teller = _Teller(m, {int(s): int(a) for s, a in schedule}, max_steps)

@@ -41,7 +41,7 @@ class KernelTarget:
                          without_fixes=self.without_fixes, fast=False, scheduler=control,
                          rng_class=CountingRandom, tlb_observer=control.footprint)
         control.footprint.watch(sim)
-        sim.fingerprint = simulation_fingerprinter(sim).fingerprint
+        sim.fingerprint = _lazy_fingerprint(sim)
         return sim
 
     def actor_names(self) -> dict[int, str]:
@@ -52,3 +52,14 @@ class KernelTarget:
             names[-1 - c.id] = f"IPIs on CPU {c.id}"
             names[RESCHED - c.id] = f"scheduler tick on CPU {c.id} (sets need_resched)"
         return names
+
+
+def _lazy_fingerprint(sim):
+    """sim's fingerprint function, its Fingerprinter made on the first call (most executions hash nothing)."""
+    made: list = []
+
+    def fingerprint() -> int:
+        if not made:
+            made.append(simulation_fingerprinter(sim).fingerprint)
+        return made[0]()
+    return fingerprint
