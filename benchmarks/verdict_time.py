@@ -4,7 +4,8 @@ scenario, each run in a subprocess of this interpreter with PYTHONPATH at each t
 turn so that both see the same machine load.
 
 Usage: python benchmarks/verdict_time.py --old /path/to/old/checkout [--bugs NAME,...] [--examples X,...]
-       [--example-args "--max-preemptions 1 --budget 400"] [--repeat N]
+       [--example-args "--max-preemptions 1 --budget 100"] [--repeat N]
+       python benchmarks/verdict_time.py --old X --pruning [--bugs NAME,...]   (this tree, POR on and off)
 Prints one line per command (seconds old, new, old/new, and whether the verdicts agree) and, last, one JSON
 object with every figure. Seconds are the search's own (`seconds` in the JSON: the proof of the fixed
 variant, the search of an example), the best of `--repeat` runs; CPU seconds are the whole command's (both
@@ -60,6 +61,23 @@ def best(tree: Path, argv: list[str], repeat: int, key) -> tuple[float, tuple, d
     return secs, code, out
 
 
+def pruning(bugs: list[str]) -> None:
+    """Per bug and variant: executions and transitions without partial-order reduction over those with it."""
+    out = {}
+    for name in bugs:
+        _, on = run(NEW, ["bugs", "run", name, "--json"])
+        _, off = run(NEW, ["bugs", "run", name, "--no-por", "--json"])
+        for key in ("buggy", "fixed"):
+            a, b = on[key], off[key]
+            fx, ft = b["executions"] / max(a["executions"], 1), b["transitions"] / max(a["transitions"], 1)
+            out[f"{name}/{key}"] = {"executions": [a["executions"], b["executions"]], "factor": round(fx, 3),
+                                    "transitions": [a["transitions"], b["transitions"]],
+                                    "transitions_factor": round(ft, 3), "slept": a["slept"]}
+            print(f"{name + '/' + key:40s} executions {a['executions']:>7,} with POR, {b['executions']:>7,} without"
+                  f" (x{fx:.3f}); transitions x{ft:.3f}; {a['slept']:,} branches slept", flush=True)
+    print(json.dumps(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", required=True, type=Path, help="the older checkout (its src/ is imported)")
@@ -68,7 +86,12 @@ def main() -> None:
     ap.add_argument("--example-args", default="--max-preemptions 1 --budget 100",
                     help="explore options for the examples (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--pruning", action="store_true",
+                    help="instead: this tree's work with and without --no-por per bug (the pruning factor)")
     a = ap.parse_args()
+    if a.pruning:
+        pruning(a.bugs.split(",") if a.bugs else [b["name"] for b in run(NEW, ["bugs", "list", "--json"])[1]])
+        return
     _, listed = run(NEW, ["bugs", "list", "--json"])
     _, old_listed = run(a.old, ["bugs", "list", "--json"])
     both = [b["name"] for b in listed if b["name"] in {o["name"] for o in old_listed}]
