@@ -347,18 +347,19 @@ def _replay_spec(policy: PolicyLike, cls: type[Kernel]) -> str:
 def explore(scenario: WorkloadLike, policy: PolicyLike | None = None, *, strategy: str = "exhaustive",
             max_preemptions: int = 2, budget: int | None = None, seed: int = 0, depth: int = 3,
             max_steps: int = 10_000, without_fixes: Sequence[str] = (), arch: str | None = None,
-            shrink: bool = True, out: PathLike | None = None, progress=None) -> Exploration:
+            shrink: bool = True, por: bool = True, out: PathLike | None = None, progress=None) -> Exploration:
     """Search the interleavings of a small scenario for an invariant violation (docs/explore.md):
     `exhaustive` (every schedule with at most `max_preemptions` preemptions), `pct` (bug depth `depth`) or
     `random`, at most `budget` executions of at most `max_steps` steps. A violation found is shrunk (unless
-    `shrink` is False), told as a story, and saved as a replay file at `out` when given. `progress` is
-    called as the search goes (explore.search.Progress)."""
+    `shrink` is False), told as a story, and saved as a replay file at `out` when given. `por` False:
+    exhaustive without partial-order reduction (sleep sets). `progress` is called as the search goes
+    (explore.search.Progress)."""
     sc = resolve_scenario(scenario)
     spec = policy or sc.machine.policy
     cls = resolve_policy(spec)
     target = KernelTarget(sc, cls, without_fixes=tuple(without_fixes), arch=arch)
     report = run_search(target, strategy=strategy, max_preemptions=max_preemptions, budget=budget, seed=seed,
-                        pct_depth=depth, max_steps=max_steps, shrink=shrink, progress=progress)
+                        pct_depth=depth, max_steps=max_steps, por=por, shrink=shrink, progress=progress)
     found = report["violation"] is not None
     if found and out is not None:
         inputs = target_spec(target.scenario, _replay_spec(spec, cls), without_fixes, None, arch)

@@ -67,11 +67,12 @@ def _bar(label: str, quiet: bool):
 @click.option("--without-fix", "without_fixes", multiple=True, help="Switch off a named fix (see `policies`).")
 @click.option("--arch", default=None, help=f"One of {', '.join(arch_names())} (default: the policy's first).")
 @click.option("--no-shrink", is_flag=True, help="Keep the schedule as found.")
+@click.option("--no-por", is_flag=True, help="exhaustive: no partial-order reduction (sleep sets), to compare.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--out", "out_file", default=None, help="Save a found violation as a JSON replay file here.")
 @memory_option
 def explore(scenario, policy, strategy, max_preemptions, budget, seed, pct_depth, max_steps, without_fixes, arch,
-            no_shrink, as_json, out_file, max_memory) -> None:
+            no_shrink, no_por, as_json, out_file, max_memory) -> None:
     """Search the interleavings of a small SCENARIO (file or built-in workload) for an invariant violation.
 
     Exit status: 0 no violation within the bound (the bound covered is printed), 1 a violation was found,
@@ -89,7 +90,8 @@ def explore(scenario, policy, strategy, max_preemptions, budget, seed, pct_depth
     with _bar(f"exploring {sc.name}", as_json) as bar, plugin_guard(get_policy(spec)):
         result = api.explore(sc, spec, strategy=strategy, max_preemptions=max_preemptions,
                              budget=budget, seed=seed, depth=pct_depth, max_steps=max_steps,
-                             without_fixes=without_fixes, arch=arch, shrink=not no_shrink, out=out_file,
+                             without_fixes=without_fixes, arch=arch, shrink=not no_shrink, por=not no_por,
+                             out=out_file,
                              progress=bar)
     found = result.violation is not None
     if as_json:
@@ -183,8 +185,9 @@ def bugs_list(as_json) -> None:
 @click.argument("name")
 @click.option("--max-preemptions", type=int, default=None, help="Override the entry's preemption bound.")
 @click.option("--budget", type=int, default=None, help="Override the entry's execution budget.")
+@click.option("--no-por", is_flag=True, help="No partial-order reduction (sleep sets), to compare.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bugs_run(name, max_preemptions, budget, as_json) -> None:
+def bugs_run(name, max_preemptions, budget, no_por, as_json) -> None:
     """Explore the buggy and the fixed variant of bug NAME. Exit status 0 only when the buggy one fails with
     the expected violation and the fixed one passes within the bound."""
     from mmugather.explore.bugs import get_bug, run_bug
@@ -194,7 +197,7 @@ def bugs_run(name, max_preemptions, budget, as_json) -> None:
     if budget is not None and budget < 1:
         raise InputError(f"--budget: expected a number >= 1, got {budget}")
     with _bar(f"bug {name}", as_json) as bar:
-        out = run_bug(bug, max_preemptions=max_preemptions, budget=budget, progress=bar)
+        out = run_bug(bug, max_preemptions=max_preemptions, budget=budget, por=not no_por, progress=bar)
     if as_json:
         click.echo(json.dumps(out))
     else:

@@ -405,10 +405,11 @@ def describe(bug: Bug) -> dict:
             "notes": bug.notes}
 
 
-def run_bug(bug: Bug, *, max_preemptions: int | None = None, budget: int | None = None,
+def run_bug(bug: Bug, *, max_preemptions: int | None = None, budget: int | None = None, por: bool = True,
             progress=None) -> dict:
-    """Explore the buggy variant (it must fail with `expect`) and the fixed one (it must pass). Returns
-    {"name", "commits", "buggy": {...}, "fixed": {...}, "ok"}."""
+    """Explore the buggy variant (it must fail with `expect`) and the fixed one (it must pass); `por` False:
+    without partial-order reduction (sleep sets). Returns {"name", "commits", "buggy": {...}, "fixed":
+    {...}, "ok"}."""
     k = bug.max_preemptions if max_preemptions is None else max_preemptions
     n = bug.budget if budget is None else budget
     out: dict[str, Any] = {"name": bug.name, "commits": list(bug.commits), "year": bug.year, "title": bug.title}
@@ -416,10 +417,11 @@ def run_bug(bug: Bug, *, max_preemptions: int | None = None, budget: int | None 
         target = bug.variant(fixed)
         t0 = time.perf_counter()
         res = search.exhaustive(target, max_preemptions=k, budget=n, max_depth=bug.max_depth,
-                                progress=progress)
+                                sleep_sets=por, progress=progress)
         seconds = time.perf_counter() - t0
         part = {"violation": res.violation, "seconds": round(seconds, 3), "transitions": res.transitions,
-                "executions": res.executions, "without_fixes": list(target.without_fixes)}
+                "executions": res.executions, "pruned": res.pruned, "slept": res.slept, "por": por,
+                "without_fixes": list(target.without_fixes)}
         if fixed:
             part["bound"] = {"strategy": "exhaustive", "max_preemptions": k, "budget": n,
                              "covered": res.covered}

@@ -6,7 +6,14 @@ At every scheduling point the engine lists the *actors* that can take a step and
   cond_resched(), might_sleep() under voluntary/full, preempt_count 0 under full): the CPU switches to it
   (preempt_schedule()) and it takes its step;
 - an interrupt, by -1 - cpu: the CPU takes its pending IPIs (only when its interrupts are on). Taking an
-  IPI later than "at once" is another actor order, so delivery is explored like any step.
+  IPI later than "at once" is another actor order, so delivery is explored like any step;
+- a scheduler tick, by `RESCHED - cpu`: it sets TIF_NEED_RESCHED on a CPU whose current task has used up its
+  slice while another task waits (kernel/sched/fair.c update_deadline() -> resched_curr(), when
+  nr_running > 1). Offered only while the current task stands where it cannot be switched at once (in the
+  kernel, between preemption points): the kernel code then sees need_resched() (6.18's zap_pte_range()
+  break, 2.6.39's unmap_vmas(), unmap_mapping_range's restart) and the CPU switches at the next preemption
+  point, as cond_resched()/preempt_enable() do when the flag is set (the current task is then not offered).
+  Where the task could be switched at once, choosing the waiting task is that tick and switch in one step.
 
 Time still advances on every CPU clock (metrics keep their meaning) but orders nothing. What needs time
 to pass is turned into a choice: user work (`Compute`) is one step after which the CPU may be given to
@@ -32,6 +39,18 @@ from mmugather.machine.engine import DeadlockError, Engine
 # footprint bits: shared kernel memory, the shared RNG, process fields user code reads; then per CPU
 MEM, RNG, PROC = 1, 2, 4
 _PER_CPU = 3
+
+# the tick actor of CPU c is RESCHED - c (interrupt actors are -1 - c, c < explore's MAX_EXPLORE_CPUS)
+RESCHED = -101
+
+
+def actor_cpu(engine: Engine, a: int):
+    """The CPU actor `a` steps on: an interrupt's or a tick's CPU, or the CPU of task a."""
+    if a <= RESCHED:
+        return engine.cpus[RESCHED - a]
+    if a < 0:
+        return engine.cpus[-1 - a]
+    return engine.cpus[engine.tasks[a].cpu]
 
 
 # a plugin breaking the kernel-path contract is bad input (exit 2), not a finding of the search
@@ -65,6 +84,7 @@ class Controlled:
         self.yielded = False
         self.last_request = None
         self.fp_read = self.fp_write = 0
+        self.read_resched = False     # the last tracked step read its CPU's need_resched
         self._engine_sleep: Any = None    # the engine's own Sleep handler, from handlers()
 
     # ----------------------------------------------------------------- the Scheduler protocol
@@ -75,32 +95,48 @@ class Controlled:
         self.footprint.bind(engine)
 
     def handlers(self, engine: Engine) -> dict:
-        """Every request handler records the request (`last_request`, IPI targets for the footprint);
-        Compute and Sleep turn time into choices."""
+        """Compute and Sleep turn time into choices; an IPI's targets are noted for the footprint. The
+        requests themselves are recorded (`last_request`) only once `record_requests()` was called."""
         own = dict(engine.handlers)
         self._engine_sleep = own[Sleep]
         own[Compute], own[Sleep] = self._compute, self._sleep
         sent = self.footprint.sent
+        send_ipi = own[SmpCallFunctionMany]
 
-        def record(h, ipi: bool):
+        def noted(c, task, v):
+            sent.extend(v.targets)
+            return send_ipi(c, task, v)
+        own[SmpCallFunctionMany] = noted
+        return own
+
+    def record_requests(self) -> None:
+        """From now on every request handler records its request in `last_request` (for the story)."""
+        def record(h):
             def recorded(c, task, v):
                 self.last_request = v
-                if ipi:
-                    sent.extend(v.targets)
                 return h(c, task, v)
             return recorded
-        return {kind: record(h, kind is SmpCallFunctionMany) for kind, h in own.items()}
+        handlers = self.engine.handlers
+        for kind, h in list(handlers.items()):
+            handlers[kind] = record(h)
 
     def run(self, engine: Engine) -> int:
         """Replay `prefix` (actors, in order), then run under the chooser until every user task has exited
-        or the chooser returns None."""
+        or the chooser returns None. An exception the model raises in a step comes out as a StepError naming
+        the actor (a breach of the kernel-path contract passes as it is)."""
         if any(c.latency_task is not None for c in engine.cpus):
             raise ValueError("Controlled: build the simulation without the latency task")
-        chooser, enabled, act = self.chooser, self.enabled, self._act_checked
+        chooser, enabled, can_step = self.chooser, self.enabled, self.can_step
         for k, a in enumerate(self.prefix):       # a schedule known to be valid: no choices to offer
-            if engine.user_alive <= 0 or engine.halted or not self.can_step(a):
+            if engine.user_alive <= 0 or engine.halted or not can_step(a):
                 raise RuntimeError(f"replay diverged at step {k}: actor {a} cannot step")
-            act(a)
+            try:
+                self._step(a)                     # (untracked: the search tracks from its branch on)
+            except CONTRACT_BREACHES:
+                raise
+            except Exception as e:
+                raise StepError(a, e) from e
+        step, tracked = self._step, self._tracked
         while engine.user_alive > 0 and not engine.halted:
             en = enabled()
             if not en:
@@ -108,15 +144,24 @@ class Controlled:
             a = chooser(en)
             if a is None:
                 break
-            act(a)
+            try:
+                if self.track:
+                    tracked(a)
+                else:
+                    step(a)
+            except CONTRACT_BREACHES:
+                raise
+            except Exception as e:
+                raise StepError(a, e) from e
         return max(c.clock for c in engine.cpus)
 
     # ----------------------------------------------------------------- actors
     def enabled(self) -> list[int]:
-        """The actors that can take a step now: interrupts first (by CPU), then tasks by tid."""
+        """The actors that can take a step now: interrupts first (by CPU), then tasks by tid, then ticks."""
         eng = self.engine
         irqs = None
         tasks = []
+        ticks = None
         for c in eng.cpus:
             if c.pending and not c.irqs_off:
                 if irqs is None:
@@ -124,16 +169,31 @@ class Controlled:
                 irqs.append(-1 - c.id)
             task = c.curr
             if task is not None and c.state == RUNNING:
-                tasks.append(task.tid)
-                if c.runqueue and eng.preemptible(c, task):
+                if not c.runqueue:
+                    tasks.append(task.tid)
+                elif eng.preemptible(c, task):
+                    if not c._need_resched:              # set: the switch is due, the current task waits
+                        tasks.append(task.tid)
                     tasks.extend(t.tid for t in c.runqueue)
+                else:
+                    tasks.append(task.tid)
+                    if not c._need_resched:
+                        if ticks is None:
+                            ticks = []
+                        ticks.append(RESCHED - c.id)
         if len(tasks) > 1:
             tasks.sort()
+        if ticks:
+            tasks += ticks
         return irqs + tasks if irqs else tasks
 
     def can_step(self, a: int) -> bool:
         """Is actor `a` enabled (a cheaper test than `a in self.enabled()`)?"""
         eng = self.engine
+        if a <= RESCHED:
+            c = eng.cpus[RESCHED - a]
+            return (c.curr is not None and c.state == RUNNING and bool(c.runqueue) and not c._need_resched
+                    and not eng.preemptible(c, c.curr))
         if a < 0:
             c = eng.cpus[-1 - a]
             return bool(c.pending) and not c.irqs_off
@@ -144,29 +204,30 @@ class Controlled:
         curr = c.curr
         if curr is None or c.state != RUNNING:
             return False
-        return curr is task or (task in c.runqueue and eng.preemptible(c, curr))
-
-    def _act_checked(self, a: int) -> None:
-        """act(a), with an exception the model raises wrapped in a StepError naming the actor (a breach of
-        the kernel-path contract passes as it is)."""
-        try:
-            self.act(a)
-        except CONTRACT_BREACHES:
-            raise
-        except Exception as e:
-            raise StepError(a, e) from e
+        if curr is task:
+            return not (c._need_resched and c.runqueue and eng.preemptible(c, task))
+        return task in c.runqueue and eng.preemptible(c, curr)
 
     def act(self, a: int) -> None:
         """Let actor `a` take one step; with `track`, leave its footprint in fp_read/fp_write."""
+        if self.track:
+            self._tracked(a)
+        else:
+            self._step(a)
+
+    def _tracked(self, a: int) -> None:
+        """act(a), leaving the step's footprint in fp_read/fp_write."""
         eng = self.engine
+        self.read_resched = False
+        if a <= RESCHED:                            # the tick writes the CPU's need_resched only
+            self._step(a)
+            self.fp_read, self.fp_write = 0, self.footprint.bit_cpu[RESCHED - a]
+            return
         if a < 0:
             c = eng.cpus[-1 - a]
         else:
             task = eng.tasks[a]
             c = eng.cpus[task.cpu]
-        if not self.track:
-            self._step(c, a)
-            return
         fp = self.footprint
         touched, sent = fp.touched, fp.sent
         touched.clear()
@@ -177,7 +238,7 @@ class Controlled:
         draws0 = rng.draws if rng is not None else 0
         if a < 0:
             senders = {s.id for _, _, _, s in c.pending}
-            self._step(c, a)
+            self._step(a)
             w = MEM | fp.bit_irq[c.id] | fp.bit_tlb[c.id]
             for s in senders:
                 w |= fp.bit_cpu[s]
@@ -186,7 +247,9 @@ class Controlled:
         k0, curr0, sig0 = task.in_kernel, c.curr, fp.proc_sig()
         rcu = eng.rcu
         rcu0 = bool(rcu.pending)
-        self._step(c, a)
+        reads = c.resched_reads
+        self._step(a)
+        self.read_resched = c.resched_reads != reads
         r = 0
         w = fp.bit_cpu[c.id] | fp.written() if touched or sent else fp.bit_cpu[c.id]
         if k0 or task.in_kernel or curr0 is not task or c.curr is not task or rcu0 or rcu.pending:
@@ -204,11 +267,15 @@ class Controlled:
         self.fp_read, self.fp_write = r, w
 
     # ----------------------------------------------------------------- one step
-    def _step(self, c, actor: int) -> None:
-        """One step of `actor` on c: an interrupt actor takes c's pending IPIs; a task (switched to first
-        if it waits on c's runqueue) resumes until its first yield, in the engine's step loop."""
+    def _step(self, actor: int) -> None:
+        """One step of `actor`: an interrupt actor takes its CPU's pending IPIs; a task (switched to first
+        if it waits on its CPU's runqueue) resumes until its first yield, in the engine's step loop."""
         eng = self.engine
+        if actor <= RESCHED:                        # scheduler tick: resched_curr() sets TIF_NEED_RESCHED
+            eng.cpus[RESCHED - actor].need_resched = True
+            return
         if actor < 0:
+            c = eng.cpus[-1 - actor]
             if eng.observer is not None:
                 eng.observer.step(c)
             if c.pending[0][0] > c.clock:
@@ -216,20 +283,22 @@ class Controlled:
             eng._take_irqs(c)
             return
         task = eng.tasks[actor]
+        c = eng.cpus[task.cpu]
         if c.curr is not task:                      # preempt_schedule() in favour of `task`
             c.runqueue.remove(task)
             c.runqueue.appendleft(task)
-            c.runqueue.append(c.curr)
+            c.runqueue.append(c.curr)  # type: ignore[arg-type]  # enabled(): a queued task runs only on a busy CPU
             eng._schedule(c)
         self.last_task = actor
         self.yielded = False
         self.last_request = None
-        c.need_resched = bool(c.runqueue)           # another task wants this CPU (read by 2.6.39's unmap_vmas)
+        if c._need_resched and not c.runqueue and eng.preemptible(c, task):
+            c.need_resched = False                  # schedule() found nobody else: the same task goes on
         c.attention = False                         # the chooser takes IPIs and preempts, not the step loop
         stack = task.stack
         if stack.__class__ is not FrameStack:
             stack = task.watch()
-        stack.resumed()
+        stack.steps[-1] += 1                        # FrameStack.resumed(), inline: the top frame resumes
         eng.step(c, c.clock)                        # horizon = now: one step, no bulk over several
 
     # ----------------------------------------------------------------- time turned into choices

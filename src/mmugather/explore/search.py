@@ -20,14 +20,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mmugather.explore.controlled import StepError
+from mmugather.explore.controlled import RESCHED, StepError, actor_cpu
 from mmugather.machine.engine import DeadlockError
 
 
 def default_choice(enabled: list[int], last: int | None, yielded: bool) -> int:
-    """The non-preemptive choice (enabled is ordered: interrupts, then tasks by tid): the last task goes
-    on unless it yielded or cannot; otherwise pending interrupts are taken; otherwise the next task after
-    the last one by tid."""
+    """The non-preemptive choice (enabled is ordered: interrupts, then tasks by tid, then ticks): the last
+    task goes on unless it yielded or cannot; otherwise pending interrupts are taken; otherwise the next
+    task after the last one by tid. A tick is never the default (a task of its CPU is always enabled)."""
     if last is not None and not yielded and last in enabled:
         return last
     first = enabled[0]
@@ -40,7 +40,10 @@ def default_choice(enabled: list[int], last: int | None, yielded: bool) -> int:
 
 
 def preemption_cost(x: int, enabled: list[int], last: int | None, yielded: bool) -> int:
-    """1 if choosing actor x here is a preemption, else 0."""
+    """1 if choosing actor x here is a preemption, else 0. A tick that sets need_resched is one (the switch
+    it causes at the next preemption point is then free: the current task is not offered there)."""
+    if x <= RESCHED:
+        return 1
     if x < 0 or last is None:
         return 0
     if x == last:
@@ -79,6 +82,8 @@ class Result:
     states: int = 0
     cut: int = 0                                  # executions stopped at the depth bound
     pruned: int = 0                               # executions stopped at a state seen before
+    slept: int = 0                                # branches not taken: asleep (sleep sets, a reordering of
+                                                  # independent steps explored already)
     seconds: float = 0.0
     covered: bool = False                         # the whole bound was searched
     bound: dict = field(default_factory=dict)
@@ -103,7 +108,7 @@ def run_machine(m, chooser, *, track: bool = False, log: list | None = None):
     except DeadlockError as e:
         return {"kind": "deadlock", "cpu": -1, "detail": str(e)}, False
     except StepError as e:                   # the model's own assertion, or a plugin raising, at a step
-        cpu = -1 - e.actor if e.actor < 0 else eng.tasks[e.actor].cpu
+        cpu = actor_cpu(eng, e.actor).id
         if isinstance(e.error, AssertionError):
             return {"kind": "assertion", "cpu": cpu, "detail": str(e.error)}, False
         return {"kind": "exception", "cpu": cpu, "detail": str(e)}, False
@@ -189,12 +194,24 @@ class _Node:
     """A scheduling point with alternatives: the schedule reaching it, its sleep set and the footprints
     of the children explored from it so far."""
 
-    __slots__ = ("prefix", "sleep", "done")
+    __slots__ = ("prefix", "sleep", "used", "done")
 
-    def __init__(self, prefix: tuple, sleep: dict) -> None:
+    def __init__(self, prefix: tuple, sleep: dict, used: int) -> None:
         self.prefix = prefix
         self.sleep = sleep
+        self.used = used                # preemptions used to reach it
         self.done: dict = {}
+
+
+class _Tick:
+    """Where a scheduler tick could have come before the step just taken: the point's node (or the schedule
+    and sleep set reaching it), the tick actor and the preemptions used there. A tick changes nothing but
+    its CPU's need_resched, so it is queued only if that step read the flag (see `_Execution.choose`)."""
+
+    __slots__ = ("node", "prefix", "sleep", "actor", "used")
+
+    def __init__(self, node: _Node | None, prefix: tuple, sleep: dict, actor: int, used: int) -> None:
+        self.node, self.prefix, self.sleep, self.actor, self.used = node, prefix, sleep, actor, used
 
 
 @dataclass
@@ -265,12 +282,14 @@ class _Execution:
         self.here: _Node | None = None
         self.prev: int | None = None
         self.before: dict = {}
+        self.tick: _Tick | None = None      # a tick that could have preceded the step just taken
 
     def run(self) -> bool:
         """Execute the branch and account for it. True when a violation was found."""
         res = self.search.res
         self.control.prefix = self.prefix[:-1]
         violation, _ = run_machine(self.machine, self.choose, track=not self.prefix)
+        self._queue_tick()
         res.executions += 1
         res.transitions += self.step
         res.max_depth_seen = max(res.max_depth_seen, self.step)
@@ -290,7 +309,11 @@ class _Execution:
                 raise RuntimeError(f"replay diverged at step {d}: actor {a} not in {enabled}")
             self.control.track = True
             self.step = d + 1
+            node = self.node
+            if node is not None and a > RESCHED:
+                self._note_tick(enabled, a, node, node.prefix, node.sleep, node.used)
             return a
+        self._queue_tick()
         if self.violations:
             return None
         sleep = self._sleep_set(d == n)
@@ -349,10 +372,13 @@ class _Execution:
         inline = None
         alts = []
         for x in (default, *[a for a in enabled if a != default]):
-            if x in sleep:
+            if x <= RESCHED:                # a tick: queued after the step, if the step reads need_resched
                 continue
             cost = preemption_cost(x, enabled, last, yielded)
             if self.used + cost > self.search.max_preemptions:
+                continue
+            if x in sleep:
+                self.search.res.slept += 1
                 continue
             if inline is None and cost == 0:
                 inline = x
@@ -360,7 +386,7 @@ class _Execution:
                 alts.append((x, cost))
         here = None
         if alts:
-            here = _Node(tuple(self.sched), sleep)
+            here = _Node(tuple(self.sched), sleep, self.used)
             for x, cost in reversed(alts):
                 if cost:
                     self.search.levels[self.used + cost].append((here, x, self.used + cost))
@@ -368,7 +394,30 @@ class _Execution:
                     self.stack.append((here, x, self.used))
         if inline is None:
             return None
+        if enabled[-1] <= RESCHED:          # ticks are listed last
+            self._note_tick(enabled, inline, here, tuple(self.sched), sleep, self.used)
         return self._take(here, inline, sleep)
+
+    def _note_tick(self, enabled: list[int], actor: int, node: _Node | None, prefix: tuple, sleep: dict,
+                   used: int) -> None:
+        """Before task `actor` steps: remember the tick of its CPU if it is enabled here, not asleep and
+        within the bound. It changes nothing but need_resched, so choosing it anywhere between two reads
+        of the flag ends alike; it is explored right before a step that reads it (`_queue_tick`)."""
+        if actor < 0 or used + 1 > self.search.max_preemptions:
+            return
+        tick = RESCHED - self.machine.engine.tasks[actor].cpu
+        if tick in enabled and tick not in sleep:
+            self.tick = _Tick(node, prefix, sleep, tick, used)
+
+    def _queue_tick(self) -> None:
+        """The step just taken read need_resched: queue the tick that could have come before it."""
+        t = self.tick
+        if t is None:
+            return
+        self.tick = None
+        if self.control.read_resched:
+            node = t.node if t.node is not None else _Node(t.prefix, t.sleep, t.used)
+            self.search.levels[t.used + 1].append((node, t.actor, t.used + 1))
 
     def _take(self, here: _Node | None, actor: int, sleep: dict) -> int:
         self.here, self.prev, self.before = here, actor, sleep
@@ -403,13 +452,17 @@ def pct(target, *, depth: int = 3, budget: int = 1000, seed: int = 0, max_depth:
         trace: list[int] = []
         fresh = [depth + len(actors)]
 
-        def choose(enabled, trace=trace, prio=prio, changes=changes, violations=violations, fresh=fresh):
+        def choose(enabled, trace=trace, prio=prio, changes=changes, violations=violations, fresh=fresh,
+                   actors=actors):
             if violations or len(trace) >= max_depth:
                 return None
             for a in enabled:
                 if a not in prio:
-                    prio[a] = fresh[0]
-                    fresh[0] += 1
+                    if a <= RESCHED:         # a tick: a random priority among the actors' (above the changes)
+                        prio[a] = depth + rng.random() * len(actors)
+                    else:                    # a task forked meanwhile: above every other
+                        prio[a] = fresh[0]
+                        fresh[0] += 1
             a = max(enabled, key=prio.__getitem__)
             low = changes.get(len(trace) + 1)
             if low is not None:

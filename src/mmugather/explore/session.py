@@ -22,8 +22,9 @@ DEFAULT_BUDGET = {"exhaustive": 200_000, "pct": 2000, "random": 2000}
 
 def run_search(target, *, strategy: str = "exhaustive", max_preemptions: int = 2, budget: int | None = None,
                seed: int = 0, pct_depth: int = 3, max_steps: int = 10_000, hash_states: bool = True,
-               shrink: bool = True, progress: search.Progress | None = None) -> dict:
+               por: bool = True, shrink: bool = True, progress: search.Progress | None = None) -> dict:
     """Search `target` with `strategy`; when a violation is found, shrink its schedule and tell its story.
+    `por` off: exhaustive explores without sleep sets (the unpruned search, to compare against).
     Returns the report (JSON-ready)."""
     if strategy not in STRATEGIES:
         raise InputError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -34,7 +35,7 @@ def run_search(target, *, strategy: str = "exhaustive", max_preemptions: int = 2
     budget = budget or DEFAULT_BUDGET[strategy]
     if strategy == "exhaustive":
         res = search.exhaustive(target, max_preemptions=max_preemptions, max_depth=max_steps, budget=budget,
-                                hash_states=hash_states, progress=progress)
+                                hash_states=hash_states, sleep_sets=por, progress=progress)
     elif strategy == "pct":
         res = search.pct(target, depth=pct_depth, budget=budget, seed=seed, max_depth=max_steps,
                          progress=progress)
@@ -43,7 +44,8 @@ def run_search(target, *, strategy: str = "exhaustive", max_preemptions: int = 2
     report = {
         "strategy": strategy, "bound": res.bound, "covered": res.covered, "executions": res.executions,
         "transitions": res.transitions, "states": res.states, "cut_at_max_steps": res.cut,
-        "pruned": res.pruned, "longest": res.max_depth_seen, "seconds": round(res.seconds, 3),
+        "pruned": res.pruned, "slept": res.slept, "por": por and strategy == "exhaustive",
+        "longest": res.max_depth_seen, "seconds": round(res.seconds, 3),
         "violation": res.violation, "schedule": None, "story": None, "stale_use": None,
     }
     if res.violation is None or res.trace is None:      # (a violation comes with its trace)

@@ -63,8 +63,8 @@ class Fingerprinter:
         parts: list[tuple[Any, ...]] = []
         for c in eng.cpus:
             parts.append((
-                c.curr.tid if c.curr else 0, tuple(t.tid for t in c.runqueue), c.state, c.preempt_count,
-                c.irqs_off, c.point, tuple(c.tlb.items()), tuple((k, t.pfn) for k, t in c.pwc.items()),
+                c.curr.tid if c.curr else 0, tuple(t.tid for t in c.runqueue), c.state, c._need_resched,
+                c.preempt_count, c.irqs_off, c.point, tuple(c.tlb.items()), tuple((k, t.pfn) for k, t in c.pwc.items()),
                 enc(c.loaded_mm, memo), enc(c.active_mm, memo), c.tlbstate, tuple(sorted(c.dangling)),
                 tuple((enc(f, memo), s.id) for _, _, f, s in sorted(c.pending, key=lambda e: e[1])),
                 c.ipi_acks_left, c.ptl_held, enc(c.per_cpu, memo)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmugather.explore.controlled import RESCHED
 from mmugather.explore.search import default_choice, run_machine
 from mmugather.kernel.locking import (
     COND_RESCHED, DownRead, DowngradeWrite, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead,
@@ -30,6 +31,7 @@ def tell(target, schedule, *, max_steps: int = 100_000, trace=None) -> dict:
     up to the violation), "lines" (each starting with its step, from 0 as in the schedule), "stale_use"};
     `trace`, if given, is a callable receiving the machine before the run (to attach a Chrome trace)."""
     m = target.build()
+    m.engine.scheduler.record_requests()
     if trace is not None:
         trace(m)
     teller = _Teller(m, {int(s): int(a) for s, a in schedule}, max_steps)
@@ -77,7 +79,9 @@ class _Teller:
         if a is None or a not in enabled:
             a = default_choice(enabled, self.control.last_task, self.control.yielded)
         eng = self.eng
-        if a < 0:
+        if a <= RESCHED:
+            self.pending = (a, eng.cpus[RESCHED - a], None, (), False, None)
+        elif a < 0:
             c = eng.cpus[-1 - a]
             self.pending = (a, c, None, (), False, [(f, s.id) for _, _, f, s in sorted(c.pending)])
         else:
@@ -96,7 +100,10 @@ class _Teller:
         a, c, task, stack0, k0, extra = self.pending
         self.pending = None
         events: list[str] = []
-        if a < 0:
+        if a <= RESCHED:
+            events.append(f"scheduler tick: need_resched set ({c.runqueue[0].name} waits)" if c.runqueue
+                          else "scheduler tick: need_resched set")
+        elif a < 0:
             for f, sender in extra:
                 events.append(f"takes the IPI from CPU {sender}: {getattr(f, '__name__', 'handler')}()")
         else:
@@ -116,7 +123,7 @@ class _Teller:
                 events.append("exits")
         if events:
             cpu = c.id
-            who = task.name if task is not None else "irq"
+            who = task.name if task is not None else "tick" if a <= RESCHED else "irq"
             self.emit(cpu, f"{who:<7} " + "; ".join(events))
 
     def emit(self, cpu, text: str) -> None:

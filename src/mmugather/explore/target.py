@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from mmugather.errors import InputError
-from mmugather.explore.controlled import Controlled, CountingRandom
+from mmugather.explore.controlled import RESCHED, Controlled, CountingRandom
 from mmugather.explore.state import simulation_fingerprinter
 from mmugather.sim.simulation import Simulation
 
@@ -41,7 +41,7 @@ class KernelTarget:
                          without_fixes=self.without_fixes, fast=False, scheduler=control,
                          rng_class=CountingRandom, tlb_observer=control.footprint)
         control.footprint.watch(sim)
-        sim.fingerprint = simulation_fingerprinter(sim).fingerprint
+        sim.fingerprint = _lazy_fingerprint(sim)
         return sim
 
     def actor_names(self) -> dict[int, str]:
@@ -50,4 +50,16 @@ class KernelTarget:
         names = {tid: f"{t.name} (CPU {t.cpu})" for tid, t in sorted(sim.engine.tasks.items())}
         for c in sim.engine.cpus:
             names[-1 - c.id] = f"IPIs on CPU {c.id}"
+            names[RESCHED - c.id] = f"scheduler tick on CPU {c.id} (sets need_resched)"
         return names
+
+
+def _lazy_fingerprint(sim):
+    """sim's fingerprint function, its Fingerprinter made on the first call (most executions hash nothing)."""
+    made: list = []
+
+    def fingerprint() -> int:
+        if not made:
+            made.append(simulation_fingerprinter(sim).fingerprint)
+        return made[0]()
+    return fingerprint

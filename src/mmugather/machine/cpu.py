@@ -48,8 +48,9 @@ class FrameStack(list):
     def append(self, gen) -> None:
         list.append(self, gen)
         self.steps.append(1)
-        for listener in self.listeners:
-            listener.pushed(self, gen)
+        if self.listeners:
+            for listener in self.listeners:
+                listener.pushed(self, gen)
 
     def pop(self):  # type: ignore[override]
         gen = list.pop(self)
@@ -57,8 +58,9 @@ class FrameStack(list):
         steps.pop()
         if steps:
             steps[-1] += 1
-        for listener in self.listeners:
-            listener.popped(self, gen)
+        if self.listeners:
+            for listener in self.listeners:
+                listener.popped(self, gen)
         return gen
 
     def resumed(self) -> None:
@@ -116,8 +118,8 @@ class Cpu:
     """
 
     __slots__ = ("id", "clock", "curr", "runqueue", "latency_task", "state", "token", "preempt_count",
-                 "irqs_off", "need_resched", "pending", "attention", "point", "tlb", "pwc", "loaded_mm",
-                 "active_mm", "tlbstate", "dangling", "preempt_off_since", "ptl_held", "compute_end",
+                 "irqs_off", "_need_resched", "resched_reads", "pending", "attention", "point", "tlb", "pwc",
+                 "loaded_mm", "active_mm", "tlbstate", "dangling", "preempt_off_since", "ptl_held", "compute_end",
                  "ipi_wait_until", "ipi_acks_left", "per_cpu", "slice_armed", "tick_armed", "horizon")
 
     def __init__(self, cpu_id: int) -> None:
@@ -130,7 +132,8 @@ class Cpu:
         self.token = 0
         self.preempt_count = 0
         self.irqs_off = 0
-        self.need_resched = False
+        self._need_resched = False
+        self.resched_reads = 0            # how often need_resched was read (the explorer's ticks go before reads)
         self.pending: list = []           # heap of (arrival, seq, func, sender) IPIs
         self.attention = False
         self.point = P_PLAIN
@@ -149,3 +152,14 @@ class Cpu:
         self.slice_armed = False
         self.tick_armed = False           # a scheduler_tick() is queued for this CPU (Engine.on_tick)
         self.horizon: float = -1          # set by Engine._run_cpu: the time of the next event on the queue
+
+    @property
+    def need_resched(self) -> bool:
+        """TIF_NEED_RESCHED (need_resched()); every read is counted in `resched_reads`, so that the explorer
+        can place its scheduler tick right before a step that reads the flag."""
+        self.resched_reads += 1
+        return self._need_resched
+
+    @need_resched.setter
+    def need_resched(self, value: bool) -> None:
+        self._need_resched = value
