@@ -81,6 +81,9 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
       after it;
     or None when the next present entry must go step by step. `work` comes back reduced by the entries
     covered (None when not given)."""
+    small = _zap_scan(kernel, c, pt, i, iend, none, quiet, work, stop_dirty_file)
+    if small is not _TOO_LONG:
+        return small
     v = np.frombuffer(pt.ptes, dtype=np.int64)
     w = v[i:iend]
     pres = w != 0
@@ -113,6 +116,70 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
     if work is not None:
         work -= PAGE_SIZE * m + (last + 1 - m)
     return ZapSteps(m, i + last, last_end - c.clock, pfns, anon, work, i + first)
+
+
+_TOO_LONG: Any = object()     # _zap_scan(): the run is longer than SCAN entries, use the array path
+SCAN = 48
+
+
+def _zap_scan(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int | None,
+              stop_dirty_file: bool) -> ZapSteps | None:
+    """zap_steps() entry by entry in plain Python, for runs that end within SCAN entries (the engine's
+    horizon is near, or the gather nearly full): the same result, without numpy's cost on tiny arrays.
+    Returns _TOO_LONG when the run reaches entry i + SCAN (the caller then takes the array path; nothing
+    was changed)."""
+    ptes = pt.ptes
+    costs = kernel.costs
+    c_zap, c_none = costs.pte_zap, costs.pte_none
+    horizon = c.horizon
+    base = c.clock + none
+    kind = kernel.alloc.kind
+    limit = min(iend, i + SCAN)
+    sel: list[int] = []
+    last_end = base
+    used = 0
+    j = i
+    while True:
+        if j == iend:
+            break
+        if j == limit:
+            return _TOO_LONG
+        e = ptes[j]
+        if e:
+            k = len(sel)
+            if stop_dirty_file and e & _PAGE_DIRTY and kind[e >> PAGE_SHIFT] != ANON:
+                if not k:
+                    return None
+                break
+            last_end = base + c_zap * (k + 1) + c_none * (j - i - k)
+            sel.append(j)
+            if last_end >= horizon or k == quiet:
+                break
+        if work is not None:
+            used += PAGE_SIZE if e else 1
+            if used >= work:
+                break
+        j += 1
+    if not sel:
+        cnt = j + 1 - i if j < iend else iend - i
+        return ZapSteps(0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt, i + cnt)
+    alloc = kernel.alloc
+    mapcount = alloc.mapcount
+    pfns = []
+    anon = 0
+    for j in sel:
+        pfn = ptes[j] >> PAGE_SHIFT
+        ptes[j] = 0                                     # ptep_get_and_clear_full()
+        mapcount[pfn] -= 1                              # page_remove_rmap()
+        anon += kind[pfn] == ANON
+        pfns.append(pfn)
+    for pfn in pfns:
+        if mapcount[pfn] < 0:
+            raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+    m, first, last = len(sel), sel[0] - i, sel[-1] - i
+    if work is not None:
+        work -= PAGE_SIZE * m + (last + 1 - m)
+    return ZapSteps(m, i + last, last_end - c.clock, np.array(pfns, dtype=np.int64), anon, work, i + first)
 
 
 def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:
