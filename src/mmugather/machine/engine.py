@@ -22,6 +22,12 @@ One engine, composed. What varies is handed in, never swapped in later:
   that registers none has exactly the events it had before the seam existed.
 - design events (`note`): a design's own events (LATR's lazy invalidations, ABIS's avoided IPIs), counted
   in the metrics' `design_events` and told to the observers (the tracer draws them).
+- a `Lookahead` (optional; Simulation hands in workloads/program.py's ChurnLookahead on its fast path): when
+  a CPU's user work ends, it may run that CPU's next steps at once if they cannot observe any other CPU
+  before its next interaction, making exactly the state changes the steps would (as in conservative
+  parallel discrete-event simulation); else the CPU steps as usual. Observers see every step, so with an
+  observer attached the lookahead is not used. tests/test_lookahead.py checks runs with and without it
+  give the same metrics.
 - bounds: `max_sim_ns` (simulated time) and `max_steps` (task resumptions in one run) end a runaway run
   with LimitExceeded naming the bound.
 Randomness lives in the workload and the allocator, drawn from one seeded `random.Random`.
@@ -51,7 +57,7 @@ from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.machine.cpu import COMPUTE, IDLE, IPI_WAIT, RUNNING, SPINNING, Cpu, Task, TaskContractError
 
 __all__ = ["PREEMPT_MODELS", "ClockOrder", "DeadlockError", "Engine", "EngineObserver", "LimitExceeded",
-           "Scheduler", "TaskContractError", "TickHook"]
+           "Lookahead", "Scheduler", "TaskContractError", "TickHook"]
 
 PREEMPT_MODELS = ("none", "voluntary", "full")
 
@@ -88,6 +94,16 @@ class Scheduler(Protocol):
     def handlers(self, engine: Engine) -> Mapping[type, Handler]: ...
 
     def run(self, engine: Engine) -> int: ...
+
+
+class Lookahead(Protocol):
+    """Runs CPU c's next steps at once, when its user work has just ended at c.clock and `horizon` is the
+    time of the next queued event: only if nothing another CPU does can reach those steps, and then with
+    exactly the state changes (clock, counters, requests handled, events queued) the engine's steps would
+    make. Returns True if it ran them (and queued what follows), False if it changed nothing that the
+    steps will not redo (the CPU then steps as usual)."""
+
+    def resume(self, engine: Engine, c: Cpu, horizon: float) -> bool: ...
 
 
 class EngineObserver:
@@ -250,7 +266,7 @@ class Engine:
 
     def __init__(self, ncpus: int, costs, preempt: str, metrics, invariants, *, scheduler: Scheduler | None = None,
                  observers: Iterable[EngineObserver] = (), max_sim_ns: int | None = None,
-                 max_steps: int | None = None) -> None:
+                 max_steps: int | None = None, lookahead: Lookahead | None = None) -> None:
         if preempt not in PREEMPT_MODELS:
             raise ValueError(f"unknown preemption model {preempt!r}")
         for name, bound in (("max_sim_ns", max_sim_ns), ("max_steps", max_steps)):
@@ -292,6 +308,8 @@ class Engine:
         self.observers: list[EngineObserver] = []
         self.observer: EngineObserver | None = None
         self.step = self._run_cpu
+        self.lookahead = lookahead
+        self._done_cbs: list[Callable[[int], None] | None] = [None] * ncpus   # per CPU: its compute's end
         for obs in observers:
             self.attach(obs)
 
@@ -398,9 +416,7 @@ class Engine:
             try:
                 v = send(val)
             except StopIteration as e:
-                self.steps_left -= 1
-                if not self.steps_left:
-                    raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going") from None
+                self._count_step(c, task)
                 stack = task.stack
                 stack.pop()
                 if not stack:
@@ -421,27 +437,27 @@ class Engine:
                 task.stack.append(v)
                 send = task.send = v.send
                 continue
-            self.steps_left -= 1                     # returns, 0 ns and requests count toward max_steps
-            if not self.steps_left:
-                raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going")
+            self._count_step(c, task)                # returns, 0 ns and requests count toward max_steps
             if v.__class__ is int:
                 if v:
                     raise TaskContractError(f"task {task} on CPU {c.id} yielded {v} ns (negative)")
                 c.point = P_PLAIN
-                if c.clock >= horizon:
-                    self._push_cpu(c)
-                    return
-                continue
-            try:
-                handler = handlers[v.__class__]
-            except KeyError:
-                raise TaskContractError(f"task {task} on CPU {c.id} yielded {v!r:.80} ({type(v).__name__}): "
-                                        "not an int, a generator or a request") from None
-            if not handler(c, task, v):
-                return                     # the handler blocked or switched the CPU and queued what follows
+            else:
+                handler = handlers.get(v.__class__)
+                if handler is None:
+                    raise TaskContractError(f"task {task} on CPU {c.id} yielded {v!r:.80} ({type(v).__name__}): "
+                                            "not an int, a generator or a request")
+                if not handler(c, task, v):
+                    return                 # the handler blocked or switched the CPU and queued what follows
             if c.clock >= horizon:
                 self._push_cpu(c)
                 return
+
+    def _count_step(self, c: Cpu, task: Task) -> None:
+        """One more step toward max_steps (a return, a 0 ns yield or a request); past it, LimitExceeded."""
+        self.steps_left -= 1
+        if not self.steps_left:
+            raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going") from None
 
     def _attend(self, c: Cpu) -> bool:
         """Take arrived IPIs, then preempt if the last yield was a preemption point. True if switched."""
@@ -892,9 +908,19 @@ class Engine:
                 self._push_cpu(sender)
         c.attention = bool(pending) or c.need_resched
 
-    def _compute_done_cb(self, c: Cpu):
-        def done(t, c=c):
-            c.clock = max(c.clock, c.compute_end)
-            c.state = RUNNING
-            self.step(c, self.horizon())
+    def _compute_done_cb(self, c: Cpu) -> Callable[[int], None]:
+        """The callback of c's compute end (made once per CPU)."""
+        done = self._done_cbs[c.id]
+        if done is None:
+            done = self._done_cbs[c.id] = functools.partial(self._compute_done, c)
         return done
+
+    def _compute_done(self, c: Cpu, t: int) -> None:
+        """c's user work ended: it runs again, its next steps at once if the lookahead can (no observer
+        attached), else step by step."""
+        c.clock = max(c.clock, c.compute_end)
+        c.state = RUNNING
+        horizon = self.heap[0][0] if self.heap else INF
+        la = self.lookahead
+        if la is None or self.observer is not None or not la.resume(self, c, horizon):
+            self.step(c, horizon)

@@ -26,7 +26,7 @@ from mmugather.report.metrics import Metrics
 from mmugather.sim.invariants import Invariants
 from mmugather.sim.watchdog import SoftLockupWatchdog
 from mmugather.workloads import scenario as S
-from mmugather.workloads.program import Process, thread_program, vma_flags
+from mmugather.workloads.program import ChurnLookahead, Process, thread_program, vma_flags
 
 
 @functools.cache
@@ -86,8 +86,10 @@ class Simulation:
         # the soft-lockup watchdog (a latency invariant) watches the engine only when a threshold is set
         self.watchdog = SoftLockupWatchdog(m.softlockup_ns, self.invariants) if m.softlockup_ns else None
         watching = [*observers, self.watchdog] if self.watchdog is not None else observers
+        # the churn loops' lookahead on the fast path of the free-running machine (its steps otherwise)
+        lookahead = ChurnLookahead(self) if fast and scheduler is None else None
         self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants, scheduler=scheduler,
-                             observers=watching, max_sim_ns=max_sim_ns, max_steps=max_steps)
+                             observers=watching, max_sim_ns=max_sim_ns, max_steps=max_steps, lookahead=lookahead)
         self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
         self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many,
                                self.invariants.on_free_array, self.invariants.on_free_each_array)

@@ -6,9 +6,13 @@ kernel is a kernel method of the policy under test.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
+from typing import Any
+
+from mmugather.kernel.sched import P_PLAIN
 from mmugather.kernel.smp import Compute, Sleep
 from mmugather.mm.mm_types import VM_READ, VM_SHARED, VM_WRITE
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, _PAGE_PRESENT, _PAGE_RW
+from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, _PAGE_PRESENT, _PAGE_RW
 from mmugather.workloads import scenario as S
 
 
@@ -22,6 +26,7 @@ class Process:
         self.threads: list = []
         self.exiting = False
         self.busy = 0            # threads still running ops other than churn
+        self.states: dict[int, ThreadState] = {}     # each thread's program state, by tid
 
 
 def vma_flags(spec: S.VmaSpec) -> int:
@@ -84,106 +89,318 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
     return result
 
 
+class Churn:
+    """A churn loop in progress: the range, whether it stores, its gap; `waiting` while the thread is in its
+    gap (the engine's ChurnLookahead may then run the next iteration itself); `drawn`, an address the
+    lookahead drew for the next iteration and handed over (-1: none)."""
+
+    __slots__ = ("lo", "pages", "write", "gap", "waiting", "drawn")
+
+    def __init__(self, lo: int, pages: int, write: bool, gap_ns: int) -> None:
+        self.lo, self.pages, self.write, self.gap = lo, pages, write, Compute(gap_ns)
+        self.waiting = False
+        self.drawn = -1
+
+    def next_addr(self, rng) -> int:
+        """The next address: the one the lookahead drew, else a fresh draw."""
+        addr, self.drawn = self.drawn, -1
+        return addr if addr >= 0 else self.lo + (rng.randrange(self.pages) << PAGE_SHIFT)
+
+
+class ThreadState:
+    """The explicit state of one user thread's program, everything its later steps depend on: where it
+    stands (`path`: op index and iteration per loop level; `op`, `shift`; `at`, the yield it waits at),
+    whether it still counts as busy, whether it leaves alone (exit_thread), and what an op holds across its
+    yields (`lo`, `hi`, `aux`, `churn`). The explorer's fingerprints read this object (explore/state.py),
+    never the generators' frame locals, so how the program is split into functions changes no state."""
+
+    __slots__ = ("proc", "path", "op", "shift", "at", "busy", "alone", "lo", "hi", "aux", "churn")
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+        self.path: list[int] = []
+        self.op: object = None
+        self.shift = 0
+        self.at = ""
+        self.busy = False
+        self.alone = False
+        self.lo = self.hi = 0
+        self.aux: object = None
+        self.churn: Churn | None = None
+
+
 def thread_program(sim, proc: Process, ops: list):
     """The generator factory of one thread running `ops`, then exiting (exit_mm)."""
 
     def run(c, task):
-        rng = sim.rng
-        kernel = sim.kernel
-        proc.busy += 1
-        busy = True
-        alone = False            # exit_thread: this thread leaves, the process goes on
-        for op, shift in _steps(sim, c, ops):
-            if proc.exiting:
-                break
-            if isinstance(op, S.ChurnOp):
-                if busy:
-                    proc.busy -= 1
-                    busy = False
-                lo, hi = _range(proc, op, shift)
-                pages = (hi - lo) >> PAGE_SHIFT
-                while not proc.exiting and proc.busy > 0:
-                    addr = lo + (rng.randrange(pages) << PAGE_SHIFT)
-                    yield access(sim, c, task, addr, op.write)
-                    yield Compute(op.gap_ns)
-                continue
-            if isinstance(op, S.TouchOp):
-                lo, hi = _range(proc, op, shift)
-                for addr in range(lo, hi, PAGE_SIZE):
-                    if proc.exiting:
-                        break
-                    yield access(sim, c, task, addr, op.write)
-                    if op.gap_ns:
-                        yield Compute(op.gap_ns)
-            elif isinstance(op, S.MunmapOp):
-                lo, hi = _range(proc, op, shift)
-                yield syscall(sim, c, task, kernel.sys_munmap(c, task, lo, hi - lo), (lo, hi))
-            elif isinstance(op, S.MadviseOp):
-                lo, hi = _range(proc, op, shift)
-                yield syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo), (lo, hi))
-            elif isinstance(op, S.GupFastOp):
-                lo, hi = _range(proc, op, shift)
-                enter_kernel(sim, c, task)
-                pinned = yield kernel.get_user_pages_fast(c, task.mm, lo, (hi - lo) >> PAGE_SHIFT, op.write,
-                                                          op.hold_ns)
-                task.in_kernel = False
-                if sim.watchdog is not None:            # back in user mode (the invariants check nothing here)
-                    sim.watchdog.user_return(c)
-                if op.keep_ns:
-                    yield Compute(op.keep_ns)
-                for pfn in pinned:                       # unpin_user_pages()
-                    sim.alloc.put_page(c, pfn)
-            elif isinstance(op, S.MmapOp):
-                spec = op.vma
-                f = sim.files.get(spec.file) if spec.file else None
-                addr = yield syscall(sim, c, task, kernel.sys_mmap(
-                    c, task, spec.start, spec.size, vma_flags(spec), f, spec.offset >> PAGE_SHIFT, spec.name))
-                proc.ranges[spec.name] = (addr, addr + spec.size)
-            elif isinstance(op, S.SleepOp):
-                yield Sleep(op.ns)
-            elif isinstance(op, S.ComputeOp):
-                yield Compute(op.ns)
-            elif isinstance(op, S.ExitOp):
-                break
-            elif isinstance(op, S.ExitThreadOp):
-                alone = any(t is not task and t.alive for t in proc.threads)
-                break
-            elif isinstance(op, S.MprotectOp):
-                lo, hi = _range(proc, op, shift)
-                yield syscall(sim, c, task, kernel.sys_mprotect(c, task, lo, hi - lo, op.prot), (lo, hi))
-            elif isinstance(op, S.MremapOp):
-                lo, hi = _range(proc, op, shift)
-                dest = proc.ranges[op.to][0]
-                yield syscall(sim, c, task, kernel.sys_mremap_fixed(c, task, lo, hi - lo, dest))
-                proc.ranges[op.to] = (dest, dest + hi - lo)
-            elif isinstance(op, S.TruncateOp):
-                yield syscall(sim, c, task, kernel.do_truncate(c, task, sim.files[op.file], op.size))
-            elif isinstance(op, S.ForkOp):
-                new_mm = yield syscall(sim, c, task, kernel.sys_fork(c, task))
-                child = Process(f"{proc.name}/child", new_mm)
-                child.ranges = dict(proc.ranges)
-                sim.processes.append(child)
-                child.threads.append(sim.engine.spawn(f"{child.name}/0", op.cpu, "user",
-                                                      thread_program(sim, child, op.program),
-                                                      mm=new_mm, process=child))
-            elif isinstance(op, S.HaltOp):
-                sim.engine.halted = True
-                yield Sleep(1)
-            elif isinstance(op, S.ExecOp):
-                yield syscall(sim, c, task, do_execve(sim, c, task, proc, op))
-        if busy:
-            proc.busy -= 1
-        if not proc.exiting and not alone:
-            proc.exiting = True          # exit_group(): every thread of the process exits
-            for t in proc.threads:
-                if t is not task and t.blocked_on == "sleep":
-                    t.sleep_token += 1
-                    sim.engine.wake(t, c.clock)
-        enter_kernel(sim, c, task)
-        yield sim.costs.syscall
-        yield kernel.exit_mm(c, task)
+        st = proc.states[task.tid] = ThreadState(proc)
+        yield from _run_ops(sim, c, task, st, ops)
+        yield from _do_exit(sim, c, task, st)
 
     return run
+
+
+def _run_ops(sim, c, task, st: ThreadState, ops: list):
+    """The ops in order, each by its handler in OPS (True from a handler: the thread exits now)."""
+    proc = st.proc
+    proc.busy += 1
+    st.busy = True
+    for op, shift in _steps(sim, c, st, ops):
+        if proc.exiting:
+            break
+        st.op, st.shift = op, shift
+        if (yield from OPS[op.__class__](sim, c, task, st, op, shift)):
+            break
+    st.op = st.aux = None
+    if st.busy:
+        proc.busy -= 1
+        st.busy = False
+
+
+def _do_exit(sim, c, task, st: ThreadState):
+    """do_exit(), kernel/exit.c, as far as the mm goes: unless the thread leaves alone (exit_thread), the
+    process exits (exit_group(): sleeping threads are woken to exit), then exit_mm()."""
+    proc = st.proc
+    if not proc.exiting and not st.alone:
+        proc.exiting = True
+        for t in proc.threads:
+            if t is not task and t.blocked_on == "sleep":
+                t.sleep_token += 1
+                sim.engine.wake(t, c.clock)
+    enter_kernel(sim, c, task)
+    st.at = "exit"
+    yield sim.costs.syscall
+    yield sim.kernel.exit_mm(c, task)
+
+
+def user_churn(sim, c, task, st: ThreadState, op: S.ChurnOp, shift: int):
+    """Loads or stores at random pages of the range, op.gap_ns of user work apart, until the process exits or
+    no other thread is busy (this thread no longer counts as busy)."""
+    proc = st.proc
+    if st.busy:
+        proc.busy -= 1
+        st.busy = False
+    lo, hi = _range(proc, op, shift)
+    ch = st.churn = Churn(lo, (hi - lo) >> PAGE_SHIFT, op.write, op.gap_ns)
+    while not proc.exiting and proc.busy > 0:
+        st.at = "access"
+        yield access(sim, c, task, ch.next_addr(sim.rng), op.write)
+        st.at = "gap"
+        ch.waiting = True
+        yield ch.gap
+        ch.waiting = False
+    st.churn = None
+    return False
+
+
+def user_touch(sim, c, task, st: ThreadState, op: S.TouchOp, shift: int):
+    """A load or store at each page of the range in order, op.gap_ns of user work after each."""
+    proc = st.proc
+    st.lo, st.hi = _range(proc, op, shift)
+    for addr in range(st.lo, st.hi, PAGE_SIZE):
+        if proc.exiting:
+            break
+        st.aux = addr
+        st.at = "access"
+        yield access(sim, c, task, addr, op.write)
+        if op.gap_ns:
+            st.at = "gap"
+            yield Compute(op.gap_ns)
+    st.aux = None
+    return False
+
+
+def munmap(sim, c, task, st: ThreadState, op: S.MunmapOp, shift: int):
+    """munmap(2) of the range."""
+    lo, hi = _range(st.proc, op, shift)
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.sys_munmap(c, task, lo, hi - lo), (lo, hi))
+    return False
+
+
+def madvise(sim, c, task, st: ThreadState, op: S.MadviseOp, shift: int):
+    """madvise(2) MADV_DONTNEED of the range."""
+    lo, hi = _range(st.proc, op, shift)
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.sys_madvise_dontneed(c, task, lo, hi - lo), (lo, hi))
+    return False
+
+
+def mprotect(sim, c, task, st: ThreadState, op: S.MprotectOp, shift: int):
+    """mprotect(2) of the range."""
+    lo, hi = _range(st.proc, op, shift)
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.sys_mprotect(c, task, lo, hi - lo, op.prot), (lo, hi))
+    return False
+
+
+def get_user_pages_fast(sim, c, task, st: ThreadState, op: S.GupFastOp, shift: int):
+    """get_user_pages_fast() of the range (a driver pinning user pages), op.keep_ns of user work while they
+    are pinned, then unpin_user_pages()."""
+    lo, hi = _range(st.proc, op, shift)
+    enter_kernel(sim, c, task)
+    st.at = "gup"
+    st.aux = yield sim.kernel.get_user_pages_fast(c, task.mm, lo, (hi - lo) >> PAGE_SHIFT, op.write, op.hold_ns)
+    task.in_kernel = False
+    if sim.watchdog is not None:            # back in user mode (the invariants check nothing here)
+        sim.watchdog.user_return(c)
+    if op.keep_ns:
+        st.at = "keep"
+        yield Compute(op.keep_ns)
+    pinned, st.aux = st.aux, None
+    for pfn in pinned:                       # unpin_user_pages()
+        sim.alloc.put_page(c, pfn)
+    return False
+
+
+def mmap(sim, c, task, st: ThreadState, op: S.MmapOp, shift: int):
+    """mmap(2) of the op's VMA; the range's name then refers to where it was mapped."""
+    spec = op.vma
+    f = sim.files.get(spec.file) if spec.file else None
+    st.at = "syscall"
+    addr = yield syscall(sim, c, task, sim.kernel.sys_mmap(
+        c, task, spec.start, spec.size, vma_flags(spec), f, spec.offset >> PAGE_SHIFT, spec.name))
+    st.proc.ranges[spec.name] = (addr, addr + spec.size)
+    return False
+
+
+def mremap(sim, c, task, st: ThreadState, op: S.MremapOp, shift: int):
+    """mremap(2) MREMAP_FIXED of the range onto the range named op.to, which then refers to it."""
+    proc = st.proc
+    st.lo, st.hi = _range(proc, op, shift)
+    st.aux = proc.ranges[op.to][0]
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.sys_mremap_fixed(c, task, st.lo, st.hi - st.lo, st.aux))
+    dest, st.aux = st.aux, None
+    proc.ranges[op.to] = (dest, dest + st.hi - st.lo)
+    return False
+
+
+def truncate(sim, c, task, st: ThreadState, op: S.TruncateOp, shift: int):
+    """truncate(2) of a file to op.size."""
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.do_truncate(c, task, sim.files[op.file], op.size))
+    return False
+
+
+def fork(sim, c, task, st: ThreadState, op: S.ForkOp, shift: int):
+    """fork(2): the child process runs op.program on op.cpu with a copy of the parent's named ranges."""
+    proc = st.proc
+    st.at = "syscall"
+    new_mm = yield syscall(sim, c, task, sim.kernel.sys_fork(c, task))
+    child = Process(f"{proc.name}/child", new_mm)
+    child.ranges = dict(proc.ranges)
+    sim.processes.append(child)
+    child.threads.append(sim.engine.spawn(f"{child.name}/0", op.cpu, "user", thread_program(sim, child, op.program),
+                                          mm=new_mm, process=child))
+    return False
+
+
+def execve(sim, c, task, st: ThreadState, op: S.ExecOp, shift: int):
+    """execve(2) (do_execve below)."""
+    st.at = "syscall"
+    yield syscall(sim, c, task, do_execve(sim, c, task, st.proc, op))
+    return False
+
+
+def nanosleep(sim, c, task, st: ThreadState, op: S.SleepOp, shift: int):
+    """nanosleep(2) of op.ns."""
+    st.at = "sleep"
+    yield Sleep(op.ns)
+    return False
+
+
+def user_compute(sim, c, task, st: ThreadState, op: S.ComputeOp, shift: int):
+    """op.ns of user work."""
+    st.at = "compute"
+    yield Compute(op.ns)
+    return False
+
+
+def halt(sim, c, task, st: ThreadState, op: S.HaltOp, shift: int):
+    """The measurement is over: the machine stops (the engine's `halted`)."""
+    sim.engine.halted = True
+    st.at = "halt"
+    yield Sleep(1)
+    return False
+
+
+def exit_group(sim, c, task, st: ThreadState, op: S.ExitOp, shift: int):
+    """exit_group(2): the program ends here, every thread of the process exits (_do_exit)."""
+    return True
+    yield  # a generator like the other handlers
+
+
+def exit_thread(sim, c, task, st: ThreadState, op: S.ExitThreadOp, shift: int):
+    """exit(2) of this thread: the process goes on if another of its threads is alive."""
+    st.alone = any(t is not task and t.alive for t in st.proc.threads)
+    return True
+    yield  # a generator like the other handlers
+
+
+# each op's handler: a generator that runs the op and returns True when the thread is to exit now
+OPS: dict[type, Callable[..., Generator[Any, Any, bool]]] = {
+    S.ChurnOp: user_churn, S.TouchOp: user_touch, S.MunmapOp: munmap, S.MadviseOp: madvise,
+    S.GupFastOp: get_user_pages_fast, S.MmapOp: mmap, S.SleepOp: nanosleep, S.ComputeOp: user_compute,
+    S.ExitOp: exit_group, S.ExitThreadOp: exit_thread, S.MprotectOp: mprotect, S.MremapOp: mremap,
+    S.TruncateOp: truncate, S.ForkOp: fork, S.HaltOp: halt, S.ExecOp: execve,
+}
+
+
+class ChurnLookahead:
+    """The engine's Lookahead for churn loops (machine/engine.py): when a churning thread's gap ends, its CPU
+    has nothing to attend to, and the next access hits the TLB and ends before the next event (the
+    horizon), nothing can reach the thread before its next interaction (its next gap's end), so its
+    iteration runs at once: the draw, the hit, user_access ns, the next gap; the very state changes the
+    step-by-step engine makes, without resuming any generator. Otherwise (a miss, a fault, the horizon, the
+    loop ending) the thread steps as usual, with an address already drawn handed to it (Churn.drawn)."""
+
+    def __init__(self, sim) -> None:
+        self.sim = sim
+
+    def resume(self, engine, c, horizon) -> bool:
+        task = c.curr
+        if task is None or c.attention or task.process is None:
+            return False
+        st = task.process.states.get(task.tid)
+        ch = st.churn if st is not None else None
+        if ch is None or not ch.waiting or ch.drawn >= 0:
+            return False
+        proc = st.proc
+        sim = self.sim
+        costs = sim.costs
+        if (proc.exiting or proc.busy <= 0 or c.clock + min(costs.user_access, costs.tlb_miss_walk) >= horizon
+                or 0 < engine.steps_left <= 2):
+            return False
+        addr = ch.lo + (sim.rng.randrange(ch.pages) << PAGE_SHIFT)
+        vpn = addr >> PAGE_SHIFT
+        v = c.tlb.get(vpn)
+        if v is not None and (not ch.write or v & 1):
+            cost = costs.user_access
+        else:
+            cost = costs.tlb_miss_walk
+            pte = _walk_result(c, task.mm, addr) if c.clock + cost < horizon else 0
+            if not pte & _PAGE_PRESENT or (ch.write and not pte & _PAGE_RW):
+                ch.drawn = addr              # the horizon, or a fault: the thread's own steps
+                return False
+            sim.tlb.fill(c, vpn, sim.tlb.walk(c, task.mm, addr).ptes[vpn & 511])
+        c.horizon = horizon
+        c.clock += cost
+        c.point = P_PLAIN
+        engine.steps_left -= 2               # access() returned, the gap's request
+        engine.handlers[Compute](c, task, ch.gap)
+        return True
+
+
+def _walk_result(c, mm, addr: int) -> int:
+    """The PTE the hardware walk for addr would find (0: none), without walking (Tlb.walk's lookups)."""
+    key = addr >> PMD_SHIFT
+    table = c.pwc.get(key)
+    if table is None:
+        table = mm.pte_tables.get(key)
+        if table is None:
+            return 0
+    return table.ptes[(addr >> PAGE_SHIFT) & 511]
 
 
 def do_execve(sim, c, task, proc: Process, op: S.ExecOp):
@@ -204,10 +421,15 @@ def do_execve(sim, c, task, proc: Process, op: S.ExecOp):
     proc.ranges["[stack]"] = (vma.start, vma.end)
 
 
-def _steps(sim, c, ops: list, shift: int = 0, deadline: int | None = None):
+def _steps(sim, c, st: ThreadState, ops: list, shift: int = 0, deadline: int | None = None):
     """The ops of a program in order with the byte shift of their ranges, loops unrolled as they run:
-    whether another iteration starts is decided when it is reached, against the CPU's clock then."""
-    for op in ops:
+    whether another iteration starts is decided when it is reached, against the CPU's clock then. Each
+    level keeps its op index and iteration count in st.path."""
+    path = st.path
+    d = len(path)
+    path += (0, 0)
+    for k, op in enumerate(ops):
+        path[d], path[d + 1] = k, 0
         if not isinstance(op, S.LoopOp):
             yield op, shift
             continue
@@ -216,10 +438,12 @@ def _steps(sim, c, ops: list, shift: int = 0, deadline: int | None = None):
             end = c.clock + op.duration_ns if end is None else min(end, c.clock + op.duration_ns)
         i = 0
         while (op.times is None or i < op.times) and (end is None or c.clock < end):
-            yield from _steps(sim, c, op.body, shift + i * op.stride, end)
+            yield from _steps(sim, c, st, op.body, shift + i * op.stride, end)
             if op.count and (end is None or c.clock <= end):
                 sim.metrics.loop_iterations += 1
             i += 1
+            path[d + 1] = i
+    del path[d:]
 
 
 def _range(proc: Process, op, shift: int = 0) -> tuple[int, int]:
