@@ -124,62 +124,86 @@ SCAN = 48
 
 def _zap_scan(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int | None,
               stop_dirty_file: bool) -> ZapSteps | None:
-    """zap_steps() entry by entry in plain Python, for runs that end within SCAN entries (the engine's
-    horizon is near, or the gather nearly full): the same result, without numpy's cost on tiny arrays.
-    Returns _TOO_LONG when the run reaches entry i + SCAN (the caller then takes the array path; nothing
-    was changed)."""
+    """zap_steps() entry by entry in plain Python, for runs that reach the engine's horizon within SCAN
+    entries: the same result, without numpy's cost on tiny arrays. Returns _TOO_LONG when the run
+    reaches entry i + SCAN first (nothing changed: the caller takes the array path).
+
+    Where the engine would stop CPU c (a step ending at or after the horizon) while the gather still takes
+    pages quietly, Engine.run_ahead() may run the events due before c's next step (other CPUs' user work,
+    which reaches nothing this run reads or writes) and let the run go on, as the engine's next steps of c
+    would: the PTEs of each stretch are cleared when it begins, never before the events it follows."""
     ptes = pt.ptes
     costs = kernel.costs
     c_zap, c_none = costs.pte_zap, costs.pte_none
     horizon = c.horizon
     base = c.clock + none
-    kind = kernel.alloc.kind
+    alloc = kernel.alloc
+    kind, mapcount = alloc.kind, alloc.mapcount
     limit = min(iend, i + SCAN)
-    sel: list[int] = []
+    sel: list[int] = []          # the present entries of the stretch not cleared yet
+    pfns: list[int] = []         # the pages of the stretches cleared
+    anon = k = used = 0
     last_end = base
-    used = 0
+    first = last = -1
     j = i
-    while True:
-        if j == iend:
-            break
-        if j == limit:
+    while j < iend:
+        if j == limit and first < 0:
             return _TOO_LONG
         e = ptes[j]
         if e:
-            k = len(sel)
             if stop_dirty_file and e & _PAGE_DIRTY and kind[e >> PAGE_SHIFT] != ANON:
                 if not k:
                     return None
                 break
             last_end = base + c_zap * (k + 1) + c_none * (j - i - k)
             sel.append(j)
-            if last_end >= horizon or k == quiet:
+            last = j
+            k += 1
+            if k == quiet + 1:
                 break
+            if last_end >= horizon:
+                if first < 0:
+                    first = sel[0]
+                anon += _clear(ptes, sel, pfns, mapcount, kind)
+                if work is not None and used + PAGE_SIZE >= work or j + 1 == iend:
+                    break
+                if not kernel.engine.run_ahead(c, last_end):
+                    break
+                horizon = c.horizon
         if work is not None:
             used += PAGE_SIZE if e else 1
             if used >= work:
                 break
         j += 1
-    if not sel:
+    if sel:
+        if first < 0:
+            first = sel[0]
+        anon += _clear(ptes, sel, pfns, mapcount, kind)
+    if not k:
         cnt = j + 1 - i if j < iend else iend - i
         return ZapSteps(0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt, i + cnt)
-    alloc = kernel.alloc
-    mapcount = alloc.mapcount
-    pfns = []
+    if work is not None:
+        work -= PAGE_SIZE * k + (last + 1 - i - k)
+    return ZapSteps(k, last, last_end - c.clock, np.array(pfns, dtype=np.int64), anon, work, first)
+
+
+def _clear(ptes, sel: list[int], pfns: list[int], mapcount, kind) -> int:
+    """Clear the PTEs at entries `sel` (ptep_get_and_clear_full()) and drop their pages' rmaps
+    (page_remove_rmap(): mapcount - 1, print_bad_pte below 0), in order; their pages go to `pfns`, `sel`
+    is emptied. Returns how many of the pages are anonymous."""
     anon = 0
+    start = len(pfns)
     for j in sel:
         pfn = ptes[j] >> PAGE_SHIFT
-        ptes[j] = 0                                     # ptep_get_and_clear_full()
-        mapcount[pfn] -= 1                              # page_remove_rmap()
+        ptes[j] = 0
+        mapcount[pfn] -= 1
         anon += kind[pfn] == ANON
         pfns.append(pfn)
-    for pfn in pfns:
+    sel.clear()
+    for pfn in pfns[start:]:
         if mapcount[pfn] < 0:
             raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
-    m, first, last = len(sel), sel[0] - i, sel[-1] - i
-    if work is not None:
-        work -= PAGE_SIZE * m + (last + 1 - m)
-    return ZapSteps(m, i + last, last_end - c.clock, np.array(pfns, dtype=np.int64), anon, work, i + first)
+    return anon
 
 
 def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:

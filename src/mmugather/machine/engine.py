@@ -238,7 +238,10 @@ class ClockOrder:
                 if callback is not None:
                     callback(t)
                 else:
-                    step(c, heap[0][0] if heap else INF)
+                    horizon = heap[0][0] if heap else INF
+                    la = engine.lookahead
+                    if la is None or engine.observer is not None or not la.resume(engine, c, horizon):
+                        step(c, horizon)
         if engine.user_alive > 0 and not engine.halted:
             blocked = [t for c in engine.cpus for t in ([c.curr] if c.curr else []) + list(c.runqueue)]
             raise DeadlockError(f"{engine.user_alive} user task(s) can never run again: {blocked}")
@@ -309,6 +312,8 @@ class Engine:
         self.observer: EngineObserver | None = None
         self.step = self._run_cpu
         self.lookahead = lookahead
+        self.reserved: Cpu | None = None      # run_ahead(): the CPU whose next queueing takes reserved_seq
+        self.reserved_seq = 0
         self._done_cbs: list[Callable[[int], None] | None] = [None] * ncpus   # per CPU: its compute's end
         for obs in observers:
             self.attach(obs)
@@ -374,8 +379,16 @@ class Engine:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, cpu, token, callback))
 
+    def queue(self, c: Cpu) -> None:
+        """Queue c to step again at its clock (a Lookahead that stops where the engine's step would)."""
+        self._push_cpu(c)
+
     def _push_cpu(self, c: Cpu) -> None:
         c.token += 1
+        if self.reserved is c:                  # run_ahead() kept c's place in the order
+            self.reserved = None
+            heapq.heappush(self.heap, (c.clock, self.reserved_seq, c, c.token, None))
+            return
         self._push(c.clock, c, c.token, None)
 
     def timer(self, t: int, callback) -> None:
@@ -384,6 +397,56 @@ class Engine:
     def horizon(self) -> float:
         """The time of the next queued event (where a step ends)."""
         return self.heap[0][0] if self.heap else INF
+
+    def run_ahead(self, c: Cpu, t: int) -> bool:
+        """For a fast path running CPU c's steps at once, at the end of a step that reaches c.horizon at
+        time t (c.clock has not moved yet): the engine would now queue c at t and run the events before it.
+        Run them here, in the same order, if the lookahead runs each at once (a compute end, or a CPU's turn
+        to step: it then touches only that CPU, never c nor what c's steps read). True: all ran, c has nothing to attend
+        to and its next event (c.horizon, updated) is after t: c's steps go on, as after the engine
+        resumed it. False: c must stop at t; its queueing then takes the place in the order it has now."""
+        la = self.lookahead
+        if la is None or self.observer is not None or self.reserved is not None:
+            return False
+        heap = self.heap
+        self.seq += 1
+        seq0 = self.seq
+        self.reserved, self.reserved_seq = c, seq0
+        clock, c.clock = c.clock, t                      # what the events see: c at the end of its step
+        done = self._done_cbs
+        try:
+            while heap and (heap[0][0] < t or (heap[0][0] == t and heap[0][1] < seq0)):
+                ev = heap[0]
+                et, _, cpu, token, cb = ev
+                if cpu is None or cpu is c or (token == cpu.token and cb is not None and cb is not done[cpu.id]):
+                    return False
+                heapq.heappop(heap)
+                now = self.now
+                if et > now:
+                    self.now = et
+                if token != cpu.token:                  # stale: ClockOrder drops it
+                    continue
+                before = cpu.clock, cpu.state
+                if cb is not None:                       # a compute end (_compute_done)
+                    cpu.clock = max(cpu.clock, cpu.compute_end)
+                    cpu.state = RUNNING
+                nxt = heap[0][0] if heap else INF
+                if not la.resume(self, cpu, t if t < nxt else nxt):
+                    cpu.clock, cpu.state = before
+                    self.now = now
+                    heapq.heappush(heap, ev)
+                    return False
+            horizon = heap[0][0] if heap else INF
+            if c.attention or c.need_resched or horizon <= t:
+                return False
+            if t > self.now:
+                self.now = t
+            c.horizon = horizon
+            self.reserved = None
+            c.token += 1                                 # (queued and resumed: its token moved on)
+            return True
+        finally:
+            c.clock = clock
 
     def run(self) -> int:
         """Run under the scheduler until every user task has exited. Returns the simulated time at the end."""
@@ -429,7 +492,7 @@ class Engine:
             if v.__class__ is int and v > 0:       # time: bounded by max_sim_ns, not counted
                 c.clock += v
                 c.point = P_PLAIN
-                if c.clock >= horizon:
+                if c.clock >= c.horizon:             # (run_ahead() may have moved c's horizon)
                     self._push_cpu(c)
                     return
                 continue
@@ -449,7 +512,7 @@ class Engine:
                                             "not an int, a generator or a request")
                 if not handler(c, task, v):
                     return                 # the handler blocked or switched the CPU and queued what follows
-            if c.clock >= horizon:
+            if c.clock >= c.horizon:
                 self._push_cpu(c)
                 return
 

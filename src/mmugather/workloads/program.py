@@ -90,15 +90,16 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
 
 
 class Churn:
-    """A churn loop in progress: the range, whether it stores, its gap; `waiting` while the thread is in its
-    gap (the engine's ChurnLookahead may then run the next iteration itself); `drawn`, an address the
-    lookahead drew for the next iteration and handed over (-1: none)."""
+    """A churn loop in progress: the range, whether it stores, its gap; `waiting` while the thread waits at
+    its gap's yield (ChurnLookahead may then run iterations itself); `drawn`, an address the lookahead drew
+    for the next access and handed over (-1: none); `accessed`: the lookahead made the next access, the
+    thread goes on with its gap."""
 
-    __slots__ = ("lo", "pages", "write", "gap", "waiting", "drawn")
+    __slots__ = ("lo", "pages", "write", "gap", "waiting", "drawn", "accessed")
 
     def __init__(self, lo: int, pages: int, write: bool, gap_ns: int) -> None:
         self.lo, self.pages, self.write, self.gap = lo, pages, write, Compute(gap_ns)
-        self.waiting = False
+        self.waiting = self.accessed = False
         self.drawn = -1
 
     def next_addr(self, rng) -> int:
@@ -182,9 +183,14 @@ def user_churn(sim, c, task, st: ThreadState, op: S.ChurnOp, shift: int):
         st.busy = False
     lo, hi = _range(proc, op, shift)
     ch = st.churn = Churn(lo, (hi - lo) >> PAGE_SHIFT, op.write, op.gap_ns)
-    while not proc.exiting and proc.busy > 0:
-        st.at = "access"
-        yield access(sim, c, task, ch.next_addr(sim.rng), op.write)
+    while True:
+        if ch.accessed:                      # the lookahead made this access (it checked the loop's test)
+            ch.accessed = False
+        elif proc.exiting or proc.busy <= 0:
+            break
+        else:
+            st.at = "access"
+            yield access(sim, c, task, ch.next_addr(sim.rng), op.write)
         st.at = "gap"
         ch.waiting = True
         yield ch.gap
@@ -348,46 +354,57 @@ OPS: dict[type, Callable[..., Generator[Any, Any, bool]]] = {
 
 
 class ChurnLookahead:
-    """The engine's Lookahead for churn loops (machine/engine.py): when a churning thread's gap ends, its CPU
-    has nothing to attend to, and the next access hits the TLB and ends before the next event (the
-    horizon), nothing can reach the thread before its next interaction (its next gap's end), so its
-    iteration runs at once: the draw, the hit, user_access ns, the next gap; the very state changes the
-    step-by-step engine makes, without resuming any generator. Otherwise (a miss, a fault, the horizon, the
-    loop ending) the thread steps as usual, with an address already drawn handed to it (Churn.drawn)."""
+    """The engine's Lookahead for churn loops (machine/engine.py). A churning thread waiting at its gap's
+    yield, its gap over, its CPU with nothing to attend to: its next iteration touches only its own CPU's
+    TLB and paging-structure cache (and reads the page tables, at the time the engine would), so it runs
+    at once: the draw, the hit (user_access ns) or the walk and fill (tlb_miss_walk ns), the next gap's
+    request; where the access ends at or after the horizon, the CPU is queued there as the engine does
+    and the gap's request waits for that event (`Churn.accessed`). The very state changes the engine's
+    steps make, without resuming a generator. A fault, or the loop's end, goes step by step (an address
+    already drawn is handed to the thread: `Churn.drawn`)."""
 
     def __init__(self, sim) -> None:
         self.sim = sim
 
     def resume(self, engine, c, horizon) -> bool:
         task = c.curr
-        if task is None or c.attention or task.process is None:
+        if task is None or c.attention or task.compute_left or task.process is None:
             return False
         st = task.process.states.get(task.tid)
         ch = st.churn if st is not None else None
-        if ch is None or not ch.waiting or ch.drawn >= 0:
+        if ch is None or not ch.waiting or 0 < engine.steps_left <= 2:
             return False
+        if ch.accessed:                      # the access returned: the gap's request
+            ch.accessed = False
+            c.horizon = horizon
+            engine.steps_left -= 1
+            engine.handlers[Compute](c, task, ch.gap)
+            return True
         proc = st.proc
-        sim = self.sim
-        costs = sim.costs
-        if (proc.exiting or proc.busy <= 0 or c.clock + min(costs.user_access, costs.tlb_miss_walk) >= horizon
-                or 0 < engine.steps_left <= 2):
+        if ch.drawn >= 0 or proc.exiting or proc.busy <= 0:
             return False
+        sim = self.sim
         addr = ch.lo + (sim.rng.randrange(ch.pages) << PAGE_SHIFT)
         vpn = addr >> PAGE_SHIFT
         v = c.tlb.get(vpn)
         if v is not None and (not ch.write or v & 1):
-            cost = costs.user_access
+            cost = sim.costs.user_access
         else:
-            cost = costs.tlb_miss_walk
-            pte = _walk_result(c, task.mm, addr) if c.clock + cost < horizon else 0
+            pte = _walk_result(c, task.mm, addr)
             if not pte & _PAGE_PRESENT or (ch.write and not pte & _PAGE_RW):
-                ch.drawn = addr              # the horizon, or a fault: the thread's own steps
+                ch.drawn = addr              # a fault: the thread's own steps
                 return False
             sim.tlb.fill(c, vpn, sim.tlb.walk(c, task.mm, addr).ptes[vpn & 511])
+            cost = sim.costs.tlb_miss_walk
         c.horizon = horizon
         c.clock += cost
         c.point = P_PLAIN
-        engine.steps_left -= 2               # access() returned, the gap's request
+        engine.steps_left -= 1               # access() returned
+        if c.clock >= horizon:
+            ch.accessed = True
+            engine.queue(c)
+            return True
+        engine.steps_left -= 1               # the gap's request
         engine.handlers[Compute](c, task, ch.gap)
         return True
 
