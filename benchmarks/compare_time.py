@@ -54,7 +54,8 @@ def main() -> None:
     if not (old / "src" / "mmugather").is_dir():
         raise SystemExit(f"compare_time: --old {old}: no src/mmugather there")
     print(f"default compare time per kernel ({a.workload}, median of {a.runs}); old = {old}, new = {NEW.parent}")
-    print(f"{'kernel':8} {'old wall':>9} {'new wall':>9} {'ratio':>6}   {'old cpu':>8} {'new cpu':>8} {'ratio':>6}  same")
+    print(f"{'kernel':8} {'old wall':>9} {'new wall':>9} {'ratio':>6}   {'old cpu':>8} {'new cpu':>8} {'ratio':>6}  "
+          "same")
     tot = {"ow": 0.0, "nw": 0.0, "oc": 0.0, "nc": 0.0}
     for policy in a.policies.split(","):
         ow, oc, nw, nc = [], [], [], []

@@ -55,7 +55,9 @@ DEFAULT_MAX_STEPS = 500_000_000            # task resumptions that spend no time
 
 class Simulation:
     """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics.
-    `max_sim_ns`/`max_steps` bound the run (defaults above; None: unbounded)."""
+    `max_sim_ns`/`max_steps` bound the run (defaults above; None: unbounded). `lookahead` (with `fast`, on
+    the free-running machine): churn loops' iterations at once where nothing can reach them
+    (workloads/program.py ChurnLookahead); False for the engine's steps only (tests/test_lookahead.py)."""
 
     fingerprint: Callable[[], object]    # an explorer target's machine only: its state's key (explore/target.py)
 
@@ -64,7 +66,7 @@ class Simulation:
                  arch: str | None = None, without_fixes=(), fast: bool = True, scheduler: Scheduler | None = None,
                  observers: Iterable[EngineObserver] = (), rng_class: Callable[[int], random.Random] = random.Random,
                  tlb_observer: TlbObserver | None = None, max_sim_ns: int | None = DEFAULT_MAX_SIM_NS,
-                 max_steps: int | None = DEFAULT_MAX_STEPS) -> None:
+                 max_steps: int | None = DEFAULT_MAX_STEPS, lookahead: bool = True) -> None:
         m = scenario.machine
         _keep_freed_memory()
         self.fast = fast       # bulk teardown where exact (fastpath/); False: every step (explore/)
@@ -87,9 +89,9 @@ class Simulation:
         self.watchdog = SoftLockupWatchdog(m.softlockup_ns, self.invariants) if m.softlockup_ns else None
         watching = [*observers, self.watchdog] if self.watchdog is not None else observers
         # the churn loops' lookahead on the fast path of the free-running machine (its steps otherwise)
-        lookahead = ChurnLookahead(self) if fast and scheduler is None else None
+        ahead = ChurnLookahead(self) if lookahead and fast and scheduler is None else None
         self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants, scheduler=scheduler,
-                             observers=watching, max_sim_ns=max_sim_ns, max_steps=max_steps, lookahead=lookahead)
+                             observers=watching, max_sim_ns=max_sim_ns, max_steps=max_steps, lookahead=ahead)
         self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
         self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many,
                                self.invariants.on_free_array, self.invariants.on_free_each_array)

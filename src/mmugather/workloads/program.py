@@ -126,7 +126,7 @@ class ThreadState:
         self.busy = False
         self.alone = False
         self.lo = self.hi = 0
-        self.aux: object = None
+        self.aux: Any = None
         self.churn: Churn | None = None
 
 
