@@ -888,9 +888,10 @@ class Engine:
     def _enter_compute(self, c: Cpu, task: Task, ns: int) -> None:
         task.compute_left = 0
         c.state = COMPUTE
-        c.compute_end = c.clock + ns
+        c.compute_end = end = c.clock + ns
         c.token += 1
-        self._push(c.compute_end, c, c.token, self._compute_done_cb(c))
+        self.seq += 1
+        heapq.heappush(self.heap, (end, self.seq, c, c.token, self._done_cbs[c.id] or self._compute_done_cb(c)))
 
     def _sleep(self, c: Cpu, task: Task, v: Sleep) -> bool:
         if c.preempt_count or c.irqs_off:
@@ -981,7 +982,8 @@ class Engine:
     def _compute_done(self, c: Cpu, t: int) -> None:
         """c's user work ended: it runs again, its next steps at once if the lookahead can (no observer
         attached), else step by step."""
-        c.clock = max(c.clock, c.compute_end)
+        if c.compute_end > c.clock:
+            c.clock = c.compute_end
         c.state = RUNNING
         horizon = self.heap[0][0] if self.heap else INF
         la = self.lookahead

@@ -374,11 +374,12 @@ class ChurnLookahead:
         ch = st.churn if st is not None else None
         if ch is None or not ch.waiting or 0 < engine.steps_left <= 2:
             return False
+        gap = engine.handlers[Compute]
         if ch.accessed:                      # the access returned: the gap's request
             ch.accessed = False
             c.horizon = horizon
             engine.steps_left -= 1
-            engine.handlers[Compute](c, task, ch.gap)
+            gap(c, task, ch.gap)
             return True
         proc = st.proc
         if ch.drawn >= 0 or proc.exiting or proc.busy <= 0:
@@ -389,12 +390,10 @@ class ChurnLookahead:
         v = c.tlb.get(vpn)
         if v is not None and (not ch.write or v & 1):
             cost = sim.costs.user_access
+        elif not self._walk(c, task.mm, addr, vpn, ch.write):
+            ch.drawn = addr                  # a fault: the thread's own steps
+            return False
         else:
-            pte = _walk_result(c, task.mm, addr)
-            if not pte & _PAGE_PRESENT or (ch.write and not pte & _PAGE_RW):
-                ch.drawn = addr              # a fault: the thread's own steps
-                return False
-            sim.tlb.fill(c, vpn, sim.tlb.walk(c, task.mm, addr).ptes[vpn & 511])
             cost = sim.costs.tlb_miss_walk
         c.horizon = horizon
         c.clock += cost
@@ -405,7 +404,16 @@ class ChurnLookahead:
             engine.queue(c)
             return True
         engine.steps_left -= 1               # the gap's request
-        engine.handlers[Compute](c, task, ch.gap)
+        gap(c, task, ch.gap)
+        return True
+
+    def _walk(self, c, mm, addr: int, vpn: int, write: bool) -> bool:
+        """access()'s walk and fill, if the walk finds a PTE that allows the access (else nothing done)."""
+        pte = _walk_result(c, mm, addr)
+        if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW):
+            return False
+        tlb = self.sim.tlb
+        tlb.fill(c, vpn, tlb.walk(c, mm, addr).ptes[vpn & 511])
         return True
 
 
