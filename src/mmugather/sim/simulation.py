@@ -26,7 +26,7 @@ from mmugather.report.metrics import Metrics
 from mmugather.sim.invariants import Invariants
 from mmugather.sim.watchdog import SoftLockupWatchdog
 from mmugather.workloads import scenario as S
-from mmugather.workloads.program import ChurnLookahead, Process, thread_program, vma_flags
+from mmugather.workloads.program import ChurnLookahead, Process, ThreadState, thread_program, vma_flags
 
 
 @functools.cache
@@ -88,6 +88,7 @@ class Simulation:
         # the soft-lockup watchdog (a latency invariant) watches the engine only when a threshold is set
         self.watchdog = SoftLockupWatchdog(m.softlockup_ns, self.invariants) if m.softlockup_ns else None
         watching = [*observers, self.watchdog] if self.watchdog is not None else observers
+        self.thread_states: dict[int, ThreadState] = {}    # each running user thread's program state, by tid
         # the churn loops' lookahead on the fast path of the free-running machine (its steps otherwise)
         ahead = ChurnLookahead(self) if lookahead and fast and scheduler is None else None
         self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants, scheduler=scheduler,

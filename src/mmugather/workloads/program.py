@@ -26,7 +26,6 @@ class Process:
         self.threads: list = []
         self.exiting = False
         self.busy = 0            # threads still running ops other than churn
-        self.states: dict[int, ThreadState] = {}     # each thread's program state, by tid
 
 
 def vma_flags(spec: S.VmaSpec) -> int:
@@ -112,8 +111,11 @@ class ThreadState:
     """The explicit state of one user thread's program, everything its later steps depend on: where it
     stands (`path`: op index and iteration per loop level; `op`, `shift`; `at`, the yield it waits at),
     whether it still counts as busy, whether it leaves alone (exit_thread), and what an op holds across its
-    yields (`lo`, `hi`, `aux`, `churn`). The explorer's fingerprints read this object (explore/state.py),
-    never the generators' frame locals, so how the program is split into functions changes no state."""
+    yields (`lo`, `hi`, `aux`, `churn`; cleared when the op ends, so that no stale value tells equal states
+    apart). The thread's generator (`run`) keeps no other locals than its CPU, its task and this object, and
+    runs the op handlers by `yield from`, so the explorer's fingerprints (explore/state.py `_gen`, which
+    encodes a generator on the task's stack by its locals) see exactly this object: how the program is split
+    into functions changes no state."""
 
     __slots__ = ("proc", "path", "op", "shift", "at", "busy", "alone", "lo", "hi", "aux", "churn")
 
@@ -134,9 +136,10 @@ def thread_program(sim, proc: Process, ops: list):
     """The generator factory of one thread running `ops`, then exiting (exit_mm)."""
 
     def run(c, task):
-        st = proc.states[task.tid] = ThreadState(proc)
+        st = sim.thread_states[task.tid] = ThreadState(proc)
         yield from _run_ops(sim, c, task, st, ops)
         yield from _do_exit(sim, c, task, st)
+        del sim.thread_states[task.tid]      # an exited thread has no state left
 
     return run
 
@@ -202,11 +205,11 @@ def user_churn(sim, c, task, st: ThreadState, op: S.ChurnOp, shift: int):
 def user_touch(sim, c, task, st: ThreadState, op: S.TouchOp, shift: int):
     """A load or store at each page of the range in order, op.gap_ns of user work after each."""
     proc = st.proc
-    st.lo, st.hi = _range(proc, op, shift)
-    for addr in range(st.lo, st.hi, PAGE_SIZE):
+    lo, hi = _range(proc, op, shift)
+    for addr in range(lo, hi, PAGE_SIZE):
         if proc.exiting:
             break
-        st.aux = addr
+        st.aux = addr                        # where the op stands (the range follows from op and shift)
         st.at = "access"
         yield access(sim, c, task, addr, op.write)
         if op.gap_ns:
@@ -277,8 +280,9 @@ def mremap(sim, c, task, st: ThreadState, op: S.MremapOp, shift: int):
     st.aux = proc.ranges[op.to][0]
     st.at = "syscall"
     yield syscall(sim, c, task, sim.kernel.sys_mremap_fixed(c, task, st.lo, st.hi - st.lo, st.aux))
-    dest, st.aux = st.aux, None
-    proc.ranges[op.to] = (dest, dest + st.hi - st.lo)
+    dest, size = st.aux, st.hi - st.lo
+    st.aux, st.lo, st.hi = None, 0, 0
+    proc.ranges[op.to] = (dest, dest + size)
     return False
 
 
@@ -365,12 +369,13 @@ class ChurnLookahead:
 
     def __init__(self, sim) -> None:
         self.sim = sim
+        self.states: dict[int, ThreadState] = sim.thread_states
 
     def resume(self, engine, c, horizon) -> bool:
         task = c.curr
-        if task is None or c.attention or task.compute_left or task.process is None:
+        if task is None or c.attention or task.compute_left:
             return False
-        st = task.process.states.get(task.tid)
+        st = self.states.get(task.tid)
         ch = st.churn if st is not None else None
         if ch is None or not ch.waiting or 0 < engine.steps_left <= 2:
             return False
