@@ -376,7 +376,9 @@ class ChurnLookahead:
         if task is None or c.attention or task.compute_left:
             return False
         st = self.states.get(task.tid)
-        ch = st.churn if st is not None else None
+        if st is None:
+            return False
+        ch = st.churn
         if ch is None or not ch.waiting or 0 < engine.steps_left <= 2:
             return False
         gap = engine.handlers[Compute]
