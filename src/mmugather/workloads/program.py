@@ -6,6 +6,7 @@ kernel is a kernel method of the policy under test.
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -370,6 +371,8 @@ class ChurnLookahead:
     def __init__(self, sim) -> None:
         self.sim = sim
         self.states: dict[int, ThreadState] = sim.thread_states
+        rng = sim.rng                        # randrange(n) is _randbelow(n) for n > 0 (random.Random)
+        self.below = rng._randbelow if type(rng).randrange is random.Random.randrange else rng.randrange
 
     def resume(self, engine, c, horizon) -> bool:
         task = c.curr
@@ -392,7 +395,7 @@ class ChurnLookahead:
         if ch.drawn >= 0 or proc.exiting or proc.busy <= 0:
             return False
         sim = self.sim
-        addr = ch.lo + (sim.rng.randrange(ch.pages) << PAGE_SHIFT)
+        addr = ch.lo + (self.below(ch.pages) << PAGE_SHIFT)
         vpn = addr >> PAGE_SHIFT
         v = c.tlb.get(vpn)
         if v is not None and (not ch.write or v & 1):
@@ -416,23 +419,23 @@ class ChurnLookahead:
 
     def _walk(self, c, mm, addr: int, vpn: int, write: bool) -> bool:
         """access()'s walk and fill, if the walk finds a PTE that allows the access (else nothing done)."""
-        pte = _walk_result(c, mm, addr)
+        key = addr >> PMD_SHIFT
+        table = c.pwc.get(key)
+        cached = table is not None
+        if not cached:
+            table = mm.pte_tables.get(key)
+            if table is None:
+                return False
+        pte = table.ptes[vpn & 511]
         if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW):
             return False
         tlb = self.sim.tlb
-        tlb.fill(c, vpn, tlb.walk(c, mm, addr).ptes[vpn & 511])
+        if tlb.observer is not None:         # observers are told of the walk itself
+            tlb.walk(c, mm, addr)
+        elif not cached:                     # Tlb.walk(), its side effect
+            tlb.fill_pwc(c, key, table)
+        tlb.fill(c, vpn, pte)
         return True
-
-
-def _walk_result(c, mm, addr: int) -> int:
-    """The PTE the hardware walk for addr would find (0: none), without walking (Tlb.walk's lookups)."""
-    key = addr >> PMD_SHIFT
-    table = c.pwc.get(key)
-    if table is None:
-        table = mm.pte_tables.get(key)
-        if table is None:
-            return 0
-    return table.ptes[(addr >> PAGE_SHIFT) & 511]
 
 
 def do_execve(sim, c, task, proc: Process, op: S.ExecOp):
