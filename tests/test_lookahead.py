@@ -45,7 +45,7 @@ def racing_scenarios(draw):
         threads.append({"cpu": draw(st.integers(0, cpus - 1)), "program": prog})
     return {"seed": draw(st.integers(0, 1000)),
             "machine": {"cpus": cpus, "preempt": draw(st.sampled_from(["none", "voluntary", "full"])),
-                        "latency_task": draw(st.booleans())},
+                        "latency_task": draw(st.booleans()), "fail_nowait": draw(st.sampled_from([0.0, 0.3]))},
             "process": [{"name": "p", "vma": vmas, "thread": threads}]}
 
 
