@@ -385,10 +385,10 @@ class ChurnLookahead:
         if ch is None or not ch.waiting or 0 < engine.steps_left <= 2:
             return False
         gap = engine.handlers[Compute]
-        if ch.accessed:                      # the access returned: the gap's request
+        if ch.accessed:                      # the access returns, then the gap's request
             ch.accessed = False
             c.horizon = horizon
-            engine.steps_left -= 1
+            engine.steps_left -= 2
             gap(c, task, ch.gap)
             return True
         proc = st.proc
@@ -408,12 +408,11 @@ class ChurnLookahead:
         c.horizon = horizon
         c.clock += cost
         c.point = P_PLAIN
-        engine.steps_left -= 1               # access() returned
-        if c.clock >= horizon:
+        if c.clock >= horizon:               # the engine stops c here, inside access()
             ch.accessed = True
             engine.queue(c)
             return True
-        engine.steps_left -= 1               # the gap's request
+        engine.steps_left -= 2               # access() returned, the gap's request
         gap(c, task, ch.gap)
         return True
 
