@@ -86,3 +86,20 @@ def test_the_lookahead_runs_on_a_churning_workload():
     finally:
         ChurnLookahead.resume = orig
     assert sum(taken) > 100
+
+
+def test_max_steps_stops_at_the_same_step():
+    """A run cut by max_steps stops at the same step, naming the same task, with the lookahead or without."""
+    import pytest
+
+    from helpers import munmap_while_others_run
+    from mmugather.machine.engine import LimitExceeded
+    sc = munmap_while_others_run()
+    for name in ("2.6.39", "6.18"):
+        for bound in range(61, 1_300, 83):      # the run takes about 1,300 steps
+            msgs = []
+            for ahead in (True, False):
+                with pytest.raises(LimitExceeded) as e:
+                    Simulation(sc, POLICIES[name], lookahead=ahead, max_steps=bound).run()
+                msgs.append(str(e.value))
+            assert msgs[0] == msgs[1], (name, bound)

@@ -92,8 +92,8 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
 class Churn:
     """A churn loop in progress: the range, whether it stores, its gap; `waiting` while the thread waits at
     its gap's yield (ChurnLookahead may then run iterations itself); `drawn`, an address the lookahead drew
-    for the next access and handed over (-1: none); `accessed`: the lookahead made the next access, the
-    thread goes on with its gap."""
+    for the next access and handed over (-1: none); `accessed`: the lookahead made the next access (an
+    `_access_returns` frame stands for it on the task's stack), the thread goes on with its gap."""
 
     __slots__ = ("lo", "pages", "write", "gap", "waiting", "drawn", "accessed")
 
@@ -387,6 +387,9 @@ class ChurnLookahead:
         gap = engine.handlers[Compute]
         if ch.accessed:                      # the access returns, then the gap's request
             ch.accessed = False
+            stack = task.stack
+            stack.pop()
+            task.send = stack[-1].send
             c.horizon = horizon
             engine.steps_left -= 2
             gap(c, task, ch.gap)
@@ -410,6 +413,9 @@ class ChurnLookahead:
         c.point = P_PLAIN
         if c.clock >= horizon:               # the engine stops c here, inside access()
             ch.accessed = True
+            frame = _access_returns()
+            task.stack.append(frame)
+            task.send = frame.send
             engine.queue(c)
             return True
         engine.steps_left -= 2               # access() returned, the gap's request
@@ -435,6 +441,13 @@ class ChurnLookahead:
             tlb.fill_pwc(c, key, table)
         tlb.fill(c, vpn, pte)
         return True
+
+
+def _access_returns():
+    """access() where ChurnLookahead leaves it when the engine's step ends inside it: it returns True when
+    resumed (so that a thread that steps from there counts the same steps as after a real access())."""
+    return True
+    yield  # a generator
 
 
 def do_execve(sim, c, task, proc: Process, op: S.ExecOp):
