@@ -24,6 +24,26 @@ def may_bulk(c) -> bool:
     return not c.attention and c.horizon > c.clock
 
 
+def attention_idle(c, clock: int | None = None) -> bool:
+    """Would the engine's attention to CPU c (Engine._attend) do nothing at the boundaries of steps that
+    all begin before its horizon and leave preempt_count raised and the preemption point plain (the steps
+    of a run under a PTE lock)? True when there is nothing to attend to, or when no IPI is due (one that
+    arrives later has its event at its arrival, where the horizon stops the run) and need_resched cannot
+    preempt (preempt_count raised: no preemption model switches there). `clock`: at that time (default
+    c.clock)."""
+    if not c.attention:
+        return True
+    pending = c.pending
+    at = c.clock if clock is None else clock
+    return c.preempt_count > 0 and not (pending and not c.irqs_off and pending[0][0] <= at)
+
+
+def may_bulk_locked(c) -> bool:
+    """may_bulk() for the steps of a run under a PTE lock: attention that would do nothing (attention_idle)
+    does not stop it."""
+    return c.horizon > c.clock and attention_idle(c)
+
+
 @dataclass(slots=True)
 class ZapSteps:
     """What zap_steps() did: `n` present PTEs zapped (0: only empty entries before the loop ends, at entry
@@ -170,6 +190,8 @@ def _zap_scan(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
                 if not kernel.engine.run_ahead(c, last_end):
                     break
                 horizon = c.horizon
+                if not attention_idle(c, last_end):        # (the engine resumed c at last_end)
+                    break
         if work is not None:
             used += PAGE_SIZE if e else 1
             if used >= work:

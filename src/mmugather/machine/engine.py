@@ -404,11 +404,13 @@ class Engine:
         Run them here, in the same order, if the lookahead runs each at once (a compute end, or a CPU's turn
         to step: it then touches only that CPU, never c nor what c's steps read). True: all ran, c has nothing to attend
         to and its next event (c.horizon, updated) is after t: c's steps go on, as after the engine
-        resumed it. False: c must stop at t; its queueing then takes the place in the order it has now."""
+        resumed it (c's attention is as it was: the caller decides whether it would do anything). False: c
+        must stop at t; its queueing then takes the place in the order it has now."""
         la = self.lookahead
         if la is None or self.observer is not None or self.reserved is not None:
             return False
         heap = self.heap
+        attention, need_resched = c.attention, c.need_resched     # what c's steps go on with
         self.seq += 1
         seq0 = self.seq
         self.reserved, self.reserved_seq = c, seq0
@@ -437,7 +439,7 @@ class Engine:
                     heapq.heappush(heap, ev)
                     return False
             horizon = heap[0][0] if heap else INF
-            if c.attention or c.need_resched or horizon <= t:
+            if c.attention != attention or c.need_resched != need_resched or horizon <= t:
                 return False
             if t > self.now:
                 self.now = t
@@ -882,7 +884,12 @@ class Engine:
     # ----------------------------------------------------------------- user compute and sleep
     def _compute(self, c: Cpu, task: Task, v: Compute) -> bool:
         self.rcu.note_qs(c)                 # running user code is a quiescent state
-        self._enter_compute(c, task, v.ns)
+        task.compute_left = 0               # (_enter_compute, inline: the commonest request)
+        c.state = COMPUTE
+        c.compute_end = end = c.clock + v.ns
+        c.token += 1
+        self.seq += 1
+        heapq.heappush(self.heap, (end, self.seq, c, c.token, self._done_cbs[c.id] or self._compute_done_cb(c)))
         return False
 
     def _enter_compute(self, c: Cpu, task: Task, ns: int) -> None:
