@@ -258,21 +258,34 @@ def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
     next `chunk` pages (release_pages()) and then yields page_free per page. Releases the pages of the steps
     that start before the horizon, stopping before a chunk holding a frame some TLB, paging-structure cache
     or walker still reaches (its report must carry that step's clock: the caller runs it as a step).
-    Returns the number of pages released (0: run the next chunk as a step)."""
-    n = len(pfns) - i
+    Where the horizon stops it with more than a chunk left, Engine.run_ahead() may run the events due
+    first (other CPUs' user work) and the release goes on from there, as the engine's next steps would
+    (each stretch's frames checked and released at its own turn). Returns the number of pages released
+    (0: run the next chunk as a step)."""
     cost = kernel.costs.page_free
-    if cost and c.horizon != INF:
-        need = -(-(c.horizon - c.clock) // cost)         # pages whose cost reaches the horizon
-        if need <= n:
-            n = min(n, ((need - 1) // chunk + 1) * chunk)
-    part = pfns[i:i + n]
-    hit = kernel.invariants.reached(part)
-    if hit is not None:
-        n = int(np.argmax(hit)) // chunk * chunk
-        part = part[:n]
-    if n:
-        kernel.alloc.release_array(c, part)
-    return n
+    done = 0
+    while True:
+        start = i + done
+        n = len(pfns) - start
+        clock = c.clock + done * cost
+        cut = False
+        if cost and c.horizon != INF:
+            need = -(-(c.horizon - clock) // cost)       # pages whose cost reaches the horizon
+            if need <= n:
+                n = min(n, ((need - 1) // chunk + 1) * chunk)
+                cut = True
+        part = pfns[start:start + n]
+        hit = kernel.invariants.reached(part)
+        if hit is not None:
+            n = int(np.argmax(hit)) // chunk * chunk
+            part = part[:n]
+            cut = False
+        if n:
+            kernel.alloc.release_array(c, part)
+        done += n
+        if (not cut or len(pfns) - (i + done) <= chunk or not kernel.engine.run_ahead(c, c.clock + done * cost)
+                or c.attention):
+            return done
 
 
 def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
