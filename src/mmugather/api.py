@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mmugather.errors import InputError
 from mmugather.explore.session import coverage_sentence, replay_document, run_search, target_spec, write_replay
@@ -208,15 +208,29 @@ def _bounded(scenario: Scenario, cls: type[Kernel]) -> Iterator[None]:
                          f"{option} raises the bound)") from None
 
 
-def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, **kw) -> Run:
+class Progress(Protocol):
+    """Told of compare's runs (cli/progress.py draws a bar): each run's start, with its Simulation (whose
+    engine's `now` it may read), and its end with the simulated time it took."""
+
+    def run_started(self, label: str, sim: Simulation) -> None: ...
+
+    def run_done(self, sim_ns: int) -> None: ...
+
+
+def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, progress: Progress | None = None,
+              **kw) -> Run:
     """Build and run one Simulation (traced into `trace` when given, as the next process of the file)."""
     with plugin_guard(cls), _bounded(scenario, cls):
         sim = Simulation(scenario, cls, **kw)
+        if progress is not None:
+            progress.run_started(f"{policy_name(cls)}/{sim.arch_name}", sim)
         if trace is not None:
             from mmugather.sim.tracing import attach_trace
             trace.append(attach_trace(sim, pid=len(trace) + 1,
                                       first_flow_id=trace[-1].next_flow_id if trace else 1))
         metrics = sim.run()
+        if progress is not None:
+            progress.run_done(metrics["sim_time_ns"])
     rate = ops_per_s(scenario, metrics)
     from mmugather.report.html import raw_distributions
     return Run(scenario.name, policy_name(cls), sim.arch_name, sim.seed,
@@ -244,13 +258,14 @@ def compare(workload: WorkloadLike | None = None, policies: str | Sequence[Polic
             arch: str | Sequence[str] | None = None, cpus: int | None = None, preempt: str | None = None,
             fail_nowait: float | None = None, seed: int | None = None, costs: Costs | PathLike | None = None,
             snapshot: PathLike | None = None, variant: str = "exit", trace: PathLike | None = None,
-            max_sim_ns: int | None = DEFAULT_MAX_SIM_NS, max_steps: int | None = DEFAULT_MAX_STEPS) -> Comparison:
+            max_sim_ns: int | None = DEFAULT_MAX_SIM_NS, max_steps: int | None = DEFAULT_MAX_STEPS,
+            progress: Progress | None = None) -> Comparison:
     """Run `workload` under each policy (on each of `arch` it supports; default: its first arch) and return
     the runs side by side. `cpus`, `preempt` (none, voluntary, full), `fail_nowait` (probability that a
     GFP_NOWAIT batch allocation fails) and `seed` override the workload's own (None: keep them); `costs` is
     a Costs or a cost file. `snapshot` (instead of a workload) tears down a /proc snapshot; `trace` writes a
     Perfetto timeline of every run to that file. `max_sim_ns`/`max_steps` bound each run (a scenario that
-    never ends is an InputError naming the bound)."""
+    never ends is an InputError naming the bound). `progress` is told of each run (cli/progress.py)."""
     scenario = resolve_scenario(workload, snapshot=snapshot, variant=variant, cpus=cpus)
     names = [n.strip() for n in policies.split(",") if n.strip()] if isinstance(policies, str) else policies
     if not names:
@@ -265,7 +280,7 @@ def compare(workload: WorkloadLike | None = None, policies: str | Sequence[Polic
     failures: list[PluginError] = []
     for cls, a in policy_arches(classes, arch):
         try:
-            runs.append(_simulate(scenario, cls, traces, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait,
+            runs.append(_simulate(scenario, cls, traces, progress, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait,
                                   seed=seed, costs=cost_model, arch=a, max_sim_ns=max_sim_ns,
                                   max_steps=max_steps))
         except PluginError as e:              # the other policies are still reported

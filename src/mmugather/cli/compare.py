@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -109,10 +110,15 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
     if trace_file:
         from mmugather.sim.tracing import check_trace_path
         check_trace_path(trace_file)
-    _policy_arches(classes, arch)
+    nruns = len(_policy_arches(classes, arch))
     from mmugather import api
-    comparison = api.compare(scenario, classes, arch=arch, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait,
-                             seed=seed, costs=costs, trace=trace_file, max_sim_ns=max_sim_ns, max_steps=max_steps)
+    from mmugather.cli.progress import CompareProgress, progress_wanted
+    stderr = sys.stderr
+    with CompareProgress(nruns, stderr,
+                         enabled=progress_wanted(stderr, as_json)) as progress:
+        comparison = api.compare(scenario, classes, arch=arch, cpus=cpus, preempt=preempt,
+                                 fail_nowait=fail_nowait, seed=seed, costs=costs, trace=trace_file,
+                                 max_sim_ns=max_sim_ns, max_steps=max_steps, progress=progress)
     result = comparison.to_dict()
     if html_file:
         comparison.write_html(html_file)

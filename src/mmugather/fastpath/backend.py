@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mmugather.fastpath.core import free_tables, may_bulk, release_steps, zap_steps
+from mmugather.fastpath.core import free_tables, may_bulk, may_bulk_locked, release_steps, zap_steps
 from mmugather.mm.pfn_runs import PfnRuns
 from mmugather.mm.pgtable import PAGE_SHIFT
 from mmugather.mm.protocols import FreedBatches, FreedTables, PmdRun, PteRun
@@ -56,8 +56,9 @@ class BulkBackend:
     def pte_run(self, kernel: Any, c: Any, tlb: Any, pt: Any, addr: int, i: int, iend: int, none: int,
                 work: int | None = None) -> PteRun | None:
         """zap_steps() over entries [i, iend) while the gather takes the pages quietly; all but the last
-        page batched here, the last left to the caller."""
-        if not may_bulk(c) or tlb.mm.zero_ptes:          # zero-page PTEs: step by step (vm_normal_page())
+        page batched here, the last left to the caller. (Under the PTE lock: attention that would do
+        nothing between its steps does not stop it.)"""
+        if not may_bulk_locked(c) or tlb.mm.zero_ptes:   # zero-page PTEs: step by step (vm_normal_page())
             return None
         quiet = self.quiet(kernel, tlb)
         if not quiet:

@@ -24,6 +24,26 @@ def may_bulk(c) -> bool:
     return not c.attention and c.horizon > c.clock
 
 
+def attention_idle(c, clock: int | None = None) -> bool:
+    """Would the engine's attention to CPU c (Engine._attend) do nothing at the boundaries of steps that
+    all begin before its horizon and leave preempt_count raised and the preemption point plain (the steps
+    of a run under a PTE lock)? True when there is nothing to attend to, or when no IPI is due (one that
+    arrives later has its event at its arrival, where the horizon stops the run) and need_resched cannot
+    preempt (preempt_count raised: no preemption model switches there). `clock`: at that time (default
+    c.clock)."""
+    if not c.attention:
+        return True
+    pending = c.pending
+    at = c.clock if clock is None else clock
+    return c.preempt_count > 0 and not (pending and not c.irqs_off and pending[0][0] <= at)
+
+
+def may_bulk_locked(c) -> bool:
+    """may_bulk() for the steps of a run under a PTE lock: attention that would do nothing (attention_idle)
+    does not stop it."""
+    return c.horizon > c.clock and attention_idle(c)
+
+
 @dataclass(slots=True)
 class ZapSteps:
     """What zap_steps() did: `n` present PTEs zapped (0: only empty entries before the loop ends, at entry
@@ -81,6 +101,9 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
       after it;
     or None when the next present entry must go step by step. `work` comes back reduced by the entries
     covered (None when not given)."""
+    small = _zap_scan(kernel, c, pt, i, iend, none, quiet, work, stop_dirty_file)
+    if small is not _TOO_LONG:
+        return small
     v = np.frombuffer(pt.ptes, dtype=np.int64)
     w = v[i:iend]
     pres = w != 0
@@ -115,6 +138,96 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
     return ZapSteps(m, i + last, last_end - c.clock, pfns, anon, work, i + first)
 
 
+_TOO_LONG: Any = object()     # _zap_scan(): the run is longer than SCAN entries, use the array path
+SCAN = 48
+
+
+def _zap_scan(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int | None,
+              stop_dirty_file: bool) -> ZapSteps | None:
+    """zap_steps() entry by entry in plain Python, for runs that reach the engine's horizon within SCAN
+    entries: the same result, without numpy's cost on tiny arrays. Returns _TOO_LONG when the run
+    reaches entry i + SCAN first (nothing changed: the caller takes the array path).
+
+    Where the engine would stop CPU c (a step ending at or after the horizon) while the gather still takes
+    pages quietly, Engine.run_ahead() may run the events due before c's next step (other CPUs' user work,
+    which reaches nothing this run reads or writes) and let the run go on, as the engine's next steps of c
+    would: the PTEs of each stretch are cleared when it begins, never before the events it follows."""
+    ptes = pt.ptes
+    costs = kernel.costs
+    c_zap, c_none = costs.pte_zap, costs.pte_none
+    horizon = c.horizon
+    base = c.clock + none
+    alloc = kernel.alloc
+    kind, mapcount = alloc.kind, alloc.mapcount
+    limit = min(iend, i + SCAN)
+    sel: list[int] = []          # the present entries of the stretch not cleared yet
+    pfns: list[int] = []         # the pages of the stretches cleared
+    anon = k = used = 0
+    last_end = base
+    first = last = -1
+    j = i
+    while j < iend:
+        if j == limit and first < 0:
+            return _TOO_LONG
+        e = ptes[j]
+        if e:
+            if stop_dirty_file and e & _PAGE_DIRTY and kind[e >> PAGE_SHIFT] != ANON:
+                if not k:
+                    return None
+                break
+            last_end = base + c_zap * (k + 1) + c_none * (j - i - k)
+            sel.append(j)
+            last = j
+            k += 1
+            if k == quiet + 1:
+                break
+            if last_end >= horizon:
+                if first < 0:
+                    first = sel[0]
+                anon += _clear(ptes, sel, pfns, mapcount, kind)
+                if work is not None and used + PAGE_SIZE >= work or j + 1 == iend:
+                    break
+                if not kernel.engine.run_ahead(c, last_end):
+                    break
+                horizon = c.horizon
+                if not attention_idle(c, last_end):        # (the engine resumed c at last_end)
+                    break
+        if work is not None:
+            used += PAGE_SIZE if e else 1
+            if used >= work:
+                break
+        j += 1
+    if sel:
+        if first < 0:
+            first = sel[0]
+        anon += _clear(ptes, sel, pfns, mapcount, kind)
+    if not k:
+        cnt = j + 1 - i if j < iend else iend - i
+        return ZapSteps(0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt, i + cnt)
+    if work is not None:
+        work -= PAGE_SIZE * k + (last + 1 - i - k)
+    return ZapSteps(k, last, last_end - c.clock, np.array(pfns, dtype=np.int64), anon, work, first)
+
+
+def _clear(ptes, sel: list[int], pfns: list[int], mapcount, kind) -> int:
+    """Clear the PTEs at entries `sel` (ptep_get_and_clear_full()) and drop their pages' rmaps
+    (page_remove_rmap(): mapcount - 1, print_bad_pte below 0), in order; their pages go to `pfns`, `sel`
+    is emptied. Returns how many of the pages are anonymous."""
+    anon = 0
+    start = len(pfns)
+    for j in sel:
+        pfn = ptes[j] >> PAGE_SHIFT
+        ptes[j] = 0
+        mapcount[pfn] -= 1
+        anon += kind[pfn] == ANON
+        pfns.append(pfn)
+    sel.clear()
+    for pfn in pfns[start:]:
+        if mapcount[pfn] < 0:
+            raise AssertionError(f"zap_pte_range: pfn {pfn} mapcount < 0 (print_bad_pte)")
+    return anon
+
+
 def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:
     """page_remove_rmap() of each page, in order: mapcount - 1 (print_bad_pte when it goes below 0).
     Returns how many of the pages are anonymous. `fs`: FrameSpan.of(pfns), when the caller has it."""
@@ -145,21 +258,34 @@ def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
     next `chunk` pages (release_pages()) and then yields page_free per page. Releases the pages of the steps
     that start before the horizon, stopping before a chunk holding a frame some TLB, paging-structure cache
     or walker still reaches (its report must carry that step's clock: the caller runs it as a step).
-    Returns the number of pages released (0: run the next chunk as a step)."""
-    n = len(pfns) - i
+    Where the horizon stops it with more than a chunk left, Engine.run_ahead() may run the events due
+    first (other CPUs' user work) and the release goes on from there, as the engine's next steps would
+    (each stretch's frames checked and released at its own turn). Returns the number of pages released
+    (0: run the next chunk as a step)."""
     cost = kernel.costs.page_free
-    if cost and c.horizon != INF:
-        need = -(-(c.horizon - c.clock) // cost)         # pages whose cost reaches the horizon
-        if need <= n:
-            n = min(n, ((need - 1) // chunk + 1) * chunk)
-    part = pfns[i:i + n]
-    hit = kernel.invariants.reached(part)
-    if hit is not None:
-        n = int(np.argmax(hit)) // chunk * chunk
-        part = part[:n]
-    if n:
-        kernel.alloc.release_array(c, part)
-    return n
+    done = 0
+    while True:
+        start = i + done
+        n = len(pfns) - start
+        clock = c.clock + done * cost
+        cut = False
+        if cost and c.horizon != INF:
+            need = -(-(c.horizon - clock) // cost)       # pages whose cost reaches the horizon
+            if need <= n:
+                n = min(n, ((need - 1) // chunk + 1) * chunk)
+                cut = True
+        part = pfns[start:start + n]
+        hit = kernel.invariants.reached(part)
+        if hit is not None:
+            n = int(np.argmax(hit)) // chunk * chunk
+            part = part[:n]
+            cut = False
+        if n:
+            kernel.alloc.release_array(c, part)
+        done += n
+        if (not cut or len(pfns) - (i + done) <= chunk or not kernel.engine.run_ahead(c, c.clock + done * cost)
+                or c.attention):
+            return done
 
 
 def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,

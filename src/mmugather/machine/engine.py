@@ -22,6 +22,12 @@ One engine, composed. What varies is handed in, never swapped in later:
   that registers none has exactly the events it had before the seam existed.
 - design events (`note`): a design's own events (LATR's lazy invalidations, ABIS's avoided IPIs), counted
   in the metrics' `design_events` and told to the observers (the tracer draws them).
+- a `Lookahead` (optional; Simulation hands in workloads/program.py's ChurnLookahead on its fast path): when
+  a CPU's user work ends, it may run that CPU's next steps at once if they cannot observe any other CPU
+  before its next interaction, making exactly the state changes the steps would (as in conservative
+  parallel discrete-event simulation); else the CPU steps as usual. Observers see every step, so with an
+  observer attached the lookahead is not used. tests/test_lookahead.py checks runs with and without it
+  give the same metrics.
 - bounds: `max_sim_ns` (simulated time) and `max_steps` (task resumptions in one run) end a runaway run
   with LimitExceeded naming the bound.
 Randomness lives in the workload and the allocator, drawn from one seeded `random.Random`.
@@ -51,7 +57,7 @@ from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.machine.cpu import COMPUTE, IDLE, IPI_WAIT, RUNNING, SPINNING, Cpu, Task, TaskContractError
 
 __all__ = ["PREEMPT_MODELS", "ClockOrder", "DeadlockError", "Engine", "EngineObserver", "LimitExceeded",
-           "Scheduler", "TaskContractError", "TickHook"]
+           "Lookahead", "Scheduler", "TaskContractError", "TickHook"]
 
 PREEMPT_MODELS = ("none", "voluntary", "full")
 
@@ -88,6 +94,16 @@ class Scheduler(Protocol):
     def handlers(self, engine: Engine) -> Mapping[type, Handler]: ...
 
     def run(self, engine: Engine) -> int: ...
+
+
+class Lookahead(Protocol):
+    """Runs CPU c's next steps at once, when its user work has just ended at c.clock and `horizon` is the
+    time of the next queued event: only if nothing another CPU does can reach those steps, and then with
+    exactly the state changes (clock, counters, requests handled, events queued) the engine's steps would
+    make. Returns True if it ran them (and queued what follows), False if it changed nothing that the
+    steps will not redo (the CPU then steps as usual)."""
+
+    def resume(self, engine: Engine, c: Cpu, horizon: float) -> bool: ...
 
 
 class EngineObserver:
@@ -222,7 +238,10 @@ class ClockOrder:
                 if callback is not None:
                     callback(t)
                 else:
-                    step(c, heap[0][0] if heap else INF)
+                    horizon = heap[0][0] if heap else INF
+                    la = engine.lookahead
+                    if la is None or engine.observer is not None or not la.resume(engine, c, horizon):
+                        step(c, horizon)
         if engine.user_alive > 0 and not engine.halted:
             blocked = [t for c in engine.cpus for t in ([c.curr] if c.curr else []) + list(c.runqueue)]
             raise DeadlockError(f"{engine.user_alive} user task(s) can never run again: {blocked}")
@@ -250,7 +269,7 @@ class Engine:
 
     def __init__(self, ncpus: int, costs, preempt: str, metrics, invariants, *, scheduler: Scheduler | None = None,
                  observers: Iterable[EngineObserver] = (), max_sim_ns: int | None = None,
-                 max_steps: int | None = None) -> None:
+                 max_steps: int | None = None, lookahead: Lookahead | None = None) -> None:
         if preempt not in PREEMPT_MODELS:
             raise ValueError(f"unknown preemption model {preempt!r}")
         for name, bound in (("max_sim_ns", max_sim_ns), ("max_steps", max_steps)):
@@ -292,6 +311,10 @@ class Engine:
         self.observers: list[EngineObserver] = []
         self.observer: EngineObserver | None = None
         self.step = self._run_cpu
+        self.lookahead = lookahead
+        self.reserved: Cpu | None = None      # run_ahead(): the CPU whose next queueing takes reserved_seq
+        self.reserved_seq = 0
+        self._done_cbs: list[Callable[[int], None] | None] = [None] * ncpus   # per CPU: its compute's end
         for obs in observers:
             self.attach(obs)
 
@@ -356,8 +379,16 @@ class Engine:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, cpu, token, callback))
 
+    def queue(self, c: Cpu) -> None:
+        """Queue c to step again at its clock (a Lookahead that stops where the engine's step would)."""
+        self._push_cpu(c)
+
     def _push_cpu(self, c: Cpu) -> None:
         c.token += 1
+        if self.reserved is c:                  # run_ahead() kept c's place in the order
+            self.reserved = None
+            heapq.heappush(self.heap, (c.clock, self.reserved_seq, c, c.token, None))
+            return
         self._push(c.clock, c, c.token, None)
 
     def timer(self, t: int, callback) -> None:
@@ -366,6 +397,58 @@ class Engine:
     def horizon(self) -> float:
         """The time of the next queued event (where a step ends)."""
         return self.heap[0][0] if self.heap else INF
+
+    def run_ahead(self, c: Cpu, t: int) -> bool:
+        """For a fast path running CPU c's steps at once, at the end of a step that reaches c.horizon at
+        time t (c.clock has not moved yet): the engine would now queue c at t and run the events before it.
+        Run them here, in the same order, if the lookahead runs each at once (a compute end, or a CPU's turn
+        to step: it then touches only that CPU, never c nor what c's steps read). True: all ran, c has nothing to attend
+        to and its next event (c.horizon, updated) is after t: c's steps go on, as after the engine
+        resumed it (c's attention is as it was: the caller decides whether it would do anything). False: c
+        must stop at t; its queueing then takes the place in the order it has now."""
+        la = self.lookahead
+        if la is None or self.observer is not None or self.reserved is not None:
+            return False
+        heap = self.heap
+        attention, need_resched = c.attention, c.need_resched     # what c's steps go on with
+        self.seq += 1
+        seq0 = self.seq
+        self.reserved, self.reserved_seq = c, seq0
+        clock, c.clock = c.clock, t                      # what the events see: c at the end of its step
+        done = self._done_cbs
+        try:
+            while heap and (heap[0][0] < t or (heap[0][0] == t and heap[0][1] < seq0)):
+                ev = heap[0]
+                et, _, cpu, token, cb = ev
+                if cpu is None or cpu is c or (token == cpu.token and cb is not None and cb is not done[cpu.id]):
+                    return False
+                heapq.heappop(heap)
+                now = self.now
+                if et > now:
+                    self.now = et
+                if token != cpu.token:                  # stale: ClockOrder drops it
+                    continue
+                before = cpu.clock, cpu.state
+                if cb is not None:                       # a compute end (_compute_done)
+                    cpu.clock = max(cpu.clock, cpu.compute_end)
+                    cpu.state = RUNNING
+                nxt = heap[0][0] if heap else INF
+                if not la.resume(self, cpu, t if t < nxt else nxt):
+                    cpu.clock, cpu.state = before
+                    self.now = now
+                    heapq.heappush(heap, ev)
+                    return False
+            horizon = heap[0][0] if heap else INF
+            if c.attention != attention or c.need_resched != need_resched or horizon <= t:
+                return False
+            if t > self.now:
+                self.now = t
+            c.horizon = horizon
+            self.reserved = None
+            c.token += 1                                 # (queued and resumed: its token moved on)
+            return True
+        finally:
+            c.clock = clock
 
     def run(self) -> int:
         """Run under the scheduler until every user task has exited. Returns the simulated time at the end."""
@@ -398,9 +481,7 @@ class Engine:
             try:
                 v = send(val)
             except StopIteration as e:
-                self.steps_left -= 1
-                if not self.steps_left:
-                    raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going") from None
+                self._count_step(c, task)
                 stack = task.stack
                 stack.pop()
                 if not stack:
@@ -413,7 +494,7 @@ class Engine:
             if v.__class__ is int and v > 0:       # time: bounded by max_sim_ns, not counted
                 c.clock += v
                 c.point = P_PLAIN
-                if c.clock >= horizon:
+                if c.clock >= c.horizon:             # (run_ahead() may have moved c's horizon)
                     self._push_cpu(c)
                     return
                 continue
@@ -421,27 +502,27 @@ class Engine:
                 task.stack.append(v)
                 send = task.send = v.send
                 continue
-            self.steps_left -= 1                     # returns, 0 ns and requests count toward max_steps
-            if not self.steps_left:
-                raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going")
+            self._count_step(c, task)                # returns, 0 ns and requests count toward max_steps
             if v.__class__ is int:
                 if v:
                     raise TaskContractError(f"task {task} on CPU {c.id} yielded {v} ns (negative)")
                 c.point = P_PLAIN
-                if c.clock >= horizon:
-                    self._push_cpu(c)
-                    return
-                continue
-            try:
-                handler = handlers[v.__class__]
-            except KeyError:
-                raise TaskContractError(f"task {task} on CPU {c.id} yielded {v!r:.80} ({type(v).__name__}): "
-                                        "not an int, a generator or a request") from None
-            if not handler(c, task, v):
-                return                     # the handler blocked or switched the CPU and queued what follows
-            if c.clock >= horizon:
+            else:
+                handler = handlers.get(v.__class__)
+                if handler is None:
+                    raise TaskContractError(f"task {task} on CPU {c.id} yielded {v!r:.80} ({type(v).__name__}): "
+                                            "not an int, a generator or a request")
+                if not handler(c, task, v):
+                    return                 # the handler blocked or switched the CPU and queued what follows
+            if c.clock >= c.horizon:
                 self._push_cpu(c)
                 return
+
+    def _count_step(self, c: Cpu, task: Task) -> None:
+        """One more step toward max_steps (a return, a 0 ns yield or a request); past it, LimitExceeded."""
+        self.steps_left -= 1
+        if not self.steps_left:
+            raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going") from None
 
     def _attend(self, c: Cpu) -> bool:
         """Take arrived IPIs, then preempt if the last yield was a preemption point. True if switched."""
@@ -803,15 +884,21 @@ class Engine:
     # ----------------------------------------------------------------- user compute and sleep
     def _compute(self, c: Cpu, task: Task, v: Compute) -> bool:
         self.rcu.note_qs(c)                 # running user code is a quiescent state
-        self._enter_compute(c, task, v.ns)
+        task.compute_left = 0               # (_enter_compute, inline: the commonest request)
+        c.state = COMPUTE
+        c.compute_end = end = c.clock + v.ns
+        c.token += 1
+        self.seq += 1
+        heapq.heappush(self.heap, (end, self.seq, c, c.token, self._done_cbs[c.id] or self._compute_done_cb(c)))
         return False
 
     def _enter_compute(self, c: Cpu, task: Task, ns: int) -> None:
         task.compute_left = 0
         c.state = COMPUTE
-        c.compute_end = c.clock + ns
+        c.compute_end = end = c.clock + ns
         c.token += 1
-        self._push(c.compute_end, c, c.token, self._compute_done_cb(c))
+        self.seq += 1
+        heapq.heappush(self.heap, (end, self.seq, c, c.token, self._done_cbs[c.id] or self._compute_done_cb(c)))
 
     def _sleep(self, c: Cpu, task: Task, v: Sleep) -> bool:
         if c.preempt_count or c.irqs_off:
@@ -892,9 +979,20 @@ class Engine:
                 self._push_cpu(sender)
         c.attention = bool(pending) or c.need_resched
 
-    def _compute_done_cb(self, c: Cpu):
-        def done(t, c=c):
-            c.clock = max(c.clock, c.compute_end)
-            c.state = RUNNING
-            self.step(c, self.horizon())
+    def _compute_done_cb(self, c: Cpu) -> Callable[[int], None]:
+        """The callback of c's compute end (made once per CPU)."""
+        done = self._done_cbs[c.id]
+        if done is None:
+            done = self._done_cbs[c.id] = functools.partial(self._compute_done, c)
         return done
+
+    def _compute_done(self, c: Cpu, t: int) -> None:
+        """c's user work ended: it runs again, its next steps at once if the lookahead can (no observer
+        attached), else step by step."""
+        if c.compute_end > c.clock:
+            c.clock = c.compute_end
+        c.state = RUNNING
+        horizon = self.heap[0][0] if self.heap else INF
+        la = self.lookahead
+        if la is None or self.observer is not None or not la.resume(self, c, horizon):
+            self.step(c, horizon)

@@ -12,13 +12,16 @@ import os
 from pathlib import Path
 from statistics import mean
 
-import matplotlib
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from mmugather.errors import InputError
 from mmugather.report.table import ROWS, _fmt, _violations, run_labels
+
+if TYPE_CHECKING:                      # matplotlib is imported when a figure is drawn (it costs ~1 s)
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 # key of a raw distribution -> (Metrics attribute holding it, title, x-axis label, what the CDF counts)
 DISTRIBUTIONS = {
@@ -52,6 +55,7 @@ def raw_distributions(metrics) -> dict[str, list[int]]:
 
 def _svg(fig: Figure, salt: str) -> str:
     """The figure as an inline <svg> element, with deterministic ids unique to `salt`."""
+    import matplotlib
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "path"}):
         fig.savefig(buf, format="svg", bbox_inches="tight",
@@ -61,6 +65,7 @@ def _svg(fig: Figure, salt: str) -> str:
 
 
 def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(5.6, 3.6))
     ax = fig.add_subplot()
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)

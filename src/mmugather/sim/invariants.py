@@ -109,10 +109,13 @@ class Invariants:
         if not refs:
             return None
         if len(pfns) <= sum(len(r) for r in refs):
-            found = [p for p in pfns.tolist() if any(p in r for r in refs)]
+            pl = pfns.tolist()
+            found = refs[0].keys() & pl
+            for r in refs[1:]:
+                found |= r.keys() & pl
             if not found:
                 return None
-            return np.isin(pfns, np.array(found, dtype=np.int64))
+            return np.isin(pfns, np.fromiter(found, dtype=np.int64, count=len(found)))
         hit = np.isin(pfns, np.fromiter(set().union(*refs), dtype=np.int64))
         return hit if hit.any() else None
 
@@ -156,7 +159,11 @@ class Invariants:
             m.frees_under_pte_lock += not_batch
 
     def _freed_while_mapped(self, c, pfn: int) -> None:
+        ro, rw = pfn << 1, (pfn << 1) | 1
         for x in self.cpus:
+            vals = x.tlb.values()
+            if ro not in vals and rw not in vals:       # a scan in C first: most TLBs do not map it
+                continue
             vpns = [vpn for vpn, v in x.tlb.items() if v >> 1 == pfn]
             if not vpns:
                 continue

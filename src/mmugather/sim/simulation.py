@@ -26,7 +26,7 @@ from mmugather.report.metrics import Metrics
 from mmugather.sim.invariants import Invariants
 from mmugather.sim.watchdog import SoftLockupWatchdog
 from mmugather.workloads import scenario as S
-from mmugather.workloads.program import Process, thread_program, vma_flags
+from mmugather.workloads.program import ChurnLookahead, Process, ThreadState, thread_program, vma_flags
 
 
 def _has_pfn_maps(scenario: S.Scenario) -> bool:
@@ -66,7 +66,9 @@ DEFAULT_MAX_STEPS = 500_000_000            # task resumptions that spend no time
 
 class Simulation:
     """Build the machine and kernel for `policy_cls`, set up the scenario, run it, report metrics.
-    `max_sim_ns`/`max_steps` bound the run (defaults above; None: unbounded)."""
+    `max_sim_ns`/`max_steps` bound the run (defaults above; None: unbounded). `lookahead` (with `fast`, on
+    the free-running machine): churn loops' iterations at once where nothing can reach them
+    (workloads/program.py ChurnLookahead); False for the engine's steps only (tests/test_lookahead.py)."""
 
     fingerprint: Callable[[], object]    # an explorer target's machine only: its state's key (explore/target.py)
 
@@ -75,7 +77,7 @@ class Simulation:
                  arch: str | None = None, without_fixes=(), fast: bool = True, scheduler: Scheduler | None = None,
                  observers: Iterable[EngineObserver] = (), rng_class: Callable[[int], random.Random] = random.Random,
                  tlb_observer: TlbObserver | None = None, max_sim_ns: int | None = DEFAULT_MAX_SIM_NS,
-                 max_steps: int | None = DEFAULT_MAX_STEPS) -> None:
+                 max_steps: int | None = DEFAULT_MAX_STEPS, lookahead: bool = True) -> None:
         m = scenario.machine
         _keep_freed_memory()
         self.fast = fast       # bulk teardown where exact (fastpath/); False: every step (explore/)
@@ -97,8 +99,11 @@ class Simulation:
         # the soft-lockup watchdog (a latency invariant) watches the engine only when a threshold is set
         self.watchdog = SoftLockupWatchdog(m.softlockup_ns, self.invariants) if m.softlockup_ns else None
         watching = [*observers, self.watchdog] if self.watchdog is not None else observers
+        self.thread_states: dict[int, ThreadState] = {}    # each running user thread's program state, by tid
+        # the churn loops' lookahead on the fast path of the free-running machine (its steps otherwise)
+        ahead = ChurnLookahead(self) if lookahead and fast and scheduler is None else None
         self.engine = Engine(self.ncpus, self.costs, self.preempt, self.metrics, self.invariants, scheduler=scheduler,
-                             observers=watching, max_sim_ns=max_sim_ns, max_steps=max_steps)
+                             observers=watching, max_sim_ns=max_sim_ns, max_steps=max_steps, lookahead=ahead)
         self.rcu = self.engine.rcu = Rcu(self.engine.cpus, self.metrics)
         self.alloc = PageAlloc(self.rng, self.fail_nowait, self.invariants.on_free, self.invariants.on_free_many,
                                self.invariants.on_free_array, self.invariants.on_free_each_array)

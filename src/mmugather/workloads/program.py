@@ -6,9 +6,14 @@ kernel is a kernel method of the policy under test.
 """
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Generator
+from typing import Any
+
+from mmugather.kernel.sched import P_PLAIN
 from mmugather.kernel.smp import Compute, Sleep
 from mmugather.mm.mm_types import VM_READ, VM_SHARED, VM_WRITE
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW
+from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW
 from mmugather.workloads import scenario as S
 
 
@@ -96,113 +101,390 @@ def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):
     return result
 
 
+class Churn:
+    """A churn loop in progress: the range, whether it stores, its gap; `waiting` while the thread waits at
+    its gap's yield (ChurnLookahead may then run iterations itself); `drawn`, an address the lookahead drew
+    for the next access and handed over (-1: none); `accessed`: the lookahead made the next access (an
+    `_access_returns` frame stands for it on the task's stack), the thread goes on with its gap."""
+
+    __slots__ = ("lo", "pages", "write", "gap", "waiting", "drawn", "accessed")
+
+    def __init__(self, lo: int, pages: int, write: bool, gap_ns: int) -> None:
+        self.lo, self.pages, self.write, self.gap = lo, pages, write, Compute(gap_ns)
+        self.waiting = self.accessed = False
+        self.drawn = -1
+
+    def next_addr(self, rng) -> int:
+        """The next address: the one the lookahead drew, else a fresh draw."""
+        addr, self.drawn = self.drawn, -1
+        return addr if addr >= 0 else self.lo + (rng.randrange(self.pages) << PAGE_SHIFT)
+
+
+class ThreadState:
+    """The explicit state of one user thread's program, everything its later steps depend on: where it
+    stands (`path`: op index and iteration per loop level; `op`, `shift`; `at`, the yield it waits at),
+    whether it still counts as busy, whether it leaves alone (exit_thread), and what an op holds across its
+    yields (`lo`, `hi`, `aux`, `churn`; cleared when the op ends, so that no stale value tells equal states
+    apart). The thread's generator (`run`) keeps no other locals than its CPU, its task and this object, and
+    runs the op handlers by `yield from`, so the explorer's fingerprints (explore/state.py `_gen`, which
+    encodes a generator on the task's stack by its locals) see exactly this object: how the program is split
+    into functions changes no state."""
+
+    __slots__ = ("proc", "path", "op", "shift", "at", "busy", "alone", "lo", "hi", "aux", "churn")
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+        self.path: list[int] = []
+        self.op: object = None
+        self.shift = 0
+        self.at = ""
+        self.busy = False
+        self.alone = False
+        self.lo = self.hi = 0
+        self.aux: Any = None
+        self.churn: Churn | None = None
+
+
 def thread_program(sim, proc: Process, ops: list):
     """The generator factory of one thread running `ops`, then exiting (exit_mm)."""
 
     def run(c, task):
-        rng = sim.rng
-        kernel = sim.kernel
-        proc.busy += 1
-        busy = True
-        alone = False            # exit_thread: this thread leaves, the process goes on
-        for op, shift in _steps(sim, c, ops):
-            if proc.exiting:
-                break
-            if isinstance(op, S.ChurnOp):
-                if busy:
-                    proc.busy -= 1
-                    busy = False
-                lo, hi = _range(proc, op, shift)
-                pages = (hi - lo) >> PAGE_SHIFT
-                while not proc.exiting and proc.busy > 0:
-                    addr = lo + (rng.randrange(pages) << PAGE_SHIFT)
-                    yield access(sim, c, task, addr, op.write)
-                    yield Compute(op.gap_ns)
-                continue
-            if isinstance(op, S.TouchOp):
-                lo, hi = _range(proc, op, shift)
-                for addr in range(lo, hi, PAGE_SIZE):
-                    if proc.exiting:
-                        break
-                    yield access(sim, c, task, addr, op.write)
-                    if op.gap_ns:
-                        yield Compute(op.gap_ns)
-            elif isinstance(op, S.MunmapOp):
-                lo, hi = _range(proc, op, shift)
-                yield syscall(sim, c, task, kernel.sys_munmap(c, task, lo, hi - lo), (lo, hi))
-            elif isinstance(op, S.MadviseOp) and op.advice == "collapse":
-                lo, hi = _range(proc, op, shift)
-                yield syscall(sim, c, task, kernel.sys_madvise_collapse(c, task, lo, hi - lo))
-            elif isinstance(op, S.MadviseOp):
-                lo, hi = _range(proc, op, shift)
-                yield syscall(sim, c, task, kernel.sys_madvise_dontneed(c, task, lo, hi - lo), (lo, hi))
-            elif isinstance(op, S.GupFastOp):
-                lo, hi = _range(proc, op, shift)
-                enter_kernel(sim, c, task)
-                pinned = yield kernel.get_user_pages_fast(c, task.mm, lo, (hi - lo) >> PAGE_SHIFT, op.write,
-                                                          op.hold_ns)
-                task.in_kernel = False
-                if sim.watchdog is not None:            # back in user mode (the invariants check nothing here)
-                    sim.watchdog.user_return(c)
-                if op.keep_ns:
-                    yield Compute(op.keep_ns)
-                for pfn in pinned:                       # unpin_user_pages()
-                    sim.alloc.put_page(c, pfn)
-            elif isinstance(op, S.MmapOp):
-                spec = op.vma
-                f = sim.files.get(spec.file) if spec.file else None
-                addr = yield syscall(sim, c, task, kernel.sys_mmap(
-                    c, task, spec.start, spec.size, vma_flags(spec), f, spec.offset >> PAGE_SHIFT, spec.name))
-                proc.ranges[spec.name] = (addr, addr + spec.size)
-            elif isinstance(op, S.SleepOp):
-                yield Sleep(op.ns)
-            elif isinstance(op, S.ComputeOp):
-                yield Compute(op.ns)
-            elif isinstance(op, S.ExitOp):
-                break
-            elif isinstance(op, S.ExitThreadOp):
-                alone = any(t is not task and t.alive for t in proc.threads)
-                break
-            elif isinstance(op, S.MprotectOp):
-                lo, hi = _range(proc, op, shift)
-                yield syscall(sim, c, task, kernel.sys_mprotect(c, task, lo, hi - lo, op.prot), (lo, hi))
-            elif isinstance(op, S.MremapOp):
-                lo, hi = _range(proc, op, shift)
-                dest = proc.ranges[op.to][0]
-                yield syscall(sim, c, task, kernel.sys_mremap_fixed(c, task, lo, hi - lo, dest))
-                proc.ranges[op.to] = (dest, dest + hi - lo)
-            elif isinstance(op, S.TruncateOp):
-                yield syscall(sim, c, task, kernel.do_truncate(c, task, sim.files[op.file], op.size))
-            elif isinstance(op, S.FsyncOp):
-                yield syscall(sim, c, task, kernel.do_fsync(c, task, sim.files[op.file]))
-            elif isinstance(op, S.RevokeOp):
-                yield syscall(sim, c, task, kernel.device_revoke(c, task, sim.files[op.file]))
-            elif isinstance(op, S.ForkOp):
-                new_mm = yield syscall(sim, c, task, kernel.sys_fork(c, task))
-                child = Process(f"{proc.name}/child", new_mm)
-                child.ranges = dict(proc.ranges)
-                sim.processes.append(child)
-                child.threads.append(sim.engine.spawn(f"{child.name}/0", op.cpu, "user",
-                                                      thread_program(sim, child, op.program),
-                                                      mm=new_mm, process=child))
-            elif isinstance(op, S.HaltOp):
-                sim.engine.halted = True
-                yield Sleep(1)
-            elif isinstance(op, S.ExecOp):
-                yield syscall(sim, c, task, do_execve(sim, c, task, proc, op))
-        if busy:
-            proc.busy -= 1
-        if not proc.exiting and not alone:
-            proc.exiting = True          # exit_group(): every thread of the process exits
-            for t in proc.threads:
-                if t is not task and t.blocked_on == "sleep":
-                    t.sleep_token += 1
-                    sim.engine.wake(t, c.clock)
-        enter_kernel(sim, c, task)
-        yield sim.costs.syscall
-        yield kernel.exit_mm(c, task)
+        st = sim.thread_states[task.tid] = ThreadState(proc)
+        yield from _run_ops(sim, c, task, st, ops)
+        yield from _do_exit(sim, c, task, st)
+        del sim.thread_states[task.tid]      # an exited thread has no state left
 
     return run
+
+
+def _run_ops(sim, c, task, st: ThreadState, ops: list):
+    """The ops in order, each by its handler in OPS (True from a handler: the thread exits now)."""
+    proc = st.proc
+    proc.busy += 1
+    st.busy = True
+    for op, shift in _steps(sim, c, st, ops):
+        if proc.exiting:
+            break
+        st.op, st.shift = op, shift
+        if (yield from OPS[op.__class__](sim, c, task, st, op, shift)):
+            break
+    st.op = st.aux = None
+    if st.busy:
+        proc.busy -= 1
+        st.busy = False
+
+
+def _do_exit(sim, c, task, st: ThreadState):
+    """do_exit(), kernel/exit.c, as far as the mm goes: unless the thread leaves alone (exit_thread), the
+    process exits (exit_group(): sleeping threads are woken to exit), then exit_mm()."""
+    proc = st.proc
+    if not proc.exiting and not st.alone:
+        proc.exiting = True
+        for t in proc.threads:
+            if t is not task and t.blocked_on == "sleep":
+                t.sleep_token += 1
+                sim.engine.wake(t, c.clock)
+    enter_kernel(sim, c, task)
+    st.at = "exit"
+    yield sim.costs.syscall
+    yield sim.kernel.exit_mm(c, task)
+
+
+def user_churn(sim, c, task, st: ThreadState, op: S.ChurnOp, shift: int):
+    """Loads or stores at random pages of the range, op.gap_ns of user work apart, until the process exits or
+    no other thread is busy (this thread no longer counts as busy)."""
+    proc = st.proc
+    if st.busy:
+        proc.busy -= 1
+        st.busy = False
+    lo, hi = _range(proc, op, shift)
+    ch = st.churn = Churn(lo, (hi - lo) >> PAGE_SHIFT, op.write, op.gap_ns)
+    while True:
+        if ch.accessed:                      # the lookahead made this access (it checked the loop's test)
+            ch.accessed = False
+        elif proc.exiting or proc.busy <= 0:
+            break
+        else:
+            st.at = "access"
+            yield access(sim, c, task, ch.next_addr(sim.rng), op.write)
+        st.at = "gap"
+        ch.waiting = True
+        yield ch.gap
+        ch.waiting = False
+    st.churn = None
+    return False
+
+
+def user_touch(sim, c, task, st: ThreadState, op: S.TouchOp, shift: int):
+    """A load or store at each page of the range in order, op.gap_ns of user work after each."""
+    proc = st.proc
+    lo, hi = _range(proc, op, shift)
+    for addr in range(lo, hi, PAGE_SIZE):
+        if proc.exiting:
+            break
+        st.aux = addr                        # where the op stands (the range follows from op and shift)
+        st.at = "access"
+        yield access(sim, c, task, addr, op.write)
+        if op.gap_ns:
+            st.at = "gap"
+            yield Compute(op.gap_ns)
+    st.aux = None
+    return False
+
+
+def munmap(sim, c, task, st: ThreadState, op: S.MunmapOp, shift: int):
+    """munmap(2) of the range."""
+    lo, hi = _range(st.proc, op, shift)
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.sys_munmap(c, task, lo, hi - lo), (lo, hi))
+    return False
+
+
+def madvise(sim, c, task, st: ThreadState, op: S.MadviseOp, shift: int):
+    """madvise(2) of the range: MADV_DONTNEED (checked for stale entries on return) or MADV_COLLAPSE."""
+    lo, hi = _range(st.proc, op, shift)
+    st.at = "syscall"
+    if op.advice == "collapse":
+        yield syscall(sim, c, task, sim.kernel.sys_madvise_collapse(c, task, lo, hi - lo))
+    else:
+        yield syscall(sim, c, task, sim.kernel.sys_madvise_dontneed(c, task, lo, hi - lo), (lo, hi))
+    return False
+
+
+def mprotect(sim, c, task, st: ThreadState, op: S.MprotectOp, shift: int):
+    """mprotect(2) of the range."""
+    lo, hi = _range(st.proc, op, shift)
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.sys_mprotect(c, task, lo, hi - lo, op.prot), (lo, hi))
+    return False
+
+
+def get_user_pages_fast(sim, c, task, st: ThreadState, op: S.GupFastOp, shift: int):
+    """get_user_pages_fast() of the range (a driver pinning user pages), op.keep_ns of user work while they
+    are pinned, then unpin_user_pages()."""
+    lo, hi = _range(st.proc, op, shift)
+    enter_kernel(sim, c, task)
+    st.at = "gup"
+    st.aux = yield sim.kernel.get_user_pages_fast(c, task.mm, lo, (hi - lo) >> PAGE_SHIFT, op.write, op.hold_ns)
+    task.in_kernel = False
+    if sim.watchdog is not None:            # back in user mode (the invariants check nothing here)
+        sim.watchdog.user_return(c)
+    if op.keep_ns:
+        st.at = "keep"
+        yield Compute(op.keep_ns)
+    pinned, st.aux = st.aux, None
+    for pfn in pinned:                       # unpin_user_pages()
+        sim.alloc.put_page(c, pfn)
+    return False
+
+
+def mmap(sim, c, task, st: ThreadState, op: S.MmapOp, shift: int):
+    """mmap(2) of the op's VMA; the range's name then refers to where it was mapped."""
+    spec = op.vma
+    f = sim.files.get(spec.file) if spec.file else None
+    st.at = "syscall"
+    addr = yield syscall(sim, c, task, sim.kernel.sys_mmap(
+        c, task, spec.start, spec.size, vma_flags(spec), f, spec.offset >> PAGE_SHIFT, spec.name))
+    st.proc.ranges[spec.name] = (addr, addr + spec.size)
+    return False
+
+
+def mremap(sim, c, task, st: ThreadState, op: S.MremapOp, shift: int):
+    """mremap(2) MREMAP_FIXED of the range onto the range named op.to, which then refers to it."""
+    proc = st.proc
+    st.lo, st.hi = _range(proc, op, shift)
+    st.aux = proc.ranges[op.to][0]
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.sys_mremap_fixed(c, task, st.lo, st.hi - st.lo, st.aux))
+    dest, size = st.aux, st.hi - st.lo
+    st.aux, st.lo, st.hi = None, 0, 0
+    proc.ranges[op.to] = (dest, dest + size)
+    return False
+
+
+def truncate(sim, c, task, st: ThreadState, op: S.TruncateOp, shift: int):
+    """truncate(2) of a file to op.size."""
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.do_truncate(c, task, sim.files[op.file], op.size))
+    return False
+
+
+def fsync(sim, c, task, st: ThreadState, op: S.FsyncOp, shift: int):
+    """fsync(2) of a file: its dirty pages written back (mm/page_writeback.py)."""
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.do_fsync(c, task, sim.files[op.file]))
+    return False
+
+
+def device_revoke(sim, c, task, st: ThreadState, op: S.RevokeOp, shift: int):
+    """A driver revoking its device buffer (unmap_mapping_range(), then freeing it: mm/pfnmap.py)."""
+    st.at = "syscall"
+    yield syscall(sim, c, task, sim.kernel.device_revoke(c, task, sim.files[op.file]))
+    return False
+
+
+def fork(sim, c, task, st: ThreadState, op: S.ForkOp, shift: int):
+    """fork(2): the child process runs op.program on op.cpu with a copy of the parent's named ranges."""
+    proc = st.proc
+    st.at = "syscall"
+    new_mm = yield syscall(sim, c, task, sim.kernel.sys_fork(c, task))
+    child = Process(f"{proc.name}/child", new_mm)
+    child.ranges = dict(proc.ranges)
+    sim.processes.append(child)
+    child.threads.append(sim.engine.spawn(f"{child.name}/0", op.cpu, "user", thread_program(sim, child, op.program),
+                                          mm=new_mm, process=child))
+    return False
+
+
+def execve(sim, c, task, st: ThreadState, op: S.ExecOp, shift: int):
+    """execve(2) (do_execve below)."""
+    st.at = "syscall"
+    yield syscall(sim, c, task, do_execve(sim, c, task, st.proc, op))
+    return False
+
+
+def nanosleep(sim, c, task, st: ThreadState, op: S.SleepOp, shift: int):
+    """nanosleep(2) of op.ns."""
+    st.at = "sleep"
+    yield Sleep(op.ns)
+    return False
+
+
+def user_compute(sim, c, task, st: ThreadState, op: S.ComputeOp, shift: int):
+    """op.ns of user work."""
+    st.at = "compute"
+    yield Compute(op.ns)
+    return False
+
+
+def halt(sim, c, task, st: ThreadState, op: S.HaltOp, shift: int):
+    """The measurement is over: the machine stops (the engine's `halted`)."""
+    sim.engine.halted = True
+    st.at = "halt"
+    yield Sleep(1)
+    return False
+
+
+def exit_group(sim, c, task, st: ThreadState, op: S.ExitOp, shift: int):
+    """exit_group(2): the program ends here, every thread of the process exits (_do_exit)."""
+    return True
+    yield  # a generator like the other handlers
+
+
+def exit_thread(sim, c, task, st: ThreadState, op: S.ExitThreadOp, shift: int):
+    """exit(2) of this thread: the process goes on if another of its threads is alive."""
+    st.alone = any(t is not task and t.alive for t in st.proc.threads)
+    return True
+    yield  # a generator like the other handlers
+
+
+# each op's handler: a generator that runs the op and returns True when the thread is to exit now
+OPS: dict[type, Callable[..., Generator[Any, Any, bool]]] = {
+    S.ChurnOp: user_churn, S.TouchOp: user_touch, S.MunmapOp: munmap, S.MadviseOp: madvise,
+    S.GupFastOp: get_user_pages_fast, S.MmapOp: mmap, S.SleepOp: nanosleep, S.ComputeOp: user_compute,
+    S.ExitOp: exit_group, S.ExitThreadOp: exit_thread, S.MprotectOp: mprotect, S.MremapOp: mremap,
+    S.TruncateOp: truncate, S.ForkOp: fork, S.HaltOp: halt, S.ExecOp: execve, S.FsyncOp: fsync,
+    S.RevokeOp: device_revoke,
+}
+
+
+class ChurnLookahead:
+    """The engine's Lookahead for churn loops (machine/engine.py). A churning thread waiting at its gap's
+    yield, its gap over, its CPU with nothing to attend to: its next iteration touches only its own CPU's
+    TLB and paging-structure cache (and reads the page tables, at the time the engine would), so it runs
+    at once: the draw, the hit (user_access ns) or the walk and fill (tlb_miss_walk ns), the next gap's
+    request; where the access ends at or after the horizon, the CPU is queued there as the engine does
+    and the gap's request waits for that event (`Churn.accessed`). The very state changes the engine's
+    steps make, without resuming a generator. A fault, or the loop's end, goes step by step (an address
+    already drawn is handed to the thread: `Churn.drawn`)."""
+
+    def __init__(self, sim) -> None:
+        self.sim = sim
+        self.states: dict[int, ThreadState] = sim.thread_states
+        rng = sim.rng                        # randrange(n) is _randbelow(n) for n > 0 (random.Random)
+        self.below = rng._randbelow if type(rng).randrange is random.Random.randrange else rng.randrange
+
+    def resume(self, engine, c, horizon) -> bool:
+        task = c.curr
+        if task is None or c.attention or task.compute_left:
+            return False
+        st = self.states.get(task.tid)
+        if st is None:
+            return False
+        ch = st.churn
+        if ch is None or not ch.waiting or 0 < engine.steps_left <= 2:
+            return False
+        gap = engine.handlers[Compute]
+        if ch.accessed:                      # the access returns, then the gap's request
+            ch.accessed = False
+            stack = task.stack
+            stack.pop()
+            task.send = stack[-1].send
+            c.horizon = horizon
+            engine.steps_left -= 2
+            gap(c, task, ch.gap)
+            return True
+        proc = st.proc
+        if ch.drawn >= 0 or proc.exiting or proc.busy <= 0:
+            return False
+        sim = self.sim
+        addr = ch.lo + (self.below(ch.pages) << PAGE_SHIFT)
+        vpn = addr >> PAGE_SHIFT
+        v = c.tlb.get(vpn)
+        if v is not None and (not ch.write or v & 1):
+            if ch.write and sim.invariants.check_stores:
+                sim.invariants.user_store(c, task.mm, addr, v >> 1)
+            cost = sim.costs.user_access
+        elif not self._walk(c, task.mm, addr, vpn, ch.write):
+            ch.drawn = addr                  # a fault: the thread's own steps
+            return False
+        else:
+            cost = sim.costs.tlb_miss_walk
+        c.horizon = horizon
+        c.clock += cost
+        c.point = P_PLAIN
+        if c.clock >= horizon:               # the engine stops c here, inside access()
+            ch.accessed = True
+            frame = _access_returns()
+            task.stack.append(frame)
+            task.send = frame.send
+            engine.queue(c)
+            return True
+        engine.steps_left -= 2               # access() returned, the gap's request
+        gap(c, task, ch.gap)
+        return True
+
+    def _walk(self, c, mm, addr: int, vpn: int, write: bool) -> bool:
+        """access()'s walk and fill, if the walk finds a PTE that allows the access (else nothing done)."""
+        key = addr >> PMD_SHIFT
+        table = c.pwc.get(key)
+        cached = table is not None
+        if not cached:
+            table = mm.pte_tables.get(key)
+            if table is None:
+                return False
+        pte = table.ptes[vpn & 511]
+        if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW):
+            return False
+        sim = self.sim
+        tlb = sim.tlb
+        if tlb.observer is not None:         # observers are told of the walk itself
+            tlb.walk(c, mm, addr)
+        elif not cached:                     # Tlb.walk(), its side effect
+            tlb.fill_pwc(c, key, table)
+        if write and not pte & _PAGE_DIRTY:  # the walker sets D (access())
+            pte = table.ptes[vpn & 511] = pte | _PAGE_DIRTY | _PAGE_ACCESSED
+        tlb.fill(c, vpn, pte if pte & _PAGE_DIRTY else pte & ~_PAGE_RW)
+        if sim.invariants.in_flight:
+            sim.invariants.tlb_filled(c, vpn)
+        return True
+
+
+def _access_returns():
+    """access() where ChurnLookahead leaves it when the engine's step ends inside it: it returns True when
+    resumed (so that a thread that steps from there counts the same steps as after a real access())."""
+    return True
+    yield  # a generator
 
 
 def do_execve(sim, c, task, proc: Process, op: S.ExecOp):
@@ -223,10 +505,15 @@ def do_execve(sim, c, task, proc: Process, op: S.ExecOp):
     proc.ranges["[stack]"] = (vma.start, vma.end)
 
 
-def _steps(sim, c, ops: list, shift: int = 0, deadline: int | None = None):
+def _steps(sim, c, st: ThreadState, ops: list, shift: int = 0, deadline: int | None = None):
     """The ops of a program in order with the byte shift of their ranges, loops unrolled as they run:
-    whether another iteration starts is decided when it is reached, against the CPU's clock then."""
-    for op in ops:
+    whether another iteration starts is decided when it is reached, against the CPU's clock then. Each
+    level keeps its op index and iteration count in st.path."""
+    path = st.path
+    d = len(path)
+    path += (0, 0)
+    for k, op in enumerate(ops):
+        path[d], path[d + 1] = k, 0
         if not isinstance(op, S.LoopOp):
             yield op, shift
             continue
@@ -235,10 +522,12 @@ def _steps(sim, c, ops: list, shift: int = 0, deadline: int | None = None):
             end = c.clock + op.duration_ns if end is None else min(end, c.clock + op.duration_ns)
         i = 0
         while (op.times is None or i < op.times) and (end is None or c.clock < end):
-            yield from _steps(sim, c, op.body, shift + i * op.stride, end)
+            yield from _steps(sim, c, st, op.body, shift + i * op.stride, end)
             if op.count and (end is None or c.clock <= end):
                 sim.metrics.loop_iterations += 1
             i += 1
+            path[d + 1] = i
+    del path[d:]
 
 
 def _range(proc: Process, op, shift: int = 0) -> tuple[int, int]:

@@ -1,0 +1,103 @@
+"""A progress bar for `compare`: on stderr, only when stderr is a terminal and the output is not JSON, and
+only once the compare has run for more than DELAY seconds (quick runs print nothing extra).
+
+Rich (a dependency already) draws it. The bar counts runs (policy x arch); within a run it moves with
+the run's simulated time against the previous run's total (runs of one workload take similar simulated
+times), so that the ETA means something after the first run. The rate column is simulated time per
+wall-clock second. A watcher thread polls the running simulation's clock (an int it only reads).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import (BarColumn, Progress, ProgressColumn, Task, TaskID, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+
+def progress_wanted(stream: IO[str], as_json: bool) -> bool:
+    """Whether compare shows a progress bar on `stream`: a terminal, and not --json."""
+    isatty = getattr(stream, "isatty", None)
+    return not as_json and callable(isatty) and bool(isatty())
+
+
+class _SimRate(ProgressColumn):
+    """Simulated time per wall-clock second of the current run."""
+
+    def render(self, task: Task) -> Text:
+        rate = task.fields.get("rate")
+        return Text("" if rate is None else f"{rate / 1e6:.1f} sim-ms/s", style="progress.data.speed")
+
+
+class CompareProgress:
+    """compare's progress (api.compare's `progress`): `run_started(label, sim)` before each run,
+    `run_done(sim_ns)` after it. Use as a context manager; draws nothing unless `enabled`, and nothing
+    before DELAY seconds have passed."""
+
+    DELAY = 1.0
+    POLL = 0.1
+
+    def __init__(self, runs: int, stream: IO[str], *, enabled: bool, delay: float | None = None) -> None:
+        self.runs = runs
+        self.enabled = enabled
+        self.delay = self.DELAY if delay is None else delay
+        self.done = 0
+        self.estimate: int | None = None          # the last finished run's simulated time
+        self.sim: Any = None
+        self.label = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        self._console = Console(file=stream, stderr=True, force_terminal=enabled or None)
+
+    def __enter__(self) -> CompareProgress:
+        if self.enabled:
+            self._t0 = time.monotonic()
+            self._thread = threading.Thread(target=self._watch, name="compare-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._bar is not None:
+            self._bar.stop()
+
+    def run_started(self, label: str, sim: Any) -> None:
+        self.label, self.sim = label, sim
+
+    def run_done(self, sim_ns: int) -> None:
+        self.done += 1
+        self.estimate = sim_ns or self.estimate
+        self.sim = None
+
+    def _watch(self) -> None:
+        last: tuple[float, int] | None = None
+        while not self._stop.wait(self.POLL):
+            if self._bar is None:
+                if time.monotonic() - self._t0 < self.delay:
+                    continue
+                self._start()
+            assert self._bar is not None and self._task is not None
+            sim = self.sim
+            now = sim.engine.now if sim is not None else 0
+            frac = min(0.95, now / self.estimate) if sim is not None and self.estimate else 0.0
+            t = time.monotonic()
+            rate = None
+            if last is not None and now >= last[1] and t > last[0]:
+                rate = (now - last[1]) / (t - last[0])
+            last = (t, now)
+            self._bar.update(self._task, completed=self.done + frac, rate=rate,
+                             description=f"compare {self.label} ({self.done}/{self.runs} runs)")
+
+    def _start(self) -> None:
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), _SimRate(),
+                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                             console=self._console, transient=True)
+        self._task = self._bar.add_task("compare", total=self.runs, rate=None)
+        self._bar.start()

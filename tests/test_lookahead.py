@@ -1,0 +1,111 @@
+"""The engine's lookahead (workloads/program.py ChurnLookahead, Engine.run_ahead) is exact: random small
+scenarios give the same metrics, to the byte, with it and without it (the engine's steps), under every
+policy on every arch it runs on."""
+import json
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from helpers import examples
+
+from mmugather.arch import ARCHES
+from mmugather.policies import POLICIES
+from mmugather.sim.simulation import Simulation
+from mmugather.workloads.program import ChurnLookahead
+from mmugather.workloads.scenario import parse_scenario
+
+RUNS = [(name, arch) for name in POLICIES for arch in ARCHES[name]]
+
+
+def _op(draw, names, k):
+    kind = draw(st.sampled_from(["touch", "churn", "munmap", "madvise", "mprotect", "compute", "sleep", "mmap",
+                                 "fsync"]))
+    if kind == "fsync":
+        return {"op": "fsync", "file": "f"}
+    if kind in ("touch", "churn"):
+        return {"op": kind, "vma": draw(st.sampled_from(names)), "write": draw(st.booleans()),
+                "gap_ns": draw(st.sampled_from([1, 30, 700, 2000]))}
+    if kind in ("munmap", "madvise"):
+        return {"op": kind, "vma": draw(st.sampled_from(names))}
+    if kind == "mprotect":
+        return {"op": kind, "vma": draw(st.sampled_from(names)), "prot": "r"}
+    if kind == "mmap":
+        return {"op": "mmap", "vma": {"name": f"m{k}", "size": draw(st.integers(1, 600)) * 4096}}
+    return {"op": kind, "ns": draw(st.integers(1, 50000))}
+
+
+@st.composite
+def racing_scenarios(draw):
+    """A few threads churning and touching while others unmap, advise away, protect or write back (fsync) the
+    same VMAs (the last one sometimes a shared file mapping)."""
+    cpus = draw(st.integers(2, 4))
+    names = [f"v{i}" for i in range(draw(st.integers(1, 3)))]
+    vmas = [{"name": n, "size": draw(st.integers(1, 1100)) * 4096, "populate": draw(st.booleans())} for n in names]
+    if draw(st.booleans()):                  # a shared file mapping: stores set the dirty bit, fsync cleans it
+        vmas[-1].update(kind="file", file="f", shared=True)
+    threads = []
+    for _ in range(draw(st.integers(2, 4))):
+        prog = [_op(draw, names, k) for k in range(draw(st.integers(0, 3)))]
+        if draw(st.booleans()):
+            prog.append({"op": "churn", "vma": draw(st.sampled_from(names)), "write": draw(st.booleans()),
+                         "gap_ns": draw(st.sampled_from([1, 30, 500, 2000]))})
+        threads.append({"cpu": draw(st.integers(0, cpus - 1)), "program": prog})
+    return {"seed": draw(st.integers(0, 1000)),
+            "machine": {"cpus": cpus, "preempt": draw(st.sampled_from(["none", "voluntary", "full"])),
+                        "latency_task": draw(st.booleans()), "fail_nowait": draw(st.sampled_from([0.0, 0.3]))},
+            "files": [{"name": "f"}], "process": [{"name": "p", "vma": vmas, "thread": threads}]}
+
+
+def _metrics(sc, name, arch, **kw) -> str:
+    return json.dumps(Simulation(sc, POLICIES[name], arch=arch, **kw).run(), sort_keys=True, default=str)
+
+
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(racing_scenarios(), st.sampled_from(RUNS))
+def test_lookahead_changes_no_metric(data, run):
+    """With the lookahead, the same metrics as with the engine's steps alone (and as step by step)."""
+    sc = parse_scenario(data, "lookahead")
+    name, arch = run
+    ahead = _metrics(sc, name, arch)
+    assert ahead == _metrics(sc, name, arch, lookahead=False)
+    assert ahead == _metrics(sc, name, arch, fast=False)
+
+
+def test_every_policy_and_arch_is_drawn():
+    """The runs the property draws from are every policy on every arch of the registry."""
+    assert {n for n, _ in RUNS} == set(POLICIES) and len(RUNS) == sum(len(ARCHES[n]) for n in POLICIES)
+
+
+def test_the_lookahead_runs_on_a_churning_workload():
+    """The default-like race actually takes the lookahead (the property would be empty otherwise)."""
+    from helpers import munmap_while_others_run
+    sc = munmap_while_others_run()
+    taken = []
+    orig = ChurnLookahead.resume
+
+    def counting(self, engine, c, horizon):
+        ok = orig(self, engine, c, horizon)
+        taken.append(ok)
+        return ok
+    ChurnLookahead.resume = counting
+    try:
+        Simulation(sc, POLICIES["6.18"]).run()
+    finally:
+        ChurnLookahead.resume = orig
+    assert sum(taken) > 100
+
+
+def test_max_steps_stops_at_the_same_step():
+    """A run cut by max_steps stops at the same step, naming the same task, with the lookahead or without."""
+    import pytest
+
+    from helpers import munmap_while_others_run
+    from mmugather.machine.engine import LimitExceeded
+    sc = munmap_while_others_run()
+    for name in ("2.6.39", "6.18"):
+        for bound in range(61, 1_300, 83):      # the run takes about 1,300 steps
+            msgs = []
+            for ahead in (True, False):
+                with pytest.raises(LimitExceeded) as e:
+                    Simulation(sc, POLICIES[name], lookahead=ahead, max_steps=bound).run()
+                msgs.append(str(e.value))
+            assert msgs[0] == msgs[1], (name, bound)
