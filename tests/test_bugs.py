@@ -24,7 +24,8 @@ def test_the_catalogue_has_the_issue_entries_and_they_run_with_this_build():
     assert {"fast-mode-3.0", "madv-dontneed-flush-miss", "mremap-flush-after-unlock",
             "nested-flush-reset-range", "forced-flush-wrong-range", "unlimited-batching-soft-lockup",
             "radix-table-free-no-invalidate", "lazy-mm-users-shortcut", "pfnmap-munmap-vs-revoke",
-            "khugepaged-gup-fast-free", "rmap-removed-before-flush", "dirty-pte-flush-after-unlock"} <= set(BUGS)
+            "khugepaged-gup-fast-free", "rmap-removed-before-flush", "dirty-pte-flush-after-unlock",
+            "table-free-no-invalidate"} <= set(BUGS)
     assert len({b.name for b in CATALOGUE}) == len(CATALOGUE)
     for bug in available():
         assert bug.commits and 2000 < bug.year < 2030 and bug.buggy_without != bug.fixed_without

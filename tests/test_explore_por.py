@@ -121,18 +121,11 @@ def test_the_tick_is_offered_inside_the_kernel_and_forces_the_switch():
 
 
 def table_batch_fails():
-    """6.18 on x86, every GFP_NOWAIT allocation failing: MADV_DONTNEED on CPU 0 empties a PTE table and frees
-    it through tlb_remove_table_one() (call_rcu) while another thread waits for CPU 0; CPU 1 reads the VMA
-    before and after some user work (docs/bugs.md, table-free-no-invalidate, as catalogued in 942f5e5)."""
-    return parse_scenario({
-        "name": "dontneed-table-batch-fails",
-        "machine": {"cpus": 2, "preempt": "voluntary", "policy": "6.18", "fail_nowait": 1.0},
-        "process": [{"name": "app", "vma": [{"name": "a", "size": "2MiB", "start": 0x10000000}],
-                     "thread": [{"cpu": 1, "program": [{"op": "touch", "vma": "a", "size": "4KiB", "write": False},
-                                                       {"op": "compute", "ns": 1000},
-                                                       {"op": "touch", "vma": "a", "size": "4KiB", "write": False}]},
-                                {"cpu": 0, "program": [{"op": "madvise", "vma": "a"}]},
-                                {"cpu": 0, "program": [{"op": "compute", "ns": 1000}]}]}]}, "test")
+    """The catalogue's table-free-no-invalidate scenario (d86564a2f085; 6.18 on x86, every GFP_NOWAIT
+    allocation failing): MADV_DONTNEED on CPU 0 empties a PTE table and frees it through
+    tlb_remove_table_one() (call_rcu) while another thread waits for CPU 0; CPU 1 reads the VMA before and
+    after some user work."""
+    return parse_scenario(get_bug("table-free-no-invalidate").scenario, "test")
 
 
 def test_the_tick_lets_a_waiting_thread_end_the_grace_period_after_the_table_is_freed():

@@ -63,6 +63,11 @@ def _read(vma: str) -> dict[str, Any]:
     return {"op": "touch", "vma": vma, "write": False}
 
 
+def _read_first(vma: str) -> dict[str, Any]:
+    """A touch op that reads the first page of `vma`."""
+    return {"op": "touch", "vma": vma, "size": "4KiB", "write": False}
+
+
 def _two_tables() -> list[dict[str, Any]]:
     """Two one-page VMAs, a and b, 2 MiB apart: each in a page table of its own."""
     return [{"name": "a", "size": "4KiB", "start": 0x10000000, "populate": True},
@@ -373,6 +378,40 @@ CATALOGUE += [
         notes=("6.18 with the pre-v3.15 zap put back: no forced flush for a dirty file PTE, the rmap "
                "removed at once. The fixed variant is v3.15-v6.1 (still without 5df397dec7c4, which this "
                "scenario does not need: process \"sync\" keeps the page mapped)."),
+    ),
+]
+
+
+CATALOGUE += [
+    Bug(
+        name="table-free-no-invalidate",
+        year=2018,
+        commits=("d86564a2f085",),
+        title="mm/tlb, x86/mm: Support invalidating TLB caches for RCU_TABLE_FREE",
+        fixed_in="v4.19",
+        introduced="no Fixes: tag; on x86, 9e52fc2b50de (v4.14): x86/mm: Enable RCU based page table freeing "
+                   "(CONFIG_HAVE_RCU_TABLE_FREE=y), for paravirt flushes that send no IPI",
+        what=("When no page can be had for a table batch, tlb_remove_table() hands the one table to "
+              "tlb_remove_table_one(), which waits for software walkers only (an IPI sync in v4.14-v4.19, a grace "
+              "period under 6.18's PT_RECLAIM) and frees it. Nothing flushed the other CPUs' paging-structure "
+              "caches first: RCU table freeing came from PowerPC-hash and Sparc-hash, which have none. x86 "
+              "selected it from v4.14, and its CPUs still cached walks through the freed table. The fix calls "
+              "tlb_table_invalidate() (tlb_flush_mmu_tlbonly()) before the single free and the batch's RCU."),
+        scenario=_scenario("dontneed-table-batch-fails", "6.18",
+                           [{"name": "a", "size": "2MiB", "start": 0x10000000}],
+                           (1, [_read_first("a"), {"op": "compute", "ns": 1000}, _read_first("a")]),
+                           (0, [{"op": "madvise", "vma": "a"}]),
+                           (0, [{"op": "compute", "ns": 1000}]), fail_nowait=1.0),
+        policy="6.18",
+        arch="x86",
+        buggy_without=("table_invalidate",),
+        expect="page-table-use-after-free",
+        max_preemptions=1,
+        notes=("fail_nowait = 1.0 makes every GFP_NOWAIT allocation fail (the !*batch slow path Jann Horn hit). "
+               "The table is freed by MADV_DONTNEED's PT_RECLAIM (6.14+), through call_rcu: the grace period "
+               "ends when CPU 0 switches to its other thread at zap_pmd_range()'s cond_resched() (a switch "
+               "the explorer may choose there, standing for a scheduler tick that set need_resched). Same fix "
+               "switch as radix-table-free-no-invalidate (0ed1325967ab inverted this commit's config)."),
     ),
 ]
 
