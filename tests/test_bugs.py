@@ -78,6 +78,8 @@ def test_bugs_run_json_shape_and_exit_code():
                             text=True, cwd=ROOT)
     assert listed.returncode == 0 and [b["name"] for b in json.loads(listed.stdout)] == BUGS
     assert all(b["fixed_in"] and b["introduced"] and b["title"] for b in json.loads(listed.stdout))
+    arches = {b["name"]: b["arch"] for b in json.loads(listed.stdout)}
+    assert arches["radix-table-free-no-invalidate"] == "ppc64-radix" and arches["fast-mode-3.0"] == "x86"
 
 
 def test_a_bug_whose_fixed_variant_fails_makes_bugs_run_fail():

@@ -15,6 +15,7 @@ from typing import Any
 from mmugather.errors import InputError
 from mmugather.explore import search
 from mmugather.explore.target import KernelTarget
+from mmugather.policies import POLICIES, get_policy
 from mmugather.workloads.scenario import parse_scenario
 
 
@@ -40,7 +41,6 @@ class Bug:
     notes: str = ""
 
     def variant(self, fixed: bool) -> KernelTarget:
-        from mmugather.policies import get_policy
         sc = parse_scenario(self.scenario, f"bug {self.name}")
         return KernelTarget(sc, get_policy(self.policy), arch=self.arch,
                             without_fixes=self.fixed_without if fixed else self.buggy_without)
@@ -418,7 +418,6 @@ CATALOGUE += [
 
 def available() -> list[Bug]:
     """The entries whose policy and fix switches exist in this build."""
-    from mmugather.policies import POLICIES
     out = []
     for bug in CATALOGUE:
         cls = POLICIES.get(bug.policy)
@@ -437,7 +436,9 @@ def get_bug(name: str) -> Bug:
 def describe(bug: Bug) -> dict:
     return {"name": bug.name, "year": bug.year, "commits": list(bug.commits), "title": bug.title,
             "fixed_in": bug.fixed_in, "introduced": bug.introduced,
-            "what": bug.what, "policy": bug.policy, "buggy_without_fixes": list(bug.buggy_without),
+            "what": bug.what, "policy": bug.policy,
+            "arch": bug.arch or next(iter(get_policy(bug.policy).arches)),   # Simulation's default arch
+            "buggy_without_fixes": list(bug.buggy_without),
             "fixed_without_fixes": list(bug.fixed_without), "expect": bug.expect,
             "bound": {"strategy": "exhaustive", "max_preemptions": bug.max_preemptions, "budget": bug.budget,
                       "max_depth": bug.max_depth},
