@@ -39,11 +39,24 @@ def test_a_figure_keeps_median_percentiles_and_spread():
     assert d.median == 60 and d.p10 == pytest.approx(95 - 44) and d.p90 == pytest.approx(110 - 38)
 
 
+def test_a_figure_keeps_quartiles_and_judges_noise_by_its_middle_half():
+    f = cal.figure([10.0] * 8 + [11.0] * 8 + [40.0, 60.0, 80.0, 90.0], "ns", "p")     # a few slow outliers
+    assert f.p25 == 10.0 and f.p75 == 11.0 and f.iqr_spread == pytest.approx(1 / 11)
+    assert f.spread > 3 and "p25" in f.as_dict() and "p25" not in f.minus(f, "d").as_dict()
+
+
 def test_noisy_names_the_figures_above_the_limit_worst_first():
-    figures = {**FIGURES, "munmap_1page_alone_ns": cal.Figure(100, 50, 200, 9, "ns", "t"),
-               "null_syscall_ns": cal.Figure(100, 80, 140, 9, "ns", "t")}
-    assert cal.noisy(figures, 0.5) == [("munmap_1page_alone_ns", 1.5), ("null_syscall_ns", pytest.approx(0.6))]
-    assert cal.noisy(FIGURES, 0.5) == []
+    figures = {**FIGURES, "munmap_1page_alone_ns": cal.Figure(100, 50, 200, 9, "ns", "t", 60, 150),
+               "null_syscall_ns": cal.Figure(100, 80, 140, 9, "ns", "t", 85, 115),
+               "anon_read_fault_ns": cal.Figure(100, 50, 300, 9, "ns", "t", 98, 102)}
+    assert cal.noisy(figures, 0.25) == [("munmap_1page_alone_ns", 0.9), ("null_syscall_ns", pytest.approx(0.3))]
+    assert cal.noisy(FIGURES, 0.25) == []
+
+
+def test_a_bimodal_figure_is_never_refused():
+    (k,) = cal.BIMODAL
+    assert k in cal.NOISE_CHECKED
+    assert cal.noisy({k: cal.Figure(100, 50, 300, 21, "ns", "t", 60, 250)}, 0.25) == []
 
 
 def test_without_a_model_the_direct_figures_are_set_and_shared_in_the_defaults_proportions():
