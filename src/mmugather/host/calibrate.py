@@ -183,12 +183,15 @@ def _anon_faults(job: dict) -> dict:
 def _file_faults(job: dict) -> dict:
     """Worker job: ns per page of a write pass over a file of _FAULT_PAGES pages already in the page cache
     (written once, then MADV_DONTNEED), less a hot pass: through a MAP_SHARED mapping (do_shared_fault)
-    and a fresh MAP_PRIVATE one (do_cow_fault), per repeat. The file lives in `dir` (will-it-scale's /tmp)."""
+    and a fresh MAP_PRIVATE one (do_cow_fault), per repeat; and through a fresh MAP_PRIVATE mapping after a
+    read pass (which maps the pages read-only, 16 a fault: fault-around), so each write copies a mapped
+    page (do_wp_page() -> wp_page_copy()). The file lives in `dir` (will-it-scale's /tmp)."""
     sc.pin(0)
     size = _FAULT_PAGES * sc.PAGE
     fd, path = tempfile.mkstemp(dir=job["dir"])
     shared: list[float] = []
     private: list[float] = []
+    copy: list[float] = []
     try:
         os.unlink(path)
         os.ftruncate(fd, size)
@@ -202,9 +205,14 @@ def _file_faults(job: dict) -> dict:
                 first = _write_pass(addr, size)
                 out.append(first - _write_pass(addr, size))
                 sc.munmap(addr, size)
+            addr = sc.mmap(size, rw, sc.MAP_PRIVATE, fd=fd)
+            _read_pass(addr, size)
+            first = _write_pass(addr, size)
+            copy.append(first - _write_pass(addr, size))
+            sc.munmap(addr, size)
     finally:
         os.close(fd)
-    return {"shared_write_fault": shared, "private_write_fault": private}
+    return {"shared_write_fault": shared, "private_write_fault": private, "private_wp_copy": copy}
 
 
 def _one_call(make: Callable[[], Callable[[], object]], after: Callable[[], object], samples: int,
@@ -321,6 +329,9 @@ def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> 
                                              f"memset of a MAP_SHARED 16 MiB file in {file_dir}, cached, less hot"),
         "file_private_write_fault_ns": figure(files["private_write_fault"], "ns/page",
                                               f"memset of a MAP_PRIVATE 16 MiB file in {file_dir}, cached, less hot"),
+        "file_private_wp_copy_ns": figure(files["private_wp_copy"], "ns/page",
+                                          f"memset of a MAP_PRIVATE 16 MiB file in {file_dir}, cached, after a read "
+                                          "pass, less hot"),
     }
     for call in ("mmap", "munmap", "dontneed", "mprotect"):
         f[f"{call}_1page_alone_ns"] = figure(calls[call], "ns", f"{call} of 1 page, alone, back to back, "
@@ -350,7 +361,8 @@ def host_kernel_pages_per_s(runs: int = 3, timeout: float = 120.0) -> float:
 
 # Figures whose noise decides whether a fit is possible (the differences are judged by their parts).
 NOISE_CHECKED = ("null_syscall_ns", "zero_ns_per_page", "anon_write_fault_ns", "anon_read_fault_ns",
-                 "file_shared_write_fault_ns", "file_private_write_fault_ns", "mmap_1page_alone_ns",
+                 "file_shared_write_fault_ns", "file_private_write_fault_ns", "file_private_wp_copy_ns",
+                 "mmap_1page_alone_ns",
                  "munmap_1page_alone_ns", "dontneed_1page_alone_ns", "mprotect_1page_alone_ns",
                  "munmap_1page_running_ns", *(script_key(name) for name in SCRIPTS))
 # Checked figures that are bimodal on a quiet host, by what they measure: warned about, never refused.
@@ -448,6 +460,8 @@ def fits() -> list[Fit]:
         Fit(("file_fault",), "file_private_write_fault_ns",
             per_page_ns({**file, "shared": False}, [read, drop], [write]),
             "model: write pass over a cached file, private mapping, per page"),
+        Fit(("wp_copy",), "file_private_wp_copy_ns", per_page_ns({**file, "shared": False}, [read], [write]),
+            "model: write pass over a private file mapping after a read pass (copy of a mapped page), per page"),
         Fit(("page_mkwrite",), "file_shared_write_fault_ns",
             per_page_ns({**file, "shared": True}, [write, drop], [write]),
             "model: write pass over a cached file, shared mapping, per page"),

@@ -200,6 +200,8 @@ class Memory(KernelPart):
             return
         yield MIGHT_SLEEP
         yield self.costs.page_alloc + self.costs.page_zero
+        if self.costs.wp_copy and old and old_pfn != self.alloc.zero_pfn:
+            yield self.costs.wp_copy                        # wp_page_copy(): __wp_page_copy_user(), old rmap
         new = self.alloc.alloc_page(ANON, GFP_KERNEL)
         idx = pte_index(addr)
         yield SpinLock(pt.ptl)
