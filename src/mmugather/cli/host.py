@@ -101,9 +101,10 @@ def _kernel_check_arch(arch: str) -> tuple[str, str]:
               help="Repeats of the fault probes: 2 x RUNS + 1 (at least 11; the 1-page probes take 201 "
                    "samples, the kernel-check scripts 5 to 15).")
 @click.option("--no-fit", is_flag=True, help="Set the costs from the measurements alone, without fitting the model.")
-@click.option("--max-spread", type=click.FloatRange(0.0, min_open=True), default=0.5, show_default=True,
-              help="Refuse (exit 2, no file) when a figure's spread, (p90 - p10) / median, exceeds this; "
-                   "warn above half of it.")
+@click.option("--max-spread", type=click.FloatRange(0.0, min_open=True), default=0.25, show_default=True,
+              help="Refuse (exit 2, no file) when a figure's interquartile spread, (p75 - p25) / median, "
+                   "exceeds this (a busy host); warn above half of it. Figures bimodal by nature (the idle "
+                   "CPU's wake-up) are only warned about.")
 def calibrate(out_file, runs, no_fit, max_spread) -> None:
     """Measure each cost the model charges with its own host probe (null syscall, faults, per-page munmap,
     1-page mmap/munmap/madvise/mprotect, shootdown round trips to a running and an idle CPU); fit each
@@ -125,17 +126,23 @@ def calibrate(out_file, runs, no_fit, max_spread) -> None:
         figures = cal.calibrate(runs=runs)
     except WorkerError as e:
         raise InputError(f"calibrate: {e}") from None
-    click.echo(f"{'measured on this host':34s} {'median':>10s} {'p10':>10s} {'p90':>10s} {'spread':>7s}  unit")
+    click.echo(f"{'measured on this host':34s} {'median':>10s} {'p10':>10s} {'p90':>10s} {'p10-90':>7s} "
+               f"{'IQR':>5s}  unit")
     for k, f in figures.items():
-        click.echo(f"{k:34s} {f.median:10,.1f} {f.p10:10,.1f} {f.p90:10,.1f} {f.spread:7.0%}  {f.unit}")
+        iqr = f"{f.iqr_spread:5.0%}" if f.p25 is not None else f"{'-':>5s}"
+        click.echo(f"{k:34s} {f.median:10,.1f} {f.p10:10,.1f} {f.p90:10,.1f} {f.spread:7.0%} {iqr}  {f.unit}")
     too_noisy = cal.noisy(figures, max_spread)
     if too_noisy:
         worst = ", ".join(f"{k} {s:.0%}" for k, s in too_noisy)
-        raise InputError(f"calibrate: the host is too noisy to fit (spread above {max_spread:.0%}: {worst}); "
-                         f"rerun on a quiet machine, or raise --max-spread")
+        raise InputError(f"calibrate: the host is too busy to fit (interquartile spread above {max_spread:.0%}: "
+                         f"{worst}); rerun on a quiet machine, or raise --max-spread")
     for k, s in cal.noisy(figures, max_spread / 2):
-        click.echo(f"warning: {k} varies by {s:.0%} of its median on this host: the fit inherits that noise",
-                   err=True)
+        click.echo(f"warning: {k} varies by {s:.0%} of its median (interquartile) on this host: the fit "
+                   "inherits that noise", err=True)
+    for k, why in cal.BIMODAL.items():
+        if k in figures:
+            click.echo(f"note: {k} spreads {figures[k].spread:.0%} (p10-p90), {figures[k].iqr_spread:.0%} "
+                       f"(IQR), not judged: {why}; its median is fitted", err=True)
     why_no_model = "--no-fit" if no_fit else model_unavailable()
     costs, sources = cal.fit_costs(figures, with_model=not why_no_model)
     h = host_info()

@@ -81,6 +81,7 @@ class Costs:
     file_fault: int = 0         # __do_fault() -> filemap_fault(): page-cache lookup, folio lock, per file fault
     page_mkwrite: int = 0       # do_shared_fault(): ->page_mkwrite() and fault_dirty_shared_page() (the fs)
     ipi_idle_exit: int = 0      # an IPI that finds its target idle: leaving the idle loop (HLT; a vCPU wake on KVM)
+    wp_copy: int = 0            # wp_page_copy() of a mapped page (not the zero page): the copy, the old folio's rmap
 
     def __post_init__(self) -> None:
         for f in fields(self):

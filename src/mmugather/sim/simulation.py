@@ -21,7 +21,8 @@ from mmugather.machine.engine import Engine, EngineObserver, Scheduler
 from mmugather.machine.tlb import Tlb, TlbObserver
 from mmugather.mm.mm_types import AddressSpace, MmStruct, Vma
 from mmugather.mm.mmu_notifier import SleepingSubscriber
-from mmugather.mm.page_alloc import PGTABLE, PageAlloc
+from mmugather.mm.page_alloc import FILE, GFP_KERNEL, PGTABLE, PageAlloc
+from mmugather.mm.pgtable import PAGE_SHIFT
 from mmugather.report.metrics import Metrics
 from mmugather.sim.invariants import Invariants
 from mmugather.sim.watchdog import SoftLockupWatchdog
@@ -116,6 +117,10 @@ class Simulation:
         self.metrics.gather_memory(self.kernel.gather_static_bytes(self.ncpus))
         self.mms: list[MmStruct] = []
         self.files = {f.name: AddressSpace(f.name, f.device) for f in scenario.files}
+        for f in scenario.files:                        # `cached`: pages read before the run, one reference each
+            cache = self.files[f.name].page_cache
+            for index in range(f.cached >> PAGE_SHIFT):
+                cache[index] = self.alloc.alloc_page(FILE, GFP_KERNEL)
         self.invariants.files = list(self.files.values())
         self.pfn_maps = _has_pfn_maps(scenario)
         if self.pfn_maps and not self.kernel.pfn_maps:

@@ -59,6 +59,10 @@ class Machine(Strict):
     fail_nowait: float = Field(0.0, ge=0.0, le=1.0,
                                description="probability that a GFP_NOWAIT (gather batch) allocation fails")
     latency_task: bool = Field(True, description="a latency-sensitive kernel thread woken periodically on every CPU")
+    fault_around_pages: int = Field(0, ge=0, le=512, description=(
+        "policy 6.18 only: a read fault of a file page also maps the cached pages around it, read-only "
+        "(do_fault_around(), 3.15+: the kernel's fault_around_bytes / 4 KiB, 16 by default there; a power of "
+        "two). 0 or 1: off, the faulting page alone"))
     softlockup_ns: int | None = Field(None, gt=0, json_schema_extra=NS, description=(
         "the soft-lockup watchdog's threshold, scaled (kernel/watchdog.c: 2 * watchdog_thresh, 20 s): a CPU that "
         "runs kernel code this long without passing a point where it could schedule is reported "
@@ -76,6 +80,8 @@ class Machine(Strict):
             raise ValueError(f"kvm_preempted: CPU {bad[0]} but the machine has {self.cpus} CPUs")
         if len(set(self.kvm_preempted)) != len(self.kvm_preempted):
             raise ValueError("kvm_preempted: a CPU is listed twice")
+        if self.fault_around_pages & (self.fault_around_pages - 1):
+            raise ValueError(f"fault_around_pages: expected a power of two (or 0), got {self.fault_around_pages}")
         return self
 
     @field_validator("policy")
@@ -93,6 +99,17 @@ class FileSpec(Strict):
     device: bool = Field(False, description=(
         "a device file (a driver's character device): no page cache; `kind = \"pfnmap\"` VMAs map the driver's "
         "buffer with remap_pfn_range(), and `revoke` frees it"))
+    cached: Size = Field(0, ge=0, description=(
+        "bytes from the file's start already in the page cache when the run starts (read before it, as a "
+        "benchmark's warm-up leaves them); page-aligned"))
+
+    @model_validator(mode="after")
+    def _cached_pages(self):
+        if self.cached % PAGE:
+            raise ValueError(f"cached: {self.cached} is not a multiple of the page size")
+        if self.cached and self.device:
+            raise ValueError("cached: a device file has no page cache")
+        return self
 
 
 class VmaSpec(Strict):

@@ -103,6 +103,9 @@ class Memory(KernelPart):
         ptent = pt.ptes[idx]
         if ptent == 0 and vma.file is None and not write:
             yield self.map_zero_page(c, mm, pt, addr)
+        elif ptent == 0 and not write and self.fault_around_pages() > 1 and (
+                yield self.do_fault_around(c, vma, pt, addr)):
+            pass                                            # do_read_fault(): fault-around mapped it
         elif ptent == 0:
             pfn, kind, writable = yield self._fault_page(c, vma, addr, write)
             yield SpinLock(pt.ptl)
@@ -127,6 +130,15 @@ class Memory(KernelPart):
             yield self.do_wp_page(c, vma, pt, addr)
         yield UpRead(mm.mmap_sem)
         return True
+
+    def fault_around_pages(self) -> int:
+        """fault_around_pages (mm/memory.c): no fault-around before 3.15 (the 6.18 memory reads the machine's)."""
+        return 0
+
+    def do_fault_around(self, c, vma, pt, addr: int) -> Path:
+        """Only with fault_around_pages() > 1 (mm/memory/v6_18.py)."""
+        raise NotImplementedError("do_fault_around: this kernel has no fault-around")
+        yield
 
     def map_zero_page(self, c, mm, pt, addr: int) -> Path:
         """do_anonymous_page(), mm/memory.c (v2.6.32 on, v6.18 alike): "Use the zero-page for reads": under
@@ -188,6 +200,8 @@ class Memory(KernelPart):
             return
         yield MIGHT_SLEEP
         yield self.costs.page_alloc + self.costs.page_zero
+        if self.costs.wp_copy and old and old_pfn != self.alloc.zero_pfn:
+            yield self.costs.wp_copy                        # wp_page_copy(): __wp_page_copy_user(), old rmap
         new = self.alloc.alloc_page(ANON, GFP_KERNEL)
         idx = pte_index(addr)
         yield SpinLock(pt.ptl)
@@ -221,6 +235,8 @@ class Memory(KernelPart):
         index = linear_page_index(vma, addr)
         lock = vma.file.folio_lock_of(index)
         yield MIGHT_SLEEP
+        if self.costs.page_mkwrite:
+            yield self.costs.page_mkwrite                   # do_page_mkwrite()
         yield MutexLock(lock)
         yield SpinLock(pt.ptl)
         yield self.costs.pte_set

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING
 
 from mmugather.kernel.locking import COND_RESCHED, SpinLock, SpinUnlock
 from mmugather.mm.memory import ZapUpperLevels, _vma_range, linear_page_index
+from mmugather.mm.mm_types import MM_FILEPAGES
 from mmugather.mm.page_alloc import ANON
 from mmugather.mm.pgtable import (PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PMD_SIZE, _PAGE_DIRTY, _PAGE_SPECIAL, addr_end,
-                                  pmd_index, pte_index)
+                                  mk_pte, pmd_index, pte_index)
 from mmugather.mm.protocols import Path
 
 if TYPE_CHECKING:
@@ -41,6 +42,50 @@ class Memory618(ZapUpperLevels):
     pfn_maps = True                    # the zap walk knows special PTEs (PFN maps, mm/pfnmap.py)
     if TYPE_CHECKING:
         arch: Arch618                  # 6.18's memory runs on a 6.18 arch (ARCHES["6.18"], arch/__init__.py)
+
+    def fault_around_pages(self) -> int:
+        """fault_around_pages, mm/memory.c v6.18 (fault_around_bytes >> PAGE_SHIFT, 16 in the kernel): the
+        machine's `fault_around_pages` (0, off, unless a scenario sets it)."""
+        return self.machine.scenario.machine.fault_around_pages
+
+    def do_fault_around(self, c, vma, pt, addr: int) -> Path:
+        """do_read_fault() -> do_fault_around() -> ->map_pages() = filemap_map_pages(), mm/memory.c and
+        mm/filemap.c v6.18: the window of fault_around_pages PTEs around addr, aligned down to its size
+        (`from_pte = max(ALIGN_DOWN(pte_off, nr_pages), pte_off - min(pte_off, vma_off))`) and clamped to
+        the VMA and the PTE table (`to_pte = min3(from_pte + nr_pages, PTRS_PER_PTE, pte_off +
+        vma_pages(vma) - vma_off) - 1`); under the PTE lock taken once, each page of the window that is in
+        the page cache, not locked (folio_trylock()) and whose PTE is none is mapped read-only
+        (set_pte_range() of a read fault; a shared mapping wants write notification) with its rmap, a
+        reference and the RSS. Returns True if addr's page was among them (VM_FAULT_NOPAGE: no
+        __do_fault())."""
+        nr = self.fault_around_pages()
+        mm = vma.mm
+        pte_off = pte_index(addr)
+        vma_off = (addr - vma.start) >> PAGE_SHIFT
+        from_pte = max(pte_off & ~(nr - 1), pte_off - min(pte_off, vma_off))
+        to_pte = min(from_pte + nr, 512, pte_off + ((vma.end - vma.start) >> PAGE_SHIFT) - vma_off) - 1
+        index0 = linear_page_index(vma, addr) - pte_off
+        cache, locks = vma.file.page_cache, vma.file.folio_locks
+        alloc = self.alloc
+        mapped = 0
+        hit = False
+        yield SpinLock(pt.ptl)
+        if mm.pte_tables.get(addr >> PMD_SHIFT) is pt:           # pte_offset_map_lock() found the same table
+            for off in range(from_pte, to_pte + 1):              # (in one step: the cache is read as of now)
+                pfn = cache.get(index0 + off)
+                lock = locks.get(index0 + off)
+                if pfn is None or pt.ptes[off] != 0 or (lock is not None and lock.owner is not None):
+                    continue
+                pt.ptes[off] = mk_pte(pfn, False)
+                alloc.refcount[pfn] += 1
+                alloc.mapcount[pfn] += 1
+                mm.rss[MM_FILEPAGES] += 1
+                mapped += 1
+                hit = hit or off == pte_off
+        if mapped:
+            yield self.costs.pte_set * mapped
+        yield SpinUnlock(pt.ptl)
+        return hit
 
     def zap_pte_range(self, c, tlb, vma, pmd, addr: int, end: int, details) -> Path:
         """zap_pte_range(), mm/memory.c v6.18 (with do_zap_pte_range() and zap_present_ptes() for order-0

@@ -1,0 +1,81 @@
+/*
+ * Why tlb_flush3 costs more per iteration over a 128 MiB file than over 16 MiB (docs/host.md): the loop of
+ * will-it-scale's tlb_flush3 (write a page of a MAP_SHARED file, MADV_DONTNEED it, read it back) timed over
+ * each 8 MiB window of a 48 MiB file in /tmp, after the file was written once in order, so each window
+ * holds the folios readahead gave it (on Linux 6.18 ext4 with read_ahead_kb 8192: 1 page in the first
+ * window, then 4, 16, 64, 256, 512 pages: /proc/kpageflags). Also a read pass then a write pass (each
+ * write then a write-protect fault whose ->page_mkwrite walks the page's folio). With NOHUGE=1 the mapping
+ * gets MADV_NOHUGEPAGE, so no 2 MiB folio is mapped by a PMD.
+ *
+ * Usage: cc -O2 -o wis_flush3_probe benchmarks/wis_flush3_probe.c && ./wis_flush3_probe [NOHUGE] [DIR]
+ * Not part of the package; prints ns per page, CPU 0, one pass per window (repeat it: the host is shared).
+ */
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PG 4096L
+#define WINDOW (2048 * PG)
+#define WINDOWS 6
+
+static double now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+	int nohuge = argc > 1 ? atoi(argv[1]) : 0;
+	char path[256];
+	cpu_set_t set;
+	long size = WINDOWS * WINDOW;
+
+	CPU_ZERO(&set);
+	CPU_SET(0, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+	snprintf(path, sizeof(path), "%s/wis_flush3_probe.XXXXXX", argc > 2 ? argv[2] : "/tmp");
+	int fd = mkstemp(path);
+	if (fd < 0 || ftruncate(fd, size) != 0)
+		return 1;
+	unlink(path);
+	char *a = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (a == MAP_FAILED)
+		return 1;
+	if (nohuge)
+		madvise(a, size, MADV_NOHUGEPAGE);
+	memset(a, 1, size);
+	printf("mapping %p, 2 MiB aligned: %d, MADV_NOHUGEPAGE: %d\n", (void *)a, ((long)a & ((2L << 20) - 1)) == 0,
+	       nohuge);
+	for (int w = 0; w < WINDOWS; w++) {
+		char *b = a + w * WINDOW;
+		volatile char x;
+		double t0, t1, t2, t3;
+
+		madvise(a, size, MADV_DONTNEED);
+		for (long i = 0; i < WINDOW; i += PG)
+			x = b[i];
+		t0 = now();
+		for (long i = 0; i < WINDOW; i += PG)
+			b[i] = 2;
+		t1 = now();
+		madvise(a, size, MADV_DONTNEED);
+		t2 = now();
+		for (long i = 0; i < WINDOW; i += PG) {
+			b[i] = 2;
+			madvise(b + i, PG, MADV_DONTNEED);
+			x = b[i];
+		}
+		t3 = now();
+		(void)x;
+		printf("window %d: write after a read pass %6.0f ns/page; tlb_flush3 loop %6.0f ns/iteration\n", w,
+		       (t1 - t0) / (WINDOW / PG), (t3 - t2) / (WINDOW / PG));
+	}
+	return 0;
+}
