@@ -276,6 +276,7 @@ class _Execution:
         self.prefix: tuple = self.node.prefix + (self.actor,) if self.node is not None else ()
         self.machine = search.target.build()
         self.control = self.machine.engine.scheduler
+        self.control.count_frames = search.window > 0      # no state hashed: no frame counts to keep
         self.violations = self.machine.invariants.violations
         self.sched: list[int] = list(self.prefix)
         self.step = max(len(self.prefix) - 1, 0)

@@ -66,12 +66,12 @@ class Fingerprinter:
                 c.curr.tid if c.curr else 0, tuple(t.tid for t in c.runqueue), c.state, c._need_resched,
                 c.preempt_count, c.irqs_off, c.point, tuple(c.tlb.items()), tuple((k, t.pfn) for k, t in c.pwc.items()),
                 enc(c.loaded_mm, memo), enc(c.active_mm, memo), c.tlbstate, tuple(sorted(c.dangling)),
-                tuple((enc(f, memo), s.id) for _, _, f, s in sorted(c.pending, key=lambda e: e[1])),
+                tuple([(enc(f, memo), s.id) for _, _, f, s in sorted(c.pending, key=lambda e: e[1])]),
                 c.ipi_acks_left, c.ptl_held, enc(c.per_cpu, memo)))
         for tid in sorted(eng.tasks):
             t = eng.tasks[tid]
             parts.append((tid, t.alive, t.in_kernel, enc(t.mm, memo), enc(t.blocked_on, memo),
-                          tuple(getattr(t.stack, "steps", ())), tuple(enc(g, memo) for g in t.stack)))
+                          tuple(getattr(t.stack, "steps", ())), tuple([enc(g, memo) for g in t.stack])))
         for root in self.roots:
             parts.append(enc(root, memo))
         if self.extra is not None:

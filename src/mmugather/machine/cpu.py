@@ -31,6 +31,9 @@ class StackListener(Protocol):
     def popped(self, stack: FrameStack, gen: GeneratorType) -> None: ...
 
 
+_list_append, _list_pop = list.append, list.pop     # (FrameStack's own, looked up once)
+
+
 class FrameStack(list):
     """A task's call stack that counts, per frame, the times it was resumed (`steps`, parallel to the
     frames), and tells `listeners` of every push and pop. A pushed frame counts 1 (the engine resumes it at
@@ -46,14 +49,14 @@ class FrameStack(list):
         self.listeners: list[StackListener] = []
 
     def append(self, gen) -> None:
-        list.append(self, gen)
+        _list_append(self, gen)
         self.steps.append(1)
         if self.listeners:
             for listener in self.listeners:
                 listener.pushed(self, gen)
 
     def pop(self):  # type: ignore[override]
-        gen = list.pop(self)
+        gen = _list_pop(self)
         steps = self.steps
         steps.pop()
         if steps:

@@ -259,6 +259,10 @@ def _no_event(t, cpu, token, callback) -> None:
     """An untimed scheduler's event queue: nothing is ordered by time."""
 
 
+def _no_turn(c: Cpu) -> None:
+    """An untimed scheduler's queueing of a CPU's turn: the scheduler picks every step."""
+
+
 class Engine:
     """Runs tasks on CPUs in simulated time. `arch` provides switch_mm/enter_lazy_tlb for context switches,
     `invariants` is told of every context switch into user mode and of sleeping while atomic; `scheduler`
@@ -304,8 +308,9 @@ class Engine:
             _Marker: self._marker, Elapse: self._elapse,
         }
         self.scheduler: Scheduler = scheduler if scheduler is not None else ClockOrder()
-        if not self.scheduler.timed:
-            self._push = _no_event  # type: ignore[method-assign]  # nothing is ordered by time: queue no events
+        if not self.scheduler.timed:      # nothing is ordered by time: queue no events, no CPU's turn
+            self._push = _no_event  # type: ignore[method-assign]
+            self._push_cpu = _no_turn  # type: ignore[method-assign]
         self.scheduler.attach(self)
         self.handlers.update(self.scheduler.handlers(self))
         self.observers: list[EngineObserver] = []
@@ -469,10 +474,8 @@ class Engine:
         if task.compute_left:
             self._enter_compute(c, task, task.compute_left)
             return
-        send = task.send
-        handlers = self.handlers
-        val = task.retval
-        task.retval = None
+        send, handlers = task.send, self.handlers
+        val, task.retval = task.retval, None
         while True:
             if c.attention and self._attend(c):
                 task.retval = val
@@ -481,7 +484,9 @@ class Engine:
             try:
                 v = send(val)
             except StopIteration as e:
-                self._count_step(c, task)
+                self.steps_left -= 1                 # max_steps, counted inline (the hot path)
+                if not self.steps_left:
+                    self._past_max_steps(c, task)
                 stack = task.stack
                 stack.pop()
                 if not stack:
@@ -502,7 +507,9 @@ class Engine:
                 task.stack.append(v)
                 send = task.send = v.send
                 continue
-            self._count_step(c, task)                # returns, 0 ns and requests count toward max_steps
+            self.steps_left -= 1                     # returns, 0 ns and requests count toward max_steps
+            if not self.steps_left:
+                self._past_max_steps(c, task)
             if v.__class__ is int:
                 if v:
                     raise TaskContractError(f"task {task} on CPU {c.id} yielded {v} ns (negative)")
@@ -518,11 +525,9 @@ class Engine:
                 self._push_cpu(c)
                 return
 
-    def _count_step(self, c: Cpu, task: Task) -> None:
-        """One more step toward max_steps (a return, a 0 ns yield or a request); past it, LimitExceeded."""
-        self.steps_left -= 1
-        if not self.steps_left:
-            raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going") from None
+    def _past_max_steps(self, c: Cpu, task: Task) -> None:
+        """The step loop counted one step past max_steps (a return, a 0 ns yield or a request): LimitExceeded."""
+        raise LimitExceeded("max_steps", self.max_steps, f"{task} on CPU {c.id} was still going") from None
 
     def _attend(self, c: Cpu) -> bool:
         """Take arrived IPIs, then preempt if the last yield was a preemption point. True if switched."""
