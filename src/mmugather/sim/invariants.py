@@ -48,6 +48,7 @@ class Invariants:
         self.files: list = []                  # the AddressSpaces (set by the Simulation): lost-write's rmap
         self.check_stores = False              # lost-write is checked: writeback has cleaned a page
         self.in_flight: list[set] = []        # syscall_enter()'s snapshots of the calls not returned yet
+        self.in_flight_keys: frozenset = frozenset()   # their (cpu, vpn) pairs: tlb_filled()'s quick test
         self.violations: list[dict] = []
         self.total = 0
         self._seen: set = set()
@@ -220,14 +221,21 @@ class Invariants:
             if x.loaded_mm is mm:
                 out.update((x.id, vpn, v) for vpn, v in x.tlb.items() if lo <= vpn << 12 < hi)
         self.in_flight.append(out)
+        self.in_flight_keys = self.in_flight_keys.union([e[:2] for e in out])
         return out
 
     def tlb_filled(self, c, vpn: int) -> None:
         """CPU c's walk filled a TLB entry for vpn: an entry of the calls in flight cached there before is
         gone, and the new one (the same value when a file page faulted back in) is not theirs to check."""
+        if (c.id, vpn) not in self.in_flight_keys:
+            return
         for cached in self.in_flight:
             if cached:
                 cached.difference_update([e for e in cached if e[0] == c.id and e[1] == vpn])
+        self._index_in_flight()
+
+    def _index_in_flight(self) -> None:
+        self.in_flight_keys = frozenset([e[:2] for cached in self.in_flight for e in cached])
 
     def syscall_return(self, c, mm, lo: int, hi: int, cached: set | None = None) -> None:
         """An unmap or protection change of [lo, hi) returns to user space: no CPU may still hold a usable
@@ -238,6 +246,7 @@ class Invariants:
         will flush it before it returns)."""
         if cached is not None:
             self.in_flight = [s for s in self.in_flight if s is not cached]
+            self._index_in_flight()
         for x in self.cpus:
             if x.loaded_mm is not mm or not x.tlb or not self.arch.tlb_entry_live(x):
                 continue
