@@ -78,6 +78,19 @@ def pruning(bugs: list[str]) -> None:
     print(json.dumps(out))
 
 
+def side_by_side(a: argparse.Namespace, argv: list[str], seconds_of, fields) -> dict:
+    """`mmugather ARGV` in the old tree and in this one (best of --repeat by `seconds_of`): per tree the
+    verdict's seconds, the whole command's CPU seconds and `fields(code, out)`, then the ratios old/new."""
+    row: dict = {}
+    for label, tree in (("old", a.old), ("new", NEW)):
+        secs, code, out = best(tree, argv, a.repeat, seconds_of)
+        row[label] = {"seconds": round(secs, 3), "cpu_seconds": round(out["cpu_seconds"], 3), **fields(code, out)}
+    row.update(ratio=round(row["old"]["seconds"] / max(row["new"]["seconds"], 1e-3), 2),
+               cpu_ratio=round(row["old"]["cpu_seconds"] / max(row["new"]["cpu_seconds"], 1e-3), 2),
+               same_verdict=row["old"]["verdict"] == row["new"]["verdict"])
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", required=True, type=Path, help="the older checkout (its src/ is imported)")
@@ -96,46 +109,33 @@ def main() -> None:
     _, old_listed = run(a.old, ["bugs", "list", "--json"])
     both = [b["name"] for b in listed if b["name"] in {o["name"] for o in old_listed}]
     bugs = a.bugs.split(",") if a.bugs else both
-    for name in sorted({b["name"] for b in listed} - set(bugs)):
+    for name in sorted({b["name"] for b in listed} - set(both)):
         print(f"{name:32s} not in the old tree's catalogue: skipped", flush=True)
     examples = a.examples.split(",") if a.examples else sorted(str(p.relative_to(NEW))
                                                                for p in (NEW / "examples").glob("*.toml"))
     report: dict = {"bugs": {}, "examples": {}, "example_args": a.example_args}
     for name in bugs:
-        argv = ["bugs", "run", name, "--json"]
-        row = {}
-        for label, tree in (("old", a.old), ("new", NEW)):
-            secs, code, out = best(tree, argv, a.repeat, lambda o: o["fixed"]["seconds"])
-            row[label] = {"fixed_seconds": round(secs, 3), "buggy_seconds": out["buggy"]["seconds"],
-                          "cpu_seconds": round(out["cpu_seconds"], 3),
-                          "fixed_executions": out["fixed"]["executions"], "verdict": bug_verdict(code, out)}
-        same = row["old"]["verdict"] == row["new"]["verdict"]
-        ratio = row["old"]["fixed_seconds"] / max(row["new"]["fixed_seconds"], 1e-3)
-        cpu_ratio = row["old"]["cpu_seconds"] / max(row["new"]["cpu_seconds"], 1e-3)
-        row.update(ratio=round(ratio, 2), cpu_ratio=round(cpu_ratio, 2), same_verdict=same)
+        row = side_by_side(a, ["bugs", "run", name, "--json"], lambda o: o["fixed"]["seconds"],
+                           lambda code, out: {"buggy_seconds": out["buggy"]["seconds"],
+                                              "executions": out["fixed"]["executions"],
+                                              "verdict": bug_verdict(code, out)})
         report["bugs"][name] = row
-        print(f"{name:32s} fixed proof {row['old']['fixed_seconds']:7.2f} s -> {row['new']['fixed_seconds']:6.2f} s"
-              f"  x{ratio:4.2f}; whole command {row['old']['cpu_seconds']:6.2f} -> {row['new']['cpu_seconds']:6.2f}"
-              f" CPU s x{cpu_ratio:4.2f}  (fixed executions {row['old']['fixed_executions']:,} -> "
-              f"{row['new']['fixed_executions']:,}; buggy found {row['old']['buggy_seconds']:.2f} -> "
-              f"{row['new']['buggy_seconds']:.2f} s){'' if same else '  VERDICTS DIFFER'}", flush=True)
+        print(f"{name:32s} fixed proof {row['old']['seconds']:7.2f} s -> {row['new']['seconds']:6.2f} s"
+              f"  x{row['ratio']:4.2f}; whole command {row['old']['cpu_seconds']:6.2f} -> "
+              f"{row['new']['cpu_seconds']:6.2f} CPU s x{row['cpu_ratio']:4.2f}  (fixed executions "
+              f"{row['old']['executions']:,} -> {row['new']['executions']:,}; buggy found "
+              f"{row['old']['buggy_seconds']:.2f} -> {row['new']['buggy_seconds']:.2f} s)"
+              f"{'' if row['same_verdict'] else '  VERDICTS DIFFER'}", flush=True)
     for ex in examples:
-        argv = ["explore", ex, *a.example_args.split(), "--json"]
-        row = {}
-        for label, tree in (("old", a.old), ("new", NEW)):
-            secs, code, out = best(tree, argv, a.repeat, lambda o: o["seconds"])
-            row[label] = {"seconds": round(secs, 3), "executions": out["executions"],
-                          "cpu_seconds": round(out["cpu_seconds"], 3), "verdict": explore_verdict(code, out)}
-        same = row["old"]["verdict"] == row["new"]["verdict"]
-        ratio = row["old"]["seconds"] / max(row["new"]["seconds"], 1e-3)
-        cpu_ratio = row["old"]["cpu_seconds"] / max(row["new"]["cpu_seconds"], 1e-3)
-        row.update(ratio=round(ratio, 2), cpu_ratio=round(cpu_ratio, 2), same_verdict=same)
+        row = side_by_side(a, ["explore", ex, *a.example_args.split(), "--json"], lambda o: o["seconds"],
+                           lambda code, out: {"executions": out["executions"],
+                                              "verdict": explore_verdict(code, out)})
         report["examples"][ex] = row
-        print(f"{ex:32s} verdict in {row['old']['seconds']:7.2f} s -> {row['new']['seconds']:6.2f} s  x{ratio:4.2f}; "
-              f"whole command {row['old']['cpu_seconds']:6.2f} -> {row['new']['cpu_seconds']:6.2f} CPU s "
-              f"x{cpu_ratio:4.2f}  (executions {row['old']['executions']:,} -> {row['new']['executions']:,}; "
-              f"{row['new']['verdict']}){'' if same else '  VERDICTS DIFFER ' + str(row['old']['verdict'])}",
-              flush=True)
+        print(f"{ex:32s} verdict in {row['old']['seconds']:7.2f} s -> {row['new']['seconds']:6.2f} s "
+              f"x{row['ratio']:4.2f}; whole command {row['old']['cpu_seconds']:6.2f} -> "
+              f"{row['new']['cpu_seconds']:6.2f} CPU s x{row['cpu_ratio']:4.2f}  (executions "
+              f"{row['old']['executions']:,} -> {row['new']['executions']:,}; {row['new']['verdict']})"
+              f"{'' if row['same_verdict'] else '  VERDICTS DIFFER ' + str(row['old']['verdict'])}", flush=True)
     print(json.dumps(report))
 
 

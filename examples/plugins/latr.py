@@ -87,12 +87,11 @@ class LatrX86(X86):
         if not info.mm.__dict__.get("munmap_inprogress"):
             yield super().native_flush_tlb_multi(c, cpumask, info)
             return
-        picked = [cpu for cpu in cpumask if info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info)]
-        if c.id in picked:
+        local, targets = self.flush_tlb_multi_cpus(c, cpumask, info)
+        if local:
             yield LOCAL_IRQ_DISABLE
             yield self.flush_tlb_func(c, info)
             yield LOCAL_IRQ_ENABLE
-        targets = [cpu for cpu in picked if cpu != c.id]
         idle = [cpu for cpu in targets if self.cpus[cpu].state == IDLE]
         lazy = [cpu for cpu in targets if cpu not in idle]
         if lazy and not self.native_flush_save_state(c, info, lazy):

@@ -169,14 +169,20 @@ class X86(ArchBase):
         call only if cond_func(this_cpu)): a lazy initiator, such as exit_mmap() after exit_mm(), does not
         run flush_tlb_func() and stays lazy. The initiator runs flush_tlb_func() itself, the others by IPI,
         and it waits for them."""
-        picked = [cpu for cpu in cpumask if info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info)]
-        if c.id in picked:
+        local, targets = self.flush_tlb_multi_cpus(c, cpumask, info)
+        if local:
             yield LOCAL_IRQ_DISABLE
             yield self.flush_tlb_func(c, info)
             yield LOCAL_IRQ_ENABLE
-        targets = [cpu for cpu in picked if cpu != c.id]
         if targets:
             yield SmpCallFunctionMany(targets, self._flush_tlb_func_ipi(info))
+
+    def flush_tlb_multi_cpus(self, c: Cpu, cpumask: list[int], info: FlushTlbInfo) -> tuple[bool, list[int]]:
+        """The CPUs of cpumask that native_flush_tlb_multi()'s condition picks (all of them when page tables
+        were freed, else should_flush_tlb(); kernel/smp.c smp_call_function_many_cond()): whether the
+        initiator is one (it then runs flush_tlb_func() itself) and the others, which an IPI must reach."""
+        picked = [cpu for cpu in cpumask if info.freed_tables or self.should_flush_tlb(self.cpus[cpu], info)]
+        return c.id in picked, [cpu for cpu in picked if cpu != c.id]
 
     @staticmethod
     def should_flush_tlb(t: Cpu, info: FlushTlbInfo) -> bool:
