@@ -80,7 +80,8 @@ CATALOGUE: list[Bug] = [
         year=2013,
         commits=("29eb77825cc7",),
         title="arch, mm: Remove tlb_fast_mode()",
-        fixed_in="2013 (the release was not checked)",
+        fixed_in=("v3.10 cycle: posted 2013-06-05 at Linus's request during v3.10-rc "
+                  "(linux-mm, <20130605102650.GU8923@twins.programming.kicks-ass.net>); the tag was not checked"),
         introduced="d16dfc550f53 (v3.0): the preemptible gather, fast mode kept",
         what=("With one possible CPU, 3.0's gather is in fast mode: zap_pte_range() frees each page at once, "
               "before any flush. 3.0 made the gather preemptible, so cond_resched() in zap_pmd_range() can "
@@ -307,7 +308,8 @@ CATALOGUE += [
         year=2022,
         commits=("2ba99c5e0881",),
         title="mm/khugepaged: fix GUP-fast interaction by sending IPI",
-        fixed_in="v6.1 (a hotfix of Dec 2022, inferred from its 6.0 stable backport; not checked against a tag)",
+        fixed_in=("v6.1: pushed to Linus's master 2022-12-02 in mm-hotfixes-stable-2022-12-02 (git post-receive "
+                  "a4412fdd49dc..bdaa78c6aa86), between v6.1-rc7 and the v6.1 release"),
         introduced="ba76149f47d8 (v2.6.38): thp: khugepaged (the Fixes: tag)",
         what=("collapse_and_free_pmd() (MADV_COLLAPSE or khugepaged retracting the PTE table of a file THP) "
               "clears the PMD with pmdp_collapse_flush() and frees the table with pte_free() at once. gup_fast "
