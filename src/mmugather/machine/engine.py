@@ -58,7 +58,7 @@ from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.machine.cpu import COMPUTE, IDLE, IPI_WAIT, RUNNING, SPINNING, Cpu, Task, TaskContractError
 
 __all__ = ["PREEMPT_MODELS", "ClockOrder", "DeadlockError", "Engine", "EngineObserver", "LimitExceeded",
-           "Lookahead", "Scheduler", "TaskContractError", "TickHook"]
+           "Lookahead", "Scheduler", "TaskContractError", "TickHook", "Wakeup"]
 
 PREEMPT_MODELS = ("none", "voluntary", "full")
 
@@ -248,6 +248,21 @@ class ClockOrder:
             blocked = [t for c in engine.cpus for t in ([c.curr] if c.curr else []) + list(c.runqueue)]
             raise DeadlockError(f"{engine.user_alive} user task(s) can never run again: {blocked}")
         return max(engine.now, max(c.clock for c in engine.cpus))
+
+
+class Wakeup:
+    """A timer event that wakes `task` (Engine.wake) at the event's time, unless `tok` is given and the
+    task's sleep_token moved on since (it was woken otherwise): a sleep's end, a latency task's first
+    wake-up. A class, so that a Lookahead can tell whose wake-up an event is."""
+
+    __slots__ = ("engine", "task", "tok")
+
+    def __init__(self, engine: Engine, task: Task, tok: int | None = None) -> None:
+        self.engine, self.task, self.tok = engine, task, tok
+
+    def __call__(self, t: int) -> None:
+        if self.tok is None or self.task.sleep_token == self.tok:
+            self.engine.wake(self.task, t)
 
 
 def _time_is_up(engine: Engine, t: int) -> None:
@@ -901,10 +916,7 @@ class Engine:
         tok = task.sleep_token
         wake_at = c.clock + v.ns
 
-        def wakeup(t, task=task, tok=tok):
-            if task.sleep_token == tok:
-                self.wake(task, t)
-        self.timer(wake_at, wakeup)
+        self.timer(wake_at, Wakeup(self, task, tok))
         self._block(c, task)
         return False
 

@@ -14,6 +14,7 @@ from typing import Any
 from mmugather.kernel.sched import INF, P_PLAIN
 from mmugather.kernel.smp import Compute, Sleep
 from mmugather.machine.cpu import COMPUTE, RUNNING
+from mmugather.machine.engine import Wakeup
 from mmugather.mm.mm_types import VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW
 from mmugather.workloads import scenario as S
@@ -441,7 +442,16 @@ class ChurnLookahead:
             et, es, cpu, token, cb = ev
             if et > t or (et == t and es >= seq):
                 return True
-            if cpu is None or cpu is c:
+            if cpu is None:                          # a timer: only a latency task's wake-up elsewhere
+                if (cb.__class__ is not Wakeup or cb.task.kind != "latency"
+                        or (c is not None and cb.task.cpu == c.id)):
+                    return False
+                heappop(heap)
+                if et > engine.now:
+                    engine.now = et
+                cb(et)
+                continue
+            if cpu is c:
                 return False
             if token != cpu.token:                   # stale: dropped
                 heappop(heap)
@@ -449,6 +459,14 @@ class ChurnLookahead:
                     engine.now = et
                 continue
             task = cpu.curr
+            if (cb is None and task is not None and not cpu.pending
+                    and (task.kind == "latency" or (task.compute_left and not cpu.attention))):
+                heappop(heap)                        # a latency task's steps, or user work resumed after
+                if et > engine.now:                  # it: the engine's own step
+                    engine.now = et
+                nxt = heap[0][0] if heap else INF
+                engine.step(cpu, t if t < nxt else nxt)
+                continue
             if task is None or cpu.attention or task.compute_left:
                 return False
             st = states.get(task.tid)
