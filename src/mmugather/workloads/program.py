@@ -423,13 +423,16 @@ class ChurnLookahead:
 
     def run_until(self, engine, c, t: float, seq: float) -> bool:
         """Lookahead.run_until(): the queued events before (t, seq), in the engine's order, while each is
-        a churning CPU's (not c's): its compute's end, its thread waiting at the gap's yield, nothing to
-        attend to (one iteration, as Engine._compute_done and the thread's steps make it), or its turn
-        after an access made here (the gap's request). A stale event is dropped, as ClockOrder drops it.
+        one of these, on a CPU other than c: a churning CPU's compute end, its thread waiting at the gap's
+        yield, nothing to attend to (one iteration, inlined: the state changes Engine._compute_done and the
+        thread's steps make), or its turn after an access made here (the gap's request); a latency task's
+        wake-up (a `Wakeup` timer), its steps, and user work resumed after it (a CPU's turn with the task's
+        compute left), with no IPI pending: the engine's own callback and step, which touch that CPU, its
+        run queue and the scheduler's counters only. A stale event is dropped, as ClockOrder drops it.
         True: the next event is at or after (t, seq), or none is left; False: the next one is not such an
         event (left queued; where the walk finds no PTE allowing the access, the address already drawn is
         handed to the thread, `Churn.drawn`, and the event goes back to the queue: the fault's steps are
-        the thread's own)."""
+        the thread's own). One loop, the hot path of a churning workload: the per-event work is inline."""
         if self.bound is not engine:
             self._bind(engine)
         heap, done, gap_handler, inline_gap, note_qs = self.engine_parts
