@@ -2,6 +2,7 @@
 scenarios give the same metrics, to the byte, with it and without it (the engine's steps), under every
 policy on every arch it runs on."""
 import json
+import random
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -76,22 +77,75 @@ def test_every_policy_and_arch_is_drawn():
 
 
 def test_the_lookahead_runs_on_a_churning_workload():
-    """The default-like race actually takes the lookahead (the property would be empty otherwise)."""
+    """The default-like race actually takes the lookahead (the property would be empty otherwise), both
+    from the free-running loop and from run_ahead() (a zap running past other CPUs' events)."""
     from helpers import munmap_while_others_run
     sc = munmap_while_others_run()
-    taken = []
-    orig = ChurnLookahead.resume
+    ran: dict[bool, int] = {True: 0, False: 0}
+    orig = ChurnLookahead.run_until
 
-    def counting(self, engine, c, horizon):
-        ok = orig(self, engine, c, horizon)
-        taken.append(ok)
+    def counting(self, engine, c, t, seq):
+        before = engine.seq
+        ok = orig(self, engine, c, t, seq)
+        ran[c is not None] += engine.seq - before       # events queued by the iterations it ran
         return ok
-    ChurnLookahead.resume = counting
+    ChurnLookahead.run_until = counting
     try:
         Simulation(sc, POLICIES["6.18"]).run()
     finally:
-        ChurnLookahead.resume = orig
-    assert sum(taken) > 100
+        ChurnLookahead.run_until = orig
+    assert ran[False] > 10 and ran[True] > 100
+
+
+class _FloatRandom(random.Random):
+    """A Random whose own random() makes randrange() take _randbelow_without_getrandbits: the lookahead
+    must then draw through randrange, not its inlined getrandbits loop."""
+
+    def random(self):
+        return super().random()
+
+
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(racing_scenarios(), st.sampled_from(RUNS))
+def test_lookahead_draws_as_the_thread_with_any_random(data, run):
+    """With a Random subclass that draws differently, the lookahead still gives the engine's metrics."""
+    sc = parse_scenario(data, "lookahead")
+    name, arch = run
+    assert Simulation(sc, POLICIES[name], arch=arch, rng_class=_FloatRandom).engine.lookahead.getrandbits is None
+    ahead = _metrics(sc, name, arch, rng_class=_FloatRandom)
+    assert ahead == _metrics(sc, name, arch, lookahead=False, rng_class=_FloatRandom)
+
+
+def test_walk_fill_is_fill_pwc_then_fill():
+    """Tlb.walk_fill() leaves the TLB, the PWC, the reference counts and the dangling sets exactly as
+    fill_pwc() then fill() do, evictions included (both caches filled past their sizes)."""
+    from types import SimpleNamespace
+
+    from mmugather.machine.cpu import Cpu
+    from mmugather.machine.tlb import PWC_ENTRIES, TLB_ENTRIES, Tlb
+
+    rng = random.Random(5)
+    tables = [SimpleNamespace(pfn=10_000 + k) for k in range(PWC_ENTRIES + 9)]
+    tlbs, cpus = [], []
+    for _ in range(2):
+        tlbs.append(Tlb(SimpleNamespace(tlb_refs={}, pwc_refs={})))
+        cpus.append(Cpu(0))
+    for step in range(TLB_ENTRIES + 700):
+        vpn = rng.randrange(TLB_ENTRIES + 300)
+        pte = (rng.randrange(50, 4000) << 12) | rng.choice([0x1, 0x3])
+        key = rng.randrange(len(tables))
+        table = tables[key] if rng.random() < 0.5 else None
+        for c in cpus:
+            if step % 97 == 0:
+                c.dangling.update(v >> 1 for v in list(c.tlb.values())[:3])
+        if table is not None:
+            tlbs[0].fill_pwc(cpus[0], key, table)
+        tlbs[0].fill(cpus[0], vpn, pte)
+        tlbs[1].walk_fill(cpus[1], key, table, vpn, pte)
+        a, b = cpus
+        assert (list(a.tlb.items()), list(a.pwc.items()), a.dangling) == (list(b.tlb.items()), list(b.pwc.items()),
+                                                                          b.dangling)
+        assert (tlbs[0].inv.tlb_refs, tlbs[0].inv.pwc_refs) == (tlbs[1].inv.tlb_refs, tlbs[1].inv.pwc_refs)
 
 
 def test_max_steps_stops_at_the_same_step():

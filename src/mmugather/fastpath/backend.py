@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mmugather.fastpath.core import free_tables, may_bulk, may_bulk_locked, release_steps, zap_steps
+from mmugather.fastpath.core import free_tables, may_bulk, may_bulk_locked, may_bulk_plain, release_steps, zap_steps
 from mmugather.mm.pfn_runs import PfnRuns
 from mmugather.mm.pgtable import PAGE_SHIFT
 from mmugather.mm.protocols import FreedBatches, FreedTables, PmdRun, PteRun
@@ -118,7 +118,7 @@ class PagesRunner:
 
     def release(self, i: int) -> int:
         """Pages released from page i on (0: the next chunk is a step)."""
-        if len(self.pages) - i <= self.size or not may_bulk(self.c):
+        if len(self.pages) - i <= self.size or not may_bulk_plain(self.kernel.engine, self.c):
             return 0
         if self.arr is None:
             self.arr = np.array(self.pages, dtype=np.int64)

@@ -38,6 +38,25 @@ def attention_idle(c, clock: int | None = None) -> bool:
     return c.preempt_count > 0 and not (pending and not c.irqs_off and pending[0][0] <= at)
 
 
+def attention_idle_plain(engine, c, clock: int) -> bool:
+    """attention_idle() for steps that end at a plain preemption point outside a PTE lock (the int yields
+    of free_pages_and_swap_cache()), at `clock`: no IPI due, and c's task cannot be preempted there (in the
+    kernel, unless CONFIG_PREEMPT finds preempt_count 0 and interrupts on: Engine.preemptible() at P_PLAIN).
+    So a task woken on c (need_resched) while its kernel code does not reschedule does not stop them."""
+    if not c.attention:
+        return True
+    pending = c.pending
+    if pending and not c.irqs_off and pending[0][0] <= clock:
+        return False
+    task = c.curr
+    return task is not None and task.in_kernel and (c.preempt_count > 0 or c.irqs_off or not engine.full)
+
+
+def may_bulk_plain(engine, c) -> bool:
+    """may_bulk() for steps that end at plain preemption points (attention_idle_plain())."""
+    return c.horizon > c.clock and attention_idle_plain(engine, c, c.clock)
+
+
 def may_bulk_locked(c) -> bool:
     """may_bulk() for the steps of a run under a PTE lock: attention that would do nothing (attention_idle)
     does not stop it."""
@@ -253,6 +272,9 @@ def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:
     return anon
 
 
+ARRAY_RELEASE = 512     # release_steps(): from this many pages on, one release_array() (numpy pays off)
+
+
 def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
     """free_pages_and_swap_cache()'s loop from page i of `pfns` on, in one pass: each step releases the
     next `chunk` pages (release_pages()) and then yields page_free per page. Releases the pages of the steps
@@ -280,11 +302,15 @@ def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
             n = int(np.argmax(hit)) // chunk * chunk
             part = part[:n]
             cut = False
-        if n:
+        if n >= ARRAY_RELEASE:
             kernel.alloc.release_array(c, part)
+        else:                                           # a few chunks: release_pages() of each, as the steps
+            pl = part.tolist()
+            for j in range(0, n, chunk):
+                kernel.alloc.release_pages(c, pl[j:j + chunk])
         done += n
         if (not cut or len(pfns) - (i + done) <= chunk or not kernel.engine.run_ahead(c, c.clock + done * cost)
-                or c.attention):
+                or not attention_idle_plain(kernel.engine, c, c.clock + done * cost)):
             return done
 
 

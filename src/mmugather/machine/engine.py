@@ -22,12 +22,13 @@ One engine, composed. What varies is handed in, never swapped in later:
   that registers none has exactly the events it had before the seam existed.
 - design events (`note`): a design's own events (LATR's lazy invalidations, ABIS's avoided IPIs), counted
   in the metrics' `design_events` and told to the observers (the tracer draws them).
-- a `Lookahead` (optional; Simulation hands in workloads/program.py's ChurnLookahead on its fast path): when
-  a CPU's user work ends, it may run that CPU's next steps at once if they cannot observe any other CPU
-  before its next interaction, making exactly the state changes the steps would (as in conservative
-  parallel discrete-event simulation); else the CPU steps as usual. Observers see every step, so with an
-  observer attached the lookahead is not used. tests/test_lookahead.py checks runs with and without it
-  give the same metrics.
+- a `Lookahead` (optional; Simulation hands in workloads/program.py's ChurnLookahead on its fast path): its
+  `run_until` takes queued events straight from the queue, in the queue's order (before each pop of the
+  free-running loop, and in run_ahead()), while each is a CPU's whose next steps cannot observe any other
+  CPU before its next interaction (its user work ending), making exactly the state changes the steps
+  would (as in conservative parallel discrete-event simulation); other events go as usual. Observers see
+  every step, so with an observer attached the lookahead is not used. tests/test_lookahead.py checks
+  runs with and without it give the same metrics.
 - bounds: `max_sim_ns` (simulated time) and `max_steps` (task resumptions in one run) end a runaway run
   with LimitExceeded naming the bound.
 Randomness lives in the workload and the allocator, drawn from one seeded `random.Random`.
@@ -57,7 +58,7 @@ from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.machine.cpu import COMPUTE, IDLE, IPI_WAIT, RUNNING, SPINNING, Cpu, Task, TaskContractError
 
 __all__ = ["PREEMPT_MODELS", "ClockOrder", "DeadlockError", "Engine", "EngineObserver", "LimitExceeded",
-           "Lookahead", "Scheduler", "TaskContractError", "TickHook"]
+           "Lookahead", "Scheduler", "TaskContractError", "TickHook", "Wakeup"]
 
 PREEMPT_MODELS = ("none", "voluntary", "full")
 
@@ -97,13 +98,14 @@ class Scheduler(Protocol):
 
 
 class Lookahead(Protocol):
-    """Runs CPU c's next steps at once, when its user work has just ended at c.clock and `horizon` is the
-    time of the next queued event: only if nothing another CPU does can reach those steps, and then with
-    exactly the state changes (clock, counters, requests handled, events queued) the engine's steps would
-    make. Returns True if it ran them (and queued what follows), False if it changed nothing that the
-    steps will not redo (the CPU then steps as usual)."""
+    """Runs queued events at once, straight from the queue: the events before (t, seq) (time, then queue
+    order), while each is a CPU's (other than c) whose next steps nothing another CPU does can reach
+    (its user work ending, or its turn after such steps), with exactly the state changes (clocks,
+    counters, requests handled, events queued or dropped as stale) the engine's pops and steps would
+    make. True: the next event is at or after (t, seq), or none is left; False: the next one is not such
+    an event (left queued; nothing changed that its steps will not redo), the engine takes it as usual."""
 
-    def resume(self, engine: Engine, c: Cpu, horizon: float) -> bool: ...
+    def run_until(self, engine: Engine, c: Cpu | None, t: float, seq: float) -> bool: ...
 
 
 class EngineObserver:
@@ -228,7 +230,10 @@ class ClockOrder:
         step = engine.step
         if engine.max_sim_ns is not None:     # an event just past the bound: no step runs beyond it
             engine.timer(engine.max_sim_ns + 1, functools.partial(_time_is_up, engine))
+        ahead = engine.lookahead if engine.observer is None else None
         while heap and engine.user_alive > 0 and not engine.halted:
+            if ahead is not None:                 # the churning CPUs' events first, as the pops below would
+                ahead.run_until(engine, None, INF, INF)
             t, _, c, token, callback = heapq.heappop(heap)
             if t > engine.now:
                 engine.now = t
@@ -238,14 +243,26 @@ class ClockOrder:
                 if callback is not None:
                     callback(t)
                 else:
-                    horizon = heap[0][0] if heap else INF
-                    la = engine.lookahead
-                    if la is None or engine.observer is not None or not la.resume(engine, c, horizon):
-                        step(c, horizon)
+                    step(c, heap[0][0] if heap else INF)
         if engine.user_alive > 0 and not engine.halted:
             blocked = [t for c in engine.cpus for t in ([c.curr] if c.curr else []) + list(c.runqueue)]
             raise DeadlockError(f"{engine.user_alive} user task(s) can never run again: {blocked}")
         return max(engine.now, max(c.clock for c in engine.cpus))
+
+
+class Wakeup:
+    """A timer event that wakes `task` (Engine.wake) at the event's time, unless `tok` is given and the
+    task's sleep_token moved on since (it was woken otherwise): a sleep's end, a latency task's first
+    wake-up. A class, so that a Lookahead can tell whose wake-up an event is."""
+
+    __slots__ = ("engine", "task", "tok")
+
+    def __init__(self, engine: Engine, task: Task, tok: int | None = None) -> None:
+        self.engine, self.task, self.tok = engine, task, tok
+
+    def __call__(self, t: int) -> None:
+        if self.tok is None or self.task.sleep_token == self.tok:
+            self.engine.wake(self.task, t)
 
 
 def _time_is_up(engine: Engine, t: int) -> None:
@@ -406,8 +423,9 @@ class Engine:
     def run_ahead(self, c: Cpu, t: int) -> bool:
         """For a fast path running CPU c's steps at once, at the end of a step that reaches c.horizon at
         time t (c.clock has not moved yet): the engine would now queue c at t and run the events before it.
-        Run them here, in the same order, if the lookahead runs each at once (a compute end, or a CPU's turn
-        to step: it then touches only that CPU, never c nor what c's steps read). True: all ran, c has nothing to attend
+        Run them here, in the same order, if the lookahead runs each at once (Lookahead.run_until: a
+        compute end, or a CPU's turn to step: it then touches only that CPU, never c nor what c's steps
+        read). True: all ran, c has nothing to attend
         to and its next event (c.horizon, updated) is after t: c's steps go on, as after the engine
         resumed it (c's attention is as it was: the caller decides whether it would do anything). False: c
         must stop at t; its queueing then takes the place in the order it has now."""
@@ -415,36 +433,17 @@ class Engine:
         if la is None or self.observer is not None or self.reserved is not None:
             return False
         heap = self.heap
-        attention, need_resched = c.attention, c.need_resched     # what c's steps go on with
+        # what c's steps go on with (read uncounted: resched_reads serves the explorer, which never runs ahead)
+        attention, need_resched = c.attention, c._need_resched
         self.seq += 1
         seq0 = self.seq
         self.reserved, self.reserved_seq = c, seq0
         clock, c.clock = c.clock, t                      # what the events see: c at the end of its step
-        done = self._done_cbs
         try:
-            while heap and (heap[0][0] < t or (heap[0][0] == t and heap[0][1] < seq0)):
-                ev = heap[0]
-                et, _, cpu, token, cb = ev
-                if cpu is None or cpu is c or (token == cpu.token and cb is not None and cb is not done[cpu.id]):
-                    return False
-                heapq.heappop(heap)
-                now = self.now
-                if et > now:
-                    self.now = et
-                if token != cpu.token:                  # stale: ClockOrder drops it
-                    continue
-                before = cpu.clock, cpu.state
-                if cb is not None:                       # a compute end (_compute_done)
-                    cpu.clock = max(cpu.clock, cpu.compute_end)
-                    cpu.state = RUNNING
-                nxt = heap[0][0] if heap else INF
-                if not la.resume(self, cpu, t if t < nxt else nxt):
-                    cpu.clock, cpu.state = before
-                    self.now = now
-                    heapq.heappush(heap, ev)
-                    return False
+            if not la.run_until(self, c, t, seq0):
+                return False
             horizon = heap[0][0] if heap else INF
-            if c.attention != attention or c.need_resched != need_resched or horizon <= t:
+            if c.attention != attention or c._need_resched != need_resched or horizon <= t:
                 return False
             if t > self.now:
                 self.now = t
@@ -917,10 +916,7 @@ class Engine:
         tok = task.sleep_token
         wake_at = c.clock + v.ns
 
-        def wakeup(t, task=task, tok=tok):
-            if task.sleep_token == tok:
-                self.wake(task, t)
-        self.timer(wake_at, wakeup)
+        self.timer(wake_at, Wakeup(self, task, tok))
         self._block(c, task)
         return False
 
@@ -992,12 +988,9 @@ class Engine:
         return done
 
     def _compute_done(self, c: Cpu, t: int) -> None:
-        """c's user work ended: it runs again, its next steps at once if the lookahead can (no observer
-        attached), else step by step."""
+        """c's user work ended: it runs again (where the lookahead ran it already, its run_until took the
+        event before the engine's pop)."""
         if c.compute_end > c.clock:
             c.clock = c.compute_end
         c.state = RUNNING
-        horizon = self.heap[0][0] if self.heap else INF
-        la = self.lookahead
-        if la is None or self.observer is not None or not la.resume(self, c, horizon):
-            self.step(c, horizon)
+        self.step(c, self.heap[0][0] if self.heap else INF)

@@ -85,6 +85,39 @@ class Tlb:
         pwc[key] = table
         refs[table.pfn] = refs.get(table.pfn, 0) + 1
 
+    def walk_fill(self, c, key: int, table, vpn: int, pte: int) -> None:
+        """A walk's fills with no observer watching: fill_pwc(c, key, table) when `table` is not None (the
+        walk went through the page tables, not the PWC), then fill(c, vpn, pte); the same effects, inlined
+        (the hot path of a churn loop's TLB misses)."""
+        inv = self.inv
+        if table is not None:
+            pwc = c.pwc
+            refs = inv.pwc_refs
+            old = pwc.pop(key, None)
+            if old is None and len(pwc) >= PWC_ENTRIES:
+                old = pwc.pop(next(iter(pwc)))
+            if old is not None:
+                self._unref(c, refs, old.pfn)
+            pwc[key] = table
+            refs[table.pfn] = refs.get(table.pfn, 0) + 1
+        tlb = c.tlb
+        refs = inv.tlb_refs
+        v = tlb.pop(vpn, None)
+        if v is None and len(tlb) >= TLB_ENTRIES:
+            v = tlb.pop(next(iter(tlb)))
+        if v is not None:
+            pfn = v >> 1
+            n = refs[pfn] - 1
+            if n:
+                refs[pfn] = n
+            else:
+                del refs[pfn]
+            if c.dangling:
+                c.dangling.discard(pfn)
+        pfn = pte >> PAGE_SHIFT
+        tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
+        refs[pfn] = refs.get(pfn, 0) + 1
+
     def _unref(self, c, refs: dict, pfn: int) -> None:
         n = refs[pfn] - 1
         if n:

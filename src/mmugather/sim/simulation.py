@@ -17,7 +17,7 @@ from mmugather import fastpath
 from mmugather.kernel.rcu import Rcu
 from mmugather.kernel.smp import Sleep
 from mmugather.machine.costs import DEFAULT_COSTS, Costs
-from mmugather.machine.engine import Engine, EngineObserver, Scheduler
+from mmugather.machine.engine import Engine, EngineObserver, Scheduler, Wakeup
 from mmugather.machine.tlb import Tlb, TlbObserver
 from mmugather.mm.mm_types import AddressSpace, MmStruct, Vma
 from mmugather.mm.mmu_notifier import SleepingSubscriber
@@ -180,7 +180,7 @@ class Simulation:
                 yield Sleep(period - run_ns if period > run_ns else 1)
         task = self.engine.spawn(f"latency/{cpu}", cpu, "latency", body)
         first = self.rng.randrange(period)
-        self.engine.timer(first, lambda t, task=task: self.engine.wake(task, t))
+        self.engine.timer(first, Wakeup(self.engine, task))
 
     def run(self) -> dict:
         """Run to completion; check for leaks; return the `metrics` object."""

@@ -7,11 +7,14 @@ kernel is a kernel method of the policy under test.
 from __future__ import annotations
 
 import random
+from heapq import heappop, heappush
 from collections.abc import Callable, Generator
 from typing import Any
 
-from mmugather.kernel.sched import P_PLAIN
+from mmugather.kernel.sched import INF, P_PLAIN
 from mmugather.kernel.smp import Compute, Sleep
+from mmugather.machine.cpu import COMPUTE, RUNNING
+from mmugather.machine.engine import Wakeup
 from mmugather.mm.mm_types import VM_READ, VM_SHARED, VM_WRITE
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW
 from mmugather.workloads import scenario as S
@@ -403,55 +406,153 @@ class ChurnLookahead:
         self.states: dict[int, ThreadState] = sim.thread_states
         rng = sim.rng                        # randrange(n) is _randbelow(n) for n > 0 (random.Random)
         self.below = rng._randbelow if type(rng).randrange is random.Random.randrange else rng.randrange
+        # _randbelow(n) inlined by run_until() when it is random.Random's own (getrandbits, rejecting >= n)
+        plain = (type(rng).randrange is random.Random.randrange
+                 and type(rng)._randbelow is getattr(random.Random, "_randbelow_with_getrandbits", None))
+        self.getrandbits = rng.getrandbits if plain else None
+        self.bound: Any = None               # the engine engine_parts come from (_bind)
+        self.engine_parts: tuple = ()
 
-    def resume(self, engine, c, horizon) -> bool:
-        task = c.curr
-        if task is None or c.attention or task.compute_left:
-            return False
-        st = self.states.get(task.tid)
-        if st is None:
-            return False
-        ch = st.churn
-        if ch is None or not ch.waiting or 0 < engine.steps_left <= 2:
-            return False
-        gap = engine.handlers[Compute]
-        if ch.accessed:                      # the access returns, then the gap's request
-            ch.accessed = False
-            stack = task.stack
-            stack.pop()
-            task.send = stack[-1].send
-            c.horizon = horizon
-            engine.steps_left -= 2
-            gap(c, task, ch.gap)
-            return True
-        proc = st.proc
-        if ch.drawn >= 0 or proc.exiting or proc.busy <= 0:
-            return False
+    def _bind(self, engine) -> None:
+        """What run_until() uses of `engine`, looked up once: its queue, its compute-end callbacks, its
+        Compute handler (inlined when it is the engine's own), RCU's note_qs."""
+        gap_handler = engine.handlers[Compute]
+        inline_gap = getattr(gap_handler, "__func__", None) is type(engine)._compute
+        self.engine_parts = (engine.heap, engine._done_cbs, gap_handler, inline_gap, engine.rcu.note_qs)
+        self.bound = engine
+
+    def run_until(self, engine, c, t: float, seq: float) -> bool:
+        """Lookahead.run_until(): the queued events before (t, seq), in the engine's order, while each is
+        one of these, on a CPU other than c: a churning CPU's compute end, its thread waiting at the gap's
+        yield, nothing to attend to (one iteration, inlined: the state changes Engine._compute_done and the
+        thread's steps make), or its turn after an access made here (the gap's request); a latency task's
+        wake-up (a `Wakeup` timer), its steps, and user work resumed after it (a CPU's turn with the task's
+        compute left), with no IPI pending: the engine's own callback and step, which touch that CPU, its
+        run queue and the scheduler's counters only. A stale event is dropped, as ClockOrder drops it.
+        True: the next event is at or after (t, seq), or none is left; False: the next one is not such an
+        event (left queued; where the walk finds no PTE allowing the access, the address already drawn is
+        handed to the thread, `Churn.drawn`, and the event goes back to the queue: the fault's steps are
+        the thread's own). One loop, the hot path of a churning workload: the per-event work is inline."""
+        if self.bound is not engine:
+            self._bind(engine)
+        heap, done, gap_handler, inline_gap, note_qs = self.engine_parts
+        states = self.states
         sim = self.sim
-        addr = ch.lo + (self.below(ch.pages) << PAGE_SHIFT)
-        vpn = addr >> PAGE_SHIFT
-        v = c.tlb.get(vpn)
-        if v is not None and (not ch.write or v & 1):
-            if ch.write and sim.invariants.check_stores:
-                sim.invariants.user_store(c, task.mm, addr, v >> 1)
-            cost = sim.costs.user_access
-        elif not self._walk(c, task.mm, addr, vpn, ch.write):
-            ch.drawn = addr                  # a fault: the thread's own steps
-            return False
-        else:
-            cost = sim.costs.tlb_miss_walk
-        c.horizon = horizon
-        c.clock += cost
-        c.point = P_PLAIN
-        if c.clock >= horizon:               # the engine stops c here, inside access()
-            ch.accessed = True
-            frame = _access_returns()
-            task.stack.append(frame)
-            task.send = frame.send
-            engine.queue(c)
-            return True
-        engine.steps_left -= 2               # access() returned, the gap's request
-        gap(c, task, ch.gap)
+        costs = sim.costs
+        getrandbits = self.getrandbits
+        while heap:
+            ev = heap[0]
+            et, es, cpu, token, cb = ev
+            if et > t or (et == t and es >= seq):
+                return True
+            if cpu is None:                          # a timer: only a latency task's wake-up elsewhere
+                if (cb.__class__ is not Wakeup or cb.task.kind != "latency"
+                        or (c is not None and cb.task.cpu == c.id)):
+                    return False
+                heappop(heap)
+                if et > engine.now:
+                    engine.now = et
+                cb(et)
+                continue
+            if cpu is c:
+                return False
+            if token != cpu.token:                   # stale: dropped
+                heappop(heap)
+                if et > engine.now:
+                    engine.now = et
+                continue
+            task = cpu.curr
+            if (cb is None and task is not None and not cpu.pending
+                    and (task.kind == "latency" or (task.compute_left and not cpu.attention))):
+                heappop(heap)                        # a latency task's steps, or user work resumed after
+                if et > engine.now:                  # it: the engine's own step
+                    engine.now = et
+                nxt = heap[0][0] if heap else INF
+                engine.step(cpu, t if t < nxt else nxt)
+                continue
+            if task is None or cpu.attention or task.compute_left:
+                return False
+            st = states.get(task.tid)
+            if st is None:
+                return False
+            ch = st.churn
+            if ch is None or not ch.waiting or 0 < engine.steps_left <= 2:
+                return False
+            if cb is None:                           # a CPU's turn: only after an access made here
+                if not ch.accessed:
+                    return False
+                heappop(heap)
+                if et > engine.now:
+                    engine.now = et
+                ch.accessed = False
+                stack = task.stack
+                stack.pop()
+                task.send = stack[-1].send
+                nxt = heap[0][0] if heap else INF
+                cpu.horizon = t if t < nxt else nxt
+                clock = cpu.clock
+            else:
+                proc = st.proc
+                if cb is not done[cpu.id] or ch.accessed or ch.drawn >= 0 or proc.exiting or proc.busy <= 0:
+                    return False
+                heappop(heap)
+                now = engine.now
+                if et > now:
+                    engine.now = et
+                before = cpu.clock, cpu.state
+                clock = cpu.clock = cpu.compute_end if cpu.compute_end > cpu.clock else cpu.clock
+                cpu.state = RUNNING
+                nxt = heap[0][0] if heap else INF
+                horizon = t if t < nxt else nxt
+                if getrandbits is not None:
+                    n = ch.pages
+                    k = n.bit_length()
+                    r = getrandbits(k)
+                    while r >= n:
+                        r = getrandbits(k)
+                else:
+                    r = self.below(ch.pages)
+                addr = ch.lo + (r << PAGE_SHIFT)
+                vpn = addr >> PAGE_SHIFT
+                v = cpu.tlb.get(vpn)
+                if v is not None and (not ch.write or v & 1):
+                    if ch.write and sim.invariants.check_stores:
+                        sim.invariants.user_store(cpu, task.mm, addr, v >> 1)
+                    clock += costs.user_access
+                elif self._walk(cpu, task.mm, addr, vpn, ch.write):
+                    clock += costs.tlb_miss_walk
+                else:                                # a fault: the thread's own steps, from this event
+                    ch.drawn = addr
+                    cpu.clock, cpu.state = before
+                    engine.now = now
+                    heappush(heap, ev)
+                    return False
+                cpu.horizon = horizon
+                cpu.clock = clock
+                cpu.point = P_PLAIN
+                if clock >= horizon:                 # the engine stops the CPU here, inside access()
+                    ch.accessed = True
+                    frame = _access_returns()
+                    task.stack.append(frame)
+                    task.send = frame.send
+                    if engine.reserved is cpu:       # (Engine._push_cpu, inlined when no place is kept)
+                        engine.queue(cpu)
+                        continue
+                    cpu.token += 1
+                    engine.seq += 1
+                    heappush(heap, (clock, engine.seq, cpu, cpu.token, None))
+                    continue
+            engine.steps_left -= 2                   # access() returned, the gap's request
+            if not inline_gap:
+                gap_handler(cpu, task, ch.gap)
+                continue
+            note_qs(cpu)                             # Engine._compute
+            task.compute_left = 0
+            cpu.state = COMPUTE
+            cpu.compute_end = end = clock + ch.gap.ns
+            cpu.token += 1
+            engine.seq += 1
+            heappush(heap, (end, engine.seq, cpu, cpu.token, done[cpu.id] or engine._compute_done_cb(cpu)))
         return True
 
     def _walk(self, c, mm, addr: int, vpn: int, write: bool) -> bool:
@@ -468,13 +569,15 @@ class ChurnLookahead:
             return False
         sim = self.sim
         tlb = sim.tlb
-        if tlb.observer is not None:         # observers are told of the walk itself
+        observed = tlb.observer is not None
+        if observed:                         # observers are told of the walk itself
             tlb.walk(c, mm, addr)
-        elif not cached:                     # Tlb.walk(), its side effect
-            tlb.fill_pwc(c, key, table)
         if write and not pte & _PAGE_DIRTY:  # the walker sets D (access())
             pte = table.ptes[vpn & 511] = pte | _PAGE_DIRTY | _PAGE_ACCESSED
-        tlb.fill(c, vpn, pte if pte & _PAGE_DIRTY else pte & ~_PAGE_RW)
+        if observed:
+            tlb.fill(c, vpn, pte if pte & _PAGE_DIRTY else pte & ~_PAGE_RW)
+        else:                                # Tlb.walk()'s side effect (fill_pwc) and fill, at once
+            tlb.walk_fill(c, key, None if cached else table, vpn, pte if pte & _PAGE_DIRTY else pte & ~_PAGE_RW)
         if sim.invariants.in_flight:
             sim.invariants.tlb_filled(c, vpn)
         return True
