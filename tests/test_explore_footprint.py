@@ -1,6 +1,6 @@
 """Step footprints, the explorer's independence relation: a step that changes shared state says so (checked
-against the state fingerprint's own encoding under random schedules), lock requests leave their lock's
-bit, and partial-order reduction keeps every verdict of the unpruned search on small random scenarios."""
+against the state fingerprint's own encoding under random schedules), and partial-order reduction keeps
+every verdict of the unpruned search on small random scenarios."""
 import random
 
 import pytest
@@ -10,45 +10,27 @@ from helpers import examples
 
 from mmugather.explore import search
 from mmugather.explore.bugs import get_bug
-from mmugather.explore.controlled import INV, MEM, PROC, RESCHED, Controlled
+from mmugather.explore.controlled import MEM, PROC, actor_cpu
 from mmugather.explore.state import Fingerprinter
 from mmugather.explore.target import KernelTarget
-from mmugather.kernel.locking import DownRead, DownWrite, RwSemaphore, UpRead, UpWrite
-from mmugather.kernel.rcu import Rcu
-from mmugather.machine.costs import Costs
-from mmugather.machine.engine import Engine
 from mmugather.policies import get_policy
-from mmugather.report.metrics import Metrics
-from mmugather.sim.invariants import Invariants
 from mmugather.workloads.scenario import parse_scenario
 
 
-# ------------------------------------------------------------------ the signatures miss no write
-def _locks(sim) -> list:
-    """Every lock of the machine's mms and files: lock state is the lock requests' footprint, not memory's."""
-    out = []
-    for mm in sim.mms:
-        out += [mm.mmap_sem, mm.page_table_lock, mm.anon_vma_lock, mm.anon_vma_mutex, mm.anon_vma_rwsem]
-        out += [t.ptl for t in mm.pte_tables.values()]
-    for f in sim.files.values():
-        out += [f.i_mmap_lock, f.i_mmap_mutex, f.i_mmap_rwsem, f.unmap_mutex, *f.folio_locks.values()]
-    return out
-
-
-def _generic(sim) -> dict:
-    """The shared state by region, as the state fingerprint encodes it (locks left out)."""
+# ------------------------------------------------------------------ footprints miss no write
+def _generic(sim) -> tuple[dict, dict]:
+    """The shared state as the state fingerprint encodes it: (kernel memory with the invariant checker's
+    records, the programs' process fields), and per CPU what other CPUs see and change of it."""
     alloc, rcu, inv = sim.alloc, sim.rcu, sim.invariants
     enc = Fingerprinter(sim.engine, singletons=[sim.kernel, sim.arch, sim.costs, sim.metrics, sim.invariants,
-                                                sim.tlb, rcu, alloc, sim.scenario, sim.rng, *_locks(sim)]).encode
-    out = {MEM: enc([sim.mms, sim.files, rcu.pending, alloc.free_list, alloc.refcount, alloc.mapcount,
-                     alloc.kind, alloc.nr_used, alloc.zero_pfn, rcu.qs]),
-           INV: enc([inv.in_flight, inv.walking, inv.check_stores, inv.violations]),
-           PROC: enc([(p.exiting, p.busy, id(p.mm), p.ranges) for p in sim.processes])}
-    fp = sim.engine.scheduler.footprint
-    for c in sim.engine.cpus:
-        out[fp.bit_pub[c.id]] = enc([c.curr, id(c.loaded_mm), id(c.active_mm), c.tlbstate, c.dangling, c.per_cpu])
-        out[fp.bit_cpu[c.id]] = enc([c.state, c.ipi_acks_left, c.runqueue, [t.blocked_on for t in c.runqueue]])
-    return out
+                                                sim.tlb, rcu, alloc, sim.scenario, sim.rng]).encode
+    shared = {MEM: enc([sim.mms, sim.files, rcu.pending, alloc.free_list, alloc.refcount, alloc.mapcount,
+                        alloc.kind, alloc.nr_used, alloc.zero_pfn, rcu.qs, inv.in_flight, inv.walking,
+                        inv.check_stores, inv.violations]),
+              PROC: enc([(p.exiting, p.busy, id(p.mm), p.ranges) for p in sim.processes])}
+    cpus = {c.id: enc([c.curr, id(c.loaded_mm), id(c.active_mm), c.tlbstate, c.dangling, c.per_cpu, c.state,
+                       c.ipi_acks_left, c.runqueue, [t.blocked_on for t in c.runqueue]]) for c in sim.engine.cpus}
+    return shared, cpus
 
 
 SIGNED = [("fast-mode-3.0", False), ("madv-dontneed-flush-miss", True), ("mremap-flush-after-unlock", False),
@@ -59,9 +41,9 @@ SIGNED = [("fast-mode-3.0", False), ("madv-dontneed-flush-miss", True), ("mremap
 
 @pytest.mark.parametrize("name,fixed", SIGNED)
 def test_every_change_of_shared_state_is_in_the_step_footprint(name, fixed):
-    """Under random schedules, each region of shared state (kernel memory, the invariant checker's records,
-    the programs' process fields, each CPU's visible and scheduling state) that the fingerprint's encoding
-    sees change in a step is a bit the step's footprint writes."""
+    """Under random schedules, a step that changes kernel memory (the invariant checker's records and RCU's
+    quiescent-state counts included) or another CPU's state, as the fingerprint's encoding sees it, writes
+    MEM; one that changes the programs' process fields writes PROC."""
     target = get_bug(name).variant(fixed)
     checked = 0
     for seed in range(4):
@@ -69,68 +51,26 @@ def test_every_change_of_shared_state_is_in_the_step_footprint(name, fixed):
         m = target.build()
         ctl = m.engine.scheduler
         before: list = []
+        taken: list = []
 
-        def choose(enabled, m=m, ctl=ctl, before=before, rng=rng, seed=seed):
+        def choose(enabled, m=m, ctl=ctl, before=before, taken=taken, rng=rng, seed=seed):
             nonlocal checked
             now = _generic(m)
             if before:
-                changed = [bit for bit, enc in now.items() if enc != before[-1][bit]]
+                (shared0, cpus0), (shared, cpus), a = before[-1], now, taken[-1]
+                own = actor_cpu(m.engine, a).id
+                changed = [bit for bit in shared if shared[bit] != shared0[bit]]
+                changed += [MEM for x in cpus if x != own and cpus[x] != cpus0[x]]
                 for bit in changed:
-                    assert ctl.fp_write & bit, (name, fixed, seed, len(before), bin(bit), bin(ctl.fp_write))
+                    assert ctl.fp_write & bit, (name, fixed, seed, len(before), a, bin(bit), bin(ctl.fp_write))
                 checked += bool(changed)
             before.append(now)
             if m.invariants.violations or len(before) > 400:
                 return None
-            return enabled[rng.randrange(len(enabled))]
+            taken.append(enabled[rng.randrange(len(enabled))])
+            return taken[-1]
         search.run_machine(m, choose, track=True)
     assert checked > 10                  # (the schedules did change shared state)
-
-
-# ------------------------------------------------------------------ lock requests
-class _NoArch:
-    def enter_lazy_tlb(self, c):
-        pass
-
-    def switch_mm(self, c, mm):
-        pass
-
-
-def _reader(sem, write: bool):
-    yield (DownWrite if write else DownRead)(sem)
-    yield 1
-    yield (UpWrite if write else UpRead)(sem)
-
-
-def _footprints(write: bool) -> list:
-    """The footprints of the lock steps of two tasks on two CPUs taking one rw_semaphore, one after the other:
-    for reading both (`write` off) or for writing both."""
-    metrics = Metrics(2)
-    inv = Invariants(metrics)
-    eng = Engine(2, Costs(), "voluntary", metrics, inv, scheduler=Controlled())
-    eng.arch = _NoArch()
-    eng.rcu = Rcu(eng.cpus, metrics)
-    sem = RwSemaphore("sem")
-    for cpu in (0, 1):
-        eng.spawn(f"t{cpu}", cpu, "user", lambda c, t: _reader(sem, write)).in_kernel = True
-    ctl = eng.scheduler
-    out = []
-
-    def choose(enabled):
-        if ctl.last_task is not None:
-            out.append((ctl.fp_read, ctl.fp_write))
-        return enabled[0]
-    ctl.chooser, ctl.track = choose, True
-    eng.run()
-    return out, ctl.footprint.lock_bit(sem)
-
-
-def test_down_read_granted_at_once_reads_the_lock_and_down_write_writes_it():
-    """Two readers' down_read()s commute (each only reads the semaphore's bit); down_write() writes it."""
-    reads, bit = _footprints(write=False)
-    assert reads[0][0] & bit and not reads[0][1] & bit             # down_read(), nobody holding it for writing
-    writes, bit = _footprints(write=True)
-    assert writes[0][1] & bit
-    assert bit > RESCHED                 # (a bit, not an actor)
 
 
 # ------------------------------------------------------------------ POR against the unpruned search

@@ -30,25 +30,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from mmugather.kernel.locking import (
-    DownRead, DowngradeWrite, DownWrite, MutexLock, MutexUnlock, SpinLock, SpinUnlock, UpRead, UpWrite,
-)
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.kernel.sched import P_PLAIN
 from mmugather.machine.cpu import RUNNING, FrameStack, TaskContractError
 from mmugather.policies.plugins import PluginError
-from mmugather.explore.shared import SharedState
 from mmugather.machine.engine import DeadlockError, Engine
 
-# footprint bits: shared kernel memory, the shared RNG, process fields user code reads, the invariant
-# checker's records; then per CPU
-MEM, RNG, PROC, INV = 1, 2, 4, 8
-_PER_CPU = 4
-
-LOCK_BITS = 24                # lock footprint bits (explore/shared.py leaves lock state out of `mem()`)
-_LOCK_REQUESTS = {SpinLock: "lock", SpinUnlock: "lock", DownRead: "sem", DownWrite: "sem", UpRead: "sem",
-                  UpWrite: "sem", DowngradeWrite: "sem", MutexLock: "mutex", MutexUnlock: "mutex"}
-_SHARED_OPS = (DownRead, UpRead)        # (DownWrite and the others are subclasses: matched by exact type)
+# footprint bits: shared kernel memory, the shared RNG, process fields user code reads; then per CPU
+MEM, RNG, PROC = 1, 2, 4
+_PER_CPU = 3
 
 # the tick actor of CPU c is RESCHED - c (interrupt actors are -1 - c, c < explore's MAX_EXPLORE_CPUS)
 RESCHED = -101
@@ -97,7 +87,6 @@ class Controlled:
         self.last_request = None
         self.fp_read = self.fp_write = 0
         self.read_resched = False     # the last tracked step read its CPU's need_resched
-        self.footprints = True        # tracked steps leave their footprint (off: read_resched only)
         self.count_frames = True      # count frames' resumptions (FrameStack.steps), which fingerprints read
         self._engine_sleep: Any = None    # the engine's own Sleep handler, from handlers()
 
@@ -121,7 +110,6 @@ class Controlled:
             sent.extend(v.targets)
             return send_ipi(c, task, v)
         own[SmpCallFunctionMany] = noted
-        self.footprint.watch_locks(own)
         return own
 
     def record_requests(self) -> None:
@@ -244,60 +232,49 @@ class Controlled:
             task = eng.tasks[a]
             c = eng.cpus[task.cpu]
         fp = self.footprint
-        if not self.footprints:                     # nobody reads this step's footprint
-            reads = c.resched_reads
-            self._step(a)
-            self.read_resched = a >= 0 and c.resched_reads != reads
-            fp.last = None
-            self.fp_read = self.fp_write = -1
-            return
         touched, sent = fp.touched, fp.sent
         touched.clear()
         sent.clear()
         fp.walked = False
-        fp.lock_r = fp.lock_w = 0
         frees0 = fp.frees
         rng = fp.rng
         draws0 = rng.draws if rng is not None else 0
-        before = fp.before()
         if a < 0:
             senders = {s.id for _, _, _, s in c.pending}
             self._step(a)
-            w = fp.bit_irq[c.id] | fp.bit_tlb[c.id] | fp.shared_writes(before)
+            w = MEM | fp.bit_irq[c.id] | fp.bit_tlb[c.id]
             for s in senders:
                 w |= fp.bit_cpu[s]
-            self.fp_read = fp.bit_irqs_off[c.id] | MEM | fp.all_pub     # (not need_resched, not the task's state)
-            self.fp_write = w | fp.written()
+            self.fp_read, self.fp_write = fp.bit_cpu[c.id], w | fp.written()
             return
-        k0, curr0 = task.in_kernel, c.curr
-        stack = task.stack
-        bottom0 = stack.steps[0] if stack.__class__ is FrameStack else -1
+        k0, curr0, sig0 = task.in_kernel, c.curr, fp.proc_sig()
         rcu = eng.rcu
-        rcu0 = bool(rcu.pending)
-        reads, irqs_off, pending = c.resched_reads, c.irqs_off, len(c.pending)
+        rcu0, qs0 = bool(rcu.pending), rcu.qs[c.id]
+        reads = c.resched_reads
         self._step(a)
         self.read_resched = c.resched_reads != reads
-        w = fp.bit_cpu[c.id] | fp.written() | fp.shared_writes(before)
-        if c.irqs_off != irqs_off:
-            w |= fp.bit_irqs_off[c.id]              # the CPU's interrupt actor: enabled or not
-        if len(c.pending) != pending:
-            w |= fp.bit_irq[c.id]                   # IPIs taken (local_irq_enable()) or sent to itself
+        w = fp.bit_cpu[c.id] | fp.written() if touched or sent else fp.bit_cpu[c.id]
         if k0 or task.in_kernel or curr0 is not task or c.curr is not task or rcu0 or rcu.pending:
-            r = MEM | fp.all_pub                        # kernel code: reads any shared memory
-            stack = task.stack
-            if bottom0 < 0 or not task.alive or stack.__class__ is not FrameStack or stack.steps[0] != bottom0:
-                r |= PROC                               # the program's own frame ran (workloads/program.py)
+            w |= MEM
+            r = PROC                                # the program's own code may run in the step too
         else:
-            r = PROC | fp.bit_tlb[c.id] | fp.bit_pub[c.id] | (w & MEM)
-            if fp.walked or eng.invariants.check_stores:
-                r |= MEM | INV                          # a walk reads page tables; a store, the page cache
-        if k0 != task.in_kernel or w & INV or fp.frees != frees0:
-            r |= fp.all_tlb | INV                   # the invariant checker reads every TLB
+            r = PROC | fp.bit_tlb[c.id]
+            if fp.walked:                           # the walk reads the page tables; a store's sets _PAGE_DIRTY
+                r |= MEM
+                w |= MEM
+            if eng.invariants.check_stores:
+                r |= MEM                            # a store is checked against the page cache and PTEs
+            if rcu.qs[c.id] != qs0:
+                w |= MEM                            # user work is a quiescent state: call_rcu() reads the count
+        if k0 != task.in_kernel or sig0 != fp.proc_sig():
+            w |= PROC
+            r |= fp.all_tlb                         # a return to user space checks every TLB
         if fp.frees != frees0:
             w |= MEM
+            r |= fp.all_tlb
         if rng is not None and rng.draws != draws0:
             w |= RNG
-        self.fp_read, self.fp_write = r | fp.lock_r, w | fp.lock_w
+        self.fp_read, self.fp_write = r, w
 
     # ----------------------------------------------------------------- one step
     def _step(self, actor: int) -> None:
@@ -367,11 +344,9 @@ class Footprint:
         self.frees = 0
         self.sent: list[int] = []
         self.log: list | None = None
+        self.procs: list = []
         self.engine: Engine = None  # type: ignore[assignment]  # bind() sets it before any other method runs
         self.rng: CountingRandom | None = None    # the CountingRandom, once watched
-        self.shared: SharedState = None  # type: ignore[assignment]  # watch() sets it before any step is tracked
-        self.last: tuple | None = None            # the signatures after the last tracked step
-        self.lock_r = self.lock_w = 0             # the lock bits the step's lock request read, wrote
 
     def bind(self, engine) -> None:
         """Size the per-CPU bits for `engine`."""
@@ -380,16 +355,12 @@ class Footprint:
         self.bit_tlb = [1 << (_PER_CPU + i) for i in range(ncpus)]
         self.bit_cpu = [1 << (_PER_CPU + ncpus + i) for i in range(ncpus)]
         self.bit_irq = [1 << (_PER_CPU + 2 * ncpus + i) for i in range(ncpus)]
-        self.bit_pub = [1 << (_PER_CPU + 3 * ncpus + i) for i in range(ncpus)]
-        self.bit_irqs_off = [1 << (_PER_CPU + 4 * ncpus + i) for i in range(ncpus)]
         self.all_tlb = sum(self.bit_tlb)
-        self.all_pub = sum(self.bit_pub)
-        self.lock_base = _PER_CPU + 5 * ncpus
 
     def watch(self, sim) -> None:
         """Count what `sim` (a Simulation built with this footprint's scheduler) does outside the engine:
         its processes' fields, its RNG's draws, its allocator's frees."""
-        self.shared = SharedState(sim)
+        self.procs = sim.processes
         rng = sim.rng
         if isinstance(rng, CountingRandom):
             self.rng = rng
@@ -408,56 +379,6 @@ class Footprint:
         if self.log is not None:
             self.log.append((name, cpu, args))
 
-    def before(self) -> tuple:
-        """The shared state's signatures before the step about to be tracked: those the last tracked step
-        left (once tracking has begun every step is tracked, and the chooser changes nothing), else new."""
-        sigs = self.last
-        if sigs is None and self.shared is not None:
-            shared = self.shared
-            sigs = shared.regions(), shared.cpus_sig()
-        return sigs
-
-    def shared_writes(self, before: tuple) -> int:
-        """The bits of the shared state that changed since `before` (from `before()`). A machine that is no
-        Simulation (nothing watched): every shared bit."""
-        shared = self.shared
-        if shared is None:
-            return MEM | self.all_pub | sum(self.bit_cpu)
-        regions, cpus = self.last = shared.regions(), shared.cpus_sig()
-        w = 0
-        for bit, h0, h in zip((MEM, INV, PROC), before[0], regions):
-            if h != h0:
-                w |= bit
-        for x, s0, s in zip(shared.cpus, before[1], cpus):
-            if s[0] != s0[0]:
-                w |= self.bit_pub[x.id]
-            if s[1] != s0[1]:
-                w |= self.bit_cpu[x.id]
-        return w
-
-    def watch_locks(self, handlers: dict) -> None:
-        """Wrap the lock requests' handlers (the only writers of lock state, machine/engine.py): each notes
-        its lock's bit in `lock_r`, or in `lock_w` unless it is a down_read() granted at once or an
-        up_read() with nobody waiting (those commute with each other)."""
-        for kind, attr in _LOCK_REQUESTS.items():
-            handlers[kind] = self._noting(handlers[kind], attr, kind in _SHARED_OPS)
-
-    def _noting(self, handler, attr: str, shared: bool):
-        def noted(c, task, v):
-            lock = getattr(v, attr)
-            bit = self.lock_bit(lock)
-            if shared and lock.writer is None and not lock.waiters:
-                self.lock_r |= bit
-            else:
-                self.lock_w |= bit
-            return handler(c, task, v)
-        return noted
-
-    def lock_bit(self, lock) -> int:
-        """The footprint bit of a lock: by its name (the same lock in every execution), a few names to a
-        bit (a shared bit only adds dependencies)."""
-        return 1 << (self.lock_base + hash(lock.name) % LOCK_BITS)
-
     def written(self) -> int:
         w = 0
         for x in self.touched:
@@ -466,6 +387,13 @@ class Footprint:
             w |= self.bit_irq[x]
         return w
 
+    def proc_sig(self):
+        """What user code reads of its process between operations (and the machine's halt flag)."""
+        procs = self.procs
+        if len(procs) == 1:
+            p = procs[0]
+            return p.exiting, p.busy, p.mm, self.engine.halted
+        return [(p.exiting, p.busy, p.mm) for p in procs], self.engine.halted
 
 
 # ------------------------------------------------------------------------- instrumentation

@@ -309,7 +309,6 @@ class _Execution:
             if a not in enabled:
                 raise RuntimeError(f"replay diverged at step {d}: actor {a} not in {enabled}")
             self.control.track = True
-            self.control.footprints = self.search.sleep_sets
             self.step = d + 1
             node = self.node
             if node is not None and a > RESCHED:
@@ -324,14 +323,11 @@ class _Execution:
             search.res.cut += 1
             return None
         last, yielded = self.control.last_task, self.control.yielded
-        only = None
-        if d - n < search.window:
-            only = self._seen_before(d, sleep, last, yielded, enabled)
-            if only is not None and not only:
-                return None
-        if len(enabled) == 1 and not sleep and only is None:     # one actor: no choice, no preemption
+        if d - n < search.window and self._seen_before(d, sleep, last, yielded):
+            return None
+        if len(enabled) == 1 and not sleep:        # one actor: no choice, no preemption
             return self._take(None, enabled[0], sleep)
-        return self._branch(enabled, sleep, last, yielded, only)
+        return self._branch(enabled, sleep, last, yielded)
 
     def _sleep_set(self, at_branch: bool) -> dict:
         """Record the footprint of the step just taken; return who sleeps after it (sleep sets)."""
@@ -351,11 +347,9 @@ class _Execution:
                 sleep[u] = f
         return sleep
 
-    def _seen_before(self, d: int, sleep: dict, last, yielded: bool, enabled: list[int]) -> frozenset | None:
-        """Hash the state. Visits of it before with no fewer preemptions left and no more depth used
-        explored every actor but those asleep then: return the actors none of them explored and that are
-        not asleep now (empty: the state is pruned, and counted), or None if there was no such visit
-        (Godefroid 1996: sleep sets with state caching)."""
+    def _seen_before(self, d: int, sleep: dict, last, yielded: bool) -> bool:
+        """Hash the state; True (and counted as pruned) if it was reached before with no fewer preemptions
+        left, no more depth used and no smaller sleep set."""
         search = self.search
         h = self.machine.fingerprint()
         search.seen_states.add(h)
@@ -364,21 +358,17 @@ class _Execution:
         entries = search.visited.get(key)
         if entries is None:
             search.visited[key] = [(self.used, d, asleep)]
-            return None
-        left = None
+            return False
         for u0, d0, s0 in entries:
-            if u0 <= self.used and d0 <= d:
-                left = s0 - asleep if left is None else left & s0
-                if not left:
-                    search.res.pruned += 1
-                    return left
-        entries.append((self.used, d, asleep if left is None else frozenset(enabled) - left))
-        return left
+            if u0 <= self.used and d0 <= d and s0 <= asleep:
+                search.res.pruned += 1
+                return True
+        entries.append((self.used, d, asleep))
+        return False
 
-    def _branch(self, enabled: list[int], sleep: dict, last, yielded: bool, only: frozenset | None) -> int | None:
+    def _branch(self, enabled: list[int], sleep: dict, last, yielded: bool) -> int | None:
         """Go on with the first choice that costs no preemption (none: stop); queue the others, each at the
-        level of the preemptions it uses. `only`: the actors left to explore at a state visited before
-        (None: every one)."""
+        level of the preemptions it uses."""
         default = default_choice(enabled, last, yielded)
         inline = None
         alts = []
@@ -388,7 +378,7 @@ class _Execution:
             cost = preemption_cost(x, enabled, last, yielded)
             if self.used + cost > self.search.max_preemptions:
                 continue
-            if x in sleep or (only is not None and x not in only):
+            if x in sleep:
                 self.search.res.slept += 1
                 continue
             if inline is None and cost == 0:
@@ -432,7 +422,6 @@ class _Execution:
 
     def _take(self, here: _Node | None, actor: int, sleep: dict) -> int:
         self.here, self.prev, self.before = here, actor, sleep
-        self.control.footprints = self.search.sleep_sets and (here is not None or bool(sleep))  # else unused
         self.sched.append(actor)
         self.step += 1
         return actor
