@@ -249,16 +249,23 @@ class Controlled:
             return
         k0, curr0, sig0 = task.in_kernel, c.curr, fp.proc_sig()
         rcu = eng.rcu
-        rcu0 = bool(rcu.pending)
+        rcu0, qs0 = bool(rcu.pending), rcu.qs[c.id]
         reads = c.resched_reads
         self._step(a)
         self.read_resched = c.resched_reads != reads
-        r = 0
         w = fp.bit_cpu[c.id] | fp.written() if touched or sent else fp.bit_cpu[c.id]
         if k0 or task.in_kernel or curr0 is not task or c.curr is not task or rcu0 or rcu.pending:
             w |= MEM
+            r = PROC                                # the program's own code may run in the step too
         else:
-            r = PROC | fp.bit_tlb[c.id] | (MEM if fp.walked else 0)
+            r = PROC | fp.bit_tlb[c.id]
+            if fp.walked:                           # the walk reads the page tables; a store's sets _PAGE_DIRTY
+                r |= MEM
+                w |= MEM
+            if eng.invariants.check_stores:
+                r |= MEM                            # a store is checked against the page cache and PTEs
+            if rcu.qs[c.id] != qs0:
+                w |= MEM                            # user work is a quiescent state: call_rcu() reads the count
         if k0 != task.in_kernel or sig0 != fp.proc_sig():
             w |= PROC
             r |= fp.all_tlb                         # a return to user space checks every TLB

@@ -52,13 +52,21 @@ class Fingerprinter:
                 self.fixed[id(obj)] = type(obj).__name__
         self.fixed[id(engine)] = "engine"
 
+    def _memo(self) -> dict:
+        memo = dict(self.fixed)
+        for c in self.engine.cpus:
+            memo[id(c)] = ("cpu", c.id)
+        for t in self.engine.tasks.values():
+            memo[id(t)] = ("task", t.tid)
+        return memo
+
+    def encode(self, x) -> Any:
+        """The encoding of one object (and what it reaches), as fingerprint() encodes it."""
+        return self._enc(x, self._memo())
+
     def fingerprint(self) -> int:
         eng = self.engine
-        memo = dict(self.fixed)
-        for c in eng.cpus:
-            memo[id(c)] = ("cpu", c.id)
-        for t in eng.tasks.values():
-            memo[id(t)] = ("task", t.tid)
+        memo = self._memo()
         enc = self._enc
         parts: list[tuple[Any, ...]] = []
         for c in eng.cpus:
