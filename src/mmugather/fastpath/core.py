@@ -243,7 +243,7 @@ def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:
         mc = mapcount[lo:hi]
         mc -= m
         bad = (mc < 0)[pfns - lo] if mc.min() < 0 else np.zeros(1, dtype=bool)
-        anon = int(np.count_nonzero(kind[lo:hi][m] == ANON))
+        anon = fs.count_kind(kind, ANON)
     else:
         mapcount[pfns] -= 1
         bad = mapcount[pfns] < 0
@@ -410,12 +410,12 @@ class TableRun:
         self.tables, self.lo, self.hi, self.addrs = tables, lo, hi, addrs
 
     def entries(self, k: int) -> np.ndarray:
-        """The PTEs of the first k units' tables, concatenated (a copy)."""
+        """The PTEs of the first k units' tables, concatenated (a writable copy)."""
         parts = []
         for pt, i, j in zip(self.tables[:k], self.lo[:k], self.hi[:k]):
             if pt is not None:
                 parts.append(pt.ptes if i == 0 and j == 512 else memoryview(pt.ptes)[i:j])
-        return np.frombuffer(b"".join(parts), dtype=np.int64) if parts else np.zeros(0, dtype=np.int64)
+        return np.frombuffer(bytearray().join(parts), dtype=np.int64) if parts else np.zeros(0, dtype=np.int64)
 
     def clear(self, k: int) -> None:
         """ptep_get_and_clear_full() of every entry of the first k units' tables."""

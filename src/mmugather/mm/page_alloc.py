@@ -257,7 +257,7 @@ class PageAlloc:
         if len(freed):
             for kd, cnt in enumerate(counts):
                 self.nr_used[kd] -= cnt
-            self.free_list.extend(freed, increasing=fs.increasing)
+            self.free_list.extend(freed, increasing=fs.increasing, runs=fs.runs(freed) if freed is pfns else None)
             if under_lock is not None and zz is not None:
                 under_lock = under_lock[zz]
             self.on_free_array(cpu, freed, k, under_lock, counts[PGTABLE])
@@ -303,13 +303,15 @@ def kind_counts(kinds: np.ndarray) -> list[int]:
 class FrameSpan:
     """A set of distinct frames given as a pfn array, prepared for bulk updates of the frame arrays:
     [lo, hi) covers them; `mask` marks them in that span (None when the span is too sparse: index them);
-    `increasing` when the array is sorted."""
+    `increasing` when the array is sorted, and then `gaps`, where it is not a run of consecutive frames
+    (the indices i with pfns[i + 1] != pfns[i] + 1)."""
 
-    __slots__ = ("lo", "hi", "mask", "increasing")
+    __slots__ = ("lo", "hi", "mask", "increasing", "gaps")
     lo: int
     hi: int
     mask: np.ndarray | None
     increasing: bool
+    gaps: np.ndarray | None
 
     DENSE = 8           # use a mask over the span when it is at most this many times the frames
 
@@ -320,15 +322,18 @@ class FrameSpan:
         n = len(pfns)
         d = pfns[1:] - pfns[:-1]
         gaps = np.flatnonzero(d != 1)                    # where the array is not a run of consecutive frames
-        fs.increasing = bool((d[gaps] > 0).all())
+        d = d[gaps]
+        fs.increasing = bool((d > 0).all())
+        fs.gaps = gaps if fs.increasing else None
         lo = int(pfns.min()) if not fs.increasing else int(pfns[0])
         hi = (int(pfns.max()) if not fs.increasing else int(pfns[-1])) + 1
         fs.lo, fs.hi = lo, hi
         if fs.increasing and hi - lo - n <= n >> 4:      # none or a few holes: mark them, not the frames
             m = np.ones(hi - lo, dtype=bool)
-            first, size = pfns[gaps] + 1 - lo, d[gaps] - 1
-            starts = np.cumsum(size) - size
-            m[np.arange(hi - lo - n) + np.repeat(first - starts, size)] = False
+            if len(gaps):
+                first, size = pfns[gaps] + 1 - lo, d - 1
+                starts = np.cumsum(size) - size
+                m[np.arange(hi - lo - n) + np.repeat(first - starts, size)] = False
             fs.mask = m
         elif hi - lo <= cls.DENSE * n:
             m = np.zeros(hi - lo, dtype=bool)
@@ -346,9 +351,33 @@ class FrameSpan:
 
     def prefix(self, pfns: np.ndarray, n: int) -> FrameSpan | None:
         """The span of pfns[:n] (0 < n), from this one (of pfns) when pfns is sorted, else None."""
-        if not self.increasing:
+        if not self.increasing or self.gaps is None:
             return None
         fs = FrameSpan()
         fs.increasing, fs.lo, fs.hi = True, self.lo, int(pfns[n - 1]) + 1
         fs.mask = self.mask[:fs.hi - fs.lo] if self.mask is not None else None
+        fs.gaps = self.gaps[:int(np.searchsorted(self.gaps, n - 1))]
         return fs
+
+    def runs(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """pfn_runs.runs_of(pfns, increasing=True) from the gaps (None unless pfns is sorted)."""
+        if not self.increasing or self.gaps is None:
+            return None
+        n, gaps = len(pfns), self.gaps
+        first = np.empty(len(gaps) + 1, dtype=np.int64)
+        first[0] = 0
+        first[1:] = gaps
+        first[1:] += 1
+        lens = np.empty_like(first)
+        lens[:-1] = first[1:] - first[:-1]
+        lens[-1] = n - first[-1]
+        return pfns[first], lens, np.zeros(len(first), dtype=np.int64)
+
+    def count_kind(self, kind: np.ndarray, kd: int) -> int | None:
+        """How many of the frames are of kind kd (`kind`: the frame kinds, PageAlloc.views()[2]); None
+        without a mask."""
+        if self.mask is None:
+            return None
+        same = kind[self.lo:self.hi] == kd
+        same &= self.mask
+        return int(np.count_nonzero(same))

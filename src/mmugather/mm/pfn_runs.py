@@ -114,9 +114,9 @@ class PfnRuns:
         self.n = 0
 
     # ------------------------------------------------------------ bulk forms
-    def extend(self, pfns, increasing: bool = False) -> None:
+    def extend(self, pfns, increasing: bool = False, runs: tuple | None = None) -> None:
         """Append every pfn of a numpy array (or sequence), in order (`increasing`: the caller knows they
-        are sorted)."""
+        are sorted; `runs`: their runs_of(), when the caller has them)."""
         pfns = np.asarray(pfns)
         n = len(pfns)
         if n < _SMALL:
@@ -126,7 +126,7 @@ class PfnRuns:
         if increasing and pfns[-1] - pfns[0] == n - 1:     # one run
             self.extend_runs(pfns[:1].astype(np.int64), np.array([n], dtype=np.int64), np.zeros(1, dtype=np.int64))
             return
-        self.extend_runs(*runs_of(pfns, increasing))
+        self.extend_runs(*(runs if runs is not None else runs_of(pfns, increasing)))
 
     def extend_runs(self, starts, lens, descs) -> None:
         """Append runs (numpy arrays: first pfn, length >= 1, descending flag), in order."""
