@@ -4,6 +4,7 @@ of a run of tables, and the engine's cut rule. Each says which steps it reproduc
 says why running them at once is exact."""
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -304,21 +305,25 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
     if room < 2:
         return None
     entries = pmd.entries
-    get, j0 = entries.get, addr >> PMD_SHIFT
-    got = list(islice(((j, pt) for j in range(j0, ((end - 1) >> PMD_SHIFT) + 1)
-                       if (pt := get(j & 511)) is not None), room))
-    if len(got) < 2:
+    j0, j1 = addr >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1
+    slots = [j & 511 for j in range(j0, j1)]
+    tables = list(map(entries.get, slots))              # the PMD entries of [addr, end), None where none
+    if None in tables:
+        js = list(islice((j for j, pt in zip(range(j0, j1), tables) if pt is not None), room))
+        tables = [entries[j & 511] for j in js]
+    else:
+        js = list(range(j0, j0 + min(room, len(tables))))
+        del tables[room:]
+    if len(js) < 2:
         return None
-    tables = [pt for _, pt in got]
-    addrs = [j << PMD_SHIFT for j, _ in got]
-    if got[0][0] == j0:
+    addrs = [j << PMD_SHIFT for j in js]
+    if js[0] == j0:
         addrs[0] = addr
-    if len(got) == room:                                # up to the last table; else on to end
-        end = min((got[-1][0] + 1) << PMD_SHIFT, end)
+    if len(js) == room:                                 # up to the last table; else on to end
+        end = min((js[-1] + 1) << PMD_SHIFT, end)
     mm = tlb.mm
-    for at in addrs:                                    # pmd_clear()
-        del entries[(at >> PMD_SHIFT) & 511]
-        del mm.pte_tables[at >> PMD_SHIFT]
+    deque(map(entries.__delitem__, [j & 511 for j in js]), 0)       # pmd_clear() of each
+    deque(map(mm.pte_tables.__delitem__, js), 0)
     mm.nr_ptes -= len(tables)
     add_quiet(tables[:-1], addrs[:-1])                  # pte_free_tlb() of all but the last
     return FreedTables(cost * len(tables), tables[-1], addrs[-1], end)

@@ -43,8 +43,8 @@ class TablesGather(Protocol):
         ns of the later ones, ns of the frees), or None."""
         ...
 
-    def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, increasing: bool) -> None:
-        """Batch pfns, in order, as tables_fills() planned."""
+    def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None) -> None:
+        """Batch pfns (`fs`: their FrameSpan, if known), in order, as tables_fills() planned."""
         ...
 
     def tables_flushes(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None, limit: int,
@@ -201,7 +201,7 @@ class _Pass:
         if nfl:
             g.tables_flushes(kernel, c, tlb, pfns, fs, self.limit, nfl)
         else:
-            g.tables_add(kernel, c, tlb, pfns, fs is not None and fs.increasing)
+            g.tables_add(kernel, c, tlb, pfns, fs)
         # the pages since the last flush reset the range
         after = int(fl[nfl - 1]) + 1 if nfl and fl is not None else 0
         if npages > after and g.tracks_range:           # tlb_remove_tlb_entry() of each cleared PTE

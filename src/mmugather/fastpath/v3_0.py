@@ -93,14 +93,15 @@ class Bulk30(BulkBackend):
     def tables_cycle(self, kernel: Any, c: Any, tlb: Any, limit: int) -> None:
         return None                                     # (a full 3.0 gather ends the pass)
 
-    def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, increasing: bool) -> None:
-        """__tlb_remove_page() of each of `pfns` (int64, `increasing` when sorted), in order, as
+    def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None) -> None:
+        """__tlb_remove_page() of each of `pfns` (int64, `fs` their FrameSpan if known), in order, as
         tables_fills() planned them: batches kept from an earlier flush are filled in turn, new ones
         allocated at once (alloc_many; their cost is the caller's to spend, as the fills said)."""
         a, b = 0, len(pfns)
         if a == b:
             return
-        cursor = RunCursor(*runs_of(pfns, increasing))
+        runs = fs.runs(pfns) if fs is not None else None
+        cursor = RunCursor(*(runs if runs is not None else runs_of(pfns)))
         tlb.need_flush = True
         while True:
             batch = tlb.active
