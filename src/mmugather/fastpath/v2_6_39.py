@@ -140,12 +140,18 @@ class _Pass2639:
         c, tlb = self.c, self.tlb
         st = _Unit(c.clock, self.zap_work[0], len(tlb.pages), tlb.need_flush, c.preempt_off_since, c.point)
         k = ent = 0
+        whole, horizon = self.whole, c.horizon
         for u in range(nu):
-            mark = st.save()
-            last = self._unit(u, st)
-            if last is None or st.t - last >= c.horizon:
-                st.restore(mark)
-                break
+            n = whole[u]
+            if n and st.w >= PAGE_SIZE * n:             # the common unit, without a mark to come back to
+                if not self._whole_table(st, n, horizon):
+                    break
+            else:
+                mark = st.save()
+                last = self._unit(u, st)
+                if last is None or st.t - last >= horizon:
+                    st.restore(mark)
+                    break
             ent = self.firsts[u] + self.lens[u]
             k = u + 1
             if st.t >= c.horizon:
@@ -160,15 +166,19 @@ class _Pass2639:
         self.is_t = is_t = [t is not None for t in run.tables]
         self.lens = lens = [j - i if t else 0 for t, i, j in zip(run.tables, run.lo, run.hi)]
         self.flat = run.entries(nu)
-        self.pres = pres = self.flat != 0
+        self.pres: np.ndarray | None = None                      # which entries are present (None: all)
         self.firsts = firsts = [0] * nu                          # where each unit's entries begin in flat
         for u in range(1, nu):
             firsts[u] = firsts[u - 1] + lens[u - 1]
-        self.cnt = cnt = [0] * nu
-        if len(self.flat):
+        if np.count_nonzero(self.flat) == len(self.flat):
+            self.cnt = cnt = lens
+        elif len(self.flat):
+            self.pres = pres = self.flat != 0
+            self.cnt = cnt = [0] * nu
             tl = [u for u in range(nu) if is_t[u]]
             for u, n in zip(tl, np.add.reduceat(pres, [firsts[u] for u in tl], dtype=np.int64).tolist()):
                 cnt[u] = n
+        self.whole = [n if n == ln else 0 for n, ln in zip(cnt, lens)]   # tables with every entry present
 
     def _unit(self, u: int, us: _Unit) -> int | None:
         """Run unit u (a table's lock sections, or a pmd_none step) on state us; the cost of its last
@@ -190,6 +200,33 @@ class _Pass2639:
             x = y
             if x == n_u:
                 return self.costs.unlock
+
+    def _whole_table(self, us: _Unit, n: int, horizon: int) -> bool:
+        """_unit() of a table whose n entries are all present, zap_work lasting through them: one lock
+        section. False (us unchanged) when it cannot run here: a flush the pass cannot emulate, or its
+        last step (spin_unlock) starting at or after the horizon."""
+        costs, nr = self.costs, self.kernel.FREE_PTE_NR
+        g = us.g + n
+        nfl = g // nr
+        if nfl and self.plan is None:
+            return False
+        hold = costs.pte_zap * n + nfl * self.flush_ns
+        t = us.t + costs.lock + hold
+        if t >= horizon:
+            return False
+        us.t = t + costs.unlock
+        us.w -= PAGE_SIZE * n
+        us.holds.append(hold)
+        if nfl:
+            us.flushes += [nr] * nfl
+            us.under += [True] * nfl
+            g -= nr * nfl
+            us.need = g > 0
+        else:
+            us.need = True
+        us.g = g
+        us.point = P_PLAIN
+        return True
 
     def _restart(self, us: _Unit) -> bool:
         """unmap_vmas() between two blocks: tlb_finish_mmu() (the flush if needed, preempt_enable()), then
@@ -257,7 +294,11 @@ class _Pass2639:
     def _commit(self, k: int, ent: int, st: _Unit) -> PmdRun:
         """Apply the first k units: clear, rmap, batch and flush, account."""
         kernel, c, tlb = self.kernel, self.c, self.tlb
-        pfns = self.flat[:ent][self.pres[:ent]] >> PAGE_SHIFT
+        if self.pres is None:
+            pfns = self.flat[:ent]
+            pfns >>= PAGE_SHIFT
+        else:
+            pfns = self.flat[:ent][self.pres[:ent]] >> PAGE_SHIFT
         del self.flat, self.pres
         self.run.clear(k)
         anon = rmap_remove(kernel.alloc, pfns) if len(pfns) else 0
