@@ -17,6 +17,7 @@ nor with reclaim_pt (fastpath/v6_18.py declines it).
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +27,9 @@ from mmugather.kernel.sched import INF, P_COND_RESCHED, P_PLAIN
 from mmugather.mm.page_alloc import ANON, FrameSpan
 from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT
 from mmugather.mm.protocols import PmdRun
+
+
+_LOW_BYTE = 0 if sys.byteorder == "little" else 7     # where a PTE's low byte is in its 8
 
 
 class TablesGather(Protocol):
@@ -167,11 +171,12 @@ class _Pass:
         """The first present entry that maps a dirty file page, or None. Makes the pages and their
         FrameSpan (commit() uses them): when every page is anonymous, no PTE bit needs a look."""
         ent, kind = self.ent, self.kernel.alloc.views()[2]
-        self.pfns = pfns = ent >> PAGE_SHIFT
+        dirty = (ent.view(np.uint8)[_LOW_BYTE::8] & _PAGE_DIRTY) != 0     # (the flag is in the low byte)
+        ent >>= PAGE_SHIFT                              # (the entries are a copy: their pages in place)
+        self.pfns = pfns = ent
         self.fs = fs = FrameSpan.of(pfns)
         if fs is not None and fs.count_kind(kind, ANON) == len(pfns):
             return None
-        dirty = (ent & _PAGE_DIRTY) != 0
         if dirty.any():
             stop = dirty & (kind[pfns] != ANON)
             if stop.any():

@@ -76,13 +76,15 @@ class Bulk2639(BulkBackend):
         the rest, account the flushes."""
         m = kernel.metrics
         if flushes:
-            seq = np.concatenate((np.array(tlb.pages, dtype=np.int64), pfns)) if tlb.pages else pfns
             nfree = sum(flushes)
             m.tlb_flushes += len(flushes)
             m.flushes_under_pte_lock += sum(under)
             m.pages_per_flush.frombytes(np.array(flushes, dtype=np.int64).tobytes())
-            kernel.alloc.release_array(c, seq[:nfree], np.repeat(np.array(under, dtype=bool), flushes))
-            tlb.pages = seq[nfree:].tolist()
+            flags = np.repeat(np.array(under, dtype=bool), flushes)
+            held = np.array(tlb.pages[:nfree], dtype=np.int64)      # the pages batched before, then pfns
+            kernel.alloc.release_array(c, held, flags[:len(held)])
+            kernel.alloc.release_array(c, pfns[:nfree - len(held)], flags[len(held):])
+            tlb.pages = tlb.pages[nfree:] + pfns[nfree - len(held):].tolist()
         else:
             tlb.pages.extend(pfns.tolist())
         tlb.need_flush = need_flush

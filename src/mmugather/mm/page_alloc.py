@@ -47,6 +47,7 @@ class PageAlloc:
         self.nowait_attempts = 0
         self.nowait_failures = 0
         self.zero_pfn = -1            # the shared zero page, allocated on first use (get_zero_pfn)
+        self.top = 0                  # frames handed out so far: the next fresh pfn (see reserve())
 
     def alloc_page(self, kind: int, gfp: str = GFP_KERNEL) -> int:
         """__alloc_pages(): return a pfn with refcount 1, or -1 when a GFP_NOWAIT allocation fails."""
@@ -61,10 +62,15 @@ class PageAlloc:
             self.mapcount[pfn] = 0
             self.kind[pfn] = kind
         else:
-            pfn = len(self.refcount)
-            self.refcount.append(1)
-            self.mapcount.append(0)
-            self.kind.append(kind)
+            pfn = self.top
+            self.top += 1
+            if pfn < len(self.refcount):             # a reserved frame
+                self.refcount[pfn] = 1
+                self.kind[pfn] = kind
+            else:
+                self.refcount.append(1)
+                self.mapcount.append(0)
+                self.kind.append(kind)
         self.nr_used[kind] += 1
         return pfn
 
@@ -89,12 +95,42 @@ class PageAlloc:
             self.kind[pfn] = kind
             pfns.append(pfn)
         rest = n - take
-        first = len(self.refcount)
-        self.refcount.extend(array("h", [1]) * rest)
-        self.mapcount.extend(array("h", bytes(2 * rest)))
-        self.kind.extend(array("b", [kind]) * rest)
+        first = self.top
+        self._fresh(kind, rest)
         self.nr_used[kind] += n
         return pfns + list(range(first, first + rest)) if pfns else range(first, first + rest)
+
+    def _fresh(self, kind: int, n: int) -> None:
+        """Hand out the next n fresh frames (refcount 1, mapcount 0, `kind`): reserved ones first."""
+        refcount, mapcount, kinds = self.refcount, self.mapcount, self.kind
+        first = self.top
+        self.top += n
+        room = min(n, len(refcount) - first)
+        if room > 0:
+            refcount[first:first + room] = array("h", [1]) * room
+            kinds[first:first + room] = array("b", [kind]) * room
+            n -= room
+        if n:
+            refcount.extend(array("h", [1]) * n)
+            mapcount.extend(array("h", bytes(2 * n)))
+            kinds.extend(array("b", [kind]) * n)
+
+    def reserve(self, n: int) -> None:
+        """Set-up (populating a range): room for n more fresh frames, made at once: one growth of each
+        frame array, not one per allocation, which would leave a trail of freed array copies in the host's
+        heap (host memory; the frames, their numbers and their order are the same). The room is used by
+        the next fresh allocations; unreserve() drops what is left of it."""
+        self.unreserve()
+        if n <= 0:
+            return
+        self.refcount.frombytes(bytes(2 * n))
+        self.mapcount.frombytes(bytes(2 * n))
+        self.kind.frombytes(bytes(n))                # (kind FREE)
+
+    def unreserve(self) -> None:
+        """Drop the reserved frames not handed out: the frame arrays end at the last frame handed out."""
+        for arr in (self.refcount, self.mapcount, self.kind):
+            del arr[self.top:]
 
     def alloc_many(self, kind: int, n: int, gfp: str) -> list[int]:
         """alloc_page(kind, gfp) n times, for allocations that cannot fail (GFP_KERNEL, or GFP_NOWAIT with
@@ -112,10 +148,8 @@ class PageAlloc:
             kinds[pfn] = kind
         rest = n - take
         if rest:
-            first = len(refcount)
-            refcount.extend(array("h", [1]) * rest)
-            mapcount.extend(array("h", bytes(2 * rest)))
-            kinds.extend(array("b", [kind]) * rest)
+            first = self.top
+            self._fresh(kind, rest)
             pfns += range(first, first + rest)
         self.nr_used[kind] += n
         return pfns
@@ -300,6 +334,20 @@ def kind_counts(kinds: np.ndarray) -> list[int]:
     return counts
 
 
+def _gaps(pfns: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """The indices i with pfns[i + 1] != pfns[i] + 1, found `chunk` at a time (bounded temporaries)."""
+    n = len(pfns)
+    if n <= chunk + 1:
+        return np.flatnonzero(pfns[1:] - pfns[:-1] != 1)
+    parts = []
+    for a in range(0, n - 1, chunk):
+        b = min(n - 1, a + chunk)
+        g = np.flatnonzero(pfns[a + 1:b + 1] - pfns[a:b] != 1)
+        g += a
+        parts.append(g)
+    return np.concatenate(parts)
+
+
 class FrameSpan:
     """A set of distinct frames given as a pfn array, prepared for bulk updates of the frame arrays:
     [lo, hi) covers them; `mask` marks them in that span (None when the span is too sparse: index them);
@@ -320,9 +368,8 @@ class FrameSpan:
         """The span of pfns, or None when some frame occurs twice."""
         fs = cls()
         n = len(pfns)
-        d = pfns[1:] - pfns[:-1]
-        gaps = np.flatnonzero(d != 1)                    # where the array is not a run of consecutive frames
-        d = d[gaps]
+        gaps = _gaps(pfns)                               # where the array is not a run of consecutive frames
+        d = pfns[gaps + 1] - pfns[gaps]
         fs.increasing = bool((d > 0).all())
         fs.gaps = gaps if fs.increasing else None
         lo = int(pfns.min()) if not fs.increasing else int(pfns[0])
