@@ -387,6 +387,10 @@ def release_flat(kernel, c, pfns: np.ndarray, sizes: np.ndarray) -> int:
 
 
 # ---------------------------------------------------------------- runs of PTE tables (the emulators)
+PASS_TABLES = 256       # at most this many PTE tables per pass: bounds its host memory (its copy of their
+                        # entries and the per-entry temporaries), not what it does (the next pass goes on)
+
+
 class TableRun:
     """The PMD entries of [addr, end) under one PMD table, from addr up to the first whose PTE lock is
     taken or awaited, as units for an emulator: `tables[k]` is the PteTable (None: no table, a pmd_none

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mmugather.fastpath.core import TableRun, first_crossing, rmap_remove
+from mmugather.fastpath.core import PASS_TABLES, TableRun, first_crossing, rmap_remove
 from mmugather.kernel.sched import INF, P_COND_RESCHED, P_PLAIN
 from mmugather.mm.page_alloc import ANON, FrameSpan
 from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT
@@ -85,7 +85,7 @@ class _Pass:
         self.kernel, self.c, self.plan, self.cycle, self.cond_after_none = kernel, c, plan, cycle, cond_after_none
         # read no more tables than the gather can take pages of (as if they were full; a run of sparser
         # ones takes more calls)
-        self.run = TableRun(pmd, addr, end, 512 if cycle else min(512, plan[2] // 512 + 2))
+        self.run = TableRun(pmd, addr, end, PASS_TABLES if cycle else min(PASS_TABLES, plan[2] // 512 + 2))
 
     def read(self) -> bool:
         """The present entries of the run's tables, per unit; False when the pass cannot start."""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mmugather.fastpath.backend import BulkBackend
-from mmugather.fastpath.core import TableRun, may_bulk, rmap_remove
+from mmugather.fastpath.core import PASS_TABLES, TableRun, may_bulk, rmap_remove
 from mmugather.kernel.sched import P_ENABLE, P_PLAIN, TLBSTATE_OK
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE
 from mmugather.mm.protocols import PmdRun
@@ -134,7 +134,7 @@ class _Pass2639:
 
     def go(self, pmd: Any, addr: int, end: int) -> PmdRun | None:
         """The PmdRun (zap_work[0] updated), or None."""
-        self.run = run = TableRun(pmd, addr, end, 512)
+        self.run = run = TableRun(pmd, addr, end, PASS_TABLES)
         nu = len(run.tables)
         if nu < 2:
             return None

@@ -26,6 +26,9 @@ GFP_NOWAIT = "GFP_NOWAIT"   # atomic; fails with probability fail_nowait
 MAX_COUNT = 32767           # refcount and mapcount are int16
 
 
+_ZEROS = memoryview(bytes(1 << 16))
+
+
 class PageAlloc:
     """The buddy allocator's observable contract: hand out free frames, take them back, count them."""
 
@@ -121,11 +124,10 @@ class PageAlloc:
         heap (host memory; the frames, their numbers and their order are the same). The room is used by
         the next fresh allocations; unreserve() drops what is left of it."""
         self.unreserve()
-        if n <= 0:
-            return
-        self.refcount.frombytes(bytes(2 * n))
-        self.mapcount.frombytes(bytes(2 * n))
-        self.kind.frombytes(bytes(n))                # (kind FREE)
+        for arr in (self.refcount, self.mapcount, self.kind):    # zeros (kind FREE), a chunk at a time
+            size = arr.itemsize * n
+            for a in range(0, size, len(_ZEROS)):
+                arr.frombytes(_ZEROS[:min(len(_ZEROS), size - a)])
 
     def unreserve(self) -> None:
         """Drop the reserved frames not handed out: the frame arrays end at the last frame handed out."""
