@@ -366,11 +366,13 @@ class FrameSpan:
     DENSE = 8           # use a mask over the span when it is at most this many times the frames
 
     @classmethod
-    def of(cls, pfns: np.ndarray) -> FrameSpan | None:
-        """The span of pfns, or None when some frame occurs twice."""
+    def of(cls, pfns: np.ndarray, gaps: np.ndarray | None = None) -> FrameSpan | None:
+        """The span of pfns, or None when some frame occurs twice. `gaps`: the indices i with
+        pfns[i + 1] != pfns[i] + 1, when the caller knows them (pfn_runs.run_gaps())."""
         fs = cls()
         n = len(pfns)
-        gaps = _gaps(pfns)                               # where the array is not a run of consecutive frames
+        if gaps is None:
+            gaps = _gaps(pfns)                           # where the array is not a run of consecutive frames
         d = pfns[gaps + 1] - pfns[gaps]
         fs.increasing = bool((d > 0).all())
         fs.gaps = gaps if fs.increasing else None

@@ -287,9 +287,21 @@ class RunCursor:
         return [(big[bounds[j]:bounds[j + 1]], min(size, b - a - j * size)) for j in range(nchunks)]
 
 
-def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 17):
-    """The pfns of runs, in order, as numpy arrays of at most about `piece` pfns (bounded host memory)."""
+def run_gaps(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndarray | None:
+    """Where the pfns of runs do not go up by one (the indices i with pfns[i + 1] != pfns[i] + 1), from
+    the runs alone; None when some run goes down."""
+    if (descs[lens > 1] != 0).any():
+        return None
+    ends = np.cumsum(lens)
+    return ends[:-1][starts[1:] != starts[:-1] + lens[:-1]] - 1
+
+
+def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 17,
+               with_gaps: bool = False):
+    """The pfns of runs, in order, as numpy arrays of at most about `piece` pfns (bounded host memory);
+    `with_gaps`: each with its run_gaps(), as (pfns, gaps)."""
     cur = RunCursor(starts, lens, descs)
     total = int(cur.ends[-1]) if len(lens) else 0
     for a in range(0, total, piece):
-        yield expand_runs(*cur.take(a, min(total, a + piece)))
+        runs = cur.take(a, min(total, a + piece))
+        yield (expand_runs(*runs), run_gaps(*runs)) if with_gaps else expand_runs(*runs)
