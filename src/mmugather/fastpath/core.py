@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain, islice
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -329,6 +330,9 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
     return FreedTables(cost * len(tables), tables[-1], addrs[-1], end)
 
 
+_ENCODING = attrgetter("a")     # a PfnRuns's encoding
+
+
 def release_units(kernel, c, units: list) -> int:
     """Release the pages of `units` (each a list, PfnRuns or numpy array of pfns), in order, as their
     free_pages_and_swap_cache() calls would, in one pass; stop before the first unit holding a frame some
@@ -338,13 +342,16 @@ def release_units(kernel, c, units: list) -> int:
         starts, rlens, descs = runs_of(np.fromiter(chain.from_iterable(units), dtype=np.int64,
                                                    count=sum(len(u) for u in units)))
     else:
-        enc = []
-        for pages in units:
-            if not isinstance(pages, PfnRuns):
-                runs = PfnRuns()
-                runs.extend(np.asarray(pages, dtype=np.int64))
-                pages = runs
-            enc.append(pages.a)
+        if all(type(u) is PfnRuns for u in units):
+            enc = list(map(_ENCODING, units))
+        else:
+            enc = []
+            for pages in units:
+                if not isinstance(pages, PfnRuns):
+                    runs = PfnRuns()
+                    runs.extend(np.asarray(pages, dtype=np.int64))
+                    pages = runs
+                enc.append(pages.a)
         joined = PfnRuns()
         joined.a.frombytes(b"".join(enc))
         starts, rlens, descs = joined.runs()

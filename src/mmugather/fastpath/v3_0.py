@@ -5,6 +5,7 @@ free_pmd_range()'s runs and tlb_flush_mmu()'s loop over batches. Batch pages are
 from __future__ import annotations
 
 from array import array
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,9 @@ from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT, FrameSpan
 from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs, runs_of
 from mmugather.mm.protocols import FreedBatches, PmdRun
 from mmugather.policies.linux_3_0 import Linux30
+
+
+_PAGES = attrgetter("pages")     # a batch's pages
 
 
 class Bulk30(BulkBackend):
@@ -158,15 +162,16 @@ class Bulk30(BulkBackend):
         while b is not None:
             chain.append(b)
             b = b.next
-        lens = np.fromiter((len(b.pages) for b in chain), dtype=np.int64, count=len(chain))
+        pages = list(map(_PAGES, chain))
+        lens = np.fromiter(map(len, pages), dtype=np.int64, count=len(chain))
         cost = kernel.costs.page_free
         last = np.where(lens > 0, cost * ((lens - 1) % kernel.PAGEVEC_SIZE + 1), 0)
         k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens), last, c.horizon)
         if int(lens[:k].sum()):
-            k = release_units(kernel, c, [b.pages for b in chain[:k]])
+            k = release_units(kernel, c, pages[:k])
         if not k:
             return None
         total = int(lens[:k].sum())
-        for b in chain[:k]:
-            b.pages = [] if type(b.pages) is list else PfnRuns()
+        for b, p in zip(chain[:k], pages):
+            b.pages = [] if type(p) is list else PfnRuns()
         return FreedBatches(total, chain[k] if k < len(chain) else None, cost * total if total else None)
