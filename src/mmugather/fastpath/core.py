@@ -230,9 +230,10 @@ def _clear(ptes, sel: list[int], pfns: list[int], mapcount, kind) -> int:
     return anon
 
 
-def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:
+def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None, all_anon: bool = False) -> int:
     """page_remove_rmap() of each page, in order: mapcount - 1 (print_bad_pte when it goes below 0).
-    Returns how many of the pages are anonymous. `fs`: FrameSpan.of(pfns), when the caller has it."""
+    Returns how many of the pages are anonymous. `fs`: FrameSpan.of(pfns), when the caller has it;
+    `all_anon`: the caller knows every page is anonymous."""
     if fs is None:
         fs = FrameSpan.of(pfns)
     _, mapcount, kind = alloc.views()
@@ -245,7 +246,7 @@ def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:
         mc = mapcount[lo:hi]
         mc -= m
         bad = (mc < 0)[pfns - lo] if mc.min() < 0 else np.zeros(1, dtype=bool)
-        anon = fs.count_kind(kind, ANON)
+        anon = len(pfns) if all_anon else fs.count_kind(kind, ANON)
     else:
         mapcount[pfns] -= 1
         bad = mapcount[pfns] < 0

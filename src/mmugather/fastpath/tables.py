@@ -17,7 +17,6 @@ nor with reclaim_pt (fastpath/v6_18.py declines it).
 """
 from __future__ import annotations
 
-import sys
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,9 +26,6 @@ from mmugather.kernel.sched import INF, P_COND_RESCHED, P_PLAIN
 from mmugather.mm.page_alloc import ANON, FrameSpan
 from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT
 from mmugather.mm.protocols import PmdRun
-
-
-_LOW_BYTE = 0 if sys.byteorder == "little" else 7     # where a PTE's low byte is in its 8
 
 
 class TablesGather(Protocol):
@@ -123,6 +119,7 @@ class _Pass:
         self.ent = ent                                  # the present entries
         self.pfns: np.ndarray | None = None             # their pages and FrameSpan, when price() made them
         self.fs: FrameSpan | None = None
+        self.all_anon = False                           # price() found every page anonymous
         return True
 
     def at(self, x: int) -> int:
@@ -171,12 +168,14 @@ class _Pass:
         """The first present entry that maps a dirty file page, or None. Makes the pages and their
         FrameSpan (commit() uses them): when every page is anonymous, no PTE bit needs a look."""
         ent, kind = self.ent, self.kernel.alloc.views()[2]
-        dirty = (ent.view(np.uint8)[_LOW_BYTE::8] & _PAGE_DIRTY) != 0     # (the flag is in the low byte)
         ent >>= PAGE_SHIFT                              # (the entries are a copy: their pages in place)
         self.pfns = pfns = ent
         self.fs = fs = FrameSpan.of(pfns)
         if fs is not None and fs.count_kind(kind, ANON) == len(pfns):
+            self.all_anon = True
             return None
+        flat = self.run.entries(self.nu)                # the PTEs again (not cleared before commit())
+        dirty = ((flat if self.pres is None else flat[self.pres]) & _PAGE_DIRTY) != 0
         if dirty.any():
             stop = dirty & (kind[pfns] != ANON)
             if stop.any():
@@ -200,7 +199,7 @@ class _Pass:
             fs = self.fs if npages == len(self.pfns) or self.fs is None else self.fs.prefix(self.pfns, npages)
             if fs is None and npages:
                 fs = FrameSpan.of(pfns)
-        anon = rmap_remove(kernel.alloc, pfns, fs) if npages else 0
+        anon = rmap_remove(kernel.alloc, pfns, fs, self.all_anon) if npages else 0
         fl = self.fl
         nfl = int(np.count_nonzero(self.uf < k)) if fl is not None else 0
         if nfl:
