@@ -4,10 +4,11 @@ of a run of tables, and the engine's cut rule. Each says which steps it reproduc
 says why running them at once is exact."""
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain, islice, repeat
 from operator import attrgetter
 from typing import Any
 
@@ -332,6 +333,8 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
 
 
 _ENCODING = attrgetter("a")     # a PfnRuns's encoding
+_PTES, _PTL, _OWNER, _WAITERS = (attrgetter(a) for a in ("ptes", "ptl", "owner", "waiters"))
+_ALL = slice(None)
 
 
 def release_units(kernel, c, units: list) -> int:
@@ -410,13 +413,14 @@ class TableRun:
     def __init__(self, pmd, addr: int, end: int, limit: int) -> None:
         n = min(((end - 1) >> 21) - (addr >> 21) + 1, limit) if addr < end else 0   # end <= the PUD's end
         i0 = (addr >> 21) & 511
-        get = pmd.entries.get
-        tables = [get(i) for i in range(i0, i0 + n)]
-        for k, pt in enumerate(tables):
-            if pt is not None and (pt.ptl.owner is not None or pt.ptl.waiters):
-                n = k
-                del tables[k:]
-                break
+        tables = list(map(pmd.entries.get, range(i0, i0 + n)))
+        locks = list(map(_PTL, filter(None, tables)))
+        if any(map(_WAITERS, locks)) or set(map(_OWNER, locks)) - {None}:
+            for k, pt in enumerate(tables):
+                if pt is not None and (pt.ptl.owner is not None or pt.ptl.waiters):
+                    n = k
+                    del tables[k:]
+                    break
         addrs = list(range(((addr >> 21) + 1) << 21, ((addr >> 21) + n + 1) << 21, 1 << 21))  # pmd_addr_end()
         lo, hi = [0] * n, [512] * n
         if n:
@@ -426,19 +430,37 @@ class TableRun:
             lo[0] = (addr >> PAGE_SHIFT) & 511
         self.tables, self.lo, self.hi, self.addrs = tables, lo, hi, addrs
 
+    def _ends(self, k: int) -> list[int]:
+        """Which of the first k units may cover part of their table only (the first and the last)."""
+        return [0, k - 1] if k > 1 else [0] if k else []
+
     def entries(self, k: int) -> np.ndarray:
         """The PTEs of the first k units' tables, concatenated (a writable copy)."""
-        parts = []
-        for pt, i, j in zip(self.tables[:k], self.lo[:k], self.hi[:k]):
-            if pt is not None:
-                parts.append(pt.ptes if i == 0 and j == 512 else memoryview(pt.ptes)[i:j])
+        tables = self.tables[:k]
+        if None in tables:
+            parts = [pt.ptes if i == 0 and j == 512 else memoryview(pt.ptes)[i:j]
+                     for pt, i, j in zip(tables, self.lo, self.hi) if pt is not None]
+        else:
+            parts = list(map(_PTES, tables))
+            for u in self._ends(k):
+                if self.lo[u] or self.hi[u] != 512:
+                    parts[u] = memoryview(parts[u])[self.lo[u]:self.hi[u]]
         return np.frombuffer(bytearray().join(parts), dtype=np.int64) if parts else np.zeros(0, dtype=np.int64)
 
     def clear(self, k: int) -> None:
         """ptep_get_and_clear_full() of every entry of the first k units' tables."""
-        for pt, i, j in zip(self.tables[:k], self.lo[:k], self.hi[:k]):
-            if pt is not None:
-                pt.ptes[i:j] = _EMPTY_TABLE if j - i == 512 else _EMPTY_TABLE[i:j]
+        tables = self.tables[:k]
+        if None in tables:
+            for pt, i, j in zip(tables, self.lo, self.hi):
+                if pt is not None:
+                    pt.ptes[i:j] = _EMPTY_TABLE if j - i == 512 else _EMPTY_TABLE[i:j]
+            return
+        ends = self._ends(k)
+        for u in ends:
+            i, j = self.lo[u], self.hi[u]
+            tables[u].ptes[i:j] = _EMPTY_TABLE[i:j]
+        whole = tables[1:-1] if k > 1 else []
+        deque(map(array.__setitem__, map(_PTES, whole), repeat(_ALL), repeat(_EMPTY_TABLE)), 0)
 
 
 def first_crossing(start: int, ends: np.ndarray, lasts: np.ndarray, horizon) -> int:
