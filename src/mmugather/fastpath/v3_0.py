@@ -173,5 +173,8 @@ class Bulk30(BulkBackend):
             return None
         total = int(lens[:k].sum())
         for b, p in zip(chain[:k], pages):
-            b.pages = [] if type(p) is list else PfnRuns()
+            if type(p) is list:
+                b.pages = []
+            else:
+                p.clear()
         return FreedBatches(total, chain[k] if k < len(chain) else None, cost * total if total else None)

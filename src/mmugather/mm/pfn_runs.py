@@ -284,7 +284,9 @@ class RunCursor:
         nchunks = -(-(b - a) // size)
         bounds = np.searchsorted(owner, np.arange(nchunks + 1)).tolist()
         big = array("i", out.tobytes())
-        return [(big[bounds[j]:bounds[j + 1]], min(size, b - a - j * size)) for j in range(nchunks)]
+        counts = [size] * nchunks
+        counts[-1] = b - a - (nchunks - 1) * size
+        return list(zip(map(big.__getitem__, map(slice, bounds[:-1], bounds[1:])), counts))
 
 
 def run_gaps(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndarray | None:
