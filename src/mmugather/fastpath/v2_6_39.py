@@ -11,6 +11,7 @@ import numpy as np
 from mmugather.fastpath.backend import BulkBackend
 from mmugather.fastpath.core import PASS_TABLES, TableRun, may_bulk, rmap_remove
 from mmugather.kernel.sched import P_ENABLE, P_PLAIN, TLBSTATE_OK
+from mmugather.mm.page_alloc import FrameSpan
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE
 from mmugather.mm.protocols import PmdRun
 from mmugather.policies.linux_2_6_39 import Linux2639
@@ -70,10 +71,10 @@ class Bulk2639(BulkBackend):
 
     @staticmethod
     def commit(kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, flushes: list[int], under: list[bool],
-               need_flush: bool) -> None:
-        """The pages a pass batched (`pfns`, after those already in the gather) and the flushes it emulated,
-        `flushes[k]` pages each (under the PTE lock when `under[k]`): free the flushed pages in order, keep
-        the rest, account the flushes."""
+               need_flush: bool, fs: FrameSpan | None = None) -> None:
+        """The pages a pass batched (`pfns`, after those already in the gather; `fs` their FrameSpan if
+        known) and the flushes it emulated, `flushes[k]` pages each (under the PTE lock when `under[k]`):
+        free the flushed pages in order, keep the rest, account the flushes."""
         m = kernel.metrics
         if flushes:
             nfree = sum(flushes)
@@ -83,7 +84,9 @@ class Bulk2639(BulkBackend):
             flags = np.repeat(np.array(under, dtype=bool), flushes)
             held = np.array(tlb.pages[:nfree], dtype=np.int64)      # the pages batched before, then pfns
             kernel.alloc.release_array(c, held, flags[:len(held)])
-            kernel.alloc.release_array(c, pfns[:nfree - len(held)], flags[len(held):])
+            n = nfree - len(held)
+            kernel.alloc.release_array(c, pfns[:n], flags[len(held):],
+                                       fs.prefix(pfns, n) if fs is not None and n else None)
             tlb.pages = tlb.pages[nfree:] + pfns[nfree - len(held):].tolist()
         else:
             tlb.pages.extend(pfns.tolist())
@@ -303,10 +306,11 @@ class _Pass2639:
             pfns = self.flat[:ent][self.pres[:ent]] >> PAGE_SHIFT
         del self.flat, self.pres
         self.run.clear(k)
-        anon = rmap_remove(kernel.alloc, pfns) if len(pfns) else 0
+        fs = FrameSpan.of(pfns) if len(pfns) else None
+        anon = rmap_remove(kernel.alloc, pfns, fs) if len(pfns) else 0
         if st.flushes and self.plan is not None and self.plan[1] is not None:
             self.plan[1]()
-        self.backend.commit(kernel, c, tlb, pfns, st.flushes, st.under, st.need)
+        self.backend.commit(kernel, c, tlb, pfns, st.flushes, st.under, st.need, fs)
         m = kernel.metrics
         m.pte_lock_hold.frombytes(np.array(st.holds, dtype=np.int64).tobytes())
         m.preempt_off.frombytes(np.array(st.offs, dtype=np.int64).tobytes())
