@@ -171,7 +171,7 @@ class _Pass:
         ent >>= PAGE_SHIFT                              # (the entries are a copy: their pages in place)
         self.pfns = pfns = ent
         self.fs = fs = FrameSpan.of(pfns)
-        if fs is not None and fs.count_kind(kind, ANON) == len(pfns):
+        if fs is not None and fs.mask is not None and fs.count_kind(kind, ANON) == len(pfns):
             self.all_anon = True
             return None
         flat = self.run.entries(self.nu)                # the PTEs again (not cleared before commit())

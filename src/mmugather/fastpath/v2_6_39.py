@@ -264,8 +264,9 @@ class _Pass2639:
             y = x + min(left, w)
             return y, 0, y - x
         if self.wsum is None:
-            f = self.firsts[u]
-            self.wsum = np.cumsum(self.pres[f:f + n_u] * (PAGE_SIZE - 1) + 1)
+            f, pres = self.firsts[u], self.pres
+            assert pres is not None                              # (made when some entry is not present)
+            self.wsum = np.cumsum(pres[f:f + n_u] * (PAGE_SIZE - 1) + 1)
         wsum = self.wsum
         base = int(wsum[x - 1]) if x else 0
         y = min(n_u, int(np.searchsorted(wsum, base + w)) + 1)

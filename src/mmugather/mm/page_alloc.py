@@ -424,11 +424,11 @@ class FrameSpan:
         lens[-1] = n - first[-1]
         return pfns[first], lens, np.zeros(len(first), dtype=np.int64)
 
-    def count_kind(self, kind: np.ndarray, kd: int) -> int | None:
-        """How many of the frames are of kind kd (`kind`: the frame kinds, PageAlloc.views()[2]); None
-        without a mask."""
+    def count_kind(self, kind: np.ndarray, kd: int) -> int:
+        """How many of the frames are of kind kd (`kind`: the frame kinds, PageAlloc.views()[2]); for a
+        span with a mask."""
         if self.mask is None:
-            return None
+            raise ValueError("FrameSpan.count_kind: no mask")
         same = kind[self.lo:self.hi] == kd
         same &= self.mask
         return int(np.count_nonzero(same))
