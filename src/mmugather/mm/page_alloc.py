@@ -286,7 +286,7 @@ class PageAlloc:
         if counts[FREE]:
             raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
         if fs.mask is not None:
-            np.putmask(kinds, z, FREE)
+            kinds *= ~z                                  # kind FREE (0) where freed
         else:
             kind[freed] = FREE
         del refcount, kind
