@@ -298,7 +298,7 @@ def run_gaps(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndar
     return ends[:-1][starts[1:] != starts[:-1] + lens[:-1]] - 1
 
 
-def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 17,
+def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 18,
                with_gaps: bool = False):
     """The pfns of runs, in order, as numpy arrays of at most about `piece` pfns (bounded host memory);
     `with_gaps`: each with its run_gaps(), as (pfns, gaps)."""
