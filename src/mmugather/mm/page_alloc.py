@@ -4,7 +4,8 @@ Frames live in flat arrays indexed by pfn (refcount, mapcount, kind), not as an 
 large resident address space costs a few bytes of host memory per simulated page: 2 + 2 + 1 (a frame can
 be mapped and referenced at most MAX_COUNT times; incrementing past it raises OverflowError). The free list
 is a `PfnRuns` (frames freed in address order cost nothing each). A freed frame is poisoned (kind FREE): any
-later use of it through a stale translation is a use after free.
+later use of it through a stale translation is a use after free. Populating a range reserves its frames
+first (`reserve()`): the arrays grow once instead of leaving freed copies of themselves in the host's heap.
 """
 from __future__ import annotations
 
