@@ -5,6 +5,8 @@ free_pmd_range()'s runs and tlb_flush_mmu()'s loop over batches. Batch pages are
 from __future__ import annotations
 
 from array import array
+from collections import deque
+from itertools import repeat, starmap
 from operator import attrgetter
 from typing import Any
 
@@ -132,13 +134,11 @@ class Bulk30(BulkBackend):
         frames = kernel.alloc.alloc_many(BATCH, k, GFP_NOWAIT)
         kernel.metrics.gather_memory(PAGE_SIZE * k)
         chunks: list[tuple[array | None, int]] = [*cursor.encode_chunks(a, b, nmax)] if a < b else []
-        prev = tlb.active
         chunks += [(None, 0)] * (k - len(chunks))
-        for pfn, (a_, n) in zip(frames, chunks):
-            new = Batch(pfn, nmax, PfnRuns(a_, n))  # type: ignore[arg-type]  # the page list of page_list()
-            prev.next = new
-            prev = new
-        tlb.active = prev
+        batches = [tlb.active, *map(Batch, frames, repeat(nmax),  # type: ignore[arg-type]  # page_list()'s kind
+                                    starmap(PfnRuns, chunks))]
+        deque(map(setattr, batches[:-1], repeat("next"), batches[1:]), 0)    # each one's next
+        tlb.active = batches[-1]
 
     def tables_flushes(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None, limit: int,
                        nflush: int) -> None:
@@ -172,9 +172,9 @@ class Bulk30(BulkBackend):
         if not k:
             return None
         total = int(lens[:k].sum())
-        for b, p in zip(chain[:k], pages):
-            if type(p) is list:
-                b.pages = []
-            else:
-                p.clear()
+        if all(type(p) is PfnRuns for p in pages[:k]):
+            deque(map(PfnRuns.clear, pages[:k]), 0)         # (emptied in place)
+        else:
+            for b, p in zip(chain[:k], pages):
+                b.pages = [] if type(p) is list else PfnRuns()
         return FreedBatches(total, chain[k] if k < len(chain) else None, cost * total if total else None)
