@@ -222,8 +222,11 @@ def expand_runs(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.n
         s, ln = int(starts[0]), int(lens[0])
         return np.arange(s, s - ln, -1, dtype=np.int64) if descs[0] else np.arange(s, s + ln, dtype=np.int64)
     first = np.cumsum(lens) - lens                      # where each run begins in the sequence
-    if not descs.any():
-        return np.repeat(starts - first, lens) + np.arange(total, dtype=np.int64)
+    if not descs.any() and lens.min() > 0:              # steps of one, and a jump where each run begins
+        out = np.ones(total, dtype=np.int64)
+        out[first] = starts
+        out[first[1:]] -= starts[:-1] + lens[:-1] - 1
+        return np.cumsum(out, out=out)
     offs = np.arange(total, dtype=np.int64) - np.repeat(first, lens)
     return np.repeat(starts, lens) + offs * np.repeat(1 - 2 * descs, lens)
 
