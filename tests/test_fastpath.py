@@ -19,7 +19,8 @@ from mmugather.fastpath.v3_0 import Bulk30
 from mmugather.fastpath.v6_18 import Bulk618
 from mmugather.machine.costs import Costs
 from mmugather.mm.mmu_gather.v6_18 import Gather618
-from mmugather.mm.page_alloc import FrameSpan
+from mmugather.mm.page_alloc import ANON, BATCH, GFP_KERNEL, PGTABLE, FrameSpan, PageAlloc, _gaps
+from mmugather.mm.pfn_runs import run_gaps, runs_of
 from mmugather.mm.protocols import STEP_BY_STEP
 from mmugather.policies import POLICIES
 from mmugather.sim.simulation import Simulation
@@ -518,6 +519,50 @@ def test_frame_span_marks_exactly_the_frames(pfns, shape):
     assert fs.increasing == bool((np.diff(a) > 0).all())
     if fs.mask is not None:
         assert np.array_equal(np.flatnonzero(fs.mask) + fs.lo, np.sort(a))
+    gaps = np.flatnonzero(np.diff(a) != 1)
+    assert np.array_equal(_gaps(a, chunk=7), gaps)      # (found a chunk at a time)
+    if not fs.increasing:
+        assert fs.gaps is None and fs.runs(a) is None and fs.prefix(a, 1) is None
+        return
+    assert np.array_equal(fs.gaps, gaps)
+    assert all(np.array_equal(x, y) for x, y in zip(fs.runs(a), runs_of(a, increasing=True)))
+    assert np.array_equal(run_gaps(*runs_of(a)), gaps)  # the same gaps from the runs alone
+    n = len(a) // 2 + 1
+    pre = fs.prefix(a, n)
+    assert pre is not None and np.array_equal(pre.gaps, np.flatnonzero(np.diff(a[:n]) != 1))
+    assert (pre.lo, pre.hi) == (int(a[0]), int(a[n - 1]) + 1)
+    if fs.mask is not None:
+        kinds = np.zeros(fs.hi, dtype=np.int8)
+        kinds[a[::3]] = 1
+        assert fs.count_kind(kinds, 1) == len(a[::3]) and fs.count_kind(kinds, 0) == len(a) - len(a[::3])
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(["page", "bulk", "many", "free"]), st.integers(1, 40)), max_size=30),
+       st.integers(0, 300))
+def test_reserved_frames_are_the_frames_allocation_would_hand_out(ops, reserve):
+    """PageAlloc.reserve() only changes how the frame arrays grow: any mix of allocations and frees after
+    it hands out the same frames, in the same order, with the same refcount, mapcount and kind, as without
+    it, and unreserve() leaves the arrays ending at the last frame handed out."""
+    def run(reserved: bool):
+        alloc = PageAlloc(None, 0.0, None, None, lambda *a: None, lambda *a: None)
+        out = []
+        if reserved:
+            alloc.reserve(reserve)
+        for op, n in ops:
+            if op == "page":
+                out.append(alloc.alloc_page(ANON if n % 2 else PGTABLE))
+            elif op == "bulk":
+                out += list(alloc.alloc_bulk(ANON, n))
+            elif op == "many":
+                out += alloc.alloc_many(BATCH, n, GFP_KERNEL)
+            elif out:
+                alloc.free_array(None, np.array(sorted(set(out[-n:])), dtype=np.int64))
+                out = out[:-n]
+        alloc.unreserve()
+        return out, bytes(alloc.refcount), bytes(alloc.mapcount), bytes(alloc.kind), alloc.free_list.tolist()
+
+    assert run(True) == run(False)
 
 
 def test_a_file_page_two_vmas_map_is_released_twice_with_each_flush_lock_state():

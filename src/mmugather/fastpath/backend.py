@@ -4,6 +4,7 @@ chunks, and frees of many frames at once. A version's backend (v2_6_39.py, v3_0.
 gather takes pages without an event (`quiet`, `add_quiet`) and adds its zap_pmd_range() pass."""
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,6 +13,8 @@ from mmugather.fastpath.core import free_tables, may_bulk, may_bulk_locked, may_
 from mmugather.mm.pfn_runs import PfnRuns
 from mmugather.mm.pgtable import PAGE_SHIFT
 from mmugather.mm.protocols import FreedBatches, FreedTables, PmdRun, PteRun
+
+_PFN = attrgetter("pfn")      # a table's frame
 
 
 class BulkBackend:
@@ -50,7 +53,7 @@ class BulkBackend:
     def pte_free_add_quiet(self, kernel: Any, tlb: Any, pts: list, addrs: list) -> None:
         """pte_free_tlb() of each of the tables `pts` (at `addrs`), at most `pte_free_quiet(tlb)` of them."""
         tlb.need_flush = True
-        self.add_quiet(kernel, tlb, np.fromiter((t.pfn for t in pts), dtype=np.int64, count=len(pts)))
+        self.add_quiet(kernel, tlb, np.fromiter(map(_PFN, pts), dtype=np.int64, count=len(pts)))
 
     # ------------------------------------------------------------ ZapBackend
     def pte_run(self, kernel: Any, c: Any, tlb: Any, pt: Any, addr: int, i: int, iend: int, none: int,

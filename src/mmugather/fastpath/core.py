@@ -4,9 +4,12 @@ of a run of tables, and the engine's cut rule. Each says which steps it reproduc
 says why running them at once is exact."""
 from __future__ import annotations
 
+from array import array
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain, islice, repeat
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -247,9 +250,10 @@ def _clear(ptes, sel: list[int], pfns: list[int], mapcount, kind) -> int:
     return anon
 
 
-def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:
+def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None, all_anon: bool = False) -> int:
     """page_remove_rmap() of each page, in order: mapcount - 1 (print_bad_pte when it goes below 0).
-    Returns how many of the pages are anonymous. `fs`: FrameSpan.of(pfns), when the caller has it."""
+    Returns how many of the pages are anonymous. `fs`: FrameSpan.of(pfns), when the caller has it;
+    `all_anon`: the caller knows every page is anonymous."""
     if fs is None:
         fs = FrameSpan.of(pfns)
     _, mapcount, kind = alloc.views()
@@ -262,7 +266,7 @@ def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None) -> int:
         mc = mapcount[lo:hi]
         mc -= m
         bad = (mc < 0)[pfns - lo] if mc.min() < 0 else np.zeros(1, dtype=bool)
-        anon = int(np.count_nonzero(kind[lo:hi][m] == ANON))
+        anon = len(pfns) if all_anon else fs.count_kind(kind, ANON)
     else:
         mapcount[pfns] -= 1
         bad = mapcount[pfns] < 0
@@ -330,24 +334,33 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
     if room < 2:
         return None
     entries = pmd.entries
-    get, j0 = entries.get, addr >> PMD_SHIFT
-    got = list(islice(((j, pt) for j in range(j0, ((end - 1) >> PMD_SHIFT) + 1)
-                       if (pt := get(j & 511)) is not None), room))
-    if len(got) < 2:
+    j0, j1 = addr >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1
+    slots = [j & 511 for j in range(j0, j1)]
+    tables = list(map(entries.get, slots))              # the PMD entries of [addr, end), None where none
+    if None in tables:
+        js = list(islice((j for j, pt in zip(range(j0, j1), tables) if pt is not None), room))
+        tables = [entries[j & 511] for j in js]
+    else:
+        js = list(range(j0, j0 + min(room, len(tables))))
+        del tables[room:]
+    if len(js) < 2:
         return None
-    tables = [pt for _, pt in got]
-    addrs = [j << PMD_SHIFT for j, _ in got]
-    if got[0][0] == j0:
+    addrs = [j << PMD_SHIFT for j in js]
+    if js[0] == j0:
         addrs[0] = addr
-    if len(got) == room:                                # up to the last table; else on to end
-        end = min((got[-1][0] + 1) << PMD_SHIFT, end)
+    if len(js) == room:                                 # up to the last table; else on to end
+        end = min((js[-1] + 1) << PMD_SHIFT, end)
     mm = tlb.mm
-    for at in addrs:                                    # pmd_clear()
-        del entries[(at >> PMD_SHIFT) & 511]
-        del mm.pte_tables[at >> PMD_SHIFT]
+    deque(map(entries.__delitem__, [j & 511 for j in js]), 0)       # pmd_clear() of each
+    deque(map(mm.pte_tables.__delitem__, js), 0)
     mm.nr_ptes -= len(tables)
     add_quiet(tables[:-1], addrs[:-1])                  # pte_free_tlb() of all but the last
     return FreedTables(cost * len(tables), tables[-1], addrs[-1], end)
+
+
+_ENCODING = attrgetter("a")     # a PfnRuns's encoding
+_PTES, _PTL, _OWNER, _WAITERS = (attrgetter(a) for a in ("ptes", "ptl", "owner", "waiters"))
+_ALL = slice(None)
 
 
 def release_units(kernel, c, units: list) -> int:
@@ -359,13 +372,16 @@ def release_units(kernel, c, units: list) -> int:
         starts, rlens, descs = runs_of(np.fromiter(chain.from_iterable(units), dtype=np.int64,
                                                    count=sum(len(u) for u in units)))
     else:
-        enc = []
-        for pages in units:
-            if not isinstance(pages, PfnRuns):
-                runs = PfnRuns()
-                runs.extend(np.asarray(pages, dtype=np.int64))
-                pages = runs
-            enc.append(pages.a)
+        if all(type(u) is PfnRuns for u in units):
+            enc = list(map(_ENCODING, units))
+        else:
+            enc = []
+            for pages in units:
+                if not isinstance(pages, PfnRuns):
+                    runs = PfnRuns()
+                    runs.extend(np.asarray(pages, dtype=np.int64))
+                    pages = runs
+                enc.append(pages.a)
         joined = PfnRuns()
         joined.a.frombytes(b"".join(enc))
         starts, rlens, descs = joined.runs()
@@ -384,8 +400,8 @@ def release_units(kernel, c, units: list) -> int:
                 starts, rlens, descs = RunCursor(starts, rlens, descs).take(0, total)
                 break
             seen += len(piece)
-    for piece in run_pieces(starts, rlens, descs):
-        kernel.alloc.release_array(c, piece)
+    for piece, gaps in run_pieces(starts, rlens, descs, with_gaps=True):
+        kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, gaps))
     return k
 
 
@@ -408,6 +424,10 @@ def release_flat(kernel, c, pfns: np.ndarray, sizes: np.ndarray) -> int:
 
 
 # ---------------------------------------------------------------- runs of PTE tables (the emulators)
+PASS_TABLES = 256       # at most this many PTE tables per pass: bounds its host memory (its copy of their
+                        # entries and the per-entry temporaries), not what it does (the next pass goes on)
+
+
 class TableRun:
     """The PMD entries of [addr, end) under one PMD table, from addr up to the first whose PTE lock is
     taken or awaited, as units for an emulator: `tables[k]` is the PteTable (None: no table, a pmd_none
@@ -419,13 +439,14 @@ class TableRun:
     def __init__(self, pmd, addr: int, end: int, limit: int) -> None:
         n = min(((end - 1) >> 21) - (addr >> 21) + 1, limit) if addr < end else 0   # end <= the PUD's end
         i0 = (addr >> 21) & 511
-        get = pmd.entries.get
-        tables = [get(i) for i in range(i0, i0 + n)]
-        for k, pt in enumerate(tables):
-            if pt is not None and (pt.ptl.owner is not None or pt.ptl.waiters):
-                n = k
-                del tables[k:]
-                break
+        tables = list(map(pmd.entries.get, range(i0, i0 + n)))
+        locks = list(map(_PTL, filter(None, tables)))
+        if any(map(_WAITERS, locks)) or set(map(_OWNER, locks)) - {None}:
+            for k, pt in enumerate(tables):
+                if pt is not None and (pt.ptl.owner is not None or pt.ptl.waiters):
+                    n = k
+                    del tables[k:]
+                    break
         addrs = list(range(((addr >> 21) + 1) << 21, ((addr >> 21) + n + 1) << 21, 1 << 21))  # pmd_addr_end()
         lo, hi = [0] * n, [512] * n
         if n:
@@ -435,19 +456,37 @@ class TableRun:
             lo[0] = (addr >> PAGE_SHIFT) & 511
         self.tables, self.lo, self.hi, self.addrs = tables, lo, hi, addrs
 
+    def _ends(self, k: int) -> list[int]:
+        """Which of the first k units may cover part of their table only (the first and the last)."""
+        return [0, k - 1] if k > 1 else [0] if k else []
+
     def entries(self, k: int) -> np.ndarray:
-        """The PTEs of the first k units' tables, concatenated (a copy)."""
-        parts = []
-        for pt, i, j in zip(self.tables[:k], self.lo[:k], self.hi[:k]):
-            if pt is not None:
-                parts.append(pt.ptes if i == 0 and j == 512 else memoryview(pt.ptes)[i:j])
-        return np.frombuffer(b"".join(parts), dtype=np.int64) if parts else np.zeros(0, dtype=np.int64)
+        """The PTEs of the first k units' tables, concatenated (a writable copy)."""
+        tables = self.tables[:k]
+        if None in tables:
+            parts = [pt.ptes if i == 0 and j == 512 else memoryview(pt.ptes)[i:j]
+                     for pt, i, j in zip(tables, self.lo, self.hi) if pt is not None]
+        else:
+            parts = list(map(_PTES, tables))
+            for u in self._ends(k):
+                if self.lo[u] or self.hi[u] != 512:
+                    parts[u] = memoryview(parts[u])[self.lo[u]:self.hi[u]]
+        return np.frombuffer(bytearray().join(parts), dtype=np.int64) if parts else np.zeros(0, dtype=np.int64)
 
     def clear(self, k: int) -> None:
         """ptep_get_and_clear_full() of every entry of the first k units' tables."""
-        for pt, i, j in zip(self.tables[:k], self.lo[:k], self.hi[:k]):
-            if pt is not None:
-                pt.ptes[i:j] = _EMPTY_TABLE if j - i == 512 else _EMPTY_TABLE[i:j]
+        tables = self.tables[:k]
+        if None in tables:
+            for pt, i, j in zip(tables, self.lo, self.hi):
+                if pt is not None:
+                    pt.ptes[i:j] = _EMPTY_TABLE if j - i == 512 else _EMPTY_TABLE[i:j]
+            return
+        ends = self._ends(k)
+        for u in ends:
+            i, j = self.lo[u], self.hi[u]
+            tables[u].ptes[i:j] = _EMPTY_TABLE[i:j]
+        whole = tables[1:-1] if k > 1 else []
+        deque(map(array.__setitem__, map(_PTES, whole), repeat(_ALL), repeat(_EMPTY_TABLE)), 0)
 
 
 def first_crossing(start: int, ends: np.ndarray, lasts: np.ndarray, horizon) -> int:

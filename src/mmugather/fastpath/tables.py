@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mmugather.fastpath.core import TableRun, first_crossing, rmap_remove
+from mmugather.fastpath.core import PASS_TABLES, TableRun, first_crossing, rmap_remove
 from mmugather.kernel.sched import INF, P_COND_RESCHED, P_PLAIN
 from mmugather.mm.page_alloc import ANON, FrameSpan
 from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT
@@ -43,8 +43,8 @@ class TablesGather(Protocol):
         ns of the later ones, ns of the frees), or None."""
         ...
 
-    def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, increasing: bool) -> None:
-        """Batch pfns, in order, as tables_fills() planned."""
+    def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None) -> None:
+        """Batch pfns (`fs`: their FrameSpan, if known), in order, as tables_fills() planned."""
         ...
 
     def tables_flushes(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None, limit: int,
@@ -81,7 +81,7 @@ class _Pass:
         self.kernel, self.c, self.plan, self.cycle, self.cond_after_none = kernel, c, plan, cycle, cond_after_none
         # read no more tables than the gather can take pages of (as if they were full; a run of sparser
         # ones takes more calls)
-        self.run = TableRun(pmd, addr, end, 512 if cycle else min(512, plan[2] // 512 + 2))
+        self.run = TableRun(pmd, addr, end, PASS_TABLES if cycle else min(PASS_TABLES, plan[2] // 512 + 2))
 
     def read(self) -> bool:
         """The present entries of the run's tables, per unit; False when the pass cannot start."""
@@ -102,16 +102,24 @@ class _Pass:
             nu = min(nu, int(np.searchsorted(c.clock + np.cumsum(least), c.horizon)) + 1)
             is_t, lens = is_t[:nu], lens[:nu]
         flat = run.entries(nu)
-        pres = flat != 0
         ent_end = np.cumsum(lens)
-        cnt = np.zeros(nu, dtype=np.int64)
-        if len(flat) == nu * 512:                       # whole tables only
-            cnt[:] = np.count_nonzero(pres.reshape(nu, 512), axis=1)
-        elif len(flat):
-            cnt[is_t] = np.add.reduceat(pres.view(np.uint8), (ent_end - lens)[is_t], dtype=np.int64)
+        pres: np.ndarray | None = None                  # which entries are present (None: all of them)
+        if np.count_nonzero(flat) == len(flat):
+            cnt, ent = lens.copy(), flat
+        else:
+            pres = flat != 0
+            cnt = np.zeros(nu, dtype=np.int64)
+            if len(flat) == nu * 512:                   # whole tables only
+                cnt[:] = np.count_nonzero(pres.reshape(nu, 512), axis=1)
+            elif len(flat):
+                cnt[is_t] = np.add.reduceat(pres.view(np.uint8), (ent_end - lens)[is_t], dtype=np.int64)
+            ent = flat[pres]
         self.nu, self.is_t, self.lens, self.pres, self.ent_end, self.cnt = nu, is_t, lens, pres, ent_end, cnt
         self.page_end = np.cumsum(cnt)
-        self.ent = flat[pres]                           # the present entries
+        self.ent = ent                                  # the present entries
+        self.pfns: np.ndarray | None = None             # their pages and FrameSpan, when price() made them
+        self.fs: FrameSpan | None = None
+        self.all_anon = False                           # price() found every page anonymous
         return True
 
     def at(self, x: int) -> int:
@@ -119,7 +127,8 @@ class _Pass:
         page_end, lens, cnt = self.page_end, self.lens, self.cnt
         u = int(np.searchsorted(page_end, x, "right"))
         s = int(self.ent_end[u] - lens[u])
-        return s + int(np.flatnonzero(self.pres[s:s + lens[u]])[x - int(page_end[u] - cnt[u])])
+        k = x - int(page_end[u] - cnt[u])               # the k-th present entry of unit u
+        return s + (k if self.pres is None else int(np.flatnonzero(self.pres[s:s + lens[u]])[k]))
 
     def price(self, dirty_file_stops: bool) -> None:
         """Each unit's cost and PTE lock hold, the tables where the gather fills split in two."""
@@ -135,13 +144,10 @@ class _Pass:
                 nu = int(np.searchsorted(page_end, limit, "right"))
             else:
                 fl = np.arange(limit, int(page_end[-1]), self.cycle[0])
-        ent = self.ent
-        if dirty_file_stops and len(ent):
-            dirty = (ent & _PAGE_DIRTY) != 0
-            if dirty.any():
-                stop = dirty & (self.kernel.alloc.views()[2][ent >> PAGE_SHIFT] != ANON)
-                if stop.any():
-                    nu = min(nu, int(np.searchsorted(page_end, int(np.argmax(stop)), "right")))
+        if dirty_file_stops and len(self.ent):
+            stop = self._dirty_file()
+            if stop is not None:
+                nu = min(nu, int(np.searchsorted(page_end, stop, "right")))
         lens, cnt = self.lens, self.cnt
         hold = costs.pte_zap * cnt + costs.pte_none * (lens - cnt) + ev
         cost = np.where(self.is_t, lock + hold + unlock + cond, self.none_cost)
@@ -158,6 +164,24 @@ class _Pass:
             self.uf, self.fns = uf, fns
         self.nu, self.fl, self.hold, self.cost, self.limit = nu, fl, hold, cost, limit
 
+    def _dirty_file(self) -> int | None:
+        """The first present entry that maps a dirty file page, or None. Makes the pages and their
+        FrameSpan (commit() uses them): when every page is anonymous, no PTE bit needs a look."""
+        ent, kind = self.ent, self.kernel.alloc.views()[2]
+        ent >>= PAGE_SHIFT                              # (the entries are a copy: their pages in place)
+        self.pfns = pfns = ent
+        self.fs = fs = FrameSpan.of(pfns)
+        if fs is not None and fs.mask is not None and fs.count_kind(kind, ANON) == len(pfns):
+            self.all_anon = True
+            return None
+        flat = self.run.entries(self.nu)                # the PTEs again (not cleared before commit())
+        dirty = ((flat if self.pres is None else flat[self.pres]) & _PAGE_DIRTY) != 0
+        if dirty.any():
+            stop = dirty & (kind[pfns] != ANON)
+            if stop.any():
+                return int(np.argmax(stop))
+        return None
+
     def commit(self, g: TablesGather, tlb) -> PmdRun | None:
         """Apply the units the engine would run: clear, rmap, batch (and flush), record, account."""
         kernel, c, nu, cost = self.kernel, self.c, self.nu, self.cost
@@ -166,16 +190,22 @@ class _Pass:
         if k == 0:
             return None
         npages = int(self.page_end[k - 1])
-        pfns = self.ent[:npages]
-        pfns >>= PAGE_SHIFT
-        fs = FrameSpan.of(pfns) if npages else None
-        anon = rmap_remove(kernel.alloc, pfns, fs) if npages else 0
+        if self.pfns is None:
+            pfns = self.ent[:npages]
+            pfns >>= PAGE_SHIFT
+            fs = FrameSpan.of(pfns) if npages else None
+        else:
+            pfns = self.pfns[:npages]
+            fs = self.fs if npages == len(self.pfns) or self.fs is None else self.fs.prefix(self.pfns, npages)
+            if fs is None and npages:
+                fs = FrameSpan.of(pfns)
+        anon = rmap_remove(kernel.alloc, pfns, fs, self.all_anon) if npages else 0
         fl = self.fl
         nfl = int(np.count_nonzero(self.uf < k)) if fl is not None else 0
         if nfl:
             g.tables_flushes(kernel, c, tlb, pfns, fs, self.limit, nfl)
         else:
-            g.tables_add(kernel, c, tlb, pfns, fs is not None and fs.increasing)
+            g.tables_add(kernel, c, tlb, pfns, fs)
         # the pages since the last flush reset the range
         after = int(fl[nfl - 1]) + 1 if nfl and fl is not None else 0
         if npages > after and g.tracks_range:           # tlb_remove_tlb_entry() of each cleared PTE
@@ -191,6 +221,8 @@ class _Pass:
         pres, ent_end, lens, run = self.pres, self.ent_end, self.lens, self.run
         if nfl:
             idx = (self.at(after), self.at(npages - 1))
+        elif pres is None:
+            idx = (0, int(ent_end[k - 1]) - 1)
         else:
             nent = int(ent_end[k - 1])
             idx = (int(np.argmax(pres)), nent - 1 - int(np.argmax(pres[nent - 1::-1])))

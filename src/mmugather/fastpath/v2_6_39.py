@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from mmugather.fastpath.backend import BulkBackend
-from mmugather.fastpath.core import TableRun, may_bulk, rmap_remove
+from mmugather.fastpath.core import PASS_TABLES, TableRun, may_bulk, rmap_remove
 from mmugather.kernel.sched import P_ENABLE, P_PLAIN, TLBSTATE_OK
+from mmugather.mm.page_alloc import FrameSpan
 from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE
 from mmugather.mm.protocols import PmdRun
 from mmugather.policies.linux_2_6_39 import Linux2639
@@ -70,19 +71,23 @@ class Bulk2639(BulkBackend):
 
     @staticmethod
     def commit(kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, flushes: list[int], under: list[bool],
-               need_flush: bool) -> None:
-        """The pages a pass batched (`pfns`, after those already in the gather) and the flushes it emulated,
-        `flushes[k]` pages each (under the PTE lock when `under[k]`): free the flushed pages in order, keep
-        the rest, account the flushes."""
+               need_flush: bool, fs: FrameSpan | None = None) -> None:
+        """The pages a pass batched (`pfns`, after those already in the gather; `fs` their FrameSpan if
+        known) and the flushes it emulated, `flushes[k]` pages each (under the PTE lock when `under[k]`):
+        free the flushed pages in order, keep the rest, account the flushes."""
         m = kernel.metrics
         if flushes:
-            seq = np.concatenate((np.array(tlb.pages, dtype=np.int64), pfns)) if tlb.pages else pfns
             nfree = sum(flushes)
             m.tlb_flushes += len(flushes)
             m.flushes_under_pte_lock += sum(under)
             m.pages_per_flush.frombytes(np.array(flushes, dtype=np.int64).tobytes())
-            kernel.alloc.release_array(c, seq[:nfree], np.repeat(np.array(under, dtype=bool), flushes))
-            tlb.pages = seq[nfree:].tolist()
+            flags = np.repeat(np.array(under, dtype=bool), flushes)
+            held = np.array(tlb.pages[:nfree], dtype=np.int64)      # the pages batched before, then pfns
+            kernel.alloc.release_array(c, held, flags[:len(held)])
+            n = nfree - len(held)
+            kernel.alloc.release_array(c, pfns[:n], flags[len(held):],
+                                       fs.prefix(pfns, n) if fs is not None and n else None)
+            tlb.pages = tlb.pages[nfree:] + pfns[nfree - len(held):].tolist()
         else:
             tlb.pages.extend(pfns.tolist())
         tlb.need_flush = need_flush
@@ -132,7 +137,7 @@ class _Pass2639:
 
     def go(self, pmd: Any, addr: int, end: int) -> PmdRun | None:
         """The PmdRun (zap_work[0] updated), or None."""
-        self.run = run = TableRun(pmd, addr, end, 512)
+        self.run = run = TableRun(pmd, addr, end, PASS_TABLES)
         nu = len(run.tables)
         if nu < 2:
             return None
@@ -140,12 +145,18 @@ class _Pass2639:
         c, tlb = self.c, self.tlb
         st = _Unit(c.clock, self.zap_work[0], len(tlb.pages), tlb.need_flush, c.preempt_off_since, c.point)
         k = ent = 0
+        whole, horizon = self.whole, c.horizon
         for u in range(nu):
-            mark = st.save()
-            last = self._unit(u, st)
-            if last is None or st.t - last >= c.horizon:
-                st.restore(mark)
-                break
+            n = whole[u]
+            if n and st.w >= PAGE_SIZE * n:             # the common unit, without a mark to come back to
+                if not self._whole_table(st, n, horizon):
+                    break
+            else:
+                mark = st.save()
+                last = self._unit(u, st)
+                if last is None or st.t - last >= horizon:
+                    st.restore(mark)
+                    break
             ent = self.firsts[u] + self.lens[u]
             k = u + 1
             if st.t >= c.horizon:
@@ -160,15 +171,19 @@ class _Pass2639:
         self.is_t = is_t = [t is not None for t in run.tables]
         self.lens = lens = [j - i if t else 0 for t, i, j in zip(run.tables, run.lo, run.hi)]
         self.flat = run.entries(nu)
-        self.pres = pres = self.flat != 0
+        self.pres: np.ndarray | None = None                      # which entries are present (None: all)
         self.firsts = firsts = [0] * nu                          # where each unit's entries begin in flat
         for u in range(1, nu):
             firsts[u] = firsts[u - 1] + lens[u - 1]
-        self.cnt = cnt = [0] * nu
-        if len(self.flat):
+        if np.count_nonzero(self.flat) == len(self.flat):
+            self.cnt = cnt = lens
+        elif len(self.flat):
+            self.pres = pres = self.flat != 0
+            self.cnt = cnt = [0] * nu
             tl = [u for u in range(nu) if is_t[u]]
             for u, n in zip(tl, np.add.reduceat(pres, [firsts[u] for u in tl], dtype=np.int64).tolist()):
                 cnt[u] = n
+        self.whole = [n if n == ln else 0 for n, ln in zip(cnt, lens)]   # tables with every entry present
 
     def _unit(self, u: int, us: _Unit) -> int | None:
         """Run unit u (a table's lock sections, or a pmd_none step) on state us; the cost of its last
@@ -190,6 +205,33 @@ class _Pass2639:
             x = y
             if x == n_u:
                 return self.costs.unlock
+
+    def _whole_table(self, us: _Unit, n: int, horizon: int) -> bool:
+        """_unit() of a table whose n entries are all present, zap_work lasting through them: one lock
+        section. False (us unchanged) when it cannot run here: a flush the pass cannot emulate, or its
+        last step (spin_unlock) starting at or after the horizon."""
+        costs, nr = self.costs, self.kernel.FREE_PTE_NR
+        g = us.g + n
+        nfl = g // nr
+        if nfl and self.plan is None:
+            return False
+        hold = costs.pte_zap * n + nfl * self.flush_ns
+        t = us.t + costs.lock + hold
+        if t >= horizon:
+            return False
+        us.t = t + costs.unlock
+        us.w -= PAGE_SIZE * n
+        us.holds.append(hold)
+        if nfl:
+            us.flushes += [nr] * nfl
+            us.under += [True] * nfl
+            g -= nr * nfl
+            us.need = g > 0
+        else:
+            us.need = True
+        us.g = g
+        us.point = P_PLAIN
+        return True
 
     def _restart(self, us: _Unit) -> bool:
         """unmap_vmas() between two blocks: tlb_finish_mmu() (the flush if needed, preempt_enable()), then
@@ -222,8 +264,9 @@ class _Pass2639:
             y = x + min(left, w)
             return y, 0, y - x
         if self.wsum is None:
-            f = self.firsts[u]
-            self.wsum = np.cumsum(self.pres[f:f + n_u] * (PAGE_SIZE - 1) + 1)
+            f, pres = self.firsts[u], self.pres
+            assert pres is not None                              # (made when some entry is not present)
+            self.wsum = np.cumsum(pres[f:f + n_u] * (PAGE_SIZE - 1) + 1)
         wsum = self.wsum
         base = int(wsum[x - 1]) if x else 0
         y = min(n_u, int(np.searchsorted(wsum, base + w)) + 1)
@@ -257,13 +300,18 @@ class _Pass2639:
     def _commit(self, k: int, ent: int, st: _Unit) -> PmdRun:
         """Apply the first k units: clear, rmap, batch and flush, account."""
         kernel, c, tlb = self.kernel, self.c, self.tlb
-        pfns = self.flat[:ent][self.pres[:ent]] >> PAGE_SHIFT
+        if self.pres is None:
+            pfns = self.flat[:ent]
+            pfns >>= PAGE_SHIFT
+        else:
+            pfns = self.flat[:ent][self.pres[:ent]] >> PAGE_SHIFT
         del self.flat, self.pres
         self.run.clear(k)
-        anon = rmap_remove(kernel.alloc, pfns) if len(pfns) else 0
+        fs = FrameSpan.of(pfns) if len(pfns) else None
+        anon = rmap_remove(kernel.alloc, pfns, fs) if len(pfns) else 0
         if st.flushes and self.plan is not None and self.plan[1] is not None:
             self.plan[1]()
-        self.backend.commit(kernel, c, tlb, pfns, st.flushes, st.under, st.need)
+        self.backend.commit(kernel, c, tlb, pfns, st.flushes, st.under, st.need, fs)
         m = kernel.metrics
         m.pte_lock_hold.frombytes(np.array(st.holds, dtype=np.int64).tobytes())
         m.preempt_off.frombytes(np.array(st.offs, dtype=np.int64).tobytes())

@@ -5,6 +5,9 @@ free_pmd_range()'s runs and tlb_flush_mmu()'s loop over batches. Batch pages are
 from __future__ import annotations
 
 from array import array
+from collections import deque
+from itertools import repeat, starmap
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,9 @@ from mmugather.mm.page_alloc import BATCH, GFP_NOWAIT, FrameSpan
 from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs, runs_of
 from mmugather.mm.protocols import FreedBatches, PmdRun
 from mmugather.policies.linux_3_0 import Linux30
+
+
+_PAGES = attrgetter("pages")     # a batch's pages
 
 
 class Bulk30(BulkBackend):
@@ -93,14 +99,15 @@ class Bulk30(BulkBackend):
     def tables_cycle(self, kernel: Any, c: Any, tlb: Any, limit: int) -> None:
         return None                                     # (a full 3.0 gather ends the pass)
 
-    def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, increasing: bool) -> None:
-        """__tlb_remove_page() of each of `pfns` (int64, `increasing` when sorted), in order, as
+    def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None) -> None:
+        """__tlb_remove_page() of each of `pfns` (int64, `fs` their FrameSpan if known), in order, as
         tables_fills() planned them: batches kept from an earlier flush are filled in turn, new ones
         allocated at once (alloc_many; their cost is the caller's to spend, as the fills said)."""
         a, b = 0, len(pfns)
         if a == b:
             return
-        cursor = RunCursor(*runs_of(pfns, increasing))
+        runs = fs.runs(pfns) if fs is not None else None
+        cursor = RunCursor(*(runs if runs is not None else runs_of(pfns)))
         tlb.need_flush = True
         while True:
             batch = tlb.active
@@ -127,13 +134,11 @@ class Bulk30(BulkBackend):
         frames = kernel.alloc.alloc_many(BATCH, k, GFP_NOWAIT)
         kernel.metrics.gather_memory(PAGE_SIZE * k)
         chunks: list[tuple[array | None, int]] = [*cursor.encode_chunks(a, b, nmax)] if a < b else []
-        prev = tlb.active
         chunks += [(None, 0)] * (k - len(chunks))
-        for pfn, (a_, n) in zip(frames, chunks):
-            new = Batch(pfn, nmax, PfnRuns(a_, n))  # type: ignore[arg-type]  # the page list of page_list()
-            prev.next = new
-            prev = new
-        tlb.active = prev
+        batches = [tlb.active, *map(Batch, frames, repeat(nmax),  # type: ignore[arg-type]  # page_list()'s kind
+                                    starmap(PfnRuns, chunks))]
+        deque(map(setattr, batches[:-1], repeat("next"), batches[1:]), 0)    # each one's next
+        tlb.active = batches[-1]
 
     def tables_flushes(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None, limit: int,
                        nflush: int) -> None:
@@ -157,15 +162,19 @@ class Bulk30(BulkBackend):
         while b is not None:
             chain.append(b)
             b = b.next
-        lens = np.fromiter((len(b.pages) for b in chain), dtype=np.int64, count=len(chain))
+        pages = list(map(_PAGES, chain))
+        lens = np.fromiter(map(len, pages), dtype=np.int64, count=len(chain))
         cost = kernel.costs.page_free
         last = np.where(lens > 0, cost * ((lens - 1) % kernel.PAGEVEC_SIZE + 1), 0)
         k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens), last, c.horizon)
         if int(lens[:k].sum()):
-            k = release_units(kernel, c, [b.pages for b in chain[:k]])
+            k = release_units(kernel, c, pages[:k])
         if not k:
             return None
         total = int(lens[:k].sum())
-        for b in chain[:k]:
-            b.pages = [] if type(b.pages) is list else PfnRuns()
+        if all(type(p) is PfnRuns for p in pages[:k]):
+            deque(map(PfnRuns.clear, pages[:k]), 0)         # (emptied in place)
+        else:
+            for b, p in zip(chain[:k], pages):
+                b.pages = [] if type(p) is list else PfnRuns()
         return FreedBatches(total, chain[k] if k < len(chain) else None, cost * total if total else None)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mmugather.fastpath.backend import BulkBackend
+from mmugather.fastpath.backend import _PFN, BulkBackend
 from mmugather.fastpath.core import first_crossing, may_bulk, release_flat
 from mmugather.fastpath.tables import zap_tables
 from mmugather.kernel.sched import P_COND_RESCHED, TLBSTATE_LAZY, TLBSTATE_OK, Elapse
@@ -67,7 +67,7 @@ class Bulk618(BulkBackend):
         if pts:
             kernel._tlb_adjust_range(tlb, addrs[0], addrs[-1] + PAGE_SIZE - addrs[0])
             tlb.cleared_pmds = tlb.freed_tables = True
-            tlb.batch.tables.extend([t.pfn for t in pts])
+            tlb.batch.tables.extend(map(_PFN, pts))
 
     def pmd_run(self, kernel: Any, c: Any, tlb: Any, pmd: Any, addr: int, end: int, details: Any,
                 zap_work: list[int] | None = None) -> PmdRun | None:
@@ -115,7 +115,7 @@ class Bulk618(BulkBackend):
             pos += room
         return np.array(at, dtype=np.int64), np.array(ns, dtype=np.int64), min(pos, npages)
 
-    def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, increasing: bool) -> None:
+    def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None) -> None:
         """__tlb_remove_folio_pages_size() of each of `pfns` (int64), in order, as tables_fills() planned
         them (their cost is the caller's to spend)."""
         a, b = 0, len(pfns)
@@ -197,7 +197,7 @@ class Bulk618(BulkBackend):
             chain.append(b)
             b = b.next
         held = np.frombuffer(b"".join([x.pages for x in chain]), dtype=np.int64)
-        self.tables_add(kernel, c, tlb, pfns[:limit], False)     # (the batch pages it allocates)
+        self.tables_add(kernel, c, tlb, pfns[:limit], None)     # (the batch pages it allocates)
         b = tlb.local
         while b is not None:
             b.pages = array("q")
@@ -218,7 +218,7 @@ class Bulk618(BulkBackend):
         kernel.alloc.release_array(c, pfns[:last], fs=fs.prefix(pfns, last) if fs is not None else None)
         m.pages_per_flush.frombytes(np.full(nflush, period, dtype=np.int64).tobytes())
         kernel._tlb_reset_range(tlb)
-        self.tables_add(kernel, c, tlb, pfns[last:], False)
+        self.tables_add(kernel, c, tlb, pfns[last:], None)
 
     def tables_range(self, kernel: Any, tlb: Any, start: int, end: int) -> None:
         """tlb_flush_pte_range() of every PTE cleared in [start, end), at once."""

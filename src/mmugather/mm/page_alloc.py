@@ -4,7 +4,8 @@ Frames live in flat arrays indexed by pfn (refcount, mapcount, kind), not as an 
 large resident address space costs a few bytes of host memory per simulated page: 2 + 2 + 1 (a frame can
 be mapped and referenced at most MAX_COUNT times; incrementing past it raises OverflowError). The free list
 is a `PfnRuns` (frames freed in address order cost nothing each). A freed frame is poisoned (kind FREE): any
-later use of it through a stale translation is a use after free.
+later use of it through a stale translation is a use after free. Populating a range reserves its frames
+first (`reserve()`): the arrays grow once instead of leaving freed copies of themselves in the host's heap.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ KIND_NAMES = ("free", "anon", "file", "page-table", "gather-batch", "device")
 GFP_KERNEL = "GFP_KERNEL"   # may sleep, never fails in this model
 GFP_NOWAIT = "GFP_NOWAIT"   # atomic; fails with probability fail_nowait
 MAX_COUNT = 32767           # refcount and mapcount are int16
+
+
+_ZEROS = memoryview(bytes(1 << 16))
 
 
 class PageAlloc:
@@ -47,6 +51,7 @@ class PageAlloc:
         self.nowait_attempts = 0
         self.nowait_failures = 0
         self.zero_pfn = -1            # the shared zero page, allocated on first use (get_zero_pfn)
+        self.top = 0                  # frames handed out so far: the next fresh pfn (see reserve())
 
     def alloc_page(self, kind: int, gfp: str = GFP_KERNEL) -> int:
         """__alloc_pages(): return a pfn with refcount 1, or -1 when a GFP_NOWAIT allocation fails."""
@@ -61,10 +66,15 @@ class PageAlloc:
             self.mapcount[pfn] = 0
             self.kind[pfn] = kind
         else:
-            pfn = len(self.refcount)
-            self.refcount.append(1)
-            self.mapcount.append(0)
-            self.kind.append(kind)
+            pfn = self.top
+            self.top += 1
+            if pfn < len(self.refcount):             # a reserved frame
+                self.refcount[pfn] = 1
+                self.kind[pfn] = kind
+            else:
+                self.refcount.append(1)
+                self.mapcount.append(0)
+                self.kind.append(kind)
         self.nr_used[kind] += 1
         return pfn
 
@@ -89,12 +99,41 @@ class PageAlloc:
             self.kind[pfn] = kind
             pfns.append(pfn)
         rest = n - take
-        first = len(self.refcount)
-        self.refcount.extend(array("h", [1]) * rest)
-        self.mapcount.extend(array("h", bytes(2 * rest)))
-        self.kind.extend(array("b", [kind]) * rest)
+        first = self.top
+        self._fresh(kind, rest)
         self.nr_used[kind] += n
         return pfns + list(range(first, first + rest)) if pfns else range(first, first + rest)
+
+    def _fresh(self, kind: int, n: int) -> None:
+        """Hand out the next n fresh frames (refcount 1, mapcount 0, `kind`): reserved ones first."""
+        refcount, mapcount, kinds = self.refcount, self.mapcount, self.kind
+        first = self.top
+        self.top += n
+        room = min(n, len(refcount) - first)
+        if room > 0:
+            refcount[first:first + room] = array("h", [1]) * room
+            kinds[first:first + room] = array("b", [kind]) * room
+            n -= room
+        if n:
+            refcount.extend(array("h", [1]) * n)
+            mapcount.extend(array("h", bytes(2 * n)))
+            kinds.extend(array("b", [kind]) * n)
+
+    def reserve(self, n: int) -> None:
+        """Set-up (populating a range): room for n more fresh frames, made at once: one growth of each
+        frame array, not one per allocation, which would leave a trail of freed array copies in the host's
+        heap (host memory; the frames, their numbers and their order are the same). The room is used by
+        the next fresh allocations; unreserve() drops what is left of it."""
+        self.unreserve()
+        for arr in (self.refcount, self.mapcount, self.kind):    # zeros (kind FREE), a chunk at a time
+            size = arr.itemsize * n
+            for a in range(0, size, len(_ZEROS)):
+                arr.frombytes(_ZEROS[:min(len(_ZEROS), size - a)])
+
+    def unreserve(self) -> None:
+        """Drop the reserved frames not handed out: the frame arrays end at the last frame handed out."""
+        for arr in (self.refcount, self.mapcount, self.kind):
+            del arr[self.top:]
 
     def alloc_many(self, kind: int, n: int, gfp: str) -> list[int]:
         """alloc_page(kind, gfp) n times, for allocations that cannot fail (GFP_KERNEL, or GFP_NOWAIT with
@@ -112,10 +151,8 @@ class PageAlloc:
             kinds[pfn] = kind
         rest = n - take
         if rest:
-            first = len(refcount)
-            refcount.extend(array("h", [1]) * rest)
-            mapcount.extend(array("h", bytes(2 * rest)))
-            kinds.extend(array("b", [kind]) * rest)
+            first = self.top
+            self._fresh(kind, rest)
             pfns += range(first, first + rest)
         self.nr_used[kind] += n
         return pfns
@@ -250,14 +287,14 @@ class PageAlloc:
         if counts[FREE]:
             raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
         if fs.mask is not None:
-            np.putmask(kinds, z, FREE)
+            kinds *= ~z                                  # kind FREE (0) where freed
         else:
             kind[freed] = FREE
         del refcount, kind
         if len(freed):
             for kd, cnt in enumerate(counts):
                 self.nr_used[kd] -= cnt
-            self.free_list.extend(freed, increasing=fs.increasing)
+            self.free_list.extend(freed, increasing=fs.increasing, runs=fs.runs(freed) if freed is pfns else None)
             if under_lock is not None and zz is not None:
                 under_lock = under_lock[zz]
             self.on_free_array(cpu, freed, k, under_lock, counts[PGTABLE])
@@ -300,35 +337,55 @@ def kind_counts(kinds: np.ndarray) -> list[int]:
     return counts
 
 
+def _gaps(pfns: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """The indices i with pfns[i + 1] != pfns[i] + 1, found `chunk` at a time (bounded temporaries)."""
+    n = len(pfns)
+    if n <= chunk + 1:
+        return np.flatnonzero(pfns[1:] - pfns[:-1] != 1)
+    parts = []
+    for a in range(0, n - 1, chunk):
+        b = min(n - 1, a + chunk)
+        g = np.flatnonzero(pfns[a + 1:b + 1] - pfns[a:b] != 1)
+        g += a
+        parts.append(g)
+    return np.concatenate(parts)
+
+
 class FrameSpan:
     """A set of distinct frames given as a pfn array, prepared for bulk updates of the frame arrays:
     [lo, hi) covers them; `mask` marks them in that span (None when the span is too sparse: index them);
-    `increasing` when the array is sorted."""
+    `increasing` when the array is sorted, and then `gaps`, where it is not a run of consecutive frames
+    (the indices i with pfns[i + 1] != pfns[i] + 1)."""
 
-    __slots__ = ("lo", "hi", "mask", "increasing")
+    __slots__ = ("lo", "hi", "mask", "increasing", "gaps")
     lo: int
     hi: int
     mask: np.ndarray | None
     increasing: bool
+    gaps: np.ndarray | None
 
     DENSE = 8           # use a mask over the span when it is at most this many times the frames
 
     @classmethod
-    def of(cls, pfns: np.ndarray) -> FrameSpan | None:
-        """The span of pfns, or None when some frame occurs twice."""
+    def of(cls, pfns: np.ndarray, gaps: np.ndarray | None = None) -> FrameSpan | None:
+        """The span of pfns, or None when some frame occurs twice. `gaps`: the indices i with
+        pfns[i + 1] != pfns[i] + 1, when the caller knows them (pfn_runs.run_gaps())."""
         fs = cls()
         n = len(pfns)
-        d = pfns[1:] - pfns[:-1]
-        gaps = np.flatnonzero(d != 1)                    # where the array is not a run of consecutive frames
-        fs.increasing = bool((d[gaps] > 0).all())
+        if gaps is None:
+            gaps = _gaps(pfns)                           # where the array is not a run of consecutive frames
+        d = pfns[gaps + 1] - pfns[gaps]
+        fs.increasing = bool((d > 0).all())
+        fs.gaps = gaps if fs.increasing else None
         lo = int(pfns.min()) if not fs.increasing else int(pfns[0])
         hi = (int(pfns.max()) if not fs.increasing else int(pfns[-1])) + 1
         fs.lo, fs.hi = lo, hi
         if fs.increasing and hi - lo - n <= n >> 4:      # none or a few holes: mark them, not the frames
             m = np.ones(hi - lo, dtype=bool)
-            first, size = pfns[gaps] + 1 - lo, d[gaps] - 1
-            starts = np.cumsum(size) - size
-            m[np.arange(hi - lo - n) + np.repeat(first - starts, size)] = False
+            if len(gaps):
+                first, size = pfns[gaps] + 1 - lo, d - 1
+                starts = np.cumsum(size) - size
+                m[np.arange(hi - lo - n) + np.repeat(first - starts, size)] = False
             fs.mask = m
         elif hi - lo <= cls.DENSE * n:
             m = np.zeros(hi - lo, dtype=bool)
@@ -346,9 +403,33 @@ class FrameSpan:
 
     def prefix(self, pfns: np.ndarray, n: int) -> FrameSpan | None:
         """The span of pfns[:n] (0 < n), from this one (of pfns) when pfns is sorted, else None."""
-        if not self.increasing:
+        if not self.increasing or self.gaps is None:
             return None
         fs = FrameSpan()
         fs.increasing, fs.lo, fs.hi = True, self.lo, int(pfns[n - 1]) + 1
         fs.mask = self.mask[:fs.hi - fs.lo] if self.mask is not None else None
+        fs.gaps = self.gaps[:int(np.searchsorted(self.gaps, n - 1))]
         return fs
+
+    def runs(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """pfn_runs.runs_of(pfns, increasing=True) from the gaps (None unless pfns is sorted)."""
+        if not self.increasing or self.gaps is None:
+            return None
+        n, gaps = len(pfns), self.gaps
+        first = np.empty(len(gaps) + 1, dtype=np.int64)
+        first[0] = 0
+        first[1:] = gaps
+        first[1:] += 1
+        lens = np.empty_like(first)
+        lens[:-1] = first[1:] - first[:-1]
+        lens[-1] = n - first[-1]
+        return pfns[first], lens, np.zeros(len(first), dtype=np.int64)
+
+    def count_kind(self, kind: np.ndarray, kd: int) -> int:
+        """How many of the frames are of kind kd (`kind`: the frame kinds, PageAlloc.views()[2]); for a
+        span with a mask."""
+        if self.mask is None:
+            raise ValueError("FrameSpan.count_kind: no mask")
+        same = kind[self.lo:self.hi] == kd
+        same &= self.mask
+        return int(np.count_nonzero(same))

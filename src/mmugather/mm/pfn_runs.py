@@ -114,9 +114,9 @@ class PfnRuns:
         self.n = 0
 
     # ------------------------------------------------------------ bulk forms
-    def extend(self, pfns, increasing: bool = False) -> None:
+    def extend(self, pfns, increasing: bool = False, runs: tuple | None = None) -> None:
         """Append every pfn of a numpy array (or sequence), in order (`increasing`: the caller knows they
-        are sorted)."""
+        are sorted; `runs`: their runs_of(), when the caller has them)."""
         pfns = np.asarray(pfns)
         n = len(pfns)
         if n < _SMALL:
@@ -126,7 +126,7 @@ class PfnRuns:
         if increasing and pfns[-1] - pfns[0] == n - 1:     # one run
             self.extend_runs(pfns[:1].astype(np.int64), np.array([n], dtype=np.int64), np.zeros(1, dtype=np.int64))
             return
-        self.extend_runs(*runs_of(pfns, increasing))
+        self.extend_runs(*(runs if runs is not None else runs_of(pfns, increasing)))
 
     def extend_runs(self, starts, lens, descs) -> None:
         """Append runs (numpy arrays: first pfn, length >= 1, descending flag), in order."""
@@ -222,8 +222,11 @@ def expand_runs(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.n
         s, ln = int(starts[0]), int(lens[0])
         return np.arange(s, s - ln, -1, dtype=np.int64) if descs[0] else np.arange(s, s + ln, dtype=np.int64)
     first = np.cumsum(lens) - lens                      # where each run begins in the sequence
-    if not descs.any():
-        return np.repeat(starts - first, lens) + np.arange(total, dtype=np.int64)
+    if not descs.any() and lens.min() > 0:              # steps of one, and a jump where each run begins
+        out = np.ones(total, dtype=np.int64)
+        out[first] = starts
+        out[first[1:]] -= starts[:-1] + lens[:-1] - 1
+        return np.cumsum(out, out=out)
     offs = np.arange(total, dtype=np.int64) - np.repeat(first, lens)
     return np.repeat(starts, lens) + offs * np.repeat(1 - 2 * descs, lens)
 
@@ -284,12 +287,26 @@ class RunCursor:
         nchunks = -(-(b - a) // size)
         bounds = np.searchsorted(owner, np.arange(nchunks + 1)).tolist()
         big = array("i", out.tobytes())
-        return [(big[bounds[j]:bounds[j + 1]], min(size, b - a - j * size)) for j in range(nchunks)]
+        counts = [size] * nchunks
+        counts[-1] = b - a - (nchunks - 1) * size
+        return list(zip(map(big.__getitem__, map(slice, bounds[:-1], bounds[1:])), counts))
 
 
-def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 17):
-    """The pfns of runs, in order, as numpy arrays of at most about `piece` pfns (bounded host memory)."""
+def run_gaps(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndarray | None:
+    """Where the pfns of runs do not go up by one (the indices i with pfns[i + 1] != pfns[i] + 1), from
+    the runs alone; None when some run goes down."""
+    if (descs[lens > 1] != 0).any():
+        return None
+    ends = np.cumsum(lens)
+    return ends[:-1][starts[1:] != starts[:-1] + lens[:-1]] - 1
+
+
+def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 18,
+               with_gaps: bool = False):
+    """The pfns of runs, in order, as numpy arrays of at most about `piece` pfns (bounded host memory);
+    `with_gaps`: each with its run_gaps(), as (pfns, gaps)."""
     cur = RunCursor(starts, lens, descs)
     total = int(cur.ends[-1]) if len(lens) else 0
     for a in range(0, total, piece):
-        yield expand_runs(*cur.take(a, min(total, a + piece)))
+        runs = cur.take(a, min(total, a + piece))
+        yield (expand_runs(*runs), run_gaps(*runs)) if with_gaps else expand_runs(*runs)

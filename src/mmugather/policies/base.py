@@ -27,8 +27,8 @@ from mmugather.mm.mremap import Mremap
 from mmugather.mm.pfnmap import Pfnmap
 from mmugather.mm.page_alloc import ANON, FILE
 from mmugather.mm.page_writeback import Writeback
-from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SIZE, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, \
-    _PAGE_USER, addr_end, pte_index
+from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, _PAGE_ACCESSED, _PAGE_DIRTY, \
+    _PAGE_PRESENT, _PAGE_RW, _PAGE_USER, addr_end, pte_index
 
 
 class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier, Pfnmap, Writeback):
@@ -86,6 +86,11 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         shared_file = vma.file is not None and vma.flags & VM_SHARED
         ro_file = vma.file is not None and not vma.flags & VM_WRITE
         mapped = 0
+        fresh = vma.file is None or not (shared_file or ro_file)
+        if fresh:                                   # frames for the pages, tables and directories at most
+            tables = sum(a not in mm.pte_tables for a in range(start >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1))
+            dirs = 2 * (((end - 1) >> PUD_SHIFT) - (start >> PUD_SHIFT) + 1)
+            alloc.reserve(((end - start) >> PAGE_SHIFT) + tables + dirs - len(alloc.free_list))
         addr = start
         while addr < end:
             nxt = addr_end(addr, end, PMD_SIZE)
@@ -95,7 +100,7 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
             empty = np.flatnonzero(view[i0:i1] == 0) + i0
             n = len(empty)
             if n:
-                if vma.file is None or not (shared_file or ro_file):
+                if fresh:
                     pfns = np.asarray(alloc.alloc_bulk(ANON, n), dtype=np.int64)
                     mm.rss[MM_ANONPAGES] += n
                 else:
@@ -113,6 +118,7 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
             else:
                 del view
             addr = nxt
+        alloc.unreserve()
         return mapped
 
     def _page_cache_pfns(self, vma, base: int, offsets) -> np.ndarray:
