@@ -107,7 +107,8 @@ def _kernel_check_arch(arch: str) -> tuple[str, str]:
                    "CPU's wake-up) are only warned about.")
 def calibrate(out_file, runs, no_fit, max_spread) -> None:
     """Measure each cost the model charges with its own host probe (null syscall, faults, per-page munmap,
-    1-page mmap/munmap/madvise/mprotect, shootdown round trips to a running and an idle CPU); fit each
+    1-page mmap/munmap/madvise/mprotect, shootdown round trips to a running and an idle CPU, the target's
+    own cost, and mutual shootdowns as a check: a small C program, built with cc); fit each
     cost so the 6.18 model's version of its probe takes the host's time; write a --costs file with the
     sources and the host's spread. Takes about 20 s."""
     from pathlib import Path
