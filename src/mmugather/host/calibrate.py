@@ -555,7 +555,8 @@ def fits() -> list[Fit]:
             per_page_ns({**file, "shared": True}, [write, drop], [write]),
             "model: write pass over a cached file, shared mapping, per page"),
         Fit(("ipi_handler",), "shootdown_receiver_ns", receiver_ns,
-            f"model: B computing on CPU 1 while A sends {_PROBE_FLUSHES} 1-page flushes, B's extra time per IPI"),
+            f"model: B computing on CPU 1 while A sends {2 * _PROBE_FLUSHES} 1-page flushes less while A sends "
+            f"{_PROBE_FLUSHES}, per IPI"),
         Fit(ROUND_TRIP_FIELDS, "shootdown_round_trip_ns",
             _difference(syscall_ns("dontneed:1:running"), syscall_ns("dontneed:1:alone")),
             "model: dontneed:1:running less dontneed:1:alone", includes=("ipi_handler",)),
