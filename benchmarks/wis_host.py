@@ -7,7 +7,11 @@ iterations per second and their ratio, with the host's own spread: each host cas
 median is compared, the range of the repeats shown as (max - min) / median. Not a test: the rates depend on
 the machine and its load. Twelve cases x 3 repeats x (1 s warm-up + 2 s) plus the model: about 2 minutes.
 
-    python benchmarks/wis_host.py [--costs FILE] [--seconds S] [--repeats R] [--tasks 1,2] [--ms MS]
+    python benchmarks/wis_host.py [--costs FILE] [--seconds S] [--repeats R] [--tests T,..] [--modes M,..]
+                                  [--tasks 1,2] [--ms MS]
+
+--tests, --modes and --tasks pick a subset while iterating (e.g. `--modes threads --tasks 2`: the threads:2
+cases alone); the validation of issue 22 is all twelve.
 """
 from __future__ import annotations
 
@@ -54,11 +58,18 @@ def main() -> None:
     ap.add_argument("--costs", default=None, help="cost file from `mmugather calibrate -o FILE`")
     ap.add_argument("--seconds", type=int, default=2, help="counted host seconds per run (after 1 s warm-up)")
     ap.add_argument("--repeats", type=int, default=3, help="host runs per case (median compared)")
+    ap.add_argument("--tests", default=",".join(TESTS), help="comma-separated tests (default: all)")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (default: threads,processes)")
     ap.add_argument("--tasks", default="1,2")
     ap.add_argument("--ms", type=int, default=20, help="simulated run time of the model's workload")
     args = ap.parse_args()
     costs = load_costs(args.costs)
-    cases = [(t, m, n) for t in TESTS for m in MODES for n in map(int, args.tasks.split(","))]
+    tests, modes = args.tests.split(","), args.modes.split(",")
+    for name, got, known in (("--tests", tests, TESTS), ("--modes", modes, MODES)):
+        bad = [x for x in got if x not in known]
+        if bad:
+            ap.error(f"{name}: unknown {', '.join(bad)} (expected some of {', '.join(known)})")
+    cases = [(t, m, n) for t in tests for m in modes for n in map(int, args.tasks.split(","))]
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp)
         runs: dict[tuple, list[float]] = {c: [] for c in cases}

@@ -4,7 +4,7 @@ import pytest
 
 from mmugather.kernel.locking import LOCAL_IRQ_DISABLE, LOCAL_IRQ_ENABLE, PREEMPT_DISABLE, PREEMPT_ENABLE
 from mmugather.kernel.rcu import Rcu
-from mmugather.kernel.smp import Sleep
+from mmugather.kernel.smp import Sleep, SmpCallFunctionMany
 from mmugather.machine.costs import Costs
 from mmugather.machine.cpu import FrameStack, TaskContractError
 from mmugather.machine.engine import DeadlockError, Engine, EngineObserver, LimitExceeded
@@ -198,3 +198,26 @@ def test_tick_hooks_run_every_tick_on_a_busy_cpu_only_with_interrupts_on():
 def test_a_tick_hook_must_be_callable():
     with pytest.raises(TypeError, match="on_tick"):
         engine().on_tick(None)
+
+
+def test_an_ipi_reaching_a_cpu_that_waits_for_its_own_acks_is_handled_inside_the_wait():
+    """Two CPUs send each other an IPI at the same time (will-it-scale's threads:2). Each spins in
+    csd_lock_wait() with interrupts on (kernel/smp.c smp_call_function_many_cond()), so it runs the other's
+    handler while it waits: both calls take one round trip (send + delivery + handler + ack), not a round
+    trip plus the other's handler run after the wait."""
+    costs = Costs(ipi_send=100, ipi_delivery=100, ipi_handler=5000, ipi_ack=100)
+    metrics = Metrics(2)
+    e = Engine(2, costs, "none", metrics, Invariants(metrics))
+    e.arch = _NoArch()
+    e.rcu = Rcu(e.cpus, metrics)
+    done = {}
+
+    def body(c, other):
+        start = c.clock
+        yield SmpCallFunctionMany([other], lambda t: 0)
+        done[c.id] = c.clock - start
+    for cpu in (0, 1):
+        e.spawn(f"t{cpu}", cpu, "user", lambda c, task, o=1 - cpu: body(c, o))
+    e.run()
+    assert done == {0: 5300, 1: 5300}             # (the old engine: 10300 and 10400)
+    assert metrics.ipis_by_cpu == [1, 1]

@@ -107,14 +107,18 @@ def _kernel_check_arch(arch: str) -> tuple[str, str]:
                    "CPU's wake-up) are only warned about.")
 def calibrate(out_file, runs, no_fit, max_spread) -> None:
     """Measure each cost the model charges with its own host probe (null syscall, faults, per-page munmap,
-    1-page mmap/munmap/madvise/mprotect, shootdown round trips to a running and an idle CPU); fit each
+    1-page mmap/munmap/madvise/mprotect, shootdown round trips to a running and an idle CPU, the target's
+    own cost, and mutual shootdowns as a check: a small C program, built with cc); fit each
     cost so the 6.18 model's version of its probe takes the host's time; write a --costs file with the
     sources and the host's spread. Takes about 20 s."""
     from pathlib import Path
 
     from mmugather.errors import InputError
+    from dataclasses import replace
+
     from mmugather.host import calibrate as cal
     from mmugather.host.kernel_check import host_info, model_unavailable
+    from mmugather.machine.costs import Costs
     from mmugather.host.probe import host_supported
     from mmugather.host.worker import WorkerError
     from mmugather.cli.paths import check_output_file
@@ -158,3 +162,15 @@ def calibrate(out_file, runs, no_fit, max_spread) -> None:
     click.echo(f"{out_file}: ({how})")
     for k, v in costs.items():
         click.echo(f"  {k} = {v}   # {sources[k]}")
+    if "shootdown_round_trip_ns" not in figures:
+        click.echo("note: no C compiler (cc): the shootdown probe did not run, so ipi_send, ipi_delivery, "
+                   "ipi_handler and ipi_ack keep their defaults", err=True)
+    if not why_no_model:
+        _calibrate_checks(cal.checks(figures, replace(Costs(), **costs)))
+
+
+def _calibrate_checks(rows) -> None:
+    """Print the figures the model is checked against, not fitted to: host median and range, model, ratio."""
+    for k, f, model, how in rows:
+        click.echo(f"check (not fitted): {k} host {f.median:,.0f} ns (p10 {f.p10:,.0f}, p90 {f.p90:,.0f}), "
+                   f"model {model:,.0f} ns, model/host {model / f.median:.2f} ({how})")

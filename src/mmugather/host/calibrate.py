@@ -9,8 +9,11 @@ that makes no system call (memchr of 0 bytes), so the Python and ctypes overhead
 Probes: in workers (JOBS), a null system call (getppid); write faults of fresh anonymous pages, read
 faults of them (the zero page), and a hot pass over the same pages (a 4 KiB memset: the clear_page()
 estimate); write faults of a cached file page through a shared and a private mapping; 1-page mmap, munmap,
-MADV_DONTNEED and mprotect, back to back (warm, as in a loop); 1-page munmaps with a second thread running
-user code on CPU 1 (less alone: the round trip of a shootdown to a running CPU). And through
+MADV_DONTNEED and mprotect, back to back (warm, as in a loop). In C (shootdown_probe.c, compiled with the
+host's cc: a Python thread waiting for the GIL would leave its CPU idle and lazy), a 1-page MADV_DONTNEED loop
+on CPU 0 alone, with thread B spinning in user mode on CPU 1 (the loop less alone: the round trip of a shootdown
+to a running CPU; B's lost time per IPI: the receiver's side) and with B in the same loop (mutual shootdowns,
+will-it-scale's threads:2: a check of the model, not fitted). And through
 probe.run_script, placed exactly as the 6.18 model places them (kernel_check.layout_of), the kernel-check
 scripts of SCRIPTS: a 512-page munmap with the second thread blocked (less alone: the round trip to an
 idle, lazy CPU, sent the flush because the munmap frees a PTE table) and a 256 MiB munmap (less 1 page:
@@ -19,15 +22,19 @@ the cost per page).
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from mmugather.host import syscalls as sc
-from mmugather.host.worker import SecondThread, run_worker
+from mmugather.host.worker import WorkerError, run_worker
 from mmugather.machine.costs import Costs
 
 _MUNMAP_BYTES = 256 << 20
@@ -256,33 +263,53 @@ def _calls(job: dict) -> dict:
             "overhead": ovh}
 
 
-def _one_page(job: dict) -> dict:
-    """Worker job: ns of 1-page munmaps with no other thread, then with thread B running on CPU 1."""
-    sc.pin(0)
-    alone = [_timed(_unmapper(_touched(sc.PAGE), sc.PAGE)) for _ in range(job["samples"])]
-    b = SecondThread("running")
-    try:
-        running: list[int] = []
-        while len(running) < job["samples"]:
-            pages = [_touched(sc.PAGE) for _ in range(job["samples"] - len(running))]
-            b.enter()
-            got = []
-            for addr in pages:
-                if not b.inside():
-                    break
-                got.append(_timed(_unmapper(addr, sc.PAGE)))
-            valid = b.inside()
-            b.leave()
-            for addr in pages[len(got):]:
-                sc.munmap(addr, sc.PAGE)
-            running += got if valid else got[:-1]
-    finally:
-        b.stop()
-    return {"alone": alone, "running": running}
-
-
 JOBS = {"munmap_ns": _munmap_ns, "null_syscall": _null_syscall, "anon_faults": _anon_faults,
-        "file_faults": _file_faults, "calls": _calls, "one_page": _one_page}
+        "file_faults": _file_faults, "calls": _calls}
+
+
+# ------------------------------------------------------------------ the shootdown probe (C)
+SHOOTDOWN_SOURCE = Path(__file__).with_name("shootdown_probe.c")
+SHOOTDOWN_MODES = ("alone", "running", "mutual")
+_SHOOTDOWN_CALLS = 2000
+_MIN_IPIS_PER_FLUSH = 0.9
+
+
+def build_shootdown_probe(out_dir: str) -> str | None:
+    """Compile shootdown_probe.c with the host's C compiler into `out_dir`: the program's path, or None when
+    there is no compiler (cc or gcc). WorkerError if it does not compile."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    exe = os.path.join(out_dir, "shootdown_probe")
+    r = subprocess.run([cc, "-O2", "-pthread", "-o", exe, str(SHOOTDOWN_SOURCE)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise WorkerError(f"shootdown_probe.c: {cc} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    return exe
+
+
+def shootdown_samples(exe: str, runs: int, timeout: float, calls: int = _SHOOTDOWN_CALLS) -> dict[str, list[int]]:
+    """Run the probe's modes `runs` times each, interleaved (a burst of load hits every mode alike); the
+    samples pooled: "alone" and "running" (A's per-call ns), "receiver" (B's gaps while running), "mutual"
+    (both threads' per-call ns). WorkerError when it fails, or when a target CPU took fewer than 0.9 IPIs per
+    flush sent to it (its thread was descheduled: the CPU left the mm, a busy host)."""
+    out: dict[str, list[int]] = {"alone": [], "running": [], "receiver": [], "mutual": []}
+    for _ in range(runs):
+        for mode in SHOOTDOWN_MODES:
+            try:
+                r = subprocess.run([exe, mode, str(calls)], capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise WorkerError(f"shootdown_probe {mode}: timed out after {timeout:g} s") from None
+            if r.returncode != 0:
+                raise WorkerError(f"shootdown_probe {mode}: exited {r.returncode}: {r.stderr.strip()[-200:]}")
+            got = json.loads(r.stdout)
+            took = min(got["tlb"]) if mode == "mutual" else got["tlb"][1]
+            if mode != "alone" and took < _MIN_IPIS_PER_FLUSH * calls:
+                raise WorkerError(f"shootdown_probe {mode}: a CPU took {took} IPIs for {calls} flushes sent to it: "
+                                  "a thread was descheduled (a busy host); rerun on a quiet machine")
+            if mode == "running":
+                out["receiver"] += got["gaps"]
+            out[mode] += got["a_ns"] + got["b_ns"]
+    return out
 
 
 # ------------------------------------------------------------------ the measurement
@@ -318,7 +345,6 @@ def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> 
     anon = run_worker({"kind": "anon_faults", "repeats": reps}, timeout)
     files = run_worker({"kind": "file_faults", "repeats": reps, "dir": file_dir}, timeout)
     calls = run_worker({"kind": "calls", "samples": _ONE_PAGE_SAMPLES}, timeout)
-    one = run_worker({"kind": "one_page", "samples": _ONE_PAGE_SAMPLES}, timeout)
     scripts = {name: _script(name, k, calls["overhead"], timeout) for name, k in SCRIPTS.items()}
     f = {
         "null_syscall_ns": figure(null["ns"], "ns", "getppid() less getpagesize(), loops of 200, CPU 0"),
@@ -339,11 +365,7 @@ def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> 
     for call in ("mmap", "munmap", "dontneed", "mprotect"):
         f[f"{call}_1page_alone_ns"] = figure(calls[call], "ns", f"{call} of 1 page, alone, back to back, "
                                                                 "less timing overhead")
-    alone, running = (figure([float(x) for x in one[k]], "ns", f"1-page munmap, back to back, {k}")
-                      for k in ("alone", "running"))
-    f["munmap_1page_running_ns"] = running
-    f["shootdown_round_trip_ns"] = running.minus(alone, "1-page munmap with B running user code on CPU 1 less "
-                                                        "alone, back to back")
+    f.update(_shootdown_figures(max(runs, 5), timeout))
     f.update({script_key(name): fig for name, fig in scripts.items()})
     big, small = f[script_key(f"munmap:{_MUNMAP_BYTES // sc.PAGE}:alone")], f[script_key("munmap:1:alone")]
     pages = _MUNMAP_BYTES // sc.PAGE - 1
@@ -354,6 +376,29 @@ def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> 
         f[script_key(f"munmap:{_IDLE_PAGES}:alone")],
         f"munmap:{_IDLE_PAGES}:blocked less munmap:{_IDLE_PAGES}:alone (CPU 1 idle, lazy; the PTE table freed)")
     return f
+
+
+def _shootdown_figures(runs: int, timeout: float) -> dict[str, Figure]:
+    """The figures of shootdown_probe.c (see shootdown_samples), none without a C compiler."""
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build_shootdown_probe(tmp)
+        if exe is None:
+            return {}
+        got = shootdown_samples(exe, runs, timeout)
+    probe = f"shootdown_probe.c, {runs} x {_SHOOTDOWN_CALLS} calls"
+    alone = figure([float(x) for x in got["alone"]], "ns", f"{probe}: 1-page MADV_DONTNEED after a write, "
+                   "back to back in C on CPU 0, alone")
+    running = figure([float(x) for x in got["running"]], "ns", f"{probe}: the same with thread B spinning in "
+                     "user mode on CPU 1")
+    return {"dontneed_loop_alone_ns": alone, "dontneed_loop_running_ns": running,
+            "shootdown_round_trip_ns": running.minus(alone, f"{probe}: dontneed_loop_running_ns less "
+                                                            "dontneed_loop_alone_ns (medians)"),
+            "shootdown_receiver_ns": figure([float(x) for x in got["receiver"]], "ns", f"{probe}: thread B's "
+                                            "time lost per interruption while spinning in user mode (gaps above "
+                                            "300 ns between clock reads; nearly all are the flush IPIs)"),
+            "shootdown_mutual_ns": figure([float(x) for x in got["mutual"]], "ns", f"{probe}: 1-page MADV_DONTNEED "
+                                          "after a write with both threads in the loop (each flush shoots down "
+                                          "the other), both threads' calls")}
 
 
 def host_kernel_pages_per_s(runs: int = 3, timeout: float = 120.0) -> float:
@@ -367,7 +412,8 @@ NOISE_CHECKED = ("null_syscall_ns", "zero_ns_per_page", "anon_write_fault_ns", "
                  "file_shared_write_fault_ns", "file_private_write_fault_ns", "file_private_wp_copy_ns",
                  "mmap_1page_alone_ns",
                  "munmap_1page_alone_ns", "dontneed_1page_alone_ns", "mprotect_1page_alone_ns",
-                 "munmap_1page_running_ns", *(script_key(name) for name in SCRIPTS))
+                 "dontneed_loop_alone_ns", "dontneed_loop_running_ns", "shootdown_receiver_ns",
+                 "shootdown_mutual_ns", *(script_key(name) for name in SCRIPTS))
 # Checked figures that are bimodal on a quiet host, by what they measure: warned about, never refused.
 BIMODAL = {script_key(f"munmap:{_IDLE_PAGES}:blocked"):
            "the flush wakes idle CPU 1, whose exit from a C-state (HLT; a vCPU wake on KVM) takes one of two times"}
@@ -388,11 +434,13 @@ ModelFigure = Callable[[Costs], float]           # the model's value of a figure
 @dataclass(frozen=True)
 class Fit:
     """`fields` (solved together, shared in the defaults' proportions) set so that `model` gives the host's
-    `figure`; without `model` they are set to the figure itself."""
+    `figure`; without `model` they are set to the figure itself, less the costs of `includes` (set by
+    earlier fits) that the figure also holds."""
     fields: tuple[str, ...]
     figure: str
     model: ModelFigure | None
     how: str
+    includes: tuple[str, ...] = ()
 
 
 def _run(scenario: dict, costs) -> dict:
@@ -432,6 +480,44 @@ def _difference(a: ModelFigure, b: ModelFigure, scale: float = 1.0) -> ModelFigu
     return lambda costs: (a(costs) - b(costs)) / scale
 
 
+def _one_page_loop(vma: str, times: int) -> list[dict]:
+    """shootdown_probe.c's loop: write one byte of a 1-page VMA, then MADV_DONTNEED it, `times` times."""
+    page = {"vma": vma, "size": sc.PAGE}
+    return [{"op": "loop", "times": times, "body": [{"op": "touch", "write": True, **page},
+                                                   {"op": "madvise", "advice": "dontneed", **page}]}]
+
+
+def _two_threads(a: list[dict], b: list[dict]) -> dict:
+    """A scenario of one process: thread A on CPU 0 runs `a`, thread B on CPU 1 runs `b`, each a 1-page VMA."""
+    vmas = [{"name": "a", "size": sc.PAGE}, {"name": "b", "size": sc.PAGE}]
+    return {"name": "calibrate", "seed": 1, "machine": {"cpus": 2, "preempt": "voluntary", "latency_task": False},
+            "process": [{"name": "p", "vma": vmas, "thread": [{"cpu": 0, "program": a}, {"cpu": 1, "program": b}]}]}
+
+
+_PROBE_FLUSHES = 20
+
+
+def receiver_ns(costs) -> float:
+    """The model's shootdown_receiver_ns: thread B computes in user mode on CPU 1 for longer than thread A's
+    loop of 1-page flushes takes (each flush IPIs B); B's extra time per IPI, from A's loop of 2 x
+    _PROBE_FLUSHES iterations less one of _PROBE_FLUSHES (what else the run does is in both)."""
+    b: list[dict] = [{"op": "compute", "ns": 4 * _PROBE_FLUSHES * 1_000_000}, {"op": "halt"}]
+    ends = []
+    for k in (_PROBE_FLUSHES, 2 * _PROBE_FLUSHES):
+        m = _run(_two_threads(_one_page_loop("a", k), b), costs)
+        if m["ipis_by_cpu"][1] != k:
+            raise AssertionError(f"receiver_ns: B took {m['ipis_by_cpu'][1]} IPIs, not {k}")
+        ends.append(m["sim_time_ns"])
+    return (ends[1] - ends[0]) / _PROBE_FLUSHES
+
+
+def mutual_ns(costs) -> float:
+    """The model's shootdown_mutual_ns: both threads in the 1-page loop (each flush IPIs the other), the
+    median MADV_DONTNEED."""
+    m = _run(_two_threads(_one_page_loop("a", _PROBE_FLUSHES), _one_page_loop("b", _PROBE_FLUSHES)), costs)
+    return float(m["syscall_ns"]["p50"])
+
+
 def _mmap_ns(costs) -> float:
     m = _run(_micro({"name": "x", "size": "4KiB"}, [{"op": "mmap", "vma": {"name": "a", "size": "4KiB"}}]), costs)
     return float(m["syscall_ns"]["max"])
@@ -468,16 +554,28 @@ def fits() -> list[Fit]:
         Fit(("page_mkwrite",), "file_shared_write_fault_ns",
             per_page_ns({**file, "shared": True}, [write, drop], [write]),
             "model: write pass over a cached file, shared mapping, per page"),
+        Fit(("ipi_handler",), "shootdown_receiver_ns", receiver_ns,
+            f"model: B computing on CPU 1 while A sends {2 * _PROBE_FLUSHES} 1-page flushes less while A sends "
+            f"{_PROBE_FLUSHES}, per IPI"),
         Fit(ROUND_TRIP_FIELDS, "shootdown_round_trip_ns",
-            _difference(syscall_ns("munmap:1:running"), syscall_ns("munmap:1:alone")),
-            "model: munmap:1:running less munmap:1:alone"),
+            _difference(syscall_ns("dontneed:1:running"), syscall_ns("dontneed:1:alone")),
+            "model: dontneed:1:running less dontneed:1:alone", includes=("ipi_handler",)),
         Fit(("ipi_idle_exit",), "idle_round_trip_ns",
             _difference(syscall_ns(f"munmap:{_IDLE_PAGES}:blocked"), syscall_ns(f"munmap:{_IDLE_PAGES}:alone")),
             f"model: munmap:{_IDLE_PAGES}:blocked less munmap:{_IDLE_PAGES}:alone"),
     ]
 
 
-ROUND_TRIP_FIELDS = ("ipi_send", "ipi_delivery", "ipi_handler", "ipi_ack")
+# the round trip's parts other than the target's handler (fitted first, to the receiver's own figure)
+ROUND_TRIP_FIELDS = ("ipi_send", "ipi_delivery", "ipi_ack")
+# figures the model is checked against, not fitted to: (figure, the model's version, how)
+CHECKS = (("shootdown_mutual_ns", mutual_ns,
+           f"model: both threads in the 1-page loop ({_PROBE_FLUSHES} each), median MADV_DONTNEED"),)
+
+
+def checks(figures: dict[str, Figure], costs) -> list[tuple[str, Figure, float, str]]:
+    """(figure, the host's Figure, the model's value under `costs`, how) of each CHECKS figure measured."""
+    return [(k, figures[k], model(costs), how) for k, model, how in CHECKS if k in figures]
 
 
 def _split(total: float, fields: tuple[str, ...], base) -> dict[str, int]:
@@ -515,8 +613,9 @@ def _solve(fit: Fit, target: float, costs, base):
 def fit_costs(figures: dict[str, Figure], with_model: bool = True, base=None) -> tuple[dict[str, int], dict[str, str]]:
     """Cost overrides fitted from `figures` (see `calibrate`) and, per key, where its value came from.
     Each fit sets its fields so that the model's own version of the probe (fits()) gives the host's median;
-    without the model only the fits with no model figure are made and the two round trips and the per-page
-    munmap time are shared among their fields directly."""
+    without the model only the fits with no model figure are made, the receiver's time sets ipi_handler, and
+    the two round trips (less what earlier fits already hold) and the per-page munmap time are shared among
+    their fields directly."""
     from dataclasses import replace
 
     base = base or Costs()
@@ -527,9 +626,10 @@ def fit_costs(figures: dict[str, Figure], with_model: bool = True, base=None) ->
         fig = figures[fit.figure]
         where = f"{fit.figure} (median {fig.median:,.1f} {fig.unit}, p10 {fig.p10:,.1f}, p90 {fig.p90:,.1f}, n {fig.n})"
         if fit.model is None or not with_model:
-            if fit.model is not None and fit.fields[0] not in ("pte_zap", "ipi_send", "ipi_idle_exit"):
+            if fit.model is not None and fit.fields[0] not in ("pte_zap", "ipi_handler", "ipi_send", "ipi_idle_exit"):
                 continue
-            costs = replace(costs, **_split(fig.median, fit.fields, base))
+            held = sum(getattr(costs, f) for f in fit.includes)
+            costs = replace(costs, **_split(fig.median - held, fit.fields, base))
             note = "set from the figure, not fitted (no model)" if fit.model else fit.how
         else:
             costs, _, note = _solve(fit, fig.median, costs, base)

@@ -975,10 +975,29 @@ class Engine:
                 sender.ipi_wait_until = ack
             sender.ipi_acks_left -= 1
             if sender.ipi_acks_left == 0:
-                sender.clock = max(sender.clock, sender.ipi_wait_until)
-                sender.state = RUNNING
-                self._push_cpu(sender)
+                self._last_ack_sent(sender)
         c.attention = bool(pending) or c.need_resched
+
+    def _last_ack_sent(self, sender: Cpu) -> None:
+        """The last target has run its handler; its csd_unlock() reaches `sender` at sender.ipi_wait_until.
+        Until then the sender is still in csd_lock_wait() (kernel/smp.c smp_call_function_many_cond(): it
+        spins with interrupts on), so a timed run keeps it in IPI_WAIT and ends the wait with an event at
+        that time: an IPI arriving meanwhile is taken inside the wait, overlapping it, as the kernel takes
+        it. (An untimed scheduler orders nothing by time: the sender runs again at once.)"""
+        if self.scheduler.timed and sender.ipi_wait_until > sender.clock:
+            sender.token += 1
+            self._push(sender.ipi_wait_until, sender, sender.token, functools.partial(self._ack_landed, sender))
+            return
+        sender.clock = max(sender.clock, sender.ipi_wait_until)
+        sender.state = RUNNING
+        self._push_cpu(sender)
+
+    def _ack_landed(self, c: Cpu, t: int) -> None:
+        """Event: the last acknowledgement reaches CPU c, waiting in csd_lock_wait(); it runs on from the
+        later of that time and the end of any IPI handler it ran while it waited."""
+        c.clock = max(c.clock, c.ipi_wait_until)
+        c.state = RUNNING
+        self._push_cpu(c)
 
     def _compute_done_cb(self, c: Cpu) -> Callable[[int], None]:
         """The callback of c's compute end (made once per CPU)."""
