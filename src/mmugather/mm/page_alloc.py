@@ -96,6 +96,20 @@ class PageAlloc:
         self.nr_used[kind] += n
         return pfns + list(range(first, first + rest)) if pfns else range(first, first + rest)
 
+    def alloc_folio(self, kind: int, nr_pages: int) -> int:
+        """folio_alloc() of a large folio at set-up time: nr_pages contiguous frames, each with refcount 1
+        (the model keeps a reference per page), taken above every frame handed out so far (the model's
+        memory is unbounded; the buddy allocator would hand out a naturally aligned block). Returns the
+        first frame."""
+        if nr_pages < 1:
+            raise ValueError(f"alloc_folio: nr_pages must be positive, got {nr_pages}")
+        first = len(self.refcount)
+        self.refcount.extend(array("h", [1]) * nr_pages)
+        self.mapcount.extend(array("h", bytes(2 * nr_pages)))
+        self.kind.extend(array("b", [kind]) * nr_pages)
+        self.nr_used[kind] += nr_pages
+        return first
+
     def alloc_many(self, kind: int, n: int, gfp: str) -> list[int]:
         """alloc_page(kind, gfp) n times, for allocations that cannot fail (GFP_KERNEL, or GFP_NOWAIT with
         fail_nowait 0): the same frames in the same order, without the per-call work."""

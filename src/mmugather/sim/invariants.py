@@ -321,7 +321,7 @@ class Invariants:
                 if mm.rss != [0, 0]:
                     self.report("leak", -1, f"mm {mm.id} exited with RSS counters file={mm.rss[0]} "
                                             f"anon={mm.rss[1]}")
-                if mm.pte_tables or mm.nr_ptes or mm.pgd.entries:
+                if mm.pte_tables or mm.nr_ptes or mm.pgd.entries or mm.huge_pmds:
                     self.report("leak", -1, f"mm {mm.id} exited with {len(mm.pte_tables)} PTE tables still "
                                             f"hooked (nr_ptes={mm.nr_ptes})")
                 continue
