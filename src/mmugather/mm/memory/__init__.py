@@ -257,9 +257,11 @@ class Memory(KernelPart):
     def page_mkwrite_ns(self, mapping, index: int) -> int:
         """The cost of ->page_mkwrite() for the folio holding page `index` of `mapping`: ext4_page_mkwrite()
         -> block_page_mkwrite() (fs/buffer.c) prepares and commits every block of the folio (`end =
-        folio_size(folio)`), so a PMD-sized folio (mm/huge_memory.py) costs 511 pages more than one page."""
-        extra = 511 if mapping.pmd_folios and mapping.pmd_folio_of(index) is not None else 0
-        return self.costs.page_mkwrite + extra * self.costs.page_mkwrite_per_page
+        folio_size(folio)`), so a PMD-sized folio (mm/huge_memory.py) costs page_mkwrite_pmd more than one
+        page."""
+        if mapping.pmd_folios and mapping.pmd_folio_of(index) is not None:
+            return self.costs.page_mkwrite + self.costs.page_mkwrite_pmd
+        return self.costs.page_mkwrite
 
     def put_page_now(self, c, pfn: int) -> None:
         """free_page_and_swap_cache() of a gather in fast mode: the reference goes at once."""
