@@ -85,7 +85,8 @@ class Costs:
     # PMD-mapped file folios (mm/huge_memory.py; a file's `pmd_folios_from`), each from its own host probe
     page_mkwrite_pmd: int = 0   # ->page_mkwrite() of a PMD-sized folio beyond a 1-page one's (ext4's
     #                             block_page_mkwrite() walks every block of the folio: 512, not 1)
-    pmd_map: int = 0            # do_set_pmd(): map a PMD-sized folio by one PMD (rmap, counters, set_pmd_at)
+    pmd_map: int = 0            # do_set_pmd(): map a PMD-sized folio by one PMD (rmap, counters, set_pmd_at), and
+    #                             the PTE table the fault preallocates and frees unused around it
     split_huge_pmd: int = 0     # __split_huge_pmd() of a file PMD, less its TLB flush: clear, rmap, folio_put
 
     def __post_init__(self) -> None:

@@ -109,12 +109,12 @@ class HugeMemory618(KernelPart):
         filemap_map_pmd() -> do_set_pmd() maps the folio read-only, unless the folio is locked
         (next_uptodate_folio()'s folio_trylock() fails: then, as without fault-around, __do_fault() ->
         filemap_fault() waits for the lock and finish_fault() -> do_set_pmd()); do_fault() frees the
-        unused table."""
+        unused table (its allocation, zeroing and free are charged in pmd_map: the calibrated page_alloc
+        stands for an anonymous fault's whole allocation path, memcg charge and LRU included)."""
         costs = self.costs
         head = linear_page_index(vma, addr & PMD_MASK)
         lock = vma.file.folio_lock_of(head)
-        yield MIGHT_SLEEP
-        yield costs.page_alloc + costs.page_zero            # vmf->prealloc_pte = pte_alloc_one()
+        yield MIGHT_SLEEP                                   # vmf->prealloc_pte = pte_alloc_one() (GFP_KERNEL)
         if self.fault_around_pages() > 1 and lock.owner is None:
             yield self.do_set_pmd(c, vma, addr, False)
         else:
@@ -123,20 +123,18 @@ class HugeMemory618(KernelPart):
             yield MutexLock(lock)
             yield self.do_set_pmd(c, vma, addr, False)      # finish_fault()
             yield MutexUnlock(lock)
-        yield costs.page_free                               # do_fault(): pte_free(vmf->prealloc_pte)
 
     def do_shared_fault_pmd(self, c, vma, addr: int) -> Path:
         """do_shared_fault(), mm/memory.c v6.18, with the PMD none and a PMD-sized folio: __do_fault()
         preallocates a PTE table and calls filemap_fault(); do_page_mkwrite() runs ->page_mkwrite() over
         the folio, which it returns locked; finish_fault() -> do_set_pmd() maps the folio writable and
         dirty; fault_dirty_shared_page() -> folio_mark_dirty(), folio_unlock(); do_fault() frees the
-        unused table."""
+        unused table (charged in pmd_map, as in do_read_fault_pmd())."""
         costs = self.costs
         mapping = vma.file
         head = linear_page_index(vma, addr & PMD_MASK)
         lock = mapping.folio_lock_of(head)
-        yield MIGHT_SLEEP
-        yield costs.page_alloc + costs.page_zero            # __do_fault(): vmf->prealloc_pte = pte_alloc_one()
+        yield MIGHT_SLEEP                                   # __do_fault(): vmf->prealloc_pte = pte_alloc_one()
         if costs.file_fault:
             yield costs.file_fault                          # ->fault = filemap_fault()
         mkwrite = self.page_mkwrite_ns(mapping, head)
@@ -146,7 +144,6 @@ class HugeMemory618(KernelPart):
         if (yield self.do_set_pmd(c, vma, addr, True)):     # finish_fault()
             self.folio_mark_dirty(mapping, head, mapping.page_cache[head])
         yield MutexUnlock(lock)
-        yield costs.page_free                               # do_fault(): pte_free(vmf->prealloc_pte)
 
     def do_set_pmd(self, c, vma, addr: int, write: bool) -> Path:
         """do_set_pmd(), mm/memory.c v6.18 (the caller checked thp_vma_suitable_order() and the folio's
