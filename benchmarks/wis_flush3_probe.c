@@ -7,7 +7,8 @@
  * write then a write-protect fault whose ->page_mkwrite walks the page's folio). With NOHUGE=1 the mapping
  * gets MADV_NOHUGEPAGE, so no 2 MiB folio is mapped by a PMD.
  *
- * Beside each window's loop time it prints the loop run again with each of its three steps timed apart, and what the kernel did per iteration, from /proc/vmstat around the
+ * Beside each window's loop time it prints the loop run again with each of its three steps timed apart,
+ * calibrate's file_pmd_faults cycle (read, MADV_DONTNEED, write, each with nothing mapped before it) in C, and what the kernel did per iteration, from /proc/vmstat around the
  * loop (system-wide counters: run it on an otherwise idle machine): thp_split_pmd (__split_huge_pmd_locked()
  * calls), thp_file_mapped (do_set_pmd() mappings of a file folio) and pgfault; and the FilePmdMapped kB of
  * this mapping in /proc/self/smaps after the loop.
@@ -131,6 +132,21 @@ int main(int argc, char **argv)
 			s3 = now();
 			steps[0] += s1 - s0, steps[1] += s2 - s1, steps[2] += s3 - s2;
 		}
+		/* calibrate's file_pmd_faults cycle (host/calibrate.py) in C, once per page: a read with nothing
+		 * mapped, a 1-page MADV_DONTNEED, a write with nothing mapped, an untimed MADV_DONTNEED */
+		double cyc[3] = {0, 0, 0};
+		madvise(a, size, MADV_DONTNEED);
+		for (long i = 0; i < WINDOW; i += PG) {
+			s0 = now();
+			x = b[i];
+			s1 = now();
+			madvise(b + i, PG, MADV_DONTNEED);
+			s2 = now();
+			b[i] = 2;
+			s3 = now();
+			madvise(b + i, PG, MADV_DONTNEED);
+			cyc[0] += s1 - s0, cyc[1] += s2 - s1, cyc[2] += s3 - s2;
+		}
 		vmstat(after);
 		(void)x;
 		printf("window %d: write after a read pass %6.0f ns/page; tlb_flush3 loop %6.0f ns/iteration;", w,
@@ -140,6 +156,8 @@ int main(int argc, char **argv)
 		printf(" per iteration; FilePmdMapped %ld kB\n", file_pmd_mapped_kb(a));
 		printf("          steps timed apart: write %6.0f, madvise %6.0f, read %6.0f ns/iteration\n",
 		       steps[0] / (WINDOW / PG), steps[1] / (WINDOW / PG), steps[2] / (WINDOW / PG));
+		printf("          calibrate's cycle: read %6.0f, madvise %6.0f, write %6.0f ns each\n",
+		       cyc[0] / (WINDOW / PG), cyc[1] / (WINDOW / PG), cyc[2] / (WINDOW / PG));
 	}
 	return 0;
 }
