@@ -120,6 +120,7 @@ int main(int argc, char **argv)
 			x = b[i];
 		}
 		t3 = now();
+		vmstat(after);
 		/* the same loop again, each step timed on its own (clock_gettime() adds ~20-50 ns to each) */
 		double steps[3] = {0, 0, 0}, s0, s1, s2, s3;
 		for (long i = 0; i < WINDOW; i += PG) {
@@ -147,7 +148,6 @@ int main(int argc, char **argv)
 			madvise(b + i, PG, MADV_DONTNEED);
 			cyc[0] += s1 - s0, cyc[1] += s2 - s1, cyc[2] += s3 - s2;
 		}
-		vmstat(after);
 		(void)x;
 		printf("window %d: write after a read pass %6.0f ns/page; tlb_flush3 loop %6.0f ns/iteration;", w,
 		       (t1 - t0) / (WINDOW / PG), (t3 - t2) / (WINDOW / PG));
