@@ -121,6 +121,7 @@ int main(int argc, char **argv)
 		}
 		t3 = now();
 		vmstat(after);
+		long pmd_kb = file_pmd_mapped_kb(a);
 		/* the same loop again, each step timed on its own (clock_gettime() adds ~20-50 ns to each) */
 		double steps[3] = {0, 0, 0}, s0, s1, s2, s3;
 		for (long i = 0; i < WINDOW; i += PG) {
@@ -153,7 +154,7 @@ int main(int argc, char **argv)
 		       (t1 - t0) / (WINDOW / PG), (t3 - t2) / (WINDOW / PG));
 		for (int i = 0; i < NCOUNTERS; i++)
 			printf(" %s %.2f", COUNTERS[i], (double)(after[i] - before[i]) / (WINDOW / PG));
-		printf(" per iteration; FilePmdMapped %ld kB\n", file_pmd_mapped_kb(a));
+		printf(" per iteration; FilePmdMapped %ld kB\n", pmd_kb);
 		printf("          steps timed apart: write %6.0f, madvise %6.0f, read %6.0f ns/iteration\n",
 		       steps[0] / (WINDOW / PG), steps[1] / (WINDOW / PG), steps[2] / (WINDOW / PG));
 		printf("          calibrate's cycle: read %6.0f, madvise %6.0f, write %6.0f ns each\n",
