@@ -251,7 +251,8 @@ def _pmd_ranges(addr: int, size: int) -> list[int]:
 
 
 def _pmd_calls(r: int) -> tuple[Callable[[], object], ...]:
-    """The three timed calls of a _file_pmd_faults() cycle on the 2 MiB range at r."""
+    """The four timed calls of a _file_pmd_faults() cycle on the 2 MiB range at r: read, write, MADV_DONTNEED
+    of the first page, write."""
     def read() -> object:
         return _memchr(r, 2, 1)
 
@@ -260,7 +261,7 @@ def _pmd_calls(r: int) -> tuple[Callable[[], object], ...]:
 
     def write() -> object:
         return ctypes.memset(r, 1, 1)
-    return read, split, write
+    return read, write, split, write
 
 
 def _file_pmd_faults(job: dict) -> dict:
@@ -269,14 +270,17 @@ def _file_pmd_faults(job: dict) -> dict:
     in cycles on one range at a time as will-it-scale's tlb_flush3 loop works on one folio for 512
     iterations (the folio's buffer heads stay in the caches: cycling through all 44 folios instead made
     the write fault 2-3 times slower and bimodal): a 1-byte read with the PMD none (do_read_fault() ->
-    fault-around -> filemap_map_pmd() -> do_set_pmd(), read-only), a 1-page MADV_DONTNEED of the range's
-    first page (the zap splits the PMD: __split_huge_pmd()), a 1-byte write with the PMD none
-    (do_shared_fault(): ->page_mkwrite() over the whole folio, then finish_fault() -> do_set_pmd(), dirty),
-    and an untimed MADV_DONTNEED; _PMD_CYCLES per range and repeat, the first one not kept."""
+    fault-around -> filemap_map_pmd() -> do_set_pmd(), read-only), a 1-byte write to that read-only PMD
+    (wp_huge_pmd() splits it, then as the next write: `wp_write`, a check figure no cost is fitted to), a
+    1-page MADV_DONTNEED of the range's first page (the zap splits the PMD: __split_huge_pmd()), a 1-byte
+    write with the PMD none (do_shared_fault(): ->page_mkwrite() over the whole folio, then finish_fault()
+    -> do_set_pmd(), dirty), and an untimed MADV_DONTNEED; _PMD_CYCLES per range and repeat, the first one
+    not kept."""
     sc.pin(0)
     size, ovh = _PMD_FILE_BYTES, _overhead_ns()
     fd, path = tempfile.mkstemp(dir=job["dir"])
     read: list[float] = []
+    wp_write: list[float] = []
     split: list[float] = []
     write: list[float] = []
     try:
@@ -287,7 +291,7 @@ def _file_pmd_faults(job: dict) -> dict:
         sc.madvise(addr, size, sc.MADV_DONTNEED)
         ranges = _pmd_ranges(addr, size)
         if len(ranges) < _MIN_PMD_RANGES:
-            return {"ranges": len(ranges), "read": [], "split": [], "write": []}
+            return {"ranges": len(ranges), "read": [], "wp_write": [], "split": [], "write": []}
         for _ in range(job["repeats"]):
             for r in ranges:
                 calls = _pmd_calls(r)
@@ -296,12 +300,13 @@ def _file_pmd_faults(job: dict) -> dict:
                     sc.madvise(r, sc.PAGE, sc.MADV_DONTNEED)
                     if cycle:
                         read.append(t[0])
-                        split.append(t[1])
-                        write.append(t[2])
+                        wp_write.append(t[1])
+                        split.append(t[2])
+                        write.append(t[3])
         sc.munmap(addr, size)
     finally:
         os.close(fd)
-    return {"ranges": len(ranges), "read": read, "split": split, "write": write}
+    return {"ranges": len(ranges), "read": read, "wp_write": wp_write, "split": split, "write": write}
 
 
 def _one_call(make: Callable[[], Callable[[], object]], after: Callable[[], object], samples: int,
@@ -431,6 +436,9 @@ def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> 
                                                                 f"({where}), less timing overhead")
         f["pmd_shared_write_fault_ns"] = figure(pmd["write"], "ns", f"1-byte write, PMD none ({where}), "
                                                                     "less timing overhead")
+        f["pmd_wp_write_fault_ns"] = figure(pmd["wp_write"], "ns", f"1-byte write to a read-only PMD: split, then "
+                                                                   f"as pmd_shared_write_fault_ns ({where}); a "
+                                                                   "check, nothing fitted to it")
     for call in ("mmap", "munmap", "dontneed", "mprotect"):
         f[f"{call}_1page_alone_ns"] = figure(calls[call], "ns", f"{call} of 1 page, alone, back to back, "
                                                                 "less timing overhead")
