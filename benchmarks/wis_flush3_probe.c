@@ -7,6 +7,12 @@
  * write then a write-protect fault whose ->page_mkwrite walks the page's folio). With NOHUGE=1 the mapping
  * gets MADV_NOHUGEPAGE, so no 2 MiB folio is mapped by a PMD.
  *
+ * Beside each window's loop time it prints the loop run again with each of its three steps timed apart,
+ * calibrate's file_pmd_faults cycle (read, MADV_DONTNEED, write, each with nothing mapped before it) in C, and what the kernel did per iteration, from /proc/vmstat around the
+ * loop (system-wide counters: run it on an otherwise idle machine): thp_split_pmd (__split_huge_pmd_locked()
+ * calls), thp_file_mapped (do_set_pmd() mappings of a file folio) and pgfault; and the FilePmdMapped kB of
+ * this mapping in /proc/self/smaps after the loop.
+ *
  * Usage: cc -O2 -o wis_flush3_probe benchmarks/wis_flush3_probe.c && ./wis_flush3_probe [NOHUGE] [DIR]
  * Not part of the package; prints ns per page, CPU 0, one pass per window (repeat it: the host is shared).
  */
@@ -22,6 +28,45 @@
 #define PG 4096L
 #define WINDOW (2048 * PG)
 #define WINDOWS 6
+
+static const char *const COUNTERS[] = {"thp_split_pmd", "thp_file_mapped", "pgfault"};
+#define NCOUNTERS 3
+
+static void vmstat(long *out)
+{
+	char name[64];
+	long value;
+	FILE *f = fopen("/proc/vmstat", "r");
+
+	for (int i = 0; i < NCOUNTERS; i++)
+		out[i] = -1;
+	while (f && fscanf(f, "%63s %ld", name, &value) == 2)
+		for (int i = 0; i < NCOUNTERS; i++)
+			if (strcmp(name, COUNTERS[i]) == 0)
+				out[i] = value;
+	if (f)
+		fclose(f);
+}
+
+/* FilePmdMapped (kB) of the mapping that starts at `a`, from /proc/self/smaps. */
+static long file_pmd_mapped_kb(char *a)
+{
+	char line[256], want[32];
+	long kb = -1;
+	int in = 0;
+	FILE *f = fopen("/proc/self/smaps", "r");
+
+	snprintf(want, sizeof(want), "%lx-", (unsigned long)a);
+	while (f && fgets(line, sizeof(line), f)) {
+		if (strchr(line, '-') && strncmp(line, want, strlen(want)) == 0)
+			in = 1;
+		else if (in && sscanf(line, "FilePmdMapped: %ld kB", &kb) == 1)
+			break;
+	}
+	if (f)
+		fclose(f);
+	return kb;
+}
 
 static double now(void)
 {
@@ -57,6 +102,7 @@ int main(int argc, char **argv)
 		char *b = a + w * WINDOW;
 		volatile char x;
 		double t0, t1, t2, t3;
+		long before[NCOUNTERS], after[NCOUNTERS];
 
 		madvise(a, size, MADV_DONTNEED);
 		for (long i = 0; i < WINDOW; i += PG)
@@ -66,6 +112,7 @@ int main(int argc, char **argv)
 			b[i] = 2;
 		t1 = now();
 		madvise(a, size, MADV_DONTNEED);
+		vmstat(before);
 		t2 = now();
 		for (long i = 0; i < WINDOW; i += PG) {
 			b[i] = 2;
@@ -73,9 +120,45 @@ int main(int argc, char **argv)
 			x = b[i];
 		}
 		t3 = now();
+		vmstat(after);
+		long pmd_kb = file_pmd_mapped_kb(a);
+		/* the same loop again, each step timed on its own (clock_gettime() adds ~20-50 ns to each) */
+		double steps[3] = {0, 0, 0}, s0, s1, s2, s3;
+		for (long i = 0; i < WINDOW; i += PG) {
+			s0 = now();
+			b[i] = 2;
+			s1 = now();
+			madvise(b + i, PG, MADV_DONTNEED);
+			s2 = now();
+			x = b[i];
+			s3 = now();
+			steps[0] += s1 - s0, steps[1] += s2 - s1, steps[2] += s3 - s2;
+		}
+		/* calibrate's file_pmd_faults cycle (host/calibrate.py) in C, once per page: a read with nothing
+		 * mapped, a 1-page MADV_DONTNEED, a write with nothing mapped, an untimed MADV_DONTNEED */
+		double cyc[3] = {0, 0, 0};
+		madvise(a, size, MADV_DONTNEED);
+		for (long i = 0; i < WINDOW; i += PG) {
+			s0 = now();
+			x = b[i];
+			s1 = now();
+			madvise(b + i, PG, MADV_DONTNEED);
+			s2 = now();
+			b[i] = 2;
+			s3 = now();
+			madvise(b + i, PG, MADV_DONTNEED);
+			cyc[0] += s1 - s0, cyc[1] += s2 - s1, cyc[2] += s3 - s2;
+		}
 		(void)x;
-		printf("window %d: write after a read pass %6.0f ns/page; tlb_flush3 loop %6.0f ns/iteration\n", w,
+		printf("window %d: write after a read pass %6.0f ns/page; tlb_flush3 loop %6.0f ns/iteration;", w,
 		       (t1 - t0) / (WINDOW / PG), (t3 - t2) / (WINDOW / PG));
+		for (int i = 0; i < NCOUNTERS; i++)
+			printf(" %s %.2f", COUNTERS[i], (double)(after[i] - before[i]) / (WINDOW / PG));
+		printf(" per iteration; FilePmdMapped %ld kB\n", pmd_kb);
+		printf("          steps timed apart: write %6.0f, madvise %6.0f, read %6.0f ns/iteration\n",
+		       steps[0] / (WINDOW / PG), steps[1] / (WINDOW / PG), steps[2] / (WINDOW / PG));
+		printf("          calibrate's cycle: read %6.0f, madvise %6.0f, write %6.0f ns each\n",
+		       cyc[0] / (WINDOW / PG), cyc[1] / (WINDOW / PG), cyc[2] / (WINDOW / PG));
 	}
 	return 0;
 }

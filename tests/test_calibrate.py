@@ -28,6 +28,7 @@ FIGURES = {"null_syscall_ns": fig(250), "zero_ns_per_page": fig(300, "ns/page"),
            "dontneed_1page_alone_ns": fig(1900), "mprotect_1page_alone_ns": fig(1950),
            "mmap_1page_alone_ns": fig(2700), "file_private_write_fault_ns": fig(2500, "ns/page"),
            "file_shared_write_fault_ns": fig(1500, "ns/page"), "file_private_wp_copy_ns": fig(3000, "ns/page"),
+           "pmd_read_fault_ns": fig(3000), "pmd_split_dontneed_ns": fig(2400), "pmd_shared_write_fault_ns": fig(14000),
            "shootdown_round_trip_ns": fig(12000), "shootdown_receiver_ns": fig(7000),
            "idle_round_trip_ns": fig(30000)}
 
@@ -81,7 +82,8 @@ def test_each_fitted_cost_makes_the_models_probe_take_the_hosts_time():
             want = FIGURES[fit.figure].median
             assert fit.model(costs) == pytest.approx(want, rel=0.01, abs=3), fit.figure
     assert all(out[k] > 0 for k in ("munmap_call", "madvise_call", "mprotect_call", "mmap_call", "file_fault",
-                                     "page_mkwrite", "ipi_idle_exit", "fault_entry", "page_alloc", "wp_copy"))
+                                     "page_mkwrite", "ipi_idle_exit", "fault_entry", "page_alloc", "wp_copy",
+                                     "pmd_map", "split_huge_pmd", "page_mkwrite_pmd"))
     assert all(k in sources for k in out)
 
 
@@ -134,15 +136,21 @@ PROBES = {
     "private file write fault": cal.per_page_ns({**FILE, "shared": False}, [READ, DROP], [WRITE]),
     "shared file write fault": cal.per_page_ns({**FILE, "shared": True}, [WRITE, DROP], [WRITE]),
     "private file copy": cal.per_page_ns({**FILE, "shared": False}, [READ], [WRITE]),
+    "pmd read fault": cal.pmd_fault_ns([], {**READ, "size": 4096}),
+    "pmd write fault": cal.pmd_fault_ns([], {**WRITE, "size": 4096}),
+    "pmd split": cal.pmd_split_ns,
 }
 # the probes whose time each cost adds to, and how many times (per call or page; all others: unchanged)
 CHARGED = {
     "munmap_call": {"munmap:1:alone": 1, "munmap:1:running": 1, "munmap:512:blocked": 1},
-    "madvise_call": {"dontneed:1:alone": 1, "dontneed:1:running": 1, "mutual": 1},
     "mprotect_call": {"mprotect:1:alone": 1},
     "mmap_call": {"mmap": 1},
-    "file_fault": {"private file write fault": 1, "shared file write fault": 1},
-    "page_mkwrite": {"shared file write fault": 1},
+    "file_fault": {"private file write fault": 1, "shared file write fault": 1, "pmd write fault": 1},
+    "page_mkwrite": {"shared file write fault": 1, "pmd write fault": 1},
+    "page_mkwrite_pmd": {"pmd write fault": 1},        # ->page_mkwrite() walks the 2 MiB folio's blocks
+    "pmd_map": {"pmd read fault": 1, "pmd write fault": 1},
+    "split_huge_pmd": {"pmd split": 1},
+    "madvise_call": {"dontneed:1:alone": 1, "dontneed:1:running": 1, "mutual": 1, "pmd split": 1},
     "wp_copy": {"private file copy": 1},
     "ipi_idle_exit": {"munmap:512:blocked": 1},     # the idle CPU's IPI; a running target pays nothing
     # the target's handler: in every round trip, in the receiver's lost time, and once (not twice) in a
@@ -152,9 +160,10 @@ CHARGED = {
     # and the fault costs: every fault enters; a read of anonymous memory maps the zero page, allocating
     # nothing; a private write allocates (a copy); a shared file page is the page cache's own. The 512-page
     # munmap allocates the 6.18 gather's two batch pages (tlb_next_batch()); the first fault in a fresh VMA
-    # allocates its PTE table (1/256 of a page per page of the 256-page micro-workloads).
+    # allocates its PTE table (1/256 of a page per page of the 256-page micro-workloads). A fault mapping a
+    # PMD preallocates a PTE table and frees it unused: charged in pmd_map.
     "fault_entry": {"anon write fault": 1, "anon read fault": 1, "private file write fault": 1,
-                    "shared file write fault": 1, "private file copy": 1},
+                    "shared file write fault": 1, "private file copy": 1, "pmd read fault": 1, "pmd write fault": 1},
     "page_alloc": {"anon write fault": 1 + 1 / 256, "anon read fault": 1 / 256, "private file write fault": 1,
                    "munmap:512:blocked": 2, "private file copy": 1},
     "page_zero": {"anon write fault": 1, "private file write fault": 1, "private file copy": 1},

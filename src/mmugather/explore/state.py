@@ -178,10 +178,15 @@ def simulation_fingerprinter(sim) -> Fingerprinter:
     """A Fingerprinter for a kernel Simulation (sim/simulation.py) built by explore/target.py."""
     alloc, rcu, rng = sim.alloc, sim.rcu, getattr(sim, "rng", None)
 
+    tlb = sim.tlb
+
     def frames_and_rng() -> tuple:
+        # the 2 MiB TLB entries (machine/tlb.py Tlb.huge), only where some exist: other states keep their
+        # fingerprints
+        huge = (tuple(sorted((k, tuple(sorted(v))) for k, v in tlb.huge.items())),) if tlb.huge else ()
         return (hash(alloc.refcount.tobytes()), hash(alloc.mapcount.tobytes()), hash(alloc.kind.tobytes()),
                 tuple(alloc.nr_used), tuple(rcu.qs),
-                hash(rng.getstate()) if rng is not None and getattr(rng, "draws", True) else 0)
+                hash(rng.getstate()) if rng is not None and getattr(rng, "draws", True) else 0) + huge
     singletons = [sim, sim.kernel, sim.arch, sim.costs, sim.metrics, sim.invariants, sim.tlb, rcu, alloc,
                   sim.scenario, rng]
     return Fingerprinter(sim.engine, singletons, [sim.mms, sim.processes, sim.files, rcu.pending, alloc.free_list],

@@ -13,7 +13,10 @@ MADV_DONTNEED and mprotect, back to back (warm, as in a loop). In C (shootdown_p
 host's cc: a Python thread waiting for the GIL would leave its CPU idle and lazy), a 1-page MADV_DONTNEED loop
 on CPU 0 alone, with thread B spinning in user mode on CPU 1 (the loop less alone: the round trip of a shootdown
 to a running CPU; B's lost time per IPI: the receiver's side) and with B in the same loop (mutual shootdowns,
-will-it-scale's threads:2: a check of the model, not fitted). And through
+will-it-scale's threads:2: a check of the model, not fitted); over the PMD-sized folios ext4's readahead
+gives a 128 MiB file written in order (file_pmd_faults: a read fault that maps a 2 MiB folio by one PMD, a
+1-page MADV_DONTNEED that splits it, a shared write fault that maps it dirty after ->page_mkwrite over the
+folio). And through
 probe.run_script, placed exactly as the 6.18 model places them (kernel_check.layout_of), the kernel-check
 scripts of SCRIPTS: a 512-page munmap with the second thread blocked (less alone: the round trip to an
 idle, lazy CPU, sent the flush because the munmap frees a PTE table) and a 256 MiB munmap (less 1 page:
@@ -43,6 +46,10 @@ _ONE_PAGE_SAMPLES = 201
 _FAULT_PAGES = 4096
 _NULL_CALLS = 200
 _IDLE_PAGES = 512
+_PMD_FILE_BYTES = 128 << 20      # written in order: ext4's readahead leaves its pages from 40 MiB on in 2 MiB folios
+_PMD = 2 << 20
+_MIN_PMD_RANGES = 4
+_PMD_CYCLES = 8                  # per range and repeat; the first cycle (caches cold) is not kept
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _getppid = _libc.getppid
@@ -224,6 +231,91 @@ def _file_faults(job: dict) -> dict:
     return {"shared_write_fault": shared, "private_write_fault": private, "private_wp_copy": copy}
 
 
+def file_pmd_mapped_kb(addr: int) -> int:
+    """FilePmdMapped (kB) of this process's mapping that starts at addr (/proc/self/smaps; -1 if absent)."""
+    want = f"{addr:x}-"
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if "-" in line.split(" ", 1)[0]:
+                inside = line.startswith(want)
+            elif inside and line.startswith("FilePmdMapped:"):
+                return int(line.split()[1])
+    return -1
+
+
+def _pmd_ranges(addr: int, size: int) -> list[int]:
+    """The 2 MiB ranges of a MAP_SHARED file mapping at addr (nothing mapped) that a read fault maps by one
+    PMD (FilePmdMapped grows by 2 MiB): those whose page cache is one PMD-sized folio. Leaves none mapped."""
+    out = []
+    for r in range(addr, addr + size, _PMD):
+        before = file_pmd_mapped_kb(addr)
+        _memchr(r, 2, 1)
+        if file_pmd_mapped_kb(addr) - before == _PMD >> 10:
+            out.append(r)
+    sc.madvise(addr, size, sc.MADV_DONTNEED)
+    return out
+
+
+def _pmd_calls(r: int) -> tuple[Callable[[], object], ...]:
+    """The four timed calls of a _file_pmd_faults() cycle on the 2 MiB range at r: read, write, MADV_DONTNEED
+    of the first page, write."""
+    def read() -> object:
+        return _memchr(r, 2, 1)
+
+    def split() -> None:
+        sc.madvise(r, sc.PAGE, sc.MADV_DONTNEED)
+
+    def write() -> object:
+        return ctypes.memset(r, 1, 1)
+    return read, write, split, write
+
+
+def _file_pmd_faults(job: dict) -> dict:
+    """Worker job, over the 2 MiB ranges of a MAP_SHARED 128 MiB file in `dir` (written once in order) that
+    are one PMD-sized folio each (none: an empty result, e.g. tmpfs or THP off), less the timing overhead,
+    in cycles on one range at a time as will-it-scale's tlb_flush3 loop works on one folio for 512
+    iterations (the folio's buffer heads stay in the caches: cycling through all 44 folios instead made
+    the write fault 2-3 times slower and bimodal): a 1-byte read with the PMD none (do_read_fault() ->
+    fault-around -> filemap_map_pmd() -> do_set_pmd(), read-only), a 1-byte write to that read-only PMD
+    (wp_huge_pmd() splits it, then as the next write: `wp_write`, a check figure no cost is fitted to), a
+    1-page MADV_DONTNEED of the range's first page (the zap splits the PMD: __split_huge_pmd()), a 1-byte
+    write with the PMD none (do_shared_fault(): ->page_mkwrite() over the whole folio, then finish_fault()
+    -> do_set_pmd(), dirty), and an untimed MADV_DONTNEED; _PMD_CYCLES per range and repeat, the first one
+    not kept."""
+    sc.pin(0)
+    size, ovh = _PMD_FILE_BYTES, _overhead_ns()
+    fd, path = tempfile.mkstemp(dir=job["dir"])
+    read: list[float] = []
+    wp_write: list[float] = []
+    split: list[float] = []
+    write: list[float] = []
+    try:
+        os.unlink(path)
+        os.ftruncate(fd, size)
+        addr = sc.mmap(size, sc.PROT_READ | sc.PROT_WRITE, sc.MAP_SHARED, fd=fd)
+        ctypes.memset(addr, 1, size)
+        sc.madvise(addr, size, sc.MADV_DONTNEED)
+        ranges = _pmd_ranges(addr, size)
+        if len(ranges) < _MIN_PMD_RANGES:
+            return {"ranges": len(ranges), "read": [], "wp_write": [], "split": [], "write": []}
+        for _ in range(job["repeats"]):
+            for r in ranges:
+                calls = _pmd_calls(r)
+                for cycle in range(_PMD_CYCLES):
+                    t = [_timed(call) - ovh for call in calls]
+                    sc.madvise(r, sc.PAGE, sc.MADV_DONTNEED)
+                    if cycle:
+                        read.append(t[0])
+                        wp_write.append(t[1])
+                        split.append(t[2])
+                        write.append(t[3])
+        sc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return {"ranges": len(ranges), "read": read, "wp_write": wp_write, "split": split, "write": write}
+
+
 def _one_call(make: Callable[[], Callable[[], object]], after: Callable[[], object], samples: int,
               overhead: float) -> list[float]:
     out = []
@@ -264,7 +356,7 @@ def _calls(job: dict) -> dict:
 
 
 JOBS = {"munmap_ns": _munmap_ns, "null_syscall": _null_syscall, "anon_faults": _anon_faults,
-        "file_faults": _file_faults, "calls": _calls}
+        "file_faults": _file_faults, "calls": _calls, "file_pmd_faults": _file_pmd_faults}
 
 
 # ------------------------------------------------------------------ the shootdown probe (C)
@@ -345,6 +437,7 @@ def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> 
     anon = run_worker({"kind": "anon_faults", "repeats": reps}, timeout)
     files = run_worker({"kind": "file_faults", "repeats": reps, "dir": file_dir}, timeout)
     calls = run_worker({"kind": "calls", "samples": _ONE_PAGE_SAMPLES}, timeout)
+    pmd = run_worker({"kind": "file_pmd_faults", "repeats": 3, "dir": file_dir}, timeout)
     scripts = {name: _script(name, k, calls["overhead"], timeout) for name, k in SCRIPTS.items()}
     f = {
         "null_syscall_ns": figure(null["ns"], "ns", "getppid() less getpagesize(), loops of 200, CPU 0"),
@@ -362,6 +455,16 @@ def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> 
                                           f"memset of a MAP_PRIVATE 16 MiB file in {file_dir}, cached, after a read "
                                           "pass, less hot"),
     }
+    where = f"{pmd['ranges']} PMD-sized folios of a 128 MiB MAP_SHARED file in {file_dir} written in order"
+    if pmd["read"]:
+        f["pmd_read_fault_ns"] = figure(pmd["read"], "ns", f"1-byte read, PMD none ({where}), less timing overhead")
+        f["pmd_split_dontneed_ns"] = figure(pmd["split"], "ns", f"1-page MADV_DONTNEED of a PMD-mapped 2 MiB "
+                                                                f"({where}), less timing overhead")
+        f["pmd_shared_write_fault_ns"] = figure(pmd["write"], "ns", f"1-byte write, PMD none ({where}), "
+                                                                    "less timing overhead")
+        f["pmd_wp_write_fault_ns"] = figure(pmd["wp_write"], "ns", f"1-byte write to a read-only PMD: split, then "
+                                                                   f"as pmd_shared_write_fault_ns ({where}); a "
+                                                                   "check, nothing fitted to it")
     for call in ("mmap", "munmap", "dontneed", "mprotect"):
         f[f"{call}_1page_alone_ns"] = figure(calls[call], "ns", f"{call} of 1 page, alone, back to back, "
                                                                 "less timing overhead")
@@ -410,7 +513,7 @@ def host_kernel_pages_per_s(runs: int = 3, timeout: float = 120.0) -> float:
 # Figures whose noise decides whether a fit is possible (the differences are judged by their parts).
 NOISE_CHECKED = ("null_syscall_ns", "zero_ns_per_page", "anon_write_fault_ns", "anon_read_fault_ns",
                  "file_shared_write_fault_ns", "file_private_write_fault_ns", "file_private_wp_copy_ns",
-                 "mmap_1page_alone_ns",
+                 "pmd_read_fault_ns", "pmd_split_dontneed_ns", "pmd_shared_write_fault_ns", "mmap_1page_alone_ns",
                  "munmap_1page_alone_ns", "dontneed_1page_alone_ns", "mprotect_1page_alone_ns",
                  "dontneed_loop_alone_ns", "dontneed_loop_running_ns", "shootdown_receiver_ns",
                  "shootdown_mutual_ns", *(script_key(name) for name in SCRIPTS))
@@ -518,6 +621,34 @@ def mutual_ns(costs) -> float:
     return float(m["syscall_ns"]["p50"])
 
 
+def _pmd_micro(program: list[dict]) -> dict:
+    """A file of two PMD-sized folios mapped shared (2 MiB-aligned, as the host's ext4 places it:
+    thp_get_unmapped_area()), fault-around 16 pages as on the host, one CPU."""
+    return {"name": "calibrate", "seed": 1, "machine": {"cpus": 1, "preempt": "voluntary", "latency_task": False,
+                                                        "fault_around_pages": 16},
+            "files": [{"name": "f", "cached": 2 * _PMD, "pmd_folios_from": 0}],
+            "process": [{"name": "p", "vma": [{"name": "a", "size": 2 * _PMD, "kind": "file", "file": "f",
+                                               "shared": True}],
+                         "thread": [{"cpu": 0, "program": program + [{"op": "halt"}]}]}]}
+
+
+def pmd_fault_ns(before: list[dict], timed: dict) -> ModelFigure:
+    """The model's time of one `timed` access (a 1-byte read or write at the mapping's start) after
+    `before`, in _pmd_micro()'s mapping."""
+    def measure(costs) -> float:
+        return float(_run(_pmd_micro(before + [timed]), costs)["sim_time_ns"] - _run(_pmd_micro(before), costs)[
+            "sim_time_ns"])
+    return measure
+
+
+def pmd_split_ns(costs) -> float:
+    """The model's time of a 1-page MADV_DONTNEED at the start of a PMD-mapped 2 MiB (mapped by a read)."""
+    page = {"vma": "a", "size": sc.PAGE}
+    m = _run(_pmd_micro([{"op": "touch", "write": False, **page}, {"op": "madvise", "advice": "dontneed", **page}]),
+             costs)
+    return float(m["syscall_ns"]["max"])
+
+
 def _mmap_ns(costs) -> float:
     m = _run(_micro({"name": "x", "size": "4KiB"}, [{"op": "mmap", "vma": {"name": "a", "size": "4KiB"}}]), costs)
     return float(m["syscall_ns"]["max"])
@@ -557,6 +688,15 @@ def fits() -> list[Fit]:
         Fit(("ipi_handler",), "shootdown_receiver_ns", receiver_ns,
             f"model: B computing on CPU 1 while A sends {2 * _PROBE_FLUSHES} 1-page flushes less while A sends "
             f"{_PROBE_FLUSHES}, per IPI"),
+        Fit(("pmd_map",), "pmd_read_fault_ns", pmd_fault_ns([], {"op": "touch", "vma": "a", "size": sc.PAGE,
+                                                                   "write": False}),
+            "model: a read fault mapping a PMD-sized file folio by one PMD (fault-around, do_set_pmd())"),
+        Fit(("split_huge_pmd",), "pmd_split_dontneed_ns", pmd_split_ns,
+            "model: a 1-page MADV_DONTNEED splitting a file PMD (__split_huge_pmd(), its flush included)"),
+        Fit(("page_mkwrite_pmd",), "pmd_shared_write_fault_ns",
+            pmd_fault_ns([], {"op": "touch", "vma": "a", "size": sc.PAGE, "write": True}),
+            "model: a shared write fault mapping a PMD-sized folio (->page_mkwrite() over its 512 pages, "
+            "do_set_pmd()); the first page's ->page_mkwrite() is page_mkwrite's"),
         Fit(ROUND_TRIP_FIELDS, "shootdown_round_trip_ns",
             _difference(syscall_ns("dontneed:1:running"), syscall_ns("dontneed:1:alone")),
             "model: dontneed:1:running less dontneed:1:alone", includes=("ipi_handler",)),

@@ -82,6 +82,12 @@ class Costs:
     page_mkwrite: int = 0       # do_shared_fault(): ->page_mkwrite() and fault_dirty_shared_page() (the fs)
     ipi_idle_exit: int = 0      # an IPI that finds its target idle: leaving the idle loop (HLT; a vCPU wake on KVM)
     wp_copy: int = 0            # wp_page_copy() of a mapped page (not the zero page): the copy, the old folio's rmap
+    # PMD-mapped file folios (mm/huge_memory.py; a file's `pmd_folios_from`), each from its own host probe
+    page_mkwrite_pmd: int = 0   # ->page_mkwrite() of a PMD-sized folio beyond a 1-page one's (ext4's
+    #                             block_page_mkwrite() walks every block of the folio: 512, not 1)
+    pmd_map: int = 0            # do_set_pmd(): map a PMD-sized folio by one PMD (rmap, counters, set_pmd_at), and
+    #                             the PTE table the fault preallocates and frees unused around it
+    split_huge_pmd: int = 0     # __split_huge_pmd() of a file PMD, less its TLB flush: clear, rmap, folio_put
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -6,6 +6,11 @@ reference counts so that freeing a frame checks in O(1) whether some CPU still m
 of every operation before it happens (the explorer counts and logs them; a design may track fills the way
 hardware access bits would): one is called directly, several through a `TlbObservers` fan-out, none costs
 one test per operation.
+
+A translation through a huge PMD (a 2 MiB page) is one TLB entry in hardware: an invalidation of any address
+inside it drops it whole. The model keeps the 4 KiB translations such an entry provides, one per address
+used (so every frame's reference count stays exact), and remembers which ones came from the same huge
+PMD on the same CPU (`Tlb.huge`): flush_one()/flush_leaf() of any address in that 2 MiB drop them all.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ class Tlb:
 
     def __init__(self, invariants, observer: TlbObserver | None = None) -> None:
         self.inv = invariants
+        self.huge: dict[tuple[int, int], set[int]] = {}   # (cpu, addr >> PMD_SHIFT) -> vpns filled from a huge PMD
         self.observers: list[TlbObserver] = []
         self.observer: TlbObserver | None = None
         if observer is not None:
@@ -61,6 +67,10 @@ class Tlb:
             self.observer.tlb_op("fill", c, (vpn, pte))
         tlb = c.tlb
         refs = self.inv.tlb_refs
+        if self.huge:
+            group = self.huge.get((c.id, vpn >> 9))
+            if group is not None:
+                group.discard(vpn)                  # now a 4 KiB translation of its own
         old = tlb.pop(vpn, None)
         if old is not None:
             self._unref(c, refs, old >> 1)
@@ -70,6 +80,27 @@ class Tlb:
         pfn = pte >> PAGE_SHIFT
         tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
         refs[pfn] = refs.get(pfn, 0) + 1
+
+    def fill_huge(self, c, vpn: int, pmd: int) -> None:
+        """A walk found a present huge PMD: cache the 4 KiB translation of vpn it gives (frame pmd's +
+        vpn's offset in the 2 MiB; writable as the PMD) as part of one 2 MiB TLB entry."""
+        self.fill(c, vpn, pmd + ((vpn & 511) << PAGE_SHIFT))
+        self.huge.setdefault((c.id, vpn >> 9), set()).add(vpn)
+
+    def _drop_huge(self, c, key: int) -> None:
+        """Drop the 2 MiB entry of CPU c that covers addr >> PMD_SHIFT == key, if it holds one."""
+        group = self.huge.pop((c.id, key), None)
+        if group:
+            refs = self.inv.tlb_refs
+            for vpn in group:
+                v = c.tlb.pop(vpn, None)
+                if v is not None:
+                    self._unref(c, refs, v >> 1)
+
+    def _forget_huge(self, c) -> None:
+        """c's TLB was emptied: no 2 MiB entry is left on it."""
+        for key in [k for k in self.huge if k[0] == c.id]:
+            del self.huge[key]
 
     def fill_pwc(self, c, key: int, table) -> None:
         if self.observer is not None:
@@ -150,6 +181,8 @@ class Tlb:
                 del prefs[t.pfn]
         c.pwc.clear()
         c.dangling.clear()
+        if self.huge:
+            self._forget_huge(c)
         return n
 
     def flush_one(self, c, addr: int) -> None:
@@ -159,6 +192,8 @@ class Tlb:
         v = c.tlb.pop(addr >> PAGE_SHIFT, None)
         if v is not None:
             self._unref(c, self.inv.tlb_refs, v >> 1)
+        if self.huge:
+            self._drop_huge(c, addr >> PMD_SHIFT)
         for key in list(c.pwc):
             self._unref(c, self.inv.pwc_refs, c.pwc.pop(key).pfn)
 
@@ -168,6 +203,8 @@ class Tlb:
         for v in c.tlb.values():
             self._unref(c, refs, v >> 1)
         c.tlb.clear()
+        if self.huge:
+            self._forget_huge(c)
 
     def flush_pwc(self, c) -> None:
         """Drop every cached walk, keep the translations: powerpc radix tlbie of a PID, RIC_FLUSH_PWC."""
@@ -183,6 +220,8 @@ class Tlb:
         v = c.tlb.pop(addr >> PAGE_SHIFT, None)
         if v is not None:
             self._unref(c, self.inv.tlb_refs, v >> 1)
+        if self.huge:
+            self._drop_huge(c, addr >> PMD_SHIFT)
 
     def flush_walks(self, c, start: int, end: int) -> None:
         """Drop the cached walks (PWC entries) covering [start, end): arm64 TLBI VAE1IS of that range."""

@@ -56,6 +56,7 @@ class KernelPart:
         tlb_end_vma: Callable[..., Path]
         tlb_free_vmas: Callable[..., Path]
         tlb_flush_pte_range: Callable[..., None]
+        tlb_flush_pmd_range: Callable[..., None]
         tlb_flush_rmaps: Callable[..., None]
         tlb_delay_rmap: Callable[..., bool]
         pte_free_tlb: Callable[..., Path]
@@ -79,6 +80,15 @@ class KernelPart:
         pte_offset_map_lock: Callable[..., Path]
         remap_pfn_range: Callable[..., int]
         pfn_maps: bool
+        fault_around_pages: Callable[[], int]
+        page_mkwrite_ns: Callable[..., int]
+
+        # ---- mm/huge_memory.c (mm/huge_memory.py; 6.18)
+        pmd_file_folios: bool
+        huge_pmd_fault: Callable[..., bool]
+        do_huge_pmd_fault: Callable[..., Path]
+        split_huge_pmd: Callable[..., Path]
+        zap_huge_pmd: Callable[..., Path]
 
         # ---- mm/mmap.c, mm/vma.c, mm/mremap.c, kernel/fork.c, kernel/exit.c
         split_vma: Callable[..., None]

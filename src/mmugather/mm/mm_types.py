@@ -31,6 +31,7 @@ class AddressSpace:
         self.device = device
         self.driver_pfns: dict[int, int] = {}
         self.page_cache: dict[int, int] = {}
+        self.pmd_folios: set[int] = set()     # first index of each PMD-sized (2 MiB) folio in the page cache
         self.dirty: set[int] = set()
         self.folio_locks: dict[int, Mutex] = {}                  # PG_locked, made on first use
         self.i_mmap: list[Vma] = []
@@ -40,6 +41,12 @@ class AddressSpace:
         self.truncate_count = 0                                    # v2.6.39 unmap_mapping_range() restarts
         self.unmap_mutex = Mutex(f"unmap_mutex:{name}")            # v2.6.39
 
+
+    def pmd_folio_of(self, index: int) -> int | None:
+        """The first index of the PMD-sized folio holding page `index` (folio_test_pmd_mappable()), or None
+        when that page is in a folio of its own."""
+        head = index & ~511
+        return head if self.pmd_folios and head in self.pmd_folios else None
 
     def folio_lock_of(self, index: int) -> Mutex:
         """The lock of the page-cache folio at `index` (PG_locked, a sleeping bit lock: a Mutex here)."""
@@ -84,6 +91,9 @@ class MmStruct:
         self.id = mm_id
         self.pgd = DirTable(pgd_pfn)
         self.pte_tables: dict[int, object] = {}   # addr >> PMD_SHIFT -> PteTable, mirrors the tree
+        # addr >> PMD_SHIFT -> the PMD entry where it maps a 2 MiB folio (pmd_trans_huge(); mm/huge_memory.py):
+        # such a PMD is a leaf, held here beside the tree, never also a PTE table in pte_tables
+        self.huge_pmds: dict[int, int] = {}
         self.vmas: list[Vma] = []
         self.mmap_sem = RwSemaphore(f"mmap_sem:{mm_id}")
         self.page_table_lock = Spinlock(f"page_table_lock:{mm_id}")

@@ -135,6 +135,18 @@ class PageAlloc:
         for arr in (self.refcount, self.mapcount, self.kind):
             del arr[self.top:]
 
+    def alloc_folio(self, kind: int, nr_pages: int) -> int:
+        """folio_alloc() of a large folio at set-up time: nr_pages contiguous frames, each with refcount 1
+        (the model keeps a reference per page), taken above every frame handed out so far (the model's
+        memory is unbounded; the buddy allocator would hand out a naturally aligned block). Returns the
+        first frame."""
+        if nr_pages < 1:
+            raise ValueError(f"alloc_folio: nr_pages must be positive, got {nr_pages}")
+        first = self.top
+        self._fresh(kind, nr_pages)
+        self.nr_used[kind] += nr_pages
+        return first
+
     def alloc_many(self, kind: int, n: int, gfp: str) -> list[int]:
         """alloc_page(kind, gfp) n times, for allocations that cannot fail (GFP_KERNEL, or GFP_NOWAIT with
         fail_nowait 0): the same frames in the same order, without the per-call work."""

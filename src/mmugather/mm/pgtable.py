@@ -32,6 +32,7 @@ _PAGE_RW = 0x002
 _PAGE_USER = 0x004
 _PAGE_ACCESSED = 0x020
 _PAGE_DIRTY = 0x040
+_PAGE_PSE = 0x080         # a PMD entry that maps a 2 MiB page (pmd_trans_huge()), not a PTE table
 _PAGE_SPECIAL = 0x200     # _PAGE_BIT_SPECIAL = _PAGE_BIT_SOFTW1: pte_mkspecial(), no struct page behind it
 PTE_PFN_SHIFT = 12
 
@@ -42,6 +43,16 @@ def mk_pte(pfn: int, writable: bool) -> int:
     """mk_pte(): a present user PTE for pfn."""
     return (pfn << PTE_PFN_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED | (
         (_PAGE_RW | _PAGE_DIRTY) if writable else 0)
+
+
+HPAGE_PMD_ORDER = PMD_SHIFT - PAGE_SHIFT
+HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
+
+
+def mk_pmd(pfn: int, writable: bool) -> int:
+    """folio_mk_pmd() (+ pmd_mkdirty()/maybe_pmd_mkwrite() when writable): a present huge PMD entry mapping
+    the PMD-sized folio whose first frame is pfn."""
+    return mk_pte(pfn, writable) | _PAGE_PSE
 
 
 def pte_special(pte: int) -> bool:

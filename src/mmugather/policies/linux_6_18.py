@@ -1,5 +1,6 @@
 """Linux 6.18: the range-tracking mmu_gather of today's kernel, on x86-64 (native or KVM guest) and arm64."""
 from mmugather.arch import ARCHES
+from mmugather.mm.huge_memory import HugeMemory618
 from mmugather.mm.khugepaged import Khugepaged
 from mmugather.mm.madvise import Madvise618
 from mmugather.mm.memory.v6_18 import Memory618
@@ -12,12 +13,13 @@ from mmugather.mm.vma import VmaOps618
 from mmugather.policies.base import Kernel
 
 
-class Linux618(Gather618, Memory618, Khugepaged, Madvise618, Mmap618, VmaOps618, Mprotect618, Rmap618, Truncate618,
-               Kernel):
+class Linux618(Gather618, HugeMemory618, Memory618, Khugepaged, Madvise618, Mmap618, VmaOps618, Mprotect618, Rmap618,
+               Truncate618, Kernel):
     """Linux v6.18 (mm/mmu_gather.c, include/asm-generic/tlb.h, mm/memory.c, mm/vma.c, mm/madvise.c,
     arch/x86/mm/tlb.c, arch/arm64/include/asm/tlb.h), configured like an x86-64 distribution kernel:
-    MMU_GATHER_RCU_TABLE_FREE, PT_RECLAIM, THP only where madvised (the model maps 4 KiB pages; MADV_COLLAPSE
-    of file THPs retracts PTE tables with the v6.2 path of mm/khugepaged.py)."""
+    MMU_GATHER_RCU_TABLE_FREE, PT_RECLAIM, THP only where madvised (the model maps 4 KiB pages, and PMD-sized
+    file folios by one PMD where a file's page cache holds them: mm/huge_memory.py; MADV_COLLAPSE of file THPs
+    retracts PTE tables with the v6.2 path of mm/khugepaged.py)."""
 
     name = "6.18"
     version = "v6.18"

@@ -254,8 +254,7 @@ class Invariants:
                 addr = vpn << 12
                 if not lo <= addr < hi or (cached is not None and (x.id, vpn, v) not in cached):
                     continue
-                pt = mm.pte_tables.get(addr >> 21)
-                pte = pt.ptes[vpn & 511] if pt is not None else 0
+                pte = _pte_of(mm, addr)
                 if not pte & 1 or pte >> 12 != v >> 1 or (v & 1 and not pte & 2):
                     self.report("stale-tlb-after-return", x.id,
                                 f"CPU {c.id}'s call on [{lo:#x}, {hi:#x}) returned at {c.clock} ns while CPU "
@@ -321,7 +320,7 @@ class Invariants:
                 if mm.rss != [0, 0]:
                     self.report("leak", -1, f"mm {mm.id} exited with RSS counters file={mm.rss[0]} "
                                             f"anon={mm.rss[1]}")
-                if mm.pte_tables or mm.nr_ptes or mm.pgd.entries:
+                if mm.pte_tables or mm.nr_ptes or mm.pgd.entries or mm.huge_pmds:
                     self.report("leak", -1, f"mm {mm.id} exited with {len(mm.pte_tables)} PTE tables still "
                                             f"hooked (nr_ptes={mm.nr_ptes})")
                 continue
@@ -339,10 +338,19 @@ class Invariants:
                                         f"expected {want}")
 
 
+def _pte_of(mm, addr: int) -> int:
+    """The translation mm's page tables give addr, as a PTE: its PTE, or the 4 KiB piece of the huge PMD
+    mapping it (mm/huge_memory.py), or 0."""
+    pt = mm.pte_tables.get(addr >> 21)
+    if pt is not None:
+        return pt.ptes[(addr >> 12) & 511]
+    pmd = mm.huge_pmds.get(addr >> 21, 0) if mm.huge_pmds else 0
+    return pmd + (((addr >> 12) & 511) << 12) if pmd else 0
+
+
 def _maps_dirty(mm, addr: int, pfn: int) -> bool:
     """Whether mm's PTE for addr is present, maps pfn and is dirty (_PAGE_DIRTY)."""
-    pt = mm.pte_tables.get(addr >> 21)
-    pte = pt.ptes[(addr >> 12) & 511] if pt is not None else 0
+    pte = _pte_of(mm, addr)
     return bool(pte & 1 and pte >> 12 == pfn and pte & 0x40)
 
 

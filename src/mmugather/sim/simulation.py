@@ -22,7 +22,7 @@ from mmugather.machine.tlb import Tlb, TlbObserver
 from mmugather.mm.mm_types import AddressSpace, MmStruct, Vma
 from mmugather.mm.mmu_notifier import SleepingSubscriber
 from mmugather.mm.page_alloc import FILE, GFP_KERNEL, PGTABLE, PageAlloc
-from mmugather.mm.pgtable import PAGE_SHIFT
+from mmugather.mm.pgtable import HPAGE_PMD_NR, PAGE_SHIFT
 from mmugather.report.metrics import Metrics
 from mmugather.sim.invariants import Invariants
 from mmugather.sim.watchdog import SoftLockupWatchdog
@@ -118,9 +118,7 @@ class Simulation:
         self.mms: list[MmStruct] = []
         self.files = {f.name: AddressSpace(f.name, f.device) for f in scenario.files}
         for f in scenario.files:                        # `cached`: pages read before the run, one reference each
-            cache = self.files[f.name].page_cache
-            for index in range(f.cached >> PAGE_SHIFT):
-                cache[index] = self.alloc.alloc_page(FILE, GFP_KERNEL)
+            self._fill_page_cache(self.files[f.name], f)
         self.invariants.files = list(self.files.values())
         self.pfn_maps = _has_pfn_maps(scenario)
         if self.pfn_maps and not self.kernel.pfn_maps:
@@ -129,6 +127,48 @@ class Simulation:
                              f"(special PTEs; policy 6.18 does)")
         self.processes: list[Process] = []
         self._setup()
+
+    def _fill_page_cache(self, mapping: AddressSpace, f) -> None:
+        """The page cache a run starts with: the `cached` pages, in folios of one page, and from
+        `pmd_folios_from` on in PMD-sized folios of 512 contiguous frames (their first indices in
+        mapping.pmd_folios). PMD-sized folios need a kernel that maps them (policy 6.18) and ops it models
+        over PMD mappings (_check_pmd_folio_ops())."""
+        cache = mapping.page_cache
+        first_huge = f.cached >> PAGE_SHIFT if f.pmd_folios_from is None else f.pmd_folios_from >> PAGE_SHIFT
+        for index in range(first_huge):
+            cache[index] = self.alloc.alloc_page(FILE, GFP_KERNEL)
+        index = first_huge
+        while index < f.cached >> PAGE_SHIFT:
+            nr = min(HPAGE_PMD_NR, (f.cached >> PAGE_SHIFT) - index)
+            if nr == HPAGE_PMD_NR:
+                pfn = self.alloc.alloc_folio(FILE, nr)
+                cache.update(zip(range(index, index + nr), range(pfn, pfn + nr)))
+                mapping.pmd_folios.add(index)
+            else:                                      # a tail shorter than 2 MiB: folios of one page
+                for i in range(index, index + nr):
+                    cache[i] = self.alloc.alloc_page(FILE, GFP_KERNEL)
+            index += nr
+        if f.pmd_folios_from is not None:
+            self._check_pmd_folio_ops(f.name)
+
+    def _check_pmd_folio_ops(self, file: str) -> None:
+        """InputError unless the policy maps PMD-sized file folios and every op of the scenario is one the
+        model runs over PMD mappings (faults, MADV_DONTNEED, munmap, exit: mm/huge_memory.py)."""
+        from mmugather.errors import InputError
+        from mmugather.workloads.scenario import walk_ops
+        name = self.scenario.name
+        if not self.kernel.pmd_file_folios:
+            raise InputError(f"{name}: file '{file}' has pmd_folios_from: policy {self.kernel.name} does not map "
+                             f"PMD-sized file folios (policy 6.18 does)")
+        unsupported = {"mprotect", "mremap", "gup_fast", "truncate", "fsync", "revoke", "fork", "exec"}
+        for p in self.scenario.process:
+            for t in p.thread:
+                for op, _ in walk_ops(t.program):
+                    what = op.op if op.op in unsupported else (
+                        "madvise collapse" if op.op == "madvise" and op.advice != "dontneed" else None)
+                    if what is not None:
+                        raise InputError(f"{name}: file '{file}' has pmd_folios_from: op '{what}' is not modelled "
+                                         f"over PMD-mapped folios (faults, MADV_DONTNEED, munmap and exit are)")
 
     def new_mm(self) -> MmStruct:
         """mm_alloc() + pgd_alloc()."""

@@ -79,6 +79,9 @@ def access(sim, c, task, addr: int, write: bool):
                     sim.invariants.tlb_filled(c, vpn)
                 yield sim.costs.tlb_miss_walk
                 return True
+        elif task.mm.huge_pmds and _walk_huge(sim, c, task.mm, addr, write):
+            yield sim.costs.tlb_miss_walk
+            return True
         if attempt:
             return False
         enter_kernel(sim, c, task)
@@ -87,6 +90,23 @@ def access(sim, c, task, addr: int, write: bool):
         if not ok:
             return False
     return False
+
+
+def _walk_huge(sim, c, mm, addr: int, write: bool) -> bool:
+    """The hardware walk ending at a huge PMD (a 2 MiB page, mm/huge_memory.py): if present and it allows
+    the access, set its dirty bit for a store and fill the TLB's 2 MiB entry (Tlb.fill_huge()); False
+    when no huge PMD maps addr or it forbids the access (the access faults)."""
+    key = addr >> PMD_SHIFT
+    pmd = mm.huge_pmds.get(key)
+    if pmd is None or not pmd & _PAGE_PRESENT or (write and not pmd & _PAGE_RW):
+        return False
+    if write and not pmd & _PAGE_DIRTY:
+        pmd = mm.huge_pmds[key] = pmd | _PAGE_DIRTY | _PAGE_ACCESSED
+    vpn = addr >> PAGE_SHIFT
+    sim.tlb.fill_huge(c, vpn, pmd if pmd & _PAGE_DIRTY else pmd & ~_PAGE_RW)
+    if sim.invariants.in_flight:
+        sim.invariants.tlb_filled(c, vpn)
+    return True
 
 
 def syscall(sim, c, task, gen, unmapped: tuple[int, int] | None = None):

@@ -102,6 +102,10 @@ class FileSpec(Strict):
     cached: Size = Field(0, ge=0, description=(
         "bytes from the file's start already in the page cache when the run starts (read before it, as a "
         "benchmark's warm-up leaves them); page-aligned"))
+    pmd_folios_from: Size | None = Field(None, ge=0, description=(
+        "policy 6.18 only: the cached pages from this file offset (2 MiB-aligned) on are held in PMD-sized "
+        "(2 MiB) folios, as ext4's readahead leaves a file written in order (docs/host.md), so a suitably "
+        "aligned mapping maps each by one PMD (do_set_pmd()); default: every page is a folio of its own"))
 
     @model_validator(mode="after")
     def _cached_pages(self):
@@ -109,6 +113,12 @@ class FileSpec(Strict):
             raise ValueError(f"cached: {self.cached} is not a multiple of the page size")
         if self.cached and self.device:
             raise ValueError("cached: a device file has no page cache")
+        if self.pmd_folios_from is not None:
+            if self.pmd_folios_from % (2 << 20):
+                raise ValueError(f"pmd_folios_from: {self.pmd_folios_from} is not a multiple of 2 MiB")
+            if self.pmd_folios_from + (2 << 20) > self.cached:
+                raise ValueError(f"pmd_folios_from: no whole 2 MiB of the {self.cached} cached bytes lies at or "
+                                 f"above {self.pmd_folios_from}")
         return self
 
 

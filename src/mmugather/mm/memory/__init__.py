@@ -46,6 +46,8 @@ class TlbRef:
 class Memory(KernelPart):
     """The parts of mm/memory.c that Linux 2.6.39 and 3.0 share."""
 
+    pmd_file_folios = False            # PMD-mapped file folios: 6.18 only (mm/huge_memory.py)
+
     # ------------------------------------------------------------ page tables
     def pmd_table(self, mm, addr: int) -> DirTable:
         """The PMD table covering addr, allocating and hooking missing upper levels (__pud_alloc,
@@ -98,6 +100,10 @@ class Memory(KernelPart):
             yield UpRead(mm.mmap_sem)
             self.metrics.segv += 1
             return False
+        if self.pmd_file_folios and self.huge_pmd_fault(vma, addr, write) and (
+                yield self.do_huge_pmd_fault(c, vma, addr, write)):
+            yield UpRead(mm.mmap_sem)                       # a PMD maps a 2 MiB folio (mm/huge_memory.py)
+            return True
         pt = yield self.pte_alloc(c, mm, addr)
         idx = pte_index(addr)
         ptent = pt.ptes[idx]
@@ -170,8 +176,8 @@ class Memory(KernelPart):
         if pfn is None:
             pfn = cache[index] = self.alloc.alloc_page(FILE, GFP_KERNEL)
             yield costs.page_alloc + costs.page_zero
-        if write and vma.flags & VM_SHARED and costs.page_mkwrite:
-            yield costs.page_mkwrite                    # do_shared_fault() -> do_page_mkwrite()
+        if write and vma.flags & VM_SHARED and (mkwrite := self.page_mkwrite_ns(vma.file, index)):
+            yield mkwrite                               # do_shared_fault() -> do_page_mkwrite()
         if write and not vma.flags & VM_SHARED:
             yield costs.page_alloc + costs.page_zero
             return self.alloc.alloc_page(ANON, GFP_KERNEL), ANON, True
@@ -235,8 +241,8 @@ class Memory(KernelPart):
         index = linear_page_index(vma, addr)
         lock = vma.file.folio_lock_of(index)
         yield MIGHT_SLEEP
-        if self.costs.page_mkwrite:
-            yield self.costs.page_mkwrite                   # do_page_mkwrite()
+        if mkwrite := self.page_mkwrite_ns(vma.file, index):
+            yield mkwrite                                   # do_page_mkwrite()
         yield MutexLock(lock)
         yield SpinLock(pt.ptl)
         yield self.costs.pte_set
@@ -247,6 +253,15 @@ class Memory(KernelPart):
         if same:
             self.folio_mark_dirty(vma.file, index, old >> PAGE_SHIFT)
         yield MutexUnlock(lock)
+
+    def page_mkwrite_ns(self, mapping, index: int) -> int:
+        """The cost of ->page_mkwrite() for the folio holding page `index` of `mapping`: ext4_page_mkwrite()
+        -> block_page_mkwrite() (fs/buffer.c) prepares and commits every block of the folio (`end =
+        folio_size(folio)`), so a PMD-sized folio (mm/huge_memory.py) costs page_mkwrite_pmd more than one
+        page."""
+        if mapping.pmd_folios and mapping.pmd_folio_of(index) is not None:
+            return self.costs.page_mkwrite + self.costs.page_mkwrite_pmd
+        return self.costs.page_mkwrite
 
     def put_page_now(self, c, pfn: int) -> None:
         """free_page_and_swap_cache() of a gather in fast mode: the reference goes at once."""

@@ -282,12 +282,25 @@ class Memory618(ZapUpperLevels):
         zap_pte_range() stopped early, which since 6.14 only a table unhooked meanwhile does);
         cond_resched() after every entry (the `continue` for a none PMD reaches it too). The zap backend
         may take the next run of whole entries at once, the forced flushes of a full gather included
-        (mm/protocols.py PmdRun)."""
+        (mm/protocols.py PmdRun), except in an mm with huge PMDs. A huge PMD (a PMD-mapped file folio,
+        mm/huge_memory.py) is split when the range covers part of it (__split_huge_pmd(): for a file PMD
+        that unmaps it whole), zapped with zap_huge_pmd() when it covers all of it."""
+        huge = vma.mm.huge_pmds
         while True:
-            addr = yield from self._pmd_runs(c, tlb, pmd, addr, end, details)
-            if addr == end:
-                return addr
+            if not huge:
+                addr = yield from self._pmd_runs(c, tlb, pmd, addr, end, details)
+                if addr == end:
+                    return addr
             nxt = addr_end(addr, end, PMD_SIZE)
+            if huge and addr >> PMD_SHIFT in huge:              # pmd_trans_huge(*pmd)
+                if nxt - addr != PMD_SIZE:
+                    yield self.split_huge_pmd(c, vma, addr)
+                elif (yield self.zap_huge_pmd(c, tlb, vma, addr)):
+                    addr = nxt
+                    yield COND_RESCHED
+                    if addr == end:
+                        return addr
+                    continue
             if pmd_index(addr) not in pmd.entries:
                 yield self.costs.pmd_none
                 addr = nxt
