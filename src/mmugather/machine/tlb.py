@@ -117,37 +117,11 @@ class Tlb:
         refs[table.pfn] = refs.get(table.pfn, 0) + 1
 
     def walk_fill(self, c, key: int, table, vpn: int, pte: int) -> None:
-        """A walk's fills with no observer watching: fill_pwc(c, key, table) when `table` is not None (the
-        walk went through the page tables, not the PWC), then fill(c, vpn, pte); the same effects, inlined
-        (the hot path of a churn loop's TLB misses)."""
-        inv = self.inv
+        """A walk's fills: fill_pwc(c, key, table) when `table` is not None (the walk went through the page
+        tables, not the PWC), then fill(c, vpn, pte)."""
         if table is not None:
-            pwc = c.pwc
-            refs = inv.pwc_refs
-            old = pwc.pop(key, None)
-            if old is None and len(pwc) >= PWC_ENTRIES:
-                old = pwc.pop(next(iter(pwc)))
-            if old is not None:
-                self._unref(c, refs, old.pfn)
-            pwc[key] = table
-            refs[table.pfn] = refs.get(table.pfn, 0) + 1
-        tlb = c.tlb
-        refs = inv.tlb_refs
-        v = tlb.pop(vpn, None)
-        if v is None and len(tlb) >= TLB_ENTRIES:
-            v = tlb.pop(next(iter(tlb)))
-        if v is not None:
-            pfn = v >> 1
-            n = refs[pfn] - 1
-            if n:
-                refs[pfn] = n
-            else:
-                del refs[pfn]
-            if c.dangling:
-                c.dangling.discard(pfn)
-        pfn = pte >> PAGE_SHIFT
-        tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
-        refs[pfn] = refs.get(pfn, 0) + 1
+            self.fill_pwc(c, key, table)
+        self.fill(c, vpn, pte)
 
     def _unref(self, c, refs: dict, pfn: int) -> None:
         n = refs[pfn] - 1
@@ -189,11 +163,7 @@ class Tlb:
         """__flush_tlb_one() / INVLPG: drop one translation and, as on x86, every cached PDE."""
         if self.observer is not None:
             self.observer.tlb_op("flush_one", c, (addr,))
-        v = c.tlb.pop(addr >> PAGE_SHIFT, None)
-        if v is not None:
-            self._unref(c, self.inv.tlb_refs, v >> 1)
-        if self.huge:
-            self._drop_huge(c, addr >> PMD_SHIFT)
+        self._drop_leaf(c, addr)
         for key in list(c.pwc):
             self._unref(c, self.inv.pwc_refs, c.pwc.pop(key).pfn)
 
@@ -217,6 +187,10 @@ class Tlb:
         """arm64 TLBI VALE1IS: drop the last-level entry for addr only; cached walks stay."""
         if self.observer is not None:
             self.observer.tlb_op("flush_leaf", c, (addr,))
+        self._drop_leaf(c, addr)
+
+    def _drop_leaf(self, c, addr: int) -> None:
+        """Drop c's translation of addr (with its whole 2 MiB entry, if a huge PMD filled it)."""
         v = c.tlb.pop(addr >> PAGE_SHIFT, None)
         if v is not None:
             self._unref(c, self.inv.tlb_refs, v >> 1)

@@ -15,7 +15,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from mmugather.mm.pfn_runs import PfnRuns
+from mmugather.mm.pfn_runs import PfnRuns, ascending_runs
 
 # Frame kinds. FREE doubles as the poison marker. DEVICE: a driver's buffer, mapped into user space by
 # remap_pfn_range() (mm/pfnmap.py) with special PTEs: no refcount or rmap of the mappings, freed by the driver.
@@ -427,15 +427,7 @@ class FrameSpan:
         """pfn_runs.runs_of(pfns, increasing=True) from the gaps (None unless pfns is sorted)."""
         if not self.increasing or self.gaps is None:
             return None
-        n, gaps = len(pfns), self.gaps
-        first = np.empty(len(gaps) + 1, dtype=np.int64)
-        first[0] = 0
-        first[1:] = gaps
-        first[1:] += 1
-        lens = np.empty_like(first)
-        lens[:-1] = first[1:] - first[:-1]
-        lens[-1] = n - first[-1]
-        return pfns[first], lens, np.zeros(len(first), dtype=np.int64)
+        return ascending_runs(pfns, self.gaps)
 
     def count_kind(self, kind: np.ndarray, kd: int) -> int:
         """How many of the frames are of kind kd (`kind`: the frame kinds, PageAlloc.views()[2]); for a

@@ -178,6 +178,19 @@ class PfnRuns:
         return self.to_array().tolist()
 
 
+def ascending_runs(pfns: np.ndarray, brk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ascending runs of a sorted pfn array (starts, lengths, all-zero descending flags), given `brk`:
+    the index of the last pfn of each run but the last."""
+    first = np.empty(len(brk) + 1, dtype=np.int64)
+    first[0] = 0
+    first[1:] = brk
+    first[1:] += 1
+    lens = np.empty_like(first)
+    lens[:-1] = first[1:] - first[:-1]
+    lens[-1] = len(pfns) - first[-1]
+    return pfns[first], lens, np.zeros(len(first), dtype=np.int64)
+
+
 def runs_of(pfns: np.ndarray, increasing: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut a pfn sequence into runs of consecutive pfns (each ascending or descending by one);
     `increasing`: the caller knows the sequence is sorted (only ascending runs, found faster)."""
@@ -187,15 +200,7 @@ def runs_of(pfns: np.ndarray, increasing: bool = False) -> tuple[np.ndarray, np.
         z = np.zeros(0, dtype=np.int64)
         return z, z, z
     if increasing:
-        brk = np.flatnonzero(pfns[1:] - pfns[:-1] != 1)      # the last pfn of each run but the last
-        first = np.empty(len(brk) + 1, dtype=np.int64)
-        first[0] = 0
-        first[1:] = brk
-        first[1:] += 1
-        lens = np.empty_like(first)
-        lens[:-1] = first[1:] - first[:-1]
-        lens[-1] = n - first[-1]
-        return pfns[first], lens, np.zeros(len(first), dtype=np.int64)
+        return ascending_runs(pfns, np.flatnonzero(pfns[1:] - pfns[:-1] != 1))
     g = np.diff(pfns)
     unit = (g == 1) | (g == -1)
     # a new run starts at i when the gap before it is not a unit step, or when it is one but turns round
