@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from mmugather.host import calibrate as cal
 from mmugather.host.kernel_check import model_unavailable
@@ -114,6 +115,47 @@ def test_cost_file_round_trips_through_load_costs(tmp_path, suffix):
         assert "# syscall: null_syscall_ns (median 250.0 ns" in path.read_text()
     else:
         assert data["sources"]["syscall"] == sources["syscall"]
+
+
+# ---------------------------------------------------------------- calls_probe.c: the short calls timed in C
+def _probe_output(pmd: list[float]) -> dict:
+    lists = {key: [1000.0, 1100.0, 1200.0] for key, _, _ in cal._C_CALLS + cal._C_PASSES}
+    return {**lists, "empty": [20.0, 30.0, 40.0], "null": [130.0, 150.0, 170.0],
+            "pmd_read": pmd, "pmd_split": pmd, "pmd_write": pmd, "pmd_wp_write": pmd, "pmd_ranges": 44 if pmd else 0}
+
+
+def test_the_c_figures_are_less_the_empty_clock_pair_per_call_and_not_per_pass():
+    f = cal.calls_figures(_probe_output([3000.0, 3100.0]), "/tmp")
+    assert f["dontneed_1page_alone_ns"].median == 1100 - 30 and f["pmd_read_fault_ns"].median == 3050 - 30
+    assert f["anon_write_fault_ns"].median == 1100 and f["anon_write_fault_ns"].unit == "ns/page"
+    assert f["null_syscall_ns"].median == pytest.approx(150 - 30 / 200)
+    assert all(fit.figure in f for fit in cal.fits() if fit.figure in FIGURES and "round_trip" not in fit.figure
+               and fit.figure not in ("munmap_ns_per_page", "shootdown_receiver_ns"))
+    assert all(g.probe.startswith("calls_probe.c") for g in f.values())
+    no_pmd = cal.calls_figures(_probe_output([]), "/tmp")
+    assert not [k for k in no_pmd if k.startswith("pmd")] and "mmap_1page_alone_ns" in no_pmd
+
+
+@pytest.mark.skipif(cal.shutil.which("cc") is None and cal.shutil.which("gcc") is None, reason="no C compiler")
+def test_the_calls_probe_compiles_and_its_json_parses_into_the_figures(tmp_path):
+    exe = cal.build_probe(cal.CALLS_SOURCE, str(tmp_path))
+    got = cal.calls_samples(exe, str(tmp_path), 5, 1, 60)
+    assert len(got["mmap"]) == len(got["empty"]) == 5 and len(got["write_fault"]) == 1
+    f = cal.calls_figures(got, str(tmp_path))
+    assert f["munmap_1page_alone_ns"].median > 0 and f["anon_write_fault_ns"].median > 0
+    assert ("pmd_read_fault_ns" in f) == (got["pmd_ranges"] >= 4)
+
+
+def test_without_a_c_compiler_the_python_probes_stand_in_and_calibrate_says_so(monkeypatch, tmp_path):
+    from mmugather.cli import main
+    monkeypatch.setattr(cal.shutil, "which", lambda name: None)
+    assert cal.build_probe(cal.CALLS_SOURCE, str(tmp_path)) is None and cal._c_call_figures(11, 10, "/tmp") == {}
+    monkeypatch.setattr("mmugather.host.probe.host_supported", lambda: "")
+    no_cc = {k: f for k, f in FIGURES.items() if not k.startswith("shootdown")}    # what a host without cc measures
+    monkeypatch.setattr(cal, "calibrate", lambda runs: no_cc)
+    out = CliRunner().invoke(main, ["calibrate", "-o", str(tmp_path / "h.toml"), "--no-fit"])
+    assert out.exit_code == 0, out.output
+    assert "no C compiler (cc)" in out.output and "timed from Python" in out.output
 
 
 # ---------------------------------------------------------------- where the calibrated costs are charged

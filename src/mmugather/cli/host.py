@@ -108,7 +108,7 @@ def _kernel_check_arch(arch: str) -> tuple[str, str]:
 def calibrate(out_file, runs, no_fit, max_spread) -> None:
     """Measure each cost the model charges with its own host probe (null syscall, faults, per-page munmap,
     1-page mmap/munmap/madvise/mprotect, shootdown round trips to a running and an idle CPU, the target's
-    own cost, and mutual shootdowns as a check: a small C program, built with cc); fit each
+    own cost, and mutual shootdowns as a check: small C programs, built with cc); fit each
     cost so the 6.18 model's version of its probe takes the host's time; write a --costs file with the
     sources and the host's spread. Takes about 20 s."""
     from pathlib import Path
@@ -164,7 +164,8 @@ def calibrate(out_file, runs, no_fit, max_spread) -> None:
         click.echo(f"  {k} = {v}   # {sources[k]}")
     if "shootdown_round_trip_ns" not in figures:
         click.echo("note: no C compiler (cc): the shootdown probe did not run, so ipi_send, ipi_delivery, "
-                   "ipi_handler and ipi_ack keep their defaults", err=True)
+                   "ipi_handler and ipi_ack keep their defaults; the short calls and faults were timed from "
+                   "Python, each 0.5-1.5 us slower than in C", err=True)
     if not why_no_model:
         _calibrate_checks(cal.checks(figures, replace(Costs(), **costs)))
 

@@ -1,22 +1,24 @@
 """Host timings for calibrating and benchmarking the simulator against the real kernel.
 
-Each measurement runs in a fresh child pinned to CPU 0 (see worker.py), so "single-threaded" really means
-no other CPU is in the mm's cpumask. Every figure is measured over repeats and kept as a `Figure`: median,
-p10 and p90 of the repeats, the unit and the probe it came from. Single calls are timed with
-time.perf_counter_ns around the ctypes call, minus the median time of the same timing around a ctypes call
-that makes no system call (memchr of 0 bytes), so the Python and ctypes overhead is not counted as kernel time.
+Every figure is measured over repeats and kept as a `Figure`: median, p10 and p90 of the repeats, the unit
+and the probe it came from.
 
-Probes: in workers (JOBS), a null system call (getppid); write faults of fresh anonymous pages, read
-faults of them (the zero page), and a hot pass over the same pages (a 4 KiB memset: the clear_page()
-estimate); write faults of a cached file page through a shared and a private mapping; 1-page mmap, munmap,
-MADV_DONTNEED and mprotect, back to back (warm, as in a loop). In C (shootdown_probe.c, compiled with the
-host's cc: a Python thread waiting for the GIL would leave its CPU idle and lazy), a 1-page MADV_DONTNEED loop
-on CPU 0 alone, with thread B spinning in user mode on CPU 1 (the loop less alone: the round trip of a shootdown
-to a running CPU; B's lost time per IPI: the receiver's side) and with B in the same loop (mutual shootdowns,
-will-it-scale's threads:2: a check of the model, not fitted); over the PMD-sized folios ext4's readahead
-gives a 128 MiB file written in order (file_pmd_faults: a read fault that maps a 2 MiB folio by one PMD, a
-1-page MADV_DONTNEED that splits it, a shared write fault that maps it dirty after ->page_mkwrite over the
-folio). And through
+The short calls are timed in C (calls_probe.c, compiled with the host's cc, pinned to CPU 0): a pair of
+clock_gettime(CLOCK_MONOTONIC) reads around exactly each call, less the median of the same pair around
+nothing: a null system call (getppid); write faults of fresh anonymous pages, read faults of them (the
+zero page), and a hot pass over the same pages (a 4 KiB memset: the clear_page() estimate); write faults of
+a cached file page through a shared and a private mapping, and copies of mapped ones; 1-page mmap, munmap,
+MADV_DONTNEED and mprotect, back to back (warm, as in a loop); over the PMD-sized folios ext4's readahead
+gives a 128 MiB file written in order (a read fault that maps a 2 MiB folio by one PMD, a 1-page
+MADV_DONTNEED that splits it, a shared write fault that maps it dirty after ->page_mkwrite over the folio).
+Without a C compiler the Python probes below (JOBS, in a fresh child pinned to CPU 0, see worker.py) stand
+in: time.perf_counter_ns around the ctypes call less the same timing around a call that makes no system call
+(memchr of 0 bytes), which leaves 0.5-1.5 us of Python per short call.
+
+In C too (shootdown_probe.c: a Python thread waiting for the GIL would leave its CPU idle and lazy), a
+1-page MADV_DONTNEED loop on CPU 0 alone, with thread B spinning in user mode on CPU 1 (the loop less alone:
+the round trip of a shootdown to a running CPU; B's lost time per IPI: the receiver's side) and with B in
+the same loop (mutual shootdowns, will-it-scale's threads:2: a check of the model, not fitted). And through
 probe.run_script, placed exactly as the 6.18 model places them (kernel_check.layout_of), the kernel-check
 scripts of SCRIPTS: a 512-page munmap with the second thread blocked (less alone: the round trip to an
 idle, lazy CPU, sent the flush because the munmap frees a PTE table) and a 256 MiB munmap (less 1 page:
@@ -33,7 +35,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mmugather.host import syscalls as sc
@@ -128,6 +130,12 @@ def _overhead_ns(samples: int = _ONE_PAGE_SAMPLES) -> float:
     out = [_timed(lambda: _no_syscall(addr, sc.PAGE)) for _ in range(samples)]
     sc.munmap(addr, sc.PAGE)
     return statistics.median(out)
+
+
+def _overhead(job: dict) -> dict:
+    """Worker job: _overhead_ns() on CPU 0 (what the kernel-check scripts' times are less)."""
+    sc.pin(0)
+    return {"overhead": _overhead_ns()}
 
 
 def _timed(call: Callable[[], object]) -> int:
@@ -356,7 +364,8 @@ def _calls(job: dict) -> dict:
 
 
 JOBS = {"munmap_ns": _munmap_ns, "null_syscall": _null_syscall, "anon_faults": _anon_faults,
-        "file_faults": _file_faults, "calls": _calls, "file_pmd_faults": _file_pmd_faults}
+        "file_faults": _file_faults, "calls": _calls, "file_pmd_faults": _file_pmd_faults,
+        "overhead": _overhead}
 
 
 # ------------------------------------------------------------------ the shootdown probe (C)
@@ -366,16 +375,16 @@ _SHOOTDOWN_CALLS = 2000
 _MIN_IPIS_PER_FLUSH = 0.9
 
 
-def build_shootdown_probe(out_dir: str) -> str | None:
-    """Compile shootdown_probe.c with the host's C compiler into `out_dir`: the program's path, or None when
-    there is no compiler (cc or gcc). WorkerError if it does not compile."""
+def build_probe(source: Path, out_dir: str) -> str | None:
+    """Compile a probe's C `source` with the host's C compiler into `out_dir`: the program's path, or None
+    when there is no compiler (cc or gcc). WorkerError if it does not compile."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    exe = os.path.join(out_dir, "shootdown_probe")
-    r = subprocess.run([cc, "-O2", "-pthread", "-o", exe, str(SHOOTDOWN_SOURCE)], capture_output=True, text=True)
+    exe = os.path.join(out_dir, source.stem)
+    r = subprocess.run([cc, "-O2", "-pthread", "-o", exe, str(source)], capture_output=True, text=True)
     if r.returncode != 0:
-        raise WorkerError(f"shootdown_probe.c: {cc} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise WorkerError(f"{source.name}: {cc} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
     return exe
 
 
@@ -402,6 +411,71 @@ def shootdown_samples(exe: str, runs: int, timeout: float, calls: int = _SHOOTDO
                 out["receiver"] += got["gaps"]
             out[mode] += got["a_ns"] + got["b_ns"]
     return out
+
+
+# ------------------------------------------------------------------ the short-call probe (C)
+CALLS_SOURCE = Path(__file__).with_name("calls_probe.c")
+_C_SAMPLES = 1001
+_NULL_LOOP = 200                 # calls_probe.c's NULL_CALLS
+# calls_probe.c's per-call samples (less the median empty clock pair): its key, the figure, what it times
+_C_CALLS = (("pmd_read", "pmd_read_fault_ns", "1-byte read, PMD none"),
+            ("pmd_split", "pmd_split_dontneed_ns", "1-page MADV_DONTNEED of a PMD-mapped 2 MiB"),
+            ("pmd_write", "pmd_shared_write_fault_ns", "1-byte write, PMD none"),
+            ("pmd_wp_write", "pmd_wp_write_fault_ns", "1-byte write to a read-only PMD: split, then as "
+                                                      "pmd_shared_write_fault_ns; a check, nothing fitted to it"),
+            ("mmap", "mmap_1page_alone_ns", "mmap of 1 anonymous page (not populated), alone, back to back"),
+            ("munmap", "munmap_1page_alone_ns", "munmap of 1 touched page, alone, back to back"),
+            ("dontneed", "dontneed_1page_alone_ns", "MADV_DONTNEED of 1 touched page, alone, back to back"),
+            ("mprotect", "mprotect_1page_alone_ns", "mprotect to read-only of 1 touched page, alone, back to back"))
+# its per-page samples (a pass less a hot pass: the clock pair cancels): its key, the figure, what it times
+_C_PASSES = (("zero", "zero_ns_per_page", "memset of 16 MiB of mapped 4 KiB pages (fastest of 3 hot passes)"),
+             ("write_fault", "anon_write_fault_ns", "memset of 16 MiB fresh anonymous, THP off, less the hot pass"),
+             ("read_fault", "anon_read_fault_ns", "memchr of 16 MiB fresh anonymous (zero page), less a hot pass"),
+             ("shared_write_fault", "file_shared_write_fault_ns", "memset of a MAP_SHARED 16 MiB file in {dir}, "
+                                                                  "cached, less hot"),
+             ("private_write_fault", "file_private_write_fault_ns", "memset of a MAP_PRIVATE 16 MiB file in {dir}, "
+                                                                    "cached, less hot"),
+             ("private_wp_copy", "file_private_wp_copy_ns", "memset of a MAP_PRIVATE 16 MiB file in {dir}, cached, "
+                                                            "after a read pass, less hot"))
+
+
+def calls_samples(exe: str, file_dir: str, samples: int, repeats: int, timeout: float) -> dict:
+    """calls_probe.c's JSON: its sample lists (ns) and "pmd_ranges". WorkerError when it fails."""
+    try:
+        r = subprocess.run([exe, file_dir, str(samples), str(repeats)], capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(f"calls_probe: timed out after {timeout:g} s") from None
+    if r.returncode != 0:
+        raise WorkerError(f"calls_probe: exited {r.returncode}: {r.stderr.strip()[-200:]}")
+    return json.loads(r.stdout)
+
+
+def calls_figures(got: dict, file_dir: str) -> dict[str, Figure]:
+    """The figures of calls_probe.c's output `got`: each per-call sample less the median empty clock pair
+    (the null syscall's loop less it once per loop); the PMD figures only where the file had PMD folios."""
+    empty = statistics.median(got["empty"])
+    probe = "calls_probe.c (C, CPU 0"
+    f = {"null_syscall_ns": figure([x - empty / _NULL_LOOP for x in got["null"]], "ns",
+                                   f"{probe}): getppid(), loops of {_NULL_LOOP}, less the empty clock pair")}
+    f.update({name: figure(got[key], "ns/page", f"{probe}): {what.format(dir=file_dir)}")
+              for key, name, what in _C_PASSES})
+    where = f"{got['pmd_ranges']} PMD-sized folios of a 128 MiB MAP_SHARED file in {file_dir} written in order"
+    for key, name, what in _C_CALLS:
+        if got[key]:
+            at = f", {where}" if key.startswith("pmd") else ""
+            f[name] = figure([x - empty for x in got[key]], "ns",
+                             f"{probe}{at}): {what}, less the empty clock pair ({empty:.0f} ns)")
+    return f
+
+
+def _c_call_figures(repeats: int, timeout: float, file_dir: str) -> dict[str, Figure]:
+    """The figures of calls_probe.c (see calls_figures), none without a C compiler."""
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build_probe(CALLS_SOURCE, tmp)
+        if exe is None:
+            return {}
+        return calls_figures(calls_samples(exe, file_dir, _C_SAMPLES, repeats, timeout), file_dir)
 
 
 # ------------------------------------------------------------------ the measurement
@@ -431,14 +505,36 @@ def _script(name: str, repeats: int, overhead: float, timeout: float) -> Figure:
 
 def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> dict[str, Figure]:
     """Measure this host's figures (see the module docstring), each a Figure; `runs` (at least 5) sets the
-    repeats of the fault probes (2 runs + 1). Raises WorkerError if a child fails or times out."""
+    repeats of the fault probes (2 runs + 1). The short calls come from calls_probe.c, or from Python
+    without a C compiler. Raises WorkerError if a child fails or times out."""
     reps = 2 * max(runs, 5) + 1
+    f = _c_call_figures(reps, timeout, file_dir)
+    if f:
+        overhead = run_worker({"kind": "overhead"}, timeout)["overhead"]
+    else:
+        f, overhead = _python_call_figures(reps, timeout, file_dir)
+    scripts = {name: _script(name, k, overhead, timeout) for name, k in SCRIPTS.items()}
+    f.update(_shootdown_figures(max(runs, 5), timeout))
+    f.update({script_key(name): fig for name, fig in scripts.items()})
+    big, small = f[script_key(f"munmap:{_MUNMAP_BYTES // sc.PAGE}:alone")], f[script_key("munmap:1:alone")]
+    pages = _MUNMAP_BYTES // sc.PAGE - 1
+    f["munmap_ns_per_page"] = Figure((big.median - small.median) / pages, (big.p10 - small.p90) / pages,
+                                     (big.p90 - small.p10) / pages, big.n, "ns/page",
+                                     f"munmap:{pages + 1}:alone less munmap:1:alone in the model's layout, per page")
+    f["idle_round_trip_ns"] = f[script_key(f"munmap:{_IDLE_PAGES}:blocked")].minus(
+        f[script_key(f"munmap:{_IDLE_PAGES}:alone")],
+        f"munmap:{_IDLE_PAGES}:blocked less munmap:{_IDLE_PAGES}:alone (CPU 1 idle, lazy; the PTE table freed)")
+    return f
+
+
+def _python_call_figures(reps: int, timeout: float, file_dir: str) -> tuple[dict[str, Figure], float]:
+    """The figures of calls_probe.c measured from Python (no C compiler), and the timing overhead: each
+    short call carries the ~0.5-1.5 us that _overhead_ns() does not remove."""
     null = run_worker({"kind": "null_syscall", "repeats": 201}, timeout)
     anon = run_worker({"kind": "anon_faults", "repeats": reps}, timeout)
     files = run_worker({"kind": "file_faults", "repeats": reps, "dir": file_dir}, timeout)
     calls = run_worker({"kind": "calls", "samples": _ONE_PAGE_SAMPLES}, timeout)
     pmd = run_worker({"kind": "file_pmd_faults", "repeats": 3, "dir": file_dir}, timeout)
-    scripts = {name: _script(name, k, calls["overhead"], timeout) for name, k in SCRIPTS.items()}
     f = {
         "null_syscall_ns": figure(null["ns"], "ns", "getppid() less getpagesize(), loops of 200, CPU 0"),
         "zero_ns_per_page": figure(anon["zero"], "ns/page",
@@ -468,23 +564,14 @@ def calibrate(runs: int = 5, timeout: float = 120.0, file_dir: str = "/tmp") -> 
     for call in ("mmap", "munmap", "dontneed", "mprotect"):
         f[f"{call}_1page_alone_ns"] = figure(calls[call], "ns", f"{call} of 1 page, alone, back to back, "
                                                                 "less timing overhead")
-    f.update(_shootdown_figures(max(runs, 5), timeout))
-    f.update({script_key(name): fig for name, fig in scripts.items()})
-    big, small = f[script_key(f"munmap:{_MUNMAP_BYTES // sc.PAGE}:alone")], f[script_key("munmap:1:alone")]
-    pages = _MUNMAP_BYTES // sc.PAGE - 1
-    f["munmap_ns_per_page"] = Figure((big.median - small.median) / pages, (big.p10 - small.p90) / pages,
-                                     (big.p90 - small.p10) / pages, big.n, "ns/page",
-                                     f"munmap:{pages + 1}:alone less munmap:1:alone in the model's layout, per page")
-    f["idle_round_trip_ns"] = f[script_key(f"munmap:{_IDLE_PAGES}:blocked")].minus(
-        f[script_key(f"munmap:{_IDLE_PAGES}:alone")],
-        f"munmap:{_IDLE_PAGES}:blocked less munmap:{_IDLE_PAGES}:alone (CPU 1 idle, lazy; the PTE table freed)")
-    return f
+    return {k: replace(v, probe=f"Python (no C compiler; carries Python's call overhead): {v.probe}")
+            for k, v in f.items()}, calls["overhead"]
 
 
 def _shootdown_figures(runs: int, timeout: float) -> dict[str, Figure]:
     """The figures of shootdown_probe.c (see shootdown_samples), none without a C compiler."""
     with tempfile.TemporaryDirectory() as tmp:
-        exe = build_shootdown_probe(tmp)
+        exe = build_probe(SHOOTDOWN_SOURCE, tmp)
         if exe is None:
             return {}
         got = shootdown_samples(exe, runs, timeout)
