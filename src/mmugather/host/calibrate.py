@@ -460,6 +460,8 @@ def calls_figures(got: dict, file_dir: str) -> dict[str, Figure]:
                                    f"{probe}): getppid(), loops of {_NULL_LOOP}, less the empty clock pair")}
     f.update({name: figure(got[key], "ns/page", f"{probe}): {what.format(dir=file_dir)}")
               for key, name, what in _C_PASSES})
+    if "map_pages_1" in got:
+        f.update(_map_pages_figures(got, empty, file_dir))
     where = f"{got['pmd_ranges']} PMD-sized folios of a 128 MiB MAP_SHARED file in {file_dir} written in order"
     for key, name, what in _C_CALLS:
         if got[key]:
@@ -467,6 +469,21 @@ def calls_figures(got: dict, file_dir: str) -> dict[str, Figure]:
             f[name] = figure([x - empty for x in got[key]], "ns",
                              f"{probe}{at}): {what}, less the empty clock pair ({empty:.0f} ns)")
     return f
+
+
+def _map_pages_figures(got: dict, empty: float, file_dir: str) -> dict[str, Figure]:
+    """calls_probe.c's read faults through fault-around (do_read_fault() -> filemap_map_pages()) of a cached
+    file page whose window's other pages are mapped, in a 1-page VMA (1 folio walked) and in a 16-page one
+    (16 walked, 1 mapped), each less the empty clock pair; and their difference per extra folio walked."""
+    what = f"calls_probe.c (C, CPU 0): read fault of a page of a MAP_PRIVATE 16 MiB file in {file_dir}, cached, " \
+           "after a 1-page MADV_DONTNEED, the rest of its window mapped, in "
+    one = figure([x - empty for x in got["map_pages_1"]], "ns", what + "1-page VMAs (window of 1), less the "
+                 f"empty clock pair ({empty:.0f} ns)")
+    all16 = figure([x - empty for x in got["map_pages_16"]], "ns", what + "one VMA (window of 16), less the "
+                   f"empty clock pair ({empty:.0f} ns)")
+    per = all16.minus(one, "file_read_fault_window16_ns less file_read_fault_window1_ns, per extra folio (15)")
+    per = replace(per, median=per.median / 15, p10=per.p10 / 15, p90=per.p90 / 15, unit="ns/folio")
+    return {"file_read_fault_window1_ns": one, "file_read_fault_window16_ns": all16, "map_pages_folio_ns": per}
 
 
 def _c_call_figures(repeats: int, timeout: float, file_dir: str) -> dict[str, Figure]:
@@ -600,6 +617,7 @@ def host_kernel_pages_per_s(runs: int = 3, timeout: float = 120.0) -> float:
 # Figures whose noise decides whether a fit is possible (the differences are judged by their parts).
 NOISE_CHECKED = ("null_syscall_ns", "zero_ns_per_page", "anon_write_fault_ns", "anon_read_fault_ns",
                  "file_shared_write_fault_ns", "file_private_write_fault_ns", "file_private_wp_copy_ns",
+                 "file_read_fault_window1_ns", "file_read_fault_window16_ns",
                  "pmd_read_fault_ns", "pmd_split_dontneed_ns", "pmd_shared_write_fault_ns", "mmap_1page_alone_ns",
                  "munmap_1page_alone_ns", "dontneed_1page_alone_ns", "mprotect_1page_alone_ns",
                  "dontneed_loop_alone_ns", "dontneed_loop_running_ns", "shootdown_receiver_ns",
@@ -736,6 +754,24 @@ def pmd_split_ns(costs) -> float:
     return float(m["syscall_ns"]["max"])
 
 
+def map_pages_ns(costs) -> float:
+    """The model's file_read_fault_window1_ns: a read fault of a cached file page in a 1-page private VMA
+    (fault-around 16, clamped to the VMA: filemap_map_pages() walks and maps that one folio), after a read
+    and a 1-page MADV_DONTNEED."""
+    page = {"vma": "a", "size": sc.PAGE}
+    before = [{"op": "touch", "write": False, **page}, {"op": "madvise", "advice": "dontneed", **page}]
+
+    def scenario(program: list[dict]) -> dict:
+        return {"name": "calibrate", "seed": 1, "machine": {"cpus": 1, "preempt": "voluntary",
+                                                            "latency_task": False, "fault_around_pages": 16},
+                "files": [{"name": "f", "cached": sc.PAGE}],
+                "process": [{"name": "p", "vma": [{"name": "a", "size": sc.PAGE, "kind": "file", "file": "f",
+                                                   "shared": False}],
+                             "thread": [{"cpu": 0, "program": program + [{"op": "halt"}]}]}]}
+    timed = {"op": "touch", "write": False, **page}
+    return float(_run(scenario(before + [timed]), costs)["sim_time_ns"] - _run(scenario(before), costs)["sim_time_ns"])
+
+
 def _mmap_ns(costs) -> float:
     m = _run(_micro({"name": "x", "size": "4KiB"}, [{"op": "mmap", "vma": {"name": "a", "size": "4KiB"}}]), costs)
     return float(m["syscall_ns"]["max"])
@@ -772,6 +808,10 @@ def fits() -> list[Fit]:
         Fit(("page_mkwrite",), "file_shared_write_fault_ns",
             per_page_ns({**file, "shared": True}, [write, drop], [write]),
             "model: write pass over a cached file, shared mapping, per page"),
+        Fit(("map_pages_folio",), "map_pages_folio_ns", None,
+            "set to the figure (next_uptodate_folio() and the PTE check of one more folio of the window)"),
+        Fit(("map_pages",), "file_read_fault_window1_ns", map_pages_ns,
+            "model: a read fault of a cached file page in a 1-page private VMA (fault-around: 1 folio walked)"),
         Fit(("ipi_handler",), "shootdown_receiver_ns", receiver_ns,
             f"model: B computing on CPU 1 while A sends {2 * _PROBE_FLUSHES} 1-page flushes less while A sends "
             f"{_PROBE_FLUSHES}, per IPI"),

@@ -19,6 +19,12 @@
  *               per repeat, over a file of FAULT_PAGES pages in DIR already in the page cache, ns per page of
  *               a write pass less a hot pass: MAP_SHARED (written once, then MADV_DONTNEED), a fresh
  *               MAP_PRIVATE, and a fresh MAP_PRIVATE after a read pass (each write copies a mapped page);
+ *   map_pages_1, map_pages_16
+ *               per repeat over a MAP_PRIVATE file of FAULT_PAGES pages in DIR already in the page cache,
+ *               ns per read fault (clock pair around each, averaged over the pass): each page read once with
+ *               its PTE none after a 1-page MADV_DONTNEED (untimed), every other page of its fault-around
+ *               window mapped by a read pass before: in 1-page VMAs (the window clamped to the VMA: 1 folio
+ *               walked, 1 mapped), and in one 16-page-aligned VMA (16 folios walked, 1 mapped);
  *   pmd_read, pmd_wp_write, pmd_split, pmd_write
  *               over the 2 MiB ranges of a MAP_SHARED 128 MiB file in DIR written once in order whose read
  *               fault maps one PMD (FilePmdMapped of /proc/self/smaps grows by 2 MiB: a PMD-sized folio),
@@ -229,6 +235,45 @@ static void file_faults(const char *dir, long repeats)
 	print("private_wp_copy", out[2], repeats);
 }
 
+/* ns per read fault, averaged over `pages` pages read in VMAs of `win` pages each at file offset 0 on */
+static double read_after_dontneed(int fd, long pages, long win)
+{
+	double total = 0;
+	for (long off = 0; off < pages; off += win) {
+		char *p = mmap(NULL, win * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, off * PG);
+		if (p == MAP_FAILED)
+			die("mmap");
+		for (long i = 0; i < win; i++)
+			sink = p[i * PG];
+		for (long i = 0; i < win; i++) {
+			madvise(p + i * PG, PG, MADV_DONTNEED);
+			long t0 = now();
+			sink = *(volatile char *)(p + i * PG);
+			total += now() - t0;
+		}
+		munmap(p, win * PG);
+	}
+	return total / pages;
+}
+
+static void fault_around(const char *dir, long repeats)
+{
+	int fd = temp_file(dir, FAULT_PAGES * PG);
+	char *w = map(FAULT_PAGES * PG, MAP_SHARED, fd);
+	double *one = calloc(repeats, sizeof(double)), *all = calloc(repeats, sizeof(double));
+	memset(w, 0, FAULT_PAGES * PG); /* in the page cache */
+	munmap(w, FAULT_PAGES * PG);
+	for (long i = 0; i < repeats; i++) {
+		one[i] = read_after_dontneed(fd, FAULT_PAGES, 1);
+		all[i] = read_after_dontneed(fd, FAULT_PAGES, 16);
+	}
+	close(fd);
+	print("map_pages_1", one, repeats);
+	print("map_pages_16", all, repeats);
+	free(one);
+	free(all);
+}
+
 /* FilePmdMapped (kB) of the mapping starting at p (/proc/self/smaps; -1 if absent) */
 static long file_pmd_mapped_kb(const char *p)
 {
@@ -309,6 +354,7 @@ int main(int argc, char **argv)
 	one_page_calls(MPROTECT, "mprotect", samples);
 	anon_faults(repeats);
 	file_faults(argv[1], repeats);
+	fault_around(argv[1], repeats);
 	pmd_faults(argv[1]);
 	return 0;
 }

@@ -82,6 +82,12 @@ class Costs:
     page_mkwrite: int = 0       # do_shared_fault(): ->page_mkwrite() and fault_dirty_shared_page() (the fs)
     ipi_idle_exit: int = 0      # an IPI that finds its target idle: leaving the idle loop (HLT; a vCPU wake on KVM)
     wp_copy: int = 0            # wp_page_copy() of a mapped page (not the zero page): the copy, the old folio's rmap
+    map_pages: int = 0          # do_fault_around() -> filemap_map_pages() of a read fault, per call, beyond
+    #                             fault_entry and pte_set: rcu, the xarray walk's start, the PTE table lookup and
+    #                             lock, the mmap_miss update (a read fault in a 1-page VMA: a window of 1)
+    map_pages_folio: int = 0    # filemap_map_pages(), per cached folio of the window next_uptodate_folio() takes
+    #                             (folio_try_get, folio_trylock, the pte_none() check, folio_unlock, folio_put),
+    #                             mapped by this fault or not
     # PMD-mapped file folios (mm/huge_memory.py; a file's `pmd_folios_from`), each from its own host probe
     page_mkwrite_pmd: int = 0   # ->page_mkwrite() of a PMD-sized folio beyond a 1-page one's (ext4's
     #                             block_page_mkwrite() walks every block of the folio: 512, not 1)

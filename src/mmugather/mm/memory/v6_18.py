@@ -56,7 +56,10 @@ class Memory618(ZapUpperLevels):
         vma_pages(vma) - vma_off) - 1`); under the PTE lock taken once, each page of the window that is in
         the page cache, not locked (folio_trylock()) and whose PTE is none is mapped read-only
         (set_pte_range() of a read fault; a shared mapping wants write notification) with its rmap, a
-        reference and the RSS. Returns True if addr's page was among them (VM_FAULT_NOPAGE: no
+        reference and the RSS. Every cached, unlocked folio of the window is taken by next_uptodate_folio()
+        (folio_try_get(), folio_trylock()) and put back after filemap_map_order0_folio() looked at its PTE,
+        mapped or not: `map_pages_folio` each (under the PTE lock, as the kernel's loop), `map_pages` once per
+        call. Returns True if addr's page was among them (VM_FAULT_NOPAGE: no
         __do_fault())."""
         nr = self.fault_around_pages()
         mm = vma.mm
@@ -67,15 +70,20 @@ class Memory618(ZapUpperLevels):
         index0 = linear_page_index(vma, addr) - pte_off
         cache, locks = vma.file.page_cache, vma.file.folio_locks
         alloc = self.alloc
-        mapped = 0
+        mapped = walked = 0
         hit = False
+        if self.costs.map_pages:
+            yield self.costs.map_pages                           # rcu_read_lock(), the first folio, the PTE lookup
         yield SpinLock(pt.ptl)
         if mm.pte_tables.get(addr >> PMD_SHIFT) is pt:           # pte_offset_map_lock() found the same table
             for off in range(from_pte, to_pte + 1):              # (in one step: the cache is read as of now)
                 pfn = cache.get(index0 + off)
                 lock = locks.get(index0 + off)
-                if pfn is None or pt.ptes[off] != 0 or (lock is not None and lock.owner is not None):
-                    continue
+                if pfn is None or (lock is not None and lock.owner is not None):
+                    continue                                     # next_uptodate_folio() skips it untouched
+                walked += 1                                      # taken, locked, checked, unlocked, put
+                if pt.ptes[off] != 0:
+                    continue                                     # filemap_map_order0_folio(): !pte_none()
                 pt.ptes[off] = mk_pte(pfn, False)
                 alloc.refcount[pfn] += 1
                 alloc.mapcount[pfn] += 1
@@ -84,6 +92,8 @@ class Memory618(ZapUpperLevels):
                 hit = hit or off == pte_off
         if mapped:
             yield self.costs.pte_set * mapped
+        if walked and self.costs.map_pages_folio:
+            yield self.costs.map_pages_folio * walked
         yield SpinUnlock(pt.ptl)
         return hit
 
