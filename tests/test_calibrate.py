@@ -31,7 +31,8 @@ FIGURES = {"null_syscall_ns": fig(250), "zero_ns_per_page": fig(300, "ns/page"),
            "file_shared_write_fault_ns": fig(1500, "ns/page"), "file_private_wp_copy_ns": fig(3000, "ns/page"),
            "pmd_read_fault_ns": fig(3000), "pmd_split_dontneed_ns": fig(2400), "pmd_shared_write_fault_ns": fig(14000),
            "shootdown_round_trip_ns": fig(12000), "shootdown_receiver_ns": fig(7000),
-           "idle_round_trip_ns": fig(30000)}
+           "idle_round_trip_ns": fig(30000), "file_read_fault_window1_ns": fig(1400),
+           "map_pages_folio_ns": fig(20, "ns/folio")}
 
 
 def test_a_figure_keeps_median_percentiles_and_spread():
@@ -84,7 +85,7 @@ def test_each_fitted_cost_makes_the_models_probe_take_the_hosts_time():
             assert fit.model(costs) == pytest.approx(want, rel=0.01, abs=3), fit.figure
     assert all(out[k] > 0 for k in ("munmap_call", "madvise_call", "mprotect_call", "mmap_call", "file_fault",
                                      "page_mkwrite", "ipi_idle_exit", "fault_entry", "page_alloc", "wp_copy",
-                                     "pmd_map", "split_huge_pmd", "page_mkwrite_pmd"))
+                                     "pmd_map", "split_huge_pmd", "page_mkwrite_pmd", "map_pages", "map_pages_folio"))
     assert all(k in sources for k in out)
 
 
@@ -121,7 +122,8 @@ def test_cost_file_round_trips_through_load_costs(tmp_path, suffix):
 def _probe_output(pmd: list[float]) -> dict:
     lists = {key: [1000.0, 1100.0, 1200.0] for key, _, _ in cal._C_CALLS + cal._C_PASSES}
     return {**lists, "empty": [20.0, 30.0, 40.0], "null": [130.0, 150.0, 170.0],
-            "pmd_read": pmd, "pmd_split": pmd, "pmd_write": pmd, "pmd_wp_write": pmd, "pmd_ranges": 44 if pmd else 0}
+            "pmd_read": pmd, "pmd_split": pmd, "pmd_write": pmd, "pmd_wp_write": pmd, "pmd_ranges": 44 if pmd else 0,
+            "map_pages_1": [1300.0, 1330.0, 1360.0], "map_pages_16": [1600.0, 1630.0, 1660.0]}
 
 
 def test_the_c_figures_are_less_the_empty_clock_pair_per_call_and_not_per_pass():
@@ -129,6 +131,8 @@ def test_the_c_figures_are_less_the_empty_clock_pair_per_call_and_not_per_pass()
     assert f["dontneed_1page_alone_ns"].median == 1100 - 30 and f["pmd_read_fault_ns"].median == 3050 - 30
     assert f["anon_write_fault_ns"].median == 1100 and f["anon_write_fault_ns"].unit == "ns/page"
     assert f["null_syscall_ns"].median == pytest.approx(150 - 30 / 200)
+    assert f["file_read_fault_window1_ns"].median == 1330 - 30 and f["file_read_fault_window16_ns"].median == 1630 - 30
+    assert f["map_pages_folio_ns"].median == pytest.approx(300 / 15) and f["map_pages_folio_ns"].unit == "ns/folio"
     assert all(fit.figure in f for fit in cal.fits() if fit.figure in FIGURES and "round_trip" not in fit.figure
                and fit.figure not in ("munmap_ns_per_page", "shootdown_receiver_ns"))
     assert all(g.probe.startswith("calls_probe.c") for g in f.values())
@@ -144,6 +148,7 @@ def test_the_calls_probe_compiles_and_its_json_parses_into_the_figures(tmp_path)
     f = cal.calls_figures(got, str(tmp_path))
     assert f["munmap_1page_alone_ns"].median > 0 and f["anon_write_fault_ns"].median > 0
     assert ("pmd_read_fault_ns" in f) == (got["pmd_ranges"] >= 4)
+    assert len(got["map_pages_1"]) == len(got["map_pages_16"]) == 1 and f["file_read_fault_window1_ns"].median > 0
 
 
 def test_without_a_c_compiler_the_python_probes_stand_in_and_calibrate_says_so(monkeypatch, tmp_path):
@@ -163,6 +168,23 @@ ANON = {"name": "a", "size": 256 * 4096}
 FILE = {**ANON, "kind": "file", "file": "f"}
 WRITE, READ = {"op": "touch", "vma": "a", "write": True}, {"op": "touch", "vma": "a", "write": False}
 DROP = {"op": "madvise", "vma": "a", "advice": "dontneed"}
+def _window_read_ns(costs) -> float:
+    """tlb_flush1's read: a read fault of page 5 of a 16-page private file VMA (fault-around 16) whose other
+    15 pages a read of page 0 mapped, after a 1-page MADV_DONTNEED of page 5 (16 folios walked, 1 mapped)."""
+    page5 = {"vma": "a", "size": 4096, "offset": 5 * 4096}
+    before = [{**READ, "size": 4096}, {"op": "madvise", "advice": "dontneed", **page5}]
+
+    def run(program):
+        return cal._run({"name": "t", "seed": 1, "machine": {"cpus": 1, "preempt": "voluntary", "latency_task": False,
+                                                             "fault_around_pages": 16},
+                         "files": [{"name": "f", "cached": 16 * 4096}],
+                         "process": [{"name": "p", "vma": [{"name": "a", "size": 16 * 4096, "kind": "file",
+                                                            "file": "f", "shared": False}],
+                                      "thread": [{"cpu": 0, "program": program + [{"op": "halt"}]}]}]},
+                        costs)["sim_time_ns"]
+    return float(run(before + [{"op": "touch", "write": False, **page5}]) - run(before))
+
+
 PROBES = {
     "munmap:1:alone": cal.syscall_ns("munmap:1:alone"),
     "dontneed:1:alone": cal.syscall_ns("dontneed:1:alone"),
@@ -181,6 +203,8 @@ PROBES = {
     "pmd read fault": cal.pmd_fault_ns([], {**READ, "size": 4096}),
     "pmd write fault": cal.pmd_fault_ns([], {**WRITE, "size": 4096}),
     "pmd split": cal.pmd_split_ns,
+    "file read fault, window of 1": cal.map_pages_ns,
+    "file read fault, window of 16": _window_read_ns,
 }
 # the probes whose time each cost adds to, and how many times (per call or page; all others: unchanged)
 CHARGED = {
@@ -194,6 +218,9 @@ CHARGED = {
     "split_huge_pmd": {"pmd split": 1},
     "madvise_call": {"dontneed:1:alone": 1, "dontneed:1:running": 1, "mutual": 1, "pmd split": 1},
     "wp_copy": {"private file copy": 1},
+    # filemap_map_pages(): once per fault-around; every cached folio of the window, mapped by the fault or not
+    "map_pages": {"file read fault, window of 1": 1, "file read fault, window of 16": 1},
+    "map_pages_folio": {"file read fault, window of 1": 1, "file read fault, window of 16": 16},
     "ipi_idle_exit": {"munmap:512:blocked": 1},     # the idle CPU's IPI; a running target pays nothing
     # the target's handler: in every round trip, in the receiver's lost time, and once (not twice) in a
     # mutual shootdown, where each CPU runs the other's handler while it waits for its own ack
@@ -205,7 +232,8 @@ CHARGED = {
     # allocates its PTE table (1/256 of a page per page of the 256-page micro-workloads). A fault mapping a
     # PMD preallocates a PTE table and frees it unused: charged in pmd_map.
     "fault_entry": {"anon write fault": 1, "anon read fault": 1, "private file write fault": 1,
-                    "shared file write fault": 1, "private file copy": 1, "pmd read fault": 1, "pmd write fault": 1},
+                    "shared file write fault": 1, "private file copy": 1, "pmd read fault": 1, "pmd write fault": 1,
+                    "file read fault, window of 1": 1, "file read fault, window of 16": 1},
     "page_alloc": {"anon write fault": 1 + 1 / 256, "anon read fault": 1 / 256, "private file write fault": 1,
                    "munmap:512:blocked": 2, "private file copy": 1},
     "page_zero": {"anon write fault": 1, "private file write fault": 1, "private file copy": 1},

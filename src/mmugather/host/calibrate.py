@@ -481,7 +481,8 @@ def _map_pages_figures(got: dict, empty: float, file_dir: str) -> dict[str, Figu
                  f"empty clock pair ({empty:.0f} ns)")
     all16 = figure([x - empty for x in got["map_pages_16"]], "ns", what + "one VMA (window of 16), less the "
                    f"empty clock pair ({empty:.0f} ns)")
-    per = all16.minus(one, "file_read_fault_window16_ns less file_read_fault_window1_ns, per extra folio (15)")
+    per = all16.minus(one, "calls_probe.c (C, CPU 0): file_read_fault_window16_ns less file_read_fault_window1_ns, "
+                                "per extra folio walked (15)")
     per = replace(per, median=per.median / 15, p10=per.p10 / 15, p90=per.p90 / 15, unit="ns/folio")
     return {"file_read_fault_window1_ns": one, "file_read_fault_window16_ns": all16, "map_pages_folio_ns": per}
 
