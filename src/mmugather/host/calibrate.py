@@ -7,7 +7,9 @@ The short calls are timed in C (calls_probe.c, compiled with the host's cc, pinn
 clock_gettime(CLOCK_MONOTONIC) reads around exactly each call, less the median of the same pair around
 nothing: a null system call (getppid); write faults of fresh anonymous pages, read faults of them (the
 zero page), and a hot pass over the same pages (a 4 KiB memset: the clear_page() estimate); write faults of
-a cached file page through a shared and a private mapping, and copies of mapped ones; 1-page mmap, munmap,
+a cached file page through a shared and a private mapping, and copies of mapped ones; read faults of a
+cached file page through fault-around (filemap_map_pages()) in 1-page VMAs and with the other 15 pages of
+a 16-page window mapped (their difference: the cost per folio walked); 1-page mmap, munmap,
 MADV_DONTNEED and mprotect, back to back (warm, as in a loop); over the PMD-sized folios ext4's readahead
 gives a 128 MiB file written in order (a read fault that maps a 2 MiB folio by one PMD, a 1-page
 MADV_DONTNEED that splits it, a shared write fault that maps it dirty after ->page_mkwrite over the folio).
