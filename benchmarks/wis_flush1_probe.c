@@ -7,9 +7,12 @@
  * MADV_DONTNEED is do_read_fault() -> do_fault_around() -> filemap_map_pages(), which maps the window's
  * none PTEs read-only (the whole window the first time, then only the page just zapped), so every later
  * write is a write-protect fault on a file page (do_wp_page() -> wp_page_copy()).
- * Then the read fault alone, two ways, on a MAP_PRIVATE mapping of the same file: with the 15 other PTEs
- * of its window mapped (MADV_DONTNEED of the one page, then the read: filemap_map_pages() walks 16 folios,
- * maps 1) and with MADV_RANDOM (no fault-around: __do_fault() -> filemap_fault() of the one page).
+ * Then the read fault alone, two ways, on MAP_PRIVATE mappings of the same file (MADV_DONTNEED of the one
+ * page, then the read): in one 128 MiB VMA with the 15 other PTEs of its window mapped (filemap_map_pages()
+ * walks 16 folios, maps 1), and in 1-page VMAs (do_fault_around() clamps the window to the VMA: 1 folio).
+ * (MADV_RANDOM would not do for the second: 6.18's should_fault_around() does not look at VM_RAND_READ.)
+ * Last, the first of the two in VMAs of 16, 128, 1024 and 8192 pages over the same file (a read pass over
+ * the VMA, then MADV_DONTNEED + timed read of each page): how much the caches the read pass left matter.
  *
  * Usage: cc -O2 -o wis_flush1_probe benchmarks/wis_flush1_probe.c && ./wis_flush1_probe [DIR] [PASSES]
  * Not part of the package; prints ns per page, CPU 0 (repeat it: the host is shared).
@@ -130,24 +133,52 @@ int main(int argc, char **argv)
 			       f ? "first page of a window " : "other 15 of each window", s[f][0] / n[f], s[f][1] / n[f],
 			       s[f][2] / n[f], n[f]);
 
-		/* the read fault alone: 15 others of the window mapped (fault-around walks 16), then MADV_RANDOM */
-		for (int rnd = 0; rnd < 2; rnd++) {
-			double r = 0;
-			a = map_private(fd);
-			if (rnd)
-				madvise(a, SIZE, MADV_RANDOM);
-			for (long i = 0; i < SIZE; i += PG)
-				x = a[i];
-			for (long i = 0; i < SIZE; i += PG) {
-				madvise(a + i, PG, MADV_DONTNEED);
-				double s0 = now();
-				x = a[i];
-				r += now() - s0;
-			}
-			munmap(a, SIZE);
-			printf("  read fault of a file page, PTE none, %s: %6.0f ns\n",
-			       rnd ? "MADV_RANDOM (no fault-around)" : "its window's 15 others mapped", r / PAGES);
+		/* the read fault alone: 15 others of the window mapped (fault-around walks 16), then a window of 1 */
+		double r = 0;
+		a = map_private(fd);
+		for (long i = 0; i < SIZE; i += PG)
+			x = a[i];
+		for (long i = 0; i < SIZE; i += PG) {
+			madvise(a + i, PG, MADV_DONTNEED);
+			double s0 = now();
+			x = a[i];
+			r += now() - s0;
 		}
+		munmap(a, SIZE);
+		printf("  read fault of a file page, PTE none, its window's 15 others mapped: %6.0f ns\n", r / PAGES);
+		r = 0;
+		for (long i = 0; i < SIZE; i += 16 * PG) { /* every 16th page: 2,048 1-page VMAs */
+			char *b = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, i);
+			if (b == MAP_FAILED)
+				return 1;
+			x = b[0];
+			madvise(b, PG, MADV_DONTNEED);
+			double s0 = now();
+			x = b[0];
+			r += now() - s0;
+			munmap(b, PG);
+		}
+		printf("  read fault of a file page, PTE none, in a 1-page VMA (window of 1): %6.0f ns\n", r / (PAGES / 16));
+		printf("  the same, window's 15 others mapped, by VMA size:");
+		for (long pages = 16; pages <= 8192; pages *= 8) {
+			r = 0;
+			for (long off = 0; off < PAGES; off += pages) {
+				char *b = mmap(NULL, pages * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, off * PG);
+				if (b == MAP_FAILED)
+					return 1;
+				for (long i = 0; i < pages; i++)
+					x = b[i * PG];
+				for (long i = 0; i < pages; i++) {
+					madvise(b + i * PG, PG, MADV_DONTNEED);
+					double s0 = now();
+					x = b[i * PG];
+					r += now() - s0;
+				}
+				munmap(b, pages * PG);
+			}
+			printf(" %ld pages %.0f ns;", pages, r / PAGES);
+		}
+		printf("\n");
 	}
 	(void)x;
 	return 0;

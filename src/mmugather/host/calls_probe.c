@@ -20,7 +20,8 @@
  *               a write pass less a hot pass: MAP_SHARED (written once, then MADV_DONTNEED), a fresh
  *               MAP_PRIVATE, and a fresh MAP_PRIVATE after a read pass (each write copies a mapped page);
  *   map_pages_1, map_pages_16
- *               per repeat over a MAP_PRIVATE file of FAULT_PAGES pages in DIR already in the page cache,
+ *               per repeat over a MAP_PRIVATE file of FAULT_PAGES pages in DIR already in the page cache
+ *               in 1-page folios (written through a MADV_RANDOM shared mapping: no readahead),
  *               ns per read fault (clock pair around each, averaged over the pass): each page read once with
  *               its PTE none after a 1-page MADV_DONTNEED (untimed), every other page of its fault-around
  *               window mapped by a read pass before: in 1-page VMAs (the window clamped to the VMA: 1 folio
@@ -261,7 +262,8 @@ static void fault_around(const char *dir, long repeats)
 	int fd = temp_file(dir, FAULT_PAGES * PG);
 	char *w = map(FAULT_PAGES * PG, MAP_SHARED, fd);
 	double *one = calloc(repeats, sizeof(double)), *all = calloc(repeats, sizeof(double));
-	memset(w, 0, FAULT_PAGES * PG); /* in the page cache */
+	madvise(w, FAULT_PAGES * PG, MADV_RANDOM); /* no readahead: 1-page folios, as the model's file */
+	memset(w, 0, FAULT_PAGES * PG);            /* in the page cache */
 	munmap(w, FAULT_PAGES * PG);
 	for (long i = 0; i < repeats; i++) {
 		one[i] = read_after_dontneed(fd, FAULT_PAGES, 1);
