@@ -335,7 +335,8 @@ class _Execution:
             if node is not None and a > RESCHED:
                 self._note_tick(enabled, a, node, node.prefix, node.sleep, node.used)
             return a
-        self._queue_tick()
+        if self.tick is not None:
+            self._queue_tick()
         if self.violations:
             return None
         sleep = self._sleep_set(d == n)
@@ -346,12 +347,18 @@ class _Execution:
         last, yielded = self.control.last_task, self.control.yielded
         if d - n < search.window and self._seen_before(d, sleep, last, yielded):
             return None
-        if len(enabled) == 1 and not sleep:        # one actor: no choice, no preemption
-            return self._take(None, enabled[0], sleep)
+        if len(enabled) == 1 and not sleep:        # one actor: no choice, no preemption (_take, inline)
+            a = enabled[0]
+            self.here, self.prev, self.before = None, a, sleep
+            self.sched.append(a)
+            self.step = d + 1
+            return a
         return self._branch(enabled, sleep, last, yielded)
 
     def _sleep_set(self, at_branch: bool) -> dict:
         """Record the footprint of the step just taken; return who sleeps after it (sleep sets)."""
+        if not at_branch and self.here is None and not self.before:
+            return {}                   # no choice before this step, nobody asleep: nothing to record
         c = self.control
         fp = (c.fp_read, c.fp_write) if self.search.sleep_sets else _DEPENDENT
         if not at_branch:
