@@ -328,3 +328,74 @@ def test_fingerprints_from_resume_counts_never_merge_states_at_different_yield_p
         res = search.exhaustive(Checked(fast_mode_scenario(), Linux30, without_fixes=fixes), max_preemptions=2,
                                 hash_window=None)
         assert res.states > 100 and not merged
+
+
+def test_run_step_counts_resumptions_as_a_framestack_does():
+    """Engine.run_step keeps an unheard FrameStack's counts inline; with a listener it goes through
+    FrameStack.append()/pop(). Both count the same resumptions at every scheduling point, calls that return
+    within a step included (a return resumes the caller, a call starts at 1)."""
+    def leaf():
+        yield 1
+        return 2
+
+    def quick():
+        return 3
+        yield  # a generator
+
+    def mid():
+        x = yield leaf()
+        y = yield quick()              # returns within the step that called it
+        yield 1
+        return x + y
+
+    def body():
+        yield mid()
+        yield 1
+        yield mid()
+
+    class Listener:
+        def pushed(self, stack, gen):
+            pass
+
+        def popped(self, stack, gen):
+            pass
+
+    def counts(heard: bool) -> list:
+        metrics = Metrics(1)
+        engine = Engine(1, Costs(), "none", metrics, Invariants(metrics), scheduler=Controlled())
+        engine.arch = _NoArch()
+        engine.rcu = Rcu(engine.cpus, metrics)
+        stack = engine.spawn("t", 0, "user", lambda c, t: body()).watch()
+        if heard:
+            stack.listeners.append(Listener())
+        seen = []
+
+        def choose(enabled):
+            seen.append(tuple(stack.steps))
+            return enabled[0]
+        engine.scheduler.chooser = choose
+        engine.run()
+        return seen
+    inline = counts(False)
+    assert inline == counts(True)
+    # step 1: body calls mid, mid calls leaf, leaf yields; step 2: leaf returns into mid (2), mid calls
+    # quick (1), quick returns into mid (3), mid yields; step 3: mid resumes (4) and returns into body (2)
+    assert inline[:4] == [(0,), (1, 1, 1), (1, 3), (2,)]
+
+
+def test_a_search_leaves_the_collector_as_it_found_it():
+    """The searches freeze the heap that was there before them (gc.freeze()) and unfreeze it after; one
+    frozen by the caller stays frozen."""
+    import gc
+    target = KernelTarget(fast_mode_scenario(), Linux30)
+    assert gc.get_freeze_count() == 0
+    search.exhaustive(target, max_preemptions=0)
+    search.random_walk(target, budget=2)
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        search.exhaustive(target, max_preemptions=0)
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

@@ -15,8 +15,11 @@ deviations from the default: `[[step, actor], ...]`; replaying runs the default 
 """
 from __future__ import annotations
 
+import gc
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -116,6 +119,23 @@ def run_machine(m, chooser, *, track: bool = False, log: list | None = None):
     if finished and not inv.violations:
         m.finish()
     return (dict(inv.violations[0]) if inv.violations else None), finished
+
+
+@contextmanager
+def _search_heap() -> Iterator[None]:
+    """While a search runs (a decorator of the searches), the collector's full passes leave out every
+    object that existed before it (gc.freeze(): the interpreter's modules, the target, the caller's data):
+    each execution builds a machine whose cycles only the collector frees, and a full pass then scans the
+    search's own objects only. Unfrozen afterwards (what became garbage meanwhile is collected later, as
+    usual); a caller that froze objects itself, or a search within a search, is left as it is."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Progress:
@@ -230,6 +250,7 @@ class _Exhaustive:
     seen_states: set = field(default_factory=set)
 
 
+@_search_heap()
 def exhaustive(target, *, max_preemptions: int = 2, max_depth: int = 10_000, budget: int = 100_000,
                hash_states: bool = True, hash_window: int | None = HASH_WINDOW, sleep_sets: bool = True,
                progress: Progress | None = None) -> Result:
@@ -314,7 +335,8 @@ class _Execution:
             if node is not None and a > RESCHED:
                 self._note_tick(enabled, a, node, node.prefix, node.sleep, node.used)
             return a
-        self._queue_tick()
+        if self.tick is not None:
+            self._queue_tick()
         if self.violations:
             return None
         sleep = self._sleep_set(d == n)
@@ -325,12 +347,18 @@ class _Execution:
         last, yielded = self.control.last_task, self.control.yielded
         if d - n < search.window and self._seen_before(d, sleep, last, yielded):
             return None
-        if len(enabled) == 1 and not sleep:        # one actor: no choice, no preemption
-            return self._take(None, enabled[0], sleep)
+        if len(enabled) == 1 and not sleep:        # one actor: no choice, no preemption (_take, inline)
+            a = enabled[0]
+            self.here, self.prev, self.before = None, a, sleep
+            self.sched.append(a)
+            self.step = d + 1
+            return a
         return self._branch(enabled, sleep, last, yielded)
 
     def _sleep_set(self, at_branch: bool) -> dict:
         """Record the footprint of the step just taken; return who sleeps after it (sleep sets)."""
+        if not at_branch and self.here is None and not self.before:
+            return {}                   # no choice before this step, nobody asleep: nothing to record
         c = self.control
         fp = (c.fp_read, c.fp_write) if self.search.sleep_sets else _DEPENDENT
         if not at_branch:
@@ -428,6 +456,7 @@ class _Execution:
 
 
 # ----------------------------------------------------------------------------- PCT and random
+@_search_heap()
 def pct(target, *, depth: int = 3, budget: int = 1000, seed: int = 0, max_depth: int = 10_000,
         progress: Progress | None = None) -> Result:
     """Probabilistic concurrency testing (Burckhardt, Kothari, Musuvathi, Nagarakatte, ASPLOS 2010): each
@@ -479,6 +508,7 @@ def pct(target, *, depth: int = 3, budget: int = 1000, seed: int = 0, max_depth:
     return res
 
 
+@_search_heap()
 def random_walk(target, *, budget: int = 1000, seed: int = 0, max_depth: int = 10_000,
                 progress: Progress | None = None) -> Result:
     """Uniformly random schedules: at every point each enabled actor equally likely."""

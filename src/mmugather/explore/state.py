@@ -62,12 +62,12 @@ class Fingerprinter:
 
     def encode(self, x) -> Any:
         """The encoding of one object (and what it reaches), as fingerprint() encodes it."""
-        return self._enc(x, self._memo())
+        return _encode(x, self._memo())
 
     def fingerprint(self) -> int:
         eng = self.engine
         memo = self._memo()
-        enc = self._enc
+        enc = _encode
         parts: list[tuple[Any, ...]] = []
         for c in eng.cpus:
             parts.append((
@@ -86,19 +86,28 @@ class Fingerprinter:
             parts.append(self.extra())
         return hash(tuple(parts))
 
-    def _enc(self, x, memo):
-        cls = x.__class__
-        if cls in _ATOM_SET:
-            return x
-        key = id(x)
-        got = memo.get(key)
-        if got is not None:
-            return got
-        memo[key] = ("ref", len(memo))
-        h = _ENCODERS.get(cls)
-        if h is None:
-            h = _ENCODERS[cls] = _encoder_for(cls)
-        return h(self._enc, x, memo)
+
+def _encode(x, memo):
+    """x's encoding: an atom as it is, an object met before in this fingerprint as its reference, else its
+    content (`_encode_new`)."""
+    if x.__class__ in _ATOM_SET:
+        return x
+    got = memo.get(id(x))
+    if got is not None:
+        return got
+    return _encode_new(x, memo)
+
+
+def _encode_new(x, memo):
+    """The encoding of x, neither an atom nor met before in this fingerprint: noted as met (later references
+    encode as ("ref", the order it was met)), then its content by its class's encoder. The encoders test
+    atoms and references inline and call this for the rest."""
+    memo[id(x)] = ("ref", len(memo))
+    cls = x.__class__
+    h = _ENCODERS.get(cls)
+    if h is None:
+        h = _ENCODERS[cls] = _encoder_for(cls)
+    return h(_encode_new, x, memo)
 
 
 _ATOM_SET = frozenset(_ATOMS)
@@ -133,11 +142,11 @@ def _gen(enc, x, memo):
 
 def _function(enc, x, memo):
     cells = x.__closure__ or ()
-    return ("fn", x.__qualname__, tuple([enc(cell.cell_contents, memo) for cell in cells]))
+    return ("fn", x.__qualname__, tuple([_encode(cell.cell_contents, memo) for cell in cells]))
 
 
 def _method(enc, x, memo):
-    return ("method", x.__func__.__qualname__, enc(x.__self__, memo))
+    return ("method", x.__func__.__qualname__, _encode(x.__self__, memo))
 
 
 def _array(enc, x, memo):
