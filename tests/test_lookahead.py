@@ -97,6 +97,33 @@ def test_the_lookahead_runs_on_a_churning_workload():
     assert ran[False] > 10 and ran[True] > 100
 
 
+def test_release_steps_releases_several_chunks_in_one_call():
+    """On the racing workload, release_steps() hands runs of several PAGEVEC chunks (fewer than
+    ARRAY_RELEASE pages) to one release_pages() call: the path the property above checks against the steps
+    (fast=False, where each chunk is its own release_pages())."""
+    import sys
+
+    from helpers import munmap_while_others_run
+    from mmugather.fastpath.core import ARRAY_RELEASE
+    from mmugather.mm.page_alloc import PageAlloc
+    sc = munmap_while_others_run()
+    sizes: list[int] = []
+    orig = PageAlloc.release_pages
+
+    def recording(self, cpu, pfns):
+        if sys._getframe(1).f_code.co_name == "release_steps":
+            sizes.append(len(pfns))
+        return orig(self, cpu, pfns)
+    PageAlloc.release_pages = recording
+    try:
+        sim = Simulation(sc, POLICIES["3.0"])
+        sim.run()
+    finally:
+        PageAlloc.release_pages = orig
+    chunk = sim.kernel.PAGEVEC_SIZE
+    assert any(chunk < n < ARRAY_RELEASE for n in sizes), sizes
+
+
 class _FloatRandom(random.Random):
     """A Random whose own random() makes randrange() take _randbelow_without_getrandbits: the lookahead
     must then draw through randrange, not its inlined getrandbits loop."""

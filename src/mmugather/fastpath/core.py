@@ -308,10 +308,8 @@ def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
             cut = False
         if n >= ARRAY_RELEASE:
             kernel.alloc.release_array(c, part)
-        else:                                           # a few chunks: release_pages() of each, as the steps
-            pl = part.tolist()
-            for j in range(0, n, chunk):
-                kernel.alloc.release_pages(c, pl[j:j + chunk])
+        else:                                           # a few chunks: their release_pages() in one call (the
+            kernel.alloc.release_pages(c, part.tolist())    # same frames freed in the same order, none reached)
         done += n
         if (not cut or len(pfns) - (i + done) <= chunk or not kernel.engine.run_ahead(c, c.clock + done * cost)
                 or not attention_idle_plain(kernel.engine, c, c.clock + done * cost)):
