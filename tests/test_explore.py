@@ -330,10 +330,10 @@ def test_fingerprints_from_resume_counts_never_merge_states_at_different_yield_p
         assert res.states > 100 and not merged
 
 
-def test_run_step_counts_resumptions_as_a_framestack_does():
-    """Engine.run_step keeps an unheard FrameStack's counts inline; with a listener it goes through
-    FrameStack.append()/pop(). Both count the same resumptions at every scheduling point, calls that return
-    within a step included (a return resumes the caller, a call starts at 1)."""
+def test_framestack_counts_resumptions_at_every_step():
+    """A watched task's FrameStack counts each frame's resumptions at every scheduling point of a
+    controlled run, with and without a listener, calls that return within a step included (a return
+    resumes the caller, a call starts at 1)."""
     def leaf():
         yield 1
         return 2

@@ -130,23 +130,7 @@ def calibrate(out_file, runs, no_fit, max_spread) -> None:
         figures = cal.calibrate(runs=runs)
     except WorkerError as e:
         raise InputError(f"calibrate: {e}") from None
-    click.echo(f"{'measured on this host':34s} {'median':>10s} {'p10':>10s} {'p90':>10s} {'p10-90':>7s} "
-               f"{'IQR':>5s}  unit")
-    for k, f in figures.items():
-        iqr = f"{f.iqr_spread:5.0%}" if f.p25 is not None else f"{'-':>5s}"
-        click.echo(f"{k:34s} {f.median:10,.1f} {f.p10:10,.1f} {f.p90:10,.1f} {f.spread:7.0%} {iqr}  {f.unit}")
-    too_noisy = cal.noisy(figures, max_spread)
-    if too_noisy:
-        worst = ", ".join(f"{k} {s:.0%}" for k, s in too_noisy)
-        raise InputError(f"calibrate: the host is too busy to fit (interquartile spread above {max_spread:.0%}: "
-                         f"{worst}); rerun on a quiet machine, or raise --max-spread")
-    for k, s in cal.noisy(figures, max_spread / 2):
-        click.echo(f"warning: {k} varies by {s:.0%} of its median (interquartile) on this host: the fit "
-                   "inherits that noise", err=True)
-    for k, why in cal.BIMODAL.items():
-        if k in figures:
-            click.echo(f"note: {k} spreads {figures[k].spread:.0%} (p10-p90), {figures[k].iqr_spread:.0%} "
-                       f"(IQR), not judged: {why}; its median is fitted", err=True)
+    _calibrate_figures(figures, max_spread)
     why_no_model = "--no-fit" if no_fit else model_unavailable()
     costs, sources = cal.fit_costs(figures, with_model=not why_no_model)
     h = host_info()
@@ -168,6 +152,30 @@ def calibrate(out_file, runs, no_fit, max_spread) -> None:
                    "Python, each 0.5-1.5 us slower than in C", err=True)
     if not why_no_model:
         _calibrate_checks(cal.checks(figures, replace(Costs(), **costs)))
+
+
+def _calibrate_figures(figures: dict, max_spread: float) -> None:
+    """Print what calibrate measured, then refuse (InputError) when a figure's interquartile spread exceeds
+    max_spread; warn above half of it; note the figures bimodal by nature."""
+    from mmugather.errors import InputError
+    from mmugather.host import calibrate as cal
+    click.echo(f"{'measured on this host':34s} {'median':>10s} {'p10':>10s} {'p90':>10s} {'p10-90':>7s} "
+               f"{'IQR':>5s}  unit")
+    for k, f in figures.items():
+        iqr = f"{f.iqr_spread:5.0%}" if f.p25 is not None else f"{'-':>5s}"
+        click.echo(f"{k:34s} {f.median:10,.1f} {f.p10:10,.1f} {f.p90:10,.1f} {f.spread:7.0%} {iqr}  {f.unit}")
+    too_noisy = cal.noisy(figures, max_spread)
+    if too_noisy:
+        worst = ", ".join(f"{k} {s:.0%}" for k, s in too_noisy)
+        raise InputError(f"calibrate: the host is too busy to fit (interquartile spread above {max_spread:.0%}: "
+                         f"{worst}); rerun on a quiet machine, or raise --max-spread")
+    for k, s in cal.noisy(figures, max_spread / 2):
+        click.echo(f"warning: {k} varies by {s:.0%} of its median (interquartile) on this host: the fit "
+                   "inherits that noise", err=True)
+    for k, why in cal.BIMODAL.items():
+        if k in figures:
+            click.echo(f"note: {k} spreads {figures[k].spread:.0%} (p10-p90), {figures[k].iqr_spread:.0%} "
+                       f"(IQR), not judged: {why}; its median is fitted", err=True)
 
 
 def _calibrate_checks(rows) -> None:

@@ -21,9 +21,9 @@ anyone, a sleep yields the CPU to its runqueue, time slices and the latency task
 decides preemptions). The same list of choices reproduces a run exactly.
 
 `Controlled` is the engine's Scheduler (handed to the Engine when the Simulation is built, see
-explore/target.py): its step is the engine's one step loop with the horizon at the CPU's clock
-(`Engine.run_step`), so a step ends at the task's first yield. Its `Footprint` counts what a step touched:
-it is the TLB's observer, the allocator's free callbacks are wrapped, and the RNG is a CountingRandom.
+explore/target.py): its step is the engine's one step loop (`Engine._run_cpu`) with the horizon at the
+CPU's clock, so a step ends at the task's first yield. Its `Footprint` counts what a step touched: it is
+the TLB's observer, the allocator's free callbacks are wrapped, and the RNG is a CountingRandom.
 """
 from __future__ import annotations
 
@@ -310,7 +310,7 @@ class Controlled:
             stack.steps[-1] += 1                    # FrameStack.resumed(), inline: the top frame resumes
         elif self.count_frames:
             task.watch().steps[-1] += 1
-        eng.run_step(c)                             # horizon = now: one step, no bulk over several
+        eng.step(c, c.clock)                        # horizon = now: one step, no bulk over several
 
     # ----------------------------------------------------------------- time turned into choices
     def _compute(self, c, task, v) -> bool:

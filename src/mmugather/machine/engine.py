@@ -55,13 +55,12 @@ from mmugather.kernel.locking import (
 )
 from mmugather.kernel.sched import INF, P_COND_RESCHED, P_ENABLE, P_MIGHT_SLEEP, P_PLAIN, Elapse
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
-from mmugather.machine.cpu import COMPUTE, IDLE, IPI_WAIT, RUNNING, SPINNING, Cpu, FrameStack, Task, TaskContractError
+from mmugather.machine.cpu import COMPUTE, IDLE, IPI_WAIT, RUNNING, SPINNING, Cpu, Task, TaskContractError
 
 __all__ = ["PREEMPT_MODELS", "ClockOrder", "DeadlockError", "Engine", "EngineObserver", "LimitExceeded",
            "Lookahead", "Scheduler", "TaskContractError", "TickHook", "Wakeup"]
 
 PREEMPT_MODELS = ("none", "voluntary", "full")
-_list_append, _list_pop = list.append, list.pop     # a FrameStack's own list operations (run_step)
 
 # a request handler: (cpu, task, request) -> True if the task goes on, False if it blocked or switched
 Handler = Callable[[Cpu, Task, Any], bool]
@@ -524,79 +523,6 @@ class Engine:
             if c.clock >= c.horizon:
                 self._push_cpu(c)
                 return
-
-    def run_step(self, c: Cpu) -> None:
-        """Exactly one step of c's current task, for an untimed scheduler (explore/controlled.py): what
-        `step(c, c.clock)` does (the observers told, then `_run_cpu` with the horizon at c's clock, where the
-        step ends at the first yield that is neither a call nor a return), less what cannot happen in one
-        untimed step (queueing c's next turn, a no-op without a clock order). A watched stack (FrameStack,
-        no listeners) counts its frames' resumptions here inline, as its append() and pop() would."""
-        if self.observer is not None:
-            self.observer.step(c)
-        c.horizon = c.clock
-        task = c.curr
-        if task is None:
-            return
-        if task.compute_left:
-            self._enter_compute(c, task, task.compute_left)
-            return
-        stack = task.stack
-        steps = stack.steps if stack.__class__ is FrameStack and not stack.listeners else None
-        send, handlers = task.send, self.handlers
-        val, task.retval = task.retval, None
-        while True:
-            if c.attention and self._attend(c):
-                task.retval = val
-                self._push_cpu(c)
-                return
-            try:
-                v = send(val)
-            except StopIteration as e:
-                self.steps_left -= 1
-                if not self.steps_left:
-                    self._past_max_steps(c, task)
-                if steps is None:
-                    stack.pop()
-                else:                                 # FrameStack.pop(), inline: the caller resumes
-                    _list_pop(stack)
-                    steps.pop()
-                    if steps:
-                        steps[-1] += 1
-                if not stack:
-                    self._exit_task(c, task)
-                    return
-                send = task.send = stack[-1].send
-                val = e.value
-                continue
-            cls = v.__class__
-            if cls is GeneratorType:                  # a call: counted when it returns
-                if steps is None:
-                    stack.append(v)
-                else:                                 # FrameStack.append(), inline: resumed at once
-                    _list_append(stack, v)
-                    steps.append(1)
-                send = task.send = v.send
-                val = None
-                continue
-            if cls is int and v > 0:                  # time: the step ends
-                c.clock += v
-                c.point = P_PLAIN
-                return
-            self.steps_left -= 1
-            if not self.steps_left:
-                self._past_max_steps(c, task)
-            if cls is int:
-                if v:
-                    raise TaskContractError(f"task {task} on CPU {c.id} yielded {v} ns (negative)")
-                c.point = P_PLAIN
-                return
-            try:
-                handler = handlers[cls]
-            except KeyError:
-                raise TaskContractError(f"task {task} on CPU {c.id} yielded {v!r:.80} ({type(v).__name__}): "
-                                        "not an int, a generator or a request") from None
-            handler(c, task, v)
-            return
 
     def _past_max_steps(self, c: Cpu, task: Task) -> None:
         """The step loop counted one step past max_steps (a return, a 0 ns yield or a request): LimitExceeded."""
