@@ -206,6 +206,18 @@ def _anon_faults(job: dict) -> dict:
     return {"write_fault": write, "zero": hot, "read_fault": read}
 
 
+def _unlinked_file(directory: str, size: int) -> int:
+    """A file of `size` bytes in `directory`, already unlinked (gone when its fd is closed): the fd."""
+    fd, path = tempfile.mkstemp(dir=directory)
+    try:
+        os.unlink(path)
+        os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _file_faults(job: dict) -> dict:
     """Worker job: ns per page of a write pass over a file of _FAULT_PAGES pages already in the page cache
     (written once, then MADV_DONTNEED), less a hot pass: through a MAP_SHARED mapping (do_shared_fault)
@@ -214,13 +226,11 @@ def _file_faults(job: dict) -> dict:
     page (do_wp_page() -> wp_page_copy()). The file lives in `dir` (will-it-scale's /tmp)."""
     sc.pin(0)
     size = _FAULT_PAGES * sc.PAGE
-    fd, path = tempfile.mkstemp(dir=job["dir"])
+    fd = _unlinked_file(job["dir"], size)
     shared: list[float] = []
     private: list[float] = []
     copy: list[float] = []
     try:
-        os.unlink(path)
-        os.ftruncate(fd, size)
         rw = sc.PROT_READ | sc.PROT_WRITE
         for _ in range(job["repeats"]):
             for flags, out in ((sc.MAP_SHARED, shared), (sc.MAP_PRIVATE, private)):
@@ -295,14 +305,12 @@ def _file_pmd_faults(job: dict) -> dict:
     not kept."""
     sc.pin(0)
     size, ovh = _PMD_FILE_BYTES, _overhead_ns()
-    fd, path = tempfile.mkstemp(dir=job["dir"])
+    fd = _unlinked_file(job["dir"], size)
     read: list[float] = []
     wp_write: list[float] = []
     split: list[float] = []
     write: list[float] = []
     try:
-        os.unlink(path)
-        os.ftruncate(fd, size)
         addr = sc.mmap(size, sc.PROT_READ | sc.PROT_WRITE, sc.MAP_SHARED, fd=fd)
         ctypes.memset(addr, 1, size)
         sc.madvise(addr, size, sc.MADV_DONTNEED)
