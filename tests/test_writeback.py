@@ -166,3 +166,21 @@ def test_a_shared_anonymous_zero_page_is_copied_on_write_not_written_back():
     assert sim.run()["violations"] == []
     pte = _pte(sim, sim.processes[0].ranges["f"][0])
     assert pte & _PAGE_PRESENT and pte & _PAGE_RW and pte >> PAGE_SHIFT != sim.alloc.zero_pfn
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_read_fault_maps_a_shared_file_page_read_only_and_the_first_write_faults_again(policy):
+    """vma_wants_writenotify(): a shared writable file mapping's vm_page_prot is read-only, so a read fault
+    maps the page read-only and clean, and the first store takes do_wp_page() -> wp_page_shared(), which
+    dirties it (a model mapping it writable at the read fault takes one fault and misses ->page_mkwrite())."""
+    R1 = {"op": "touch", "vma": "f", "size": "4KiB", "write": False}
+    W1 = {"op": "touch", "vma": "f", "size": "4KiB", "write": True}
+    read = _sim([(0, [R1, HALT])], vmas=[_f(populate=False)], policy=policy)
+    m = read.run()
+    lo, _ = read.processes[0].ranges["f"]
+    assert m["violations"] == [] and m["page_faults"] == 1 and read.files["F"].dirty == set()
+    assert _pte(read, lo) & _PAGE_PRESENT and not _pte(read, lo) & (_PAGE_RW | _PAGE_DIRTY)
+    both = _sim([(0, [R1, W1, HALT])], vmas=[_f(populate=False)], policy=policy)
+    m = both.run()
+    assert m["violations"] == [] and m["page_faults"] == 2 and both.files["F"].dirty == {0}
+    assert _pte(both, lo) & (_PAGE_RW | _PAGE_DIRTY) == _PAGE_RW | _PAGE_DIRTY

@@ -182,7 +182,12 @@ class Memory(KernelPart):
             yield costs.page_alloc + costs.page_zero
             return self.alloc.alloc_page(ANON, GFP_KERNEL), ANON, True
         self.alloc.refcount[pfn] += 1
-        return pfn, FILE, bool(vma.flags & VM_SHARED and vma.flags & VM_WRITE)
+        # A shared writable mapping of a file that writes back wants write notification
+        # (vma_wants_writenotify(), mm/mmap.c; mm/vma.c in 6.18): its vm_page_prot is read-only, and only a
+        # write fault makes the PTE writable (maybe_mkwrite() under FAULT_FLAG_WRITE in __do_fault() of
+        # 2.6.39/3.0, set_pte_range() of 6.18); a read fault maps the page read-only, so the first write
+        # comes back through do_wp_page() -> wp_page_shared() (->page_mkwrite(), the page dirtied).
+        return pfn, FILE, write
 
     def do_wp_page(self, c, vma, pt, addr: int) -> Path:
         """do_wp_page(), mm/memory.c: a write to a write-protected page. In a shared mapping:
