@@ -34,21 +34,7 @@
 static const char *const COUNTERS[] = {"pgfault", "pgmajfault", "pgalloc_normal", "pgfree", "thp_fault_alloc"};
 #define NCOUNTERS 5
 
-static void vmstat(long *out)
-{
-	char name[64];
-	long value;
-	FILE *f = fopen("/proc/vmstat", "r");
-
-	for (int i = 0; i < NCOUNTERS; i++)
-		out[i] = -1;
-	while (f && fscanf(f, "%63s %ld", name, &value) == 2)
-		for (int i = 0; i < NCOUNTERS; i++)
-			if (strcmp(name, COUNTERS[i]) == 0)
-				out[i] = value;
-	if (f)
-		fclose(f);
-}
+#include "vmstat.h"
 
 static double now(void)
 {

@@ -32,21 +32,7 @@
 static const char *const COUNTERS[] = {"thp_split_pmd", "thp_file_mapped", "pgfault"};
 #define NCOUNTERS 3
 
-static void vmstat(long *out)
-{
-	char name[64];
-	long value;
-	FILE *f = fopen("/proc/vmstat", "r");
-
-	for (int i = 0; i < NCOUNTERS; i++)
-		out[i] = -1;
-	while (f && fscanf(f, "%63s %ld", name, &value) == 2)
-		for (int i = 0; i < NCOUNTERS; i++)
-			if (strcmp(name, COUNTERS[i]) == 0)
-				out[i] = value;
-	if (f)
-		fclose(f);
-}
+#include "vmstat.h"
 
 /* FilePmdMapped (kB) of the mapping that starts at `a`, from /proc/self/smaps. */
 static long file_pmd_mapped_kb(char *a)
