@@ -47,6 +47,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cprobe.h"
+
 #define PG 4096L
 #define NULL_CALLS 200
 #define FAULT_PAGES 4096L
@@ -57,19 +59,6 @@
 #define MIN_PMD_RANGES 4
 
 static volatile long sink;
-
-static long now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1000000000L + t.tv_nsec;
-}
-
-static void die(const char *what)
-{
-	perror(what);
-	exit(1);
-}
 
 static char *map(long size, int flags, int fd)
 {
@@ -86,25 +75,6 @@ static char *anon(long size)
 	return p;
 }
 
-static void print(const char *name, const double *v, long n)
-{
-	printf("\"%s\": [", name);
-	for (long i = 0; i < n; i++)
-		printf(i ? ",%.1f" : "%.1f", v[i]);
-	printf("], ");
-}
-
-static void pin_fifo(int cpu)
-{
-	cpu_set_t s;
-	struct sched_param p = { .sched_priority = 1 };
-	CPU_ZERO(&s);
-	CPU_SET(cpu, &s);
-	if (sched_setaffinity(0, sizeof(s), &s))
-		die("sched_setaffinity");
-	sched_setscheduler(0, SCHED_FIFO, &p); /* where permitted */
-}
-
 static void empty_and_null(long samples, long repeats)
 {
 	double *e = calloc(samples, sizeof(double)), *n = calloc(repeats, sizeof(double));
@@ -118,8 +88,8 @@ static void empty_and_null(long samples, long repeats)
 			syscall(SYS_getppid);
 		n[r] = (double)(now() - t0) / NULL_CALLS;
 	}
-	print("empty", e, samples);
-	print("null", n, repeats);
+	print_samples("empty", e, samples);
+	print_samples("null", n, repeats);
 	free(e);
 	free(n);
 }
@@ -150,7 +120,7 @@ static void one_page_calls(enum call c, const char *name, long samples)
 			munmap(p, PG);
 		v[i] = t1 - t0;
 	}
-	print(name, v, samples);
+	print_samples(name, v, samples);
 	free(v);
 }
 
@@ -188,9 +158,9 @@ static void anon_faults(long repeats)
 		r[i] = first - read_pass(p, size);
 		munmap(p, size);
 	}
-	print("write_fault", w, repeats);
-	print("zero", z, repeats);
-	print("read_fault", r, repeats);
+	print_samples("write_fault", w, repeats);
+	print_samples("zero", z, repeats);
+	print_samples("read_fault", r, repeats);
 }
 
 static int temp_file(const char *dir, long size)
@@ -231,9 +201,9 @@ static void file_faults(const char *dir, long repeats)
 		munmap(p, size);
 	}
 	close(fd);
-	print("shared_write_fault", out[0], repeats);
-	print("private_write_fault", out[1], repeats);
-	print("private_wp_copy", out[2], repeats);
+	print_samples("shared_write_fault", out[0], repeats);
+	print_samples("private_write_fault", out[1], repeats);
+	print_samples("private_wp_copy", out[2], repeats);
 }
 
 /* ns per read fault, averaged over `pages` pages read in VMAs of `win` pages each at file offset 0 on */
@@ -270,8 +240,8 @@ static void fault_around(const char *dir, long repeats)
 		all[i] = read_after_dontneed(fd, FAULT_PAGES, 16);
 	}
 	close(fd);
-	print("map_pages_1", one, repeats);
-	print("map_pages_16", all, repeats);
+	print_samples("map_pages_1", one, repeats);
+	print_samples("map_pages_16", all, repeats);
 	free(one);
 	free(all);
 }
@@ -336,7 +306,7 @@ static void pmd_faults(const char *dir)
 	munmap(p, PMD_FILE);
 	close(fd);
 	for (int j = 0; j < 4; j++)
-		print(names[j], v[j], k);
+		print_samples(names[j], v[j], k);
 	printf("\"pmd_ranges\": %ld}\n", n);
 }
 

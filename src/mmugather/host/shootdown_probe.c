@@ -24,34 +24,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cprobe.h"
+
 #define PG 4096
 #define GAP_NS 300
 #define MAX_GAPS 1000000
 
 static volatile int go, stop;
 static long calls, ngaps;
-static long *a_ns, *b_ns, *gaps;
+static double *a_ns, *b_ns, *gaps;
 static const char *mode;
-
-static long now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1000000000L + t.tv_nsec;
-}
-
-static void pin_fifo(int cpu)
-{
-	cpu_set_t s;
-	struct sched_param p = { .sched_priority = 1 };
-	CPU_ZERO(&s);
-	CPU_SET(cpu, &s);
-	if (sched_setaffinity(0, sizeof(s), &s)) {
-		perror("sched_setaffinity");
-		exit(1);
-	}
-	sched_setscheduler(0, SCHED_FIFO, &p); /* where permitted */
-}
 
 static void tlb_row(long out[2])
 {
@@ -67,13 +49,11 @@ static void tlb_row(long out[2])
 		fclose(f);
 }
 
-static void dontneed_loop(long *out)
+static void dontneed_loop(double *out)
 {
 	char *p = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED) {
-		perror("mmap");
-		exit(1);
-	}
+	if (p == MAP_FAILED)
+		die("mmap");
 	for (long i = 0; i < calls; i++) {
 		p[0] = 1;
 		long t0 = now();
@@ -102,14 +82,6 @@ static void *thread_b(void *unused)
 	return NULL;
 }
 
-static void print(const char *name, const long *v, long n)
-{
-	printf("\"%s\": [", name);
-	for (long i = 0; i < n; i++)
-		printf(i ? ",%ld" : "%ld", v[i]);
-	printf("]");
-}
-
 int main(int argc, char **argv)
 {
 	pthread_t b;
@@ -121,15 +93,13 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	mode = argv[1];
-	a_ns = calloc(calls, sizeof(long));
-	b_ns = calloc(calls, sizeof(long));
-	gaps = calloc(MAX_GAPS, sizeof(long));
+	a_ns = calloc(calls, sizeof(double));
+	b_ns = calloc(calls, sizeof(double));
+	gaps = calloc(MAX_GAPS, sizeof(double));
 	pin_fifo(0);
 	int two = strcmp(mode, "alone") != 0;
-	if (two && pthread_create(&b, NULL, thread_b, NULL)) {
-		perror("pthread_create");
-		return 1;
-	}
+	if (two && pthread_create(&b, NULL, thread_b, NULL))
+		die("pthread_create");
 	usleep(20000); /* B on CPU 1, in its loop */
 	tlb_row(before);
 	go = 1;
@@ -138,12 +108,10 @@ int main(int argc, char **argv)
 	if (two)
 		pthread_join(b, NULL);
 	tlb_row(after);
-	printf("{\"tlb\": [%ld, %ld], ", after[0] - before[0], after[1] - before[1]);
-	print("a_ns", a_ns, calls);
-	printf(", ");
-	print("b_ns", b_ns, strcmp(mode, "mutual") ? 0 : calls);
-	printf(", ");
-	print("gaps", gaps, ngaps);
-	printf("}\n");
+	printf("{");
+	print_samples("a_ns", a_ns, calls);
+	print_samples("b_ns", b_ns, strcmp(mode, "mutual") ? 0 : calls);
+	print_samples("gaps", gaps, ngaps);
+	printf("\"tlb\": [%ld, %ld]}\n", after[0] - before[0], after[1] - before[1]);
 	return 0;
 }
