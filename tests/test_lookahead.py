@@ -97,31 +97,105 @@ def test_the_lookahead_runs_on_a_churning_workload():
     assert ran[False] > 10 and ran[True] > 100
 
 
+def _release_sizes(sc, policy: str, fast_fn: str) -> tuple[list[int], int]:
+    """The sizes of the release_pages()/release_array() calls made straight from fastpath/core.py's
+    `fast_fn` on a run of `sc`, and the kernel's PAGEVEC chunk."""
+    import sys
+
+    from mmugather.mm.page_alloc import PageAlloc
+    sizes: list[int] = []
+    orig = {name: getattr(PageAlloc, name) for name in ("release_pages", "release_array")}
+
+    def recorder(name):
+        def recording(self, cpu, pfns, *a, **kw):
+            if sys._getframe(1).f_code.co_name == fast_fn:
+                sizes.append(len(pfns))
+            return orig[name](self, cpu, pfns, *a, **kw)
+        return recording
+    for name in orig:
+        setattr(PageAlloc, name, recorder(name))
+    try:
+        sim = Simulation(sc, POLICIES[policy])
+        sim.run()
+    finally:
+        for name, f in orig.items():
+            setattr(PageAlloc, name, f)
+    return sizes, sim.kernel.PAGEVEC_SIZE
+
+
 def test_release_steps_releases_several_chunks_in_one_call():
     """On the racing workload, release_steps() hands runs of several PAGEVEC chunks (fewer than
     ARRAY_RELEASE pages) to one release_pages() call: the path the property above checks against the steps
-    (fast=False, where each chunk is its own release_pages())."""
+    (fast=False, where each chunk is its own release_pages()). Its own loop runs when the pages do not
+    commute with the events (_release_commutes() False, forced here: the racing workload's pages do, and
+    take _release_ahead(), next test)."""
+    from helpers import munmap_while_others_run
+    from mmugather.fastpath import core
+    sc = munmap_while_others_run()
+    orig = core._release_commutes
+    core._release_commutes = lambda kernel, pfns: False     # release_steps()'s own loop, stretch by stretch
+    try:
+        sizes, chunk = _release_sizes(sc, "3.0", "release_steps")
+    finally:
+        core._release_commutes = orig
+    assert any(chunk < n < core.ARRAY_RELEASE for n in sizes), sizes
+
+
+def test_release_ahead_releases_past_several_crossings_at_once():
+    """On the racing workload, _release_ahead() runs the events of several crossings (Engine.run_ahead)
+    and then releases more pages than one stretch in one call: the path the property checks when the pages
+    commute with the events."""
+    from helpers import munmap_while_others_run
+    from mmugather.machine.engine import Engine
+    sc = munmap_while_others_run()
+    crossings = [0]
+    orig = Engine.run_ahead
+
+    def counting(self, c, t):
+        import sys
+        if sys._getframe(1).f_code.co_name == "_release_ahead":
+            crossings[0] += 1
+        return orig(self, c, t)
+    Engine.run_ahead = counting  # type: ignore[method-assign]
+    try:
+        sizes, chunk = _release_sizes(sc, "3.0", "_release_ahead")
+    finally:
+        Engine.run_ahead = orig  # type: ignore[method-assign]
+    assert crossings[0] > len(sizes) > 0 and any(n > chunk for n in sizes), (crossings, sizes)
+
+
+def test_zap_ahead_clears_past_several_crossings_at_once():
+    """On the racing workload, _zap_ahead() runs the events of several crossings for one run of zap steps
+    (the PTEs cleared after them), and leaves the table alone when a churning thread's range maps it."""
     import sys
 
-    from helpers import munmap_while_others_run
-    from mmugather.fastpath.core import ARRAY_RELEASE
-    from mmugather.mm.page_alloc import PageAlloc
+    from helpers import munmap_while_others_run, scenario
+    from mmugather.fastpath import core
+    from mmugather.machine.engine import Engine
     sc = munmap_while_others_run()
-    sizes: list[int] = []
-    orig = PageAlloc.release_pages
+    calls = [0, 0]
+    orig_run_ahead, orig_zap = Engine.run_ahead, core._zap_ahead
 
-    def recording(self, cpu, pfns):
-        if sys._getframe(1).f_code.co_name == "release_steps":
-            sizes.append(len(pfns))
-        return orig(self, cpu, pfns)
-    PageAlloc.release_pages = recording
+    def counting(self, c, t):
+        if sys._getframe(1).f_code.co_name == "_zap_ahead":
+            calls[1] += 1
+        return orig_run_ahead(self, c, t)
+
+    def zap(*a, **kw):
+        calls[0] += 1
+        return orig_zap(*a, **kw)
+    Engine.run_ahead, core._zap_ahead = counting, zap  # type: ignore[method-assign]
     try:
-        sim = Simulation(sc, POLICIES["3.0"])
-        sim.run()
+        Simulation(sc, POLICIES["6.18"]).run()
+        assert calls[1] > 2 * calls[0] > 0, calls
+        calls[:] = [0, 0]
+        threads = [{"cpu": 0, "program": [{"op": "munmap", "vma": "a"}, {"op": "exit"}]}]
+        threads += [{"cpu": i, "program": [{"op": "churn", "vma": "a", "gap_ns": 1500}]} for i in (1, 2, 3)]
+        shared = scenario([{"name": "a", "size": "4MiB", "populate": True}], threads, cpus=4)
+        Simulation(shared, POLICIES["6.18"]).run()      # the churners' range is the one torn down
+        assert calls[0] == 0, calls
     finally:
-        PageAlloc.release_pages = orig
-    chunk = sim.kernel.PAGEVEC_SIZE
-    assert any(chunk < n < ARRAY_RELEASE for n in sizes), sizes
+        Engine.run_ahead, core._zap_ahead = orig_run_ahead, orig_zap  # type: ignore[method-assign]
 
 
 class _FloatRandom(random.Random):
@@ -190,3 +264,15 @@ def test_max_steps_stops_at_the_same_step():
                     Simulation(sc, POLICIES[name], lookahead=ahead, max_steps=bound).run()
                 msgs.append(str(e.value))
             assert msgs[0] == msgs[1], (name, bound)
+
+
+def test_lookahead_with_churners_in_the_range_torn_down():
+    """Threads churning in the very range thread 0 advises away and unmaps (their walks read the tables
+    being zapped, so _zap_ahead must leave those to the steps: Lookahead.reads_table): the same metrics with
+    the lookahead and without, under every policy on every arch. (Fails when reads_table() says no.)"""
+    from helpers import scenario
+    threads = [{"cpu": 0, "program": [{"op": "madvise", "vma": "a"}, {"op": "munmap", "vma": "a"}, {"op": "exit"}]}]
+    threads += [{"cpu": i, "program": [{"op": "churn", "vma": "a", "write": i == 1, "gap_ns": 200}]} for i in (1, 2, 3)]
+    sc = scenario([{"name": "a", "size": "4MiB", "populate": True}], threads, cpus=4)
+    for name, arch in RUNS:
+        assert _metrics(sc, name, arch) == _metrics(sc, name, arch, lookahead=False), (name, arch)

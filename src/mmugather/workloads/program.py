@@ -575,6 +575,19 @@ class ChurnLookahead:
             heappush(heap, (end, engine.seq, cpu, cpu.token, done[cpu.id] or engine._compute_done_cb(cpu)))
         return True
 
+    def reads_table(self, engine, table) -> bool:
+        """Lookahead.reads_table(): run_until() reads PTEs only in a churning thread's walk, of the tables of
+        its range's PMD slots (its mm's, or through its CPU's paging-structure cache, which may still hold a
+        table moved or freed since), and, when lost writes are checked, of any mapping of a store's page."""
+        if self.sim.invariants.check_stores:
+            return True
+        key = table.base >> PMD_SHIFT
+        for st in self.states.values():
+            ch = st.churn
+            if ch is not None and ch.lo >> PMD_SHIFT <= key <= (ch.lo + (ch.pages << PAGE_SHIFT) - 1) >> PMD_SHIFT:
+                return True
+        return any(table in cpu.pwc.values() for cpu in engine.cpus)
+
     def _walk(self, c, mm, addr: int, vpn: int, write: bool) -> bool:
         """access()'s walk and fill, if the walk finds a PTE that allows the access (else nothing done)."""
         key = addr >> PMD_SHIFT
