@@ -459,6 +459,7 @@ class ChurnLookahead:
         states = self.states
         sim = self.sim
         costs = sim.costs
+        tlb = sim.tlb
         getrandbits = self.getrandbits
         while heap:
             ev = heap[0]
@@ -535,18 +536,34 @@ class ChurnLookahead:
                 addr = ch.lo + (r << PAGE_SHIFT)
                 vpn = addr >> PAGE_SHIFT
                 v = cpu.tlb.get(vpn)
-                if v is not None and (not ch.write or v & 1):
-                    if ch.write and sim.invariants.check_stores:
+                write = ch.write
+                if v is not None and (not write or v & 1):
+                    if write and sim.invariants.check_stores:
                         sim.invariants.user_store(cpu, task.mm, addr, v >> 1)
                     clock += costs.user_access
-                elif self._walk(cpu, task.mm, addr, vpn, ch.write):
+                else:                                # the walk (_walk(), inlined when unobserved)
+                    key = addr >> PMD_SHIFT
+                    table = cpu.pwc.get(key)
+                    cached = table is not None
+                    if not cached:
+                        table = task.mm.pte_tables.get(key)
+                    pte = table.ptes[vpn & 511] if table is not None else 0
+                    if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW):
+                        ch.drawn = addr              # a fault: the thread's own steps, from this event
+                        cpu.clock, cpu.state = before
+                        engine.now = now
+                        heappush(heap, ev)
+                        return False
+                    if tlb.observer is not None:
+                        self._walk(cpu, task.mm, addr, vpn, write)
+                    else:
+                        if write and not pte & _PAGE_DIRTY:      # the walker sets D (access())
+                            pte = table.ptes[vpn & 511] = pte | _PAGE_DIRTY | _PAGE_ACCESSED
+                        tlb.walk_fill(cpu, key, None if cached else table, vpn,
+                                      pte if pte & _PAGE_DIRTY else pte & ~_PAGE_RW)
+                        if sim.invariants.in_flight:
+                            sim.invariants.tlb_filled(cpu, vpn)
                     clock += costs.tlb_miss_walk
-                else:                                # a fault: the thread's own steps, from this event
-                    ch.drawn = addr
-                    cpu.clock, cpu.state = before
-                    engine.now = now
-                    heappush(heap, ev)
-                    return False
                 cpu.horizon = horizon
                 cpu.clock = clock
                 cpu.point = P_PLAIN
