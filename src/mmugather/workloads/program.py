@@ -7,10 +7,11 @@ kernel is a kernel method of the policy under test.
 from __future__ import annotations
 
 import random
-from heapq import heappop, heappush
+from heapq import heappop, heapreplace
 from collections.abc import Callable, Generator
 from typing import Any
 
+from mmugather.kernel.rcu import Rcu
 from mmugather.kernel.sched import INF, P_PLAIN
 from mmugather.kernel.smp import Compute, Sleep
 from mmugather.machine.cpu import COMPUTE, RUNNING
@@ -435,10 +436,14 @@ class ChurnLookahead:
 
     def _bind(self, engine) -> None:
         """What run_until() uses of `engine`, looked up once: its queue, its compute-end callbacks, its
-        Compute handler (inlined when it is the engine's own), RCU's note_qs."""
+        Compute handler (inlined when it is the engine's own), RCU's note_qs and its counters (counted inline
+        when note_qs is Rcu's own)."""
         gap_handler = engine.handlers[Compute]
         inline_gap = getattr(gap_handler, "__func__", None) is type(engine)._compute
-        self.engine_parts = (engine.heap, engine._done_cbs, gap_handler, inline_gap, engine.rcu.note_qs)
+        rcu = engine.rcu
+        own_qs = getattr(rcu.note_qs, "__func__", None) is Rcu.note_qs
+        self.engine_parts = (engine.heap, engine._done_cbs, gap_handler, inline_gap, rcu.note_qs, rcu,
+                             rcu.qs if own_qs else None)
         self.bound = engine
 
     def run_until(self, engine, c, t: float, seq: float) -> bool:
@@ -455,7 +460,7 @@ class ChurnLookahead:
         the thread's own). One loop, the hot path of a churning workload: the per-event work is inline."""
         if self.bound is not engine:
             self._bind(engine)
-        heap, done, gap_handler, inline_gap, note_qs = self.engine_parts
+        heap, done, gap_handler, inline_gap, note_qs, rcu, qs = self.engine_parts
         states = self.states
         sim = self.sim
         costs = sim.costs
@@ -499,32 +504,33 @@ class ChurnLookahead:
             ch = st.churn
             if ch is None or not ch.waiting or 0 < engine.steps_left <= 2:
                 return False
+            # ev stays queued until what follows it is known: heapreplace() pops it and queues that at
+            # once (the queue's order is the keys', however the list is laid out); the next event's time
+            # is then the earlier of ev's children's
+            n = len(heap)
+            nxt = INF if n < 2 else heap[1][0] if n < 3 or heap[1][0] < heap[2][0] else heap[2][0]
+            horizon = t if t < nxt else nxt
             if cb is None:                           # a CPU's turn: only after an access made here
                 if not ch.accessed:
                     return False
-                heappop(heap)
                 if et > engine.now:
                     engine.now = et
                 ch.accessed = False
                 stack = task.stack
                 stack.pop()
                 task.send = stack[-1].send
-                nxt = heap[0][0] if heap else INF
-                cpu.horizon = t if t < nxt else nxt
+                cpu.horizon = horizon
                 clock = cpu.clock
             else:
                 proc = st.proc
                 if cb is not done[cpu.id] or ch.accessed or ch.drawn >= 0 or proc.exiting or proc.busy <= 0:
                     return False
-                heappop(heap)
                 now = engine.now
                 if et > now:
                     engine.now = et
                 before = cpu.clock, cpu.state
                 clock = cpu.clock = cpu.compute_end if cpu.compute_end > cpu.clock else cpu.clock
                 cpu.state = RUNNING
-                nxt = heap[0][0] if heap else INF
-                horizon = t if t < nxt else nxt
                 if getrandbits is not None:
                     n = ch.pages
                     k = n.bit_length()
@@ -551,8 +557,7 @@ class ChurnLookahead:
                     if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW):
                         ch.drawn = addr              # a fault: the thread's own steps, from this event
                         cpu.clock, cpu.state = before
-                        engine.now = now
-                        heappush(heap, ev)
+                        engine.now = now             # (still queued)
                         return False
                     if tlb.observer is not None:
                         self._walk(cpu, task.mm, addr, vpn, write)
@@ -573,23 +578,28 @@ class ChurnLookahead:
                     task.stack.append(frame)
                     task.send = frame.send
                     if engine.reserved is cpu:       # (Engine._push_cpu, inlined when no place is kept)
+                        heappop(heap)
                         engine.queue(cpu)
                         continue
                     cpu.token += 1
                     engine.seq += 1
-                    heappush(heap, (clock, engine.seq, cpu, cpu.token, None))
+                    heapreplace(heap, (clock, engine.seq, cpu, cpu.token, None))
                     continue
             engine.steps_left -= 2                   # access() returned, the gap's request
             if not inline_gap:
+                heappop(heap)
                 gap_handler(cpu, task, ch.gap)
                 continue
-            note_qs(cpu)                             # Engine._compute
+            if qs is None or cpu.preempt_count or cpu.irqs_off or rcu.pending:     # Engine._compute
+                note_qs(cpu)
+            else:                                    # (Rcu.note_qs() where it would only count)
+                qs[cpu.id] += 1
             task.compute_left = 0
             cpu.state = COMPUTE
             cpu.compute_end = end = clock + ch.gap.ns
             cpu.token += 1
             engine.seq += 1
-            heappush(heap, (end, engine.seq, cpu, cpu.token, done[cpu.id] or engine._compute_done_cb(cpu)))
+            heapreplace(heap, (end, engine.seq, cpu, cpu.token, done[cpu.id] or engine._compute_done_cb(cpu)))
         return True
 
     def reads_table(self, engine, table) -> bool:
