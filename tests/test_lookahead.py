@@ -249,6 +249,39 @@ def test_walk_fill_is_fill_pwc_then_fill():
         assert (tlbs[0].inv.tlb_refs, tlbs[0].inv.pwc_refs) == (tlbs[1].inv.tlb_refs, tlbs[1].inv.pwc_refs)
 
 
+def test_tlb_evicts_first_in_first_out_across_compactions():
+    """Many times COMPACT_EVERY evictions from one CPU's TLB (its dict compacted in place each time): the
+    entries, their order and the reference counts are a first-in first-out cache's, refills moving an
+    entry to the back, and the dict is the same object throughout."""
+    from collections import OrderedDict
+    from types import SimpleNamespace
+
+    from mmugather.machine.cpu import Cpu
+    from mmugather.machine.tlb import COMPACT_EVERY, TLB_ENTRIES, Tlb
+
+    rng = random.Random(9)
+    tlb = Tlb(SimpleNamespace(tlb_refs={}, pwc_refs={}))
+    c = Cpu(0)
+    same = c.tlb
+    ref: OrderedDict[int, int] = OrderedDict()
+    for step in range(TLB_ENTRIES + 5 * COMPACT_EVERY + 77):
+        vpn = rng.randrange(3 * TLB_ENTRIES)
+        pte = (rng.randrange(50, 4000) << 12) | 0x3
+        if step % 2:
+            tlb.fill(c, vpn, pte)
+        else:
+            tlb.walk_fill(c, vpn >> 9, None, vpn, pte)
+        ref.pop(vpn, None)
+        if len(ref) >= TLB_ENTRIES:
+            ref.popitem(last=False)
+        ref[vpn] = (pte >> 12) << 1 | 1
+    assert c.tlb is same and list(c.tlb.items()) == list(ref.items())
+    counts: dict[int, int] = {}
+    for v in ref.values():
+        counts[v >> 1] = counts.get(v >> 1, 0) + 1
+    assert tlb.inv.tlb_refs == counts
+
+
 def test_max_steps_stops_at_the_same_step():
     """A run cut by max_steps stops at the same step, naming the same task, with the lookahead or without."""
     import pytest
