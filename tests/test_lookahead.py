@@ -135,7 +135,7 @@ def test_release_steps_releases_several_chunks_in_one_call():
     orig = core._release_commutes
     core._release_commutes = lambda kernel, pfns: False     # release_steps()'s own loop, stretch by stretch
     try:
-        sizes, chunk = _release_sizes(sc, "3.0", "release_steps")
+        sizes, chunk = _release_sizes(sc, "3.0", "_release_run")
     finally:
         core._release_commutes = orig
     assert any(chunk < n < core.ARRAY_RELEASE for n in sizes), sizes

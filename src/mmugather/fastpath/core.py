@@ -343,12 +343,11 @@ AHEAD_ARRAY_RELEASE = 64    # _release_ahead(): likewise (the stretches of a bat
 def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
     """free_pages_and_swap_cache()'s loop from page i of `pfns` on, in one pass: each step releases the
     next `chunk` pages (release_pages()) and then yields page_free per page. Releases the pages of the steps
-    that start before the horizon, stopping before a chunk holding a frame some TLB, paging-structure cache
-    or walker still reaches (its report must carry that step's clock: the caller runs it as a step).
-    Where the horizon stops it with more than a chunk left, Engine.run_ahead() may run the events due
+    that start before the horizon (_release_stretch(): a chunk holding a frame some TLB, paging-structure
+    cache or walker still reaches by its own release_pages() at its step's clock, where its report carries
+    it). Where the horizon stops it with more than a chunk left, Engine.run_ahead() may run the events due
     first (other CPUs' user work) and the release goes on from there, as the engine's next steps would
-    (each stretch's frames checked and released at its own turn). Returns the number of pages released
-    (0: run the next chunk as a step)."""
+    (each stretch's frames checked and released at its own turn). Returns the number of pages released."""
     cost = kernel.costs.page_free
     if cost and c.horizon != INF and len(pfns) - i > chunk and _release_commutes(kernel, pfns[i:]):
         return _release_ahead(kernel, c, pfns, i, chunk, cost)
@@ -363,20 +362,45 @@ def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
             if need <= n:
                 n = min(n, ((need - 1) // chunk + 1) * chunk)
                 cut = True
-        part = pfns[start:start + n]
-        hit = kernel.invariants.reached(part)
-        if hit is not None:
-            n = int(np.argmax(hit)) // chunk * chunk
-            part = part[:n]
-            cut = False
-        if n >= ARRAY_RELEASE:
-            kernel.alloc.release_array(c, part)
-        else:                                           # a few chunks: their release_pages() in one call (the
-            kernel.alloc.release_pages(c, part.tolist())    # same frames freed in the same order, none reached)
+        _release_stretch(kernel, c, pfns[start:start + n], chunk, clock, cost)
         done += n
         if (not cut or len(pfns) - (i + done) <= chunk or not kernel.engine.run_ahead(c, c.clock + done * cost)
                 or not attention_idle_plain(kernel.engine, c, c.clock + done * cost)):
             return done
+
+
+def _release_stretch(kernel, c, part: np.ndarray, chunk: int, clock: int, cost: int) -> None:
+    """Release `part`, the pages of consecutive steps of `chunk` pages beginning at `clock` that no other
+    CPU's event comes between: at once where nothing reaches them; each chunk holding a frame some TLB,
+    paging-structure cache or walker still reaches by its own release_pages() with c's clock at its step's
+    start, the time its report carries (a free changes no TLB, cache or walker: what reaches which frame is
+    the same at each of these steps)."""
+    hit = kernel.invariants.reached(part)
+    if hit is None:
+        _release_run(kernel, c, part)
+        return
+    pos = 0
+    for j in np.unique(np.flatnonzero(hit) // chunk).tolist():
+        at = j * chunk
+        if at > pos:
+            _release_run(kernel, c, part[pos:at])
+        saved, c.clock = c.clock, clock + at * cost
+        try:
+            kernel.alloc.release_pages(c, part[at:at + chunk].tolist())
+        finally:
+            c.clock = saved
+        pos = at + chunk
+    if pos < len(part):
+        _release_run(kernel, c, part[pos:])
+
+
+def _release_run(kernel, c, part: np.ndarray) -> None:
+    """release_pages() of the chunks `part` in one call (the same frames freed in the same order): one
+    release_array() from ARRAY_RELEASE pages on."""
+    if len(part) >= ARRAY_RELEASE:
+        kernel.alloc.release_array(c, part)
+    else:
+        kernel.alloc.release_pages(c, part.tolist())
 
 
 def _release_commutes(kernel, pfns: np.ndarray) -> bool:
