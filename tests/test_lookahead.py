@@ -71,6 +71,44 @@ def test_lookahead_changes_no_metric(data, run):
     assert ahead == _metrics(sc, name, arch, fast=False)
 
 
+@st.composite
+def teardowns_beside_churn(draw):
+    """Thread 0 tears down (munmap, MADV_DONTNEED, exit) a range of several PTE tables while the others
+    churn on ranges of their own, or now and then on the one torn down: the zap and release runs cross many
+    of their events (fastpath/core.py _zap_ahead, _release_ahead, _release_stretch)."""
+    cpus = draw(st.integers(2, 4))
+    size = draw(st.integers(300, 3000)) * 4096
+    vmas = [{"name": "t", "size": size, "populate": True}]
+    prog = [{"op": draw(st.sampled_from(["munmap", "madvise"])), "vma": "t"}]
+    if prog[0]["op"] == "madvise" and draw(st.booleans()):
+        prog.append({"op": "munmap", "vma": "t"})
+    threads = [{"cpu": 0, "program": [{"op": "touch", "vma": "t", "size": 65536, "write": draw(st.booleans())}]
+                + prog + [{"op": "exit"}]}]
+    for i in range(1, cpus):
+        own = draw(st.integers(0, 5)) > 0
+        if own:
+            vmas.append({"name": f"w{i}", "size": draw(st.integers(1, 700)) * 4096, "populate": True})
+        warm = [{"op": "touch", "vma": "t", "size": 16384, "write": False}] if draw(st.booleans()) else []
+        threads.append({"cpu": i, "program": warm + [
+            {"op": "churn", "vma": f"w{i}" if own else "t", "write": draw(st.booleans()),
+             "gap_ns": draw(st.sampled_from([30, 200, 700, 2000]))}]})
+    return {"seed": draw(st.integers(0, 1000)),
+            "machine": {"cpus": cpus, "preempt": draw(st.sampled_from(["none", "voluntary", "full"])),
+                        "latency_task": draw(st.booleans())},
+            "process": [{"name": "p", "vma": vmas, "thread": threads}]}
+
+
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(teardowns_beside_churn(), st.sampled_from(RUNS))
+def test_lookahead_across_teardown_runs_changes_no_metric(data, run):
+    """A teardown whose runs the lookahead crosses: the same metrics with it, without it, and step by step."""
+    sc = parse_scenario(data, "teardown beside churn")
+    name, arch = run
+    ahead = _metrics(sc, name, arch)
+    assert ahead == _metrics(sc, name, arch, lookahead=False)
+    assert ahead == _metrics(sc, name, arch, fast=False)
+
+
 def test_every_policy_and_arch_is_drawn():
     """The runs the property draws from are every policy on every arch of the registry."""
     assert {n for n, _ in RUNS} == set(POLICIES) and len(RUNS) == sum(len(ARCHES[n]) for n in POLICIES)
@@ -309,3 +347,25 @@ def test_lookahead_with_churners_in_the_range_torn_down():
     sc = scenario([{"name": "a", "size": "4MiB", "populate": True}], threads, cpus=4)
     for name, arch in RUNS:
         assert _metrics(sc, name, arch) == _metrics(sc, name, arch, lookahead=False), (name, arch)
+
+
+def test_lookahead_with_broken_gathers_beside_churn():
+    """Broken gathers (pages freed before the flush, or no shootdown) tear down a range the churning threads
+    touched first: the frames released are still in their TLBs, so the release must not wait for the events
+    it crosses (fastpath/core.py _release_commutes) and their violations must carry the same times: the
+    same metrics and violations with the lookahead and without. (Fails when _release_commutes says yes.)"""
+    from helpers import scenario
+    from plugins.gathers import FreeBeforeFlush, LocalFlushOnly
+    for cls in (FreeBeforeFlush, LocalFlushOnly):
+        for gap in (200, 2000):
+            for op in ("munmap", "madvise"):
+                threads = [{"cpu": 0, "program": [{"op": op, "vma": "t"}, {"op": "exit"}]}]
+                threads += [{"cpu": i, "program": [{"op": "touch", "vma": "t", "size": "256KiB", "write": False},
+                                                   {"op": "churn", "vma": f"w{i}", "gap_ns": gap}]} for i in (1, 2, 3)]
+                sc = scenario([{"name": "t", "size": "8MiB", "populate": True}]
+                              + [{"name": f"w{i}", "size": "64KiB", "populate": True} for i in (1, 2, 3)], threads)
+                ahead = Simulation(sc, cls).run()
+                assert ahead["violations"], (cls.__name__, gap, op)
+                assert (json.dumps(ahead, sort_keys=True, default=str)
+                        == json.dumps(Simulation(sc, cls, lookahead=False).run(), sort_keys=True, default=str)), \
+                    (cls.__name__, gap, op)
