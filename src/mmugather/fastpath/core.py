@@ -5,6 +5,7 @@ says why running them at once is exact."""
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,6 +124,11 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
       after it;
     or None when the next present entry must go step by step. `work` comes back reduced by the entries
     covered (None when not given)."""
+    engine = kernel.engine
+    la = engine.lookahead
+    if (la is not None and c.horizon != INF and engine.observer is None and engine.reserved is None
+            and not la.reads_table(engine, pt)):
+        return _zap_ahead(kernel, c, pt, i, iend, none, quiet, work, stop_dirty_file)
     small = _zap_scan(kernel, c, pt, i, iend, none, quiet, work, stop_dirty_file)
     if small is not _TOO_LONG:
         return small
@@ -158,6 +164,60 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
     if work is not None:
         work -= PAGE_SIZE * m + (last + 1 - m)
     return ZapSteps(m, i + last, last_end - c.clock, pfns, anon, work, i + first)
+
+
+def _zap_ahead(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int | None,
+               stop_dirty_file: bool) -> ZapSteps | None:
+    """zap_steps() when the engine's lookahead takes the events due where a step reaches the horizon
+    (Engine.run_ahead) and none of them reads this table (Lookahead.reads_table): the steps' end clocks in
+    one array, the crossings found on it (the first step ending at or after each horizon), the events run at
+    each, as the engine would after the steps before; then the PTEs of all the steps run are cleared and
+    their rmaps dropped in one pass (they commute with those events). The last step's crossing ends the run
+    (its events are the engine's)."""
+    v = np.frombuffer(pt.ptes, dtype=np.int64)
+    w = v[i:iend]
+    pres = w != 0
+    if work is not None and work <= PAGE_SIZE * (iend - i):
+        cum = np.cumsum(np.where(pres, PAGE_SIZE, 1))
+        j = int(np.searchsorted(cum, work))             # the entry after which the budget is spent
+        if j < len(cum):
+            pres = pres[:j + 1]
+    nz = np.flatnonzero(pres)
+    costs = kernel.costs
+    c_zap, c_none = costs.pte_zap, costs.pte_none
+    if not len(nz):
+        cnt = len(pres)
+        return ZapSteps(0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt, i + cnt)
+    m = min(len(nz), quiet + 1)
+    if stop_dirty_file:
+        m = _before_dirty_file(kernel, w[nz[:m]])
+        if m == 0:
+            return None
+    del v, w
+    steps = np.arange(1, m + 1, dtype=np.int64)
+    ends = (c.clock + none + c_zap * steps + c_none * (nz[:m] - (steps - 1))).tolist()
+    engine = kernel.engine
+    k = m
+    x = bisect_left(ends, c.horizon)                    # the first step ending at or after the horizon
+    while x < m - 1:
+        t = ends[x]
+        if not engine.run_ahead(c, t) or not attention_idle(c, t):
+            k = x + 1
+            break
+        x = bisect_left(ends, c.horizon, x + 1)
+    sel = nz[:k] + i
+    first, last = int(sel[0]), int(sel[-1])
+    v = np.frombuffer(pt.ptes, dtype=np.int64)
+    pfns = v[sel] >> PAGE_SHIFT
+    if last - first == k - 1:
+        v[first:last + 1] = 0                           # ptep_get_and_clear_full()
+    else:
+        v[sel] = 0
+    del v
+    anon = rmap_remove(kernel.alloc, pfns)
+    if work is not None:
+        work -= PAGE_SIZE * k + (last + 1 - i - k)
+    return ZapSteps(k, last, ends[k - 1] - c.clock, pfns, anon, work, first)
 
 
 _TOO_LONG: Any = object()     # _zap_scan(): the run is longer than SCAN entries, use the array path
@@ -277,18 +337,20 @@ def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None, all_anon: 
 
 
 ARRAY_RELEASE = 512     # release_steps(): from this many pages on, one release_array() (numpy pays off)
+AHEAD_ARRAY_RELEASE = 64    # _release_ahead(): likewise (the stretches of a batch, all at once)
 
 
 def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
     """free_pages_and_swap_cache()'s loop from page i of `pfns` on, in one pass: each step releases the
     next `chunk` pages (release_pages()) and then yields page_free per page. Releases the pages of the steps
-    that start before the horizon, stopping before a chunk holding a frame some TLB, paging-structure cache
-    or walker still reaches (its report must carry that step's clock: the caller runs it as a step).
-    Where the horizon stops it with more than a chunk left, Engine.run_ahead() may run the events due
+    that start before the horizon (_release_stretch(): a chunk holding a frame some TLB, paging-structure
+    cache or walker still reaches by its own release_pages() at its step's clock, where its report carries
+    it). Where the horizon stops it with more than a chunk left, Engine.run_ahead() may run the events due
     first (other CPUs' user work) and the release goes on from there, as the engine's next steps would
-    (each stretch's frames checked and released at its own turn). Returns the number of pages released
-    (0: run the next chunk as a step)."""
+    (each stretch's frames checked and released at its own turn). Returns the number of pages released."""
     cost = kernel.costs.page_free
+    if cost and c.horizon != INF and len(pfns) - i > chunk and _release_commutes(kernel, pfns[i:]):
+        return _release_ahead(kernel, c, pfns, i, chunk, cost)
     done = 0
     while True:
         start = i + done
@@ -300,20 +362,84 @@ def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
             if need <= n:
                 n = min(n, ((need - 1) // chunk + 1) * chunk)
                 cut = True
-        part = pfns[start:start + n]
-        hit = kernel.invariants.reached(part)
-        if hit is not None:
-            n = int(np.argmax(hit)) // chunk * chunk
-            part = part[:n]
-            cut = False
-        if n >= ARRAY_RELEASE:
-            kernel.alloc.release_array(c, part)
-        else:                                           # a few chunks: their release_pages() in one call (the
-            kernel.alloc.release_pages(c, part.tolist())    # same frames freed in the same order, none reached)
+        _release_stretch(kernel, c, pfns[start:start + n], chunk, clock, cost)
         done += n
         if (not cut or len(pfns) - (i + done) <= chunk or not kernel.engine.run_ahead(c, c.clock + done * cost)
                 or not attention_idle_plain(kernel.engine, c, c.clock + done * cost)):
             return done
+
+
+def _release_stretch(kernel, c, part: np.ndarray, chunk: int, clock: int, cost: int) -> None:
+    """Release `part`, the pages of consecutive steps of `chunk` pages beginning at `clock` that no other
+    CPU's event comes between: at once where nothing reaches them; each chunk holding a frame some TLB,
+    paging-structure cache or walker still reaches by its own release_pages() with c's clock at its step's
+    start, the time its report carries (a free changes no TLB, cache or walker: what reaches which frame is
+    the same at each of these steps)."""
+    hit = kernel.invariants.reached(part)
+    if hit is None:
+        _release_run(kernel, c, part)
+        return
+    pos = 0
+    for j in np.unique(np.flatnonzero(hit) // chunk).tolist():
+        at = j * chunk
+        if at > pos:
+            _release_run(kernel, c, part[pos:at])
+        saved, c.clock = c.clock, clock + at * cost
+        try:
+            kernel.alloc.release_pages(c, part[at:at + chunk].tolist())
+        finally:
+            c.clock = saved
+        pos = at + chunk
+    if pos < len(part):
+        _release_run(kernel, c, part[pos:])
+
+
+def _release_run(kernel, c, part: np.ndarray) -> None:
+    """release_pages() of the chunks `part` in one call (the same frames freed in the same order): one
+    release_array() from ARRAY_RELEASE pages on."""
+    if len(part) >= ARRAY_RELEASE:
+        kernel.alloc.release_array(c, part)
+    else:
+        kernel.alloc.release_pages(c, part.tolist())
+
+
+def _release_commutes(kernel, pfns: np.ndarray) -> bool:
+    """May the release of `pfns` wait until the events the lookahead takes meanwhile have run? When no TLB,
+    paging-structure cache or walker reaches any of them and no PTE maps any (mapcount 0: no walk can fill
+    a TLB entry for one), those events cannot reach them, nor can their release reach those events (and
+    the engine runs the lookahead at all, with no observer)."""
+    engine = kernel.engine
+    if engine.lookahead is None or engine.observer is not None or engine.reserved is not None:
+        return False
+    if kernel.invariants.check_stores or kernel.invariants.reached(pfns) is not None:
+        return False
+    return not np.any(kernel.alloc.views()[1][pfns])
+
+
+def _release_ahead(kernel, c, pfns: np.ndarray, i: int, chunk: int, cost: int) -> int:
+    """release_steps() when the pages commute with the events run at the crossings (_release_commutes):
+    the crossings found as release_steps() finds them, the events run at each (Engine.run_ahead), then the
+    pages of all the steps run released in one call (the same frames freed in the same order)."""
+    engine = kernel.engine
+    total = len(pfns) - i
+    done = 0
+    while True:
+        n = total - done
+        clock = c.clock + done * cost
+        need = -(-(c.horizon - clock) // cost)           # pages whose cost reaches the horizon
+        if need > n:
+            done = total
+            break
+        done += min(n, ((need - 1) // chunk + 1) * chunk)
+        t = c.clock + done * cost
+        if total - done <= chunk or not engine.run_ahead(c, t) or not attention_idle_plain(engine, c, t):
+            break
+    part = pfns[i:i + done]
+    if done >= AHEAD_ARRAY_RELEASE:
+        kernel.alloc.release_array(c, part)
+    else:
+        kernel.alloc.release_pages(c, part.tolist())
+    return done
 
 
 def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,

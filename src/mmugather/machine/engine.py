@@ -107,6 +107,11 @@ class Lookahead(Protocol):
 
     def run_until(self, engine: Engine, c: Cpu | None, t: float, seq: float) -> bool: ...
 
+    def reads_table(self, engine: Engine, table: Any) -> bool:
+        """May the events run_until() takes read or write the PTEs of `table` (a PteTable)? False: a CPU's
+        steps that change only that table's PTEs commute with them (a fast path may make those changes
+        after running the events instead of before)."""
+
 
 class EngineObserver:
     """What the engine tells an observer; every hook does nothing unless overridden. Times are CPU clocks."""

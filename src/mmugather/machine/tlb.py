@@ -24,6 +24,7 @@ _PAGE_RW = 0x002
 
 TLB_ENTRIES = 1536      # second-level TLB of a Skylake core
 PWC_ENTRIES = 32        # paging-structure cache entries for PDEs (pointers to PTE tables)
+COMPACT_EVERY = 256     # evictions from a CPU's TLB between two compactions of its dict (host time only)
 
 
 class TlbObserver(Protocol):
@@ -49,6 +50,7 @@ class Tlb:
     def __init__(self, invariants, observer: TlbObserver | None = None) -> None:
         self.inv = invariants
         self.huge: dict[tuple[int, int], set[int]] = {}   # (cpu, addr >> PMD_SHIFT) -> vpns filled from a huge PMD
+        self.evictions: dict[int, int] = {}   # per CPU id: evictions from its TLB since its dict was compacted
         self.observers: list[TlbObserver] = []
         self.observer: TlbObserver | None = None
         if observer is not None:
@@ -77,6 +79,7 @@ class Tlb:
         elif len(tlb) >= TLB_ENTRIES:
             victim = next(iter(tlb))
             self._unref(c, refs, tlb.pop(victim) >> 1)
+            self._evicted(c, tlb)
         pfn = pte >> PAGE_SHIFT
         tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
         refs[pfn] = refs.get(pfn, 0) + 1
@@ -118,10 +121,64 @@ class Tlb:
 
     def walk_fill(self, c, key: int, table, vpn: int, pte: int) -> None:
         """A walk's fills: fill_pwc(c, key, table) when `table` is not None (the walk went through the page
-        tables, not the PWC), then fill(c, vpn, pte)."""
-        if table is not None:
-            self.fill_pwc(c, key, table)
-        self.fill(c, vpn, pte)
+        tables, not the PWC), then fill(c, vpn, pte). With no observer and no 2 MiB entry anywhere, their
+        effects in one call (the lookahead's hot path); else the two calls."""
+        if self.observer is not None or self.huge:
+            if table is not None:
+                self.fill_pwc(c, key, table)
+            self.fill(c, vpn, pte)
+            return
+        inv = self.inv
+        dangling = c.dangling
+        if table is not None:                       # fill_pwc()
+            pwc = c.pwc
+            refs = inv.pwc_refs
+            old = pwc.pop(key, None)
+            if old is None and len(pwc) >= PWC_ENTRIES:
+                old = pwc.pop(next(iter(pwc)))
+            if old is not None:
+                pfn = old.pfn
+                n = refs[pfn] - 1
+                if n:
+                    refs[pfn] = n
+                else:
+                    del refs[pfn]
+                if dangling:
+                    dangling.discard(pfn)
+            pwc[key] = table
+            pfn = table.pfn
+            refs[pfn] = refs.get(pfn, 0) + 1
+        tlb = c.tlb                                 # fill()
+        refs = inv.tlb_refs
+        v = tlb.pop(vpn, None)
+        if v is None and len(tlb) >= TLB_ENTRIES:
+            v = tlb.pop(next(iter(tlb)))
+            self._evicted(c, tlb)
+        if v is not None:
+            pfn = v >> 1
+            n = refs[pfn] - 1
+            if n:
+                refs[pfn] = n
+            else:
+                del refs[pfn]
+            if dangling:
+                dangling.discard(pfn)
+        pfn = pte >> PAGE_SHIFT
+        tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
+        refs[pfn] = refs.get(pfn, 0) + 1
+
+    def _evicted(self, c, tlb: dict) -> None:
+        """CPU c's TLB evicted its oldest entry. Host time only: a dict used first-in first-out keeps the
+        slots of the keys popped from its front until it resizes, and next(iter()) walks over all of them
+        (microseconds per eviction once a thousand have gone); every COMPACT_EVERY evictions the dict is
+        rebuilt in place (the same entries in the same order, the same object)."""
+        n = self.evictions.get(c.id, 0) + 1
+        if n >= COMPACT_EVERY:
+            kept = dict(tlb)
+            tlb.clear()
+            tlb.update(kept)
+            n = 0
+        self.evictions[c.id] = n
 
     def _unref(self, c, refs: dict, pfn: int) -> None:
         n = refs[pfn] - 1

@@ -7,10 +7,11 @@ kernel is a kernel method of the policy under test.
 from __future__ import annotations
 
 import random
-from heapq import heappop, heappush
+from heapq import heappop, heapreplace
 from collections.abc import Callable, Generator
 from typing import Any
 
+from mmugather.kernel.rcu import Rcu
 from mmugather.kernel.sched import INF, P_PLAIN
 from mmugather.kernel.smp import Compute, Sleep
 from mmugather.machine.cpu import COMPUTE, RUNNING
@@ -435,10 +436,14 @@ class ChurnLookahead:
 
     def _bind(self, engine) -> None:
         """What run_until() uses of `engine`, looked up once: its queue, its compute-end callbacks, its
-        Compute handler (inlined when it is the engine's own), RCU's note_qs."""
+        Compute handler (inlined when it is the engine's own), RCU's note_qs and its counters (counted inline
+        when note_qs is Rcu's own)."""
         gap_handler = engine.handlers[Compute]
         inline_gap = getattr(gap_handler, "__func__", None) is type(engine)._compute
-        self.engine_parts = (engine.heap, engine._done_cbs, gap_handler, inline_gap, engine.rcu.note_qs)
+        rcu = engine.rcu
+        own_qs = getattr(rcu.note_qs, "__func__", None) is Rcu.note_qs
+        self.engine_parts = (engine.heap, engine._done_cbs, gap_handler, inline_gap, rcu.note_qs, rcu,
+                             rcu.qs if own_qs else None)
         self.bound = engine
 
     def run_until(self, engine, c, t: float, seq: float) -> bool:
@@ -455,10 +460,11 @@ class ChurnLookahead:
         the thread's own). One loop, the hot path of a churning workload: the per-event work is inline."""
         if self.bound is not engine:
             self._bind(engine)
-        heap, done, gap_handler, inline_gap, note_qs = self.engine_parts
+        heap, done, gap_handler, inline_gap, note_qs, rcu, qs = self.engine_parts
         states = self.states
         sim = self.sim
         costs = sim.costs
+        tlb = sim.tlb
         getrandbits = self.getrandbits
         while heap:
             ev = heap[0]
@@ -498,32 +504,33 @@ class ChurnLookahead:
             ch = st.churn
             if ch is None or not ch.waiting or 0 < engine.steps_left <= 2:
                 return False
+            # ev stays queued until what follows it is known: heapreplace() pops it and queues that at
+            # once (the queue's order is the keys', however the list is laid out); the next event's time
+            # is then the earlier of ev's children's
+            n = len(heap)
+            nxt = INF if n < 2 else heap[1][0] if n < 3 or heap[1][0] < heap[2][0] else heap[2][0]
+            horizon = t if t < nxt else nxt
             if cb is None:                           # a CPU's turn: only after an access made here
                 if not ch.accessed:
                     return False
-                heappop(heap)
                 if et > engine.now:
                     engine.now = et
                 ch.accessed = False
                 stack = task.stack
                 stack.pop()
                 task.send = stack[-1].send
-                nxt = heap[0][0] if heap else INF
-                cpu.horizon = t if t < nxt else nxt
+                cpu.horizon = horizon
                 clock = cpu.clock
             else:
                 proc = st.proc
                 if cb is not done[cpu.id] or ch.accessed or ch.drawn >= 0 or proc.exiting or proc.busy <= 0:
                     return False
-                heappop(heap)
                 now = engine.now
                 if et > now:
                     engine.now = et
                 before = cpu.clock, cpu.state
                 clock = cpu.clock = cpu.compute_end if cpu.compute_end > cpu.clock else cpu.clock
                 cpu.state = RUNNING
-                nxt = heap[0][0] if heap else INF
-                horizon = t if t < nxt else nxt
                 if getrandbits is not None:
                     n = ch.pages
                     k = n.bit_length()
@@ -535,18 +542,33 @@ class ChurnLookahead:
                 addr = ch.lo + (r << PAGE_SHIFT)
                 vpn = addr >> PAGE_SHIFT
                 v = cpu.tlb.get(vpn)
-                if v is not None and (not ch.write or v & 1):
-                    if ch.write and sim.invariants.check_stores:
+                write = ch.write
+                if v is not None and (not write or v & 1):
+                    if write and sim.invariants.check_stores:
                         sim.invariants.user_store(cpu, task.mm, addr, v >> 1)
                     clock += costs.user_access
-                elif self._walk(cpu, task.mm, addr, vpn, ch.write):
+                else:                                # the walk (_walk(), inlined when unobserved)
+                    key = addr >> PMD_SHIFT
+                    table = cpu.pwc.get(key)
+                    cached = table is not None
+                    if not cached:
+                        table = task.mm.pte_tables.get(key)
+                    pte = table.ptes[vpn & 511] if table is not None else 0
+                    if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW):
+                        ch.drawn = addr              # a fault: the thread's own steps, from this event
+                        cpu.clock, cpu.state = before
+                        engine.now = now             # (still queued)
+                        return False
+                    if tlb.observer is not None:
+                        self._walk(cpu, task.mm, addr, vpn, write)
+                    else:
+                        if write and not pte & _PAGE_DIRTY:      # the walker sets D (access())
+                            pte = table.ptes[vpn & 511] = pte | _PAGE_DIRTY | _PAGE_ACCESSED
+                        tlb.walk_fill(cpu, key, None if cached else table, vpn,
+                                      pte if pte & _PAGE_DIRTY else pte & ~_PAGE_RW)
+                        if sim.invariants.in_flight:
+                            sim.invariants.tlb_filled(cpu, vpn)
                     clock += costs.tlb_miss_walk
-                else:                                # a fault: the thread's own steps, from this event
-                    ch.drawn = addr
-                    cpu.clock, cpu.state = before
-                    engine.now = now
-                    heappush(heap, ev)
-                    return False
                 cpu.horizon = horizon
                 cpu.clock = clock
                 cpu.point = P_PLAIN
@@ -556,24 +578,42 @@ class ChurnLookahead:
                     task.stack.append(frame)
                     task.send = frame.send
                     if engine.reserved is cpu:       # (Engine._push_cpu, inlined when no place is kept)
+                        heappop(heap)
                         engine.queue(cpu)
                         continue
                     cpu.token += 1
                     engine.seq += 1
-                    heappush(heap, (clock, engine.seq, cpu, cpu.token, None))
+                    heapreplace(heap, (clock, engine.seq, cpu, cpu.token, None))
                     continue
             engine.steps_left -= 2                   # access() returned, the gap's request
             if not inline_gap:
+                heappop(heap)
                 gap_handler(cpu, task, ch.gap)
                 continue
-            note_qs(cpu)                             # Engine._compute
+            if qs is None or cpu.preempt_count or cpu.irqs_off or rcu.pending:     # Engine._compute
+                note_qs(cpu)
+            else:                                    # (Rcu.note_qs() where it would only count)
+                qs[cpu.id] += 1
             task.compute_left = 0
             cpu.state = COMPUTE
             cpu.compute_end = end = clock + ch.gap.ns
             cpu.token += 1
             engine.seq += 1
-            heappush(heap, (end, engine.seq, cpu, cpu.token, done[cpu.id] or engine._compute_done_cb(cpu)))
+            heapreplace(heap, (end, engine.seq, cpu, cpu.token, done[cpu.id] or engine._compute_done_cb(cpu)))
         return True
+
+    def reads_table(self, engine, table) -> bool:
+        """Lookahead.reads_table(): run_until() reads PTEs only in a churning thread's walk, of the tables of
+        its range's PMD slots (its mm's, or through its CPU's paging-structure cache, which may still hold a
+        table moved or freed since), and, when lost writes are checked, of any mapping of a store's page."""
+        if self.sim.invariants.check_stores:
+            return True
+        key = table.base >> PMD_SHIFT
+        for st in self.states.values():
+            ch = st.churn
+            if ch is not None and ch.lo >> PMD_SHIFT <= key <= (ch.lo + (ch.pages << PAGE_SHIFT) - 1) >> PMD_SHIFT:
+                return True
+        return any(table in cpu.pwc.values() for cpu in engine.cpus)
 
     def _walk(self, c, mm, addr: int, vpn: int, write: bool) -> bool:
         """access()'s walk and fill, if the walk finds a PTE that allows the access (else nothing done)."""
