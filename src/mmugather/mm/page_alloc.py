@@ -272,16 +272,26 @@ class PageAlloc:
         refcount, _, kind = self.views()
         lo, hi = fs.lo, fs.hi
         zz = None                                        # which of pfns were freed, when not all
+        every = False                                    # pfns a run of consecutive frames, all freed
         if fs.mask is not None:
             m = fs.mask
+            whole = hi - lo == len(pfns)                 # no holes: the mask is all set
             rc = refcount[lo:hi]
-            rc -= m
+            if whole:
+                rc -= 1
+            else:
+                rc -= m
             if rc.min() < 0:
                 self._bad_release(pfns, (rc < 0)[pfns - lo])
             z = rc == 0
-            z &= m
+            if not whole:
+                z &= m
             kinds = kind[lo:hi]
-            if fs.increasing:
+            every = whole and fs.increasing and bool(z.all())
+            if every:                                    # (pfns is lo, lo + 1, ..., hi - 1)
+                k = kinds.copy()
+                freed = pfns
+            elif fs.increasing:
                 k = kinds[z]
                 if len(k) == len(pfns):                  # every frame freed
                     freed = pfns
@@ -298,7 +308,9 @@ class PageAlloc:
         counts = kind_counts(k)
         if counts[FREE]:
             raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
-        if fs.mask is not None:
+        if every:
+            kinds.fill(FREE)
+        elif fs.mask is not None:
             kinds *= ~z                                  # kind FREE (0) where freed
         else:
             kind[freed] = FREE
@@ -386,8 +398,11 @@ class FrameSpan:
         n = len(pfns)
         if gaps is None:
             gaps = _gaps(pfns)                           # where the array is not a run of consecutive frames
-        d = pfns[gaps + 1] - pfns[gaps]
-        fs.increasing = bool((d > 0).all())
+        if len(gaps):
+            d = pfns[gaps + 1] - pfns[gaps]
+            fs.increasing = bool((d > 0).all())
+        else:                                            # one run of consecutive frames
+            fs.increasing = True
         fs.gaps = gaps if fs.increasing else None
         lo = int(pfns.min()) if not fs.increasing else int(pfns[0])
         hi = (int(pfns.max()) if not fs.increasing else int(pfns[-1])) + 1

@@ -145,7 +145,11 @@ class PfnRuns:
             elif t < 0 and not -t & 1 and s0 == a[-2] + ((-t) >> 1):
                 a[-1] = -((((-t) >> 1) + l0) << 1)
                 starts, lens, descs = starts[1:], lens[1:], descs[1:]
-        if len(starts):
+        if len(starts) == 1:                            # (one run: no arrays to build)
+            a.append(int(starts[0]))
+            if lens[0] > 1:
+                a.append(-((int(lens[0]) << 1) | int(descs[0])))
+        elif len(starts):
             out = np.empty(2 * len(starts), dtype=np.int32)
             out[0::2] = starts
             out[1::2] = -((lens.astype(np.int64) << 1) | descs)
