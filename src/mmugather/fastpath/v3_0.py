@@ -163,7 +163,7 @@ class Bulk30(BulkBackend):
             chain.append(b)
             b = b.next
         pages = list(map(_PAGES, chain))
-        lens = np.fromiter(map(len, pages), dtype=np.int64, count=len(chain))
+        lens = np.array([p.n if type(p) is PfnRuns else len(p) for p in pages], dtype=np.int64)
         cost = kernel.costs.page_free
         last = np.where(lens > 0, cost * ((lens - 1) % kernel.PAGEVEC_SIZE + 1), 0)
         k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens), last, c.horizon)
@@ -172,9 +172,10 @@ class Bulk30(BulkBackend):
         if not k:
             return None
         total = int(lens[:k].sum())
-        if all(type(p) is PfnRuns for p in pages[:k]):
-            deque(map(PfnRuns.clear, pages[:k]), 0)         # (emptied in place)
-        else:
+        runs = [p for p in pages[:k] if type(p) is PfnRuns]
+        deque(map(PfnRuns.clear, runs), 0)              # (emptied in place)
+        if len(runs) < k:                               # lists (the local bundle's)
             for b, p in zip(chain[:k], pages):
-                b.pages = [] if type(p) is list else PfnRuns()
+                if type(p) is not PfnRuns:
+                    b.pages = [] if type(p) is list else PfnRuns()
         return FreedBatches(total, chain[k] if k < len(chain) else None, cost * total if total else None)
