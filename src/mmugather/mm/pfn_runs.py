@@ -206,6 +206,8 @@ def runs_of(pfns: np.ndarray, increasing: bool = False) -> tuple[np.ndarray, np.
     if increasing:
         return ascending_runs(pfns, np.flatnonzero(pfns[1:] - pfns[:-1] != 1))
     g = np.diff(pfns)
+    if n > 1 and g.min() == 1 == g.max():               # one ascending run (frames handed out together)
+        return pfns[:1].copy(), np.array([n], dtype=np.int64), np.zeros(1, dtype=np.int64)
     unit = (g == 1) | (g == -1)
     # a new run starts at i when the gap before it is not a unit step, or when it is one but turns round
     # from the unit step before (which then belongs to a run of the other direction)
