@@ -279,7 +279,7 @@ def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None, all_anon: 
     return anon
 
 
-ARRAY_RELEASE = 512     # release_steps(): from this many pages on, one release_array() (numpy pays off)
+ARRAY_RELEASE = 256     # release_steps(): from this many pages on, one release_array() (numpy pays off)
 
 
 def release_steps(kernel, c, pfns: np.ndarray, i: int, chunk: int) -> int:
