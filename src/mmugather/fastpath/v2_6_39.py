@@ -81,12 +81,15 @@ class Bulk2639(BulkBackend):
             m.tlb_flushes += len(flushes)
             m.flushes_under_pte_lock += sum(under)
             m.pages_per_flush.frombytes(np.array(flushes, dtype=np.int64).tobytes())
-            flags = np.repeat(np.array(under, dtype=bool), flushes)
             held = np.array(tlb.pages[:nfree], dtype=np.int64)      # the pages batched before, then pfns
-            kernel.alloc.release_array(c, held, flags[:len(held)])
             n = nfree - len(held)
-            kernel.alloc.release_array(c, pfns[:n], flags[len(held):],
-                                       fs.prefix(pfns, n) if fs is not None and n else None)
+            if under.count(bool(c.ptl_held)) == len(under):        # all as now: release_array's default
+                h = p = None
+            else:
+                flags = np.repeat(np.array(under, dtype=bool), flushes)
+                h, p = flags[:len(held)], flags[len(held):]
+            kernel.alloc.release_array(c, held, h)
+            kernel.alloc.release_array(c, pfns[:n], p, fs.prefix(pfns, n) if fs is not None and n else None)
             tlb.pages = tlb.pages[nfree:] + pfns[nfree - len(held):].tolist()
         else:
             tlb.pages.extend(pfns.tolist())
