@@ -149,6 +149,8 @@ class PfnRuns:
             a.append(int(starts[0]))
             if lens[0] > 1:
                 a.append(-((int(lens[0]) << 1) | int(descs[0])))
+        elif len(starts) and lens.max() == 1:           # (runs of one: their pfns)
+            a.frombytes(starts.astype(np.int32).tobytes())
         elif len(starts):
             out = np.empty(2 * len(starts), dtype=np.int32)
             out[0::2] = starts
@@ -209,6 +211,8 @@ def runs_of(pfns: np.ndarray, increasing: bool = False) -> tuple[np.ndarray, np.
     if n > 1 and g.min() == 1 == g.max():               # one ascending run (frames handed out together)
         return pfns[:1].copy(), np.array([n], dtype=np.int64), np.zeros(1, dtype=np.int64)
     unit = (g == 1) | (g == -1)
+    if not unit.any():                                  # no two neighbours: runs of one (table frames)
+        return pfns.copy(), np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     # a new run starts at i when the gap before it is not a unit step, or when it is one but turns round
     # from the unit step before (which then belongs to a run of the other direction)
     new = np.empty(n, dtype=bool)
