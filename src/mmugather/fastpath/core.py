@@ -264,10 +264,12 @@ def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None, all_anon: 
     elif fs.mask is not None:
         lo, hi, m = fs.lo, fs.hi, fs.mask
         mc = mapcount[lo:hi]
-        if hi - lo == len(pfns):                        # no holes: the mask is all set
-            mc -= 1
-        else:
+        if fs.holes is None:
             mc -= m
+        else:                                           # (the span but its holes: no bool arithmetic)
+            mc -= 1
+            if len(fs.holes):
+                mc[fs.holes] += 1
         bad = (mc < 0)[pfns - lo] if mc.min() < 0 else np.zeros(1, dtype=bool)
         anon = len(pfns) if all_anon else fs.count_kind(kind, ANON)
     else:

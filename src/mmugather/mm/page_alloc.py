@@ -466,5 +466,8 @@ class FrameSpan:
         if self.mask is None:
             raise ValueError("FrameSpan.count_kind: no mask")
         same = kind[self.lo:self.hi] == kd
-        same &= self.mask
+        if self.holes is None:
+            same &= self.mask
+        elif len(self.holes):
+            same[self.holes] = False
         return int(np.count_nonzero(same))
