@@ -4,9 +4,8 @@ free_pmd_range()'s runs and tlb_flush_mmu()'s loop over batches. Batch pages are
 (PfnRuns): a 3.0 gather may hold every page of an address space until its one flush."""
 from __future__ import annotations
 
-from array import array
 from collections import deque
-from itertools import repeat, starmap
+from itertools import repeat
 from operator import attrgetter
 from typing import Any
 
@@ -133,10 +132,9 @@ class Bulk30(BulkBackend):
         k = 1 + (b - a) // nmax
         frames = kernel.alloc.alloc_many(BATCH, k, GFP_NOWAIT)
         kernel.metrics.gather_memory(PAGE_SIZE * k)
-        chunks: list[tuple[array | None, int]] = [*cursor.encode_chunks(a, b, nmax)] if a < b else []
-        chunks += [(None, 0)] * (k - len(chunks))
-        batches = [tlb.active, *map(Batch, frames, repeat(nmax),  # type: ignore[arg-type]  # page_list()'s kind
-                                    starmap(PfnRuns, chunks))]
+        encs, counts = cursor.encode_chunks(a, b, nmax) if a < b else ([], [])
+        pages = [*map(PfnRuns, encs, counts), *(PfnRuns() for _ in range(k - len(encs)))]  # (the last: empty)
+        batches = [tlb.active, *map(Batch, frames, repeat(nmax), pages)]  # type: ignore[arg-type]  # page_list()'s kind
         deque(map(setattr, batches[:-1], repeat("next"), batches[1:]), 0)    # each one's next
         tlb.active = batches[-1]
 

@@ -275,9 +275,9 @@ class RunCursor:
         return st, ln, ds
 
 
-    def encode_chunks(self, a: int, b: int, size: int) -> list[tuple[array, int]]:
-        """Pages [a, b) cut into consecutive chunks of `size` (the last one shorter), each as the
-        (array, count) of a PfnRuns holding it."""
+    def encode_chunks(self, a: int, b: int, size: int) -> tuple[list[array], list[int]]:
+        """Pages [a, b) cut into consecutive chunks of `size` (the last one shorter): the arrays and counts
+        of the PfnRuns holding them."""
         ends, starts, lens, descs = self.ends, self.starts, self.lens, self.descs
         r0 = int(np.searchsorted(ends, a, "right"))
         r1 = int(np.searchsorted(ends, b - 1, "right"))
@@ -304,7 +304,7 @@ class RunCursor:
         big = array("i", out.tobytes())
         counts = [size] * nchunks
         counts[-1] = b - a - (nchunks - 1) * size
-        return list(zip(map(big.__getitem__, map(slice, bounds[:-1], bounds[1:])), counts))
+        return list(map(big.__getitem__, map(slice, bounds[:-1], bounds[1:]))), counts
 
 
 def run_gaps(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndarray | None:
