@@ -133,7 +133,7 @@ class Bulk30(BulkBackend):
         frames = kernel.alloc.alloc_many(BATCH, k, GFP_NOWAIT)
         kernel.metrics.gather_memory(PAGE_SIZE * k)
         encs, counts = cursor.encode_chunks(a, b, nmax) if a < b else ([], [])
-        pages = [*map(PfnRuns, encs, counts), *(PfnRuns() for _ in range(k - len(encs)))]  # (the last: empty)
+        pages = [*map(PfnRuns, encs, counts), *(PfnRuns() for _ in range(k - len(encs)))]  # (+ an empty last)
         batches = [tlb.active, *map(Batch, frames, repeat(nmax), pages)]  # type: ignore[arg-type]  # page_list()'s kind
         deque(map(setattr, batches[:-1], repeat("next"), batches[1:]), 0)    # each one's next
         tlb.active = batches[-1]
