@@ -591,11 +591,11 @@ def test_runs_and_their_encoding_follow_the_rule(before, shape, n, data):
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 300), st.sets(st.integers(0, 299), max_size=40), st.sets(st.integers(0, 299), max_size=20),
-       st.sampled_from(["sorted", "shuffled"]), st.randoms(use_true_random=False))
-def test_release_array_frees_as_release_pages_does(n, missing, shared, order, rnd):
-    """PageAlloc.release_array() (a run, a run with holes, frames still referenced, any order) leaves the
-    frame arrays, free list and counters as release_pages() one frame at a time does, and reports the same
-    frames with their kinds."""
+       st.sampled_from(["sorted", "shuffled"]), st.sampled_from([0, 7, 2, 1000]), st.randoms(use_true_random=False))
+def test_release_array_frees_as_release_pages_does(n, missing, shared, order, every, rnd):
+    """PageAlloc.release_array() (a run, a run with holes, frames still referenced, any order, frames of
+    one kind or mixed) leaves the frame arrays, free list and counters as release_pages() one frame at a
+    time does, and reports the same frames with their kinds."""
     def run(bulk_release: bool):
         freed: list = []
         alloc = PageAlloc(None, 0.0, None, lambda c, p, k: freed.extend(zip(p, k)),
@@ -604,7 +604,7 @@ def test_release_array_frees_as_release_pages_does(n, missing, shared, order, rn
         frames = list(alloc.alloc_bulk(ANON, n))
         for i in shared & set(range(n)):                    # a second reference: not freed
             alloc.refcount[frames[i]] += 1
-        for i in range(0, n, 7):                            # other kinds (holes keep theirs)
+        for i in range(3, n, every) if every else ():       # other kinds (holes keep theirs)
             alloc.kind[frames[i]] = PGTABLE
             alloc.nr_used[PGTABLE] += 1
             alloc.nr_used[ANON] -= 1

@@ -319,6 +319,8 @@ class PageAlloc:
         if fs.increasing:
             if holes is not None and not len(holes) and z.all():    # (pfns is lo, lo + 1, ..., hi - 1)
                 return None, pfns, kinds.copy(), kinds, None
+            if holes is not None and int(np.count_nonzero(z)) == len(pfns):     # every frame of pfns freed
+                return None, pfns, _kinds_of(kinds, z, holes, int(kinds[int(pfns[0]) - lo])), kinds, None
             k = kinds[z]
             if len(k) == len(pfns):                      # every frame freed
                 return None, pfns, k, kinds, None if holes is not None else z
@@ -365,6 +367,14 @@ def kind_counts(kinds: np.ndarray) -> list[int]:
         counts.append(n)
         left -= n
     return counts
+
+
+def _kinds_of(kinds: np.ndarray, z: np.ndarray, holes: np.ndarray, kd: int) -> np.ndarray:
+    """The kinds of the frames of a span (`kinds`) but its `holes` (the frames `z` marks), in order: made
+    at once when they are all kd (one count over the span, no compaction of it)."""
+    n = len(kinds) - len(holes)
+    same = int(np.count_nonzero(kinds == kd)) - int(np.count_nonzero(kinds[holes] == kd))
+    return np.full(n, kd, dtype=np.int8) if same == n else kinds[z]
 
 
 def _gaps(pfns: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
