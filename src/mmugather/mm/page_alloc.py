@@ -323,7 +323,7 @@ class PageAlloc:
                 return None, pfns, _kinds_of(kinds, z, holes, int(kinds[int(pfns[0]) - lo])), kinds, None
             k = kinds[z]
             if len(k) == len(pfns):                      # every frame freed
-                return None, pfns, k, kinds, None if holes is not None else z
+                return None, pfns, k, kinds, z
             freed = np.flatnonzero(z)
             freed += lo
             return z[pfns - lo], freed, k, kinds, z
@@ -391,7 +391,8 @@ def _gaps(pfns: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     return np.concatenate(parts)
 
 
-_NO_HOLES = np.zeros(0, dtype=np.int64)
+_NO_HOLES = np.zeros(0, dtype=np.int64)             # (FrameSpan.holes of a run; shared, read-only)
+_NO_HOLES.flags.writeable = False
 
 
 class FrameSpan:
