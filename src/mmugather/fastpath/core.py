@@ -337,8 +337,10 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
     if room < 2:
         return None
     entries = pmd.entries
-    j0, j1 = addr >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1      # (one PMD table: end <= the PUD's end)
+    j0, j1 = addr >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1
     s0 = j0 & 511
+    if s0 + j1 - j0 > 512:                              # (one PMD table's entries only: end <= the PUD's end)
+        return None
     tables = list(map(entries.get, range(s0, s0 + j1 - j0)))     # the PMD entries of [addr, end), None where none
     js: Sequence[int]                                   # the PMD indices of the tables freed, and their slots
     slots: Sequence[int]
