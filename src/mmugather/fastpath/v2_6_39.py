@@ -154,6 +154,11 @@ class _Pass2639:
             if n and st.w >= PAGE_SIZE * n:             # the common unit, without a mark to come back to
                 if not self._whole_table(st, n, horizon):
                     break
+            elif n and st.w <= 0 and self.block >= PAGE_SIZE * n:    # the next: a new block, then the same
+                mark = st.save()
+                if not (self._restart(st) and self._whole_table(st, n, horizon)):
+                    st.restore(mark)
+                    break
             else:
                 mark = st.save()
                 last = self._unit(u, st)
