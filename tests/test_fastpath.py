@@ -541,6 +541,8 @@ def test_frame_span_marks_exactly_the_frames(pfns, shape):
     assert fs.increasing == bool((np.diff(a) > 0).all())
     if fs.mask is not None:
         assert np.array_equal(np.flatnonzero(fs.mask) + fs.lo, np.sort(a))
+    if fs.holes is not None:                            # the frames of the span not in the set
+        assert np.array_equal(fs.holes + fs.lo, np.setdiff1d(np.arange(fs.lo, fs.hi), a))
     gaps = np.flatnonzero(np.diff(a) != 1)
     assert np.array_equal(_gaps(a, chunk=7), gaps)      # (found a chunk at a time)
     if not fs.increasing:
@@ -553,10 +555,93 @@ def test_frame_span_marks_exactly_the_frames(pfns, shape):
     pre = fs.prefix(a, n)
     assert pre is not None and np.array_equal(pre.gaps, np.flatnonzero(np.diff(a[:n]) != 1))
     assert (pre.lo, pre.hi) == (int(a[0]), int(a[n - 1]) + 1)
+    if pre.holes is not None:
+        assert np.array_equal(pre.holes + pre.lo, np.setdiff1d(np.arange(pre.lo, pre.hi), a[:n]))
     if fs.mask is not None:
         kinds = np.zeros(fs.hi, dtype=np.int8)
         kinds[a[::3]] = 1
         assert fs.count_kind(kinds, 1) == len(a[::3]) and fs.count_kind(kinds, 0) == len(a) - len(a[::3])
+
+
+def _runs_by_rule(p: list[int]) -> list[tuple[int, int, int]]:
+    """runs_of()'s rule, one pfn at a time: a run starts where the step before is not +-1, or is one but
+    differs from the step before it; (first pfn, length, descending)."""
+    runs: list[list[int]] = []
+    for i, x in enumerate(p):
+        g = x - p[i - 1] if i else 0
+        if not i or abs(g) != 1 or (i >= 2 and abs(p[i - 1] - p[i - 2]) == 1 and g != p[i - 1] - p[i - 2]):
+            runs.append([x, 1, 0])
+        else:
+            runs[-1][1] += 1
+            runs[-1][2] = int(g < 0)
+    return [tuple(r) for r in runs]  # type: ignore[misc]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=3), st.sampled_from(["run", "spaced", "walk", "any"]),
+       st.integers(0, 60), st.data())
+def test_runs_and_their_encoding_follow_the_rule(before, shape, n, data):
+    """runs_of() cuts any pfn sequence (one run, spaced frames, a walk of +-1 steps, anything) by its
+    rule, and PfnRuns.extend() of it, after pfns appended before, writes the encoding extend_runs() writes
+    of those runs (append() of each below _SMALL pfns): the bulk forms take shortcuts for one run and for
+    runs of one."""
+    if shape == "run":
+        p = list(range(500, 500 + n))
+    elif shape == "spaced":
+        p = [1000 + 513 * i for i in range(n)]
+    elif shape == "walk":
+        p = [600]
+        for step in data.draw(st.lists(st.sampled_from([1, 1, -1, 2]), min_size=n, max_size=n)):
+            p.append(p[-1] + step)
+    else:
+        p = data.draw(st.lists(st.integers(0, 40), min_size=n, max_size=n))
+    a = np.array(p, dtype=np.int64)
+    assert list(zip(*[x.tolist() for x in runs_of(a)])) == _runs_by_rule(p)
+    got, want = bulk.PfnRuns(), bulk.PfnRuns()
+    for x in before:                                    # (a run of its own, or joined by an ascending first run)
+        got.append(495 + 2 * x)
+        want.append(495 + 2 * x)
+    got.extend(a)
+    if len(p) < 16:
+        for x in p:
+            want.append(x)
+    else:
+        want.extend_runs(*(np.array(c, dtype=np.int64) for c in zip(*_runs_by_rule(p))))
+    assert (got.a.tobytes(), len(got), got.tolist()) == (want.a.tobytes(), len(want),
+                                                          [495 + 2 * x for x in before] + p)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 300), st.sets(st.integers(0, 299), max_size=40), st.sets(st.integers(0, 299), max_size=20),
+       st.sampled_from(["sorted", "shuffled"]), st.sampled_from([0, 7, 2, 1000]), st.randoms(use_true_random=False))
+def test_release_array_frees_as_release_pages_does(n, missing, shared, order, every, rnd):
+    """PageAlloc.release_array() (a run, a run with holes, frames still referenced, any order, frames of
+    one kind or mixed) leaves the frame arrays, free list and counters as release_pages() one frame at a
+    time does, and reports the same frames with their kinds."""
+    def run(bulk_release: bool):
+        freed: list = []
+        alloc = PageAlloc(None, 0.0, None, lambda c, p, k: freed.extend(zip(p, k)),
+                          lambda c, p, k, *rest: freed.extend(zip(p.tolist(), k.tolist())), None)
+        first = alloc.alloc_page(PGTABLE)                   # (a frame below the span)
+        frames = list(alloc.alloc_bulk(ANON, n))
+        for i in shared & set(range(n)):                    # a second reference: not freed
+            alloc.refcount[frames[i]] += 1
+        for i in range(3, n, every) if every else ():       # other kinds (holes keep theirs)
+            alloc.kind[frames[i]] = PGTABLE
+            alloc.nr_used[PGTABLE] += 1
+            alloc.nr_used[ANON] -= 1
+        pfns = [f for i, f in enumerate(frames) if i not in missing]
+        if order == "shuffled":
+            rnd.shuffle(pfns)
+        if bulk_release:
+            alloc.release_array(None, np.array(pfns, dtype=np.int64))
+        else:
+            alloc.release_pages(None, pfns)
+        assert first == 0
+        return (bytes(alloc.refcount), bytes(alloc.kind), alloc.nr_used, sorted(alloc.free_list.tolist()),
+                sorted(freed))
+
+    assert run(True) == run(False)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

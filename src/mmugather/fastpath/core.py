@@ -7,7 +7,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice, repeat
 from operator import attrgetter
@@ -324,7 +324,12 @@ def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None, all_anon: 
     elif fs.mask is not None:
         lo, hi, m = fs.lo, fs.hi, fs.mask
         mc = mapcount[lo:hi]
-        mc -= m
+        if fs.holes is None:
+            mc -= m
+        else:                                           # (the span but its holes: no bool arithmetic)
+            mc -= 1
+            if len(fs.holes):
+                mc[fs.holes] += 1
         bad = (mc < 0)[pfns - lo] if mc.min() < 0 else np.zeros(1, dtype=bool)
         anon = len(pfns) if all_anon else fs.count_kind(kind, ANON)
     else:
@@ -336,7 +341,7 @@ def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None, all_anon: 
     return anon
 
 
-ARRAY_RELEASE = 512     # release_steps(): from this many pages on, one release_array() (numpy pays off)
+ARRAY_RELEASE = 256     # release_steps(): from this many pages on, one release_array() (numpy pays off)
 AHEAD_ARRAY_RELEASE = 64    # _release_ahead(): likewise (the stretches of a batch, all at once)
 
 
@@ -459,30 +464,36 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
         return None
     entries = pmd.entries
     j0, j1 = addr >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1
-    slots = [j & 511 for j in range(j0, j1)]
-    tables = list(map(entries.get, slots))              # the PMD entries of [addr, end), None where none
+    s0 = j0 & 511
+    if s0 + j1 - j0 > 512:                              # (one PMD table's entries only: end <= the PUD's end)
+        return None
+    tables = list(map(entries.get, range(s0, s0 + j1 - j0)))     # the PMD entries of [addr, end), None where none
+    js: Sequence[int]                                   # the PMD indices of the tables freed, and their slots
+    slots: Sequence[int]
     if None in tables:
         js = list(islice((j for j, pt in zip(range(j0, j1), tables) if pt is not None), room))
         tables = [entries[j & 511] for j in js]
+        slots = [j & 511 for j in js]
+        addrs = [j << PMD_SHIFT for j in js]
     else:
-        js = list(range(j0, j0 + min(room, len(tables))))
+        js = range(j0, j0 + min(room, len(tables)))
         del tables[room:]
+        slots = range(s0, s0 + len(js))
+        addrs = list(range(j0 << PMD_SHIFT, (j0 + len(js)) << PMD_SHIFT, 1 << PMD_SHIFT))
     if len(js) < 2:
         return None
-    addrs = [j << PMD_SHIFT for j in js]
     if js[0] == j0:
         addrs[0] = addr
     if len(js) == room:                                 # up to the last table; else on to end
         end = min((js[-1] + 1) << PMD_SHIFT, end)
     mm = tlb.mm
-    deque(map(entries.__delitem__, [j & 511 for j in js]), 0)       # pmd_clear() of each
+    deque(map(entries.__delitem__, slots), 0)           # pmd_clear() of each
     deque(map(mm.pte_tables.__delitem__, js), 0)
     mm.nr_ptes -= len(tables)
     add_quiet(tables[:-1], addrs[:-1])                  # pte_free_tlb() of all but the last
     return FreedTables(cost * len(tables), tables[-1], addrs[-1], end)
 
 
-_ENCODING = attrgetter("a")     # a PfnRuns's encoding
 _PTES, _PTL, _OWNER, _WAITERS = (attrgetter(a) for a in ("ptes", "ptl", "owner", "waiters"))
 _ALL = slice(None)
 
@@ -496,16 +507,7 @@ def release_units(kernel, c, units: list) -> int:
         starts, rlens, descs = runs_of(np.fromiter(chain.from_iterable(units), dtype=np.int64,
                                                    count=sum(len(u) for u in units)))
     else:
-        if all(type(u) is PfnRuns for u in units):
-            enc = list(map(_ENCODING, units))
-        else:
-            enc = []
-            for pages in units:
-                if not isinstance(pages, PfnRuns):
-                    runs = PfnRuns()
-                    runs.extend(np.asarray(pages, dtype=np.int64))
-                    pages = runs
-                enc.append(pages.a)
+        enc = [u.a if type(u) is PfnRuns else _encode(u) for u in units]
         joined = PfnRuns()
         joined.a.frombytes(b"".join(enc))
         starts, rlens, descs = joined.runs()
@@ -527,6 +529,13 @@ def release_units(kernel, c, units: list) -> int:
     for piece, gaps in run_pieces(starts, rlens, descs, with_gaps=True):
         kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, gaps))
     return k
+
+
+def _encode(pages) -> array:
+    """The PfnRuns encoding of a list or numpy array of pfns."""
+    runs = PfnRuns()
+    runs.extend(np.asarray(pages, dtype=np.int64))
+    return runs.a
 
 
 def release_flat(kernel, c, pfns: np.ndarray, sizes: np.ndarray) -> int:

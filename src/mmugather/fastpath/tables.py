@@ -17,6 +17,8 @@ nor with reclaim_pt (fastpath/v6_18.py declines it).
 """
 from __future__ import annotations
 
+from itertools import repeat
+from operator import is_not
 from typing import Any, Protocol
 
 import numpy as np
@@ -95,7 +97,7 @@ class _Pass:
             return False                                # the gather cannot take the first table's pages
         lock, unlock, cond = costs.lock, costs.unlock, costs.cond_resched
         self.none_cost = costs.pmd_none + (cond if self.cond_after_none else 0)
-        is_t = np.fromiter((t is not None for t in run.tables), dtype=bool, count=nu)
+        is_t = np.fromiter(map(is_not, run.tables, repeat(None)), dtype=bool, count=nu)
         lens = np.where(is_t, np.array(run.hi) - np.array(run.lo), 0)
         if c.horizon != INF:                            # no need to read tables the horizon cuts off
             least = np.where(is_t, lock + unlock + cond + min(costs.pte_zap, costs.pte_none) * lens, self.none_cost)

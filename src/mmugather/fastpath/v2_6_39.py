@@ -81,12 +81,15 @@ class Bulk2639(BulkBackend):
             m.tlb_flushes += len(flushes)
             m.flushes_under_pte_lock += sum(under)
             m.pages_per_flush.frombytes(np.array(flushes, dtype=np.int64).tobytes())
-            flags = np.repeat(np.array(under, dtype=bool), flushes)
             held = np.array(tlb.pages[:nfree], dtype=np.int64)      # the pages batched before, then pfns
-            kernel.alloc.release_array(c, held, flags[:len(held)])
             n = nfree - len(held)
-            kernel.alloc.release_array(c, pfns[:n], flags[len(held):],
-                                       fs.prefix(pfns, n) if fs is not None and n else None)
+            if under.count(bool(c.ptl_held)) == len(under):        # all as now: release_array's default
+                h = p = None
+            else:
+                flags = np.repeat(np.array(under, dtype=bool), flushes)
+                h, p = flags[:len(held)], flags[len(held):]
+            kernel.alloc.release_array(c, held, h)
+            kernel.alloc.release_array(c, pfns[:n], p, fs.prefix(pfns, n) if fs is not None and n else None)
             tlb.pages = tlb.pages[nfree:] + pfns[nfree - len(held):].tolist()
         else:
             tlb.pages.extend(pfns.tolist())
@@ -144,22 +147,25 @@ class _Pass2639:
         self._read(nu)
         c, tlb = self.c, self.tlb
         st = _Unit(c.clock, self.zap_work[0], len(tlb.pages), tlb.need_flush, c.preempt_off_since, c.point)
-        k = ent = 0
-        whole, horizon = self.whole, c.horizon
-        for u in range(nu):
-            n = whole[u]
-            if n and st.w >= PAGE_SIZE * n:             # the common unit, without a mark to come back to
-                if not self._whole_table(st, n, horizon):
-                    break
-            else:
-                mark = st.save()
-                last = self._unit(u, st)
-                if last is None or st.t - last >= horizon:
-                    st.restore(mark)
-                    break
+        k = ent = u = 0
+        horizon = c.horizon
+        while u < nu:
+            m, stop = self._whole_run(st, u, horizon)   # the common units: whole tables
+            if m:
+                u = k = u + m
+                ent = self.firsts[u - 1] + self.lens[u - 1]
+            if stop or u == nu:
+                break
+            if m:
+                continue
+            mark = st.save()                            # any other unit, step by step
+            last = self._unit(u, st)
+            if last is None or st.t - last >= horizon:
+                st.restore(mark)
+                break
             ent = self.firsts[u] + self.lens[u]
-            k = u + 1
-            if st.t >= c.horizon:
+            u = k = u + 1
+            if st.t >= horizon:
                 break
         if k == 0:
             return None
@@ -206,32 +212,65 @@ class _Pass2639:
             if x == n_u:
                 return self.costs.unlock
 
-    def _whole_table(self, us: _Unit, n: int, horizon: int) -> bool:
-        """_unit() of a table whose n entries are all present, zap_work lasting through them: one lock
-        section. False (us unchanged) when it cannot run here: a flush the pass cannot emulate, or its
-        last step (spin_unlock) starting at or after the horizon."""
-        costs, nr = self.costs, self.kernel.FREE_PTE_NR
-        g = us.g + n
-        nfl = g // nr
-        if nfl and self.plan is None:
-            return False
-        hold = costs.pte_zap * n + nfl * self.flush_ns
-        t = us.t + costs.lock + hold
-        if t >= horizon:
-            return False
-        us.t = t + costs.unlock
-        us.w -= PAGE_SIZE * n
-        us.holds.append(hold)
-        if nfl:
-            us.flushes += [nr] * nfl
-            us.under += [True] * nfl
-            g -= nr * nfl
-            us.need = g > 0
-        else:
-            us.need = True
-        us.g = g
-        us.point = P_PLAIN
-        return True
+    def _whole_run(self, us: _Unit, u: int, horizon: int) -> tuple[int, bool]:
+        """_unit() of the units from u on that are tables with every entry present, while zap_work lasts
+        through each or is spent and a new block would (unmap_vmas()'s restart first: the flush if
+        needed, preempt_enable(), preempt_disable(), zap_work reset): one lock section each, in a loop of
+        plain locals. Returns (how many ran, whether the pass ends there): before a unit needing a restart
+        or flush the pass cannot emulate or whose spin_unlock starts at or after the horizon, or after one
+        ending at or after the horizon; else the next unit goes step by step (or there is none)."""
+        whole, nu, costs, plan = self.whole, len(self.whole), self.costs, self.plan
+        nr, lock, unlock, zap = self.kernel.FREE_PTE_NR, costs.lock, costs.unlock, costs.pte_zap
+        flush_ns, block, can_restart, page_free = self.flush_ns, self.block, self.can_restart, costs.page_free
+        t, w, g, need, since = us.t, us.w, us.g, us.need, us.since
+        holds, offs, flushes, under = us.holds, us.offs, us.flushes, us.under
+        u0, stop = u, False
+        while u < nu and whole[u]:
+            n = whole[u]
+            size = PAGE_SIZE * n
+            t1, g1, restart, fl = t, g, False, -1           # (fl: the restart's flush, pages; -1: none)
+            if w < size:
+                if w > 0 or block < size:                   # (part of the table: step by step)
+                    break
+                if not can_restart or (need and plan is None):
+                    stop = True
+                    break
+                if need:
+                    t1, fl, g1 = t + plan[0] + page_free * g, g, 0     # type: ignore[index]
+                restart = True
+            g2 = g1 + n
+            nfl = g2 // nr
+            if nfl and plan is None:
+                stop = True
+                break
+            hold = zap * n + nfl * flush_ns
+            if t1 + lock + hold >= horizon:
+                stop = True
+                break
+            if restart:
+                if fl >= 0:
+                    flushes.append(fl)
+                    under.append(False)
+                offs.append(t1 - since)
+                since, w = t1, block
+            t = t1 + lock + hold + unlock
+            w -= size
+            holds.append(hold)
+            if nfl:
+                flushes += [nr] * nfl
+                under += [True] * nfl
+                g2 -= nr * nfl
+                need = g2 > 0
+            else:
+                need = True
+            g = g2
+            u += 1
+            if t >= horizon:
+                stop = True
+                break
+        if u > u0:
+            us.t, us.w, us.g, us.need, us.since, us.point = t, w, g, need, since, P_PLAIN
+        return u - u0, stop
 
     def _restart(self, us: _Unit) -> bool:
         """unmap_vmas() between two blocks: tlb_finish_mmu() (the flush if needed, preempt_enable()), then

@@ -4,9 +4,8 @@ free_pmd_range()'s runs and tlb_flush_mmu()'s loop over batches. Batch pages are
 (PfnRuns): a 3.0 gather may hold every page of an address space until its one flush."""
 from __future__ import annotations
 
-from array import array
 from collections import deque
-from itertools import repeat, starmap
+from itertools import repeat
 from operator import attrgetter
 from typing import Any
 
@@ -133,10 +132,9 @@ class Bulk30(BulkBackend):
         k = 1 + (b - a) // nmax
         frames = kernel.alloc.alloc_many(BATCH, k, GFP_NOWAIT)
         kernel.metrics.gather_memory(PAGE_SIZE * k)
-        chunks: list[tuple[array | None, int]] = [*cursor.encode_chunks(a, b, nmax)] if a < b else []
-        chunks += [(None, 0)] * (k - len(chunks))
-        batches = [tlb.active, *map(Batch, frames, repeat(nmax),  # type: ignore[arg-type]  # page_list()'s kind
-                                    starmap(PfnRuns, chunks))]
+        encs, counts = cursor.encode_chunks(a, b, nmax) if a < b else ([], [])
+        pages = [*map(PfnRuns, encs, counts), *(PfnRuns() for _ in range(k - len(encs)))]  # (+ an empty last)
+        batches = [tlb.active, *map(Batch, frames, repeat(nmax), pages)]  # type: ignore[arg-type]  # page_list()'s kind
         deque(map(setattr, batches[:-1], repeat("next"), batches[1:]), 0)    # each one's next
         tlb.active = batches[-1]
 
@@ -163,7 +161,7 @@ class Bulk30(BulkBackend):
             chain.append(b)
             b = b.next
         pages = list(map(_PAGES, chain))
-        lens = np.fromiter(map(len, pages), dtype=np.int64, count=len(chain))
+        lens = np.array([p.n if type(p) is PfnRuns else len(p) for p in pages], dtype=np.int64)
         cost = kernel.costs.page_free
         last = np.where(lens > 0, cost * ((lens - 1) % kernel.PAGEVEC_SIZE + 1), 0)
         k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens), last, c.horizon)
@@ -172,9 +170,10 @@ class Bulk30(BulkBackend):
         if not k:
             return None
         total = int(lens[:k].sum())
-        if all(type(p) is PfnRuns for p in pages[:k]):
-            deque(map(PfnRuns.clear, pages[:k]), 0)         # (emptied in place)
-        else:
+        runs = [p for p in pages[:k] if type(p) is PfnRuns]
+        deque(map(PfnRuns.clear, runs), 0)              # (emptied in place)
+        if len(runs) < k:                               # lists (the local bundle's)
             for b, p in zip(chain[:k], pages):
-                b.pages = [] if type(p) is list else PfnRuns()
+                if type(p) is not PfnRuns:
+                    b.pages = [] if type(p) is list else PfnRuns()
         return FreedBatches(total, chain[k] if k < len(chain) else None, cost * total if total else None)

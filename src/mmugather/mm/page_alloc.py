@@ -270,38 +270,23 @@ class PageAlloc:
                 self._release_flagged(cpu, pfns.tolist(), under_lock.tolist())
             return
         refcount, _, kind = self.views()
-        lo, hi = fs.lo, fs.hi
-        zz = None                                        # which of pfns were freed, when not all
         if fs.mask is not None:
-            m = fs.mask
-            rc = refcount[lo:hi]
-            rc -= m
-            if rc.min() < 0:
-                self._bad_release(pfns, (rc < 0)[pfns - lo])
-            z = rc == 0
-            z &= m
-            kinds = kind[lo:hi]
-            if fs.increasing:
-                k = kinds[z]
-                if len(k) == len(pfns):                  # every frame freed
-                    freed = pfns
-                else:
-                    freed = np.flatnonzero(z)
-                    freed += lo
-                    zz = z[pfns - lo]
-            else:
-                zz = z[pfns - lo]
-                freed = pfns[zz]
-                k = kinds[freed - lo]
+            zz, freed, k, kinds, z = self._drop_spanned(refcount, kind, pfns, fs)
         else:
             zz, freed, k = self._drop_scattered(refcount, kind, pfns)
         counts = kind_counts(k)
         if counts[FREE]:
             raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
-        if fs.mask is not None:
-            kinds *= ~z                                  # kind FREE (0) where freed
-        else:
+        if fs.mask is None:
             kind[freed] = FREE
+        elif z is not None:
+            kinds *= ~z                                  # kind FREE (0) where freed
+        elif fs.holes is not None and len(fs.holes):     # every frame of the span but its holes
+            saved = kinds[fs.holes]
+            kinds.fill(FREE)
+            kinds[fs.holes] = saved
+        else:
+            kinds.fill(FREE)
         del refcount, kind
         if len(freed):
             for kd, cnt in enumerate(counts):
@@ -310,6 +295,41 @@ class PageAlloc:
             if under_lock is not None and zz is not None:
                 under_lock = under_lock[zz]
             self.on_free_array(cpu, freed, k, under_lock, counts[PGTABLE])
+
+    def _drop_spanned(self, refcount: np.ndarray, kind: np.ndarray, pfns: np.ndarray, fs: FrameSpan) -> tuple:
+        """release_array's reference drop for frames in a FrameSpan mask (`refcount`, `kind`: the views):
+        (which of pfns were freed (None: all), those frames, their kinds, the span's kinds, which frames of
+        the span were freed (None: every frame of pfns and none else, when the span knows its holes))."""
+        lo, hi, m, holes = fs.lo, fs.hi, fs.mask, fs.holes
+        rc = refcount[lo:hi]
+        if holes is None:
+            rc -= m
+        else:                                            # (no bool arithmetic over the span)
+            rc -= 1
+            if len(holes):
+                rc[holes] += 1
+        if rc.min() < 0:
+            self._bad_release(pfns, (rc < 0)[pfns - lo])
+        z = rc == 0
+        if holes is None:
+            z &= m
+        elif len(holes):
+            z[holes] = False
+        kinds = kind[lo:hi]
+        if fs.increasing:
+            if holes is not None and not len(holes) and z.all():    # (pfns is lo, lo + 1, ..., hi - 1)
+                return None, pfns, kinds.copy(), kinds, None
+            if holes is not None and int(np.count_nonzero(z)) == len(pfns):     # every frame of pfns freed
+                return None, pfns, _kinds_of(kinds, z, holes, int(kinds[int(pfns[0]) - lo])), kinds, None
+            k = kinds[z]
+            if len(k) == len(pfns):                      # every frame freed
+                return None, pfns, k, kinds, z
+            freed = np.flatnonzero(z)
+            freed += lo
+            return z[pfns - lo], freed, k, kinds, z
+        zz = z[pfns - lo]
+        freed = pfns[zz]
+        return zz, freed, kinds[freed - lo], kinds, z
 
     def _drop_scattered(self, refcount: np.ndarray, kind: np.ndarray, pfns: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -349,6 +369,14 @@ def kind_counts(kinds: np.ndarray) -> list[int]:
     return counts
 
 
+def _kinds_of(kinds: np.ndarray, z: np.ndarray, holes: np.ndarray, kd: int) -> np.ndarray:
+    """The kinds of the frames of a span (`kinds`) but its `holes` (the frames `z` marks), in order: made
+    at once when they are all kd (one count over the span, no compaction of it)."""
+    n = len(kinds) - len(holes)
+    same = int(np.count_nonzero(kinds == kd)) - int(np.count_nonzero(kinds[holes] == kd))
+    return np.full(n, kd, dtype=np.int8) if same == n else kinds[z]
+
+
 def _gaps(pfns: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     """The indices i with pfns[i + 1] != pfns[i] + 1, found `chunk` at a time (bounded temporaries)."""
     n = len(pfns)
@@ -363,18 +391,24 @@ def _gaps(pfns: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     return np.concatenate(parts)
 
 
+_NO_HOLES = np.zeros(0, dtype=np.int64)             # (FrameSpan.holes of a run; shared, read-only)
+_NO_HOLES.flags.writeable = False
+
+
 class FrameSpan:
     """A set of distinct frames given as a pfn array, prepared for bulk updates of the frame arrays:
     [lo, hi) covers them; `mask` marks them in that span (None when the span is too sparse: index them);
     `increasing` when the array is sorted, and then `gaps`, where it is not a run of consecutive frames
-    (the indices i with pfns[i + 1] != pfns[i] + 1)."""
+    (the indices i with pfns[i + 1] != pfns[i] + 1), and, when the mask was made from them, `holes`: the
+    offsets in the span of the frames not in the set (else None)."""
 
-    __slots__ = ("lo", "hi", "mask", "increasing", "gaps")
+    __slots__ = ("lo", "hi", "mask", "increasing", "gaps", "holes")
     lo: int
     hi: int
     mask: np.ndarray | None
     increasing: bool
     gaps: np.ndarray | None
+    holes: np.ndarray | None
 
     DENSE = 8           # use a mask over the span when it is at most this many times the frames
 
@@ -386,18 +420,25 @@ class FrameSpan:
         n = len(pfns)
         if gaps is None:
             gaps = _gaps(pfns)                           # where the array is not a run of consecutive frames
-        d = pfns[gaps + 1] - pfns[gaps]
-        fs.increasing = bool((d > 0).all())
+        if len(gaps):
+            d = pfns[gaps + 1] - pfns[gaps]
+            fs.increasing = bool((d > 0).all())
+        else:                                            # one run of consecutive frames
+            fs.increasing = True
         fs.gaps = gaps if fs.increasing else None
         lo = int(pfns.min()) if not fs.increasing else int(pfns[0])
         hi = (int(pfns.max()) if not fs.increasing else int(pfns[-1])) + 1
         fs.lo, fs.hi = lo, hi
+        fs.holes = None
         if fs.increasing and hi - lo - n <= n >> 4:      # none or a few holes: mark them, not the frames
             m = np.ones(hi - lo, dtype=bool)
             if len(gaps):
                 first, size = pfns[gaps] + 1 - lo, d - 1
                 starts = np.cumsum(size) - size
-                m[np.arange(hi - lo - n) + np.repeat(first - starts, size)] = False
+                fs.holes = np.arange(hi - lo - n) + np.repeat(first - starts, size)
+                m[fs.holes] = False
+            else:
+                fs.holes = _NO_HOLES
             fs.mask = m
         elif hi - lo <= cls.DENSE * n:
             m = np.zeros(hi - lo, dtype=bool)
@@ -420,6 +461,7 @@ class FrameSpan:
         fs = FrameSpan()
         fs.increasing, fs.lo, fs.hi = True, self.lo, int(pfns[n - 1]) + 1
         fs.mask = self.mask[:fs.hi - fs.lo] if self.mask is not None else None
+        fs.holes = None if self.holes is None else self.holes[:int(np.searchsorted(self.holes, fs.hi - fs.lo))]
         fs.gaps = self.gaps[:int(np.searchsorted(self.gaps, n - 1))]
         return fs
 
@@ -435,5 +477,8 @@ class FrameSpan:
         if self.mask is None:
             raise ValueError("FrameSpan.count_kind: no mask")
         same = kind[self.lo:self.hi] == kd
-        same &= self.mask
+        if self.holes is None:
+            same &= self.mask
+        elif len(self.holes):
+            same[self.holes] = False
         return int(np.count_nonzero(same))

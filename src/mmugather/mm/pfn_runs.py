@@ -145,7 +145,13 @@ class PfnRuns:
             elif t < 0 and not -t & 1 and s0 == a[-2] + ((-t) >> 1):
                 a[-1] = -((((-t) >> 1) + l0) << 1)
                 starts, lens, descs = starts[1:], lens[1:], descs[1:]
-        if len(starts):
+        if len(starts) == 1:                            # (one run: no arrays to build)
+            a.append(int(starts[0]))
+            if lens[0] > 1:
+                a.append(-((int(lens[0]) << 1) | int(descs[0])))
+        elif len(starts) and lens.max() == 1:           # (runs of one: their pfns)
+            a.frombytes(starts.astype(np.int32).tobytes())
+        elif len(starts):
             out = np.empty(2 * len(starts), dtype=np.int32)
             out[0::2] = starts
             out[1::2] = -((lens.astype(np.int64) << 1) | descs)
@@ -202,7 +208,11 @@ def runs_of(pfns: np.ndarray, increasing: bool = False) -> tuple[np.ndarray, np.
     if increasing:
         return ascending_runs(pfns, np.flatnonzero(pfns[1:] - pfns[:-1] != 1))
     g = np.diff(pfns)
+    if n > 1 and g.min() == 1 == g.max():               # one ascending run (frames handed out together)
+        return pfns[:1].copy(), np.array([n], dtype=np.int64), np.zeros(1, dtype=np.int64)
     unit = (g == 1) | (g == -1)
+    if not unit.any():                                  # no two neighbours: runs of one (table frames)
+        return pfns.copy(), np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     # a new run starts at i when the gap before it is not a unit step, or when it is one but turns round
     # from the unit step before (which then belongs to a run of the other direction)
     new = np.empty(n, dtype=bool)
@@ -265,9 +275,9 @@ class RunCursor:
         return st, ln, ds
 
 
-    def encode_chunks(self, a: int, b: int, size: int) -> list[tuple[array, int]]:
-        """Pages [a, b) cut into consecutive chunks of `size` (the last one shorter), each as the
-        (array, count) of a PfnRuns holding it."""
+    def encode_chunks(self, a: int, b: int, size: int) -> tuple[list[array], list[int]]:
+        """Pages [a, b) cut into consecutive chunks of `size` (the last one shorter): the arrays and counts
+        of the PfnRuns holding them."""
         ends, starts, lens, descs = self.ends, self.starts, self.lens, self.descs
         r0 = int(np.searchsorted(ends, a, "right"))
         r1 = int(np.searchsorted(ends, b - 1, "right"))
@@ -294,7 +304,7 @@ class RunCursor:
         big = array("i", out.tobytes())
         counts = [size] * nchunks
         counts[-1] = b - a - (nchunks - 1) * size
-        return list(zip(map(big.__getitem__, map(slice, bounds[:-1], bounds[1:])), counts))
+        return list(map(big.__getitem__, map(slice, bounds[:-1], bounds[1:]))), counts
 
 
 def run_gaps(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndarray | None:
