@@ -2,7 +2,7 @@
 
 A state is everything a later step can observe: per CPU its scheduling and TLB state, per task where each
 frame of its kernel call stack stands (its function, how many times the engine has resumed it, its
-locals: `FrameStack.steps` in machine/cpu.py, explicit program state that does not depend on the
+locals: `Task.steps()` in machine/cpu.py, explicit program state that does not depend on the
 interpreter's bytecode), the page tables, VMAs and locks of
 every mm, the processes, the page cache, the allocator's frames and the RNG. Clocks are left out (in
 controlled execution time orders nothing; a local that holds a clock value still counts). Objects are
@@ -79,7 +79,7 @@ class Fingerprinter:
         for tid in sorted(eng.tasks):
             t = eng.tasks[tid]
             parts.append((tid, t.alive, t.in_kernel, enc(t.mm, memo), enc(t.blocked_on, memo),
-                          tuple(getattr(t.stack, "steps", ())), tuple([enc(g, memo) for g in t.stack])))
+                          tuple(t.steps()), tuple([enc(g, memo) for g in t.stack])))
         for root in self.roots:
             parts.append(enc(root, memo))
         if self.extra is not None:
@@ -132,7 +132,7 @@ def _set(enc, x, memo):
 
 
 def _gen(enc, x, memo):
-    """A generator: its function and locals (where it stands: its task's FrameStack.steps)."""
+    """A generator: its function and locals (where it stands: its task's steps())."""
     frame = x.gi_frame
     if frame is None:
         return ("gen", x.gi_code.co_name)

@@ -487,6 +487,12 @@ class Engine:
                 if not self.steps_left:
                     self._past_max_steps(c, task)
                 stack = task.stack
+                counts = task.counts
+                if counts is not None:               # resumptions counted (Task.count_resumptions()): the
+                    counts.pop(stack[-1], None)      # returning frame is gone, its caller resumes
+                    if len(stack) > 1:
+                        caller = stack[-2]
+                        counts[caller] = counts.get(caller, 1) + 1
                 stack.pop()
                 if not stack:
                     self._exit_task(c, task)
