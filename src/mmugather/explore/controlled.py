@@ -128,8 +128,9 @@ class Controlled:
         """Replay `prefix` (actors, in order), then run under the chooser until every user task has exited
         or the chooser returns None. An exception the model raises in a step comes out as a StepError naming
         the actor (a breach of the kernel-path contract passes as it is)."""
-        if any(c.latency_task is not None for c in engine.cpus):
-            raise ValueError("Controlled: build the simulation without the latency task")
+        for c in engine.cpus:
+            if c.latency_task is not None:
+                raise ValueError("Controlled: build the simulation without the latency task")
         chooser, enabled, can_step = self.chooser, self.enabled, self.can_step
         for k, a in enumerate(self.prefix):       # a schedule known to be valid: no choices to offer
             if engine.user_alive <= 0 or engine.halted or not can_step(a):
