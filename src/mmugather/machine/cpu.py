@@ -54,6 +54,9 @@ class FrameStack(list):
 
     def pop(self):  # type: ignore[override]
         gen = _list_pop(self)
+        counts = self.task.counts
+        if counts is not None:
+            counts.pop(gen, None)               # (a long watched run keeps no count of frames gone)
         if self.listeners:
             for listener in self.listeners:
                 listener.popped(self, gen)
@@ -109,7 +112,8 @@ class Task:
         now count 0; a pushed frame counts 1 (the engine resumes it at once), a return one more for the
         caller (resumed with the return value: the engine's step loop counts it), and the controlled
         scheduler counts the resumption of the top frame at the start of each step. `counts` holds the
-        frames whose count is not 1."""
+        frames whose count is not 1, and those that returned since (read only through the stack; a
+        FrameStack drops them, the explorer's machines last one execution)."""
         if self.counts is None:
             self.counts = dict.fromkeys(self.stack, 0)
 

@@ -488,11 +488,9 @@ class Engine:
                     self._past_max_steps(c, task)
                 stack = task.stack
                 counts = task.counts
-                if counts is not None:               # resumptions counted (Task.count_resumptions()): the
-                    counts.pop(stack[-1], None)      # returning frame is gone, its caller resumes
-                    if len(stack) > 1:
-                        caller = stack[-2]
-                        counts[caller] = counts.get(caller, 1) + 1
+                if counts is not None and len(stack) > 1:    # resumptions counted (Task.count_resumptions())
+                    caller = stack[-2]                         # the caller resumes
+                    counts[caller] = counts.get(caller, 1) + 1
                 stack.pop()
                 if not stack:
                     self._exit_task(c, task)
