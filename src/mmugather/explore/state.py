@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from types import CodeType, FunctionType, GeneratorType, MethodType
 from typing import Any
 
@@ -24,6 +24,7 @@ _ATOMS = (int, str, bool, float, type(None), bytes)
 _SKIP_FIELDS = frozenset(("clock", "acquired_at", "preempt_off_since", "compute_end", "ipi_wait_until",
                           "woken_at", "token", "attention", "slice_armed", "compute_left", "sleep_token"))
 _FIELDS: dict[type, tuple[str, ...]] = {}
+_SEQ = itemgetter(1)         # a pending IPI's queue order
 
 
 def _fields(cls: type) -> tuple[str, ...]:
@@ -71,10 +72,11 @@ class Fingerprinter:
         parts: list[tuple[Any, ...]] = []
         for c in eng.cpus:
             parts.append((
-                c.curr.tid if c.curr else 0, tuple(t.tid for t in c.runqueue), c.state, c._need_resched,
-                c.preempt_count, c.irqs_off, c.point, tuple(c.tlb.items()), tuple((k, t.pfn) for k, t in c.pwc.items()),
-                enc(c.loaded_mm, memo), enc(c.active_mm, memo), c.tlbstate, tuple(sorted(c.dangling)),
-                tuple([(enc(f, memo), s.id) for _, _, f, s in sorted(c.pending, key=lambda e: e[1])]),
+                c.curr.tid if c.curr else 0, tuple([t.tid for t in c.runqueue]), c.state, c._need_resched,
+                c.preempt_count, c.irqs_off, c.point, tuple(c.tlb.items()),
+                tuple([(k, t.pfn) for k, t in c.pwc.items()]), enc(c.loaded_mm, memo), enc(c.active_mm, memo),
+                c.tlbstate, tuple(sorted(c.dangling)),
+                tuple([(enc(f, memo), s.id) for _, _, f, s in sorted(c.pending, key=_SEQ)]) if c.pending else (),
                 c.ipi_acks_left, c.ptl_held, enc(c.per_cpu, memo)))
         for tid in sorted(eng.tasks):
             t = eng.tasks[tid]
