@@ -107,11 +107,15 @@ _ATOM_SET = frozenset(_ATOMS)
 
 def _seq(x, memo):
     memo[id(x)] = ("ref", len(memo))
+    if not x:
+        return ()
     return tuple([v if v.__class__ in _ATOM_SET else memo.get(id(v)) or _ENCODERS[v.__class__](v, memo) for v in x])
 
 
 def _dict(x, memo):
     memo[id(x)] = ("ref", len(memo))
+    if not x:
+        return ()
     return tuple([(k if k.__class__ in _ATOM_SET else memo.get(id(k)) or _ENCODERS[k.__class__](k, memo),
                    v if v.__class__ in _ATOM_SET else memo.get(id(v)) or _ENCODERS[v.__class__](v, memo))
                   for k, v in x.items()])
@@ -119,6 +123,8 @@ def _dict(x, memo):
 
 def _set(x, memo):
     memo[id(x)] = ("ref", len(memo))
+    if not x:
+        return ("set", ())
     items = [v if v.__class__ in _ATOM_SET else memo.get(id(v)) or _ENCODERS[v.__class__](v, memo) for v in x]
     try:
         return ("set", tuple(sorted(items)))
