@@ -32,7 +32,7 @@ from typing import Any
 
 from mmugather.kernel.smp import Compute, Sleep, SmpCallFunctionMany
 from mmugather.kernel.sched import P_PLAIN
-from mmugather.machine.cpu import RUNNING, FrameStack, TaskContractError
+from mmugather.machine.cpu import RUNNING, TaskContractError
 from mmugather.policies.plugins import PluginError
 from mmugather.machine.engine import DeadlockError, Engine
 
@@ -71,8 +71,9 @@ class Controlled:
     """The explorer's Scheduler: `run` asks `chooser(enabled) -> actor | None` at every scheduling point
     (None stops the run), after replaying `prefix`. With `track` on, each step leaves its footprint in
     `fp_read`/`fp_write` (bit masks). `last_task`, `yielded` and `last_request` describe the last step.
-    `count_frames` off (set before the run, by a search that hashes no state): the scheduler makes no task's
-    stack a FrameStack (the tracer still may) and the machine's fingerprint is not defined."""
+    `count_frames` off (set before the run, by a search that hashes no state): the scheduler has no task count
+    its frames' resumptions (a task the tracer watches still does) and the machine's fingerprint is not
+    defined."""
 
     timed = False
 
@@ -87,7 +88,7 @@ class Controlled:
         self.last_request = None
         self.fp_read = self.fp_write = 0
         self.read_resched = False     # the last tracked step read its CPU's need_resched
-        self.count_frames = True      # count frames' resumptions (FrameStack.steps), which fingerprints read
+        self.count_frames = True      # count frames' resumptions (Task.steps()), which fingerprints read
         self._engine_sleep: Any = None    # the engine's own Sleep handler, from handlers()
 
     # ----------------------------------------------------------------- the Scheduler protocol
@@ -127,8 +128,9 @@ class Controlled:
         """Replay `prefix` (actors, in order), then run under the chooser until every user task has exited
         or the chooser returns None. An exception the model raises in a step comes out as a StepError naming
         the actor (a breach of the kernel-path contract passes as it is)."""
-        if any(c.latency_task is not None for c in engine.cpus):
-            raise ValueError("Controlled: build the simulation without the latency task")
+        for c in engine.cpus:
+            if c.latency_task is not None:
+                raise ValueError("Controlled: build the simulation without the latency task")
         chooser, enabled, can_step = self.chooser, self.enabled, self.can_step
         for k, a in enumerate(self.prefix):       # a schedule known to be valid: no choices to offer
             if engine.user_alive <= 0 or engine.halted or not can_step(a):
@@ -305,11 +307,13 @@ class Controlled:
         if c._need_resched and not c.runqueue and eng.preemptible(c, task):
             c.need_resched = False                  # schedule() found nobody else: the same task goes on
         c.attention = False                         # the chooser takes IPIs and preempts, not the step loop
-        stack = task.stack
-        if stack.__class__ is FrameStack:
-            stack.steps[-1] += 1                    # FrameStack.resumed(), inline: the top frame resumes
-        elif self.count_frames:
-            task.watch().steps[-1] += 1
+        counts = task.counts
+        if counts is None and self.count_frames:
+            task.count_resumptions()
+            counts = task.counts
+        if counts is not None:                      # the top frame resumes (Task.count_resumptions())
+            top = task.stack[-1]
+            counts[top] = counts.get(top, 1) + 1
         eng.step(c, c.clock)                        # horizon = now: one step, no bulk over several
 
     # ----------------------------------------------------------------- time turned into choices

@@ -339,7 +339,10 @@ class _Execution:
             self._queue_tick()
         if self.violations:
             return None
-        sleep = self._sleep_set(d == n)
+        if d != n and self.here is None and not self.before:
+            sleep = {}                  # no choice before this step, nobody asleep: nothing to record
+        else:
+            sleep = self._sleep_set(d == n)
         search = self.search
         if d >= search.max_depth:
             search.res.cut += 1
@@ -356,9 +359,8 @@ class _Execution:
         return self._branch(enabled, sleep, last, yielded)
 
     def _sleep_set(self, at_branch: bool) -> dict:
-        """Record the footprint of the step just taken; return who sleeps after it (sleep sets)."""
-        if not at_branch and self.here is None and not self.before:
-            return {}                   # no choice before this step, nobody asleep: nothing to record
+        """Record the footprint of the step just taken; return who sleeps after it (sleep sets). Not called
+        when there is nothing to record (no choice before the step, nobody asleep: `choose` knows)."""
         c = self.control
         fp = (c.fp_read, c.fp_write) if self.search.sleep_sets else _DEPENDENT
         if not at_branch:

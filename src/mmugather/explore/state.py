@@ -2,7 +2,7 @@
 
 A state is everything a later step can observe: per CPU its scheduling and TLB state, per task where each
 frame of its kernel call stack stands (its function, how many times the engine has resumed it, its
-locals: `FrameStack.steps` in machine/cpu.py, explicit program state that does not depend on the
+locals: `Task.steps()` in machine/cpu.py, explicit program state that does not depend on the
 interpreter's bytecode), the page tables, VMAs and locks of
 every mm, the processes, the page cache, the allocator's frames and the RNG. Clocks are left out (in
 controlled execution time orders nothing; a local that holds a clock value still counts). Objects are
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from types import CodeType, FunctionType, GeneratorType, MethodType
 from typing import Any
 
@@ -24,6 +24,7 @@ _ATOMS = (int, str, bool, float, type(None), bytes)
 _SKIP_FIELDS = frozenset(("clock", "acquired_at", "preempt_off_since", "compute_end", "ipi_wait_until",
                           "woken_at", "token", "attention", "slice_armed", "compute_left", "sleep_token"))
 _FIELDS: dict[type, tuple[str, ...]] = {}
+_SEQ = itemgetter(1)         # a pending IPI's queue order
 
 
 def _fields(cls: type) -> tuple[str, ...]:
@@ -71,15 +72,16 @@ class Fingerprinter:
         parts: list[tuple[Any, ...]] = []
         for c in eng.cpus:
             parts.append((
-                c.curr.tid if c.curr else 0, tuple(t.tid for t in c.runqueue), c.state, c._need_resched,
-                c.preempt_count, c.irqs_off, c.point, tuple(c.tlb.items()), tuple((k, t.pfn) for k, t in c.pwc.items()),
-                enc(c.loaded_mm, memo), enc(c.active_mm, memo), c.tlbstate, tuple(sorted(c.dangling)),
-                tuple([(enc(f, memo), s.id) for _, _, f, s in sorted(c.pending, key=lambda e: e[1])]),
+                c.curr.tid if c.curr else 0, tuple([t.tid for t in c.runqueue]), c.state, c._need_resched,
+                c.preempt_count, c.irqs_off, c.point, tuple(c.tlb.items()),
+                tuple([(k, t.pfn) for k, t in c.pwc.items()]), enc(c.loaded_mm, memo), enc(c.active_mm, memo),
+                c.tlbstate, tuple(sorted(c.dangling)),
+                tuple([(enc(f, memo), s.id) for _, _, f, s in sorted(c.pending, key=_SEQ)]) if c.pending else (),
                 c.ipi_acks_left, c.ptl_held, enc(c.per_cpu, memo)))
         for tid in sorted(eng.tasks):
             t = eng.tasks[tid]
             parts.append((tid, t.alive, t.in_kernel, enc(t.mm, memo), enc(t.blocked_on, memo),
-                          tuple(getattr(t.stack, "steps", ())), tuple([enc(g, memo) for g in t.stack])))
+                          tuple(t.steps()), tuple([enc(g, memo) for g in t.stack])))
         for root in self.roots:
             parts.append(enc(root, memo))
         if self.extra is not None:
@@ -89,72 +91,77 @@ class Fingerprinter:
 
 def _encode(x, memo):
     """x's encoding: an atom as it is, an object met before in this fingerprint as its reference, else its
-    content (`_encode_new`)."""
+    content by its class's encoder (`_ENCODERS`). An encoder first notes x as met (later references encode
+    as ("ref", the order it was met)); the encoders test atoms and references of what x holds inline and
+    call the next encoder straight from `_ENCODERS`."""
     if x.__class__ in _ATOM_SET:
         return x
     got = memo.get(id(x))
     if got is not None:
         return got
-    return _encode_new(x, memo)
-
-
-def _encode_new(x, memo):
-    """The encoding of x, neither an atom nor met before in this fingerprint: noted as met (later references
-    encode as ("ref", the order it was met)), then its content by its class's encoder. The encoders test
-    atoms and references inline and call this for the rest."""
-    memo[id(x)] = ("ref", len(memo))
-    cls = x.__class__
-    h = _ENCODERS.get(cls)
-    if h is None:
-        h = _ENCODERS[cls] = _encoder_for(cls)
-    return h(_encode_new, x, memo)
+    return _ENCODERS[x.__class__](x, memo)
 
 
 _ATOM_SET = frozenset(_ATOMS)
 
 
-def _seq(enc, x, memo):
-    return tuple([v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo) for v in x])
+def _seq(x, memo):
+    memo[id(x)] = ("ref", len(memo))
+    if not x:
+        return ()
+    return tuple([v if v.__class__ in _ATOM_SET else memo.get(id(v)) or _ENCODERS[v.__class__](v, memo) for v in x])
 
 
-def _dict(enc, x, memo):
-    return tuple([(k if k.__class__ in _ATOM_SET else memo.get(id(k)) or enc(k, memo),
-                   v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo))
+def _dict(x, memo):
+    memo[id(x)] = ("ref", len(memo))
+    if not x:
+        return ()
+    return tuple([(k if k.__class__ in _ATOM_SET else memo.get(id(k)) or _ENCODERS[k.__class__](k, memo),
+                   v if v.__class__ in _ATOM_SET else memo.get(id(v)) or _ENCODERS[v.__class__](v, memo))
                   for k, v in x.items()])
 
 
-def _set(enc, x, memo):
-    items = [v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo) for v in x]
+def _set(x, memo):
+    memo[id(x)] = ("ref", len(memo))
+    if not x:
+        return ("set", ())
+    items = [v if v.__class__ in _ATOM_SET else memo.get(id(v)) or _ENCODERS[v.__class__](v, memo) for v in x]
     try:
         return ("set", tuple(sorted(items)))
     except TypeError:
         return ("set", tuple(sorted(items, key=repr)))
 
 
-def _gen(enc, x, memo):
-    """A generator: its function and locals (where it stands: its task's FrameStack.steps)."""
+def _gen(x, memo):
+    """A generator: its function and locals (where it stands: its task's steps())."""
+    memo[id(x)] = ("ref", len(memo))
     frame = x.gi_frame
     if frame is None:
         return ("gen", x.gi_code.co_name)
-    return ("gen", x.gi_code.co_name, tuple([v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo)
-                                             for v in frame.f_locals.values()]))
+    return ("gen", x.gi_code.co_name, tuple([
+        v if v.__class__ in _ATOM_SET else memo.get(id(v)) or _ENCODERS[v.__class__](v, memo)
+        for v in frame.f_locals.values()]))
 
 
-def _function(enc, x, memo):
+def _function(x, memo):
+    memo[id(x)] = ("ref", len(memo))
     cells = x.__closure__ or ()
     return ("fn", x.__qualname__, tuple([_encode(cell.cell_contents, memo) for cell in cells]))
 
 
-def _method(enc, x, memo):
+def _method(x, memo):
+    memo[id(x)] = ("ref", len(memo))
     return ("method", x.__func__.__qualname__, _encode(x.__self__, memo))
 
 
-def _array(enc, x, memo):
+def _array(x, memo):
+    memo[id(x)] = ("ref", len(memo))
     return ("array", x.typecode, hash(x.tobytes()))
 
 
-def _constant(enc, x, memo):
+def _constant(x, memo):
     """Immutable inputs (scenario operations, types, code): the same object in every execution."""
+    memo[id(x)] = ("ref", len(memo))
     return ("const", id(x))
 
 
@@ -166,21 +173,31 @@ def _encoder_for(cls: type):
     single = len(names) == 1
     name = cls.__name__
 
-    def obj(enc, x, memo):
+    def obj(x, memo):
+        memo[id(x)] = ("ref", len(memo))
         out: list[Any] = [name]
         if get is not None:
             vals = (get(x),) if single else get(x)
-            out += [v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo) for v in vals]
+            out += [v if v.__class__ in _ATOM_SET else memo.get(id(v)) or _ENCODERS[v.__class__](v, memo)
+                    for v in vals]
         d = getattr(x, "__dict__", None)
         if d:
-            out += [(k, v if v.__class__ in _ATOM_SET else memo.get(id(v)) or enc(v, memo)) for k, v in d.items()
-                    if k not in _SKIP_FIELDS]
+            out += [(k, v if v.__class__ in _ATOM_SET else memo.get(id(v)) or _ENCODERS[v.__class__](v, memo))
+                    for k, v in d.items() if k not in _SKIP_FIELDS]
         return tuple(out)
     return obj
 
 
-_ENCODERS = {list: _seq, tuple: _seq, deque: _seq, dict: _dict, set: _set, frozenset: _set,
-             GeneratorType: _gen, FunctionType: _function, MethodType: _method, array: _array}
+class _Encoders(dict):
+    """class -> the encoder of its objects (one of the above, or made by `_encoder_for` on first use)."""
+
+    def __missing__(self, cls: type):
+        h = self[cls] = _encoder_for(cls)
+        return h
+
+
+_ENCODERS = _Encoders({list: _seq, tuple: _seq, deque: _seq, dict: _dict, set: _set, frozenset: _set,
+                       GeneratorType: _gen, FunctionType: _function, MethodType: _method, array: _array})
 
 
 def simulation_fingerprinter(sim) -> Fingerprinter:

@@ -1,9 +1,10 @@
 """A simulated CPU and the task it runs: the state the engine (machine/engine.py) steps.
 
 A task is a generator on a call stack (`Task.stack`): the engine resumes the top frame, pushes a generator
-the frame yields (a call) and pops a frame that returns. `FrameStack` is that stack when someone watches
-it: it counts how often each frame has been resumed (explicit program state for the explorer's
-fingerprints) and tells listeners (the tracer) of each push and pop. Unwatched runs keep a plain list.
+the frame yields (a call) and pops a frame that returns. A task can count how often each frame on its
+stack has been resumed (`Task.count_resumptions()`, `Task.steps()`: explicit program state for the
+explorer's fingerprints); `FrameStack` is its stack when someone watches it: it tells listeners (the
+tracer) of each push and pop. Other runs keep a plain list and count nothing.
 """
 from __future__ import annotations
 
@@ -35,47 +36,43 @@ _list_append, _list_pop = list.append, list.pop     # (FrameStack's own, looked 
 
 
 class FrameStack(list):
-    """A task's call stack that counts, per frame, the times it was resumed (`steps`, parallel to the
-    frames), and tells `listeners` of every push and pop. A pushed frame counts 1 (the engine resumes it at
-    once); a pop counts one more for the caller (resumed with the return value); `resumed()` counts the
-    resumption of the top frame at the start of a step (the controlled scheduler calls it)."""
+    """A watched task's call stack: tells `listeners` of every push and pop (the task counts its frames'
+    resumptions meanwhile, see Task.count_resumptions(): `steps`)."""
 
-    __slots__ = ("task", "steps", "listeners")
+    __slots__ = ("task", "listeners")
 
     def __init__(self, frames, task: Task) -> None:
         super().__init__(frames)
         self.task = task
-        self.steps = [0] * len(frames)
         self.listeners: list[StackListener] = []
 
     def append(self, gen) -> None:
         _list_append(self, gen)
-        self.steps.append(1)
         if self.listeners:
             for listener in self.listeners:
                 listener.pushed(self, gen)
 
     def pop(self):  # type: ignore[override]
         gen = _list_pop(self)
-        steps = self.steps
-        steps.pop()
-        if steps:
-            steps[-1] += 1
+        counts = self.task.counts
+        if counts is not None:
+            counts.pop(gen, None)               # (a long watched run keeps no count of frames gone)
         if self.listeners:
             for listener in self.listeners:
                 listener.popped(self, gen)
         return gen
 
-    def resumed(self) -> None:
-        """The engine resumes the top frame (a new step of the task)."""
-        self.steps[-1] += 1
+    @property
+    def steps(self) -> list[int]:
+        """Each frame's resumptions, bottom first (Task.steps())."""
+        return self.task.steps()
 
 
 class Task:
     """struct task_struct, as much as the engine needs: a generator pinned to one CPU."""
 
     __slots__ = ("tid", "name", "cpu", "stack", "send", "mm", "process", "in_kernel", "kind", "alive",
-                 "compute_left", "woken_at", "blocked_on", "sleep_token", "retval")
+                 "compute_left", "woken_at", "blocked_on", "sleep_token", "retval", "counts")
 
     def __init__(self, tid: int, name: str, cpu: int, kind: str, mm=None, process=None) -> None:
         self.tid = tid
@@ -93,6 +90,7 @@ class Task:
         self.stack: list = []
         self.send: Any = None     # the running frame's generator.send, from start() on
         self.retval = None
+        self.counts: dict | None = None   # count_resumptions(): frame -> its resumptions, where not 1
 
     def start(self, gen) -> None:
         """Give the task its body; a body that is not a generator breaks the engine's contract."""
@@ -103,10 +101,29 @@ class Task:
         self.send = gen.send
 
     def watch(self) -> FrameStack:
-        """The task's stack as a FrameStack (made one on first use); returns it."""
+        """The task's stack as a FrameStack (made one on first use, counting resumptions); returns it."""
+        self.count_resumptions()
         if not isinstance(self.stack, FrameStack):
             self.stack = FrameStack(self.stack, self)
         return self.stack
+
+    def count_resumptions(self) -> None:
+        """From now on count, per frame on the stack, the times it is resumed (`steps()`): the frames there
+        now count 0; a pushed frame counts 1 (the engine resumes it at once), a return one more for the
+        caller (resumed with the return value: the engine's step loop counts it), and the controlled
+        scheduler counts the resumption of the top frame at the start of each step. `counts` holds the
+        frames whose count is not 1, and those that returned since (read only through the stack; a
+        FrameStack drops them, the explorer's machines last one execution)."""
+        if self.counts is None:
+            self.counts = dict.fromkeys(self.stack, 0)
+
+    def steps(self) -> list[int]:
+        """Each frame's resumptions, bottom first (none counted: [])."""
+        counts = self.counts
+        if counts is None:
+            return []
+        get = counts.get
+        return [get(g, 1) for g in self.stack]
 
     def __repr__(self) -> str:
         return f"{self.name}[{self.tid}]"

@@ -492,6 +492,10 @@ class Engine:
                 if not self.steps_left:
                     self._past_max_steps(c, task)
                 stack = task.stack
+                counts = task.counts
+                if counts is not None and len(stack) > 1:    # resumptions counted (Task.count_resumptions())
+                    caller = stack[-2]                         # the caller resumes
+                    counts[caller] = counts.get(caller, 1) + 1
                 stack.pop()
                 if not stack:
                     self._exit_task(c, task)

@@ -31,6 +31,9 @@ from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, _PA
     _PAGE_PRESENT, _PAGE_RW, _PAGE_USER, addr_end, pte_index
 
 
+_FEW_PTES = 32          # populate(): up to this many PTEs of a table, anonymous pages are mapped one by one
+
+
 class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier, Pfnmap, Writeback):
     """What every modelled kernel version shares; subclasses add a gather and a zap walk."""
 
@@ -96,6 +99,10 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
             nxt = addr_end(addr, end, PMD_SIZE)
             pt = self.install_pte_table(mm, addr)
             i0, i1 = pte_index(addr), pte_index(addr) + ((nxt - addr) >> PAGE_SHIFT)
+            if fresh and i1 - i0 <= _FEW_PTES:
+                mapped += self._populate_few(mm, pt.ptes, i0, i1, writable_flags)
+                addr = nxt
+                continue
             view = np.frombuffer(pt.ptes, dtype=np.int64)
             empty = np.flatnonzero(view[i0:i1] == 0) + i0
             n = len(empty)
@@ -120,6 +127,20 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
             addr = nxt
         alloc.unreserve()
         return mapped
+
+    def _populate_few(self, mm, ptes, i0: int, i1: int, flags: int) -> int:
+        """populate()'s anonymous pages for the empty PTEs among ptes[i0:i1], a few, one by one (numpy's calls
+        cost more than this loop up to some tens of PTEs): the same frames, PTEs and counts as its table-wide
+        path. Returns pages newly mapped."""
+        empty = [i for i in range(i0, i1) if not ptes[i]]
+        if not empty:
+            return 0
+        mapcount = self.alloc.mapcount
+        for i, pfn in zip(empty, self.alloc.alloc_bulk(ANON, len(empty))):
+            ptes[i] = (pfn << PAGE_SHIFT) | flags
+            mapcount[pfn] += 1
+        mm.rss[MM_ANONPAGES] += len(empty)
+        return len(empty)
 
     def _page_cache_pfns(self, vma, base: int, offsets) -> np.ndarray:
         """Page-cache frames for the given page offsets from base, allocating missing ones; each gets a

@@ -31,14 +31,19 @@ from mmugather.workloads.program import ChurnLookahead, Process, ThreadState, th
 
 
 def _has_pfn_maps(scenario: S.Scenario) -> bool:
-    """Whether any VMA of the scenario, set up or mmap()ed by a program, is a PFN map."""
-    for p in scenario.process:
-        if any(v.kind == "pfnmap" for v in p.vma):
-            return True
-        for t in p.thread:
-            if any(isinstance(op, S.MmapOp) and op.vma.kind == "pfnmap" for op, _ in S.walk_ops(t.program)):
-                return True
-    return False
+    """Whether any VMA of the scenario, set up or mmap()ed by a program, is a PFN map. The answer for the
+    last scenario asked about is kept (a Scenario is frozen; the explorer builds one per execution)."""
+    last, answer = _PFN_MAPS_LAST
+    if last is scenario:
+        return answer
+    answer = any(v.kind == "pfnmap" for p in scenario.process for v in p.vma) or any(
+        isinstance(op, S.MmapOp) and op.vma.kind == "pfnmap"
+        for p in scenario.process for t in p.thread for op, _ in S.walk_ops(t.program))
+    _PFN_MAPS_LAST[:] = [scenario, answer]
+    return answer
+
+
+_PFN_MAPS_LAST: list = [None, False]       # _has_pfn_maps(): the last scenario and its answer
 
 
 @functools.cache
