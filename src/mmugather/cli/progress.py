@@ -1,16 +1,19 @@
 """A progress bar for `compare`: on stderr, only when stderr is a terminal and the output is not JSON, and
 only once the compare has run for more than DELAY seconds (quick runs print nothing extra).
 
-Rich (a dependency already) draws it. The bar counts runs (policy x arch); within a run it moves with
-the run's simulated time against the previous run's total (runs of one workload take similar simulated
-times), so that the ETA means something after the first run. The rate column is simulated time per
-wall-clock second. A watcher thread polls the running simulation's clock (an int it only reads).
+Rich (a dependency already) draws it. The bar counts finished runs (policy x arch); within the runs
+going on (one, or one per worker: api.compare's jobs) it moves with their simulated time against the
+last finished run's total (runs of one workload take similar simulated times), so that the ETA means
+something after the first run. The rate column is simulated time per wall-clock second, summed over
+the runs going on. A watcher thread polls their clocks (each reads an int: a simulation's `now` in this
+process, a worker's slot in shared memory: parallel.py).
 """
 from __future__ import annotations
 
 import threading
 import time
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO
 
 from rich.console import Console
 from rich.progress import (BarColumn, Progress, ProgressColumn, Task, TaskID, TaskProgressColumn, TextColumn,
@@ -33,9 +36,9 @@ class _SimRate(ProgressColumn):
 
 
 class CompareProgress:
-    """compare's progress (api.compare's `progress`): `run_started(label, sim)` before each run,
-    `run_done(sim_ns)` after it. Use as a context manager; draws nothing unless `enabled`, and nothing
-    before DELAY seconds have passed."""
+    """compare's progress (an api.Progress): `run_started(label, clock)` as each run starts,
+    `run_done(label, sim_ns)` as it ends; runs may overlap. Use as a context manager; draws nothing
+    unless `enabled`, and nothing before DELAY seconds have passed."""
 
     DELAY = 1.0
     POLL = 0.1
@@ -46,8 +49,7 @@ class CompareProgress:
         self.delay = self.DELAY if delay is None else delay
         self.done = 0
         self.estimate: int | None = None          # the last finished run's simulated time
-        self.sim: Any = None
-        self.label = ""
+        self.running: dict[str, Callable[[], int]] = {}     # label -> clock, in start order
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bar: Progress | None = None
@@ -68,13 +70,13 @@ class CompareProgress:
         if self._bar is not None:
             self._bar.stop()
 
-    def run_started(self, label: str, sim: Any) -> None:
-        self.label, self.sim = label, sim
+    def run_started(self, label: str, clock: Callable[[], int]) -> None:
+        self.running = {**self.running, label: clock}
 
-    def run_done(self, sim_ns: int) -> None:
+    def run_done(self, label: str, sim_ns: int) -> None:
         self.done += 1
         self.estimate = sim_ns or self.estimate
-        self.sim = None
+        self.running = {k: c for k, c in self.running.items() if k != label}
 
     def _watch(self) -> None:
         last: tuple[float, int] | None = None
@@ -84,16 +86,16 @@ class CompareProgress:
                     continue
                 self._start()
             assert self._bar is not None and self._task is not None
-            sim = self.sim
-            now = sim.engine.now if sim is not None else 0
-            frac = min(0.95, now / self.estimate) if sim is not None and self.estimate else 0.0
-            t = time.monotonic()
+            running, done = self.running, self.done          # one snapshot: runs end meanwhile
+            nows = [clock() for clock in running.values()]
+            frac = sum(min(0.95, now / self.estimate) for now in nows) if self.estimate else 0.0
+            t, total = time.monotonic(), sum(nows)
             rate = None
-            if last is not None and now >= last[1] and t > last[0]:
-                rate = (now - last[1]) / (t - last[0])
-            last = (t, now)
-            self._bar.update(self._task, completed=self.done + frac, rate=rate,
-                             description=f"compare {self.label} ({self.done}/{self.runs} runs)")
+            if last is not None and total >= last[1] and t > last[0]:
+                rate = (total - last[1]) / (t - last[0])
+            last = (t, total)
+            self._bar.update(self._task, completed=done + frac, rate=rate,
+                             description=f"compare {', '.join(running)} ({done}/{self.runs} runs)")
 
     def _start(self) -> None:
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), _SimRate(),
