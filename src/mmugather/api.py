@@ -278,23 +278,13 @@ def _save_trace(traces: list | None, path: PathLike | None) -> None:
         save_traces(traces, os.fspath(path))
 
 
-def worker_spec(cls: type[Kernel]) -> str | None:
-    """How a worker process loads policy `cls` again: a built-in's name or a plugin's spec (None: a class
-    made in this process, which runs here)."""
-    if POLICIES.get(cls.__dict__.get("name", "")) is cls:
-        return cls.name
-    return cls.__dict__.get("_plugin_spec")
-
-
-def compare_jobs(jobs: int | None, classes: Sequence[type[Kernel]], runs: int) -> int:
-    """How many runs of a comparison run at once: `jobs` (default: one per usable core, at most one per
-    run); 1 when a policy is a class that only this process has."""
+def compare_jobs(jobs: int | None, runs: int) -> int:
+    """How many runs of a comparison run at once: `jobs` (default: one per usable core), at most one per
+    run; 1 where processes cannot fork (Windows)."""
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise InputError(f"--jobs: expected an integer >= 1, got {jobs!r}")
-    if any(worker_spec(cls) is None for cls in classes):
-        return 1
-    from mmugather.pool import usable_cores
-    return min(runs, jobs if jobs is not None else usable_cores())
+    from mmugather.pool import can_fork, usable_cores
+    return min(runs, jobs if jobs is not None else usable_cores()) if can_fork() else 1
 
 
 def compare(workload: WorkloadLike | None = None, policies: str | Sequence[PolicyLike] = ("2.6.39", "3.0", "6.18"), *,
@@ -323,12 +313,11 @@ def compare(workload: WorkloadLike | None = None, policies: str | Sequence[Polic
           "max_sim_ns": max_sim_ns, "max_steps": max_steps}
     tracing = _start_trace(trace) is not None
     pairs = policy_arches(classes, arch)
-    workers = compare_jobs(jobs, classes, len(pairs))
+    workers = compare_jobs(jobs, len(pairs))
     if workers > 1:
-        from mmugather.parallel import run_parallel
-        runs_asked = [(worker_spec(cls) or "", a, f"{policy_name(cls)}/{a or next(iter(cls.arches))}")
-                      for cls, a in pairs]
-        outcomes = run_parallel(scenario, runs_asked, tracing, workers, progress, kw)
+        from mmugather.parallel import Job, run_parallel
+        labels = [f"{policy_name(cls)}/{a or next(iter(cls.arches))}" for cls, a in pairs]
+        outcomes = run_parallel(Job(scenario, pairs, labels, tracing, kw), workers, progress)
     else:
         outcomes = [compare_run(scenario, cls, tracing, progress, arch=a, **kw) for cls, a in pairs]
     runs = [r for r, _ in outcomes if isinstance(r, Run)]

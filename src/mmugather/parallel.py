@@ -1,16 +1,15 @@
 """A comparison's runs in parallel: each run (a policy on an arch) in a worker process of pool.py, the
 outcomes in the order asked for, exactly as api.compare makes them one after another in one process.
 
-A worker loads the policy again by name or plugin spec (api.worker_spec) from the main process's working
-directory and import path, and runs `api.compare_run`; a plugin that fails while it runs comes back as its
-PluginError, any other error is raised in the main process (the first in run order, as the serial path
-would raise it) and the other workers are killed. Each worker writes the simulated time its run has
-reached to a slot of a shared array every POLL_S, which the main process reads to tell `progress`.
+The workers are forks of the main process (pool.py's "fork" method) that inherit the comparison (a
+`Job`: its scenario, policy classes and overrides) and receive only a run's number; each runs
+`api.compare_run` and sends back its outcome. A plugin that fails while it runs comes back as its
+PluginError; any other error is raised in the main process (the first in run order, as the serial path
+raises it) and the other workers are killed. Each worker writes the simulated time its run has reached to
+its slot of a shared array every POLL_S, which the main process reads to tell `progress`.
 """
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -21,35 +20,35 @@ from mmugather.pool import context, process_pool, worker_shared
 
 if TYPE_CHECKING:
     from mmugather.api import Outcome, Progress
+    from mmugather.policies.base import Kernel
     from mmugather.workloads.scenario import Scenario
 
 POLL_S = 0.1
 QUEUED = -1                  # a slot's value before its run starts; then the simulated ns it has reached
+METHOD = "fork"
 
 
 @dataclass(frozen=True)
-class RunTask:
-    """One run as a worker receives it."""
-    slot: int
-    policy: str                     # api.worker_spec: a built-in's name or a plugin's spec
-    arch: str | None
+class Job:
+    """A comparison as its workers inherit it: the runs (policy class, arch or None), their progress
+    labels, and what every run shares."""
     scenario: Scenario
+    runs: list[tuple[type[Kernel], str | None]]
+    labels: list[str]
     tracing: bool
     kw: dict[str, Any]              # api.compare's overrides and bounds
-    cwd: str                        # where a relative plugin path is found
-    sys_path: tuple[str, ...]       # where a MODULE:CLASS plugin is found
 
 
 class _SlotClock:
     """In a worker (an api.Progress): publishes the running simulation's clock in its slot every POLL_S
-    until the run ends; used as a context manager so that no publisher outlives its task."""
+    until the run ends; a context manager, so that no publisher outlives its run."""
 
     def __init__(self, slots: Any, slot: int) -> None:
         self.slots, self.slot = slots, slot
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def run_started(self, label: str, clock) -> None:
+    def run_started(self, label: str, clock: Callable[[], int]) -> None:
         self.slots[self.slot] = 0
 
         def publish() -> None:
@@ -71,27 +70,21 @@ class _SlotClock:
             self._thread.join()
 
 
-def run_task(task: RunTask) -> Outcome:
-    """In a worker: load the policy as the main process did (same directory and import path), run it."""
-    if os.getcwd() != task.cwd:
-        os.chdir(task.cwd)
-    sys.path[:] = task.sys_path
+def run_task(k: int) -> Outcome:
+    """In a worker: run `k` of the inherited Job."""
     from mmugather.api import compare_run
-    from mmugather.policies import get_policy
-    cls = get_policy(task.policy)
-    with _SlotClock(worker_shared(), task.slot) as clock:
-        return compare_run(task.scenario, cls, task.tracing, clock, arch=task.arch, **task.kw)
+    slots, job = worker_shared()
+    cls, arch = job.runs[k]
+    with _SlotClock(slots, k) as clock:
+        return compare_run(job.scenario, cls, job.tracing, clock, arch=arch, **job.kw)
 
 
-def run_parallel(scenario: Scenario, runs: list[tuple[str, str | None, str]], tracing: bool, jobs: int,
-                 progress: Progress | None, kw: dict[str, Any]) -> list[Outcome]:
-    """The outcome of each run (policy spec, arch, progress label) in `jobs` worker processes, in order."""
-    tasks = [RunTask(k, spec, arch, scenario, tracing, kw, os.getcwd(), tuple(sys.path))
-             for k, (spec, arch, _) in enumerate(runs)]
-    slots = context().Array("q", [QUEUED] * len(tasks), lock=False)
-    with process_pool(jobs, shared=slots) as pool:
-        futures = [pool.submit(run_task, t) for t in tasks]
-        _wait_in_order(futures, [label for _, _, label in runs], slots, progress)
+def run_parallel(job: Job, jobs: int, progress: Progress | None) -> list[Outcome]:
+    """The outcome of each run of `job`, `jobs` at a time in worker processes, in run order."""
+    slots = context(METHOD).Array("q", [QUEUED] * len(job.runs), lock=False)
+    with process_pool(jobs, method=METHOD, shared=(slots, job)) as pool:
+        futures = [pool.submit(run_task, k) for k in range(len(job.runs))]
+        _wait_in_order(futures, job.labels, slots, progress)
     return [f.result() for f in futures]
 
 

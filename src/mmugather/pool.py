@@ -1,13 +1,20 @@
 """Worker processes on this machine, for the work that runs in parallel: a sweep's chunks of points
-(sweep.py) and a comparison's runs (api.compare with jobs > 1).
+(sweep.py) and a comparison's runs (parallel.py).
 
-The workers fork from a fork server (multiprocessing's "forkserver" start method) that has imported
-mmugather once: a worker starts in milliseconds without copying the main process, whose other threads
-(compare's progress bar, a Dask client) a plain fork would copy in whatever state they were in. The server
-costs one interpreter start and import (about 0.5 s), paid once per main process; `start_server()` starts
-it early so that it overlaps the main process's own work. Each worker ignores Ctrl-C (the main process
-ends the workers itself) and exits when the main process dies, even by kill -9. On any exit from
-`process_pool` but a normal one (Ctrl-C, an error) the workers are killed at once.
+Two start methods (measured on a 2-core host, a pool of 2 workers to its first results: fork 0.015 s,
+forkserver 0.53 s, spawn 0.86-1.5 s):
+- "forkserver" (sweep): the workers fork from a server process that has imported mmugather once (the
+  0.5 s is its start), never from the main process, whose other threads (a sweep's progress bar, a Dask
+  client) are running when a pool spawns workers as work arrives; a worker re-imports the main script
+  (multiprocessing's rule: a script guards its work with `if __name__ == "__main__"`).
+- "fork" (compare): the workers are copies of the main process, made at once when the first task is
+  submitted: they inherit the work (`shared`: a comparison's scenario and policy classes, whatever made
+  them, a plugin file or a notebook) instead of receiving it pickled, start in milliseconds and import
+  nothing. Safe when the caller forks before starting threads of its own (compare's progress bar starts
+  its thread at the first run's start, after the fork).
+Each worker ignores Ctrl-C (the main process ends the workers itself) and exits when the main process
+dies, even by kill -9. On any exit from `process_pool` but a normal one (Ctrl-C, an error) the workers are
+killed at once.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from typing import Any
 
 PR_SET_PDEATHSIG = 1
 WATCHDOG_PERIOD_S = 0.5
-PRELOAD = ["mmugather.api"]          # imports the simulation and sweep.py
+PRELOAD = ["mmugather.api"]          # the fork server imports the simulation and sweep.py
 
 _shared: Any = None          # in a worker: the `shared` object its pool was made with
 
@@ -38,18 +45,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def context() -> BaseContext:
+def context(method: str = "forkserver") -> BaseContext:
     """The start method's context (shared memory for the workers is made from it: `process_pool(shared=)`)."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(PRELOAD)
     return ctx
 
 
-def start_server() -> None:
-    """Start the fork server now, if it is not running, without waiting for its imports."""
-    context()
-    from multiprocessing import forkserver
-    forkserver.ensure_running()
+def can_fork() -> bool:
+    """Does this platform have the "fork" start method (not Windows)?"""
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 def worker_shared() -> Any:
@@ -74,8 +80,8 @@ def _parent_alive(pid: int) -> bool:
 
 def _worker_init(main_pid: int, shared: Any) -> None:
     """In each pool worker: leave Ctrl-C to the main process (which ends the workers itself), and exit
-    when the main process dies, even by kill -9: PR_SET_PDEATHSIG follows the worker's parent (the fork
-    server, which exits with the main process), and a watchdog thread checks the main process."""
+    when the main process dies, even by kill -9: PR_SET_PDEATHSIG follows the worker's parent (the main
+    process, or the fork server, which exits with it), and a watchdog thread checks the main process."""
     global _shared
     _shared = shared
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -94,13 +100,14 @@ def _worker_init(main_pid: int, shared: Any) -> None:
 
 
 @contextmanager
-def process_pool(workers: int, *, shared: Any = None) -> Iterator[ProcessPoolExecutor]:
-    """A pool of `workers` processes (`shared`, e.g. a context().Array, is handed to each: worker_shared()).
+def process_pool(workers: int, *, method: str = "forkserver", shared: Any = None) -> Iterator[ProcessPoolExecutor]:
+    """A pool of `workers` processes started by `method` (`shared`, e.g. a context(method).Array, is handed
+    to each: worker_shared()).
     Leaving the block normally waits for the work submitted; any other exit kills the workers at once
     (work in flight is lost) and leaves no process behind but the fork server."""
     if workers < 1:
         raise ValueError(f"process_pool: workers must be >= 1, got {workers}")
-    pool = ProcessPoolExecutor(workers, mp_context=context(), initializer=_worker_init,
+    pool = ProcessPoolExecutor(workers, mp_context=context(method), initializer=_worker_init,
                                initargs=(os.getpid(), shared))
     try:
         yield pool

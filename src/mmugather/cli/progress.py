@@ -38,7 +38,7 @@ class _SimRate(ProgressColumn):
 class CompareProgress:
     """compare's progress (an api.Progress): `run_started(label, clock)` as each run starts,
     `run_done(label, sim_ns)` as it ends; runs may overlap. Use as a context manager; draws nothing
-    unless `enabled`, and nothing before DELAY seconds have passed."""
+    unless `enabled`, and nothing before DELAY seconds have passed since entering."""
 
     DELAY = 1.0
     POLL = 0.1
@@ -57,10 +57,7 @@ class CompareProgress:
         self._console = Console(file=stream, stderr=True, force_terminal=enabled or None)
 
     def __enter__(self) -> CompareProgress:
-        if self.enabled:
-            self._t0 = time.monotonic()
-            self._thread = threading.Thread(target=self._watch, name="compare-progress", daemon=True)
-            self._thread.start()
+        self._t0 = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -71,7 +68,12 @@ class CompareProgress:
             self._bar.stop()
 
     def run_started(self, label: str, clock: Callable[[], int]) -> None:
+        """The watcher thread starts with the first run: after compare's workers have forked
+        (parallel.py), which copy no thread of this process."""
         self.running = {**self.running, label: clock}
+        if self.enabled and self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._watch, name="compare-progress", daemon=True)
+            self._thread.start()
 
     def run_done(self, label: str, sim_ns: int) -> None:
         self.done += 1
