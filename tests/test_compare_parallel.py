@@ -111,7 +111,18 @@ def test_the_api_refuses_jobs_that_are_not_a_positive_integer(jobs):
         api.compare("small", ["3.0", "6.18"], jobs=jobs)
 
 
-def test_default_jobs_is_one_per_usable_core_at_most_one_per_run(monkeypatch):
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+def test_default_jobs_is_every_run_up_to_two_per_usable_core(monkeypatch):
+    """3 runs on 2 cores run at once (the host shares the cores: about sum / 2, not two rounds); past two
+    runs per core, two per core; --jobs caps it, never above the runs."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
     assert api.compare_jobs(None, 3) == 3 and api.compare_jobs(None, 9) == 4 and api.compare_jobs(2, 9) == 2
     assert api.compare_jobs(8, 3) == 3 and api.compare_jobs(None, 1) == 1
+
+
+def test_the_default_jobs_fit_in_max_memory():
+    """A --max-memory that holds two runs of the workload at once: two at a time (the result unchanged)."""
+    from mmugather.cli.limits import runs_in_memory
+    from mmugather.workloads.scenario import estimate_memory
+    need = estimate_memory(api.resolve_scenario("small"))
+    assert runs_in_memory(api.resolve_scenario("small"), str(2 * need + need // 2)) == 2
+    assert runs_in_memory(api.resolve_scenario("small"), str(need)) == 1

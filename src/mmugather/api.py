@@ -278,13 +278,18 @@ def _save_trace(traces: list | None, path: PathLike | None) -> None:
         save_traces(traces, os.fspath(path))
 
 
+RUNS_PER_CORE = 2
+
+
 def compare_jobs(jobs: int | None, runs: int) -> int:
-    """How many runs of a comparison run at once: `jobs` (default: one per usable core), at most one per
-    run; 1 where processes cannot fork (Windows)."""
+    """How many runs of a comparison run at once: `jobs`, at most one per run; by default every run, up
+    to RUNS_PER_CORE per usable core. The host's scheduler shares the cores among them, so 3 runs on 2
+    cores take about (sum of the runs) / 2, where one run per core would take two rounds of whole runs.
+    1 where processes cannot fork (Windows)."""
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise InputError(f"--jobs: expected an integer >= 1, got {jobs!r}")
     from mmugather.pool import can_fork, usable_cores
-    return min(runs, jobs if jobs is not None else usable_cores()) if can_fork() else 1
+    return min(runs, jobs if jobs is not None else RUNS_PER_CORE * usable_cores()) if can_fork() else 1
 
 
 def compare(workload: WorkloadLike | None = None, policies: str | Sequence[PolicyLike] = ("2.6.39", "3.0", "6.18"), *,
@@ -299,8 +304,8 @@ def compare(workload: WorkloadLike | None = None, policies: str | Sequence[Polic
     a Costs or a cost file. `snapshot` (instead of a workload) tears down a /proc snapshot; `trace` writes a
     Perfetto timeline of every run to that file. `max_sim_ns`/`max_steps` bound each run (a scenario that
     never ends is an InputError naming the bound). `progress` is told of each run (cli/progress.py).
-    `jobs` runs that many runs at once in worker processes (default: one per usable core, at most one per
-    run; 1: one after another in this process); the result is the same whatever `jobs`."""
+    `jobs` runs that many runs at once in worker processes (default: every run, up to two per usable core:
+    compare_jobs; 1: one after another in this process); the result is the same whatever `jobs`."""
     scenario = resolve_scenario(workload, snapshot=snapshot, variant=variant, cpus=cpus)
     names = [n.strip() for n in policies.split(",") if n.strip()] if isinstance(policies, str) else policies
     if not names:

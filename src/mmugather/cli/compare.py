@@ -9,7 +9,7 @@ import click
 
 from mmugather.arch import arch_names
 from mmugather.cli.group import main
-from mmugather.cli.limits import check_memory, memory_option, run_bounds_options
+from mmugather.cli.limits import check_memory, memory_option, run_bounds_options, runs_in_memory
 from mmugather.cli.paths import check_output_file
 from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
@@ -94,16 +94,17 @@ SNAPSHOT_VARIANTS = ("exit", "munmap-largest")
               help="Also write a Chrome/Perfetto JSON timeline here (open in ui.perfetto.dev): one file, one "
                    "process per policy on the same time axis, each with a track per CPU.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Runs (policy x arch) at once, each in a worker process (default: one per usable core, at "
-                   "most one per run; 1: one after another in this process). The results are the same.")
+              help="Runs (policy x arch) at once, each in a worker process (default: every run, up to two per "
+                   "usable core, as many as fit in --max-memory; 1: one after another in this process). The "
+                   "results are the same.")
 @memory_option
 @run_bounds_options
 def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, arch, snapshot, variant, as_json,
             html_file, trace_file, jobs, max_memory, max_sim_ns, max_steps) -> None:
     """Run the same workload under each policy and compare them side by side.
 
-    The runs go on in parallel, one per core (--jobs). A policy plugin that fails while it runs is reported
-    (exit status 2) after the other policies' results."""
+    The runs go on at once in worker processes, on every core (--jobs). A policy plugin that fails while
+    it runs is reported (exit status 2) after the other policies' results."""
     check_output_file("--html", html_file)
     check_output_file("--trace", trace_file)
     scenario = workload_or_snapshot(workload, snapshot, variant, cpus)
@@ -116,6 +117,8 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
         check_trace_path(trace_file)
     nruns = len(_policy_arches(classes, arch))
     from mmugather import api
+    if jobs is None:
+        jobs = min(api.compare_jobs(None, nruns), runs_in_memory(scenario, max_memory))
     from mmugather.cli.progress import CompareProgress, progress_wanted
     stderr = sys.stderr
     with CompareProgress(nruns, stderr,
