@@ -35,6 +35,11 @@ class _SimRate(ProgressColumn):
         return Text("" if rate is None else f"{rate / 1e6:.1f} sim-ms/s", style="progress.data.speed")
 
 
+def _going_on(running: dict) -> str:
+    """The run going on by its label; several (parallel workers) by their number, to keep the bar short."""
+    return next(iter(running), "") if len(running) <= 1 else f"{len(running)} runs at once"
+
+
 class CompareProgress:
     """compare's progress (an api.Progress): `run_started(label, clock)` as each run starts,
     `run_done(label, sim_ns)` as it ends; runs may overlap. Use as a context manager; draws nothing
@@ -97,7 +102,7 @@ class CompareProgress:
                 rate = (total - last[1]) / (t - last[0])
             last = (t, total)
             self._bar.update(self._task, completed=done + frac, rate=rate,
-                             description=f"compare {', '.join(running)} ({done}/{self.runs} runs)")
+                             description=f"compare {_going_on(running)} ({done}/{self.runs} runs)")
 
     def _start(self) -> None:
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), _SimRate(),
