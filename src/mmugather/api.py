@@ -285,7 +285,7 @@ def compare_jobs(jobs: int | None, runs: int) -> int:
     """How many runs of a comparison run at once: `jobs`, at most one per run; by default every run, up
     to RUNS_PER_CORE per usable core. The host's scheduler shares the cores among them, so 3 runs on 2
     cores take about (sum of the runs) / 2, where one run per core would take two rounds of whole runs.
-    1 where processes cannot fork (Windows)."""
+    1 where this process cannot fork workers (Windows, a daemonic process)."""
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise InputError(f"--jobs: expected an integer >= 1, got {jobs!r}")
     from mmugather.pool import can_fork, usable_cores

@@ -54,8 +54,9 @@ def context(method: str = "forkserver") -> BaseContext:
 
 
 def can_fork() -> bool:
-    """Does this platform have the "fork" start method (not Windows)?"""
-    return "fork" in multiprocessing.get_all_start_methods()
+    """May this process fork workers: the platform has the "fork" start method (not Windows), and this
+    is not a daemonic process (a multiprocessing pool's worker, which may have no children)?"""
+    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
 
 
 def worker_shared() -> Any:
