@@ -222,7 +222,8 @@ class Progress(Protocol):
 
 def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, progress: Progress | None = None,
               **kw) -> Run:
-    """Build and run one Simulation (traced into `trace` when given, as the next process of the file)."""
+    """Build and run one Simulation (traced when `trace` is a list: its ChromeTrace, process 1 with flow ids
+    from 1, is appended to it before the run; tracing.one_file renumbers several for one file)."""
     with plugin_guard(cls), _bounded(scenario, cls):
         sim = Simulation(scenario, cls, **kw)
         label = f"{policy_name(cls)}/{sim.arch_name}"
@@ -230,8 +231,7 @@ def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, progres
             progress.run_started(label, lambda: sim.engine.now)
         if trace is not None:
             from mmugather.sim.tracing import attach_trace
-            trace.append(attach_trace(sim, pid=len(trace) + 1,
-                                      first_flow_id=trace[-1].next_flow_id if trace else 1))
+            trace.append(attach_trace(sim))
         ended = 0
         try:
             metrics = sim.run()
