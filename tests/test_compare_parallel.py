@@ -72,6 +72,25 @@ def test_a_plugin_that_fails_mid_run_is_reported_after_the_others():
     assert err.count("\n") == 1 and "RaisesMidRun: ValueError: my flush is broken at misbehaving.py" in err
 
 
+@pytest.fixture
+def tracebacks_pickled():
+    """Exceptions pickle their causes and tracebacks (tblib's pickling support, which importing
+    distributed installs for the whole process); undone after the test."""
+    import copyreg
+    support = pytest.importorskip("tblib.pickling_support")
+    saved = dict(copyreg.dispatch_table)
+    support.install()
+    yield
+    copyreg.dispatch_table.clear()
+    copyreg.dispatch_table.update(saved)
+
+
+def test_a_plugin_that_recurses_is_reported_where_tracebacks_pickle(tracebacks_pickled):
+    """A plugin's RecursionError (a traceback 1000 frames deep) comes back from its worker as its one line."""
+    c = api.compare("small", ["3.0", "tests/plugins/misbehaving.py:RecursesPlainly"], jobs=2)
+    assert [r.policy for r in c.runs] == ["3.0"] and "RecursionError" in str(c.failures[0])
+
+
 def test_runs_past_their_bound_name_the_first_run_as_one_process_does():
     """Every run passes --max-sim-ns: the error names the first run (2.6.39), not whichever worker ended
     first; --max-steps and --costs errors alike."""

@@ -259,7 +259,10 @@ def compare_run(scenario: Scenario, cls: type[Kernel], tracing: bool, progress: 
     try:
         result: Run | PluginError = _simulate(scenario, cls, traces, progress, **kw)
     except PluginError as e:              # the other policies are still reported
-        result = e
+        # its message, without the chain of the plugin's exception: that traceback holds the failed run's
+        # Simulation, which a worker would pickle where exceptions pickle their tracebacks (tblib, which
+        # distributed installs: a plugin's RecursionError is 1000 frames deep)
+        result = PluginError(*e.args)
     return result, (traces[0] if traces else None)
 
 
