@@ -44,6 +44,18 @@ def test_parallel_json_equals_serial_json_over_policies_arches_and_plugin_files(
     assert len({json.dumps(r["metrics"]) for r in parallel["runs"]}) > 1, "the runs differ from each other"
 
 
+@pytest.mark.parametrize("args", [
+    ["--workload", "small", "--costs", "COSTS"],
+    ["--snapshot", "python", "--variant", "munmap-largest", "--cpus", "2", "--arch", "x86,arm64"],
+    ["--workload", "small", "--fail-nowait", "0.3", "--seed", "5", "--max-steps", "100000000"],
+])
+def test_the_cli_options_give_the_same_json_whatever_jobs(args, tmp_path):
+    costs = tmp_path / "costs.toml"
+    costs.write_text("ipi_send = 5000\npte_zap = 300\n")
+    serial, parallel = _both(*[str(costs) if a == "COSTS" else a for a in args], "--json")
+    assert serial[0] == 0 and parallel == serial
+
+
 def test_table_html_and_trace_are_the_same_bytes(tmp_path):
     """The table, the HTML report and the Perfetto file (one process per run, flow ids unique across the
     file) do not depend on --jobs."""
