@@ -103,6 +103,17 @@ def test_a_plugin_that_recurses_is_reported_where_tracebacks_pickle(tracebacks_p
     assert [r.policy for r in c.runs] == ["3.0"] and "RecursionError" in str(c.failures[0])
 
 
+def test_a_worker_that_dies_is_one_line_and_exit_2(tmp_path):
+    """A run whose process dies (here a plugin calls os._exit, as the OOM killer would end it) ends the
+    compare with one line saying so, not a traceback."""
+    plugin = tmp_path / "dies.py"
+    plugin.write_text("import os\nfrom mmugather.policies import Linux30\n\n\nclass Dies(Linux30):\n"
+                      "    def tlb_flush(self, c, tlb):\n        os._exit(9)\n        yield\n")
+    r = cli_here("compare", "--workload", "small", "--policies", f"3.0,{plugin}:Dies", "--jobs", "2")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert "a worker process died while it ran" in r.stderr
+
+
 def test_runs_past_their_bound_name_the_first_run_as_one_process_does():
     """Every run passes --max-sim-ns: the error names the first run (2.6.39), not whichever worker ended
     first; --max-steps and --costs errors alike."""

@@ -5,17 +5,20 @@ The workers are forks of the main process (pool.py's "fork" method) that inherit
 `Job`: its scenario, policy classes and overrides) and receive only a run's number; each runs
 `api.compare_run` and sends back its outcome. A plugin that fails while it runs comes back as its
 PluginError; any other error is raised in the main process (the first in run order, as the serial path
-raises it) and the other workers are killed. Each worker writes the simulated time its run has reached to
-its slot of a shared array every POLL_S, which the main process reads to tell `progress`.
+raises it) and the other workers are killed; a worker that dies (killed, out of memory) is one
+InputError. Each worker writes the simulated time its run has reached to its slot of a shared array
+every POLL_S, which the main process reads to tell `progress`.
 """
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mmugather.errors import InputError
 from mmugather.pool import context, process_pool, worker_shared
 
 if TYPE_CHECKING:
@@ -82,9 +85,13 @@ def run_task(k: int) -> Outcome:
 def run_parallel(job: Job, jobs: int, progress: Progress | None) -> list[Outcome]:
     """The outcome of each run of `job`, `jobs` at a time in worker processes, in run order."""
     slots = context(METHOD).Array("q", [QUEUED] * len(job.runs), lock=False)
-    with process_pool(jobs, method=METHOD, shared=(slots, job)) as pool:
-        futures = [pool.submit(run_task, k) for k in range(len(job.runs))]
-        _wait_in_order(futures, job.labels, slots, progress)
+    try:
+        with process_pool(jobs, method=METHOD, shared=(slots, job)) as pool:
+            futures = [pool.submit(run_task, k) for k in range(len(job.runs))]
+            _wait_in_order(futures, job.labels, slots, progress)
+    except BrokenProcessPool:
+        raise InputError("compare: a worker process died while it ran (killed, out of memory?); --jobs 1 runs "
+                         "one run at a time in this process") from None
     return [f.result() for f in futures]
 
 
