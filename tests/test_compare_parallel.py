@@ -10,10 +10,10 @@ from mmugather.errors import InputError
 from mmugather.policies import Linux30
 from mmugather.report.trace import validate_trace
 
-PLUGINS = ["3.0", "examples/plugins/latr.py:Latr", "6.18", "tests/plugins/gathers.py:FreeBeforeFlush"]
-# by absolute path, as test_hardening.py names it: a plugin without its own `name` is named after the spec
-# it was first loaded by in this process
+# test plugins by absolute path, as test_hardening.py and test_plugins.py name them: a plugin without its
+# own `name` is named after the spec it was first loaded by in this process
 MISBEHAVING = ROOT / "tests" / "plugins" / "misbehaving.py"
+PLUGINS = ["3.0", "examples/plugins/latr.py:Latr", "6.18", f"{ROOT}/tests/plugins/gathers.py:FreeBeforeFlush"]
 
 
 class ShortBatch(Linux30):
@@ -42,7 +42,7 @@ def test_parallel_json_equals_serial_json_over_policies_arches_and_plugin_files(
     assert json.dumps(parallel) == json.dumps(serial)
     labels = [(r["policy"], r["arch"]) for r in parallel["runs"]]
     assert labels == [("3.0", "x86"), ("6.18+latr", "x86"), ("6.18", "x86"), ("6.18", "arm64"),
-                      ("tests/plugins/gathers.py:FreeBeforeFlush", "x86"), ("3.0-short-batch", "x86")]
+                      (f"{ROOT}/tests/plugins/gathers.py:FreeBeforeFlush", "x86"), ("3.0-short-batch", "x86")]
     assert len({json.dumps(r["metrics"]) for r in parallel["runs"]}) > 1, "the runs differ from each other"
 
 
