@@ -242,6 +242,25 @@ def test_kill_9_of_a_sweep_takes_its_workers_with_it(tmp_path):
             os.kill(p, signal.SIGKILL)
 
 
+def test_ctrl_c_on_a_parallel_compare_ends_it_as_one_process_does_and_leaves_no_worker():
+    """Ctrl-C (SIGINT to the terminal's whole process group) while two workers run: `aborted`, exit 130,
+    nothing printed (as the serial compare), and the workers gone."""
+    proc = subprocess.Popen([sys.executable, "-m", "mmugather", "compare", "--jobs", "2"], cwd=ROOT, env=ENV,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(kids := _children(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the compare ended before the signal"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, out, err.strip()) == (130, "", "mmugather: aborted")
+        assert _wait_gone(kids) == set()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_a_second_sweep_into_a_locked_directory_gets_exit_2(tmp_path):
     out = tmp_path / "o"
     with locked(out):                                   # as a running sweep holds it

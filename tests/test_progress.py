@@ -13,22 +13,22 @@ class _Tty(io.StringIO):
         return True
 
 
-class _FakeEngine:
+class _Clock:
     now = 0
 
-
-class _FakeSim:
-    engine = _FakeEngine()
+    def __call__(self) -> int:
+        return self.now
 
 
 def _drive(stream, *, enabled: bool, delay: float) -> str:
+    clock = _Clock()
     with CompareProgress(2, stream, enabled=enabled, delay=delay) as p:
-        p.run_started("6.18/x86", _FakeSim())
+        p.run_started("6.18/x86", clock)
         for t in range(1, 4):
-            _FakeSim.engine.now = t * 1_000_000
+            clock.now = t * 1_000_000
             time.sleep(0.15)
-        p.run_done(5_000_000)
-        p.run_started("3.0/x86", _FakeSim())
+        p.run_done("6.18/x86", 5_000_000)
+        p.run_started("3.0/x86", clock)
         time.sleep(0.25)
     return stream.getvalue()
 
@@ -45,6 +45,25 @@ def test_the_bar_shows_runs_rate_and_eta_on_a_terminal():
     """Past the delay the bar is drawn: the run's label, runs done, simulated-time rate and an ETA."""
     out = _drive(_Tty(), enabled=True, delay=0.05)
     assert "6.18/x86" in out and "runs)" in out and "sim-ms/s" in out and "ETA" in out
+
+
+def test_runs_going_on_at_once_are_all_named_and_counted():
+    """Runs in parallel workers: the bar counts those going on, and moves with all their clocks against
+    the first finished run's simulated time."""
+    a, b = _Clock(), _Clock()
+    stream = _Tty()
+    with CompareProgress(3, stream, enabled=True, delay=0) as p:
+        p.run_started("2.6.39/x86", a)
+        p.run_started("3.0/x86", b)
+        time.sleep(0.25)
+        assert "2 runs at once (0/3 runs)" in stream.getvalue()
+        a.now = 10
+        p.run_done("2.6.39/x86", 10)
+        b.now = 5
+        p.run_started("6.18/x86", _Clock())
+        time.sleep(0.25)
+        out = stream.getvalue()
+    assert "2 runs at once (1/3 runs)" in out and "50%" in out     # 1 done + 5/10 of the next
 
 
 def test_nothing_before_the_delay_or_when_disabled():

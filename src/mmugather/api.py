@@ -13,7 +13,7 @@ line prints with `--json`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,8 @@ from mmugather.workloads.wis import ops_per_s
 
 if TYPE_CHECKING:
     import pandas
+
+    from mmugather.report.trace import ChromeTrace
 
 WorkloadLike = str | os.PathLike[str] | Scenario
 PolicyLike = str | type[Kernel]
@@ -209,34 +211,59 @@ def _bounded(scenario: Scenario, cls: type[Kernel]) -> Iterator[None]:
 
 
 class Progress(Protocol):
-    """Told of compare's runs (cli/progress.py draws a bar): each run's start, with its Simulation (whose
-    engine's `now` it may read), and its end with the simulated time it took."""
+    """Told of compare's runs (cli/progress.py draws a bar): each run's start, with a clock that reads the
+    simulated time it has reached, and its end with the simulated time it took. Runs in parallel workers
+    overlap: several may have started and not ended."""
 
-    def run_started(self, label: str, sim: Simulation) -> None: ...
+    def run_started(self, label: str, clock: Callable[[], int]) -> None: ...
 
-    def run_done(self, sim_ns: int) -> None: ...
+    def run_done(self, label: str, sim_ns: int) -> None: ...
 
 
 def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, progress: Progress | None = None,
               **kw) -> Run:
-    """Build and run one Simulation (traced into `trace` when given, as the next process of the file)."""
+    """Build and run one Simulation (traced when `trace` is a list: its ChromeTrace, process 1 with flow ids
+    from 1, is appended to it before the run; tracing.one_file renumbers several for one file)."""
     with plugin_guard(cls), _bounded(scenario, cls):
         sim = Simulation(scenario, cls, **kw)
+        label = f"{policy_name(cls)}/{sim.arch_name}"
         if progress is not None:
-            progress.run_started(f"{policy_name(cls)}/{sim.arch_name}", sim)
+            progress.run_started(label, lambda: sim.engine.now)
         if trace is not None:
             from mmugather.sim.tracing import attach_trace
-            trace.append(attach_trace(sim, pid=len(trace) + 1,
-                                      first_flow_id=trace[-1].next_flow_id if trace else 1))
-        metrics = sim.run()
-        if progress is not None:
-            progress.run_done(metrics["sim_time_ns"])
+            trace.append(attach_trace(sim))
+        ended = 0
+        try:
+            metrics = sim.run()
+            ended = metrics["sim_time_ns"]
+        finally:
+            if progress is not None:              # also a run that failed: it is no longer running
+                progress.run_done(label, ended or sim.engine.now)
     rate = ops_per_s(scenario, metrics)
     from mmugather.report.html import raw_distributions
     return Run(scenario.name, policy_name(cls), sim.arch_name, sim.seed,
                Machine(sim.ncpus, sim.arch_name, sim.preempt, sim.fail_nowait), metrics,
                None if rate is None else round(rate, 1), sim.kernel.known_bug(metrics["violations"]),
                raw_distributions(sim.metrics))
+
+
+Outcome = tuple["Run | PluginError", "ChromeTrace | None"]
+
+
+def compare_run(scenario: Scenario, cls: type[Kernel], tracing: bool, progress: Progress | None = None,
+                **kw) -> Outcome:
+    """One run of a comparison, alone (in this process or a worker): its Run, or the PluginError of a
+    plugin that failed while it ran, and its trace (as process 1, flow ids from 1; a plugin's partial one)
+    when `tracing`. Any other error is raised."""
+    traces: list | None = [] if tracing else None
+    try:
+        result: Run | PluginError = _simulate(scenario, cls, traces, progress, **kw)
+    except PluginError as e:              # the other policies are still reported
+        # its message, without the chain of the plugin's exception: that traceback holds the failed run's
+        # Simulation, which a worker would pickle where exceptions pickle their tracebacks (tblib, which
+        # distributed installs: a plugin's RecursionError is 1000 frames deep)
+        result = PluginError(*e.args)
+    return result, (traces[0] if traces else None)
 
 
 def _start_trace(path: PathLike | None) -> list | None:
@@ -254,18 +281,34 @@ def _save_trace(traces: list | None, path: PathLike | None) -> None:
         save_traces(traces, os.fspath(path))
 
 
+RUNS_PER_CORE = 2
+
+
+def compare_jobs(jobs: int | None, runs: int) -> int:
+    """How many runs of a comparison run at once: `jobs`, at most one per run; by default every run, up
+    to RUNS_PER_CORE per usable core. The host's scheduler shares the cores among them, so 3 runs on 2
+    cores take about (sum of the runs) / 2, where one run per core would take two rounds of whole runs.
+    1 where this process cannot fork workers (Windows, a daemonic process)."""
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise InputError(f"--jobs: expected an integer >= 1, got {jobs!r}")
+    from mmugather.pool import can_fork, usable_cores
+    return min(runs, jobs if jobs is not None else RUNS_PER_CORE * usable_cores()) if can_fork() else 1
+
+
 def compare(workload: WorkloadLike | None = None, policies: str | Sequence[PolicyLike] = ("2.6.39", "3.0", "6.18"), *,
             arch: str | Sequence[str] | None = None, cpus: int | None = None, preempt: str | None = None,
             fail_nowait: float | None = None, seed: int | None = None, costs: Costs | PathLike | None = None,
             snapshot: PathLike | None = None, variant: str = "exit", trace: PathLike | None = None,
             max_sim_ns: int | None = DEFAULT_MAX_SIM_NS, max_steps: int | None = DEFAULT_MAX_STEPS,
-            progress: Progress | None = None) -> Comparison:
+            progress: Progress | None = None, jobs: int | None = None) -> Comparison:
     """Run `workload` under each policy (on each of `arch` it supports; default: its first arch) and return
     the runs side by side. `cpus`, `preempt` (none, voluntary, full), `fail_nowait` (probability that a
     GFP_NOWAIT batch allocation fails) and `seed` override the workload's own (None: keep them); `costs` is
     a Costs or a cost file. `snapshot` (instead of a workload) tears down a /proc snapshot; `trace` writes a
     Perfetto timeline of every run to that file. `max_sim_ns`/`max_steps` bound each run (a scenario that
-    never ends is an InputError naming the bound). `progress` is told of each run (cli/progress.py)."""
+    never ends is an InputError naming the bound). `progress` is told of each run (cli/progress.py).
+    `jobs` runs that many runs at once in worker processes (default: every run, up to two per usable core:
+    compare_jobs; 1: one after another in this process); the result is the same whatever `jobs`."""
     scenario = resolve_scenario(workload, snapshot=snapshot, variant=variant, cpus=cpus)
     names = [n.strip() for n in policies.split(",") if n.strip()] if isinstance(policies, str) else policies
     if not names:
@@ -274,20 +317,24 @@ def compare(workload: WorkloadLike | None = None, policies: str | Sequence[Polic
     if cpus is not None:
         scenario = with_cpus(scenario, cpus)
     check_machine(fail_nowait)
-    cost_model = _costs(costs)
-    traces = _start_trace(trace)
-    runs: list[Run] = []
-    failures: list[PluginError] = []
-    for cls, a in policy_arches(classes, arch):
-        try:
-            runs.append(_simulate(scenario, cls, traces, progress, cpus=cpus, preempt=preempt, fail_nowait=fail_nowait,
-                                  seed=seed, costs=cost_model, arch=a, max_sim_ns=max_sim_ns,
-                                  max_steps=max_steps))
-        except PluginError as e:              # the other policies are still reported
-            failures.append(e)
+    kw = {"cpus": cpus, "preempt": preempt, "fail_nowait": fail_nowait, "seed": seed, "costs": _costs(costs),
+          "max_sim_ns": max_sim_ns, "max_steps": max_steps}
+    tracing = _start_trace(trace) is not None
+    pairs = policy_arches(classes, arch)
+    workers = compare_jobs(jobs, len(pairs))
+    if workers > 1:
+        from mmugather.parallel import Job, run_parallel
+        labels = [f"{policy_name(cls)}/{a or next(iter(cls.arches))}" for cls, a in pairs]
+        outcomes = run_parallel(Job(scenario, pairs, labels, tracing, kw), workers, progress)
+    else:
+        outcomes = [compare_run(scenario, cls, tracing, progress, arch=a, **kw) for cls, a in pairs]
+    runs = [r for r, _ in outcomes if isinstance(r, Run)]
+    failures = [r for r, _ in outcomes if isinstance(r, PluginError)]
     if not runs:
         raise failures[0] if len(failures) == 1 else InputError("; ".join(map(str, failures)))
-    _save_trace(traces, trace)
+    if tracing:
+        from mmugather.sim.tracing import one_file
+        _save_trace(one_file([t for _, t in outcomes if t is not None]), trace)
     first = runs[0].machine
     machine = Machine(first.cpus, ",".join(dict.fromkeys(r.arch for r in runs)), first.preempt, first.fail_nowait)
     return Comparison(scenario.name, machine, runs[0].seed, tuple(runs), tuple(failures))

@@ -7,19 +7,14 @@ whose scenario file changed. One sweep at a time writes to a directory (an exclu
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import hashlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
-import signal
-import sys
-import threading
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +35,7 @@ from rich.text import Text
 from mmugather.arch import arch_names
 from mmugather.errors import InputError, read_toml_input
 from mmugather.policies import POLICIES
+from mmugather.pool import process_pool
 from mmugather.sim.simulation import Simulation
 from mmugather.workloads.builtin import BUILTIN, is_builtin, resolve_workload
 from mmugather.workloads.scenario import MAX_CPUS, Scenario, with_cpus
@@ -290,65 +286,17 @@ def _chunks(points: list[Point], slots: int, size: int | None) -> list[list[Poin
     return [points[k:k + size] for k in range(0, len(points), size)]
 
 
-PR_SET_PDEATHSIG = 1
-WATCHDOG_PERIOD_S = 0.5
-
-
-def _parent_alive(pid: int) -> bool:
-    """Is process `pid` still running (not gone, not a zombie waiting to be reaped)?"""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not sys.platform.startswith("linux")
-
-
-def _worker_init(sweep_pid: int) -> None:
-    """In each pool worker: leave Ctrl-C to the sweep's main process (which ends the workers itself), and
-    exit when the main process dies, even by kill -9: PR_SET_PDEATHSIG follows the worker's parent (the
-    fork server, which exits with the main process), and a watchdog thread checks the main process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-
-    def watchdog() -> None:
-        while os.getppid() == parent and _parent_alive(sweep_pid):
-            threading.Event().wait(WATCHDOG_PERIOD_S)
-        os._exit(1)
-    threading.Thread(target=watchdog, name="mmugather-sweep-watchdog", daemon=True).start()
-
-
 @contextmanager
 def _local_executor(workers: int | None):
-    """Worker processes on this machine, forked from a server that has imported mmugather once. On any
-    exit but a normal one (Ctrl-C, an error) the workers are killed at once: a chunk in flight is lost
-    (and rerun by --resume), the rows already written are kept."""
+    """Worker processes on this machine (pool.py). On any exit but a normal one (Ctrl-C, an error) the
+    workers are killed at once: a chunk in flight is lost (and rerun by --resume), the rows already
+    written are kept."""
     n = workers or os.cpu_count() or 1
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["mmugather.sweep"])
-    pool = ProcessPoolExecutor(n, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
-
-    def run(tasks):
-        for future in as_completed([pool.submit(run_chunk, *task) for task in tasks]):
-            yield future.result()
-    try:
+    with process_pool(n) as pool:
+        def run(tasks):
+            for future in as_completed([pool.submit(run_chunk, *task) for task in tasks]):
+                yield future.result()
         yield n, run
-    except BaseException:
-        for proc in list((pool._processes or {}).values()):     # no public API kills a pool's workers
-            proc.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(cancel_futures=True)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import click
 
 from mmugather.arch import arch_names
 from mmugather.cli.group import main
-from mmugather.cli.limits import check_memory, memory_option, run_bounds_options
+from mmugather.cli.limits import check_memory, memory_option, run_bounds_options, runs_in_memory
 from mmugather.cli.paths import check_output_file
 from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
@@ -93,13 +93,18 @@ SNAPSHOT_VARIANTS = ("exit", "munmap-largest")
 @click.option("--trace", "trace_file", default=None,
               help="Also write a Chrome/Perfetto JSON timeline here (open in ui.perfetto.dev): one file, one "
                    "process per policy on the same time axis, each with a track per CPU.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Runs (policy x arch) at once, each in a worker process (default: every run, up to two per "
+                   "usable core, as many as fit in --max-memory; 1: one after another in this process). The "
+                   "results are the same.")
 @memory_option
 @run_bounds_options
 def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, arch, snapshot, variant, as_json,
-            html_file, trace_file, max_memory, max_sim_ns, max_steps) -> None:
+            html_file, trace_file, jobs, max_memory, max_sim_ns, max_steps) -> None:
     """Run the same workload under each policy and compare them side by side.
 
-    A policy plugin that fails while it runs is reported (exit status 2) after the other policies' results."""
+    The runs go on at once in worker processes, on every core (--jobs). A policy plugin that fails while
+    it runs is reported (exit status 2) after the other policies' results."""
     check_output_file("--html", html_file)
     check_output_file("--trace", trace_file)
     scenario = workload_or_snapshot(workload, snapshot, variant, cpus)
@@ -112,13 +117,15 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
         check_trace_path(trace_file)
     nruns = len(_policy_arches(classes, arch))
     from mmugather import api
+    if jobs is None:
+        jobs = min(api.compare_jobs(None, nruns), runs_in_memory(scenario, max_memory))
     from mmugather.cli.progress import CompareProgress, progress_wanted
     stderr = sys.stderr
     with CompareProgress(nruns, stderr,
                          enabled=progress_wanted(stderr, as_json)) as progress:
         comparison = api.compare(scenario, classes, arch=arch, cpus=cpus, preempt=preempt,
                                  fail_nowait=fail_nowait, seed=seed, costs=costs, trace=trace_file,
-                                 max_sim_ns=max_sim_ns, max_steps=max_steps, progress=progress)
+                                 max_sim_ns=max_sim_ns, max_steps=max_steps, progress=progress, jobs=jobs)
     result = comparison.to_dict()
     if html_file:
         comparison.write_html(html_file)

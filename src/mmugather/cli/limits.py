@@ -49,6 +49,13 @@ def check_memory(scenario, max_memory: str | None, what: str) -> None:
                          f"resident pages and page tables); the limit is {gib(limit)}")
 
 
+def runs_in_memory(scenario, max_memory: str | None) -> int:
+    """How many runs of `scenario` fit in --max-memory at once (at least one: check_memory refuses a
+    scenario whose one run does not fit)."""
+    from mmugather.workloads.scenario import estimate_memory
+    return max(1, parse_memory(max_memory) // max(1, estimate_memory(scenario)))
+
+
 def run_bounds_options(f):
     """`--max-sim-ns` and `--max-steps`: the engine's bounds of one run (machine/engine.py LimitExceeded)."""
     from mmugather.sim.simulation import DEFAULT_MAX_SIM_NS, DEFAULT_MAX_STEPS

@@ -1,16 +1,19 @@
 """A progress bar for `compare`: on stderr, only when stderr is a terminal and the output is not JSON, and
 only once the compare has run for more than DELAY seconds (quick runs print nothing extra).
 
-Rich (a dependency already) draws it. The bar counts runs (policy x arch); within a run it moves with
-the run's simulated time against the previous run's total (runs of one workload take similar simulated
-times), so that the ETA means something after the first run. The rate column is simulated time per
-wall-clock second. A watcher thread polls the running simulation's clock (an int it only reads).
+Rich (a dependency already) draws it. The bar counts finished runs (policy x arch); within the runs
+going on (one, or one per worker: api.compare's jobs) it moves with their simulated time against the
+last finished run's total (runs of one workload take similar simulated times), so that the ETA means
+something after the first run. The rate column is simulated time per wall-clock second, summed over
+the runs going on. A watcher thread polls their clocks (each reads an int: a simulation's `now` in this
+process, a worker's slot in shared memory: parallel.py).
 """
 from __future__ import annotations
 
 import threading
 import time
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO
 
 from rich.console import Console
 from rich.progress import (BarColumn, Progress, ProgressColumn, Task, TaskID, TaskProgressColumn, TextColumn,
@@ -32,10 +35,15 @@ class _SimRate(ProgressColumn):
         return Text("" if rate is None else f"{rate / 1e6:.1f} sim-ms/s", style="progress.data.speed")
 
 
+def _going_on(running: dict) -> str:
+    """The run going on by its label; several (parallel workers) by their number, to keep the bar short."""
+    return next(iter(running), "") if len(running) <= 1 else f"{len(running)} runs at once"
+
+
 class CompareProgress:
-    """compare's progress (api.compare's `progress`): `run_started(label, sim)` before each run,
-    `run_done(sim_ns)` after it. Use as a context manager; draws nothing unless `enabled`, and nothing
-    before DELAY seconds have passed."""
+    """compare's progress (an api.Progress): `run_started(label, clock)` as each run starts,
+    `run_done(label, sim_ns)` as it ends; runs may overlap. Use as a context manager; draws nothing
+    unless `enabled`, and nothing before DELAY seconds have passed since entering."""
 
     DELAY = 1.0
     POLL = 0.1
@@ -46,8 +54,7 @@ class CompareProgress:
         self.delay = self.DELAY if delay is None else delay
         self.done = 0
         self.estimate: int | None = None          # the last finished run's simulated time
-        self.sim: Any = None
-        self.label = ""
+        self.running: dict[str, Callable[[], int]] = {}     # label -> clock, in start order
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bar: Progress | None = None
@@ -55,10 +62,7 @@ class CompareProgress:
         self._console = Console(file=stream, stderr=True, force_terminal=enabled or None)
 
     def __enter__(self) -> CompareProgress:
-        if self.enabled:
-            self._t0 = time.monotonic()
-            self._thread = threading.Thread(target=self._watch, name="compare-progress", daemon=True)
-            self._thread.start()
+        self._t0 = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -68,13 +72,18 @@ class CompareProgress:
         if self._bar is not None:
             self._bar.stop()
 
-    def run_started(self, label: str, sim: Any) -> None:
-        self.label, self.sim = label, sim
+    def run_started(self, label: str, clock: Callable[[], int]) -> None:
+        """The watcher thread starts with the first run: after compare's workers have forked
+        (parallel.py), which copy no thread of this process."""
+        self.running = {**self.running, label: clock}
+        if self.enabled and self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._watch, name="compare-progress", daemon=True)
+            self._thread.start()
 
-    def run_done(self, sim_ns: int) -> None:
+    def run_done(self, label: str, sim_ns: int) -> None:
         self.done += 1
         self.estimate = sim_ns or self.estimate
-        self.sim = None
+        self.running = {k: c for k, c in self.running.items() if k != label}
 
     def _watch(self) -> None:
         last: tuple[float, int] | None = None
@@ -84,16 +93,16 @@ class CompareProgress:
                     continue
                 self._start()
             assert self._bar is not None and self._task is not None
-            sim = self.sim
-            now = sim.engine.now if sim is not None else 0
-            frac = min(0.95, now / self.estimate) if sim is not None and self.estimate else 0.0
-            t = time.monotonic()
+            running, done = self.running, self.done          # one snapshot: runs end meanwhile
+            nows = [clock() for clock in running.values()]
+            frac = sum(min(0.95, now / self.estimate) for now in nows) if self.estimate else 0.0
+            t, total = time.monotonic(), sum(nows)
             rate = None
-            if last is not None and now >= last[1] and t > last[0]:
-                rate = (now - last[1]) / (t - last[0])
-            last = (t, now)
-            self._bar.update(self._task, completed=self.done + frac, rate=rate,
-                             description=f"compare {self.label} ({self.done}/{self.runs} runs)")
+            if last is not None and total >= last[1] and t > last[0]:
+                rate = (total - last[1]) / (t - last[0])
+            last = (t, total)
+            self._bar.update(self._task, completed=done + frac, rate=rate,
+                             description=f"compare {_going_on(running)} ({done}/{self.runs} runs)")
 
     def _start(self) -> None:
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), _SimRate(),

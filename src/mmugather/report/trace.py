@@ -38,12 +38,28 @@ class ChromeTrace:
         self.pid = pid
         self.events: list[dict] = [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": machine_name}}]
         self._cpus: set[int] = set()
+        self._first_flow = first_flow_id
         self._flows = first_flow_id - 1
 
     @property
     def next_flow_id(self) -> int:
         """The first flow id not used yet: `first_flow_id` of the next trace written to the same file."""
         return self._flows + 1
+
+    def rebase(self, pid: int, first_flow_id: int, tid_shift: int) -> None:
+        """Renumber these events as process `pid` with flow ids from `first_flow_id`, every tid moved by
+        `tid_shift`: what the trace would hold had it been made with those (a run traced alone, then
+        written to a file of several)."""
+        flow_shift = first_flow_id - self._first_flow
+        for e in self.events:
+            e["pid"] = pid
+            if "tid" in e:
+                e["tid"] += tid_shift
+            if e["ph"] in "sf":
+                e["id"] += flow_shift
+        self.pid = pid
+        self._cpus = {t + tid_shift for t in self._cpus}
+        self._first_flow, self._flows = first_flow_id, self._flows + flow_shift
 
     def name_track(self, tid: int, name: str) -> None:
         """Name track `tid` (by default track n is "CPU n"); call before its first event."""

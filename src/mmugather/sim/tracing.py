@@ -276,6 +276,15 @@ def _hook_violations(tracer: Tracer, invariants) -> None:
     invariants.report = traced_report
 
 
+def one_file(traces: list[ChromeTrace]) -> list[ChromeTrace]:
+    """Traces of runs made alone (attach_trace's default pid and flow ids), renumbered in place as the
+    processes 1, 2, ... of one file with flow ids unique across it."""
+    for k, trace in enumerate(traces):
+        pid = k + 1
+        trace.rebase(pid, traces[k - 1].next_flow_id if k else 1, (pid - trace.pid) * TIDS_PER_RUN)
+    return traces
+
+
 def check_trace_path(path: str) -> None:
     """`--trace FILE`: a one-line error before any run if FILE cannot be written there."""
     p = Path(path)

@@ -1,0 +1,125 @@
+"""A comparison's runs in parallel: each run (a policy on an arch) in a worker process of pool.py, the
+outcomes in the order asked for, exactly as api.compare makes them one after another in one process.
+
+The workers are forks of the main process (pool.py's "fork" method) that inherit the comparison (a
+`Job`: its scenario, policy classes and overrides) and receive only a run's number; each runs
+`api.compare_run` and sends back its outcome. A plugin that fails while it runs comes back as its
+PluginError; any other error is raised in the main process (the first in run order, as the serial path
+raises it) and the other workers are killed; a worker that dies (killed, out of memory) is one
+InputError. Each worker writes the simulated time its run has reached to its slot of a shared array
+every POLL_S, which the main process reads to tell `progress`.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mmugather.errors import InputError
+from mmugather.pool import context, process_pool, worker_shared
+
+if TYPE_CHECKING:
+    from mmugather.api import Outcome, Progress
+    from mmugather.policies.base import Kernel
+    from mmugather.workloads.scenario import Scenario
+
+POLL_S = 0.1
+QUEUED = -1                  # a slot's value before its run starts; then the simulated ns it has reached
+METHOD = "fork"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A comparison as its workers inherit it: the runs (policy class, arch or None), their progress
+    labels, and what every run shares."""
+    scenario: Scenario
+    runs: list[tuple[type[Kernel], str | None]]
+    labels: list[str]
+    tracing: bool
+    kw: dict[str, Any]              # api.compare's overrides and bounds
+
+
+class _SlotClock:
+    """In a worker (an api.Progress): publishes the running simulation's clock in its slot every POLL_S
+    until the run ends; a context manager, so that no publisher outlives its run."""
+
+    def __init__(self, slots: Any, slot: int) -> None:
+        self.slots, self.slot = slots, slot
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_started(self, label: str, clock: Callable[[], int]) -> None:
+        self.slots[self.slot] = 0
+
+        def publish() -> None:
+            while not self._stop.wait(POLL_S):
+                self.slots[self.slot] = clock()
+        self._thread = threading.Thread(target=publish, name="mmugather-run-clock", daemon=True)
+        self._thread.start()
+
+    def run_done(self, label: str, sim_ns: int) -> None:
+        self.__exit__()
+        self.slots[self.slot] = sim_ns
+
+    def __enter__(self) -> _SlotClock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def run_task(k: int) -> Outcome:
+    """In a worker: run `k` of the inherited Job."""
+    from mmugather.api import compare_run
+    slots, job = worker_shared()
+    cls, arch = job.runs[k]
+    with _SlotClock(slots, k) as clock:
+        return compare_run(job.scenario, cls, job.tracing, clock, arch=arch, **job.kw)
+
+
+def run_parallel(job: Job, jobs: int, progress: Progress | None) -> list[Outcome]:
+    """The outcome of each run of `job`, `jobs` at a time in worker processes, in run order."""
+    slots = context(METHOD).Array("q", [QUEUED] * len(job.runs), lock=False)
+    try:
+        with process_pool(jobs, method=METHOD, shared=(slots, job)) as pool:
+            futures = [pool.submit(run_task, k) for k in range(len(job.runs))]
+            _wait_in_order(futures, job.labels, slots, progress)
+    except BrokenProcessPool:
+        raise InputError("compare: a worker process died while it ran (killed, out of memory?); --jobs 1 runs "
+                         "one run at a time in this process") from None
+    return [f.result() for f in futures]
+
+
+def _wait_in_order(futures: list[Future], labels: list[str], slots: Any, progress: Progress | None) -> None:
+    """Wait for every run, telling `progress` of each start and end; raise the error of the first run (in
+    run order) that raised one, once the runs before it have ended."""
+    told = [0] * len(futures)                  # 0: nothing told, 1: started, 2: done
+    while True:
+        if progress is not None:
+            _tell(progress, futures, labels, slots, told)
+        failed = next((k for k, f in enumerate(futures) if f.done() and f.exception() is not None), None)
+        if failed is not None and all(f.done() for f in futures[:failed]):
+            futures[failed].result()
+        running = [f for f in futures if not f.done()]
+        if not running:
+            return
+        wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED)
+
+
+def _reader(slots: Any, k: int) -> Callable[[], int]:
+    return lambda: max(0, slots[k])
+
+
+def _tell(progress: Progress, futures: list[Future], labels: list[str], slots: Any, told: list[int]) -> None:
+    for k, f in enumerate(futures):
+        if told[k] == 0 and (slots[k] != QUEUED or f.done()):
+            progress.run_started(labels[k], _reader(slots, k))
+            told[k] = 1
+        if told[k] == 1 and f.done():
+            progress.run_done(labels[k], max(0, slots[k]))
+            told[k] = 2
