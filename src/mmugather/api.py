@@ -13,17 +13,18 @@ line prints with `--json`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mmugather.errors import InputError
 from mmugather.explore.session import coverage_sentence, replay_document, run_search, target_spec, write_replay
 from mmugather.explore.target import KernelTarget
 from mmugather.machine.costs import Costs, load_costs
 from mmugather.machine.engine import LimitExceeded
+from mmugather.parallel import Progress  # noqa: F401  (api.Progress: what compare tells of its runs)
 from mmugather.policies import POLICIES, get_policy
 from mmugather.policies.base import Kernel
 from mmugather.policies.plugins import PluginError, plugin_guard
@@ -210,16 +211,6 @@ def _bounded(scenario: Scenario, cls: type[Kernel]) -> Iterator[None]:
                          f"{option} raises the bound)") from None
 
 
-class Progress(Protocol):
-    """Told of compare's runs (cli/progress.py draws a bar): each run's start, with a clock that reads the
-    simulated time it has reached, and its end with the simulated time it took. Runs in parallel workers
-    overlap: several may have started and not ended."""
-
-    def run_started(self, label: str, clock: Callable[[], int]) -> None: ...
-
-    def run_done(self, label: str, sim_ns: int) -> None: ...
-
-
 def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, progress: Progress | None = None,
               **kw) -> Run:
     """Build and run one Simulation (traced when `trace` is a list: its ChromeTrace, process 1 with flow ids
@@ -325,7 +316,7 @@ def compare(workload: WorkloadLike | None = None, policies: str | Sequence[Polic
     if workers > 1:
         from mmugather.parallel import Job, run_parallel
         labels = [f"{policy_name(cls)}/{a or next(iter(cls.arches))}" for cls, a in pairs]
-        outcomes = run_parallel(Job(scenario, pairs, labels, tracing, kw), workers, progress)
+        outcomes = run_parallel(Job(scenario, pairs, labels, tracing, kw, compare_run), workers, progress)
     else:
         outcomes = [compare_run(scenario, cls, tracing, progress, arch=a, **kw) for cls, a in pairs]
     runs = [r for r, _ in outcomes if isinstance(r, Run)]

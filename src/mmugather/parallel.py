@@ -2,12 +2,13 @@
 outcomes in the order asked for, exactly as api.compare makes them one after another in one process.
 
 The workers are forks of the main process (pool.py's "fork" method) that inherit the comparison (a
-`Job`: its scenario, policy classes and overrides) and receive only a run's number; each runs
-`api.compare_run` and sends back its outcome. A plugin that fails while it runs comes back as its
-PluginError; any other error is raised in the main process (the first in run order, as the serial path
-raises it) and the other workers are killed; a worker that dies (killed, out of memory) is one
-InputError. Each worker writes the simulated time its run has reached to its slot of a shared array
-every POLL_S, which the main process reads to tell `progress`.
+`Job`: its scenario, policy classes, overrides, and the function that makes one run's outcome,
+api.compare_run, passed down because this module sits below api) and receive only a run's number; each
+runs it and sends back its outcome. A plugin that fails while it runs comes back as its PluginError; any
+other error is raised in the main process (the first in run order, as the serial path raises it) and the
+other workers are killed; a worker that dies (killed, out of memory) is one InputError. Each worker
+writes the simulated time its run has reached to its slot of a shared array every POLL_S, which the main
+process reads to tell `progress` (a `Progress`, also api.Progress).
 """
 from __future__ import annotations
 
@@ -16,23 +17,33 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from mmugather.errors import InputError
 from mmugather.pool import context, process_pool, worker_shared
 
 if TYPE_CHECKING:
-    from mmugather.api import Outcome, Progress
     from mmugather.policies.base import Kernel
     from mmugather.workloads.scenario import Scenario
 
 POLL_S = 0.1
 QUEUED = -1                  # a slot's value before its run starts; then the simulated ns it has reached
 METHOD = "fork"
+T = TypeVar("T")                # a run's outcome (api.Outcome)
+
+
+class Progress(Protocol):
+    """Told of compare's runs (cli/progress.py draws a bar): each run's start, with a clock that reads the
+    simulated time it has reached, and its end with the simulated time it took. Runs in parallel workers
+    overlap: several may have started and not ended."""
+
+    def run_started(self, label: str, clock: Callable[[], int]) -> None: ...
+
+    def run_done(self, label: str, sim_ns: int) -> None: ...
 
 
 @dataclass(frozen=True)
-class Job:
+class Job(Generic[T]):
     """A comparison as its workers inherit it: the runs (policy class, arch or None), their progress
     labels, and what every run shares."""
     scenario: Scenario
@@ -40,6 +51,7 @@ class Job:
     labels: list[str]
     tracing: bool
     kw: dict[str, Any]              # api.compare's overrides and bounds
+    run: Callable[..., T]           # api.compare_run (passed down: this module sits below api)
 
 
 class _SlotClock:
@@ -73,16 +85,15 @@ class _SlotClock:
             self._thread.join()
 
 
-def run_task(k: int) -> Outcome:
+def run_task(k: int) -> Any:
     """In a worker: run `k` of the inherited Job."""
-    from mmugather.api import compare_run
     slots, job = worker_shared()
     cls, arch = job.runs[k]
     with _SlotClock(slots, k) as clock:
-        return compare_run(job.scenario, cls, job.tracing, clock, arch=arch, **job.kw)
+        return job.run(job.scenario, cls, job.tracing, clock, arch=arch, **job.kw)
 
 
-def run_parallel(job: Job, jobs: int, progress: Progress | None) -> list[Outcome]:
+def run_parallel(job: Job[T], jobs: int, progress: Progress | None) -> list[T]:
     """The outcome of each run of `job`, `jobs` at a time in worker processes, in run order."""
     slots = context(METHOD).Array("q", [QUEUED] * len(job.runs), lock=False)
     try:
