@@ -132,8 +132,30 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
     small = _zap_scan(kernel, c, pt, i, iend, none, quiet, work, stop_dirty_file)
     if small is not _TOO_LONG:
         return small
-    v = np.frombuffer(pt.ptes, dtype=np.int64)
-    w = v[i:iend]
+    got = _window(kernel, pt, i, iend, quiet, work, stop_dirty_file)
+    if not isinstance(got, tuple):
+        return got
+    w, nz, m = got
+    c_zap, c_none = kernel.costs.pte_zap, kernel.costs.pte_none
+    m, last_end = _within_horizon(c, c.clock + none, c_zap, c_none, nz, m)
+    sel = nz[:m]
+    first, last = int(sel[0]), int(sel[-1])
+    pfns, anon = _clear_array(kernel, w, sel, first, last)
+    del w
+    if work is not None:
+        work -= PAGE_SIZE * m + (last + 1 - m)
+    return ZapSteps(m, i + last, last_end - c.clock, pfns, anon, work, i + first)
+
+
+def _window(kernel, pt, i: int, iend: int, quiet: int, work: int | None,
+            stop_dirty_file: bool) -> tuple[np.ndarray, np.ndarray, int] | ZapSteps | None:
+    """The array path's view of entries [i, iend) of `pt`: the entries w (cut after the one where the
+    zap_work budget `work` is spent), the indices nz of the present ones (at least one), and m >= 1, how
+    many of those a run may take: at most `quiet` + 1, and with `stop_dirty_file` none from the first dirty
+    file page on. Else zap_steps()'s answer: ZapSteps of the empty entries when none is present, None when
+    the first present one is a dirty file page. w is a view of pt.ptes: del it before the table may be
+    resized."""
+    w = np.frombuffer(pt.ptes, dtype=np.int64)[i:iend]
     pres = w != 0
     if work is not None and work <= PAGE_SIZE * (iend - i):
         cum = np.cumsum(np.where(pres, PAGE_SIZE, 1))
@@ -141,29 +163,27 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
         if j < len(cum):
             w, pres = w[:j + 1], pres[:j + 1]
     nz = np.flatnonzero(pres)
-    costs = kernel.costs
-    c_zap, c_none = costs.pte_zap, costs.pte_none
     if not len(nz):
         cnt = len(w)
-        return ZapSteps(0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt, i + cnt)
+        return ZapSteps(0, i + cnt, kernel.costs.pte_none * cnt, None, 0, None if work is None else work - cnt,
+                        i + cnt)
     m = min(len(nz), quiet + 1)
     if stop_dirty_file:
         m = _before_dirty_file(kernel, w[nz[:m]])
         if m == 0:
             return None
-    m, last_end = _within_horizon(c, c.clock + none, c_zap, c_none, nz, m)
-    sel = nz[:m]
-    first, last = int(sel[0]), int(sel[-1])
+    return w, nz, m
+
+
+def _clear_array(kernel, w: np.ndarray, sel: np.ndarray, first: int, last: int) -> tuple[np.ndarray, int]:
+    """Clear the PTEs w[sel] (ascending; sel[0] == first, sel[-1] == last), as ptep_get_and_clear_full()
+    does one by one, and drop their rmaps: (their frames, how many were anon)."""
     pfns = w[sel] >> PAGE_SHIFT
-    if last - first == m - 1:
+    if last - first == len(sel) - 1:
         w[first:last + 1] = 0                           # ptep_get_and_clear_full()
     else:
         w[sel] = 0
-    del v, w
-    anon = rmap_remove(kernel.alloc, pfns)
-    if work is not None:
-        work -= PAGE_SIZE * m + (last + 1 - m)
-    return ZapSteps(m, i + last, last_end - c.clock, pfns, anon, work, i + first)
+    return pfns, rmap_remove(kernel.alloc, pfns)
 
 
 def _zap_ahead(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int | None,
@@ -174,26 +194,12 @@ def _zap_ahead(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: in
     each, as the engine would after the steps before; then the PTEs of all the steps run are cleared and
     their rmaps dropped in one pass (they commute with those events). The last step's crossing ends the run
     (its events are the engine's)."""
-    v = np.frombuffer(pt.ptes, dtype=np.int64)
-    w = v[i:iend]
-    pres = w != 0
-    if work is not None and work <= PAGE_SIZE * (iend - i):
-        cum = np.cumsum(np.where(pres, PAGE_SIZE, 1))
-        j = int(np.searchsorted(cum, work))             # the entry after which the budget is spent
-        if j < len(cum):
-            pres = pres[:j + 1]
-    nz = np.flatnonzero(pres)
-    costs = kernel.costs
-    c_zap, c_none = costs.pte_zap, costs.pte_none
-    if not len(nz):
-        cnt = len(pres)
-        return ZapSteps(0, i + cnt, c_none * cnt, None, 0, None if work is None else work - cnt, i + cnt)
-    m = min(len(nz), quiet + 1)
-    if stop_dirty_file:
-        m = _before_dirty_file(kernel, w[nz[:m]])
-        if m == 0:
-            return None
-    del v, w
+    got = _window(kernel, pt, i, iend, quiet, work, stop_dirty_file)
+    if not isinstance(got, tuple):
+        return got
+    w, nz, m = got
+    c_zap, c_none = kernel.costs.pte_zap, kernel.costs.pte_none
+    del w
     steps = np.arange(1, m + 1, dtype=np.int64)
     ends = (c.clock + none + c_zap * steps + c_none * (nz[:m] - (steps - 1))).tolist()
     engine = kernel.engine
@@ -207,14 +213,7 @@ def _zap_ahead(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: in
         x = bisect_left(ends, c.horizon, x + 1)
     sel = nz[:k] + i
     first, last = int(sel[0]), int(sel[-1])
-    v = np.frombuffer(pt.ptes, dtype=np.int64)
-    pfns = v[sel] >> PAGE_SHIFT
-    if last - first == k - 1:
-        v[first:last + 1] = 0                           # ptep_get_and_clear_full()
-    else:
-        v[sel] = 0
-    del v
-    anon = rmap_remove(kernel.alloc, pfns)
+    pfns, anon = _clear_array(kernel, np.frombuffer(pt.ptes, dtype=np.int64), sel, first, last)
     if work is not None:
         work -= PAGE_SIZE * k + (last + 1 - i - k)
     return ZapSteps(k, last, ends[k - 1] - c.clock, pfns, anon, work, first)

@@ -129,7 +129,6 @@ class Tlb:
             self.fill(c, vpn, pte)
             return
         inv = self.inv
-        dangling = c.dangling
         if table is not None:                       # fill_pwc()
             pwc = c.pwc
             refs = inv.pwc_refs
@@ -137,14 +136,7 @@ class Tlb:
             if old is None and len(pwc) >= PWC_ENTRIES:
                 old = pwc.pop(next(iter(pwc)))
             if old is not None:
-                pfn = old.pfn
-                n = refs[pfn] - 1
-                if n:
-                    refs[pfn] = n
-                else:
-                    del refs[pfn]
-                if dangling:
-                    dangling.discard(pfn)
+                self._unref(c, refs, old.pfn)
             pwc[key] = table
             pfn = table.pfn
             refs[pfn] = refs.get(pfn, 0) + 1
@@ -155,14 +147,7 @@ class Tlb:
             v = tlb.pop(next(iter(tlb)))
             self._evicted(c, tlb)
         if v is not None:
-            pfn = v >> 1
-            n = refs[pfn] - 1
-            if n:
-                refs[pfn] = n
-            else:
-                del refs[pfn]
-            if dangling:
-                dangling.discard(pfn)
+            self._unref(c, refs, v >> 1)
         pfn = pte >> PAGE_SHIFT
         tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
         refs[pfn] = refs.get(pfn, 0) + 1
