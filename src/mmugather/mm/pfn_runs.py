@@ -281,6 +281,8 @@ class RunCursor:
         ends, starts, lens, descs = self.ends, self.starts, self.lens, self.descs
         r0 = int(np.searchsorted(ends, a, "right"))
         r1 = int(np.searchsorted(ends, b - 1, "right"))
+        if r0 == r1 and size > 1:
+            return self._chunks_of_run(r0, a, b, size)
         cuts = np.concatenate((np.arange(a + size, b, size), ends[r0:r1]))
         cuts.sort()
         if len(cuts) > 1:
@@ -305,6 +307,27 @@ class RunCursor:
         counts = [size] * nchunks
         counts[-1] = b - a - (nchunks - 1) * size
         return list(map(big.__getitem__, map(slice, bounds[:-1], bounds[1:]))), counts
+
+    def _chunks_of_run(self, r: int, a: int, b: int, size: int) -> tuple[list[array], list[int]]:
+        """encode_chunks() of pages [a, b) of run r alone (size > 1): each chunk is its first pfn and
+        its length marker, the last one's marker left out when it holds one page."""
+        d = int(self.descs[r])
+        step = -1 if d else 1
+        first = int(self.starts[r]) + step * (a - int(self.ends[r] - self.lens[r]))
+        nchunks = -(-(b - a) // size)
+        last = b - a - (nchunks - 1) * size
+        out = np.empty((nchunks, 2), dtype=np.int32)
+        out[:, 0] = np.arange(first, first + step * size * nchunks, step * size)
+        out[:, 1] = -((size << 1) | d)
+        out[-1, 1] = -((last << 1) | d)
+        big = array("i", out.tobytes())
+        if last == 1:
+            del big[-1:]
+        ends = list(range(2, 2 * nchunks + 1, 2))
+        ends[-1] = len(big)
+        counts = [size] * nchunks
+        counts[-1] = last
+        return list(map(big.__getitem__, map(slice, range(0, 2 * nchunks, 2), ends))), counts
 
 
 def run_gaps(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndarray | None:

@@ -1,0 +1,45 @@
+"""Run-length encoded pfn sequences (mm/pfn_runs.py): RunCursor.encode_chunks(), the encodings of a 3.0
+gather's new batches, equal those of PfnRuns filled one pfn at a time."""
+import random
+
+import numpy as np
+
+from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs
+
+
+def _appended(pfns: list[int]) -> bytes:
+    runs = PfnRuns()
+    for p in pfns:
+        runs.append(p)
+    return runs.tobytes()
+
+
+def _check(starts: list[int], lens: list[int], descs: list[int], a: int, b: int, size: int) -> None:
+    cur = RunCursor(*(np.array(x, dtype=np.int64) for x in (starts, lens, descs)))
+    pfns = expand_runs(*cur.take(0, int(cur.ends[-1]))).tolist()
+    encs, counts = cur.encode_chunks(a, b, size)
+    chunks = [pfns[x:min(b, x + size)] for x in range(a, b, size)]
+    assert counts == list(map(len, chunks))
+    assert [e.tobytes() for e in encs] == list(map(_appended, chunks))
+
+
+def test_encode_chunks_of_one_run_equal_the_pages_appended_one_at_a_time():
+    """A range inside one run (a batch-sized cut of consecutive frames, ascending or descending): every
+    chunk's encoding, the short last one's too (one page: no length marker), is what append() makes."""
+    for desc in (0, 1):
+        for a, b, size in ((0, 1020, 510), (3, 1020, 510), (5, 516, 510), (0, 1021, 510), (7, 8, 510),
+                           (2, 900, 2), (1, 4, 2), (0, 1000, 1)):
+            _check([10_000], [1024], [desc], a, b, size)
+
+
+def test_encode_chunks_of_runs_far_apart_equal_the_pages_appended_one_at_a_time():
+    """Random ranges over up to four runs whose pfns do not continue one another (else append() would
+    join them), chunk sizes from one page up."""
+    rng = random.Random(3)
+    for _ in range(2000):
+        n = rng.randint(1, 4)
+        lens = [rng.choice([1, 2, 3, rng.randint(1, 3000)]) for _ in range(n)]
+        starts = [20_000 * (i + 1) + rng.randint(0, 9000) for i in range(n)]
+        descs = [rng.randint(0, 1) if ln > 1 else 0 for ln in lens]
+        a = rng.randint(0, sum(lens) - 1)
+        _check(starts, lens, descs, a, rng.randint(a + 1, sum(lens)), rng.choice([1, 2, 3, 7, 510, 5000]))
