@@ -129,7 +129,7 @@ def test_the_progress_hears_of_every_run_from_the_workers():
     events = []
 
     class Recorder:
-        def run_started(self, label, clock):
+        def run_started(self, label, clock, fraction):
             events.append(("start", label, clock()))
 
         def run_done(self, label, sim_ns):

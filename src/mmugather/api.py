@@ -219,7 +219,8 @@ def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, progres
         sim = Simulation(scenario, cls, **kw)
         label = f"{policy_name(cls)}/{sim.arch_name}"
         if progress is not None:
-            progress.run_started(label, lambda: sim.engine.now)
+            from mmugather.sim.progress import RunFraction
+            progress.run_started(label, lambda: sim.engine.now, RunFraction(sim))
         if trace is not None:
             from mmugather.sim.tracing import attach_trace
             trace.append(attach_trace(sim))

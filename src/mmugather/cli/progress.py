@@ -1,12 +1,13 @@
 """A progress bar for `compare`: on stderr, only when stderr is a terminal and the output is not JSON, and
 only once the compare has run for more than DELAY seconds (quick runs print nothing extra).
 
-Rich (a dependency already) draws it. The bar counts finished runs (policy x arch); within the runs
-going on (one, or one per worker: api.compare's jobs) it moves with their simulated time against the
-last finished run's total (runs of one workload take similar simulated times), so that the ETA means
-something after the first run. The rate column is simulated time per wall-clock second, summed over
-the runs going on. A watcher thread polls their clocks (each reads an int: a simulation's `now` in this
-process, a worker's slot in shared memory: parallel.py).
+Rich (a dependency already) draws it. The bar shows the fraction of all runs (policy x arch) done: the
+sum of the runs' fractions (1 for each finished run; for a run going on, the fraction of its work done:
+sim/progress.py RunFraction) over the number of runs, so that it moves, and Rich's ETA follows from it,
+from the first poll on, with one run at a time (--jobs 1) or several in workers. The rate column is
+simulated time per wall-clock second, summed over the runs going on. A watcher thread polls their clocks
+and fractions (each a read of a number: of the Simulation in this process, of a worker's slot in shared
+memory: parallel.py).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _going_on(running: dict) -> str:
 
 
 class CompareProgress:
-    """compare's progress (an api.Progress): `run_started(label, clock)` as each run starts,
+    """compare's progress (an api.Progress): `run_started(label, clock, fraction)` as each run starts,
     `run_done(label, sim_ns)` as it ends; runs may overlap. Use as a context manager; draws nothing
     unless `enabled`, and nothing before DELAY seconds have passed since entering."""
 
@@ -53,8 +54,8 @@ class CompareProgress:
         self.enabled = enabled
         self.delay = self.DELAY if delay is None else delay
         self.done = 0
-        self.estimate: int | None = None          # the last finished run's simulated time
-        self.running: dict[str, Callable[[], int]] = {}     # label -> clock, in start order
+        # label -> (clock, fraction done), in start order
+        self.running: dict[str, tuple[Callable[[], int], Callable[[], float]]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bar: Progress | None = None
@@ -72,21 +73,21 @@ class CompareProgress:
         if self._bar is not None:
             self._bar.stop()
 
-    def run_started(self, label: str, clock: Callable[[], int]) -> None:
+    def run_started(self, label: str, clock: Callable[[], int], fraction: Callable[[], float]) -> None:
         """The watcher thread starts with the first run: after compare's workers have forked
         (parallel.py), which copy no thread of this process."""
-        self.running = {**self.running, label: clock}
+        self.running = {**self.running, label: (clock, fraction)}
         if self.enabled and self._thread is None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._watch, name="compare-progress", daemon=True)
             self._thread.start()
 
     def run_done(self, label: str, sim_ns: int) -> None:
         self.done += 1
-        self.estimate = sim_ns or self.estimate
         self.running = {k: c for k, c in self.running.items() if k != label}
 
     def _watch(self) -> None:
         last: tuple[float, int] | None = None
+        shown = 0.0                 # the bar never goes back (a run may end between the reads below)
         while not self._stop.wait(self.POLL):
             if self._bar is None:
                 if time.monotonic() - self._t0 < self.delay:
@@ -94,14 +95,15 @@ class CompareProgress:
                 self._start()
             assert self._bar is not None and self._task is not None
             running, done = self.running, self.done          # one snapshot: runs end meanwhile
-            nows = [clock() for clock in running.values()]
-            frac = sum(min(0.95, now / self.estimate) for now in nows) if self.estimate else 0.0
+            nows = [clock() for clock, _ in running.values()]
+            frac = sum(min(1.0, max(0.0, fraction())) for _, fraction in running.values())
             t, total = time.monotonic(), sum(nows)
             rate = None
             if last is not None and total >= last[1] and t > last[0]:
                 rate = (total - last[1]) / (t - last[0])
             last = (t, total)
-            self._bar.update(self._task, completed=done + frac, rate=rate,
+            shown = max(shown, min(self.runs, done + frac))
+            self._bar.update(self._task, completed=shown, rate=rate,
                              description=f"compare {_going_on(running)} ({done}/{self.runs} runs)")
 
     def _start(self) -> None:
