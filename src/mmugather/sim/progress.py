@@ -5,8 +5,8 @@ A run's work is what ends it. Every process exits when its programs end (workloa
 _do_exit(): exit_mm() unmaps all it still maps), so a run that starts with pages mapped ends once it has
 unmapped them all: the measure is the kernel's own count of pages unmapped (metrics.pages_unmapped, kept
 by zap_pte_range() and its PMD and bulk forms) against the resident pages (mm->rss) of every mm when
-the run starts. A program with a loop bounded by duration_ns (will-it-scale, `wis:`) runs at least as long
-as its longest such loop: the measure is then the simulated time (engine.now) against that bound. Where
+the run starts. A program with a top-level loop bounded by duration_ns (will-it-scale, `wis:`) runs at
+least as long as its longest such loop: the measure is then the simulated time (engine.now) against that bound. Where
 both apply, the smaller; where neither (nothing resident, no timed loop), 0 until the run ends.
 
 Measured against wall time (the fraction sampled every 0.5 s of a lone run, against the share of the
