@@ -159,8 +159,9 @@ class X86(ArchBase):
 
     def flush_tlb_multi(self, c: Cpu, mm: MmStruct, info: FlushTlbInfo) -> KernelPath:
         """flush_tlb_multi(mm_cpumask(mm), info), arch/x86/mm/tlb.c v6.18: the paravirt op
-        __flush_tlb_multi(), native_flush_tlb_multi() here (X86Kvm: kvm_flush_tlb_multi())."""
-        yield self.native_flush_tlb_multi(c, sorted(mm.cpumask), info)
+        __flush_tlb_multi(), native_flush_tlb_multi() here (X86Kvm: kvm_flush_tlb_multi()). An inline call:
+        the native path itself, not a frame of its own on the task's stack."""
+        return self.native_flush_tlb_multi(c, sorted(mm.cpumask), info)
 
     def native_flush_tlb_multi(self, c: Cpu, cpumask: list[int], info: FlushTlbInfo) -> KernelPath:
         """native_flush_tlb_multi(), arch/x86/mm/tlb.c v6.18: on_each_cpu_mask(cpumask, flush_tlb_func)

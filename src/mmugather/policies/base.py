@@ -75,8 +75,9 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         return None
 
     def tlb_flush(self, c, tlb):
-        """tlb_flush(): the arch's invalidation for a gather (x86 v2.6.39/v3.0: flush_tlb_mm)."""
-        yield self.arch.tlb_flush(c, tlb)
+        """tlb_flush(): the arch's invalidation for a gather (x86 v2.6.39/v3.0: flush_tlb_mm). The arch's
+        path itself, not a frame of its own on the task's stack (the kernel's tlb_flush() is the arch's)."""
+        return self.arch.tlb_flush(c, tlb)
 
     def populate(self, mm, vma, start: int, end: int) -> int:
         """Set-up only (not a kernel path): map every page of [start, end) in vma as if faulted in by

@@ -323,7 +323,7 @@ class Memory618(ZapUpperLevels):
     def unmap_page_range(self, c, tlb, vma, addr: int, end: int, details) -> Path:
         """unmap_page_range(), mm/memory.c v6.18: tlb_start_vma(), the walk (as v3.0's), tlb_end_vma()."""
         self.tlb_start_vma(c, tlb, vma)
-        yield super().unmap_page_range(c, tlb, vma, addr, end, details)
+        yield from super().unmap_page_range(c, tlb, vma, addr, end, details)
         yield self.tlb_end_vma(c, tlb, vma)
 
     def unmap_single_vma(self, c, tlb, vma, start_addr: int, end_addr: int, details) -> Path:
