@@ -25,6 +25,7 @@ then reachable by user code.
 """
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -160,21 +161,29 @@ class Invariants:
             m.frees_under_pte_lock += not_batch
 
     def _freed_while_mapped(self, c, pfn: int) -> None:
+        """Frame pfn, which tlb_refs says some TLB still maps, was freed: each CPU whose TLB maps it, in CPU
+        order, reports it, or keeps it dangling where its entry is not live (or is the freeing CPU's). The
+        scan stops once it has found as many entries as tlb_refs counts (Tlb keeps that count exact)."""
         ro, rw = pfn << 1, (pfn << 1) | 1
+        left = self.tlb_refs[pfn]
         for x in self.cpus:
             vals = x.tlb.values()
             if ro not in vals and rw not in vals:       # a scan in C first: most TLBs do not map it
                 continue
-            vpns = [vpn for vpn, v in x.tlb.items() if v >> 1 == pfn]
-            if not vpns:
-                continue
+            held = list(vals)
+            n_ro, n_rw = held.count(ro), held.count(rw)
+            first = min(held.index(ro) if n_ro else len(held), held.index(rw) if n_rw else len(held))
+            left -= n_ro + n_rw
             if x is c or not self.arch.tlb_entry_live(x):
                 x.dangling.add(pfn)
-                continue
-            who = f"CPU {c.id}" if c is not None else "set-up"
-            self.report("stale-tlb-use-after-free", x.id,
-                        f"pfn {pfn} freed by {who} at {c.clock if c else 0} ns while CPU {x.id}'s TLB still "
-                        f"maps user address {vpns[0] << 12:#x} to it", key=pfn)
+            else:
+                vpn = next(islice(x.tlb, first, None))  # the first of its entries mapping pfn
+                who = f"CPU {c.id}" if c is not None else "set-up"
+                self.report("stale-tlb-use-after-free", x.id,
+                            f"pfn {pfn} freed by {who} at {c.clock if c else 0} ns while CPU {x.id}'s TLB still "
+                            f"maps user address {vpn << 12:#x} to it", key=pfn)
+            if left <= 0:
+                return
 
     def _freed_while_cached(self, c, pfn: int) -> None:
         for x in self.cpus:
