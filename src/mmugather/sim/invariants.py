@@ -33,6 +33,8 @@ import numpy as np
 from mmugather.mm.page_alloc import ANON, BATCH, DEVICE, FILE, KIND_NAMES, PGTABLE
 
 MAX_RECORDED = 200
+LOOKUP_MAX = 4096       # reached(): frames looked up one by one up to this many
+FEW_FOUND = 8           # reached(): frames found that a mask of comparisons serves faster than isin
 
 
 class Invariants:
@@ -105,18 +107,25 @@ class Invariants:
 
     def reached(self, pfns: np.ndarray) -> np.ndarray | None:
         """Which of the frames `pfns` some TLB, paging-structure cache or lockless walker still reaches: a
-        boolean mask, or None when none is. Looks each frame up when there are fewer frames than reverse-map
-        entries (a small batch while many TLBs are warm), else matches the arrays (numpy isin)."""
+        boolean mask, or None when none is. Looks each frame up in the reverse maps when there are at most
+        LOOKUP_MAX frames or no more than reverse-map entries, else matches the arrays (numpy isin); the mask
+        of a few frames found is their comparisons with the array (isin costs tens of microseconds)."""
         refs = [r for r in (self.tlb_refs, self.pwc_refs, self.walking) if r]
         if not refs:
             return None
-        if len(pfns) <= sum(len(r) for r in refs):
+        if len(pfns) <= LOOKUP_MAX or len(pfns) <= sum(len(r) for r in refs):
             pl = pfns.tolist()
             found = refs[0].keys() & pl
             for r in refs[1:]:
                 found |= r.keys() & pl
             if not found:
                 return None
+            if len(found) <= FEW_FOUND:
+                it = iter(found)
+                hit = pfns == next(it)
+                for pfn in it:
+                    hit |= pfns == pfn
+                return hit
             return np.isin(pfns, np.fromiter(found, dtype=np.int64, count=len(found)))
         hit = np.isin(pfns, np.fromiter(set().union(*refs), dtype=np.int64))
         return hit if hit.any() else None
