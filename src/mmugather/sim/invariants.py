@@ -25,7 +25,6 @@ then reachable by user code.
 """
 from __future__ import annotations
 
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -55,6 +54,7 @@ class Invariants:
         self.violations: list[dict] = []
         self.total = 0
         self._seen: set = set()
+        self._holders: list[int] = []          # _freed_while_mapped(): CPU indices, latest holder first
 
     def report(self, kind: str, cpu: int, detail: str, key=None) -> None:
         key = (kind, cpu, key if key is not None else detail)
@@ -172,27 +172,40 @@ class Invariants:
     def _freed_while_mapped(self, c, pfn: int) -> None:
         """Frame pfn, which tlb_refs says some TLB still maps, was freed: each CPU whose TLB maps it, in CPU
         order, reports it, or keeps it dangling where its entry is not live (or is the freeing CPU's). The
-        scan stops once it has found as many entries as tlb_refs counts (Tlb keeps that count exact)."""
+        TLBs are searched most recent holder of such a frame first (frames freed together are mostly a few
+        CPUs'), until the entries found are as many as tlb_refs counts (Tlb keeps that count exact): no
+        other TLB maps the frame."""
         ro, rw = pfn << 1, (pfn << 1) | 1
         left = self.tlb_refs[pfn]
-        for x in self.cpus:
-            vals = x.tlb.values()
+        cpus = self.cpus
+        order = self._holders
+        if len(order) != len(cpus):
+            order[:] = range(len(cpus))
+        found = []
+        for k, i in enumerate(order):
+            vals = cpus[i].tlb.values()
             if ro not in vals and rw not in vals:       # a scan in C first: most TLBs do not map it
                 continue
-            held = list(vals)
-            n_ro, n_rw = held.count(ro), held.count(rw)
-            first = min(held.index(ro) if n_ro else len(held), held.index(rw) if n_rw else len(held))
-            left -= n_ro + n_rw
-            if x is c or not self.arch.tlb_entry_live(x):
-                x.dangling.add(pfn)
-            else:
-                vpn = next(islice(x.tlb, first, None))  # the first of its entries mapping pfn
-                who = f"CPU {c.id}" if c is not None else "set-up"
-                self.report("stale-tlb-use-after-free", x.id,
-                            f"pfn {pfn} freed by {who} at {c.clock if c else 0} ns while CPU {x.id}'s TLB still "
-                            f"maps user address {vpn << 12:#x} to it", key=pfn)
+            found.append(i)
+            if k:
+                order.insert(0, order.pop(k))
+            left -= 1 if left == 1 else _entries_of(vals, ro, rw)
             if left <= 0:
-                return
+                break
+        for i in sorted(found):
+            self._mapped_at_free(c, cpus[i], pfn)
+
+    def _mapped_at_free(self, c, x, pfn: int) -> None:
+        """CPU x's TLB maps freed frame pfn: a violation where that entry is live on another CPU than the
+        freeing one (naming the first address x's TLB maps it at), else a dangling frame of x's."""
+        if x is c or not self.arch.tlb_entry_live(x):
+            x.dangling.add(pfn)
+            return
+        vpn = next(vpn for vpn, v in x.tlb.items() if v >> 1 == pfn)
+        who = f"CPU {c.id}" if c is not None else "set-up"
+        self.report("stale-tlb-use-after-free", x.id,
+                    f"pfn {pfn} freed by {who} at {c.clock if c else 0} ns while CPU {x.id}'s TLB still "
+                    f"maps user address {vpn << 12:#x} to it", key=pfn)
 
     def _freed_while_cached(self, c, pfn: int) -> None:
         for x in self.cpus:
@@ -379,3 +392,9 @@ def _count_tables(mm) -> int:
         for pmd in pud.entries.values():
             n += 1 + len(pmd.entries)
     return n
+
+
+def _entries_of(vals, ro: int, rw: int) -> int:
+    """How many of a TLB's values (a dict view) are ro or rw (a frame, read-only or writable): C-level."""
+    held = list(vals)
+    return held.count(ro) + held.count(rw)
