@@ -32,6 +32,8 @@ import numpy as np
 from mmugather.mm.page_alloc import ANON, BATCH, DEVICE, FILE, KIND_NAMES, PGTABLE
 
 MAX_RECORDED = 200
+LOOKUP_MAX = 4096       # reached(): frames looked up one by one up to this many
+FEW_FOUND = 8           # reached(): frames found that a mask of comparisons serves faster than isin
 
 
 class Invariants:
@@ -52,6 +54,7 @@ class Invariants:
         self.violations: list[dict] = []
         self.total = 0
         self._seen: set = set()
+        self._holders: list[int] = []          # _freed_while_mapped(): CPU indices, latest holder first
 
     def report(self, kind: str, cpu: int, detail: str, key=None) -> None:
         key = (kind, cpu, key if key is not None else detail)
@@ -104,18 +107,25 @@ class Invariants:
 
     def reached(self, pfns: np.ndarray) -> np.ndarray | None:
         """Which of the frames `pfns` some TLB, paging-structure cache or lockless walker still reaches: a
-        boolean mask, or None when none is. Looks each frame up when there are fewer frames than reverse-map
-        entries (a small batch while many TLBs are warm), else matches the arrays (numpy isin)."""
+        boolean mask, or None when none is. Looks each frame up in the reverse maps when there are at most
+        LOOKUP_MAX frames or no more than reverse-map entries, else matches the arrays (numpy isin); the mask
+        of a few frames found is their comparisons with the array (isin costs tens of microseconds)."""
         refs = [r for r in (self.tlb_refs, self.pwc_refs, self.walking) if r]
         if not refs:
             return None
-        if len(pfns) <= sum(len(r) for r in refs):
+        if len(pfns) <= LOOKUP_MAX or len(pfns) <= sum(len(r) for r in refs):
             pl = pfns.tolist()
             found = refs[0].keys() & pl
             for r in refs[1:]:
                 found |= r.keys() & pl
             if not found:
                 return None
+            if len(found) <= FEW_FOUND:
+                it = iter(found)
+                hit = pfns == next(it)
+                for pfn in it:
+                    hit |= pfns == pfn
+                return hit
             return np.isin(pfns, np.fromiter(found, dtype=np.int64, count=len(found)))
         hit = np.isin(pfns, np.fromiter(set().union(*refs), dtype=np.int64))
         return hit if hit.any() else None
@@ -160,21 +170,42 @@ class Invariants:
             m.frees_under_pte_lock += not_batch
 
     def _freed_while_mapped(self, c, pfn: int) -> None:
+        """Frame pfn, which tlb_refs says some TLB still maps, was freed: each CPU whose TLB maps it, in CPU
+        order, reports it, or keeps it dangling where its entry is not live (or is the freeing CPU's). The
+        TLBs are searched most recent holder of such a frame first (frames freed together are mostly a few
+        CPUs'), until the entries found are as many as tlb_refs counts (Tlb keeps that count exact): no
+        other TLB maps the frame."""
         ro, rw = pfn << 1, (pfn << 1) | 1
-        for x in self.cpus:
-            vals = x.tlb.values()
+        left = self.tlb_refs[pfn]
+        cpus = self.cpus
+        order = self._holders
+        if len(order) != len(cpus):
+            order[:] = range(len(cpus))
+        found = []
+        for k, i in enumerate(order):
+            vals = cpus[i].tlb.values()
             if ro not in vals and rw not in vals:       # a scan in C first: most TLBs do not map it
                 continue
-            vpns = [vpn for vpn, v in x.tlb.items() if v >> 1 == pfn]
-            if not vpns:
-                continue
-            if x is c or not self.arch.tlb_entry_live(x):
-                x.dangling.add(pfn)
-                continue
-            who = f"CPU {c.id}" if c is not None else "set-up"
-            self.report("stale-tlb-use-after-free", x.id,
-                        f"pfn {pfn} freed by {who} at {c.clock if c else 0} ns while CPU {x.id}'s TLB still "
-                        f"maps user address {vpns[0] << 12:#x} to it", key=pfn)
+            found.append(i)
+            if k:
+                order.insert(0, order.pop(k))
+            left -= 1 if left == 1 else _entries_of(vals, ro, rw)
+            if left <= 0:
+                break
+        for i in sorted(found):
+            self._mapped_at_free(c, cpus[i], pfn)
+
+    def _mapped_at_free(self, c, x, pfn: int) -> None:
+        """CPU x's TLB maps freed frame pfn: a violation where that entry is live on another CPU than the
+        freeing one (naming the first address x's TLB maps it at), else a dangling frame of x's."""
+        if x is c or not self.arch.tlb_entry_live(x):
+            x.dangling.add(pfn)
+            return
+        vpn = next(vpn for vpn, v in x.tlb.items() if v >> 1 == pfn)
+        who = f"CPU {c.id}" if c is not None else "set-up"
+        self.report("stale-tlb-use-after-free", x.id,
+                    f"pfn {pfn} freed by {who} at {c.clock if c else 0} ns while CPU {x.id}'s TLB still "
+                    f"maps user address {vpn << 12:#x} to it", key=pfn)
 
     def _freed_while_cached(self, c, pfn: int) -> None:
         for x in self.cpus:
@@ -361,3 +392,9 @@ def _count_tables(mm) -> int:
         for pmd in pud.entries.values():
             n += 1 + len(pmd.entries)
     return n
+
+
+def _entries_of(vals, ro: int, rw: int) -> int:
+    """How many of a TLB's values (a dict view) are ro or rw (a frame, read-only or writable): C-level."""
+    held = list(vals)
+    return held.count(ro) + held.count(rw)

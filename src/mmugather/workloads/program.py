@@ -465,6 +465,7 @@ class ChurnLookahead:
         sim = self.sim
         costs = sim.costs
         tlb = sim.tlb
+        inv = sim.invariants
         getrandbits = self.getrandbits
         while heap:
             ev = heap[0]
@@ -544,8 +545,8 @@ class ChurnLookahead:
                 v = cpu.tlb.get(vpn)
                 write = ch.write
                 if v is not None and (not write or v & 1):
-                    if write and sim.invariants.check_stores:
-                        sim.invariants.user_store(cpu, task.mm, addr, v >> 1)
+                    if write and inv.check_stores:
+                        inv.user_store(cpu, task.mm, addr, v >> 1)
                     clock += costs.user_access
                 else:                                # the walk (_walk(), inlined when unobserved)
                     key = addr >> PMD_SHIFT
@@ -566,8 +567,8 @@ class ChurnLookahead:
                             pte = table.ptes[vpn & 511] = pte | _PAGE_DIRTY | _PAGE_ACCESSED
                         tlb.walk_fill(cpu, key, None if cached else table, vpn,
                                       pte if pte & _PAGE_DIRTY else pte & ~_PAGE_RW)
-                        if sim.invariants.in_flight:
-                            sim.invariants.tlb_filled(cpu, vpn)
+                        if inv.in_flight and (cpu.id, vpn) in inv.in_flight_keys:    # (tlb_filled()'s test)
+                            inv.tlb_filled(cpu, vpn)
                     clock += costs.tlb_miss_walk
                 cpu.horizon = horizon
                 cpu.clock = clock
