@@ -33,26 +33,7 @@ static const char *const COUNTERS[] = {"thp_split_pmd", "thp_file_mapped", "pgfa
 #define NCOUNTERS 3
 
 #include "vmstat.h"
-
-/* FilePmdMapped (kB) of the mapping that starts at `a`, from /proc/self/smaps. */
-static long file_pmd_mapped_kb(char *a)
-{
-	char line[256], want[32];
-	long kb = -1;
-	int in = 0;
-	FILE *f = fopen("/proc/self/smaps", "r");
-
-	snprintf(want, sizeof(want), "%lx-", (unsigned long)a);
-	while (f && fgets(line, sizeof(line), f)) {
-		if (strchr(line, '-') && strncmp(line, want, strlen(want)) == 0)
-			in = 1;
-		else if (in && sscanf(line, "FilePmdMapped: %ld kB", &kb) == 1)
-			break;
-	}
-	if (f)
-		fclose(f);
-	return kb;
-}
+#include "../src/mmugather/host/smaps.h"
 
 static double now(void)
 {

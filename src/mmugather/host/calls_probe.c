@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "cprobe.h"
+#include "smaps.h"
 
 #define PG 4096L
 #define NULL_CALLS 200
@@ -244,26 +245,6 @@ static void fault_around(const char *dir, long repeats)
 	print_samples("map_pages_16", all, repeats);
 	free(one);
 	free(all);
-}
-
-/* FilePmdMapped (kB) of the mapping starting at p (/proc/self/smaps; -1 if absent) */
-static long file_pmd_mapped_kb(const char *p)
-{
-	char want[32], line[512];
-	long kb = -1;
-	int inside = 0;
-	FILE *f = fopen("/proc/self/smaps", "r");
-	snprintf(want, sizeof(want), "%lx-", (unsigned long)p);
-	while (f && fgets(line, sizeof(line), f)) {
-		char *sp = strchr(line, ' ');
-		if (sp && memchr(line, '-', sp - line))
-			inside = !strncmp(line, want, strlen(want));
-		else if (inside && !strncmp(line, "FilePmdMapped:", 14))
-			kb = atol(line + 14);
-	}
-	if (f)
-		fclose(f);
-	return kb;
 }
 
 static void pmd_faults(const char *dir)
