@@ -60,15 +60,21 @@ def _metrics(sc, name, arch, **kw) -> str:
     return json.dumps(Simulation(sc, POLICIES[name], arch=arch, **kw).run(), sort_keys=True, default=str)
 
 
-@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(racing_scenarios(), st.sampled_from(RUNS))
-def test_lookahead_changes_no_metric(data, run):
-    """With the lookahead, the same metrics as with the engine's steps alone (and as step by step)."""
-    sc = parse_scenario(data, "lookahead")
+def _assert_exact(data: dict, label: str, run: tuple[str, str]) -> None:
+    """Scenario `data` under `run` (policy, arch) gives the same metrics with the lookahead, without it
+    and step by step."""
+    sc = parse_scenario(data, label)
     name, arch = run
     ahead = _metrics(sc, name, arch)
     assert ahead == _metrics(sc, name, arch, lookahead=False)
     assert ahead == _metrics(sc, name, arch, fast=False)
+
+
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(racing_scenarios(), st.sampled_from(RUNS))
+def test_lookahead_changes_no_metric(data, run):
+    """With the lookahead, the same metrics as with the engine's steps alone (and as step by step)."""
+    _assert_exact(data, "lookahead", run)
 
 
 @st.composite
@@ -102,11 +108,7 @@ def teardowns_beside_churn(draw):
 @given(teardowns_beside_churn(), st.sampled_from(RUNS))
 def test_lookahead_across_teardown_runs_changes_no_metric(data, run):
     """A teardown whose runs the lookahead crosses: the same metrics with it, without it, and step by step."""
-    sc = parse_scenario(data, "teardown beside churn")
-    name, arch = run
-    ahead = _metrics(sc, name, arch)
-    assert ahead == _metrics(sc, name, arch, lookahead=False)
-    assert ahead == _metrics(sc, name, arch, fast=False)
+    _assert_exact(data, "teardown beside churn", run)
 
 
 def test_every_policy_and_arch_is_drawn():
