@@ -132,6 +132,15 @@ class _Pass:
         k = x - int(page_end[u] - cnt[u])               # the k-th present entry of unit u
         return s + (k if self.pres is None else int(np.flatnonzero(self.pres[s:s + lens[u]])[k]))
 
+    def _offsets(self, us: np.ndarray, ks: np.ndarray) -> np.ndarray:
+        """Where in its unit's entries the ks[i]-th present entry of unit us[i] is (at() less the unit's
+        first entry, for many pages)."""
+        if self.pres is None:
+            return ks
+        first = (self.ent_end - self.lens)[us].tolist()
+        return np.array([int(np.flatnonzero(self.pres[s:s + n])[k]) for s, n, k
+                         in zip(first, self.lens[us].tolist(), ks.tolist())], dtype=np.int64)
+
     def price(self, dirty_file_stops: bool) -> None:
         """Each unit's cost and PTE lock hold, the tables where the gather fills split in two."""
         costs, page_end, nu = self.kernel.costs, self.page_end, self.nu
@@ -156,8 +165,8 @@ class _Pass:
         if fl is not None and self.cycle is not None:   # split the tables where the gather fills (fl: a cycle)
             _, first_ns, flush_ns, free_ns = self.cycle
             uf = np.searchsorted(page_end, fl, "right")     # the table of each, its entry there, its pages
-            off = np.array([self.at(x) for x in fl.tolist()], dtype=np.int64) - (self.ent_end - lens)[uf]
             cnt1 = fl - (page_end - cnt)[uf] + 1            # up to that one (the fills' costs come before)
+            off = self._offsets(uf, cnt1 - 1)
             fns = np.full(len(fl), flush_ns)
             fns[0] = first_ns
             self.hold1 = costs.pte_zap * cnt1 + costs.pte_none * (off + 1 - cnt1) + ev[uf] + fns

@@ -117,7 +117,8 @@ class Bulk618(BulkBackend):
 
     def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None) -> None:
         """__tlb_remove_folio_pages_size() of each of `pfns` (int64), in order, as tables_fills() planned
-        them (their cost is the caller's to spend)."""
+        them (their cost is the caller's to spend): batches kept from an earlier flush are filled in turn,
+        new ones allocated at once (_new_batches)."""
         a, b = 0, len(pfns)
         while a < b:
             batch = tlb.active
@@ -126,15 +127,27 @@ class Bulk618(BulkBackend):
             a += take
             if len(batch.pages) < batch.max - 1:
                 break
-            if batch.next is not None:
-                tlb.active = batch.next
-                continue
-            pfn = kernel.alloc.alloc_many(BATCH, 1, GFP_NOWAIT)[0]
-            tlb.batch_count += 1
-            kernel.metrics.gather_memory(PAGE_SIZE)
+            if batch.next is None:
+                self._new_batches(kernel, tlb, pfns[a:])
+                break
+            tlb.active = batch.next
+
+    @staticmethod
+    def _new_batches(kernel: Any, tlb: Any, pfns: np.ndarray) -> None:
+        """The active batch is full and the last: tlb_next_batch() for it, and again for each new batch
+        filled, the new batches taking `pfns` (max - 1 entries each; the last one, active, may be empty).
+        The frames are the ones one allocation after another would give (alloc_many)."""
+        per = kernel.MAX_GATHER_BATCH - 1
+        k = 1 + len(pfns) // per
+        frames = kernel.alloc.alloc_many(BATCH, k, GFP_NOWAIT)
+        tlb.batch_count += k
+        kernel.metrics.gather_memory(PAGE_SIZE * k)
+        batch = tlb.active
+        for j, pfn in enumerate(frames):
             new = Batch618(pfn, kernel.MAX_GATHER_BATCH)
-            batch.next = new
-            tlb.active = new
+            new.pages.frombytes(pfns[j * per:(j + 1) * per].tobytes())
+            batch.next = batch = new
+        tlb.active = batch
 
     def tables_cycle(self, kernel: Any, c: Any, tlb: Any, limit: int) -> tuple | None:
         """zap_pte_range()'s forced-flush cycle as a pass may run it, when page `limit` of a run finds the
