@@ -270,11 +270,16 @@ class PageAlloc:
                 self._release_flagged(cpu, pfns.tolist(), under_lock.tolist())
             return
         refcount, _, kind = self.views()
+        kd: int | None = None                            # the kind of every frame freed, when one
         if fs.mask is not None:
-            zz, freed, k, kinds, z = self._drop_spanned(refcount, kind, pfns, fs)
+            zz, freed, k, kinds, z, kd = self._drop_spanned(refcount, kind, pfns, fs)
         else:
             zz, freed, k = self._drop_scattered(refcount, kind, pfns)
-        counts = kind_counts(k)
+        if kd is None:
+            counts = kind_counts(k)
+        else:
+            counts = [0] * len(KIND_NAMES)
+            counts[kd] = len(k)
         if counts[FREE]:
             raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
         if fs.mask is None:
@@ -299,7 +304,8 @@ class PageAlloc:
     def _drop_spanned(self, refcount: np.ndarray, kind: np.ndarray, pfns: np.ndarray, fs: FrameSpan) -> tuple:
         """release_array's reference drop for frames in a FrameSpan mask (`refcount`, `kind`: the views):
         (which of pfns were freed (None: all), those frames, their kinds, the span's kinds, which frames of
-        the span were freed (None: every frame of pfns and none else, when the span knows its holes))."""
+        the span were freed (None: every frame of pfns and none else, when the span knows its holes), the
+        kind of every frame freed when it is one and known (else None))."""
         lo, hi, m, holes = fs.lo, fs.hi, fs.mask, fs.holes
         rc = refcount[lo:hi]
         if holes is None:
@@ -308,28 +314,30 @@ class PageAlloc:
             rc -= 1
             if len(holes):
                 rc[holes] += 1
-        if rc.min() < 0:
-            self._bad_release(pfns, (rc < 0)[pfns - lo])
         z = rc == 0
         if holes is None:
             z &= m
         elif len(holes):
             z[holes] = False
+        nz = int(np.count_nonzero(z))
+        if nz != len(pfns) and rc.min() < 0:             # (every frame of pfns at 0: none below)
+            self._bad_release(pfns, (rc < 0)[pfns - lo])
         kinds = kind[lo:hi]
         if fs.increasing:
-            if holes is not None and not len(holes) and z.all():    # (pfns is lo, lo + 1, ..., hi - 1)
-                return None, pfns, kinds.copy(), kinds, None
-            if holes is not None and int(np.count_nonzero(z)) == len(pfns):     # every frame of pfns freed
-                return None, pfns, _kinds_of(kinds, z, holes, int(kinds[int(pfns[0]) - lo])), kinds, None
+            if holes is not None and not len(holes) and nz == len(z):    # (pfns is lo, lo + 1, ..., hi - 1)
+                return None, pfns, kinds.copy(), kinds, None, None
+            if holes is not None and nz == len(pfns):    # every frame of pfns freed
+                k, kd = _kinds_of(kinds, z, holes, int(kinds[int(pfns[0]) - lo]))
+                return None, pfns, k, kinds, None, kd
             k = kinds[z]
             if len(k) == len(pfns):                      # every frame freed
-                return None, pfns, k, kinds, z
+                return None, pfns, k, kinds, z, None
             freed = np.flatnonzero(z)
             freed += lo
-            return z[pfns - lo], freed, k, kinds, z
+            return z[pfns - lo], freed, k, kinds, z, None
         zz = z[pfns - lo]
         freed = pfns[zz]
-        return zz, freed, kinds[freed - lo], kinds, z
+        return zz, freed, kinds[freed - lo], kinds, z, None
 
     def _drop_scattered(self, refcount: np.ndarray, kind: np.ndarray, pfns: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -369,12 +377,12 @@ def kind_counts(kinds: np.ndarray) -> list[int]:
     return counts
 
 
-def _kinds_of(kinds: np.ndarray, z: np.ndarray, holes: np.ndarray, kd: int) -> np.ndarray:
-    """The kinds of the frames of a span (`kinds`) but its `holes` (the frames `z` marks), in order: made
-    at once when they are all kd (one count over the span, no compaction of it)."""
+def _kinds_of(kinds: np.ndarray, z: np.ndarray, holes: np.ndarray, kd: int) -> tuple[np.ndarray, int | None]:
+    """The kinds of the frames of a span (`kinds`) but its `holes` (the frames `z` marks), in order, and
+    kd when they are all kd (then made at once: one count over the span, no compaction of it), else None."""
     n = len(kinds) - len(holes)
     same = int(np.count_nonzero(kinds == kd)) - int(np.count_nonzero(kinds[holes] == kd))
-    return np.full(n, kd, dtype=np.int8) if same == n else kinds[z]
+    return (np.full(n, kd, dtype=np.int8), kd) if same == n else (kinds[z], None)
 
 
 def _gaps(pfns: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
