@@ -247,13 +247,14 @@ class _Pass:
         PTE lock twice)."""
         costs, hold = self.kernel.costs, self.hold
         tables = np.flatnonzero(self.is_t[:k])
-        h = hold[tables]
-        if nfl:
-            uf, hold1, fns = self.uf[:nfl], self.hold1[:nfl], self.fns[:nfl]
-            h1, h2, has2 = hold.copy(), np.zeros_like(hold), np.zeros(len(hold), dtype=bool)
-            h1[uf], h2[uf], has2[uf] = hold1, hold[uf] - hold1 + fns, self.two[:nfl]
-            h = np.column_stack((h1[tables], h2[tables])).ravel()[
-                np.column_stack((np.ones(len(tables), dtype=bool), has2[tables])).ravel()]
+        if nfl:                                         # (a split table: its first hold, then its second)
+            uf, hold1, two = self.uf[:nfl], self.hold1[:nfl], self.two[:nfl]
+            h1 = hold.copy()
+            h1[uf] = hold1
+            h = np.insert(h1[tables], np.searchsorted(tables, uf[two]) + 1,
+                          (hold[uf] - hold1 + self.fns[:nfl])[two])
+        else:
+            h = hold[tables]
         m = self.kernel.metrics
         m.pte_lock_hold.frombytes(h.tobytes())
         m.preempt_off.frombytes((costs.lock + h + costs.unlock).tobytes())
