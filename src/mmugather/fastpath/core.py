@@ -556,8 +556,14 @@ def release_flat(kernel, c, pfns: np.ndarray, sizes: np.ndarray) -> int:
 
 
 # ---------------------------------------------------------------- runs of PTE tables (the emulators)
-PASS_TABLES = 256       # at most this many PTE tables per pass: bounds its host memory (its copy of their
-                        # entries and the per-entry temporaries), not what it does (the next pass goes on)
+PASS_TABLES = 512       # at most this many PTE tables per pass: bounds its host memory (its pfns and the
+                        # per-entry temporaries), not what it does (the next pass goes on)
+READ_TABLES = 64        # TableRun.pages(): tables whose entries are copied at once
+
+
+def pfn_dtype(alloc) -> type:
+    """The narrowest numpy type that holds every pfn `alloc` has handed out (int32 up to 2**31 frames)."""
+    return np.int32 if alloc.top <= 1 << 31 else np.int64
 
 
 class TableRun:
@@ -592,18 +598,43 @@ class TableRun:
         """Which of the first k units may cover part of their table only (the first and the last)."""
         return [0, k - 1] if k > 1 else [0] if k else []
 
-    def entries(self, k: int) -> np.ndarray:
-        """The PTEs of the first k units' tables, concatenated (a writable copy)."""
-        tables = self.tables[:k]
+    def entries(self, k: int, u0: int = 0) -> np.ndarray:
+        """The PTEs of units u0 .. k - 1's tables, concatenated (a writable copy)."""
+        tables = self.tables[u0:k]
+        lo, hi = self.lo[u0:k], self.hi[u0:k]
         if None in tables:
             parts = [pt.ptes if i == 0 and j == 512 else memoryview(pt.ptes)[i:j]
-                     for pt, i, j in zip(tables, self.lo, self.hi) if pt is not None]
+                     for pt, i, j in zip(tables, lo, hi) if pt is not None]
         else:
             parts = list(map(_PTES, tables))
-            for u in self._ends(k):
-                if self.lo[u] or self.hi[u] != 512:
-                    parts[u] = memoryview(parts[u])[self.lo[u]:self.hi[u]]
+            for u in self._ends(len(tables)):           # (only the run's first and last may be partial)
+                if lo[u] or hi[u] != 512:
+                    parts[u] = memoryview(parts[u])[lo[u]:hi[u]]
         return np.frombuffer(bytearray().join(parts), dtype=np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+    def pages(self, k: int, dtype: type) -> tuple[np.ndarray, np.ndarray | None]:
+        """The pfns the present PTEs of the first k units' tables map, in order, as `dtype` (int32 halves
+        a pass's largest array; the caller makes sure every pfn fits), and which of their entries are
+        present (None: all of them). Reads READ_TABLES tables at a time: the int64 copy of their entries
+        is the only one made."""
+        size = sum(self.hi[:k]) - sum(self.lo[:k])      # (an upper bound when some unit has no table)
+        out: np.ndarray = np.empty(size, dtype=dtype)
+        pos, parts, holes = 0, [], False                # parts: each read's presence (its length: all)
+        for u0 in range(0, k, READ_TABLES):
+            flat = self.entries(min(k, u0 + READ_TABLES), u0)
+            n = int(np.count_nonzero(flat))
+            if n == len(flat):
+                np.right_shift(flat, PAGE_SHIFT, out=out[pos:pos + n], casting="unsafe")
+                parts.append(n)
+            else:
+                pres = flat != 0
+                np.right_shift(flat[pres], PAGE_SHIFT, out=out[pos:pos + n], casting="unsafe")
+                parts.append(pres)
+                holes = True
+            pos += n
+        if not holes:
+            return out[:pos], None
+        return out[:pos], np.concatenate([np.ones(p, dtype=bool) if type(p) is int else p for p in parts])
 
     def clear(self, k: int) -> None:
         """ptep_get_and_clear_full() of every entry of the first k units' tables."""

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mmugather.fastpath.core import PASS_TABLES, TableRun, first_crossing, rmap_remove
+from mmugather.fastpath.core import PASS_TABLES, TableRun, first_crossing, pfn_dtype, rmap_remove
 from mmugather.kernel.sched import INF, P_COND_RESCHED, P_PLAIN
 from mmugather.mm.page_alloc import ANON, FrameSpan
 from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT
@@ -103,24 +103,21 @@ class _Pass:
             least = np.where(is_t, lock + unlock + cond + min(costs.pte_zap, costs.pte_none) * lens, self.none_cost)
             nu = min(nu, int(np.searchsorted(c.clock + np.cumsum(least), c.horizon)) + 1)
             is_t, lens = is_t[:nu], lens[:nu]
-        flat = run.entries(nu)
+        ent, pres = run.pages(nu, pfn_dtype(self.kernel.alloc))    # pres: which entries are present (None: all)
         ent_end = np.cumsum(lens)
-        pres: np.ndarray | None = None                  # which entries are present (None: all of them)
-        if np.count_nonzero(flat) == len(flat):
-            cnt, ent = lens.copy(), flat
+        if pres is None:
+            cnt = lens.copy()
         else:
-            pres = flat != 0
             cnt = np.zeros(nu, dtype=np.int64)
-            if len(flat) == nu * 512:                   # whole tables only
+            if len(pres) == nu * 512:                   # whole tables only
                 cnt[:] = np.count_nonzero(pres.reshape(nu, 512), axis=1)
-            elif len(flat):
+            elif len(pres):
                 cnt[is_t] = np.add.reduceat(pres.view(np.uint8), (ent_end - lens)[is_t], dtype=np.int64)
-            ent = flat[pres]
         self.nu, self.is_t, self.lens, self.pres, self.ent_end, self.cnt = nu, is_t, lens, pres, ent_end, cnt
         self.page_end = np.cumsum(cnt)
-        self.ent = ent                                  # the present entries
-        self.pfns: np.ndarray | None = None             # their pages and FrameSpan, when price() made them
-        self.fs: FrameSpan | None = None
+        self.ent = ent                                  # the pages of the present entries
+        self.fs: FrameSpan | None = None                # their FrameSpan, when price() made it
+        self.spanned = False
         self.all_anon = False                           # price() found every page anonymous
         return True
 
@@ -176,12 +173,11 @@ class _Pass:
         self.nu, self.fl, self.hold, self.cost, self.limit = nu, fl, hold, cost, limit
 
     def _dirty_file(self) -> int | None:
-        """The first present entry that maps a dirty file page, or None. Makes the pages and their
-        FrameSpan (commit() uses them): when every page is anonymous, no PTE bit needs a look."""
-        ent, kind = self.ent, self.kernel.alloc.views()[2]
-        ent >>= PAGE_SHIFT                              # (the entries are a copy: their pages in place)
-        self.pfns = pfns = ent
+        """The first present entry that maps a dirty file page, or None. Makes the pages' FrameSpan
+        (commit() uses it): when every page is anonymous, no PTE bit needs a look."""
+        pfns, kind = self.ent, self.kernel.alloc.views()[2]
         self.fs = fs = FrameSpan.of(pfns)
+        self.spanned = True
         if fs is not None and fs.mask is not None and fs.count_kind(kind, ANON) == len(pfns):
             self.all_anon = True
             return None
@@ -201,13 +197,11 @@ class _Pass:
         if k == 0:
             return None
         npages = int(self.page_end[k - 1])
-        if self.pfns is None:
-            pfns = self.ent[:npages]
-            pfns >>= PAGE_SHIFT
+        pfns = self.ent[:npages]
+        if not self.spanned:
             fs = FrameSpan.of(pfns) if npages else None
         else:
-            pfns = self.pfns[:npages]
-            fs = self.fs if npages == len(self.pfns) or self.fs is None else self.fs.prefix(self.pfns, npages)
+            fs = self.fs if npages == len(self.ent) or self.fs is None else self.fs.prefix(self.ent, npages)
             if fs is None and npages:
                 fs = FrameSpan.of(pfns)
         anon = rmap_remove(kernel.alloc, pfns, fs, self.all_anon) if npages else 0

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from mmugather.fastpath.backend import BulkBackend
-from mmugather.fastpath.core import PASS_TABLES, TableRun, may_bulk, rmap_remove
+from mmugather.fastpath.core import PASS_TABLES, TableRun, may_bulk, pfn_dtype, rmap_remove
 from mmugather.kernel.sched import P_ENABLE, P_PLAIN, TLBSTATE_OK
 from mmugather.mm.page_alloc import FrameSpan
-from mmugather.mm.pgtable import PAGE_SHIFT, PAGE_SIZE
+from mmugather.mm.pgtable import PAGE_SIZE
 from mmugather.mm.protocols import PmdRun
 from mmugather.policies.linux_2_6_39 import Linux2639
 
@@ -176,15 +176,14 @@ class _Pass2639:
         run = self.run
         self.is_t = is_t = [t is not None for t in run.tables]
         self.lens = lens = [j - i if t else 0 for t, i, j in zip(run.tables, run.lo, run.hi)]
-        self.flat = run.entries(nu)
-        self.pres: np.ndarray | None = None                      # which entries are present (None: all)
-        self.firsts = firsts = [0] * nu                          # where each unit's entries begin in flat
+        self.pfns, self.pres = run.pages(nu, pfn_dtype(self.kernel.alloc))   # pres: which entries are present
+        self.firsts = firsts = [0] * nu                          # where each unit's entries begin
         for u in range(1, nu):
             firsts[u] = firsts[u - 1] + lens[u - 1]
-        if np.count_nonzero(self.flat) == len(self.flat):
+        pres = self.pres
+        if pres is None:
             self.cnt = cnt = lens
-        elif len(self.flat):
-            self.pres = pres = self.flat != 0
+        elif len(pres):
             self.cnt = cnt = [0] * nu
             tl = [u for u in range(nu) if is_t[u]]
             for u, n in zip(tl, np.add.reduceat(pres, [firsts[u] for u in tl], dtype=np.int64).tolist()):
@@ -339,12 +338,8 @@ class _Pass2639:
     def _commit(self, k: int, ent: int, st: _Unit) -> PmdRun:
         """Apply the first k units: clear, rmap, batch and flush, account."""
         kernel, c, tlb = self.kernel, self.c, self.tlb
-        if self.pres is None:
-            pfns = self.flat[:ent]
-            pfns >>= PAGE_SHIFT
-        else:
-            pfns = self.flat[:ent][self.pres[:ent]] >> PAGE_SHIFT
-        del self.flat, self.pres
+        pfns = self.pfns[:ent if self.pres is None else int(np.count_nonzero(self.pres[:ent]))]
+        del self.pfns, self.pres
         self.run.clear(k)
         fs = FrameSpan.of(pfns) if len(pfns) else None
         anon = rmap_remove(kernel.alloc, pfns, fs) if len(pfns) else 0

@@ -99,7 +99,7 @@ class Bulk30(BulkBackend):
         return None                                     # (a full 3.0 gather ends the pass)
 
     def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None) -> None:
-        """__tlb_remove_page() of each of `pfns` (int64, `fs` their FrameSpan if known), in order, as
+        """__tlb_remove_page() of each of `pfns` (int32 or int64, `fs` their FrameSpan if known), in order, as
         tables_fills() planned them: batches kept from an earlier flush are filled in turn, new ones
         allocated at once (alloc_many; their cost is the caller's to spend, as the fills said)."""
         a, b = 0, len(pfns)

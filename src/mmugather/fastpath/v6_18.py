@@ -116,14 +116,14 @@ class Bulk618(BulkBackend):
         return np.array(at, dtype=np.int64), np.array(ns, dtype=np.int64), min(pos, npages)
 
     def tables_add(self, kernel: Any, c: Any, tlb: Any, pfns: np.ndarray, fs: FrameSpan | None) -> None:
-        """__tlb_remove_folio_pages_size() of each of `pfns` (int64), in order, as tables_fills() planned
+        """__tlb_remove_folio_pages_size() of each of `pfns` (int32 or int64), in order, as tables_fills() planned
         them (their cost is the caller's to spend): batches kept from an earlier flush are filled in turn,
         new ones allocated at once (_new_batches)."""
         a, b = 0, len(pfns)
         while a < b:
             batch = tlb.active
             take = min(batch.max - 1 - len(batch.pages), b - a)
-            batch.pages.frombytes(pfns[a:a + take].tobytes())
+            batch.pages.frombytes(pfns[a:a + take].astype(np.int64, copy=False).tobytes())
             a += take
             if len(batch.pages) < batch.max - 1:
                 break
@@ -145,7 +145,7 @@ class Bulk618(BulkBackend):
         batch = tlb.active
         for j, pfn in enumerate(frames):
             new = Batch618(pfn, kernel.MAX_GATHER_BATCH)
-            new.pages.frombytes(pfns[j * per:(j + 1) * per].tobytes())
+            new.pages.frombytes(pfns[j * per:(j + 1) * per].astype(np.int64, copy=False).tobytes())
             batch.next = batch = new
         tlb.active = batch
 

@@ -382,10 +382,10 @@ def _kinds_of(kinds: np.ndarray, z: np.ndarray, holes: np.ndarray, kd: int) -> t
     kd when they are all kd (then made at once: one count over the span, no compaction of it), else None."""
     n = len(kinds) - len(holes)
     same = int(np.count_nonzero(kinds == kd)) - int(np.count_nonzero(kinds[holes] == kd))
-    return (np.full(n, kd, dtype=np.int8), kd) if same == n else (kinds[z], None)
+    return (np.broadcast_to(np.int8(kd), n), kd) if same == n else (kinds[z], None)
 
 
-def _gaps(pfns: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+def _gaps(pfns: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
     """The indices i with pfns[i + 1] != pfns[i] + 1, found `chunk` at a time (bounded temporaries)."""
     n = len(pfns)
     if n <= chunk + 1:
