@@ -143,13 +143,13 @@ class Invariants:
             pfns, kinds, ntables = pfns[~hit], kinds[~hit], None
         m = self.metrics
         n = len(pfns)
-        if ntables is None or under_lock is not None:
+        if ntables is None or (under_lock is not None and ntables):
             tables = kinds == PGTABLE
             ntables = int(np.count_nonzero(tables))
         m.page_tables_freed += ntables
         m.pages_freed += n - ntables
         if under_lock is not None:
-            m.frees_under_pte_lock += int(np.count_nonzero(under_lock & ~tables))
+            m.frees_under_pte_lock += int(np.count_nonzero(under_lock & ~tables if ntables else under_lock))
         elif c is not None and c.ptl_held:
             m.frees_under_pte_lock += n - ntables
 
