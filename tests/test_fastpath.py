@@ -3,6 +3,7 @@ same metrics and the same violations as running it one step at a time (`Simulati
 bulk backends are chosen once, from what a policy overrides; the step path never enters the package."""
 import json
 import sys
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from mmugather.machine.costs import Costs
 from mmugather.mm.mmu_gather.v6_18 import Gather618
 from mmugather.mm.page_alloc import ANON, BATCH, GFP_KERNEL, PGTABLE, FrameSpan, PageAlloc, _gaps
 from mmugather.mm.pfn_runs import run_gaps, runs_of
+from mmugather.mm.pgtable import PAGE_SHIFT, DirTable, PteTable
 from mmugather.mm.protocols import STEP_BY_STEP
 from mmugather.policies import POLICIES
 from mmugather.sim.simulation import Simulation
@@ -521,12 +523,13 @@ def test_first_crossing_counts_whole_units_the_engine_would_run(units, data):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(0, 3000), min_size=1, max_size=400), st.sampled_from(["sorted", "holes", "any"]))
-def test_frame_span_marks_exactly_the_frames(pfns, shape):
-    """FrameSpan.of: None exactly when a frame repeats; else lo/hi bound the frames, `increasing` says
-    whether the array is sorted, and the mask (when there is one) marks exactly them, whichever way it
-    was built (all, holes marked, frames marked)."""
-    a = np.array(pfns, dtype=np.int64)
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=400), st.sampled_from(["sorted", "holes", "any"]),
+       st.sampled_from([np.int64, np.int32]))
+def test_frame_span_marks_exactly_the_frames(pfns, shape, dtype):
+    """FrameSpan.of (of int64 or int32 pfns, as a pass reads them): None exactly when a frame repeats;
+    else lo/hi bound the frames, `increasing` says whether the array is sorted, the holes (when listed)
+    are exactly the span's other frames, the mask (when there is one) marks exactly the frames."""
+    a = np.array(pfns, dtype=dtype)
     if shape != "any":
         a = np.unique(a)
     if shape == "holes":                                # a long run of frames with a few missing
@@ -539,6 +542,7 @@ def test_frame_span_marks_exactly_the_frames(pfns, shape):
     assert len(np.unique(a)) == len(a)
     assert (fs.lo, fs.hi) == (int(a.min()), int(a.max()) + 1)
     assert fs.increasing == bool((np.diff(a) > 0).all())
+    assert fs.spanned == (fs.holes is not None or fs.mask is not None)
     if fs.mask is not None:
         assert np.array_equal(np.flatnonzero(fs.mask) + fs.lo, np.sort(a))
     if fs.holes is not None:                            # the frames of the span not in the set
@@ -557,10 +561,38 @@ def test_frame_span_marks_exactly_the_frames(pfns, shape):
     assert (pre.lo, pre.hi) == (int(a[0]), int(a[n - 1]) + 1)
     if pre.holes is not None:
         assert np.array_equal(pre.holes + pre.lo, np.setdiff1d(np.arange(pre.lo, pre.hi), a[:n]))
-    if fs.mask is not None:
+    if fs.spanned:
         kinds = np.zeros(fs.hi, dtype=np.int8)
         kinds[a[::3]] = 1
         assert fs.count_kind(kinds, 1) == len(a[::3]) and fs.count_kind(kinds, 0) == len(a) - len(a[::3])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_table_run_pages_as_one_read_gives_them(seed):
+    """TableRun.pages(): the pfns of the present entries of the first k units (in order, of the dtype
+    asked) and which entries are present (None: all), as one read of every entry gives them, across
+    READ_TABLES chunks, missing tables and partial first and last tables."""
+    rng = np.random.default_rng(seed)
+    pmd = DirTable(0)
+    for i in range(150):
+        if rng.random() < 0.1:                          # no table there
+            continue
+        pt = PteTable(1000 + i, i << 21)
+        vals = (rng.integers(1, 1 << 30, 512) << PAGE_SHIFT) | 0x67
+        if seed % 2:                                    # odd seeds: some entries empty
+            vals[rng.random(512) < 0.2] = 0
+        pt.ptes[:] = array("q", vals.tolist())
+        pmd.entries[i] = pt
+    run = bulk.TableRun(pmd, (5 << 21) + (3 << PAGE_SHIFT), (140 << 21) - (7 << PAGE_SHIFT), 512)
+    for k, dtype in ((len(run.tables), np.int32), (len(run.tables) - 1, np.int64)):
+        flat = run.entries(k)
+        pfns, pres = run.pages(k, dtype)
+        assert pfns.dtype == dtype
+        if seed % 2:
+            assert pres is not None and np.array_equal(pres, flat != 0)
+        else:
+            assert pres is None
+        assert np.array_equal(pfns, flat[flat != 0] >> PAGE_SHIFT)
 
 
 def _runs_by_rule(p: list[int]) -> list[tuple[int, int, int]]:

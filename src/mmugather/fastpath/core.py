@@ -320,7 +320,7 @@ def rmap_remove(alloc, pfns: np.ndarray, fs: FrameSpan | None = None, all_anon: 
         np.subtract.at(mapcount, pfns, 1)
         bad = mapcount[pfns] < 0
         anon = int(np.count_nonzero(kind[pfns] == ANON))
-    elif fs.mask is not None:
+    elif fs.spanned:
         lo, hi, m = fs.lo, fs.hi, fs.mask
         mc = mapcount[lo:hi]
         if fs.holes is None:

@@ -178,7 +178,7 @@ class _Pass:
         pfns, kind = self.ent, self.kernel.alloc.views()[2]
         self.fs = fs = FrameSpan.of(pfns)
         self.spanned = True
-        if fs is not None and fs.mask is not None and fs.count_kind(kind, ANON) == len(pfns):
+        if fs is not None and fs.spanned and fs.count_kind(kind, ANON) == len(pfns):
             self.all_anon = True
             return None
         flat = self.run.entries(self.nu)                # the PTEs again (not cleared before commit())

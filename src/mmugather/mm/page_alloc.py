@@ -271,7 +271,7 @@ class PageAlloc:
             return
         refcount, _, kind = self.views()
         kd: int | None = None                            # the kind of every frame freed, when one
-        if fs.mask is not None:
+        if fs.spanned:
             zz, freed, k, kinds, z, kd = self._drop_spanned(refcount, kind, pfns, fs)
         else:
             zz, freed, k = self._drop_scattered(refcount, kind, pfns)
@@ -282,7 +282,7 @@ class PageAlloc:
             counts[kd] = len(k)
         if counts[FREE]:
             raise AssertionError(f"free_page: pfn {int(freed[np.argmax(k == FREE)])} freed twice")
-        if fs.mask is None:
+        if not fs.spanned:
             kind[freed] = FREE
         elif z is not None:
             kinds *= ~z                                  # kind FREE (0) where freed
@@ -385,7 +385,7 @@ def _kinds_of(kinds: np.ndarray, z: np.ndarray, holes: np.ndarray, kd: int) -> t
     return (np.broadcast_to(np.int8(kd), n), kd) if same == n else (kinds[z], None)
 
 
-def _gaps(pfns: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
+def _gaps(pfns: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     """The indices i with pfns[i + 1] != pfns[i] + 1, found `chunk` at a time (bounded temporaries)."""
     n = len(pfns)
     if n <= chunk + 1:
@@ -405,10 +405,11 @@ _NO_HOLES.flags.writeable = False
 
 class FrameSpan:
     """A set of distinct frames given as a pfn array, prepared for bulk updates of the frame arrays:
-    [lo, hi) covers them; `mask` marks them in that span (None when the span is too sparse: index them);
-    `increasing` when the array is sorted, and then `gaps`, where it is not a run of consecutive frames
-    (the indices i with pfns[i + 1] != pfns[i] + 1), and, when the mask was made from them, `holes`: the
-    offsets in the span of the frames not in the set (else None)."""
+    [lo, hi) covers them; `increasing` when the array is sorted, and then `gaps`, where it is not a run of
+    consecutive frames (the indices i with pfns[i + 1] != pfns[i] + 1); `holes`: when the span has few
+    frames not in the set, their offsets in it (else None); `mask`: else, when the span is dense enough,
+    marks the frames in it (else None: index them). `spanned`: holes or mask, the span may be updated
+    whole."""
 
     __slots__ = ("lo", "hi", "mask", "increasing", "gaps", "holes")
     lo: int
@@ -438,29 +439,29 @@ class FrameSpan:
         hi = (int(pfns.max()) if not fs.increasing else int(pfns[-1])) + 1
         fs.lo, fs.hi = lo, hi
         fs.holes = None
-        if fs.increasing and hi - lo - n <= n >> 4:      # none or a few holes: mark them, not the frames
-            m = np.ones(hi - lo, dtype=bool)
+        fs.mask = None
+        if fs.increasing and hi - lo - n <= n >> 4:      # none or a few holes: list them, no mask
             if len(gaps):
                 first, size = pfns[gaps] + 1 - lo, d - 1
                 starts = np.cumsum(size) - size
                 fs.holes = np.arange(hi - lo - n) + np.repeat(first - starts, size)
-                m[fs.holes] = False
             else:
                 fs.holes = _NO_HOLES
-            fs.mask = m
         elif hi - lo <= cls.DENSE * n:
             m = np.zeros(hi - lo, dtype=bool)
             m[pfns - lo] = True
             if not fs.increasing and int(np.count_nonzero(m)) != n:
                 return None
             fs.mask = m
-        else:
-            fs.mask = None
-            if not fs.increasing:
-                srt = np.sort(pfns)
-                if (srt[1:] == srt[:-1]).any():
-                    return None
+        elif not fs.increasing:
+            srt = np.sort(pfns)
+            if (srt[1:] == srt[:-1]).any():
+                return None
         return fs
+
+    @property
+    def spanned(self) -> bool:
+        return self.holes is not None or self.mask is not None
 
     def prefix(self, pfns: np.ndarray, n: int) -> FrameSpan | None:
         """The span of pfns[:n] (0 < n), from this one (of pfns) when pfns is sorted, else None."""
@@ -481,9 +482,9 @@ class FrameSpan:
 
     def count_kind(self, kind: np.ndarray, kd: int) -> int:
         """How many of the frames are of kind kd (`kind`: the frame kinds, PageAlloc.views()[2]); for a
-        span with a mask."""
-        if self.mask is None:
-            raise ValueError("FrameSpan.count_kind: no mask")
+        spanned one."""
+        if not self.spanned:
+            raise ValueError("FrameSpan.count_kind: not spanned")
         same = kind[self.lo:self.hi] == kd
         if self.holes is None:
             same &= self.mask
