@@ -43,3 +43,19 @@ def test_encode_chunks_of_runs_far_apart_equal_the_pages_appended_one_at_a_time(
         descs = [rng.randint(0, 1) if ln > 1 else 0 for ln in lens]
         a = rng.randint(0, sum(lens) - 1)
         _check(starts, lens, descs, a, rng.randint(a + 1, sum(lens)), rng.choice([1, 2, 3, 7, 510, 5000]))
+
+
+def test_expand_runs_as_int32_equals_the_pfns_one_run_at_a_time():
+    """expand_runs() as int32 (a pass's release, while every pfn fits) and as int64: the pfns of each run
+    in turn, ascending or descending, runs of one included."""
+    rng = random.Random(5)
+    for _ in range(300):
+        n = rng.randint(1, 6)
+        lens = [rng.choice([1, 2, rng.randint(1, 700)]) for _ in range(n)]
+        starts = [rng.randint(700, 1 << 30) for _ in range(n)]
+        descs = [rng.randint(0, 1) if ln > 1 else 0 for ln in lens]
+        want = [p for s, ln, d in zip(starts, lens, descs) for p in (range(s, s - ln, -1) if d else range(s, s + ln))]
+        runs = [np.array(x, dtype=np.int64) for x in (starts, lens, descs)]
+        for dtype in (np.int32, np.int64):
+            got = expand_runs(*runs, dtype)
+            assert got.dtype == dtype and got.tolist() == want

@@ -525,7 +525,7 @@ def release_units(kernel, c, units: list) -> int:
                 starts, rlens, descs = RunCursor(starts, rlens, descs).take(0, total)
                 break
             seen += len(piece)
-    for piece, gaps in run_pieces(starts, rlens, descs, with_gaps=True):
+    for piece, gaps in run_pieces(starts, rlens, descs, with_gaps=True, dtype=pfn_dtype(kernel.alloc)):
         kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, gaps))
     return k
 

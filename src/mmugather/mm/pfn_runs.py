@@ -228,22 +228,22 @@ def runs_of(pfns: np.ndarray, increasing: bool = False) -> tuple[np.ndarray, np.
     return pfns[first], lens, descs
 
 
-def expand_runs(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndarray:
-    """The pfns of runs, in order."""
+def expand_runs(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+    """The pfns of runs, in order, as `dtype` (int32: the caller makes sure every pfn fits)."""
     total = int(lens.sum()) if len(lens) else 0
     if total == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=dtype)
     if len(starts) == 1:
         s, ln = int(starts[0]), int(lens[0])
-        return np.arange(s, s - ln, -1, dtype=np.int64) if descs[0] else np.arange(s, s + ln, dtype=np.int64)
+        return np.arange(s, s - ln, -1, dtype=dtype) if descs[0] else np.arange(s, s + ln, dtype=dtype)
     first = np.cumsum(lens) - lens                      # where each run begins in the sequence
     if not descs.any() and lens.min() > 0:              # steps of one, and a jump where each run begins
-        out = np.ones(total, dtype=np.int64)
+        out: np.ndarray = np.ones(total, dtype=dtype)
         out[first] = starts
         out[first[1:]] -= starts[:-1] + lens[:-1] - 1
         return np.cumsum(out, out=out)
     offs = np.arange(total, dtype=np.int64) - np.repeat(first, lens)
-    return np.repeat(starts, lens) + offs * np.repeat(1 - 2 * descs, lens)
+    return (np.repeat(starts, lens) + offs * np.repeat(1 - 2 * descs, lens)).astype(dtype, copy=False)
 
 
 class RunCursor:
@@ -340,11 +340,11 @@ def run_gaps(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndar
 
 
 def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 18,
-               with_gaps: bool = False):
-    """The pfns of runs, in order, as numpy arrays of at most about `piece` pfns (bounded host memory);
-    `with_gaps`: each with its run_gaps(), as (pfns, gaps)."""
+               with_gaps: bool = False, dtype: type = np.int64):
+    """The pfns of runs, in order, as numpy arrays (of `dtype`) of at most about `piece` pfns (bounded
+    host memory); `with_gaps`: each with its run_gaps(), as (pfns, gaps)."""
     cur = RunCursor(starts, lens, descs)
     total = int(cur.ends[-1]) if len(lens) else 0
     for a in range(0, total, piece):
         runs = cur.take(a, min(total, a + piece))
-        yield (expand_runs(*runs), run_gaps(*runs)) if with_gaps else expand_runs(*runs)
+        yield (expand_runs(*runs, dtype), run_gaps(*runs)) if with_gaps else expand_runs(*runs, dtype)
