@@ -237,11 +237,10 @@ def expand_runs(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, dtype: 
         s, ln = int(starts[0]), int(lens[0])
         return np.arange(s, s - ln, -1, dtype=dtype) if descs[0] else np.arange(s, s + ln, dtype=dtype)
     first = np.cumsum(lens) - lens                      # where each run begins in the sequence
-    if not descs.any() and lens.min() > 0:              # steps of one, and a jump where each run begins
-        out: np.ndarray = np.ones(total, dtype=dtype)
-        out[first] = starts
-        out[first[1:]] -= starts[:-1] + lens[:-1] - 1
-        return np.cumsum(out, out=out)
+    if not descs.any():                                 # each pfn: its place plus its run's offset
+        out: np.ndarray = np.arange(total, dtype=dtype)
+        out += np.repeat((starts - first).astype(dtype), lens)
+        return out
     offs = np.arange(total, dtype=np.int64) - np.repeat(first, lens)
     return (np.repeat(starts, lens) + offs * np.repeat(1 - 2 * descs, lens)).astype(dtype, copy=False)
 
