@@ -28,7 +28,8 @@ The modules:
   `free_tables()` (free_pmd_range()'s free_pte_range() calls), `release_steps()`, `release_units()`,
   `release_flat()` (free_pages_and_swap_cache() and the gathers' loops over batches), `TableRun`,
   `first_crossing()` (the engine's cut rule over units of steps). A pass over whole tables takes at most
-  PASS_TABLES of them: its host memory (a copy of their entries, per-entry temporaries) stays bounded.
+  PASS_TABLES of them: its host memory (their pfns, read as int32 a few tables at a time, per-entry
+  temporaries) stays bounded.
 - backend.py: `BulkBackend`, what the versions share (the three hooks), `PagesRunner`.
 - tables.py: zap_pmd_range() over runs of whole PTE tables for 3.0 and 6.18, the gather's batch changes
   included, and 6.18's forced flushes of a full gather when they involve no other CPU.

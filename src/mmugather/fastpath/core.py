@@ -570,7 +570,7 @@ class TableRun:
     """The PMD entries of [addr, end) under one PMD table, from addr up to the first whose PTE lock is
     taken or awaited, as units for an emulator: `tables[k]` is the PteTable (None: no table, a pmd_none
     step), `lo[k]`, `hi[k]` its entry range, `addrs[k]` the address after it. `entries()` reads the
-    PTEs of the first tables in one array."""
+    PTEs of the first tables in one array, `pages()` the pfns they map."""
 
     __slots__ = ("tables", "lo", "hi", "addrs")
 
