@@ -15,6 +15,7 @@ from mmugather.mm.pgtable import PAGE_SHIFT
 from mmugather.mm.protocols import FreedBatches, FreedTables, PmdRun, PteRun
 
 _PFN = attrgetter("pfn")      # a table's frame
+FREE_ARRAY = 64               # BulkBackend.free_pages(): from this many frames on, one free_array()
 
 
 class BulkBackend:
@@ -101,9 +102,13 @@ class BulkBackend:
         return None
 
     def free_pages(self, kernel: Any, c: Any, pfns: list[int]) -> None:
-        """free_page() of each of pfns, in order, in one pass (PageAlloc.free_array)."""
-        if pfns:
+        """free_page() of each of pfns, in order: in one pass (PageAlloc.free_array) from FREE_ARRAY frames
+        on, below one at a time (numpy's fixed cost is more than theirs)."""
+        if len(pfns) >= FREE_ARRAY:
             kernel.alloc.free_array(c, np.array(pfns, dtype=np.int64))
+        else:
+            for pfn in pfns:
+                kernel.alloc.free_page(c, pfn)
 
 
 class PagesRunner:
