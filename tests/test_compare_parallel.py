@@ -1,6 +1,9 @@
 """compare's runs in parallel worker processes (parallel.py, pool.py): the same comparison, byte for byte,
 whatever --jobs, including plugins, traces, HTML reports, failing plugins and runs that pass their bound."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from helpers import ROOT, cli_here
@@ -170,3 +173,22 @@ def test_the_default_jobs_fit_in_max_memory():
     need = estimate_memory(api.resolve_scenario("small"))
     assert runs_in_memory(api.resolve_scenario("small"), str(2 * need + need // 2)) == 2
     assert runs_in_memory(api.resolve_scenario("small"), str(need)) == 1
+
+
+def test_the_command_line_imports_neither_rich_nor_the_explorer_and_a_run_imports_nothing():
+    """compare's startup before its workers fork: the command line (with api) loads no Rich and no explorer
+    module; and a run, as a forked worker makes it (told of its progress), imports no module of its own."""
+    code = ("import sys\n"
+            "from mmugather.cli import main\n"
+            "from mmugather import api\n"
+            "before = set(sys.modules)\n"
+            "class Told:\n"
+            "    def run_started(self, label, clock, fraction): fraction()\n"
+            "    def run_done(self, label, sim_ns): pass\n"
+            "api.compare_run(api.resolve_scenario('small'), api.resolve_policy('6.18'), False, Told())\n"
+            "print(sorted(m for m in before if m.split('.')[0] == 'rich' or m.startswith('mmugather.explore.')))\n"
+            "print(sorted(set(sys.modules) - before))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["[]", "[]"]

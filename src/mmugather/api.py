@@ -19,16 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mmugather.explore  # noqa: F401  (the package, bound before __init__ names the function; its modules: explore())
 from mmugather.errors import InputError
-from mmugather.explore.session import coverage_sentence, replay_document, run_search, target_spec, write_replay
-from mmugather.explore.target import KernelTarget
 from mmugather.machine.costs import Costs, load_costs
 from mmugather.machine.engine import LimitExceeded
 from mmugather.parallel import Progress  # noqa: F401  (api.Progress: what compare tells of its runs)
 from mmugather.policies import POLICIES, get_policy
 from mmugather.policies.base import Kernel
 from mmugather.policies.plugins import PluginError, plugin_guard
+from mmugather.report.html import raw_distributions      # (here: compare's workers, forked, import nothing)
 from mmugather.report.table import run_labels
+from mmugather.sim.progress import RunFraction
 from mmugather.sweep import flatten_metrics, load_results as _load_rows, run_sweep
 # the one place the API imports the engine's entry point
 from mmugather.sim.simulation import DEFAULT_MAX_SIM_NS, DEFAULT_MAX_STEPS, Simulation
@@ -219,7 +220,6 @@ def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, progres
         sim = Simulation(scenario, cls, **kw)
         label = f"{policy_name(cls)}/{sim.arch_name}"
         if progress is not None:
-            from mmugather.sim.progress import RunFraction
             progress.run_started(label, lambda: sim.engine.now, RunFraction(sim))
         if trace is not None:
             from mmugather.sim.tracing import attach_trace
@@ -232,7 +232,6 @@ def _simulate(scenario: Scenario, cls: type[Kernel], trace: list | None, progres
             if progress is not None:              # also a run that failed: it is no longer running
                 progress.run_done(label, ended or sim.engine.now)
     rate = ops_per_s(scenario, metrics)
-    from mmugather.report.html import raw_distributions
     return Run(scenario.name, policy_name(cls), sim.arch_name, sim.seed,
                Machine(sim.ncpus, sim.arch_name, sim.preempt, sim.fail_nowait), metrics,
                None if rate is None else round(rate, 1), sim.kernel.known_bug(metrics["violations"]),
@@ -374,6 +373,7 @@ class Exploration:
     @property
     def coverage(self) -> str:
         """What a search without a violation covered, in one sentence."""
+        from mmugather.explore.session import coverage_sentence
         return coverage_sentence(self.report)
 
     def to_dict(self) -> dict[str, Any]:
@@ -408,6 +408,8 @@ def explore(scenario: WorkloadLike, policy: PolicyLike | None = None, *, strateg
     `shrink` is False), told as a story, and saved as a replay file at `out` when given. `por` False:
     exhaustive without partial-order reduction (sleep sets). `progress` is called as the search goes
     (explore.search.Progress)."""
+    from mmugather.explore.session import replay_document, run_search, target_spec, write_replay
+    from mmugather.explore.target import KernelTarget
     sc = resolve_scenario(scenario)
     spec = policy or sc.machine.policy
     cls = resolve_policy(spec)

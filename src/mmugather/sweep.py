@@ -18,19 +18,9 @@ from concurrent.futures import as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from mmugather.arch import arch_names
 from mmugather.errors import InputError, read_toml_input
@@ -39,6 +29,9 @@ from mmugather.pool import process_pool
 from mmugather.sim.simulation import Simulation
 from mmugather.workloads.builtin import BUILTIN, is_builtin, resolve_workload
 from mmugather.workloads.scenario import MAX_CPUS, Scenario, with_cpus
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 RESULTS = "results.jsonl"
 GRID = "sweep.json"
@@ -409,11 +402,6 @@ def locked(out: Path):
         os.close(fd)
 
 
-class _Rate(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:.1f} points/s" if task.speed else "- points/s")
-
-
 def run_sweep(sweep_file: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, executor: str = "local",
               workers: int | None = None, resume: bool = False, chunk: int | None = None, progress: bool = True,
               max_memory: int | None = None) -> dict:
@@ -460,12 +448,25 @@ def _check_memory(scenarios: dict[str, Scenario], grid: Grid, workers: int, limi
                          f"(raise --max-memory or lower --workers)")
 
 
+def _bar(progress: bool) -> Progress:
+    """The sweep's progress bar on stderr (Rich imported here, not with the module: `compare` reaches this
+    module through api.py and draws no such bar)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.1f} points/s" if task.speed else "- points/s")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("points"), Rate(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    return Progress(*columns, console=Console(stderr=True), disable=not progress)
+
+
 def _run_points(run, todo: list[Point], scenarios, slots: int, chunk: int | None, total: int, results: Path,
                 progress: bool) -> None:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("points"), _Rate(),
-               TextColumn("ETA"), TimeRemainingColumn())
     tasks = [(c, {p.workload: scenarios[p.workload] for p in c}) for c in _chunks(todo, slots, chunk)]
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar, results.open("a") as f:
+    with _bar(progress) as bar, results.open("a") as f:
         task = bar.add_task("sweep", total=total, completed=total - len(todo))
         for rows in run(tasks):
             f.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +18,9 @@ from mmugather.policies import POLICIES, get_policy
 from mmugather.machine.engine import PREEMPT_MODELS
 from mmugather.workloads.builtin import builtin_workloads, resolve_workload
 from mmugather.workloads.scenario import parse_scenario
+
+if TYPE_CHECKING:
+    from mmugather.parallel import Progress
 
 
 def _policies(value: str) -> list:
@@ -59,6 +63,14 @@ def workload_or_snapshot(workload: str | None, snapshot: str | None, variant: st
     from mmugather.workloads.snapshot import resolve_snapshot, snapshot_to_scenario
     snap = resolve_snapshot(snapshot)
     return parse_scenario(snapshot_to_scenario(snap, variant, cpus), f"snapshot {snapshot}")
+
+
+def _progress(nruns: int, as_json: bool) -> AbstractContextManager[Progress | None]:
+    """compare's progress bar on stderr (cli/progress.py); with --json none (nor Rich's import before the runs)."""
+    if as_json:
+        return nullcontext()
+    from mmugather.cli.progress import CompareProgress, progress_wanted
+    return CompareProgress(nruns, sys.stderr, enabled=progress_wanted(sys.stderr, as_json))
 
 
 SNAPSHOT_VARIANTS = ("exit", "munmap-largest")
@@ -119,10 +131,7 @@ def compare(workload, policies, cpus, preempt, fail_nowait, seed, costs_file, ar
     from mmugather import api
     if jobs is None:
         jobs = min(api.compare_jobs(None, nruns), runs_in_memory(scenario, max_memory))
-    from mmugather.cli.progress import CompareProgress, progress_wanted
-    stderr = sys.stderr
-    with CompareProgress(nruns, stderr,
-                         enabled=progress_wanted(stderr, as_json)) as progress:
+    with _progress(nruns, as_json) as progress:
         comparison = api.compare(scenario, classes, arch=arch, cpus=cpus, preempt=preempt,
                                  fail_nowait=fail_nowait, seed=seed, costs=costs, trace=trace_file,
                                  max_sim_ns=max_sim_ns, max_steps=max_steps, progress=progress, jobs=jobs)

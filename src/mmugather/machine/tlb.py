@@ -122,21 +122,29 @@ class Tlb:
     def walk_fill(self, c, key: int, table, vpn: int, pte: int) -> None:
         """A walk's fills: fill_pwc(c, key, table) when `table` is not None (the walk went through the page
         tables, not the PWC), then fill(c, vpn, pte). With no observer and no 2 MiB entry anywhere, their
-        effects in one call (the lookahead's hot path); else the two calls."""
+        effects in one call, _unref() and _evicted() inlined (the lookahead's hot path); else the two calls."""
         if self.observer is not None or self.huge:
             if table is not None:
                 self.fill_pwc(c, key, table)
             self.fill(c, vpn, pte)
             return
         inv = self.inv
+        dangling = c.dangling
         if table is not None:                       # fill_pwc()
             pwc = c.pwc
             refs = inv.pwc_refs
             old = pwc.pop(key, None)
             if old is None and len(pwc) >= PWC_ENTRIES:
                 old = pwc.pop(next(iter(pwc)))
-            if old is not None:
-                self._unref(c, refs, old.pfn)
+            if old is not None:                     # (_unref(), inlined)
+                pfn = old.pfn
+                n = refs[pfn] - 1
+                if n:
+                    refs[pfn] = n
+                else:
+                    del refs[pfn]
+                if dangling:
+                    dangling.discard(pfn)
             pwc[key] = table
             pfn = table.pfn
             refs[pfn] = refs.get(pfn, 0) + 1
@@ -145,9 +153,23 @@ class Tlb:
         v = tlb.pop(vpn, None)
         if v is None and len(tlb) >= TLB_ENTRIES:
             v = tlb.pop(next(iter(tlb)))
-            self._evicted(c, tlb)
-        if v is not None:
-            self._unref(c, refs, v >> 1)
+            evictions = self.evictions              # (_evicted(), inlined)
+            n = evictions.get(c.id, 0) + 1
+            if n >= COMPACT_EVERY:
+                kept = dict(tlb)
+                tlb.clear()
+                tlb.update(kept)
+                n = 0
+            evictions[c.id] = n
+        if v is not None:                           # (_unref(), inlined)
+            pfn = v >> 1
+            n = refs[pfn] - 1
+            if n:
+                refs[pfn] = n
+            else:
+                del refs[pfn]
+            if dangling:
+                dangling.discard(pfn)
         pfn = pte >> PAGE_SHIFT
         tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
         refs[pfn] = refs.get(pfn, 0) + 1

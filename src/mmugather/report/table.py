@@ -1,8 +1,11 @@
-"""The side-by-side table `mmugather compare` prints (rich)."""
+"""The side-by-side table `mmugather compare` prints (rich, imported when a table is printed: a compare's
+runs read ROWS and run_labels through report/html.py, in each worker)."""
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ROWS = [
     ("tlb_flushes", "TLB flushes"),
@@ -40,6 +43,8 @@ def run_labels(runs: list[dict]) -> list[str]:
 
 
 def print_compare(result: dict, console: Console | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
     console = console or Console()
     m = result["machine"]
     table = Table(title=f"workload {result['workload']} on {m['cpus']} CPUs ({m['arch']}), preempt={m['preempt']}, "

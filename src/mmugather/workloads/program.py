@@ -437,13 +437,15 @@ class ChurnLookahead:
     def _bind(self, engine) -> None:
         """What run_until() uses of `engine`, looked up once: its queue, its compute-end callbacks, its
         Compute handler (inlined when it is the engine's own), RCU's note_qs and its counters (counted inline
-        when note_qs is Rcu's own)."""
+        when note_qs is Rcu's own); and the simulation's thread states, costs, TLB, invariants and draw."""
         gap_handler = engine.handlers[Compute]
         inline_gap = getattr(gap_handler, "__func__", None) is type(engine)._compute
         rcu = engine.rcu
         own_qs = getattr(rcu.note_qs, "__func__", None) is Rcu.note_qs
+        sim = self.sim
         self.engine_parts = (engine.heap, engine._done_cbs, gap_handler, inline_gap, rcu.note_qs, rcu,
-                             rcu.qs if own_qs else None)
+                             rcu.qs if own_qs else None, self.states, sim.costs, sim.tlb, sim.invariants,
+                             self.getrandbits)
         self.bound = engine
 
     def run_until(self, engine, c, t: float, seq: float) -> bool:
@@ -460,13 +462,7 @@ class ChurnLookahead:
         the thread's own). One loop, the hot path of a churning workload: the per-event work is inline."""
         if self.bound is not engine:
             self._bind(engine)
-        heap, done, gap_handler, inline_gap, note_qs, rcu, qs = self.engine_parts
-        states = self.states
-        sim = self.sim
-        costs = sim.costs
-        tlb = sim.tlb
-        inv = sim.invariants
-        getrandbits = self.getrandbits
+        heap, done, gap_handler, inline_gap, note_qs, rcu, qs, states, costs, tlb, inv, getrandbits = self.engine_parts
         while heap:
             ev = heap[0]
             et, es, cpu, token, cb = ev
@@ -529,8 +525,8 @@ class ChurnLookahead:
                 now = engine.now
                 if et > now:
                     engine.now = et
-                before = cpu.clock, cpu.state
-                clock = cpu.clock = cpu.compute_end if cpu.compute_end > cpu.clock else cpu.clock
+                clock0, state0 = cpu.clock, cpu.state
+                clock = cpu.clock = cpu.compute_end if cpu.compute_end > clock0 else clock0
                 cpu.state = RUNNING
                 if getrandbits is not None:
                     n = ch.pages
@@ -557,7 +553,7 @@ class ChurnLookahead:
                     pte = table.ptes[vpn & 511] if table is not None else 0
                     if not pte & _PAGE_PRESENT or (write and not pte & _PAGE_RW):
                         ch.drawn = addr              # a fault: the thread's own steps, from this event
-                        cpu.clock, cpu.state = before
+                        cpu.clock, cpu.state = clock0, state0
                         engine.now = now             # (still queued)
                         return False
                     if tlb.observer is not None:
