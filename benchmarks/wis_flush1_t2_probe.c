@@ -15,7 +15,9 @@
  *           wp_page_copy()'s shootdown, sent under the PTE lock; the read faults only on the first page of
  *           a window, mapping all 16, and the rest are TLB misses or hits)
  * Prints one JSON object: ops_per_s (all threads), the TLB row of /proc/interrupts per CPU over the counted
- * seconds, and per thread and step {kind: [n, mean_ns, p10, p50, p90]}.
+ * seconds, per thread and step {kind: [n, mean_ns, p10, p50, p90]}, and with two threads "phase": how
+ * many of thread 0's iterations found thread 1 0..15 pages ahead modulo 16 (where their fault-around
+ * windows stand to each other) and "phase_changes": how often that offset changed.
  *
  * `phase=K` (2 threads): both threads start every pass together (a barrier after the mmap), thread 1 at
  * page K of its mapping, so that their 16-page windows are K pages apart (will-it-scale's threads fall
@@ -60,6 +62,8 @@ struct stats {
 };
 
 static struct stats *stats;
+#define MAX_LOG 400000
+static long *log_ns[MAX_THREADS], *log_page[MAX_THREADS]; /* each counted iteration's start and page */
 static volatile int counting, stop;
 static const char *variant;
 static int fifo;
@@ -111,6 +115,9 @@ static void pass(char *addr, struct stats *s, unsigned long first)
 				record(s, 1, kind, t3 - t2);
 			if (rd || !dn)
 				record(s, 2, kind, dn ? t4 - t3 : t1 - t0);
+			long nr = s - stats;
+			if (s->iterations < MAX_LOG)
+				log_ns[nr][s->iterations] = t0, log_page[nr][s->iterations] = (long)(i / PG);
 			s->iterations++;
 		}
 	}
@@ -159,6 +166,34 @@ static void tlb_row(long out[2])
 		fclose(f);
 }
 
+/*
+ * The two threads' phase: for each counted iteration of thread 0, thread 1's page at that moment (its
+ * latest iteration begun) less thread 0's, modulo 16 (where the two 16-page fault-around windows stand to
+ * each other); prints the histogram of the 16 offsets and how often the offset changed from one of thread
+ * 0's iterations to the next.
+ */
+static void print_phase(void)
+{
+	long hist[16] = {0}, changes = 0, last = -1, k = 0;
+	long n0 = stats[0].iterations < MAX_LOG ? (long)stats[0].iterations : MAX_LOG;
+	long n1 = stats[1].iterations < MAX_LOG ? (long)stats[1].iterations : MAX_LOG;
+
+	for (long j = 0; j < n0; j++) {
+		while (k + 1 < n1 && log_ns[1][k + 1] <= log_ns[0][j])
+			k++;
+		if (!n1 || log_ns[1][k] > log_ns[0][j])
+			continue;
+		long off = ((log_page[1][k] - log_page[0][j]) % 16 + 16) % 16;
+		hist[off]++;
+		changes += last >= 0 && off != last;
+		last = off;
+	}
+	printf(", \"phase\": [");
+	for (int b = 0; b < 16; b++)
+		printf(b ? ", %ld" : "%ld", hist[b]);
+	printf("], \"phase_changes\": %ld", changes);
+}
+
 /* The q-quantile of a histogram, in ns (the bin's middle). */
 static double quantile(const unsigned int *h, unsigned long n, double q)
 {
@@ -196,6 +231,10 @@ int main(int argc, char **argv)
 	if (phase >= 0)
 		pthread_barrier_init(&pass_start, NULL, 2);
 	stats = calloc(n, sizeof(*stats));
+	for (int i = 0; i < n; i++) {
+		log_ns[i] = calloc(MAX_LOG, sizeof(long));
+		log_page[i] = calloc(MAX_LOG, sizeof(long));
+	}
 	for (long i = 0; i < n; i++)
 		pthread_create(&threads[i], NULL, task, (void *)i);
 	sleep(1);
@@ -228,6 +267,9 @@ int main(int argc, char **argv)
 		}
 		printf("}");
 	}
-	printf("]}\n");
+	printf("]");
+	if (n == 2)
+		print_phase();
+	printf("}\n");
 	return 0;
 }
