@@ -31,7 +31,7 @@ from pathlib import Path
 from mmugather import api
 from mmugather.machine.costs import Costs, load_costs
 from mmugather.policies import POLICIES
-from mmugather.workloads.builtin import parse_scenario
+from mmugather.workloads.scenario import parse_scenario
 from mmugather.workloads.wis import wis_workload
 
 HERE = Path(__file__).parent
@@ -96,14 +96,11 @@ def full_flush(exes: dict[str, str], rounds: int) -> dict[tuple[str, int], list[
 
 def model_scenario(variant: str, n: int, ms: int, phase: int):
     """wis:tlb_flush1:threads:N:MS with the variant's loop body; thread 1 starts `phase` pages in."""
-    d = wis_workload(f"wis:tlb_flush1:threads:{n}:{ms}")
-    for i, th in enumerate(d["process"][0]["thread"]):
+    d = wis_workload(f"wis:tlb_flush1:threads:{n}:{ms}", phase)
+    for th in d["process"][0]["thread"]:
         inner = th["program"][0]["body"][1]
         w, m, r = inner["body"]
-        inner["body"] = {"loop": [w, m, r], "noread": [w, m], "nodn": [dict(r), w]}[variant]
-        if i == 1 and phase:
-            inner["times"] -= phase
-            inner["body"] = [dict(op, offset=phase * 4096) for op in inner["body"]]
+        inner["body"] = {"loop": [w, m, r], "noread": [w, m], "nodn": [r, w]}[variant]
     return parse_scenario(d, f"tlb_flush1 {variant} threads:{n}")
 
 
