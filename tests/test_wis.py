@@ -133,3 +133,39 @@ def test_a_cached_file_must_be_page_aligned():
     from mmugather.workloads.scenario import parse_scenario
     with pytest.raises(InputError, match="cached"):
         parse_scenario({"files": [{"name": "f", "cached": 100}], "process": []}, "t")
+
+
+def test_a_phase_starts_task_i_i_times_k_pages_into_its_mapping():
+    """wis_workload(name, K): task i's loop walks from page (i * K) % 16 (its touches and madvise offset,
+    its pass that many pages shorter); K = 0 is the workload as named (every golden unchanged)."""
+    from mmugather.workloads.wis import wis_workload
+    name = "wis:tlb_flush1:threads:3:2"
+    assert wis_workload(name, 0) == wis_workload(name)
+    inner = [t["program"][0]["body"][1] for t in wis_workload(name, 10)["process"][0]["thread"]]
+    assert [op.get("offset", 0) // 4096 for op in inner[1]["body"]] == [10, 10, 10]
+    assert [op.get("offset", 0) // 4096 for op in inner[2]["body"]] == [4, 4, 4]      # 20 % 16
+    assert [i["times"] for i in inner] == [32768, 32768 - 10, 32768 - 4]
+    assert "offset" not in inner[0]["body"][0]
+    with pytest.raises(InputError, match="phase 16"):
+        wis_workload(name, 16)
+
+
+def test_tlb_flush1_threads_keep_their_phase_and_it_sets_their_rate():
+    """The model's two threads start together and keep their phase: aligned (0), the first page of each
+    16-page fault-around window (a write on a none PTE: no shootdown of its own) comes on both at once, so
+    every shootdown lands on a thread waiting for its own; 8 pages apart, each thread's first-page write
+    takes the other's IPI unoverlapped. Same shootdowns per iteration, fewer iterations (host-like costs:
+    a 7 us handler, 2.5-3 us faults; docs/host.md, "tlb_flush1 threads:2 taken apart")."""
+    from mmugather.machine.costs import Costs
+    from mmugather.workloads.scenario import parse_scenario
+    from mmugather.workloads.wis import wis_workload
+    costs = Costs(ipi_send=1300, ipi_delivery=1600, ipi_handler=7000, ipi_ack=500, page_alloc=1000, fault_entry=700,
+                  wp_copy=400, file_fault=450, map_pages=430)
+    got = {}
+    for k in (0, 8):
+        sc = parse_scenario(wis_workload("wis:tlb_flush1:threads:2:5", k), "t")
+        m = run(sc, "6.18", arch="x86", costs=costs)
+        assert m["violations"] == []
+        got[k] = (ops_per_s(sc, m), m["ipis_sent"] / m["loop_iterations"])
+    assert abs(got[8][1] - got[0][1]) < 0.02
+    assert got[8][0] < 0.92 * got[0][0]

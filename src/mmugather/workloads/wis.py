@@ -51,17 +51,17 @@ MAX_MS = 10_000
 MAX_PASSES = 9
 
 
-def _testcase(test: str, vma: str, file: str | None, bound: dict) -> list[dict]:
+def _testcase(test: str, vma: str, file: str | None, bound: dict, first_page: int = 0) -> list[dict]:
     """The program of one task: testcase() of tests/TEST.c as scenario ops, its endless loop bounded by
-    `bound` ({"duration_ns": ...} or {"times": passes})."""
+    `bound` ({"duration_ns": ...} or {"times": passes}); each pass walks the pages from `first_page` on."""
     size, file_backed, shared, _ = TESTS[test]
     spec = {"name": vma, "size": size, "shared": shared}
     if file_backed:
         spec.update(kind="file", file=file)
-    page = {"vma": vma, "size": 4096}
+    page = {"vma": vma, "size": 4096, **({"offset": first_page * 4096} if first_page else {})}
     return [{"op": "loop", **bound, "body": [
         {"op": "mmap", "vma": spec},
-        {"op": "loop", "times": size // 4096, "stride": 4096, "count": True, "body": [
+        {"op": "loop", "times": size // 4096 - first_page, "stride": 4096, "count": True, "body": [
             {"op": "touch", "write": True, **page},
             {"op": "madvise", "advice": "dontneed", **page},
             {"op": "touch", "write": False, **page},
@@ -70,9 +70,14 @@ def _testcase(test: str, vma: str, file: str | None, bound: dict) -> list[dict]:
     ]}]
 
 
-def wis_workload(name: str) -> dict:
+def wis_workload(name: str, phase: int = 0) -> dict:
     """The scenario dict of `wis:TEST:MODE:N[:MS]` or `wis:TEST:MODE:N:Pp` (InputError naming the bad
-    field)."""
+    field). With `phase` K (0-15), task i walks its mapping from page (i * K) % 16 on, so that neighbouring
+    tasks' 16-page fault-around windows stand K pages apart: the model's tasks start together and, timed
+    alike, keep the phase they start with, while the host's drift through all 16 (docs/host.md, "tlb_flush1
+    threads:2 taken apart"); benchmarks/wis_host.py --phases averages over them."""
+    if not 0 <= phase < 16:
+        raise InputError(f"workload '{name}': phase {phase} is not a page offset from 0 to 15")
     parts = name.split(":")
     if len(parts) not in (4, 5) or parts[0] != "wis":
         raise InputError(f"workload '{name}': expected wis:TEST:MODE:N[:MS] or wis:TEST:MODE:N:Pp, e.g. "
@@ -104,11 +109,12 @@ def wis_workload(name: str) -> dict:
     around = {"fault_around_pages": 16} if file_backed else {}
     if mode == "threads":
         threads = [{"cpu": i, "program": _testcase(test, f"addr{i}", f"willitscale.{i}" if file_backed else None,
-                                                   bound)} for i in range(tasks)]
+                                                   bound, i * phase % 16)} for i in range(tasks)]
         process = [{"name": "wis", "thread": threads}]
     else:
         process = [{"name": f"wis{i}", "thread": [{"cpu": i, "program": _testcase(
-            test, "addr", f"willitscale.{i}" if file_backed else None, bound)}]} for i in range(tasks)]
+            test, "addr", f"willitscale.{i}" if file_backed else None, bound, i * phase % 16)}]}
+            for i in range(tasks)]
     return {"name": name, "description": f"will-it-scale {test} ({TESTS[test][3]}), {tasks} {mode}, {span}",
             "seed": 1, "machine": {"cpus": tasks, "preempt": "voluntary", "latency_task": False, **around},
             "files": files, "process": process}
