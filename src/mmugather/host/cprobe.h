@@ -11,21 +11,21 @@
 #include <time.h>
 
 /* CLOCK_MONOTONIC in ns (the vDSO: no system call). */
-static long now(void)
+static inline long now(void)
 {
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return t.tv_sec * 1000000000L + t.tv_nsec;
 }
 
-static void die(const char *what)
+static inline void die(const char *what)
 {
 	perror(what);
 	exit(1);
 }
 
 /* Pin the calling thread to `cpu`, SCHED_FIFO where permitted. */
-static void pin_fifo(int cpu)
+static inline void pin_fifo(int cpu)
 {
 	cpu_set_t s;
 	struct sched_param p = { .sched_priority = 1 };
@@ -37,7 +37,7 @@ static void pin_fifo(int cpu)
 }
 
 /* `"name": [v0,v1,...], ` (ns, one decimal): one member of the probe's JSON object, more to follow. */
-static void print_samples(const char *name, const double *v, long n)
+static inline void print_samples(const char *name, const double *v, long n)
 {
 	printf("\"%s\": [", name);
 	for (long i = 0; i < n; i++)
