@@ -129,27 +129,15 @@ class Tlb:
             self.fill(c, vpn, pte)
             return
         inv = self.inv
-        dangling = c.dangling
+        drops = []                                  # (refs, pfn) of the entries replaced or evicted
         if table is not None:                       # fill_pwc()
             pwc = c.pwc
-            refs = inv.pwc_refs
             old = pwc.pop(key, None)
             if old is None and len(pwc) >= PWC_ENTRIES:
                 old = pwc.pop(next(iter(pwc)))
-            if old is not None:                     # (_unref(), inlined)
-                pfn = old.pfn
-                n = refs[pfn] - 1
-                if n:
-                    refs[pfn] = n
-                else:
-                    del refs[pfn]
-                if dangling:
-                    dangling.discard(pfn)
-            pwc[key] = table
-            pfn = table.pfn
-            refs[pfn] = refs.get(pfn, 0) + 1
+            if old is not None:
+                drops.append((inv.pwc_refs, old.pfn))
         tlb = c.tlb                                 # fill()
-        refs = inv.tlb_refs
         v = tlb.pop(vpn, None)
         if v is None and len(tlb) >= TLB_ENTRIES:
             v = tlb.pop(next(iter(tlb)))
@@ -161,17 +149,26 @@ class Tlb:
                 tlb.update(kept)
                 n = 0
             evictions[c.id] = n
-        if v is not None:                           # (_unref(), inlined)
-            pfn = v >> 1
-            n = refs[pfn] - 1
-            if n:
-                refs[pfn] = n
-            else:
-                del refs[pfn]
-            if dangling:
-                dangling.discard(pfn)
+        if v is not None:
+            drops.append((inv.tlb_refs, v >> 1))
+        if drops:
+            dangling = c.dangling
+            for refs, pfn in drops:                 # (_unref(), inlined: each dict's drop before its add)
+                n = refs[pfn] - 1
+                if n:
+                    refs[pfn] = n
+                else:
+                    del refs[pfn]
+                if dangling:
+                    dangling.discard(pfn)
+        if table is not None:
+            pwc[key] = table
+            refs = inv.pwc_refs
+            pfn = table.pfn
+            refs[pfn] = refs.get(pfn, 0) + 1
         pfn = pte >> PAGE_SHIFT
         tlb[vpn] = (pfn << 1) | (1 if pte & _PAGE_RW else 0)
+        refs = inv.tlb_refs
         refs[pfn] = refs.get(pfn, 0) + 1
 
     def _evicted(self, c, tlb: dict) -> None:
