@@ -284,7 +284,7 @@ class Controlled:
         if it waits on its CPU's runqueue) resumes until its first yield, in the engine's step loop."""
         eng = self.engine
         if actor <= RESCHED:                        # scheduler tick: resched_curr() sets TIF_NEED_RESCHED
-            eng.cpus[RESCHED - actor].need_resched = True
+            eng.cpus[RESCHED - actor]._need_resched = True
             return
         if actor < 0:
             c = eng.cpus[-1 - actor]
@@ -305,7 +305,7 @@ class Controlled:
         self.yielded = False
         self.last_request = None
         if c._need_resched and not c.runqueue and eng.preemptible(c, task):
-            c.need_resched = False                  # schedule() found nobody else: the same task goes on
+            c._need_resched = False                 # schedule() found nobody else: the same task goes on
         c.attention = False                         # the chooser takes IPIs and preempts, not the step loop
         counts = task.counts
         if counts is None and self.count_frames:

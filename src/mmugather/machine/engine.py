@@ -573,7 +573,7 @@ class Engine:
     def _context_switch(self, c: Cpu) -> None:
         prev = c.curr
         nxt = self._pick(c)
-        c.need_resched = False
+        c._need_resched = False                      # (the flag's setter: nothing but the store)
         c.attention = bool(c.pending)
         if nxt is None:
             c.curr = None
