@@ -82,7 +82,9 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
     def populate(self, mm, vma, start: int, end: int) -> int:
         """Set-up only (not a kernel path): map every page of [start, end) in vma as if faulted in by
         writes (reads for read-only mappings; a shared writable file page is left dirty, PG_dirty included,
-        as a write fault leaves it), table by table with numpy. Returns pages newly mapped."""
+        as a write fault leaves it), table by table with numpy. Fresh frames for more than a few pages are
+        reserved first (PageAlloc.reserve(): the same frames, the arrays grown once). Returns pages newly
+        mapped."""
         alloc = self.alloc
         writable_flags = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
         if vma.flags & VM_WRITE:
@@ -91,7 +93,7 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         ro_file = vma.file is not None and not vma.flags & VM_WRITE
         mapped = 0
         fresh = vma.file is None or not (shared_file or ro_file)
-        if fresh:                                   # frames for the pages, tables and directories at most
+        if fresh and end - start > _FEW_PTES << PAGE_SHIFT:    # frames for the pages, tables and directories
             tables = sum(a not in mm.pte_tables for a in range(start >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1))
             dirs = 2 * (((end - 1) >> PUD_SHIFT) - (start >> PUD_SHIFT) + 1)
             alloc.reserve(((end - start) >> PAGE_SHIFT) + tables + dirs - len(alloc.free_list))
