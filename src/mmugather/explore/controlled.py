@@ -403,15 +403,43 @@ class Footprint:
 # ------------------------------------------------------------------------- instrumentation
 class CountingRandom(random.Random):
     """random.Random that counts its draws (so that a step drawing from the shared RNG is seen): the RNG
-    class the explorer builds its Simulation with."""
+    class the explorer builds its Simulation with. Seeded at its first use rather than when made (most
+    executions never draw, and seeding the Mersenne Twister costs a few us per build): every way to its
+    state (a draw, getstate()) seeds it first, as Random(x) would have; seed() and setstate() replace it."""
 
     draws = 0
 
+    def __init__(self, x=None) -> None:
+        self._unseeded: tuple | None = (x,)          # the seed still to apply
+        self.gauss_next = None                       # (what Random.seed() sets besides the state)
+
+    def _seed_now(self) -> None:
+        (x,) = self._unseeded  # type: ignore[misc]  # called only while a seed is pending
+        self._unseeded = None
+        super().seed(x)
+
+    def seed(self, a=None, version=2) -> None:  # type: ignore[override]
+        self._unseeded = None
+        super().seed(a, version)
+
+    def setstate(self, state) -> None:
+        self._unseeded = None
+        super().setstate(state)
+
+    def getstate(self):
+        if self._unseeded is not None:
+            self._seed_now()
+        return super().getstate()
+
     def random(self):
+        if self._unseeded is not None:
+            self._seed_now()
         self.draws += 1
         return super().random()
 
     def getrandbits(self, k):
+        if self._unseeded is not None:
+            self._seed_now()
         self.draws += 1
         return super().getrandbits(k)
 
