@@ -447,25 +447,29 @@ class CountingRandom(random.Random):
 def _count_frees(alloc, obs: Footprint, engine) -> None:
     """Wrap the allocator's free callbacks: count every free and, in story mode, log (freeing CPU, [(pfn,
     kind)], the cached translations still reaching those frames)."""
-    def note(c, freed) -> None:
-        obs.frees += 1
-        if obs.log is not None:
-            mapped = [m for pfn, _ in freed for m in _mapped_by(engine, pfn)]
-            obs.log.append(("free", c.id if c is not None else None, freed, mapped))
+    def log(c, freed) -> None:                     # story mode (obs.log a list)
+        mapped = [m for pfn, _ in freed for m in _mapped_by(engine, pfn)]
+        obs.log.append(("free", c.id if c is not None else None, freed, mapped))  # type: ignore[union-attr]
 
     on_free, on_free_many = alloc.on_free, alloc.on_free_many
     on_free_array: Any = getattr(alloc, "on_free_array", None)
 
     def counted_free(c, pfn, kind):
-        note(c, [(pfn, kind)])
+        obs.frees += 1
+        if obs.log is not None:
+            log(c, [(pfn, kind)])
         on_free(c, pfn, kind)
 
     def counted_free_many(c, pfns, kinds):
-        note(c, list(zip(pfns, kinds)) if obs.log is not None else None)
+        obs.frees += 1
+        if obs.log is not None:
+            log(c, list(zip(pfns, kinds)))
         on_free_many(c, pfns, kinds)
 
     def counted_free_array(c, pfns, kinds):
-        note(c, list(zip(pfns.tolist(), kinds.tolist())) if obs.log is not None else None)
+        obs.frees += 1
+        if obs.log is not None:
+            log(c, list(zip(pfns.tolist(), kinds.tolist())))
         on_free_array(c, pfns, kinds)
     alloc.on_free, alloc.on_free_many = counted_free, counted_free_many
     if on_free_array is not None:
