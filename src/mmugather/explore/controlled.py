@@ -418,7 +418,7 @@ class CountingRandom(random.Random):
         self._unseeded = None
         super().seed(x)
 
-    def seed(self, a=None, version=2) -> None:  # type: ignore[override]
+    def seed(self, a=None, version=2) -> None:
         self._unseeded = None
         super().seed(a, version)
 
