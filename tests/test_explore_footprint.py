@@ -10,7 +10,7 @@ from helpers import examples
 
 from mmugather.explore import search
 from mmugather.explore.bugs import get_bug
-from mmugather.explore.controlled import MEM, PROC, actor_cpu
+from mmugather.explore.controlled import MEM, PROC, CountingRandom, actor_cpu
 from mmugather.explore.state import Fingerprinter
 from mmugather.explore.target import KernelTarget
 from mmugather.policies import get_policy
@@ -123,3 +123,34 @@ def test_partial_order_reduction_keeps_every_verdict_of_the_unpruned_search(case
             assert por.executions <= every.executions
     elif every.covered or (every.violation is not None and por.covered):
         pytest.fail(f"coverage differs: POR {por.covered}, unpruned {every.covered} ({data}, {policy})")
+
+
+# ------------------------------------------------------------------ the counted RNG
+class _Counted(random.Random):
+    """random.Random seeded when made, counting its draws as CountingRandom does."""
+    draws = 0
+
+    def random(self):
+        self.draws += 1
+        return super().random()
+
+    def getrandbits(self, k):
+        self.draws += 1
+        return super().getrandbits(k)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2**70])
+def test_counting_random_draws_as_random_seeded_when_made(seed):
+    """CountingRandom seeds at its first use: its state, draws of every kind, seed() and setstate() are those
+    of random.Random(seed), and every draw is counted (fails if some way to the state skips the seeding)."""
+    assert CountingRandom(seed).getstate() == random.Random(seed).getstate()
+    a, b = CountingRandom(seed), _Counted(seed)
+    draws = [(x.random(), x.randrange(1000), x.getrandbits(70), x.gauss(0, 1), x.choice(range(50)),
+              x.randbytes(3)) for x in (a, b)]
+    assert draws[0] == draws[1] and a.getstate() == b.getstate() and a.draws == b.draws >= 6
+    first = CountingRandom(seed)
+    assert first.getrandbits(64) == random.Random(seed).getrandbits(64)
+    reseeded, restored = CountingRandom(seed), CountingRandom(seed)
+    reseeded.seed(99)
+    restored.setstate(random.Random(5).getstate())
+    assert reseeded.random() == random.Random(99).random() and restored.random() == random.Random(5).random()

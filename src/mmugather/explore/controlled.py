@@ -284,7 +284,7 @@ class Controlled:
         if it waits on its CPU's runqueue) resumes until its first yield, in the engine's step loop."""
         eng = self.engine
         if actor <= RESCHED:                        # scheduler tick: resched_curr() sets TIF_NEED_RESCHED
-            eng.cpus[RESCHED - actor].need_resched = True
+            eng.cpus[RESCHED - actor]._need_resched = True
             return
         if actor < 0:
             c = eng.cpus[-1 - actor]
@@ -305,7 +305,7 @@ class Controlled:
         self.yielded = False
         self.last_request = None
         if c._need_resched and not c.runqueue and eng.preemptible(c, task):
-            c.need_resched = False                  # schedule() found nobody else: the same task goes on
+            c._need_resched = False                 # schedule() found nobody else: the same task goes on
         c.attention = False                         # the chooser takes IPIs and preempts, not the step loop
         counts = task.counts
         if counts is None and self.count_frames:
@@ -403,15 +403,43 @@ class Footprint:
 # ------------------------------------------------------------------------- instrumentation
 class CountingRandom(random.Random):
     """random.Random that counts its draws (so that a step drawing from the shared RNG is seen): the RNG
-    class the explorer builds its Simulation with."""
+    class the explorer builds its Simulation with. Seeded at its first use rather than when made (most
+    executions never draw, and seeding the Mersenne Twister costs a few us per build): every way to its
+    state (a draw, getstate()) seeds it first, as Random(x) would have; seed() and setstate() replace it."""
 
     draws = 0
 
+    def __init__(self, x=None) -> None:
+        self._unseeded: tuple | None = (x,)          # the seed still to apply
+        self.gauss_next = None                       # (what Random.seed() sets besides the state)
+
+    def _seed_now(self) -> None:
+        (x,) = self._unseeded  # type: ignore[misc]  # called only while a seed is pending
+        self._unseeded = None
+        super().seed(x)
+
+    def seed(self, a=None, version=2) -> None:
+        self._unseeded = None
+        super().seed(a, version)
+
+    def setstate(self, state) -> None:
+        self._unseeded = None
+        super().setstate(state)
+
+    def getstate(self):
+        if self._unseeded is not None:
+            self._seed_now()
+        return super().getstate()
+
     def random(self):
+        if self._unseeded is not None:
+            self._seed_now()
         self.draws += 1
         return super().random()
 
     def getrandbits(self, k):
+        if self._unseeded is not None:
+            self._seed_now()
         self.draws += 1
         return super().getrandbits(k)
 
@@ -419,25 +447,29 @@ class CountingRandom(random.Random):
 def _count_frees(alloc, obs: Footprint, engine) -> None:
     """Wrap the allocator's free callbacks: count every free and, in story mode, log (freeing CPU, [(pfn,
     kind)], the cached translations still reaching those frames)."""
-    def note(c, freed) -> None:
-        obs.frees += 1
-        if obs.log is not None:
-            mapped = [m for pfn, _ in freed for m in _mapped_by(engine, pfn)]
-            obs.log.append(("free", c.id if c is not None else None, freed, mapped))
+    def log(c, freed) -> None:                     # story mode (obs.log a list)
+        mapped = [m for pfn, _ in freed for m in _mapped_by(engine, pfn)]
+        obs.log.append(("free", c.id if c is not None else None, freed, mapped))  # type: ignore[union-attr]
 
     on_free, on_free_many = alloc.on_free, alloc.on_free_many
     on_free_array: Any = getattr(alloc, "on_free_array", None)
 
     def counted_free(c, pfn, kind):
-        note(c, [(pfn, kind)])
+        obs.frees += 1
+        if obs.log is not None:
+            log(c, [(pfn, kind)])
         on_free(c, pfn, kind)
 
     def counted_free_many(c, pfns, kinds):
-        note(c, list(zip(pfns, kinds)) if obs.log is not None else None)
+        obs.frees += 1
+        if obs.log is not None:
+            log(c, list(zip(pfns, kinds)))
         on_free_many(c, pfns, kinds)
 
     def counted_free_array(c, pfns, kinds):
-        note(c, list(zip(pfns.tolist(), kinds.tolist())) if obs.log is not None else None)
+        obs.frees += 1
+        if obs.log is not None:
+            log(c, list(zip(pfns.tolist(), kinds.tolist())))
         on_free_array(c, pfns, kinds)
     alloc.on_free, alloc.on_free_many = counted_free, counted_free_many
     if on_free_array is not None:

@@ -285,6 +285,10 @@ def _no_turn(c: Cpu) -> None:
     """An untimed scheduler's queueing of a CPU's turn: the scheduler picks every step."""
 
 
+def _no_slice(c: Cpu) -> None:
+    """An untimed scheduler's time slice: none (its end would be an event; the scheduler preempts)."""
+
+
 class Engine:
     """Runs tasks on CPUs in simulated time. `arch` provides switch_mm/enter_lazy_tlb for context switches,
     `invariants` is told of every context switch into user mode and of sleeping while atomic; `scheduler`
@@ -330,9 +334,10 @@ class Engine:
             _Marker: self._marker, Elapse: self._elapse,
         }
         self.scheduler: Scheduler = scheduler if scheduler is not None else ClockOrder()
-        if not self.scheduler.timed:      # nothing is ordered by time: queue no events, no CPU's turn
+        if not self.scheduler.timed:      # nothing is ordered by time: queue no events, no CPU's turn, no slice
             self._push = _no_event  # type: ignore[method-assign]
             self._push_cpu = _no_turn  # type: ignore[method-assign]
+            self._arm_slice = _no_slice  # type: ignore[method-assign]
         self.scheduler.attach(self)
         self.handlers.update(self.scheduler.handlers(self))
         self.observers: list[EngineObserver] = []
@@ -573,7 +578,7 @@ class Engine:
     def _context_switch(self, c: Cpu) -> None:
         prev = c.curr
         nxt = self._pick(c)
-        c.need_resched = False
+        c._need_resched = False                      # (the flag's setter: nothing but the store)
         c.attention = bool(c.pending)
         if nxt is None:
             c.curr = None

@@ -31,7 +31,7 @@ from mmugather.mm.pgtable import PAGE_SHIFT, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, _PA
     _PAGE_PRESENT, _PAGE_RW, _PAGE_USER, addr_end, pte_index
 
 
-_FEW_PTES = 32          # populate(): up to this many PTEs of a table, anonymous pages are mapped one by one
+_FEW_PTES = 32          # populate(): up to this many PTEs of a table, pages are mapped one by one
 
 
 class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier, Pfnmap, Writeback):
@@ -82,7 +82,9 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
     def populate(self, mm, vma, start: int, end: int) -> int:
         """Set-up only (not a kernel path): map every page of [start, end) in vma as if faulted in by
         writes (reads for read-only mappings; a shared writable file page is left dirty, PG_dirty included,
-        as a write fault leaves it), table by table with numpy. Returns pages newly mapped."""
+        as a write fault leaves it), table by table with numpy. Fresh frames for more than a few pages are
+        reserved first (PageAlloc.reserve(): the same frames, the arrays grown once). Returns pages newly
+        mapped."""
         alloc = self.alloc
         writable_flags = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
         if vma.flags & VM_WRITE:
@@ -91,7 +93,7 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         ro_file = vma.file is not None and not vma.flags & VM_WRITE
         mapped = 0
         fresh = vma.file is None or not (shared_file or ro_file)
-        if fresh:                                   # frames for the pages, tables and directories at most
+        if fresh and end - start > _FEW_PTES << PAGE_SHIFT:    # frames for the pages, tables and directories
             tables = sum(a not in mm.pte_tables for a in range(start >> PMD_SHIFT, ((end - 1) >> PMD_SHIFT) + 1))
             dirs = 2 * (((end - 1) >> PUD_SHIFT) - (start >> PUD_SHIFT) + 1)
             alloc.reserve(((end - start) >> PAGE_SHIFT) + tables + dirs - len(alloc.free_list))
@@ -100,8 +102,8 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
             nxt = addr_end(addr, end, PMD_SIZE)
             pt = self.install_pte_table(mm, addr)
             i0, i1 = pte_index(addr), pte_index(addr) + ((nxt - addr) >> PAGE_SHIFT)
-            if fresh and i1 - i0 <= _FEW_PTES:
-                mapped += self._populate_few(mm, pt.ptes, i0, i1, writable_flags)
+            if i1 - i0 <= _FEW_PTES:
+                mapped += self._populate_few(mm, vma, addr, pt.ptes, i0, i1, writable_flags, fresh)
                 addr = nxt
                 continue
             view = np.frombuffer(pt.ptes, dtype=np.int64)
@@ -129,18 +131,35 @@ class Kernel(Exit, Fork, Exec, Gup, Madvise, Mmap, Mprotect, Mremap, MmuNotifier
         alloc.unreserve()
         return mapped
 
-    def _populate_few(self, mm, ptes, i0: int, i1: int, flags: int) -> int:
-        """populate()'s anonymous pages for the empty PTEs among ptes[i0:i1], a few, one by one (numpy's calls
-        cost more than this loop up to some tens of PTEs): the same frames, PTEs and counts as its table-wide
-        path. Returns pages newly mapped."""
+    def _populate_few(self, mm, vma, addr: int, ptes, i0: int, i1: int, flags: int, fresh: bool) -> int:
+        """populate()'s pages for the empty PTEs among ptes[i0:i1] (addr: the address of PTE i0), a few, one
+        by one (numpy's calls cost more than this loop up to some tens of PTEs): the same frames, PTEs,
+        counts, page cache and dirty indices as its table-wide path (fresh anonymous frames, or the file's
+        page-cache frames, each with a reference for the mapping). Returns pages newly mapped."""
         empty = [i for i in range(i0, i1) if not ptes[i]]
         if not empty:
             return 0
-        mapcount = self.alloc.mapcount
-        for i, pfn in zip(empty, self.alloc.alloc_bulk(ANON, len(empty))):
+        alloc = self.alloc
+        mapcount = alloc.mapcount
+        if fresh:
+            for i, pfn in zip(empty, alloc.alloc_bulk(ANON, len(empty))):
+                ptes[i] = (pfn << PAGE_SHIFT) | flags
+                mapcount[pfn] += 1
+            mm.rss[MM_ANONPAGES] += len(empty)
+            return len(empty)
+        mapping = vma.file
+        cache, refcount = mapping.page_cache, alloc.refcount
+        first = vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT) - i0      # the file index of PTE i: first + i
+        for i in empty:
+            pfn = cache.get(first + i)
+            if pfn is None:
+                pfn = cache[first + i] = alloc.alloc_page(FILE)
+            refcount[pfn] += 1
             ptes[i] = (pfn << PAGE_SHIFT) | flags
             mapcount[pfn] += 1
-        mm.rss[MM_ANONPAGES] += len(empty)
+        mm.rss[MM_FILEPAGES] += len(empty)
+        if vma.flags & VM_SHARED and vma.flags & VM_WRITE:        # mapped as by write faults: PG_dirty
+            mapping.dirty.update([first + i for i in empty])
         return len(empty)
 
     def _page_cache_pfns(self, vma, base: int, offsets) -> np.ndarray:
