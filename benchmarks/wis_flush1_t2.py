@@ -24,11 +24,13 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from mmugather import api
+from mmugather.errors import InputError
 from mmugather.machine.costs import Costs, load_costs
 from mmugather.policies import POLICIES
 from mmugather.workloads.scenario import parse_scenario
@@ -194,10 +196,15 @@ def main() -> None:
     ap.add_argument("--no-host", action="store_true")
     ap.add_argument("--no-model", action="store_true")
     args = ap.parse_args()
+    try:
+        costs = load_costs(args.costs)
+    except InputError as e:                    # one line, exit 2, before the host runs
+        print(f"wis_flush1_t2.py: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if not args.no_host:
         report_host(args.rounds)
     if not args.no_model:
-        report_model(load_costs(args.costs), args.ms)
+        report_model(costs, args.ms)
 
 
 if __name__ == "__main__":

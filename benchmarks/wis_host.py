@@ -29,9 +29,11 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+from mmugather.errors import InputError
 from mmugather.machine.costs import load_costs
 from mmugather.policies import POLICIES
 from mmugather.sim.simulation import Simulation
@@ -89,7 +91,11 @@ def main() -> None:
                     help="tlb_flush1 threads:N: the model at phase 0 only (threads in step), not over the 16 phases "
                          "of its threads' fault-around windows that the host's threads drift through")
     args = ap.parse_args()
-    costs = load_costs(args.costs)
+    try:
+        costs = load_costs(args.costs)
+    except InputError as e:                    # one line, exit 2, before the host runs
+        print(f"wis_host.py: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     tests, modes = args.tests.split(","), args.modes.split(",")
     for name, got, known in (("--tests", tests, TESTS), ("--modes", modes, MODES)):
         bad = [x for x in got if x not in known]
