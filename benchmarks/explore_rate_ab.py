@@ -52,6 +52,10 @@ def main() -> None:
     if a.child:
         child()
         return
+    for p in a.old:
+        if not (p / "src" / "mmugather").is_dir():
+            print(f"explore_rate_ab.py: --old {p}: no src/mmugather there", file=sys.stderr)
+            raise SystemExit(2)
     trees = {str(p): p for p in a.old} | {"new": NEW}
     names = list(trees)
     runs: dict[str, list[dict]] = {k: [] for k in names}

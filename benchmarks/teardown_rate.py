@@ -76,6 +76,11 @@ def main() -> None:
     from mmugather.host.calibrate import host_kernel_pages_per_s
     from mmugather.policies import POLICIES
     policies = a.policies.split(",") if a.policies else list(POLICIES)
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        print(f"teardown_rate.py: --policies: unknown {', '.join(unknown)} (built-in: {', '.join(POLICIES)})",
+              file=sys.stderr)
+        raise SystemExit(2)
     kernel = host_kernel_pages_per_s(runs=a.kernel_runs)
     print(f"host kernel munmap of touched 4 KiB pages (1 GiB, median of {a.kernel_runs}): "
           f"{kernel / 1e6:.2f} M pages/s", flush=True)

@@ -102,6 +102,9 @@ def main() -> None:
     ap.add_argument("--pruning", action="store_true",
                     help="instead: this tree's work with and without --no-por per bug (the pruning factor)")
     a = ap.parse_args()
+    if not (a.old / "src" / "mmugather").is_dir():
+        print(f"verdict_time.py: --old {a.old}: no src/mmugather there", file=sys.stderr)
+        raise SystemExit(2)
     if a.pruning:
         pruning(a.bugs.split(",") if a.bugs else [b["name"] for b in run(NEW, ["bugs", "list", "--json"])[1]])
         return
