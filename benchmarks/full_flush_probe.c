@@ -36,20 +36,6 @@ static volatile int phase; /* 0: B waits, 1: B alone, 2: A sends, 3: stop */
 static volatile long b_iter[4], b_ns[4];
 static long w;
 
-static void tlb_row(long out[2])
-{
-	char line[1 << 12];
-	FILE *f = fopen("/proc/interrupts", "r");
-	out[0] = out[1] = -1;
-	while (f && fgets(line, sizeof(line), f))
-		if (strstr(line, "TLB:")) {
-			sscanf(strchr(line, ':') + 1, "%ld %ld", &out[0], &out[1]);
-			break;
-		}
-	if (f)
-		fclose(f);
-}
-
 static void *thread_b(void *unused)
 {
 	volatile char *ws = mmap(NULL, (w ? w : 1) * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -152,20 +152,6 @@ static void *task(void *arg)
 	return NULL;
 }
 
-static void tlb_row(long out[2])
-{
-	char line[1 << 12];
-	FILE *f = fopen("/proc/interrupts", "r");
-	out[0] = out[1] = -1;
-	while (f && fgets(line, sizeof(line), f))
-		if (strstr(line, "TLB:")) {
-			sscanf(strchr(line, ':') + 1, "%ld %ld", &out[0], &out[1]);
-			break;
-		}
-	if (f)
-		fclose(f);
-}
-
 /*
  * The two threads' phase: for each counted iteration of thread 0, thread 1's page at that moment (its
  * latest iteration begun) less thread 0's, modulo 16 (where the two 16-page fault-around windows stand to

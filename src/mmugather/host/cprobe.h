@@ -1,13 +1,14 @@
 /*
  * What the host probes of `mmugather calibrate` share (calls_probe.c, shootdown_probe.c; host/calibrate.py
  * compiles each with cc, which finds this header beside the source): the clock, the exit on a failed call,
- * pinning to a CPU, and the printer of one JSON sample list.
+ * pinning to a CPU, the printer of one JSON sample list, and the TLB shootdown counts of CPUs 0 and 1.
  */
 #ifndef MMUGATHER_CPROBE_H
 #define MMUGATHER_CPROBE_H
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 /* CLOCK_MONOTONIC in ns (the vDSO: no system call). */
@@ -44,4 +45,19 @@ static inline void print_samples(const char *name, const double *v, long n)
 		printf(i ? ",%.1f" : "%.1f", v[i]);
 	printf("], ");
 }
+/* /proc/interrupts' TLB row (x86: TLB shootdowns taken) for CPUs 0 and 1; -1 when absent. */
+static inline void tlb_row(long out[2])
+{
+	char line[1 << 12];
+	FILE *f = fopen("/proc/interrupts", "r");
+	out[0] = out[1] = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (strstr(line, "TLB:")) {
+			sscanf(strchr(line, ':') + 1, "%ld %ld", &out[0], &out[1]);
+			break;
+		}
+	if (f)
+		fclose(f);
+}
+
 #endif

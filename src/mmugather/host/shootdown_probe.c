@@ -35,20 +35,6 @@ static long calls, ngaps;
 static double *a_ns, *b_ns, *gaps;
 static const char *mode;
 
-static void tlb_row(long out[2])
-{
-	char line[1 << 12];
-	FILE *f = fopen("/proc/interrupts", "r");
-	out[0] = out[1] = -1;
-	while (f && fgets(line, sizeof(line), f))
-		if (strstr(line, "TLB:")) {
-			sscanf(strchr(line, ':') + 1, "%ld %ld", &out[0], &out[1]);
-			break;
-		}
-	if (f)
-		fclose(f);
-}
-
 static void dontneed_loop(double *out)
 {
 	char *p = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
