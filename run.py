@@ -2,8 +2,7 @@
 """Quickstart runner: `python3 run.py compare` or `python3 run.py test`.
 
 Creates .venv beside this file on first use (and again when pyproject.toml changes), installs mmugather
-into it with its test extras, then runs `mmugather ARGS...`, or pytest for `test` (on every core, pytest-xdist's
-`-n auto`, unless ARGS say `-n`). Needs only Python 3.11+.
+into it with its test extras, then runs `mmugather ARGS...`, or pytest for `test`. Needs only Python 3.11+.
 """
 import hashlib
 import os
@@ -37,8 +36,7 @@ def main() -> int:
     ensure_venv()
     args = sys.argv[1:]
     if args[:1] == ["test"]:
-        spread = [] if any(a.startswith(("-n", "--numprocesses")) for a in args[1:]) else ["-n", "auto"]
-        cmd = [str(BIN / "python"), "-m", "pytest", *spread, *args[1:]]
+        cmd = [str(BIN / "python"), "-m", "pytest", *args[1:]]
     else:
         cmd = [str(BIN / "mmugather"), *args]
     return subprocess.run(cmd, cwd=ROOT).returncode
