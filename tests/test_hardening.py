@@ -194,10 +194,17 @@ def _alive(pids) -> set[int]:
 SLOW = SWEEP.replace("seeds = [1]", "seeds = {from = 1, to = 4000}")
 
 
+def _ctrl_c_on() -> None:
+    """In the child before exec: SIGINT at its default, as in a terminal. A test run started in the
+    background (`cmd &` without job control) ignores SIGINT, an ignored signal stays ignored across exec, and
+    Python then installs no KeyboardInterrupt handler: the Ctrl-C tests would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_sweep(tmp_path, out):
     proc = subprocess.Popen([sys.executable, "-m", "mmugather", "sweep", str(sweep_file(tmp_path, SLOW)), "--out",
                              str(out), "--workers", "2", "--chunk", "1"], cwd=ROOT, env=ENV, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_on)
     deadline = time.monotonic() + 120
     while not ((out / "results.jsonl").exists() and (out / "results.jsonl").read_bytes().count(b"\n") >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before the signal"
@@ -246,7 +253,8 @@ def test_ctrl_c_on_a_parallel_compare_ends_it_as_one_process_does_and_leaves_no_
     """Ctrl-C (SIGINT to the terminal's whole process group) while two workers run: `aborted`, exit 130,
     nothing printed (as the serial compare), and the workers gone."""
     proc = subprocess.Popen([sys.executable, "-m", "mmugather", "compare", "--jobs", "2"], cwd=ROOT, env=ENV,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_on)
     try:
         deadline = time.monotonic() + 60
         while len(kids := _children(proc.pid)) < 2:
