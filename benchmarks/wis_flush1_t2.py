@@ -24,17 +24,16 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from mmugather import api
-from mmugather.errors import InputError
-from mmugather.machine.costs import Costs, load_costs
+from mmugather.machine.costs import Costs
 from mmugather.policies import POLICIES
 from mmugather.workloads.scenario import parse_scenario
 from mmugather.workloads.wis import wis_workload
+from wis_host import costs_or_exit  # this directory's (the script's own: sys.path[0])
 
 HERE = Path(__file__).parent
 SOURCES = {"wis_flush1_t2_probe": HERE / "wis_flush1_t2_probe.c", "full_flush_probe": HERE / "full_flush_probe.c",
@@ -196,11 +195,7 @@ def main() -> None:
     ap.add_argument("--no-host", action="store_true")
     ap.add_argument("--no-model", action="store_true")
     args = ap.parse_args()
-    try:
-        costs = load_costs(args.costs)
-    except InputError as e:                    # one line, exit 2, before the host runs
-        print(f"wis_flush1_t2.py: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    costs = costs_or_exit(args.costs, "wis_flush1_t2.py")
     if not args.no_host:
         report_host(args.rounds)
     if not args.no_model:

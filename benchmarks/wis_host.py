@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 from mmugather.errors import InputError
-from mmugather.machine.costs import load_costs
+from mmugather.machine.costs import Costs, load_costs
 from mmugather.policies import POLICIES
 from mmugather.sim.simulation import Simulation
 from mmugather.workloads.scenario import parse_scenario
@@ -70,6 +70,16 @@ def model_rate(test: str, mode: str, tasks: int, ms: int, costs, passes: int = 0
     return rate
 
 
+def costs_or_exit(path: str | None, prog: str) -> Costs:
+    """The cost file at `path` (None: the defaults), or one line naming what is wrong and exit 2, before
+    any host run."""
+    try:
+        return load_costs(path)
+    except InputError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def phased(test: str, mode: str, tasks: int) -> bool:
     """Whether the case's rate depends on its threads' phase: tlb_flush1 threads (fault-around windows
     whose first page sends no shootdown; tlb_flush2 has none, tlb_flush3 runs whole passes: too long)."""
@@ -91,11 +101,7 @@ def main() -> None:
                     help="tlb_flush1 threads:N: the model at phase 0 only (threads in step), not over the 16 phases "
                          "of its threads' fault-around windows that the host's threads drift through")
     args = ap.parse_args()
-    try:
-        costs = load_costs(args.costs)
-    except InputError as e:                    # one line, exit 2, before the host runs
-        print(f"wis_host.py: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    costs = costs_or_exit(args.costs, "wis_host.py")
     tests, modes = args.tests.split(","), args.modes.split(",")
     for name, got, known in (("--tests", tests, TESTS), ("--modes", modes, MODES)):
         bad = [x for x in got if x not in known]
