@@ -269,6 +269,33 @@ def test_ctrl_c_on_a_parallel_compare_ends_it_as_one_process_does_and_leaves_no_
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+# Ctrl-C to the whole process group at the moment the pool forks each worker (an at-fork hook sends it; a fork
+# server's forks run no hook of this process, so "fork" only); then the workers' pids.
+_CTRL_C_AT_FORK = """
+import os, signal, sys
+from mmugather.pool import process_pool
+os.register_at_fork(before=lambda: os.killpg(0, signal.SIGINT))
+pids = []
+try:
+    with process_pool(2, method=sys.argv[1]) as pool:
+        pids = list(pool._processes)
+        print("ran", pool.submit(pow, 2, 5).result(), flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+print(*pids, flush=True)
+"""
+
+
+def test_a_ctrl_c_while_the_pool_forks_its_workers_interrupts_the_main_process_only():
+    """The signal is held back while submit() starts workers: the main process takes it as submit()
+    returns (KeyboardInterrupt, the pool killed), no worker dies of it (no traceback), none is left."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_AT_FORK, "fork"], env=ENV, capture_output=True,
+                          text=True, timeout=60, start_new_session=True, preexec_fn=_ctrl_c_on)
+    lines = proc.stdout.splitlines()
+    assert (proc.returncode, lines[:1], proc.stderr) == (0, ["interrupted"], "")
+    assert _wait_gone({int(p) for p in lines[1].split()}) == set()
+
+
 def test_a_second_sweep_into_a_locked_directory_gets_exit_2(tmp_path):
     out = tmp_path / "o"
     with locked(out):                                   # as a running sweep holds it

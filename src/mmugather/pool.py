@@ -13,8 +13,11 @@ forkserver 0.53 s, spawn 0.86-1.5 s):
   nothing. Safe when the caller forks before starting threads of its own (compare's progress bar starts
   its thread at the first run's start, after the fork).
 Each worker ignores Ctrl-C (the main process ends the workers itself) and exits when the main process
-dies, even by kill -9. On any exit from `process_pool` but a normal one (Ctrl-C, an error) the workers are
-killed at once.
+dies, even by kill -9. A Ctrl-C that comes while workers are being started finds none of them before it
+ignores SIGINT: submit() blocks SIGINT while it may start processes (a fork and the fork server inherit the
+mask; the worker unblocks it once SIGINT is ignored), and the main process takes the pending signal as
+submit() returns, not inside multiprocessing's bookkeeping. On any exit from `process_pool` but a normal
+one (Ctrl-C, an error) the workers are killed at once.
 """
 from __future__ import annotations
 
@@ -86,6 +89,7 @@ def _worker_init(main_pid: int, shared: Any) -> None:
     global _shared
     _shared = shared
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})     # blocked by _Pool.submit() until now
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
@@ -100,6 +104,21 @@ def _worker_init(main_pid: int, shared: Any) -> None:
     threading.Thread(target=watchdog, name="mmugather-pool-watchdog", daemon=True).start()
 
 
+class _Pool(ProcessPoolExecutor):
+    """A ProcessPoolExecutor whose submit() holds SIGINT back while it runs: submit() is where the pool
+    forks its workers (all at the first submit under "fork"; one per submit under "forkserver", the server
+    itself at the first). Without it a Ctrl-C at that moment reaches a worker before _worker_init ignores
+    it (the worker dies with a traceback: a broken pool) or interrupts the main process inside
+    multiprocessing's own bookkeeping (a half-made Finalize)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return super().submit(fn, *args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 @contextmanager
 def process_pool(workers: int, *, method: str = "forkserver", shared: Any = None) -> Iterator[ProcessPoolExecutor]:
     """A pool of `workers` processes started by `method` (`shared`, e.g. a context(method).Array, is handed
@@ -108,7 +127,7 @@ def process_pool(workers: int, *, method: str = "forkserver", shared: Any = None
     (work in flight is lost) and leaves no process behind but the fork server."""
     if workers < 1:
         raise ValueError(f"process_pool: workers must be >= 1, got {workers}")
-    pool = ProcessPoolExecutor(workers, mp_context=context(method), initializer=_worker_init,
+    pool = _Pool(workers, mp_context=context(method), initializer=_worker_init,
                                initargs=(os.getpid(), shared))
     try:
         yield pool
