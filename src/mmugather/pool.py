@@ -138,10 +138,16 @@ def process_pool(workers: int, *, method: str = "forkserver", shared: Any = None
 
 
 def kill(pool: ProcessPoolExecutor) -> None:
-    """Kill the pool's workers now and wait for them (no public API kills a pool's workers)."""
+    """Kill the pool's workers now and wait for them (no public API kills a pool's workers), and for the
+    pool's manager thread: it closes the pool's wake-up pipe as it ends, and CPython 3.11's exit hook
+    (concurrent.futures.process._python_exit) writes to that pipe unlocked, so a close racing the exit
+    printed "OSError: Bad file descriptor" after a Ctrl-C."""
     procs = list((pool._processes or {}).values())
+    manager: threading.Thread | None = getattr(pool, "_executor_manager_thread", None)
     for proc in procs:
         proc.kill()
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
         proc.join()
+    if manager is not None:
+        manager.join(timeout=10)
