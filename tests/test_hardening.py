@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import cli_here
 
+from mmugather.pool import process_pool
 from mmugather.sweep import Grid, Point, grid_points, load_results, locked, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -294,6 +295,19 @@ def test_a_ctrl_c_while_the_pool_forks_its_workers_interrupts_the_main_process_o
     lines = proc.stdout.splitlines()
     assert (proc.returncode, lines[:1], proc.stderr) == (0, ["interrupted"], "")
     assert _wait_gone({int(p) for p in lines[1].split()}) == set()
+
+
+def test_a_killed_pool_leaves_no_worker_and_no_manager_thread_behind():
+    """pool.kill() returns with the workers reaped and the pool's manager thread ended, its wake-up pipe
+    closed: CPython 3.11's exit hook writes to that pipe unlocked, and a close racing it printed "OSError:
+    Bad file descriptor" after a Ctrl-C on a sweep."""
+    with pytest.raises(KeyboardInterrupt), process_pool(2, method="fork") as pool:
+        pool.submit(time.sleep, 30)
+        procs, manager = list(pool._processes.values()), pool._executor_manager_thread
+        wakeup = pool._executor_manager_thread_wakeup
+        raise KeyboardInterrupt
+    assert not any(p.is_alive() for p in procs)
+    assert not manager.is_alive() and wakeup._closed
 
 
 def test_a_second_sweep_into_a_locked_directory_gets_exit_2(tmp_path):
