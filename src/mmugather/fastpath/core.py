@@ -510,14 +510,21 @@ def release_units(kernel, c, units: list) -> int:
         joined = PfnRuns()
         joined.a.frombytes(b"".join(enc))
         starts, rlens, descs = joined.runs()
-    k = len(units)
+    return release_runs(kernel, c, starts, rlens, descs, len(units), lambda: np.cumsum([len(u) for u in units]))
+
+
+def release_runs(kernel, c, starts: np.ndarray, rlens: np.ndarray, descs: np.ndarray, k: int,
+                 ends: Callable[[], np.ndarray]) -> int:
+    """release_units() of `k` units whose pages, in order, are the runs (starts, rlens, descs), `ends()`
+    the cumulative page counts of the units: released in one pass up to the first unit holding a frame
+    something still reaches. Returns how many units were released."""
     inv = kernel.invariants
     if inv.tlb_refs or inv.pwc_refs or inv.walking:
         seen = 0
         for piece in run_pieces(starts, rlens, descs):
             hit = inv.reached(piece)
             if hit is not None:
-                sizes = np.cumsum([len(u) for u in units])
+                sizes = ends()
                 k = int(np.searchsorted(sizes, seen + int(np.argmax(hit)), "right"))
                 total = int(sizes[k - 1]) if k else 0
                 if not total:
