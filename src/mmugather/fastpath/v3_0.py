@@ -129,15 +129,14 @@ class Bulk30(BulkBackend):
         frames = kernel.alloc.alloc_many(BATCH, k, GFP_NOWAIT)
         kernel.metrics.gather_memory(PAGE_SIZE * k)
         split = a + (k - 1) * nmax                      # the last batch's pages: split..b
+        pages = PfnRuns()
         if split < b:
-            encs, counts = cursor.encode_chunks(split, b, nmax)
-            pages = PfnRuns(encs[0], counts[0])
-        else:
-            pages = PfnRuns()
+            pages.extend_runs(*cursor.take(split, b))
         last = Batch(frames[-1], nmax, pages)       # type: ignore[arg-type]  # page_list()'s kind
         if k > 1:
-            encs, counts = cursor.encode_chunks(a, split, split - a)    # (one chunk: all their pages)
-            tlb.active.next = BatchRecord(frames[:-1], nmax, PfnRuns(encs[0], counts[0]), last)
+            held = PfnRuns()
+            held.extend_runs(*cursor.take(a, split))
+            tlb.active.next = BatchRecord(frames[:-1], nmax, held, last)
         else:
             tlb.active.next = last
         tlb.active = last
@@ -298,14 +297,13 @@ def _cut(chain: list, units: np.ndarray, k: int) -> list:
 
 def _chain_runs(chain: list, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The runs of the pages of the first k batches of a chain (k ends on an object's last batch)."""
-    parts = []
+    enc = []
     for b in chain[:_whole(chain, k)]:
-        if type(b) is BatchRecord and b.n:
-            parts.append(b.held.runs())
-            continue
-        p = _RAW_PAGES.__get__(b, Batch)
-        parts.append(p.runs() if type(p) is PfnRuns else PfnRuns(_encode(p), len(p)).runs())
-    return tuple(np.concatenate(x) for x in zip(*parts))  # type: ignore[return-value]
+        p = b.held if type(b) is BatchRecord and b.n else _RAW_PAGES.__get__(b, Batch)
+        enc.append(p.a if type(p) is PfnRuns else _encode(p))
+    joined = PfnRuns()
+    joined.a.frombytes(b"".join(enc))
+    return joined.runs()
 
 
 def _empty(b: Any) -> None:
