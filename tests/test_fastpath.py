@@ -16,12 +16,14 @@ from plugins.gathers import FreeBeforeFlush, LeakBatchPages, LocalFlushOnly, Sle
 import mmugather.fastpath as fastpath
 from mmugather.fastpath import core as bulk
 from mmugather.fastpath.v2_6_39 import Bulk2639
-from mmugather.fastpath.v3_0 import Bulk30
+from mmugather.fastpath.v3_0 import BatchRecord, Bulk30
 from mmugather.fastpath.v6_18 import Bulk618
 from mmugather.machine.costs import Costs
+from mmugather.mm.mmu_gather import PAGE_SIZE
+from mmugather.mm.mmu_gather.v3_0 import Batch
 from mmugather.mm.mmu_gather.v6_18 import Gather618
 from mmugather.mm.page_alloc import ANON, BATCH, GFP_KERNEL, PGTABLE, FrameSpan, PageAlloc, _gaps
-from mmugather.mm.pfn_runs import run_gaps, runs_of
+from mmugather.mm.pfn_runs import PfnRuns, run_gaps, runs_of
 from mmugather.mm.pgtable import PAGE_SHIFT, DirTable, PteTable
 from mmugather.mm.protocols import STEP_BY_STEP
 from mmugather.policies import POLICIES
@@ -398,6 +400,78 @@ def test_the_step_path_never_enters_the_bulk_module(policy, arch):
     sc = _exit_of("8MiB")
     assert _fastpath_calls(Simulation(sc, POLICIES[policy], arch=arch, fast=False)) == 0
     assert _fastpath_calls(Simulation(sc, POLICIES[policy], arch=arch, fast=True)) > 10
+
+
+# ------------------------------------------------------------------ 3.0's batch records
+def _walk(batch) -> list:
+    """The kernel's walk over a batch chain (batch->next): each batch's frame, max and pages."""
+    got = []
+    while batch is not None:
+        got.append((batch.pfn, batch.max, list(batch.pages)))
+        batch = batch.next
+    return got
+
+
+def test_a_batch_record_is_the_batches_it_stands_for():
+    """A BatchRecord (fastpath/v3_0.py) holds n full batches at once: Bulk30 reads their frames without
+    making them; any other reader of pages or next gets the n Batch objects, each its frame and its max
+    pages in order (ascending, descending and scattered runs cut at batch edges), the last linked to the
+    batch after them; a record whose pages were freed gives n empty batches."""
+    bulk30 = Bulk30(_arch(POLICIES["3.0"], "x86"))
+    nmax = Gather618.MAX_GATHER_BATCH
+    rng = np.random.default_rng(3)
+    pfns = np.concatenate([np.arange(1000, 1700), np.arange(5000, 4400, -1),
+                           9000 + rng.permutation(230)])          # 1530 pages: 3 batches
+    for freed in (False, True):
+        held = PfnRuns()
+        held.extend(pfns)
+        if freed:
+            held.clear()
+        tail = Batch(77, nmax, PfnRuns())
+        rec = BatchRecord([11, 12, 13], nmax, held, tail)
+        assert bulk30.batch_frames(rec) == [11, 12, 13, 77] and rec.n == 3      # (still one record)
+        want = [(f, nmax, [] if freed else pfns[i * nmax:(i + 1) * nmax].tolist()) for i, f in enumerate((11, 12, 13))]
+        assert _walk(rec) == want + [(77, nmax, [])]
+        assert rec.n == 0 and bulk30.batch_frames(rec) == [11, 12, 13, 77]
+
+
+class WalkingFinish(POLICIES["3.0"]):     # type: ignore[misc,valid-type]
+    """3.0's tlb_finish_mmu() written out as the kernel's loop over the chain (a plugin's own code: the zap
+    hook stays bulk, so the chain it walks holds batch records)."""
+
+    def tlb_finish_mmu(self, c, tlb, start, end):
+        yield self.tlb_flush_mmu(c, tlb)
+        batch, n = tlb.local.next, 0
+        while batch is not None:
+            nxt = batch.next
+            self.alloc.free_page(c, batch.pfn)
+            n += 1
+            batch = nxt
+        self.metrics.gather_memory(-PAGE_SIZE * n)
+        tlb.local.next = None
+        self.metrics.gather_memory(-self.sizeof_mmu_gather())
+
+
+@pytest.mark.parametrize("cls", [POLICIES["3.0"], WalkingFinish], ids=lambda c: c.__name__)
+def test_batch_records_are_made_into_batches_only_for_a_reader_that_walks_them(cls, monkeypatch):
+    """exit_mmap of 48 MiB under 3.0 (24 batches): the pass holds its full batches as records, and both
+    paths agree whether the records are released and freed as records (stock 3.0) or made into batches
+    by a plugin's loop over the chain."""
+    made = {"records": 0, "materialized": 0}
+    real_init, real_mat = BatchRecord.__init__, BatchRecord.materialize
+
+    def init(self, *a):
+        made["records"] += 1
+        real_init(self, *a)
+
+    def materialize(self):
+        made["materialized"] += 1
+        real_mat(self)
+    monkeypatch.setattr(BatchRecord, "__init__", init)
+    monkeypatch.setattr(BatchRecord, "materialize", materialize)
+    assert_same(_exit_of("48MiB"), cls)
+    assert made["records"] >= 1
+    assert (made["materialized"] > 0) == (cls is WalkingFinish)
 
 
 # ------------------------------------------------------------------ choosing the backends
