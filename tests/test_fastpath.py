@@ -26,7 +26,7 @@ from mmugather.mm.page_alloc import ANON, BATCH, GFP_KERNEL, PGTABLE, FrameSpan,
 from mmugather.mm.pfn_runs import PfnRuns, run_gaps, runs_of
 from mmugather.mm.pgtable import PAGE_SHIFT, DirTable, PteTable
 from mmugather.mm.protocols import STEP_BY_STEP
-from mmugather.policies import POLICIES
+from mmugather.policies import POLICIES, Linux30
 from mmugather.sim.simulation import Simulation
 from mmugather.workloads.scenario import parse_scenario
 
@@ -435,7 +435,7 @@ def test_a_batch_record_is_the_batches_it_stands_for():
         assert rec.n == 0 and bulk30.batch_frames(rec) == [11, 12, 13, 77]
 
 
-class WalkingFinish(POLICIES["3.0"]):     # type: ignore[misc,valid-type]
+class WalkingFinish(Linux30):
     """3.0's tlb_finish_mmu() written out as the kernel's loop over the chain (a plugin's own code: the zap
     hook stays bulk, so the chain it walks holds batch records)."""
 
