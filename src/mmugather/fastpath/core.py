@@ -637,8 +637,7 @@ class TableRun:
                 flat = flat[pres]
                 parts.append(pres)
                 holes = True
-            flat >>= PAGE_SHIFT                         # (in place, then narrowed: faster than at once)
-            out[pos:pos + n] = flat
+            np.right_shift(flat, PAGE_SHIFT, out=out[pos:pos + n], casting="unsafe")
             pos += n
         if not holes:
             return out[:pos], None

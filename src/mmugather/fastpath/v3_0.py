@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import repeat
+from operator import mul
 from typing import Any
 
 import numpy as np
@@ -160,15 +161,17 @@ class Bulk30(BulkBackend):
         chain = _raw_chain(batch)
         if (len(chain) == 1 and _units(batch) == 1) or not may_bulk(c):
             return None
-        units = np.array(list(map(_units, chain)), dtype=np.int64)
-        lens = np.repeat(np.array(list(map(_unit_len, chain)), dtype=np.int64), units)
+        units, sizes = list(map(_units, chain)), list(map(_unit_len, chain))
         cost = kernel.costs.page_free
-        last = np.where(lens > 0, cost * ((lens - 1) % kernel.PAGEVEC_SIZE + 1), 0)
-        k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens), last, c.horizon)
-        chain = _cut(chain, units, k)
+        k = sum(units)
+        lens = np.repeat(np.array(sizes, dtype=np.int64), units) if k > len(chain) else np.array(sizes)
+        if c.clock + cost * sum(map(mul, units, sizes)) >= c.horizon:    # (else every batch: first_crossing())
+            last = np.where(lens > 0, cost * ((lens - 1) % kernel.PAGEVEC_SIZE + 1), 0)
+            k = first_crossing(c.clock, c.clock + np.cumsum(cost * lens), last, c.horizon)
+            chain = _cut(chain, units, k)
         if int(lens[:k].sum()):
             k = release_runs(kernel, c, *_chain_runs(chain, k), k, lambda: np.cumsum(lens[:k]))
-            chain = _cut(chain, np.array(list(map(_units, chain)), dtype=np.int64), k)
+            chain = _cut(chain, list(map(_units, chain)), k)
         if not k:
             return None
         total = int(lens[:k].sum())
@@ -285,14 +288,16 @@ def _whole(chain: list, k: int) -> int:
     return j
 
 
-def _cut(chain: list, units: np.ndarray, k: int) -> list:
+def _cut(chain: list, units: list[int], k: int) -> list:
     """The chain with the record the first k batches end inside (if any) made into its batches."""
-    ends = np.cumsum(units)
-    j = int(np.searchsorted(ends, k))                   # the object holding batch k (from 1)
-    if j >= len(chain) or ends[j] == k or k == 0:
-        return chain
-    chain[j].materialize()
-    return chain[:j] + _raw_chain(chain[j])
+    for j, n in enumerate(units):
+        if k < n:
+            if not k:
+                return chain
+            chain[j].materialize()
+            return chain[:j] + _raw_chain(chain[j])
+        k -= n
+    return chain
 
 
 def _chain_runs(chain: list, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

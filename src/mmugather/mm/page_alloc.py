@@ -340,14 +340,16 @@ class PageAlloc:
         return zz, freed, kinds[freed - lo], kinds, z, None
 
     def _drop_scattered(self, refcount: np.ndarray, kind: np.ndarray, pfns: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """release_array's reference drop for frames in no FrameSpan mask (`refcount`, `kind`: the views):
-        (which of pfns were freed, those frames, their kinds)."""
+        (which of pfns were freed (None: all), those frames, their kinds)."""
         rc = refcount[pfns] - 1
         if rc.min() < 0:
             self._bad_release(pfns, rc < 0)
         refcount[pfns] = rc
         zz = rc == 0
+        if zz.all():                                     # every frame freed
+            return None, pfns, kind[pfns]
         freed = pfns[zz]
         return zz, freed, kind[freed]
 
