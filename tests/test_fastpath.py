@@ -750,6 +750,65 @@ def test_release_array_frees_as_release_pages_does(n, missing, shared, order, ev
     assert run(True) == run(False)
 
 
+def _cut_runs(a: np.ndarray, cuts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The ascending runs of sorted pfns `a`, also cut before each index of `cuts` (as joined batch
+    encodings leave them): (first pfns, lengths)."""
+    starts, lens, _ = runs_of(a, increasing=True)
+    first = np.union1d(np.cumsum(lens) - lens, np.array([c for c in cuts if 0 < c < len(a)], dtype=np.int64))
+    return a[first].astype(np.int64), np.diff(np.append(first, len(a)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=400), st.sampled_from([0, 5, 12, 16, 17, 40]),
+       st.lists(st.integers(0, 400)))
+def test_frame_span_of_runs_is_frame_span_of_the_pfns(pfns, holes, cuts):
+    """FrameSpan.of_runs() (the span of a released record's pages, from their runs alone, cut anywhere)
+    is FrameSpan.of() of the pfns whenever that lists its holes, and None exactly otherwise."""
+    a = np.unique(np.array(pfns, dtype=np.int64))
+    if holes:                                           # a long run of frames with 1 in `holes` missing
+        span = np.arange(1000, 1000 + 20 * len(a))
+        a = np.delete(span, np.arange(3, len(span), holes))
+    fs, got = FrameSpan.of(a), FrameSpan.of_runs(*_cut_runs(a, cuts))
+    assert fs is not None and (got is None) == (fs.holes is None)
+    if got is not None:
+        assert (got.lo, got.hi, got.increasing, got.mask) == (fs.lo, fs.hi, fs.increasing, None)
+        assert np.array_equal(got.gaps, fs.gaps) and np.array_equal(got.holes, fs.holes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 300), st.sets(st.integers(0, 299), max_size=40), st.sets(st.integers(0, 299), max_size=4),
+       st.sampled_from([0, 7, 1000]), st.lists(st.integers(0, 300), max_size=6), st.booleans())
+def test_release_span_frees_as_release_array_does(n, missing, shared, every, cuts, freed_before):
+    """PageAlloc.release_span() of ascending runs (a run with holes, frames of one kind or mixed, frames
+    still referenced or already free: release_array() then) leaves the frame arrays, the free list (its
+    encoding too), the counters and the kinds reported as release_array() of the pfns does."""
+    def run(span: bool):
+        kinds: list = []
+        alloc = PageAlloc(None, 0.0, None, None, lambda c, p, k, *rest: kinds.append(k.tolist()), None)
+        alloc.alloc_page(PGTABLE)                           # (a frame below the span)
+        frames = list(alloc.alloc_bulk(ANON, n))
+        for i in shared & set(range(n)):                    # a second reference: not freed
+            alloc.refcount[frames[i]] += 1
+        for i in range(3, n, every) if every else ():       # other kinds (holes keep theirs)
+            alloc.kind[frames[i]] = PGTABLE
+            alloc.nr_used[PGTABLE] += 1
+            alloc.nr_used[ANON] -= 1
+        a = np.array([f for i, f in enumerate(frames) if i not in missing], dtype=np.int64)
+        if freed_before and len(a) > 1:                     # a frame freed twice
+            alloc.release_array(None, a[1:2])
+        fs = FrameSpan.of_runs(*_cut_runs(a, cuts))
+        try:
+            if span and fs is not None:
+                alloc.release_span(None, fs, *_cut_runs(a, cuts), lambda: a.copy())
+            else:
+                alloc.release_array(None, a, fs=fs)
+        except AssertionError as e:
+            kinds.append(str(e))
+        return (bytes(alloc.refcount), bytes(alloc.kind), alloc.nr_used, alloc.free_list.tobytes(), kinds)
+
+    assert run(True) == run(False)
+
+
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.lists(st.tuples(st.sampled_from(["page", "bulk", "many", "free"]), st.integers(1, 40)), max_size=30),
        st.integers(0, 300))

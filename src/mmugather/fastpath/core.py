@@ -9,6 +9,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain, islice, repeat
 from operator import attrgetter
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 
 from mmugather.kernel.sched import INF
 from mmugather.mm.page_alloc import ANON, FrameSpan
-from mmugather.mm.pfn_runs import PfnRuns, RunCursor, run_pieces, runs_of
+from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs, run_cuts, run_gaps, run_pieces, runs_of
 from mmugather.mm.pgtable import _EMPTY_TABLE, _PAGE_DIRTY, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT
 from mmugather.mm.protocols import FreedTables
 
@@ -532,8 +533,15 @@ def release_runs(kernel, c, starts: np.ndarray, rlens: np.ndarray, descs: np.nda
                 starts, rlens, descs = RunCursor(starts, rlens, descs).take(0, total)
                 break
             seen += len(piece)
-    for piece, gaps in run_pieces(starts, rlens, descs, with_gaps=True, dtype=pfn_dtype(kernel.alloc)):
-        kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, gaps))
+    dtype = pfn_dtype(kernel.alloc)
+    reach = inv.tlb_refs or inv.pwc_refs or inv.walking
+    for runs in run_cuts(starts, rlens, descs):
+        fs = None if reach or runs[2][runs[1] > 1].any() else FrameSpan.of_runs(runs[0], runs[1])
+        if fs is not None:                              # (nothing reaches them: no pfn array needed)
+            kernel.alloc.release_span(c, fs, runs[0], runs[1], partial(expand_runs, *runs, dtype))
+        else:
+            piece = expand_runs(*runs, dtype)
+            kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, run_gaps(*runs)))
     return k
 
 
