@@ -308,28 +308,34 @@ class PageAlloc:
         """release_array(cpu, expand(), fs=fs) of the pfns of ascending runs (`starts`, `lens`; `fs` their
         FrameSpan.of_runs(), which lists its holes) that nothing reaches (the caller found
         Invariants.reached() None for them): when every frame's last reference goes, the span is updated
-        whole and the free list takes the runs, with no pfn array made; else release_array() of
-        expand(), before anything changes."""
-        refcount, _, kind = self.views()
+        whole and the free list takes the runs, with no pfn array made; else (the drop undone)
+        release_array() of expand()."""
         lo, hi, holes = fs.lo, fs.hi, fs.holes
         n = int(lens.sum())
+        if holes is None or n < _SMALL_RELEASE:
+            self.release_array(cpu, expand(), fs=fs)
+            return
+        refcount, _, kind = self.views()
         rc = refcount[lo:hi]
-        if holes is None or n < _SMALL_RELEASE or (int(np.count_nonzero(rc == 1))
-                                                  - (int(np.count_nonzero(rc[holes] == 1)) if len(holes) else 0)) != n:
+        rc -= 1                                          # (the holes put back: only the runs' frames drop)
+        if len(holes):
+            rc[holes] += 1
+        if int(np.count_nonzero(rc == 0)) - (int(np.count_nonzero(rc[holes] == 0)) if len(holes) else 0) != n:
+            rc += 1                                      # a frame keeps a reference (or had none): undone,
+            if len(holes):                               # release_array() of the pfns instead
+                rc[holes] -= 1
             del refcount, kind, rc
             self.release_array(cpu, expand(), fs=fs)
             return
-        rc -= 1                                          # (each frame at 1 reference, holes left alone)
-        if len(holes):
-            rc[holes] += 1
         kinds = kind[lo:hi]
-        kd: int | None = None
-        if len(holes):
-            z = rc == 0
-            z[holes] = False
-            k, kd = _kinds_of(kinds, z, holes, int(kinds[int(starts[0]) - lo]))
+        kd0 = int(kinds[int(starts[0]) - lo])
+        kd: int | None = kd0
+        if int(np.count_nonzero(kinds == kd0)) - (int(np.count_nonzero(kinds[holes] == kd0)) if len(holes) else 0) == n:
+            k: np.ndarray = np.broadcast_to(np.int8(kd0), n)   # (every frame of one kind)
         else:
-            k = kinds.copy()
+            kept = np.ones(hi - lo, dtype=bool)
+            kept[holes] = False
+            k, kd = kinds[kept], None
         counts = kind_counts(k) if kd is None else [n if i == kd else 0 for i in range(len(KIND_NAMES))]
         if counts[FREE]:
             raise AssertionError(f"free_page: pfn {int(expand()[np.argmax(k == FREE)])} freed twice")
