@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import chain, islice, repeat
+from itertools import islice, repeat
 from operator import attrgetter
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from mmugather.kernel.sched import INF
 from mmugather.mm.page_alloc import ANON, FrameSpan
-from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs, run_cuts, run_gaps, run_pieces, runs_of
+from mmugather.mm.pfn_runs import RunCursor, expand_runs, run_cuts, run_gaps, run_pieces
 from mmugather.mm.pgtable import _EMPTY_TABLE, _PAGE_DIRTY, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT
 from mmugather.mm.protocols import FreedTables
 
@@ -498,27 +498,13 @@ _PTES, _PTL, _OWNER, _WAITERS = (attrgetter(a) for a in ("ptes", "ptl", "owner",
 _ALL = slice(None)
 
 
-def release_units(kernel, c, units: list) -> int:
-    """Release the pages of `units` (each a list, PfnRuns or numpy array of pfns), in order, as their
-    free_pages_and_swap_cache() calls would, in one pass; stop before the first unit holding a frame some
-    TLB, paging-structure cache or walker still reaches (its report must carry its own step's clock).
-    Returns how many units were released."""
-    if all(type(u) is list for u in units):
-        starts, rlens, descs = runs_of(np.fromiter(chain.from_iterable(units), dtype=np.int64,
-                                                   count=sum(len(u) for u in units)))
-    else:
-        enc = [u.a if type(u) is PfnRuns else _encode(u) for u in units]
-        joined = PfnRuns()
-        joined.a.frombytes(b"".join(enc))
-        starts, rlens, descs = joined.runs()
-    return release_runs(kernel, c, starts, rlens, descs, len(units), lambda: np.cumsum([len(u) for u in units]))
-
-
 def release_runs(kernel, c, starts: np.ndarray, rlens: np.ndarray, descs: np.ndarray, k: int,
                  ends: Callable[[], np.ndarray]) -> int:
-    """release_units() of `k` units whose pages, in order, are the runs (starts, rlens, descs), `ends()`
-    the cumulative page counts of the units: released in one pass up to the first unit holding a frame
-    something still reaches. Returns how many units were released."""
+    """Release the pages of `k` units (a gather's batches), in order, as their free_pages_and_swap_cache()
+    calls would, in one pass: their pages are the runs (starts, rlens, descs), `ends()` the cumulative page
+    counts of the units. Stops before the first unit holding a frame some TLB, paging-structure cache or
+    walker still reaches (its report must carry its own step's clock). Returns how many units were
+    released."""
     inv = kernel.invariants
     if inv.tlb_refs or inv.pwc_refs or inv.walking:
         seen = 0
@@ -545,15 +531,8 @@ def release_runs(kernel, c, starts: np.ndarray, rlens: np.ndarray, descs: np.nda
     return k
 
 
-def _encode(pages) -> array:
-    """The PfnRuns encoding of a list or numpy array of pfns."""
-    runs = PfnRuns()
-    runs.extend(np.asarray(pages, dtype=np.int64))
-    return runs.a
-
-
 def release_flat(kernel, c, pfns: np.ndarray, sizes: np.ndarray) -> int:
-    """release_units() of units given as one pfn array cut into consecutive `sizes` (at most the length
+    """release_runs() of units given as one pfn array cut into consecutive `sizes` (at most the length
     of `pfns`): release the pfns of the first len(sizes) units, in order, stopping before the first unit
     holding a frame something still reaches. Returns how many units were released."""
     k = len(sizes)

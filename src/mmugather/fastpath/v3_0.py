@@ -1,7 +1,9 @@
 """The bulk backend of Linux 3.0 (mm/memory.c and include/asm-generic/tlb.h v3.0): the gather's batches
 seen from outside, for zap_pte_range()'s runs, zap_pmd_range()'s pass over whole tables (tables.py),
 free_pmd_range()'s runs and tlb_flush_mmu()'s loop over batches. Batch pages are run-length encoded
-(PfnRuns): a 3.0 gather may hold every page of an address space until its one flush."""
+(PfnRuns): a 3.0 gather may hold every page of an address space until its one flush. The full batches a
+pass fills are one BatchRecord (about 514 per GiB otherwise: each a Batch object and its pages to make,
+walk, empty and free): tlb_flush_mmu()'s loop frees their pages at once, tlb_finish_mmu() their frames."""
 from __future__ import annotations
 
 from collections import deque
@@ -12,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mmugather.fastpath.backend import BulkBackend
-from mmugather.fastpath.core import _encode, first_crossing, may_bulk, release_runs
+from mmugather.fastpath.core import first_crossing, may_bulk, release_runs
 from mmugather.fastpath.tables import zap_tables
 from mmugather.mm.mmu_gather import PAGE_SIZE
 from mmugather.mm.mmu_gather.v3_0 import Batch
@@ -305,7 +307,11 @@ def _chain_runs(chain: list, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     enc = []
     for b in chain[:_whole(chain, k)]:
         p = b.held if type(b) is BatchRecord and b.n else _RAW_PAGES.__get__(b, Batch)
-        enc.append(p.a if type(p) is PfnRuns else _encode(p))
+        if type(p) is not PfnRuns:                      # (a list: the local bundle's)
+            runs = PfnRuns()
+            runs.extend(np.asarray(p, dtype=np.int64))
+            p = runs
+        enc.append(p.a)
     joined = PfnRuns()
     joined.a.frombytes(b"".join(enc))
     return joined.runs()
