@@ -703,7 +703,7 @@ def test_runs_and_their_encoding_follow_the_rule(before, shape, n, data):
         p = data.draw(st.lists(st.integers(0, 40), min_size=n, max_size=n))
     a = np.array(p, dtype=np.int64)
     assert list(zip(*[x.tolist() for x in runs_of(a)])) == _runs_by_rule(p)
-    got, want = bulk.PfnRuns(), bulk.PfnRuns()
+    got, want = PfnRuns(), PfnRuns()
     for x in before:                                    # (a run of its own, or joined by an ascending first run)
         got.append(495 + 2 * x)
         want.append(495 + 2 * x)
