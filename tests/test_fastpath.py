@@ -16,15 +16,17 @@ from plugins.gathers import FreeBeforeFlush, LeakBatchPages, LocalFlushOnly, Sle
 import mmugather.fastpath as fastpath
 from mmugather.fastpath import core as bulk
 from mmugather.fastpath.v2_6_39 import Bulk2639
-from mmugather.fastpath.v3_0 import Bulk30
+from mmugather.fastpath.v3_0 import BatchRecord, Bulk30
 from mmugather.fastpath.v6_18 import Bulk618
 from mmugather.machine.costs import Costs
+from mmugather.mm.mmu_gather import PAGE_SIZE
+from mmugather.mm.mmu_gather.v3_0 import Batch
 from mmugather.mm.mmu_gather.v6_18 import Gather618
 from mmugather.mm.page_alloc import ANON, BATCH, GFP_KERNEL, PGTABLE, FrameSpan, PageAlloc, _gaps
-from mmugather.mm.pfn_runs import run_gaps, runs_of
+from mmugather.mm.pfn_runs import PfnRuns, run_gaps, runs_of
 from mmugather.mm.pgtable import PAGE_SHIFT, DirTable, PteTable
 from mmugather.mm.protocols import STEP_BY_STEP
-from mmugather.policies import POLICIES
+from mmugather.policies import POLICIES, Linux30
 from mmugather.sim.simulation import Simulation
 from mmugather.workloads.scenario import parse_scenario
 
@@ -400,6 +402,78 @@ def test_the_step_path_never_enters_the_bulk_module(policy, arch):
     assert _fastpath_calls(Simulation(sc, POLICIES[policy], arch=arch, fast=True)) > 10
 
 
+# ------------------------------------------------------------------ 3.0's batch records
+def _walk(batch) -> list:
+    """The kernel's walk over a batch chain (batch->next): each batch's frame, max and pages."""
+    got = []
+    while batch is not None:
+        got.append((batch.pfn, batch.max, list(batch.pages)))
+        batch = batch.next
+    return got
+
+
+def test_a_batch_record_is_the_batches_it_stands_for():
+    """A BatchRecord (fastpath/v3_0.py) holds n full batches at once: Bulk30 reads their frames without
+    making them; any other reader of pages or next gets the n Batch objects, each its frame and its max
+    pages in order (ascending, descending and scattered runs cut at batch edges), the last linked to the
+    batch after them; a record whose pages were freed gives n empty batches."""
+    bulk30 = Bulk30(_arch(POLICIES["3.0"], "x86"))
+    nmax = Gather618.MAX_GATHER_BATCH
+    rng = np.random.default_rng(3)
+    pfns = np.concatenate([np.arange(1000, 1700), np.arange(5000, 4400, -1),
+                           9000 + rng.permutation(230)])          # 1530 pages: 3 batches
+    for freed in (False, True):
+        held = PfnRuns()
+        held.extend(pfns)
+        if freed:
+            held.clear()
+        tail = Batch(77, nmax, PfnRuns())
+        rec = BatchRecord([11, 12, 13], nmax, held, tail)
+        assert bulk30.batch_frames(rec) == [11, 12, 13, 77] and rec.n == 3      # (still one record)
+        want = [(f, nmax, [] if freed else pfns[i * nmax:(i + 1) * nmax].tolist()) for i, f in enumerate((11, 12, 13))]
+        assert _walk(rec) == want + [(77, nmax, [])]
+        assert rec.n == 0 and bulk30.batch_frames(rec) == [11, 12, 13, 77]
+
+
+class WalkingFinish(Linux30):
+    """3.0's tlb_finish_mmu() written out as the kernel's loop over the chain (a plugin's own code: the zap
+    hook stays bulk, so the chain it walks holds batch records)."""
+
+    def tlb_finish_mmu(self, c, tlb, start, end):
+        yield self.tlb_flush_mmu(c, tlb)
+        batch, n = tlb.local.next, 0
+        while batch is not None:
+            nxt = batch.next
+            self.alloc.free_page(c, batch.pfn)
+            n += 1
+            batch = nxt
+        self.metrics.gather_memory(-PAGE_SIZE * n)
+        tlb.local.next = None
+        self.metrics.gather_memory(-self.sizeof_mmu_gather())
+
+
+@pytest.mark.parametrize("cls", [POLICIES["3.0"], WalkingFinish], ids=lambda c: c.__name__)
+def test_batch_records_are_made_into_batches_only_for_a_reader_that_walks_them(cls, monkeypatch):
+    """exit_mmap of 48 MiB under 3.0 (24 batches): the pass holds its full batches as records, and both
+    paths agree whether the records are released and freed as records (stock 3.0) or made into batches
+    by a plugin's loop over the chain."""
+    made = {"records": 0, "materialized": 0}
+    real_init, real_mat = BatchRecord.__init__, BatchRecord.materialize
+
+    def init(self, *a):
+        made["records"] += 1
+        real_init(self, *a)
+
+    def materialize(self):
+        made["materialized"] += 1
+        real_mat(self)
+    monkeypatch.setattr(BatchRecord, "__init__", init)
+    monkeypatch.setattr(BatchRecord, "materialize", materialize)
+    assert_same(_exit_of("48MiB"), cls)
+    assert made["records"] >= 1
+    assert (made["materialized"] > 0) == (cls is WalkingFinish)
+
+
 # ------------------------------------------------------------------ choosing the backends
 def _arch(policy_cls, name: str):
     return Simulation(_exit_of("4KiB"), policy_cls, arch=name).arch
@@ -629,7 +703,7 @@ def test_runs_and_their_encoding_follow_the_rule(before, shape, n, data):
         p = data.draw(st.lists(st.integers(0, 40), min_size=n, max_size=n))
     a = np.array(p, dtype=np.int64)
     assert list(zip(*[x.tolist() for x in runs_of(a)])) == _runs_by_rule(p)
-    got, want = bulk.PfnRuns(), bulk.PfnRuns()
+    got, want = PfnRuns(), PfnRuns()
     for x in before:                                    # (a run of its own, or joined by an ascending first run)
         got.append(495 + 2 * x)
         want.append(495 + 2 * x)
@@ -672,6 +746,65 @@ def test_release_array_frees_as_release_pages_does(n, missing, shared, order, ev
         assert first == 0
         return (bytes(alloc.refcount), bytes(alloc.kind), alloc.nr_used, sorted(alloc.free_list.tolist()),
                 sorted(freed))
+
+    assert run(True) == run(False)
+
+
+def _cut_runs(a: np.ndarray, cuts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The ascending runs of sorted pfns `a`, also cut before each index of `cuts` (as joined batch
+    encodings leave them): (first pfns, lengths)."""
+    starts, lens, _ = runs_of(a, increasing=True)
+    first = np.union1d(np.cumsum(lens) - lens, np.array([c for c in cuts if 0 < c < len(a)], dtype=np.int64))
+    return a[first].astype(np.int64), np.diff(np.append(first, len(a)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=400), st.sampled_from([0, 5, 12, 16, 17, 40]),
+       st.lists(st.integers(0, 400)))
+def test_frame_span_of_runs_is_frame_span_of_the_pfns(pfns, holes, cuts):
+    """FrameSpan.of_runs() (the span of a released record's pages, from their runs alone, cut anywhere)
+    is FrameSpan.of() of the pfns whenever that lists its holes, and None exactly otherwise."""
+    a = np.unique(np.array(pfns, dtype=np.int64))
+    if holes:                                           # a long run of frames with 1 in `holes` missing
+        span = np.arange(1000, 1000 + 20 * len(a))
+        a = np.delete(span, np.arange(3, len(span), holes))
+    fs, got = FrameSpan.of(a), FrameSpan.of_runs(*_cut_runs(a, cuts))
+    assert fs is not None and (got is None) == (fs.holes is None)
+    if got is not None:
+        assert (got.lo, got.hi, got.increasing, got.mask) == (fs.lo, fs.hi, fs.increasing, None)
+        assert np.array_equal(got.gaps, fs.gaps) and np.array_equal(got.holes, fs.holes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 300), st.sets(st.integers(0, 299), max_size=40), st.sets(st.integers(0, 299), max_size=4),
+       st.sampled_from([0, 7, 1000]), st.lists(st.integers(0, 300), max_size=6), st.booleans())
+def test_release_span_frees_as_release_array_does(n, missing, shared, every, cuts, freed_before):
+    """PageAlloc.release_span() of ascending runs (a run with holes, frames of one kind or mixed, frames
+    still referenced or already free: release_array() then) leaves the frame arrays, the free list (its
+    encoding too), the counters and the kinds reported as release_array() of the pfns does."""
+    def run(span: bool):
+        kinds: list = []
+        alloc = PageAlloc(None, 0.0, None, None, lambda c, p, k, *rest: kinds.append(k.tolist()), None)
+        alloc.alloc_page(PGTABLE)                           # (a frame below the span)
+        frames = list(alloc.alloc_bulk(ANON, n))
+        for i in shared & set(range(n)):                    # a second reference: not freed
+            alloc.refcount[frames[i]] += 1
+        for i in range(3, n, every) if every else ():       # other kinds (holes keep theirs)
+            alloc.kind[frames[i]] = PGTABLE
+            alloc.nr_used[PGTABLE] += 1
+            alloc.nr_used[ANON] -= 1
+        a = np.array([f for i, f in enumerate(frames) if i not in missing], dtype=np.int64)
+        if freed_before and len(a) > 1:                     # a frame freed twice
+            alloc.release_array(None, a[1:2])
+        fs = FrameSpan.of_runs(*_cut_runs(a, cuts))
+        try:
+            if span and fs is not None:
+                alloc.release_span(None, fs, *_cut_runs(a, cuts), lambda: a.copy())
+            else:
+                alloc.release_array(None, a, fs=fs)
+        except AssertionError as e:
+            kinds.append(str(e))
+        return (bytes(alloc.refcount), bytes(alloc.kind), alloc.nr_used, alloc.free_list.tobytes(), kinds)
 
     assert run(True) == run(False)
 

@@ -25,7 +25,7 @@ none of that hook's methods (`overridden()`, the one place this is decided), els
 
 The modules:
 - core.py: `zap_steps()` (a run of zap_pte_range()'s steps over one table), `rmap_remove()`,
-  `free_tables()` (free_pmd_range()'s free_pte_range() calls), `release_steps()`, `release_units()`,
+  `free_tables()` (free_pmd_range()'s free_pte_range() calls), `release_steps()`, `release_runs()`,
   `release_flat()` (free_pages_and_swap_cache() and the gathers' loops over batches), `TableRun`,
   `first_crossing()` (the engine's cut rule over units of steps). A pass over whole tables takes at most
   PASS_TABLES of them: its host memory (their pfns, read as int32 a few tables at a time, per-entry
@@ -34,9 +34,11 @@ The modules:
 - tables.py: zap_pmd_range() over runs of whole PTE tables for 3.0 and 6.18, the gather's batch changes
   included, and 6.18's forced flushes of a full gather when they involve no other CPU.
 - v2_6_39.py, v3_0.py, v6_18.py: each version's gather seen from outside, and 2.6.39's own pass, which
-  also crosses ZAP_BLOCK restarts and flushes from under the PTE lock.
-The allocator (PageAlloc.release_array, free_array) and the invariant checker (on_free_array,
-on_free_each_array) have array forms of their per-frame work for these.
+  also crosses ZAP_BLOCK restarts and flushes from under the PTE lock. 3.0 holds the full batches a pass
+  fills as one `BatchRecord` (their frames and pages at once), made into the kernel's Batch objects only
+  when something else than the bulk backend reads their pages or links.
+The allocator (PageAlloc.release_array, release_span, free_array) and the invariant checker
+(on_free_array, on_free_each_array) have array forms of their per-frame work for these.
 
 tests/test_fastpath.py checks that both paths agree on random workloads, and that the step path never
 enters this package.

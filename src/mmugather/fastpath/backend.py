@@ -12,7 +12,7 @@ import numpy as np
 from mmugather.fastpath.core import free_tables, may_bulk, may_bulk_locked, may_bulk_plain, release_steps, zap_steps
 from mmugather.mm.pfn_runs import PfnRuns
 from mmugather.mm.pgtable import PAGE_SHIFT
-from mmugather.mm.protocols import FreedBatches, FreedTables, PmdRun, PteRun
+from mmugather.mm.protocols import STEP_BY_STEP, FreedBatches, FreedTables, PmdRun, PteRun
 
 _PFN = attrgetter("pfn")      # a table's frame
 FREE_ARRAY = 64               # BulkBackend.free_pages(): from this many frames on, one free_array()
@@ -100,6 +100,10 @@ class BulkBackend:
     def batches_run(self, kernel: Any, c: Any, batch: Any) -> FreedBatches | None:
         """The version's loop over batches (none by default)."""
         return None
+
+    def batch_frames(self, batch: Any) -> list[int]:
+        """The frames of the batch pages from `batch` on: the kernel's walk (3.0's records, v3_0.py)."""
+        return STEP_BY_STEP.batch_frames(batch)
 
     def free_pages(self, kernel: Any, c: Any, pfns: list[int]) -> None:
         """free_page() of each of pfns, in order: in one pass (PageAlloc.free_array) from FREE_ARRAY frames

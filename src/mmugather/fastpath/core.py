@@ -9,7 +9,8 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain, islice, repeat
+from functools import partial
+from itertools import islice, repeat
 from operator import attrgetter
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from mmugather.kernel.sched import INF
 from mmugather.mm.page_alloc import ANON, FrameSpan
-from mmugather.mm.pfn_runs import PfnRuns, RunCursor, run_pieces, runs_of
+from mmugather.mm.pfn_runs import RunCursor, expand_runs, run_cuts, run_gaps, run_pieces
 from mmugather.mm.pgtable import _EMPTY_TABLE, _PAGE_DIRTY, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT
 from mmugather.mm.protocols import FreedTables
 
@@ -497,27 +498,20 @@ _PTES, _PTL, _OWNER, _WAITERS = (attrgetter(a) for a in ("ptes", "ptl", "owner",
 _ALL = slice(None)
 
 
-def release_units(kernel, c, units: list) -> int:
-    """Release the pages of `units` (each a list, PfnRuns or numpy array of pfns), in order, as their
-    free_pages_and_swap_cache() calls would, in one pass; stop before the first unit holding a frame some
-    TLB, paging-structure cache or walker still reaches (its report must carry its own step's clock).
-    Returns how many units were released."""
-    if all(type(u) is list for u in units):
-        starts, rlens, descs = runs_of(np.fromiter(chain.from_iterable(units), dtype=np.int64,
-                                                   count=sum(len(u) for u in units)))
-    else:
-        enc = [u.a if type(u) is PfnRuns else _encode(u) for u in units]
-        joined = PfnRuns()
-        joined.a.frombytes(b"".join(enc))
-        starts, rlens, descs = joined.runs()
-    k = len(units)
+def release_runs(kernel, c, starts: np.ndarray, rlens: np.ndarray, descs: np.ndarray, k: int,
+                 ends: Callable[[], np.ndarray]) -> int:
+    """Release the pages of `k` units (a gather's batches), in order, as their free_pages_and_swap_cache()
+    calls would, in one pass: their pages are the runs (starts, rlens, descs), `ends()` the cumulative page
+    counts of the units. Stops before the first unit holding a frame some TLB, paging-structure cache or
+    walker still reaches (its report must carry its own step's clock). Returns how many units were
+    released."""
     inv = kernel.invariants
     if inv.tlb_refs or inv.pwc_refs or inv.walking:
         seen = 0
         for piece in run_pieces(starts, rlens, descs):
             hit = inv.reached(piece)
             if hit is not None:
-                sizes = np.cumsum([len(u) for u in units])
+                sizes = ends()
                 k = int(np.searchsorted(sizes, seen + int(np.argmax(hit)), "right"))
                 total = int(sizes[k - 1]) if k else 0
                 if not total:
@@ -525,20 +519,20 @@ def release_units(kernel, c, units: list) -> int:
                 starts, rlens, descs = RunCursor(starts, rlens, descs).take(0, total)
                 break
             seen += len(piece)
-    for piece, gaps in run_pieces(starts, rlens, descs, with_gaps=True, dtype=pfn_dtype(kernel.alloc)):
-        kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, gaps))
+    dtype = pfn_dtype(kernel.alloc)
+    reach = inv.tlb_refs or inv.pwc_refs or inv.walking
+    for runs in run_cuts(starts, rlens, descs):
+        fs = None if reach or runs[2][runs[1] > 1].any() else FrameSpan.of_runs(runs[0], runs[1])
+        if fs is not None:                              # (nothing reaches them: no pfn array needed)
+            kernel.alloc.release_span(c, fs, runs[0], runs[1], partial(expand_runs, *runs, dtype))
+        else:
+            piece = expand_runs(*runs, dtype)
+            kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, run_gaps(*runs)))
     return k
 
 
-def _encode(pages) -> array:
-    """The PfnRuns encoding of a list or numpy array of pfns."""
-    runs = PfnRuns()
-    runs.extend(np.asarray(pages, dtype=np.int64))
-    return runs.a
-
-
 def release_flat(kernel, c, pfns: np.ndarray, sizes: np.ndarray) -> int:
-    """release_units() of units given as one pfn array cut into consecutive `sizes` (at most the length
+    """release_runs() of units given as one pfn array cut into consecutive `sizes` (at most the length
     of `pfns`): release the pfns of the first len(sizes) units, in order, stopping before the first unit
     holding a frame something still reaches. Returns how many units were released."""
     k = len(sizes)
@@ -630,8 +624,7 @@ class TableRun:
                 flat = flat[pres]
                 parts.append(pres)
                 holes = True
-            flat >>= PAGE_SHIFT                         # (in place, then narrowed: faster than at once)
-            out[pos:pos + n] = flat
+            np.right_shift(flat, PAGE_SHIFT, out=out[pos:pos + n], casting="unsafe")
             pos += n
         if not holes:
             return out[:pos], None

@@ -10,6 +10,7 @@ first (`reserve()`): the arrays grow once instead of leaving freed copies of the
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from itertools import groupby
 from operator import itemgetter
 
@@ -20,6 +21,7 @@ from mmugather.mm.pfn_runs import PfnRuns, ascending_runs
 # Frame kinds. FREE doubles as the poison marker. DEVICE: a driver's buffer, mapped into user space by
 # remap_pfn_range() (mm/pfnmap.py) with special PTEs: no refcount or rmap of the mappings, freed by the driver.
 FREE, ANON, FILE, PGTABLE, BATCH, DEVICE = range(6)
+_SMALL_RELEASE = 16     # PageAlloc.release_span(): below this many frames, release_array() of the pfns
 KIND_NAMES = ("free", "anon", "file", "page-table", "gather-batch", "device")
 
 GFP_KERNEL = "GFP_KERNEL"   # may sleep, never fails in this model
@@ -301,6 +303,58 @@ class PageAlloc:
                 under_lock = under_lock[zz]
             self.on_free_array(cpu, freed, k, under_lock, counts[PGTABLE])
 
+    def release_span(self, cpu, fs: FrameSpan, starts: np.ndarray, lens: np.ndarray,
+                     expand: Callable[[], np.ndarray]) -> None:
+        """release_array(cpu, expand(), fs=fs) of the pfns of ascending runs (`starts`, `lens`; `fs` their
+        FrameSpan.of_runs(), which lists its holes) that nothing reaches (the caller found
+        Invariants.reached() None for them): when every frame's last reference goes, the span is updated
+        whole and the free list takes the runs, with no pfn array made; else (the drop undone)
+        release_array() of expand()."""
+        lo, hi, holes = fs.lo, fs.hi, fs.holes
+        n = int(lens.sum())
+        if holes is None or n < _SMALL_RELEASE:
+            self.release_array(cpu, expand(), fs=fs)
+            return
+        refcount, _, kind = self.views()
+        rc = refcount[lo:hi]
+        rc -= 1                                          # (the holes put back: only the runs' frames drop)
+        if len(holes):
+            rc[holes] += 1
+        if int(np.count_nonzero(rc == 0)) - (int(np.count_nonzero(rc[holes] == 0)) if len(holes) else 0) != n:
+            rc += 1                                      # a frame keeps a reference (or had none): undone,
+            if len(holes):                               # release_array() of the pfns instead
+                rc[holes] -= 1
+            del refcount, kind, rc
+            self.release_array(cpu, expand(), fs=fs)
+            return
+        kinds = kind[lo:hi]
+        kd0 = int(kinds[int(starts[0]) - lo])
+        kd: int | None = kd0
+        if int(np.count_nonzero(kinds == kd0)) - (int(np.count_nonzero(kinds[holes] == kd0)) if len(holes) else 0) == n:
+            k: np.ndarray = np.broadcast_to(np.int8(kd0), n)   # (every frame of one kind)
+        else:
+            kept = np.ones(hi - lo, dtype=bool)
+            kept[holes] = False
+            k, kd = kinds[kept], None
+        counts = kind_counts(k) if kd is None else [n if i == kd else 0 for i in range(len(KIND_NAMES))]
+        if counts[FREE]:
+            raise AssertionError(f"free_page: pfn {int(expand()[np.argmax(k == FREE)])} freed twice")
+        if len(holes):                                   # every frame of the span but its holes
+            saved = kinds[holes]
+            kinds.fill(FREE)
+            kinds[holes] = saved
+        else:
+            kinds.fill(FREE)
+        del refcount, kind, rc, kinds
+        for i, cnt in enumerate(counts):
+            self.nr_used[i] -= cnt
+        keep = np.empty(len(starts), dtype=bool)         # the runs as FrameSpan.runs() gives them: merged
+        keep[0] = True                                   # where one goes on from the last
+        keep[1:] = starts[1:] != starts[:-1] + lens[:-1]
+        first = np.flatnonzero(keep)
+        self.free_list.extend_runs(starts[first], np.add.reduceat(lens, first), np.zeros(len(first), dtype=np.int64))
+        self.on_free_array(cpu, None, k, None, counts[PGTABLE])
+
     def _drop_spanned(self, refcount: np.ndarray, kind: np.ndarray, pfns: np.ndarray, fs: FrameSpan) -> tuple:
         """release_array's reference drop for frames in a FrameSpan mask (`refcount`, `kind`: the views):
         (which of pfns were freed (None: all), those frames, their kinds, the span's kinds, which frames of
@@ -340,14 +394,16 @@ class PageAlloc:
         return zz, freed, kinds[freed - lo], kinds, z, None
 
     def _drop_scattered(self, refcount: np.ndarray, kind: np.ndarray, pfns: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """release_array's reference drop for frames in no FrameSpan mask (`refcount`, `kind`: the views):
-        (which of pfns were freed, those frames, their kinds)."""
+        (which of pfns were freed (None: all), those frames, their kinds)."""
         rc = refcount[pfns] - 1
         if rc.min() < 0:
             self._bad_release(pfns, rc < 0)
         refcount[pfns] = rc
         zz = rc == 0
+        if zz.all():                                     # every frame freed
+            return None, pfns, kind[pfns]
         freed = pfns[zz]
         return zz, freed, kind[freed]
 
@@ -457,6 +513,29 @@ class FrameSpan:
             srt = np.sort(pfns)
             if (srt[1:] == srt[:-1]).any():
                 return None
+        return fs
+
+    @classmethod
+    def of_runs(cls, starts: np.ndarray, lens: np.ndarray) -> FrameSpan | None:
+        """FrameSpan.of() of the pfns of ascending runs (first pfn, length), from the runs alone, when it
+        lists its holes (None otherwise, or when they do not go up: make the pfns then)."""
+        n = int(lens.sum())
+        ends = np.cumsum(lens)
+        brk = starts[1:] != starts[:-1] + lens[:-1]       # the runs after which the pfns do not go up by one
+        gaps = ends[:-1][brk] - 1
+        last = (starts[:-1] + lens[:-1] - 1)[brk]        # pfns[gaps]
+        d = starts[1:][brk] - last                        # pfns[gaps + 1] - pfns[gaps]
+        lo, hi = int(starts[0]), int(starts[-1] + lens[-1])
+        if len(d) and not (d > 0).all() or hi - lo - n > n >> 4:
+            return None
+        fs = cls()
+        fs.increasing, fs.gaps, fs.lo, fs.hi, fs.mask = True, gaps, lo, hi, None
+        if len(gaps):
+            first, size = last + 1 - lo, d - 1
+            cstarts = np.cumsum(size) - size
+            fs.holes = np.arange(hi - lo - n) + np.repeat(first - cstarts, size)
+        else:
+            fs.holes = _NO_HOLES
         return fs
 
     @property

@@ -10,6 +10,7 @@ array it replaces (append, pop from the end, len, iteration in order) plus bulk 
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -338,12 +339,19 @@ def run_gaps(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndar
     return ends[:-1][starts[1:] != starts[:-1] + lens[:-1]] - 1
 
 
+def run_cuts(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray,
+             piece: int = 1 << 18) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The runs of consecutive stretches of at most `piece` pfns of runs, in order (bounded host memory
+    for their pfns)."""
+    cur = RunCursor(starts, lens, descs)
+    total = int(cur.ends[-1]) if len(lens) else 0
+    for a in range(0, total, piece):
+        yield cur.take(a, min(total, a + piece))
+
+
 def run_pieces(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray, piece: int = 1 << 18,
                with_gaps: bool = False, dtype: type = np.int64):
     """The pfns of runs, in order, as numpy arrays (of `dtype`) of at most about `piece` pfns (bounded
     host memory); `with_gaps`: each with its run_gaps(), as (pfns, gaps)."""
-    cur = RunCursor(starts, lens, descs)
-    total = int(cur.ends[-1]) if len(lens) else 0
-    for a in range(0, total, piece):
-        runs = cur.take(a, min(total, a + piece))
+    for runs in run_cuts(starts, lens, descs, piece):
         yield (expand_runs(*runs, dtype), run_gaps(*runs)) if with_gaps else expand_runs(*runs, dtype)

@@ -207,6 +207,11 @@ class ReleaseBackend(Protocol):
         """tlb_flush_mmu()'s loop over the batches from `batch` on: the next batches freed, or None."""
         ...
 
+    def batch_frames(self, batch: Any) -> list[int]:
+        """The frames of the batch pages from `batch` on, in chain order (`batch->next`): what
+        tlb_finish_mmu() frees."""
+        ...
+
     def free_pages(self, kernel: Any, c: Any, pfns: list[int]) -> None:
         """free_page() of each of pfns, in order (no step in between)."""
         ...
@@ -234,6 +239,13 @@ class StepByStep:
 
     def batches_run(self, kernel: Any, c: Any, batch: Any) -> None:
         return None
+
+    def batch_frames(self, batch: Any) -> list[int]:
+        frames = []
+        while batch is not None:
+            frames.append(batch.pfn)
+            batch = batch.next
+        return frames
 
     def free_pages(self, kernel: Any, c: Any, pfns: list[int]) -> None:
         for pfn in pfns:

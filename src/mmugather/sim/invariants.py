@@ -134,15 +134,16 @@ class Invariants:
         """on_free_many() for numpy arrays of frames freed together (PageAlloc.release_array): the per-frame
         checks for the frames some TLB, paging-structure cache or walker still reaches, counters at once.
         `under_lock`: per frame, whether it was freed with a PTE lock held (default: c.ptl_held);
-        `ntables`: how many are page tables, when the caller knows."""
-        hit = self.reached(pfns)
+        `ntables`: how many are page tables, when the caller knows. `pfns` None: the caller found that
+        nothing reaches any of the frames (PageAlloc.release_span)."""
+        hit = None if pfns is None else self.reached(pfns)
         if hit is not None:
             if under_lock is not None:
                 raise AssertionError("on_free_array: per-frame lock flags for frames still reachable")
             self.on_free_many(c, pfns[hit].tolist(), kinds[hit].tolist())
             pfns, kinds, ntables = pfns[~hit], kinds[~hit], None
         m = self.metrics
-        n = len(pfns)
+        n = len(kinds)
         if ntables is None or (under_lock is not None and ntables):
             tables = kinds == PGTABLE
             ntables = int(np.count_nonzero(tables))

@@ -104,11 +104,7 @@ class Gather30(BatchedGather):
     def tlb_finish_mmu(self, c, tlb, start: int, end: int) -> Path:
         """tlb_finish_mmu(), mm/memory.c v3.0: flush, check_pgt_cache(), free the batch pages."""
         yield self.tlb_flush_mmu(c, tlb)
-        frames = []
-        batch = tlb.local.next
-        while batch is not None:
-            frames.append(batch.pfn)
-            batch = batch.next
+        frames = self.release_backend.batch_frames(tlb.local.next)   # for (batch = tlb->local.next; ...)
         self.release_backend.free_pages(self, c, frames)   # free_pages() of each batch page, in order
         self.metrics.gather_memory(-PAGE_SIZE * len(frames))
         tlb.local.next = None
