@@ -423,8 +423,13 @@ class PageAlloc:
         self.on_free(cpu, pfn, kind)
 
 
+_BINCOUNT_KINDS = 4096      # kind_counts(): up to this many frames, one np.bincount (its int64 copy is small)
+
+
 def kind_counts(kinds: np.ndarray) -> list[int]:
     """How many of the frames whose kinds are `kinds` (an int8 array) are of each kind, FREE first."""
+    if len(kinds) <= _BINCOUNT_KINDS:                # (one call instead of one per kind)
+        return np.bincount(kinds, minlength=len(KIND_NAMES)).tolist()
     counts, left = [], len(kinds)
     for kd in range(len(KIND_NAMES)):
         n = int(np.count_nonzero(kinds == kd)) if left else 0
