@@ -467,10 +467,14 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
     s0 = j0 & 511
     if s0 + j1 - j0 > 512:                              # (one PMD table's entries only: end <= the PUD's end)
         return None
-    tables = list(map(entries.get, range(s0, s0 + j1 - j0)))     # the PMD entries of [addr, end), None where none
+    # the PMD entries of [addr, end), None where none: the first `room` of them when they are all tables
+    # (a PteTable is never false), else all (the tables freed are then the first `room` present ones)
+    tables = list(map(entries.get, range(s0, s0 + min(room, j1 - j0))))
+    if room < j1 - j0 and not all(tables):
+        tables = list(map(entries.get, range(s0, s0 + j1 - j0)))
     js: Sequence[int]                                   # the PMD indices of the tables freed, and their slots
     slots: Sequence[int]
-    if None in tables:
+    if not all(tables):
         js = list(islice((j for j, pt in zip(range(j0, j1), tables) if pt is not None), room))
         tables = [entries[j & 511] for j in js]
         slots = [j & 511 for j in js]
@@ -596,7 +600,7 @@ class TableRun:
         """The PTEs of units u0 .. k - 1's tables, concatenated (a writable copy)."""
         tables = self.tables[u0:k]
         lo, hi = self.lo[u0:k], self.hi[u0:k]
-        if None in tables:
+        if not all(tables):                             # (a PteTable is never false)
             parts = [pt.ptes if i == 0 and j == 512 else memoryview(pt.ptes)[i:j]
                      for pt, i, j in zip(tables, lo, hi) if pt is not None]
         else:
@@ -633,7 +637,7 @@ class TableRun:
     def clear(self, k: int) -> None:
         """ptep_get_and_clear_full() of every entry of the first k units' tables."""
         tables = self.tables[:k]
-        if None in tables:
+        if not all(tables):                             # (a PteTable is never false)
             for pt, i, j in zip(tables, self.lo, self.hi):
                 if pt is not None:
                     pt.ptes[i:j] = _EMPTY_TABLE if j - i == 512 else _EMPTY_TABLE[i:j]
