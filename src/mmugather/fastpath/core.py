@@ -596,6 +596,14 @@ class TableRun:
         """Which of the first k units may cover part of their table only (the first and the last)."""
         return [0, k - 1] if k > 1 else [0] if k else []
 
+    def widths(self) -> np.ndarray:
+        """hi - lo of every unit, as a numpy int64 array (only the run's first and last may be partial)."""
+        n = len(self.tables)
+        w = np.full(n, 512, dtype=np.int64)
+        for u in self._ends(n):
+            w[u] = self.hi[u] - self.lo[u]
+        return w
+
     def entries(self, k: int, u0: int = 0) -> np.ndarray:
         """The PTEs of units u0 .. k - 1's tables, concatenated (a writable copy)."""
         tables = self.tables[u0:k]

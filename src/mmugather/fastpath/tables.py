@@ -97,8 +97,12 @@ class _Pass:
             return False                                # the gather cannot take the first table's pages
         lock, unlock, cond = costs.lock, costs.unlock, costs.cond_resched
         self.none_cost = costs.pmd_none + (cond if self.cond_after_none else 0)
-        is_t = np.fromiter(map(is_not, run.tables, repeat(None)), dtype=bool, count=nu)
-        lens = np.where(is_t, np.array(run.hi) - np.array(run.lo), 0)
+        if all(run.tables):                             # (a PteTable is never false)
+            is_t = np.ones(nu, dtype=bool)
+            lens = run.widths()
+        else:
+            is_t = np.fromiter(map(is_not, run.tables, repeat(None)), dtype=bool, count=nu)
+            lens = np.where(is_t, run.widths(), 0)
         if c.horizon != INF:                            # no need to read tables the horizon cuts off
             least = np.where(is_t, lock + unlock + cond + min(costs.pte_zap, costs.pte_none) * lens, self.none_cost)
             nu = min(nu, int(np.searchsorted(c.clock + np.cumsum(least), c.horizon)) + 1)
