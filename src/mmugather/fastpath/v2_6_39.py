@@ -4,6 +4,8 @@ restarts of unmap_vmas() and the flushes tlb_remove_page() does from under the P
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import accumulate
+from operator import sub
 from typing import Any
 
 import numpy as np
@@ -174,16 +176,20 @@ class _Pass2639:
     def _read(self, nu: int) -> None:
         """The entries of the run's tables and how many are present, per unit."""
         run = self.run
-        self.is_t = is_t = [t is not None for t in run.tables]
-        self.lens = lens = [j - i if t else 0 for t, i, j in zip(run.tables, run.lo, run.hi)]
+        if all(run.tables):                                      # (a PteTable is never false)
+            self.is_t = is_t = [True] * nu
+            self.lens = lens = list(map(sub, run.hi, run.lo))
+        else:
+            self.is_t = is_t = [t is not None for t in run.tables]
+            self.lens = lens = [j - i if t else 0 for t, i, j in zip(run.tables, run.lo, run.hi)]
         self.pfns, self.pres = run.pages(nu, pfn_dtype(self.kernel.alloc))   # pres: which entries are present
-        self.firsts = firsts = [0] * nu                          # where each unit's entries begin
-        for u in range(1, nu):
-            firsts[u] = firsts[u - 1] + lens[u - 1]
+        self.firsts = firsts = [0, *accumulate(lens[:-1])]       # where each unit's entries begin
         pres = self.pres
         if pres is None:
             self.cnt = cnt = lens
-        elif len(pres):
+            self.whole = lens[:]                                 # (every table has every entry present)
+            return
+        if len(pres):
             self.cnt = cnt = [0] * nu
             tl = [u for u in range(nu) if is_t[u]]
             for u, n in zip(tl, np.add.reduceat(pres, [firsts[u] for u in tl], dtype=np.int64).tolist()):
