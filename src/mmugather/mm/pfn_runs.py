@@ -208,21 +208,23 @@ def runs_of(pfns: np.ndarray, increasing: bool = False) -> tuple[np.ndarray, np.
         return z, z, z
     if increasing:
         return ascending_runs(pfns, np.flatnonzero(pfns[1:] - pfns[:-1] != 1))
-    g = np.diff(pfns)
+    g = pfns[1:] - pfns[:-1]
     if n > 1 and g.min() == 1 == g.max():               # one ascending run (frames handed out together)
         return pfns[:1].copy(), np.array([n], dtype=np.int64), np.zeros(1, dtype=np.int64)
-    unit = (g == 1) | (g == -1)
+    unit = np.abs(g) == 1
     if not unit.any():                                  # no two neighbours: runs of one (table frames)
         return pfns.copy(), np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     # a new run starts at i when the gap before it is not a unit step, or when it is one but turns round
     # from the unit step before (which then belongs to a run of the other direction)
     new = np.empty(n, dtype=bool)
     new[0] = True
-    new[1:] = ~unit
+    np.logical_not(unit, out=new[1:])
     if n > 2:
         new[2:] |= unit[:-1] & (g[1:] != g[:-1])
-    first = np.flatnonzero(new)
-    lens = np.diff(np.append(first, n))
+    first = new.nonzero()[0]
+    lens = np.empty_like(first)
+    lens[:-1] = first[1:] - first[:-1]
+    lens[-1] = n - first[-1]
     descs = np.zeros(len(first), dtype=np.int64)
     long = lens > 1
     descs[long] = g[first[long]] < 0
