@@ -446,7 +446,10 @@ def _kinds_of(kinds: np.ndarray, z: np.ndarray, holes: np.ndarray, kd: int) -> t
     return (np.broadcast_to(np.int8(kd), n), kd) if same == n else (kinds[z], None)
 
 
-def _gaps(pfns: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+_GAPS_CHUNK = 1 << 16       # _gaps(): pfns at a time (bounded temporaries)
+
+
+def _gaps(pfns: np.ndarray, chunk: int = _GAPS_CHUNK) -> np.ndarray:
     """The indices i with pfns[i + 1] != pfns[i] + 1, found `chunk` at a time (bounded temporaries)."""
     n = len(pfns)
     if n <= chunk + 1:
@@ -488,10 +491,14 @@ class FrameSpan:
         pfns[i + 1] != pfns[i] + 1, when the caller knows them (pfn_runs.run_gaps())."""
         fs = cls()
         n = len(pfns)
-        if gaps is None:
+        g: np.ndarray | None = None
+        if gaps is None and n <= _GAPS_CHUNK + 1:        # (one difference array: the gaps and their sizes)
+            g = pfns[1:] - pfns[:-1]
+            gaps = np.flatnonzero(g != 1)
+        elif gaps is None:
             gaps = _gaps(pfns)                           # where the array is not a run of consecutive frames
         if len(gaps):
-            d = pfns[gaps + 1] - pfns[gaps]
+            d = pfns[gaps + 1] - pfns[gaps] if g is None else g[gaps]
             fs.increasing = bool((d > 0).all())
         else:                                            # one run of consecutive frames
             fs.increasing = True
