@@ -4,7 +4,7 @@ restarts of unmap_vmas() and the flushes tlb_remove_page() does from under the P
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import accumulate
+from itertools import accumulate, islice
 from operator import sub
 from typing import Any
 
@@ -224,26 +224,30 @@ class _Pass2639:
         plain locals. Returns (how many ran, whether the pass ends there): before a unit needing a restart
         or flush the pass cannot emulate or whose spin_unlock starts at or after the horizon, or after one
         ending at or after the horizon; else the next unit goes step by step (or there is none)."""
-        whole, nu, costs, plan = self.whole, len(self.whole), self.costs, self.plan
+        costs, plan = self.costs, self.plan
         nr, lock, unlock, zap = self.kernel.FREE_PTE_NR, costs.lock, costs.unlock, costs.pte_zap
         flush_ns, block, can_restart, page_free = self.flush_ns, self.block, self.can_restart, costs.page_free
         t, w, g, need, since = us.t, us.w, us.g, us.need, us.since
         holds, offs, flushes, under = us.holds, us.offs, us.flushes, us.under
         u0, stop = u, False
-        while u < nu and whole[u]:
-            n = whole[u]
+        for n in islice(self.whole, u0, None):
+            if not n:
+                break
             size = PAGE_SIZE * n
-            t1, g1, restart, fl = t, g, False, -1           # (fl: the restart's flush, pages; -1: none)
             if w < size:
                 if w > 0 or block < size:                   # (part of the table: step by step)
                     break
                 if not can_restart or (need and plan is None):
                     stop = True
                     break
-                if need:
-                    t1, fl, g1 = t + plan[0] + page_free * g, g, 0     # type: ignore[index]
+                if need:                                    # the restart's flush first
+                    t1 = t + plan[0] + page_free * g        # type: ignore[index]
+                    g2 = n
+                else:
+                    t1, g2 = t, g + n
                 restart = True
-            g2 = g1 + n
+            else:
+                t1, g2, restart = t, g + n, False
             nfl = g2 // nr
             if nfl and plan is None:
                 stop = True
@@ -253,15 +257,20 @@ class _Pass2639:
                 stop = True
                 break
             if restart:
-                if fl >= 0:
-                    flushes.append(fl)
+                if need:
+                    flushes.append(g)
                     under.append(False)
                 offs.append(t1 - since)
                 since, w = t1, block
             t = t1 + lock + hold + unlock
             w -= size
             holds.append(hold)
-            if nfl:
+            if nfl == 1:
+                flushes.append(nr)
+                under.append(True)
+                g2 -= nr
+                need = g2 > 0
+            elif nfl:
                 flushes += [nr] * nfl
                 under += [True] * nfl
                 g2 -= nr * nfl
