@@ -526,12 +526,13 @@ def release_runs(kernel, c, starts: np.ndarray, rlens: np.ndarray, descs: np.nda
     dtype = pfn_dtype(kernel.alloc)
     reach = inv.tlb_refs or inv.pwc_refs or inv.walking
     for runs in run_cuts(starts, rlens, descs):
-        fs = None if reach or runs[2][runs[1] > 1].any() else FrameSpan.of_runs(runs[0], runs[1])
+        down = None if reach else runs[2][runs[1] > 1].any()    # (some run goes down: no gaps from the runs)
+        fs = None if reach or down else FrameSpan.of_runs(runs[0], runs[1])
         if fs is not None:                              # (nothing reaches them: no pfn array needed)
             kernel.alloc.release_span(c, fs, runs[0], runs[1], partial(expand_runs, *runs, dtype))
         else:
             piece = expand_runs(*runs, dtype)
-            kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, run_gaps(*runs)))
+            kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, None if down else run_gaps(*runs)))
     return k
 
 
