@@ -84,15 +84,16 @@ class Bulk30(BulkBackend):
             at.append(pos)
             ns.append(0)
             pos += room
-        at_a = np.array(at, dtype=np.int64)
-        ns_a = np.array(ns, dtype=np.int64)
         if pos >= npages:
-            return at_a, ns_a, npages
+            return np.array(at, dtype=np.int64), np.array(ns, dtype=np.int64), npages
         if kernel.alloc.fail_nowait:                    # the next allocation may fail
-            return at_a, ns_a, pos
+            return np.array(at, dtype=np.int64), np.array(ns, dtype=np.int64), pos
         new = np.arange(pos, npages, kernel.MAX_GATHER_BATCH, dtype=np.int64)
-        return (np.concatenate((at_a, new)), np.concatenate((ns_a, np.full(len(new), kernel.costs.page_alloc))),
-                npages)
+        new_ns = np.full(len(new), kernel.costs.page_alloc)
+        if not at:                                      # (no batch kept: the new ones alone)
+            return new, new_ns, npages
+        return (np.concatenate((np.array(at, dtype=np.int64), new)),
+                np.concatenate((np.array(ns, dtype=np.int64), new_ns)), npages)
 
     def tables_cycle(self, kernel: Any, c: Any, tlb: Any, limit: int) -> None:
         return None                                     # (a full 3.0 gather ends the pass)
