@@ -4,13 +4,11 @@ of a run of tables, and the engine's cut rule. Each says which steps it reproduc
 says why running them at once is exact."""
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import islice, repeat
+from itertools import islice
 from operator import attrgetter
 from typing import Any
 
@@ -491,8 +489,11 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
     if len(js) == room:                                 # up to the last table; else on to end
         end = min((js[-1] + 1) << PMD_SHIFT, end)
     mm = tlb.mm
-    deque(map(entries.__delitem__, slots), 0)           # pmd_clear() of each
-    deque(map(mm.pte_tables.__delitem__, js), 0)
+    for slot in slots:                                  # pmd_clear() of each (plain loops: no argument
+        del entries[slot]                               # tuple per call)
+    pte_tables = mm.pte_tables
+    for j in js:
+        del pte_tables[j]
     mm.nr_ptes -= len(tables)
     add_quiet(tables[:-1], addrs[:-1])                  # pte_free_tlb() of all but the last
     return FreedTables(cost * len(tables), tables[-1], addrs[-1], end)
@@ -655,8 +656,8 @@ class TableRun:
         for u in ends:
             i, j = self.lo[u], self.hi[u]
             tables[u].ptes[i:j] = _EMPTY_TABLE[i:j]
-        whole = tables[1:-1] if k > 1 else []
-        deque(map(array.__setitem__, map(_PTES, whole), repeat(_ALL), repeat(_EMPTY_TABLE)), 0)
+        for pt in tables[1:-1] if k > 1 else ():       # (a plain loop: no argument tuple per call)
+            pt.ptes[_ALL] = _EMPTY_TABLE
 
 
 def first_crossing(start: int, ends: np.ndarray, lasts: np.ndarray, horizon) -> int:
