@@ -499,7 +499,7 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
     return FreedTables(cost * len(tables), tables[-1], addrs[-1], end)
 
 
-_PTES, _PTL, _OWNER, _WAITERS = (attrgetter(a) for a in ("ptes", "ptl", "owner", "waiters"))
+_PTES = attrgetter("ptes")
 _ALL = slice(None)
 
 
@@ -566,6 +566,17 @@ def pfn_dtype(alloc) -> type:
     return np.int32 if alloc.top <= 1 << 31 else np.int64
 
 
+def _contended(tables: list) -> bool:
+    """Is the PTE lock of one of `tables` (PteTables, or None: no table) taken or awaited? (A plain loop:
+    cheaper than maps of attrgetters and a set of the owners.)"""
+    for pt in tables:
+        if pt is not None:
+            lock = pt.ptl
+            if lock.owner is not None or lock.waiters:
+                return True
+    return False
+
+
 class TableRun:
     """The PMD entries of [addr, end) under one PMD table, from addr up to the first whose PTE lock is
     taken or awaited, as units for an emulator: `tables[k]` is the PteTable (None: no table, a pmd_none
@@ -578,8 +589,7 @@ class TableRun:
         n = min(((end - 1) >> 21) - (addr >> 21) + 1, limit) if addr < end else 0   # end <= the PUD's end
         i0 = (addr >> 21) & 511
         tables = list(map(pmd.entries.get, range(i0, i0 + n)))
-        locks = list(map(_PTL, filter(None, tables)))
-        if any(map(_WAITERS, locks)) or set(map(_OWNER, locks)) - {None}:
+        if _contended(tables):
             for k, pt in enumerate(tables):
                 if pt is not None and (pt.ptl.owner is not None or pt.ptl.waiters):
                     n = k
