@@ -54,7 +54,7 @@ class BulkBackend:
     def pte_free_add_quiet(self, kernel: Any, tlb: Any, pts: list, addrs: list) -> None:
         """pte_free_tlb() of each of the tables `pts` (at `addrs`), at most `pte_free_quiet(tlb)` of them."""
         tlb.need_flush = True
-        self.add_quiet(kernel, tlb, np.fromiter(map(_PFN, pts), dtype=np.int64, count=len(pts)))
+        self.add_quiet(kernel, tlb, np.fromiter([pt.pfn for pt in pts], dtype=np.int64, count=len(pts)))
 
     # ------------------------------------------------------------ ZapBackend
     def pte_run(self, kernel: Any, c: Any, tlb: Any, pt: Any, addr: int, i: int, iend: int, none: int,

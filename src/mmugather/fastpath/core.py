@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -499,7 +498,6 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
     return FreedTables(cost * len(tables), tables[-1], addrs[-1], end)
 
 
-_PTES = attrgetter("ptes")
 _ALL = slice(None)
 
 
@@ -624,7 +622,7 @@ class TableRun:
             parts = [pt.ptes if i == 0 and j == 512 else memoryview(pt.ptes)[i:j]
                      for pt, i, j in zip(tables, lo, hi) if pt is not None]
         else:
-            parts = list(map(_PTES, tables))
+            parts = [pt.ptes for pt in tables]           # (a comprehension: cheaper than map(attrgetter))
             for u in self._ends(len(tables)):           # (only the run's first and last may be partial)
                 if lo[u] or hi[u] != 512:
                     parts[u] = memoryview(parts[u])[lo[u]:hi[u]]
