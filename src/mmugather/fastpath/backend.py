@@ -4,7 +4,6 @@ chunks, and frees of many frames at once. A version's backend (v2_6_39.py, v3_0.
 gather takes pages without an event (`quiet`, `add_quiet`) and adds its zap_pmd_range() pass."""
 from __future__ import annotations
 
-from operator import attrgetter
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,7 +13,6 @@ from mmugather.mm.pfn_runs import PfnRuns
 from mmugather.mm.pgtable import PAGE_SHIFT
 from mmugather.mm.protocols import STEP_BY_STEP, FreedBatches, FreedTables, PmdRun, PteRun
 
-_PFN = attrgetter("pfn")      # a table's frame
 FREE_ARRAY = 64               # BulkBackend.free_pages(): from this many frames on, one free_array()
 
 

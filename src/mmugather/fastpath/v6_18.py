@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mmugather.fastpath.backend import _PFN, BulkBackend
+from mmugather.fastpath.backend import BulkBackend
 from mmugather.fastpath.core import first_crossing, may_bulk, release_flat
 from mmugather.fastpath.tables import zap_tables
 from mmugather.kernel.sched import P_COND_RESCHED, TLBSTATE_LAZY, TLBSTATE_OK, Elapse
@@ -67,7 +67,7 @@ class Bulk618(BulkBackend):
         if pts:
             kernel._tlb_adjust_range(tlb, addrs[0], addrs[-1] + PAGE_SIZE - addrs[0])
             tlb.cleared_pmds = tlb.freed_tables = True
-            tlb.batch.tables.extend(map(_PFN, pts))
+            tlb.batch.tables.extend([pt.pfn for pt in pts])
 
     def pmd_run(self, kernel: Any, c: Any, tlb: Any, pmd: Any, addr: int, end: int, details: Any,
                 zap_work: list[int] | None = None) -> PmdRun | None:
