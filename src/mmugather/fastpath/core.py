@@ -488,17 +488,23 @@ def free_tables(c, tlb, pmd, addr: int, end: int, cost: int, quiet: int,
     if len(js) == room:                                 # up to the last table; else on to end
         end = min((js[-1] + 1) << PMD_SHIFT, end)
     mm = tlb.mm
-    for slot in slots:                                  # pmd_clear() of each (plain loops: no argument
-        del entries[slot]                               # tuple per call)
-    pte_tables = mm.pte_tables
-    for j in js:
-        del pte_tables[j]
+    _delete(entries, slots)                             # pmd_clear() of each
+    _delete(mm.pte_tables, js)
     mm.nr_ptes -= len(tables)
     add_quiet(tables[:-1], addrs[:-1])                  # pte_free_tlb() of all but the last
     return FreedTables(cost * len(tables), tables[-1], addrs[-1], end)
 
 
 _ALL = slice(None)
+
+
+def _delete(d: dict, keys: Sequence[int]) -> None:
+    """del d[key] of each of `keys` (distinct keys of d), in order: at once when they are all of d's."""
+    if len(keys) == len(d):
+        d.clear()
+        return
+    for key in keys:                                    # (a plain loop: no argument tuple per call)
+        del d[key]
 
 
 def release_runs(kernel, c, starts: np.ndarray, rlens: np.ndarray, descs: np.ndarray, k: int,
