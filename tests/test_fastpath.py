@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import munmap_while_others_run, scenario
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from plugins.gathers import FreeBeforeFlush, LeakBatchPages, LocalFlushOnly, SleepUnderPteLock
 
@@ -717,6 +717,22 @@ def test_runs_and_their_encoding_follow_the_rule(before, shape, n, data):
                                                           [495 + 2 * x for x in before] + p)
 
 
+def _frames_to_release(alloc: PageAlloc, n: int, missing: set, shared: set, every: int) -> list[int]:
+    """After one page-table frame (frame 0, below the span), n ANON frames from alloc_bulk(): those at the
+    indices in `shared` get a second reference (not freed by a release), every `every`-th from 3 on is
+    made a page table (other kinds; none when 0); returns the frames but those at the indices in
+    `missing` (holes in the span)."""
+    assert alloc.alloc_page(PGTABLE) == 0
+    frames = list(alloc.alloc_bulk(ANON, n))
+    for i in shared & set(range(n)):
+        alloc.refcount[frames[i]] += 1
+    for i in range(3, n, every) if every else ():
+        alloc.kind[frames[i]] = PGTABLE
+        alloc.nr_used[PGTABLE] += 1
+        alloc.nr_used[ANON] -= 1
+    return [f for i, f in enumerate(frames) if i not in missing]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 300), st.sets(st.integers(0, 299), max_size=40), st.sets(st.integers(0, 299), max_size=20),
        st.sampled_from(["sorted", "shuffled"]), st.sampled_from([0, 7, 2, 1000]), st.randoms(use_true_random=False))
@@ -728,22 +744,13 @@ def test_release_array_frees_as_release_pages_does(n, missing, shared, order, ev
         freed: list = []
         alloc = PageAlloc(None, 0.0, None, lambda c, p, k: freed.extend(zip(p, k)),
                           lambda c, p, k, *rest: freed.extend(zip(p.tolist(), k.tolist())), None)
-        first = alloc.alloc_page(PGTABLE)                   # (a frame below the span)
-        frames = list(alloc.alloc_bulk(ANON, n))
-        for i in shared & set(range(n)):                    # a second reference: not freed
-            alloc.refcount[frames[i]] += 1
-        for i in range(3, n, every) if every else ():       # other kinds (holes keep theirs)
-            alloc.kind[frames[i]] = PGTABLE
-            alloc.nr_used[PGTABLE] += 1
-            alloc.nr_used[ANON] -= 1
-        pfns = [f for i, f in enumerate(frames) if i not in missing]
+        pfns = _frames_to_release(alloc, n, missing, shared, every)
         if order == "shuffled":
             rnd.shuffle(pfns)
         if bulk_release:
             alloc.release_array(None, np.array(pfns, dtype=np.int64))
         else:
             alloc.release_pages(None, pfns)
-        assert first == 0
         return (bytes(alloc.refcount), bytes(alloc.kind), alloc.nr_used, sorted(alloc.free_list.tolist()),
                 sorted(freed))
 
@@ -782,18 +789,11 @@ def test_release_span_frees_as_release_array_does(n, missing, shared, every, cut
     """PageAlloc.release_span() of ascending runs (a run with holes, frames of one kind or mixed, frames
     still referenced or already free: release_array() then) leaves the frame arrays, the free list (its
     encoding too), the counters and the kinds reported as release_array() of the pfns does."""
+    assume(set(range(n)) - missing)                     # (a release of no frame makes no runs)
     def run(span: bool):
         kinds: list = []
         alloc = PageAlloc(None, 0.0, None, None, lambda c, p, k, *rest: kinds.append(k.tolist()), None)
-        alloc.alloc_page(PGTABLE)                           # (a frame below the span)
-        frames = list(alloc.alloc_bulk(ANON, n))
-        for i in shared & set(range(n)):                    # a second reference: not freed
-            alloc.refcount[frames[i]] += 1
-        for i in range(3, n, every) if every else ():       # other kinds (holes keep theirs)
-            alloc.kind[frames[i]] = PGTABLE
-            alloc.nr_used[PGTABLE] += 1
-            alloc.nr_used[ANON] -= 1
-        a = np.array([f for i, f in enumerate(frames) if i not in missing], dtype=np.int64)
+        a = np.array(_frames_to_release(alloc, n, missing, shared, every), dtype=np.int64)
         if freed_before and len(a) > 1:                     # a frame freed twice
             alloc.release_array(None, a[1:2])
         fs = FrameSpan.of_runs(*_cut_runs(a, cuts))

@@ -234,20 +234,16 @@ class _Pass2639:
             if not n:
                 break
             size = PAGE_SIZE * n
-            if w < size:
+            restart = w < size
+            if restart:
                 if w > 0 or block < size:                   # (part of the table: step by step)
                     break
                 if not can_restart or (need and plan is None):
                     stop = True
-                    break
-                if need:                                    # the restart's flush first
-                    t1 = t + plan[0] + page_free * g        # type: ignore[index]
-                    g2 = n
-                else:
-                    t1, g2 = t, g + n
-                restart = True
+                    break                                   # (if needed, the restart's flush first)
+                t1, g2 = (t + plan[0] + page_free * g, n) if need else (t, g + n)  # type: ignore[index]
             else:
-                t1, g2, restart = t, g + n, False
+                t1, g2 = t, g + n
             nfl = g2 // nr
             if nfl and plan is None:
                 stop = True
@@ -265,18 +261,14 @@ class _Pass2639:
             t = t1 + lock + hold + unlock
             w -= size
             holds.append(hold)
-            if nfl == 1:
+            if nfl == 1:                                    # (one flush: appended, no list made)
                 flushes.append(nr)
                 under.append(True)
-                g2 -= nr
-                need = g2 > 0
             elif nfl:
                 flushes += [nr] * nfl
                 under += [True] * nfl
-                g2 -= nr * nfl
-                need = g2 > 0
-            else:
-                need = True
+            g2 -= nr * nfl
+            need = g2 > 0 or not nfl
             g = g2
             u += 1
             if t >= horizon:
