@@ -3,8 +3,10 @@ directories, replay files and plugin behaviour. Each generated case must end in 
 InputError line (exit 2 on the command line): never another exception (a traceback), never a lost result.
 Slow: run with `-m slow tests/test_fuzz_inputs.py`; MMUGATHER_FUZZ_SCALE multiplies the case counts (1: about
 100,000 cases in all)."""
+import contextlib
 import json
 import os
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -45,7 +47,7 @@ def invoke(args: list[str]) -> tuple[int, str]:
 
     from mmugather.cli import main
     runner = CliRunner()
-    with runner.isolated_filesystem():          # output paths the fuzzer names land in a temporary directory
+    with tempfile.TemporaryDirectory() as d, contextlib.chdir(d):   # output paths the fuzzer names land there
         r = runner.invoke(main, args, standalone_mode=False, catch_exceptions=True)
     e = r.exception
     if e is None or isinstance(e, SystemExit):
