@@ -37,6 +37,7 @@ PR_SET_PDEATHSIG = 1
 WATCHDOG_PERIOD_S = 0.5
 PRELOAD = ["mmugather.api"]          # the fork server imports the simulation and sweep.py
 
+_MASKS = hasattr(signal, "pthread_sigmask")     # signal masks (POSIX; not on Windows)
 _shared: Any = None          # in a worker: the `shared` object its pool was made with
 
 
@@ -89,7 +90,8 @@ def _worker_init(main_pid: int, shared: Any) -> None:
     global _shared
     _shared = shared
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})     # blocked by _Pool.submit() until now
+    if _MASKS:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by _Pool.submit() until now
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
@@ -112,6 +114,8 @@ class _Pool(ProcessPoolExecutor):
     multiprocessing's own bookkeeping (a half-made Finalize)."""
 
     def submit(self, fn, /, *args, **kwargs):
+        if not _MASKS:
+            return super().submit(fn, *args, **kwargs)
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             return super().submit(fn, *args, **kwargs)
