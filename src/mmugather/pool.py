@@ -131,8 +131,7 @@ def process_pool(workers: int, *, method: str = "forkserver", shared: Any = None
     (work in flight is lost) and leaves no process behind but the fork server."""
     if workers < 1:
         raise ValueError(f"process_pool: workers must be >= 1, got {workers}")
-    pool = _Pool(workers, mp_context=context(method), initializer=_worker_init,
-                               initargs=(os.getpid(), shared))
+    pool = _Pool(workers, mp_context=context(method), initializer=_worker_init, initargs=(os.getpid(), shared))
     try:
         yield pool
     except BaseException:

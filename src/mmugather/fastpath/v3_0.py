@@ -185,12 +185,11 @@ class Bulk30(BulkBackend):
     def batch_frames(self, batch: Any) -> list[int]:
         """The frames of the batch pages from `batch` on, a BatchRecord's all at once."""
         frames: list[int] = []
-        while batch is not None:
-            if type(batch) is BatchRecord and batch.n:
-                frames += batch.frames
+        for b in _raw_chain(batch):
+            if _held(b):
+                frames += b.frames
             else:
-                frames.append(batch.pfn)
-            batch = _RAW_NEXT.__get__(batch, Batch)
+                frames.append(b.pfn)
         return frames
 
 
@@ -269,14 +268,19 @@ def _raw_chain(batch: Any) -> list:
     return chain
 
 
+def _held(b: Any) -> bool:
+    """Is chain object `b` a BatchRecord still standing for its batches (not yet made into them)?"""
+    return type(b) is BatchRecord and b.n > 0
+
+
 def _units(b: Any) -> int:
     """How many batches a chain object stands for."""
-    return b.n if type(b) is BatchRecord and b.n else 1
+    return b.n if _held(b) else 1
 
 
 def _unit_len(b: Any) -> int:
     """The pages of each batch a chain object stands for."""
-    if type(b) is BatchRecord and b.n:
+    if _held(b):
         return b.max if b.held.n else 0
     p = _RAW_PAGES.__get__(b, Batch)
     return p.n if type(p) is PfnRuns else len(p)
@@ -307,7 +311,7 @@ def _chain_runs(chain: list, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """The runs of the pages of the first k batches of a chain (k ends on an object's last batch)."""
     enc = []
     for b in chain[:_whole(chain, k)]:
-        p = b.held if type(b) is BatchRecord and b.n else _RAW_PAGES.__get__(b, Batch)
+        p = b.held if _held(b) else _RAW_PAGES.__get__(b, Batch)
         if type(p) is not PfnRuns:                      # (a list: the local bundle's)
             runs = PfnRuns()
             runs.extend(np.asarray(p, dtype=np.int64))
@@ -320,7 +324,7 @@ def _chain_runs(chain: list, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def _empty(b: Any) -> None:
     """batch->nr = 0 of each batch a chain object stands for (its pages freed)."""
-    if type(b) is BatchRecord and b.n:
+    if _held(b):
         b.held.clear()
         return
     p = _RAW_PAGES.__get__(b, Batch)
