@@ -14,7 +14,7 @@ sleep sets: a task step that does no TLB operation, sends no IPI and frees nothi
 shared. That is finer than any sound relation on the catalogue's races (they are races on the same PTEs,
 locks and pages), so its executions bound what a finer footprint could prune. Its verdict means nothing.
 
-Usage: python benchmarks/explore_split.py [--bugs NAME,...] [--private-kernel-steps]
+Usage: python benchmarks/explore_split.py [--bugs NAME,...] [--private-kernel-steps] [--hash-window N|all]
 Prints one line per proof and, last, one JSON object with every figure.
 """
 from __future__ import annotations
@@ -87,12 +87,12 @@ def _private_kernel_steps(ctl):
     return private
 
 
-def proof(name: str, private: bool) -> dict:
+def proof(name: str, private: bool, window: int | None) -> dict:
     bug = get_bug(name)
     timed = TimedTarget(bug.variant(True), private)
     t0 = time.perf_counter()
     res = search.exhaustive(timed, max_preemptions=bug.max_preemptions, budget=bug.budget,
-                            max_depth=bug.max_depth)
+                            max_depth=bug.max_depth, hash_window=window)
     total = time.perf_counter() - t0
     t = timed.t
     rest = total - t["build"] - t["replay"] - t["fingerprints"]
@@ -112,7 +112,15 @@ def main() -> None:
     ap.add_argument("--bugs", default=",".join(DEFAULT_BUGS), help="comma-separated catalogue names")
     ap.add_argument("--private-kernel-steps", action="store_true",
                     help="also run each proof with the unsound relation (a bound on partial-order reduction)")
+    ap.add_argument("--hash-window", default=str(search.HASH_WINDOW),
+                    help=f"steps after each branch point within which states are hashed, or 'all' "
+                         f"(default {search.HASH_WINDOW}, the explorer's)")
     a = ap.parse_args()
+    if a.hash_window != "all" and not (a.hash_window.isdigit() and int(a.hash_window) >= 1):
+        print(f"explore_split.py: --hash-window: expected a number >= 1 or 'all', got {a.hash_window!r}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    window = None if a.hash_window == "all" else int(a.hash_window)
     names = [n for n in a.bugs.split(",") if n]
     try:
         for n in names:
@@ -122,7 +130,7 @@ def main() -> None:
         raise SystemExit(2) from None
     out: dict = {}
     for n in names:
-        r = out[n] = {"sound": proof(n, False)}
+        r = out[n] = {"sound": proof(n, False, window)}
         s = r["sound"]
         print(f"{n:28s} {s['seconds']:7.2f} s  {s['executions']:>7,} executions ({s['pruned']:,} pruned, "
               f"{s['slept']:,} slept)  build {s['build']:.0%}  replay {s['replay']:.0%} "
@@ -130,7 +138,7 @@ def main() -> None:
               f"({s['fingerprint_calls']:,}, {s['us_per_fingerprint']} us)  rest {s['rest']:.0%}  "
               f"ceiling x{s['ceiling']}", flush=True)
         if a.private_kernel_steps:
-            p = r["private_kernel_steps"] = proof(n, True)
+            p = r["private_kernel_steps"] = proof(n, True, window)
             print(f"{'':28s} private kernel steps (unsound bound): {p['executions']:,} executions "
                   f"(x{s['executions'] / p['executions']:.2f} fewer, {p['slept']:,} slept), {p['seconds']:.2f} s "
                   f"(x{s['seconds'] / p['seconds']:.2f})", flush=True)
