@@ -652,7 +652,8 @@ class TableRun:
                 flat = flat[pres]
                 parts.append(pres)
                 holes = True
-            np.right_shift(flat, PAGE_SHIFT, out=out[pos:pos + n], casting="unsafe")
+            flat >>= PAGE_SHIFT                         # (in place, then one narrowing copy: cheaper than
+            out[pos:pos + n] = flat                     # a shift that casts as it stores)
             pos += n
         if not holes:
             return out[:pos], None

@@ -249,10 +249,21 @@ class _Pass:
             uf, hold1, two = self.uf[:nfl], self.hold1[:nfl], self.two[:nfl]
             h1 = hold.copy()
             h1[uf] = hold1
-            h = np.insert(h1[tables], np.searchsorted(tables, uf[two]) + 1,
-                          (hold[uf] - hold1 + self.fns[:nfl])[two])
+            h = _insert_after(h1[tables], np.searchsorted(tables, uf[two]), (hold[uf] - hold1 + self.fns[:nfl])[two])
         else:
             h = hold[tables]
         m = self.kernel.metrics
         m.pte_lock_hold.frombytes(h.tobytes())
         m.preempt_off.frombytes((costs.lock + h + costs.unlock).tobytes())
+
+
+def _insert_after(a: np.ndarray, at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """np.insert(a, at + 1, values) for strictly increasing `at` (a new array: each of `values` right after
+    the element of `a` it follows), without np.insert's general-case work."""
+    pos = at + np.arange(1, len(at) + 1)                # where the values land in the result
+    out = np.empty(len(a) + len(at), dtype=a.dtype)
+    keep = np.ones(len(out), dtype=bool)
+    keep[pos] = False
+    out[pos] = values
+    out[keep] = a
+    return out

@@ -143,9 +143,11 @@ class Bulk618(BulkBackend):
         tlb.batch_count += k
         kernel.metrics.gather_memory(PAGE_SIZE * k)
         batch = tlb.active
+        raw = pfns.astype(np.int64, copy=False).data.cast("B")     # (one int64 copy; each batch a slice)
+        size = per * 8
         for j, pfn in enumerate(frames):
             new = Batch618(pfn, kernel.MAX_GATHER_BATCH)
-            new.pages.frombytes(pfns[j * per:(j + 1) * per].astype(np.int64, copy=False).tobytes())
+            new.pages.frombytes(raw[j * size:(j + 1) * size])
             batch.next = batch = new
         tlb.active = batch
 

@@ -443,7 +443,11 @@ def _kinds_of(kinds: np.ndarray, z: np.ndarray, holes: np.ndarray, kd: int) -> t
     kd when they are all kd (then made at once: one count over the span, no compaction of it), else None."""
     n = len(kinds) - len(holes)
     same = int(np.count_nonzero(kinds == kd)) - int(np.count_nonzero(kinds[holes] == kd))
-    return (np.broadcast_to(np.int8(kd), n), kd) if same == n else (kinds[z], None)
+    # (when all kd: a read-only view of one byte, as np.broadcast_to() makes it, without its Python cost)
+    return (np.ndarray((n,), np.int8, _KIND_BYTE[kd], 0, (0,)), kd) if same == n else (kinds[z], None)
+
+
+_KIND_BYTE = [bytes([kd]) for kd in range(len(KIND_NAMES))]     # (_kinds_of(): the buffer of each kind)
 
 
 _GAPS_CHUNK = 1 << 16       # _gaps(): pfns at a time (bounded temporaries)
