@@ -143,7 +143,7 @@ class Bulk618(BulkBackend):
         tlb.batch_count += k
         kernel.metrics.gather_memory(PAGE_SIZE * k)
         batch = tlb.active
-        raw = pfns.astype(np.int64, copy=False).data.cast("B")     # (one int64 copy; each batch a slice)
+        raw = np.ascontiguousarray(pfns, dtype=np.int64).data.cast("B")    # (one int64 copy; each batch a slice)
         size = per * 8
         for j, pfn in enumerate(frames):
             new = Batch618(pfn, kernel.MAX_GATHER_BATCH)
