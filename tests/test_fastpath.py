@@ -201,6 +201,32 @@ def test_an_idle_machine_tears_down_in_bulk(policy, preempt, monkeypatch):
     assert calls["tables"] >= 1
 
 
+@pytest.mark.parametrize("op", ["exit", "munmap"])
+def test_a_chain_ending_with_its_page_tables_releases_its_pages_whole(op, monkeypatch):
+    """3.0 gathers the page tables behind the pages (pte_free_tlb() -> tlb_remove_page()), so a teardown
+    that fits one gather ends with one release of its batch chain whose last frames lie below its pages,
+    the PMD's and PUD's going down: the pages' stretch is released whole (release_span), the tables after
+    it, and every metric and the final state (free list order included) are the step path's. A release
+    that took the stretches out of order, lost the runs between them or released a frame twice fails."""
+    spans, stretches = [], []
+    real_span, real_stretches = PageAlloc.release_span, bulk._release_stretches
+
+    def span(self, cpu, fs, starts, lens, expand):
+        spans.append(int(lens.sum()))
+        return real_span(self, cpu, fs, starts, lens, expand)
+
+    def split(*a, **k):
+        stretches.append(1)
+        return real_stretches(*a, **k)
+    monkeypatch.setattr(PageAlloc, "release_span", span)
+    monkeypatch.setattr(bulk, "_release_stretches", split)
+    prog = [{"op": "exit"}] if op == "exit" else [{"op": "munmap", "vma": "a"}, {"op": "exit"}]
+    sc = scenario([{"name": "a", "size": "24MiB", "populate": True}, {"name": "b", "size": "3MiB",
+                   "populate": True}], [{"cpu": 0, "program": prog}], cpus=2, latency=False)
+    m = assert_same(sc, POLICIES["3.0"])
+    assert stretches and max(spans) >= 6144 and m["pages_freed"] == 6912
+
+
 @pytest.mark.parametrize("policy", ["2.6.39", "3.0", "6.18"])
 def test_sizes_around_every_batch_and_flush_boundary(policy):
     """Regions ending just before, at and after a full gather (506 pages in 2.6.39, 8 + 510k in 3.0), a

@@ -4,7 +4,7 @@ import random
 
 import numpy as np
 
-from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs
+from mmugather.mm.pfn_runs import PfnRuns, RunCursor, expand_runs, rising_breaks
 
 
 def _appended(pfns: list[int]) -> bytes:
@@ -59,3 +59,20 @@ def test_expand_runs_as_int32_equals_the_pfns_one_run_at_a_time():
         for dtype in (np.int32, np.int64):
             got = expand_runs(*runs, dtype)
             assert got.dtype == dtype and got.tolist() == want
+
+
+def test_rising_breaks_cut_runs_where_their_pfns_stop_going_up():
+    """rising_breaks(): a run begins a new stretch exactly when its pfns, or the run before's, go down, or
+    its first pfn is not above the last pfn of the run before (judged on the pfns themselves); runs of one
+    pfn flagged descending go up. Runs that touch, overlap or sit below one another included."""
+    rng = random.Random(11)
+    for _ in range(2000):
+        n = rng.randint(1, 7)
+        lens = [rng.choice([1, 1, 2, rng.randint(1, 50)]) for _ in range(n)]
+        starts = [rng.randint(100, 400) for _ in range(n)]
+        descs = [rng.randint(0, 1) for _ in range(n)]
+        runs = [np.array(x, dtype=np.int64) for x in (starts, lens, descs)]
+        pfns = [expand_runs(*(r[i:i + 1] for r in runs)).tolist() for i in range(n)]
+        up = [len(p) == 1 or p[1] > p[0] for p in pfns]
+        want = [i for i in range(1, n) if not (up[i - 1] and up[i] and pfns[i][0] > pfns[i - 1][-1])]
+        assert rising_breaks(*runs).tolist() == want

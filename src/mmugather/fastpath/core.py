@@ -15,7 +15,7 @@ import numpy as np
 
 from mmugather.kernel.sched import INF
 from mmugather.mm.page_alloc import ANON, FrameSpan
-from mmugather.mm.pfn_runs import RunCursor, expand_runs, run_cuts, run_gaps, run_pieces
+from mmugather.mm.pfn_runs import RunCursor, expand_runs, rising_breaks, run_cuts, run_gaps, run_pieces
 from mmugather.mm.pgtable import _EMPTY_TABLE, _PAGE_DIRTY, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT
 from mmugather.mm.protocols import FreedTables
 
@@ -531,14 +531,56 @@ def release_runs(kernel, c, starts: np.ndarray, rlens: np.ndarray, descs: np.nda
     dtype = pfn_dtype(kernel.alloc)
     reach = inv.tlb_refs or inv.pwc_refs or inv.walking
     for runs in run_cuts(starts, rlens, descs):
-        down = None if reach else runs[2][runs[1] > 1].any()    # (some run goes down: no gaps from the runs)
-        fs = None if reach or down else FrameSpan.of_runs(runs[0], runs[1])
-        if fs is not None:                              # (nothing reaches them: no pfn array needed)
-            kernel.alloc.release_span(c, fs, runs[0], runs[1], partial(expand_runs, *runs, dtype))
+        if reach:
+            _release_array_of(kernel, c, runs, dtype)
+            continue
+        breaks = rising_breaks(*runs)
+        if not len(breaks):                             # (one stretch that goes up: no pfn array needed
+            fs = FrameSpan.of_runs(runs[0], runs[1])    # when the span lists its holes)
+            if fs is not None:
+                kernel.alloc.release_span(c, fs, runs[0], runs[1], partial(expand_runs, *runs, dtype))
+            else:
+                _release_array_of(kernel, c, runs, dtype)
         else:
-            piece = expand_runs(*runs, dtype)
-            kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, None if down else run_gaps(*runs)))
+            _release_stretches(kernel, c, runs, breaks, dtype)
     return k
+
+
+SPAN_RELEASE = 1 << 12      # _release_stretches(): a stretch of runs going up from this many pfns on, apart
+
+
+def _release_stretches(kernel, c, runs: tuple, breaks: np.ndarray, dtype: type) -> None:
+    """Release the pfns of runs (nothing reaches them) that do not go up as a whole, in order: each stretch
+    going up of at least SPAN_RELEASE pfns by itself (release_span(), when its span lists its holes), the
+    runs between those by release_array() (a batch chain ends with the page tables below its pages: 3.0
+    and 2.6.39 gather both)."""
+    starts, lens, descs = runs
+    first = np.empty(len(breaks) + 1, dtype=np.int64)   # the first run of each stretch
+    first[0] = 0
+    first[1:] = breaks
+    big = np.flatnonzero(np.add.reduceat(lens, first) >= SPAN_RELEASE)
+    done = 0                                            # the runs released so far
+    for i in big.tolist():
+        a = int(first[i])
+        b = int(first[i + 1]) if i + 1 < len(first) else len(starts)
+        fs = FrameSpan.of_runs(starts[a:b], lens[a:b])
+        if fs is None:
+            continue
+        if done < a:
+            _release_array_of(kernel, c, (starts[done:a], lens[done:a], descs[done:a]), dtype)
+        sl = (starts[a:b], lens[a:b], descs[a:b])
+        kernel.alloc.release_span(c, fs, sl[0], sl[1], partial(expand_runs, *sl, dtype))
+        done = b
+    if done < len(starts):
+        _release_array_of(kernel, c, (starts[done:], lens[done:], descs[done:]), dtype)
+
+
+def _release_array_of(kernel, c, runs: tuple, dtype: type) -> None:
+    """release_array() of the pfns of runs, with their FrameSpan (its gaps from the runs when none goes
+    down)."""
+    down = runs[2][runs[1] > 1].any()
+    piece = expand_runs(*runs, dtype)
+    kernel.alloc.release_array(c, piece, fs=FrameSpan.of(piece, None if down else run_gaps(*runs)))
 
 
 def release_flat(kernel, c, pfns: np.ndarray, sizes: np.ndarray) -> int:

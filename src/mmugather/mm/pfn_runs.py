@@ -341,6 +341,17 @@ def run_gaps(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndar
     return ends[:-1][starts[1:] != starts[:-1] + lens[:-1]] - 1
 
 
+def rising_breaks(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray) -> np.ndarray:
+    """Where the pfns of runs stop going up: the indices i > 0 of the runs that do not begin above the last
+    pfn of run i - 1, that go down (more than one pfn, descending) or that follow one going down. None of
+    them: every pfn is above the one before."""
+    down = (descs != 0) & (lens > 1)
+    brk = starts[1:] < starts[:-1] + lens[:-1]
+    brk |= down[1:]
+    brk |= down[:-1]
+    return np.flatnonzero(brk) + 1
+
+
 def run_cuts(starts: np.ndarray, lens: np.ndarray, descs: np.ndarray,
              piece: int = 1 << 18) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The runs of consecutive stretches of at most `piece` pfns of runs, in order (bounded host memory
