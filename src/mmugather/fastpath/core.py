@@ -546,10 +546,11 @@ def release_runs(kernel, c, starts: np.ndarray, rlens: np.ndarray, descs: np.nda
     return k
 
 
+Runs = tuple[np.ndarray, np.ndarray, np.ndarray]     # pfn runs: (first pfns, lengths, descending flags)
 SPAN_RELEASE = 1 << 12      # _release_stretches(): a stretch of runs going up from this many pfns on, apart
 
 
-def _release_stretches(kernel, c, runs: tuple, breaks: np.ndarray, dtype: type) -> None:
+def _release_stretches(kernel, c, runs: Runs, breaks: np.ndarray, dtype: type) -> None:
     """Release the pfns of runs (nothing reaches them) that do not go up as a whole, in order: each stretch
     going up of at least SPAN_RELEASE pfns by itself (release_span(), when its span lists its holes), the
     runs between those by release_array() (a batch chain ends with the page tables below its pages: 3.0
@@ -568,14 +569,14 @@ def _release_stretches(kernel, c, runs: tuple, breaks: np.ndarray, dtype: type) 
             continue
         if done < a:
             _release_array_of(kernel, c, (starts[done:a], lens[done:a], descs[done:a]), dtype)
-        sl = (starts[a:b], lens[a:b], descs[a:b])
-        kernel.alloc.release_span(c, fs, sl[0], sl[1], partial(expand_runs, *sl, dtype))
+        kernel.alloc.release_span(c, fs, starts[a:b], lens[a:b],
+                                  partial(expand_runs, starts[a:b], lens[a:b], descs[a:b], dtype))
         done = b
     if done < len(starts):
         _release_array_of(kernel, c, (starts[done:], lens[done:], descs[done:]), dtype)
 
 
-def _release_array_of(kernel, c, runs: tuple, dtype: type) -> None:
+def _release_array_of(kernel, c, runs: Runs, dtype: type) -> None:
     """release_array() of the pfns of runs, with their FrameSpan (its gaps from the runs when none goes
     down)."""
     down = runs[2][runs[1] > 1].any()
