@@ -553,8 +553,8 @@ SPAN_RELEASE = 1 << 12      # _release_stretches(): a stretch of runs going up f
 def _release_stretches(kernel, c, runs: Runs, breaks: np.ndarray, dtype: type) -> None:
     """Release the pfns of runs (nothing reaches them) that do not go up as a whole, in order: each stretch
     going up of at least SPAN_RELEASE pfns by itself (release_span(), when its span lists its holes), the
-    runs between those by release_array() (a batch chain ends with the page tables below its pages: 3.0
-    and 2.6.39 gather both)."""
+    runs between those by release_array() (3.0's batch chain ends with the page tables, below its pages:
+    pte_free_tlb() is tlb_remove_page() there)."""
     starts, lens, descs = runs
     first = np.empty(len(breaks) + 1, dtype=np.int64)   # the first run of each stretch
     first[0] = 0
