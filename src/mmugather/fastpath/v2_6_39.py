@@ -45,6 +45,11 @@ class Bulk2639(BulkBackend):
             tlb.need_flush = True
             tlb.pages.extend(pfns.tolist())
 
+    def add_quiet_run(self, kernel: Any, tlb: Any, start: int, n: int) -> None:
+        if n:
+            tlb.need_flush = True
+            tlb.pages.extend(range(start, start + n))
+
     def pmd_run(self, kernel: Any, c: Any, tlb: Any, pmd: Any, addr: int, end: int, details: Any,
                 zap_work: list[int] | None = None) -> PmdRun | None:
         """_Pass2639: zap_pmd_range()'s iterations over whole PMD entries from addr."""
