@@ -26,7 +26,7 @@ import numpy as np
 from mmugather.fastpath.core import PASS_TABLES, TableRun, first_crossing, pfn_dtype, rmap_remove
 from mmugather.kernel.sched import INF, P_COND_RESCHED, P_PLAIN
 from mmugather.mm.page_alloc import ANON, FrameSpan
-from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT
+from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT, PMD_SHIFT
 from mmugather.mm.protocols import PmdRun
 
 
@@ -62,8 +62,8 @@ class TablesGather(Protocol):
 def zap_tables(g: TablesGather, kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: bool,
                dirty_file_stops: bool = False, forced_flush: bool = False) -> PmdRun | None:
     """The pass from addr (module docstring). Returns the PmdRun, or None (go step by step)."""
-    if c.preempt_count or c.irqs_off:
-        return None
+    if c.preempt_count or c.irqs_off or addr >= end or (end - 1) >> PMD_SHIFT == addr >> PMD_SHIFT:
+        return None                                     # (a pass takes two PMD entries or more)
     plan = g.tables_fills(kernel, tlb, 512 * 512)
     if plan is None:
         return None
