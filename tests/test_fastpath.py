@@ -628,7 +628,8 @@ def test_first_crossing_counts_whole_units_the_engine_would_run(units, data):
 def test_frame_span_marks_exactly_the_frames(pfns, shape, dtype):
     """FrameSpan.of (of int64 or int32 pfns, as a pass reads them): None exactly when a frame repeats;
     else lo/hi bound the frames, `increasing` says whether the array is sorted, the holes (when listed)
-    are exactly the span's other frames, the mask (when there is one) marks exactly the frames."""
+    are exactly the span's other frames, the mask (when there is one) marks exactly the frames; its runs
+    are runs_of()'s whenever it gives them."""
     a = np.array(pfns, dtype=dtype)
     if shape != "any":
         a = np.unique(a)
@@ -649,8 +650,13 @@ def test_frame_span_marks_exactly_the_frames(pfns, shape, dtype):
         assert np.array_equal(fs.holes + fs.lo, np.setdiff1d(np.arange(fs.lo, fs.hi), a))
     gaps = np.flatnonzero(np.diff(a) != 1)
     assert np.array_equal(_gaps(a, chunk=7), gaps)      # (found a chunk at a time)
-    if not fs.increasing:
-        assert fs.gaps is None and fs.runs(a) is None and fs.prefix(a, 1) is None
+    if not fs.increasing:                               # gaps and runs only when every run goes up
+        assert fs.prefix(a, 1) is None
+        if (np.diff(a) == -1).any():
+            assert fs.gaps is None and fs.runs(a) is None
+        else:
+            assert np.array_equal(fs.gaps, gaps)
+            assert all(np.array_equal(x, y) for x, y in zip(fs.runs(a), runs_of(a), strict=True))
         return
     assert np.array_equal(fs.gaps, gaps)
     assert all(np.array_equal(x, y) for x, y in zip(fs.runs(a), runs_of(a, increasing=True)))

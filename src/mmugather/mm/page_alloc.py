@@ -389,6 +389,8 @@ class PageAlloc:
             freed = np.flatnonzero(z)
             freed += lo
             return z[pfns - lo], freed, k, kinds, z, None
+        if nz == len(pfns):                              # every frame of pfns freed (z marks no other)
+            return None, pfns, kinds[pfns - lo], kinds, z, None
         zz = z[pfns - lo]
         freed = pfns[zz]
         return zz, freed, kinds[freed - lo], kinds, z, None
@@ -473,7 +475,8 @@ _NO_HOLES.flags.writeable = False
 
 class FrameSpan:
     """A set of distinct frames given as a pfn array, prepared for bulk updates of the frame arrays:
-    [lo, hi) covers them; `increasing` when the array is sorted, and then `gaps`, where it is not a run of
+    [lo, hi) covers them; `increasing` when the array is sorted; `gaps`, when no pfn is the one before it
+    minus one (sorted or not: every run of consecutive frames goes up), where the array is not a run of
     consecutive frames (the indices i with pfns[i + 1] != pfns[i] + 1); `holes`: when the span has few
     frames not in the set, their offsets in it (else None); `mask`: else, when the span is dense enough,
     marks the frames in it (else None: index them). `spanned`: holes or mask, the span may be updated
@@ -506,7 +509,7 @@ class FrameSpan:
             fs.increasing = bool((d > 0).all())
         else:                                            # one run of consecutive frames
             fs.increasing = True
-        fs.gaps = gaps if fs.increasing else None
+        fs.gaps = gaps if fs.increasing or not (d == -1).any() else None
         lo = int(pfns.min()) if not fs.increasing else int(pfns[0])
         hi = (int(pfns.max()) if not fs.increasing else int(pfns[-1])) + 1
         fs.lo, fs.hi = lo, hi
@@ -570,8 +573,8 @@ class FrameSpan:
         return fs
 
     def runs(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """pfn_runs.runs_of(pfns, increasing=True) from the gaps (None unless pfns is sorted)."""
-        if not self.increasing or self.gaps is None:
+        """pfn_runs.runs_of(pfns) from the gaps: its runs all go up (None when some may go down)."""
+        if self.gaps is None:
             return None
         return ascending_runs(pfns, self.gaps)
 
