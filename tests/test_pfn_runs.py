@@ -96,3 +96,21 @@ def test_extend_run_encodes_as_extend_of_the_pfns():
         b.extend_run(start, n)
         assert (a.tobytes(), len(a)) == (b.tobytes(), len(b)), (prefix, start, n)
         assert b.tolist() == prefix + list(range(start, start + n))
+
+
+def test_extend_runs_encodes_each_run_as_its_start_and_length():
+    """extend_runs() of a few runs or many (a loop below _SMALL runs, arrays above): each run its start,
+    then -(len << 1 | descending) when longer than one; the pfns come back in order."""
+    rng = random.Random(11)
+    for nruns in (2, 3, 15, 16, 17, 40):
+        starts = np.array([rng.randrange(1000, 10**6) for _ in range(nruns)], dtype=np.int64)
+        lens = np.array([rng.choice([1, 1, 2, 7, 300]) for _ in range(nruns)], dtype=np.int64)
+        descs = np.array([rng.randrange(2) if ln > 1 else 0 for ln in lens], dtype=np.int64)
+        r = PfnRuns()
+        r.append(5)                                     # (not joined: the first run starts far from it)
+        r.extend_runs(starts, lens, descs)
+        want = [5]
+        for s, ln, d in zip(starts.tolist(), lens.tolist(), descs.tolist()):
+            want += [s] + ([-((ln << 1) | d)] if ln > 1 else [])
+        assert r.a.tolist() == want and len(r) == 1 + int(lens.sum())
+        assert r.tolist() == [5] + expand_runs(starts, lens, descs).tolist()

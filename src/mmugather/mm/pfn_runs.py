@@ -170,6 +170,11 @@ class PfnRuns:
             a.append(int(starts[0]))
             if lens[0] > 1:
                 a.append(-((int(lens[0]) << 1) | int(descs[0])))
+        elif 1 < len(starts) <= _SMALL:                 # (a few runs: no arrays to build)
+            for s0, l0, d0 in zip(starts.tolist(), lens.tolist(), descs.tolist()):
+                a.append(s0)
+                if l0 > 1:
+                    a.append(-((l0 << 1) | d0))
         elif len(starts) and lens.max() == 1:           # (runs of one: their pfns)
             a.frombytes(starts.astype(np.int32).tobytes())
         elif len(starts):
