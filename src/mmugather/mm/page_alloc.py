@@ -471,6 +471,7 @@ def _gaps(pfns: np.ndarray, chunk: int = _GAPS_CHUNK) -> np.ndarray:
 
 _NO_HOLES = np.zeros(0, dtype=np.int64)             # (FrameSpan.holes of a run; shared, read-only)
 _FEW_GAPS = 16      # FrameSpan.of(): up to this many gaps, their bounds and holes in plain Python
+_FEW_HOLES = 256    # (and up to this many holes as one list)
 _NO_HOLES.flags.writeable = False
 
 
@@ -509,7 +510,7 @@ class FrameSpan:
         if not len(gaps):                                # one run of consecutive frames
             fs.increasing, fs.gaps, fs.lo, fs.hi, fs.holes = True, gaps, int(pfns[0]), int(pfns[-1]) + 1, _NO_HOLES
             return fs
-        if len(gaps) <= _FEW_GAPS:
+        if len(gaps) <= _FEW_GAPS and int(pfns[-1]) - int(pfns[0]) + 1 - n <= _FEW_HOLES:   # (holes if sorted)
             fs._bound_few(pfns, gaps)
         else:
             fs._bound(pfns, gaps, g)
@@ -544,7 +545,8 @@ class FrameSpan:
             self.holes = np.arange(hi - lo - n) + np.repeat(first - starts, size)
 
     def _bound_few(self, pfns: np.ndarray, gaps: np.ndarray) -> None:
-        """_bound() for at most _FEW_GAPS gaps, from the pfns on each side of them as Python ints."""
+        """_bound() for at most _FEW_GAPS gaps (and, when sorted, _FEW_HOLES holes), from the pfns on each
+        side of them as Python ints."""
         n = len(pfns)
         ends = pfns[gaps].tolist()                       # the last pfn of each run but the last
         starts = pfns[gaps + 1].tolist()                 # the first of each run but the first
