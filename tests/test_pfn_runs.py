@@ -76,3 +76,41 @@ def test_rising_breaks_cut_runs_where_their_pfns_stop_going_up():
         up = [len(p) == 1 or p[1] > p[0] for p in pfns]
         want = [i for i in range(1, n) if not (up[i - 1] and up[i] and pfns[i][0] > pfns[i - 1][-1])]
         assert rising_breaks(*runs).tolist() == want
+
+
+def test_extend_run_encodes_as_extend_of_the_pfns():
+    """extend_run() gives extend()'s encoding of the same pfns after any last entry: a plain pfn just below,
+    just above (a run going down from it would join with append() but not with extend()), a run going up
+    or down that it continues or not, short and long runs."""
+    rng = random.Random(7)
+    for _ in range(400):
+        prefix = [rng.randrange(90, 110) for _ in range(rng.randrange(0, 4))]
+        if rng.random() < 0.5 and prefix:
+            prefix += list(range(prefix[-1] + 1, prefix[-1] + rng.randrange(2, 30)))
+        start, n = rng.randrange(95, 140), rng.choice([0, 1, 2, 15, 16, 17, 40, 300])
+        a, b = PfnRuns(), PfnRuns()
+        for p in prefix:
+            a.append(p)
+            b.append(p)
+        a.extend(np.arange(start, start + n, dtype=np.int64))
+        b.extend_run(start, n)
+        assert (a.tobytes(), len(a)) == (b.tobytes(), len(b)), (prefix, start, n)
+        assert b.tolist() == prefix + list(range(start, start + n))
+
+
+def test_extend_runs_encodes_each_run_as_its_start_and_length():
+    """extend_runs() of a few runs or many (a loop below _SMALL runs, arrays above): each run its start,
+    then -(len << 1 | descending) when longer than one; the pfns come back in order."""
+    rng = random.Random(11)
+    for nruns in (2, 3, 15, 16, 17, 40):
+        starts = np.array([rng.randrange(1000, 10**6) for _ in range(nruns)], dtype=np.int64)
+        lens = np.array([rng.choice([1, 1, 2, 7, 300]) for _ in range(nruns)], dtype=np.int64)
+        descs = np.array([rng.randrange(2) if ln > 1 else 0 for ln in lens], dtype=np.int64)
+        r = PfnRuns()
+        r.append(5)                                     # (not joined: the first run starts far from it)
+        r.extend_runs(starts, lens, descs)
+        want = [5]
+        for s, ln, d in zip(starts.tolist(), lens.tolist(), descs.tolist()):
+            want += [s] + ([-((ln << 1) | d)] if ln > 1 else [])
+        assert r.a.tolist() == want and len(r) == 1 + int(lens.sum())
+        assert r.tolist() == [5] + expand_runs(starts, lens, descs).tolist()

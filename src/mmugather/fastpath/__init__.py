@@ -24,7 +24,9 @@ plugin policy may override any kernel method; `backends()` gives it the bulk hoo
 none of that hook's methods (`overridden()`, the one place this is decided), else the step-by-step one.
 
 The modules:
-- core.py: `zap_steps()` (a run of zap_pte_range()'s steps over one table), `rmap_remove()`,
+- core.py: `zap_steps()` (a run of zap_pte_range()'s steps over one table; a run of present PTEs mapping
+  consecutive frames going up, the common case of a small VMA, with a few numpy calls and no pfn array),
+  `rmap_remove()`,
   `free_tables()` (free_pmd_range()'s free_pte_range() calls), `release_steps()`, `release_runs()`,
   `release_flat()` (free_pages_and_swap_cache() and the gathers' loops over batches), `TableRun`,
   `first_crossing()` (the engine's cut rule over units of steps). A pass over whole tables takes at most
@@ -32,7 +34,8 @@ The modules:
   temporaries) stays bounded.
 - backend.py: `BulkBackend`, what the versions share (the three hooks), `PagesRunner`.
 - tables.py: zap_pmd_range() over runs of whole PTE tables for 3.0 and 6.18, the gather's batch changes
-  included, and 6.18's forced flushes of a full gather when they involve no other CPU.
+  included, and 6.18's forced flushes of a full gather when they involve no other CPU; from MIN_PASS PMD
+  entries on (below, zap_steps()' runs per table cost less than a pass's set-up).
 - v2_6_39.py, v3_0.py, v6_18.py: each version's gather seen from outside, and 2.6.39's own pass, which
   also crosses ZAP_BLOCK restarts and flushes from under the PTE lock. 3.0 holds the full batches a pass
   fills as one `BatchRecord` (their frames and pages at once), made into the kernel's Batch objects only

@@ -42,6 +42,11 @@ class BulkBackend:
         """Batch each of pfns (at most `quiet(tlb)` of them), as the gather's removal of each would."""
         raise NotImplementedError
 
+    def add_quiet_run(self, kernel: Any, tlb: Any, start: int, n: int) -> None:
+        """add_quiet() of the n frames start .. start + n - 1, in order (n >= 0)."""
+        if n:
+            self.add_quiet(kernel, tlb, np.arange(start, start + n, dtype=np.int64))
+
     def record_run(self, kernel: Any, tlb: Any, addr: int, npages: int) -> None:
         """Anything the gather records of the PTEs cleared in [addr, addr + npages pages) (6.18: its range)."""
 
@@ -71,6 +76,9 @@ class BulkBackend:
         if not z.n:
             return PteRun(0, z.last, z.ns, -1, 0, 0, z.work)
         self.record_run(kernel, tlb, addr + ((z.first - i) << PAGE_SHIFT), z.last - z.first + 1)
+        if z.pfns is None:                              # the frames run0 .. run0 + n - 1
+            self.add_quiet_run(kernel, tlb, z.run0, z.n - 1)
+            return PteRun(z.n, z.last, z.ns, z.run0 + z.n - 1, z.anon, z.n - z.anon, z.work)
         self.add_quiet(kernel, tlb, z.pfns[:-1])
         return PteRun(z.n, z.last, z.ns, int(z.pfns[-1]), z.anon, z.n - z.anon, z.work)
 

@@ -78,6 +78,7 @@ class ZapSteps:
     anon: int
     work: int | None
     first: int
+    run0: int = -1
 
 
 def _before_dirty_file(kernel, ents: np.ndarray) -> int:
@@ -130,6 +131,15 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
     small = _zap_scan(kernel, c, pt, i, iend, none, quiet, work, stop_dirty_file)
     if small is not _TOO_LONG:
         return small
+    dense = _dense(kernel, pt, i, iend, quiet, work, stop_dirty_file)
+    if dense is not None:
+        p0, m, all_anon = dense
+        c_zap, base = kernel.costs.pte_zap, c.clock + none
+        if base + c_zap * m >= c.horizon:               # (_within_horizon() of steps that all cost pte_zap)
+            m = _first_end_at(base, c_zap, c.horizon, 0, m) + 1
+        anon = _clear_dense(kernel, pt, i, p0, m, all_anon)
+        return ZapSteps(m, i + m - 1, base + c_zap * m - c.clock, None, anon,
+                        None if work is None else work - PAGE_SIZE * m, i, p0)
     got = _window(kernel, pt, i, iend, quiet, work, stop_dirty_file)
     if not isinstance(got, tuple):
         return got
@@ -192,6 +202,9 @@ def _zap_ahead(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: in
     each, as the engine would after the steps before; then the PTEs of all the steps run are cleared and
     their rmaps dropped in one pass (they commute with those events). The last step's crossing ends the run
     (its events are the engine's)."""
+    dense = _dense(kernel, pt, i, iend, quiet, work, stop_dirty_file)
+    if dense is not None:
+        return _zap_ahead_dense(kernel, c, pt, i, none, work, *dense)
     got = _window(kernel, pt, i, iend, quiet, work, stop_dirty_file)
     if not isinstance(got, tuple):
         return got
@@ -215,6 +228,76 @@ def _zap_ahead(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: in
     if work is not None:
         work -= PAGE_SIZE * k + (last + 1 - i - k)
     return ZapSteps(k, last, ends[k - 1] - c.clock, pfns, anon, work, first)
+
+
+def _dense(kernel, pt, i: int, iend: int, quiet: int, work: int | None,
+           stop_dirty_file: bool) -> tuple[int, int, bool] | None:
+    """When the entries a run may take from i on (as _window() counts them) are all present and map
+    consecutive frames going up (pages populated together): (their first frame p0, how many m, whether
+    all are known anonymous). None: take _window() (nothing changed). With `stop_dirty_file`, only when
+    all m pages are anonymous (no dirty file page to stop before)."""
+    ptes = pt.ptes
+    e0 = ptes[i]
+    if not e0:
+        return None
+    n = iend - i
+    if work is not None and work <= PAGE_SIZE * n:      # the entry where the budget is spent, all present
+        n = max(1, -(-work // PAGE_SIZE))
+    m = min(n, quiet + 1)
+    p0 = e0 >> PAGE_SHIFT
+    if (ptes[i + m - 1] >> PAGE_SHIFT) - p0 != m - 1:
+        return None
+    if m > 2:                                           # m frames from p0 to p0 + m - 1, all going up
+        p = np.frombuffer(ptes, dtype=np.int64)[i:i + m] >> PAGE_SHIFT
+        if not (p[1:] > p[:-1]).all():
+            return None
+    if stop_dirty_file:
+        if memoryview(kernel.alloc.kind)[p0:p0 + m].tobytes().count(ANON) != m:
+            return None
+        return p0, m, True
+    return p0, m, False
+
+
+def _first_end_at(base: int, step: int, horizon: float, lo: int, m: int) -> int:
+    """bisect_left(ends, horizon, lo) over the m step end clocks ends[s] = base + step * (s + 1)."""
+    if horizon == INF:
+        return m
+    if step <= 0:
+        return lo if base >= horizon else m
+    return min(m, max(lo, -(-(int(horizon) - base) // step) - 1))
+
+
+def _clear_dense(kernel, pt, i: int, p0: int, k: int, all_anon: bool) -> int:
+    """_clear_array() of the k entries from i, which map the frames p0 .. p0 + k - 1: clear them, drop
+    their rmaps (print_bad_pte at the first below 0). Returns how many of the pages are anonymous."""
+    pt.ptes[i:i + k] = _EMPTY_TABLE[:k]                 # ptep_get_and_clear_full()
+    alloc = kernel.alloc
+    mc = np.frombuffer(alloc.mapcount, dtype=np.int16)[p0:p0 + k]
+    mc -= 1
+    if mc.min() < 0:
+        raise AssertionError(f"zap_pte_range: pfn {p0 + int(np.argmax(mc < 0))} mapcount < 0 (print_bad_pte)")
+    del mc
+    return k if all_anon else memoryview(alloc.kind)[p0:p0 + k].tobytes().count(ANON)
+
+
+def _zap_ahead_dense(kernel, c, pt, i: int, none: int, work: int | None, p0: int, m: int,
+                     all_anon: bool) -> ZapSteps:
+    """_zap_ahead() of the m entries from i that map the frames p0 .. p0 + m - 1 (_dense()): every step
+    costs pte_zap, so its end clocks base + pte_zap * (s + 1) need no array."""
+    c_zap = kernel.costs.pte_zap
+    base = c.clock + none
+    engine = kernel.engine
+    k = m
+    x = _first_end_at(base, c_zap, c.horizon, 0, m)     # the first step ending at or after the horizon
+    while x < m - 1:
+        t = base + c_zap * (x + 1)
+        if not engine.run_ahead(c, t) or not attention_idle(c, t):
+            k = x + 1
+            break
+        x = _first_end_at(base, c_zap, c.horizon, x + 1, m)
+    anon = _clear_dense(kernel, pt, i, p0, k, all_anon)
+    return ZapSteps(k, i + k - 1, base + c_zap * k - c.clock, None, anon,
+                    None if work is None else work - PAGE_SIZE * k, i, p0)
 
 
 _TOO_LONG: Any = object()     # _zap_scan(): the run is longer than SCAN entries, use the array path

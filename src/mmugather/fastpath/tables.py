@@ -26,8 +26,12 @@ import numpy as np
 from mmugather.fastpath.core import PASS_TABLES, TableRun, first_crossing, pfn_dtype, rmap_remove
 from mmugather.kernel.sched import INF, P_COND_RESCHED, P_PLAIN
 from mmugather.mm.page_alloc import ANON, FrameSpan
-from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT
+from mmugather.mm.pgtable import _PAGE_DIRTY, PAGE_SHIFT, PMD_SHIFT
 from mmugather.mm.protocols import PmdRun
+
+
+MIN_PASS = 3       # zap_tables(): PMD entries a range must span for a pass (a pass takes two or more; below
+                   # MIN_PASS, zap_pte_range()'s runs (core.zap_steps) cost less than the pass's set-up)
 
 
 class TablesGather(Protocol):
@@ -62,7 +66,7 @@ class TablesGather(Protocol):
 def zap_tables(g: TablesGather, kernel, c, tlb, pmd, addr: int, end: int, *, cond_after_none: bool,
                dirty_file_stops: bool = False, forced_flush: bool = False) -> PmdRun | None:
     """The pass from addr (module docstring). Returns the PmdRun, or None (go step by step)."""
-    if c.preempt_count or c.irqs_off:
+    if c.preempt_count or c.irqs_off or addr >= end or ((end - 1) >> PMD_SHIFT) - (addr >> PMD_SHIFT) < MIN_PASS - 1:
         return None
     plan = g.tables_fills(kernel, tlb, 512 * 512)
     if plan is None:

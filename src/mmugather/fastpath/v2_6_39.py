@@ -14,7 +14,7 @@ from mmugather.fastpath.backend import BulkBackend
 from mmugather.fastpath.core import PASS_TABLES, TableRun, may_bulk, pfn_dtype, rmap_remove
 from mmugather.kernel.sched import P_ENABLE, P_PLAIN, TLBSTATE_OK
 from mmugather.mm.page_alloc import FrameSpan
-from mmugather.mm.pgtable import PAGE_SIZE
+from mmugather.mm.pgtable import PAGE_SIZE, PMD_SHIFT
 from mmugather.mm.protocols import PmdRun
 from mmugather.policies.linux_2_6_39 import Linux2639
 
@@ -45,11 +45,18 @@ class Bulk2639(BulkBackend):
             tlb.need_flush = True
             tlb.pages.extend(pfns.tolist())
 
+    def add_quiet_run(self, kernel: Any, tlb: Any, start: int, n: int) -> None:
+        if n:
+            tlb.need_flush = True
+            tlb.pages.extend(range(start, start + n))
+
     def pmd_run(self, kernel: Any, c: Any, tlb: Any, pmd: Any, addr: int, end: int, details: Any,
                 zap_work: list[int] | None = None) -> PmdRun | None:
         """_Pass2639: zap_pmd_range()'s iterations over whole PMD entries from addr."""
         if not may_bulk(c) or c.preempt_count != 1 or c.irqs_off or tlb.fast_mode or tlb.mm.zero_ptes:
             return None
+        if addr >= end or (end - 1) >> PMD_SHIFT == addr >> PMD_SHIFT:
+            return None                                 # (a pass takes two PMD entries or more)
         assert zap_work is not None
         return _Pass2639(self, kernel, c, tlb, zap_work, details).go(pmd, addr, end)
 

@@ -54,6 +54,15 @@ class Bulk30(BulkBackend):
             else:
                 pages.extend(pfns.tolist())
 
+    def add_quiet_run(self, kernel: Any, tlb: Any, start: int, n: int) -> None:
+        if n:
+            tlb.need_flush = True
+            pages = tlb.active.pages
+            if isinstance(pages, PfnRuns):
+                pages.extend_run(start, n)
+            else:
+                pages.extend(range(start, start + n))
+
     def pmd_run(self, kernel: Any, c: Any, tlb: Any, pmd: Any, addr: int, end: int, details: Any,
                 zap_work: list[int] | None = None) -> PmdRun | None:
         """tables.zap_tables(): each PMD entry one zap_pte_range() and cond_resched(), or a pmd_none step."""

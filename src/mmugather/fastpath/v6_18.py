@@ -52,6 +52,9 @@ class Bulk618(BulkBackend):
     def add_quiet(self, kernel: Any, tlb: Any, pfns: np.ndarray) -> None:
         tlb.active.pages.frombytes(pfns.tobytes())
 
+    def add_quiet_run(self, kernel: Any, tlb: Any, start: int, n: int) -> None:
+        tlb.active.pages.frombytes(np.arange(start, start + n, dtype=np.int64).tobytes())
+
     def record_run(self, kernel: Any, tlb: Any, addr: int, npages: int) -> None:
         """tlb_remove_tlb_entry() of each PTE cleared: one range."""
         kernel.tlb_flush_pte_range(tlb, addr, npages << PAGE_SHIFT)

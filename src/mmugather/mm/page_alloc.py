@@ -389,6 +389,8 @@ class PageAlloc:
             freed = np.flatnonzero(z)
             freed += lo
             return z[pfns - lo], freed, k, kinds, z, None
+        if nz == len(pfns):                              # every frame of pfns freed (z marks no other)
+            return None, pfns, kinds[pfns - lo], kinds, z, None
         zz = z[pfns - lo]
         freed = pfns[zz]
         return zz, freed, kinds[freed - lo], kinds, z, None
@@ -468,12 +470,15 @@ def _gaps(pfns: np.ndarray, chunk: int = _GAPS_CHUNK) -> np.ndarray:
 
 
 _NO_HOLES = np.zeros(0, dtype=np.int64)             # (FrameSpan.holes of a run; shared, read-only)
+_FEW_GAPS = 16      # FrameSpan.of(): up to this many gaps, their bounds and holes in plain Python
+_FEW_HOLES = 256    # (and up to this many holes as one list)
 _NO_HOLES.flags.writeable = False
 
 
 class FrameSpan:
     """A set of distinct frames given as a pfn array, prepared for bulk updates of the frame arrays:
-    [lo, hi) covers them; `increasing` when the array is sorted, and then `gaps`, where it is not a run of
+    [lo, hi) covers them; `increasing` when the array is sorted; `gaps`, when no pfn is the one before it
+    minus one (sorted or not: every run of consecutive frames goes up), where the array is not a run of
     consecutive frames (the indices i with pfns[i + 1] != pfns[i] + 1); `holes`: when the span has few
     frames not in the set, their offsets in it (else None); `mask`: else, when the span is dense enough,
     marks the frames in it (else None: index them). `spanned`: holes or mask, the span may be updated
@@ -493,7 +498,6 @@ class FrameSpan:
     def of(cls, pfns: np.ndarray, gaps: np.ndarray | None = None) -> FrameSpan | None:
         """The span of pfns, or None when some frame occurs twice. `gaps`: the indices i with
         pfns[i + 1] != pfns[i] + 1, when the caller knows them (pfn_runs.run_gaps())."""
-        fs = cls()
         n = len(pfns)
         g: np.ndarray | None = None
         if gaps is None and n <= _GAPS_CHUNK + 1:        # (one difference array: the gaps and their sizes)
@@ -501,25 +505,19 @@ class FrameSpan:
             gaps = np.flatnonzero(g != 1)
         elif gaps is None:
             gaps = _gaps(pfns)                           # where the array is not a run of consecutive frames
-        if len(gaps):
-            d = pfns[gaps + 1] - pfns[gaps] if g is None else g[gaps]
-            fs.increasing = bool((d > 0).all())
-        else:                                            # one run of consecutive frames
-            fs.increasing = True
-        fs.gaps = gaps if fs.increasing else None
-        lo = int(pfns.min()) if not fs.increasing else int(pfns[0])
-        hi = (int(pfns.max()) if not fs.increasing else int(pfns[-1])) + 1
-        fs.lo, fs.hi = lo, hi
-        fs.holes = None
-        fs.mask = None
-        if fs.increasing and hi - lo - n <= n >> 4:      # none or a few holes: list them, no mask
-            if len(gaps):
-                first, size = pfns[gaps] + 1 - lo, d - 1
-                starts = np.cumsum(size) - size
-                fs.holes = np.arange(hi - lo - n) + np.repeat(first - starts, size)
-            else:
-                fs.holes = _NO_HOLES
-        elif hi - lo <= cls.DENSE * n:
+        fs = cls()
+        fs.holes = fs.mask = None
+        if not len(gaps):                                # one run of consecutive frames
+            fs.increasing, fs.gaps, fs.lo, fs.hi, fs.holes = True, gaps, int(pfns[0]), int(pfns[-1]) + 1, _NO_HOLES
+            return fs
+        if len(gaps) <= _FEW_GAPS and int(pfns[-1]) - int(pfns[0]) + 1 - n <= _FEW_HOLES:   # (holes if sorted)
+            fs._bound_few(pfns, gaps)
+        else:
+            fs._bound(pfns, gaps, g)
+        lo, hi = fs.lo, fs.hi
+        if fs.holes is not None:
+            return fs
+        if hi - lo <= cls.DENSE * n:
             m = np.zeros(hi - lo, dtype=bool)
             m[pfns - lo] = True
             if not fs.increasing and int(np.count_nonzero(m)) != n:
@@ -530,6 +528,45 @@ class FrameSpan:
             if (srt[1:] == srt[:-1]).any():
                 return None
         return fs
+
+    def _bound(self, pfns: np.ndarray, gaps: np.ndarray, g: np.ndarray | None) -> None:
+        """of()'s increasing, gaps, lo, hi and (increasing, with few holes) holes, for some gaps (`g`: the
+        differences of pfns, when made)."""
+        n = len(pfns)
+        d = pfns[gaps + 1] - pfns[gaps] if g is None else g[gaps]
+        self.increasing = bool((d > 0).all())
+        self.gaps = gaps if self.increasing or not (d == -1).any() else None
+        lo = int(pfns.min()) if not self.increasing else int(pfns[0])
+        hi = (int(pfns.max()) if not self.increasing else int(pfns[-1])) + 1
+        self.lo, self.hi = lo, hi
+        if self.increasing and hi - lo - n <= n >> 4:    # a few holes: list them, no mask
+            first, size = pfns[gaps] + 1 - lo, d - 1
+            starts = np.cumsum(size) - size
+            self.holes = np.arange(hi - lo - n) + np.repeat(first - starts, size)
+
+    def _bound_few(self, pfns: np.ndarray, gaps: np.ndarray) -> None:
+        """_bound() for at most _FEW_GAPS gaps (and, when sorted, _FEW_HOLES holes), from the pfns on each
+        side of them as Python ints."""
+        n = len(pfns)
+        ends = pfns[gaps].tolist()                       # the last pfn of each run but the last
+        starts = pfns[gaps + 1].tolist()                 # the first of each run but the first
+        d = [b - a for a, b in zip(ends, starts)]
+        self.increasing = min(d) > 0
+        ups = self.increasing or -1 not in d             # every run goes up: its first pfn is its least
+        self.gaps = gaps if ups else None
+        first, last = int(pfns[0]), int(pfns[-1])
+        if self.increasing:
+            lo, hi = first, last + 1
+        elif ups:
+            lo, hi = min(first, *starts), max(last, *ends) + 1
+        else:
+            lo, hi = int(pfns.min()), int(pfns.max()) + 1
+        self.lo, self.hi = lo, hi
+        if self.increasing and hi - lo - n <= n >> 4:    # a few holes: list them, no mask
+            holes: list[int] = []
+            for a, b in zip(ends, starts):
+                holes += range(a + 1 - lo, b - lo)
+            self.holes = np.array(holes, dtype=np.int64)
 
     @classmethod
     def of_runs(cls, starts: np.ndarray, lens: np.ndarray) -> FrameSpan | None:
@@ -570,8 +607,8 @@ class FrameSpan:
         return fs
 
     def runs(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """pfn_runs.runs_of(pfns, increasing=True) from the gaps (None unless pfns is sorted)."""
-        if not self.increasing or self.gaps is None:
+        """pfn_runs.runs_of(pfns) from the gaps: its runs all go up (None when some may go down)."""
+        if self.gaps is None:
             return None
         return ascending_runs(pfns, self.gaps)
 

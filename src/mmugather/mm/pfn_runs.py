@@ -129,6 +129,26 @@ class PfnRuns:
             return
         self.extend_runs(*(runs if runs is not None else runs_of(pfns, increasing)))
 
+    def extend_run(self, start: int, n: int) -> None:
+        """extend() of the pfns start, start + 1, ..., start + n - 1 (n >= 0), with no arrays: the same
+        encoding (extend_runs() of the one run, below _SMALL pfns one append() each)."""
+        if n < _SMALL:
+            for p in range(start, start + n):
+                self.append(p)
+            return
+        a = self.a
+        self.n += n
+        if a:                                           # (extend_runs(): joined to the last run going up)
+            t = a[-1]
+            if t >= 0 and start == t + 1:
+                a.append(-((n + 1) << 1))
+                return
+            if t < 0 and not -t & 1 and start == a[-2] + ((-t) >> 1):
+                a[-1] = -((((-t) >> 1) + n) << 1)
+                return
+        a.append(start)
+        a.append(-(n << 1))
+
     def extend_runs(self, starts, lens, descs) -> None:
         """Append runs (numpy arrays: first pfn, length >= 1, descending flag), in order."""
         if not len(starts):
@@ -150,6 +170,11 @@ class PfnRuns:
             a.append(int(starts[0]))
             if lens[0] > 1:
                 a.append(-((int(lens[0]) << 1) | int(descs[0])))
+        elif 1 < len(starts) <= _SMALL:                 # (a few runs: no arrays to build)
+            for s0, l0, d0 in zip(starts.tolist(), lens.tolist(), descs.tolist()):
+                a.append(s0)
+                if l0 > 1:
+                    a.append(-((l0 << 1) | d0))
         elif len(starts) and lens.max() == 1:           # (runs of one: their pfns)
             a.frombytes(starts.astype(np.int32).tobytes())
         elif len(starts):
