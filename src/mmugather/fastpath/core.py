@@ -4,6 +4,7 @@ of a run of tables, and the engine's cut rule. Each says which steps it reproduc
 says why running them at once is exact."""
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 from mmugather.kernel.sched import INF
 from mmugather.mm.page_alloc import ANON, FrameSpan
 from mmugather.mm.pfn_runs import RunCursor, expand_runs, rising_breaks, run_cuts, run_gaps, run_pieces
-from mmugather.mm.pgtable import _EMPTY_TABLE, _PAGE_DIRTY, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT
+from mmugather.mm.pgtable import _EMPTY_TABLE, _PAGE_DIRTY, PAGE_SHIFT, PAGE_SIZE, PMD_SHIFT, PTRS_PER_TABLE
 from mmugather.mm.protocols import FreedTables
 
 
@@ -230,6 +231,11 @@ def _zap_ahead(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: in
     return ZapSteps(k, last, ends[k - 1] - c.clock, pfns, anon, work, first)
 
 
+_RAMP = np.arange(PTRS_PER_TABLE, dtype=np.int64) << PAGE_SHIFT     # _dense(): entry k of a run of frames
+_MAPPED_ONCE = array("h", [1] * PTRS_PER_TABLE)      # _clear_dense(): the mapcounts of pages mapped once
+_UNMAPPED = array("h", bytes(2 * PTRS_PER_TABLE))
+
+
 def _dense(kernel, pt, i: int, iend: int, quiet: int, work: int | None,
            stop_dirty_file: bool) -> tuple[int, int, bool] | None:
     """When the entries a run may take from i on (as _window() counts them) are all present and map
@@ -247,9 +253,9 @@ def _dense(kernel, pt, i: int, iend: int, quiet: int, work: int | None,
     p0 = e0 >> PAGE_SHIFT
     if (ptes[i + m - 1] >> PAGE_SHIFT) - p0 != m - 1:
         return None
-    if m > 2:                                           # m frames from p0 to p0 + m - 1, all going up
-        p = np.frombuffer(ptes, dtype=np.int64)[i:i + m] >> PAGE_SHIFT
-        if not (p[1:] > p[:-1]).all():
+    if m > 2 and (_RAMP[:m] + e0).tobytes() != ptes[i:i + m].tobytes():   # (not e0's flags on every entry:
+        p = np.frombuffer(ptes, dtype=np.int64)[i:i + m] >> PAGE_SHIFT       # m frames from p0 to p0 + m - 1,
+        if not (p[1:] > p[:-1]).all():                                     # all going up)
             return None
     if stop_dirty_file:
         if memoryview(kernel.alloc.kind)[p0:p0 + m].tobytes().count(ANON) != m:
@@ -272,11 +278,15 @@ def _clear_dense(kernel, pt, i: int, p0: int, k: int, all_anon: bool) -> int:
     their rmaps (print_bad_pte at the first below 0). Returns how many of the pages are anonymous."""
     pt.ptes[i:i + k] = _EMPTY_TABLE[:k]                 # ptep_get_and_clear_full()
     alloc = kernel.alloc
-    mc = np.frombuffer(alloc.mapcount, dtype=np.int16)[p0:p0 + k]
-    mc -= 1
-    if mc.min() < 0:
-        raise AssertionError(f"zap_pte_range: pfn {p0 + int(np.argmax(mc < 0))} mapcount < 0 (print_bad_pte)")
-    del mc
+    mapcount = alloc.mapcount
+    if mapcount[p0:p0 + k] == _MAPPED_ONCE[:k]:         # (each page mapped once: all to 0, no numpy call)
+        mapcount[p0:p0 + k] = _UNMAPPED[:k]
+    else:
+        mc = np.frombuffer(mapcount, dtype=np.int16)[p0:p0 + k]
+        mc -= 1
+        if mc.min() < 0:
+            raise AssertionError(f"zap_pte_range: pfn {p0 + int(np.argmax(mc < 0))} mapcount < 0 (print_bad_pte)")
+        del mc
     return k if all_anon else memoryview(alloc.kind)[p0:p0 + k].tobytes().count(ANON)
 
 
