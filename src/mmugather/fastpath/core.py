@@ -508,7 +508,7 @@ def _release_commutes(kernel, pfns: np.ndarray) -> bool:
         return False
     if kernel.invariants.check_stores or kernel.invariants.reached(pfns) is not None:
         return False
-    return not np.any(kernel.alloc.views()[1][pfns])
+    return not np.frombuffer(kernel.alloc.mapcount, dtype=np.int16)[pfns].any()
 
 
 def _release_ahead(kernel, c, pfns: np.ndarray, i: int, chunk: int, cost: int) -> int:

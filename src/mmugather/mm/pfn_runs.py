@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
+from operator import sub
 
 import numpy as np
 
@@ -125,7 +126,7 @@ class PfnRuns:
                 self.append(p)
             return
         if increasing and pfns[-1] - pfns[0] == n - 1:     # one run
-            self.extend_runs(pfns[:1].astype(np.int64), np.array([n], dtype=np.int64), np.zeros(1, dtype=np.int64))
+            self._extend_few([int(pfns[0])], [n], [0])
             return
         self.extend_runs(*(runs if runs is not None else runs_of(pfns, increasing)))
 
@@ -151,7 +152,8 @@ class PfnRuns:
 
     def extend_runs(self, starts, lens, descs) -> None:
         """Append runs (numpy arrays: first pfn, length >= 1, descending flag), in order."""
-        if not len(starts):
+        if len(starts) <= _SMALL:                       # (a few runs: as Python ints, no arrays to build)
+            self._extend_few(starts.tolist(), lens.tolist(), descs.tolist())
             return
         a = self.a
         total = int(lens.sum())
@@ -166,18 +168,9 @@ class PfnRuns:
             elif t < 0 and not -t & 1 and s0 == a[-2] + ((-t) >> 1):
                 a[-1] = -((((-t) >> 1) + l0) << 1)
                 starts, lens, descs = starts[1:], lens[1:], descs[1:]
-        if len(starts) == 1:                            # (one run: no arrays to build)
-            a.append(int(starts[0]))
-            if lens[0] > 1:
-                a.append(-((int(lens[0]) << 1) | int(descs[0])))
-        elif 1 < len(starts) <= _SMALL:                 # (a few runs: no arrays to build)
-            for s0, l0, d0 in zip(starts.tolist(), lens.tolist(), descs.tolist()):
-                a.append(s0)
-                if l0 > 1:
-                    a.append(-((l0 << 1) | d0))
-        elif len(starts) and lens.max() == 1:           # (runs of one: their pfns)
+        if lens.max() == 1:                             # (runs of one: their pfns)
             a.frombytes(starts.astype(np.int32).tobytes())
-        elif len(starts):
+        else:
             out = np.empty(2 * len(starts), dtype=np.int32)
             out[0::2] = starts
             out[1::2] = -((lens.astype(np.int64) << 1) | descs)
@@ -185,6 +178,24 @@ class PfnRuns:
             keep[1::2] = lens > 1
             a.frombytes(out[keep].tobytes())
         self.n += total
+
+    def _extend_few(self, starts: list[int], lens: list[int], descs: list[int]) -> None:
+        """extend_runs() of runs given as lists: the same encoding."""
+        a = self.a
+        k = 0
+        if a and starts and not descs[0]:               # (joined to the last run here, as extend_runs())
+            t, s0 = a[-1], starts[0]
+            if t >= 0 and s0 == t + 1:
+                a.append(-((lens[0] + 1) << 1))
+                k = 1
+            elif t < 0 and not -t & 1 and s0 == a[-2] + ((-t) >> 1):
+                a[-1] = -((((-t) >> 1) + lens[0]) << 1)
+                k = 1
+        for s0, l0, d0 in zip(starts[k:], lens[k:], descs[k:]):
+            a.append(s0)
+            if l0 > 1:
+                a.append(-((l0 << 1) | d0))
+        self.n += sum(lens)
 
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The runs in order: (first pfn, length, descending) as numpy int64 arrays."""
@@ -213,6 +224,10 @@ class PfnRuns:
 def ascending_runs(pfns: np.ndarray, brk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ascending runs of a sorted pfn array (starts, lengths, all-zero descending flags), given `brk`:
     the index of the last pfn of each run but the last."""
+    if len(brk) <= _SMALL:                             # (a few runs: their bounds as Python ints)
+        starts = [0, *(g + 1 for g in brk.tolist())]
+        return (pfns[starts], np.array(list(map(sub, [*starts[1:], len(pfns)], starts)), dtype=np.int64),
+                np.zeros(len(starts), dtype=np.int64))
     first = np.empty(len(brk) + 1, dtype=np.int64)
     first[0] = 0
     first[1:] = brk
