@@ -1,7 +1,9 @@
 """Teardown rate of the simulator against this host's kernel, and host memory per resident simulated page.
 
 Usage: python benchmarks/teardown_rate.py [GIB ...] [--policies P,Q] [--runs N] [--kernel-runs N] [--steps]
-       (default: 1 8 64 GiB, every built-in policy, 7 runs per case below 64 GiB and 1 at 64 GiB, 5 kernel runs)
+                                         [--vmas N]
+       (default: 1 8 64 GiB, every built-in policy, 7 runs per case below 64 GiB and 1 at 64 GiB, 5 kernel runs,
+       one VMA)
 
 Measures, in one run on this machine:
 - the host kernel: munmap(2) of a touched 1 GiB region of 4 KiB pages (THP off) in a fresh child pinned
@@ -12,6 +14,8 @@ Measures, in one run on this machine:
   fresh child process; the ratio simulator / kernel;
 - with --steps, the same step by step (the reference path the explorer uses; issue 2's target: >= 1 M
   PTEs per second);
+- with --vmas N, the same resident size cut into N VMAs side by side (GIB / N each; munmap then unmaps them
+  one by one): the cost of many small VMAs (issue 19);
 - host memory per resident simulated page: (peak RSS of the child - its RSS once imports are done) /
   resident pages; the figure with the interpreter counted is printed too.
 The last line is one JSON object: {"kernel_pages_per_s", "sim": {POLICY: {"pages_per_s", "ratio"}},
@@ -29,15 +33,26 @@ import sys
 import time
 
 
-def _case(op: str, gib: int, policy: str, runs: int, fast: bool) -> dict:
+def _scenario(op: str, gib: int, vmas: int) -> dict:
+    """The case's scenario: the built-in exit or munmap of `gib` GiB, its VMA cut into `vmas` side by side."""
+    from mmugather.workloads.builtin import _exit, _munmap
+    d = (_exit if op == "exit" else _munmap)(gib)
+    if vmas > 1:
+        proc = d["process"][0]
+        proc["vma"] = [{"name": f"v{i}", "size": (gib << 30) // vmas, "populate": True} for i in range(vmas)]
+        if op == "munmap":
+            proc["thread"][0]["program"] = [{"op": "munmap", "vma": f"v{i}"} for i in range(vmas)] + [{"op": "exit"}]
+    return d
+
+
+def _case(op: str, gib: int, policy: str, runs: int, fast: bool, vmas: int) -> dict:
     """In a child: run one case `runs` times (on the fast path, or step by step); rates and peak memory."""
     import gc
 
     from mmugather.policies import POLICIES
     from mmugather.sim.simulation import Simulation
-    from mmugather.workloads.builtin import _exit, _munmap
     from mmugather.workloads.scenario import parse_scenario
-    sc = parse_scenario((_exit if op == "exit" else _munmap)(gib), "benchmark")
+    sc = parse_scenario(_scenario(op, gib, vmas), "benchmark")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     wall, cpu = [], []
     for _ in range(runs):
@@ -66,11 +81,13 @@ def main() -> None:
     ap.add_argument("--steps", action="store_true",
                     help="step by step (Simulation(fast=False), the explorer's reference path) "
                          "instead of the fast path")
-    ap.add_argument("--case", nargs=5, metavar=("OP", "GIB", "POLICY", "RUNS", "FAST"), help=argparse.SUPPRESS)
+    ap.add_argument("--vmas", type=int, default=1,
+                    help="cut the resident size into this many VMAs side by side (default: one)")
+    ap.add_argument("--case", nargs=6, metavar=("OP", "GIB", "POLICY", "RUNS", "FAST", "VMAS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.case:
-        op, gib, policy, runs, fast = a.case
-        print(json.dumps(_case(op, int(gib), policy, int(runs), fast == "fast")))
+        op, gib, policy, runs, fast, vmas = a.case
+        print(json.dumps(_case(op, int(gib), policy, int(runs), fast == "fast", int(vmas))))
         return
 
     from mmugather.host.calibrate import host_kernel_pages_per_s
@@ -79,6 +96,11 @@ def main() -> None:
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         print(f"teardown_rate.py: --policies: unknown {', '.join(unknown)} (built-in: {', '.join(POLICIES)})",
+              file=sys.stderr)
+        raise SystemExit(2)
+    uneven = [gib for gib in a.sizes if a.vmas < 1 or (gib << 18) % a.vmas]
+    if uneven:
+        print(f"teardown_rate.py: --vmas {a.vmas}: {uneven[0]} GiB is not a whole number of 4 KiB pages per VMA",
               file=sys.stderr)
         raise SystemExit(2)
     kernel = host_kernel_pages_per_s(runs=a.kernel_runs)
@@ -92,7 +114,7 @@ def main() -> None:
             for op in ("exit", "munmap"):
                 runs = a.runs if gib < 64 else 1
                 out = subprocess.run([sys.executable, __file__, "--case", op, str(gib), policy, str(runs),
-                                      "steps" if a.steps else "fast"],
+                                      "steps" if a.steps else "fast", str(a.vmas)],
                                      capture_output=True, text=True)
                 if out.returncode:
                     raise SystemExit(f"{op} {gib} GiB {policy}: {out.stderr.strip().splitlines()[-1:]}")
@@ -101,11 +123,12 @@ def main() -> None:
                 per_page = (r["peak_rss"] - r["rss0"]) / r["resident_pages"]
                 total_per_page = r["peak_rss"] / r["resident_pages"]
                 name = "exit_mmap" if op == "exit" else "munmap   "
-                print(f"{name} {gib:3d} GiB  {policy:7s} {r['ptes']:>11,} PTEs  {rate / 1e6:6.1f} M PTEs/s "
+                shape = f" in {a.vmas} VMAs" if a.vmas > 1 else ""
+                print(f"{name} {gib:3d} GiB{shape}  {policy:7s} {r['ptes']:>11,} PTEs  {rate / 1e6:6.1f} M PTEs/s "
                       f"(CPU {r['cpu_pages_per_s'] / 1e6:5.1f})  ratio {rate / kernel:5.1f}  "
                       f"{per_page:5.1f} B/page ({total_per_page:5.1f} with the interpreter)", flush=True)
                 if policy not in slowest or rate < slowest[policy][0]:
-                    slowest[policy] = (rate, f"{op} {gib} GiB")
+                    slowest[policy] = (rate, f"{op} {gib} GiB{shape}")
                 if gib == top:
                     mem.append((per_page, total_per_page, f"{policy} {op}"))
     for policy, (rate, where) in slowest.items():
