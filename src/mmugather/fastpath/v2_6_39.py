@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mmugather.fastpath.backend import BulkBackend
-from mmugather.fastpath.core import ARRAY_RELEASE, PASS_TABLES, TableRun, may_bulk, pfn_dtype, rmap_remove
+from mmugather.fastpath.core import PASS_TABLES, TableRun, may_bulk, pfn_dtype, rmap_remove
 from mmugather.kernel.sched import P_ENABLE, P_PLAIN, TLBSTATE_OK
 from mmugather.mm.page_alloc import FrameSpan
 from mmugather.mm.pgtable import PAGE_SIZE, PMD_SHIFT
@@ -90,17 +90,14 @@ class Bulk2639(BulkBackend):
             m.tlb_flushes += len(flushes)
             m.flushes_under_pte_lock += sum(under)
             m.pages_per_flush.frombytes(np.array(flushes, dtype=np.int64).tobytes())
-            held = tlb.pages[:nfree]                                 # the pages batched before, then pfns
+            held = np.array(tlb.pages[:nfree], dtype=np.int64)      # the pages batched before, then pfns
             n = nfree - len(held)
             if under.count(bool(c.ptl_held)) == len(under):        # all as now: release_array's default
                 h = p = None
             else:
                 flags = np.repeat(np.array(under, dtype=bool), flushes)
                 h, p = flags[:len(held)], flags[len(held):]
-            if h is None and len(held) < ARRAY_RELEASE:            # (a few: numpy's fixed cost is more)
-                kernel.alloc.release_pages(c, held)
-            else:
-                kernel.alloc.release_array(c, np.array(held, dtype=np.int64), h)
+            kernel.alloc.release_array(c, held, h)
             kernel.alloc.release_array(c, pfns[:n], p, fs.prefix(pfns, n) if fs is not None and n else None)
             tlb.pages = tlb.pages[nfree:] + pfns[nfree - len(held):].tolist()
         else:
