@@ -610,7 +610,10 @@ class ChurnLookahead:
             ch = st.churn
             if ch is not None and ch.lo >> PMD_SHIFT <= key <= (ch.lo + (ch.pages << PAGE_SHIFT) - 1) >> PMD_SHIFT:
                 return True
-        return any(table in cpu.pwc.values() for cpu in engine.cpus)
+        for cpu in engine.cpus:                         # (a plain loop: no generator per call)
+            if table in cpu.pwc.values():
+                return True
+        return False
 
     def _walk(self, c, mm, addr: int, vpn: int, write: bool) -> bool:
         """access()'s walk and fill, if the walk finds a PTE that allows the access (else nothing done)."""
