@@ -98,7 +98,10 @@ def main() -> None:
         print(f"teardown_rate.py: --policies: unknown {', '.join(unknown)} (built-in: {', '.join(POLICIES)})",
               file=sys.stderr)
         raise SystemExit(2)
-    uneven = [gib for gib in a.sizes if a.vmas < 1 or (gib << 18) % a.vmas]
+    if a.vmas < 1:
+        print(f"teardown_rate.py: --vmas: expected a number >= 1, got {a.vmas}", file=sys.stderr)
+        raise SystemExit(2)
+    uneven = [gib for gib in a.sizes if (gib << 18) % a.vmas]
     if uneven:
         print(f"teardown_rate.py: --vmas {a.vmas}: {uneven[0]} GiB is not a whole number of 4 KiB pages per VMA",
               file=sys.stderr)
