@@ -92,10 +92,13 @@ def test_extend_run_encodes_as_extend_of_the_pfns():
         for p in prefix:
             a.append(p)
             b.append(p)
+        before = list(b.a)
         a.extend(np.arange(start, start + n, dtype=np.int64))
         b.extend_run(start, n)
         assert (a.tobytes(), len(a)) == (b.tobytes(), len(b)), (prefix, start, n)
         assert b.tolist() == prefix + list(range(start, start + n))
+        if n >= 16 and before and start == prefix[-1] + 1 and (before[-1] >= 0 or not -before[-1] & 1):
+            assert len(b.a) <= len(before) + 1, (prefix, start, n)   # joined to the last plain pfn or run up
 
 
 def test_extend_runs_encodes_each_run_as_its_start_and_length():

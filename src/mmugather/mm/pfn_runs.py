@@ -137,18 +137,7 @@ class PfnRuns:
             for p in range(start, start + n):
                 self.append(p)
             return
-        a = self.a
-        self.n += n
-        if a:                                           # (extend_runs(): joined to the last run going up)
-            t = a[-1]
-            if t >= 0 and start == t + 1:
-                a.append(-((n + 1) << 1))
-                return
-            if t < 0 and not -t & 1 and start == a[-2] + ((-t) >> 1):
-                a[-1] = -((((-t) >> 1) + n) << 1)
-                return
-        a.append(start)
-        a.append(-(n << 1))
+        self._extend_few([start], [n], [0])
 
     def extend_runs(self, starts, lens, descs) -> None:
         """Append runs (numpy arrays: first pfn, length >= 1, descending flag), in order."""
@@ -222,8 +211,9 @@ class PfnRuns:
 
 
 def ascending_runs(pfns: np.ndarray, brk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ascending runs of a sorted pfn array (starts, lengths, all-zero descending flags), given `brk`:
-    the index of the last pfn of each run but the last."""
+    """The runs of a pfn array whose runs of consecutive frames all go up (a sorted one, or FrameSpan's
+    when no pfn is the one before it minus one): (starts, lengths, all-zero descending flags), given
+    `brk`: the index of the last pfn of each run but the last."""
     if len(brk) <= _SMALL:                             # (a few runs: their bounds as Python ints)
         starts = [0, *(g + 1 for g in brk.tolist())]
         return (pfns[starts], np.array(list(map(sub, [*starts[1:], len(pfns)], starts)), dtype=np.int64),
