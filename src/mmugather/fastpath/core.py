@@ -138,9 +138,7 @@ def zap_steps(kernel, c, pt, i: int, iend: int, none: int, quiet: int, work: int
         c_zap, base = kernel.costs.pte_zap, c.clock + none
         if base + c_zap * m >= c.horizon:               # (_within_horizon() of steps that all cost pte_zap)
             m = _first_end_at(base, c_zap, c.horizon, 0, m) + 1
-        anon = _clear_dense(kernel, pt, i, p0, m, all_anon)
-        return ZapSteps(m, i + m - 1, base + c_zap * m - c.clock, None, anon,
-                        None if work is None else work - PAGE_SIZE * m, i, p0)
+        return _dense_steps(kernel, c, pt, i, base, work, p0, m, all_anon)
     got = _window(kernel, pt, i, iend, quiet, work, stop_dirty_file)
     if not isinstance(got, tuple):
         return got
@@ -305,8 +303,14 @@ def _zap_ahead_dense(kernel, c, pt, i: int, none: int, work: int | None, p0: int
             k = x + 1
             break
         x = _first_end_at(base, c_zap, c.horizon, x + 1, m)
+    return _dense_steps(kernel, c, pt, i, base, work, p0, k, all_anon)
+
+
+def _dense_steps(kernel, c, pt, i: int, base: int, work: int | None, p0: int, k: int, all_anon: bool) -> ZapSteps:
+    """The first k of a dense run's steps taken (they end at base + pte_zap * k): their entries cleared and
+    rmaps dropped (_clear_dense), as a ZapSteps whose frames are p0 .. p0 + k - 1 (`run0`, no pfn array)."""
     anon = _clear_dense(kernel, pt, i, p0, k, all_anon)
-    return ZapSteps(k, i + k - 1, base + c_zap * k - c.clock, None, anon,
+    return ZapSteps(k, i + k - 1, base + kernel.costs.pte_zap * k - c.clock, None, anon,
                     None if work is None else work - PAGE_SIZE * k, i, p0)
 
 
